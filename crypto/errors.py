@@ -1,0 +1,92 @@
+"""The one error hierarchy of :mod:`crypto`.
+
+Every failure raised by this package is a :class:`CryptoError`. Callers that only
+need "did the cryptography accept this?" catch :class:`CryptoError`; callers that
+react differently (ask the server for a fresh device list, drop a duplicate,
+re-establish a session) catch the specific class. Each class says when it is raised.
+Messages never contain key material or plaintext.
+"""
+
+from __future__ import annotations
+
+
+class CryptoError(Exception):
+    """Root of every error raised by :mod:`crypto`."""
+
+
+# -- encodings and keys ----------------------------------------------------------
+
+
+class EncodingError(CryptoError):
+    """Bytes do not parse: wrong length, unknown version or key kind, trailing data."""
+
+
+class InvalidKeyError(CryptoError):
+    """A key is unusable: wrong size, a low-order X25519 point, or an all-zero DH output."""
+
+
+class SignatureError(CryptoError):
+    """An Ed25519 signature does not verify under the expected key and context."""
+
+
+class StateVersionError(EncodingError):
+    """Serialised private state has a version this code cannot read (newer, or withdrawn)."""
+
+
+# -- device lists -------------------------------------------------------------------
+
+
+class DeviceListError(CryptoError):
+    """A signed device list, or a chain of them, must not be trusted."""
+
+
+class DeviceListSignatureError(DeviceListError, SignatureError):
+    """The list's signature does not verify under the account key it names."""
+
+
+class UnknownSignerError(DeviceListError):
+    """The list is signed by an account key other than the one the verifier trusts."""
+
+
+class RollbackError(DeviceListError):
+    """The list's version is not newer than one already verified (an old list replayed)."""
+
+
+class ForkError(DeviceListError):
+    """Two different lists claim the same version: the server showed different histories."""
+
+
+class ChainBreakError(DeviceListError):
+    """A list does not name its predecessor's hash, or skips a version."""
+
+
+class UnboundDeviceError(DeviceListError):
+    """A device's keys are not bound to the list (missing, mismatched or unsigned binding)."""
+
+
+# -- sessions -------------------------------------------------------------------------
+
+
+class SessionSetupError(CryptoError):
+    """X3DH set-up failed: bad prekey signature, unknown or consumed prekey, bad header."""
+
+
+class PreKeyConsumedError(SessionSetupError):
+    """The initiator used a one-time prekey that this device no longer holds (used or never issued)."""
+
+
+class DecryptionError(CryptoError):
+    """Authenticated decryption failed: the ciphertext, header or associated data was altered,
+    or the message was not encrypted for this session. State is left unchanged."""
+
+
+class DuplicateMessageError(DecryptionError):
+    """The message was already decrypted once (a replay). State is left unchanged."""
+
+
+class TooManySkippedError(DecryptionError):
+    """Accepting the message would store more skipped message keys than the documented bound."""
+
+
+class StreamError(DecryptionError):
+    """An attachment stream was truncated, reordered, extended after its final chunk or altered."""

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, import contracts, then pytest.
+# Usage: bash scripts/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"
+echo "== ruff"; ruff check .
+echo "== mypy --strict crypto/"; mypy --strict crypto/
+echo "== import-linter"; lint-imports
+echo "== pytest"; python -m pytest -q -p no:cacheprovider "$@"
