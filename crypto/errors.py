@@ -71,6 +71,11 @@ class SessionSetupError(CryptoError):
     """X3DH set-up failed: bad prekey signature, unknown or consumed prekey, bad header."""
 
 
+class PreKeySignatureError(SessionSetupError, SignatureError):
+    """A prekey in a bundle is not signed by the bundle's device signing key. Raised by the
+    initiator before any Diffie-Hellman is computed or any randomness is drawn."""
+
+
 class PreKeyConsumedError(SessionSetupError):
     """The initiator used a one-time prekey that this device no longer holds (used or never issued)."""
 

@@ -47,6 +47,7 @@ class SigningContext(Enum):
     PREKEY = b"prekey"
     LOGIN_CHALLENGE = b"login-challenge"
     LINK = b"link"
+    DEVICE_BINDING = b"device-binding"  # a device consents to belong to an account (device list)
 
 
 def signing_input(context: SigningContext, message: bytes) -> bytes:
@@ -111,7 +112,9 @@ class PublicKey(_Key):
     def decode(cls, data: bytes) -> Self:
         data = bytes(data)
         if len(data) != PUBLIC_KEY_ENCODED_SIZE:
-            raise EncodingError(f"encoded public key must be {PUBLIC_KEY_ENCODED_SIZE} bytes, got {len(data)}")
+            raise EncodingError(
+                f"encoded public key must be {PUBLIC_KEY_ENCODED_SIZE} bytes, got {len(data)}"
+            )
         if data[0] != ENCODING_VERSION:
             raise EncodingError(f"unsupported key encoding version {data[0]}")
         if data[1] != cls.KIND:
@@ -330,7 +333,8 @@ class PreKeyPublic:
 
     def verify(self, signer: DeviceSigningPublicKey) -> None:
         """Raise :class:`~crypto.errors.SignatureError` unless ``signer`` signed this prekey."""
-        signer.verify(SigningContext.PREKEY, self.signed_part(self.kind, self.key_id, self.key), self.signature)
+        part = self.signed_part(self.kind, self.key_id, self.key)
+        signer.verify(SigningContext.PREKEY, part, self.signature)
 
     @property
     def public_key(self) -> X25519PublicKey:
@@ -392,7 +396,8 @@ class PreKey(X25519PrivateKey):
     def signed_public(self, signer: DeviceSigningKey) -> PreKeyPublic:
         """The publishable half, signed by the owning device's signing key."""
         part = PreKeyPublic.signed_part(self.KIND, self.key_id, bytes(self._public))
-        return PreKeyPublic(self.KIND, self.key_id, bytes(self._public), signer.sign(SigningContext.PREKEY, part))
+        signature = signer.sign(SigningContext.PREKEY, part)
+        return PreKeyPublic(self.KIND, self.key_id, bytes(self._public), signature)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.key_id}, <secret>)"

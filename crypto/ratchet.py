@@ -1,0 +1,605 @@
+"""Double Ratchet (Signal specification) over XChaCha20-Poly1305 (IETF).
+
+A :class:`Session` is one side of a pairwise session between two devices, started from the
+output of :mod:`crypto.x3dh`. It gives forward secrecy (a state snapshot cannot decrypt
+messages that were already read) and post-compromise security (once both sides have stepped
+the DH ratchet, a stolen state no longer decrypts new messages).
+
+Parameters
+----------
+* ``DH``: X25519 (:func:`crypto.primitives.x25519`; low-order keys and all-zero outputs refused).
+* ``KDF_RK(rk, dh_out)``: ``HKDF-SHA256(ikm = dh_out, salt = rk, info = "Saltline ratchet v1",
+  length = 64)``; bytes 0..31 are the new root key, bytes 32..63 the new chain key.
+* ``KDF_CK(ck)``: ``mk = HMAC-SHA256(ck, 0x01)``, ``ck' = HMAC-SHA256(ck, 0x02)``.
+* Message key expansion: ``HKDF-SHA256(ikm = mk, salt = 0x00 * 32, info = "Saltline message keys
+  v1", length = 56)``; bytes 0..31 are the AEAD key, bytes 32..55 the 24-byte AEAD nonce. Each
+  ``mk`` is used for exactly one message, so each (key, nonce) pair is used once.
+* AEAD: XChaCha20-Poly1305 (IETF), 16-byte tag appended to the ciphertext.
+* ``MAX_SKIP = 1000``: most message keys skipped in one chain by one message.
+* ``MAX_STORED_SKIPPED = 2000``: most skipped message keys held; beyond it, the oldest
+  (in insertion order) are discarded.
+* ``MAX_PREVIOUS_CHAINS = 5``: how many of the peer's former ratchet keys are remembered to
+  report a replay from an older chain as :class:`~crypto.errors.DuplicateMessageError`.
+
+Initialisation (``SK``, ``AD`` and ``SPK_B`` come from X3DH)
+------------------------------------------------------------
+* Initiator: ``DHs = EphemeralKey(rng(32))``; ``RK, CKs = KDF_RK(SK, DH(DHs, SPK_B))``;
+  ``DHr = SPK_B``; ``CKr = none``; ``Ns = Nr = PN = 0``. Until it has decrypted one message from
+  the responder, :attr:`Session.pending_initial_header` holds the X3DH initial header that the
+  caller MUST send with every message.
+* Responder: ``DHs = SPK_B`` key pair; ``RK = SK``; ``DHr = CKs = CKr = none``. It cannot
+  encrypt before it has decrypted the first message (:func:`accept` does both at once).
+
+Message layout, version 1 (integers big endian)::
+
+    message = header (41) || AEAD ciphertext (len(plaintext) + 16)
+    header  = version (1, 0x01) || DHs public key (32, raw X25519) || PN (u32) || N (u32)
+
+AEAD associated data::
+
+    aead_ad = AD (session AD from X3DH, 168 bytes) || header (41) || associated_data (caller's)
+
+The caller passes the envelope header as ``associated_data`` so that any change the server
+makes to routing data, clocks or counters fails authentication. ``AD`` and the header have
+fixed sizes, so the concatenation is unambiguous.
+
+Receiving (:meth:`Session.decrypt`) follows the specification's ``RatchetDecrypt``:
+try a stored skipped key; else, for the current chain, skip to ``N``; else, for a new peer
+ratchet key, skip the current chain to ``PN``, step the DH ratchet, skip to ``N``.
+Everything is computed into local variables and **committed only after the AEAD tag
+verifies**: a failed decryption (any exception) leaves the state byte-for-byte unchanged and
+draws no randomness. The sending half of a DH ratchet step (a new ``DHs`` from ``rng(32)``,
+then ``RK, CKs = KDF_RK(RK, DH(DHs, DHr))``) runs after the tag verifies, which yields
+exactly the specification's outputs.
+
+Errors (all leave the state unchanged): a malformed or altered message or associated data:
+:class:`~crypto.errors.DecryptionError`; a message whose key is no longer held (already
+decrypted, or evicted beyond ``MAX_STORED_SKIPPED``, as in libsignal) in the current chain or
+one of the ``MAX_PREVIOUS_CHAINS`` former chains: :class:`~crypto.errors.DuplicateMessageError`
+(a replay from an older chain fails as a plain :class:`~crypto.errors.DecryptionError`);
+a gap larger than ``MAX_SKIP``: :class:`~crypto.errors.TooManySkippedError`.
+
+Serialised state (:meth:`Session.to_bytes`), version 1, integers big endian::
+
+    version      1   0x01 (other values: StateVersionError)
+    flags        1   bit0 DHr present, bit1 CKs present, bit2 CKr present (needs bit0),
+                     bit3 pending initial header present; other bits MUST be 0
+    RK          32
+    DHs private 32   (the public key is recomputed on load)
+    base key    32   EK_A of the X3DH run
+    Ns, Nr, PN  3 x u32
+    DHr         32   if bit0
+    CKs         32   if bit1
+    CKr         32   if bit2
+    init header 128  if bit3 (crypto.x3dh.InitialHeader encoding)
+    AD length   u16, then AD
+    previous    u8 count (<= MAX_PREVIOUS_CHAINS), then count x 32-byte peer ratchet keys,
+                oldest first
+    skipped     u16 count (<= MAX_STORED_SKIPPED), then count x (ratchet key 32 || N u32 ||
+                mk 32), oldest first; no (ratchet key, N) twice
+    nothing after; anything else raises EncodingError.
+
+Python cannot erase memory: keys dropped from the state are left to the garbage collector.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from crypto import primitives as p
+from crypto.errors import (
+    CryptoError,
+    DecryptionError,
+    DuplicateMessageError,
+    EncodingError,
+    SessionSetupError,
+    StateVersionError,
+    TooManySkippedError,
+)
+from crypto.keys import EphemeralKey
+from crypto.x3dh import (
+    INITIAL_HEADER_SIZE,
+    DeviceIdentity,
+    DeviceIdentityKeys,
+    InitialHeader,
+    InitiatorResult,
+    PreKeyLookup,
+    ResponderResult,
+    respond,
+)
+
+__all__ = [
+    "HEADER_SIZE",
+    "HEADER_VERSION",
+    "MAX_PREVIOUS_CHAINS",
+    "MAX_SKIP",
+    "MAX_STORED_SKIPPED",
+    "MESSAGE_KEY_INFO",
+    "RATCHET_INFO",
+    "STATE_VERSION",
+    "Accepted",
+    "MessageHeader",
+    "Session",
+    "accept",
+    "kdf_ck",
+    "kdf_rk",
+    "message_key_material",
+]
+
+MAX_SKIP = 1000
+MAX_STORED_SKIPPED = 2000
+MAX_PREVIOUS_CHAINS = 5
+HEADER_VERSION = 1
+STATE_VERSION = 1
+RATCHET_INFO = b"Saltline ratchet v1"
+MESSAGE_KEY_INFO = b"Saltline message keys v1"
+_ZERO_SALT = bytes(32)
+_U32_MAX = 0xFFFFFFFF
+_HEADER = struct.Struct(">B32sII")
+HEADER_SIZE = _HEADER.size  # 41
+_MIN_MESSAGE = HEADER_SIZE + p.AEAD_TAG_SIZE
+_FIXED = struct.Struct(">BB32s32s32sIII")
+_SKIPPED_ENTRY = struct.Struct(">32sI32s")
+_F_DHR, _F_CKS, _F_CKR, _F_HDR = 1, 2, 4, 8
+
+
+def kdf_rk(rk: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
+    """``KDF_RK``: (new root key, new chain key)."""
+    out = p.hkdf_sha256(dh_out, salt=rk, info=RATCHET_INFO, length=64)
+    return out[:32], out[32:]
+
+
+def kdf_ck(ck: bytes) -> tuple[bytes, bytes]:
+    """``KDF_CK``: (message key, next chain key)."""
+    return p.hmac_sha256(ck, b"\x01"), p.hmac_sha256(ck, b"\x02")
+
+
+def message_key_material(mk: bytes) -> tuple[bytes, bytes]:
+    """(AEAD key, AEAD nonce) for a message key."""
+    out = p.hkdf_sha256(mk, salt=_ZERO_SALT, info=MESSAGE_KEY_INFO, length=56)
+    return out[:32], out[32:]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHeader:
+    """The 41-byte ratchet header (see the module docstring)."""
+
+    ratchet_key: bytes
+    previous_chain_length: int
+    message_number: int
+
+    def encode(self) -> bytes:
+        return _HEADER.pack(HEADER_VERSION, self.ratchet_key, self.previous_chain_length, self.message_number)
+
+    @classmethod
+    def decode(cls, data: bytes) -> MessageHeader:
+        if len(data) != HEADER_SIZE:
+            raise EncodingError(f"ratchet header must be {HEADER_SIZE} bytes")
+        version, key, pn, n = _HEADER.unpack(bytes(data))
+        if version != HEADER_VERSION:
+            raise EncodingError(f"unsupported ratchet header version {version}")
+        return cls(key, pn, n)
+
+
+def _seal(mk: bytes, plaintext: bytes, ad: bytes) -> bytes:
+    key, nonce = message_key_material(mk)
+    return p.aead_encrypt(key, nonce, plaintext, ad)
+
+
+def _open(mk: bytes, ciphertext: bytes, ad: bytes) -> bytes:
+    key, nonce = message_key_material(mk)
+    return p.aead_decrypt(key, nonce, ciphertext, ad)
+
+
+class Session:
+    """One side of a Double Ratchet session. Not thread-safe; persist :meth:`to_bytes` after
+    every successful :meth:`encrypt` or :meth:`decrypt`."""
+
+    __slots__ = (
+        "_ad",
+        "_base_key",
+        "_ckr",
+        "_cks",
+        "_dhr",
+        "_dhs_priv",
+        "_dhs_pub",
+        "_initial_header",
+        "_nr",
+        "_ns",
+        "_pn",
+        "_previous",
+        "_rk",
+        "_rng",
+        "_skipped",
+    )
+
+    def __init__(
+        self,
+        *,
+        rk: bytes,
+        dhs_priv: bytes,
+        dhs_pub: bytes,
+        dhr: bytes | None,
+        cks: bytes | None,
+        ckr: bytes | None,
+        ns: int,
+        nr: int,
+        pn: int,
+        ad: bytes,
+        base_key: bytes,
+        initial_header: bytes | None,
+        previous: list[bytes],
+        skipped: dict[tuple[bytes, int], bytes],
+        rng: p.Rng,
+    ) -> None:
+        """Internal: use :meth:`initiate`, :meth:`respond`, :func:`accept` or :meth:`from_bytes`."""
+        self._rk = rk
+        self._dhs_priv = dhs_priv
+        self._dhs_pub = dhs_pub
+        self._dhr = dhr
+        self._cks = cks
+        self._ckr = ckr
+        self._ns = ns
+        self._nr = nr
+        self._pn = pn
+        self._ad = ad
+        self._base_key = base_key
+        self._initial_header = initial_header
+        self._previous = previous
+        self._skipped = skipped
+        self._rng = rng
+
+    # -- construction ---------------------------------------------------------------
+
+    @classmethod
+    def initiate(cls, x3dh: InitiatorResult, rng: p.Rng = p.random_bytes) -> Session:
+        """The initiator's session (draws one ``rng(32)`` for its first ratchet key)."""
+        dhs = EphemeralKey.generate(rng)
+        spk = bytes(x3dh.remote_ratchet_key)
+        rk, cks = kdf_rk(x3dh.shared_key, dhs.dh(x3dh.remote_ratchet_key))
+        return cls(
+            rk=rk,
+            dhs_priv=bytes(dhs),
+            dhs_pub=bytes(dhs.public_key),
+            dhr=spk,
+            cks=cks,
+            ckr=None,
+            ns=0,
+            nr=0,
+            pn=0,
+            ad=x3dh.associated_data,
+            base_key=x3dh.base_key,
+            initial_header=x3dh.header.encode(),
+            previous=[],
+            skipped={},
+            rng=rng,
+        )
+
+    @classmethod
+    def respond(cls, x3dh: ResponderResult, rng: p.Rng = p.random_bytes) -> Session:
+        """The responder's session; it must decrypt the first message before it can send.
+        Prefer :func:`accept`, which also decrypts the first message."""
+        spk = x3dh.signed_prekey
+        return cls(
+            rk=x3dh.shared_key,
+            dhs_priv=bytes(spk),
+            dhs_pub=bytes(spk.public_key),
+            dhr=None,
+            cks=None,
+            ckr=None,
+            ns=0,
+            nr=0,
+            pn=0,
+            ad=x3dh.associated_data,
+            base_key=x3dh.base_key,
+            initial_header=None,
+            previous=[],
+            skipped={},
+            rng=rng,
+        )
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def associated_data(self) -> bytes:
+        """The session AD from X3DH: ``identity(initiator) || identity(responder)``."""
+        return self._ad
+
+    @property
+    def base_key(self) -> bytes:
+        """``EK_A`` of the X3DH run that started this session (to match repeated initial headers)."""
+        return self._base_key
+
+    @property
+    def pending_initial_header(self) -> bytes | None:
+        """Initiator only: the encoded X3DH initial header to send with every message until a
+        message from the responder has decrypted; then ``None``."""
+        return self._initial_header
+
+    @property
+    def can_send(self) -> bool:
+        return self._cks is not None
+
+    @property
+    def stored_skipped_keys(self) -> int:
+        return len(self._skipped)
+
+    # -- messages -------------------------------------------------------------------
+
+    def encrypt(self, plaintext: bytes, associated_data: bytes = b"") -> bytes:
+        """Encrypt ``plaintext``; returns ``header || ciphertext``. ``associated_data`` (the
+        envelope header) is authenticated, not sent."""
+        cks = self._cks
+        if cks is None:
+            raise SessionSetupError("the responder cannot send before it has decrypted a message")
+        if self._ns >= _U32_MAX:
+            raise CryptoError("sending chain exhausted")
+        mk, next_ck = kdf_ck(cks)
+        header = _HEADER.pack(HEADER_VERSION, self._dhs_pub, self._pn, self._ns)
+        ciphertext = _seal(mk, plaintext, self._ad + header + associated_data)
+        self._cks = next_ck
+        self._ns += 1
+        return header + ciphertext
+
+    def decrypt(self, message: bytes, associated_data: bytes = b"") -> bytes:
+        """Decrypt a message from :meth:`encrypt` of the other side. On any failure the state is
+        unchanged (see the module docstring for the errors)."""
+        if len(message) < _MIN_MESSAGE:
+            raise DecryptionError("message is too short")
+        version, dh, pn, n = _HEADER.unpack_from(message)
+        if version != HEADER_VERSION:
+            raise DecryptionError(f"unsupported message version {version}")
+        if n >= _U32_MAX:
+            raise DecryptionError("message number out of range")
+        header = message[:HEADER_SIZE]
+        ciphertext = message[HEADER_SIZE:]
+        ad = self._ad + header + associated_data
+
+        mk = self._skipped.get((dh, n))
+        if mk is not None:
+            plaintext = _open(mk, ciphertext, ad)
+            del self._skipped[(dh, n)]
+            self._initial_header = None
+            return plaintext
+
+        if dh == self._dhr:
+            ck = self._ckr
+            if ck is None:
+                raise DecryptionError("no receiving chain for this ratchet key")
+            nr = self._nr
+            if n < nr:
+                raise DuplicateMessageError("message key already used or discarded")
+            if n - nr > MAX_SKIP:
+                raise TooManySkippedError(f"message skips more than {MAX_SKIP} keys")
+            new_skipped: list[tuple[bytes, int, bytes]] = []
+            for i in range(nr, n):
+                skipped_mk, ck = kdf_ck(ck)
+                new_skipped.append((dh, i, skipped_mk))
+            mk, ck = kdf_ck(ck)
+            plaintext = _open(mk, ciphertext, ad)
+            # -- commit --
+            self._ckr = ck
+            self._nr = n + 1
+            if new_skipped:
+                self._store_skipped(new_skipped)
+            self._initial_header = None
+            return plaintext
+
+        if dh in self._previous:
+            raise DuplicateMessageError("message key from a former chain already used or discarded")
+        return self._decrypt_new_chain(dh, pn, n, ciphertext, ad)
+
+    def _decrypt_new_chain(self, dh: bytes, pn: int, n: int, ciphertext: bytes, ad: bytes) -> bytes:
+        if p.is_low_order_x25519(dh):
+            raise DecryptionError("ratchet key is a low-order point")
+        new_skipped: list[tuple[bytes, int, bytes]] = []
+        old_dhr = self._dhr
+        ck = self._ckr
+        if ck is not None and old_dhr is not None:
+            if pn - self._nr > MAX_SKIP:
+                raise TooManySkippedError(f"message skips more than {MAX_SKIP} keys")
+            for i in range(self._nr, pn):
+                skipped_mk, ck = kdf_ck(ck)
+                new_skipped.append((old_dhr, i, skipped_mk))
+        if n > MAX_SKIP:
+            raise TooManySkippedError(f"message skips more than {MAX_SKIP} keys")
+        try:
+            dh_out = p.x25519(self._dhs_priv, dh)
+        except CryptoError as exc:
+            raise DecryptionError("unusable ratchet key") from exc
+        rk, ck = kdf_rk(self._rk, dh_out)
+        for i in range(n):
+            skipped_mk, ck = kdf_ck(ck)
+            new_skipped.append((dh, i, skipped_mk))
+        mk, ck = kdf_ck(ck)
+        plaintext = _open(mk, ciphertext, ad)
+        # -- the tag verified: the sending half of the DH ratchet step, then commit --
+        dhs = EphemeralKey.generate(self._rng)
+        rk, cks = kdf_rk(rk, p.x25519(bytes(dhs), dh))
+        if old_dhr is not None:
+            self._previous.append(old_dhr)
+            if len(self._previous) > MAX_PREVIOUS_CHAINS:
+                del self._previous[0]
+        self._dhr = dh
+        self._ckr = ck
+        self._nr = n + 1
+        self._pn = self._ns
+        self._ns = 0
+        self._cks = cks
+        self._rk = rk
+        self._dhs_priv = bytes(dhs)
+        self._dhs_pub = bytes(dhs.public_key)
+        if new_skipped:
+            self._store_skipped(new_skipped)
+        self._initial_header = None
+        return plaintext
+
+    def _store_skipped(self, entries: list[tuple[bytes, int, bytes]]) -> None:
+        skipped = self._skipped
+        for dh, i, mk in entries:
+            skipped[(dh, i)] = mk
+        excess = len(skipped) - MAX_STORED_SKIPPED
+        if excess > 0:
+            for key in list(skipped)[:excess]:  # insertion order: oldest first
+                del skipped[key]
+
+    # -- serialisation --------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The whole private state (secret!), canonical and versioned (layout in the module
+        docstring). ``from_bytes(to_bytes())`` round-trips exactly."""
+        flags = (
+            (_F_DHR if self._dhr is not None else 0)
+            | (_F_CKS if self._cks is not None else 0)
+            | (_F_CKR if self._ckr is not None else 0)
+            | (_F_HDR if self._initial_header is not None else 0)
+        )
+        parts = [
+            _FIXED.pack(
+                STATE_VERSION, flags, self._rk, self._dhs_priv, self._base_key, self._ns, self._nr, self._pn
+            )
+        ]
+        for value in (self._dhr, self._cks, self._ckr, self._initial_header):
+            if value is not None:
+                parts.append(value)
+        parts.append(struct.pack(">H", len(self._ad)))
+        parts.append(self._ad)
+        parts.append(bytes([len(self._previous)]))
+        parts.extend(self._previous)
+        parts.append(struct.pack(">H", len(self._skipped)))
+        parts.extend(_SKIPPED_ENTRY.pack(dh, n, mk) for (dh, n), mk in self._skipped.items())
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, rng: p.Rng = p.random_bytes) -> Session:
+        """Inverse of :meth:`to_bytes`. Raises :class:`~crypto.errors.StateVersionError` for an
+        unknown version and :class:`~crypto.errors.EncodingError` for anything malformed."""
+        data = bytes(data)
+        if not data:
+            raise EncodingError("empty session state")
+        if data[0] != STATE_VERSION:
+            raise StateVersionError(f"unsupported session state version {data[0]}")
+        reader = _Reader(data)
+        _, flags, rk, dhs_priv, base_key, ns, nr, pn = reader.unpack(_FIXED)
+        if flags & ~(_F_DHR | _F_CKS | _F_CKR | _F_HDR):
+            raise EncodingError("unknown session state flags")
+        if flags & _F_CKR and not flags & _F_DHR:
+            raise EncodingError("receiving chain without a ratchet key")
+        if max(ns, nr) >= _U32_MAX:
+            raise EncodingError("message counter out of range")
+        dhr = reader.take(32) if flags & _F_DHR else None
+        cks = reader.take(32) if flags & _F_CKS else None
+        ckr = reader.take(32) if flags & _F_CKR else None
+        initial_header = reader.take(INITIAL_HEADER_SIZE) if flags & _F_HDR else None
+        (ad_len,) = reader.unpack(_U16)
+        ad = reader.take(ad_len)
+        (n_previous,) = reader.unpack(_U8)
+        if n_previous > MAX_PREVIOUS_CHAINS:
+            raise EncodingError("too many former chains")
+        previous = [reader.take(32) for _ in range(n_previous)]
+        (n_skipped,) = reader.unpack(_U16)
+        if n_skipped > MAX_STORED_SKIPPED:
+            raise EncodingError("too many skipped keys")
+        skipped: dict[tuple[bytes, int], bytes] = {}
+        for _ in range(n_skipped):
+            key, number, mk = reader.unpack(_SKIPPED_ENTRY)
+            if (key, number) in skipped:
+                raise EncodingError("skipped key listed twice")
+            skipped[(key, number)] = mk
+        reader.finish()
+        try:
+            dhs_pub = p.x25519_public(dhs_priv)
+            for key in [k for k in (dhr, *previous) if k is not None]:
+                p.check_x25519_public(key)
+            if initial_header is not None:
+                InitialHeader.decode(initial_header)
+        except EncodingError:
+            raise
+        except CryptoError as exc:
+            raise EncodingError("session state holds an unusable key") from exc
+        return cls(
+            rk=rk,
+            dhs_priv=dhs_priv,
+            dhs_pub=dhs_pub,
+            dhr=dhr,
+            cks=cks,
+            ckr=ckr,
+            ns=ns,
+            nr=nr,
+            pn=pn,
+            ad=ad,
+            base_key=base_key,
+            initial_header=initial_header,
+            previous=previous,
+            skipped=skipped,
+            rng=rng,
+        )
+
+    def __repr__(self) -> str:
+        return f"Session(base_key={self._base_key[:8].hex()}, ns={self._ns}, nr={self._nr}, <secret>)"
+
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+
+
+class _Reader:
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def take(self, n: int) -> bytes:
+        end = self._pos + n
+        if end > len(self._data):
+            raise EncodingError("session state is truncated")
+        out = self._data[self._pos : end]
+        self._pos = end
+        return out
+
+    def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
+        return fmt.unpack(self.take(fmt.size))
+
+    def finish(self) -> None:
+        if self._pos != len(self._data):
+            raise EncodingError("trailing bytes after session state")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Accepted:
+    """Outcome of :func:`accept`. The caller MUST, in one transaction, persist ``session`` and
+    delete the one-time prekey ``one_time_prekey_id`` (if not ``None``), and MUST check
+    ``initiator`` against a verified device list before trusting ``plaintext``."""
+
+    session: Session
+    plaintext: bytes
+    initiator: DeviceIdentity
+    one_time_prekey_id: int | None
+
+    def __repr__(self) -> str:
+        initiator = self.initiator.device_id.hex()
+        return f"Accepted(initiator={initiator}, one_time_prekey_id={self.one_time_prekey_id})"
+
+
+def accept(
+    local: DeviceIdentityKeys,
+    prekeys: PreKeyLookup,
+    initial_header: bytes | InitialHeader,
+    message: bytes,
+    associated_data: bytes = b"",
+    rng: p.Rng = p.random_bytes,
+) -> Accepted:
+    """Responder: run X3DH for ``initial_header`` and decrypt the first ``message``. Has no side
+    effect: on any error (:class:`~crypto.errors.EncodingError`,
+    :class:`~crypto.errors.SessionSetupError`, :class:`~crypto.errors.DecryptionError`) nothing
+    is consumed and no session exists."""
+    header = initial_header
+    if not isinstance(header, InitialHeader):
+        header = InitialHeader.decode(header)
+    result = respond(local, prekeys, header)
+    session = Session.respond(result, rng)
+    plaintext = session.decrypt(message, associated_data)
+    return Accepted(session, plaintext, result.initiator, result.one_time_prekey_id)

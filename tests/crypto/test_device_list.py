@@ -1,0 +1,457 @@
+"""Signed device lists: encoding, signatures, bindings and the chain rules."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypto import device_list as dl
+from crypto import primitives as p
+from crypto.errors import (
+    ChainBreakError,
+    CryptoError,
+    DeviceListError,
+    DeviceListSignatureError,
+    EncodingError,
+    ForkError,
+    RollbackError,
+    SignatureError,
+    UnboundDeviceError,
+    UnknownSignerError,
+)
+from crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, SigningContext
+
+
+def seeded(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+class Device:
+    def __init__(self, name: str) -> None:
+        self.device_id = seeded("id" + name)[:16]
+        self.signing = DeviceSigningKey(seeded("sign" + name))
+        self.dh = DeviceDHKey(seeded("dh" + name))
+
+    def entry(self, account: AccountKey, added_at: int = 1_700_000_000) -> dl.DeviceEntry:
+        return dl.bind_device(account.public_key, self.device_id, self.signing, self.dh.public_key, added_at)
+
+
+ACCOUNT = AccountKey(seeded("account"))
+MALLORY = AccountKey(seeded("mallory"))
+PHONE, LAPTOP, TABLET = Device("phone"), Device("laptop"), Device("tablet")
+
+
+@pytest.fixture
+def v1() -> dl.SignedDeviceList:
+    return dl.first(ACCOUNT, "Alice", [PHONE.entry(ACCOUNT)])
+
+
+@pytest.fixture
+def chain(v1: dl.SignedDeviceList) -> list[dl.SignedDeviceList]:
+    v2 = dl.with_device_added(v1, ACCOUNT, LAPTOP.entry(ACCOUNT, 1_700_000_100))
+    v3 = dl.with_device_added(v2, ACCOUNT, TABLET.entry(ACCOUNT, 1_700_000_200))
+    v4 = dl.with_device_removed(v3, ACCOUNT, PHONE.device_id)
+    return [v1, v2, v3, v4]
+
+
+# -- encoding -----------------------------------------------------------------------------------
+
+
+def test_layout(v1: dl.SignedDeviceList) -> None:
+    enc = v1.encode()
+    content = v1.content
+    assert content.username == "alice"
+    assert enc[0] == dl.FORMAT_VERSION
+    assert struct.unpack(">Q", enc[1:9]) == (1,)
+    assert enc[9:41] == bytes(32)
+    assert enc[41:73] == bytes(ACCOUNT.public_key)
+    assert enc[73] == 5 and enc[74:79] == b"alice"
+    assert struct.unpack(">H", enc[79:81]) == (1,)
+    entry = enc[81 : 81 + dl.DEVICE_ENTRY_SIZE]
+    assert entry[:16] == PHONE.device_id
+    assert entry[16:48] == bytes(PHONE.signing.public_key)
+    assert entry[48:80] == bytes(PHONE.dh.public_key)
+    assert struct.unpack(">Q", entry[80:88]) == (1_700_000_000,)
+    assert len(enc) == 81 + dl.DEVICE_ENTRY_SIZE + 64
+    assert v1.signature == enc[-64:]
+    ACCOUNT.public_key.verify(SigningContext.DEVICE_LIST, enc[:-64], v1.signature)
+    assert v1.hash() == hashlib.sha256(enc).digest()
+    # Binding input: account_pk || device_id || signing_pk || dh_pk under "device-binding".
+    binding_input = bytes(ACCOUNT.public_key) + PHONE.device_id + entry[16:48] + entry[48:80]
+    assert dl.binding_message(
+        ACCOUNT.public_key, PHONE.device_id, PHONE.signing.public_key, PHONE.dh.public_key
+    ) == (binding_input)
+    assert entry[88:152] == p.ed25519_sign(
+        seeded("signphone"), b"saltline/v1/device-binding\x00" + binding_input
+    )
+
+
+def test_round_trips(chain: list[dl.SignedDeviceList]) -> None:
+    for signed in chain:
+        assert dl.SignedDeviceList.decode(signed.encode()) == signed
+        assert dl.SignedDeviceList.from_b64(signed.to_b64()) == signed
+        assert dl.DeviceList.decode(signed.content.encode()) == signed.content
+        assert dl.verify(signed.encode(), ACCOUNT.public_key) == signed.content
+    assert [s.version for s in chain] == [1, 2, 3, 4]
+    assert chain[3].content.device(PHONE.device_id) is None
+    assert set(chain[2].content.device_ids) == {PHONE.device_id, LAPTOP.device_id, TABLET.device_id}
+    assert list(chain[2].content.device_ids) == sorted(chain[2].content.device_ids)
+    for prev, nxt in itertools.pairwise(chain):
+        assert nxt.content.previous_hash == prev.hash()
+
+
+def test_trailing_bytes_rejected(v1: dl.SignedDeviceList) -> None:
+    with pytest.raises(EncodingError):
+        dl.SignedDeviceList.decode(v1.encode() + b"\x00")
+    with pytest.raises(EncodingError):
+        dl.DeviceList.decode(v1.content.encode() + b"\x00")
+    with pytest.raises(EncodingError):
+        dl.verify(v1.encode() + b"\x00", ACCOUNT.public_key)
+
+
+def test_truncation_rejected(v1: dl.SignedDeviceList) -> None:
+    enc = v1.encode()
+    for cut in (0, 1, 10, 80, 81, len(enc) - 65, len(enc) - 1):
+        with pytest.raises(EncodingError):
+            dl.SignedDeviceList.decode(enc[:cut])
+
+
+def test_unknown_format_rejected(v1: dl.SignedDeviceList) -> None:
+    enc = v1.encode()
+    with pytest.raises(EncodingError):
+        dl.SignedDeviceList.decode(b"\x02" + enc[1:])
+
+
+def test_duplicate_device_rejected(v1: dl.SignedDeviceList) -> None:
+    entry = PHONE.entry(ACCOUNT)
+    with pytest.raises(EncodingError, match="duplicate"):
+        dl.first(ACCOUNT, "alice", [entry, entry])
+    with pytest.raises(EncodingError, match="duplicate"):
+        dl.first(ACCOUNT, "alice", [entry, PHONE.entry(ACCOUNT, added_at=5)])
+    with pytest.raises(EncodingError):
+        dl.with_device_added(v1, ACCOUNT, entry)
+    # Hand-made encoding with the same entry twice (re-signed, so only the format is at fault).
+    body = v1.content.encode()
+    raw = body[:79] + struct.pack(">H", 2) + body[81:] + body[81:]
+    with pytest.raises(EncodingError, match="duplicate"):
+        dl.DeviceList.decode(raw)
+    with pytest.raises(EncodingError, match="duplicate"):
+        dl.SignedDeviceList.decode(raw + ACCOUNT.sign(SigningContext.DEVICE_LIST, raw))
+
+
+def test_unsorted_devices_rejected() -> None:
+    a, b = sorted([PHONE.entry(ACCOUNT), LAPTOP.entry(ACCOUNT)], key=lambda e: e.device_id)
+    good = dl.DeviceList.create(1, bytes(32), ACCOUNT.public_key, "alice", [b, a])
+    assert good.devices == (a, b)
+    with pytest.raises(EncodingError, match="sorted"):
+        dl.DeviceList(1, bytes(32), ACCOUNT.public_key, "alice", (b, a))
+
+
+def test_format_invariants() -> None:
+    entry = PHONE.entry(ACCOUNT)
+    pk = ACCOUNT.public_key
+    with pytest.raises(EncodingError):
+        dl.DeviceList(0, bytes(32), pk, "alice", (entry,))
+    with pytest.raises(EncodingError):
+        dl.DeviceList(1, b"\x01" * 32, pk, "alice", (entry,))  # v1 names no predecessor
+    with pytest.raises(EncodingError):
+        dl.DeviceList(2, bytes(32), pk, "alice", (entry,))  # v2 must name one
+    with pytest.raises(EncodingError):
+        dl.DeviceList(1, bytes(32), pk, "Alice", (entry,))  # not normalised
+    with pytest.raises(EncodingError):
+        dl.DeviceList(1, bytes(32), pk, "alice", ())  # no device
+    with pytest.raises(EncodingError):
+        dl.DeviceEntry(b"short", entry.signing_key, entry.dh_key, 0, entry.binding_signature)
+    with pytest.raises(EncodingError):
+        dl.DeviceEntry(entry.device_id, entry.signing_key, entry.dh_key, -1, entry.binding_signature)
+    with pytest.raises(EncodingError):
+        dl.DeviceEntry(entry.device_id, entry.signing_key, entry.dh_key, 2**64, entry.binding_signature)
+
+
+def test_low_order_dh_key_in_entry_rejected(v1: dl.SignedDeviceList) -> None:
+    body = bytearray(v1.content.encode())
+    body[81 + 48 : 81 + 80] = bytes(32)
+    with pytest.raises(EncodingError):
+        dl.DeviceList.decode(bytes(body))
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [("Alice", "alice"), ("ＡＬＩＣＥ", "alice"), ("Émile", "émile"), ("e\u0301mile", "émile")],
+)
+def test_username_normalisation(raw: str, normal: str) -> None:
+    assert dl.normalize_username(raw) == normal
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "a\tb", "a\u200bb", "a\x00", "x" * 256])
+def test_bad_usernames(bad: str) -> None:
+    with pytest.raises(ValueError):
+        dl.normalize_username(bad)
+    with pytest.raises(EncodingError):
+        dl.first(ACCOUNT, bad, [PHONE.entry(ACCOUNT)])
+
+
+def test_non_normal_username_bytes_rejected(v1: dl.SignedDeviceList) -> None:
+    body = v1.content.encode()
+    raw = body[:74] + b"Alice" + body[79:]
+    with pytest.raises(EncodingError):
+        dl.DeviceList.decode(raw)
+    raw = body[:74] + b"\xff" + body[75:]
+    with pytest.raises(EncodingError):
+        dl.DeviceList.decode(raw)
+
+
+# -- single-list verification ----------------------------------------------------------------------
+
+
+def test_bad_signature(v1: dl.SignedDeviceList) -> None:
+    enc = bytearray(v1.encode())
+    enc[-1] ^= 0x01
+    with pytest.raises(DeviceListSignatureError):
+        dl.verify(bytes(enc), ACCOUNT.public_key)
+    # An altered body (the added_at of a device) no longer matches the signature.
+    enc = bytearray(v1.encode())
+    enc[81 + 87] ^= 0x01
+    with pytest.raises(DeviceListSignatureError):
+        dl.verify(bytes(enc), ACCOUNT.public_key)
+    # The error is both a device-list error and a signature error.
+    assert issubclass(DeviceListSignatureError, DeviceListError)
+    assert issubclass(DeviceListSignatureError, SignatureError)
+
+
+def test_signature_for_another_context_rejected(v1: dl.SignedDeviceList) -> None:
+    body = v1.content.encode()
+    forged = dl.SignedDeviceList(v1.content, ACCOUNT.sign(SigningContext.PREKEY, body))
+    with pytest.raises(DeviceListSignatureError):
+        dl.verify(forged, ACCOUNT.public_key)
+
+
+def test_unknown_signer() -> None:
+    mallory_list = dl.first(MALLORY, "alice", [PHONE.entry(MALLORY)])
+    with pytest.raises(UnknownSignerError):
+        dl.verify(mallory_list, ACCOUNT.public_key)
+    # A list naming the trusted key but signed by another key: a bad signature.
+    content = dl.DeviceList.create(1, bytes(32), ACCOUNT.public_key, "alice", [PHONE.entry(ACCOUNT)])
+    forged = dl.SignedDeviceList(content, MALLORY.sign(SigningContext.DEVICE_LIST, content.encode()))
+    with pytest.raises(DeviceListSignatureError):
+        dl.verify(forged, ACCOUNT.public_key)
+    # The builder refuses to sign a list naming another account key.
+    with pytest.raises(UnknownSignerError):
+        dl.sign(MALLORY, content)
+
+
+def test_unbound_device() -> None:
+    # The device bound itself to another account; the account key signs it into its list anyway.
+    stolen = PHONE.entry(MALLORY)
+    content = dl.DeviceList.create(1, bytes(32), ACCOUNT.public_key, "alice", [LAPTOP.entry(ACCOUNT), stolen])
+    signed = dl.SignedDeviceList(content, ACCOUNT.sign(SigningContext.DEVICE_LIST, content.encode()))
+    with pytest.raises(UnboundDeviceError):
+        dl.verify(signed, ACCOUNT.public_key)
+    with pytest.raises(UnboundDeviceError):
+        dl.sign(ACCOUNT, content)
+
+
+@pytest.mark.parametrize("field", ["device_id", "dh_key", "signature", "signing_key"])
+def test_mismatched_binding(field: str) -> None:
+    good = PHONE.entry(ACCOUNT)
+    if field == "device_id":
+        bad = dl.DeviceEntry(LAPTOP.device_id, good.signing_key, good.dh_key, 0, good.binding_signature)
+    elif field == "dh_key":
+        bad = dl.DeviceEntry(
+            good.device_id, good.signing_key, LAPTOP.dh.public_key, 0, good.binding_signature
+        )
+    elif field == "signing_key":
+        bad = dl.DeviceEntry(
+            good.device_id, LAPTOP.signing.public_key, good.dh_key, 0, good.binding_signature
+        )
+    else:
+        bad = dl.DeviceEntry(good.device_id, good.signing_key, good.dh_key, 0, bytes(64))
+    with pytest.raises(UnboundDeviceError):
+        bad.verify_binding(ACCOUNT.public_key)
+    content = dl.DeviceList.create(1, bytes(32), ACCOUNT.public_key, "alice", [bad])
+    signed = dl.SignedDeviceList(content, ACCOUNT.sign(SigningContext.DEVICE_LIST, content.encode()))
+    with pytest.raises(UnboundDeviceError):
+        dl.verify(signed, ACCOUNT.public_key)
+
+
+def test_added_at_is_not_bound_by_device() -> None:
+    # The binding covers keys and id only; added_at is the account's statement.
+    entry = PHONE.entry(ACCOUNT, added_at=1)
+    moved = dl.DeviceEntry(entry.device_id, entry.signing_key, entry.dh_key, 2, entry.binding_signature)
+    moved.verify_binding(ACCOUNT.public_key)
+
+
+# -- chains ----------------------------------------------------------------------------------------------
+
+
+def test_chain_accepts_sequence(chain: list[dl.SignedDeviceList]) -> None:
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key)
+    assert verifier.latest is None and verifier.current is None
+    for signed in chain:
+        assert verifier.verify_next(signed) == signed.content
+    assert verifier.latest == chain[-1]
+    other = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[0])
+    assert other.verify_chain([s.encode() for s in chain[1:]]) == chain[-1].content
+    assert other.latest == chain[-1]
+
+
+def test_first_contact_accepts_any_version(chain: list[dl.SignedDeviceList]) -> None:
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key)
+    verifier.verify_next(chain[2])
+    assert verifier.current == chain[2].content
+
+
+def test_idempotent(chain: list[dl.SignedDeviceList]) -> None:
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[1])
+    assert verifier.verify_next(chain[1]) == chain[1].content
+    assert verifier.verify_chain([chain[1], chain[2]]) == chain[2].content
+    assert verifier.latest == chain[2]
+
+
+def test_rollback(chain: list[dl.SignedDeviceList]) -> None:
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[2])
+    for old in chain[:2]:
+        with pytest.raises(RollbackError):
+            verifier.verify_next(old)
+    assert verifier.latest == chain[2]
+
+
+def test_fork(chain: list[dl.SignedDeviceList]) -> None:
+    # Another version 2, properly signed, naming the right predecessor but with other devices.
+    fork = dl.successor(chain[0], ACCOUNT, [PHONE.entry(ACCOUNT), TABLET.entry(ACCOUNT)])
+    assert fork.version == 2 and fork != chain[1]
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[1])
+    with pytest.raises(ForkError):
+        verifier.verify_next(fork)
+    assert verifier.latest == chain[1]
+
+
+def test_chain_gap(chain: list[dl.SignedDeviceList]) -> None:
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[0])
+    with pytest.raises(ChainBreakError):
+        verifier.verify_next(chain[2])
+    with pytest.raises(ChainBreakError):
+        verifier.verify_chain([chain[1], chain[3]])
+    assert verifier.latest == chain[0]  # all or nothing
+
+
+def test_chain_wrong_hash(chain: list[dl.SignedDeviceList]) -> None:
+    # Version 3 built on a forked version 2: it names a hash the verifier never saw.
+    fork2 = dl.successor(chain[0], ACCOUNT, [PHONE.entry(ACCOUNT), TABLET.entry(ACCOUNT)])
+    fork3 = dl.successor(fork2, ACCOUNT, [TABLET.entry(ACCOUNT)])
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[1])
+    with pytest.raises(ChainBreakError):
+        verifier.verify_next(fork3)
+    # A hand-signed successor with an arbitrary previous hash.
+    content = dl.DeviceList.create(3, b"\x42" * 32, ACCOUNT.public_key, "alice", [PHONE.entry(ACCOUNT)])
+    with pytest.raises(ChainBreakError):
+        verifier.verify_next(dl.sign(ACCOUNT, content))
+    assert verifier.latest == chain[1]
+
+
+def test_chain_checks_signature_before_chain_rules(chain: list[dl.SignedDeviceList]) -> None:
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[1])
+    enc = bytearray(chain[1].encode())
+    enc[-1] ^= 1
+    with pytest.raises(DeviceListSignatureError):
+        verifier.verify_next(bytes(enc))  # not a ForkError: unsigned bytes prove nothing
+    with pytest.raises(UnknownSignerError):
+        verifier.verify_next(dl.first(MALLORY, "alice", [PHONE.entry(MALLORY)]))
+    with pytest.raises(UnknownSignerError):
+        dl.DeviceListChainVerifier(MALLORY.public_key, chain[0])
+
+
+def test_check_successor_function(chain: list[dl.SignedDeviceList]) -> None:
+    assert dl.check_successor(None, chain[3])
+    assert dl.check_successor(chain[0], chain[1])
+    assert not dl.check_successor(chain[1], chain[1])
+    with pytest.raises(RollbackError):
+        dl.check_successor(chain[1], chain[0])
+    with pytest.raises(ChainBreakError):
+        dl.check_successor(chain[0], chain[3])
+
+
+def test_errors_form_one_hierarchy() -> None:
+    for cls in (RollbackError, ForkError, ChainBreakError, UnboundDeviceError, UnknownSignerError):
+        assert issubclass(cls, DeviceListError) and issubclass(cls, CryptoError)
+
+
+def test_builders_check_their_inputs(chain: list[dl.SignedDeviceList]) -> None:
+    with pytest.raises(EncodingError):
+        dl.with_device_removed(chain[0], ACCOUNT, LAPTOP.device_id)  # not listed
+    with pytest.raises(EncodingError):
+        dl.with_device_removed(chain[0], ACCOUNT, PHONE.device_id)  # the last device
+    with pytest.raises(UnknownSignerError):
+        dl.successor(chain[0], MALLORY, [PHONE.entry(MALLORY)])
+    v5 = dl.successor(chain[3], ACCOUNT, chain[3].content.devices)
+    assert v5.content.username == "alice" and v5.content.previous_hash == chain[3].hash()
+
+
+# -- properties -----------------------------------------------------------------------------------------
+
+_POOL = [Device(f"d{i}") for i in range(6)]
+_ENTRIES = [d.entry(ACCOUNT) for d in _POOL]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    version=st.integers(min_value=1, max_value=2**64 - 1),
+    previous=st.binary(min_size=32, max_size=32).filter(lambda b: b != bytes(32)),
+    username=st.text(alphabet=st.characters(categories=["Ll", "Lu", "Nd", "Lo"]), min_size=1, max_size=40),
+    picks=st.sets(st.integers(min_value=0, max_value=len(_POOL) - 1), min_size=1),
+    added_at=st.integers(min_value=0, max_value=2**64 - 1),
+)
+def test_encoding_round_trip_property(
+    version: int, previous: bytes, username: str, picks: set[int], added_at: int
+) -> None:
+    try:
+        name = dl.normalize_username(username)
+    except ValueError:
+        return
+    entries = [
+        dl.DeviceEntry(e.device_id, e.signing_key, e.dh_key, added_at, e.binding_signature)
+        for e in (_ENTRIES[i] for i in picks)
+    ]
+    content = dl.DeviceList.create(
+        version, previous if version > 1 else bytes(32), ACCOUNT.public_key, name, entries
+    )
+    encoded = content.encode()
+    assert dl.DeviceList.decode(encoded) == content
+    assert dl.DeviceList.decode(encoded).encode() == encoded
+    signed = dl.sign(ACCOUNT, content)
+    assert dl.SignedDeviceList.decode(signed.encode()) == signed
+    assert dl.verify(signed.encode(), ACCOUNT.public_key) == content
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600))
+def test_decode_never_raises_anything_but_encoding_error(data: bytes) -> None:
+    try:
+        dl.SignedDeviceList.decode(data)
+    except EncodingError:
+        pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(index=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
+def test_any_bit_flip_is_refused(index: int, bit: int) -> None:
+    signed = dl.first(ACCOUNT, "alice", [PHONE.entry(ACCOUNT), LAPTOP.entry(ACCOUNT)])
+    enc = bytearray(signed.encode())
+    enc[index % len(enc)] ^= 1 << bit
+    with pytest.raises(CryptoError):
+        dl.verify(bytes(enc), ACCOUNT.public_key)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.text(max_size=30))
+def test_normalize_username_idempotent(text: str) -> None:
+    try:
+        once = dl.normalize_username(text)
+    except ValueError:
+        return
+    assert dl.normalize_username(once) == once
