@@ -29,6 +29,12 @@ class SignatureError(CryptoError):
     """An Ed25519 signature does not verify under the expected key and context."""
 
 
+class UsageError(CryptoError):
+    """The API was called in a way that can never succeed: an out-of-range length or count, an
+    operation after ``finalize``, an ``rng`` that returned the wrong number of bytes, or an
+    argument of the wrong type. A programming error, not an attack."""
+
+
 class StateVersionError(EncodingError):
     """Serialised private state has a version this code cannot read (newer, or withdrawn)."""
 
@@ -64,6 +70,12 @@ class UnboundDeviceError(DeviceListError):
     """A device's keys are not bound to the list (missing, mismatched or unsigned binding)."""
 
 
+class UsernameMismatchError(DeviceListError):
+    """The list names another username than the one expected: the caller's
+    ``expected_username``, or the username of the last verified list of the chain (a device
+    list never changes its username)."""
+
+
 # -- sessions -------------------------------------------------------------------------
 
 
@@ -74,6 +86,14 @@ class SessionSetupError(CryptoError):
 class PreKeySignatureError(SessionSetupError, SignatureError):
     """A prekey in a bundle is not signed by the bundle's device signing key. Raised by the
     initiator before any Diffie-Hellman is computed or any randomness is drawn."""
+
+
+class UntrustedDeviceError(SessionSetupError):
+    """The other device of a session set-up is not the one the caller trusts: the prekey
+    bundle's device id, signing key or X25519 key differs from the entry of the verified device
+    list passed to :func:`crypto.x3dh.initiate`, or the initiator named by an initial header is
+    refused by the ``trusted`` policy of :func:`crypto.x3dh.respond` /
+    :func:`crypto.ratchet.accept`. Raised before any Diffie-Hellman or randomness."""
 
 
 class PreKeyConsumedError(SessionSetupError):

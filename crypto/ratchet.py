@@ -11,15 +11,27 @@ Parameters
 * ``KDF_RK(rk, dh_out)``: ``HKDF-SHA256(ikm = dh_out, salt = rk, info = "Saltline ratchet v1",
   length = 64)``; bytes 0..31 are the new root key, bytes 32..63 the new chain key.
 * ``KDF_CK(ck)``: ``mk = HMAC-SHA256(ck, 0x01)``, ``ck' = HMAC-SHA256(ck, 0x02)``.
-* Message key expansion: ``HKDF-SHA256(ikm = mk, salt = 0x00 * 32, info = "Saltline message keys
-  v1", length = 56)``; bytes 0..31 are the AEAD key, bytes 32..55 the 24-byte AEAD nonce. Each
-  ``mk`` is used for exactly one message, so each (key, nonce) pair is used once.
+* AEAD key: ``HKDF-SHA256(ikm = mk, salt = 0x00 * 32, info = "Saltline message key v2",
+  length = 32)`` (:func:`message_key`).
+* AEAD nonce: 24 bytes drawn from the session's ``rng`` for every message and sent in the
+  header. The nonce does **not** depend on ``mk``: a session restored from an older snapshot
+  (a crash before the state was persisted, a backup, a cloned phone) re-derives the same
+  ``mk`` for the same slot, but encrypts under a fresh random nonce, so no (key, nonce) pair is
+  ever used twice (XChaCha20's 192-bit nonces make random nonces safe). A deterministic ``rng``
+  is for test vectors only: restoring a snapshot together with the same deterministic ``rng``
+  repeats nonces.
 * AEAD: XChaCha20-Poly1305 (IETF), 16-byte tag appended to the ciphertext.
-* ``MAX_SKIP = 1000``: most message keys skipped in one chain by one message.
+* ``MAX_SKIP = 1000``: most message keys one message may make the receiver derive and store,
+  counted over both chains when it starts a new chain (the rest of the current receiving chain
+  up to ``PN`` plus ``N`` keys of the new chain).
 * ``MAX_STORED_SKIPPED = 2000``: most skipped message keys held; beyond it, the oldest
   (in insertion order) are discarded.
 * ``MAX_PREVIOUS_CHAINS = 5``: how many of the peer's former ratchet keys are remembered to
   report a replay from an older chain as :class:`~crypto.errors.DuplicateMessageError`.
+* Counter ranges: the counters ``Ns``, ``Nr`` and ``PN`` are at most ``MAX_COUNTER = 2**32 - 2``
+  and a message number ``N`` at most ``MAX_MESSAGE_NUMBER = 2**32 - 3`` (so that ``N + 1``
+  is a valid counter); ``0xFFFFFFFF`` is never valid. A sending chain that reaches
+  ``MAX_COUNTER`` messages refuses to encrypt until the next DH ratchet step.
 
 Initialisation (``SK``, ``AD`` and ``SPK_B`` come from X3DH)
 ------------------------------------------------------------
@@ -30,22 +42,41 @@ Initialisation (``SK``, ``AD`` and ``SPK_B`` come from X3DH)
 * Responder: ``DHs = SPK_B`` key pair; ``RK = SK``; ``DHr = CKs = CKr = none``. It cannot
   encrypt before it has decrypted the first message (:func:`accept` does both at once).
 
-Message layout, version 1 (integers big endian)::
+Randomness: :meth:`Session.encrypt` draws exactly one ``rng(24)`` (the nonce);
+:meth:`Session.decrypt` draws one ``rng(32)`` (the new ratchet key) when, and only when, a
+message that starts a new peer chain decrypted; nothing else draws.
 
-    message = header (41) || AEAD ciphertext (len(plaintext) + 16)
-    header  = version (1, 0x01) || DHs public key (32, raw X25519) || PN (u32) || N (u32)
+Message layout, version 2 (integers big endian)::
+
+    message = header (65) || AEAD ciphertext (len(plaintext) + 16)
+    header  = version (1, 0x02) || DHs public key (32, raw X25519) || PN (u32) || N (u32)
+              || nonce (24)
+
+    offset  size  field
+         0     1  version = 0x02
+         1    32  sender's current ratchet public key (raw X25519, not low-order)
+        33     4  PN: number of messages in the sender's previous sending chain (<= 2**32 - 2)
+        37     4  N: message number in the current sending chain (<= 2**32 - 3)
+        41    24  XChaCha20-Poly1305 nonce (random)
+
+Header decoding (:meth:`MessageHeader.decode`, the only header parser) is strict: wrong length,
+another version, a low-order ratchet key or a counter out of range raise
+:class:`~crypto.errors.EncodingError` (reported by :meth:`Session.decrypt` as
+:class:`~crypto.errors.DecryptionError`).
 
 AEAD associated data::
 
-    aead_ad = AD (session AD from X3DH, 168 bytes) || header (41) || associated_data (caller's)
+    aead_ad = AD (session AD from X3DH, 168 bytes) || header (65) || associated_data (caller's)
 
 The caller passes the envelope header as ``associated_data`` so that any change the server
 makes to routing data, clocks or counters fails authentication. ``AD`` and the header have
-fixed sizes, so the concatenation is unambiguous.
+fixed sizes, so the concatenation is unambiguous; the header (nonce included) is authenticated.
 
 Receiving (:meth:`Session.decrypt`) follows the specification's ``RatchetDecrypt``:
 try a stored skipped key; else, for the current chain, skip to ``N``; else, for a new peer
 ratchet key, skip the current chain to ``PN``, step the DH ratchet, skip to ``N``.
+The skip bounds are checked from the header alone, before any key derivation or DH, so a
+forged message costs at most one X25519 and ``MAX_SKIP + 1`` chain steps.
 Everything is computed into local variables and **committed only after the AEAD tag
 verifies**: a failed decryption (any exception) leaves the state byte-for-byte unchanged and
 draws no randomness. The sending half of a DH ratchet step (a new ``DHs`` from ``rng(32)``,
@@ -62,21 +93,23 @@ a gap larger than ``MAX_SKIP``: :class:`~crypto.errors.TooManySkippedError`.
 Serialised state (:meth:`Session.to_bytes`), version 1, integers big endian::
 
     version      1   0x01 (other values: StateVersionError)
-    flags        1   bit0 DHr present, bit1 CKs present, bit2 CKr present (needs bit0),
-                     bit3 pending initial header present; other bits MUST be 0
+    flags        1   bit0 DHr present, bit1 CKs present (needs bit0), bit2 CKr present
+                     (needs bit0), bit3 pending initial header present; other bits MUST be 0
     RK          32
     DHs private 32   (the public key is recomputed on load)
     base key    32   EK_A of the X3DH run
-    Ns, Nr, PN  3 x u32
-    DHr         32   if bit0
+    Ns, Nr, PN  3 x u32, each <= MAX_COUNTER (2**32 - 2)
+    DHr         32   if bit0 (not low-order)
     CKs         32   if bit1
     CKr         32   if bit2
     init header 128  if bit3 (crypto.x3dh.InitialHeader encoding)
-    AD length   u16, then AD
-    previous    u8 count (<= MAX_PREVIOUS_CHAINS), then count x 32-byte peer ratchet keys,
-                oldest first
-    skipped     u16 count (<= MAX_STORED_SKIPPED), then count x (ratchet key 32 || N u32 ||
-                mk 32), oldest first; no (ratchet key, N) twice
+    AD length   u16, MUST be 168, then AD = identity(initiator) || identity(responder), each
+                half a valid crypto.x3dh.DeviceIdentity encoding
+    previous    u8 count (<= MAX_PREVIOUS_CHAINS), then count x 32-byte peer ratchet keys
+                (not low-order), oldest first
+    skipped     u16 count (<= MAX_STORED_SKIPPED), then count x (ratchet key 32 (not
+                low-order) || N u32 (<= MAX_MESSAGE_NUMBER) || mk 32), oldest first; no
+                (ratchet key, N) twice
     nothing after; anything else raises EncodingError.
 
 Python cannot erase memory: keys dropped from the state are left to the garbage collector.

@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Run the Saltline server on the embedded SQLite default (data in ./saltline-data).
-# Usage: bash scripts/serve.sh [saltline serve options]
+# Migrates the database first (idempotent), then serves.
+# Usage: bash scripts/serve.sh [saltline serve options, e.g. --port 9000 --database-url ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+db_args=()
+for ((i = 1; i <= $#; i++)); do
+  case "${!i}" in
+    --database-url | --data-dir) j=$((i + 1)); db_args+=("${!i}" "${!j}") ;;
+    --database-url=* | --data-dir=*) db_args+=("${!i}") ;;
+  esac
+done
+.venv/bin/saltline db upgrade "${db_args[@]}"
 exec .venv/bin/saltline serve "$@"

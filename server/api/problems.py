@@ -1,0 +1,207 @@
+"""Render every error as ``application/problem+json`` (RFC 9457).
+
+- :class:`server.errors.Problem` raised by services or routes;
+- request validation errors (422 ``validation_failed``, with the failing locations but never the
+  submitted values, which may be passwords);
+- Starlette's own 404/405 and other HTTP errors;
+- anything unexpected: logged by type and route only (no message, which could carry data) and
+  answered with a 500 ``internal_error``. Bad input must never get here.
+
+:class:`GuardMiddleware` also refuses bodies larger than ``max_body_bytes`` with 413.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import Problem, ProblemCode
+
+log = logging.getLogger("server.errors")
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+_STATUS_CODES: dict[int, ProblemCode] = {
+    400: ProblemCode.VALIDATION_FAILED,
+    401: ProblemCode.UNAUTHORIZED,
+    403: ProblemCode.FORBIDDEN,
+    404: ProblemCode.NOT_FOUND,
+    405: ProblemCode.METHOD_NOT_ALLOWED,
+    409: ProblemCode.CONFLICT,
+    413: ProblemCode.PAYLOAD_TOO_LARGE,
+    422: ProblemCode.VALIDATION_FAILED,
+    429: ProblemCode.RATE_LIMITED,
+    503: ProblemCode.SERVICE_UNAVAILABLE,
+}
+
+
+def problem_response(problem: Problem) -> Response:
+    return Response(
+        content=orjson.dumps(problem.to_dict()),
+        status_code=problem.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=problem.headers,
+    )
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors()[:20]:
+        out.append(
+            {
+                "loc": [str(part) for part in err.get("loc", ())],
+                "type": str(err.get("type", "")),
+                "msg": str(err.get("msg", "")),
+            }
+        )
+    return out
+
+
+async def _on_problem(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return problem_response(exc)
+
+
+async def _on_validation(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return problem_response(
+        Problem(
+            422,
+            ProblemCode.VALIDATION_FAILED,
+            "the request does not match the schema",
+            errors=_validation_errors(exc),
+        )
+    )
+
+
+async def _on_http(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(exc.status_code, ProblemCode.VALIDATION_FAILED)
+    detail = exc.detail if isinstance(exc.detail, str) else ""
+    return problem_response(Problem(exc.status_code, code, detail, headers=dict(exc.headers or {})))
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+
+
+class GuardMiddleware:
+    """Outermost safety net (pure ASGI): request body size limit, and a problem+json 500 for
+    any exception that escaped the handlers, logged without its message."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = Problem(
+            413, ProblemCode.PAYLOAD_TOO_LARGE, f"request body exceeds {self.max_body_bytes} bytes"
+        )
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = -1
+                if length < 0 or length > self.max_body_bytes:
+                    await problem_response(too_large)(scope, receive, send)
+                    return
+
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise too_large
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except Problem as problem:
+            if not started:
+                await problem_response(problem)(scope, receive, send)
+        except Exception as exc:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "<unrouted>"
+            # The message is left out (it could carry request data); the frames are code only.
+            log.error(
+                "unhandled %s in %s %s\n%s",
+                type(exc).__name__,
+                scope.get("method", ""),
+                path,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
+            if not started:
+                await problem_response(
+                    Problem(500, ProblemCode.INTERNAL_ERROR, "an unexpected error occurred")
+                )(scope, receive, send)
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "description": "RFC 9457 problem details; `code` is a stable ProblemCode value.",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string", "enum": [c.value for c in ProblemCode]},
+    },
+    "required": ["type", "title", "status", "detail", "code"],
+    "additionalProperties": True,
+}
+
+
+def install_problem_openapi(app: FastAPI) -> None:
+    """Document that errors are ``application/problem+json``: FastAPI's generated 422
+    (``HTTPValidationError``) is replaced, and every operation gets a ``default`` problem response."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Problem"] = PROBLEM_SCHEMA
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        ref = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                if not isinstance(operation, dict) or "responses" not in operation:
+                    continue
+                responses = operation["responses"]
+                for status, response in responses.items():
+                    if status.isdigit() and int(status) >= 400:
+                        response["content"] = ref
+                responses["default"] = {"description": "Problem details (RFC 9457)", "content": ref}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

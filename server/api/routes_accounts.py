@@ -1,0 +1,119 @@
+"""Accounts and signed device lists."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from server.api.deps import ClientIP, Ctx, CurrentDevice
+from server.api.routes_auth import token_response
+from server.api.schemas import (
+    AccountResponse,
+    DeviceResponse,
+    DevicesResponse,
+    ListChainResponse,
+    PutDeviceListRequest,
+    PutDeviceListResponse,
+    RegisterRequest,
+    RegisterResponse,
+    SignedListResponse,
+)
+from server.services.accounts import AccountInfo, SignedListInfo
+from server.services.common import decode_id
+
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+
+
+def _account(info: AccountInfo) -> AccountResponse:
+    return AccountResponse(
+        account_id=info.account_id,
+        username=info.username,
+        account_key=info.account_key,
+        device_list_version=info.device_list_version,
+    )
+
+
+def _signed(info: SignedListInfo) -> SignedListResponse:
+    return SignedListResponse(
+        account_id=info.account_id,
+        version=info.version,
+        hash=info.hash,
+        signed_list=info.signed_list,
+        created_at_ms=info.created_at_ms,
+    )
+
+
+@router.post("", status_code=201, response_model=RegisterResponse)
+async def register(body: RegisterRequest, ctx: Ctx, ip: ClientIP) -> RegisterResponse:
+    """Create an account with its account key and first signed device list (version 1)."""
+    ctx.rate_limiter.hit(ctx.settings.rate_limit_register_per_ip, "register-ip", ip)
+    created = await ctx.accounts.register(
+        body.username, body.password, body.account_key, body.device_list, body.device_id
+    )
+    ctx.metrics.registrations.inc()
+    tokens = await ctx.auth.issue_for_new_account(created.account_id, created.device_id, created.username)
+    return RegisterResponse(
+        account_id=created.account_id,
+        username=created.username,
+        device_id=created.device_id,
+        device_list_version=created.device_list_version,
+        tokens=token_response(tokens),
+    )
+
+
+@router.put("/me/device-list", response_model=PutDeviceListResponse)
+async def put_device_list(body: PutDeviceListRequest, ctx: Ctx, me: CurrentDevice) -> PutDeviceListResponse:
+    """Adopt a new signed device list (version = current + 1, naming the current list's hash).
+    Devices it drops are removed at once."""
+    update = await ctx.devices.update_list(me, body.device_list)
+    return PutDeviceListResponse(
+        version=update.version, hash=update.hash, added=update.added, removed=update.removed
+    )
+
+
+@router.get("/by-username/{username}", response_model=AccountResponse)
+async def by_username(username: str, ctx: Ctx, _me: CurrentDevice) -> AccountResponse:
+    return _account(await ctx.accounts.by_username(username))
+
+
+@router.get("/{account_id}", response_model=AccountResponse)
+async def get_account(account_id: str, ctx: Ctx, _me: CurrentDevice) -> AccountResponse:
+    return _account(await ctx.accounts.get(account_id))
+
+
+@router.get("/{account_id}/device-list", response_model=SignedListResponse)
+async def current_device_list(account_id: str, ctx: Ctx, _me: CurrentDevice) -> SignedListResponse:
+    """The account's current signed device list; clients verify it with crypto.device_list."""
+    return _signed(await ctx.accounts.current_list(account_id))
+
+
+@router.get("/{account_id}/device-list/chain", response_model=ListChainResponse)
+async def device_list_chain(
+    account_id: str,
+    ctx: Ctx,
+    _me: CurrentDevice,
+    since: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 100,
+) -> ListChainResponse:
+    """Signed lists with version > ``since``, oldest first (at most ``limit``; page by version)."""
+    lists = await ctx.accounts.list_chain(account_id, since, limit)
+    return ListChainResponse(account_id=account_id, lists=[_signed(i) for i in lists])
+
+
+@router.get("/{account_id}/devices", response_model=DevicesResponse)
+async def active_devices(account_id: str, ctx: Ctx, _me: CurrentDevice) -> DevicesResponse:
+    """The routable devices (those named by the current signed list), for convenience; clients
+    must trust only what the signed list says."""
+    info = await ctx.accounts.get(account_id)
+    devices = await ctx.devices.active_devices(decode_id(account_id, "account"))
+    return DevicesResponse(
+        account_id=info.account_id,
+        device_list_version=info.device_list_version,
+        devices=[
+            DeviceResponse(
+                device_id=d.device_id, signing_key=d.signing_key, dh_key=d.dh_key, added_at_ms=d.added_at_ms
+            )
+            for d in devices
+        ],
+    )

@@ -1,0 +1,30 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.api.deps import Ctx
+from server.api.schemas import HealthResponse
+from server.services.health import check_ready
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=HealthResponse)
+async def healthz() -> HealthResponse:
+    """The process is up."""
+    return HealthResponse(status="ok")
+
+
+@router.get("/readyz", response_model=HealthResponse)
+async def readyz(ctx: Ctx) -> HealthResponse:
+    """The database is reachable and migrated to this server's head."""
+    await check_ready(ctx.db)
+    return HealthResponse(status="ready")
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(ctx: Ctx) -> Response:
+    return Response(content=generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)

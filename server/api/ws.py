@@ -1,0 +1,453 @@
+"""WebSocket delivery: ``GET /v1/ws`` (ARCHITECTURE §5).
+
+All frames are JSON text. Binary values are unpadded base64url; ids are 16-byte ids.
+
+Client -> server
+    ``{"type":"auth","token":"<access token>"}``  FIRST frame, within :data:`AUTH_TIMEOUT_S`.
+        The token never appears in the URL, so it never reaches access logs. It is verified once
+        per connection; a removal of the device closes the socket (4002).
+    ``{"type":"ack","queue_seq":N}``  cumulative: every entry with ``queue_seq <= N`` is delivered
+        and may be deleted. Also acknowledges a gap marker (ack its ``to_queue_seq``). An ack beyond
+        the last sent entry is clamped to it; an ack below the current one is ignored.
+    ``{"type":"pong"}``  answer to every ping.
+
+Server -> client
+    ``{"type":"ready","account_id":..,"device_id":..,"acked_queue_seq":N,"window":W,
+    "heartbeat_interval_s":S}``  after a successful auth.
+    ``{"type":"envelope","queue_seq":..,"conversation_id":..,"server_seq":..,"server_ts":..,
+    "sender":{"account_id":..,"device_id":..},"envelope_id":..,"clock":..,"ciphertext":..}``
+        at most ``delivery_window`` of them unacknowledged at a time; anything not acknowledged is
+        sent again on the next connection (clients drop duplicates by dot / envelope id).
+    ``{"type":"gap","from_queue_seq":A,"to_queue_seq":B}``  entries A..B were dropped by retention
+        before this device acknowledged them. Never silent; counts in the window until acked.
+    ``{"type":"drained","queue_seq":N}``  nothing more is queued and everything sent is acked
+        (N = last acknowledged queue_seq). Sent after the initial catch-up and after every drain.
+    ``{"type":"ephemeral","conversation_id":..,"server_ts":..,"sender":{..},"envelope_id":..,
+    "clock":..,"ciphertext":..}``  typing indicators etc.: never stored, not acknowledged.
+    ``{"type":"ping","queue_seq":N}``  every ``heartbeat_interval_s``; N = last queue_seq sent.
+
+Close codes
+    ====  ======================================================================================
+    4001  replaced: another socket for the same device connected (one socket per device)
+    4002  device removed from its account's device list
+    4003  authentication failed: no/late/malformed auth frame, invalid, expired or revoked token
+    4004  heartbeat timeout: ``heartbeat_missed_limit`` pings went unanswered
+    4005  protocol error: a frame that is not valid JSON or not one of the frames above
+    1011  internal error on the server
+    1012  server restarting (shutdown); reconnect with back-off
+    ====  ======================================================================================
+
+Per connection the server holds: the window (queue_seq -> server_ts for at most ``delivery_window``
+entries), a bounded ephemeral buffer, three tasks (reader, pump, heartbeat), a registry entry and a
+bus subscription. All of it is released in ``finally``, whatever ends the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from crypto.keys import b64decode, b64encode
+from server.api.connections import CLOSE_REPLACED, ConnectionRegistry
+from server.context import AppContext
+from server.errors import Problem
+from server.services import delivery_frames as frames
+from server.services.common import AuthedDevice
+from server.services.delivery import DeliveryService
+from server.services.delivery_metrics import DeliveryMetrics
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+CLOSE_DEVICE_REMOVED = 4002
+CLOSE_AUTH_FAILED = 4003
+CLOSE_HEARTBEAT_TIMEOUT = 4004
+CLOSE_PROTOCOL_ERROR = 4005
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
+
+AUTH_TIMEOUT_S = 10.0
+MAX_FRAME_BYTES = 4096  # client frames are tiny: auth, ack, pong
+_CLOSE_TIMEOUT_S = 2.0
+
+_CLOSE_REASONS = {
+    CLOSE_REPLACED: "replaced",
+    CLOSE_DEVICE_REMOVED: "device_removed",
+    CLOSE_AUTH_FAILED: "auth_failed",
+    CLOSE_HEARTBEAT_TIMEOUT: "heartbeat_timeout",
+    CLOSE_PROTOCOL_ERROR: "protocol_error",
+    CLOSE_INTERNAL_ERROR: "internal_error",
+    CLOSE_SERVICE_RESTART: "server_restart",
+}
+
+T = TypeVar("T")
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+def _parse(message: dict[str, Any]) -> dict[str, Any]:
+    data = message.get("text")
+    if data is None:
+        data = message.get("bytes")
+    if data is None or len(data) > MAX_FRAME_BYTES:
+        raise _ProtocolError("frame missing or too large")
+    try:
+        frame = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise _ProtocolError("frame is not JSON") from exc
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+        raise _ProtocolError("frame is not an object with a type")
+    return frame
+
+
+async def _db(coro: Awaitable[T]) -> T:
+    """Run a database call so that cancelling the caller does not cancel it mid-flight (it
+    finishes in the background and releases its connection); the caller just stops waiting."""
+    task = asyncio.ensure_future(coro)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return await asyncio.shield(task)
+
+
+class DeviceConnection:
+    """One authenticated delivery socket. Implements the bus's ``DeviceListener``."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        device: AuthedDevice,
+        delivery: DeliveryService,
+        metrics: DeliveryMetrics,
+        *,
+        window: int,
+        heartbeat_interval_s: float,
+        heartbeat_missed_limit: int,
+    ) -> None:
+        self.ws = ws
+        self.device = device
+        self._device_id = device.device_id_bytes
+        self.delivery = delivery
+        self.metrics = metrics
+        self.window = window
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.heartbeat_missed_limit = heartbeat_missed_limit
+
+        self.acked = 0  # committed acknowledgement watermark
+        self.ack_target = 0  # highest acknowledgement received, not yet committed
+        self.last_sent = 0
+        self.inflight: dict[int, int | None] = {}  # queue_seq -> server_ts_ms (None: a gap marker)
+        self.missed_pongs = 0
+        self._drained_reported: int | None = None
+        self._ephemeral: deque[bytes] = deque(maxlen=max(16, window))
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    @property
+    def device_id(self) -> bytes:
+        return self._device_id
+
+    # -- bus listener / registry -------------------------------------------------------------
+
+    def on_wake(self) -> None:
+        self._wake.set()
+
+    def on_ephemeral(self, frame: bytes) -> None:
+        self._ephemeral.append(frame)  # bounded: the oldest indicator is dropped first
+        self._wake.set()
+
+    def on_device_removed(self) -> None:
+        self.close_soon(CLOSE_DEVICE_REMOVED, "device removed")
+
+    def close_soon(self, code: int, reason: str) -> None:
+        if not self._closing.is_set():
+            self.close_code = code
+            self.close_reason = reason
+            self._closing.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is over and all its state is released."""
+        await self._closed.wait()
+
+    def released(self) -> None:
+        self._closed.set()
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(self._reader(), name="ws-reader"),
+            asyncio.create_task(self._pump(), name="ws-pump"),
+            asyncio.create_task(self._heartbeat(), name="ws-heartbeat"),
+            asyncio.create_task(self._closing.wait(), name="ws-closing"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.cancelled():
+                    continue
+                exc = task.exception()
+                if isinstance(exc, _ProtocolError):
+                    self.close_soon(CLOSE_PROTOCOL_ERROR, str(exc))
+                elif isinstance(exc, WebSocketDisconnect | OSError):
+                    self.metrics.closes.labels(reason="client_gone").inc()
+                elif exc is not None:
+                    log.error("delivery connection task %s failed: %s", task.get_name(), type(exc).__name__)
+                    self.close_soon(CLOSE_INTERNAL_ERROR, "internal error")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.close_code is not None:
+                await self._close_socket(self.close_code, self.close_reason)
+
+    async def _close_socket(self, code: int, reason: str) -> None:
+        self.metrics.closes.labels(reason=_CLOSE_REASONS.get(code, str(code))).inc()
+        if self.ws.application_state == WebSocketState.DISCONNECTED:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code=code, reason=reason[:120]), _CLOSE_TIMEOUT_S)
+
+    async def _send(self, frame: bytes) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(frame.decode())
+
+    async def _reader(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                self.metrics.closes.labels(reason="client_closed").inc()
+                return
+            frame = _parse(message)
+            kind = frame["type"]
+            if kind == "ack":
+                seq = frame.get("queue_seq")
+                if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+                    raise _ProtocolError("ack needs a non-negative integer queue_seq")
+                seq = min(seq, self.last_sent)
+                if seq > self.ack_target:
+                    self.ack_target = seq
+                    self._wake.set()
+            elif kind == "pong":
+                self.missed_pongs = 0
+            elif kind == "ping":
+                await self._send(frames.encode({"type": "pong"}))
+            else:
+                raise _ProtocolError(f"unexpected frame type {kind[:32]!r}")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            if self.missed_pongs >= self.heartbeat_missed_limit:
+                self.metrics.heartbeat_reaps.inc()
+                self.close_soon(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                return
+            self.missed_pongs += 1
+            self._wake.set()  # a lost bus wake-up costs at most one heartbeat interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._send(frames.encode({"type": "ping", "queue_seq": self.last_sent})),
+                    self.heartbeat_interval_s,
+                )
+
+    async def start(self) -> None:
+        """Apply retention to this device's queue and find where it stands."""
+        await _db(self.delivery.purge_expired(self._device_id))
+        state = await _db(self.delivery.queue_state(self._device_id))
+        self.acked = self.ack_target = self.last_sent = state.acked_through
+        self.metrics.queue_depth_on_connect.observe(await _db(self.delivery.pending_count(self._device_id)))
+
+    async def _pump(self) -> None:
+        while True:
+            self._wake.clear()
+            while self._ephemeral:
+                await self._send(self._ephemeral.popleft())
+            if self.ack_target > self.acked:
+                await self._commit_ack(self.ack_target)
+            exhausted = await self._refill()
+            if exhausted and not self.inflight and self._drained_reported != self.acked:
+                self._drained_reported = self.acked
+                await self._send(frames.encode({"type": "drained", "queue_seq": self.acked}))
+            await self._wake.wait()
+
+    async def _commit_ack(self, through: int) -> None:
+        await _db(self.delivery.ack(self._device_id, through))
+        now = self.delivery.clock()
+        delivered = 0
+        for seq in [s for s in self.inflight if s <= through]:
+            ts = self.inflight.pop(seq)
+            if ts is not None:
+                delivered += 1
+                self.metrics.latency.observe(max(0.0, (now - ts) / 1000))
+        if delivered:
+            self.metrics.delivered.inc(delivered)
+            self.metrics.queue_depth.dec(delivered)
+        self.acked = max(self.acked, through)
+
+    async def _refill(self) -> bool:
+        """Fill the window from the database; True if the queue has nothing more to send."""
+        while len(self.inflight) < self.window:
+            room = self.window - len(self.inflight)
+            items, state = await _db(self.delivery.pending(self._device_id, self.last_sent, room))
+            if state.purged_through > self.last_sent:
+                start = self.last_sent + 1
+                self.last_sent = state.purged_through
+                self.inflight[state.purged_through] = None
+                await self._send(
+                    frames.encode(
+                        {"type": "gap", "from_queue_seq": start, "to_queue_seq": state.purged_through}
+                    )
+                )
+                continue
+            for item in items:
+                self.inflight[item.queue_seq] = item.server_ts_ms
+                self.last_sent = item.queue_seq
+                await self._send(
+                    frames.envelope_frame(
+                        queue_seq=item.queue_seq,
+                        conversation_id=item.conversation_id,
+                        server_seq=item.server_seq,
+                        server_ts=item.server_ts_ms,
+                        sender_account_id=item.sender_account_id,
+                        sender_device_id=item.sender_device_id,
+                        envelope_id=item.envelope_id,
+                        clock=item.clock,
+                        ciphertext=item.ciphertext,
+                    )
+                )
+            if len(items) < room:
+                return True
+        return False
+
+
+async def _authenticate(ws: WebSocket, ctx: AppContext) -> AuthedDevice | None:
+    try:
+        message = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
+    except TimeoutError:
+        await ws.close(code=CLOSE_AUTH_FAILED, reason="no auth frame")
+        return None
+    if message["type"] == "websocket.disconnect":
+        return None
+    try:
+        frame = _parse(message)
+    except _ProtocolError:
+        frame = {}
+    token = frame.get("token")
+    if frame.get("type") != "auth" or not isinstance(token, str) or not token or len(token) > 2048:
+        await ws.close(code=CLOSE_AUTH_FAILED, reason="the first frame must be {type: auth, token}")
+        return None
+    try:
+        return await ctx.auth.authenticate_access_token(token)
+    except Problem as problem:
+        await ws.close(code=CLOSE_AUTH_FAILED, reason=problem.code.value)
+        return None
+
+
+@router.websocket("/v1/ws")
+async def delivery_socket(ws: WebSocket) -> None:
+    ctx: AppContext = ws.app.state.ctx
+    delivery: DeliveryService = ctx.delivery
+    registry: ConnectionRegistry = ctx.connections
+    metrics: DeliveryMetrics = delivery.metrics
+    await ws.accept()
+    device = await _authenticate(ws, ctx)
+    if device is None:
+        metrics.closes.labels(reason="auth_failed").inc()
+        return
+    settings = ctx.settings
+    conn = DeviceConnection(
+        ws,
+        device,
+        delivery,
+        metrics,
+        window=settings.delivery_window,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        heartbeat_missed_limit=settings.heartbeat_missed_limit,
+    )
+    subscription = None
+    metrics.connections.inc()
+    try:
+        registry.register(conn)
+        subscription = delivery.bus.subscribe(conn.device_id, conn)
+        await conn.start()
+        await conn._send(
+            frames.encode(
+                {
+                    "type": "ready",
+                    "account_id": device.account_id,
+                    "device_id": b64encode(conn.device_id),
+                    "acked_queue_seq": conn.acked,
+                    "window": conn.window,
+                    "heartbeat_interval_s": conn.heartbeat_interval_s,
+                }
+            )
+        )
+        await conn.run()
+    except Exception as exc:  # the socket may be gone already; nothing here may leak state
+        if not isinstance(exc, WebSocketDisconnect | OSError):
+            log.error("delivery connection failed: %s", type(exc).__name__)
+        conn.close_soon(CLOSE_INTERNAL_ERROR, "internal error")
+        await conn._close_socket(CLOSE_INTERNAL_ERROR, "internal error")
+    finally:
+        registry.unregister(conn)
+        if subscription is not None:
+            delivery.bus.unsubscribe(subscription)
+        metrics.connections.dec()
+        conn.released()
+
+
+async def start_delivery(ctx: AppContext) -> None:
+    """Build and start the delivery side on ``ctx``: bus, connection registry, conversations and
+    delivery services, the device-removed hook, and their shutdown."""
+    from server.services.bus import InProcessBus
+    from server.services.conversations import ConversationsService
+    from server.storage.conversations_repo import ConversationsRepo
+    from server.storage.envelopes_repo import EnvelopesRepo
+
+    settings = ctx.settings
+    metrics = DeliveryMetrics(ctx.registry)
+    bus = InProcessBus()
+    await bus.start()
+    registry = ConnectionRegistry()
+    conversations_repo = ConversationsRepo(ctx.db)
+    delivery = DeliveryService(
+        envelopes=EnvelopesRepo(ctx.db),
+        conversations=conversations_repo,
+        bus=bus,
+        metrics=metrics,
+        clock=ctx.clock,
+        max_envelope_bytes=settings.max_envelope_bytes,
+        max_recipients=settings.max_recipients,
+        queue_retention_s=settings.queue_retention_s,
+    )
+    ctx.bus = bus
+    ctx.connections = registry
+    ctx.delivery = delivery
+    ctx.conversations = ConversationsService(
+        conversations_repo, ctx.clock, max_members=settings.max_recipients
+    )
+    await delivery.start()
+
+    async def on_device_removed(_account_id: str, device_id: str) -> None:
+        await delivery.device_removed(b64decode(device_id))
+
+    ctx.on_device_removed.append(on_device_removed)
+
+    async def stop() -> None:
+        await registry.close_all(CLOSE_SERVICE_RESTART, "server restarting")
+        await delivery.close()
+        await bus.close()
+
+    ctx.on_shutdown.append(stop)

@@ -1,0 +1,105 @@
+"""The application factory: ``create_app(settings) -> FastAPI``.
+
+Nothing happens at import time. The lifespan creates the engine, refuses to start unless the
+database is migrated to head (the error says to run ``saltline db upgrade``), builds the
+:class:`~server.context.AppContext` and puts it on ``app.state.ctx``.
+
+Adding a subsystem (e.g. delivery): add its router to ``ROUTERS`` (or ``include_router`` in
+``create_app``) and start it in :func:`_start_extensions`, registering its stop coroutine in
+``ctx.on_shutdown``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.api import (
+    routes_accounts,
+    routes_auth,
+    routes_conversations,
+    routes_envelopes,
+    routes_health,
+    routes_keys,
+    routes_provisioning,
+    ws,
+)
+from server.api.problems import GuardMiddleware, install_problem_handlers, install_problem_openapi
+from server.clock import Clock, system_clock
+from server.context import AppContext, build_context
+from server.settings import Settings
+from server.storage.db import Database, create_engine
+from server.storage.migrate import check_up_to_date
+
+log = logging.getLogger("server")
+
+ROUTERS = [
+    routes_health.router,
+    routes_accounts.router,
+    routes_auth.router,
+    routes_keys.router,
+    routes_provisioning.router,
+    routes_conversations.router,
+    routes_envelopes.router,
+    ws.router,
+]
+
+#: Bodies above this are refused with 413 before they are read (envelopes carry up to
+#: ``max_envelope_bytes`` of ciphertext per recipient device, base64url in JSON).
+MIN_BODY_LIMIT = 1024 * 1024
+
+
+def max_body_bytes(settings: Settings) -> int:
+    return max(MIN_BODY_LIMIT, settings.max_envelope_bytes * 4)
+
+
+async def _start_extensions(ctx: AppContext) -> None:
+    """Start subsystems that need the running loop (bus, delivery writer, ...)."""
+    await ws.start_delivery(ctx)
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(
+            settings.database_url,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            pool_size=settings.db_pool_size,
+        )
+        db = Database(engine)
+        try:
+            await check_up_to_date(engine)
+            ctx = build_context(settings, db, clock)
+            app.state.ctx = ctx
+            await _start_extensions(ctx)
+            log.info("saltline server ready (%s)", engine.dialect.name)
+            try:
+                yield
+            finally:
+                for stop in reversed(ctx.on_shutdown):
+                    try:
+                        await stop()
+                    except Exception:
+                        log.exception("shutdown hook failed")
+        finally:
+            await db.dispose()
+
+    app = FastAPI(
+        title="Saltline relay",
+        version="1",
+        description="End-to-end encrypted messaging relay: holds only ciphertext and public keys.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    install_problem_openapi(app)
+    app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes(settings))
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

@@ -1,0 +1,113 @@
+"""``python -m server serve`` and ``python -m server db upgrade|downgrade|current``.
+
+The public ``saltline`` command (client_sdk.cli) runs these through ``python -m server``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from server.settings import Settings
+
+app = typer.Typer(help="Saltline relay server", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database migrations (Alembic)", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="sqlite+aiosqlite:///path or postgresql+asyncpg://... (env SALTLINE_DATABASE_URL)",
+    ),
+]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (env SALTLINE_DATA_DIR)")]
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def serve(
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (env SALTLINE_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env SALTLINE_PORT)")] = None,
+    log_level: Annotated[str | None, typer.Option(help="Log level (env SALTLINE_LOG_LEVEL)")] = None,
+) -> None:
+    """Run the server with uvicorn."""
+    import uvicorn
+
+    from server.app import create_app
+    from server.storage.migrate import UPGRADE_COMMAND, is_up_to_date
+
+    settings = _settings(
+        database_url=database_url, data_dir=data_dir, host=host, port=port, log_level=log_level
+    )
+    if not is_up_to_date(settings.database_url):
+        typer.echo(
+            f"error: the database at {_redact(settings.database_url)} is not migrated to this "
+            f"server's schema; run `{UPGRADE_COMMAND}` first",
+            err=True,
+        )
+        raise typer.Exit(2)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+    )
+
+
+@db_app.command()
+def upgrade(
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
+) -> None:
+    """Migrate the database to ``revision`` (default: head)."""
+    from server.storage import migrate
+
+    settings = _settings(database_url=database_url, data_dir=data_dir)
+    migrate.upgrade(settings.database_url, revision)
+    typer.echo(f"database at {', '.join(migrate.current(settings.database_url)) or 'base'}")
+
+
+@db_app.command()
+def downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision, e.g. base or 0001_initial")],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Migrate the database down to ``revision``."""
+    from server.storage import migrate
+
+    settings = _settings(database_url=database_url, data_dir=data_dir)
+    migrate.downgrade(settings.database_url, revision)
+    typer.echo(f"database at {', '.join(migrate.current(settings.database_url)) or 'base'}")
+
+
+@db_app.command()
+def current(database_url: DatabaseUrl = None, data_dir: DataDir = None) -> None:
+    """Print the database's current revision and whether it is at head."""
+    from server.storage import migrate
+
+    settings = _settings(database_url=database_url, data_dir=data_dir)
+    revs = migrate.current(settings.database_url)
+    heads = migrate.head_revisions()
+    state = "up to date" if set(revs) == set(heads) else f"behind head {', '.join(heads)}"
+    typer.echo(f"{', '.join(revs) or 'base (empty)'} ({state})")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,154 @@
+"""The application context: everything a request needs, built once per app in the lifespan and
+kept on ``app.state.ctx``. Routes reach it through :func:`server.api.deps.get_ctx`.
+
+To add a subsystem: add a field here, construct it in :func:`build_context` (or in the
+lifespan of :mod:`server.app` when it needs start/stop), and register cleanup in
+``on_shutdown``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from server.clock import Clock
+from server.services.accounts import AccountService
+from server.services.auth import AuthService, RateLimits
+from server.services.common import DeviceListChangedHook, DeviceRemovedHook
+from server.services.devices import DeviceService
+from server.services.keys import KeyDirectoryService
+from server.services.passwords import Passwords
+from server.services.provisioning import ProvisioningService
+from server.services.ratelimit import RateLimiter
+from server.settings import Settings
+from server.storage.accounts_repo import AccountsRepo
+from server.storage.auth_repo import AuthRepo
+from server.storage.db import Database
+from server.storage.prekeys_repo import PreKeysRepo
+from server.storage.provisioning_repo import ProvisioningRepo
+
+
+@dataclass(slots=True)
+class AccountMetrics:
+    registrations: Counter
+    logins: Counter
+    prekey_claims: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> AccountMetrics:
+        return cls(
+            registrations=Counter("saltline_accounts_registered", "Accounts registered", registry=registry),
+            logins=Counter(
+                "saltline_logins", "Logins by method and outcome", ["method", "outcome"], registry=registry
+            ),
+            prekey_claims=Counter(
+                "saltline_prekey_claims",
+                "Prekey bundles handed out, by prekey kind",
+                ["kind"],
+                registry=registry,
+            ),
+        )
+
+
+@dataclass(slots=True)
+class AppContext:
+    settings: Settings
+    db: Database
+    clock: Clock
+    #: Per-app Prometheus registry (never the global one): ``/metrics`` serves it.
+    registry: CollectorRegistry
+    metrics: AccountMetrics
+    rate_limiter: RateLimiter
+    # repositories
+    accounts_repo: AccountsRepo
+    auth_repo: AuthRepo
+    prekeys_repo: PreKeysRepo
+    provisioning_repo: ProvisioningRepo
+    # services
+    accounts: AccountService
+    devices: DeviceService
+    auth: AuthService
+    keys: KeyDirectoryService
+    provisioning: ProvisioningService
+    #: Awaited with ``(account_id, device_id)`` after a device was dropped from its list: the
+    #: delivery side closes its socket here. Hooks must not raise (failures are logged).
+    on_device_removed: list[DeviceRemovedHook] = field(default_factory=list)
+    #: Awaited with ``(account_id, version)`` after an account adopted a new device list.
+    on_device_list_changed: list[DeviceListChangedHook] = field(default_factory=list)
+    #: Awaited in reverse order when the app stops (before the engine is disposed).
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # -- delivery (filled by the delivery side) ------------------------------------------------
+    bus: Any = None
+    connections: Any = None
+    delivery: Any = None
+    conversations: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
+    registry = CollectorRegistry(auto_describe=True)
+    limiter = RateLimiter(enabled=settings.rate_limit_enabled)
+    passwords = Passwords(
+        settings.argon2_time_cost, settings.argon2_memory_cost_kib, settings.argon2_parallelism
+    )
+    accounts_repo = AccountsRepo(db)
+    auth_repo = AuthRepo(db)
+    prekeys_repo = PreKeysRepo(db)
+    provisioning_repo = ProvisioningRepo(db)
+    on_removed: list[DeviceRemovedHook] = []
+    on_changed: list[DeviceListChangedHook] = []
+    return AppContext(
+        settings=settings,
+        db=db,
+        clock=clock,
+        registry=registry,
+        metrics=AccountMetrics.create(registry),
+        rate_limiter=limiter,
+        accounts_repo=accounts_repo,
+        auth_repo=auth_repo,
+        prekeys_repo=prekeys_repo,
+        provisioning_repo=provisioning_repo,
+        accounts=AccountService(
+            accounts_repo,
+            passwords,
+            clock,
+            max_devices=settings.max_devices_per_account,
+            max_list_bytes=settings.max_device_list_bytes,
+        ),
+        devices=DeviceService(
+            accounts_repo,
+            clock,
+            max_devices=settings.max_devices_per_account,
+            max_list_bytes=settings.max_device_list_bytes,
+            on_device_removed=on_removed,
+            on_device_list_changed=on_changed,
+        ),
+        auth=AuthService(
+            accounts_repo,
+            auth_repo,
+            passwords,
+            limiter,
+            clock,
+            jwt_secret=settings.resolved_jwt_secret(),
+            access_ttl_s=settings.access_token_ttl_s,
+            refresh_ttl_s=settings.refresh_token_ttl_s,
+            challenge_ttl_s=settings.login_challenge_ttl_s,
+            limits=RateLimits(settings.rate_limit_login_per_account, settings.rate_limit_login_per_ip),
+        ),
+        keys=KeyDirectoryService(
+            accounts_repo, prekeys_repo, clock, max_batch=settings.max_prekeys_per_upload
+        ),
+        provisioning=ProvisioningService(
+            provisioning_repo,
+            limiter,
+            clock,
+            ttl_s=settings.provisioning_ttl_s,
+            max_payload_bytes=settings.max_provisioning_payload_bytes,
+            rate_limit_per_ip=settings.rate_limit_provisioning_per_ip,
+        ),
+        on_device_removed=on_removed,
+        on_device_list_changed=on_changed,
+    )

@@ -1,0 +1,308 @@
+"""Authentication: password login, device-key login by challenge, access and refresh tokens.
+
+Access tokens are HS256 JWTs: ``sub`` = device id, ``acc`` = account id, ``usr`` = username,
+``jti``, ``iat``, ``exp`` (``access_token_ttl_s``), ``typ`` = ``"access"``. Every use also checks
+that the device is still in its account's list, so a removed device is locked out at once.
+
+Refresh tokens are 32 random bytes (base64url), stored only as SHA-256 hashes, and rotate on
+every use. Each login starts a *family*; presenting a token that was already rotated revokes
+the whole family (a stolen token and its legitimate twin both stop working).
+
+Device login: ``POST /v1/auth/challenge`` returns a random 32-byte nonce (single use, short
+expiry). The device signs, with its Ed25519 signing key under
+``SigningContext.LOGIN_CHALLENGE``, the message::
+
+    len(username) (u8) || username (lower-case ASCII) || device_id (16) || nonce (32)
+
+Tokens and passwords are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jwt
+
+from crypto.errors import CryptoError
+from crypto.keys import DeviceSigningPublicKey, SigningContext, b64decode, b64encode
+from server.clock import Clock
+from server.errors import Problem, ProblemCode
+from server.services.common import AuthedDevice, decode_b64_field, decode_id, encode_id, normalize_username
+from server.services.passwords import Passwords
+from server.services.ratelimit import RateLimiter
+from server.storage.accounts_repo import AccountsRepo
+from server.storage.auth_repo import AuthRepo, ChallengeRow, RefreshTokenRow, RotateOutcome
+
+JWT_ALGORITHM = "HS256"
+NONCE_SIZE = 32
+
+
+def login_challenge_message(username_lower: str, device_id: bytes, nonce: bytes) -> bytes:
+    """The bytes a device signs (under ``SigningContext.LOGIN_CHALLENGE``) to log in."""
+    name = username_lower.encode("ascii")
+    return bytes([len(name)]) + name + bytes(device_id) + bytes(nonce)
+
+
+def hash_refresh_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    access_expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+    account_id: str
+    device_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    nonce: str
+    expires_in: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    login_per_account: str
+    login_per_ip: str
+
+
+def _unauthorized(detail: str = "invalid credentials") -> Problem:
+    return Problem(401, ProblemCode.UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class AuthService:
+    def __init__(
+        self,
+        accounts: AccountsRepo,
+        repo: AuthRepo,
+        passwords: Passwords,
+        limiter: RateLimiter,
+        clock: Clock,
+        *,
+        jwt_secret: str,
+        access_ttl_s: int,
+        refresh_ttl_s: int,
+        challenge_ttl_s: int,
+        limits: RateLimits,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self._accounts = accounts
+        self._repo = repo
+        self._passwords = passwords
+        self._limiter = limiter
+        self._clock = clock
+        self._secret = jwt_secret
+        self._access_ttl = access_ttl_s
+        self._refresh_ttl = refresh_ttl_s
+        self._challenge_ttl = challenge_ttl_s
+        self._limits = limits
+        self._random = random_bytes
+
+    # -- logins ------------------------------------------------------------------------------
+
+    def _rate_limit_login(self, username_lower: str, client_ip: str) -> None:
+        self._limiter.hit(self._limits.login_per_ip, "login-ip", client_ip)
+        self._limiter.hit(self._limits.login_per_account, "login-account", username_lower)
+
+    async def login_password(
+        self, username: str, password: str, device_id_b64: str, client_ip: str
+    ) -> TokenPair:
+        try:
+            lower = normalize_username(username)
+        except Problem:
+            raise _unauthorized() from None
+        self._rate_limit_login(lower, client_ip)
+        device_id = decode_id(device_id_b64, "device_id", status=422)
+        account = await self._accounts.get_by_username(lower)
+        ok = await self._passwords.verify(None if account is None else account.password_hash, password)
+        if account is None or not ok:
+            raise _unauthorized()
+        device = await self._accounts.get_device(device_id)
+        if device is None or device.account_id != account.id or not device.active:
+            raise Problem(
+                403, ProblemCode.DEVICE_NOT_ACTIVE, "this device is not in the account's device list"
+            )
+        return await self._issue(account.id, device_id, account.username, family=None)
+
+    async def issue_for_new_account(
+        self, account_id_b64: str, device_id_b64: str, username: str
+    ) -> TokenPair:
+        return await self._issue(b64decode(account_id_b64), b64decode(device_id_b64), username, family=None)
+
+    async def create_challenge(self, username: str, device_id_b64: str, client_ip: str) -> Challenge:
+        """A fresh nonce for ``(username, device)``. Issued whether or not they exist, so the
+        answer reveals nothing; the check happens at :meth:`login_device`."""
+        try:
+            lower = normalize_username(username)
+        except Problem:
+            raise _unauthorized() from None
+        self._limiter.hit(self._limits.login_per_ip, "challenge-ip", client_ip)
+        device_id = decode_id(device_id_b64, "device_id", status=422)
+        nonce = self._random(NONCE_SIZE)
+        now = self._clock()
+        await self._repo.insert_challenge(
+            ChallengeRow(nonce, lower, device_id, now + self._challenge_ttl * 1000), now
+        )
+        return Challenge(b64encode(nonce), self._challenge_ttl)
+
+    async def login_device(
+        self, username: str, device_id_b64: str, nonce_b64: str, signature_b64: str, client_ip: str
+    ) -> TokenPair:
+        try:
+            lower = normalize_username(username)
+        except Problem:
+            raise _unauthorized() from None
+        self._rate_limit_login(lower, client_ip)
+        device_id = decode_id(device_id_b64, "device_id", status=422)
+        nonce = decode_b64_field(nonce_b64, "nonce")
+        signature = decode_b64_field(signature_b64, "signature")
+        challenge = await self._repo.consume_challenge(nonce)  # single use, whatever happens next
+        if (
+            challenge is None
+            or challenge.expires_at_ms <= self._clock()
+            or challenge.username_lower != lower
+            or challenge.device_id != device_id
+        ):
+            raise Problem(401, ProblemCode.CHALLENGE_INVALID, "unknown, expired or already used challenge")
+        account = await self._accounts.get_by_username(lower)
+        device = await self._accounts.get_device(device_id)
+        if account is None or device is None or device.account_id != account.id or not device.active:
+            raise Problem(
+                403, ProblemCode.DEVICE_NOT_ACTIVE, "this device is not in the account's device list"
+            )
+        try:
+            DeviceSigningPublicKey.decode(device.signing_key).verify(
+                SigningContext.LOGIN_CHALLENGE, login_challenge_message(lower, device_id, nonce), signature
+            )
+        except CryptoError as exc:
+            raise Problem(
+                401, ProblemCode.DEVICE_SIGNATURE_INVALID, "the challenge signature does not verify"
+            ) from exc
+        return await self._issue(account.id, device_id, account.username, family=None)
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    async def _issue(
+        self, account_id: bytes, device_id: bytes, username: str, family: bytes | None
+    ) -> TokenPair:
+        refresh = b64encode(self._random(32))
+        now = self._clock()
+        await self._repo.insert_refresh(
+            RefreshTokenRow(
+                token_hash=hash_refresh_token(refresh),
+                family_id=family or self._random(16),
+                device_id=device_id,
+                account_id=account_id,
+                issued_at_ms=now,
+                expires_at_ms=now + self._refresh_ttl * 1000,
+            )
+        )
+        return TokenPair(
+            self._access_token(account_id, device_id, username, now),
+            self._access_ttl,
+            refresh,
+            self._refresh_ttl,
+            encode_id(account_id),
+            encode_id(device_id),
+        )
+
+    def _access_token(self, account_id: bytes, device_id: bytes, username: str, now_ms: int) -> str:
+        now_s = now_ms // 1000
+        claims = {
+            "sub": encode_id(device_id),
+            "acc": encode_id(account_id),
+            "usr": username,
+            "jti": uuid.uuid4().hex,
+            "iat": now_s,
+            "exp": now_s + self._access_ttl,
+            "typ": "access",
+        }
+        return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        if not refresh_token.isascii():
+            raise _unauthorized("unknown refresh token")
+        now = self._clock()
+        new_token = b64encode(self._random(32))
+
+        def successor(old: RefreshTokenRow) -> RefreshTokenRow:
+            return RefreshTokenRow(
+                token_hash=hash_refresh_token(new_token),
+                family_id=old.family_id,
+                device_id=old.device_id,
+                account_id=old.account_id,
+                issued_at_ms=now,
+                expires_at_ms=now + self._refresh_ttl * 1000,
+            )
+
+        result = await self._repo.rotate_refresh(hash_refresh_token(refresh_token), successor, now)
+        if result.outcome is RotateOutcome.UNKNOWN:
+            raise _unauthorized("unknown refresh token")
+        if result.outcome is RotateOutcome.EXPIRED:
+            raise Problem(401, ProblemCode.TOKEN_EXPIRED, "the refresh token has expired; log in again")
+        if result.outcome is RotateOutcome.REVOKED:
+            raise Problem(401, ProblemCode.TOKEN_REVOKED, "the refresh token was revoked; log in again")
+        if result.outcome is RotateOutcome.REUSED:
+            raise Problem(
+                401,
+                ProblemCode.REFRESH_TOKEN_REUSED,
+                "this refresh token was already used; every token of its login was revoked",
+            )
+        assert result.old is not None
+        account = await self._accounts.get(result.old.account_id)
+        username = account.username if account is not None else ""
+        return TokenPair(
+            self._access_token(result.old.account_id, result.old.device_id, username, now),
+            self._access_ttl,
+            new_token,
+            self._refresh_ttl,
+            encode_id(result.old.account_id),
+            encode_id(result.old.device_id),
+        )
+
+    def decode_access_token(self, token: str) -> AuthedDevice:
+        """Check signature and expiry (against the injected clock) without touching the database."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[JWT_ALGORITHM],
+                options={"verify_exp": False, "verify_iat": False, "require": ["sub", "acc", "exp", "typ"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise _unauthorized("invalid access token") from exc
+        if claims.get("typ") != "access" or not all(isinstance(claims.get(k), str) for k in ("sub", "acc")):
+            raise _unauthorized("invalid access token")
+        exp = claims["exp"]
+        if not isinstance(exp, int) or exp * 1000 <= self._clock():
+            raise Problem(
+                401,
+                ProblemCode.TOKEN_EXPIRED,
+                "the access token has expired; refresh it",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return AuthedDevice(
+            account_id=claims["acc"], device_id=claims["sub"], username=str(claims.get("usr", ""))
+        )
+
+    async def authenticate_access_token(self, token: str) -> AuthedDevice:
+        """The device behind ``token``; 401 if the token is invalid, expired, or its device was
+        removed. Used by the HTTP dependency on every request and by the WebSocket once per
+        connection (the socket is closed by the removal hook afterwards)."""
+        authed = self.decode_access_token(token)
+        device = await self._accounts.get_device(b64decode(authed.device_id))
+        if device is None or not device.active or encode_id(device.account_id) != authed.account_id:
+            raise Problem(
+                401,
+                ProblemCode.TOKEN_REVOKED,
+                "this device was removed from its account",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return authed

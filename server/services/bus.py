@@ -1,0 +1,123 @@
+"""The delivery bus: wakes the connection that holds a device's socket (ARCHITECTURE §6).
+
+The queue in the database is the truth; the bus only *wakes*. A lost wake-up delays delivery at
+most until the connection's next heartbeat (each ping tick also re-reads the queue), it never loses
+anything. Three kinds of events travel on it, all addressed to one device:
+
+- **wake**: the device's queue has new rows (published only *after* the commit that inserted them);
+- **ephemeral**: a frame for a device that is online now (typing indicators), never stored; if
+  nobody holds that device's socket, the frame is dropped, as intended;
+- **device removed**: the device was removed from its account's list; its socket must close.
+
+:class:`InProcessBus` serves a single server process. A Redis implementation (one pub/sub channel
+per subscribed device) fills the same :class:`DeliveryBus` interface for several instances.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class DeviceListener(Protocol):
+    """What a connection implements to hear about its device. Callbacks run on the event loop,
+    must not block and must not raise."""
+
+    def on_wake(self) -> None: ...
+
+    def on_ephemeral(self, frame: bytes) -> None: ...
+
+    def on_device_removed(self) -> None: ...
+
+
+class Subscription:
+    """A handle returned by :meth:`DeliveryBus.subscribe`; pass it back to unsubscribe."""
+
+    __slots__ = ("device_id", "listener")
+
+    def __init__(self, device_id: bytes, listener: DeviceListener) -> None:
+        self.device_id = device_id
+        self.listener = listener
+
+
+class DeliveryBus(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def subscribe(self, device_id: bytes, listener: DeviceListener) -> Subscription: ...
+
+    def unsubscribe(self, subscription: Subscription) -> None: ...
+
+    async def publish_wake(self, device_ids: Iterable[bytes]) -> None: ...
+
+    async def publish_ephemeral(self, frames: Mapping[bytes, bytes]) -> int:
+        """Hand each device's frame (device id -> encoded frame) to its listener, if any; returns
+        how many were handed over (an implementation across processes may return a lower bound)."""
+        ...
+
+    async def publish_device_removed(self, device_id: bytes) -> None: ...
+
+    def subscriber_count(self) -> int: ...
+
+
+class InProcessBus:
+    """The single-process bus: a dict from device id to its listeners."""
+
+    def __init__(self) -> None:
+        self._subs: dict[bytes, list[Subscription]] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._subs.clear()
+
+    def subscribe(self, device_id: bytes, listener: DeviceListener) -> Subscription:
+        sub = Subscription(device_id, listener)
+        self._subs.setdefault(device_id, []).append(sub)
+        return sub
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subs = self._subs.get(subscription.device_id)
+        if not subs:
+            return
+        try:
+            subs.remove(subscription)
+        except ValueError:
+            return
+        if not subs:
+            del self._subs[subscription.device_id]
+
+    def _listeners(self, device_id: bytes) -> list[DeviceListener]:
+        return [s.listener for s in self._subs.get(device_id, ())]
+
+    async def publish_wake(self, device_ids: Iterable[bytes]) -> None:
+        for device_id in device_ids:
+            for listener in self._listeners(device_id):
+                _safely(listener.on_wake)
+
+    async def publish_ephemeral(self, frames: Mapping[bytes, bytes]) -> int:
+        delivered = 0
+        for device_id, frame in frames.items():
+            for listener in self._listeners(device_id):
+                _safely(listener.on_ephemeral, frame)
+                delivered += 1
+        return delivered
+
+    async def publish_device_removed(self, device_id: bytes) -> None:
+        for listener in self._listeners(device_id):
+            _safely(listener.on_device_removed)
+
+    def subscriber_count(self) -> int:
+        return sum(len(v) for v in self._subs.values())
+
+
+def _safely(fn: object, *args: object) -> None:
+    try:
+        fn(*args)  # type: ignore[operator]
+    except Exception:  # a broken listener must not stop the others
+        log.exception("delivery bus listener failed")

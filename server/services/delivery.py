@@ -1,0 +1,367 @@
+"""Sending envelopes, reading device queues, acknowledgements and retention (ARCHITECTURE §5).
+
+Send rules, checked in this order:
+
+1. Limits: at most ``max_recipients`` ciphertexts, all ciphertexts plus the clock at most
+   ``max_envelope_bytes`` together (the fan-out copies of one message; large payloads travel as
+   attachments), a clock of at most :data:`MAX_CLOCK_BYTES`, no device twice (413 / 422).
+2. Idempotency: ``(sending device, envelope_id)`` already stored -> the stored result again if the
+   request is byte-for-byte the same (its SHA-256 matches), else 409 ``idempotency_conflict``. This
+   comes before every other check, so a retry succeeds even if the device lists changed meanwhile.
+3. Membership: the sender's account must be a member (else 404 ``conversation_not_found``).
+4. Device-list versions: for every member account the client states the version of the signed list
+   it encrypted against. Any stated version that is not the current one (or a member left out) ->
+   410 ``device_list_outdated`` with the current signed lists of those accounts.
+5. Recipients: the devices addressed must be exactly the active devices of every member plus the
+   sender's other devices, minus the sending device -> else 409 ``recipients_mismatch`` with the
+   missing and extra devices per account.
+6. Stored envelopes go through the group-commit writer (one transaction for the envelope, its copies
+   and one queue row per recipient device; gap-free ``server_seq``), and the recipients are woken on
+   the bus after the commit. Ephemeral envelopes skip the database: each recipient device that is
+   connected right now gets its frame through the bus; the others never see it.
+
+The device-list check (4, 5) reads the lists outside the writer's transaction: a list that changes
+between the check and the commit means the envelope reaches the devices of the list it was checked
+against. That is the same outcome as a send that completed just before the list changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from crypto.keys import b64encode
+from server.clock import Clock
+from server.errors import Problem, ProblemCode
+from server.services import delivery_frames as frames
+from server.services.bus import DeliveryBus
+from server.services.delivery_metrics import DeliveryMetrics
+from server.services.delivery_writer import GroupCommitWriter
+from server.storage.conversations_repo import AccountRouting, ConversationsRepo
+from server.storage.envelopes_repo import (
+    Accepted,
+    AckRequest,
+    AlreadyStored,
+    EnvelopesRepo,
+    HistoryItem,
+    NewEnvelope,
+    QueueItem,
+    QueueState,
+    StoredEnvelope,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_CLOCK_BYTES = 64 * 1024
+MAX_HISTORY_LIMIT = 500
+DEFAULT_HISTORY_LIMIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    conversation_id: bytes
+    envelope_id: bytes
+    clock: bytes
+    device_list_versions: Mapping[bytes, int]
+    ephemeral: bool
+    ciphertexts: Sequence[tuple[bytes, bytes]]  # (recipient device id, ciphertext)
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    envelope_id: bytes
+    server_ts_ms: int
+    server_seq: int | None  # None for ephemeral envelopes
+    replayed: bool = False
+    delivered_now: int | None = None  # ephemeral only: recipient sockets that got it
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: list[HistoryItem]
+    next_after: int | None
+
+
+def request_hash(sender_device_id: bytes, req: SendRequest) -> bytes:
+    """SHA-256 over every field of the request, length-prefixed, in a fixed order."""
+    h = hashlib.sha256(b"saltline/v1/envelope-request\x00")
+
+    def put(data: bytes) -> None:
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+
+    put(sender_device_id)
+    put(req.conversation_id)
+    put(req.envelope_id)
+    put(req.clock)
+    put(b"\x01" if req.ephemeral else b"\x00")
+    versions = sorted(req.device_list_versions.items())
+    put(len(versions).to_bytes(8, "big"))
+    for account_id, version in versions:
+        put(account_id)
+        put(int(version).to_bytes(8, "big", signed=True))
+    copies = sorted(req.ciphertexts)
+    put(len(copies).to_bytes(8, "big"))
+    for device_id, ciphertext in copies:
+        put(device_id)
+        put(ciphertext)
+    return h.digest()
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        *,
+        envelopes: EnvelopesRepo,
+        conversations: ConversationsRepo,
+        bus: DeliveryBus,
+        metrics: DeliveryMetrics,
+        clock: Clock,
+        max_envelope_bytes: int,
+        max_recipients: int,
+        queue_retention_s: int,
+        maintenance_interval_s: float | None = None,
+    ) -> None:
+        self.envelopes = envelopes
+        self.conversations = conversations
+        self.bus = bus
+        self.metrics = metrics
+        self.clock = clock
+        self.max_envelope_bytes = max_envelope_bytes
+        self.max_recipients = max_recipients
+        self.queue_retention_s = queue_retention_s
+        self.maintenance_interval_s = (
+            maintenance_interval_s
+            if maintenance_interval_s is not None
+            else min(3600.0, queue_retention_s / 10)
+        )
+        self.writer = GroupCommitWriter(envelopes, self._now, on_batch=metrics.batch_size.observe)
+        self._maintenance: asyncio.Task[None] | None = None
+
+    def _now(self) -> int:
+        return self.clock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.writer.start()
+        if self._maintenance is None:
+            self._maintenance = asyncio.create_task(self._maintenance_loop(), name="delivery-maintenance")
+
+    async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+            self._maintenance = None
+        await self.writer.close()
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            try:
+                await self.purge_expired()
+                self.metrics.queue_depth.set(await self.envelopes.queue_depth())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery maintenance failed")
+            await asyncio.sleep(self.maintenance_interval_s)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send(self, sender_account_id: bytes, sender_device_id: bytes, req: SendRequest) -> SendResult:
+        self._check_limits(req)
+        digest = request_hash(sender_device_id, req)
+        if not req.ephemeral:
+            stored = await self.envelopes.find(sender_device_id, req.envelope_id)
+            if stored is not None:
+                return self._replay(stored, digest)
+
+        routing = await self.conversations.routing(req.conversation_id)
+        if routing is None or all(r.account_id != sender_account_id for r in routing):
+            raise Problem(404, ProblemCode.CONVERSATION_NOT_FOUND, "no such conversation")
+        await self._check_versions(routing, req.device_list_versions)
+        await self._check_recipients(routing, sender_account_id, sender_device_id, req.ciphertexts)
+
+        if req.ephemeral:
+            now = self.clock()
+            by_device = {
+                device_id: frames.ephemeral_frame(
+                    conversation_id=req.conversation_id,
+                    server_ts=now,
+                    sender_account_id=sender_account_id,
+                    sender_device_id=sender_device_id,
+                    envelope_id=req.envelope_id,
+                    clock=req.clock,
+                    ciphertext=ciphertext,
+                )
+                for device_id, ciphertext in req.ciphertexts
+            }
+            delivered = await self.bus.publish_ephemeral(by_device)
+            self.metrics.ephemeral.inc()
+            return SendResult(req.envelope_id, now, None, delivered_now=delivered)
+
+        outcome = await self.writer.send(
+            NewEnvelope(
+                conversation_id=req.conversation_id,
+                envelope_id=req.envelope_id,
+                sender_account_id=sender_account_id,
+                sender_device_id=sender_device_id,
+                clock=req.clock,
+                request_hash=digest,
+                copies=tuple((bytes(d), bytes(c)) for d, c in req.ciphertexts),
+            )
+        )
+        if isinstance(outcome, Accepted):
+            self.metrics.accepted.inc()
+            self.metrics.queue_depth.inc(len(outcome.recipients))
+            await self.bus.publish_wake(outcome.recipients)
+            e = outcome.envelope
+            return SendResult(e.envelope_id, e.server_ts_ms, e.server_seq)
+        if isinstance(outcome, AlreadyStored):
+            return self._replay(outcome.envelope, digest)
+        raise Problem(404, ProblemCode.CONVERSATION_NOT_FOUND, "no such conversation")
+
+    def _check_limits(self, req: SendRequest) -> None:
+        if len(req.ciphertexts) > self.max_recipients:
+            raise Problem(
+                413,
+                ProblemCode.TOO_MANY_RECIPIENTS,
+                f"at most {self.max_recipients} ciphertexts per envelope",
+                limit=self.max_recipients,
+            )
+        if len(req.clock) > MAX_CLOCK_BYTES:
+            raise Problem(
+                413, ProblemCode.ENVELOPE_TOO_LARGE, f"the clock is limited to {MAX_CLOCK_BYTES} bytes"
+            )
+        size = len(req.clock) + sum(len(c) for _, c in req.ciphertexts)
+        if size > self.max_envelope_bytes:
+            raise Problem(
+                413,
+                ProblemCode.ENVELOPE_TOO_LARGE,
+                f"ciphertexts plus clock are limited to {self.max_envelope_bytes} bytes per envelope",
+                limit=self.max_envelope_bytes,
+            )
+        devices = [d for d, _ in req.ciphertexts]
+        if len(set(devices)) != len(devices):
+            raise Problem(
+                422, ProblemCode.VALIDATION_FAILED, "a device is addressed twice", field="ciphertexts"
+            )
+
+    @staticmethod
+    def _replay(stored: StoredEnvelope, digest: bytes) -> SendResult:
+        if stored.request_hash != digest:
+            raise Problem(
+                409,
+                ProblemCode.IDEMPOTENCY_CONFLICT,
+                "this envelope_id was already used for a different envelope",
+                server_seq=stored.server_seq,
+            )
+        return SendResult(stored.envelope_id, stored.server_ts_ms, stored.server_seq, replayed=True)
+
+    async def _check_versions(self, routing: list[AccountRouting], stated: Mapping[bytes, int]) -> None:
+        outdated = [r.account_id for r in routing if stated.get(r.account_id) != r.device_list_version]
+        if not outdated:
+            return
+        lists = await self.conversations.current_signed_lists(outdated)
+        raise Problem(
+            410,
+            ProblemCode.DEVICE_LIST_OUTDATED,
+            "the device lists of some members changed; verify the current lists and re-encrypt",
+            accounts={
+                b64encode(row.account_id): {"version": row.version, "signed_list": b64encode(row.signed)}
+                for row in lists
+            },
+        )
+
+    async def _check_recipients(
+        self,
+        routing: list[AccountRouting],
+        sender_account_id: bytes,
+        sender_device_id: bytes,
+        ciphertexts: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        given = {d for d, _ in ciphertexts}
+        expected: dict[bytes, bytes] = {}  # device -> account
+        for r in routing:
+            for device_id in r.active_devices:
+                if device_id != sender_device_id:
+                    expected[device_id] = r.account_id
+        if given == expected.keys():
+            return
+        report: dict[bytes, dict[str, list[str]]] = {}
+
+        def entry(account_id: bytes) -> dict[str, list[str]]:
+            return report.setdefault(account_id, {"missing": [], "extra": []})
+
+        for device_id, account_id in expected.items():
+            if device_id not in given:
+                entry(account_id)["missing"].append(b64encode(device_id))
+        extra = given - expected.keys()
+        owners = await self.conversations.device_owners(extra)
+        owners.setdefault(sender_device_id, sender_account_id)
+        members = {r.account_id for r in routing}
+        unknown: list[str] = []
+        for device_id in sorted(extra):
+            owner = owners.get(device_id)
+            if owner is not None and owner in members:
+                entry(owner)["extra"].append(b64encode(device_id))
+            else:
+                unknown.append(b64encode(device_id))
+        for e in report.values():
+            e["missing"].sort()
+            e["extra"].sort()
+        raise Problem(
+            409,
+            ProblemCode.RECIPIENTS_MISMATCH,
+            "the ciphertexts do not match the current devices of the conversation",
+            accounts={b64encode(a): e for a, e in report.items()},
+            unknown_devices=unknown,
+        )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def history(
+        self, account_id: bytes, device_id: bytes, conversation_id: bytes, after: int, limit: int
+    ) -> HistoryPage:
+        if not await self.conversations.is_member(conversation_id, account_id):
+            raise Problem(404, ProblemCode.CONVERSATION_NOT_FOUND, "no such conversation")
+        limit = max(1, min(limit, MAX_HISTORY_LIMIT))
+        items = await self.envelopes.history(conversation_id, device_id, max(0, after), limit + 1)
+        more = len(items) > limit
+        items = items[:limit]
+        return HistoryPage(items, items[-1].server_seq if more else None)
+
+    async def pending(self, device_id: bytes, after: int, limit: int) -> tuple[list[QueueItem], QueueState]:
+        return await self.envelopes.pending(device_id, after, limit)
+
+    async def queue_state(self, device_id: bytes) -> QueueState:
+        return await self.envelopes.queue_state(device_id)
+
+    async def pending_count(self, device_id: bytes) -> int:
+        return await self.envelopes.pending_count(device_id)
+
+    async def ack(self, device_id: bytes, through: int) -> None:
+        """Delete the device's queue entries up to ``through`` (cumulative), after commit."""
+        await self.writer.ack(AckRequest(device_id, through))
+
+    # -- retention and removal ---------------------------------------------------------------
+
+    async def purge_expired(self, device_id: bytes | None = None) -> int:
+        cutoff = self.clock() - self.queue_retention_s * 1000
+        dropped = await self.envelopes.purge_expired(cutoff, device_id)
+        if dropped:
+            self.metrics.purged.inc(dropped)
+            self.metrics.queue_depth.dec(dropped)
+        return dropped
+
+    async def device_removed(self, device_id: bytes) -> None:
+        """Close the device's socket (wherever it is held) and drop its queue."""
+        await self.bus.publish_device_removed(device_id)
+        dropped = await self.envelopes.drop_device(device_id)
+        if dropped:
+            self.metrics.queue_depth.dec(dropped)

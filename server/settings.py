@@ -1,0 +1,100 @@
+"""Server configuration: one :class:`Settings` object, read from ``SALTLINE_*`` environment
+variables (and CLI flags, which override them), passed to :func:`server.app.create_app`.
+
+Nothing here touches the database or the network: building a ``Settings`` is free of side effects
+except :meth:`Settings.resolved_jwt_secret`, which creates the persisted secret on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SALTLINE_", extra="ignore")
+
+    data_dir: Path = Path("./saltline-data")
+    #: ``sqlite+aiosqlite:///path`` (default: ``<data_dir>/saltline.db``) or
+    #: ``postgresql+asyncpg://user:pw@host/db``.
+    database_url: str = ""
+    #: SQLite ``synchronous`` pragma. FULL (default): each commit fsyncs the WAL, so a power loss
+    #: cannot undo a commit we already acknowledged; NORMAL is only crash-safe for the process.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    sqlite_busy_timeout_ms: int = 10_000
+    db_pool_size: int = 10
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    log_level: str = "info"
+
+    # -- auth --------------------------------------------------------------------------------
+    #: HS256 secret for access tokens. When unset, a random one is generated once and kept in
+    #: ``<data_dir>/jwt-secret`` (mode 0600), so restarts keep tokens valid.
+    jwt_secret: str | None = None
+    access_token_ttl_s: int = Field(default=900, gt=0)
+    refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
+    login_challenge_ttl_s: int = Field(default=120, gt=0)
+    provisioning_ttl_s: int = Field(default=600, gt=0)
+    #: argon2id cost (RFC 9106 second recommendation by default; tests lower it).
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_cost_kib: int = Field(default=65536, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
+
+    # -- delivery ----------------------------------------------------------------------------
+    heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    heartbeat_missed_limit: int = Field(default=2, ge=1)
+    delivery_window: int = Field(default=64, ge=1)
+    queue_retention_s: int = Field(default=30 * 24 * 3600, gt=0)
+
+    # -- limits ------------------------------------------------------------------------------
+    max_envelope_bytes: int = Field(default=256 * 1024, gt=0)
+    max_recipients: int = Field(default=1000, gt=0)
+    max_prekeys_per_upload: int = Field(default=100, gt=0)
+    max_devices_per_account: int = Field(default=10, gt=0)
+    max_provisioning_payload_bytes: int = Field(default=64 * 1024, gt=0)
+    max_device_list_bytes: int = Field(default=64 * 1024, gt=0)
+
+    # -- rate limits (``limits`` strings; memory storage, per process) ------------------------
+    rate_limit_enabled: bool = True
+    rate_limit_login_per_account: str = "10/minute"
+    rate_limit_login_per_ip: str = "10/minute"
+    rate_limit_register_per_ip: str = "5/minute"
+    rate_limit_provisioning_per_ip: str = "10/minute"
+
+    @model_validator(mode="after")
+    def _default_database_url(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{(self.data_dir / 'saltline.db').as_posix()}"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def resolved_jwt_secret(self) -> str:
+        """The configured secret, or the persisted one (created with mode 0600 on first use)."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / JWT_SECRET_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            secret = path.read_text(encoding="ascii").strip()
+            if len(secret) < 32:
+                raise RuntimeError(
+                    f"{path} is too short to be a JWT secret; delete it to regenerate"
+                ) from None
+            return secret
+        secret = secrets.token_urlsafe(48)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secret + "\n")
+        return secret

@@ -1,0 +1,133 @@
+"""SQL for refresh tokens (stored as SHA-256 hashes) and device-login challenges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from sqlalchemy import and_, delete, insert, select, update
+
+from server.storage.db import Database
+from server.storage.schema import devices, login_challenges, refresh_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshTokenRow:
+    token_hash: bytes
+    family_id: bytes
+    device_id: bytes
+    account_id: bytes
+    issued_at_ms: int
+    expires_at_ms: int
+    used: bool = False
+    revoked: bool = False
+
+
+class RotateOutcome(Enum):
+    ROTATED = "rotated"
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    REVOKED = "revoked"  # revoked family, or the device is no longer active
+    REUSED = "reused"  # an already-rotated token: the family has now been revoked
+
+
+@dataclass(frozen=True, slots=True)
+class RotateResult:
+    outcome: RotateOutcome
+    old: RefreshTokenRow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeRow:
+    nonce: bytes
+    username_lower: str
+    device_id: bytes
+    expires_at_ms: int
+
+
+class AuthRepo:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def insert_refresh(self, row: RefreshTokenRow) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(insert(refresh_tokens).values(**_asdict(row)))
+
+    async def rotate_refresh(
+        self, token_hash: bytes, make_new: Callable[[RefreshTokenRow], RefreshTokenRow], now_ms: int
+    ) -> RotateResult:
+        """Mark the token used and insert its successor (built by ``make_new`` from the old row),
+        in one transaction. Presenting a used token revokes its whole family."""
+        async with self._db.write() as conn:
+            row = (
+                await conn.execute(
+                    select(refresh_tokens, devices.c.removed_at_ms)
+                    .join(devices, devices.c.device_id == refresh_tokens.c.device_id)
+                    .where(refresh_tokens.c.token_hash == token_hash)
+                )
+            ).first()
+            if row is None:
+                return RotateResult(RotateOutcome.UNKNOWN)
+            old = RefreshTokenRow(**{k: row._mapping[k] for k in RefreshTokenRow.__slots__})
+            if old.revoked or row.removed_at_ms is not None:
+                return RotateResult(RotateOutcome.REVOKED, old)
+            if old.used:
+                await conn.execute(
+                    update(refresh_tokens)
+                    .where(refresh_tokens.c.family_id == old.family_id)
+                    .values(revoked=True)
+                )
+                return RotateResult(RotateOutcome.REUSED, old)
+            if old.expires_at_ms <= now_ms:
+                return RotateResult(RotateOutcome.EXPIRED, old)
+            claimed = await conn.execute(
+                update(refresh_tokens)
+                .where(and_(refresh_tokens.c.token_hash == token_hash, refresh_tokens.c.used.is_(False)))
+                .values(used=True)
+            )
+            if claimed.rowcount != 1:  # a concurrent rotation of the same token: that is reuse
+                await conn.execute(
+                    update(refresh_tokens)
+                    .where(refresh_tokens.c.family_id == old.family_id)
+                    .values(revoked=True)
+                )
+                return RotateResult(RotateOutcome.REUSED, old)
+            await conn.execute(insert(refresh_tokens).values(**_asdict(make_new(old))))
+            # Forget rows of this family that can no longer matter (expired and used).
+            await conn.execute(
+                delete(refresh_tokens).where(
+                    and_(
+                        refresh_tokens.c.expires_at_ms <= now_ms, refresh_tokens.c.family_id == old.family_id
+                    )
+                )
+            )
+            return RotateResult(RotateOutcome.ROTATED, old)
+
+    async def revoke_device_tokens(self, device_id: bytes) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(refresh_tokens).where(refresh_tokens.c.device_id == device_id).values(revoked=True)
+            )
+
+    async def insert_challenge(self, row: ChallengeRow, now_ms: int) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(delete(login_challenges).where(login_challenges.c.expires_at_ms <= now_ms))
+            await conn.execute(insert(login_challenges).values(**_asdict(row)))
+
+    async def consume_challenge(self, nonce: bytes) -> ChallengeRow | None:
+        """Delete and return the challenge: each one can be consumed exactly once."""
+        async with self._db.write() as conn:
+            row = (
+                await conn.execute(select(login_challenges).where(login_challenges.c.nonce == nonce))
+            ).first()
+            if row is None:
+                return None
+            deleted = await conn.execute(delete(login_challenges).where(login_challenges.c.nonce == nonce))
+            if deleted.rowcount != 1:
+                return None
+            return ChallengeRow(**{k: row._mapping[k] for k in ChallengeRow.__slots__})
+
+
+def _asdict(obj: object) -> dict[str, object]:
+    return {k: getattr(obj, k) for k in obj.__slots__}  # type: ignore[attr-defined]

@@ -1,0 +1,510 @@
+"""SQL for the delivery hot path: envelope inserts, device queues, acknowledgements, retention.
+
+Everything here is SQLAlchemy Core (no ORM) and shaped for group commit: :meth:`EnvelopesRepo.write_batch`
+applies many sends and acknowledgements with a fixed number of multi-row statements in ONE
+transaction, whatever the batch size:
+
+1. look up the idempotency keys already stored (``(sender_device_id, envelope_id)``);
+2. lock and read the conversations' ``last_server_seq`` (``FOR UPDATE`` on PostgreSQL, ordered by id
+   so that two writers cannot deadlock; SQLite has one writer anyway), assign gap-free seqs;
+3. lock and read the recipient devices' queue counters (same ordering), create the missing ones,
+   assign ``queue_seq``;
+4. insert envelopes, ciphertext copies and queue rows (executemany), update the counters;
+5. delete acknowledged queue rows and raise the acknowledged watermarks.
+
+Because a device's queue counter row is locked until commit, its ``queue_seq`` values become visible
+in increasing order: a reader that has seen ``queue_seq = n`` never later finds a smaller one
+committed, so a cumulative acknowledgement can never delete a row the device has not seen.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, bindparam, case, delete, func, insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.storage.db import Database
+from server.storage.delivery_schema import (
+    conversations,
+    device_queue,
+    device_queue_state,
+    envelope_copies,
+    envelopes,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEnvelope:
+    conversation_id: bytes
+    envelope_id: bytes
+    sender_account_id: bytes
+    sender_device_id: bytes
+    clock: bytes
+    request_hash: bytes
+    copies: tuple[tuple[bytes, bytes], ...]  # (recipient device_id, ciphertext)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEnvelope:
+    """An envelope as stored: what a send (or its retry) answers with."""
+
+    conversation_id: bytes
+    envelope_id: bytes
+    server_seq: int
+    server_ts_ms: int
+    request_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    envelope: StoredEnvelope
+    recipients: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyStored:
+    """The idempotency key was already used (earlier, or earlier in the same batch)."""
+
+    envelope: StoredEnvelope
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationGone:
+    conversation_id: bytes
+
+
+SendOutcome = Accepted | AlreadyStored | ConversationGone
+
+
+@dataclass(frozen=True, slots=True)
+class AckRequest:
+    device_id: bytes
+    through: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    last_queue_seq: int = 0
+    acked_through: int = 0
+    purged_through: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    queue_seq: int
+    conversation_id: bytes
+    server_seq: int
+    server_ts_ms: int
+    sender_account_id: bytes
+    sender_device_id: bytes
+    envelope_id: bytes
+    clock: bytes
+    ciphertext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryItem:
+    server_seq: int
+    server_ts_ms: int
+    sender_account_id: bytes
+    sender_device_id: bytes
+    envelope_id: bytes
+    clock: bytes
+    ciphertext: bytes | None  # None when the envelope carried no copy for the asking device
+
+
+_update_conversation_seq = (
+    update(conversations)
+    .where(conversations.c.id == bindparam("b_id"))
+    .values(last_server_seq=bindparam("b_seq"))
+)
+_update_queue_counter = (
+    update(device_queue_state)
+    .where(device_queue_state.c.device_id == bindparam("b_device"))
+    .values(last_queue_seq=bindparam("b_last"))
+)
+_delete_acked = delete(device_queue).where(
+    device_queue.c.device_id == bindparam("b_device"), device_queue.c.queue_seq <= bindparam("b_through")
+)
+_raise_acked = (
+    update(device_queue_state)
+    .where(device_queue_state.c.device_id == bindparam("b_device"))
+    .values(
+        acked_through=case(
+            (device_queue_state.c.acked_through < bindparam("b_through"), bindparam("b_through")),
+            else_=device_queue_state.c.acked_through,
+        )
+    )
+)
+_raise_purged = (
+    update(device_queue_state)
+    .where(device_queue_state.c.device_id == bindparam("b_device"))
+    .values(
+        purged_through=case(
+            (device_queue_state.c.purged_through < bindparam("b_through"), bindparam("b_through")),
+            else_=device_queue_state.c.purged_through,
+        )
+    )
+)
+
+
+def _stored(row: object) -> StoredEnvelope:
+    return StoredEnvelope(
+        conversation_id=bytes(row.conversation_id),  # type: ignore[attr-defined]
+        envelope_id=bytes(row.envelope_id),  # type: ignore[attr-defined]
+        server_seq=int(row.server_seq),  # type: ignore[attr-defined]
+        server_ts_ms=int(row.server_ts_ms),  # type: ignore[attr-defined]
+        request_hash=bytes(row.request_hash),  # type: ignore[attr-defined]
+    )
+
+
+class EnvelopesRepo:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def find(self, sender_device_id: bytes, envelope_id: bytes) -> StoredEnvelope | None:
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        envelopes.c.conversation_id,
+                        envelopes.c.envelope_id,
+                        envelopes.c.server_seq,
+                        envelopes.c.server_ts_ms,
+                        envelopes.c.request_hash,
+                    ).where(
+                        envelopes.c.sender_device_id == sender_device_id,
+                        envelopes.c.envelope_id == envelope_id,
+                    )
+                )
+            ).first()
+        return None if row is None else _stored(row)
+
+    async def queue_state(self, device_id: bytes) -> QueueState:
+        async with self._db.read() as conn:
+            return await self._queue_state(conn, device_id)
+
+    @staticmethod
+    async def _queue_state(conn: AsyncConnection, device_id: bytes) -> QueueState:
+        row = (
+            await conn.execute(
+                select(
+                    device_queue_state.c.last_queue_seq,
+                    device_queue_state.c.acked_through,
+                    device_queue_state.c.purged_through,
+                ).where(device_queue_state.c.device_id == device_id)
+            )
+        ).first()
+        if row is None:
+            return QueueState()
+        return QueueState(int(row[0]), int(row[1]), int(row[2]))
+
+    async def pending(self, device_id: bytes, after: int, limit: int) -> tuple[list[QueueItem], QueueState]:
+        """Up to ``limit`` queued items with ``queue_seq > after``, in order, and the queue state."""
+        q = (
+            select(
+                device_queue.c.queue_seq,
+                device_queue.c.conversation_id,
+                device_queue.c.server_seq,
+                envelopes.c.server_ts_ms,
+                envelopes.c.sender_account_id,
+                envelopes.c.sender_device_id,
+                envelopes.c.envelope_id,
+                envelopes.c.clock,
+                envelope_copies.c.ciphertext,
+            )
+            .select_from(
+                device_queue.join(
+                    envelopes,
+                    and_(
+                        envelopes.c.conversation_id == device_queue.c.conversation_id,
+                        envelopes.c.server_seq == device_queue.c.server_seq,
+                    ),
+                ).join(
+                    envelope_copies,
+                    and_(
+                        envelope_copies.c.conversation_id == device_queue.c.conversation_id,
+                        envelope_copies.c.server_seq == device_queue.c.server_seq,
+                        envelope_copies.c.device_id == device_queue.c.device_id,
+                    ),
+                )
+            )
+            .where(device_queue.c.device_id == device_id, device_queue.c.queue_seq > after)
+            .order_by(device_queue.c.queue_seq)
+            .limit(limit)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(q)).all()
+            state = await self._queue_state(conn, device_id)
+        items = [
+            QueueItem(
+                queue_seq=int(r[0]),
+                conversation_id=bytes(r[1]),
+                server_seq=int(r[2]),
+                server_ts_ms=int(r[3]),
+                sender_account_id=bytes(r[4]),
+                sender_device_id=bytes(r[5]),
+                envelope_id=bytes(r[6]),
+                clock=bytes(r[7]),
+                ciphertext=bytes(r[8]),
+            )
+            for r in rows
+        ]
+        return items, state
+
+    async def history(
+        self, conversation_id: bytes, device_id: bytes, after: int, limit: int
+    ) -> list[HistoryItem]:
+        """Envelopes of a conversation with ``server_seq > after``, each with only the copy
+        addressed to ``device_id`` (or none)."""
+        q = (
+            select(
+                envelopes.c.server_seq,
+                envelopes.c.server_ts_ms,
+                envelopes.c.sender_account_id,
+                envelopes.c.sender_device_id,
+                envelopes.c.envelope_id,
+                envelopes.c.clock,
+                envelope_copies.c.ciphertext,
+            )
+            .select_from(
+                envelopes.outerjoin(
+                    envelope_copies,
+                    and_(
+                        envelope_copies.c.conversation_id == envelopes.c.conversation_id,
+                        envelope_copies.c.server_seq == envelopes.c.server_seq,
+                        envelope_copies.c.device_id == device_id,
+                    ),
+                )
+            )
+            .where(envelopes.c.conversation_id == conversation_id, envelopes.c.server_seq > after)
+            .order_by(envelopes.c.server_seq)
+            .limit(limit)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            HistoryItem(
+                server_seq=int(r[0]),
+                server_ts_ms=int(r[1]),
+                sender_account_id=bytes(r[2]),
+                sender_device_id=bytes(r[3]),
+                envelope_id=bytes(r[4]),
+                clock=bytes(r[5]),
+                ciphertext=None if r[6] is None else bytes(r[6]),
+            )
+            for r in rows
+        ]
+
+    async def queue_depth(self) -> int:
+        async with self._db.read() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(device_queue)) or 0)
+
+    async def pending_count(self, device_id: bytes) -> int:
+        async with self._db.read() as conn:
+            return int(
+                await conn.scalar(
+                    select(func.count())
+                    .select_from(device_queue)
+                    .where(device_queue.c.device_id == device_id)
+                )
+                or 0
+            )
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def write_batch(
+        self, sends: Sequence[NewEnvelope], acks: Sequence[AckRequest], now_ms: int
+    ) -> list[SendOutcome]:
+        """Apply ``sends`` and ``acks`` in one transaction; one outcome per send, in order."""
+        async with self._db.write() as conn:
+            outcomes = await self._apply_sends(conn, sends, now_ms) if sends else []
+            if acks:
+                await self._apply_acks(conn, acks)
+        return outcomes
+
+    async def _apply_sends(
+        self, conn: AsyncConnection, sends: Sequence[NewEnvelope], now_ms: int
+    ) -> list[SendOutcome]:
+        keys = {(e.sender_device_id, e.envelope_id) for e in sends}
+        existing: dict[tuple[bytes, bytes], StoredEnvelope] = {}
+        rows = await conn.execute(
+            select(
+                envelopes.c.conversation_id,
+                envelopes.c.envelope_id,
+                envelopes.c.server_seq,
+                envelopes.c.server_ts_ms,
+                envelopes.c.request_hash,
+                envelopes.c.sender_device_id,
+            ).where(envelopes.c.envelope_id.in_(list({e.envelope_id for e in sends})))
+        )
+        for row in rows:
+            key = (bytes(row.sender_device_id), bytes(row.envelope_id))
+            if key in keys:
+                existing[key] = _stored(row)
+
+        conv_ids = sorted({e.conversation_id for e in sends})
+        last_seq: dict[bytes, int] = {
+            bytes(cid): int(seq)
+            for cid, seq in await conn.execute(
+                select(conversations.c.id, conversations.c.last_server_seq)
+                .where(conversations.c.id.in_(conv_ids))
+                .order_by(conversations.c.id)
+                .with_for_update()
+            )
+        }
+
+        # Decide each send's fate; assign server_seq to the fresh ones.
+        outcomes: list[SendOutcome | None] = [None] * len(sends)
+        fresh: list[tuple[int, NewEnvelope, int]] = []  # (index, envelope, server_seq)
+        first_in_batch: dict[tuple[bytes, bytes], int] = {}
+        for i, env in enumerate(sends):
+            key = (env.sender_device_id, env.envelope_id)
+            if key in existing:
+                outcomes[i] = AlreadyStored(existing[key])
+            elif key in first_in_batch:
+                continue  # resolved below, from the first occurrence's outcome
+            elif env.conversation_id not in last_seq:
+                outcomes[i] = ConversationGone(env.conversation_id)
+            else:
+                first_in_batch[key] = i
+                last_seq[env.conversation_id] += 1
+                fresh.append((i, env, last_seq[env.conversation_id]))
+
+        if fresh:
+            await conn.execute(
+                _update_conversation_seq,
+                [
+                    {"b_id": cid, "b_seq": seq}
+                    for cid, seq in last_seq.items()
+                    if any(e.conversation_id == cid for _, e, _ in fresh)
+                ],
+            )
+            need = Counter(dev for _, env, _ in fresh for dev, _ in env.copies)
+            devices = sorted(need)
+            counters: dict[bytes, int] = {
+                bytes(d): int(n)
+                for d, n in await conn.execute(
+                    select(device_queue_state.c.device_id, device_queue_state.c.last_queue_seq)
+                    .where(device_queue_state.c.device_id.in_(devices))
+                    .order_by(device_queue_state.c.device_id)
+                    .with_for_update()
+                )
+            }
+            missing = [d for d in devices if d not in counters]
+            if missing:
+                await conn.execute(
+                    insert(device_queue_state),
+                    [
+                        {"device_id": d, "last_queue_seq": 0, "acked_through": 0, "purged_through": 0}
+                        for d in missing
+                    ],
+                )
+                counters.update(dict.fromkeys(missing, 0))
+
+            env_rows = []
+            copy_rows = []
+            queue_rows = []
+            for i, env, seq in fresh:
+                env_rows.append(
+                    {
+                        "conversation_id": env.conversation_id,
+                        "server_seq": seq,
+                        "envelope_id": env.envelope_id,
+                        "sender_account_id": env.sender_account_id,
+                        "sender_device_id": env.sender_device_id,
+                        "server_ts_ms": now_ms,
+                        "clock": env.clock,
+                        "request_hash": env.request_hash,
+                    }
+                )
+                for dev, ciphertext in env.copies:
+                    counters[dev] += 1
+                    copy_rows.append(
+                        {
+                            "conversation_id": env.conversation_id,
+                            "server_seq": seq,
+                            "device_id": dev,
+                            "ciphertext": ciphertext,
+                        }
+                    )
+                    queue_rows.append(
+                        {
+                            "device_id": dev,
+                            "queue_seq": counters[dev],
+                            "conversation_id": env.conversation_id,
+                            "server_seq": seq,
+                            "enqueued_at_ms": now_ms,
+                        }
+                    )
+                outcomes[i] = Accepted(
+                    StoredEnvelope(env.conversation_id, env.envelope_id, seq, now_ms, env.request_hash),
+                    tuple(dev for dev, _ in env.copies),
+                )
+            await conn.execute(
+                _update_queue_counter, [{"b_device": d, "b_last": counters[d]} for d in devices]
+            )
+            await conn.execute(insert(envelopes), env_rows)
+            if copy_rows:
+                await conn.execute(insert(envelope_copies), copy_rows)
+                await conn.execute(insert(device_queue), queue_rows)
+
+        # Later duplicates of a key first seen in this batch replay the first one's result.
+        for i, env in enumerate(sends):
+            if outcomes[i] is None:
+                first = outcomes[first_in_batch[(env.sender_device_id, env.envelope_id)]]
+                assert isinstance(first, Accepted)
+                outcomes[i] = AlreadyStored(first.envelope)
+        return [o for o in outcomes if o is not None]
+
+    @staticmethod
+    async def _apply_acks(conn: AsyncConnection, acks: Sequence[AckRequest]) -> None:
+        through: dict[bytes, int] = {}
+        for a in acks:
+            through[a.device_id] = max(through.get(a.device_id, 0), a.through)
+        params = [{"b_device": d, "b_through": t} for d, t in sorted(through.items())]
+        await conn.execute(_delete_acked, params)
+        await conn.execute(_raise_acked, params)
+
+    async def purge_expired(self, cutoff_ms: int, device_id: bytes | None = None) -> int:
+        """Drop queue entries enqueued before ``cutoff_ms`` (for one device, or all devices and
+        then also the expired envelopes and copies). A queue is truncated as a prefix: every entry
+        of a device up to its newest expired ``queue_seq`` goes, and ``purged_through`` records it
+        so that the device is told about the gap. Returns the number of queue entries dropped."""
+        expired = select(device_queue.c.device_id, func.max(device_queue.c.queue_seq)).where(
+            device_queue.c.enqueued_at_ms < cutoff_ms
+        )
+        if device_id is not None:
+            expired = expired.where(device_queue.c.device_id == device_id)
+        expired = expired.group_by(device_queue.c.device_id)
+        async with self._db.write() as conn:
+            marks = [{"b_device": bytes(d), "b_through": int(m)} for d, m in await conn.execute(expired)]
+            dropped = 0
+            if marks:
+                result = await conn.execute(_delete_acked, marks)
+                dropped = max(0, int(result.rowcount or 0))
+                await conn.execute(_raise_purged, marks)
+            if device_id is None:
+                old = select(envelopes.c.conversation_id, envelopes.c.server_seq).where(
+                    envelopes.c.server_ts_ms < cutoff_ms
+                )
+                await conn.execute(
+                    delete(envelope_copies).where(
+                        tuple_(envelope_copies.c.conversation_id, envelope_copies.c.server_seq).in_(old)
+                    )
+                )
+                # Queue rows still pointing at an expired envelope (possible only when clocks
+                # jump) go with it, and are accounted as purged above on the next run.
+                await conn.execute(delete(envelopes).where(envelopes.c.server_ts_ms < cutoff_ms))
+        return dropped
+
+    async def drop_device(self, device_id: bytes) -> int:
+        """Forget a removed device's queue (its entries can never be delivered)."""
+        async with self._db.write() as conn:
+            result = await conn.execute(delete(device_queue).where(device_queue.c.device_id == device_id))
+            return int(result.rowcount or 0)

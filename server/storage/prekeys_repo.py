@@ -1,0 +1,140 @@
+"""SQL for the key directory: upload, count and claim prekeys.
+
+Claiming a one-time prekey hands it out exactly once, even under concurrent claims:
+- PostgreSQL: ``DELETE FROM prekeys WHERE id = (SELECT id ... ORDER BY id LIMIT 1 FOR UPDATE
+  SKIP LOCKED) RETURNING encoded``: concurrent claimers lock different rows, never the same one;
+- SQLite: the write transaction is ``BEGIN IMMEDIATE`` so claims are serialised by the single
+  writer lock (``FOR UPDATE SKIP LOCKED`` is not rendered for SQLite).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, delete, func, insert, select
+
+from server.storage.db import Database
+from server.storage.schema import prekeys
+
+SIGNED = 0x04  # crypto.keys.KeyKind.SIGNED_PREKEY
+ONE_TIME = 0x05  # crypto.keys.KeyKind.ONE_TIME_PREKEY
+LAST_RESORT = 0x06  # crypto.keys.KeyKind.LAST_RESORT_PREKEY
+
+
+@dataclass(frozen=True, slots=True)
+class PreKeyRow:
+    kind: int
+    key_id: int
+    encoded: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedPreKeys:
+    signed: bytes | None
+    one_time: bytes | None  # None: none left (the caller falls back to the last-resort key)
+    last_resort: bytes | None
+    one_time_remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreKeyCounts:
+    one_time: int
+    signed_key_id: int | None
+    last_resort_key_id: int | None
+
+
+class PreKeysRepo:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def upload(
+        self,
+        device_id: bytes,
+        signed: PreKeyRow | None,
+        last_resort: PreKeyRow | None,
+        one_time: Sequence[PreKeyRow],
+        now_ms: int,
+    ) -> None:
+        """Replace the signed and last-resort prekeys (when given) and add one-time prekeys (an
+        upload of an id that exists replaces it)."""
+        async with self._db.write() as conn:
+            for single in (signed, last_resort):
+                if single is not None:
+                    await conn.execute(
+                        delete(prekeys).where(
+                            and_(prekeys.c.device_id == device_id, prekeys.c.kind == single.kind)
+                        )
+                    )
+            if one_time:
+                await conn.execute(
+                    delete(prekeys).where(
+                        and_(
+                            prekeys.c.device_id == device_id,
+                            prekeys.c.kind == ONE_TIME,
+                            prekeys.c.key_id.in_([k.key_id for k in one_time]),
+                        )
+                    )
+                )
+            rows = [k for k in (signed, last_resort, *one_time) if k is not None]
+            if rows:
+                await conn.execute(
+                    insert(prekeys),
+                    [
+                        {
+                            "device_id": device_id,
+                            "kind": k.kind,
+                            "key_id": k.key_id,
+                            "encoded": k.encoded,
+                            "uploaded_at_ms": now_ms,
+                        }
+                        for k in rows
+                    ],
+                )
+
+    async def counts(self, device_id: bytes) -> PreKeyCounts:
+        async with self._db.read() as conn:
+            one_time = await conn.scalar(
+                select(func.count())
+                .select_from(prekeys)
+                .where(and_(prekeys.c.device_id == device_id, prekeys.c.kind == ONE_TIME))
+            )
+            singles = {
+                r.kind: r.key_id
+                for r in await conn.execute(
+                    select(prekeys.c.kind, prekeys.c.key_id).where(
+                        and_(prekeys.c.device_id == device_id, prekeys.c.kind.in_([SIGNED, LAST_RESORT]))
+                    )
+                )
+            }
+        return PreKeyCounts(int(one_time or 0), singles.get(SIGNED), singles.get(LAST_RESORT))
+
+    async def claim(self, device_id: bytes) -> ClaimedPreKeys:
+        """Take one one-time prekey (deleted in the same transaction) plus the signed and
+        last-resort prekeys, and count what is left."""
+        async with self._db.write() as conn:
+            pick = (
+                select(prekeys.c.id)
+                .where(and_(prekeys.c.device_id == device_id, prekeys.c.kind == ONE_TIME))
+                .order_by(prekeys.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+            one_time = await conn.scalar(
+                delete(prekeys).where(prekeys.c.id == pick).returning(prekeys.c.encoded)
+            )
+            singles = {
+                r.kind: r.encoded
+                for r in await conn.execute(
+                    select(prekeys.c.kind, prekeys.c.encoded).where(
+                        and_(prekeys.c.device_id == device_id, prekeys.c.kind.in_([SIGNED, LAST_RESORT]))
+                    )
+                )
+            }
+            remaining = await conn.scalar(
+                select(func.count())
+                .select_from(prekeys)
+                .where(and_(prekeys.c.device_id == device_id, prekeys.c.kind == ONE_TIME))
+            )
+        return ClaimedPreKeys(singles.get(SIGNED), one_time, singles.get(LAST_RESORT), int(remaining or 0))

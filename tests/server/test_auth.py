@@ -1,0 +1,252 @@
+"""Registration, password and device-key login, token rotation, expiry and revocation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.live import LiveServer, ManualClock
+from tests.server.helpers import (
+    PASSWORD,
+    add_device,
+    login,
+    new_account,
+    register,
+    register_body,
+    remove_device,
+    sign_challenge,
+    unique_username,
+)
+
+
+def _code(r: httpx.Response) -> str:
+    assert r.headers["content-type"].startswith("application/problem+json"), r.text
+    return str(r.json()["code"])
+
+
+def test_register_and_login(client: httpx.Client) -> None:
+    account = register(client)
+    me = client.get("/v1/auth/me", headers=account.first.headers)
+    assert me.status_code == 200
+    assert me.json() == {
+        "account_id": account.account_id,
+        "device_id": account.first.id,
+        "username": account.username.lower(),
+    }
+    r = login(client, account, account.first)
+    assert r.status_code == 200
+    assert r.json()["token_type"] == "Bearer"
+    assert client.get("/v1/auth/me", headers=account.first.headers).status_code == 200
+
+
+def test_username_rules(client: httpx.Client) -> None:
+    name = unique_username("Mixed")
+    register(client, name)
+    r = client.post("/v1/accounts", json=register_body(new_account(name.upper())))
+    assert (r.status_code, _code(r)) == (409, "username_taken")
+    for bad in ("ab", "x" * 33, "has space", "émile_1234"):
+        r = client.post(
+            "/v1/accounts", json=register_body(new_account(unique_username())) | {"username": bad}
+        )
+        assert (r.status_code, _code(r)) == (422, "username_invalid"), bad
+
+
+def test_password_rules(client: httpx.Client) -> None:
+    for bad in ("short", "x" * 257):
+        account = new_account()
+        account.password = bad
+        r = client.post("/v1/accounts", json=register_body(account))
+        assert (r.status_code, _code(r)) == (422, "password_weak")
+
+
+def test_wrong_password_and_unknown_device(client: httpx.Client) -> None:
+    account = register(client)
+    account.password = "not the password"
+    r = login(client, account, account.first)
+    assert (r.status_code, _code(r)) == (401, "unauthorized")
+    account.password = PASSWORD
+    stranger = new_account().first
+    r = login(client, account, stranger)
+    assert (r.status_code, _code(r)) == (403, "device_not_active")
+    r = client.post(
+        "/v1/auth/login", json={"username": "nobody_here", "password": PASSWORD, "device_id": stranger.id}
+    )
+    assert (r.status_code, _code(r)) == (401, "unauthorized")
+
+
+def test_missing_and_garbage_tokens(client: httpx.Client) -> None:
+    assert _code(client.get("/v1/auth/me")) == "unauthorized"
+    r = client.get("/v1/auth/me", headers={"Authorization": "Bearer not.a.jwt"})
+    assert (r.status_code, _code(r)) == (401, "unauthorized")
+
+
+def test_refresh_rotates_and_reuse_revokes_family(client: httpx.Client) -> None:
+    account = register(client)
+    first_refresh = account.first.refresh_token
+    r = client.post("/v1/auth/refresh", json={"refresh_token": first_refresh})
+    assert r.status_code == 200
+    second = r.json()
+    assert second["refresh_token"] != first_refresh
+    assert (
+        client.get("/v1/auth/me", headers={"Authorization": f"Bearer {second['access_token']}"}).status_code
+        == 200
+    )
+
+    # The first token again: reuse. The whole family dies, including the legitimate successor.
+    r = client.post("/v1/auth/refresh", json={"refresh_token": first_refresh})
+    assert (r.status_code, _code(r)) == (401, "refresh_token_reused")
+    r = client.post("/v1/auth/refresh", json={"refresh_token": second["refresh_token"]})
+    assert (r.status_code, _code(r)) == (401, "token_revoked")
+    # Another login (another family) is unaffected.
+    assert login(client, account, account.first).status_code == 200
+    r = client.post("/v1/auth/refresh", json={"refresh_token": account.first.refresh_token})
+    assert r.status_code == 200
+    r = client.post("/v1/auth/refresh", json={"refresh_token": "never-issued"})
+    assert (r.status_code, _code(r)) == (401, "unauthorized")
+
+
+def test_access_and_refresh_expiry(make_server: Callable[..., LiveServer], clock: ManualClock) -> None:
+    server = make_server(access_token_ttl_s=60, refresh_token_ttl_s=3600)
+    with server.client() as client:
+        account = register(client)
+        clock.advance(61)
+        r = client.get("/v1/auth/me", headers=account.first.headers)
+        assert (r.status_code, _code(r)) == (401, "token_expired")
+        r = client.post("/v1/auth/refresh", json={"refresh_token": account.first.refresh_token})
+        assert r.status_code == 200
+        fresh = r.json()
+        assert (
+            client.get(
+                "/v1/auth/me", headers={"Authorization": f"Bearer {fresh['access_token']}"}
+            ).status_code
+            == 200
+        )
+        clock.advance(3601)
+        r = client.post("/v1/auth/refresh", json={"refresh_token": fresh["refresh_token"]})
+        assert (r.status_code, _code(r)) == (401, "token_expired")
+
+
+def test_removed_device_is_locked_out_at_once(live_server: LiveServer, client: httpx.Client) -> None:
+    removed_calls: list[tuple[str, str]] = []
+
+    async def hook(account_id: str, device_id: str) -> None:
+        removed_calls.append((account_id, device_id))
+
+    live_server.ctx.on_device_removed.append(hook)
+    account = register(client)
+    laptop = add_device(client, account)
+    assert client.get("/v1/auth/me", headers=laptop.headers).status_code == 200
+    remove_device(client, account, laptop)
+    assert removed_calls == [(account.account_id, laptop.id)]
+    r = client.get("/v1/auth/me", headers=laptop.headers)
+    assert (r.status_code, _code(r)) == (401, "token_revoked")
+    r = client.post("/v1/auth/refresh", json={"refresh_token": laptop.refresh_token})
+    assert (r.status_code, _code(r)) == (401, "token_revoked")
+    r = login(client, account, laptop)
+    assert (r.status_code, _code(r)) == (403, "device_not_active")
+    assert client.get("/v1/auth/me", headers=account.first.headers).status_code == 200
+
+
+def test_device_login_by_challenge(client: httpx.Client, clock: ManualClock) -> None:
+    account = register(client)
+    phone = account.first
+
+    def challenge() -> str:
+        r = client.post("/v1/auth/challenge", json={"username": account.username, "device_id": phone.id})
+        assert r.status_code == 200
+        return str(r.json()["nonce"])
+
+    nonce = challenge()
+    body = {
+        "username": account.username,
+        "device_id": phone.id,
+        "nonce": nonce,
+        "signature": sign_challenge(phone, account.username, nonce),
+    }
+    r = client.post("/v1/auth/device-login", json=body)
+    assert r.status_code == 200, r.text
+    assert (
+        client.get("/v1/auth/me", headers={"Authorization": f"Bearer {r.json()['access_token']}"}).status_code
+        == 200
+    )
+
+    r = client.post("/v1/auth/device-login", json=body)  # replay
+    assert (r.status_code, _code(r)) == (401, "challenge_invalid")
+
+    nonce = challenge()
+    other = new_account().first  # a signature by a key that is not this device's
+    r = client.post(
+        "/v1/auth/device-login",
+        json=body | {"nonce": nonce, "signature": sign_challenge(other, account.username, nonce)},
+    )
+    assert (r.status_code, _code(r)) == (401, "device_signature_invalid")
+
+    nonce = challenge()
+    clock.advance(3600)
+    r = client.post(
+        "/v1/auth/device-login",
+        json=body | {"nonce": nonce, "signature": sign_challenge(phone, account.username, nonce)},
+    )
+    assert (r.status_code, _code(r)) == (401, "challenge_invalid")
+
+
+def test_login_rate_limited(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server(rate_limit_login_per_account="3/minute", rate_limit_register_per_ip="2/minute")
+    with server.client() as client:
+        account = register(client)
+        for _ in range(3):
+            assert login(client, account, account.first).status_code == 200
+        r = login(client, account, account.first)
+        assert (r.status_code, _code(r)) == (429, "rate_limited")
+        assert int(r.headers["Retry-After"]) >= 1
+        register(client)
+        r = client.post("/v1/accounts", json=register_body(new_account()))
+        assert (r.status_code, _code(r)) == (429, "rate_limited")
+
+
+def test_restart_keeps_tokens_valid(live_server: LiveServer) -> None:
+    with live_server.client() as client:
+        account = register(client)
+    live_server.restart()
+    with live_server.client() as client:
+        assert client.get("/v1/auth/me", headers=account.first.headers).status_code == 200
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_no_secrets_in_logs(make_server: Callable[..., LiveServer], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = make_server(log_level="debug")
+    for name in ("uvicorn.access", "uvicorn.error"):  # uvicorn's loggers do not propagate to root
+        logging.getLogger(name).addHandler(caplog.handler)
+    with server.client() as client:
+        account = register(client)
+        login(client, account, account.first)
+        client.post("/v1/auth/refresh", json={"refresh_token": account.first.refresh_token})
+        client.post(
+            "/v1/auth/login",
+            json={"username": account.username, "password": "wrong-password-123", "device_id": 5},
+        )
+        client.post(
+            "/v1/auth/login",
+            json={
+                "username": account.username,
+                "password": "wrong-password-456",
+                "device_id": account.first.id,
+            },
+        )
+        client.get("/v1/auth/me", headers=account.first.headers)
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).removeHandler(caplog.handler)
+    text = caplog.text
+    assert "POST /v1/auth/login" in text  # the access log was captured
+    for secret in (
+        PASSWORD,
+        "wrong-password-123",
+        "wrong-password-456",
+        account.first.access_token,
+        account.first.refresh_token,
+    ):
+        assert secret not in text

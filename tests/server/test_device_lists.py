@@ -1,0 +1,160 @@
+"""Signed device lists: the server accepts only lists signed by the account key that extend the
+current one, serves the current list and the chain, and routes only listed devices."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+
+from crypto import device_list as dl
+from crypto.keys import AccountKey, SigningContext, b64decode
+from tests.server.helpers import (
+    add_device,
+    new_account,
+    new_device,
+    put_list,
+    register,
+    register_body,
+    remove_device,
+)
+
+
+def _code(r: httpx.Response) -> str:
+    assert r.headers["content-type"].startswith("application/problem+json"), r.text
+    return str(r.json()["code"])
+
+
+def test_current_list_and_chain_verify_on_the_client(client: httpx.Client) -> None:
+    account = register(client)
+    tablet = add_device(client, account)
+    remove_device(client, account, tablet)
+    viewer = register(client)
+
+    r = client.get(f"/v1/accounts/{account.account_id}/device-list", headers=viewer.first.headers)
+    assert r.status_code == 200
+    assert r.json()["version"] == 3
+    chain = client.get(
+        f"/v1/accounts/{account.account_id}/device-list/chain?since=0", headers=viewer.first.headers
+    )
+    lists = [b64decode(item["signed_list"]) for item in chain.json()["lists"]]
+    assert len(lists) == 3
+    verifier = dl.DeviceListChainVerifier(account.account_key.public_key)
+    content = verifier.verify_chain(lists)
+    assert content.device_ids == (account.first.device_id,)
+    since = client.get(
+        f"/v1/accounts/{account.account_id}/device-list/chain?since=2", headers=viewer.first.headers
+    )
+    assert [item["version"] for item in since.json()["lists"]] == [3]
+
+    by_name = client.get(f"/v1/accounts/by-username/{account.username.upper()}", headers=viewer.first.headers)
+    assert by_name.json()["account_id"] == account.account_id
+    assert by_name.json()["account_key"] == account.account_key.public_key.to_b64()
+    devices = client.get(f"/v1/accounts/{account.account_id}/devices", headers=viewer.first.headers).json()
+    assert [d["device_id"] for d in devices["devices"]] == [account.first.id]
+
+
+def test_rejects_a_list_signed_by_another_key(client: httpx.Client) -> None:
+    account = register(client)
+    intruder = AccountKey.generate()
+    device = new_device(intruder)
+    content = dl.DeviceList.create(
+        2, account.signed_list.hash(), intruder.public_key, account.username, [device.entry]
+    )
+    forged = dl.sign(intruder, content)
+    r = put_list(client, account.first, forged)
+    assert (r.status_code, _code(r)) == (422, "device_list_invalid")
+
+    good = dl.with_device_added(
+        account.signed_list, account.account_key, new_device(account.account_key).entry
+    )
+    tampered = dl.SignedDeviceList(good.content, bytes(64))
+    r = put_list(client, account.first, tampered)
+    assert (r.status_code, _code(r)) == (422, "device_list_invalid")
+
+
+def test_rejects_version_other_than_next(client: httpx.Client) -> None:
+    account = register(client)
+    v2 = dl.with_device_added(account.signed_list, account.account_key, new_device(account.account_key).entry)
+    v3 = dl.with_device_added(v2, account.account_key, new_device(account.account_key).entry)
+    r = put_list(client, account.first, v3)  # skips version 2
+    assert (r.status_code, _code(r)) == (409, "device_list_stale")
+    assert r.json()["current_version"] == 1
+    assert put_list(client, account.first, v2).status_code == 200
+    assert put_list(client, account.first, v2).status_code == 200  # the same list again: idempotent
+    rolled_back = dl.successor(account.signed_list, account.account_key, [account.first.entry])  # another v2
+    r = put_list(client, account.first, rolled_back)
+    assert (r.status_code, _code(r)) == (409, "device_list_stale")
+
+
+def test_rejects_wrong_predecessor_hash(client: httpx.Client) -> None:
+    account = register(client)
+    content = dl.DeviceList.create(
+        2, os.urandom(32), account.account_key.public_key, account.username, [account.first.entry]
+    )
+    r = put_list(client, account.first, dl.sign(account.account_key, content))
+    assert (r.status_code, _code(r)) == (409, "device_list_chain_broken")
+
+
+def test_rejects_unbound_device(client: httpx.Client) -> None:
+    account = register(client)
+    device = new_device(account.account_key)
+    unbound = dl.DeviceEntry(device.device_id, device.entry.signing_key, device.entry.dh_key, 0, bytes(64))
+    content = dl.DeviceList.create(
+        2,
+        account.signed_list.hash(),
+        account.account_key.public_key,
+        account.username,
+        [account.first.entry, unbound],
+    )
+    signature = account.account_key.sign(SigningContext.DEVICE_LIST, content.encode())
+    r = put_list(client, account.first, dl.SignedDeviceList(content, signature))
+    assert (r.status_code, _code(r)) == (422, "device_list_invalid")
+    # and the device never became routable
+    devices = client.get(f"/v1/accounts/{account.account_id}/devices", headers=account.first.headers).json()
+    assert [d["device_id"] for d in devices["devices"]] == [account.first.id]
+
+
+def test_registration_list_checks(client: httpx.Client) -> None:
+    account = new_account()
+    other_name = dl.first(account.account_key, "someone_else", [account.first.entry])
+    r = client.post("/v1/accounts", json=register_body(account) | {"device_list": other_name.to_b64()})
+    assert (r.status_code, _code(r)) == (422, "device_list_invalid")
+
+    r = client.post(
+        "/v1/accounts", json=register_body(account) | {"device_id": new_device(account.account_key).id}
+    )
+    assert (r.status_code, _code(r)) == (422, "device_not_in_list")
+
+    v2 = dl.successor(account.signed_list, account.account_key, [account.first.entry])
+    r = client.post("/v1/accounts", json=register_body(account) | {"device_list": v2.to_b64()})
+    assert (r.status_code, _code(r)) == (422, "device_list_invalid")
+
+    r = client.post("/v1/accounts", json=register_body(account) | {"account_key": "AAAA"})
+    assert (r.status_code, _code(r)) == (422, "malformed_key")
+
+
+def test_device_ids_are_never_reused(client: httpx.Client) -> None:
+    alice = register(client)
+    bob = new_account()
+    # Bob's list claims Alice's device id (with Bob's own keys bound to it).
+    stolen = dl.bind_device(
+        bob.account_key.public_key, alice.first.device_id, bob.first.signing, bob.first.dh.public_key, 0
+    )
+    bob.first.device_id = alice.first.device_id
+    bob.signed_list = dl.first(bob.account_key, bob.username.lower(), [stolen])
+    r = client.post("/v1/accounts", json=register_body(bob))
+    assert (r.status_code, _code(r)) == (409, "device_id_taken")
+
+    tablet = add_device(client, alice)
+    remove_device(client, alice, tablet)
+    again = dl.with_device_added(alice.signed_list, alice.account_key, tablet.entry)
+    r = put_list(client, alice.first, again)
+    assert (r.status_code, _code(r)) == (409, "device_id_taken")
+
+
+def test_linked_device_can_change_the_list(client: httpx.Client) -> None:
+    account = register(client)
+    laptop = add_device(client, account)
+    remove_device(client, account, account.first, acting=laptop)  # no primary device
+    assert client.get("/v1/auth/me", headers=laptop.headers).status_code == 200

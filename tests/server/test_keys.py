@@ -1,0 +1,138 @@
+"""The key directory: signature checks on upload, exactly-once one-time prekeys under
+concurrency, last-resort fallback, counts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+
+from crypto.keys import KeyKind, OneTimePreKey, PreKeyPublic, SignedPreKey
+from tests.live import LiveServer
+from tests.server.helpers import Account, add_device, prekeys_body, register, remove_device
+
+
+def _code(r: httpx.Response) -> str:
+    assert r.headers["content-type"].startswith("application/problem+json"), r.text
+    return str(r.json()["code"])
+
+
+def test_upload_count_claim_and_fallback(client: httpx.Client) -> None:
+    bob = register(client)
+    alice = register(client)
+    r = client.put("/v1/keys", json=prekeys_body(bob.first, one_time=2), headers=bob.first.headers)
+    assert r.json() == {"one_time": 2, "signed_prekey_id": 1, "last_resort_prekey_id": 1}
+
+    seen = []
+    for remaining in (1, 0):
+        r = client.get(f"/v1/keys/{bob.account_id}/{bob.first.id}", headers=alice.first.headers)
+        bundle = r.json()
+        assert bundle["one_time_remaining"] == remaining
+        assert bundle["last_resort_prekey"] is None
+        prekey = PreKeyPublic.from_b64(bundle["one_time_prekey"])
+        prekey.verify(bob.first.signing.public_key)
+        seen.append(prekey.key_id)
+    assert sorted(seen) == [1, 2]
+    r = client.get(f"/v1/keys/{bob.account_id}/{bob.first.id}", headers=alice.first.headers)
+    bundle = r.json()
+    assert bundle["one_time_prekey"] is None
+    assert PreKeyPublic.from_b64(bundle["last_resort_prekey"]).kind is KeyKind.LAST_RESORT_PREKEY
+    assert PreKeyPublic.from_b64(bundle["signed_prekey"]).kind is KeyKind.SIGNED_PREKEY
+    assert client.get("/v1/keys/count", headers=bob.first.headers).json()["one_time"] == 0
+
+
+def test_upload_rejects_bad_signatures_and_kinds(client: httpx.Client) -> None:
+    bob = register(client)
+    mallory = register(client)
+    forged = prekeys_body(mallory.first, one_time=1)  # signed by another device's key
+    r = client.put("/v1/keys", json=forged, headers=bob.first.headers)
+    assert (r.status_code, _code(r)) == (422, "prekey_signature_invalid")
+    assert r.json()["field"] == "signed_prekey"
+
+    good = prekeys_body(bob.first, one_time=2)
+    good["one_time_prekeys"][1] = forged["one_time_prekeys"][0]
+    r = client.put("/v1/keys", json=good, headers=bob.first.headers)
+    assert (r.status_code, _code(r)) == (422, "prekey_signature_invalid")
+    assert r.json()["field"] == "one_time_prekeys[1]"
+
+    wrong_kind = {
+        "signed_prekey": OneTimePreKey.generate_with_id(9).signed_public(bob.first.signing).to_b64()
+    }
+    r = client.put("/v1/keys", json=wrong_kind, headers=bob.first.headers)
+    assert (r.status_code, _code(r)) == (422, "prekey_kind_mismatch")
+    r = client.put("/v1/keys", json={"signed_prekey": "AAAA"}, headers=bob.first.headers)
+    assert (r.status_code, _code(r)) == (422, "malformed_key")
+    # nothing was stored by the failed uploads
+    assert client.get("/v1/keys/count", headers=bob.first.headers).json()["signed_prekey_id"] is None
+    r = client.get(f"/v1/keys/{bob.account_id}/{bob.first.id}", headers=mallory.first.headers)
+    assert (r.status_code, _code(r)) == (404, "no_prekeys")
+
+
+def test_batch_limit(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server(max_prekeys_per_upload=5)
+    with server.client() as client:
+        bob = register(client)
+        r = client.put("/v1/keys", json=prekeys_body(bob.first, one_time=6), headers=bob.first.headers)
+        assert (r.status_code, _code(r)) == (413, "prekey_batch_too_large")
+        assert client.put(
+            "/v1/keys", json=prekeys_body(bob.first, one_time=5), headers=bob.first.headers
+        ).is_success
+
+
+def test_signed_prekey_rotation_replaces(client: httpx.Client) -> None:
+    bob = register(client)
+    client.put("/v1/keys", json=prekeys_body(bob.first), headers=bob.first.headers)
+    rotated = SignedPreKey.generate_with_id(7).signed_public(bob.first.signing).to_b64()
+    r = client.put("/v1/keys", json={"signed_prekey": rotated}, headers=bob.first.headers)
+    assert r.json()["signed_prekey_id"] == 7
+
+
+def test_claim_whole_account_and_removed_devices(client: httpx.Client) -> None:
+    bob = register(client)
+    alice = register(client)
+    laptop = add_device(client, bob)
+    for device in (bob.first, laptop):
+        client.put("/v1/keys", json=prekeys_body(device, one_time=1), headers=device.headers)
+    r = client.get(f"/v1/keys/{bob.account_id}", headers=alice.first.headers)
+    assert sorted(b["device_id"] for b in r.json()["bundles"]) == sorted([bob.first.id, laptop.id])
+    remove_device(client, bob, laptop)
+    r = client.get(f"/v1/keys/{bob.account_id}/{laptop.id}", headers=alice.first.headers)
+    assert (r.status_code, _code(r)) == (404, "not_found")
+    r = client.post(
+        "/v1/keys/claim",
+        json={"devices": [{"account_id": bob.account_id, "device_id": bob.first.id}]},
+        headers=alice.first.headers,
+    )
+    assert [b["device_id"] for b in r.json()["bundles"]] == [bob.first.id]
+
+
+async def _claim_concurrently(
+    server: LiveServer, bob: Account, claimer: Account, n: int
+) -> list[dict[str, object]]:
+    async with server.async_client(limits=httpx.Limits(max_connections=n)) as client:
+        url = f"/v1/keys/{bob.account_id}/{bob.first.id}"
+        responses = await asyncio.gather(*(client.get(url, headers=claimer.first.headers) for _ in range(n)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    return [r.json() for r in responses]
+
+
+def test_concurrent_claims_hand_out_each_one_time_prekey_once(
+    live_server: LiveServer, client: httpx.Client
+) -> None:
+    """20 concurrent claims for 10 one-time prekeys (run on SQLite and on PostgreSQL, where the
+    claim is DELETE ... FOR UPDATE SKIP LOCKED): each key exactly once, the rest last-resort."""
+    bob = register(client)
+    alice = register(client)
+    assert client.put(
+        "/v1/keys", json=prekeys_body(bob.first, one_time=10), headers=bob.first.headers
+    ).is_success
+    bundles = asyncio.run(_claim_concurrently(live_server, bob, alice, 20))
+    one_time = [b["one_time_prekey"] for b in bundles if b["one_time_prekey"] is not None]
+    last_resort = [b for b in bundles if b["one_time_prekey"] is None]
+    assert len(one_time) == 10
+    assert len(set(one_time)) == 10
+    assert sorted(PreKeyPublic.from_b64(str(k)).key_id for k in one_time) == list(range(1, 11))
+    assert len(last_resort) == 10
+    assert all(b["last_resort_prekey"] is not None for b in last_resort)
+    assert client.get("/v1/keys/count", headers=bob.first.headers).json()["one_time"] == 0

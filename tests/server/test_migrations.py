@@ -1,0 +1,92 @@
+"""Alembic owns the schema: upgrade to head and back to base on SQLite and PostgreSQL; the
+server refuses to start on a database that is behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import inspect
+
+from server.storage import migrate
+from server.storage.db import create_engine
+from server.storage.schema import metadata
+from tests.live import LiveServer
+
+
+def _tables(url: str) -> set[str]:
+    async def go() -> set[str]:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def test_upgrade_to_head_and_down_to_base(db_url: str) -> None:
+    assert migrate.current(db_url) == ()
+    assert not migrate.is_up_to_date(db_url)
+    migrate.upgrade(db_url)
+    assert set(migrate.current(db_url)) == set(migrate.head_revisions())
+    assert migrate.is_up_to_date(db_url)
+    tables = _tables(db_url)
+    assert {"accounts", "devices", "device_lists", "prekeys", "refresh_tokens"} <= tables
+    assert set(metadata.tables) <= tables  # every table the code declares is migrated
+
+    migrate.downgrade(db_url, "0001_initial")
+    assert migrate.current(db_url) == ("0001_initial",)
+    migrate.downgrade(db_url, "base")
+    assert migrate.current(db_url) == ()
+    assert _tables(db_url) <= {"alembic_version"}
+    migrate.upgrade(db_url)  # and up again from base
+    assert migrate.is_up_to_date(db_url)
+
+
+def test_check_names_the_upgrade_command(sqlite_url: str) -> None:
+    async def go() -> None:
+        engine = create_engine(sqlite_url)
+        try:
+            await migrate.check_up_to_date(engine)
+        finally:
+            await engine.dispose()
+
+    with pytest.raises(migrate.DatabaseNotMigratedError, match="saltline db upgrade"):
+        asyncio.run(go())
+    migrate.upgrade(sqlite_url, "0001_initial")
+    if migrate.head_revisions() != ("0001_initial",):  # behind head, not just empty
+        with pytest.raises(migrate.DatabaseNotMigratedError, match="saltline db upgrade"):
+            asyncio.run(go())
+
+
+def test_app_refuses_to_start_unmigrated(make_server: Callable[..., LiveServer]) -> None:
+    with pytest.raises(RuntimeError, match="failed to start"):
+        make_server(migrate=False)
+
+
+def _cli(*args: str, env_url: str, data_dir: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SALTLINE_DATABASE_URL": env_url, "SALTLINE_DATA_DIR": data_dir}
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_cli_serve_refuses_then_db_upgrade(sqlite_url: str, tmp_path: os.PathLike[str]) -> None:
+    refused = _cli("serve", "--port", "1", env_url=sqlite_url, data_dir=os.fspath(tmp_path))
+    assert refused.returncode == 2
+    assert "saltline db upgrade" in refused.stderr
+    upgraded = _cli("db", "upgrade", env_url=sqlite_url, data_dir=os.fspath(tmp_path))
+    assert upgraded.returncode == 0, upgraded.stderr
+    status = _cli("db", "current", env_url=sqlite_url, data_dir=os.fspath(tmp_path))
+    assert "up to date" in status.stdout
