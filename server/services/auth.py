@@ -29,6 +29,7 @@ import jwt
 
 from crypto.errors import CryptoError
 from crypto.keys import DeviceSigningPublicKey, SigningContext, b64decode, b64encode
+from crypto.login import login_challenge_message
 from server.clock import Clock
 from server.errors import Problem, ProblemCode
 from server.services.common import AuthedDevice, decode_b64_field, decode_id, encode_id, normalize_username
@@ -39,12 +40,6 @@ from server.storage.auth_repo import AuthRepo, ChallengeRow, RefreshTokenRow, Ro
 
 JWT_ALGORITHM = "HS256"
 NONCE_SIZE = 32
-
-
-def login_challenge_message(username_lower: str, device_id: bytes, nonce: bytes) -> bytes:
-    """The bytes a device signs (under ``SigningContext.LOGIN_CHALLENGE``) to log in."""
-    name = username_lower.encode("ascii")
-    return bytes([len(name)]) + name + bytes(device_id) + bytes(nonce)
 
 
 def hash_refresh_token(token: str) -> bytes:

@@ -154,7 +154,7 @@ def prekeys_body(device: Device, one_time: int = 0, start_id: int = 1) -> dict[s
 
 
 def sign_challenge(device: Device, username: str, nonce_b64: str) -> str:
-    from server.services.auth import login_challenge_message
+    from crypto.login import login_challenge_message
 
     message = login_challenge_message(username.lower(), device.device_id, b64decode(nonce_b64))
     return b64encode(device.signing.sign(SigningContext.LOGIN_CHALLENGE, message))
