@@ -42,7 +42,7 @@ import nacl.bindings as sodium
 import nacl.exceptions
 
 from crypto import primitives as p
-from crypto.errors import EncodingError, StreamError
+from crypto.errors import EncodingError, InvalidKeyError, StreamError, UsageError
 
 __all__ = [
     "ABYTES",
@@ -73,8 +73,8 @@ _ATTACHMENT_KEY = struct.Struct(">B32s32sQ")
 
 def ciphertext_size(plaintext_size: int) -> int:
     """The exact ciphertext size for a plaintext of ``plaintext_size`` bytes."""
-    if plaintext_size < 0:
-        raise ValueError("size must be non-negative")
+    if isinstance(plaintext_size, bool) or not isinstance(plaintext_size, int) or plaintext_size < 0:
+        raise UsageError("size must be a non-negative int")
     chunks = max(1, -(-plaintext_size // CHUNK_SIZE))
     return HEADER_SIZE + plaintext_size + chunks * ABYTES
 
@@ -127,6 +127,12 @@ class EncryptedAttachment:
         return f"EncryptedAttachment({len(self.ciphertext)} bytes, {self.key!r})"
 
 
+def _key_bytes(key: object) -> bytes:
+    if not isinstance(key, bytes | bytearray | memoryview) or len(key) != KEY_SIZE:
+        raise InvalidKeyError(f"attachment key must be {KEY_SIZE} bytes")
+    return bytes(key)
+
+
 def _state_for(header: bytes, key: bytes) -> sodium.crypto_secretstream_xchacha20poly1305_state:
     state = sodium.crypto_secretstream_xchacha20poly1305_state()
     sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, header, key)
@@ -144,12 +150,10 @@ class AttachmentEncryptor:
 
     def __init__(self, key: bytes | None = None, *, rng: p.Rng = p.random_bytes) -> None:
         """``key`` defaults to ``rng(32)``; the header is then ``rng(24)``."""
-        self._key = rng(KEY_SIZE) if key is None else bytes(key)
-        if len(self._key) != KEY_SIZE:
-            raise ValueError("attachment key must be 32 bytes")
+        self._key = _key_bytes(rng(KEY_SIZE) if key is None else key)
         header = rng(HEADER_SIZE)
-        if len(header) != HEADER_SIZE:
-            raise ValueError("rng returned a header of the wrong size")
+        if not isinstance(header, bytes) or len(header) != HEADER_SIZE:
+            raise UsageError("rng returned a header of the wrong size")
         self._state = _state_for(header, self._key)
         self._digest = hashlib.sha256()
         self._buffer = bytearray()
@@ -163,7 +167,9 @@ class AttachmentEncryptor:
 
     def update(self, data: bytes) -> bytes:
         if self._done:
-            raise ValueError("encryptor already finalised")
+            raise UsageError("encryptor already finalised")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise UsageError("attachment data must be bytes")
         self._buffer += data
         self._size += len(data)
         out = [self._pending]
@@ -182,7 +188,7 @@ class AttachmentEncryptor:
     def finalize(self) -> tuple[bytes, AttachmentKey]:
         """The remaining ciphertext (the FINAL chunk) and the attachment key with the digest."""
         if self._done:
-            raise ValueError("encryptor already finalised")
+            raise UsageError("encryptor already finalised")
         self._done = True
         last = self._emit(
             sodium.crypto_secretstream_xchacha20poly1305_push(
@@ -226,9 +232,7 @@ class AttachmentDecryptor:
 
     def __init__(self, key: bytes | AttachmentKey) -> None:
         self._expected = key if isinstance(key, AttachmentKey) else None
-        self._key = key.key if isinstance(key, AttachmentKey) else bytes(key)
-        if len(self._key) != KEY_SIZE:
-            raise ValueError("attachment key must be 32 bytes")
+        self._key = key.key if isinstance(key, AttachmentKey) else _key_bytes(key)
         self._state: sodium.crypto_secretstream_xchacha20poly1305_state | None = None
         self._buffer = bytearray()
         self._digest = hashlib.sha256()

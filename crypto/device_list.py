@@ -11,9 +11,10 @@ Encodings (all integers big endian; ``||`` is concatenation; no field is optiona
     device entry   = device_id (16) || signing_pk (32) || dh_pk (32) || added_at (u64)
                      || binding_sig (64)                                          152 bytes
     binding input  = signing_input(DEVICE_BINDING,
-                         account_pk (32) || device_id (16) || signing_pk (32) || dh_pk (32))
+                         account_pk (32) || device_id (16) || signing_pk (32) || dh_pk (32)
+                         || added_at (u64))                                       120 bytes
     device list    = format (u8, 0x01) || version (u64, >= 1) || previous_hash (32)
-                     || account_pk (32) || username_len (u8, 1..255) || username (UTF-8)
+                     || account_pk (32) || username_len (u8, 3..32) || username (ASCII)
                      || device_count (u16, 1..MAX_DEVICES) || entries sorted by device_id
     signed list    = device list || signature (64)
                      signature = Ed25519(account key, signing_input(DEVICE_LIST, device list))
@@ -22,8 +23,14 @@ Encodings (all integers big endian; ``||`` is concatenation; no field is optiona
 
 Keys are raw 32-byte keys (their role is fixed by their position). ``previous_hash`` is 32
 zero bytes exactly when ``version == 1``. Device ids are unique and strictly ascending;
-the username is in :func:`normalize_username` form. A parser rejects anything else,
-including trailing bytes, so every list has exactly one encoding.
+the username is in :func:`normalize_username` form (3..32 characters of ``[a-z0-9_.-]``, the
+server's rule). A parser rejects anything else, including trailing bytes, so every list has
+exactly one encoding.
+
+The binding signature covers ``added_at`` too, so a holder of the account key cannot change
+when a device says it joined. A device list never changes its username: a successor naming
+another username than its predecessor is refused (:class:`UsernameMismatchError`), and
+:func:`verify` / :class:`DeviceListChainVerifier` can pin the username the caller looked up.
 
 Verification needs only public keys: :func:`verify` and :class:`DeviceListChainVerifier`
 are what a server uses. The builders (:func:`first`, :func:`successor`, ...) take an
@@ -32,14 +39,15 @@ are what a server uses. The builders (:func:`first`, :func:`successor`, ...) tak
 
 from __future__ import annotations
 
+import re
 import struct
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from crypto import primitives as p
 from crypto.errors import (
     ChainBreakError,
+    DeviceListError,
     DeviceListSignatureError,
     EncodingError,
     ForkError,
@@ -48,6 +56,7 @@ from crypto.errors import (
     SignatureError,
     UnboundDeviceError,
     UnknownSignerError,
+    UsernameMismatchError,
 )
 from crypto.keys import (
     AccountKey,
@@ -66,6 +75,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_DEVICES",
     "MAX_USERNAME_BYTES",
+    "MIN_USERNAME_BYTES",
     "DeviceEntry",
     "DeviceList",
     "DeviceListChainVerifier",
@@ -85,7 +95,8 @@ __all__ = [
 FORMAT_VERSION = 1
 DEVICE_ID_SIZE = 16
 HASH_SIZE = 32
-MAX_USERNAME_BYTES = 255
+MIN_USERNAME_BYTES = 3
+MAX_USERNAME_BYTES = 32
 MAX_DEVICES = 1000
 MAX_U64 = 2**64 - 1
 DEVICE_ENTRY_SIZE = DEVICE_ID_SIZE + 32 + 32 + 8 + p.ED25519_SIGNATURE_SIZE  # 152
@@ -99,32 +110,32 @@ _ENTRY = struct.Struct(">16s32s32sQ64s")
 # -- usernames ---------------------------------------------------------------------------
 
 
-def normalize_username(username: str) -> str:
-    """The canonical form of a username: NFKC, lower-cased, then NFC.
+_USERNAME = re.compile(r"[a-z0-9_.-]{3,32}")
 
-    Raises :class:`ValueError` for an empty name, one longer than ``MAX_USERNAME_BYTES`` bytes
-    of UTF-8, or one containing whitespace, control or format characters.
+
+def normalize_username(username: str) -> str:
+    """The canonical form of a username (the server's rule): ASCII letters lower-cased; the
+    result must be 3..32 characters of ``[a-z0-9_.-]``.
+
+    Raises :class:`EncodingError` for anything else (including any non-ASCII character), so that
+    clients and server never disagree because of Unicode tables.
     """
     if not isinstance(username, str):
-        raise TypeError("username must be a str")
-    name = unicodedata.normalize("NFC", unicodedata.normalize("NFKC", username).lower())
-    if not name:
-        raise ValueError("username is empty")
-    for ch in name:
-        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            raise ValueError("username contains whitespace, control or unassigned characters")
-    if len(name.encode("utf-8")) > MAX_USERNAME_BYTES:
-        raise ValueError(f"username is longer than {MAX_USERNAME_BYTES} bytes of UTF-8")
+        raise EncodingError("username must be a str")
+    if not username.isascii():
+        raise EncodingError("username must be ASCII: 3-32 characters of a-z, 0-9, '_', '.', '-'")
+    name = username.lower()
+    if not _USERNAME.fullmatch(name):
+        raise EncodingError("username must be 3-32 characters of a-z, 0-9, '_', '.', '-'")
     return name
 
 
 def _decode_username(raw: bytes) -> str:
     try:
-        name = raw.decode("utf-8")
-        normal = normalize_username(name)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise EncodingError("username is not valid UTF-8 in normal form") from exc
-    if normal != name:
+        name = raw.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise EncodingError("username is not ASCII") from exc
+    if normalize_username(name) != name:
         raise EncodingError("username is not in normal form")
     return name
 
@@ -137,10 +148,22 @@ def binding_message(
     device_id: bytes,
     signing_key: DeviceSigningPublicKey,
     dh_key: DeviceDHPublicKey,
+    added_at: int,
 ) -> bytes:
     """What a device signs (under ``SigningContext.DEVICE_BINDING``) to join ``account``:
-    ``account_pk || device_id || signing_pk || dh_pk`` (112 bytes, raw keys)."""
-    return bytes(account) + bytes(device_id) + bytes(signing_key) + bytes(dh_key)
+    ``account_pk (32) || device_id (16) || signing_pk (32) || dh_pk (32) || added_at (u64 BE)``
+    (120 bytes, raw keys)."""
+    if not isinstance(account, AccountPublicKey):
+        raise EncodingError("account must be an AccountPublicKey")
+    if not isinstance(device_id, bytes) or len(device_id) != DEVICE_ID_SIZE:
+        raise EncodingError(f"device id must be {DEVICE_ID_SIZE} bytes")
+    if not isinstance(signing_key, DeviceSigningPublicKey):
+        raise EncodingError("signing_key must be a DeviceSigningPublicKey")
+    if not isinstance(dh_key, DeviceDHPublicKey):
+        raise EncodingError("dh_key must be a DeviceDHPublicKey")
+    if isinstance(added_at, bool) or not isinstance(added_at, int) or not 0 <= added_at <= MAX_U64:
+        raise EncodingError("added_at must fit in 64 bits unsigned")
+    return bytes(account) + device_id + bytes(signing_key) + bytes(dh_key) + struct.pack(">Q", added_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +207,9 @@ class DeviceEntry:
             raise EncodingError("device entry holds an unusable key") from exc
 
     def verify_binding(self, account: AccountPublicKey) -> None:
-        """Raise :class:`UnboundDeviceError` unless this device signed its membership of ``account``."""
-        message = binding_message(account, self.device_id, self.signing_key, self.dh_key)
+        """Raise :class:`UnboundDeviceError` unless this device signed its membership of ``account``
+        (with this ``added_at``)."""
+        message = binding_message(account, self.device_id, self.signing_key, self.dh_key, self.added_at)
         try:
             self.signing_key.verify(SigningContext.DEVICE_BINDING, message, self.binding_signature)
         except SignatureError as exc:
@@ -209,8 +233,10 @@ def bind_device(
 
     Run on the device that owns ``signing_key`` (for a new device, before it sends its link code).
     """
+    if not isinstance(signing_key, DeviceSigningKey):
+        raise EncodingError("signing_key must be a DeviceSigningKey")
     public = signing_key.public_key
-    message = binding_message(account, device_id, public, dh_key)
+    message = binding_message(account, device_id, public, dh_key, added_at)
     return DeviceEntry(
         bytes(device_id), public, dh_key, added_at, signing_key.sign(SigningContext.DEVICE_BINDING, message)
     )
@@ -246,11 +272,8 @@ class DeviceList:
             raise EncodingError("previous hash must be all zero exactly for version 1")
         if not isinstance(self.account_key, AccountPublicKey):
             raise EncodingError("account_key must be an AccountPublicKey")
-        try:
-            if normalize_username(self.username) != self.username:
-                raise EncodingError("username is not in normal form (use normalize_username)")
-        except ValueError as exc:
-            raise EncodingError(str(exc)) from exc
+        if normalize_username(self.username) != self.username:
+            raise EncodingError("username is not in normal form (use normalize_username)")
         if not isinstance(self.devices, tuple) or not all(isinstance(d, DeviceEntry) for d in self.devices):
             raise EncodingError("devices must be a tuple of DeviceEntry")
         if not 1 <= len(self.devices) <= MAX_DEVICES:
@@ -271,10 +294,7 @@ class DeviceList:
         devices: Iterable[DeviceEntry],
     ) -> DeviceList:
         """Build a list, normalising the username and sorting the devices (duplicates still raise)."""
-        try:
-            name = normalize_username(username)
-        except ValueError as exc:
-            raise EncodingError(str(exc)) from exc
+        name = normalize_username(username)
         ordered = tuple(sorted(devices, key=lambda d: d.device_id))
         return cls(version, bytes(previous_hash), account_key, name, ordered)
 
@@ -394,13 +414,24 @@ def sign(account_key: AccountKey, content: DeviceList) -> SignedDeviceList:
 # -- verification (public keys only) -----------------------------------------------------------
 
 
-def verify(signed: SignedDeviceList | bytes, trusted_account_key: AccountPublicKey) -> DeviceList:
+def verify(
+    signed: SignedDeviceList | bytes,
+    trusted_account_key: AccountPublicKey,
+    expected_username: str | None = None,
+) -> DeviceList:
     """Verify one signed list under the account key the caller trusts; return its content.
 
-    Raises :class:`EncodingError` (bytes do not parse), :class:`UnknownSignerError` (the list
-    names another account key), :class:`DeviceListSignatureError` (the signature does not
-    verify) or :class:`UnboundDeviceError` (a device did not sign its binding).
+    With ``expected_username`` (normalised first), the list must name that username.
+
+    Raises :class:`EncodingError` (bytes do not parse, or ``expected_username`` is not a valid
+    username), :class:`UnknownSignerError` (the list names another account key),
+    :class:`DeviceListSignatureError` (the signature does not verify),
+    :class:`UnboundDeviceError` (a device did not sign its binding) or
+    :class:`UsernameMismatchError` (the list names another username than ``expected_username``).
     """
+    if not isinstance(trusted_account_key, AccountPublicKey):
+        raise EncodingError("trusted_account_key must be an AccountPublicKey")
+    expected = None if expected_username is None else normalize_username(expected_username)
     if not isinstance(signed, SignedDeviceList):
         signed = SignedDeviceList.decode(signed)
     content = signed.content
@@ -411,6 +442,8 @@ def verify(signed: SignedDeviceList | bytes, trusted_account_key: AccountPublicK
     except SignatureError as exc:
         raise DeviceListSignatureError("device list signature does not verify") from exc
     content.verify_bindings()
+    if expected is not None and content.username != expected:
+        raise UsernameMismatchError("device list is for another username than the expected one")
     return content
 
 
@@ -419,8 +452,9 @@ def check_successor(known: SignedDeviceList | None, new: SignedDeviceList) -> bo
 
     Returns ``True`` if ``new`` advances the chain, ``False`` if it is ``known`` itself (same
     bytes: idempotent). Raises :class:`RollbackError` (older version), :class:`ForkError` (same
-    version, other bytes) or :class:`ChainBreakError` (a version skipped, or the wrong
-    predecessor hash). With no ``known`` list any version is accepted (first contact).
+    version, other bytes), :class:`UsernameMismatchError` (``new`` names another username than
+    ``known``) or :class:`ChainBreakError` (a version skipped, or the wrong predecessor hash).
+    With no ``known`` list any version is accepted (first contact).
     """
     if known is None:
         return True
@@ -430,6 +464,8 @@ def check_successor(known: SignedDeviceList | None, new: SignedDeviceList) -> bo
         if p.constant_time_equal(new.encode(), known.encode()):
             return False
         raise ForkError(f"two different device lists claim version {new.version}")
+    if new.content.username != known.content.username:
+        raise UsernameMismatchError("a device list cannot change the account's username")
     if new.version != known.version + 1:
         raise ChainBreakError(f"device list skips from version {known.version} to {new.version}")
     if not p.constant_time_equal(new.content.previous_hash, known.hash()):
@@ -442,16 +478,27 @@ class DeviceListChainVerifier:
 
     ``trusted_account_key`` is the key the caller already trusts for the account (from
     safety-number verification or first contact). ``last`` is the last list verified before
-    (for example, from the client's store); it is re-verified here.
+    (for example, from the client's store); it is re-verified here. ``expected_username``
+    (optional) pins the username every list must name (the one the caller looked up); once a
+    list is known, its successors must keep its username in any case
+    (:class:`UsernameMismatchError`).
     """
 
-    __slots__ = ("_last", "_trusted")
+    __slots__ = ("_expected_username", "_last", "_trusted")
 
-    def __init__(self, trusted_account_key: AccountPublicKey, last: SignedDeviceList | None = None) -> None:
+    def __init__(
+        self,
+        trusted_account_key: AccountPublicKey,
+        last: SignedDeviceList | None = None,
+        expected_username: str | None = None,
+    ) -> None:
+        if not isinstance(trusted_account_key, AccountPublicKey):
+            raise EncodingError("trusted_account_key must be an AccountPublicKey")
         self._trusted = trusted_account_key
+        self._expected_username = None if expected_username is None else normalize_username(expected_username)
         self._last: SignedDeviceList | None = None
         if last is not None:
-            verify(last, trusted_account_key)
+            verify(last, trusted_account_key, self._expected_username)
             self._last = last
 
     @property
@@ -480,11 +527,11 @@ class DeviceListChainVerifier:
         first one of the latest known list). All or nothing: the state changes only if every
         list verifies. Returns the content of the newest list."""
         if not lists:
-            raise ValueError("no device list to verify")
+            raise DeviceListError("no device list to verify")
         last = self._last
         for item in lists:
             signed = item if isinstance(item, SignedDeviceList) else SignedDeviceList.decode(item)
-            verify(signed, self._trusted)
+            verify(signed, self._trusted, self._expected_username)
             if check_successor(last, signed):
                 last = signed
         assert last is not None

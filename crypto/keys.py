@@ -21,7 +21,7 @@ from enum import Enum, IntEnum
 from typing import ClassVar, Self
 
 from crypto import primitives as p
-from crypto.errors import EncodingError, InvalidKeyError
+from crypto.errors import EncodingError, InvalidKeyError, UsageError
 
 ENCODING_VERSION = 1
 PUBLIC_KEY_ENCODED_SIZE = 34
@@ -391,7 +391,19 @@ class PreKey(X25519PrivateKey):
 
     @classmethod
     def generate(cls, rng: p.Rng = p.random_bytes) -> Self:
-        raise TypeError("prekeys need an id: use generate_with_id")
+        raise UsageError("prekeys need an id: use generate_with_id")
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when of the same kind (class) with the same id and the same key (the key is
+        compared in constant time)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, PreKey)
+        same_key = p.constant_time_equal(self._raw, other._raw)
+        return same_key and self.key_id == other.key_id
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.key_id, p.sha256(self._raw)))
 
     def signed_public(self, signer: DeviceSigningKey) -> PreKeyPublic:
         """The publishable half, signed by the owning device's signing key."""

@@ -40,7 +40,13 @@ from typing import Any, TypeVar
 
 from crypto import primitives as p
 from crypto.device_list import DEVICE_ID_SIZE, DeviceEntry, bind_device
-from crypto.errors import EncodingError, InvalidKeyError, PreKeyConsumedError, StateVersionError
+from crypto.errors import (
+    EncodingError,
+    InvalidKeyError,
+    PreKeyConsumedError,
+    StateVersionError,
+    UsageError,
+)
 from crypto.keys import (
     MAX_PREKEY_ID,
     AccountKey,
@@ -173,7 +179,7 @@ class DeviceState:
     def add_one_time_prekeys(self, count: int, rng: p.Rng = p.random_bytes) -> DeviceState:
         """``count`` new one-time prekeys with the next ids."""
         if count < 0:
-            raise ValueError("count must be non-negative")
+            raise UsageError("count must be non-negative")
         otps = dict(self.one_time_prekeys)
         next_id = self.next_prekey_id
         for _ in range(count):
@@ -252,7 +258,7 @@ def generate_device(
     then each one-time prekey (32, ids 3, 4, ...)."""
     device_id = rng(DEVICE_ID_SIZE)
     if len(device_id) != DEVICE_ID_SIZE:
-        raise ValueError("rng returned a device id of the wrong size")
+        raise UsageError("rng returned a device id of the wrong size")
     signing = DeviceSigningKey.generate(rng)
     dh = DeviceDHKey.generate(rng)
     spk = SignedPreKey.generate_with_id(FIRST_PREKEY_ID, rng)

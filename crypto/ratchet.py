@@ -130,9 +130,12 @@ from crypto.errors import (
     SessionSetupError,
     StateVersionError,
     TooManySkippedError,
+    UsageError,
 )
 from crypto.keys import EphemeralKey
 from crypto.x3dh import (
+    AD_SIZE,
+    IDENTITY_ENCODED_SIZE,
     INITIAL_HEADER_SIZE,
     DeviceIdentity,
     DeviceIdentityKeys,
@@ -140,16 +143,20 @@ from crypto.x3dh import (
     InitiatorResult,
     PreKeyLookup,
     ResponderResult,
+    TrustPolicy,
     respond,
 )
 
 __all__ = [
     "HEADER_SIZE",
     "HEADER_VERSION",
+    "MAX_COUNTER",
+    "MAX_MESSAGE_NUMBER",
     "MAX_PREVIOUS_CHAINS",
     "MAX_SKIP",
     "MAX_STORED_SKIPPED",
     "MESSAGE_KEY_INFO",
+    "NONCE_SIZE",
     "RATCHET_INFO",
     "STATE_VERSION",
     "Accepted",
@@ -158,20 +165,22 @@ __all__ = [
     "accept",
     "kdf_ck",
     "kdf_rk",
-    "message_key_material",
+    "message_key",
 ]
 
 MAX_SKIP = 1000
 MAX_STORED_SKIPPED = 2000
 MAX_PREVIOUS_CHAINS = 5
-HEADER_VERSION = 1
+HEADER_VERSION = 2
 STATE_VERSION = 1
 RATCHET_INFO = b"Saltline ratchet v1"
-MESSAGE_KEY_INFO = b"Saltline message keys v1"
+MESSAGE_KEY_INFO = b"Saltline message key v2"
+NONCE_SIZE = p.AEAD_NONCE_SIZE  # 24
+MAX_COUNTER = 2**32 - 2  # largest Ns, Nr, PN
+MAX_MESSAGE_NUMBER = MAX_COUNTER - 1  # largest N
 _ZERO_SALT = bytes(32)
-_U32_MAX = 0xFFFFFFFF
-_HEADER = struct.Struct(">B32sII")
-HEADER_SIZE = _HEADER.size  # 41
+_HEADER = struct.Struct(">B32sII24s")
+HEADER_SIZE = _HEADER.size  # 65
 _MIN_MESSAGE = HEADER_SIZE + p.AEAD_TAG_SIZE
 _FIXED = struct.Struct(">BB32s32s32sIII")
 _SKIPPED_ENTRY = struct.Struct(">32sI32s")
@@ -189,41 +198,56 @@ def kdf_ck(ck: bytes) -> tuple[bytes, bytes]:
     return p.hmac_sha256(ck, b"\x01"), p.hmac_sha256(ck, b"\x02")
 
 
-def message_key_material(mk: bytes) -> tuple[bytes, bytes]:
-    """(AEAD key, AEAD nonce) for a message key."""
-    out = p.hkdf_sha256(mk, salt=_ZERO_SALT, info=MESSAGE_KEY_INFO, length=56)
-    return out[:32], out[32:]
+def message_key(mk: bytes) -> bytes:
+    """The 32-byte AEAD key for a message key (the nonce is random and sent in the header)."""
+    return p.hkdf_sha256(mk, salt=_ZERO_SALT, info=MESSAGE_KEY_INFO, length=p.AEAD_KEY_SIZE)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
 class MessageHeader:
-    """The 41-byte ratchet header (see the module docstring)."""
+    """The 65-byte ratchet header (layout in the module docstring). Construction checks every
+    field and raises :class:`~crypto.errors.EncodingError`; :meth:`decode` is the only parser
+    of headers (used by :meth:`Session.decrypt`)."""
 
     ratchet_key: bytes
     previous_chain_length: int
     message_number: int
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ratchet_key, bytes) or len(self.ratchet_key) != p.X25519_KEY_SIZE:
+            raise EncodingError("ratchet key must be 32 bytes")
+        if p.is_low_order_x25519(self.ratchet_key):
+            raise EncodingError("ratchet key is a low-order point")
+        if not _is_int(self.previous_chain_length) or not 0 <= self.previous_chain_length <= MAX_COUNTER:
+            raise EncodingError(f"previous chain length must be in 0..{MAX_COUNTER}")
+        if not _is_int(self.message_number) or not 0 <= self.message_number <= MAX_MESSAGE_NUMBER:
+            raise EncodingError(f"message number must be in 0..{MAX_MESSAGE_NUMBER}")
+        if not isinstance(self.nonce, bytes) or len(self.nonce) != NONCE_SIZE:
+            raise EncodingError(f"nonce must be {NONCE_SIZE} bytes")
 
     def encode(self) -> bytes:
-        return _HEADER.pack(HEADER_VERSION, self.ratchet_key, self.previous_chain_length, self.message_number)
+        return _HEADER.pack(
+            HEADER_VERSION, self.ratchet_key, self.previous_chain_length, self.message_number, self.nonce
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> MessageHeader:
+        data = bytes(data)
         if len(data) != HEADER_SIZE:
             raise EncodingError(f"ratchet header must be {HEADER_SIZE} bytes")
-        version, key, pn, n = _HEADER.unpack(bytes(data))
+        version, key, pn, n, nonce = _HEADER.unpack(data)
         if version != HEADER_VERSION:
             raise EncodingError(f"unsupported ratchet header version {version}")
-        return cls(key, pn, n)
+        return cls(key, pn, n, nonce)
 
 
-def _seal(mk: bytes, plaintext: bytes, ad: bytes) -> bytes:
-    key, nonce = message_key_material(mk)
-    return p.aead_encrypt(key, nonce, plaintext, ad)
-
-
-def _open(mk: bytes, ciphertext: bytes, ad: bytes) -> bytes:
-    key, nonce = message_key_material(mk)
-    return p.aead_decrypt(key, nonce, ciphertext, ad)
+def _open(mk: bytes, header: MessageHeader, ciphertext: bytes, ad: bytes) -> bytes:
+    return p.aead_decrypt(message_key(mk), header.nonce, ciphertext, ad)
 
 
 class Session:
@@ -363,15 +387,18 @@ class Session:
 
     def encrypt(self, plaintext: bytes, associated_data: bytes = b"") -> bytes:
         """Encrypt ``plaintext``; returns ``header || ciphertext``. ``associated_data`` (the
-        envelope header) is authenticated, not sent."""
+        envelope header) is authenticated, not sent. Draws one ``rng(24)``: the nonce."""
         cks = self._cks
         if cks is None:
             raise SessionSetupError("the responder cannot send before it has decrypted a message")
-        if self._ns >= _U32_MAX:
+        if self._ns >= MAX_COUNTER:
             raise CryptoError("sending chain exhausted")
+        nonce = self._rng(NONCE_SIZE)
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+            raise UsageError(f"rng must return {NONCE_SIZE} bytes")
         mk, next_ck = kdf_ck(cks)
-        header = _HEADER.pack(HEADER_VERSION, self._dhs_pub, self._pn, self._ns)
-        ciphertext = _seal(mk, plaintext, self._ad + header + associated_data)
+        header = MessageHeader(self._dhs_pub, self._pn, self._ns, nonce).encode()
+        ciphertext = p.aead_encrypt(message_key(mk), nonce, plaintext, self._ad + header + associated_data)
         self._cks = next_ck
         self._ns += 1
         return header + ciphertext
@@ -379,20 +406,21 @@ class Session:
     def decrypt(self, message: bytes, associated_data: bytes = b"") -> bytes:
         """Decrypt a message from :meth:`encrypt` of the other side. On any failure the state is
         unchanged (see the module docstring for the errors)."""
+        message = bytes(message)
         if len(message) < _MIN_MESSAGE:
             raise DecryptionError("message is too short")
-        version, dh, pn, n = _HEADER.unpack_from(message)
-        if version != HEADER_VERSION:
-            raise DecryptionError(f"unsupported message version {version}")
-        if n >= _U32_MAX:
-            raise DecryptionError("message number out of range")
-        header = message[:HEADER_SIZE]
+        raw_header = message[:HEADER_SIZE]
+        try:
+            header = MessageHeader.decode(raw_header)
+        except EncodingError as exc:
+            raise DecryptionError(f"malformed message header: {exc}") from exc
+        dh, n = header.ratchet_key, header.message_number
         ciphertext = message[HEADER_SIZE:]
-        ad = self._ad + header + associated_data
+        ad = self._ad + raw_header + bytes(associated_data)
 
         mk = self._skipped.get((dh, n))
         if mk is not None:
-            plaintext = _open(mk, ciphertext, ad)
+            plaintext = _open(mk, header, ciphertext, ad)
             del self._skipped[(dh, n)]
             self._initial_header = None
             return plaintext
@@ -411,7 +439,7 @@ class Session:
                 skipped_mk, ck = kdf_ck(ck)
                 new_skipped.append((dh, i, skipped_mk))
             mk, ck = kdf_ck(ck)
-            plaintext = _open(mk, ciphertext, ad)
+            plaintext = _open(mk, header, ciphertext, ad)
             # -- commit --
             self._ckr = ck
             self._nr = n + 1
@@ -422,22 +450,21 @@ class Session:
 
         if dh in self._previous:
             raise DuplicateMessageError("message key from a former chain already used or discarded")
-        return self._decrypt_new_chain(dh, pn, n, ciphertext, ad)
+        return self._decrypt_new_chain(header, ciphertext, ad)
 
-    def _decrypt_new_chain(self, dh: bytes, pn: int, n: int, ciphertext: bytes, ad: bytes) -> bytes:
-        if p.is_low_order_x25519(dh):
-            raise DecryptionError("ratchet key is a low-order point")
-        new_skipped: list[tuple[bytes, int, bytes]] = []
+    def _decrypt_new_chain(self, header: MessageHeader, ciphertext: bytes, ad: bytes) -> bytes:
+        dh, pn, n = header.ratchet_key, header.previous_chain_length, header.message_number
         old_dhr = self._dhr
         ck = self._ckr
+        # Bound the work before doing any: keys skipped in the current chain plus in the new one.
+        old_skip = max(0, pn - self._nr) if ck is not None and old_dhr is not None else 0
+        if old_skip + n > MAX_SKIP:
+            raise TooManySkippedError(f"message skips more than {MAX_SKIP} keys")
+        new_skipped: list[tuple[bytes, int, bytes]] = []
         if ck is not None and old_dhr is not None:
-            if pn - self._nr > MAX_SKIP:
-                raise TooManySkippedError(f"message skips more than {MAX_SKIP} keys")
-            for i in range(self._nr, pn):
+            for i in range(self._nr, self._nr + old_skip):
                 skipped_mk, ck = kdf_ck(ck)
                 new_skipped.append((old_dhr, i, skipped_mk))
-        if n > MAX_SKIP:
-            raise TooManySkippedError(f"message skips more than {MAX_SKIP} keys")
         try:
             dh_out = p.x25519(self._dhs_priv, dh)
         except CryptoError as exc:
@@ -447,7 +474,7 @@ class Session:
             skipped_mk, ck = kdf_ck(ck)
             new_skipped.append((dh, i, skipped_mk))
         mk, ck = kdf_ck(ck)
-        plaintext = _open(mk, ciphertext, ad)
+        plaintext = _open(mk, header, ciphertext, ad)
         # -- the tag verified: the sending half of the DH ratchet step, then commit --
         dhs = EphemeralKey.generate(self._rng)
         rk, cks = kdf_rk(rk, p.x25519(bytes(dhs), dh))
@@ -518,15 +545,17 @@ class Session:
         _, flags, rk, dhs_priv, base_key, ns, nr, pn = reader.unpack(_FIXED)
         if flags & ~(_F_DHR | _F_CKS | _F_CKR | _F_HDR):
             raise EncodingError("unknown session state flags")
-        if flags & _F_CKR and not flags & _F_DHR:
-            raise EncodingError("receiving chain without a ratchet key")
-        if max(ns, nr) >= _U32_MAX:
-            raise EncodingError("message counter out of range")
+        if flags & (_F_CKR | _F_CKS) and not flags & _F_DHR:
+            raise EncodingError("sending or receiving chain without a peer ratchet key")
+        if max(ns, nr, pn) > MAX_COUNTER:
+            raise EncodingError(f"message counter out of range (max {MAX_COUNTER})")
         dhr = reader.take(32) if flags & _F_DHR else None
         cks = reader.take(32) if flags & _F_CKS else None
         ckr = reader.take(32) if flags & _F_CKR else None
         initial_header = reader.take(INITIAL_HEADER_SIZE) if flags & _F_HDR else None
         (ad_len,) = reader.unpack(_U16)
+        if ad_len != AD_SIZE:
+            raise EncodingError(f"session AD must be {AD_SIZE} bytes")
         ad = reader.take(ad_len)
         (n_previous,) = reader.unpack(_U8)
         if n_previous > MAX_PREVIOUS_CHAINS:
@@ -538,6 +567,8 @@ class Session:
         skipped: dict[tuple[bytes, int], bytes] = {}
         for _ in range(n_skipped):
             key, number, mk = reader.unpack(_SKIPPED_ENTRY)
+            if number > MAX_MESSAGE_NUMBER:
+                raise EncodingError("skipped key with a message number out of range")
             if (key, number) in skipped:
                 raise EncodingError("skipped key listed twice")
             skipped[(key, number)] = mk
@@ -546,6 +577,10 @@ class Session:
             dhs_pub = p.x25519_public(dhs_priv)
             for key in [k for k in (dhr, *previous) if k is not None]:
                 p.check_x25519_public(key)
+            for key, _number in skipped:
+                p.check_x25519_public(key)
+            DeviceIdentity.decode(ad[:IDENTITY_ENCODED_SIZE])
+            DeviceIdentity.decode(ad[IDENTITY_ENCODED_SIZE:])
             if initial_header is not None:
                 InitialHeader.decode(initial_header)
         except EncodingError:
@@ -604,8 +639,8 @@ class _Reader:
 @dataclass(frozen=True, slots=True, repr=False)
 class Accepted:
     """Outcome of :func:`accept`. The caller MUST, in one transaction, persist ``session`` and
-    delete the one-time prekey ``one_time_prekey_id`` (if not ``None``), and MUST check
-    ``initiator`` against a verified device list before trusting ``plaintext``."""
+    delete the one-time prekey ``one_time_prekey_id`` (if not ``None``). ``initiator`` was
+    accepted by the caller's ``trusted`` policy before anything was decrypted."""
 
     session: Session
     plaintext: bytes
@@ -624,15 +659,26 @@ def accept(
     message: bytes,
     associated_data: bytes = b"",
     rng: p.Rng = p.random_bytes,
+    *,
+    trusted: TrustPolicy,
 ) -> Accepted:
-    """Responder: run X3DH for ``initial_header`` and decrypt the first ``message``. Has no side
-    effect: on any error (:class:`~crypto.errors.EncodingError`,
-    :class:`~crypto.errors.SessionSetupError`, :class:`~crypto.errors.DecryptionError`) nothing
-    is consumed and no session exists."""
+    """Responder: check the initiator named by ``initial_header`` against ``trusted``, run
+    X3DH and decrypt the first ``message``.
+
+    ``trusted`` (required) is the :class:`~crypto.device_list.DeviceEntry` the initiator must
+    match (device id, signing key and X25519 key), or a callable that returns ``True`` exactly
+    for identities found in a device list the caller verified (see
+    :func:`crypto.x3dh.trust_device_lists`). An initiator it refuses raises
+    :class:`~crypto.errors.UntrustedDeviceError` before any DH, decryption or randomness.
+
+    Has no side effect: on any error (:class:`~crypto.errors.EncodingError`,
+    :class:`~crypto.errors.SessionSetupError` and its subclasses,
+    :class:`~crypto.errors.DecryptionError`) nothing is consumed, no plaintext is returned and
+    no session exists."""
     header = initial_header
     if not isinstance(header, InitialHeader):
         header = InitialHeader.decode(header)
-    result = respond(local, prekeys, header)
+    result = respond(local, prekeys, header, trusted=trusted)
     session = Session.respond(result, rng)
     plaintext = session.decrypt(message, associated_data)
     return Accepted(session, plaintext, result.initiator, result.one_time_prekey_id)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from crypto import primitives as p
 from crypto.device_list import normalize_username
-from crypto.errors import EncodingError
+from crypto.errors import EncodingError, InvalidKeyError
 from crypto.keys import AccountPublicKey
 
 __all__ = [
@@ -55,7 +55,7 @@ _PREFIX = b"saltline/v1/safety-number\x00"
 def fingerprint(account_key: AccountPublicKey, username: str) -> bytes:
     """One user's 64-byte fingerprint (iterated SHA-512 over the key and the normalised name)."""
     if not isinstance(account_key, AccountPublicKey):
-        raise TypeError("fingerprint needs an AccountPublicKey")
+        raise InvalidKeyError("fingerprint needs an AccountPublicKey")
     name = normalize_username(username).encode("utf-8")
     raw = bytes(account_key)
     digest = (

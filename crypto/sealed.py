@@ -27,7 +27,7 @@ import nacl.bindings as sodium
 import nacl.exceptions
 
 from crypto import primitives as p
-from crypto.errors import DecryptionError, InvalidKeyError
+from crypto.errors import DecryptionError, EncodingError, InvalidKeyError
 from crypto.keys import X25519PrivateKey, X25519PublicKey
 
 __all__ = [
@@ -47,10 +47,21 @@ MAX_CONTEXT_SIZE = 255
 
 
 def _inner(plaintext: bytes, context: bytes) -> bytes:
-    context = bytes(context)
+    context = _context(context)
+    return bytes([len(context)]) + context + _bytes(plaintext, "plaintext")
+
+
+def _bytes(value: bytes, what: str) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise EncodingError(f"{what} must be bytes")
+    return bytes(value)
+
+
+def _context(context: bytes) -> bytes:
+    context = _bytes(context, "context")
     if not 1 <= len(context) <= MAX_CONTEXT_SIZE:
-        raise ValueError(f"context must be 1..{MAX_CONTEXT_SIZE} bytes")
-    return bytes([len(context)]) + context + bytes(plaintext)
+        raise EncodingError(f"context must be 1..{MAX_CONTEXT_SIZE} bytes")
+    return context
 
 
 def overhead(context: bytes) -> int:
@@ -63,10 +74,10 @@ def seal(recipient: X25519PublicKey, plaintext: bytes, context: bytes, rng: p.Rn
     under ``context``. With ``rng`` the ephemeral key is ``rng(32)`` (deterministic: test
     vectors only); without, libsodium draws it."""
     if not isinstance(recipient, X25519PublicKey):
-        raise TypeError("recipient must be an X25519PublicKey")
+        raise InvalidKeyError("recipient must be an X25519PublicKey")
     inner = _inner(plaintext, context)
     if rng is not None:
-        return _seal_with_ephemeral(recipient, inner, rng(32))
+        return _seal_with_ephemeral(recipient, inner, _bytes(rng(32), "rng output"))
     return bytes(sodium.crypto_box_seal(inner, bytes(recipient)))
 
 
@@ -79,8 +90,9 @@ def seal_with_ephemeral(
     confidentiality of both. The output opens with libsodium's ``crypto_box_seal_open``.
     """
     if not isinstance(recipient, X25519PublicKey):
-        raise TypeError("recipient must be an X25519PublicKey")
-    return _seal_with_ephemeral(recipient, _inner(plaintext, context), bytes(ephemeral_private))
+        raise InvalidKeyError("recipient must be an X25519PublicKey")
+    esk = _bytes(ephemeral_private, "ephemeral_private")
+    return _seal_with_ephemeral(recipient, _inner(plaintext, context), esk)
 
 
 def _seal_with_ephemeral(recipient: X25519PublicKey, inner: bytes, esk: bytes) -> bytes:
@@ -99,18 +111,19 @@ def open(private: X25519PrivateKey, ciphertext: bytes, context: bytes) -> bytes:
     """Open a sealed box made for ``private``'s public key under ``context``.
 
     Raises :class:`DecryptionError` if the box was altered, made for another key, or made
-    for another context.
+    for another context; :class:`InvalidKeyError` if ``private`` is not an X25519 private key;
+    :class:`EncodingError` for a context outside 1..255 bytes.
     """
     if not isinstance(private, X25519PrivateKey):
-        raise TypeError("private must be an X25519PrivateKey")
-    ciphertext = bytes(ciphertext)
+        raise InvalidKeyError("private must be an X25519PrivateKey")
+    context = _context(context)
+    ciphertext = _bytes(ciphertext, "ciphertext")
     if len(ciphertext) < SEAL_OVERHEAD + 2:
         raise DecryptionError("sealed box is too short")
     try:
         inner = bytes(sodium.crypto_box_seal_open(ciphertext, bytes(private.public_key), bytes(private)))
     except (nacl.exceptions.CryptoError, ValueError, RuntimeError) as exc:
         raise DecryptionError("sealed box failed authentication") from exc
-    context = bytes(context)
     n = inner[0]
     if n == 0 or len(inner) < 1 + n or not p.constant_time_equal(inner[1 : 1 + n], context):
         raise DecryptionError("sealed box was made for another context")

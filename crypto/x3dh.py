@@ -15,8 +15,22 @@ an Ed25519 device signing key (``IS``) and an X25519 device key (``IK``, the X3D
            (kind ``LAST_RESORT_PREKEY``); both are signed by ``IS_B``
 =========  ================================================================================
 
+Trust
+-----
+Both sides check the other device against a device list the caller verified
+(:mod:`crypto.device_list`) before any Diffie-Hellman or randomness:
+
+* :func:`initiate` takes the responder's :class:`~crypto.device_list.DeviceEntry` (required);
+  a bundle whose device id, signing key or X25519 key differs from it raises
+  :class:`~crypto.errors.UntrustedDeviceError` (a :class:`~crypto.errors.SessionSetupError`).
+* :func:`respond` (and :func:`crypto.ratchet.accept`) take a required ``trusted`` policy
+  (:data:`TrustPolicy`): the initiator's ``DeviceEntry``, or a callable that returns ``True``
+  exactly for identities in verified lists (:func:`trust_device_lists`). An initiator it
+  refuses raises :class:`~crypto.errors.UntrustedDeviceError`; nothing is looked up or computed.
+
 Initiator (:func:`initiate`)
 ----------------------------
+0. Check the bundle's identity against the trusted device entry (see Trust).
 1. Verify the signature of ``SPK_B`` and of ``OPK_B`` (if present) under the bundle's device
    signing key ``IS_B`` (context ``"prekey"``, see :mod:`crypto.keys`). On failure raise
    :class:`~crypto.errors.PreKeySignatureError` (a :class:`~crypto.errors.SessionSetupError`
@@ -43,10 +57,10 @@ the new session (see :func:`crypto.ratchet.accept`), and persist the session in 
 transaction. A failed first-message decryption therefore consumes nothing. The last-resort
 prekey is never consumed (``one_time_prekey_id`` is ``None`` for it).
 
-The responder learns the initiator's claimed identity from the header. X3DH authenticates
-``IK_A`` (through ``DH1``) and binds the whole identity into ``AD``; the caller MUST still check
-that the initiator's (device id, signing key, X25519 key) appear together in a device list it
-verified before it trusts or displays the message.
+The responder learns the initiator's claimed identity from the header and checks it with the
+``trusted`` policy first. X3DH then authenticates ``IK_A`` (through ``DH1``) and binds the whole
+identity into ``AD``, so a header that claims a trusted identity it does not hold fails the
+first message.
 
 Byte layouts (all integers big endian)
 --------------------------------------
@@ -81,16 +95,20 @@ raises :class:`~crypto.errors.InvalidKeyError`.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from crypto import primitives as p
+from crypto.device_list import DeviceEntry, DeviceList
 from crypto.errors import (
     EncodingError,
     PreKeyConsumedError,
     PreKeySignatureError,
     SessionSetupError,
     SignatureError,
+    UntrustedDeviceError,
+    UsageError,
 )
 from crypto.keys import (
     PUBLIC_KEY_ENCODED_SIZE,
@@ -125,9 +143,12 @@ __all__ = [
     "PreKeyBundle",
     "PreKeyLookup",
     "ResponderResult",
+    "TrustPolicy",
     "associated_data",
+    "identity_matches",
     "initiate",
     "respond",
+    "trust_device_lists",
 ]
 
 DEVICE_ID_SIZE = 16
@@ -198,6 +219,50 @@ class DeviceIdentityKeys:
 
     def __repr__(self) -> str:
         return f"DeviceIdentityKeys(device_id={self.device_id.hex()}, <secret>)"
+
+
+def identity_matches(identity: DeviceIdentity, entry: DeviceEntry) -> bool:
+    """True if ``identity`` has the device id, signing key and X25519 key of ``entry``."""
+    return (
+        identity.device_id == entry.device_id
+        and identity.signing_key == entry.signing_key
+        and identity.dh_key == entry.dh_key
+    )
+
+
+#: Who may start a session with this device: the initiator's verified
+#: :class:`~crypto.device_list.DeviceEntry`, or a callable that returns ``True`` exactly for
+#: identities that appear in a device list the caller verified.
+TrustPolicy: TypeAlias = DeviceEntry | Callable[[DeviceIdentity], bool]
+
+
+def trust_device_lists(*lists: DeviceList) -> Callable[[DeviceIdentity], bool]:
+    """A :data:`TrustPolicy` accepting exactly the devices of ``lists``, which the caller MUST
+    have verified (:func:`crypto.device_list.verify` or a
+    :class:`~crypto.device_list.DeviceListChainVerifier`)."""
+    frozen = tuple(lists)
+    if not all(isinstance(item, DeviceList) for item in frozen):
+        raise UsageError("trust_device_lists takes DeviceList objects")
+
+    def trusted(identity: DeviceIdentity) -> bool:
+        for device_list in frozen:
+            entry = device_list.device(identity.device_id)
+            if entry is not None and identity_matches(identity, entry):
+                return True
+        return False
+
+    return trusted
+
+
+def _check_trusted(identity: DeviceIdentity, trusted: TrustPolicy) -> None:
+    if isinstance(trusted, DeviceEntry):
+        ok = identity_matches(identity, trusted)
+    elif callable(trusted):
+        ok = trusted(identity) is True
+    else:
+        raise UsageError("trusted must be a DeviceEntry or a callable")
+    if not ok:
+        raise UntrustedDeviceError(f"device {identity.device_id.hex()} is not in a verified device list")
 
 
 def associated_data(initiator: DeviceIdentity, responder: DeviceIdentity) -> bytes:
@@ -402,13 +467,25 @@ def _kdf(dh_outputs: list[bytes]) -> bytes:
     )
 
 
-def initiate(local: DeviceIdentityKeys, bundle: PreKeyBundle, rng: p.Rng = p.random_bytes) -> InitiatorResult:
-    """Run X3DH as the initiator against ``bundle``.
+def initiate(
+    local: DeviceIdentityKeys,
+    bundle: PreKeyBundle,
+    trusted: DeviceEntry,
+    rng: p.Rng = p.random_bytes,
+) -> InitiatorResult:
+    """Run X3DH as the initiator against ``bundle``, which must be the device ``trusted``: the
+    responder's entry in a device list the caller verified.
 
-    Raises :class:`~crypto.errors.PreKeySignatureError` if a prekey signature does not verify
-    (before any DH or ``rng`` call), :class:`~crypto.errors.SessionSetupError` if the bundle is
-    the initiator's own device, :class:`~crypto.errors.InvalidKeyError` if a DH output is zero.
-    The caller must have checked ``bundle``'s identity against a verified device list."""
+    Raises :class:`~crypto.errors.UntrustedDeviceError` if the bundle's device id, signing key
+    or X25519 key differs from ``trusted``, then
+    :class:`~crypto.errors.PreKeySignatureError` if a prekey signature does not verify (both
+    before any DH or ``rng`` call), :class:`~crypto.errors.SessionSetupError` if the bundle is
+    the initiator's own device, :class:`~crypto.errors.InvalidKeyError` if a DH output is zero."""
+    if not isinstance(trusted, DeviceEntry):
+        raise UsageError("trusted must be the responder's DeviceEntry from a verified device list")
+    if not isinstance(bundle, PreKeyBundle):
+        raise UsageError("bundle must be a PreKeyBundle")
+    _check_trusted(bundle.identity, trusted)
     bundle.verify()
     me = local.public
     if bundle.device_id == me.device_id or bundle.dh_key == me.dh_key:
@@ -432,14 +509,20 @@ def initiate(local: DeviceIdentityKeys, bundle: PreKeyBundle, rng: p.Rng = p.ran
     )
 
 
-def respond(local: DeviceIdentityKeys, prekeys: PreKeyLookup, header: InitialHeader) -> ResponderResult:
+def respond(
+    local: DeviceIdentityKeys, prekeys: PreKeyLookup, header: InitialHeader, *, trusted: TrustPolicy
+) -> ResponderResult:
     """Run X3DH as the responder for an initial header. Pure: deletes nothing (see the module
     docstring for when the caller deletes the one-time prekey).
 
-    Raises :class:`~crypto.errors.SessionSetupError` for an unknown signed or last-resort
+    Raises :class:`~crypto.errors.UntrustedDeviceError` if ``trusted`` refuses the initiator
+    (checked first), :class:`~crypto.errors.SessionSetupError` for an unknown signed or last-resort
     prekey or a header naming this device as the initiator,
     :class:`~crypto.errors.PreKeyConsumedError` for an unknown (used or never issued) one-time
     prekey, :class:`~crypto.errors.InvalidKeyError` if a DH output is zero."""
+    if not isinstance(header, InitialHeader):
+        raise UsageError("header must be an InitialHeader")
+    _check_trusted(header.initiator, trusted)
     me = local.public
     if header.initiator.device_id == me.device_id or header.initiator.dh_key == me.dh_key:
         raise SessionSetupError("initial header names this device as the initiator")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto import attachments as att
-from crypto.errors import EncodingError, StreamError
+from crypto.errors import EncodingError, InvalidKeyError, StreamError, UsageError
 
 C = att.CHUNK_SIZE
 CC = att.CHUNK_SIZE + att.ABYTES
@@ -118,8 +118,19 @@ def test_iterable_input_and_streaming_output() -> None:
     streamed = b"".join(encryptor.update(p) for p in pieces)
     tail, key = encryptor.finalize()
     assert streamed + tail == from_iter.ciphertext and key == from_iter.key
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         encryptor.update(b"more")
+    with pytest.raises(UsageError):
+        encryptor.finalize()
+    for bad_key in (b"short", KEY + b"x"):
+        with pytest.raises(InvalidKeyError):
+            att.AttachmentEncryptor(bad_key, rng=fixed_rng(HEADER))
+        with pytest.raises(InvalidKeyError):
+            att.AttachmentDecryptor(bad_key)
+    with pytest.raises(UsageError):
+        att.AttachmentEncryptor(KEY, rng=lambda n: bytes(n - 1))
+    with pytest.raises(UsageError):
+        att.ciphertext_size(-1)
     out = list(
         att.iter_decrypt(
             (from_iter.ciphertext[i : i + 1000] for i in range(0, len(from_iter.ciphertext), 1000)), key

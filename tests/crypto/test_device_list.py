@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import struct
 
 import pytest
@@ -23,6 +24,7 @@ from crypto.errors import (
     SignatureError,
     UnboundDeviceError,
     UnknownSignerError,
+    UsernameMismatchError,
 )
 from crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, SigningContext
 
@@ -81,10 +83,12 @@ def test_layout(v1: dl.SignedDeviceList) -> None:
     assert v1.signature == enc[-64:]
     ACCOUNT.public_key.verify(SigningContext.DEVICE_LIST, enc[:-64], v1.signature)
     assert v1.hash() == hashlib.sha256(enc).digest()
-    # Binding input: account_pk || device_id || signing_pk || dh_pk under "device-binding".
-    binding_input = bytes(ACCOUNT.public_key) + PHONE.device_id + entry[16:48] + entry[48:80]
+    # Binding input: account_pk || device_id || signing_pk || dh_pk || added_at (u64)
+    # under "device-binding": 120 bytes.
+    binding_input = bytes(ACCOUNT.public_key) + PHONE.device_id + entry[16:48] + entry[48:80] + entry[80:88]
+    assert len(binding_input) == 120
     assert dl.binding_message(
-        ACCOUNT.public_key, PHONE.device_id, PHONE.signing.public_key, PHONE.dh.public_key
+        ACCOUNT.public_key, PHONE.device_id, PHONE.signing.public_key, PHONE.dh.public_key, 1_700_000_000
     ) == (binding_input)
     assert entry[88:152] == p.ed25519_sign(
         seeded("signphone"), b"saltline/v1/device-binding\x00" + binding_input
@@ -182,15 +186,35 @@ def test_low_order_dh_key_in_entry_rejected(v1: dl.SignedDeviceList) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "normal"),
-    [("Alice", "alice"), ("ＡＬＩＣＥ", "alice"), ("Émile", "émile"), ("e\u0301mile", "émile")],
+    [("Alice", "alice"), ("ALICE_99", "alice_99"), ("a.b-c", "a.b-c"), ("abc", "abc"), ("x" * 32, "x" * 32)],
 )
 def test_username_normalisation(raw: str, normal: str) -> None:
     assert dl.normalize_username(raw) == normal
 
 
-@pytest.mark.parametrize("bad", ["", "a b", "a\tb", "a\u200bb", "a\x00", "x" * 256])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "ab",  # too short
+        "x" * 33,  # too long
+        "a b",
+        "a\tb",
+        "abc\n",
+        "a\u200bb",
+        "a\x00bc",
+        "a+b",
+        "a@b.c",
+        "ＡＬＩＣＥ",  # full-width: no Unicode folding, refused
+        "Émile",
+        "e\u0301mile",
+        "straße",
+        "\u0430lice",  # Cyrillic a
+        "\u212aelvin",  # Kelvin sign: lower() would give ASCII "k"
+    ],
+)
 def test_bad_usernames(bad: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(EncodingError):
         dl.normalize_username(bad)
     with pytest.raises(EncodingError):
         dl.first(ACCOUNT, bad, [PHONE.entry(ACCOUNT)])
@@ -279,11 +303,28 @@ def test_mismatched_binding(field: str) -> None:
         dl.verify(signed, ACCOUNT.public_key)
 
 
-def test_added_at_is_not_bound_by_device() -> None:
-    # The binding covers keys and id only; added_at is the account's statement.
+def test_added_at_is_bound_by_device() -> None:
+    # The binding covers added_at: the account key alone cannot rewrite it.
     entry = PHONE.entry(ACCOUNT, added_at=1)
+    entry.verify_binding(ACCOUNT.public_key)
+    for when in (0, 2, 2**64 - 1):
+        moved = dl.DeviceEntry(
+            entry.device_id, entry.signing_key, entry.dh_key, when, entry.binding_signature
+        )
+        with pytest.raises(UnboundDeviceError):
+            moved.verify_binding(ACCOUNT.public_key)
+    v1 = dl.first(ACCOUNT, "alice", [entry])
     moved = dl.DeviceEntry(entry.device_id, entry.signing_key, entry.dh_key, 2, entry.binding_signature)
-    moved.verify_binding(ACCOUNT.public_key)
+    with pytest.raises(UnboundDeviceError):
+        dl.successor(v1, ACCOUNT, [moved])  # sign() refuses it too
+    content = dl.DeviceList.create(2, v1.hash(), ACCOUNT.public_key, "alice", [moved])
+    forged = dl.SignedDeviceList(content, ACCOUNT.sign(SigningContext.DEVICE_LIST, content.encode()))
+    with pytest.raises(UnboundDeviceError):
+        dl.verify(forged, ACCOUNT.public_key)
+    with pytest.raises(EncodingError):
+        dl.binding_message(
+            ACCOUNT.public_key, PHONE.device_id, PHONE.signing.public_key, PHONE.dh.public_key, -1
+        )
 
 
 # -- chains ----------------------------------------------------------------------------------------------
@@ -376,8 +417,63 @@ def test_check_successor_function(chain: list[dl.SignedDeviceList]) -> None:
         dl.check_successor(chain[0], chain[3])
 
 
+def _renamed(previous: dl.SignedDeviceList, username: str) -> dl.SignedDeviceList:
+    """A correctly chained, signed successor of ``previous`` that names another username."""
+    content = dl.DeviceList.create(
+        previous.version + 1, previous.hash(), ACCOUNT.public_key, username, previous.content.devices
+    )
+    return dl.sign(ACCOUNT, content)
+
+
+def test_verify_pins_the_expected_username(v1: dl.SignedDeviceList) -> None:
+    assert dl.verify(v1, ACCOUNT.public_key, "alice") == v1.content
+    assert dl.verify(v1, ACCOUNT.public_key, "ALICE") == v1.content  # normalised first
+    with pytest.raises(UsernameMismatchError):
+        dl.verify(v1, ACCOUNT.public_key, "bob")
+    with pytest.raises(EncodingError):
+        dl.verify(v1, ACCOUNT.public_key, "a")  # not a valid username
+
+
+def test_successor_cannot_change_the_username(chain: list[dl.SignedDeviceList]) -> None:
+    renamed = _renamed(chain[1], "mallory")
+    assert dl.verify(renamed, ACCOUNT.public_key).username == "mallory"  # well signed and chained ...
+    with pytest.raises(UsernameMismatchError):
+        dl.check_successor(chain[1], renamed)  # ... but not a successor
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key)
+    verifier.verify_chain(chain[:2])
+    with pytest.raises(UsernameMismatchError):
+        verifier.verify_next(renamed)
+    with pytest.raises(UsernameMismatchError):
+        verifier.verify_next(renamed.encode())
+    assert verifier.latest == chain[1]  # unchanged
+    with pytest.raises(UsernameMismatchError):  # all or nothing
+        dl.DeviceListChainVerifier(ACCOUNT.public_key).verify_chain([chain[0], chain[1], renamed])
+    assert verifier.verify_next(chain[2]).username == "alice"
+
+
+def test_chain_verifier_pins_the_expected_username(chain: list[dl.SignedDeviceList]) -> None:
+    pinned = dl.DeviceListChainVerifier(ACCOUNT.public_key, expected_username="Alice")
+    assert pinned.verify_chain(chain).username == "alice"
+    with pytest.raises(UsernameMismatchError):
+        dl.DeviceListChainVerifier(ACCOUNT.public_key, expected_username="bob").verify_next(chain[0])
+    with pytest.raises(UsernameMismatchError):
+        dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[0], expected_username="bob")
+    bob_list = dl.first(ACCOUNT, "bob", [PHONE.entry(ACCOUNT)])
+    with pytest.raises(UsernameMismatchError):  # first contact with a list for another user
+        dl.DeviceListChainVerifier(ACCOUNT.public_key, expected_username="alice").verify_next(bob_list)
+    with pytest.raises(DeviceListError):
+        pinned.verify_chain([])
+
+
 def test_errors_form_one_hierarchy() -> None:
-    for cls in (RollbackError, ForkError, ChainBreakError, UnboundDeviceError, UnknownSignerError):
+    for cls in (
+        RollbackError,
+        ForkError,
+        ChainBreakError,
+        UnboundDeviceError,
+        UnknownSignerError,
+        UsernameMismatchError,
+    ):
         assert issubclass(cls, DeviceListError) and issubclass(cls, CryptoError)
 
 
@@ -395,14 +491,13 @@ def test_builders_check_their_inputs(chain: list[dl.SignedDeviceList]) -> None:
 # -- properties -----------------------------------------------------------------------------------------
 
 _POOL = [Device(f"d{i}") for i in range(6)]
-_ENTRIES = [d.entry(ACCOUNT) for d in _POOL]
 
 
 @settings(max_examples=40, deadline=None)
 @given(
     version=st.integers(min_value=1, max_value=2**64 - 1),
     previous=st.binary(min_size=32, max_size=32).filter(lambda b: b != bytes(32)),
-    username=st.text(alphabet=st.characters(categories=["Ll", "Lu", "Nd", "Lo"]), min_size=1, max_size=40),
+    username=st.text(min_size=1, max_size=40) | st.text(alphabet="abcXYZ019_.-", min_size=3, max_size=32),
     picks=st.sets(st.integers(min_value=0, max_value=len(_POOL) - 1), min_size=1),
     added_at=st.integers(min_value=0, max_value=2**64 - 1),
 )
@@ -411,12 +506,9 @@ def test_encoding_round_trip_property(
 ) -> None:
     try:
         name = dl.normalize_username(username)
-    except ValueError:
+    except EncodingError:
         return
-    entries = [
-        dl.DeviceEntry(e.device_id, e.signing_key, e.dh_key, added_at, e.binding_signature)
-        for e in (_ENTRIES[i] for i in picks)
-    ]
+    entries = [_POOL[i].entry(ACCOUNT, added_at) for i in picks]  # added_at is signed by the device
     content = dl.DeviceList.create(
         version, previous if version > 1 else bytes(32), ACCOUNT.public_key, name, entries
     )
@@ -447,11 +539,15 @@ def test_any_bit_flip_is_refused(index: int, bit: int) -> None:
         dl.verify(bytes(enc), ACCOUNT.public_key)
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.text(max_size=30))
-def test_normalize_username_idempotent(text: str) -> None:
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40) | st.text(alphabet="aZ9_.-\u212a\u0130\u00e9 ", max_size=40))
+def test_normalize_username_is_the_server_rule(text: str) -> None:
+    """Accepts exactly 3..32 chars of [a-z0-9_.-] after lower-casing ASCII; idempotent."""
+    server = re.fullmatch(r"[a-z0-9_.-]{3,32}", text.lower()) if text.isascii() else None
     try:
         once = dl.normalize_username(text)
-    except ValueError:
+    except EncodingError:
+        assert server is None
         return
+    assert server is not None and once == text.lower()
     assert dl.normalize_username(once) == once

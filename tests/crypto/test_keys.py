@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from crypto import keys as k
 from crypto import primitives as p
-from crypto.errors import EncodingError, InvalidKeyError, SignatureError
+from crypto.errors import EncodingError, InvalidKeyError, SignatureError, UsageError
 
 SEED = bytes(range(32))
 OTHER = bytes(range(1, 33))
@@ -182,8 +182,17 @@ def test_prekey_decode_rejects_malformed() -> None:
         k.PreKeyPublic.decode(enc[:1] + bytes([k.KeyKind.DEVICE_DH]) + enc[2:])
     with pytest.raises(EncodingError):
         k.SignedPreKey(2**32, SEED)
-    with pytest.raises(TypeError):
+    with pytest.raises(UsageError):
         k.SignedPreKey.generate()
+
+
+def test_prekey_equality_includes_id_and_kind() -> None:
+    a = k.OneTimePreKey(1, SEED)
+    assert a == k.OneTimePreKey(1, SEED) and hash(a) == hash(k.OneTimePreKey(1, SEED))
+    assert a != k.OneTimePreKey(2, SEED)  # same key, other id
+    assert a != k.LastResortPreKey(1, SEED)  # same key and id, other kind
+    assert a != k.SignedPreKey(1, SEED)
+    assert len({a, k.OneTimePreKey(2, SEED), k.LastResortPreKey(1, SEED)}) == 3
 
 
 @given(st.binary(min_size=0, max_size=80))

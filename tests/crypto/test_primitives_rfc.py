@@ -1,6 +1,7 @@
 """Our wrappers reproduce the published RFC vectors, and refuse low-order X25519 points.
 
-Provenance: RFC 7748 §6.1 (X25519 Diffie-Hellman), RFC 8032 §7.1 (Ed25519 TEST 1, 2, 3).
+Provenance: RFC 7748 §6.1 (X25519 Diffie-Hellman), RFC 8032 §7.1 (Ed25519 TEST 1, 2, 3),
+RFC 5869 Appendix A.1-A.3 (HKDF-SHA256 test cases 1, 2, 3).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from crypto import primitives as p
-from crypto.errors import InvalidKeyError, SignatureError
+from crypto.errors import CryptoError, InvalidKeyError, SignatureError, UsageError
 from crypto.keys import (
     AccountKey,
     DeviceDHKey,
@@ -123,3 +124,54 @@ def test_low_order_points_rejected(point: bytes) -> None:
 def test_ordinary_points_accepted() -> None:
     assert not p.is_low_order_x25519(ALICE_PUBLIC)
     assert not p.is_low_order_x25519(ALICE_PUBLIC[:31] + bytes([ALICE_PUBLIC[31] | 0x80]))
+
+
+# RFC 5869 Appendix A: (IKM, salt, info, L, PRK, OKM), HKDF with SHA-256
+HKDF_VECTORS = [
+    pytest.param(
+        "0b" * 22,
+        "000102030405060708090a0b0c",
+        "f0f1f2f3f4f5f6f7f8f9",
+        42,
+        "077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5",
+        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865",
+        id="A.1",
+    ),
+    pytest.param(
+        bytes(range(0x00, 0x50)).hex(),
+        bytes(range(0x60, 0xB0)).hex(),
+        bytes(range(0xB0, 0x100)).hex(),
+        82,
+        "06a6b88c5853361a06104c9ceb35b45cef760014904671014a193f40c15fc244",
+        "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c"
+        "59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71"
+        "cc30c58179ec3e87c14c01d5c1f3434f1d87",
+        id="A.2",
+    ),
+    pytest.param(
+        "0b" * 22,
+        "",
+        "",
+        42,
+        "19ef24a32c717b167f33a91d6f648bdf96596776afdb6377ac434c1c293ccb04",
+        "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8",
+        id="A.3",
+    ),
+]
+
+
+@pytest.mark.parametrize(("ikm", "salt", "info", "length", "prk", "okm"), HKDF_VECTORS)
+def test_hkdf_sha256_rfc5869(ikm: str, salt: str, info: str, length: int, prk: str, okm: str) -> None:
+    h = bytes.fromhex
+    out = p.hkdf_sha256(h(ikm), salt=h(salt), info=h(info), length=length)
+    assert out.hex() == okm
+    # the extract step (an empty salt means HashLen zero bytes, RFC 5869 §2.2)
+    assert p.hmac_sha256(h(salt) or bytes(32), h(ikm)).hex() == prk
+
+
+@pytest.mark.parametrize("length", [0, -1, 255 * 32 + 1])
+def test_hkdf_length_out_of_range_is_a_crypto_error(length: int) -> None:
+    with pytest.raises(UsageError) as info:
+        p.hkdf_sha256(b"ikm", salt=b"", info=b"", length=length)
+    assert isinstance(info.value, CryptoError)
+    assert len(p.hkdf_sha256(b"ikm", salt=b"", info=b"", length=255 * 32)) == 255 * 32

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+import crypto.ratchet as ratchet_module
 from crypto import primitives as p
 from crypto.errors import (
     CryptoError,
@@ -16,24 +17,29 @@ from crypto.errors import (
     SessionSetupError,
     StateVersionError,
     TooManySkippedError,
+    UsageError,
 )
 from crypto.keys import EphemeralKey
 from crypto.ratchet import (
     HEADER_SIZE,
+    HEADER_VERSION,
+    MAX_COUNTER,
+    MAX_MESSAGE_NUMBER,
     MAX_PREVIOUS_CHAINS,
     MAX_SKIP,
     MAX_STORED_SKIPPED,
     MESSAGE_KEY_INFO,
+    NONCE_SIZE,
     RATCHET_INFO,
     MessageHeader,
     Session,
     accept,
     kdf_ck,
     kdf_rk,
-    message_key_material,
+    message_key,
 )
-from crypto.x3dh import initiate, respond
-from tests.crypto.test_x3dh import DRng, establish, make_device, make_responder
+from crypto.x3dh import AD_SIZE, initiate, respond
+from tests.crypto.test_x3dh import DRng, entry_of, establish, make_device, make_responder
 
 
 def expect_unchanged(
@@ -51,11 +57,10 @@ def expect_unchanged(
 def test_kdf_definitions() -> None:
     rk, ck = bytes(range(32)), bytes(range(32, 64))
     out = p.hkdf_sha256(ck, salt=rk, info=b"Saltline ratchet v1", length=64)
-    assert RATCHET_INFO == b"Saltline ratchet v1" and MESSAGE_KEY_INFO == b"Saltline message keys v1"
+    assert RATCHET_INFO == b"Saltline ratchet v1" and MESSAGE_KEY_INFO == b"Saltline message key v2"
     assert kdf_rk(rk, ck) == (out[:32], out[32:])
     assert kdf_ck(ck) == (p.hmac_sha256(ck, b"\x01"), p.hmac_sha256(ck, b"\x02"))
-    material = p.hkdf_sha256(ck, salt=bytes(32), info=b"Saltline message keys v1", length=56)
-    assert message_key_material(ck) == (material[:32], material[32:])
+    assert message_key(ck) == p.hkdf_sha256(ck, salt=bytes(32), info=b"Saltline message key v2", length=32)
 
 
 def test_first_message_follows_the_documented_construction() -> None:
@@ -63,42 +68,80 @@ def test_first_message_follows_the_documented_construction() -> None:
     rng = DRng(b"kat")
     alice_keys = make_device(rng, b"alice")
     bob = make_responder(rng)
-    x3dh = initiate(alice_keys, bob.bundle(), rng)
+    x3dh = initiate(alice_keys, bob.bundle(), bob.entry, rng)
     probe = DRng(b"ratchet key")
     session = Session.initiate(x3dh, probe)
     assert probe.calls == [32]
     message = session.encrypt(b"payload", b"envelope header")
+    assert probe.calls == [32, 24]  # one random nonce per message
 
-    dhs = EphemeralKey(DRng(b"ratchet key")(32))
+    replica = DRng(b"ratchet key")
+    dhs = EphemeralKey(replica(32))
+    nonce1, nonce2 = replica(24), replica(24)
     _rk, cks = kdf_rk(x3dh.shared_key, p.x25519(bytes(dhs), bytes(bob.spk.public_key)))
     mk = p.hmac_sha256(cks, b"\x01")
-    material = p.hkdf_sha256(mk, salt=bytes(32), info=b"Saltline message keys v1", length=56)
-    header = b"\x01" + bytes(dhs.public_key) + struct.pack(">II", 0, 0)
-    assert len(header) == HEADER_SIZE == 41
+    key1 = p.hkdf_sha256(mk, salt=bytes(32), info=b"Saltline message key v2", length=32)
+    header = b"\x02" + bytes(dhs.public_key) + struct.pack(">II", 0, 0) + nonce1
+    assert len(header) == HEADER_SIZE == 65 and HEADER_VERSION == 2 and NONCE_SIZE == 24
     ad = x3dh.associated_data + header + b"envelope header"
-    assert message == header + p.aead_encrypt(material[:32], material[32:], b"payload", ad)
-    assert len(message) == 41 + len(b"payload") + 16
-    # the second message uses the next chain key and N = 1
+    assert message == header + p.aead_encrypt(key1, nonce1, b"payload", ad)
+    assert len(message) == 65 + len(b"payload") + 16
+    # the second message uses the next chain key, N = 1 and a new nonce
     ck2 = p.hmac_sha256(cks, b"\x02")
     second = session.encrypt(b"two")
-    header2 = b"\x01" + bytes(dhs.public_key) + struct.pack(">II", 0, 1)
+    header2 = b"\x02" + bytes(dhs.public_key) + struct.pack(">II", 0, 1) + nonce2
     mk2, _ = kdf_ck(ck2)
-    key, nonce = message_key_material(mk2)
-    assert second == header2 + p.aead_encrypt(key, nonce, b"two", x3dh.associated_data + header2)
+    assert second == header2 + p.aead_encrypt(
+        message_key(mk2), nonce2, b"two", x3dh.associated_data + header2
+    )
     # the responder reads both
-    back = Session.respond(respond(bob.keys, bob.store, x3dh.header), DRng(b"b"))
+    back = Session.respond(
+        respond(bob.keys, bob.store, x3dh.header, trusted=entry_of(alice_keys)), DRng(b"b")
+    )
     assert back.decrypt(second) == b"two"
     assert back.decrypt(message, b"envelope header") == b"payload"
 
 
 def test_message_header_encoding() -> None:
-    header = MessageHeader(bytes(range(32)), 7, 9)
+    nonce = bytes(range(100, 124))
+    header = MessageHeader(bytes(range(32)), 7, 9, nonce)
     data = header.encode()
-    assert data == b"\x01" + bytes(range(32)) + b"\x00\x00\x00\x07\x00\x00\x00\x09"
+    assert data == b"\x02" + bytes(range(32)) + b"\x00\x00\x00\x07\x00\x00\x00\x09" + nonce
     assert MessageHeader.decode(data) == header
-    for bad in (data[:-1], data + b"\x00", b"\x02" + data[1:]):
+    edge = MessageHeader(bytes(range(32)), MAX_COUNTER, MAX_MESSAGE_NUMBER, nonce)
+    assert MessageHeader.decode(edge.encode()) == edge
+    assert (MAX_COUNTER, MAX_MESSAGE_NUMBER) == (2**32 - 2, 2**32 - 3)
+
+    def with_fields(key: bytes = bytes(range(32)), pn: int = 7, n: int = 9) -> bytes:
+        return b"\x02" + key + struct.pack(">II", pn, n) + nonce
+
+    bad = [
+        data[:-1],
+        data + b"\x00",
+        b"\x01" + data[1:],  # version 1 (the 41-byte layout) is gone
+        b"\x03" + data[1:],
+        with_fields(n=MAX_MESSAGE_NUMBER + 1),
+        with_fields(n=2**32 - 1),
+        with_fields(pn=MAX_COUNTER + 1),
+        with_fields(key=bytes(32)),  # low-order ratchet key
+        with_fields(key=b"\x01" + bytes(31)),
+    ]
+    for item in bad:
         with pytest.raises(EncodingError):
-            MessageHeader.decode(bad)
+            MessageHeader.decode(item)
+    for fields in ((bytes(31), 0, 0, nonce), (bytes(range(32)), -1, 0, nonce), (bytes(range(32)), 0, 0, b"")):
+        with pytest.raises(EncodingError):
+            MessageHeader(*fields)
+
+
+def test_decrypt_refuses_headers_the_decoder_refuses() -> None:
+    alice, bob, _, _ = establish()
+    m = alice.encrypt(b"x")
+    for n in (MAX_MESSAGE_NUMBER + 1, 2**32 - 1):
+        expect_unchanged(bob, m[:37] + struct.pack(">I", n) + m[41:], b"")
+    expect_unchanged(bob, m[:33] + struct.pack(">I", 2**32 - 1) + m[37:], b"")
+    expect_unchanged(bob, b"\x01" + m[1:], b"")
+    assert bob.decrypt(m) == b"x"
 
 
 def test_headers_carry_pn_and_n_across_ratchet_steps() -> None:
@@ -140,8 +183,8 @@ def test_responder_cannot_send_first() -> None:
     rng = DRng(b"r")
     alice_keys = make_device(rng, b"alice")
     bob = make_responder(rng)
-    x3dh = initiate(alice_keys, bob.bundle(), rng)
-    fresh = Session.respond(respond(bob.keys, bob.store, x3dh.header), rng)
+    x3dh = initiate(alice_keys, bob.bundle(), bob.entry, rng)
+    fresh = Session.respond(respond(bob.keys, bob.store, x3dh.header, trusted=entry_of(alice_keys)), rng)
     assert not fresh.can_send
     with pytest.raises(SessionSetupError):
         fresh.encrypt(b"too early")
@@ -384,13 +427,175 @@ def test_accept_uses_the_given_rng_only() -> None:
     rng = DRng(b"accept")
     alice_keys = make_device(rng, b"alice")
     bob = make_responder(rng)
-    alice = Session.initiate(initiate(alice_keys, bob.bundle(), rng), rng)
+    alice = Session.initiate(initiate(alice_keys, bob.bundle(), bob.entry, rng), rng)
     first = alice.encrypt(b"hi")
     header = alice.pending_initial_header
     assert header is not None
     probe = DRng(b"bob")
-    accepted = accept(bob.keys, bob.store, header, first, b"", probe)
+    accepted = accept(bob.keys, bob.store, header, first, b"", probe, trusted=entry_of(alice_keys))
     assert probe.calls == [32]  # the sending half of the first DH step
     assert accepted.session.can_send
     with pytest.raises(CryptoError):
-        accept(bob.keys, bob.store, header[:-1], first, b"", probe)
+        accept(bob.keys, bob.store, header[:-1], first, b"", probe, trusted=entry_of(alice_keys))
+
+
+# -- restored (rolled-back) state: no nonce or keystream reuse ------------------------------
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("dh_step", [False, True])
+def test_restored_snapshot_never_reuses_a_nonce_or_keystream(dh_step: bool) -> None:
+    """A state restored from an older snapshot (crash before persist, backup, cloned phone)
+    encrypts in the same slot with the same message key, but under a fresh random nonce."""
+    alice, bob, _, _ = establish()
+    if dh_step:  # Bob's sending chain right after a DH step
+        bob.decrypt(alice.encrypt(b"a"))
+    else:
+        alice.decrypt(bob.encrypt(b"b"))
+    snapshot = bob.to_bytes()
+    p1, p2 = b"attack at dawn!!", b"retreat at noon!"
+    c1 = bob.encrypt(p1, b"env")
+    restored = Session.from_bytes(snapshot)  # production rng
+    c2 = restored.encrypt(p2, b"env")
+    h1, h2 = MessageHeader.decode(c1[:HEADER_SIZE]), MessageHeader.decode(c2[:HEADER_SIZE])
+    assert (h1.ratchet_key, h1.previous_chain_length, h1.message_number) == (
+        h2.ratchet_key,
+        h2.previous_chain_length,
+        h2.message_number,
+    )  # the same slot, hence the same message key ...
+    assert h1.nonce != h2.nonce  # ... but not the same nonce
+    body1, body2 = c1[HEADER_SIZE : HEADER_SIZE + len(p1)], c2[HEADER_SIZE : HEADER_SIZE + len(p2)]
+    assert _xor(body1, body2) != _xor(p1, p2)  # no shared keystream
+    assert c1[-16:] != c2[-16:]
+    # the receiver reads the first and refuses the second as a duplicate, state unchanged
+    assert alice.decrypt(c1, b"env") == p1
+    expect_unchanged(alice, c2, b"env", DuplicateMessageError)
+
+
+def test_encrypt_draws_one_nonce_and_checks_the_rng() -> None:
+    alice, _, rng_a, _ = establish()
+    calls = len(rng_a.calls)
+    message = alice.encrypt(b"x")
+    assert rng_a.calls[calls:] == [24]
+    assert len(message) == HEADER_SIZE + 1 + 16
+    short = Session.from_bytes(alice.to_bytes(), lambda n: bytes(n - 1))
+    before = short.to_bytes()
+    with pytest.raises(UsageError):
+        short.encrypt(b"y")
+    assert short.to_bytes() == before
+
+
+def test_sending_chain_exhaustion_is_at_max_counter() -> None:
+    alice, _, _, _ = establish()
+    data = bytearray(alice.to_bytes())
+    struct.pack_into(">I", data, 98, MAX_COUNTER - 1)  # Ns
+    almost = Session.from_bytes(bytes(data))
+    last = almost.encrypt(b"last")
+    assert MessageHeader.decode(last[:HEADER_SIZE]).message_number == MAX_MESSAGE_NUMBER
+    assert Session.from_bytes(almost.to_bytes()).to_bytes() == almost.to_bytes()  # Ns = MAX_COUNTER
+    with pytest.raises(CryptoError):
+        almost.encrypt(b"one too many")
+
+
+# -- cost of forged messages ----------------------------------------------------------------
+
+
+def _forged(key: bytes, pn: int, n: int) -> bytes:
+    return MessageHeader(key, pn, n, bytes(24)).encode() + bytes(40)
+
+
+def _forbid_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object) -> bytes:
+        raise AssertionError("key derivation or DH before the skip bound was checked")
+
+    monkeypatch.setattr(ratchet_module, "kdf_ck", refuse)
+    monkeypatch.setattr(ratchet_module, "kdf_rk", refuse)
+    monkeypatch.setattr(p, "x25519", refuse)
+    monkeypatch.setattr(p, "hkdf_sha256", refuse)
+
+
+def test_skip_bounds_are_checked_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob, _, _ = establish()
+    alice.decrypt(bob.encrypt(b"b"))
+    current = MessageHeader.decode(bob.encrypt(b"b2")[:HEADER_SIZE]).ratchet_key
+    fresh = bytes(EphemeralKey.generate(DRng(b"forger")).public_key)
+    nr = 2  # Alice has read N = 0 and 1 of Bob's current chain
+    _forbid_work(monkeypatch)
+    cases = [
+        _forged(current, 0, nr + MAX_SKIP + 1),  # current chain: N too far ahead
+        _forged(fresh, 0, MAX_SKIP + 1),  # new chain: N too far
+        _forged(fresh, nr + MAX_SKIP + 1, 0),  # new chain: PN too far in the current chain
+        _forged(fresh, MAX_COUNTER, MAX_MESSAGE_NUMBER),
+    ]
+    for forged in cases:
+        expect_unchanged(alice, forged, b"", TooManySkippedError)
+
+
+def test_skip_bound_counts_both_chains_across_a_dh_step() -> None:
+    """PN and N each within MAX_SKIP, but together above it: refused (bounded work per message)."""
+    alice, bob, _, _ = establish()
+    alice.decrypt(bob.encrypt(b"b"))  # Alice reads Bob's N = 0
+    lost = [bob.encrypt(b"lost") for _ in range(600)]  # N = 1..600 never arrive
+    assert len(lost) == 600
+    bob.decrypt(alice.encrypt(b"a"))
+    new_chain = [bob.encrypt(b"n%d" % i) for i in range(501)]
+    expect_unchanged(alice, new_chain[500], b"", TooManySkippedError)  # 600 + 500 > MAX_SKIP
+    assert alice.decrypt(new_chain[400]) == b"n400"  # 600 + 400 == MAX_SKIP: fine
+    assert alice.stored_skipped_keys == MAX_SKIP
+
+
+# -- strict state parsing --------------------------------------------------------------------
+
+
+def _patched(data: bytes, offset: int, value: bytes) -> bytes:
+    return data[:offset] + value + data[offset + len(value) :]
+
+
+def test_state_counters_are_range_checked() -> None:
+    alice, _, _, _ = establish()
+    data = alice.to_bytes()
+    assert Session.from_bytes(_patched(data, 98, struct.pack(">III", MAX_COUNTER, MAX_COUNTER, MAX_COUNTER)))
+    for index in range(3):  # Ns, Nr, PN at offsets 98, 102, 106
+        for value in (MAX_COUNTER + 1, 2**32 - 1):
+            with pytest.raises(EncodingError, match="counter"):
+                Session.from_bytes(_patched(data, 98 + 4 * index, struct.pack(">I", value)))
+
+
+def test_state_chains_need_a_peer_ratchet_key() -> None:
+    alice, _, _, _ = establish()
+    data = alice.to_bytes()
+    assert data[1] & 0b0011 == 0b0011  # DHr and CKs
+    with pytest.raises(EncodingError, match="without a peer ratchet key"):
+        Session.from_bytes(data[:1] + bytes([data[1] & ~0x01]) + data[2:])
+
+
+def test_state_ad_must_be_two_identities() -> None:
+    alice, _, _, _ = establish()
+    data = alice.to_bytes()
+    assert struct.unpack(">H", data[302:304]) == (AD_SIZE,)
+    ad, rest = data[304 : 304 + AD_SIZE], data[304 + AD_SIZE :]
+    for bad_ad in (b"", ad[:-1], ad + b"\x00"):
+        with pytest.raises(EncodingError):
+            Session.from_bytes(data[:302] + struct.pack(">H", len(bad_ad)) + bad_ad + rest)
+    for offset, value in ((0, b"\x02"), (1, b"\x03"), (84 + 35, b"\x02"), (84 + 36, bytes(32))):
+        with pytest.raises(EncodingError):  # bad version, kinds, low-order DH key
+            Session.from_bytes(_patched(data, 304 + offset, value))
+
+
+def test_state_skipped_entries_are_checked() -> None:
+    alice, bob, _, _ = establish()
+    m = [alice.encrypt(b"m") for _ in range(3)]
+    bob.decrypt(m[2])
+    data = bob.to_bytes()
+    assert bob.stored_skipped_keys == 2
+    last = len(data) - 68  # the last entry: key (32) || N (4) || mk (32)
+    with pytest.raises(EncodingError):
+        Session.from_bytes(_patched(data, last + 32, struct.pack(">I", MAX_MESSAGE_NUMBER + 1)))
+    with pytest.raises(EncodingError):
+        Session.from_bytes(_patched(data, last + 32, struct.pack(">I", 2**32 - 1)))
+    with pytest.raises(EncodingError):
+        Session.from_bytes(_patched(data, last, bytes(32)))  # low-order ratchet key
+    assert Session.from_bytes(_patched(data, last + 32, struct.pack(">I", MAX_MESSAGE_NUMBER)))

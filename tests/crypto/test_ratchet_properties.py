@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from crypto import primitives as p
 from crypto.errors import CryptoError, DecryptionError, PreKeyConsumedError, TooManySkippedError
-from crypto.ratchet import HEADER_SIZE, MAX_SKIP, Session, accept, kdf_ck, message_key_material
+from crypto.ratchet import HEADER_SIZE, MAX_SKIP, MessageHeader, Session, accept, kdf_ck, message_key
 from crypto.x3dh import initiate
-from tests.crypto.test_x3dh import DRng, make_device, make_responder
+from tests.crypto.test_x3dh import DRng, entry_of, make_device, make_responder
 
 SETTINGS = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 
@@ -36,9 +36,9 @@ class Pair:
 
     def __init__(self, seed: int) -> None:
         self.rng = {ALICE: DRng(b"a%d" % seed), BOB: DRng(b"b%d" % seed)}
-        alice_keys = make_device(self.rng[ALICE], b"alice")
+        self.alice_keys = alice_keys = make_device(self.rng[ALICE], b"alice")
         self.bob_keys = make_responder(self.rng[BOB])
-        x3dh = initiate(alice_keys, self.bob_keys.bundle(), self.rng[ALICE])
+        x3dh = initiate(alice_keys, self.bob_keys.bundle(), self.bob_keys.entry, self.rng[ALICE])
         self.sessions: dict[str, Session | None] = {ALICE: Session.initiate(x3dh, self.rng[ALICE]), BOB: None}
         self.in_flight: dict[str, list[Wire]] = {ALICE: [], BOB: []}  # keyed by sender
         self.delivered: list[Wire] = []
@@ -70,7 +70,13 @@ class Pair:
         if session is None:
             assert receiver == BOB and wire.initial_header is not None
             accepted = accept(
-                self.bob_keys.keys, self.bob_keys.store, wire.initial_header, message, ad, self.rng[BOB]
+                self.bob_keys.keys,
+                self.bob_keys.store,
+                wire.initial_header,
+                message,
+                ad,
+                self.rng[BOB],
+                trusted=entry_of(self.alice_keys),
             )
             if accepted.one_time_prekey_id is not None:
                 self.bob_keys.store.remove_one_time_prekey(accepted.one_time_prekey_id)
@@ -103,7 +109,13 @@ class Pair:
         assert receiver.to_bytes() == before
         if wire.initial_header is not None:  # re-running X3DH: the one-time prekey is gone
             with pytest.raises(PreKeyConsumedError):
-                accept(self.bob_keys.keys, self.bob_keys.store, wire.initial_header, wire.message)
+                accept(
+                    self.bob_keys.keys,
+                    self.bob_keys.store,
+                    wire.initial_header,
+                    wire.message,
+                    trusted=entry_of(self.alice_keys),
+                )
 
     def run(self, ops: list[tuple[str, str, int]]) -> None:
         for op, who, index in ops:
@@ -204,7 +216,14 @@ def test_any_altered_byte_fails_and_leaves_state_unchanged(
         j = position % len(h)
         bad_header = h[:j] + bytes([h[j] ^ mask]) + h[j + 1 :]
         with pytest.raises(CryptoError):
-            accept(pair.bob_keys.keys, pair.bob_keys.store, bad_header, wire.message, wire.associated_data)
+            accept(
+                pair.bob_keys.keys,
+                pair.bob_keys.store,
+                bad_header,
+                wire.message,
+                wire.associated_data,
+                trusted=entry_of(pair.alice_keys),
+            )
     assert {who: s.to_bytes() for who, s in pair.sessions.items() if s is not None} == before
     assert pair.bob_keys.store.one_time == opks_before
     assert pair.receive(wire) == wire.plaintext  # the genuine message still decrypts
@@ -215,12 +234,12 @@ def _window_keys_fail(state: bytes, wire: Wire, session_ad: bytes) -> None:
     it, decrypts ``wire``."""
     header, ciphertext = wire.message[:HEADER_SIZE], wire.message[HEADER_SIZE:]
     ad = session_ad + header + wire.associated_data
+    nonce = MessageHeader.decode(header).nonce
     for offset in range(len(state) - 31):
         window = state[offset : offset + 32]
         for mk in (window, kdf_ck(window)[0]):
-            key, nonce = message_key_material(mk)
             with pytest.raises(DecryptionError):
-                p.aead_decrypt(key, nonce, ciphertext, ad)
+                p.aead_decrypt(message_key(mk), nonce, ciphertext, ad)
 
 
 @settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
@@ -277,11 +296,14 @@ def test_post_compromise_security(seed: int, ops: list[tuple[str, str, int]], af
 def test_skip_bound_is_enforced(seed: int, gap: int, new_chain: bool) -> None:
     rng_a, rng_b = DRng(b"a%d" % seed), DRng(b"b%d" % seed)
     bob_keys = make_responder(rng_b)
-    alice = Session.initiate(initiate(make_device(rng_a, b"alice"), bob_keys.bundle(), rng_a), rng_a)
+    alice_keys = make_device(rng_a, b"alice")
+    alice = Session.initiate(initiate(alice_keys, bob_keys.bundle(), bob_keys.entry, rng_a), rng_a)
     first = alice.encrypt(b"first")
     header = alice.pending_initial_header
     assert header is not None
-    bob = accept(bob_keys.keys, bob_keys.store, header, first, b"", rng_b).session
+    bob = accept(
+        bob_keys.keys, bob_keys.store, header, first, b"", rng_b, trusted=entry_of(alice_keys)
+    ).session
     if new_chain:
         alice.decrypt(bob.encrypt(b"reply"))  # Alice's next messages start a new chain (N from 0)
     messages = [alice.encrypt(b"m%d" % i) for i in range(gap + 1)]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from crypto import primitives as p
 from crypto import sealed
-from crypto.errors import DecryptionError, InvalidKeyError
+from crypto.errors import DecryptionError, EncodingError, InvalidKeyError
 from crypto.keys import DeviceDHKey, EphemeralKey
 
 RECIPIENT = DeviceDHKey(hashlib.sha256(b"recipient").digest())
@@ -52,10 +52,15 @@ def test_wrong_context() -> None:
 
 
 def test_context_checked_for_size() -> None:
-    with pytest.raises(ValueError):
-        sealed.seal(RECIPIENT.public_key, b"x", b"")
-    with pytest.raises(ValueError):
-        sealed.seal(RECIPIENT.public_key, b"x", b"c" * 256)
+    for context in (b"", b"c" * 256):
+        with pytest.raises(EncodingError):
+            sealed.seal(RECIPIENT.public_key, b"x", context)
+        with pytest.raises(EncodingError):
+            sealed.seal_with_ephemeral(
+                RECIPIENT.public_key, b"x", context, ephemeral_private=bytes(range(32))
+            )
+        with pytest.raises(EncodingError):
+            sealed.open(RECIPIENT, sealed.seal(RECIPIENT.public_key, b"x", CTX), context)
 
 
 @pytest.mark.parametrize("index", [0, 31, 32, 47, 48, -1])
@@ -121,10 +126,13 @@ def test_deterministic_refuses_unusable_ephemeral() -> None:
 
 
 def test_type_checks() -> None:
-    with pytest.raises(TypeError):
+    """Every failure is a CryptoError: wrong key types are InvalidKeyError."""
+    with pytest.raises(InvalidKeyError):
         sealed.seal(bytes(RECIPIENT.public_key), b"x", CTX)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidKeyError):
         sealed.open(bytes(RECIPIENT), b"x" * 60, CTX)  # type: ignore[arg-type]
+    with pytest.raises(EncodingError):
+        sealed.seal(RECIPIENT.public_key, "text", CTX)  # type: ignore[arg-type]
 
 
 @settings(max_examples=30, deadline=None)

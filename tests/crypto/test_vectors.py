@@ -276,21 +276,33 @@ def test_device_list_chain() -> None:
         assert bytes(signing.public_key).hex() == d["signing_public"]
         assert bytes(dh.public_key).hex() == d["dh_public"]
         message = (
-            bytes(account.public_key) + b(d["device_id"]) + bytes(signing.public_key) + bytes(dh.public_key)
+            bytes(account.public_key)
+            + b(d["device_id"])
+            + bytes(signing.public_key)
+            + bytes(dh.public_key)
+            + struct.pack(">Q", d["added_at"])
         )
-        assert message.hex() == d["binding_message"] and len(message) == 112
+        assert message.hex() == d["binding_message"] and len(message) == 120
+        assert (
+            device_list.binding_message(
+                account.public_key, b(d["device_id"]), signing.public_key, dh.public_key, d["added_at"]
+            )
+            == message
+        )
         assert signing_input(SigningContext.DEVICE_BINDING, message).hex() == d["binding_signing_input"]
         entry = device_list.bind_device(
             account.public_key, b(d["device_id"]), signing, dh.public_key, d["added_at"]
         )
         assert entry.binding_signature.hex() == d["binding_signature"]
+        p.ed25519_verify(bytes(signing.public_key), b(d["binding_signing_input"]), b(d["binding_signature"]))
         assert entry.encode().hex() == d["entry"] and len(entry.encode()) == 152
+        assert b(d["entry"])[80:88] == struct.pack(">Q", d["added_at"])
         assert device_list.DeviceEntry.decode(b(d["entry"])) == entry
         entries.append(entry)
 
     assert outputs["username"] == device_list.normalize_username(inputs["username"])
     previous_hash = bytes(32)
-    verifier = device_list.DeviceListChainVerifier(account.public_key)
+    verifier = device_list.DeviceListChainVerifier(account.public_key, expected_username=inputs["username"])
     for spec, expected in zip(inputs["lists"], outputs["lists"], strict=True):
         content = device_list.DeviceList.create(
             spec["version"],
@@ -319,7 +331,7 @@ def _chain_verifier(inputs: dict[str, Any]) -> device_list.DeviceListChainVerifi
     trusted = AccountPublicKey.decode(b(inputs["trusted_account_key"]))
     known = inputs["known"]
     last = None if known is None else device_list.SignedDeviceList.decode(b(known))
-    return device_list.DeviceListChainVerifier(trusted, last)
+    return device_list.DeviceListChainVerifier(trusted, last, inputs["expected_username"])
 
 
 @pytest.mark.parametrize("c", [x for x in positives("device_lists.json") if x.values[0]["name"] != "chain"])
@@ -372,6 +384,34 @@ def _bundle(d: dict[str, Any]) -> x3dh.PreKeyBundle:
     )
 
 
+def _entry(party: dict[str, Any], account_seed: str) -> device_list.DeviceEntry:
+    """The party's device-list entry, re-derived: its account key is the first draw of
+    ``account_seed`` and the entry is the binding of the party's keys (with ``added_at``) under it."""
+    account = AccountKey(b(party["account_private"]))
+    assert DRng(account_seed)(32) == bytes(account)
+    signing = DeviceSigningKey(b(party["signing_private"]))
+    dh = DeviceDHKey(b(party["dh_private"]))
+    message = (
+        bytes(account.public_key)
+        + b(party["device_id"])
+        + bytes(signing.public_key)
+        + bytes(dh.public_key)
+        + struct.pack(">Q", party["added_at"])
+    )
+    signature = p.ed25519_sign(bytes(signing), signing_input(SigningContext.DEVICE_BINDING, message))
+    raw = (
+        b(party["device_id"])
+        + bytes(signing.public_key)
+        + bytes(dh.public_key)
+        + struct.pack(">Q", party["added_at"])
+        + signature
+    )
+    assert raw.hex() == party["entry"]
+    entry = device_list.DeviceEntry.decode(raw)
+    entry.verify_binding(account.public_key)
+    return entry
+
+
 def _check_parties(inputs: dict[str, Any]) -> None:
     """The identities are what generate_device draws from the stated seeds (documented order)."""
     a = DRng(inputs["initiator_seed"])
@@ -392,6 +432,8 @@ def _check_parties(inputs: dict[str, Any]) -> None:
         *(k["private"] for k in res["one_time_prekeys"]),
     ]
     assert [r(16).hex()] + [r(32).hex() for _ in expected[1:]] == expected
+    _entry(ini, inputs["initiator_account_seed"])
+    _entry(res, inputs["responder_account_seed"])
 
 
 @pytest.mark.parametrize("c", positives("x3dh.json"))
@@ -399,6 +441,9 @@ def test_x3dh_session_setup(c: Case) -> None:
     inputs, out = c["inputs"], c["outputs"]
     _check_parties(inputs)
     alice, bob = _identity(inputs["initiator"]), _identity(inputs["responder"])
+    alice_entry = _entry(inputs["initiator"], inputs["initiator_account_seed"])
+    bob_entry = _entry(inputs["responder"], inputs["responder_account_seed"])
+    assert x3dh.identity_matches(alice.public, alice_entry) and x3dh.identity_matches(bob.public, bob_entry)
     responder = inputs["responder"]
     # The bundle is the responder's published, signed prekeys.
     spk = SignedPreKey(responder["signed_prekey"]["id"], b(responder["signed_prekey"]["private"]))
@@ -418,7 +463,7 @@ def test_x3dh_session_setup(c: Case) -> None:
         assert cls(opk.key_id, opk_private).signed_public(bob.signing_key) == opk
 
     rng = DRng(c["seed"])
-    result = x3dh.initiate(alice, bundle, rng)
+    result = x3dh.initiate(alice, bundle, bob_entry, rng)
     assert rng.draws == [b(out["ephemeral_private"])]
     ek = b(out["ephemeral_private"])
     assert p.x25519_public(ek).hex() == out["ephemeral_public"]
@@ -450,25 +495,32 @@ def test_x3dh_session_setup(c: Case) -> None:
     assert result.header.encode().hex() == out["initial_header"]
     assert b64encode(result.header.encode()) == out["initial_header_b64"]
     assert bytes(result.remote_ratchet_key).hex() == out["remote_ratchet_key"]
-    # Responder side, from the stored header bytes.
-    response = x3dh.respond(bob, _prekeys(responder), x3dh.InitialHeader.decode(b(out["initial_header"])))
-    assert response.shared_key.hex() == out["shared_key"]
-    assert response.associated_data.hex() == out["associated_data"]
-    assert response.one_time_prekey_id == out["responder_one_time_prekey_id"]
+    # Responder side, from the stored header bytes, under both forms of trust policy.
+    header = x3dh.InitialHeader.decode(b(out["initial_header"]))
+    for policy in (alice_entry, lambda identity: identity == alice.public):
+        response = x3dh.respond(bob, _prekeys(responder), header, trusted=policy)
+        assert response.shared_key.hex() == out["shared_key"]
+        assert response.associated_data.hex() == out["associated_data"]
+        assert response.one_time_prekey_id == out["responder_one_time_prekey_id"]
 
 
 @pytest.mark.parametrize("c", negatives("x3dh.json"))
 def test_x3dh_rejections(c: Case) -> None:
     inputs = c["inputs"]
+    trusted = device_list.DeviceEntry.decode(b(inputs["trusted"]))
     if inputs["operation"] == "initiate":
         who = _identity(inputs[inputs["run_by"]])
-        assert_raises_exactly(c["error"], lambda: x3dh.initiate(who, _bundle(inputs["bundle"]), no_rng))
+        assert_raises_exactly(
+            c["error"], lambda: x3dh.initiate(who, _bundle(inputs["bundle"]), trusted, no_rng)
+        )
     else:
         bob = _identity(inputs["responder"])
         lookup = _prekeys(inputs["responder"], inputs["held_one_time_prekeys"])
         assert_raises_exactly(
             c["error"],
-            lambda: x3dh.respond(bob, lookup, x3dh.InitialHeader.decode(b(inputs["initial_header"]))),
+            lambda: x3dh.respond(
+                bob, lookup, x3dh.InitialHeader.decode(b(inputs["initial_header"])), trusted=trusted
+            ),
         )
 
 
@@ -481,9 +533,12 @@ def test_ratchet_script_replayed() -> None:
     c = case("ratchet.json", "script")
     inputs, out = c["inputs"], c["outputs"]
     messages = {m["name"]: m for m in out["messages"]}
+    _check_parties(inputs)
     alice, bob = _identity(inputs["initiator"]), _identity(inputs["responder"])
+    alice_entry = _entry(inputs["initiator"], inputs["initiator_account_seed"])
+    bob_entry = _entry(inputs["responder"], inputs["responder_account_seed"])
     alice_rng, bob_rng = DRng(inputs["alice_seed"]), DRng(inputs["bob_seed"])
-    setup = x3dh.initiate(alice, _bundle(inputs["bundle"]), alice_rng)
+    setup = x3dh.initiate(alice, _bundle(inputs["bundle"]), bob_entry, alice_rng)
     assert setup.shared_key.hex() == out["shared_key"]
     assert setup.associated_data.hex() == out["session_associated_data"]
     assert setup.header.encode().hex() == out["initial_header"]
@@ -503,7 +558,13 @@ def test_ratchet_script_replayed() -> None:
             assert session.encrypt(plaintext, ad).hex() == m["message"]
         elif action == "accept":
             accepted = rt.accept(
-                bob, _prekeys(inputs["responder"]), b(m["initial_header"]), b(m["message"]), ad, bob_rng
+                bob,
+                _prekeys(inputs["responder"]),
+                b(m["initial_header"]),
+                b(m["message"]),
+                ad,
+                bob_rng,
+                trusted=alice_entry,
             )
             assert accepted.plaintext == plaintext
             assert accepted.initiator == alice.public
@@ -521,36 +582,63 @@ def test_ratchet_script_replayed() -> None:
     assert [d.hex() for d in bob_rng.draws] == out["bob_rng_draws"]
 
 
-def test_ratchet_keys_are_the_rng_draws() -> None:
+# The documented order of draws of the script (x3dh.initiate: EK_A; Session.initiate: DHs;
+# Session.encrypt: one 24-byte nonce; Session.decrypt: a new DHs on a DH ratchet step only).
+ALICE_DRAWS = ["EK_A", "DHs", "nonce a0", "nonce a1", "nonce a2", "DHs b0", "nonce a3", "nonce a4", "DHs b2"]
+BOB_DRAWS = ["DHs a0", "nonce b0", "nonce b1", "DHs a3", "nonce b2"]
+
+
+def test_ratchet_keys_and_nonces_are_the_rng_draws() -> None:
     out = case("ratchet.json", "script")["outputs"]
-    keys = {m["name"]: m["ratchet_key"] for m in out["messages"]}
-    a, bb = [b(x) for x in out["alice_rng_draws"]], [b(x) for x in out["bob_rng_draws"]]
+    messages = {m["name"]: m for m in out["messages"]}
+    keys = {name: m["ratchet_key"] for name, m in messages.items()}
+    draws = {
+        "alice": dict(zip(ALICE_DRAWS, [b(x) for x in out["alice_rng_draws"]], strict=True)),
+        "bob": dict(zip(BOB_DRAWS, [b(x) for x in out["bob_rng_draws"]], strict=True)),
+    }
+    assert len(out["alice_rng_purpose"]) == len(ALICE_DRAWS)
+    assert len(out["bob_rng_purpose"]) == len(BOB_DRAWS)
+    a, bb = draws["alice"], draws["bob"]
+    assert [len(x) for x in a.values()] == [32, 32, 24, 24, 24, 32, 24, 24, 32]
+    assert [len(x) for x in bb.values()] == [32, 24, 24, 32, 24]
     header = x3dh.InitialHeader.decode(b(out["initial_header"]))
-    assert bytes(header.ephemeral_key) == p.x25519_public(a[0])  # EK_A
-    assert {keys["a0"], keys["a1"], keys["a2"]} == {p.x25519_public(a[1]).hex()}
-    assert {keys["a3"], keys["a4"]} == {p.x25519_public(a[2]).hex()}
-    assert {keys["b0"], keys["b1"]} == {p.x25519_public(bb[0]).hex()}
-    assert keys["b2"] == p.x25519_public(bb[1]).hex()
+    assert bytes(header.ephemeral_key) == p.x25519_public(a["EK_A"])
+    assert {keys["a0"], keys["a1"], keys["a2"]} == {p.x25519_public(a["DHs"]).hex()}
+    assert {keys["a3"], keys["a4"]} == {p.x25519_public(a["DHs b0"]).hex()}
+    assert {keys["b0"], keys["b1"]} == {p.x25519_public(bb["DHs a0"]).hex()}
+    assert keys["b2"] == p.x25519_public(bb["DHs a3"]).hex()
+    order = {"alice": ALICE_DRAWS, "bob": BOB_DRAWS}
+    for name, m in messages.items():
+        nonce = draws[m["sender"]][f"nonce {name}"]
+        assert order[m["sender"]].index(f"nonce {name}") == m["nonce_rng_draw"]
+        assert nonce.hex() == m["aead_nonce"] == m["header"][2 * 41 :]
+    nonces = [m["aead_nonce"] for m in messages.values()]
+    assert len(set(nonces)) == len(nonces)
 
 
 @pytest.mark.parametrize(
     "m", [pytest.param(m, id=m["name"]) for m in case("ratchet.json", "script")["outputs"]["messages"]]
 )
 def test_ratchet_message_construction(m: dict[str, Any]) -> None:
-    """Each message from its chain key alone: KDF_CK, key expansion, header, AEAD, and the stored
-    ciphertext decrypts under the stored key and nonce."""
-    session_ad = b(case("ratchet.json", "script")["outputs"]["session_associated_data"])
+    """Each message from its chain key and its (stored, rng-drawn) nonce alone: KDF_CK, the AEAD
+    key, the 65-byte header, AEAD, and the stored ciphertext decrypts under the stored key and nonce."""
+    out = case("ratchet.json", "script")["outputs"]
+    session_ad = b(out["session_associated_data"])
     ck = b(m["chain_key"])
     mk = p.hmac_sha256(ck, b"\x01")
     assert mk.hex() == m["message_key"] and p.hmac_sha256(ck, b"\x02").hex() == m["next_chain_key"]
     assert rt.kdf_ck(ck) == (mk, b(m["next_chain_key"]))
-    material = p.hkdf_sha256(mk, salt=bytes(32), info=b"Saltline message keys v1", length=56)
-    assert material.hex() == m["aead_key"] + m["aead_nonce"]
-    assert rt.message_key_material(mk) == (b(m["aead_key"]), b(m["aead_nonce"]))
-    header = struct.pack(">B32sII", 1, b(m["ratchet_key"]), m["previous_chain_length"], m["message_number"])
-    assert header.hex() == m["header"]
+    key = p.hkdf_sha256(mk, salt=bytes(32), info=b"Saltline message key v2", length=32)
+    assert key.hex() == m["aead_key"] == rt.message_key(mk).hex()
+    nonce = b(m["aead_nonce"])
+    assert len(nonce) == 24
+    assert nonce.hex() == out[f"{m['sender']}_rng_draws"][m["nonce_rng_draw"]]
+    header = struct.pack(
+        ">B32sII24s", 2, b(m["ratchet_key"]), m["previous_chain_length"], m["message_number"], nonce
+    )
+    assert header.hex() == m["header"] and len(header) == 65
     assert rt.MessageHeader.decode(header) == rt.MessageHeader(
-        b(m["ratchet_key"]), m["previous_chain_length"], m["message_number"]
+        b(m["ratchet_key"]), m["previous_chain_length"], m["message_number"], nonce
     )
     aead_ad = session_ad + header + b(m["associated_data"])
     assert aead_ad.hex() == m["aead_associated_data"]
@@ -582,8 +670,12 @@ def test_ratchet_kdfs() -> None:
     out = p.hkdf_sha256(i["dh_out"], salt=i["rk"], info=b"Saltline ratchet v1", length=64)
     assert out.hex() == o["kdf_rk_root_key"] + o["kdf_rk_chain_key"]
     assert rt.kdf_rk(i["rk"], i["dh_out"]) == (b(o["kdf_rk_root_key"]), b(o["kdf_rk_chain_key"]))
+    assert (p.hmac_sha256(i["ck"], b"\x01") + p.hmac_sha256(i["ck"], b"\x02")).hex() == (
+        o["kdf_ck_message_key"] + o["kdf_ck_chain_key"]
+    )
     assert rt.kdf_ck(i["ck"]) == (b(o["kdf_ck_message_key"]), b(o["kdf_ck_chain_key"]))
-    assert rt.message_key_material(i["mk"]) == (b(o["aead_key"]), b(o["aead_nonce"]))
+    key = p.hkdf_sha256(i["mk"], salt=bytes(32), info=b"Saltline message key v2", length=32)
+    assert key.hex() == o["aead_key"] == rt.message_key(i["mk"]).hex()
 
 
 @pytest.mark.parametrize("c", negatives("ratchet.json"))
@@ -740,6 +832,19 @@ def test_safety_numbers(c: Case) -> None:
         assert number.display() == out["display"]
         assert number.qr_payload.hex() == out["qr_payload"]
         assert number.matches_qr(b(out["qr_payload"]))
+
+
+@pytest.mark.parametrize("c", negatives("safety_numbers.json"))
+def test_safety_number_rejections(c: Case) -> None:
+    i = c["inputs"]
+    local = AccountPublicKey.decode(b(i["local_account_public"]))
+    remote = AccountPublicKey.decode(b(i["remote_account_public"]))
+    assert_raises_exactly(
+        c["error"], lambda: safety.safety_number(local, i["local_username"], remote, i["remote_username"])
+    )
+    assert_raises_exactly(
+        c["error"], lambda: safety.safety_number(remote, i["remote_username"], local, i["local_username"])
+    )
 
 
 def test_safety_number_fingerprint_construction() -> None:

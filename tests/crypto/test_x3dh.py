@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from crypto import device_list as dl
 from crypto import primitives as p
 from crypto.errors import (
     CryptoError,
@@ -22,8 +23,11 @@ from crypto.errors import (
     PreKeySignatureError,
     SessionSetupError,
     SignatureError,
+    UntrustedDeviceError,
+    UsageError,
 )
 from crypto.keys import (
+    AccountKey,
     DeviceDHKey,
     DeviceSigningKey,
     EphemeralKey,
@@ -45,8 +49,10 @@ from crypto.x3dh import (
     InMemoryPreKeys,
     PreKeyBundle,
     associated_data,
+    identity_matches,
     initiate,
     respond,
+    trust_device_lists,
 )
 
 # -- shared helpers -------------------------------------------------------------------
@@ -69,6 +75,17 @@ class DRng:
         return out[:n]
 
 
+#: The account whose (verified) device list the test devices belong to.
+TEST_ACCOUNT = AccountKey(hashlib.sha256(b"x3dh test account").digest())
+
+
+def entry_of(keys: DeviceIdentityKeys, added_at: int = 1_700_000_000) -> dl.DeviceEntry:
+    """The device-list entry of a test device (what a verified device list would hold)."""
+    return dl.bind_device(
+        TEST_ACCOUNT.public_key, keys.device_id, keys.signing_key, keys.dh_key.public_key, added_at
+    )
+
+
 def make_device(rng: DRng, name: bytes) -> DeviceIdentityKeys:
     device_id = hashlib.sha256(b"device id " + name + rng(8)).digest()[:16]
     return DeviceIdentityKeys(device_id, DeviceSigningKey.generate(rng), DeviceDHKey.generate(rng))
@@ -81,6 +98,10 @@ class Responder:
     opks: list[OneTimePreKey]
     last_resort: LastResortPreKey
     store: InMemoryPreKeys
+
+    @property
+    def entry(self) -> dl.DeviceEntry:
+        return entry_of(self.keys)
 
     def bundle(self, opk: PreKeyPublic | None = None, *, use_opk: bool = True) -> PreKeyBundle:
         if opk is None and use_opk and self.opks:
@@ -108,11 +129,11 @@ def establish(seed: bytes | int = b"pair", ad: bytes = b"first") -> tuple[Sessio
     rng_a, rng_b = DRng(b"alice" + str(seed).encode()), DRng(b"bob" + str(seed).encode())
     alice_keys = make_device(rng_a, b"alice")
     bob = make_responder(rng_b)
-    alice = Session.initiate(initiate(alice_keys, bob.bundle(), rng_a), rng_a)
+    alice = Session.initiate(initiate(alice_keys, bob.bundle(), bob.entry, rng_a), rng_a)
     first = alice.encrypt(b"hello", ad)
     header = alice.pending_initial_header
     assert header is not None
-    accepted = accept(bob.keys, bob.store, header, first, ad, rng_b)
+    accepted = accept(bob.keys, bob.store, header, first, ad, rng_b, trusted=entry_of(alice_keys))
     assert accepted.plaintext == b"hello"
     return alice, accepted.session, rng_a, rng_b
 
@@ -141,8 +162,8 @@ def bob(rng: DRng) -> Responder:
 def test_both_sides_derive_the_same_key_with_one_time_prekey(
     alice: DeviceIdentityKeys, bob: Responder
 ) -> None:
-    out = initiate(alice, bob.bundle())
-    back = respond(bob.keys, bob.store, out.header)
+    out = initiate(alice, bob.bundle(), bob.entry)
+    back = respond(bob.keys, bob.store, out.header, trusted=entry_of(alice))
     assert out.shared_key == back.shared_key
     assert len(out.shared_key) == 32
     assert out.associated_data == back.associated_data
@@ -160,8 +181,8 @@ def test_both_sides_derive_the_same_key_with_one_time_prekey(
 def test_both_sides_derive_the_same_key_without_one_time_prekey(
     alice: DeviceIdentityKeys, bob: Responder
 ) -> None:
-    out = initiate(alice, bob.bundle(use_opk=False))
-    back = respond(bob.keys, bob.store, out.header)
+    out = initiate(alice, bob.bundle(use_opk=False), bob.entry)
+    back = respond(bob.keys, bob.store, out.header, trusted=entry_of(alice))
     assert out.shared_key == back.shared_key
     assert out.header.one_time_prekey_kind is None and out.header.one_time_prekey_id is None
     assert back.one_time_prekey_id is None
@@ -170,8 +191,8 @@ def test_both_sides_derive_the_same_key_without_one_time_prekey(
 def test_last_resort_prekey_is_used_but_never_consumed(alice: DeviceIdentityKeys, bob: Responder) -> None:
     bundle = bob.bundle(bob.last_resort.signed_public(bob.keys.signing_key))
     for _ in range(2):
-        out = initiate(alice, bundle)
-        back = respond(bob.keys, bob.store, out.header)
+        out = initiate(alice, bundle, bob.entry)
+        back = respond(bob.keys, bob.store, out.header, trusted=entry_of(alice))
         assert out.shared_key == back.shared_key
         assert out.header.one_time_prekey_kind == KeyKind.LAST_RESORT_PREKEY
         assert out.header.one_time_prekey_id == 9
@@ -181,7 +202,7 @@ def test_last_resort_prekey_is_used_but_never_consumed(alice: DeviceIdentityKeys
 def test_shared_key_follows_the_documented_derivation(alice: DeviceIdentityKeys, bob: Responder) -> None:
     """SK = HKDF(0xFF*32 || DH1 || DH2 || DH3 || DH4, salt=0*32, info="Saltline X3DH v1", 32)."""
     rng = DRng(b"ephemeral")
-    out = initiate(alice, bob.bundle(), rng)
+    out = initiate(alice, bob.bundle(), bob.entry, rng)
     assert rng.calls == [32]
     ek = EphemeralKey(DRng(b"ephemeral")(32))
     opk = bob.opks[0]
@@ -192,7 +213,7 @@ def test_shared_key_follows_the_documented_derivation(alice: DeviceIdentityKeys,
     expected = p.hkdf_sha256(b"\xff" * 32 + dh1 + dh2 + dh3 + dh4, salt=bytes(32), info=X3DH_INFO, length=32)
     assert X3DH_INFO == b"Saltline X3DH v1"
     assert out.shared_key == expected
-    without = initiate(alice, bob.bundle(use_opk=False), DRng(b"ephemeral"))
+    without = initiate(alice, bob.bundle(use_opk=False), bob.entry, DRng(b"ephemeral"))
     expected3 = p.hkdf_sha256(b"\xff" * 32 + dh1 + dh2 + dh3, salt=bytes(32), info=X3DH_INFO, length=32)
     assert without.shared_key == expected3 != expected
 
@@ -211,13 +232,13 @@ def test_associated_data_layout_and_role_binding(alice: DeviceIdentityKeys, bob:
     assert ad[0:2] == b"\x01\x02" and ad[34:36] == b"\x01\x03"
     assert associated_data(b, a) != ad  # swapped identities give a different AD
     assert DeviceIdentity.decode(ad[:84]) == a and DeviceIdentity.decode(ad[84:]) == b
-    assert initiate(alice, bob.bundle()).associated_data == ad
+    assert initiate(alice, bob.bundle(), bob.entry).associated_data == ad
 
 
 def test_swapped_roles_do_not_interoperate(rng: DRng, alice: DeviceIdentityKeys, bob: Responder) -> None:
     """A responder that believes the roles are swapped computes another AD: the first message fails."""
-    out = initiate(alice, bob.bundle(), rng)
-    back = respond(bob.keys, bob.store, out.header)
+    out = initiate(alice, bob.bundle(), bob.entry, rng)
+    back = respond(bob.keys, bob.store, out.header, trusted=entry_of(alice))
     swapped = replace(back, associated_data=associated_data(bob.keys.public, alice.public))
     sender = Session.initiate(out, rng)
     message = sender.encrypt(b"hi")
@@ -255,7 +276,7 @@ def test_bad_prekey_signature_is_rejected_before_any_dh(
     )
     no_rng = _forbid_dh_and_rng(monkeypatch)
     with pytest.raises(PreKeySignatureError) as info:
-        initiate(alice, bundle, no_rng)
+        initiate(alice, bundle, bob.entry, no_rng)
     assert isinstance(info.value, SessionSetupError) and isinstance(info.value, SignatureError)
     assert no_rng.calls == []
 
@@ -273,10 +294,18 @@ def test_flipped_signature_bit_and_swapped_key_are_rejected(
     for spk in (flipped, other_key, other_id):
         bundle = replace(bob.bundle(), signed_prekey=spk)
         with pytest.raises(PreKeySignatureError):
-            initiate(alice, bundle, no_rng)
-    # a bundle whose signing key is another device's fails too
+            initiate(alice, bundle, bob.entry, no_rng)
+    # a bundle whose signing key is another device's: not the trusted device ...
+    forged = replace(bob.bundle(), signing_key=alice.signing_key.public_key)
+    with pytest.raises(UntrustedDeviceError):
+        initiate(alice, forged, bob.entry, no_rng)
+    # ... and, even if a list claimed that key for Bob's device, the prekeys do not verify
+    claimed = dl.DeviceEntry(
+        bob.keys.device_id, alice.signing_key.public_key, bob.keys.dh_key.public_key, 0, bytes(64)
+    )
     with pytest.raises(PreKeySignatureError):
-        initiate(alice, replace(bob.bundle(), signing_key=alice.signing_key.public_key), no_rng)
+        initiate(alice, forged, claimed, no_rng)
+    assert no_rng.calls == []
 
 
 def test_bundle_shapes_are_checked(bob: Responder) -> None:
@@ -294,11 +323,14 @@ def test_bundle_shapes_are_checked(bob: Responder) -> None:
 
 def test_session_with_itself_is_refused(alice: DeviceIdentityKeys, bob: Responder) -> None:
     with pytest.raises(SessionSetupError):
-        initiate(bob.keys, bob.bundle())
-    header = initiate(alice, bob.bundle()).header
+        initiate(bob.keys, bob.bundle(), bob.entry)
+    header = initiate(alice, bob.bundle(), bob.entry).header
     forged = replace(header, initiator=bob.keys.public)
-    with pytest.raises(SessionSetupError):
-        respond(bob.keys, bob.store, forged)
+    with pytest.raises(SessionSetupError) as info:
+        respond(bob.keys, bob.store, forged, trusted=entry_of(bob.keys))  # own list names itself
+    assert not isinstance(info.value, UntrustedDeviceError)
+    with pytest.raises(UntrustedDeviceError):
+        respond(bob.keys, bob.store, forged, trusted=entry_of(alice))
 
 
 # -- responder: prekey lookup and consumption ---------------------------------------
@@ -306,32 +338,32 @@ def test_session_with_itself_is_refused(alice: DeviceIdentityKeys, bob: Responde
 
 def test_unknown_one_time_prekey_is_rejected(alice: DeviceIdentityKeys, bob: Responder, rng: DRng) -> None:
     never_issued = OneTimePreKey.generate_with_id(555, rng).signed_public(bob.keys.signing_key)
-    out = initiate(alice, bob.bundle(never_issued))
+    out = initiate(alice, bob.bundle(never_issued), bob.entry)
     with pytest.raises(PreKeyConsumedError):
-        respond(bob.keys, bob.store, out.header)
+        respond(bob.keys, bob.store, out.header, trusted=entry_of(alice))
 
 
 def test_unknown_signed_or_last_resort_prekey_is_rejected(alice: DeviceIdentityKeys, bob: Responder) -> None:
-    out = initiate(alice, bob.bundle())
+    out = initiate(alice, bob.bundle(), bob.entry)
     with pytest.raises(SessionSetupError) as info:
-        respond(bob.keys, bob.store, replace(out.header, signed_prekey_id=2))
+        respond(bob.keys, bob.store, replace(out.header, signed_prekey_id=2), trusted=entry_of(alice))
     assert not isinstance(info.value, PreKeyConsumedError)
-    lr = initiate(alice, bob.bundle(bob.last_resort.signed_public(bob.keys.signing_key)))
+    lr = initiate(alice, bob.bundle(bob.last_resort.signed_public(bob.keys.signing_key)), bob.entry)
     with pytest.raises(SessionSetupError) as info:
-        respond(bob.keys, bob.store, replace(lr.header, one_time_prekey_id=10))
+        respond(bob.keys, bob.store, replace(lr.header, one_time_prekey_id=10), trusted=entry_of(alice))
     assert not isinstance(info.value, PreKeyConsumedError)
 
 
 def test_one_time_prekey_is_consumed_exactly_once(
     rng: DRng, alice: DeviceIdentityKeys, bob: Responder
 ) -> None:
-    out = initiate(alice, bob.bundle(), rng)
+    out = initiate(alice, bob.bundle(), bob.entry, rng)
     session = Session.initiate(out, rng)
     first = session.encrypt(b"first", b"env")
     header = session.pending_initial_header
     assert header is not None and len(header) == INITIAL_HEADER_SIZE
 
-    accepted = accept(bob.keys, bob.store, header, first, b"env", rng)
+    accepted = accept(bob.keys, bob.store, header, first, b"env", rng, trusted=entry_of(alice))
     assert accepted.plaintext == b"first"
     assert accepted.one_time_prekey_id == 100
     assert accepted.initiator == alice.public
@@ -339,14 +371,14 @@ def test_one_time_prekey_is_consumed_exactly_once(
 
     replayed = session.encrypt(b"second", b"env")  # same X3DH header: a second run must fail
     with pytest.raises(PreKeyConsumedError):
-        accept(bob.keys, bob.store, header, replayed, b"env", rng)
+        accept(bob.keys, bob.store, header, replayed, b"env", rng, trusted=entry_of(alice))
     # ... while the session that was accepted reads it
     assert accepted.session.base_key == session.base_key
     assert accepted.session.decrypt(replayed, b"env") == b"second"
 
 
 def test_failed_first_message_consumes_nothing(rng: DRng, alice: DeviceIdentityKeys, bob: Responder) -> None:
-    out = initiate(alice, bob.bundle(), rng)
+    out = initiate(alice, bob.bundle(), bob.entry, rng)
     session = Session.initiate(out, rng)
     first = session.encrypt(b"first", b"env")
     header = session.pending_initial_header
@@ -355,16 +387,21 @@ def test_failed_first_message_consumes_nothing(rng: DRng, alice: DeviceIdentityK
     tampered = first[:-1] + bytes([first[-1] ^ 0x80])
     for message, ad in ((tampered, b"env"), (first, b"other envelope")):
         with pytest.raises(DecryptionError):
-            accept(bob.keys, bob.store, header, message, ad, rng)
+            accept(bob.keys, bob.store, header, message, ad, rng, trusted=entry_of(alice))
     assert bob.store.one_time == before
-    assert accept(bob.keys, bob.store, header, first, b"env", rng).one_time_prekey_id == 100
+    assert (
+        accept(bob.keys, bob.store, header, first, b"env", rng, trusted=entry_of(alice)).one_time_prekey_id
+        == 100
+    )
 
 
 def test_altered_initial_header_fails_the_first_message(
     rng: DRng, alice: DeviceIdentityKeys, bob: Responder
 ) -> None:
-    """Every header field feeds SK or AD: changing any of them makes the first message fail."""
-    session = Session.initiate(initiate(alice, bob.bundle(), rng), rng)
+    """Every header field feeds SK or AD: changing any of them makes the first message fail.
+    (A changed initiator identity is refused by the trust policy first; with a policy that
+    trusts everyone, the first message still fails.)"""
+    session = Session.initiate(initiate(alice, bob.bundle(), bob.entry, rng), rng)
     first = session.encrypt(b"first")
     header = session.pending_initial_header
     assert header is not None
@@ -378,17 +415,23 @@ def test_altered_initial_header_fails_the_first_message(
         replace(parsed, one_time_prekey_id=101),
         replace(parsed, one_time_prekey_kind=None, one_time_prekey_id=None),
     ]
-    for variant in variants:
+    for index, variant in enumerate(variants):
+        if index < 3:
+            with pytest.raises(UntrustedDeviceError):
+                accept(bob.keys, bob.store, variant.encode(), first, b"", rng, trusted=entry_of(alice))
         with pytest.raises(DecryptionError):
-            accept(bob.keys, bob.store, variant.encode(), first, b"", rng)
-    assert accept(bob.keys, bob.store, header, first, b"", rng).plaintext == b"first"
+            accept(bob.keys, bob.store, variant.encode(), first, b"", rng, trusted=lambda _identity: True)
+        if index >= 3:
+            with pytest.raises(DecryptionError):
+                accept(bob.keys, bob.store, variant.encode(), first, b"", rng, trusted=entry_of(alice))
+    assert accept(bob.keys, bob.store, header, first, b"", rng, trusted=entry_of(alice)).plaintext == b"first"
 
 
 # -- initial header encoding --------------------------------------------------------
 
 
 def test_initial_header_layout_and_round_trip(alice: DeviceIdentityKeys, bob: Responder) -> None:
-    out = initiate(alice, bob.bundle())
+    out = initiate(alice, bob.bundle(), bob.entry)
     data = out.header.encode()
     assert len(data) == INITIAL_HEADER_SIZE == 128
     assert data[0] == 1
@@ -399,13 +442,13 @@ def test_initial_header_layout_and_round_trip(alice: DeviceIdentityKeys, bob: Re
     assert data[85:87] == b"\x01\x07"
     assert struct.unpack(">IBI", data[119:128]) == (1, 0x05, 100)
     assert InitialHeader.decode(data) == out.header
-    no_opk = initiate(alice, bob.bundle(use_opk=False)).header.encode()
+    no_opk = initiate(alice, bob.bundle(use_opk=False), bob.entry).header.encode()
     assert no_opk[119:128] == b"\x00\x00\x00\x01\x00\x00\x00\x00\x00"
     assert InitialHeader.decode(no_opk).one_time_prekey_kind is None
 
 
 def test_initial_header_decoding_is_strict(alice: DeviceIdentityKeys, bob: Responder) -> None:
-    data = initiate(alice, bob.bundle()).header.encode()
+    data = initiate(alice, bob.bundle(), bob.entry).header.encode()
 
     def patched(offset: int, value: bytes) -> bytes:
         return data[:offset] + value + data[offset + len(value) :]
@@ -430,4 +473,91 @@ def test_initial_header_decoding_is_strict(alice: DeviceIdentityKeys, bob: Respo
     with pytest.raises(EncodingError):
         InitialHeader(alice.public, EphemeralPublicKey(data[87:119]), 2**32)
     with pytest.raises(CryptoError):
-        accept(bob.keys, bob.store, data[:-1], b"\x00" * 80)
+        accept(bob.keys, bob.store, data[:-1], b"\x00" * 80, trusted=entry_of(alice))
+
+
+# -- trust: both sides check the other device against a verified device list ----------------
+
+
+@pytest.mark.parametrize("field", ["device_id", "signing_key", "dh_key"])
+def test_initiate_refuses_a_bundle_that_is_not_the_trusted_device(
+    monkeypatch: pytest.MonkeyPatch, rng: DRng, alice: DeviceIdentityKeys, bob: Responder, field: str
+) -> None:
+    other = make_device(rng, b"mallory")
+    entry = bob.entry
+    wrong = {
+        "device_id": replace(entry, device_id=other.device_id),
+        "signing_key": replace(entry, signing_key=other.signing_key.public_key),
+        "dh_key": replace(entry, dh_key=other.dh_key.public_key),
+    }[field]
+    no_rng = _forbid_dh_and_rng(monkeypatch)
+    with pytest.raises(UntrustedDeviceError) as info:
+        initiate(alice, bob.bundle(), wrong, no_rng)
+    assert isinstance(info.value, SessionSetupError)
+    assert no_rng.calls == []
+    # a server that substitutes a whole (validly signed) bundle of another device is refused too
+    mallory = make_responder(rng, b"mallory")
+    with pytest.raises(UntrustedDeviceError):
+        initiate(alice, mallory.bundle(), entry, no_rng)
+
+
+def test_initiate_requires_a_device_entry(alice: DeviceIdentityKeys, bob: Responder) -> None:
+    with pytest.raises(UsageError):
+        initiate(alice, bob.bundle(), bob.keys.public)  # type: ignore[arg-type]
+    assert identity_matches(bob.keys.public, bob.entry)
+    assert not identity_matches(alice.public, bob.entry)
+
+
+def _first_message(rng: DRng, alice: DeviceIdentityKeys, bob: Responder) -> tuple[bytes, bytes]:
+    session = Session.initiate(initiate(alice, bob.bundle(), bob.entry, rng), rng)
+    first = session.encrypt(b"first", b"env")
+    header = session.pending_initial_header
+    assert header is not None
+    return header, first
+
+
+def test_accept_refuses_an_untrusted_initiator_before_anything(
+    monkeypatch: pytest.MonkeyPatch, rng: DRng, alice: DeviceIdentityKeys, bob: Responder
+) -> None:
+    header, first = _first_message(rng, alice, bob)
+    stranger = make_device(rng, b"stranger")
+    before = dict(bob.store.one_time)
+    no_rng = _forbid_dh_and_rng(monkeypatch)
+    seen: list[DeviceIdentity] = []
+
+    def policy(identity: DeviceIdentity) -> bool:
+        seen.append(identity)
+        return False
+
+    refusing = [
+        entry_of(stranger),
+        replace(entry_of(alice), dh_key=stranger.dh_key.public_key),
+        policy,
+        lambda _identity: 1,  # truthy is not enough: the policy must return True
+    ]
+    for trusted in refusing:
+        with pytest.raises(UntrustedDeviceError):
+            accept(bob.keys, bob.store, header, first, b"env", no_rng, trusted=trusted)  # type: ignore[arg-type]
+        with pytest.raises(UntrustedDeviceError):
+            respond(bob.keys, bob.store, InitialHeader.decode(header), trusted=trusted)  # type: ignore[arg-type]
+    assert seen == [alice.public, alice.public]
+    assert no_rng.calls == [] and bob.store.one_time == before
+    with pytest.raises(UsageError):
+        accept(bob.keys, bob.store, header, first, b"env", no_rng, trusted=alice.public)  # type: ignore[arg-type]
+
+
+def test_accept_with_verified_device_lists(rng: DRng, alice: DeviceIdentityKeys, bob: Responder) -> None:
+    header, first = _first_message(rng, alice, bob)
+    other = make_device(rng, b"other")
+    alice_list = dl.verify(
+        dl.first(TEST_ACCOUNT, "alice", [entry_of(alice), entry_of(other)]), TEST_ACCOUNT.public_key
+    )
+    other_list = dl.verify(dl.first(TEST_ACCOUNT, "carol", [entry_of(other)]), TEST_ACCOUNT.public_key)
+    with pytest.raises(UntrustedDeviceError):
+        accept(bob.keys, bob.store, header, first, b"env", rng, trusted=trust_device_lists(other_list))
+    accepted = accept(
+        bob.keys, bob.store, header, first, b"env", rng, trusted=trust_device_lists(other_list, alice_list)
+    )
+    assert accepted.plaintext == b"first" and accepted.initiator == alice.public
+    with pytest.raises(UsageError):
+        trust_device_lists(entry_of(alice))  # type: ignore[arg-type]

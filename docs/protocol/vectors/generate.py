@@ -393,7 +393,7 @@ def build_device_lists() -> dict[str, Any]:
     device_docs = []
     for (device_id, signing, dh, added_at), entry in zip(devices, entries, strict=True):
         message = device_list.binding_message(
-            account.public_key, device_id, signing.public_key, dh.public_key
+            account.public_key, device_id, signing.public_key, dh.public_key, added_at
         )
         device_docs.append(
             {
@@ -438,19 +438,30 @@ def build_device_lists() -> dict[str, Any]:
     ]
 
     # Accepted chain operations.
-    def verify_chain(known: bytes | None, offered: list[bytes]) -> device_list.DeviceList:
+    def verify_chain(
+        known: bytes | None, offered: list[bytes], expected_username: str | None = None
+    ) -> device_list.DeviceList:
         last = device_list.SignedDeviceList.decode(known) if known is not None else None
-        verifier = device_list.DeviceListChainVerifier(account.public_key, last)
+        verifier = device_list.DeviceListChainVerifier(account.public_key, last, expected_username)
         return verifier.verify_chain(offered)
 
-    accepted = [
-        ("whole_chain", "versions 1, 2, 3 verified at once from first contact", None, [v1, v2, v3]),
-        ("successor", "version 3 after a known version 2", v2, [v3]),
-        ("idempotent", "the known version 2 offered again is accepted and changes nothing", v2, [v2]),
-        ("first_contact_v2", "first contact may start at any version", None, [v2]),
+    accepted: list[tuple[str, str, device_list.SignedDeviceList | None, list[Any], str | None]] = [
+        ("whole_chain", "versions 1, 2, 3 verified at once from first contact", None, [v1, v2, v3], None),
+        ("successor", "version 3 after a known version 2", v2, [v3], None),
+        ("idempotent", "the known version 2 offered again is accepted and changes nothing", v2, [v2], None),
+        ("first_contact_v2", "first contact may start at any version", None, [v2], None),
+        (
+            "expected_username",
+            "versions 1, 2 with the username pinned to 'ALICE' (normalised to 'alice' first)",
+            None,
+            [v1, v2],
+            "ALICE",
+        ),
     ]
-    for name, description, known, offered in accepted:
-        result = verify_chain(None if known is None else known.encode(), [s.encode() for s in offered])
+    for name, description, known, offered, expected in accepted:
+        result = verify_chain(
+            None if known is None else known.encode(), [s.encode() for s in offered], expected
+        )
         cases.append(
             {
                 "name": name,
@@ -459,6 +470,7 @@ def build_device_lists() -> dict[str, Any]:
                     "trusted_account_key": hx(account.public_key.encode()),
                     "known": None if known is None else hx(known.encode()),
                     "offered": [hx(s.encode()) for s in offered],
+                    "expected_username": expected,
                 },
                 "outputs": {"latest_version": result.version, "latest_content": hx(result.encode())},
             }
@@ -483,6 +495,22 @@ def build_device_lists() -> dict[str, Any]:
         account,
         device_list.DeviceList.create(2, v1.hash(), account.public_key, "alice", [entries[0], unbound_entry]),
     )
+    # Device 1's entry with added_at moved by one millisecond after it signed its binding.
+    e1_moved = device_list.DeviceEntry(
+        entries[1].device_id,
+        entries[1].signing_key,
+        entries[1].dh_key,
+        entries[1].added_at + 1,
+        entries[1].binding_signature,
+    )
+    added_at_moved = _unchecked_sign(
+        account,
+        device_list.DeviceList.create(2, v1.hash(), account.public_key, "alice", [entries[0], e1_moved]),
+    )
+    # A correctly chained, validly signed version 2 that names another username.
+    renamed = device_list.sign(
+        account, device_list.DeviceList.create(2, v1.hash(), account.public_key, "mallory", entries[:2])
+    )
     # Hand-made encodings the parser must refuse (validly signed, so only the parser rejects them).
     v2_content = v2.content.encode()
     entry_start = len(v2_content) - 2 * device_list.DEVICE_ENTRY_SIZE
@@ -495,50 +523,83 @@ def build_device_lists() -> dict[str, Any]:
     def raw_signed(content: bytes) -> bytes:
         return content + account.sign(SigningContext.DEVICE_LIST, content)
 
-    rejected: list[tuple[str, str, bytes | None, list[bytes]]] = [
+    rejected: list[tuple[str, str, bytes | None, list[bytes], str | None]] = [
         (
             "bad_signature",
             "version 2 with one bit of its signature flipped",
             v1.encode(),
             [flip(v2.encode(), len(v2.encode()) - 1)],
+            None,
         ),
-        ("unknown_signer", "a list made and signed by another account key", None, [foreign.encode()]),
-        ("rollback", "version 1 offered after version 2", v2.encode(), [v1.encode()]),
-        ("fork", "a different version 2 (device 2 added instead of device 1)", v2.encode(), [fork.encode()]),
+        ("unknown_signer", "a list made and signed by another account key", None, [foreign.encode()], None),
+        ("rollback", "version 1 offered after version 2", v2.encode(), [v1.encode()], None),
+        (
+            "fork",
+            "a different version 2 (device 2 added instead of device 1)",
+            v2.encode(),
+            [fork.encode()],
+            None,
+        ),
         (
             "chain_break_skip",
             "version 3 offered after version 1 (version 2 skipped)",
             v1.encode(),
             [v3.encode()],
+            None,
         ),
         (
             "chain_break_wrong_hash",
             "a version 2 that names the wrong predecessor hash",
             v1.encode(),
             [wrong_hash.encode()],
+            None,
         ),
         (
             "unbound_device",
             "device 2's binding signature names another account",
             v1.encode(),
             [unbound.encode()],
+            None,
         ),
-        ("chain_break_in_batch", "a batch 1, 3: all or nothing", None, [v1.encode(), v3.encode()]),
-        ("trailing_byte", "version 1 followed by one extra byte", None, [v1.encode() + b"\x00"]),
+        (
+            "binding_added_at_altered",
+            "device 1's added_at moved by 1 ms after it signed its binding (the binding covers added_at)",
+            v1.encode(),
+            [added_at_moved.encode()],
+            None,
+        ),
+        ("chain_break_in_batch", "a batch 1, 3: all or nothing", None, [v1.encode(), v3.encode()], None),
+        ("trailing_byte", "version 1 followed by one extra byte", None, [v1.encode() + b"\x00"], None),
         (
             "unsorted_devices",
             "a validly signed version 2 whose entries are not sorted by device id",
             v1.encode(),
             [raw_signed(unsorted)],
+            None,
         ),
         (
             "username_not_normal",
             "a validly signed version 2 whose username is 'Alice' (not normalised)",
             v1.encode(),
             [raw_signed(unnormal)],
+            None,
+        ),
+        (
+            "username_changed",
+            "a correctly chained, validly signed version 2 naming 'mallory' after version 1 naming 'alice'",
+            v1.encode(),
+            [renamed.encode()],
+            None,
+        ),
+        (
+            "expected_username_mismatch",
+            "first contact with version 1 (username 'alice') while the caller looked up 'bob'",
+            None,
+            [v1.encode()],
+            "bob",
         ),
     ]
-    for name, description, known_raw, offered_raw in rejected:
+    for name, description, known_raw, offered_raw, expected in rejected:
         cases.append(
             {
                 "name": name,
@@ -547,8 +608,9 @@ def build_device_lists() -> dict[str, Any]:
                     "trusted_account_key": hx(account.public_key.encode()),
                     "known": hx(known_raw),
                     "offered": [hx(o) for o in offered_raw],
+                    "expected_username": expected,
                 },
-                "error": error_name(verify_chain, known_raw, offered_raw),
+                "error": error_name(verify_chain, known_raw, offered_raw, expected),
             }
         )
     return doc("device_lists", "docs/protocol/device-lists.md", cases)
@@ -561,11 +623,32 @@ def _device_keys(state: private_state.DeviceState) -> x3dh.DeviceIdentityKeys:
     return x3dh.DeviceIdentityKeys(state.device_id, state.signing_key, state.dh_key)
 
 
-def _party_doc(state: private_state.DeviceState, with_prekeys: bool) -> dict[str, Any]:
+ENTRY_ADDED_AT = 1_735_689_600_000  # added_at of every device entry of x3dh.json / ratchet.json
+
+
+class Party:
+    """A device (generate_device output) with its account key and its signed device-list entry."""
+
+    def __init__(self, prefix: str, who: str, one_time_prekeys: int) -> None:
+        self.device_seed = seed(f"{prefix}/{who}-device")
+        self.account_seed = seed(f"{prefix}/{who}-account")
+        self.state = private_state.generate_device(
+            one_time_prekeys=one_time_prekeys, rng=DRng(self.device_seed)
+        )
+        self.account = AccountKey.generate(DRng(self.account_seed))
+        self.entry = self.state.device_entry(self.account.public_key, ENTRY_ADDED_AT)
+        self.entry.verify_binding(self.account.public_key)
+
+
+def _party_doc(party: Party, with_prekeys: bool) -> dict[str, Any]:
+    state = party.state
     out: dict[str, Any] = {
         "device_id": hx(state.device_id),
         "signing_private": hx(bytes(state.signing_key)),
         "dh_private": hx(bytes(state.dh_key)),
+        "account_private": hx(bytes(party.account)),
+        "added_at": party.entry.added_at,
+        "entry": hx(party.entry.encode()),
     }
     if with_prekeys:
         out["signed_prekey"] = {"id": state.signed_prekey.key_id, "private": hx(bytes(state.signed_prekey))}
@@ -589,10 +672,19 @@ def _bundle_doc(bundle: x3dh.PreKeyBundle) -> dict[str, Any]:
     }
 
 
-def _x3dh_parties(prefix: str) -> tuple[private_state.DeviceState, private_state.DeviceState]:
-    alice = private_state.generate_device(one_time_prekeys=0, rng=DRng(seed(f"{prefix}/alice-device")))
-    bob = private_state.generate_device(one_time_prekeys=2, rng=DRng(seed(f"{prefix}/bob-device")))
-    return alice, bob
+def _x3dh_parties(prefix: str) -> tuple[Party, Party]:
+    return Party(prefix, "alice", 0), Party(prefix, "bob", 2)
+
+
+def _parties_doc(alice: Party, bob: Party) -> dict[str, Any]:
+    return {
+        "initiator": _party_doc(alice, with_prekeys=False),
+        "initiator_seed": alice.device_seed,
+        "initiator_account_seed": alice.account_seed,
+        "responder": _party_doc(bob, with_prekeys=True),
+        "responder_seed": bob.device_seed,
+        "responder_account_seed": bob.account_seed,
+    }
 
 
 def _bundle(bob: private_state.DeviceState, opk: PreKeyPublic | None) -> x3dh.PreKeyBundle:
@@ -602,14 +694,11 @@ def _bundle(bob: private_state.DeviceState, opk: PreKeyPublic | None) -> x3dh.Pr
 
 
 def build_x3dh() -> dict[str, Any]:
-    alice, bob = _x3dh_parties("x3dh")
+    alice_party, bob_party = _x3dh_parties("x3dh")
+    alice, bob = alice_party.state, bob_party.state
+    alice_entry, bob_entry = alice_party.entry, bob_party.entry
     alice_keys, bob_keys = _device_keys(alice), _device_keys(bob)
-    parties = {
-        "initiator": _party_doc(alice, with_prekeys=False),
-        "initiator_seed": seed("x3dh/alice-device"),
-        "responder": _party_doc(bob, with_prekeys=True),
-        "responder_seed": seed("x3dh/bob-device"),
-    }
+    parties = _parties_doc(alice_party, bob_party)
     first_otk = next(iter(bob.one_time_prekeys.values()))
     variants = [
         (
@@ -630,7 +719,7 @@ def build_x3dh() -> dict[str, Any]:
         bundle = _bundle(bob, opk)
         label = seed(f"x3dh/{name}/alice")
         rng = DRng(label)
-        result = x3dh.initiate(alice_keys, bundle, rng)
+        result = x3dh.initiate(alice_keys, bundle, bob_entry, rng)
         headers[name] = result.header
         ek = EphemeralKey(rng.draws[0])
         spk_pub = bundle.signed_prekey.public_key
@@ -641,7 +730,10 @@ def build_x3dh() -> dict[str, Any]:
         sk = p.hkdf_sha256(ikm, salt=x3dh.X3DH_SALT, info=x3dh.X3DH_INFO, length=32)
         assert sk == result.shared_key
         response = x3dh.respond(
-            bob_keys, bob.prekey_lookup(), x3dh.InitialHeader.decode(result.header.encode())
+            bob_keys,
+            bob.prekey_lookup(),
+            x3dh.InitialHeader.decode(result.header.encode()),
+            trusted=alice_entry,
         )
         assert response.shared_key == sk and response.associated_data == result.associated_data
         cases.append(
@@ -693,43 +785,93 @@ def build_x3dh() -> dict[str, Any]:
     all_otks = [k.key_id for k in bob.one_time_prekeys.values()]
     remaining = [i for i in all_otks if i != first_otk.key_id]
 
-    def initiate(who: x3dh.DeviceIdentityKeys, bundle: x3dh.PreKeyBundle) -> object:
+    # A third device (not in any list the initiator or responder trusts) and its entry.
+    mallory = Party("x3dh", "mallory", 1)
+    mallory_otk = next(iter(mallory.state.one_time_prekeys.values())).signed_public(mallory.state.signing_key)
+    mallory_bundle = _bundle(mallory.state, mallory_otk)
+    substituted_bundle = x3dh.PreKeyBundle(
+        bob.device_id, bob.signing_key.public_key, mallory.state.dh_key.public_key, spk_pub_doc, otk_pub
+    )
+
+    def initiate(who: x3dh.DeviceIdentityKeys, bundle: x3dh.PreKeyBundle, trusted: Any) -> object:
         def no_rng(n: int) -> bytes:
             raise AssertionError("rng drawn before the bundle was verified")
 
-        return x3dh.initiate(who, bundle, no_rng)
+        return x3dh.initiate(who, bundle, trusted, no_rng)
 
-    def respond(header: bytes, held: list[int]) -> object:
+    def respond(header: bytes, held: list[int], trusted: Any = alice_entry) -> object:
         lookup = x3dh.InMemoryPreKeys(
             [bob.signed_prekey],
             [k for k in bob.one_time_prekeys.values() if k.key_id in held],
             [bob.last_resort_prekey],
         )
-        return x3dh.respond(bob_keys, lookup, x3dh.InitialHeader.decode(header))
+        return x3dh.respond(bob_keys, lookup, x3dh.InitialHeader.decode(header), trusted=trusted)
 
     negatives: list[tuple[str, str, dict[str, Any], Callable[[], object]]] = [
         (
             "bad_signed_prekey_signature",
             "signed prekey signature does not verify; no rng draw, no DH",
-            {"operation": "initiate", "run_by": "initiator", "bundle": _bundle_doc(bad_spk_bundle)},
-            lambda: initiate(alice_keys, bad_spk_bundle),
+            {
+                "operation": "initiate",
+                "run_by": "initiator",
+                "bundle": _bundle_doc(bad_spk_bundle),
+                "trusted": hx(bob_entry.encode()),
+            },
+            lambda: initiate(alice_keys, bad_spk_bundle, bob_entry),
         ),
         (
             "bad_one_time_prekey_signature",
             "one-time prekey signature does not verify; no rng draw, no DH",
-            {"operation": "initiate", "run_by": "initiator", "bundle": _bundle_doc(bad_otk_bundle)},
-            lambda: initiate(alice_keys, bad_otk_bundle),
+            {
+                "operation": "initiate",
+                "run_by": "initiator",
+                "bundle": _bundle_doc(bad_otk_bundle),
+                "trusted": hx(bob_entry.encode()),
+            },
+            lambda: initiate(alice_keys, bad_otk_bundle, bob_entry),
         ),
         (
             "self_session",
             "the responder's own bundle given to the responder as initiator",
-            {"operation": "initiate", "run_by": "responder", "bundle": _bundle_doc(self_bundle)},
-            lambda: initiate(bob_keys, self_bundle),
+            {
+                "operation": "initiate",
+                "run_by": "responder",
+                "bundle": _bundle_doc(self_bundle),
+                "trusted": hx(bob_entry.encode()),
+            },
+            lambda: initiate(bob_keys, self_bundle, bob_entry),
+        ),
+        (
+            "bundle_of_untrusted_device",
+            "a valid bundle of another device (not the trusted responder entry); no rng draw, no DH",
+            {
+                "operation": "initiate",
+                "run_by": "initiator",
+                "bundle": _bundle_doc(mallory_bundle),
+                "trusted": hx(bob_entry.encode()),
+            },
+            lambda: initiate(alice_keys, mallory_bundle, bob_entry),
+        ),
+        (
+            "bundle_dh_key_substituted",
+            "the responder's bundle (prekey signatures valid) with another X25519 device key",
+            {
+                "operation": "initiate",
+                "run_by": "initiator",
+                "bundle": _bundle_doc(substituted_bundle),
+                "trusted": hx(bob_entry.encode()),
+            },
+            lambda: initiate(alice_keys, substituted_bundle, bob_entry),
         ),
         (
             "consumed_one_time_prekey",
             "the header names a one-time prekey the responder no longer holds",
-            {"operation": "respond", "initial_header": hx(h.encode()), "held_one_time_prekeys": remaining},
+            {
+                "operation": "respond",
+                "initial_header": hx(h.encode()),
+                "held_one_time_prekeys": remaining,
+                "trusted": hx(alice_entry.encode()),
+            },
             lambda: respond(h.encode(), remaining),
         ),
         (
@@ -739,6 +881,7 @@ def build_x3dh() -> dict[str, Any]:
                 "operation": "respond",
                 "initial_header": hx(unknown_spk.encode()),
                 "held_one_time_prekeys": all_otks,
+                "trusted": hx(alice_entry.encode()),
             },
             lambda: respond(unknown_spk.encode(), all_otks),
         ),
@@ -749,8 +892,21 @@ def build_x3dh() -> dict[str, Any]:
                 "operation": "respond",
                 "initial_header": hx(bytes(kind_zero)),
                 "held_one_time_prekeys": all_otks,
+                "trusted": hx(alice_entry.encode()),
             },
             lambda: respond(bytes(kind_zero), all_otks),
+        ),
+        (
+            "untrusted_initiator",
+            "the initial header of with_one_time_prekey answered with another device's entry as the "
+            "trust policy; refused before any prekey lookup or DH",
+            {
+                "operation": "respond",
+                "initial_header": hx(h.encode()),
+                "held_one_time_prekeys": all_otks,
+                "trusted": hx(mallory.entry.encode()),
+            },
+            lambda: respond(h.encode(), all_otks, mallory.entry),
         ),
     ]
     for name, description, inputs, fn in negatives:
@@ -814,14 +970,18 @@ def _plaintext(name: str) -> bytes:
 
 
 def build_ratchet() -> dict[str, Any]:
-    alice, bob = _x3dh_parties("ratchet")
+    alice_party, bob_party = _x3dh_parties("ratchet")
+    alice, bob = alice_party.state, bob_party.state
     alice_keys, bob_keys = _device_keys(alice), _device_keys(bob)
     first_otk = next(iter(bob.one_time_prekeys.values()))
     bundle = _bundle(bob, first_otk.signed_public(bob.signing_key))
     alice_rng = DRng(seed("ratchet/alice"))
     bob_rng = DRng(seed("ratchet/bob"))
-    setup = x3dh.initiate(alice_keys, bundle, alice_rng)
+    purposes: dict[str, list[str]] = {"alice": ["EK_A (x3dh.initiate)"], "bob": []}
+    setup = x3dh.initiate(alice_keys, bundle, bob_party.entry, alice_rng)
     sessions: dict[str, rt.Session] = {"alice": rt.Session.initiate(setup, alice_rng)}
+    purposes["alice"].append("first DHs (Session.initiate)")
+    rngs = {"alice": alice_rng, "bob": bob_rng}
     messages: dict[str, dict[str, Any]] = {}
     wire: dict[str, bytes] = {}
     steps: list[dict[str, Any]] = []
@@ -832,10 +992,15 @@ def build_ratchet() -> dict[str, Any]:
             state = parse_session_state(session.to_bytes())
             ck = state["cks"]
             mk, next_ck = rt.kdf_ck(ck)
-            key, nonce = rt.message_key_material(mk)
+            key = rt.message_key(mk)
             pending = session.pending_initial_header
+            draws_before = len(rngs[actor].draws)
             message = session.encrypt(_plaintext(name), _envelope_ad(name))
+            assert len(rngs[actor].draws) == draws_before + 1
+            nonce = rngs[actor].draws[-1]
+            purposes[actor].append(f"nonce of {name} (Session.encrypt)")
             header = rt.MessageHeader.decode(message[: rt.HEADER_SIZE])
+            assert header.nonce == nonce
             aead_ad = session.associated_data + message[: rt.HEADER_SIZE] + _envelope_ad(name)
             assert p.aead_encrypt(key, nonce, _plaintext(name), aead_ad) == message[rt.HEADER_SIZE :]
             wire[name] = message
@@ -848,6 +1013,7 @@ def build_ratchet() -> dict[str, Any]:
                 "ratchet_key": hx(header.ratchet_key),
                 "previous_chain_length": header.previous_chain_length,
                 "message_number": header.message_number,
+                "nonce_rng_draw": draws_before,
                 "header": hx(message[: rt.HEADER_SIZE]),
                 "chain_key": hx(ck),
                 "message_key": hx(mk),
@@ -860,16 +1026,28 @@ def build_ratchet() -> dict[str, Any]:
             }
         elif action == "accept":
             accepted = rt.accept(
-                bob_keys, bob.prekey_lookup(), setup.header.encode(), wire[name], _envelope_ad(name), bob_rng
+                bob_keys,
+                bob.prekey_lookup(),
+                setup.header.encode(),
+                wire[name],
+                _envelope_ad(name),
+                bob_rng,
+                trusted=alice_party.entry,
             )
             assert accepted.plaintext == _plaintext(name)
             assert accepted.one_time_prekey_id == first_otk.key_id
             sessions[actor] = accepted.session
+            assert len(bob_rng.draws) == 1
+            purposes["bob"].append(f"DHs after reading {name} (accept)")
         else:
             session = sessions[actor]
             if actor == "bob" and name == "a4":
                 snapshots["bob_before_a4"] = session.to_bytes()
+            draws_before = len(rngs[actor].draws)
             assert session.decrypt(wire[name], _envelope_ad(name)) == _plaintext(name)
+            if len(rngs[actor].draws) != draws_before:
+                assert len(rngs[actor].draws) == draws_before + 1
+                purposes[actor].append(f"DHs after reading {name}")
         state_bytes = sessions[actor].to_bytes()
         steps.append(
             {
@@ -883,8 +1061,7 @@ def build_ratchet() -> dict[str, Any]:
 
     final = {who: s.to_bytes() for who, s in sessions.items()}
     inputs = {
-        "initiator": _party_doc(alice, with_prekeys=False),
-        "responder": _party_doc(bob, with_prekeys=True),
+        **_parties_doc(alice_party, bob_party),
         "bundle": _bundle_doc(bundle),
         "alice_seed": alice_rng.label,
         "bob_seed": bob_rng.label,
@@ -901,14 +1078,9 @@ def build_ratchet() -> dict[str, Any]:
             "inputs": inputs,
             "outputs": {
                 "alice_rng_draws": [hx(d) for d in alice_rng.draws],
-                "alice_rng_purpose": [
-                    "EK_A (x3dh.initiate)",
-                    "first DHs (Session.initiate)",
-                    "DHs after reading b0",
-                    "DHs after reading b2",
-                ],
+                "alice_rng_purpose": purposes["alice"],
                 "bob_rng_draws": [hx(d) for d in bob_rng.draws],
-                "bob_rng_purpose": ["DHs after reading a0 (accept)", "DHs after reading a3"],
+                "bob_rng_purpose": purposes["bob"],
                 "shared_key": hx(setup.shared_key),
                 "session_associated_data": hx(setup.associated_data),
                 "initial_header": hx(setup.header.encode()),
@@ -922,7 +1094,8 @@ def build_ratchet() -> dict[str, Any]:
             },
         }
     ]
-    assert len(alice_rng.draws) == 4 and len(bob_rng.draws) == 2
+    assert len(alice_rng.draws) == len(purposes["alice"]) == 4 + 5
+    assert len(bob_rng.draws) == len(purposes["bob"]) == 2 + 3
 
     # The KDFs on fixed inputs.
     kdf_label = seed("ratchet/kdf")
@@ -930,11 +1103,11 @@ def build_ratchet() -> dict[str, Any]:
     rk_in, dh_in, ck_in, mk_in = kdf_rng(32), kdf_rng(32), kdf_rng(32), kdf_rng(32)
     rk_out, ck_out = rt.kdf_rk(rk_in, dh_in)
     mk_out, next_ck = rt.kdf_ck(ck_in)
-    key_out, nonce_out = rt.message_key_material(mk_in)
+    key_out = rt.message_key(mk_in)
     cases.append(
         {
             "name": "kdfs",
-            "description": "KDF_RK(rk, dh_out), KDF_CK(ck) and the message key expansion on fixed inputs",
+            "description": "KDF_RK(rk, dh_out), KDF_CK(ck) and the AEAD key message_key(mk) on fixed inputs",
             "seed": kdf_label,
             "inputs": {"rk": hx(rk_in), "dh_out": hx(dh_in), "ck": hx(ck_in), "mk": hx(mk_in)},
             "outputs": {
@@ -943,7 +1116,6 @@ def build_ratchet() -> dict[str, Any]:
                 "kdf_ck_message_key": hx(mk_out),
                 "kdf_ck_chain_key": hx(next_ck),
                 "aead_key": hx(key_out),
-                "aead_nonce": hx(nonce_out),
             },
         }
     )
@@ -955,13 +1127,42 @@ def build_ratchet() -> dict[str, Any]:
     nr = parse_session_state(before)["nr"]
     too_far = bytearray(a4)
     too_far[37:41] = struct.pack(">I", nr + rt.MAX_SKIP + 1)
+    # A message starting a new peer chain whose two skips are each within MAX_SKIP but whose sum
+    # is not: PN - Nr = 600 keys left in the current chain plus N = 401 in the new one.
+    forged_key = p.x25519_public(DRng(seed("ratchet/forged-ratchet-key"))(32))
+    combined = bytearray(a4)
+    combined[1:33] = forged_key
+    combined[33:37] = struct.pack(">I", nr + 600)
+    combined[37:41] = struct.pack(">I", rt.MAX_SKIP - 600 + 1)
+    old_version = bytearray(a4)
+    old_version[0] = 0x01
     negatives = [
         ("header_bit_flipped", "a4 with one bit of PN flipped", flip(a4, 36), ad4),
+        ("nonce_bit_flipped", "a4 with one bit of the header's nonce flipped", flip(a4, 41), ad4),
         ("ciphertext_bit_flipped", "a4 with the first ciphertext bit flipped", flip(a4, rt.HEADER_SIZE), ad4),
         ("tag_bit_flipped", "a4 with the last tag bit flipped", flip(a4, len(a4) - 1, 0x80), ad4),
         ("associated_data_altered", "a4 with one bit of the envelope header flipped", a4, flip(ad4, 0)),
-        ("header_version_2", "a4 with header version 0x02", b"\x02" + a4[1:], ad4),
+        (
+            "header_version_1",
+            "a4 with header version 0x01 (the withdrawn 41-byte layout)",
+            bytes(old_version),
+            ad4,
+        ),
+        ("header_version_3", "a4 with header version 0x03", b"\x03" + a4[1:], ad4),
         ("too_many_skipped", f"a4 with N = Nr + {rt.MAX_SKIP + 1}", bytes(too_far), ad4),
+        (
+            "message_number_out_of_range",
+            "a4 with N = 0xFFFFFFFF (refused by the header parser)",
+            a4[:37] + b"\xff\xff\xff\xff" + a4[41:],
+            ad4,
+        ),
+        (
+            "too_many_skipped_combined",
+            f"a4 with a new ratchet key (seed {seed('ratchet/forged-ratchet-key')}), PN = Nr + 600 and "
+            f"N = {rt.MAX_SKIP - 600 + 1}: each skip within MAX_SKIP, their sum {rt.MAX_SKIP + 1} not",
+            bytes(combined),
+            ad4,
+        ),
         ("replay_current_chain", "a3 delivered again", wire["a3"], _envelope_ad("a3")),
         (
             "replay_former_chain",
@@ -1214,10 +1415,11 @@ def build_safety_numbers() -> dict[str, Any]:
     for name, description, (k1, n1), (k2, n2) in (
         ("ascii", "'Alice' (normalised to 'alice') and 'bob'", (keys[0], "Alice"), (keys[1], "bob")),
         (
-            "unicode",
-            "a decomposed (NFD) name and a full-width name",
-            (keys[2], "A\u030angstr\u00f6m"),
-            (keys[3], "\uff22\uff2f\uff22"),
+            "ascii_2",
+            "'Carol.Smith-99' (normalised to 'carol.smith-99') and 'dave_x' (every character class of "
+            "[a-z0-9_.-])",
+            (keys[2], "Carol.Smith-99"),
+            (keys[3], "dave_x"),
         ),
     ):
         number = safety.safety_number(k1.public_key, n1, k2.public_key, n2)
@@ -1244,6 +1446,34 @@ def build_safety_numbers() -> dict[str, Any]:
                     "display": number.display(),
                     "qr_payload": hx(number.qr_payload),
                 },
+            }
+        )
+    for name, description, n1, n2 in (
+        (
+            "non_ascii_username",
+            "a non-ASCII username (decomposed 'Angstrom' with a ring)",
+            "A\u030angstr\u00f6m",
+            "bob",
+        ),
+        (
+            "full_width_username",
+            "a full-width 'BOB' (no NFKC folding any more)",
+            "alice",
+            "\uff22\uff2f\uff22",
+        ),
+        ("username_too_short", "a 2-character username", "al", "bob"),
+    ):
+        cases.append(
+            {
+                "name": name,
+                "description": description + "; safety_number refuses it",
+                "inputs": {
+                    "local_account_public": hx(keys[0].public_key.encode()),
+                    "local_username": n1,
+                    "remote_account_public": hx(keys[1].public_key.encode()),
+                    "remote_username": n2,
+                },
+                "error": error_name(safety.safety_number, keys[0].public_key, n1, keys[1].public_key, n2),
             }
         )
     return doc("safety_numbers", "docs/protocol/safety-numbers.md", cases)
