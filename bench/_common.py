@@ -1,0 +1,268 @@
+"""Shared helpers for the benchmarks in ``bench/``: process CPU and RSS from /proc, quiesce,
+percentiles, version strings, free ports and a server subprocess with its log captured.
+
+Linux only (/proc). Nothing here imports the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- /proc --------------------------------------------------------------------------------------
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        data = f.read()
+    fields = data[data.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state); utime is field 14, stime field 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB, from /proc/PID/status."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def self_cpu_s() -> float:
+    """CPU seconds (user + system) of this process (the load generator), from getrusage."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class CpuMeter:
+    """CPU of the server (``pid``, may be None) and of this process over an interval."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.t0 = time.perf_counter()
+        self.server0 = proc_cpu_s(pid) if pid else None
+        self.self0 = self_cpu_s()
+
+    def result(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self.t0
+        out: dict[str, Any] = {"wall_s": round(wall, 3)}
+        if self.pid and self.server0 is not None:
+            server = proc_cpu_s(self.pid) - self.server0
+            out["server_cpu_s"] = round(server, 3)
+            out["server_cores"] = round(server / wall, 3)
+        else:
+            out["server_cpu_s"] = out["server_cores"] = None
+        mine = self_cpu_s() - self.self0
+        out["loadgen_cpu_s"] = round(mine, 3)
+        out["loadgen_cores"] = round(mine / wall, 3)
+        return out
+
+
+async def quiesce(pid: int | None, *, threshold: float = 0.05, max_s: float = 30.0) -> dict[str, Any]:
+    """Wait until ``pid`` uses less than ``threshold`` of a core over 1 s (at most ``max_s``)."""
+    import asyncio
+
+    if not pid:
+        return {"reached": None, "waited_s": 0.0, "last_cores": None}
+    start = time.perf_counter()
+    last = None
+    while True:
+        c0, t0 = proc_cpu_s(pid), time.perf_counter()
+        await asyncio.sleep(1.0)
+        last = (proc_cpu_s(pid) - c0) / (time.perf_counter() - t0)
+        waited = time.perf_counter() - start
+        if last < threshold:
+            return {"reached": True, "waited_s": round(waited, 2), "last_cores": round(last, 4)}
+        if waited >= max_s:
+            return {"reached": False, "waited_s": round(waited, 2), "last_cores": round(last, 4)}
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of an already sorted sequence."""
+    if not sorted_values:
+        return None
+    rank = max(1, int(-(-q * len(sorted_values) // 100)))  # ceil(q/100 * n)
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def latency_summary_ms(latencies_s: Sequence[float]) -> dict[str, float | None]:
+    values = sorted(latencies_s)
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v * 1000, 3)
+
+    return {
+        "p50": ms(percentile(values, 50)),
+        "p95": ms(percentile(values, 95)),
+        "p99": ms(percentile(values, 99)),
+        "max": ms(values[-1] if values else None),
+        "mean": ms(sum(values) / len(values) if values else None),
+        "n": len(values),
+    }
+
+
+# -- environment --------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str | None]:
+    def v(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "saltline": v("saltline"),
+        "sqlalchemy": v("sqlalchemy"),
+        "uvicorn": v("uvicorn"),
+        "fastapi": v("fastapi"),
+        "starlette": v("starlette"),
+        "websockets": v("websockets"),
+        "httpx": v("httpx"),
+        "uvloop": v("uvloop"),
+        "httptools": v("httptools"),
+        "orjson": v("orjson"),
+        "aiosqlite": v("aiosqlite"),
+        "asyncpg": v("asyncpg"),
+    }
+
+
+def machine() -> dict[str, Any]:
+    model = None
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "platform": platform.platform(),
+    }
+
+
+def raise_nofile(wanted: int) -> dict[str, int]:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (bounded by the hard limit). Children
+    started afterwards (the servers) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = soft
+    if soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return {"soft_before": soft, "soft": target, "hard": hard}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr; stdout carries only the JSON document."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- subprocesses -------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerProcess:
+    """A server subprocess on 127.0.0.1:``port``; stdout+stderr go to ``log_path``."""
+
+    argv: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, ready_path: str = "/healthz", timeout_s: float = 60.0) -> ServerProcess:
+        env = {**os.environ, **self.env}
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.base_url + ready_path, timeout=1.0).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.argv} not ready after {timeout_s} s:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def log_problems(self, max_excerpts: int = 3, context: int = 25) -> dict[str, Any]:
+        """Count ERROR/CRITICAL lines and tracebacks in the log; a few excerpts."""
+        text = self.log_text().splitlines()
+        hits = [
+            i
+            for i, line in enumerate(text)
+            if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")
+        ]
+        excerpts = []
+        for i in hits[:max_excerpts]:
+            excerpts.append("\n".join(text[i : i + context]))
+        return {"error_lines": len(hits), "excerpts": excerpts}

@@ -1,0 +1,79 @@
+"""A bare FastAPI WebSocket endpoint: the memory reference for the idle test of bench/server.py.
+
+    .venv/bin/python bench/bare_ws.py --port 8765 [--heartbeat-interval-s 5]
+
+It speaks the same minimal frames as Saltline's ``/v1/ws`` for an idle device, and nothing else:
+the first frame ``{"type":"auth",...}`` (not verified) is answered with ``{"type":"ready"}``; the
+server sends ``{"type":"ping","queue_seq":0}`` every interval; a client ``{"type":"ping"}`` gets
+``{"type":"pong"}``; ``{"type":"pong"}`` is accepted. No database, no auth, no registry, no bus:
+per connection there is the ASGI/uvicorn/websockets state plus two tasks (reader, heartbeat).
+
+Run under the same uvicorn settings as ``python -m server serve`` (``uvicorn.run(app, host, port,
+log_level)``, i.e. loop/http/ws "auto": uvloop, httptools, websockets when installed), so the
+difference in memory per connection is what Saltline adds per held device socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+
+import orjson
+import uvicorn
+from fastapi import FastAPI, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+
+def create_app(heartbeat_interval_s: float) -> FastAPI:
+    app = FastAPI(title="bare websocket reference")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.websocket("/v1/ws")
+    async def socket(ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            first = await ws.receive_text()
+            if orjson.loads(first).get("type") != "auth":
+                await ws.close(code=4003)
+                return
+            await ws.send_text('{"type":"ready"}')
+
+            async def heartbeat() -> None:
+                while True:
+                    await asyncio.sleep(heartbeat_interval_s)
+                    await ws.send_text('{"type":"ping","queue_seq":0}')
+
+            beat = asyncio.create_task(heartbeat())
+            try:
+                while True:
+                    frame = orjson.loads(await ws.receive_text())
+                    if frame.get("type") == "ping":
+                        await ws.send_text('{"type":"pong"}')
+            finally:
+                beat.cancel()
+                with contextlib.suppress(BaseException):
+                    await beat
+        except (WebSocketDisconnect, RuntimeError, orjson.JSONDecodeError):
+            return
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--heartbeat-interval-s", type=float, default=15.0)
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args()
+    uvicorn.run(
+        create_app(args.heartbeat_interval_s), host=args.host, port=args.port, log_level=args.log_level
+    )
+
+
+if __name__ == "__main__":
+    main()
