@@ -13,6 +13,10 @@ import typer
 
 from server.settings import Settings
 
+#: Largest WebSocket message the server accepts (client frames are tiny: auth, ack, pong). Keep
+#: equal to ``server.api.ws.WS_MAX_MESSAGE_BYTES``.
+WS_MAX_SIZE = 64 * 1024
+
 app = typer.Typer(help="Saltline relay server", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database migrations (Alembic)", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -59,7 +63,12 @@ def serve(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        # uvicorn's default is 16 MiB, buffered before the app sees a frame, even unauthenticated.
+        ws_max_size=WS_MAX_SIZE,
     )
 
 

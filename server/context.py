@@ -16,9 +16,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from server.clock import Clock
 from server.services.accounts import AccountService
-from server.services.auth import AuthService, RateLimits
+from server.services.auth import AuthService, RateLimits, TokensRevokedHook
 from server.services.common import DeviceListChangedHook, DeviceRemovedHook
 from server.services.devices import DeviceService
+from server.services.health import Readiness
 from server.services.keys import KeyDirectoryService
 from server.services.passwords import Passwords
 from server.services.provisioning import ProvisioningService
@@ -27,6 +28,7 @@ from server.settings import Settings
 from server.storage.accounts_repo import AccountsRepo
 from server.storage.auth_repo import AuthRepo
 from server.storage.db import Database
+from server.storage.migrate import head_revisions
 from server.storage.prekeys_repo import PreKeysRepo
 from server.storage.provisioning_repo import ProvisioningRepo
 
@@ -78,6 +80,10 @@ class AppContext:
     on_device_removed: list[DeviceRemovedHook] = field(default_factory=list)
     #: Awaited with ``(account_id, version)`` after an account adopted a new device list.
     on_device_list_changed: list[DeviceListChangedHook] = field(default_factory=list)
+    #: Awaited with ``(account_id, device_id)`` after a refresh-token family of the device was
+    #: revoked because a rotated token was presented again (committed first): the delivery side
+    #: may close that device's sockets. Hooks must not raise (failures are logged).
+    on_tokens_revoked: list[TokensRevokedHook] = field(default_factory=list)
     #: Awaited in reverse order when the app stops (before the engine is disposed).
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # -- delivery (filled by the delivery side) ------------------------------------------------
@@ -86,6 +92,8 @@ class AppContext:
     delivery: Any = None
     conversations: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: ``/readyz``: the migration head is read once, when the context is built.
+    readiness: Readiness | None = None
 
 
 def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
@@ -100,6 +108,7 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
     provisioning_repo = ProvisioningRepo(db)
     on_removed: list[DeviceRemovedHook] = []
     on_changed: list[DeviceListChangedHook] = []
+    on_revoked: list[TokensRevokedHook] = []
     return AppContext(
         settings=settings,
         db=db,
@@ -136,10 +145,22 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
             access_ttl_s=settings.access_token_ttl_s,
             refresh_ttl_s=settings.refresh_token_ttl_s,
             challenge_ttl_s=settings.login_challenge_ttl_s,
-            limits=RateLimits(settings.rate_limit_login_per_account, settings.rate_limit_login_per_ip),
+            limits=RateLimits(
+                settings.rate_limit_login_per_account,
+                settings.rate_limit_login_per_ip,
+                settings.rate_limit_login_failures_per_account_ip,
+            ),
+            on_tokens_revoked=on_revoked,
         ),
         keys=KeyDirectoryService(
-            accounts_repo, prekeys_repo, clock, max_batch=settings.max_prekeys_per_upload
+            accounts_repo,
+            prekeys_repo,
+            clock,
+            max_batch=settings.max_prekeys_per_upload,
+            max_stored_one_time=settings.max_stored_one_time_prekeys,
+            max_claim_targets=settings.max_claim_targets,
+            limiter=limiter,
+            claim_rate_per_device=settings.rate_limit_prekey_claims_per_device,
         ),
         provisioning=ProvisioningService(
             provisioning_repo,
@@ -151,4 +172,6 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
         ),
         on_device_removed=on_removed,
         on_device_list_changed=on_changed,
+        on_tokens_revoked=on_revoked,
+        readiness=Readiness(db, head_revisions()),
     )

@@ -95,6 +95,11 @@ class ProblemCode(StrEnum):
     """413: more one-time prekeys in one upload than ``max_prekeys_per_upload``."""
     NO_PREKEYS = "no_prekeys"
     """404: the device has published no signed prekey yet, so it cannot be reached."""
+    PREKEY_STORE_FULL = "prekey_store_full"
+    """422: the upload would leave the device with more one-time prekeys stored than
+    ``max_stored_one_time_prekeys`` (``limit`` and ``stored`` are given)."""
+    TOO_MANY_CLAIM_TARGETS = "too_many_claim_targets"
+    """413: a claim names more distinct devices than ``max_claim_targets``."""
 
     # -- provisioning ------------------------------------------------------------------------
     PROVISIONING_CHANNEL_NOT_FOUND = "provisioning_channel_not_found"
@@ -127,6 +132,12 @@ class ProblemCode(StrEnum):
     clock alone is over its limit."""
     TOO_MANY_RECIPIENTS = "too_many_recipients"
     """413: more ciphertexts than ``max_recipients``, or a group larger than that."""
+    EPHEMERAL_TOO_LARGE = "ephemeral_too_large"
+    """413: an ephemeral envelope's ciphertexts and clock together exceed ``limit`` bytes
+    (typing indicators are small; they are buffered in memory for slow sockets)."""
+    NO_RECIPIENTS = "no_recipients"
+    """422: a stored envelope with no recipient device at all (the sender's device is the only
+    device in the conversation): nobody could ever read it."""
 
 
 _TITLES: dict[ProblemCode, str] = {

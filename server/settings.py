@@ -12,14 +12,15 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
+MIN_JWT_SECRET_BYTES = 32
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SALTLINE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SALTLINE_", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Path("./saltline-data")
     #: ``sqlite+aiosqlite:///path`` (default: ``<data_dir>/saltline.db``) or
@@ -58,16 +59,42 @@ class Settings(BaseSettings):
     max_envelope_bytes: int = Field(default=256 * 1024, gt=0)
     max_recipients: int = Field(default=1000, gt=0)
     max_prekeys_per_upload: int = Field(default=100, gt=0)
+    #: One-time prekeys a device may have stored at once.
+    max_stored_one_time_prekeys: int = Field(default=1000, gt=0)
+    #: Devices per ``POST /v1/keys/claim`` (after de-duplication): enough for a group fan-out.
+    max_claim_targets: int = Field(default=100, gt=0)
     max_devices_per_account: int = Field(default=10, gt=0)
     max_provisioning_payload_bytes: int = Field(default=64 * 1024, gt=0)
     max_device_list_bytes: int = Field(default=64 * 1024, gt=0)
 
     # -- rate limits (``limits`` strings; memory storage, per process) ------------------------
     rate_limit_enabled: bool = True
+    #: Failed logins per account (password or device signature); successes never count.
     rate_limit_login_per_account: str = "10/minute"
+    #: Every login attempt per client IP.
     rate_limit_login_per_ip: str = "10/minute"
+    #: Failed logins per (account, client IP).
+    rate_limit_login_failures_per_account_ip: str = "5/minute"
+    #: Prekey bundles claimed per calling device.
+    rate_limit_prekey_claims_per_device: str = "600/minute"
     rate_limit_register_per_ip: str = "5/minute"
     rate_limit_provisioning_per_ip: str = "10/minute"
+    #: Token-less signed device-list updates (``PUT /v1/accounts/{id}/device-list/signed``, used
+    #: by linking), per client IP and per target account; counted before the signature check.
+    rate_limit_signed_list_per_ip: str = "10/minute"
+    rate_limit_signed_list_per_account: str = "10/minute"
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _jwt_secret_long_enough(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # unset (or empty): use the persisted, generated secret
+        if len(value.encode("utf-8")) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(
+                f"jwt_secret (SALTLINE_JWT_SECRET) must be at least {MIN_JWT_SECRET_BYTES} bytes"
+                " for HS256; unset it to have a random one generated"
+            )
+        return value
 
     @model_validator(mode="after")
     def _default_database_url(self) -> Settings:

@@ -63,6 +63,7 @@ class LiveServer:
             log_level=self.settings.log_level.lower(),
             lifespan="on",
             ws="websockets-sansio",
+            ws_max_size=64 * 1024,  # as server.cli.WS_MAX_SIZE
         )
         server = uvicorn.Server(config)
         self._server = server

@@ -20,7 +20,7 @@ from server.api.schemas import (
     SignedListResponse,
 )
 from server.services.accounts import AccountInfo, SignedListInfo
-from server.services.common import decode_id
+from server.services.common import decode_id, encode_id
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
@@ -67,6 +67,26 @@ async def put_device_list(body: PutDeviceListRequest, ctx: Ctx, me: CurrentDevic
     """Adopt a new signed device list (version = current + 1, naming the current list's hash).
     Devices it drops are removed at once."""
     update = await ctx.devices.update_list(me, body.device_list)
+    return PutDeviceListResponse(
+        version=update.version, hash=update.hash, added=update.added, removed=update.removed
+    )
+
+
+@router.put("/{account_id}/device-list/signed", response_model=PutDeviceListResponse)
+async def put_signed_device_list(
+    account_id: str, body: PutDeviceListRequest, ctx: Ctx, ip: ClientIP
+) -> PutDeviceListResponse:
+    """Adopt a new signed device list without a bearer token: the account-key signature is the
+    authority. Same checks and effects as ``PUT /v1/accounts/me/device-list`` (one code path):
+    the list must verify under the account's key and username and extend the current list
+    (version = current + 1, naming its hash), so only an account-key holder can extend the chain
+    and no list can be replayed. Used by a newly linked device to publish the list naming it."""
+    ctx.rate_limiter.hit(ctx.settings.rate_limit_signed_list_per_ip, "signed-list-ip", ip)
+    account = decode_id(account_id, "account")
+    ctx.rate_limiter.hit(
+        ctx.settings.rate_limit_signed_list_per_account, "signed-list-account", encode_id(account)
+    )
+    update = await ctx.devices.update_account_list(account, body.device_list)
     return PutDeviceListResponse(
         version=update.version, hash=update.hash, added=update.added, removed=update.removed
     )

@@ -1,5 +1,6 @@
 """Envelopes: send one (fan-out ciphertexts, idempotent on ``envelope_id``) and fetch a
-conversation's envelopes after a ``server_seq`` (gap filling; only my ciphertexts)."""
+conversation's envelopes after a ``server_seq`` (gap filling; only envelopes this device received
+or sent, with only its own ciphertext)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ class CiphertextIn(Strict):
 class SendEnvelopeRequest(Strict):
     envelope_id: Id = Field(description="chosen by the client (random 16 bytes): the idempotency key")
     clock: ClockB64 = Field(description="the sender's vector clock, opaque to the server")
-    device_list_versions: Annotated[dict[Id, Annotated[int, Field(ge=0)]], Field(max_length=10_000)] = Field(
+    device_list_versions: Annotated[
+        dict[Id, Annotated[int, Field(ge=0, le=2**62)]], Field(max_length=10_000)
+    ] = Field(
         description="account id -> version of the signed device list the sender encrypted against, "
         "for every member account (the sender's own included)"
     )
@@ -63,7 +66,10 @@ class HistoryEnvelope(BaseModel):
 
 
 class HistoryResponse(BaseModel):
-    envelopes: list[HistoryEnvelope]
+    envelopes: list[HistoryEnvelope] = Field(
+        description="only envelopes with a copy for the asking device, or sent by it (no copy): "
+        "server_seq values in between belong to envelopes this device never received"
+    )
     next_after: int | None = Field(description="pass as `after` for the next page; null at the end")
 
 

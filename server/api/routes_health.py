@@ -21,7 +21,10 @@ async def healthz() -> HealthResponse:
 @router.get("/readyz", response_model=HealthResponse)
 async def readyz(ctx: Ctx) -> HealthResponse:
     """The database is reachable and migrated to this server's head."""
-    await check_ready(ctx.db)
+    if ctx.readiness is not None:
+        await ctx.readiness.check()
+    else:
+        await check_ready(ctx.db)
     return HealthResponse(status="ready")
 
 

@@ -55,25 +55,27 @@ async def count(ctx: Ctx, me: CurrentDevice) -> PreKeyCountResponse:
 
 
 @router.post("/claim", response_model=ClaimResponse)
-async def claim_many(body: ClaimRequest, ctx: Ctx, _me: CurrentDevice) -> ClaimResponse:
-    """Claim one bundle per listed device (each one-time prekey handed out once)."""
-    bundles = [await ctx.keys.claim(t.account_id, t.device_id) for t in body.devices]
+async def claim_many(body: ClaimRequest, ctx: Ctx, me: CurrentDevice) -> ClaimResponse:
+    """Claim one bundle per listed device (duplicates collapsed; at most ``max_claim_targets``
+    distinct devices), each with a one-time prekey handed out once, or the last-resort prekey
+    when none is left. The only route that consumes one-time prekeys; rate limited per caller."""
+    bundles = await ctx.keys.claim_many(me, [(t.account_id, t.device_id) for t in body.devices])
     for b in bundles:
         _count_claim(ctx, b)
     return ClaimResponse(bundles=[_bundle(b) for b in bundles])
 
 
 @router.get("/{account_id}", response_model=ClaimResponse)
-async def claim_account(account_id: str, ctx: Ctx, _me: CurrentDevice) -> ClaimResponse:
-    """Claim a bundle for every active device of the account that published prekeys."""
-    bundles = await ctx.keys.claim_account(account_id)
-    for b in bundles:
-        _count_claim(ctx, b)
+async def peek_account(account_id: str, ctx: Ctx, me: CurrentDevice) -> ClaimResponse:
+    """A bundle for every active device of the account that published prekeys, *without*
+    one-time prekeys (signed and last-resort only; nothing is consumed). To claim one-time
+    prekeys, use ``POST /v1/keys/claim``."""
+    bundles = await ctx.keys.peek_account(me, account_id)
     return ClaimResponse(bundles=[_bundle(b) for b in bundles])
 
 
 @router.get("/{account_id}/{device_id}", response_model=BundleResponse)
-async def claim_one(account_id: str, device_id: str, ctx: Ctx, _me: CurrentDevice) -> BundleResponse:
-    bundle = await ctx.keys.claim(account_id, device_id)
-    _count_claim(ctx, bundle)
-    return _bundle(bundle)
+async def peek_one(account_id: str, device_id: str, ctx: Ctx, me: CurrentDevice) -> BundleResponse:
+    """The device's bundle *without* a one-time prekey (signed and last-resort only; nothing
+    is consumed). To claim a one-time prekey, use ``POST /v1/keys/claim``."""
+    return _bundle(await ctx.keys.peek(me, account_id, device_id))

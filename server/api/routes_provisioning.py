@@ -25,9 +25,17 @@ async def create_channel(ctx: Ctx, ip: ClientIP) -> ProvisioningChannelResponse:
 
 
 @router.put("/{channel_id}", status_code=204)
-async def put_payload(channel_id: str, body: ProvisioningPayload, ctx: Ctx, me: CurrentDevice) -> Response:
-    """For an existing device: put the sealed linking payload on the channel (once)."""
-    await ctx.provisioning.put(me, channel_id, body.payload)
+async def put_payload(
+    channel_id: str,
+    body: ProvisioningPayload,
+    ctx: Ctx,
+    me: CurrentDevice,
+    x_channel_secret: Annotated[str | None, Header(alias=SECRET_HEADER, max_length=64)] = None,
+) -> Response:
+    """For an existing device, with the channel secret from the link code in
+    ``X-Channel-Secret``: put the sealed linking payload on the channel (once). 404 when the
+    channel is unknown, expired, or the secret is wrong."""
+    await ctx.provisioning.put(me, channel_id, x_channel_secret, body.payload)
     return Response(status_code=204)
 
 

@@ -5,7 +5,8 @@ All frames are JSON text. Binary values are unpadded base64url; ids are 16-byte 
 Client -> server
     ``{"type":"auth","token":"<access token>"}``  FIRST frame, within :data:`AUTH_TIMEOUT_S`.
         The token never appears in the URL, so it never reaches access logs. It is verified once
-        per connection; a removal of the device closes the socket (4002).
+        per connection; a removal of the device closes the socket (4002), and the socket is closed
+        with 4003 when the token's ``exp`` passes (the client reconnects with a fresh token).
     ``{"type":"ack","queue_seq":N}``  cumulative: every entry with ``queue_seq <= N`` is delivered
         and may be deleted. Also acknowledges a gap marker (ack its ``to_queue_seq``). An ack beyond
         the last sent entry is clamped to it; an ack below the current one is ignored.
@@ -30,7 +31,9 @@ Close codes
     ====  ======================================================================================
     4001  replaced: another socket for the same device connected (one socket per device)
     4002  device removed from its account's device list
-    4003  authentication failed: no/late/malformed auth frame, invalid, expired or revoked token
+    4003  authentication failed: no/late/malformed auth frame, invalid, expired or revoked token;
+          also sent when the token's ``exp`` passes while connected (reconnect with a fresh one)
+          and when reuse of a rotated refresh token revoked the device's token family
     4004  heartbeat timeout: ``heartbeat_missed_limit`` pings went unanswered
     4005  protocol error: a frame that is not valid JSON or not one of the frames above
     1011  internal error on the server
@@ -38,8 +41,11 @@ Close codes
     ====  ======================================================================================
 
 Per connection the server holds: the window (queue_seq -> server_ts for at most ``delivery_window``
-entries), a bounded ephemeral buffer, three tasks (reader, pump, heartbeat), a registry entry and a
-bus subscription. All of it is released in ``finally``, whatever ends the connection.
+entries), an ephemeral buffer bounded by count and by :data:`EPHEMERAL_BUFFER_BYTES`, four tasks
+(reader, pump, heartbeat, token expiry), a registry entry and a bus subscription. Messages over
+:data:`WS_MAX_MESSAGE_BYTES` are refused by the WebSocket server itself (``ws_max_size``, close 1009)
+before anything is buffered, authenticated or not. All of it is released in ``finally``,
+whatever ends the connection.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+import jwt
 import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -58,7 +65,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from crypto.keys import b64decode, b64encode
 from server.api.connections import CLOSE_REPLACED, ConnectionRegistry
 from server.context import AppContext
-from server.errors import Problem
+from server.errors import Problem, ProblemCode
 from server.services import delivery_frames as frames
 from server.services.common import AuthedDevice
 from server.services.delivery import DeliveryService
@@ -76,6 +83,11 @@ CLOSE_SERVICE_RESTART = 1012
 
 AUTH_TIMEOUT_S = 10.0
 MAX_FRAME_BYTES = 4096  # client frames are tiny: auth, ack, pong
+#: The WebSocket server (uvicorn ``ws_max_size``) refuses larger messages before buffering them
+#: (close 1009); :data:`MAX_FRAME_BYTES` is the application's tighter check after that.
+WS_MAX_MESSAGE_BYTES = 64 * 1024
+#: Ephemeral frames waiting for a slow socket are bounded by bytes (oldest dropped first).
+EPHEMERAL_BUFFER_BYTES = 256 * 1024
 _CLOSE_TIMEOUT_S = 2.0
 
 _CLOSE_REASONS = {
@@ -147,7 +159,10 @@ class DeviceConnection:
         self.inflight: dict[int, int | None] = {}  # queue_seq -> server_ts_ms (None: a gap marker)
         self.missed_pongs = 0
         self._drained_reported: int | None = None
-        self._ephemeral: deque[bytes] = deque(maxlen=max(16, window))
+        self._ephemeral: deque[bytes] = deque()
+        self._ephemeral_max = max(16, window)
+        self._ephemeral_bytes = 0
+        self.token_exp_ms: int | None = None  # the access token's expiry (Unix ms), if known
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._closed = asyncio.Event()
@@ -165,11 +180,27 @@ class DeviceConnection:
         self._wake.set()
 
     def on_ephemeral(self, frame: bytes) -> None:
-        self._ephemeral.append(frame)  # bounded: the oldest indicator is dropped first
+        # Bounded by count and by bytes: the oldest indicator is dropped first.
+        if len(frame) > EPHEMERAL_BUFFER_BYTES:
+            return
+        self._ephemeral.append(frame)
+        self._ephemeral_bytes += len(frame)
+        while len(self._ephemeral) > self._ephemeral_max or self._ephemeral_bytes > EPHEMERAL_BUFFER_BYTES:
+            self._ephemeral_bytes -= len(self._ephemeral.popleft())
         self._wake.set()
+
+    @property
+    def ephemeral_buffered_bytes(self) -> int:
+        return self._ephemeral_bytes
+
+    def token_expired(self) -> bool:
+        return self.token_exp_ms is not None and self.delivery.clock() >= self.token_exp_ms
 
     def on_device_removed(self) -> None:
         self.close_soon(CLOSE_DEVICE_REMOVED, "device removed")
+
+    def on_tokens_revoked(self) -> None:
+        self.close_soon(CLOSE_AUTH_FAILED, "token_revoked")
 
     def close_soon(self, code: int, reason: str) -> None:
         if not self._closing.is_set():
@@ -191,6 +222,7 @@ class DeviceConnection:
             asyncio.create_task(self._reader(), name="ws-reader"),
             asyncio.create_task(self._pump(), name="ws-pump"),
             asyncio.create_task(self._heartbeat(), name="ws-heartbeat"),
+            asyncio.create_task(self._expiry(), name="ws-expiry"),
             asyncio.create_task(self._closing.wait(), name="ws-closing"),
         ]
         try:
@@ -247,9 +279,23 @@ class DeviceConnection:
             else:
                 raise _ProtocolError(f"unexpected frame type {kind[:32]!r}")
 
+    async def _expiry(self) -> None:
+        """Close with 4003 when the access token expires. Sleeps until ``exp`` by the app clock,
+        re-reading the clock at least every heartbeat interval (an injected clock may jump)."""
+        if self.token_exp_ms is None:
+            await asyncio.Event().wait()
+            return
+        while not self.token_expired():
+            remaining_s = (self.token_exp_ms - self.delivery.clock()) / 1000
+            await asyncio.sleep(max(0.0, min(remaining_s, self.heartbeat_interval_s)))
+        self.close_soon(CLOSE_AUTH_FAILED, "token_expired")
+
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
+            if self.token_expired():
+                self.close_soon(CLOSE_AUTH_FAILED, "token_expired")
+                return
             if self.missed_pongs >= self.heartbeat_missed_limit:
                 self.metrics.heartbeat_reaps.inc()
                 self.close_soon(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
@@ -332,11 +378,27 @@ class DeviceConnection:
         return False
 
 
-async def _authenticate(ws: WebSocket, ctx: AppContext) -> AuthedDevice | None:
+async def _close_or_abort(ws: WebSocket, code: int, reason: str) -> None:
+    """Close, but never wait more than :data:`_CLOSE_TIMEOUT_S` for it: a client that stops reading
+    blocks the close frame's write. Giving up and returning lets the server drop the transport."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(code=code, reason=reason[:120]), _CLOSE_TIMEOUT_S)
+
+
+def _token_exp_ms(token: str) -> int | None:
+    """The ``exp`` of an access token that was already verified, in Unix milliseconds."""
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return None
+    return exp * 1000 if isinstance(exp, int) and not isinstance(exp, bool) else None
+
+
+async def _authenticate(ws: WebSocket, ctx: AppContext) -> tuple[AuthedDevice, str] | None:
     try:
         message = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
     except TimeoutError:
-        await ws.close(code=CLOSE_AUTH_FAILED, reason="no auth frame")
+        await _close_or_abort(ws, CLOSE_AUTH_FAILED, "no auth frame")
         return None
     if message["type"] == "websocket.disconnect":
         return None
@@ -346,12 +408,12 @@ async def _authenticate(ws: WebSocket, ctx: AppContext) -> AuthedDevice | None:
         frame = {}
     token = frame.get("token")
     if frame.get("type") != "auth" or not isinstance(token, str) or not token or len(token) > 2048:
-        await ws.close(code=CLOSE_AUTH_FAILED, reason="the first frame must be {type: auth, token}")
+        await _close_or_abort(ws, CLOSE_AUTH_FAILED, "the first frame must be {type: auth, token}")
         return None
     try:
-        return await ctx.auth.authenticate_access_token(token)
+        return await ctx.auth.authenticate_access_token(token), token
     except Problem as problem:
-        await ws.close(code=CLOSE_AUTH_FAILED, reason=problem.code.value)
+        await _close_or_abort(ws, CLOSE_AUTH_FAILED, problem.code.value)
         return None
 
 
@@ -362,10 +424,11 @@ async def delivery_socket(ws: WebSocket) -> None:
     registry: ConnectionRegistry = ctx.connections
     metrics: DeliveryMetrics = delivery.metrics
     await ws.accept()
-    device = await _authenticate(ws, ctx)
-    if device is None:
+    authed = await _authenticate(ws, ctx)
+    if authed is None:
         metrics.closes.labels(reason="auth_failed").inc()
         return
+    device, token = authed
     settings = ctx.settings
     conn = DeviceConnection(
         ws,
@@ -376,11 +439,21 @@ async def delivery_socket(ws: WebSocket) -> None:
         heartbeat_interval_s=settings.heartbeat_interval_s,
         heartbeat_missed_limit=settings.heartbeat_missed_limit,
     )
+    conn.token_exp_ms = _token_exp_ms(token)
     subscription = None
     metrics.connections.inc()
     try:
         registry.register(conn)
         subscription = delivery.bus.subscribe(conn.device_id, conn)
+        # A removal between the auth check and the subscription published its event to nobody:
+        # check again now that this connection would hear of it.
+        try:
+            await ctx.auth.authenticate_access_token(token)
+        except Problem as problem:
+            code = CLOSE_DEVICE_REMOVED if problem.code == ProblemCode.TOKEN_REVOKED else CLOSE_AUTH_FAILED
+            conn.close_soon(code, problem.code.value)
+            await conn._close_socket(code, problem.code.value)
+            return
         await conn.start()
         await conn._send(
             frames.encode(
@@ -410,7 +483,7 @@ async def delivery_socket(ws: WebSocket) -> None:
 
 async def start_delivery(ctx: AppContext) -> None:
     """Build and start the delivery side on ``ctx``: bus, connection registry, conversations and
-    delivery services, the device-removed hook, and their shutdown."""
+    delivery services, the device-removed and tokens-revoked hooks, and their shutdown."""
     from server.services.bus import InProcessBus
     from server.services.conversations import ConversationsService
     from server.storage.conversations_repo import ConversationsRepo
@@ -444,6 +517,13 @@ async def start_delivery(ctx: AppContext) -> None:
         await delivery.device_removed(b64decode(device_id))
 
     ctx.on_device_removed.append(on_device_removed)
+
+    async def on_tokens_revoked(_account_id: str, device_id: str) -> None:
+        # Refresh-token reuse revoked the device's token family: whoever holds the socket may be
+        # the thief, so close it (4003); the rightful device logs in again.
+        await bus.publish_tokens_revoked(b64decode(device_id))
+
+    ctx.on_tokens_revoked.append(on_tokens_revoked)
 
     async def stop() -> None:
         await registry.close_all(CLOSE_SERVICE_RESTART, "server restarting")

@@ -20,9 +20,10 @@ Tokens and passwords are never logged.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import jwt
@@ -37,6 +38,12 @@ from server.services.passwords import Passwords
 from server.services.ratelimit import RateLimiter
 from server.storage.accounts_repo import AccountsRepo
 from server.storage.auth_repo import AuthRepo, ChallengeRow, RefreshTokenRow, RotateOutcome
+
+log = logging.getLogger(__name__)
+
+#: Awaited with ``(account_id, device_id)`` (base64url) after a refresh-token family of that
+#: device was revoked (reuse detected), once the revocation is committed.
+TokensRevokedHook = Callable[[str, str], Awaitable[None]]
 
 JWT_ALGORITHM = "HS256"
 NONCE_SIZE = 32
@@ -64,8 +71,12 @@ class Challenge:
 
 @dataclass(frozen=True, slots=True)
 class RateLimits:
+    #: Failed logins per account (successful logins do not count).
     login_per_account: str
+    #: All login attempts per client IP.
     login_per_ip: str
+    #: Failed logins per (account, client IP).
+    login_failures_per_account_ip: str = "5/minute"
 
 
 def _unauthorized(detail: str = "invalid credentials") -> Problem:
@@ -87,6 +98,7 @@ class AuthService:
         challenge_ttl_s: int,
         limits: RateLimits,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        on_tokens_revoked: list[TokensRevokedHook] | None = None,
     ) -> None:
         self._accounts = accounts
         self._repo = repo
@@ -99,12 +111,31 @@ class AuthService:
         self._challenge_ttl = challenge_ttl_s
         self._limits = limits
         self._random = random_bytes
+        self._on_tokens_revoked = on_tokens_revoked if on_tokens_revoked is not None else []
 
     # -- logins ------------------------------------------------------------------------------
 
     def _rate_limit_login(self, username_lower: str, client_ip: str) -> None:
+        """Before checking credentials: count the attempt per IP, and refuse (without counting)
+        when the account, or the (account, IP) pair, has too many recent *failures*. Successful
+        logins never count against an account, so a stranger cannot lock its owner out by
+        logging in as them; the owner is only blocked by failures (their own or an attacker's)
+        and a per-(account, IP) window keeps an attacker's failures from one address bounded."""
         self._limiter.hit(self._limits.login_per_ip, "login-ip", client_ip)
-        self._limiter.hit(self._limits.login_per_account, "login-account", username_lower)
+        self._limiter.check(self._limits.login_per_account, "login-fail-account", username_lower)
+        self._limiter.check(
+            self._limits.login_failures_per_account_ip,
+            "login-fail-account-ip",
+            f"{username_lower}|{client_ip}",
+        )
+
+    def _record_login_failure(self, username_lower: str, client_ip: str) -> None:
+        self._limiter.record(self._limits.login_per_account, "login-fail-account", username_lower)
+        self._limiter.record(
+            self._limits.login_failures_per_account_ip,
+            "login-fail-account-ip",
+            f"{username_lower}|{client_ip}",
+        )
 
     async def login_password(
         self, username: str, password: str, device_id_b64: str, client_ip: str
@@ -118,6 +149,7 @@ class AuthService:
         account = await self._accounts.get_by_username(lower)
         ok = await self._passwords.verify(None if account is None else account.password_hash, password)
         if account is None or not ok:
+            self._record_login_failure(lower, client_ip)
             raise _unauthorized()
         device = await self._accounts.get_device(device_id)
         if device is None or device.account_id != account.id or not device.active:
@@ -177,6 +209,7 @@ class AuthService:
                 SigningContext.LOGIN_CHALLENGE, login_challenge_message(lower, device_id, nonce), signature
             )
         except CryptoError as exc:
+            self._record_login_failure(lower, client_ip)
             raise Problem(
                 401, ProblemCode.DEVICE_SIGNATURE_INVALID, "the challenge signature does not verify"
             ) from exc
@@ -245,6 +278,8 @@ class AuthService:
         if result.outcome is RotateOutcome.REVOKED:
             raise Problem(401, ProblemCode.TOKEN_REVOKED, "the refresh token was revoked; log in again")
         if result.outcome is RotateOutcome.REUSED:
+            assert result.old is not None
+            await self._tokens_revoked(result.old.account_id, result.old.device_id)
             raise Problem(
                 401,
                 ProblemCode.REFRESH_TOKEN_REUSED,
@@ -261,6 +296,14 @@ class AuthService:
             encode_id(result.old.account_id),
             encode_id(result.old.device_id),
         )
+
+    async def _tokens_revoked(self, account_id: bytes, device_id: bytes) -> None:
+        account_b64, device_b64 = encode_id(account_id), encode_id(device_id)
+        for hook in list(self._on_tokens_revoked):
+            try:
+                await hook(account_b64, device_b64)
+            except Exception:
+                log.exception("on_tokens_revoked hook failed")
 
     def decode_access_token(self, token: str) -> AuthedDevice:
         """Check signature and expiry (against the injected clock) without touching the database."""

@@ -32,6 +32,8 @@ class DeviceListener(Protocol):
 
     def on_device_removed(self) -> None: ...
 
+    def on_tokens_revoked(self) -> None: ...
+
 
 class Subscription:
     """A handle returned by :meth:`DeliveryBus.subscribe`; pass it back to unsubscribe."""
@@ -60,6 +62,11 @@ class DeliveryBus(Protocol):
         ...
 
     async def publish_device_removed(self, device_id: bytes) -> None: ...
+
+    async def publish_tokens_revoked(self, device_id: bytes) -> None:
+        """The device's refresh-token family was revoked (a rotated token was reused): its
+        listeners close their sockets (4003)."""
+        ...
 
     def subscriber_count(self) -> int: ...
 
@@ -111,6 +118,10 @@ class InProcessBus:
     async def publish_device_removed(self, device_id: bytes) -> None:
         for listener in self._listeners(device_id):
             _safely(listener.on_device_removed)
+
+    async def publish_tokens_revoked(self, device_id: bytes) -> None:
+        for listener in self._listeners(device_id):
+            _safely(listener.on_tokens_revoked)
 
     def subscriber_count(self) -> int:
         return sum(len(v) for v in self._subs.values())

@@ -4,7 +4,8 @@ Send rules, checked in this order:
 
 1. Limits: at most ``max_recipients`` ciphertexts, all ciphertexts plus the clock at most
    ``max_envelope_bytes`` together (the fan-out copies of one message; large payloads travel as
-   attachments), a clock of at most :data:`MAX_CLOCK_BYTES`, no device twice (413 / 422).
+   attachments), a clock of at most :data:`MAX_CLOCK_BYTES`, ephemeral envelopes at most
+   :data:`MAX_EPHEMERAL_BYTES`, no device twice (413 / 422).
 2. Idempotency: ``(sending device, envelope_id)`` already stored -> the stored result again if the
    request is byte-for-byte the same (its SHA-256 matches), else 409 ``idempotency_conflict``. This
    comes before every other check, so a retry succeeds even if the device lists changed meanwhile.
@@ -14,7 +15,8 @@ Send rules, checked in this order:
    410 ``device_list_outdated`` with the current signed lists of those accounts.
 5. Recipients: the devices addressed must be exactly the active devices of every member plus the
    sender's other devices, minus the sending device -> else 409 ``recipients_mismatch`` with the
-   missing and extra devices per account.
+   missing and extra devices per account. A stored envelope addressed to nobody (the sending device
+   is the only device in the conversation) -> 422 ``no_recipients``.
 6. Stored envelopes go through the group-commit writer (one transaction for the envelope, its copies
    and one queue row per recipient device; gap-free ``server_seq``), and the recipients are woken on
    the bus after the commit. Ephemeral envelopes skip the database: each recipient device that is
@@ -57,6 +59,8 @@ from server.storage.envelopes_repo import (
 log = logging.getLogger(__name__)
 
 MAX_CLOCK_BYTES = 64 * 1024
+#: Ephemeral envelopes (typing indicators) are held in memory for slow sockets: keep them small.
+MAX_EPHEMERAL_BYTES = 16 * 1024
 MAX_HISTORY_LIMIT = 500
 DEFAULT_HISTORY_LIMIT = 100
 
@@ -186,6 +190,14 @@ class DeliveryService:
             raise Problem(404, ProblemCode.CONVERSATION_NOT_FOUND, "no such conversation")
         await self._check_versions(routing, req.device_list_versions)
         await self._check_recipients(routing, sender_account_id, sender_device_id, req.ciphertexts)
+        if not req.ephemeral and not req.ciphertexts:
+            # The recipients check passed with nothing addressed: the sending device is the only
+            # device in the conversation. A stored envelope nobody can ever read is refused.
+            raise Problem(
+                422,
+                ProblemCode.NO_RECIPIENTS,
+                "the conversation has no other device to deliver this envelope to",
+            )
 
         if req.ephemeral:
             now = self.clock()
@@ -245,6 +257,13 @@ class DeliveryService:
                 ProblemCode.ENVELOPE_TOO_LARGE,
                 f"ciphertexts plus clock are limited to {self.max_envelope_bytes} bytes per envelope",
                 limit=self.max_envelope_bytes,
+            )
+        if req.ephemeral and size > MAX_EPHEMERAL_BYTES:
+            raise Problem(
+                413,
+                ProblemCode.EPHEMERAL_TOO_LARGE,
+                f"ciphertexts plus clock of an ephemeral envelope are limited to {MAX_EPHEMERAL_BYTES} bytes",
+                limit=MAX_EPHEMERAL_BYTES,
             )
         devices = [d for d, _ in req.ciphertexts]
         if len(set(devices)) != len(devices):

@@ -1,9 +1,11 @@
 """Device-list updates: the only way devices join or leave an account.
 
 A new signed list is accepted only if it verifies under the account key and extends the current
-one (version + 1, previous hash = hash of the current list). Devices it names become routable;
-devices it drops are removed at once (refresh tokens revoked, prekeys deleted, access tokens
-refused from the next request) and the ``on_device_removed`` hooks close their sockets.
+one (version + 1, previous hash = hash of the current list); that signature is the whole
+authority (no bearer token is needed: see :meth:`DeviceService.update_account_list`). Devices it
+names become routable; devices it drops are removed at once (refresh tokens revoked, prekeys
+deleted, access tokens refused from the next request) and the ``on_device_removed`` hooks close
+their sockets.
 """
 
 from __future__ import annotations
@@ -67,7 +69,15 @@ class DeviceService:
         ]
 
     async def update_list(self, caller: AuthedDevice, device_list_b64: str) -> ListUpdate:
-        account_id = caller.account_id_bytes
+        """The authenticated path: a device of the account publishes a new list."""
+        return await self.update_account_list(caller.account_id_bytes, device_list_b64)
+
+    async def update_account_list(self, account_id: bytes, device_list_b64: str) -> ListUpdate:
+        """Adopt ``device_list_b64`` for ``account_id``. Its authority is the account-key
+        signature alone (the caller's token, if any, adds none): it must verify under the stored
+        account key and username and extend the current list (version + 1, predecessor hash).
+        Both ``PUT /v1/accounts/me/device-list`` and the token-less
+        ``PUT /v1/accounts/{account_id}/device-list/signed`` (linking) come here."""
         account = await self._repo.get(account_id)
         current = await self._repo.current_list(account_id)
         if account is None or current is None:

@@ -3,6 +3,12 @@
 Every uploaded prekey's signature is checked against the uploading device's signing key. A claim
 hands out each one-time prekey at most once (see :mod:`server.storage.prekeys_repo`) and falls
 back to the last-resort prekey when none is left.
+
+Claims are the only way to consume one-time prekeys: :meth:`KeyDirectoryService.claim_many`
+de-duplicates its targets, caps them (``max_claim_targets``), takes every bundle in one write
+transaction and counts each bundle against the caller's per-device claim rate limit. Peeks
+(:meth:`KeyDirectoryService.peek`, for the GET routes) never consume anything: they give the
+signed and last-resort prekeys only.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from crypto.keys import DeviceSigningPublicKey, KeyKind, PreKeyPublic, b64encode
 from server.clock import Clock
 from server.errors import Problem, ProblemCode
 from server.services.common import AuthedDevice, decode_b64_field, decode_id, encode_id
-from server.storage.accounts_repo import AccountsRepo
-from server.storage.prekeys_repo import PreKeyRow, PreKeysRepo
+from server.services.ratelimit import RateLimiter
+from server.storage.accounts_repo import AccountsRepo, DeviceRow
+from server.storage.prekeys_repo import ClaimedPreKeys, PreKeyRow, PreKeysRepo, StoreFullError
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +46,26 @@ class Bundle:
 
 
 class KeyDirectoryService:
-    def __init__(self, accounts: AccountsRepo, repo: PreKeysRepo, clock: Clock, *, max_batch: int) -> None:
+    def __init__(
+        self,
+        accounts: AccountsRepo,
+        repo: PreKeysRepo,
+        clock: Clock,
+        *,
+        max_batch: int,
+        max_stored_one_time: int = 1000,
+        max_claim_targets: int = 100,
+        limiter: RateLimiter | None = None,
+        claim_rate_per_device: str = "600/minute",
+    ) -> None:
         self._accounts = accounts
         self._repo = repo
         self._clock = clock
         self._max_batch = max_batch
+        self._max_stored = max_stored_one_time
+        self._max_targets = max_claim_targets
+        self._limiter = limiter
+        self._claim_rate = claim_rate_per_device
 
     def _parse(self, text: str, kind: KeyKind, field: str, signer: DeviceSigningPublicKey) -> PreKeyRow:
         raw = decode_b64_field(text, field)
@@ -104,26 +126,86 @@ class KeyDirectoryService:
             raise Problem(
                 422, ProblemCode.VALIDATION_FAILED, "one-time prekey ids must be unique in an upload"
             )
-        await self._repo.upload(device.device_id, signed, last, one_time, self._clock())
+        try:
+            await self._repo.upload(
+                device.device_id, signed, last, one_time, self._clock(), max_one_time=self._max_stored
+            )
+        except StoreFullError as exc:
+            raise Problem(
+                422,
+                ProblemCode.PREKEY_STORE_FULL,
+                f"a device may store at most {self._max_stored} one-time prekeys"
+                f" ({exc.stored} stored); upload fewer",
+                limit=self._max_stored,
+                stored=exc.stored,
+            ) from exc
         return await self.counts(caller)
 
     async def counts(self, caller: AuthedDevice) -> PreKeyCountsInfo:
         c = await self._repo.counts(caller.device_id_bytes)
         return PreKeyCountsInfo(c.one_time, c.signed_key_id, c.last_resort_key_id)
 
-    async def claim(self, account_id_b64: str, device_id_b64: str) -> Bundle:
+    def _rate_limit(self, caller: AuthedDevice, bundles: int) -> None:
+        if self._limiter is not None and bundles > 0:
+            self._limiter.hit(self._claim_rate, "prekey-claims-device", caller.device_id, cost=bundles)
+
+    async def _target(self, account_id_b64: str, device_id_b64: str) -> DeviceRow:
         account_id = decode_id(account_id_b64, "account")
         device_id = decode_id(device_id_b64, "device")
         device = await self._accounts.get_device(device_id)
         if device is None or device.account_id != account_id or not device.active:
             raise Problem(404, ProblemCode.NOT_FOUND, "no such device in this account's current list")
-        claimed = await self._repo.claim(device_id)
+        return device
+
+    async def claim_many(self, caller: AuthedDevice, targets: Sequence[tuple[str, str]]) -> list[Bundle]:
+        """One bundle per distinct ``(account_id, device_id)``, in first-seen order, all taken in
+        one write transaction (404 for any unknown or inactive device, or one without a signed
+        prekey; then nothing is consumed)."""
+        distinct = list(dict.fromkeys(targets))
+        if len(distinct) > self._max_targets:
+            raise Problem(
+                413,
+                ProblemCode.TOO_MANY_CLAIM_TARGETS,
+                f"at most {self._max_targets} distinct devices per claim",
+                limit=self._max_targets,
+            )
+        devices = [await self._target(a, d) for a, d in distinct]
+        self._rate_limit(caller, len(devices))
+        claimed = await self._repo.claim_many([d.device_id for d in devices])
+        return [self._bundle(d, claimed[d.device_id]) for d in devices]
+
+    async def claim(self, caller: AuthedDevice, account_id_b64: str, device_id_b64: str) -> Bundle:
+        return (await self.claim_many(caller, [(account_id_b64, device_id_b64)]))[0]
+
+    async def peek(self, caller: AuthedDevice, account_id_b64: str, device_id_b64: str) -> Bundle:
+        """A bundle without a one-time prekey (signed + last-resort), consuming nothing."""
+        device = await self._target(account_id_b64, device_id_b64)
+        self._rate_limit(caller, 1)
+        return self._bundle(device, await self._repo.peek(device.device_id))
+
+    async def peek_account(self, caller: AuthedDevice, account_id_b64: str) -> list[Bundle]:
+        """:meth:`peek` for every active device of the account (devices without prekeys are
+        skipped)."""
+        account_id = decode_id(account_id_b64, "account")
+        if await self._accounts.get(account_id) is None:
+            raise Problem(404, ProblemCode.NOT_FOUND, "no such account")
+        devices = list(await self._accounts.active_devices(account_id))
+        self._rate_limit(caller, len(devices))
+        bundles: list[Bundle] = []
+        for device in devices:
+            peeked = await self._repo.peek(device.device_id)
+            if peeked.signed is not None:
+                bundles.append(self._bundle(device, peeked))
+        return bundles
+
+    @staticmethod
+    def _bundle(device: DeviceRow, claimed: ClaimedPreKeys) -> Bundle:
         if claimed.signed is None:
             raise Problem(404, ProblemCode.NO_PREKEYS, "this device has not published a signed prekey yet")
         try:
             return Bundle(
-                account_id=encode_id(account_id),
-                device_id=encode_id(device_id),
+                account_id=encode_id(device.account_id),
+                device_id=encode_id(device.device_id),
                 signing_key=b64encode(device.signing_key),
                 dh_key=b64encode(device.dh_key),
                 signed_prekey=b64encode(claimed.signed),
@@ -137,17 +219,3 @@ class KeyDirectoryService:
             )
         except EncodingError as exc:  # pragma: no cover - stored values were checked on upload
             raise Problem(500, ProblemCode.INTERNAL_ERROR, "stored key is corrupt") from exc
-
-    async def claim_account(self, account_id_b64: str) -> list[Bundle]:
-        """One bundle per active device of the account (devices without prekeys are skipped)."""
-        account_id = decode_id(account_id_b64, "account")
-        if await self._accounts.get(account_id) is None:
-            raise Problem(404, ProblemCode.NOT_FOUND, "no such account")
-        bundles: list[Bundle] = []
-        for device in await self._accounts.active_devices(account_id):
-            try:
-                bundles.append(await self.claim(account_id_b64, encode_id(device.device_id)))
-            except Problem as problem:
-                if problem.code is not ProblemCode.NO_PREKEYS:
-                    raise
-        return bundles

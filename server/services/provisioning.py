@@ -2,7 +2,8 @@
 the server cannot open) from an existing device to a new device and then forgets it.
 
 1. The new device: ``create()`` -> channel id + channel secret (it shows both in its link code).
-2. An existing, authenticated device: ``put(channel_id, payload)`` once.
+2. An existing, authenticated device, which read the channel id and secret from the link code:
+   ``put(channel_id, secret, payload)`` once (the secret proves it saw the link code).
 3. The new device: ``take(channel_id, secret)`` -> the payload (then deleted), or nothing yet.
 """
 
@@ -64,13 +65,23 @@ class ProvisioningService:
         await self._repo.create(channel_id, hashlib.sha256(secret).digest(), now, now + self._ttl * 1000)
         return Channel(b64encode(channel_id), b64encode(secret), self._ttl)
 
-    async def put(self, caller: AuthedDevice, channel_id_b64: str, payload_b64: str) -> None:
-        del caller  # any authenticated device may link; the payload is sealed end to end
+    async def put(
+        self, caller: AuthedDevice, channel_id_b64: str, secret_b64: str | None, payload_b64: str
+    ) -> None:
+        """Store the payload, if ``secret_b64`` is the channel's secret (404 otherwise: a wrong
+        secret is indistinguishable from an unknown channel)."""
+        del caller  # any authenticated device that saw the link code may link
         channel_id = decode_id(channel_id_b64, "provisioning channel")
+        if secret_b64 is None:
+            raise _not_found()
+        try:
+            secret = decode_b64_field(secret_b64, "channel secret")
+        except Problem:
+            raise _not_found() from None
         payload = decode_b64_field(payload_b64, "payload")
         if len(payload) > self._max:
             raise Problem(413, ProblemCode.PAYLOAD_TOO_LARGE, f"payload is larger than {self._max} bytes")
-        outcome = await self._repo.put(channel_id, payload, self._clock())
+        outcome = await self._repo.put(channel_id, hashlib.sha256(secret).digest(), payload, self._clock())
         if outcome is PutOutcome.NOT_FOUND:
             raise _not_found()
         if outcome is PutOutcome.ALREADY_SET:

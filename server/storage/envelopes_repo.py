@@ -4,11 +4,14 @@ Everything here is SQLAlchemy Core (no ORM) and shaped for group commit: :meth:`
 applies many sends and acknowledgements with a fixed number of multi-row statements in ONE
 transaction, whatever the batch size:
 
-1. look up the idempotency keys already stored (``(sender_device_id, envelope_id)``);
+1. look up the idempotency keys already stored (``(sender_device_id, envelope_id) IN (...)``, in
+   the unique index);
 2. lock and read the conversations' ``last_server_seq`` (``FOR UPDATE`` on PostgreSQL, ordered by id
    so that two writers cannot deadlock; SQLite has one writer anyway), assign gap-free seqs;
-3. lock and read the recipient devices' queue counters (same ordering), create the missing ones,
-   assign ``queue_seq``;
+3. lock and read the recipient devices' queue counters, and those of the batch's acks (same
+   ordering; every path locks ``device_queue_state`` rows in device-id order after conversations),
+   create the missing ones (``ON CONFLICT DO NOTHING``: another instance may create them at the
+   same time), assign ``queue_seq``;
 4. insert envelopes, ciphertext copies and queue rows (executemany), update the counters;
 5. delete acknowledged queue rows and raise the acknowledged watermarks.
 
@@ -23,8 +26,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, bindparam, case, delete, func, insert, select, tuple_, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from server.storage.db import Database
 from server.storage.delivery_schema import (
@@ -151,6 +157,51 @@ _raise_purged = (
 )
 
 
+async def _lock_queue_states(conn: AsyncConnection, devices: set[bytes]) -> dict[bytes, int]:
+    """Lock the devices' queue-state rows (``FOR UPDATE`` on PostgreSQL; SQLite has one writer)
+    in device-id order, the order every path uses; returns device -> ``last_queue_seq`` for the
+    rows that exist."""
+    if not devices:
+        return {}
+    rows = await conn.execute(
+        select(device_queue_state.c.device_id, device_queue_state.c.last_queue_seq)
+        .where(device_queue_state.c.device_id.in_(sorted(devices)))
+        .order_by(device_queue_state.c.device_id)
+        .with_for_update()
+    )
+    return {bytes(d): int(n) for d, n in rows}
+
+
+async def create_queue_states(conn: AsyncConnection, devices: Sequence[bytes]) -> None:
+    """Create the devices' queue-state rows if missing (``INSERT ... ON CONFLICT DO NOTHING``, in
+    device-id order): another instance creating the same row concurrently is not an error."""
+    if not devices:
+        return
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    await conn.execute(
+        dialect_insert(device_queue_state).on_conflict_do_nothing(index_elements=["device_id"]),
+        [
+            {"device_id": d, "last_queue_seq": 0, "acked_through": 0, "purged_through": 0}
+            for d in sorted(set(devices))
+        ],
+    )
+
+
+def _idempotency_keys_in(keys: set[tuple[bytes, bytes]]) -> ColumnElement[bool]:
+    """``sender_device_id = s AND envelope_id IN (...)`` per sending device (few per batch), OR-ed:
+    leads with the unique constraint's first column, so both PostgreSQL and SQLite look the keys up
+    in its index instead of scanning ``envelopes`` (a row-value ``IN`` is scanned by SQLite)."""
+    by_sender: dict[bytes, list[bytes]] = {}
+    for sender_device_id, envelope_id in sorted(keys):
+        by_sender.setdefault(sender_device_id, []).append(envelope_id)
+    return or_(
+        *(
+            and_(envelopes.c.sender_device_id == sender, envelopes.c.envelope_id.in_(ids))
+            for sender, ids in by_sender.items()
+        )
+    )
+
+
 def _stored(row: object) -> StoredEnvelope:
     return StoredEnvelope(
         conversation_id=bytes(row.conversation_id),  # type: ignore[attr-defined]
@@ -260,8 +311,10 @@ class EnvelopesRepo:
     async def history(
         self, conversation_id: bytes, device_id: bytes, after: int, limit: int
     ) -> list[HistoryItem]:
-        """Envelopes of a conversation with ``server_seq > after``, each with only the copy
-        addressed to ``device_id`` (or none)."""
+        """Envelopes of a conversation with ``server_seq > after`` that carry a copy for
+        ``device_id`` (with only that copy), or that ``device_id`` sent itself (no copy). Envelopes
+        from before the device joined (or addressed elsewhere) are not listed: their metadata is
+        not the device's to see. ``server_seq`` values skipped in a page are such envelopes."""
         q = (
             select(
                 envelopes.c.server_seq,
@@ -282,7 +335,11 @@ class EnvelopesRepo:
                     ),
                 )
             )
-            .where(envelopes.c.conversation_id == conversation_id, envelopes.c.server_seq > after)
+            .where(
+                envelopes.c.conversation_id == conversation_id,
+                envelopes.c.server_seq > after,
+                or_(envelope_copies.c.device_id.is_not(None), envelopes.c.sender_device_id == device_id),
+            )
             .order_by(envelopes.c.server_seq)
             .limit(limit)
         )
@@ -323,13 +380,18 @@ class EnvelopesRepo:
     ) -> list[SendOutcome]:
         """Apply ``sends`` and ``acks`` in one transaction; one outcome per send, in order."""
         async with self._db.write() as conn:
-            outcomes = await self._apply_sends(conn, sends, now_ms) if sends else []
+            ack_devices = {a.device_id for a in acks}
+            outcomes = await self._apply_sends(conn, sends, now_ms, ack_devices) if sends else []
             if acks:
                 await self._apply_acks(conn, acks)
         return outcomes
 
     async def _apply_sends(
-        self, conn: AsyncConnection, sends: Sequence[NewEnvelope], now_ms: int
+        self,
+        conn: AsyncConnection,
+        sends: Sequence[NewEnvelope],
+        now_ms: int,
+        ack_devices: set[bytes] | frozenset[bytes] = frozenset(),
     ) -> list[SendOutcome]:
         keys = {(e.sender_device_id, e.envelope_id) for e in sends}
         existing: dict[tuple[bytes, bytes], StoredEnvelope] = {}
@@ -341,7 +403,7 @@ class EnvelopesRepo:
                 envelopes.c.server_ts_ms,
                 envelopes.c.request_hash,
                 envelopes.c.sender_device_id,
-            ).where(envelopes.c.envelope_id.in_(list({e.envelope_id for e in sends})))
+            ).where(_idempotency_keys_in(keys))
         )
         for row in rows:
             key = (bytes(row.sender_device_id), bytes(row.envelope_id))
@@ -387,25 +449,14 @@ class EnvelopesRepo:
             )
             need = Counter(dev for _, env, _ in fresh for dev, _ in env.copies)
             devices = sorted(need)
-            counters: dict[bytes, int] = {
-                bytes(d): int(n)
-                for d, n in await conn.execute(
-                    select(device_queue_state.c.device_id, device_queue_state.c.last_queue_seq)
-                    .where(device_queue_state.c.device_id.in_(devices))
-                    .order_by(device_queue_state.c.device_id)
-                    .with_for_update()
-                )
-            }
+            # Every queue-state row this transaction writes (the batch's acks included) is locked
+            # here, in one sorted statement: the global lock order is conversations, then
+            # device_queue_state by device id, then queue rows.
+            counters = await _lock_queue_states(conn, set(devices) | set(ack_devices))
             missing = [d for d in devices if d not in counters]
             if missing:
-                await conn.execute(
-                    insert(device_queue_state),
-                    [
-                        {"device_id": d, "last_queue_seq": 0, "acked_through": 0, "purged_through": 0}
-                        for d in missing
-                    ],
-                )
-                counters.update(dict.fromkeys(missing, 0))
+                await create_queue_states(conn, missing)
+                counters.update(await _lock_queue_states(conn, set(missing)))
 
             env_rows = []
             copy_rows = []
@@ -467,6 +518,7 @@ class EnvelopesRepo:
         through: dict[bytes, int] = {}
         for a in acks:
             through[a.device_id] = max(through.get(a.device_id, 0), a.through)
+        await _lock_queue_states(conn, set(through))
         params = [{"b_device": d, "b_through": t} for d, t in sorted(through.items())]
         await conn.execute(_delete_acked, params)
         await conn.execute(_raise_acked, params)
@@ -483,9 +535,13 @@ class EnvelopesRepo:
             expired = expired.where(device_queue.c.device_id == device_id)
         expired = expired.group_by(device_queue.c.device_id)
         async with self._db.write() as conn:
-            marks = [{"b_device": bytes(d), "b_through": int(m)} for d, m in await conn.execute(expired)]
+            marks = sorted(
+                ({"b_device": bytes(d), "b_through": int(m)} for d, m in await conn.execute(expired)),
+                key=lambda m: m["b_device"],
+            )
             dropped = 0
             if marks:
+                await _lock_queue_states(conn, {m["b_device"] for m in marks})
                 result = await conn.execute(_delete_acked, marks)
                 dropped = max(0, int(result.rowcount or 0))
                 await conn.execute(_raise_purged, marks)

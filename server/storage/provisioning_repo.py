@@ -43,11 +43,13 @@ class ProvisioningRepo:
                 )
             )
 
-    async def put(self, channel_id: bytes, payload: bytes, now_ms: int) -> PutOutcome:
+    async def put(self, channel_id: bytes, secret_hash: bytes, payload: bytes, now_ms: int) -> PutOutcome:
+        """Store the payload once, if the secret matches (compared in constant time). The store
+        is a single ``UPDATE ... WHERE payload IS NULL``: of two concurrent puts exactly one wins."""
         async with self._db.write() as conn:
             row = (
                 await conn.execute(
-                    select(provisioning_channels.c.payload).where(
+                    select(provisioning_channels.c.secret_hash).where(
                         and_(
                             provisioning_channels.c.id == channel_id,
                             provisioning_channels.c.expires_at_ms > now_ms,
@@ -55,28 +57,33 @@ class ProvisioningRepo:
                     )
                 )
             ).first()
-            if row is None:
+            if row is None or not hmac.compare_digest(bytes(row.secret_hash), secret_hash):
                 return PutOutcome.NOT_FOUND
-            if row.payload is not None:
-                return PutOutcome.ALREADY_SET
-            await conn.execute(
+            stored = await conn.execute(
                 update(provisioning_channels)
-                .where(provisioning_channels.c.id == channel_id)
+                .where(
+                    and_(
+                        provisioning_channels.c.id == channel_id,
+                        provisioning_channels.c.expires_at_ms > now_ms,
+                        provisioning_channels.c.payload.is_(None),
+                    )
+                )
                 .values(payload=payload)
             )
-            return PutOutcome.STORED
+            return PutOutcome.STORED if stored.rowcount == 1 else PutOutcome.ALREADY_SET
 
     async def take(
         self, channel_id: bytes, secret_hash: bytes, now_ms: int
     ) -> tuple[TakeOutcome, bytes | None]:
         """Return the payload and delete the channel, if the secret matches and a payload is there.
 
-        The secret hash is compared by the database lookup on the (random, 16-byte) channel id
-        first, then here in constant time."""
+        The secret hash is checked in constant time; the payload is then taken with a single
+        ``DELETE ... WHERE payload IS NOT NULL RETURNING payload``, so it is handed out once
+        even to concurrent takers."""
         async with self._db.write() as conn:
             row = (
                 await conn.execute(
-                    select(provisioning_channels).where(
+                    select(provisioning_channels.c.secret_hash).where(
                         and_(
                             provisioning_channels.c.id == channel_id,
                             provisioning_channels.c.expires_at_ms > now_ms,
@@ -84,9 +91,22 @@ class ProvisioningRepo:
                     )
                 )
             ).first()
-            if row is None or not hmac.compare_digest(row.secret_hash, secret_hash):
+            if row is None or not hmac.compare_digest(bytes(row.secret_hash), secret_hash):
                 return TakeOutcome.NOT_FOUND, None
-            if row.payload is None:
-                return TakeOutcome.EMPTY, None
-            await conn.execute(delete(provisioning_channels).where(provisioning_channels.c.id == channel_id))
-            return TakeOutcome.TAKEN, bytes(row.payload)
+            payload = await conn.scalar(
+                delete(provisioning_channels)
+                .where(
+                    and_(
+                        provisioning_channels.c.id == channel_id,
+                        provisioning_channels.c.expires_at_ms > now_ms,
+                        provisioning_channels.c.payload.is_not(None),
+                    )
+                )
+                .returning(provisioning_channels.c.payload)
+            )
+            if payload is not None:
+                return TakeOutcome.TAKEN, bytes(payload)
+            still_there = await conn.scalar(
+                select(provisioning_channels.c.id).where(provisioning_channels.c.id == channel_id)
+            )
+            return (TakeOutcome.EMPTY, None) if still_there is not None else (TakeOutcome.NOT_FOUND, None)

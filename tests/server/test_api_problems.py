@@ -122,9 +122,10 @@ def test_provisioning_relays_one_sealed_payload(client: httpx.Client, clock: Man
     )
     _problem(client.put(url, json={"payload": "AAAA"}), 401, "unauthorized")
     sealed = b64encode(os.urandom(300))
-    assert client.put(url, json={"payload": sealed}, headers=existing.first.headers).status_code == 204
+    linker = existing.first.headers | secret
+    assert client.put(url, json={"payload": sealed}, headers=linker).status_code == 204
     _problem(
-        client.put(url, json={"payload": sealed}, headers=existing.first.headers),
+        client.put(url, json={"payload": sealed}, headers=linker),
         409,
         "provisioning_payload_exists",
     )
@@ -139,8 +140,34 @@ def test_provisioning_relays_one_sealed_payload(client: httpx.Client, clock: Man
         client.put(
             f"/v1/provisioning/{expiring['channel_id']}",
             json={"payload": sealed},
-            headers=existing.first.headers,
+            headers=existing.first.headers | {"X-Channel-Secret": expiring["channel_secret"]},
         ),
         404,
         "provisioning_channel_not_found",
     )
+
+
+def test_readyz_does_not_reread_migration_scripts(
+    live_server: LiveServer, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head revision is cached at startup: readiness only asks the database."""
+    from alembic.script import ScriptDirectory
+
+    def boom(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("/readyz re-read the Alembic scripts")
+
+    monkeypatch.setattr(ScriptDirectory, "from_config", boom)
+    assert client.get("/readyz").json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize("secret", ["short", "x" * 31, "é" * 15])
+def test_short_jwt_secret_is_rejected(secret: str) -> None:
+    from pydantic import ValidationError
+
+    from server.settings import Settings
+
+    with pytest.raises(ValidationError) as info:
+        Settings(jwt_secret=secret)
+    assert "jwt_secret" in str(info.value)
+    assert secret not in str(info.value)  # the secret itself is never echoed
+    assert Settings(jwt_secret="y" * 32).jwt_secret == "y" * 32

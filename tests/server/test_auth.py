@@ -193,18 +193,85 @@ def test_device_login_by_challenge(client: httpx.Client, clock: ManualClock) -> 
     assert (r.status_code, _code(r)) == (401, "challenge_invalid")
 
 
+def test_refresh_token_reuse_calls_tokens_revoked_hooks(live_server: LiveServer) -> None:
+    calls: list[tuple[str, str]] = []
+
+    async def hook(account_id: str, device_id: str) -> None:
+        calls.append((account_id, device_id))
+
+    async def failing(account_id: str, device_id: str) -> None:
+        raise RuntimeError("hooks must not break the response")
+
+    live_server.ctx.on_tokens_revoked.extend([failing, hook])
+    with live_server.client() as client:
+        account = register(client)
+        first_refresh = account.first.refresh_token
+        assert client.post("/v1/auth/refresh", json={"refresh_token": first_refresh}).status_code == 200
+        assert calls == []  # a normal rotation revokes nothing
+        r = client.post("/v1/auth/refresh", json={"refresh_token": first_refresh})
+        assert (r.status_code, _code(r)) == (401, "refresh_token_reused")
+    assert calls == [(account.account_id, account.first.id)]
+
+
 def test_login_rate_limited(make_server: Callable[..., LiveServer]) -> None:
     server = make_server(rate_limit_login_per_account="3/minute", rate_limit_register_per_ip="2/minute")
     with server.client() as client:
         account = register(client)
+        wrong = {"username": account.username, "password": "not-the-password", "device_id": account.first.id}
         for _ in range(3):
-            assert login(client, account, account.first).status_code == 200
-        r = login(client, account, account.first)
+            r = client.post("/v1/auth/login", json=wrong)
+            assert (r.status_code, _code(r)) == (401, "unauthorized")
+        r = client.post("/v1/auth/login", json=wrong)
         assert (r.status_code, _code(r)) == (429, "rate_limited")
         assert int(r.headers["Retry-After"]) >= 1
+        assert login(client, account, account.first).status_code == 429  # failures lock the account
         register(client)
         r = client.post("/v1/accounts", json=register_body(new_account()))
         assert (r.status_code, _code(r)) == (429, "rate_limited")
+
+
+def test_successful_logins_do_not_lock_the_account(make_server: Callable[..., LiveServer]) -> None:
+    """Only failures count per account: logging in as someone (with their password, or just
+    many times) must not lock them out."""
+    server = make_server(rate_limit_login_per_account="3/minute")
+    with server.client() as client:
+        account = register(client)
+        for _ in range(6):
+            assert login(client, account, account.first).status_code == 200
+        nonce = client.post(
+            "/v1/auth/challenge", json={"username": account.username, "device_id": account.first.id}
+        ).json()["nonce"]
+        r = client.post(
+            "/v1/auth/device-login",
+            json={
+                "username": account.username,
+                "device_id": account.first.id,
+                "nonce": nonce,
+                "signature": sign_challenge(account.first, account.username, nonce),
+            },
+        )
+        assert r.status_code == 200, r.text
+
+
+def test_failed_device_signatures_count_per_account(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server(rate_limit_login_per_account="2/minute")
+    with server.client() as client:
+        account = register(client)
+        other = new_account()
+        body = {"username": account.username, "device_id": account.first.id}
+        for expected in ((401, "device_signature_invalid"),) * 2 + ((429, "rate_limited"),):
+            nonce = client.post("/v1/auth/challenge", json=body).json()["nonce"]
+            bad = sign_challenge(other.first, account.username, nonce)  # another device's key
+            r = client.post("/v1/auth/device-login", json=body | {"nonce": nonce, "signature": bad})
+            assert (r.status_code, _code(r)) == expected
+
+
+def test_failures_per_account_and_ip(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server(rate_limit_login_failures_per_account_ip="2/minute")
+    with server.client() as client:
+        account = register(client)
+        wrong = {"username": account.username, "password": "not-the-password", "device_id": account.first.id}
+        assert [client.post("/v1/auth/login", json=wrong).status_code for _ in range(3)] == [401, 401, 429]
 
 
 def test_restart_keeps_tokens_valid(live_server: LiveServer) -> None:

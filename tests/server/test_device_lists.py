@@ -3,14 +3,19 @@ current one, serves the current list and the chain, and routes only listed devic
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 
 import httpx
 
 from crypto import device_list as dl
-from crypto.keys import AccountKey, SigningContext, b64decode
+from crypto.keys import AccountKey, SigningContext, b64decode, b64encode
+from tests.live import LiveServer
+from tests.server.delivery_support import WsClient
 from tests.server.helpers import (
     add_device,
+    login,
     new_account,
     new_device,
     put_list,
@@ -158,3 +163,108 @@ def test_linked_device_can_change_the_list(client: httpx.Client) -> None:
     laptop = add_device(client, account)
     remove_device(client, account, account.first, acting=laptop)  # no primary device
     assert client.get("/v1/auth/me", headers=laptop.headers).status_code == 200
+
+
+# -- token-less publication: the account-key signature is the authority ------------------------
+
+
+def _put_signed(client: httpx.Client, account_id: str, signed: dl.SignedDeviceList) -> httpx.Response:
+    return client.put(f"/v1/accounts/{account_id}/device-list/signed", json={"device_list": signed.to_b64()})
+
+
+def test_signed_list_is_accepted_without_a_token(client: httpx.Client) -> None:
+    account = register(client)
+    tablet = new_device(account.account_key)
+    v2 = dl.with_device_added(account.signed_list, account.account_key, tablet.entry)
+    r = _put_signed(client, account.account_id, v2)
+    assert r.status_code == 200, r.text
+    assert r.json() | {"hash": None} == {"version": 2, "hash": None, "added": [tablet.id], "removed": []}
+    assert _put_signed(client, account.account_id, v2).status_code == 200  # a retry: idempotent
+    account.signed_list = v2
+    account.devices.append(tablet)
+    assert login(client, account, tablet).status_code == 200
+    current = client.get(f"/v1/accounts/{account.account_id}/device-list", headers=tablet.headers).json()
+    assert current["version"] == 2
+    assert current["signed_list"] == v2.to_b64()
+
+
+def test_signed_list_refuses_bad_signatures_and_stale_lists(client: httpx.Client) -> None:
+    account = register(client)
+    other = register(client)
+    v2 = dl.with_device_added(account.signed_list, account.account_key, new_device(account.account_key).entry)
+
+    tampered = dl.SignedDeviceList(v2.content, bytes(64))
+    r = _put_signed(client, account.account_id, tampered)
+    assert (r.status_code, _code(r)) == (422, "device_list_invalid")
+    intruder = AccountKey.generate()
+    forged = dl.sign(
+        intruder,
+        dl.DeviceList.create(
+            2, account.signed_list.hash(), intruder.public_key, account.username, [new_device(intruder).entry]
+        ),
+    )
+    r = _put_signed(client, account.account_id, forged)
+    assert (r.status_code, _code(r)) == (422, "device_list_invalid")
+    # A valid list of one account is no authority over another.
+    r = _put_signed(client, other.account_id, v2)
+    assert (r.status_code, _code(r)) == (422, "device_list_invalid")
+
+    v3 = dl.with_device_added(v2, account.account_key, new_device(account.account_key).entry)
+    r = _put_signed(client, account.account_id, v3)  # skips version 2
+    assert (r.status_code, _code(r)) == (409, "device_list_stale")
+    wrong_parent = dl.sign(
+        account.account_key,
+        dl.DeviceList.create(
+            2, os.urandom(32), account.account_key.public_key, account.username, [account.first.entry]
+        ),
+    )
+    r = _put_signed(client, account.account_id, wrong_parent)
+    assert (r.status_code, _code(r)) == (409, "device_list_chain_broken")
+    assert _put_signed(client, account.account_id, v2).status_code == 200
+    # Replaying the old version 1 (a rollback) is stale, not accepted.
+    r = _put_signed(client, account.account_id, account.signed_list)
+    assert (r.status_code, _code(r)) == (409, "device_list_stale")
+    r = _put_signed(client, "not-an-id", v2)
+    assert (r.status_code, _code(r)) == (404, "not_found")
+    r = _put_signed(client, b64encode(os.urandom(16)), v2)
+    assert (r.status_code, _code(r)) == (404, "not_found")
+
+
+async def test_signed_list_removal_closes_the_removed_devices_socket(
+    live_server: LiveServer, client: httpx.Client
+) -> None:
+    account = register(client)
+    tablet = add_device(client, account)
+    ws = await WsClient.connect(live_server.ws_url, tablet)
+    assert await ws.envelopes_until_drained() == []
+    v3 = dl.with_device_removed(account.signed_list, account.account_key, tablet.device_id)
+    r = _put_signed(client, account.account_id, v3)
+    assert r.status_code == 200, r.text
+    assert r.json()["removed"] == [tablet.id]
+    assert await ws.closed_with() == 4002
+    r = await asyncio.to_thread(client.get, "/v1/auth/me", headers=tablet.headers)
+    assert r.status_code == 401
+
+
+def test_signed_list_rate_limited_per_ip_and_per_account(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server(
+        rate_limit_signed_list_per_ip="5/minute", rate_limit_signed_list_per_account="2/minute"
+    )
+    with server.client() as client:
+        account = register(client)
+        other = register(client)
+        junk = dl.SignedDeviceList(account.signed_list.content, bytes(64))
+        for _ in range(2):
+            assert _put_signed(client, account.account_id, junk).status_code == 422
+        r = _put_signed(client, account.account_id, junk)
+        assert (r.status_code, _code(r)) == (429, "rate_limited")
+        assert int(r.headers["Retry-After"]) >= 1
+        # The account's budget is spent even for a valid list; another account still has its own.
+        v2 = dl.with_device_added(
+            account.signed_list, account.account_key, new_device(account.account_key).entry
+        )
+        assert _put_signed(client, account.account_id, v2).status_code == 429
+        assert _put_signed(client, other.account_id, junk).status_code == 422
+        # Now the IP budget (5) is spent for every account.
+        r = _put_signed(client, other.account_id, junk)
+        assert (r.status_code, _code(r)) == (429, "rate_limited")

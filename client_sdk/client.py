@@ -1,0 +1,1044 @@
+"""The async Saltline client: the SDK's public API.
+
+::
+
+    store = MemoryStore()                       # or the durable SQLite store
+    client = await Client.create("http://127.0.0.1:8000", store)
+    await client.register("alice", "a long passphrase")
+    await client.connect()                      # delivery socket (reconnects by itself)
+    cid = await client.create_conversation(["bob"])
+    await client.send_text(cid, "hi bob")
+    async for event in client.events():         # or client.on(MessageReceived, callback)
+        ...
+    await client.close()
+
+Everything the client learns is written to the store before it is acknowledged to the server
+or emitted as an event; messages are written to the outbox before the network sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import httpx
+
+from client_sdk.core import api, linking, trust
+from client_sdk.core import message as msg
+from client_sdk.core.events import (
+    Connected,
+    ConversationAdded,
+    DecryptionFailed,
+    DeliveryGap,
+    DeviceListChanged,
+    Disconnected,
+    Drained,
+    Event,
+    IdentityChanged,
+    MarkedRead,
+    MessageReceived,
+    MessageSent,
+    UntrustedDeviceList,
+)
+from client_sdk.errors import (
+    ConflictError,
+    DecryptError,
+    DeviceListOutdatedError,
+    IdentityChangedError,
+    LinkError,
+    NetworkError,
+    NotFoundError,
+    RecipientsChangedError,
+    SaltlineError,
+    ServerError,
+    UntrustedDeviceListError,
+    UsageError,
+)
+from client_sdk.stores.base import (
+    ContactRecord,
+    ConversationRecord,
+    DeviceRecord,
+    MessageRecord,
+    OutboxItem,
+    PreKeyMeta,
+    SessionRecord,
+    Store,
+)
+from client_sdk.transport.http import HttpTransport
+from client_sdk.transport.ws import DeliverySocket
+from crypto import device_list as dl
+from crypto import primitives as p
+from crypto import private_state, safety
+from crypto.errors import CryptoError, DuplicateMessageError
+from crypto.keys import (
+    AccountKey,
+    AccountPublicKey,
+    DeviceDHPublicKey,
+    DeviceSigningPublicKey,
+    EphemeralKey,
+    PreKeyPublic,
+    SigningContext,
+    b64decode,
+    b64encode,
+)
+from crypto.login import login_challenge_message
+from crypto.ratchet import Session
+from crypto.x3dh import PreKeyBundle
+
+E = TypeVar("E", bound=Event)
+
+#: Replenish one-time prekeys when the server holds fewer than this many.
+PREKEY_LOW_WATER = 20
+PREKEY_BATCH = 100
+MAX_SEND_ATTEMPTS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    device_id: str
+    added_at: int
+    this_device: bool
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Client:
+    """One device of one account. Create with :meth:`create`; close with :meth:`close`."""
+
+    def __init__(
+        self,
+        store: Store,
+        http: HttpTransport,
+        ws_url: str,
+        rng: p.Rng,
+        clock: Callable[[], int],
+    ) -> None:
+        self.store = store
+        self._http = http
+        self._ws_url = ws_url
+        self._rng = rng
+        self._clock = clock
+        self._access: str | None = None
+        self._access_expires = 0.0
+        self._lock = asyncio.Lock()
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._callbacks: dict[type[Event], list[Callable[[Any], Any]]] = defaultdict(list)
+        self._socket: DeliverySocket | None = None
+        self._socket_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._link: tuple[linking.LinkCode, EphemeralKey] | None = None
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls,
+        server_url: str,
+        store: Store,
+        *,
+        ws_url: str | None = None,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+        rng: p.Rng = p.random_bytes,
+        clock: Callable[[], int] = _now_ms,
+    ) -> Client:
+        """Open ``store`` (taking exclusive use of it) and create this device's keys if it has none.
+        An existing store continues where it stopped (sessions, outbox, cursors)."""
+        store.acquire()
+        try:
+            if store.identity.get_device() is None:
+                state = private_state.generate_device(one_time_prekeys=PREKEY_BATCH, rng=rng)
+                store.identity.put_device(
+                    DeviceRecord(b64encode(state.device_id), state.encode(), created_at_ms=clock())
+                )
+        except BaseException:
+            store.release()
+            raise
+        ws = ws_url or server_url.replace("https://", "wss://").replace("http://", "ws://")
+        return cls(store, HttpTransport(server_url, transport=http_transport), ws, rng, clock)
+
+    async def close(self) -> None:
+        """Stop the socket and release the store. Unsent messages stay in the outbox."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._socket is not None:
+            await self._socket.stop()
+        if self._socket_task is not None:
+            with contextlib.suppress(Exception):
+                await self._socket_task
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        await self._http.aclose()
+        self.store.release()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    @property
+    def _device(self) -> DeviceRecord:
+        record = self.store.identity.get_device()
+        assert record is not None
+        return record
+
+    @property
+    def _state(self) -> private_state.DeviceState:
+        return private_state.decode(self._device.state)
+
+    @property
+    def device_id(self) -> str:
+        return self._device.device_id
+
+    @property
+    def account_id(self) -> str:
+        account_id = self._device.account_id
+        if account_id is None:
+            raise UsageError("this device has no account yet: call register() or link it first")
+        return account_id
+
+    @property
+    def username(self) -> str:
+        username = self._device.username
+        if username is None:
+            raise UsageError("this device has no account yet: call register() or link it first")
+        return username
+
+    def _account_key(self) -> AccountKey:
+        key = self._state.account_key
+        if key is None:
+            raise UsageError("this device holds no account key: call register() or link it first")
+        return key
+
+    # -- events ----------------------------------------------------------------------------------------
+
+    def on(self, event_type: type[E], callback: Callable[[E], Any]) -> None:
+        """Call ``callback(event)`` for every event of ``event_type`` (or a subclass); it may be
+        a coroutine function."""
+        self._callbacks[event_type].append(callback)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event, in order, as an async iterator (one consumer)."""
+        while True:
+            yield await self._queue.get()
+
+    async def next_event(self, event_type: type[E], wait_s: float = 10.0) -> E:
+        """The next event of ``event_type`` (other events are skipped); :class:`TimeoutError`."""
+
+        async def wait() -> E:
+            while True:
+                event = await self._queue.get()
+                if isinstance(event, event_type):
+                    return event
+
+        return await asyncio.wait_for(wait(), wait_s)
+
+    async def _emit(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+        for event_type, callbacks in list(self._callbacks.items()):
+            if isinstance(event, event_type):
+                for callback in callbacks:
+                    result = callback(event)
+                    if isinstance(result, Awaitable):
+                        await result
+
+    # -- HTTP --------------------------------------------------------------------------------------------
+
+    async def _call(self, request: api.Request) -> api.Response:
+        token = await self._token() if request.auth else None
+        response = await self._http.execute(request, token)
+        if response.status == 401 and request.auth:
+            self._access = None
+            response = await self._http.execute(request, await self._token())
+        return api.check(response)
+
+    async def _token(self) -> str:
+        if self._access is not None and time.monotonic() < self._access_expires:
+            return self._access
+        device = self._device
+        if device.refresh_token is not None:
+            try:
+                r = api.check(await self._http.execute(api.refresh(device.refresh_token)))
+                self._adopt_tokens(api.parse_tokens(r.body))
+                assert self._access is not None
+                return self._access
+            except ServerError:
+                pass
+        await self._device_login()
+        assert self._access is not None
+        return self._access
+
+    def _adopt_tokens(self, tokens: api.Tokens) -> None:
+        self._access = tokens.access_token
+        self._access_expires = time.monotonic() + max(1, tokens.expires_in - 30)
+        self.store.identity.put_device(replace(self._device, refresh_token=tokens.refresh_token))
+
+    async def _device_login(self) -> None:
+        """Log in by signing a server challenge with the device signing key."""
+        username, device_id = self.username, self.device_id
+        nonce = api.parse_challenge(
+            api.check(await self._http.execute(api.challenge(username, device_id))).body
+        )
+        message = login_challenge_message(username, b64decode(device_id), b64decode(nonce))
+        signature = b64encode(self._state.signing_key.sign(SigningContext.LOGIN_CHALLENGE, message))
+        r = api.check(await self._http.execute(api.device_login(username, device_id, nonce, signature)))
+        self._adopt_tokens(api.parse_tokens(r.body))
+
+    # -- accounts ----------------------------------------------------------------------------------------
+
+    async def register(self, username: str, password: str) -> str:
+        """Create an account with this device as its first device; returns the account id."""
+        if self._device.account_id is not None:
+            raise UsageError("this device already belongs to an account")
+        username = dl.normalize_username(username)
+        state = self._state
+        account_key = state.account_key or AccountKey.generate(self._rng)
+        state = state.with_account_key(account_key)
+        signed = dl.first(account_key, username, [state.device_entry(account_key.public_key, self._clock())])
+        self.store.identity.put_device(replace(self._device, state=state.encode(), username=username))
+        r = await self._call(
+            api.register(username, password, account_key.public_key.to_b64(), signed.to_b64(), self.device_id)
+        )
+        tokens = api.parse_register(r.body)
+        with self.store.transaction():
+            self.store.identity.put_device(replace(self._device, account_id=tokens.account_id))
+            self._adopt_tokens(tokens)
+            self._put_own_contact(signed)
+        await self._upload_all_prekeys()
+        return tokens.account_id
+
+    async def login(self, username: str | None = None, password: str | None = None) -> None:
+        """Log in: with a password, or (no password) by device-key challenge."""
+        if password is None:
+            await self._device_login()
+            return
+        name = dl.normalize_username(username or self.username)
+        r = await self._call(api.login(name, password, self.device_id))
+        tokens = api.parse_tokens(r.body)
+        self.store.identity.put_device(replace(self._device, username=name, account_id=tokens.account_id))
+        self._adopt_tokens(tokens)
+
+    def _put_own_contact(self, signed: dl.SignedDeviceList) -> None:
+        old = self.store.device_lists.get_contact(self.account_id)
+        record = ContactRecord(
+            account_id=self.account_id,
+            username=self.username,
+            account_key=bytes(self._account_key().public_key),
+            signed_list=signed.encode(),
+            verified=True,
+            updated_at_ms=self._clock(),
+        )
+        if old is not None:
+            record = replace(old, signed_list=signed.encode(), updated_at_ms=self._clock())
+        self.store.device_lists.put_contact(record)
+
+    # -- prekeys ---------------------------------------------------------------------------------------
+
+    async def _upload_all_prekeys(self) -> None:
+        state = self._state
+        await self._call(
+            api.upload_keys(
+                state.signed_prekey_public().to_b64(),
+                state.last_resort_prekey_public().to_b64(),
+                [k.to_b64() for k in state.one_time_prekeys_public()],
+            )
+        )
+        top = max(state.one_time_prekeys, default=0)
+        self.store.prekeys.put_prekey_meta(
+            replace(
+                self.store.prekeys.get_prekey_meta(),
+                uploaded_through_id=top,
+                signed_prekey_rotated_at_ms=self._clock(),
+            )
+        )
+
+    async def replenish_prekeys(self) -> int:
+        """Upload new one-time prekeys if the server holds fewer than :data:`PREKEY_LOW_WATER`;
+        returns how many were uploaded."""
+        count = api.parse_key_count((await self._call(api.key_count())).body)
+        if count >= PREKEY_LOW_WATER:
+            return 0
+        async with self._lock:
+            meta = self.store.prekeys.get_prekey_meta()
+            state = self._state.add_one_time_prekeys(PREKEY_BATCH - count, self._rng)
+            self.store.identity.put_device(replace(self._device, state=state.encode()))
+            fresh = [k for i, k in state.one_time_prekeys.items() if i > meta.uploaded_through_id]
+            await self._call(
+                api.upload_keys(None, None, [k.signed_public(state.signing_key).to_b64() for k in fresh])
+            )
+            top = max(state.one_time_prekeys, default=meta.uploaded_through_id)
+            self.store.prekeys.put_prekey_meta(
+                replace(meta, uploaded_through_id=top, last_count_check_ms=self._clock())
+            )
+        return len(fresh)
+
+    # -- contacts and device lists ------------------------------------------------------------------------
+
+    async def _fetch_chain(self, account_id: str, since: int) -> list[bytes]:
+        out: list[bytes] = []
+        while True:
+            r = await self._call(api.device_list_chain(account_id, since))
+            page = [b64decode(s) for s in api.parse_chain(r.body)]
+            out.extend(page)
+            if len(page) < 100:
+                return out
+            since = dl.SignedDeviceList.decode(page[-1]).version
+
+    async def _refresh_contact(self, account_id: str, username: str | None = None) -> ContactRecord:
+        """Fetch and verify the account's newest device list (rules in :mod:`client_sdk.core.trust`)."""
+        contact = self.store.device_lists.get_contact(account_id)
+        if contact is None:
+            if username is None:
+                username = api.parse_account((await self._call(api.account(account_id))).body).username
+            chain = await self._fetch_chain(account_id, 0)
+            try:
+                v = trust.first_contact(username, chain)
+            except UntrustedDeviceListError as exc:
+                await self._emit(UntrustedDeviceList(account_id, str(exc)))
+                raise
+            contact = ContactRecord(
+                account_id,
+                dl.normalize_username(username),
+                v.account_key,
+                v.signed_list,
+                updated_at_ms=self._clock(),
+            )
+            self.store.device_lists.put_contact(contact)
+            return contact
+        known = dl.SignedDeviceList.decode(contact.signed_list)
+        chain = await self._fetch_chain(account_id, known.version)
+        try:
+            v = trust.advance(contact.username, contact.account_key, contact.signed_list, chain)
+        except UntrustedDeviceListError as exc:
+            await self._emit(UntrustedDeviceList(account_id, str(exc)))
+            raise
+        except trust.KeyMismatch:
+            return await self._identity_changed(contact)
+        if v.changed:
+            contact = replace(contact, signed_list=v.signed_list, updated_at_ms=self._clock())
+            self.store.device_lists.put_contact(contact)
+            for device_id in v.removed:
+                self.store.sessions.delete_sessions(device_id)
+            await self._emit(DeviceListChanged(account_id, contact.username, v.version, v.added, v.removed))
+        return contact
+
+    async def _identity_changed(self, contact: ContactRecord) -> ContactRecord:
+        chain = await self._fetch_chain(contact.account_id, 0)
+        v = trust.first_contact(contact.username, chain)
+        if contact.trust_policy == "warn" and contact.account_id != self.account_id:
+            contact = replace(
+                contact,
+                account_key=v.account_key,
+                signed_list=v.signed_list,
+                verified=False,
+                updated_at_ms=self._clock(),
+            )
+            blocked = False
+        else:
+            contact = replace(contact, pending_account_key=v.account_key, pending_signed_list=v.signed_list)
+            blocked = True
+        self.store.device_lists.put_contact(contact)
+        await self._emit(IdentityChanged(contact.account_id, contact.username, contact.trust_policy, blocked))
+        return contact
+
+    async def _contact_by_username(self, username: str) -> ContactRecord:
+        name = dl.normalize_username(username)
+        contact = self.store.device_lists.get_contact_by_username(name)
+        if contact is not None:
+            return contact
+        info = api.parse_account((await self._call(api.account_by_username(name))).body)
+        contact = await self._refresh_contact(info.account_id, info.username)
+        if AccountPublicKey(contact.account_key).to_b64() != info.account_key:
+            raise UntrustedDeviceListError(f"the server gave two different account keys for {name!r}")
+        return contact
+
+    async def devices(self) -> list[DeviceInfo]:
+        """This account's devices, from its verified device list."""
+        contact = await self._refresh_contact(self.account_id)
+        content = trust.verified_content(contact.account_key, contact.signed_list)
+        return [
+            DeviceInfo(b64encode(d.device_id), d.added_at, b64encode(d.device_id) == self.device_id)
+            for d in content.devices
+        ]
+
+    async def remove_device(self, device_id: str) -> None:
+        """Sign and publish a device list without ``device_id``; nobody encrypts to it any more."""
+        contact = await self._refresh_contact(self.account_id)
+        current = dl.SignedDeviceList.decode(contact.signed_list)
+        try:
+            new = dl.with_device_removed(current, self._account_key(), b64decode(device_id))
+        except CryptoError as exc:
+            raise UsageError(f"cannot remove device {device_id}: {exc}") from exc
+        await self._call(api.put_device_list(new.to_b64()))
+        with self.store.transaction():
+            self._put_own_contact(new)
+            self.store.sessions.delete_sessions(device_id)
+
+    # -- trust ------------------------------------------------------------------------------------------
+
+    async def safety_number(self, username: str) -> safety.SafetyNumber:
+        contact = await self._contact_by_username(username)
+        return safety.safety_number(
+            self._account_key().public_key,
+            self.username,
+            AccountPublicKey(contact.account_key),
+            contact.username,
+        )
+
+    async def verify_contact(self, username: str) -> None:
+        """Mark the contact verified (after comparing safety numbers); accepts a pending new key."""
+        contact = await self._contact_by_username(username)
+        if contact.pending_account_key is not None and contact.pending_signed_list is not None:
+            contact = replace(
+                contact,
+                account_key=contact.pending_account_key,
+                signed_list=contact.pending_signed_list,
+                pending_account_key=None,
+                pending_signed_list=None,
+            )
+        self.store.device_lists.put_contact(replace(contact, verified=True))
+
+    async def set_trust_policy(self, username: str, policy: str) -> None:
+        if policy not in ("warn", "block"):
+            raise UsageError('trust policy must be "warn" or "block"')
+        contact = await self._contact_by_username(username)
+        self.store.device_lists.put_contact(replace(contact, trust_policy=policy))  # type: ignore[arg-type]
+
+    # -- conversations ----------------------------------------------------------------------------------
+
+    async def create_conversation(self, usernames: Sequence[str]) -> str:
+        """A conversation with these people (a direct one for one person); returns its id."""
+        others = [await self._contact_by_username(u) for u in usernames]
+        kind = "direct" if len(others) == 1 else "group"
+        r = await self._call(api.create_conversation(kind, [c.account_id for c in others]))
+        info = api.parse_conversation(r.body)
+        self._put_conversation(info)
+        return info.conversation_id
+
+    def _put_conversation(self, info: api.ConversationInfo) -> ConversationRecord:
+        old = self.store.conversations.get_conversation(info.conversation_id)
+        record = ConversationRecord(
+            info.conversation_id, info.kind, info.members, old.clock if old else b"", info.created_at_ms
+        )
+        self.store.conversations.put_conversation(record)
+        return record
+
+    async def conversation(self, conversation_id: str) -> ConversationRecord:
+        record = self.store.conversations.get_conversation(conversation_id)
+        if record is None:
+            info = api.parse_conversation((await self._call(api.conversation(conversation_id))).body)
+            record = self._put_conversation(info)
+            await self._emit(ConversationAdded(record.conversation_id, record.members))
+        return record
+
+    def messages(self, conversation_id: str, limit: int = 1000) -> Sequence[MessageRecord]:
+        """The stored messages of a conversation in display order."""
+        return self.store.conversations.messages(conversation_id, limit=limit)
+
+    async def mark_read(self, conversation_id: str, up_to_server_seq: int) -> None:
+        """Local read marker (synchronised to other devices in a later protocol version)."""
+        await self._emit(MarkedRead(conversation_id, up_to_server_seq))
+
+    # -- sending ----------------------------------------------------------------------------------------
+
+    async def send_text(self, conversation_id: str, text: str) -> str:
+        """Write the message to the outbox, then try to send it; returns its envelope id. If the
+        server cannot be reached it stays in the outbox and is sent after :meth:`connect`."""
+        record = await self.conversation(conversation_id)
+        envelope_id = b64encode(self._rng(16))
+        now = self._clock()
+        body = msg.text_operation(text, now)
+        me = b64decode(self.device_id)
+        clock = msg.encode_clock(msg.tick(msg.decode_clock(record.clock), me))
+        with self.store.transaction():
+            self.store.conversations.put_conversation(replace(record, clock=clock))
+            self.store.outbox.put_outbox(OutboxItem(envelope_id, conversation_id, body, clock, now))
+            self.store.conversations.put_message(
+                MessageRecord(
+                    conversation_id,
+                    envelope_id,
+                    self.account_id,
+                    self.device_id,
+                    text,
+                    now,
+                    True,
+                    "pending",
+                    body=body,
+                )
+            )
+        try:
+            await self.flush_outbox()
+        except NetworkError:
+            pass
+        return envelope_id
+
+    async def flush_outbox(self) -> int:
+        """Send every outbox item (oldest first); returns how many the server stored."""
+        sent = 0
+        async with self._lock:
+            for item in list(self.store.outbox.outbox()):
+                await self._send_item(item)
+                sent += 1
+        return sent
+
+    async def _send_item(self, item: OutboxItem) -> None:
+        for _ in range(MAX_SEND_ATTEMPTS):
+            if item.request is None:
+                try:
+                    item = await self._encrypt_item(item)
+                except NotFoundError:
+                    # a device we hold in a (stale) list is gone: verify the newest lists, retry
+                    await self._refresh_members(item.conversation_id, set())
+                    item = replace(item, attempts=item.attempts + 1)
+                    continue
+            body = msg_json_loads(item.request)
+            try:
+                r = await self._call(api.send_envelope(item.conversation_id, body))
+                result = api.parse_send(r.body)
+                server_seq, server_ts = result.server_seq, result.server_ts
+            except (RecipientsChangedError, DeviceListOutdatedError) as exc:
+                accounts = set(api.parse_recipients_mismatch(exc.body).accounts) | set(
+                    api.parse_outdated_accounts(exc.body)
+                )
+                await self._refresh_members(item.conversation_id, accounts)
+                item = replace(item, request=None, attempts=item.attempts + 1)
+                continue
+            except ConflictError as exc:
+                if exc.code != "idempotency_conflict" or not isinstance(exc.body.get("server_seq"), int):
+                    raise
+                server_seq, server_ts = exc.body["server_seq"], self._clock()
+            await self._mark_sent(item, server_seq, server_ts)
+            return
+        raise RecipientsChangedError(
+            409, "recipients_mismatch", "the recipients kept changing; try again later"
+        )
+
+    async def _refresh_members(self, conversation_id: str, accounts: set[str]) -> None:
+        record = await self.conversation(conversation_id)
+        for account_id in sorted(accounts | set(record.members) | {self.account_id}):
+            await self._refresh_contact(account_id)
+
+    async def _mark_sent(self, item: OutboxItem, server_seq: int, server_ts: int) -> None:
+        with self.store.transaction():
+            old = self.store.conversations.get_message(item.envelope_id)
+            if old is not None:
+                self.store.conversations.put_message(
+                    replace(old, server_seq=server_seq, server_ts_ms=server_ts, status="sent")
+                )
+            self.store.outbox.remove_outbox(item.envelope_id)
+        await self._emit(MessageSent(item.conversation_id, item.envelope_id, server_seq))
+
+    async def _verified_lists(self, members: Sequence[str]) -> dict[str, dl.DeviceList]:
+        lists: dict[str, dl.DeviceList] = {}
+        for account_id in members:
+            contact = self.store.device_lists.get_contact(account_id) or await self._refresh_contact(
+                account_id
+            )
+            if contact.pending_account_key is not None and contact.trust_policy == "block":
+                raise IdentityChangedError(contact.username)
+            lists[account_id] = trust.verified_content(contact.account_key, contact.signed_list)
+        return lists
+
+    async def _encrypt_item(self, item: OutboxItem) -> OutboxItem:
+        """Encrypt ``item`` for every device of the verified lists; persist the advanced sessions
+        and the exact request body together (so a retry resends the same bytes)."""
+        record = await self.conversation(item.conversation_id)
+        members = sorted(set(record.members) | {self.account_id})
+        lists = await self._verified_lists(members)
+        recipients = trust.fan_out(b64decode(self.device_id), lists)
+        need = [r for r in recipients if not self._sendable_session(r.device_id)]
+        bundles: dict[str, PreKeyBundle] = {}
+        if need:
+            claimed = api.parse_claim(
+                (await self._call(api.claim((r.account_id, r.device_id) for r in need))).body
+            )
+            for b in claimed:
+                bundles[b.device_id] = _bundle(b)
+        state = self._state
+        local = msg.identity_keys(state)
+        header = msg.EnvelopeHeader(
+            b64decode(item.conversation_id),
+            b64decode(item.envelope_id),
+            b64decode(self.account_id),
+            b64decode(self.device_id),
+            item.clock,
+        )
+        padded = msg.pad(item.body)
+        ciphertexts: dict[str, bytes] = {}
+        sessions: list[SessionRecord] = []
+        for r in recipients:
+            existing = self._sendable_session(r.device_id)
+            bundle = bundles.get(r.device_id)
+            if existing is None and bundle is None:
+                continue  # no prekeys published yet: the server's 409 will say so
+            try:
+                enc = msg.encrypt_to_device(
+                    local,
+                    existing,
+                    bundle,
+                    r.entry,
+                    padded,
+                    header.associated_data(b64decode(r.device_id)),
+                    self._rng,
+                )
+            except CryptoError as exc:
+                raise UntrustedDeviceListError(f"refusing the keys of device {r.device_id}: {exc}") from exc
+            ciphertexts[r.device_id] = enc.ciphertext
+            sessions.append(
+                SessionRecord(
+                    r.device_id, enc.session.base_key, enc.session.to_bytes(), r.account_id, self._clock()
+                )
+            )
+        body = api.envelope_body(b64decode(item.envelope_id), item.clock, trust.versions(lists), ciphertexts)
+        item = replace(item, request=msg_json_dumps(body))
+        with self.store.transaction():
+            for s in sessions:
+                self.store.sessions.put_session(s)
+            self.store.outbox.put_outbox(item)
+        return item
+
+    def _sendable_session(self, device_id: str) -> Session | None:
+        for record in self.store.sessions.sessions_for(device_id):
+            session = Session.from_bytes(record.state, self._rng)
+            if session.can_send:
+                return session
+        return None
+
+    # -- receiving --------------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the delivery socket (in the background; it reconnects with back-off and jitter).
+        Returns once the first connection is ready."""
+        if self._socket_task is not None:
+            return
+        ready = asyncio.Event()
+
+        async def handler(frame: dict[str, Any]) -> int | None:
+            result = await self._on_frame(frame)
+            if frame.get("type") == "ready":
+                ready.set()
+            return result
+
+        async def on_state(state: str) -> None:
+            self._access = None if "4003" in state else self._access
+            await self._emit(Disconnected(state))
+
+        self._socket = DeliverySocket(self._ws_url, self._token, handler, on_state=on_state)
+        self._socket_task = asyncio.create_task(self._socket.run())
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait(
+            {waiter, self._socket_task}, timeout=20, return_when=asyncio.FIRST_COMPLETED
+        )
+        if waiter not in done:
+            waiter.cancel()
+            raise NetworkError("the delivery socket did not become ready")
+
+    async def disconnect(self) -> None:
+        """Close the delivery socket (the client stays usable; :meth:`connect` again later)."""
+        if self._socket is not None:
+            await self._socket.stop()
+        if self._socket_task is not None:
+            with contextlib.suppress(Exception):
+                await self._socket_task
+        self._socket = None
+        self._socket_task = None
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        async def run() -> None:
+            with contextlib.suppress(SaltlineError):
+                await coro
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_frame(self, frame: dict[str, Any]) -> int | None:
+        kind = frame.get("type")
+        if kind == "ready":
+            await self._emit(Connected(int(frame.get("acked_queue_seq", 0))))
+            self._spawn(self.flush_outbox())
+            return None
+        if kind == "envelope":
+            async with self._lock:
+                return await self._on_envelope(frame)
+        if kind == "gap":
+            to = int(frame["to_queue_seq"])
+            self.store.cursors.set_acked_queue_seq(to)
+            await self._emit(DeliveryGap(int(frame["from_queue_seq"]), to))
+            return to
+        if kind == "drained":
+            await self._emit(Drained(int(frame.get("queue_seq", 0))))
+            self._spawn(self.replenish_prekeys())
+            return None
+        return None
+
+    async def _on_envelope(self, frame: dict[str, Any]) -> int | None:
+        queue_seq = int(frame["queue_seq"])
+        envelope_id = str(frame["envelope_id"])
+        conversation_id = str(frame["conversation_id"])
+        sender = frame.get("sender") or {}
+        sender_account, sender_device = str(sender.get("account_id")), str(sender.get("device_id"))
+        if self.store.conversations.get_message(envelope_id) is not None:
+            self.store.cursors.set_acked_queue_seq(queue_seq)
+            return queue_seq  # duplicate
+        try:
+            record = await self.conversation(conversation_id)
+            contact = self.store.device_lists.get_contact(sender_account)
+            content = (
+                None if contact is None else trust.verified_content(contact.account_key, contact.signed_list)
+            )
+            if content is None or content.device(b64decode(sender_device)) is None:
+                contact = await self._refresh_contact(sender_account)
+                content = trust.verified_content(contact.account_key, contact.signed_list)
+        except (NetworkError, ServerError):
+            return None  # not acknowledged: redelivered on the next connection
+        except UntrustedDeviceListError as exc:
+            return await self._drop(frame, queue_seq, f"sender's device list refused: {exc}")
+        sender_entry = content.device(b64decode(sender_device))
+        if sender_entry is None:
+            return await self._drop(frame, queue_seq, "the sending device is in no verified device list")
+        header = msg.EnvelopeHeader(
+            b64decode(conversation_id),
+            b64decode(envelope_id),
+            b64decode(sender_account),
+            b64decode(sender_device),
+            b64decode(str(frame.get("clock", ""))),
+        )
+        state = self._state
+        sessions = [
+            Session.from_bytes(s.state, self._rng) for s in self.store.sessions.sessions_for(sender_device)
+        ]
+        try:
+            decrypted = msg.decrypt_from_device(
+                state,
+                sessions,
+                b64decode(str(frame.get("ciphertext") or "")),
+                header.associated_data(state.device_id),
+                sender_entry,
+                self._rng,
+            )
+            body = msg.unpad(decrypted.padded)
+            op = msg.parse_operation(body)
+            their_clock = msg.decode_clock(header.clock)
+        except DecryptError as exc:
+            if isinstance(exc.__cause__, DuplicateMessageError):
+                self.store.cursors.set_acked_queue_seq(queue_seq)
+                return queue_seq
+            return await self._drop(frame, queue_seq, str(exc))
+        except CryptoError as exc:
+            return await self._drop(frame, queue_seq, str(exc))
+        sent_by_me = sender_account == self.account_id
+        server_seq = int(frame["server_seq"])
+        text = op.text or ""
+        with self.store.transaction():
+            self.store.sessions.put_session(
+                SessionRecord(
+                    sender_device,
+                    decrypted.base_key,
+                    decrypted.session.to_bytes(),
+                    sender_account,
+                    self._clock(),
+                )
+            )
+            if (
+                decrypted.one_time_prekey_id is not None
+                and decrypted.one_time_prekey_id in state.one_time_prekeys
+            ):
+                state = state.remove_one_time_prekey(decrypted.one_time_prekey_id)
+                self.store.identity.put_device(replace(self._device, state=state.encode()))
+            merged = msg.merge(msg.decode_clock(record.clock), their_clock)
+            self.store.conversations.put_conversation(replace(record, clock=msg.encode_clock(merged)))
+            if op.type == "text":
+                self.store.conversations.put_message(
+                    MessageRecord(
+                        conversation_id,
+                        envelope_id,
+                        sender_account,
+                        sender_device,
+                        text,
+                        op.sent_at_ms,
+                        sent_by_me,
+                        "received",
+                        server_seq,
+                        int(frame.get("server_ts", 0)),
+                        body,
+                    )
+                )
+            self.store.cursors.set_server_seq(
+                conversation_id, max(server_seq, self.store.cursors.get_server_seq(conversation_id))
+            )
+            self.store.cursors.set_acked_queue_seq(queue_seq)
+        if op.type == "text":
+            username = contact.username if contact is not None else ""
+            await self._emit(
+                MessageReceived(
+                    conversation_id,
+                    sender_account,
+                    sender_device,
+                    username,
+                    text,
+                    envelope_id,
+                    server_seq,
+                    op.sent_at_ms,
+                    sent_by_me,
+                )
+            )
+        return queue_seq
+
+    async def _drop(self, frame: dict[str, Any], queue_seq: int, reason: str) -> int:
+        self.store.cursors.set_acked_queue_seq(queue_seq)
+        sender = frame.get("sender") or {}
+        await self._emit(
+            DecryptionFailed(
+                str(frame.get("conversation_id")),
+                str(frame.get("envelope_id")),
+                str(sender.get("device_id")),
+                reason,
+            )
+        )
+        return queue_seq
+
+    # -- linking -----------------------------------------------------------------------------------------
+
+    async def begin_link(self) -> str:
+        """New device: a link code to show (text; also fits a QR code). Then :meth:`complete_link`."""
+        if self._device.account_id is not None:
+            raise UsageError("this device is already linked to an account")
+        channel = api.parse_channel((await self._call(api.create_channel())).body)
+        link_key = EphemeralKey.generate(self._rng)
+        code = linking.LinkCode(
+            b64decode(channel.channel_id),
+            channel.channel_secret,
+            bytes(link_key.public_key),
+            b64decode(self.device_id),
+        )
+        self._link = (code, link_key)
+        return code.to_text()
+
+    async def approve_link(self, code_text: str) -> None:
+        """Existing device: send the sealed linking payload (account key, contacts, conversations)
+        to the device that shows ``code_text``."""
+        code = linking.LinkCode.parse(code_text)
+        own = await self._refresh_contact(self.account_id)
+        contacts = [
+            {
+                "account_id": c.account_id,
+                "username": c.username,
+                "account_key": b64encode(c.account_key),
+                "signed_list": b64encode(c.signed_list),
+            }
+            for c in self.store.device_lists.contacts()
+            if c.account_id != self.account_id
+        ]
+        conversations = [
+            {"conversation_id": c.conversation_id, "kind": c.kind, "members": list(c.members)}
+            for c in self.store.conversations.conversations()
+        ]
+        payload = {
+            "account_id": self.account_id,
+            "username": self.username,
+            "account_key": b64encode(bytes(self._account_key())),
+            "device_list": b64encode(own.signed_list),
+            "contacts": contacts,
+            "conversations": conversations,
+        }
+        box = linking.seal_payload(code, payload)
+        await self._call(api.put_provisioning(b64encode(code.channel_id), code.secret, b64encode(box)))
+
+    async def complete_link(self, wait_s: float = 120.0, poll_interval: float = 0.25) -> str:
+        """New device: wait for the payload, join the account (sign the list naming this device
+        with the account key and publish it token-less, authorised by that signature alone), log
+        in with the device key and publish prekeys. Returns the account id."""
+        if self._link is None:
+            raise UsageError("call begin_link() first")
+        code, link_key = self._link
+        deadline = time.monotonic() + wait_s
+        while True:
+            r = await self._call(api.take_provisioning(b64encode(code.channel_id), code.secret))
+            box = api.parse_provisioning(r)
+            if box is not None:
+                break
+            if time.monotonic() > deadline:
+                raise LinkError("no device approved the link code in time; show a new code")
+            await asyncio.sleep(poll_interval)
+        doc = linking.open_payload(link_key, code.secret, b64decode(box))
+        self._link = None
+        try:
+            account_key = AccountKey(b64decode(doc["account_key"]))
+            username = dl.normalize_username(doc["username"])
+            current = dl.SignedDeviceList.from_b64(doc["device_list"])
+            dl.verify(current, account_key.public_key, username)
+        except (CryptoError, KeyError, TypeError) as exc:
+            raise LinkError(f"the linking payload is not valid: {exc}") from exc
+        state = self._state.with_account_key(account_key)
+        entry = state.device_entry(account_key.public_key, self._clock())
+        new = dl.with_device_added(current, account_key, entry)
+        self.store.identity.put_device(
+            replace(self._device, state=state.encode(), username=username, account_id=str(doc["account_id"]))
+        )
+        # No bearer token: the account-key signature on ``new`` is the server's whole authority.
+        await self._call(api.put_signed_device_list(str(doc["account_id"]), new.to_b64()))
+        with self.store.transaction():
+            self._put_own_contact(new)
+            for c in doc.get("contacts", []):
+                key, signed = b64decode(c["account_key"]), b64decode(c["signed_list"])
+                trust.verified_content(key, signed)
+                self.store.device_lists.put_contact(
+                    ContactRecord(c["account_id"], c["username"], key, signed, updated_at_ms=self._clock())
+                )
+            for c in doc.get("conversations", []):
+                self.store.conversations.put_conversation(
+                    ConversationRecord(c["conversation_id"], c["kind"], tuple(sorted(c["members"])))
+                )
+        await self._device_login()
+        await self._upload_all_prekeys()
+        self.store.prekeys.put_prekey_meta(
+            replace(self.store.prekeys.get_prekey_meta(), last_count_check_ms=0)
+        )
+        return str(doc["account_id"])
+
+
+def _bundle(b: api.BundleInfo) -> PreKeyBundle:
+    try:
+        return PreKeyBundle(
+            b64decode(b.device_id),
+            DeviceSigningPublicKey.decode(b64decode(b.signing_key)),
+            DeviceDHPublicKey.decode(b64decode(b.dh_key)),
+            PreKeyPublic.from_b64(b.signed_prekey),
+            None if b.one_time_prekey is None else PreKeyPublic.from_b64(b.one_time_prekey),
+        )
+    except CryptoError as exc:
+        raise UntrustedDeviceListError(
+            f"the server sent a malformed bundle for device {b.device_id}"
+        ) from exc
+
+
+def msg_json_dumps(body: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def msg_json_loads(data: bytes | None) -> dict[str, Any]:
+    import json
+
+    assert data is not None
+    loaded: dict[str, Any] = json.loads(data)
+    return loaded
+
+
+__all__ = ["Client", "DeviceInfo", "PreKeyMeta"]

@@ -1,0 +1,115 @@
+"""Events the client emits (frozen, slotted; h11 style). Ids are base64url text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class of every event."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived(Event):
+    """A text message, stored durably before this event is emitted. ``sent_by_me`` is true for
+    messages sent by another device of this account (and for this device's own sends)."""
+
+    conversation_id: str
+    sender_account_id: str
+    sender_device_id: str
+    sender_username: str
+    text: str
+    envelope_id: str
+    server_seq: int
+    sent_at_ms: int
+    sent_by_me: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSent(Event):
+    """The server stored a message this device sent (from the outbox)."""
+
+    conversation_id: str
+    envelope_id: str
+    server_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceListChanged(Event):
+    """A newer device list of an account verified (devices added or removed)."""
+
+    account_id: str
+    username: str
+    version: int
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityChanged(Event):
+    """A contact's account key changed. ``policy`` "warn": the new key was adopted (unverified);
+    "block": nothing is sent to the contact until ``verify_contact``."""
+
+    account_id: str
+    username: str
+    policy: str
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UntrustedDeviceList(Event):
+    """The server presented a device list that did not verify; it was refused."""
+
+    account_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryGap(Event):
+    """The server's retention dropped queue entries ``from_queue_seq..to_queue_seq`` before this
+    device received them."""
+
+    from_queue_seq: int
+    to_queue_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DecryptionFailed(Event):
+    """A queued envelope could not be decrypted or parsed (dropped)."""
+
+    conversation_id: str
+    envelope_id: str
+    sender_device_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationAdded(Event):
+    conversation_id: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MarkedRead(Event):
+    conversation_id: str
+    up_to_server_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connected(Event):
+    """The delivery socket is up; ``acked_queue_seq`` is where the server resumes."""
+
+    acked_queue_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Drained(Event):
+    """Everything queued for this device so far was received and stored."""
+
+    queue_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected(Event):
+    reason: str

@@ -1,0 +1,269 @@
+"""Per-device message format (docs/protocol/messages.md): vector clocks, the plaintext
+operation, padding, the envelope associated data, and encrypting/decrypting one per-device
+ciphertext with the pairwise ratchet sessions.
+
+Pure: randomness is passed in (``rng``), nothing is read from a clock or the network.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from client_sdk.errors import DecryptError
+from crypto import primitives as p
+from crypto.device_list import DeviceEntry
+from crypto.errors import CryptoError, DuplicateMessageError
+from crypto.private_state import DeviceState
+from crypto.ratchet import Session, accept
+from crypto.x3dh import (
+    INITIAL_HEADER_SIZE,
+    DeviceIdentityKeys,
+    InitialHeader,
+    PreKeyBundle,
+    TrustPolicy,
+    initiate,
+)
+
+FORMAT_VERSION = 0x01
+KIND_PREKEY = 0x01
+KIND_RATCHET = 0x02
+OPERATION_VERSION = 1
+CLOCK_VERSION = 0x01
+AD_LABEL = b"saltline/v1/envelope-ad"
+MIN_BUCKET = 256
+_U32 = struct.Struct(">I")
+_CLOCK_ENTRY = struct.Struct(">16sQ")
+
+
+# -- vector clocks ---------------------------------------------------------------------------------
+
+
+def encode_clock(clock: Mapping[bytes, int]) -> bytes:
+    """``0x01 || u16 count || (device_id 16 || counter u64)*`` sorted by device id; zeros omitted."""
+    items = sorted((d, n) for d, n in clock.items() if n > 0)
+    return (
+        bytes([CLOCK_VERSION])
+        + struct.pack(">H", len(items))
+        + b"".join(_CLOCK_ENTRY.pack(d, n) for d, n in items)
+    )
+
+
+def decode_clock(data: bytes) -> dict[bytes, int]:
+    if not data:
+        return {}
+    if data[0] != CLOCK_VERSION or len(data) < 3:
+        raise DecryptError("unsupported vector clock encoding")
+    (count,) = struct.unpack_from(">H", data, 1)
+    if len(data) != 3 + count * _CLOCK_ENTRY.size:
+        raise DecryptError("malformed vector clock")
+    out: dict[bytes, int] = {}
+    previous = b""
+    for i in range(count):
+        device_id, counter = _CLOCK_ENTRY.unpack_from(data, 3 + i * _CLOCK_ENTRY.size)
+        if device_id <= previous or counter == 0:
+            raise DecryptError("vector clock entries are not canonical")
+        out[device_id] = counter
+        previous = device_id
+    return out
+
+
+def tick(clock: Mapping[bytes, int], device_id: bytes) -> dict[bytes, int]:
+    """The clock after this device's next operation."""
+    out = dict(clock)
+    out[device_id] = out.get(device_id, 0) + 1
+    return out
+
+
+def merge(a: Mapping[bytes, int], b: Mapping[bytes, int]) -> dict[bytes, int]:
+    out = dict(a)
+    for device_id, n in b.items():
+        out[device_id] = max(out.get(device_id, 0), n)
+    return out
+
+
+# -- operations and padding ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A decrypted operation. ``type`` "text" carries ``text``; unknown types are kept in ``raw``."""
+
+    type: str
+    sent_at_ms: int
+    text: str | None
+    raw: dict[str, Any]
+
+
+def text_operation(text: str, sent_at_ms: int) -> bytes:
+    """The canonical JSON of a text operation (unpadded)."""
+    return _canonical({"v": OPERATION_VERSION, "type": "text", "text": text, "sent_at_ms": sent_at_ms})
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_operation(body: bytes) -> Operation:
+    try:
+        doc = json.loads(body.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecryptError("message body is not JSON") from exc
+    if not isinstance(doc, dict) or doc.get("v") != OPERATION_VERSION or not isinstance(doc.get("type"), str):
+        raise DecryptError("unsupported message operation version")
+    sent_at = doc.get("sent_at_ms", 0)
+    if not isinstance(sent_at, int) or isinstance(sent_at, bool):
+        raise DecryptError("sent_at_ms is not an integer")
+    text = doc.get("text")
+    if doc["type"] == "text" and not isinstance(text, str):
+        raise DecryptError("text operation without text")
+    return Operation(doc["type"], sent_at, text if isinstance(text, str) else None, doc)
+
+
+def pad(body: bytes) -> bytes:
+    """ISO/IEC 7816-4 padding (``0x80`` then zeros) to the next power-of-two bucket >= 256 bytes."""
+    size = MIN_BUCKET
+    while size < len(body) + 1:
+        size *= 2
+    return body + b"\x80" + bytes(size - len(body) - 1)
+
+
+def unpad(padded: bytes) -> bytes:
+    end = padded.rstrip(b"\x00")
+    if not end or end[-1] != 0x80:
+        raise DecryptError("bad message padding")
+    return end[:-1]
+
+
+# -- envelope associated data ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeHeader:
+    """The routing data every per-device ciphertext authenticates (raw bytes)."""
+
+    conversation_id: bytes
+    envelope_id: bytes
+    sender_account_id: bytes
+    sender_device_id: bytes
+    clock: bytes
+
+    def associated_data(self, recipient_device_id: bytes) -> bytes:
+        fields = (
+            self.conversation_id,
+            self.envelope_id,
+            self.sender_account_id,
+            self.sender_device_id,
+            recipient_device_id,
+            self.clock,
+        )
+        return AD_LABEL + b"".join(_U32.pack(len(f)) + f for f in fields)
+
+
+# -- per-device ciphertexts -----------------------------------------------------------------------
+
+
+def identity_keys(state: DeviceState) -> DeviceIdentityKeys:
+    return DeviceIdentityKeys(state.device_id, state.signing_key, state.dh_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Encrypted:
+    ciphertext: bytes
+    session: Session
+
+
+def encrypt_to_device(
+    local: DeviceIdentityKeys,
+    session: Session | None,
+    bundle: PreKeyBundle | None,
+    trusted: DeviceEntry,
+    padded: bytes,
+    associated_data: bytes,
+    rng: p.Rng,
+) -> Encrypted:
+    """Encrypt for one device: with its existing ``session``, or a new one from ``bundle`` (which
+    must match ``trusted``, the device's entry in a verified list). Returns the ciphertext and the
+    advanced session (the caller persists it before sending)."""
+    if session is None:
+        if bundle is None:
+            raise ValueError("no session and no bundle")
+        session = Session.initiate(initiate(local, bundle, trusted, rng), rng)
+    message = session.encrypt(padded, associated_data)
+    initial = session.pending_initial_header
+    if initial is not None:
+        return Encrypted(bytes([FORMAT_VERSION, KIND_PREKEY]) + initial + message, session)
+    return Encrypted(bytes([FORMAT_VERSION, KIND_RATCHET]) + message, session)
+
+
+@dataclass(frozen=True, slots=True)
+class Decrypted:
+    padded: bytes
+    session: Session
+    base_key: bytes
+    one_time_prekey_id: int | None
+
+
+def decrypt_from_device(
+    state: DeviceState,
+    sessions: Sequence[Session],
+    ciphertext: bytes,
+    associated_data: bytes,
+    trusted: TrustPolicy,
+    rng: p.Rng,
+) -> Decrypted:
+    """Decrypt one per-device ciphertext with the sessions held for the sending device (or a new
+    session from a prekey message, accepted only from a device ``trusted`` names). Raises
+    :class:`DecryptError` (duplicates included: ``DecryptError`` whose cause is
+    ``DuplicateMessageError``)."""
+    if len(ciphertext) < 2 or ciphertext[0] != FORMAT_VERSION:
+        raise DecryptError("unsupported per-device message version")
+    kind, body = ciphertext[1], ciphertext[2:]
+    last: CryptoError | None = None
+    if kind == KIND_PREKEY:
+        if len(body) < INITIAL_HEADER_SIZE:
+            raise DecryptError("prekey message too short")
+        raw_header, message = body[:INITIAL_HEADER_SIZE], body[INITIAL_HEADER_SIZE:]
+        try:
+            header = InitialHeader.decode(raw_header)
+        except CryptoError as exc:
+            raise DecryptError(f"malformed initial header: {exc}") from exc
+        base_key = bytes(header.ephemeral_key)
+        for session in sessions:
+            if session.base_key == base_key:
+                return _decrypt_existing(session, message, associated_data, rng)
+        try:
+            accepted = accept(
+                identity_keys(state),
+                state.prekey_lookup(),
+                header,
+                message,
+                associated_data,
+                rng,
+                trusted=trusted,
+            )
+        except CryptoError as exc:
+            raise DecryptError(f"could not start a session: {exc}") from exc
+        return Decrypted(accepted.plaintext, accepted.session, base_key, accepted.one_time_prekey_id)
+    if kind != KIND_RATCHET:
+        raise DecryptError(f"unknown per-device message kind {kind}")
+    for session in sessions:
+        try:
+            return _decrypt_existing(session, body, associated_data, rng)
+        except DecryptError as exc:
+            if isinstance(exc.__cause__, DuplicateMessageError):
+                raise
+            last = exc.__cause__ if isinstance(exc.__cause__, CryptoError) else None
+    raise DecryptError(f"no session with the sending device decrypts this message ({last})")
+
+
+def _decrypt_existing(session: Session, message: bytes, ad: bytes, rng: p.Rng) -> Decrypted:
+    copy = Session.from_bytes(session.to_bytes(), rng)
+    try:
+        plaintext = copy.decrypt(message, ad)
+    except CryptoError as exc:
+        raise DecryptError(f"decryption failed: {exc}") from exc
+    return Decrypted(plaintext, copy, copy.base_key, None)

@@ -1,0 +1,123 @@
+"""Device-list trust and fan-out rules.
+
+Rules (checked in this order by the client):
+
+1. A device list is used only after it verified under the account key this device pinned for the
+   account (first contact pins the key the first list names: trust on first use) and the username
+   it looked up (:func:`advance`).
+2. A newer list must be the successor of the last verified one (version + 1, previous hash):
+   :class:`~crypto.device_list.DeviceListChainVerifier` over the chain since the known version.
+   Rollback, fork, broken chain, bad signature, unbound device: :class:`UntrustedDeviceListError`.
+3. A chain whose lists name another account key than the pinned one is an identity change
+   (:class:`KeyMismatch`): the whole chain of the new key must verify (:func:`first_contact`), and
+   the contact's policy decides: "warn" adopts it (event), "block" keeps it pending and refuses to
+   send until the user verifies the contact.
+4. Fan-out: every device of every member account's verified list, the sender's own account
+   included, minus the sending device (:func:`fan_out`). Nothing else can be addressed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from client_sdk.errors import UntrustedDeviceListError
+from crypto import device_list as dl
+from crypto.errors import CryptoError, UnknownSignerError
+from crypto.keys import AccountPublicKey, b64encode
+
+
+class KeyMismatch(Exception):
+    """The server's lists name another account key than the pinned one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    account_key: bytes
+    signed_list: bytes
+    version: int
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: bool
+
+
+def _ids(content: dl.DeviceList | None) -> set[str]:
+    return set() if content is None else {b64encode(d.device_id) for d in content.devices}
+
+
+def first_contact(username: str, chain: Sequence[bytes]) -> Verified:
+    """Verify a whole chain (from version 1) under the key its first list names (TOFU)."""
+    if not chain:
+        raise UntrustedDeviceListError(f"the server returned no device list for {username!r}")
+    try:
+        head = dl.SignedDeviceList.decode(chain[0])
+        if head.version != 1:
+            raise UntrustedDeviceListError("the device-list chain does not start at version 1")
+        verifier = dl.DeviceListChainVerifier(head.content.account_key, expected_username=username)
+        content = verifier.verify_chain(list(chain))
+    except CryptoError as exc:
+        raise UntrustedDeviceListError(f"device list of {username!r} refused: {exc}") from exc
+    assert verifier.latest is not None
+    return Verified(
+        bytes(content.account_key),
+        verifier.latest.encode(),
+        content.version,
+        tuple(sorted(_ids(content))),
+        (),
+        True,
+    )
+
+
+def advance(username: str, pinned_key: bytes, known_list: bytes, chain: Sequence[bytes]) -> Verified:
+    """Verify ``chain`` (lists after ``known_list``, oldest first) as its successors under the
+    pinned key. Raises :class:`KeyMismatch` or :class:`UntrustedDeviceListError`."""
+    key = AccountPublicKey(pinned_key)
+    known = dl.SignedDeviceList.decode(known_list)
+    if not chain:
+        return Verified(pinned_key, known_list, known.version, (), (), False)
+    try:
+        verifier = dl.DeviceListChainVerifier(key, known, expected_username=username)
+        content = verifier.verify_chain(list(chain))
+    except UnknownSignerError as exc:
+        raise KeyMismatch(str(exc)) from exc
+    except CryptoError as exc:
+        raise UntrustedDeviceListError(f"device list of {username!r} refused: {exc}") from exc
+    assert verifier.latest is not None
+    before, after = _ids(known.content), _ids(content)
+    return Verified(
+        pinned_key,
+        verifier.latest.encode(),
+        content.version,
+        tuple(sorted(after - before)),
+        tuple(sorted(before - after)),
+        content.version != known.version,
+    )
+
+
+def verified_content(account_key: bytes, signed_list: bytes) -> dl.DeviceList:
+    """Re-verify a stored list (cheap) and return its content."""
+    try:
+        return dl.verify(dl.SignedDeviceList.decode(signed_list), AccountPublicKey(account_key))
+    except CryptoError as exc:
+        raise UntrustedDeviceListError(f"a stored device list no longer verifies: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    account_id: str
+    device_id: str
+    entry: dl.DeviceEntry
+
+
+def fan_out(my_device_id: bytes, lists: Mapping[str, dl.DeviceList]) -> list[Recipient]:
+    """Every device of every member's verified list except the sending device, sorted."""
+    out = []
+    for account_id, content in sorted(lists.items()):
+        for entry in content.devices:
+            if entry.device_id != my_device_id:
+                out.append(Recipient(account_id, b64encode(entry.device_id), entry))
+    return out
+
+
+def versions(lists: Mapping[str, dl.DeviceList]) -> dict[str, int]:
+    return {account_id: content.version for account_id, content in lists.items()}

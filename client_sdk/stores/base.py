@@ -1,0 +1,272 @@
+"""The device's durable state, behind one narrow Protocol per aggregate (libsignal's
+``storage/traits.rs`` shape). :mod:`client_sdk.stores.memory` is the in-memory implementation the
+tests use; :mod:`client_sdk.stores.sqlite` the durable one.
+
+Conventions (every implementation follows them):
+
+* Ids are unpadded base64url text of the 16 raw bytes (as on the wire): ``account_id``,
+  ``device_id``, ``conversation_id``, ``envelope_id``.
+* Records are frozen dataclasses; ``put_*`` replaces the record with the same key (upsert).
+  Getters return ``None`` for a missing key; they never raise for absence.
+* Fields documented as SECRET (device state, ratchet state, plaintexts, tokens) are what an
+  encrypted-at-rest store must encrypt.
+* Methods are synchronous: a local database commit is short, and the async client calls them from
+  its event loop. A write is durable when the method returns, or, inside
+  :meth:`Store.transaction`, when the outermost transaction exits without an exception. An
+  exception inside a transaction rolls back every write made in it.
+* :meth:`Store.acquire` is called once by the client that opens the store; a second acquire
+  (another client, another process) raises :class:`~client_sdk.errors.StoreLockedError` until
+  :meth:`Store.release`.
+
+This interface only grows (new methods and new optional fields with defaults); nothing here
+changes meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+TrustPolicyName = Literal["warn", "block"]
+MessageStatus = Literal["pending", "sent", "received"]
+
+# -- records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """This device: its private key state and the account it belongs to."""
+
+    device_id: str
+    state: bytes
+    """SECRET: ``crypto.private_state.encode(DeviceState)`` (keys, prekeys, account key if linked)."""
+    username: str | None = None
+    account_id: str | None = None
+    refresh_token: str | None = None
+    """SECRET: the current refresh token (rotated on every refresh)."""
+    created_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRecord:
+    """An account this device talks to (its own account included): the pinned account key and the
+    latest device list verified under it.
+
+    ``account_key`` is the key this device trusts for the account (first seen, or accepted by
+    ``verify_contact``). ``signed_list`` is the latest ``SignedDeviceList`` encoding that verified
+    under it; every later list must be its successor. ``pending_account_key`` is a different
+    account key the server presented that has not been accepted (an identity change); with
+    ``trust_policy == "block"`` nothing is sent to the account until the user verifies it.
+    """
+
+    account_id: str
+    username: str
+    account_key: bytes
+    signed_list: bytes
+    trust_policy: TrustPolicyName = "warn"
+    verified: bool = False
+    pending_account_key: bytes | None = None
+    pending_signed_list: bytes | None = None
+    updated_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One Double Ratchet session with a peer device; a peer device may have several (named by the
+    X3DH ``base_key``). The most recently used one (highest ``updated_at_ms``, then latest put) is
+    the one to send with."""
+
+    peer_device_id: str
+    base_key: bytes
+    state: bytes
+    """SECRET: ``crypto.ratchet.Session.to_bytes()``."""
+    peer_account_id: str
+    updated_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRecord:
+    conversation_id: str
+    kind: str
+    """"direct" or "group"."""
+    members: tuple[str, ...]
+    """Account ids of every member (this account included), sorted."""
+    clock: bytes = b""
+    """This device's vector clock for the conversation (``client_sdk.core.clock`` encoding)."""
+    created_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A text message shown in a conversation (sent or received). Unique by ``envelope_id``."""
+
+    conversation_id: str
+    envelope_id: str
+    sender_account_id: str
+    sender_device_id: str
+    text: str
+    """SECRET."""
+    sent_at_ms: int
+    sent_by_me: bool
+    status: MessageStatus
+    server_seq: int | None = None
+    server_ts_ms: int | None = None
+    body: bytes = b""
+    """SECRET: the decrypted operation (JSON), kept for later operation types."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A message written before the network: sent (again) until the server stores it.
+
+    ``request`` is the exact JSON body of the last attempt (the ciphertexts already encrypted with
+    session state that was stored in the same transaction): a retry resends these bytes, so the
+    server's idempotency check on ``envelope_id`` recognises it. It is ``None`` until the first
+    encryption and is replaced when the recipients change (409/410)."""
+
+    envelope_id: str
+    conversation_id: str
+    body: bytes
+    """SECRET: the plaintext operation (JSON, unpadded)."""
+    clock: bytes
+    created_at_ms: int
+    request: bytes | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PreKeyMeta:
+    """Bookkeeping for the prekeys this device published (the private keys are in the device state)."""
+
+    uploaded_through_id: int = 0
+    """The highest one-time prekey id already uploaded to the server."""
+    signed_prekey_rotated_at_ms: int = 0
+    last_count_check_ms: int = 0
+
+
+# -- stores -------------------------------------------------------------------------------------
+
+
+class IdentityStore(Protocol):
+    def get_device(self) -> DeviceRecord | None: ...
+
+    def put_device(self, record: DeviceRecord) -> None: ...
+
+
+class DeviceListStore(Protocol):
+    """Contacts: pinned account keys and verified device lists, per account."""
+
+    def get_contact(self, account_id: str) -> ContactRecord | None: ...
+
+    def get_contact_by_username(self, username: str) -> ContactRecord | None:
+        """``username`` is compared in normalised (lower-case) form."""
+        ...
+
+    def put_contact(self, record: ContactRecord) -> None: ...
+
+    def contacts(self) -> Sequence[ContactRecord]: ...
+
+
+class SessionStore(Protocol):
+    def sessions_for(self, peer_device_id: str) -> Sequence[SessionRecord]:
+        """The sessions with a peer device, most recently used first."""
+        ...
+
+    def put_session(self, record: SessionRecord) -> None:
+        """Insert or replace the session ``(peer_device_id, base_key)``."""
+        ...
+
+    def delete_sessions(self, peer_device_id: str) -> None: ...
+
+
+class ConversationStore(Protocol):
+    def get_conversation(self, conversation_id: str) -> ConversationRecord | None: ...
+
+    def put_conversation(self, record: ConversationRecord) -> None: ...
+
+    def conversations(self) -> Sequence[ConversationRecord]: ...
+
+    def get_message(self, envelope_id: str) -> MessageRecord | None: ...
+
+    def put_message(self, record: MessageRecord) -> None:
+        """Insert or replace the message with ``record.envelope_id``."""
+        ...
+
+    def messages(self, conversation_id: str, *, limit: int = 1000) -> Sequence[MessageRecord]:
+        """The conversation's messages in display order: stored ones by ``server_seq``, then the
+        pending ones (``server_seq is None``) by ``sent_at_ms``; the last ``limit`` of them."""
+        ...
+
+
+class OutboxStore(Protocol):
+    def put_outbox(self, item: OutboxItem) -> None: ...
+
+    def get_outbox(self, envelope_id: str) -> OutboxItem | None: ...
+
+    def outbox(self) -> Sequence[OutboxItem]:
+        """Every item not yet stored by the server, oldest (``created_at_ms``, then insertion) first."""
+        ...
+
+    def remove_outbox(self, envelope_id: str) -> None: ...
+
+
+class CursorStore(Protocol):
+    def get_acked_queue_seq(self) -> int:
+        """The highest ``queue_seq`` acknowledged to the server (0 before the first)."""
+        ...
+
+    def set_acked_queue_seq(self, queue_seq: int) -> None: ...
+
+    def get_server_seq(self, conversation_id: str) -> int:
+        """The highest ``server_seq`` applied in the conversation (0 before the first)."""
+        ...
+
+    def set_server_seq(self, conversation_id: str, server_seq: int) -> None: ...
+
+
+class PreKeyStore(Protocol):
+    def get_prekey_meta(self) -> PreKeyMeta: ...
+
+    def put_prekey_meta(self, meta: PreKeyMeta) -> None: ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Everything a device keeps, one aggregate per attribute."""
+
+    @property
+    def identity(self) -> IdentityStore: ...
+
+    @property
+    def device_lists(self) -> DeviceListStore: ...
+
+    @property
+    def sessions(self) -> SessionStore: ...
+
+    @property
+    def conversations(self) -> ConversationStore: ...
+
+    @property
+    def outbox(self) -> OutboxStore: ...
+
+    @property
+    def cursors(self) -> CursorStore: ...
+
+    @property
+    def prekeys(self) -> PreKeyStore: ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """All writes inside are committed together when the outermost block exits normally and
+        rolled back if it raises. Nested blocks join the outer transaction."""
+        ...
+
+    def acquire(self) -> None:
+        """Take exclusive use of the store; :class:`~client_sdk.errors.StoreLockedError` if another
+        client holds it."""
+        ...
+
+    def release(self) -> None:
+        """Give up exclusive use (idempotent)."""
+        ...

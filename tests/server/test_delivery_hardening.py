@@ -1,0 +1,362 @@
+"""Delivery-side fixes from the security review: WebSocket memory bounds, token expiry on open
+sockets, bounded integers, ephemeral sizes, the idempotency lookup's index, queue-state creation
+races, envelopes with no recipients and history limited to what the asking device received."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event, select
+from typer.testing import CliRunner
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from crypto.keys import b64encode
+from server.api import ws as ws_module
+from server.errors import Problem, ProblemCode
+from server.services.delivery import MAX_EPHEMERAL_BYTES
+from server.storage import migrate
+from server.storage.db import Database, create_engine
+from server.storage.delivery_schema import conversations, device_queue_state, envelopes
+from server.storage.envelopes_repo import (
+    AckRequest,
+    EnvelopesRepo,
+    NewEnvelope,
+    _idempotency_keys_in,
+    create_queue_states,
+)
+from tests.live import LiveServer, ManualClock
+from tests.server.delivery_support import WsClient, create_conversation, envelope_body, send
+from tests.server.helpers import add_device, register
+
+# -- 1. WebSocket message size and stuck closes ------------------------------------------------
+
+
+async def test_oversized_ws_message_refused_by_the_server(live_server: LiveServer) -> None:
+    """uvicorn refuses a 100 KiB message itself (1009, not buffered up to 16 MiB for the app)."""
+    async with connect(live_server.ws_url + "/v1/ws", ping_interval=None, max_size=None) as conn:
+        await conn.send("x" * (100 * 1024))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(conn.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+def test_cli_serve_passes_ws_max_size(monkeypatch: pytest.MonkeyPatch, sqlite_url: str) -> None:
+    import uvicorn
+
+    from server import cli
+    from server.storage import migrate as migrate_module
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(migrate_module, "is_up_to_date", lambda url: True)
+    result = CliRunner().invoke(cli.app, ["serve", "--database-url", sqlite_url, "--port", "1"])
+    assert result.exit_code == 0, result.output
+    assert seen["ws_max_size"] == cli.WS_MAX_SIZE == ws_module.WS_MAX_MESSAGE_BYTES == 64 * 1024
+
+
+class _StuckSocket:
+    """A socket whose peer never sends and never reads: receive and close block forever."""
+
+    async def receive(self) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_auth_timeout_gives_up_on_a_stuck_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ws_module, "AUTH_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(ws_module, "_CLOSE_TIMEOUT_S", 0.05)
+    result = await asyncio.wait_for(ws_module._authenticate(_StuckSocket(), None), 5)  # type: ignore[arg-type]
+    assert result is None
+
+
+# -- 2. the idempotency lookup uses the unique index -------------------------------------------
+
+
+def test_idempotency_lookup_uses_the_unique_index(db_url: str) -> None:
+    migrate.upgrade(db_url)
+    keys = {(os.urandom(8).hex().encode(), os.urandom(8).hex().encode()) for _ in range(3)}  # printable
+
+    async def plan() -> list[str]:
+        engine = create_engine(db_url)
+        try:
+            async with engine.connect() as conn:
+                q = select(envelopes.c.server_seq).where(_idempotency_keys_in(keys))
+                sql = str(q.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+                if conn.dialect.name == "sqlite":
+                    rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)
+                    return [str(r[-1]) for r in rows]
+                await conn.exec_driver_sql("SET enable_seqscan = off")
+                return [str(r[0]) for r in await conn.exec_driver_sql("EXPLAIN " + sql)]
+        finally:
+            await engine.dispose()
+
+    lines = asyncio.run(plan())
+    if db_url.startswith("sqlite"):
+        assert not any(line.startswith("SCAN envelopes") for line in lines), lines
+        assert any("SEARCH envelopes USING INDEX" in line for line in lines), lines
+    else:
+        conds = [line for line in lines if "Index Cond" in line]
+        assert conds and all("sender_device_id" in c and "envelope_id" in c for c in conds), lines
+
+
+# -- 3. bounded integers -----------------------------------------------------------------------
+
+
+def test_huge_device_list_version_is_422(live_server: LiveServer, client: httpx.Client) -> None:
+    alice, bob = register(client), register(client)
+    cid = create_conversation(client, alice, bob)
+    for version in (2**63, 2**64 + 5, 2**62 + 1):
+        body = envelope_body(alice.first, [alice, bob], b"x", versions={alice.account_id: version})
+        r = send(client, alice.first, cid, body)
+        assert r.status_code == 422, r.text
+        assert r.json()["code"] == "validation_failed"
+
+
+# -- 4. the socket does not outlive its token --------------------------------------------------
+
+
+async def test_socket_closed_when_the_token_expires(
+    make_server: Callable[..., LiveServer], clock: ManualClock
+) -> None:
+    server = await asyncio.to_thread(make_server, heartbeat_interval_s=0.1, heartbeat_missed_limit=1000)
+    with server.client() as client:
+        alice = register(client)
+    ws = await WsClient.connect(server.ws_url, alice.first)
+    assert await ws.envelopes_until_drained() == []
+    clock.advance(server.settings.access_token_ttl_s - 5)
+    for _ in range(3):  # still valid: the socket stays open over several heartbeat ticks
+        assert (await ws.expect("ping", wait_s=5))["type"] == "ping"
+        await ws.send({"type": "pong"})
+    clock.advance(6)
+    assert await ws.closed_with() == 4003
+
+
+async def test_device_removed_while_subscribing_closes(live_server: LiveServer, client: httpx.Client) -> None:
+    """The device is removed between the token check and the bus subscription (its removal event
+    reached nobody): the re-check after subscribing closes the socket with 4002."""
+    alice = register(client)
+    auth = live_server.ctx.auth
+    original = auth.authenticate_access_token
+    calls = 0
+
+    async def racy(token: str) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return await original(token)
+        raise Problem(401, ProblemCode.TOKEN_REVOKED, "this device was removed from its account")
+
+    auth.authenticate_access_token = racy  # type: ignore[method-assign]
+    try:
+        ws = await WsClient.connect(live_server.ws_url, alice.first, auth=False)
+        await ws.send({"type": "auth", "token": alice.first.access_token})
+        assert await ws.closed_with() == 4002
+    finally:
+        del auth.authenticate_access_token
+    assert alice.first.device_id not in live_server.ctx.connections
+    assert live_server.ctx.bus.subscriber_count() == 0
+
+
+async def test_refresh_token_reuse_closes_the_devices_socket(
+    live_server: LiveServer, client: httpx.Client
+) -> None:
+    """Reusing a rotated refresh token revokes the device's token family; the ``on_tokens_revoked``
+    hook closes that device's open socket with 4003 (the holder may be the thief). Other devices
+    of the account keep theirs."""
+    alice = register(client)
+    laptop = add_device(client, alice)
+    ws = await WsClient.connect(live_server.ws_url, alice.first)
+    other = await WsClient.connect(live_server.ws_url, laptop)
+    assert await ws.envelopes_until_drained() == []
+    assert await other.envelopes_until_drained() == []
+    stolen = alice.first.refresh_token
+    r = await asyncio.to_thread(client.post, "/v1/auth/refresh", json={"refresh_token": stolen})
+    assert r.status_code == 200, r.text
+    r = await asyncio.to_thread(client.post, "/v1/auth/refresh", json={"refresh_token": stolen})
+    assert (r.status_code, r.json()["code"]) == (401, "refresh_token_reused")
+    assert await ws.closed_with() == 4003
+    for _ in range(100):
+        if alice.first.device_id not in live_server.ctx.connections:
+            break
+        await asyncio.sleep(0.02)
+    assert alice.first.device_id not in live_server.ctx.connections
+    await other.send({"type": "ping"})
+    assert (await other.expect("pong"))["type"] == "pong"
+    assert laptop.device_id in live_server.ctx.connections
+    await other.close()
+
+
+# -- 5. ephemeral envelopes are small and buffered by bytes ------------------------------------
+
+
+def test_ephemeral_envelope_size_limit(live_server: LiveServer, client: httpx.Client) -> None:
+    alice, bob = register(client), register(client)
+    cid = create_conversation(client, alice, bob)
+    big = os.urandom(MAX_EPHEMERAL_BYTES)
+    body = envelope_body(alice.first, [alice, bob], b"t", ephemeral=True)
+    body["ciphertexts"][0]["ciphertext"] = b64encode(big)
+    r = send(client, alice.first, cid, body)
+    assert r.status_code == 413, r.text
+    assert r.json()["code"] == "ephemeral_too_large" and r.json()["limit"] == MAX_EPHEMERAL_BYTES
+    body = envelope_body(alice.first, [alice, bob], b"t")  # the same size stored is fine
+    body["ciphertexts"][0]["ciphertext"] = b64encode(big)
+    assert send(client, alice.first, cid, body).status_code == 201
+
+
+def test_ephemeral_buffer_is_bounded_by_bytes() -> None:
+    conn = ws_module.DeviceConnection(
+        None,  # type: ignore[arg-type]
+        SimpleNamespace(device_id_bytes=b"d" * 16),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        window=64,
+        heartbeat_interval_s=1.0,
+        heartbeat_missed_limit=2,
+    )
+    frames = [b"%04d" % i + b"x" * (20 * 1024) for i in range(64)]
+    for frame in frames:
+        conn.on_ephemeral(frame)
+    buffered = list(conn._ephemeral)
+    assert conn.ephemeral_buffered_bytes == sum(map(len, buffered)) <= ws_module.EPHEMERAL_BUFFER_BYTES
+    assert buffered == frames[-len(buffered) :]  # the oldest were dropped
+    conn.on_ephemeral(b"x" * (ws_module.EPHEMERAL_BUFFER_BYTES + 1))  # never kept
+    assert list(conn._ephemeral) == buffered
+
+
+# -- 6. queue-state rows are created race-free -------------------------------------------------
+
+
+def test_queue_state_creation_tolerates_an_existing_row(db_url: str) -> None:
+    migrate.upgrade(db_url)
+    a, b = os.urandom(16), os.urandom(16)
+
+    async def go() -> dict[bytes, int]:
+        engine = create_engine(db_url)
+        try:
+            async with engine.begin() as conn:
+                await create_queue_states(conn, [a])
+                await conn.execute(
+                    device_queue_state.update()
+                    .where(device_queue_state.c.device_id == a)
+                    .values(last_queue_seq=7)
+                )
+            async with engine.begin() as conn:  # another instance created `a` meanwhile
+                await create_queue_states(conn, [b, a])
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    select(device_queue_state.c.device_id, device_queue_state.c.last_queue_seq)
+                )
+                return {bytes(d): int(n) for d, n in rows}
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(go()) == {a: 7, b: 0}
+
+
+# -- 7. a stored envelope must reach somebody --------------------------------------------------
+
+
+def test_stored_envelope_without_recipients_is_refused(live_server: LiveServer, client: httpx.Client) -> None:
+    alice = register(client)
+    cid = create_conversation(client, alice, kind="group")
+    r = send(client, alice.first, cid, envelope_body(alice.first, [alice], b"note to self"))
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "no_recipients"
+    # Ephemeral: nothing is stored, nothing to refuse.
+    r = send(client, alice.first, cid, envelope_body(alice.first, [alice], b"t", ephemeral=True))
+    assert r.status_code == 202, r.text
+    # With a second device of the sender's own, the copy goes there.
+    alice2 = add_device(client, alice)
+    r = send(client, alice.first, cid, envelope_body(alice.first, [alice], b"sync"))
+    assert r.status_code == 201, r.text
+    r = client.get(f"/v1/conversations/{cid}/envelopes", headers=alice2.headers)
+    assert [e["server_seq"] for e in r.json()["envelopes"]] == [1]
+
+
+# -- 8. history shows only what the asking device received -------------------------------------
+
+
+def test_history_hides_envelopes_from_before_the_device_joined(
+    live_server: LiveServer, client: httpx.Client
+) -> None:
+    alice, bob = register(client), register(client)
+    cid = create_conversation(client, alice, bob)
+    for i in range(2):
+        assert (
+            send(client, alice.first, cid, envelope_body(alice.first, [alice, bob], b"old%d" % i)).status_code
+            == 201
+        )
+    bob2 = add_device(client, bob)
+    assert send(client, alice.first, cid, envelope_body(alice.first, [alice, bob], b"new")).status_code == 201
+
+    def seqs(device: Any, **params: int) -> tuple[list[int], int | None]:
+        r = client.get(f"/v1/conversations/{cid}/envelopes", params=params, headers=device.headers)
+        assert r.status_code == 200, r.text
+        return [e["server_seq"] for e in r.json()["envelopes"]], r.json()["next_after"]
+
+    assert seqs(bob2) == ([3], None)
+    assert seqs(bob2, limit=1) == ([3], None)
+    assert seqs(bob.first) == ([1, 2, 3], None)
+    assert seqs(bob.first, limit=2) == ([1, 2], 2)
+    assert seqs(alice.first) == ([1, 2, 3], None)  # the sender's own envelopes (no copy) stay listed
+
+
+def test_batch_locks_all_queue_states_in_one_sorted_statement(db_url: str) -> None:
+    """Sends and acks of one batch lock their devices' queue-state rows together, sorted, before
+    writing any of them: two instances' batches can then never wait on each other in a cycle."""
+    migrate.upgrade(db_url)
+    conversation_id = os.urandom(16)
+    acked, recipient = b"\x00" * 15 + b"\x01", b"\xff" * 15 + b"\xfe"  # the ack's device sorts first
+
+    async def go() -> list[list[bytes]]:
+        engine = create_engine(db_url)
+        statements: list[list[bytes]] = []
+
+        def capture(
+            conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+        ) -> None:
+            if "FROM device_queue_state" in statement and statement.lstrip().upper().startswith("SELECT"):
+                values = parameters.values() if isinstance(parameters, dict) else parameters
+                statements.append([bytes(v) for v in values if isinstance(v, bytes | memoryview)])
+
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    conversations.insert().values(
+                        id=conversation_id,
+                        kind="group",
+                        created_by=os.urandom(16),
+                        created_at_ms=1,
+                        last_server_seq=0,
+                    )
+                )
+            event.listen(engine.sync_engine, "before_cursor_execute", capture)
+            repo = EnvelopesRepo(Database(engine))
+            env = NewEnvelope(
+                conversation_id=conversation_id,
+                envelope_id=os.urandom(16),
+                sender_account_id=os.urandom(16),
+                sender_device_id=os.urandom(16),
+                clock=b"c",
+                request_hash=os.urandom(32),
+                copies=((recipient, b"ciphertext"),),
+            )
+            outcomes = await repo.write_batch([env], [AckRequest(acked, 0)], 1000)
+            assert len(outcomes) == 1
+        finally:
+            await engine.dispose()
+        return statements
+
+    statements = asyncio.run(go())
+    assert statements, "no queue-state lock taken"
+    assert statements[0] == [acked, recipient], statements
