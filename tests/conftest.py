@@ -7,6 +7,9 @@
 - ``clock``: a ``ManualClock`` used by every app the fixtures start.
 - ``make_settings(**overrides)``, ``make_server(migrate=True, **overrides)``, ``live_server``
   (a real uvicorn on a free port, see ``tests/live.py``) and ``client`` (an ``httpx.Client`` on it).
+- ``redis_server`` (session): a throwaway redis-server (``tests/redis_fixture.py``);
+  ``start_nginx_for([port, port])``: nginx running ``deploy/nginx.conf`` (``tests/nginx_fixture.py``).
+  Both skip without the binaries, or fail with ``SALTLINE_REQUIRE_REDIS=1`` / ``SALTLINE_REQUIRE_NGINX=1``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import pytest
 from server.settings import Settings
 from server.storage.migrate import upgrade
 from tests.live import LiveServer, ManualClock
+from tests.nginx_fixture import Nginx, start_nginx
 from tests.pg import PgCluster, start_cluster
+from tests.redis_fixture import RedisServer, start_redis
 
 REQUIRE_POSTGRES = os.environ.get("SALTLINE_REQUIRE_POSTGRES") == "1"
 
@@ -73,6 +78,8 @@ TEST_SETTINGS: dict[str, object] = {
     "rate_limit_login_per_ip": "1000/minute",
     "rate_limit_register_per_ip": "1000/minute",
     "rate_limit_provisioning_per_ip": "1000/minute",
+    "rate_limit_signed_list_per_ip": "1000/minute",
+    "rate_limit_signed_list_per_account": "1000/minute",
     "heartbeat_interval_s": 15.0,
     "log_level": "warning",
 }
@@ -127,3 +134,46 @@ def live_server(make_server: Callable[..., LiveServer]) -> LiveServer:
 def client(live_server: LiveServer) -> Iterator[httpx.Client]:
     with live_server.client() as c:
         yield c
+
+
+# -- Redis and nginx (multi-instance tests) -------------------------------------------------------
+
+REQUIRE_REDIS = os.environ.get("SALTLINE_REQUIRE_REDIS") == "1"
+REQUIRE_NGINX = os.environ.get("SALTLINE_REQUIRE_NGINX") == "1"
+
+
+def _missing(what: str, required: bool, env: str, exc: BaseException) -> None:
+    if required:
+        pytest.fail(f"{what} is required ({env}=1) but unavailable: {exc}")
+    pytest.skip(f"{what} not available ({exc}); install it to run this test")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway redis-server (session-wide); skipped without Redis unless required (CI)."""
+    try:
+        server = start_redis()
+    except Exception as exc:
+        _missing("Redis (redis-server)", REQUIRE_REDIS, "SALTLINE_REQUIRE_REDIS", exc)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def start_nginx_for() -> Iterator[Callable[[list[int]], Nginx]]:
+    """``start_nginx_for([port1, port2])``: nginx running deploy/nginx.conf in front of them."""
+    started: list[Nginx] = []
+
+    def start(upstreams: list[int]) -> Nginx:
+        try:
+            nginx = start_nginx(upstreams)
+        except (FileNotFoundError, OSError) as exc:
+            _missing("nginx", REQUIRE_NGINX, "SALTLINE_REQUIRE_NGINX", exc)
+        started.append(nginx)
+        return nginx
+
+    yield start
+    for nginx in started:
+        nginx.stop()
