@@ -489,16 +489,59 @@ def follow(
     seconds: Annotated[
         float | None, typer.Option("--for", help="Stop after this many seconds (default: until Ctrl-C)")
     ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="CONVERSATION_ID",
+            help="Also send every line read from stdin to this conversation (follow and send in one process)",
+        ),
+    ] = None,
 ) -> None:
-    """Print incoming messages live until Ctrl-C."""
+    """Print incoming messages live until Ctrl-C; with --to, also send the lines typed on stdin."""
     from client_sdk.core import events as ev
+    from client_sdk.errors import SaltlineError
 
     state = _state(ctx)
+
+    async def typed(client: Any, conversation_id: str) -> None:
+        """Send each stdin line (empty lines skipped) until end of input; errors are reported and
+        the line stays in the outbox when it was written there."""
+        import threading
+
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str] = asyncio.Queue()
+
+        def read() -> None:  # a daemon thread: a blocked read never keeps the process alive
+            try:
+                for line in sys.stdin:
+                    loop.call_soon_threadsafe(lines.put_nowait, line)
+                loop.call_soon_threadsafe(lines.put_nowait, "")
+            except RuntimeError:  # the loop closed: the command is over
+                return
+
+        threading.Thread(target=read, name="saltline-stdin", daemon=True).start()
+        while True:
+            line = await lines.get()
+            if not line:
+                return
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                continue
+            try:
+                envelope_id = await client.send_text(conversation_id, text)
+            except SaltlineError as exc:
+                err.print(f"error: {exc}")
+                continue
+            err.print(f"sent {envelope_id}")
 
     async def work() -> None:
         async with _client(state) as client:
             await client.connect()
             err.print(f"following as {client.username} (Ctrl-C to stop)")
+            if to is not None:
+                await client.conversation(to)  # an unknown conversation fails here, before any typing
+                reader = asyncio.create_task(typed(client, to))
 
             async def show() -> None:
                 async for event in client.events():
@@ -528,6 +571,9 @@ def follow(
                 await asyncio.wait_for(show(), seconds)
             except TimeoutError:
                 pass
+            finally:
+                if to is not None:
+                    reader.cancel()
 
     try:
         _run(work())

@@ -36,6 +36,7 @@ from client_sdk.core.events import (
     DecryptionFailed,
     DeliveryGap,
     DeviceListChanged,
+    DeviceRemoved,
     Disconnected,
     Drained,
     Event,
@@ -53,6 +54,7 @@ from client_sdk.errors import (
     LinkError,
     NetworkError,
     NotFoundError,
+    ProtocolError,
     RecipientsChangedError,
     SaltlineError,
     ServerError,
@@ -70,7 +72,7 @@ from client_sdk.stores.base import (
     Store,
 )
 from client_sdk.transport.http import HttpTransport
-from client_sdk.transport.ws import DeliverySocket
+from client_sdk.transport.ws import CLOSE_AUTH_FAILED, FATAL_CLOSE_CODES, DeliverySocket
 from crypto import device_list as dl
 from crypto import primitives as p
 from crypto import private_state, safety
@@ -81,6 +83,7 @@ from crypto.keys import (
     DeviceDHPublicKey,
     DeviceSigningPublicKey,
     EphemeralKey,
+    LastResortPreKey,
     PreKeyPublic,
     SigningContext,
     b64decode,
@@ -96,6 +99,10 @@ E = TypeVar("E", bound=Event)
 PREKEY_LOW_WATER = 20
 PREKEY_BATCH = 100
 MAX_SEND_ATTEMPTS = 4
+#: Rotate the signed prekey (and replace the last-resort prekey) when it is older than this.
+SPK_ROTATION_MS = 7 * 24 * 3600 * 1000
+#: Page size of gap filling from ``GET /v1/conversations/{id}/envelopes``.
+HISTORY_PAGE = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +393,39 @@ class Client:
             )
         return len(fresh)
 
+    async def rotate_signed_prekey_if_due(self) -> bool:
+        """Rotate the signed prekey and replace the last-resort prekey when the signed prekey is
+        older than :data:`SPK_ROTATION_MS` (by the client's clock); the previous signed prekey is
+        kept until the next rotation, for sessions started against it. Returns whether it rotated."""
+        meta = self.store.prekeys.get_prekey_meta()
+        if self._clock() - meta.signed_prekey_rotated_at_ms < SPK_ROTATION_MS:
+            return False
+        async with self._lock:
+            old_record = self._device
+            state = private_state.decode(old_record.state).rotate_signed_prekey(self._rng)
+            last_resort = LastResortPreKey.generate_with_id(state.next_prekey_id, self._rng)
+            state = replace(state, last_resort_prekey=last_resort, next_prekey_id=state.next_prekey_id + 1)
+            self.store.identity.put_device(replace(old_record, state=state.encode()))
+            try:
+                await self._call(
+                    api.upload_keys(
+                        state.signed_prekey_public().to_b64(), state.last_resort_prekey_public().to_b64(), []
+                    )
+                )
+            except BaseException:
+                # never published: nobody can have used the new keys, so the old state stands
+                self.store.identity.put_device(old_record)
+                raise
+            self.store.prekeys.put_prekey_meta(
+                replace(self.store.prekeys.get_prekey_meta(), signed_prekey_rotated_at_ms=self._clock())
+            )
+        return True
+
+    async def maintain_prekeys(self) -> None:
+        """Replenish one-time prekeys and rotate the signed prekey when due."""
+        await self.replenish_prekeys()
+        await self.rotate_signed_prekey_if_due()
+
     # -- contacts and device lists ------------------------------------------------------------------------
 
     async def _fetch_chain(self, account_id: str, since: int) -> list[bytes]:
@@ -581,19 +621,35 @@ class Client:
                 )
             )
         try:
-            await self.flush_outbox()
+            _, held = await self._flush()
         except NetworkError:
-            pass
+            return envelope_id
+        if envelope_id in held:
+            raise held[envelope_id]  # it stays in the outbox until the contact is verified
         return envelope_id
 
     async def flush_outbox(self) -> int:
-        """Send every outbox item (oldest first); returns how many the server stored."""
+        """Send every outbox item (oldest first); returns how many the server stored. An item
+        that cannot be sent now because of its conversation's trust state (a blocked identity
+        change, a refused device list) stays in the outbox without holding up the others; the
+        first such error is raised after the rest was sent."""
+        sent, held = await self._flush()
+        if held:
+            raise next(iter(held.values()))
+        return sent
+
+    async def _flush(self) -> tuple[int, dict[str, SaltlineError]]:
         sent = 0
+        held: dict[str, SaltlineError] = {}
         async with self._lock:
             for item in list(self.store.outbox.outbox()):
-                await self._send_item(item)
+                try:
+                    await self._send_item(item)
+                except (IdentityChangedError, UntrustedDeviceListError) as exc:
+                    held[item.envelope_id] = exc
+                    continue
                 sent += 1
-        return sent
+        return sent, held
 
     async def _send_item(self, item: OutboxItem) -> None:
         for _ in range(MAX_SEND_ATTEMPTS):
@@ -640,6 +696,8 @@ class Client:
                     replace(old, server_seq=server_seq, server_ts_ms=server_ts, status="sent")
                 )
             self.store.outbox.remove_outbox(item.envelope_id)
+            if server_seq == self.store.cursors.get_server_seq(item.conversation_id) + 1:
+                self.store.cursors.set_server_seq(item.conversation_id, server_seq)
         await self._emit(MessageSent(item.conversation_id, item.envelope_id, server_seq))
 
     async def _verified_lists(self, members: Sequence[str]) -> dict[str, dl.DeviceList]:
@@ -733,8 +791,12 @@ class Client:
                 ready.set()
             return result
 
-        async def on_state(state: str) -> None:
-            self._access = None if "4003" in state else self._access
+        async def on_state(state: str, code: int | None) -> None:
+            if code == CLOSE_AUTH_FAILED:
+                self._access = None  # re-authenticate (refresh or device login) before reconnecting
+            if code in FATAL_CLOSE_CODES:
+                await self._emit(DeviceRemoved("this device was removed from its account; link it again"))
+                return
             await self._emit(Disconnected(state))
 
         self._socket = DeliverySocket(self._ws_url, self._token, handler, on_state=on_state)
@@ -777,24 +839,90 @@ class Client:
                 return await self._on_envelope(frame)
         if kind == "gap":
             to = int(frame["to_queue_seq"])
-            self.store.cursors.set_acked_queue_seq(to)
             await self._emit(DeliveryGap(int(frame["from_queue_seq"]), to))
+            async with self._lock:
+                try:
+                    await self._fill_all_gaps()
+                except NetworkError:
+                    return None  # not acknowledged: the gap marker comes again
+                self.store.cursors.set_acked_queue_seq(to)
             return to
         if kind == "drained":
             await self._emit(Drained(int(frame.get("queue_seq", 0))))
-            self._spawn(self.replenish_prekeys())
+            self._spawn(self.maintain_prekeys())
             return None
         return None
 
+    # -- gap filling ---------------------------------------------------------------------------------
+
+    async def fill_gaps(self) -> None:
+        """Fetch from the server every envelope of every conversation after this device's stored
+        per-conversation cursor (e.g. after a :class:`DeliveryGap`)."""
+        async with self._lock:
+            await self._fill_all_gaps()
+
+    async def _fill_all_gaps(self) -> None:
+        listed = api.parse_conversations((await self._call(api.conversations())).body)
+        for info in listed:
+            if self.store.conversations.get_conversation(info.conversation_id) is None:
+                record = self._put_conversation(info)
+                await self._emit(ConversationAdded(record.conversation_id, record.members))
+        for record in list(self.store.conversations.conversations()):
+            await self._fill_gap(record.conversation_id)
+
+    async def _fill_gap(self, conversation_id: str) -> None:
+        """Page through the conversation's envelopes after the stored cursor (only those with a
+        copy for this device come back) and process each through the same durable path as a
+        queued one; envelopes already stored are dropped by envelope id."""
+        after = self.store.cursors.get_server_seq(conversation_id)
+        while True:
+            body = (await self._call(api.history(conversation_id, after, HISTORY_PAGE))).body
+            items = body.get("envelopes") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise ProtocolError("server response lacks 'envelopes'")
+            for item in items:
+                if not isinstance(item, dict) or not isinstance(item.get("server_seq"), int):
+                    raise ProtocolError("malformed envelope in the conversation history")
+                if item.get("ciphertext") is not None:
+                    await self._process_envelope({**item, "conversation_id": conversation_id}, None)
+                after = max(after, item["server_seq"])
+                if after > self.store.cursors.get_server_seq(conversation_id):
+                    self.store.cursors.set_server_seq(conversation_id, after)
+            next_after = body.get("next_after")
+            if not isinstance(next_after, int) or not items:
+                return
+            after = next_after
+
     async def _on_envelope(self, frame: dict[str, Any]) -> int | None:
-        queue_seq = int(frame["queue_seq"])
+        conversation_id = str(frame["conversation_id"])
+        server_seq = int(frame["server_seq"])
+        if (
+            server_seq > self.store.cursors.get_server_seq(conversation_id) + 1
+            and self.store.conversations.get_message(str(frame["envelope_id"])) is None
+        ):
+            # a jump in the conversation's server_seq: fetch what lies in between first
+            try:
+                await self._fill_gap(conversation_id)
+            except NetworkError:
+                return None  # not acknowledged: redelivered on the next connection
+            except ServerError:
+                pass  # the envelope itself is still processed
+        return await self._process_envelope(frame, int(frame["queue_seq"]))
+
+    def _ack(self, queue_seq: int | None) -> int | None:
+        if queue_seq is not None:
+            self.store.cursors.set_acked_queue_seq(queue_seq)
+        return queue_seq
+
+    async def _process_envelope(self, frame: dict[str, Any], queue_seq: int | None) -> int | None:
+        """Decrypt, store and emit one envelope, from the queue (``queue_seq``) or from the
+        conversation history (``None``: nothing to acknowledge)."""
         envelope_id = str(frame["envelope_id"])
         conversation_id = str(frame["conversation_id"])
         sender = frame.get("sender") or {}
         sender_account, sender_device = str(sender.get("account_id")), str(sender.get("device_id"))
         if self.store.conversations.get_message(envelope_id) is not None:
-            self.store.cursors.set_acked_queue_seq(queue_seq)
-            return queue_seq  # duplicate
+            return self._ack(queue_seq)  # duplicate
         try:
             record = await self.conversation(conversation_id)
             contact = self.store.device_lists.get_contact(sender_account)
@@ -836,8 +964,7 @@ class Client:
             their_clock = msg.decode_clock(header.clock)
         except DecryptError as exc:
             if isinstance(exc.__cause__, DuplicateMessageError):
-                self.store.cursors.set_acked_queue_seq(queue_seq)
-                return queue_seq
+                return self._ack(queue_seq)
             return await self._drop(frame, queue_seq, str(exc))
         except CryptoError as exc:
             return await self._drop(frame, queue_seq, str(exc))
@@ -881,7 +1008,7 @@ class Client:
             self.store.cursors.set_server_seq(
                 conversation_id, max(server_seq, self.store.cursors.get_server_seq(conversation_id))
             )
-            self.store.cursors.set_acked_queue_seq(queue_seq)
+            self._ack(queue_seq)
         if op.type == "text":
             username = contact.username if contact is not None else ""
             await self._emit(
@@ -899,8 +1026,8 @@ class Client:
             )
         return queue_seq
 
-    async def _drop(self, frame: dict[str, Any], queue_seq: int, reason: str) -> int:
-        self.store.cursors.set_acked_queue_seq(queue_seq)
+    async def _drop(self, frame: dict[str, Any], queue_seq: int | None, reason: str) -> int | None:
+        self._ack(queue_seq)
         sender = frame.get("sender") or {}
         await self._emit(
             DecryptionFailed(

@@ -31,7 +31,7 @@ from server.api.problems import GuardMiddleware, install_problem_handlers, insta
 from server.clock import Clock, system_clock
 from server.context import AppContext, build_context
 from server.settings import Settings
-from server.storage.db import Database, create_engine
+from server.storage.db import Database
 from server.storage.migrate import check_up_to_date
 
 log = logging.getLogger("server")
@@ -66,13 +66,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(
+        db = Database.open(
             settings.database_url,
             sqlite_synchronous=settings.sqlite_synchronous,
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,
             pool_size=settings.db_pool_size,
         )
-        db = Database(engine)
+        engine = db.engine
         try:
             await check_up_to_date(engine)
             ctx = build_context(settings, db, clock)

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     heartbeat_missed_limit: int = Field(default=2, ge=1)
     delivery_window: int = Field(default=64, ge=1)
     queue_retention_s: int = Field(default=30 * 24 * 3600, gt=0)
+    #: ``redis://host:6379/0``: the wake-up bus shared by several server instances (one pub/sub
+    #: channel per connected device). Unset: the in-process bus (a single instance).
+    redis_url: str | None = None
 
     # -- limits ------------------------------------------------------------------------------
     max_envelope_bytes: int = Field(default=256 * 1024, gt=0)

@@ -113,3 +113,11 @@ class Drained(Event):
 @dataclass(frozen=True, slots=True)
 class Disconnected(Event):
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRemoved(Event):
+    """The server closed the delivery socket because this device was removed from its account
+    (close code 4002). The client stops reconnecting; the device must be linked again."""
+
+    reason: str

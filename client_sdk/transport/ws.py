@@ -18,7 +18,11 @@ FATAL_CLOSE_CODES = {4002}
 CLOSE_AUTH_FAILED = 4003
 
 FrameHandler = Callable[[dict[str, Any]], Awaitable[int | None]]
-"""Called for every frame that is not a ping; returns a queue_seq to acknowledge, or None."""
+"""Called for every frame that is not a ping; returns a queue_seq to acknowledge, or None.
+
+``on_state(state, close_code)`` is told of every disconnection with the server's close code
+(``None`` for a network failure): 4003 means the token was refused (fetch a new one before the
+next attempt), 4002 that the device was removed (the socket stops for good)."""
 
 
 def backoff_delay(
@@ -36,7 +40,7 @@ class DeliverySocket:
         token: Callable[[], Awaitable[str]],
         handler: FrameHandler,
         *,
-        on_state: Callable[[str], Awaitable[None]] | None = None,
+        on_state: Callable[[str, int | None], Awaitable[None]] | None = None,
         max_attempts: int | None = None,
     ) -> None:
         self.ws_url = ws_url.rstrip("/") + "/v1/ws"
@@ -55,14 +59,15 @@ class DeliverySocket:
                 await self._session()
                 attempt = 0
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                # Decisions are taken on the close code, never on the reason text.
                 code = getattr(getattr(exc, "rcvd", None), "code", None)
                 if code in FATAL_CLOSE_CODES:
                     self.fatal = "this device was removed from its account"
                     if self._on_state:
-                        await self._on_state("removed")
+                        await self._on_state("removed", code)
                     return
                 if self._on_state:
-                    await self._on_state(f"disconnected: {exc}")
+                    await self._on_state(f"disconnected: {exc}", code)
             if self._stop.is_set():
                 return
             attempt += 1

@@ -14,7 +14,8 @@ from server.services.common import AuthedDevice
 _bearer = HTTPBearer(auto_error=False, description="Access token from /v1/auth/login")
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: Request) -> AppContext:
+    # async: FastAPI runs a plain ``def`` dependency on a worker thread (one hop per request).
     ctx: AppContext = request.app.state.ctx
     return ctx
 
@@ -22,7 +23,7 @@ def get_ctx(request: Request) -> AppContext:
 Ctx = Annotated[AppContext, Depends(get_ctx)]
 
 
-def client_ip(request: Request) -> str:
+async def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 

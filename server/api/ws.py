@@ -70,6 +70,7 @@ from server.services import delivery_frames as frames
 from server.services.common import AuthedDevice
 from server.services.delivery import DeliveryService
 from server.services.delivery_metrics import DeliveryMetrics
+from server.storage.envelopes_repo import QueueItem
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -164,6 +165,11 @@ class DeviceConnection:
         self._ephemeral_bytes = 0
         self.token_exp_ms: int | None = None  # the access token's expiry (Unix ms), if known
         self._wake = asyncio.Event()
+        #: Committed entries handed over by the writer (:meth:`offer`), sent without reading the
+        #: queue back when they continue ``last_sent``; bounded by the window.
+        self._pushed: deque[QueueItem] = deque()
+        #: The queue may hold entries this connection has not seen: read it on the next refill.
+        self._need_read = True
         self._closing = asyncio.Event()
         self._closed = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -177,7 +183,20 @@ class DeviceConnection:
     # -- bus listener / registry -------------------------------------------------------------
 
     def on_wake(self) -> None:
+        self._need_read = True
         self._wake.set()
+
+    def offer(self, item: QueueItem) -> bool:
+        """A committed queue entry of this device, straight from the writer (in commit order).
+        Taken as a hint: the refill sends it only if it continues the sequence, else it reads
+        the queue. Never holds more than a window of entries."""
+        if len(self._pushed) >= self.window:
+            self._pushed.clear()
+            self._need_read = True
+        else:
+            self._pushed.append(item)
+        self._wake.set()
+        return True
 
     def on_ephemeral(self, frame: bytes) -> None:
         # Bounded by count and by bytes: the oldest indicator is dropped first.
@@ -201,6 +220,10 @@ class DeviceConnection:
 
     def on_tokens_revoked(self) -> None:
         self.close_soon(CLOSE_AUTH_FAILED, "token_revoked")
+
+    def on_replaced(self) -> None:
+        # A newer socket for this device connected on another instance (RedisBus).
+        self.close_soon(CLOSE_REPLACED, "replaced by a newer connection")
 
     def close_soon(self, code: int, reason: str) -> None:
         if not self._closing.is_set():
@@ -301,7 +324,10 @@ class DeviceConnection:
                 self.close_soon(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
                 return
             self.missed_pongs += 1
-            self._wake.set()  # a lost bus wake-up costs at most one heartbeat interval
+            if not self.delivery.wakeups_lossless:
+                # A lost bus wake-up (Redis) costs at most one heartbeat interval.
+                self._need_read = True
+                self._wake.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._send(frames.encode({"type": "ping", "queue_seq": self.last_sent})),
@@ -343,11 +369,33 @@ class DeviceConnection:
         self.acked = max(self.acked, through)
 
     async def _refill(self) -> bool:
-        """Fill the window from the database; True if the queue has nothing more to send."""
-        while len(self.inflight) < self.window:
+        """Fill the window: first from the entries the writer pushed, while they continue
+        ``last_sent``; from the database when something may be missing. True if the queue has
+        nothing more to send."""
+        while True:
+            while self._pushed and len(self.inflight) < self.window:
+                pushed = self._pushed[0]
+                if pushed.queue_seq <= self.last_sent:
+                    self._pushed.popleft()  # already sent (read from the database)
+                    continue
+                if self._need_read or pushed.queue_seq != self.last_sent + 1:
+                    # Something in between (or a gap): the database has it; read from there.
+                    self._need_read = True
+                    break
+                self._pushed.popleft()
+                await self._send_item(pushed)
             room = self.window - len(self.inflight)
+            if room <= 0:
+                return False
+            if not self._need_read:
+                return not self._pushed
+            # Cleared before the read: a wake-up that arrives during it sets it again.
+            self._need_read = False
             items, state = await _db(self.delivery.pending(self._device_id, self.last_sent, room))
+            if len(items) >= room:
+                self._need_read = True  # the window is full; there may be more
             if state.purged_through > self.last_sent:
+                self._need_read = True
                 start = self.last_sent + 1
                 self.last_sent = state.purged_through
                 self.inflight[state.purged_through] = None
@@ -358,24 +406,26 @@ class DeviceConnection:
                 )
                 continue
             for item in items:
-                self.inflight[item.queue_seq] = item.server_ts_ms
-                self.last_sent = item.queue_seq
-                await self._send(
-                    frames.envelope_frame(
-                        queue_seq=item.queue_seq,
-                        conversation_id=item.conversation_id,
-                        server_seq=item.server_seq,
-                        server_ts=item.server_ts_ms,
-                        sender_account_id=item.sender_account_id,
-                        sender_device_id=item.sender_device_id,
-                        envelope_id=item.envelope_id,
-                        clock=item.clock,
-                        ciphertext=item.ciphertext,
-                    )
-                )
-            if len(items) < room:
-                return True
-        return False
+                await self._send_item(item)
+            if len(items) < room and self._pushed and self._pushed[0].queue_seq > self.last_sent + 1:
+                self._pushed.clear()  # the queue was just read to its end: nothing continues it
+
+    async def _send_item(self, item: QueueItem) -> None:
+        self.inflight[item.queue_seq] = item.server_ts_ms
+        self.last_sent = item.queue_seq
+        await self._send(
+            frames.envelope_frame(
+                queue_seq=item.queue_seq,
+                conversation_id=item.conversation_id,
+                server_seq=item.server_seq,
+                server_ts=item.server_ts_ms,
+                sender_account_id=item.sender_account_id,
+                sender_device_id=item.sender_device_id,
+                envelope_id=item.envelope_id,
+                clock=item.clock,
+                ciphertext=item.ciphertext,
+            )
+        )
 
 
 async def _close_or_abort(ws: WebSocket, code: int, reason: str) -> None:
@@ -484,14 +534,20 @@ async def delivery_socket(ws: WebSocket) -> None:
 async def start_delivery(ctx: AppContext) -> None:
     """Build and start the delivery side on ``ctx``: bus, connection registry, conversations and
     delivery services, the device-removed and tokens-revoked hooks, and their shutdown."""
-    from server.services.bus import InProcessBus
+    from server.services.bus import DeliveryBus, InProcessBus
     from server.services.conversations import ConversationsService
     from server.storage.conversations_repo import ConversationsRepo
     from server.storage.envelopes_repo import EnvelopesRepo
 
     settings = ctx.settings
     metrics = DeliveryMetrics(ctx.registry)
-    bus = InProcessBus()
+    bus: DeliveryBus
+    if settings.redis_url:
+        from server.services.redis_bus import RedisBus
+
+        bus = RedisBus(settings.redis_url)
+    else:
+        bus = InProcessBus()
     await bus.start()
     registry = ConnectionRegistry()
     conversations_repo = ConversationsRepo(ctx.db)
@@ -508,6 +564,12 @@ async def start_delivery(ctx: AppContext) -> None:
     ctx.bus = bus
     ctx.connections = registry
     ctx.delivery = delivery
+
+    def local_push(device_id: bytes, item: QueueItem) -> bool:
+        conn = registry.get(device_id)
+        return isinstance(conn, DeviceConnection) and conn.offer(item)
+
+    delivery.local_push = local_push
     ctx.conversations = ConversationsService(
         conversations_repo, ctx.clock, max_members=settings.max_recipients
     )

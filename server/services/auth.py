@@ -112,6 +112,7 @@ class AuthService:
         self._limits = limits
         self._random = random_bytes
         self._on_tokens_revoked = on_tokens_revoked if on_tokens_revoked is not None else []
+        self._revoked_families: set[bytes] = set()
 
     # -- logins ------------------------------------------------------------------------------
 
@@ -222,10 +223,11 @@ class AuthService:
     ) -> TokenPair:
         refresh = b64encode(self._random(32))
         now = self._clock()
+        family_id = family or self._random(16)
         await self._repo.insert_refresh(
             RefreshTokenRow(
                 token_hash=hash_refresh_token(refresh),
-                family_id=family or self._random(16),
+                family_id=family_id,
                 device_id=device_id,
                 account_id=account_id,
                 issued_at_ms=now,
@@ -233,7 +235,7 @@ class AuthService:
             )
         )
         return TokenPair(
-            self._access_token(account_id, device_id, username, now),
+            self._access_token(account_id, device_id, username, now, family_id),
             self._access_ttl,
             refresh,
             self._refresh_ttl,
@@ -241,9 +243,12 @@ class AuthService:
             encode_id(device_id),
         )
 
-    def _access_token(self, account_id: bytes, device_id: bytes, username: str, now_ms: int) -> str:
+    def _access_token(
+        self, account_id: bytes, device_id: bytes, username: str, now_ms: int, family_id: bytes
+    ) -> str:
         now_s = now_ms // 1000
         claims = {
+            "fam": b64encode(family_id),
             "sub": encode_id(device_id),
             "acc": encode_id(account_id),
             "usr": username,
@@ -279,6 +284,7 @@ class AuthService:
             raise Problem(401, ProblemCode.TOKEN_REVOKED, "the refresh token was revoked; log in again")
         if result.outcome is RotateOutcome.REUSED:
             assert result.old is not None
+            self._revoked_families.add(result.old.family_id)
             await self._tokens_revoked(result.old.account_id, result.old.device_id)
             raise Problem(
                 401,
@@ -289,7 +295,9 @@ class AuthService:
         account = await self._accounts.get(result.old.account_id)
         username = account.username if account is not None else ""
         return TokenPair(
-            self._access_token(result.old.account_id, result.old.device_id, username, now),
+            self._access_token(
+                result.old.account_id, result.old.device_id, username, now, result.old.family_id
+            ),
             self._access_ttl,
             new_token,
             self._refresh_ttl,
@@ -307,6 +315,10 @@ class AuthService:
 
     def decode_access_token(self, token: str) -> AuthedDevice:
         """Check signature and expiry (against the injected clock) without touching the database."""
+        return self._decode_access_token(token)[0]
+
+    def _decode_access_token(self, token: str) -> tuple[AuthedDevice, str]:
+        """The device and the refresh-token family (``fam`` claim) of a valid access token."""
         try:
             claims = jwt.decode(
                 token,
@@ -326,15 +338,19 @@ class AuthService:
                 "the access token has expired; refresh it",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        return AuthedDevice(
+        fam = claims.get("fam")
+        if not isinstance(fam, str):
+            raise _unauthorized("invalid access token")
+        authed = AuthedDevice(
             account_id=claims["acc"], device_id=claims["sub"], username=str(claims.get("usr", ""))
         )
+        return authed, fam
 
     async def authenticate_access_token(self, token: str) -> AuthedDevice:
         """The device behind ``token``; 401 if the token is invalid, expired, or its device was
         removed. Used by the HTTP dependency on every request and by the WebSocket once per
         connection (the socket is closed by the removal hook afterwards)."""
-        authed = self.decode_access_token(token)
+        authed, family = self._decode_access_token(token)
         device = await self._accounts.get_device(b64decode(authed.device_id))
         if device is None or not device.active or encode_id(device.account_id) != authed.account_id:
             raise Problem(
@@ -343,4 +359,25 @@ class AuthService:
                 "this device was removed from its account",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
+        if await self._family_revoked(family):
+            raise Problem(
+                401,
+                ProblemCode.TOKEN_REVOKED,
+                "the login of this access token was revoked (refresh-token reuse); log in again",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         return authed
+
+    async def _family_revoked(self, family_b64: str) -> bool:
+        """Revocation is permanent, so revoked families are cached; a family not (yet) known to be
+        revoked is checked in the database, so a revocation on another instance counts at once."""
+        try:
+            family = b64decode(family_b64)
+        except (CryptoError, ValueError):
+            return True
+        if family in self._revoked_families:
+            return True
+        if await self._repo.family_revoked(family):
+            self._revoked_families.add(family)
+            return True
+        return False

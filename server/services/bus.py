@@ -9,8 +9,9 @@ anything. Three kinds of events travel on it, all addressed to one device:
   nobody holds that device's socket, the frame is dropped, as intended;
 - **device removed**: the device was removed from its account's list; its socket must close.
 
-:class:`InProcessBus` serves a single server process. A Redis implementation (one pub/sub channel
-per subscribed device) fills the same :class:`DeliveryBus` interface for several instances.
+:class:`InProcessBus` serves a single server process. :class:`server.services.redis_bus.RedisBus`
+(one pub/sub channel per subscribed device) fills the same :class:`DeliveryBus` interface for
+several instances; it also closes a device's older socket on another instance (``on_replaced``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class DeviceListener(Protocol):
 
     def on_tokens_revoked(self) -> None: ...
 
+    def on_replaced(self) -> None:
+        """A newer socket for the same device connected on another instance: close (4001)."""
+        ...
+
 
 class Subscription:
     """A handle returned by :meth:`DeliveryBus.subscribe`; pass it back to unsubscribe."""
@@ -46,6 +51,11 @@ class Subscription:
 
 
 class DeliveryBus(Protocol):
+    #: True when a wake-up may be lost (Redis): the delivery loop must then re-read the queue on
+    #: every heartbeat tick even when it saw nothing new, so a lost wake-up costs at most one
+    #: heartbeat interval.
+    poll_on_heartbeat: bool
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -73,6 +83,10 @@ class DeliveryBus(Protocol):
 
 class InProcessBus:
     """The single-process bus: a dict from device id to its listeners."""
+
+    #: Wake-ups are never lost in one process (one socket per device is the connection
+    #: registry's job here, so ``on_replaced`` is never called).
+    poll_on_heartbeat = False
 
     def __init__(self) -> None:
         self._subs: dict[bytes, list[Subscription]] = {}

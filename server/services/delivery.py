@@ -22,9 +22,17 @@ Send rules, checked in this order:
    the bus after the commit. Ephemeral envelopes skip the database: each recipient device that is
    connected right now gets its frame through the bus; the others never see it.
 
-The device-list check (4, 5) reads the lists outside the writer's transaction: a list that changes
-between the check and the commit means the envelope reaches the devices of the list it was checked
-against. That is the same outcome as a send that completed just before the list changed.
+For stored envelopes, idempotency (2) and the routing checks (3-5) run inside the group-commit
+writer's transaction, for the whole batch at once (one statement for the routing of all its
+conversations); only a send that fails them costs the extra reads that build the error (the current
+signed lists, the owners of extra devices). A list that changes after that transaction means the
+envelope reaches the devices of the list it was checked against: the same outcome as a send that
+completed just before the list changed. Ephemeral envelopes read the routing before the bus.
+
+Push: right after a batch commits, each new queue entry is handed to the socket that holds its
+device in this process (:attr:`DeliveryService.local_push`), so the socket sends it without reading
+the queue back; only the recipients not held here are woken through the bus. The database stays
+the truth: a socket that cannot take an entry in order reads its queue instead.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from crypto.keys import b64encode
@@ -53,6 +61,8 @@ from server.storage.envelopes_repo import (
     NewEnvelope,
     QueueItem,
     QueueState,
+    RoutingRejected,
+    SendOutcome,
     StoredEnvelope,
 )
 
@@ -143,8 +153,17 @@ class DeliveryService:
             if maintenance_interval_s is not None
             else min(3600.0, queue_retention_s / 10)
         )
-        self.writer = GroupCommitWriter(envelopes, self._now, on_batch=metrics.batch_size.observe)
+        self.writer = GroupCommitWriter(
+            envelopes, self._now, on_batch=metrics.batch_size.observe, on_commit=self._after_commit
+        )
         self._maintenance: asyncio.Task[None] | None = None
+        #: device id, committed queue entry -> True if a socket held in this process took it
+        #: (set by the delivery socket side; must not block or raise)
+        self.local_push: Callable[[bytes, QueueItem], bool] | None = None
+        #: The in-process bus loses no wake-up (every queue write of this deployment happens in
+        #: this process and pushes or wakes after its commit), so idle sockets need not re-read
+        #: their queue on every heartbeat; with a bus across processes (Redis) they do.
+        self.wakeups_lossless = not getattr(bus, "poll_on_heartbeat", True)
 
     def _now(self) -> int:
         return self.clock()
@@ -180,26 +199,9 @@ class DeliveryService:
     async def send(self, sender_account_id: bytes, sender_device_id: bytes, req: SendRequest) -> SendResult:
         self._check_limits(req)
         digest = request_hash(sender_device_id, req)
-        if not req.ephemeral:
-            stored = await self.envelopes.find(sender_device_id, req.envelope_id)
-            if stored is not None:
-                return self._replay(stored, digest)
-
-        routing = await self.conversations.routing(req.conversation_id)
-        if routing is None or all(r.account_id != sender_account_id for r in routing):
-            raise Problem(404, ProblemCode.CONVERSATION_NOT_FOUND, "no such conversation")
-        await self._check_versions(routing, req.device_list_versions)
-        await self._check_recipients(routing, sender_account_id, sender_device_id, req.ciphertexts)
-        if not req.ephemeral and not req.ciphertexts:
-            # The recipients check passed with nothing addressed: the sending device is the only
-            # device in the conversation. A stored envelope nobody can ever read is refused.
-            raise Problem(
-                422,
-                ProblemCode.NO_RECIPIENTS,
-                "the conversation has no other device to deliver this envelope to",
-            )
-
         if req.ephemeral:
+            routing = await self.conversations.routing(req.conversation_id)
+            await self._check_routing(routing, sender_account_id, sender_device_id, req)
             now = self.clock()
             by_device = {
                 device_id: frames.ephemeral_frame(
@@ -226,17 +228,77 @@ class DeliveryService:
                 clock=req.clock,
                 request_hash=digest,
                 copies=tuple((bytes(d), bytes(c)) for d, c in req.ciphertexts),
+                device_list_versions=dict(req.device_list_versions),
             )
         )
         if isinstance(outcome, Accepted):
             self.metrics.accepted.inc()
             self.metrics.queue_depth.inc(len(outcome.recipients))
-            await self.bus.publish_wake(outcome.recipients)
+            remote = [d for d in outcome.recipients if d not in outcome.pushed]
+            if remote:
+                await self.bus.publish_wake(remote)
             e = outcome.envelope
             return SendResult(e.envelope_id, e.server_ts_ms, e.server_seq)
         if isinstance(outcome, AlreadyStored):
             return self._replay(outcome.envelope, digest)
+        if isinstance(outcome, RoutingRejected):
+            await self._check_routing(outcome.routing, sender_account_id, sender_device_id, req)
+            # The writer refused what these checks accept: cannot happen; never store it.
+            raise Problem(
+                409,
+                ProblemCode.RECIPIENTS_MISMATCH,
+                "the ciphertexts do not match the current devices of the conversation",
+                accounts={},
+                unknown_devices=[],
+            )
         raise Problem(404, ProblemCode.CONVERSATION_NOT_FOUND, "no such conversation")
+
+    async def _check_routing(
+        self,
+        routing: list[AccountRouting] | None,
+        sender_account_id: bytes,
+        sender_device_id: bytes,
+        req: SendRequest,
+    ) -> None:
+        """Rules 3-5 (and the no-recipients rule of stored envelopes), raising the Problem."""
+        if routing is None or all(r.account_id != sender_account_id for r in routing):
+            raise Problem(404, ProblemCode.CONVERSATION_NOT_FOUND, "no such conversation")
+        await self._check_versions(routing, req.device_list_versions)
+        await self._check_recipients(routing, sender_account_id, sender_device_id, req.ciphertexts)
+        if not req.ephemeral and not req.ciphertexts:
+            # The recipients check passed with nothing addressed: the sending device is the only
+            # device in the conversation. A stored envelope nobody can ever read is refused.
+            raise Problem(
+                422,
+                ProblemCode.NO_RECIPIENTS,
+                "the conversation has no other device to deliver this envelope to",
+            )
+
+    def _after_commit(self, sends: Sequence[NewEnvelope], outcomes: Sequence[SendOutcome]) -> None:
+        """Runs in the writer right after a commit: offer each new queue entry to the socket
+        that holds its device here (in commit order)."""
+        push = self.local_push
+        if push is None:
+            return
+        for env, outcome in zip(sends, outcomes, strict=True):
+            if not isinstance(outcome, Accepted):
+                continue
+            e = outcome.envelope
+            copies = dict(env.copies)
+            for device_id, queue_seq in zip(outcome.recipients, outcome.queue_seqs, strict=True):
+                item = QueueItem(
+                    queue_seq=queue_seq,
+                    conversation_id=e.conversation_id,
+                    server_seq=e.server_seq,
+                    server_ts_ms=e.server_ts_ms,
+                    sender_account_id=env.sender_account_id,
+                    sender_device_id=env.sender_device_id,
+                    envelope_id=e.envelope_id,
+                    clock=env.clock,
+                    ciphertext=copies[device_id],
+                )
+                if push(device_id, item):
+                    outcome.pushed.add(device_id)
 
     def _check_limits(self, req: SendRequest) -> None:
         if len(req.ciphertexts) > self.max_recipients:

@@ -54,11 +54,13 @@ class GroupCommitWriter:
         *,
         max_batch: int = 512,
         on_batch: Callable[[int], None] | None = None,
+        on_commit: Callable[[Sequence[NewEnvelope], Sequence[SendOutcome]], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._max_batch = max_batch
         self._on_batch = on_batch
+        self._on_commit = on_commit
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -134,11 +136,17 @@ class GroupCommitWriter:
     async def _apply(self, batch: list[_Job]) -> None:
         sends = [j for j in batch if j.send is not None]
         acks = [j.ack for j in batch if j.ack is not None]
-        outcomes = await self._store.write_batch(
-            [j.send for j in sends if j.send is not None], acks, self._clock()
-        )
+        envelopes = [j.send for j in sends if j.send is not None]
+        outcomes = await self._store.write_batch(envelopes, acks, self._clock())
         if self._on_batch is not None:
             self._on_batch(len(batch))
+        if self._on_commit is not None and envelopes:
+            # Committed: hand the new queue entries to the sockets held here before anyone is
+            # answered (in commit order, so a device sees its queue_seqs in order). Must not raise.
+            try:
+                self._on_commit(envelopes, outcomes)
+            except Exception:
+                log.exception("delivery writer on_commit hook failed")
         for job, outcome in zip(sends, outcomes, strict=True):
             if not job.future.done():
                 job.future.set_result(outcome)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from server.storage.db import Database
@@ -116,9 +117,12 @@ class AccountsRepo:
     # -- devices -----------------------------------------------------------------------------
 
     async def get_device(self, device_id: bytes) -> DeviceRow | None:
-        async with self._db.read() as conn:
-            row = (await conn.execute(select(devices).where(devices.c.device_id == device_id))).first()
-        return None if row is None else _device(row)
+        # On every authenticated request: one hand-off on SQLite (Database.run_read).
+        def read(conn: Connection) -> DeviceRow | None:
+            row = conn.execute(select(devices).where(devices.c.device_id == device_id)).first()
+            return None if row is None else _device(row)
+
+        return await self._db.run_read(read)
 
     async def active_devices(self, account_id: bytes) -> list[DeviceRow]:
         """The routable devices of an account (named by its current signed list), by device id."""

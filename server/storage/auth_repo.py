@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.engine import Connection
 
 from server.storage.db import Database
 from server.storage.schema import devices, login_challenges, refresh_tokens
@@ -103,6 +104,20 @@ class AuthRepo:
                 )
             )
             return RotateResult(RotateOutcome.ROTATED, old)
+
+    async def family_revoked(self, family_id: bytes) -> bool:
+        """Whether a refresh-token family was revoked (its rows are kept once revoked)."""
+
+        # On every authenticated request: one hand-off on SQLite (Database.run_read).
+        def read(conn: Connection) -> bool:
+            row = conn.execute(
+                select(refresh_tokens.c.token_hash)
+                .where(and_(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked.is_(True)))
+                .limit(1)
+            ).first()
+            return row is not None
+
+        return await self._db.run_read(read)
 
     async def revoke_device_tokens(self, device_id: bytes) -> None:
         async with self._db.write() as conn:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, exists, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from server.storage import schema as s
@@ -194,27 +195,8 @@ class ConversationsRepo:
             known = await conn.scalar(select(conversations.c.id).where(conversations.c.id == conversation_id))
             if known is None:
                 return None
-            rows = await conn.execute(
-                select(s.accounts.c.id, s.accounts.c.device_list_version, s.devices.c.device_id)
-                .select_from(
-                    conversation_members.join(
-                        s.accounts, s.accounts.c.id == conversation_members.c.account_id
-                    ).outerjoin(
-                        s.devices,
-                        and_(s.devices.c.account_id == s.accounts.c.id, s.devices.c.removed_at_ms.is_(None)),
-                    )
-                )
-                .where(conversation_members.c.conversation_id == conversation_id)
-            )
-            versions: dict[bytes, int] = {}
-            devices: dict[bytes, set[bytes]] = {}
-            for account_id, version, device_id in rows:
-                aid = bytes(account_id)
-                versions[aid] = int(version)
-                devs = devices.setdefault(aid, set())
-                if device_id is not None:
-                    devs.add(bytes(device_id))
-        return [AccountRouting(a, versions[a], frozenset(devices[a])) for a in versions]
+            routing = await conn.run_sync(load_routing_sync, [conversation_id])
+            return routing.get(conversation_id, [])
 
     async def current_signed_lists(self, account_ids: Iterable[bytes]) -> list[SignedListRow]:
         ids = list(set(account_ids))
@@ -246,3 +228,43 @@ class ConversationsRepo:
                 select(s.devices.c.device_id, s.devices.c.account_id).where(s.devices.c.device_id.in_(ids))
             )
             return {bytes(d): bytes(a) for d, a in rows}
+
+
+def load_routing_sync(
+    conn: Connection, conversation_ids: Sequence[bytes]
+) -> dict[bytes, list[AccountRouting]]:
+    """The routing view of several conversations in one statement, inside the caller's
+    transaction (the group-commit writer checks a whole batch's recipients with it). A
+    conversation without members is absent from the result."""
+    if not conversation_ids:
+        return {}
+    rows = conn.execute(
+        select(
+            conversation_members.c.conversation_id,
+            s.accounts.c.id,
+            s.accounts.c.device_list_version,
+            s.devices.c.device_id,
+        )
+        .select_from(
+            conversation_members.join(
+                s.accounts, s.accounts.c.id == conversation_members.c.account_id
+            ).outerjoin(
+                s.devices,
+                and_(s.devices.c.account_id == s.accounts.c.id, s.devices.c.removed_at_ms.is_(None)),
+            )
+        )
+        .where(conversation_members.c.conversation_id.in_(sorted(set(conversation_ids))))
+    )
+    versions: dict[bytes, dict[bytes, int]] = {}
+    devices: dict[tuple[bytes, bytes], set[bytes]] = {}
+    for conversation_id, account_id, version, device_id in rows:
+        cid = bytes(conversation_id)
+        aid = bytes(account_id)
+        versions.setdefault(cid, {})[aid] = int(version)
+        devs = devices.setdefault((cid, aid), set())
+        if device_id is not None:
+            devs.add(bytes(device_id))
+    return {
+        cid: [AccountRouting(a, v, frozenset(devices[(cid, a)])) for a, v in accounts.items()]
+        for cid, accounts in versions.items()
+    }

@@ -23,15 +23,17 @@ committed, so a cumulative acknowledgement can never delete a row the device has
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from server.storage.conversations_repo import AccountRouting, load_routing_sync
 from server.storage.db import Database
 from server.storage.delivery_schema import (
     conversations,
@@ -51,6 +53,11 @@ class NewEnvelope:
     clock: bytes
     request_hash: bytes
     copies: tuple[tuple[bytes, bytes], ...]  # (recipient device_id, ciphertext)
+    #: account id -> device-list version the sender encrypted against. When set, the send is
+    #: checked against the conversation's routing inside the batch's transaction (membership,
+    #: versions, recipients exactly the routable devices, at least one): a mismatch is
+    #: :class:`RoutingRejected` and nothing of it is stored.
+    device_list_versions: Mapping[bytes, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,11 @@ class StoredEnvelope:
 class Accepted:
     envelope: StoredEnvelope
     recipients: tuple[bytes, ...]
+    #: the ``queue_seq`` of each recipient's queue row, aligned with ``recipients``
+    queue_seqs: tuple[int, ...] = ()
+    #: recipients whose socket in this process took the committed entry directly (filled after
+    #: the commit by the delivery service; the others are woken through the bus)
+    pushed: set[bytes] = field(default_factory=set, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +94,35 @@ class ConversationGone:
     conversation_id: bytes
 
 
-SendOutcome = Accepted | AlreadyStored | ConversationGone
+@dataclass(frozen=True, slots=True)
+class RoutingRejected:
+    """The send does not match the conversation's current routing (checked in the transaction)."""
+
+    routing: list[AccountRouting]
+
+
+SendOutcome = Accepted | AlreadyStored | ConversationGone | RoutingRejected
+
+
+def routing_matches(
+    routing: Sequence[AccountRouting],
+    sender_account_id: bytes,
+    sender_device_id: bytes,
+    stated: Mapping[bytes, int],
+    given: set[bytes] | frozenset[bytes],
+) -> bool:
+    """True if a stored send may go out: the sender is a member, every member's stated version is
+    current, the addressed devices are exactly the members' routable devices minus the sending
+    device, and there is at least one."""
+    if not given or all(r.account_id != sender_account_id for r in routing):
+        return False
+    expected: set[bytes] = set()
+    for r in routing:
+        if stated.get(r.account_id) != r.device_list_version:
+            return False
+        expected.update(r.active_devices)
+    expected.discard(sender_device_id)
+    return given == expected
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,12 +198,16 @@ _raise_purged = (
 
 
 async def _lock_queue_states(conn: AsyncConnection, devices: set[bytes]) -> dict[bytes, int]:
+    return await conn.run_sync(_lock_queue_states_sync, devices)
+
+
+def _lock_queue_states_sync(conn: Connection, devices: set[bytes]) -> dict[bytes, int]:
     """Lock the devices' queue-state rows (``FOR UPDATE`` on PostgreSQL; SQLite has one writer)
     in device-id order, the order every path uses; returns device -> ``last_queue_seq`` for the
     rows that exist."""
     if not devices:
         return {}
-    rows = await conn.execute(
+    rows = conn.execute(
         select(device_queue_state.c.device_id, device_queue_state.c.last_queue_seq)
         .where(device_queue_state.c.device_id.in_(sorted(devices)))
         .order_by(device_queue_state.c.device_id)
@@ -173,12 +217,16 @@ async def _lock_queue_states(conn: AsyncConnection, devices: set[bytes]) -> dict
 
 
 async def create_queue_states(conn: AsyncConnection, devices: Sequence[bytes]) -> None:
+    await conn.run_sync(_create_queue_states_sync, devices)
+
+
+def _create_queue_states_sync(conn: Connection, devices: Sequence[bytes]) -> None:
     """Create the devices' queue-state rows if missing (``INSERT ... ON CONFLICT DO NOTHING``, in
     device-id order): another instance creating the same row concurrently is not an error."""
     if not devices:
         return
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    await conn.execute(
+    conn.execute(
         dialect_insert(device_queue_state).on_conflict_do_nothing(index_elements=["device_id"]),
         [
             {"device_id": d, "last_queue_seq": 0, "acked_through": 0, "purged_through": 0}
@@ -378,24 +426,31 @@ class EnvelopesRepo:
     async def write_batch(
         self, sends: Sequence[NewEnvelope], acks: Sequence[AckRequest], now_ms: int
     ) -> list[SendOutcome]:
-        """Apply ``sends`` and ``acks`` in one transaction; one outcome per send, in order."""
-        async with self._db.write() as conn:
-            ack_devices = {a.device_id for a in acks}
-            outcomes = await self._apply_sends(conn, sends, now_ms, ack_devices) if sends else []
-            if acks:
-                await self._apply_acks(conn, acks)
-        return outcomes
+        """Apply ``sends`` and ``acks`` in one transaction; one outcome per send, in order.
 
-    async def _apply_sends(
+        The whole batch is one synchronous function run in the write transaction
+        (:meth:`Database.run_write`): on SQLite that is a single hand-off to the writer thread
+        for all its statements, instead of one per statement and cursor call."""
+
+        def apply(conn: Connection) -> list[SendOutcome]:
+            ack_devices = {a.device_id for a in acks}
+            outcomes = self._apply_sends(conn, sends, now_ms, ack_devices) if sends else []
+            if acks:
+                self._apply_acks(conn, acks)
+            return outcomes
+
+        return await self._db.run_write(apply)
+
+    def _apply_sends(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         sends: Sequence[NewEnvelope],
         now_ms: int,
         ack_devices: set[bytes] | frozenset[bytes] = frozenset(),
     ) -> list[SendOutcome]:
         keys = {(e.sender_device_id, e.envelope_id) for e in sends}
         existing: dict[tuple[bytes, bytes], StoredEnvelope] = {}
-        rows = await conn.execute(
+        rows = conn.execute(
             select(
                 envelopes.c.conversation_id,
                 envelopes.c.envelope_id,
@@ -413,13 +468,16 @@ class EnvelopesRepo:
         conv_ids = sorted({e.conversation_id for e in sends})
         last_seq: dict[bytes, int] = {
             bytes(cid): int(seq)
-            for cid, seq in await conn.execute(
+            for cid, seq in conn.execute(
                 select(conversations.c.id, conversations.c.last_server_seq)
                 .where(conversations.c.id.in_(conv_ids))
                 .order_by(conversations.c.id)
                 .with_for_update()
             )
         }
+
+        checked = [e for e in sends if e.device_list_versions is not None and e.conversation_id in last_seq]
+        routing = load_routing_sync(conn, [e.conversation_id for e in checked]) if checked else {}
 
         # Decide each send's fate; assign server_seq to the fresh ones.
         outcomes: list[SendOutcome | None] = [None] * len(sends)
@@ -433,13 +491,21 @@ class EnvelopesRepo:
                 continue  # resolved below, from the first occurrence's outcome
             elif env.conversation_id not in last_seq:
                 outcomes[i] = ConversationGone(env.conversation_id)
+            elif env.device_list_versions is not None and not routing_matches(
+                routing.get(env.conversation_id, []),
+                env.sender_account_id,
+                env.sender_device_id,
+                env.device_list_versions,
+                {d for d, _ in env.copies},
+            ):
+                outcomes[i] = RoutingRejected(routing.get(env.conversation_id, []))
             else:
                 first_in_batch[key] = i
                 last_seq[env.conversation_id] += 1
                 fresh.append((i, env, last_seq[env.conversation_id]))
 
         if fresh:
-            await conn.execute(
+            conn.execute(
                 _update_conversation_seq,
                 [
                     {"b_id": cid, "b_seq": seq}
@@ -452,11 +518,11 @@ class EnvelopesRepo:
             # Every queue-state row this transaction writes (the batch's acks included) is locked
             # here, in one sorted statement: the global lock order is conversations, then
             # device_queue_state by device id, then queue rows.
-            counters = await _lock_queue_states(conn, set(devices) | set(ack_devices))
+            counters = _lock_queue_states_sync(conn, set(devices) | set(ack_devices))
             missing = [d for d in devices if d not in counters]
             if missing:
-                await create_queue_states(conn, missing)
-                counters.update(await _lock_queue_states(conn, set(missing)))
+                _create_queue_states_sync(conn, missing)
+                counters.update(_lock_queue_states_sync(conn, set(missing)))
 
             env_rows = []
             copy_rows = []
@@ -474,8 +540,10 @@ class EnvelopesRepo:
                         "request_hash": env.request_hash,
                     }
                 )
+                seqs: list[int] = []
                 for dev, ciphertext in env.copies:
                     counters[dev] += 1
+                    seqs.append(counters[dev])
                     copy_rows.append(
                         {
                             "conversation_id": env.conversation_id,
@@ -496,14 +564,13 @@ class EnvelopesRepo:
                 outcomes[i] = Accepted(
                     StoredEnvelope(env.conversation_id, env.envelope_id, seq, now_ms, env.request_hash),
                     tuple(dev for dev, _ in env.copies),
+                    tuple(seqs),
                 )
-            await conn.execute(
-                _update_queue_counter, [{"b_device": d, "b_last": counters[d]} for d in devices]
-            )
-            await conn.execute(insert(envelopes), env_rows)
+            conn.execute(_update_queue_counter, [{"b_device": d, "b_last": counters[d]} for d in devices])
+            conn.execute(insert(envelopes), env_rows)
             if copy_rows:
-                await conn.execute(insert(envelope_copies), copy_rows)
-                await conn.execute(insert(device_queue), queue_rows)
+                conn.execute(insert(envelope_copies), copy_rows)
+                conn.execute(insert(device_queue), queue_rows)
 
         # Later duplicates of a key first seen in this batch replay the first one's result.
         for i, env in enumerate(sends):
@@ -514,14 +581,14 @@ class EnvelopesRepo:
         return [o for o in outcomes if o is not None]
 
     @staticmethod
-    async def _apply_acks(conn: AsyncConnection, acks: Sequence[AckRequest]) -> None:
+    def _apply_acks(conn: Connection, acks: Sequence[AckRequest]) -> None:
         through: dict[bytes, int] = {}
         for a in acks:
             through[a.device_id] = max(through.get(a.device_id, 0), a.through)
-        await _lock_queue_states(conn, set(through))
+        _lock_queue_states_sync(conn, set(through))
         params = [{"b_device": d, "b_through": t} for d, t in sorted(through.items())]
-        await conn.execute(_delete_acked, params)
-        await conn.execute(_raise_acked, params)
+        conn.execute(_delete_acked, params)
+        conn.execute(_raise_acked, params)
 
     async def purge_expired(self, cutoff_ms: int, device_id: bytes | None = None) -> int:
         """Drop queue entries enqueued before ``cutoff_ms`` (for one device, or all devices and

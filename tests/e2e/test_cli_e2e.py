@@ -128,6 +128,11 @@ def test_profiles_chat_link_and_messages(make_server: Callable[..., LiveServer],
     assert f"{alice}: hi bob, phone here" in on_bob
     assert "me: hello alice from the CLI" in on_bob
 
+    # one process follows and sends: lines typed on stdin go to the conversation given with --to
+    followed = cli("bob", "follow", "--to", cid, "--for", "4", stdin="typed while following\n")
+    assert "sent " in followed.stderr, followed.stderr
+    assert f"{bob}: typed while following" in cli("desktop", "messages", cid).stdout
+
     # the safety number is the same on both sides; verifying works non-interactively
     mine = cli("desktop", "safety-number", bob).stdout.split()
     theirs = cli("bob", "safety-number", alice).stdout.split()

@@ -18,6 +18,7 @@ from client_sdk.client import Client
 from client_sdk.core.events import Drained, MessageReceived
 from client_sdk.errors import UntrustedDeviceListError
 from client_sdk.stores.memory import MemoryStore
+from client_sdk.stores.sqlite import SqliteStore
 from crypto import device_list as dl
 from crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, b64decode, b64encode
 from tests.live import LiveServer
@@ -40,7 +41,10 @@ async def _received(client: Client, n: int = 1) -> list[MessageReceived]:
 
 
 async def test_three_devices_end_to_end(
-    live_server: LiveServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    live_server: LiveServer,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server = live_server
@@ -52,8 +56,9 @@ async def test_three_devices_end_to_end(
         return text
 
     alice_name, bob_name = _name("alice"), _name("bob")
-    desk_store = MemoryStore()
-    desk = await Client.create(url, desk_store)
+    # the desktop keeps a durable store (outside tmp_path, whose files are the server's)
+    desk_path = tmp_path_factory.mktemp("desktop-device") / "store.db"
+    desk = await Client.create(url, SqliteStore.open(desk_path))
     await desk.register(alice_name, PASSWORD)
     bob = await Client.create(url, MemoryStore())
     await bob.register(bob_name, PASSWORD)
@@ -104,9 +109,12 @@ async def test_three_devices_end_to_end(
     texts = [m.text for m in desk.messages(cid)]
     assert len(texts) == len(set(texts)) == 5
 
-    # the desktop restarts from its store and continues its sessions
+    # the desktop restarts from its durable store (closed, reopened) and continues its sessions
+    # both ways
     await desk.close()
-    desk = await Client.create(url, desk_store)
+    desk.store.close()  # type: ignore[attr-defined]
+    desk = await Client.create(url, SqliteStore.open(desk_path))
+    assert [m.text for m in desk.messages(cid)] == texts
     await desk.connect()
     await bob.send_text(cid, said("after your restart"))
     (event,) = await _received(desk)
@@ -133,6 +141,7 @@ async def test_three_devices_end_to_end(
 
     for c in (desk, phone, bob, laptop):
         await c.close()
+    desk.store.close()  # type: ignore[attr-defined]
 
     # the server's database and logs hold none of the plaintexts
     server.stop()

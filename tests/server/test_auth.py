@@ -108,6 +108,27 @@ def test_refresh_rotates_and_reuse_revokes_family(client: httpx.Client) -> None:
     assert (r.status_code, _code(r)) == (401, "unauthorized")
 
 
+def test_reuse_revokes_the_access_tokens_of_the_family_at_once(client: httpx.Client) -> None:
+    account = register(client)
+    first_refresh, first_access = account.first.refresh_token, account.first.headers
+    second = client.post("/v1/auth/refresh", json={"refresh_token": first_refresh}).json()
+    second_access = {"Authorization": f"Bearer {second['access_token']}"}
+    # another login of the same device: another family
+    r = login(client, account, account.first)
+    assert r.status_code == 200
+    other_access = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    for headers in (first_access, second_access, other_access):
+        assert client.get("/v1/auth/me", headers=headers).status_code == 200
+
+    r = client.post("/v1/auth/refresh", json={"refresh_token": first_refresh})
+    assert (r.status_code, _code(r)) == (401, "refresh_token_reused")
+    # every access token of the reused family stops working now, before it expires
+    for headers in (first_access, second_access):
+        r = client.get("/v1/auth/me", headers=headers)
+        assert (r.status_code, _code(r)) == (401, "token_revoked")
+    assert client.get("/v1/auth/me", headers=other_access).status_code == 200
+
+
 def test_access_and_refresh_expiry(make_server: Callable[..., LiveServer], clock: ManualClock) -> None:
     server = make_server(access_token_ttl_s=60, refresh_token_ttl_s=3600)
     with server.client() as client:

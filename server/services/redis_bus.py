@@ -1,0 +1,349 @@
+"""The delivery bus across several server instances: Redis pub/sub (ARCHITECTURE §6).
+
+Each instance subscribes only to the devices whose sockets it holds, one channel per device::
+
+    saltline:dev:<device id, unpadded base64url>
+
+Every message on a channel is a small JSON object; ``o`` is the publishing instance's id:
+
+    {"t":"wake","o":I}                      the device's queue has new rows (published after commit)
+    {"t":"eph","o":I,"f":"<frame text>"}    an ephemeral frame for the device, if it is online
+    {"t":"removed","o":I}                   the device was removed: close its socket (4002)
+    {"t":"revoked","o":I}                   its token family was revoked: close its socket (4003)
+    {"t":"conn","o":I,"n":N,"ts":T}         a socket for the device connected on instance I
+                                            (connection nonce N, wall-clock ns T): every *older*
+                                            socket of the device on another instance closes (4001)
+
+Listeners in the publishing instance are called directly (no round trip); an instance ignores
+what it published itself when it comes back from Redis.
+
+Redis carries only wake-ups. The queue in the database is the truth: a lost wake-up (Redis down,
+a message dropped, a subscription not yet active) delays delivery until the connection's next
+heartbeat tick, which re-reads the queue (:attr:`RedisBus.poll_on_heartbeat`). When a subscription
+becomes active, and after every reconnect to Redis, the bus wakes the affected listeners once so
+that anything published while it was not listening is read from the database at once. While Redis
+is unreachable, publishes to other instances are skipped (they would only fail) and the bus
+reconnects with exponential back-off and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from crypto.keys import b64encode
+from server.services.bus import DeviceListener, InProcessBus, Subscription, _safely
+
+log = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "saltline:dev:"
+#: Each instance also listens on its own channel (keeps the pub/sub connection subscribed).
+INSTANCE_CHANNEL_PREFIX = "saltline:instance:"
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+#: A publish waits at most this long for Redis; the queue is committed already, so a publish that
+#: gives up only costs the receiver a heartbeat interval.
+PUBLISH_TIMEOUT_S = 1.0
+
+
+def device_channel(device_id: bytes) -> str:
+    return CHANNEL_PREFIX + b64encode(device_id)
+
+
+class RedisSubscription(Subscription):
+    """A subscription that knows which connection it is: nonce + wall-clock start (ns)."""
+
+    __slots__ = ("nonce", "since_ns")
+
+    def __init__(self, device_id: bytes, listener: DeviceListener) -> None:
+        super().__init__(device_id, listener)
+        self.nonce = os.urandom(8).hex()
+        self.since_ns = time.time_ns()
+
+    def key(self) -> tuple[int, str]:
+        return (self.since_ns, self.nonce)
+
+
+class RedisBus:
+    """:class:`~server.services.bus.DeliveryBus` on Redis pub/sub (redis-py asyncio)."""
+
+    #: The delivery loop must re-read the queue on every heartbeat tick: wake-ups may be lost.
+    poll_on_heartbeat = True
+
+    def __init__(self, url: str, *, instance_id: str | None = None) -> None:
+        self.url = url
+        self.instance_id = instance_id or os.urandom(8).hex()
+        self._local = InProcessBus()
+        self._channels: dict[str, bytes] = {}  # wanted channel -> device id
+        self._dirty = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._disconnected.set()
+        self._pub: Any = None
+        self._pubsub: Any = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self.reconnects = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        from redis.asyncio import Redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return Redis.from_url(
+            self.url,
+            socket_connect_timeout=PUBLISH_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),  # we handle failures (and back-off) ourselves
+            decode_responses=False,
+        )
+
+    async def start(self) -> None:
+        self._pub = self._client()
+        self._supervisor = asyncio.create_task(self._supervise(), name="redis-bus")
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [t for t in (self._supervisor, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close_pubsub()
+        if self._pub is not None:
+            with contextlib.suppress(Exception):
+                await self._pub.aclose()
+        await self._local.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def wait_disconnected(self) -> None:
+        await self._disconnected.wait()
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def subscribe(self, device_id: bytes, listener: DeviceListener) -> Subscription:
+        sub = RedisSubscription(device_id, listener)
+        self._local._subs.setdefault(device_id, []).append(sub)
+        self._channels[device_channel(device_id)] = device_id
+        self._dirty.set()
+        # One socket per device across instances: older sockets elsewhere close (4001).
+        self._spawn(self._announce(sub))
+        return sub
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._local.unsubscribe(subscription)
+        if subscription.device_id not in self._local._subs:
+            self._channels.pop(device_channel(subscription.device_id), None)
+            self._dirty.set()
+
+    def subscriber_count(self) -> int:
+        return self._local.subscriber_count()
+
+    def subscribed_channels(self) -> set[str]:
+        """Channels this instance wants (for tests and metrics)."""
+        return set(self._channels)
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish_wake(self, device_ids: Iterable[bytes]) -> None:
+        device_ids = list(device_ids)
+        await self._local.publish_wake(device_ids)
+        await self._publish([(d, {"t": "wake"}) for d in device_ids])
+
+    async def publish_ephemeral(self, frames: Mapping[bytes, bytes]) -> int:
+        delivered = await self._local.publish_ephemeral(frames)
+        receivers = await self._publish([(d, {"t": "eph", "f": f.decode()}) for d, f in frames.items()])
+        return delivered + receivers
+
+    async def publish_device_removed(self, device_id: bytes) -> None:
+        await self._local.publish_device_removed(device_id)
+        await self._publish([(device_id, {"t": "removed"})])
+
+    async def publish_tokens_revoked(self, device_id: bytes) -> None:
+        await self._local.publish_tokens_revoked(device_id)
+        await self._publish([(device_id, {"t": "revoked"})])
+
+    async def _publish(self, messages: list[tuple[bytes, dict[str, Any]]]) -> int:
+        """PUBLISH each message; returns how many *other* instances received one (PUBLISH counts
+        subscribers, our own included when we listen on that channel too)."""
+        if not messages or not self._connected.is_set() or self._pub is None:
+            return 0  # Redis is down: the receivers' heartbeat polls the queue
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                async with self._pub.pipeline(transaction=False) as pipe:
+                    for device_id, msg in messages:
+                        msg["o"] = self.instance_id
+                        pipe.publish(device_channel(device_id), orjson.dumps(msg))
+                    counts = await pipe.execute()
+        except Exception as exc:
+            log.warning("redis publish failed (%s); receivers fall back to polling", type(exc).__name__)
+            return 0
+        mine = sum(1 for d, _ in messages if d in self._local._subs)
+        return max(0, sum(int(c) for c in counts) - mine)
+
+    async def _announce(self, sub: RedisSubscription) -> None:
+        await self._publish([(sub.device_id, {"t": "conn", "n": sub.nonce, "ts": sub.since_ns})])
+
+    def _spawn(self, coro: Any) -> None:
+        if self._closed:
+            coro.close()
+            return
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.warning("ignoring a malformed message on the delivery bus")
+            return
+        if not isinstance(msg, dict) or msg.get("o") == self.instance_id:
+            return
+        device_id = self._channels.get(channel.decode())
+        if device_id is None:
+            return
+        kind = msg.get("t")
+        subs = list(self._local._subs.get(device_id, ()))
+        if kind == "wake":
+            for s in subs:
+                _safely(s.listener.on_wake)
+        elif kind == "eph" and isinstance(msg.get("f"), str):
+            frame = msg["f"].encode()
+            for s in subs:
+                _safely(s.listener.on_ephemeral, frame)
+        elif kind == "removed":
+            for s in subs:
+                _safely(s.listener.on_device_removed)
+        elif kind == "revoked":
+            for s in subs:
+                _safely(s.listener.on_tokens_revoked)
+        elif kind == "conn":
+            theirs = (msg.get("ts") if isinstance(msg.get("ts"), int) else 0, str(msg.get("n", "")))
+            newest_mine: RedisSubscription | None = None
+            for s in subs:
+                if not isinstance(s, RedisSubscription):
+                    continue
+                if s.key() < theirs:
+                    _safely(_replaced, s.listener)
+                elif newest_mine is None or s.key() > newest_mine.key():
+                    newest_mine = s
+            if newest_mine is not None:
+                # Theirs is older than ours (they may not have heard our announcement yet).
+                self._spawn(self._announce(newest_mine))
+
+    async def _supervise(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while not self._closed:
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._connected.is_set():
+                    log.warning("redis bus disconnected (%s); polling until it is back", type(exc).__name__)
+                    backoff = BACKOFF_MIN_S
+            self._connected.clear()
+            self._disconnected.set()
+            await self._close_pubsub()
+            if self._closed:
+                return
+            await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311 - jitter
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _run_once(self) -> None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = self._client()
+        pubsub = client.pubsub()
+        self._pubsub = (client, pubsub)
+        with contextlib.suppress(AttributeError):
+            pubsub.connection_pool.connection_kwargs["retry"] = Retry(NoBackoff(), 0)
+        await pubsub.subscribe(INSTANCE_CHANNEL_PREFIX + self.instance_id)
+        current: set[str] = set()
+        await self._pub.ping()
+        reader = asyncio.create_task(self._read(pubsub), name="redis-bus-reader")
+        dirty: asyncio.Future[Any] | None = None
+        try:
+            first = True
+            while True:
+                self._dirty.clear()
+                wanted = set(self._channels)
+                add, remove = wanted - current, current - wanted
+                if add:
+                    await pubsub.subscribe(*add)
+                if remove:
+                    await pubsub.unsubscribe(*remove)
+                current = wanted
+                if first:
+                    first = False
+                    if self.reconnects or self._local._subs:
+                        # Anything published while we were not listening: read the queues now.
+                        for subs in list(self._local._subs.values()):
+                            for s in list(subs):
+                                _safely(s.listener.on_wake)
+                    self.reconnects += 1
+                    self._disconnected.clear()
+                    self._connected.set()
+                    log.info("redis bus connected (instance %s)", self.instance_id)
+                dirty = asyncio.ensure_future(self._dirty.wait())
+                done, _ = await asyncio.wait({dirty, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    reader.result()  # raises what broke the connection
+                    raise ConnectionError("redis pub/sub reader stopped")
+        finally:
+            for task in (reader, dirty):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+
+    async def _read(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            kind = message.get("type")
+            if kind == "message":
+                self._dispatch(message["channel"], message["data"])
+            elif kind == "subscribe":
+                # The subscription is live: wake its listeners once (a wake-up published before
+                # this point reached nobody here; the queue in the database has it).
+                device_id = self._channels.get(message["channel"].decode())
+                if device_id is not None:
+                    for s in list(self._local._subs.get(device_id, ())):
+                        _safely(s.listener.on_wake)
+
+    async def _close_pubsub(self) -> None:
+        pair, self._pubsub = self._pubsub, None
+        if pair is None:
+            return
+        client, pubsub = pair
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+
+def _replaced(listener: DeviceListener) -> None:
+    on_replaced = getattr(listener, "on_replaced", None)
+    if on_replaced is not None:
+        on_replaced()

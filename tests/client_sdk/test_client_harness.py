@@ -1,0 +1,289 @@
+"""The client's protocol rules against the in-memory relay (tests/client_sdk/harness.py): no
+network, no server. Fan-out, 409/410 handling, prekeys, device-list trust, identity changes,
+gap filling, and the delivery socket's close codes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from client_sdk import client as client_module
+from client_sdk.client import SPK_ROTATION_MS, Client
+from client_sdk.core.events import (
+    DeliveryGap,
+    DeviceRemoved,
+    Disconnected,
+    Event,
+    IdentityChanged,
+    MessageReceived,
+)
+from client_sdk.errors import IdentityChangedError, NetworkError, RecipientsChangedError
+from client_sdk.stores.memory import MemoryStore
+from crypto import device_list as dl
+from crypto import private_state
+from crypto.keys import AccountKey
+from tests.client_sdk.harness import FakeRelay
+
+URL = "http://relay.invalid"
+PASSWORD = "a long passphrase"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = 1_700_000_000_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+async def _user(relay: FakeRelay, name: str, clock: Clock | None = None) -> Client:
+    c = await Client.create(URL, MemoryStore(), http_transport=relay, clock=clock or Clock())
+    await c.register(name, PASSWORD)
+    return c
+
+
+def _drain(c: Client) -> list[Event]:
+    out = []
+    while not c._queue.empty():
+        out.append(c._queue.get_nowait())
+    return out
+
+
+def _texts(c: Client) -> list[str]:
+    return [e.text for e in _drain(c) if isinstance(e, MessageReceived)]
+
+
+async def _add_device(relay: FakeRelay, owner: Client, *, upload: bool = True) -> Client:
+    """A second device of ``owner``'s account (what linking produces), without the provisioning
+    round trip."""
+    new = await Client.create(URL, MemoryStore(), http_transport=relay)
+    key = owner._account_key()
+    state = new._state.with_account_key(key)
+    current = relay.accounts[owner.account_id].current
+    signed = dl.with_device_added(current, key, state.device_entry(key.public_key, 0))
+    relay.accounts[owner.account_id].chain.append(signed)
+    new.store.identity.put_device(
+        replace(new._device, state=state.encode(), username=owner.username, account_id=owner.account_id)
+    )
+    new._put_own_contact(signed)
+    new._access, new._access_expires = f"access.{new.device_id}", float("inf")
+    if upload:
+        await new._upload_all_prekeys()
+    return new
+
+
+async def test_fan_out_410_and_409_resend_with_the_same_envelope_id() -> None:
+    relay = FakeRelay()
+    alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
+    cid = await bob.create_conversation(["alice"])
+    await bob.send_text(cid, "one")
+    await relay.deliver(alice)
+    assert _texts(alice) == ["one"]
+
+    # alice gets a phone that has not published prekeys yet: bob's list is stale (410), then the
+    # phone has no bundle, so the relay keeps answering 409 until it has one
+    phone = await _add_device(relay, alice, upload=False)
+    with pytest.raises(RecipientsChangedError):
+        await bob.send_text(cid, "two")
+    (pending,) = bob.store.outbox.outbox()
+    statuses = [r for r in relay.requests if r[0] == "POST" and r[1].endswith("/envelopes")]
+    assert len(statuses) == 1 + client_module.MAX_SEND_ATTEMPTS  # "one", then every retry of "two"
+    await phone._upload_all_prekeys()
+    assert await bob.flush_outbox() == 1
+    last = relay.sends[-1]
+    assert last["envelope_id"] == pending.envelope_id  # the same envelope, re-encrypted
+    assert {c["device_id"] for c in last["ciphertexts"]} == {alice.device_id, phone.device_id}
+    assert last["device_list_versions"] == {alice.account_id: 2, bob.account_id: 1}
+    for device in (alice, phone):
+        await relay.deliver(device)
+        assert _texts(device) == ["two"]
+
+    # alice's phone -> bob and to alice's desktop, as sent by her
+    await phone.send_text(cid, "from the phone")
+    await relay.deliver(alice)
+    (event,) = [e for e in _drain(alice) if isinstance(e, MessageReceived)]
+    assert event.sent_by_me and event.sender_device_id == phone.device_id
+    await relay.deliver(bob)
+    assert _texts(bob) == ["from the phone"]
+
+
+async def test_prekey_replenishment() -> None:
+    relay = FakeRelay()
+    alice = await _user(relay, "alice")
+    assert len(relay.keys[alice.device_id].one_time) == client_module.PREKEY_BATCH
+    assert await alice.replenish_prekeys() == 0
+    del relay.keys[alice.device_id].one_time[: client_module.PREKEY_BATCH - 5]  # claimed by others
+    assert await alice.replenish_prekeys() == client_module.PREKEY_BATCH - 5
+    assert len(relay.keys[alice.device_id].one_time) == client_module.PREKEY_BATCH
+    assert len(set(relay.keys[alice.device_id].one_time)) == client_module.PREKEY_BATCH
+
+
+async def test_signed_prekey_rotation_keeps_the_previous_one_for_in_flight_sessions() -> None:
+    relay = FakeRelay()
+    clock = Clock()
+    alice, bob = await _user(relay, "alice", clock), await _user(relay, "bob")
+    first = alice._state.signed_prekey.key_id
+    published = relay.keys[alice.device_id].signed_prekey, relay.keys[alice.device_id].last_resort
+    assert not await alice.rotate_signed_prekey_if_due()
+    clock.ms += SPK_ROTATION_MS - 1
+    assert not await alice.rotate_signed_prekey_if_due()
+
+    # bob starts a session against the current signed prekey; alice rotates before receiving it
+    cid = await bob.create_conversation(["alice"])
+    await bob.send_text(cid, "in flight")
+    clock.ms += 1
+    assert await alice.rotate_signed_prekey_if_due()
+    state = alice._state
+    assert state.signed_prekey.key_id != first
+    assert state.previous_signed_prekey is not None and state.previous_signed_prekey.key_id == first
+    now_published = relay.keys[alice.device_id].signed_prekey, relay.keys[alice.device_id].last_resort
+    assert now_published[0] != published[0] and now_published[1] != published[1]
+    assert alice.store.prekeys.get_prekey_meta().signed_prekey_rotated_at_ms == clock.ms
+    await relay.deliver(alice)
+    assert _texts(alice) == ["in flight"]
+    assert not await alice.rotate_signed_prekey_if_due()
+
+    clock.ms += SPK_ROTATION_MS
+    assert await alice.rotate_signed_prekey_if_due()
+    assert alice._state.find_signed_prekey(first) is None  # dropped at the next rotation
+
+
+async def test_a_failed_rotation_upload_keeps_the_old_keys() -> None:
+    relay = FakeRelay()
+    clock = Clock()
+    alice = await _user(relay, "alice", clock)
+    before = alice._device.state
+    clock.ms += SPK_ROTATION_MS
+    alice._access = "access.unknown-device"
+    alice.store.identity.put_device(replace(alice._device, refresh_token="refresh.unknown"))
+    with pytest.raises(Exception):  # noqa: B017 - whatever the failed upload raises
+        await alice.rotate_signed_prekey_if_due()
+    assert private_state.decode(alice._device.state) == private_state.decode(before)
+
+
+def _rekeyed_chain(relay: FakeRelay, victim: Client) -> list[dl.SignedDeviceList]:
+    """The account re-registered under a new account key (same username and device)."""
+    key = AccountKey.generate()
+    entry = victim._state.device_entry(key.public_key, 0)
+    v1 = dl.first(key, victim.username, [entry])
+    return [v1, dl.successor(v1, key, [entry])]
+
+
+async def test_identity_change_warn_continues() -> None:
+    relay = FakeRelay()
+    alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
+    cid = await bob.create_conversation(["alice"])
+    await bob.send_text(cid, "before")
+    relay.replace_account_key(alice.account_id, _rekeyed_chain(relay, alice))
+    await bob.send_text(cid, "after")  # 410 -> the new key is seen -> warn: adopted, sent
+    events = _drain(bob)
+    (changed,) = [e for e in events if isinstance(e, IdentityChanged)]
+    assert (changed.account_id, changed.policy, changed.blocked) == (alice.account_id, "warn", False)
+    assert not bob.store.outbox.outbox()
+    contact = bob.store.device_lists.get_contact(alice.account_id)
+    assert contact is not None and not contact.verified
+    await relay.deliver(alice)
+    assert _texts(alice) == ["before", "after"]
+
+
+async def test_identity_change_block_holds_only_that_conversation() -> None:
+    relay = FakeRelay()
+    alice, bob, carol = await _user(relay, "alice"), await _user(relay, "bob"), await _user(relay, "carol")
+    with_alice = await bob.create_conversation(["alice"])
+    with_carol = await bob.create_conversation(["carol"])
+    await bob.set_trust_policy("alice", "block")
+    relay.replace_account_key(alice.account_id, _rekeyed_chain(relay, alice))
+
+    with pytest.raises(IdentityChangedError):
+        await bob.send_text(with_alice, "held")
+    (changed,) = [e for e in _drain(bob) if isinstance(e, IdentityChanged)]
+    assert changed.blocked and changed.policy == "block"
+    # the held item is first in the outbox, yet a message to another conversation still goes out
+    await bob.send_text(with_carol, "to carol")
+    assert [i.conversation_id for i in bob.store.outbox.outbox()] == [with_alice]
+    await relay.deliver(carol)
+    assert _texts(carol) == ["to carol"]
+    with pytest.raises(IdentityChangedError):
+        await bob.flush_outbox()
+    assert not relay.queues.get(alice.device_id)
+
+    await bob.verify_contact("alice")
+    assert await bob.flush_outbox() == 1
+    await relay.deliver(alice)
+    assert _texts(alice) == ["held"]
+
+
+async def test_injected_device_in_a_list_is_refused() -> None:
+    relay = FakeRelay()
+    alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
+    cid = await bob.create_conversation(["alice"])
+    rogue = await Client.create(URL, MemoryStore(), http_transport=relay)
+    signed = relay.accounts[alice.account_id].current
+    c = signed.content
+    entry = rogue._state.device_entry(c.account_key, 0)
+    forged = dl.DeviceList.create(
+        c.version + 1, signed.hash(), c.account_key, c.username, [*c.devices, entry]
+    )
+    relay.accounts[alice.account_id].chain.append(dl.SignedDeviceList(forged, signed.signature))
+    with pytest.raises(Exception, match="refused"):
+        await bob.send_text(cid, "not to the rogue")
+    assert all(ct["device_id"] != rogue.device_id for s in relay.sends for ct in s["ciphertexts"])
+
+
+async def test_gap_marker_and_seq_jump_are_filled_from_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "HISTORY_PAGE", 2)  # exercise next_after paging
+    relay = FakeRelay()
+    alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
+    cid = await bob.create_conversation(["alice"])
+    await bob.send_text(cid, "m0")
+    await relay.deliver(alice)
+    assert _texts(alice) == ["m0"]
+    for i in range(1, 6):
+        await bob.send_text(cid, f"m{i}")
+    relay.drop_queue(alice.device_id)  # retention dropped them: a gap marker instead
+    await relay.deliver(alice)
+    events = _drain(alice)
+    assert any(isinstance(e, DeliveryGap) for e in events)
+    assert [e.text for e in events if isinstance(e, MessageReceived)] == [f"m{i}" for i in range(1, 6)]
+    assert alice.store.cursors.get_server_seq(cid) == 6
+    assert not relay.queues[alice.device_id]
+
+    # a silent hole: the next queued envelope jumps over two server_seq values
+    for i in range(6, 9):
+        await bob.send_text(cid, f"m{i}")
+    del relay.queues[alice.device_id][:2]
+    await relay.deliver(alice)
+    assert _texts(alice) == ["m6", "m7", "m8"]
+    assert [m.text for m in alice.messages(cid)] == [f"m{i}" for i in range(9)]  # once each
+    history = [r for r in relay.requests if r[0] == "GET" and r[1].endswith("/envelopes")]
+    assert len(history) >= 4
+
+
+async def test_close_codes_decide_reauth_and_removal() -> None:
+    from websockets.asyncio.server import serve
+
+    relay = FakeRelay()
+    alice = await _user(relay, "alice")
+    closes = [(1011, "4003 in the reason means nothing"), (4003, "x"), (4002, "y")]
+    tokens: list[str] = []
+
+    async def handler(ws: Any) -> None:
+        tokens.append(await ws.recv())
+        code, reason = closes.pop(0)
+        await ws.close(code, reason)
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        alice._ws_url = f"ws://127.0.0.1:{port}"
+        with pytest.raises(NetworkError):
+            await alice.connect()
+        await asyncio.wait_for(alice._socket_task, 10)  # type: ignore[arg-type]
+    assert not closes
+    refreshes = [r for r in relay.requests if r == ("POST", "/v1/auth/refresh")]
+    assert len(refreshes) == 1  # only after the 4003 close, not after the reason text
+    events = _drain(alice)
+    assert [type(e) for e in events] == [Disconnected, Disconnected, DeviceRemoved]
+    assert alice._socket is not None and alice._socket.fatal is not None

@@ -1,0 +1,159 @@
+"""RedisBus against a real redis-server: two buses stand for two server instances."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from server.services.redis_bus import CHANNEL_PREFIX, RedisBus, device_channel
+from tests.redis_fixture import RedisServer, start_redis
+
+WAIT = 5.0
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[tuple[str, bytes | None]] = asyncio.Queue()
+
+    def on_wake(self) -> None:
+        self.events.put_nowait(("wake", None))
+
+    def on_ephemeral(self, frame: bytes) -> None:
+        self.events.put_nowait(("eph", frame))
+
+    def on_device_removed(self) -> None:
+        self.events.put_nowait(("removed", None))
+
+    def on_tokens_revoked(self) -> None:
+        self.events.put_nowait(("revoked", None))
+
+    def on_replaced(self) -> None:
+        self.events.put_nowait(("replaced", None))
+
+    async def next(self, kind: str) -> tuple[str, bytes | None]:
+        """The next event of ``kind`` (wake-ups on subscription/reconnect are skipped over)."""
+        while True:
+            event = await asyncio.wait_for(self.events.get(), WAIT)
+            if event[0] == kind:
+                return event
+
+    def drain(self) -> list[str]:
+        out = []
+        while not self.events.empty():
+            out.append(self.events.get_nowait()[0])
+        return out
+
+
+async def _numsub(bus: RedisBus, channel: str) -> int:
+    return int(dict(await bus._pub.pubsub_numsub(channel)).get(channel.encode(), 0))
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Poll Redis's own view (PUBSUB NUMSUB has no notification) until ``check`` holds."""
+    for _ in range(int(WAIT / 0.01)):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+async def _channel_live(bus: RedisBus, channel: str, subscribers: int = 1) -> None:
+    """Wait until Redis reports ``subscribers`` subscribers on ``channel``."""
+
+    async def live() -> bool:
+        return await _numsub(bus, channel) >= subscribers
+
+    await _eventually(live)
+
+
+@pytest.fixture
+async def two_buses(redis_server: RedisServer) -> AsyncIterator[tuple[RedisBus, RedisBus]]:
+    a, b = RedisBus(redis_server.url, instance_id="a"), RedisBus(redis_server.url, instance_id="b")
+    await a.start()
+    await b.start()
+    await asyncio.wait_for(a.wait_connected(), WAIT)
+    await asyncio.wait_for(b.wait_connected(), WAIT)
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def test_events_cross_instances(two_buses: tuple[RedisBus, RedisBus]) -> None:
+    a, b = two_buses
+    dev = os.urandom(16)
+    listener = Listener()
+    sub = b.subscribe(dev, listener)
+    assert device_channel(dev).startswith(CHANNEL_PREFIX)
+    await _channel_live(a, device_channel(dev))
+    await listener.next("wake")  # the subscription went live
+    listener.drain()
+
+    await a.publish_wake([dev])
+    assert (await listener.next("wake")) == ("wake", None)
+    assert await a.publish_ephemeral({dev: b'{"type":"ephemeral"}'}) == 1
+    assert (await listener.next("eph")) == ("eph", b'{"type":"ephemeral"}')
+    await a.publish_device_removed(dev)
+    await listener.next("removed")
+    await a.publish_tokens_revoked(dev)
+    await listener.next("revoked")
+
+    # Only devices with a socket here are subscribed: unsubscribing drops the channel.
+    b.unsubscribe(sub)
+    assert b.subscriber_count() == 0 and device_channel(dev) not in b.subscribed_channels()
+
+    async def gone() -> bool:
+        return await _numsub(a, device_channel(dev)) == 0
+
+    await _eventually(gone)
+    assert await a.publish_ephemeral({dev: b"{}"}) == 0
+
+
+async def test_connected_elsewhere_closes_the_older_socket(two_buses: tuple[RedisBus, RedisBus]) -> None:
+    a, b = two_buses
+    dev = os.urandom(16)
+    old, new = Listener(), Listener()
+    a.subscribe(dev, old)
+    await _channel_live(b, device_channel(dev))
+    b.subscribe(dev, new)  # newer: announces itself; the older socket on A is replaced
+    await old.next("replaced")
+    await _channel_live(a, device_channel(dev), subscribers=2)
+    await a.publish_wake([dev])
+    await new.next("wake")
+    assert "replaced" not in new.drain()
+
+
+async def test_reconnects_after_redis_restart(redis_server: RedisServer) -> None:
+    # A private redis-server: this test kills it.
+    redis = start_redis()
+    a, b = RedisBus(redis.url, instance_id="a"), RedisBus(redis.url, instance_id="b")
+    try:
+        await a.start()
+        await b.start()
+        await asyncio.wait_for(a.wait_connected(), WAIT)
+        await asyncio.wait_for(b.wait_connected(), WAIT)
+        dev = os.urandom(16)
+        listener = Listener()
+        b.subscribe(dev, listener)
+        await _channel_live(a, device_channel(dev))
+        listener.drain()
+
+        redis.stop()
+        await asyncio.wait_for(a.wait_disconnected(), WAIT)
+        await asyncio.wait_for(b.wait_disconnected(), WAIT)
+        await a.publish_wake([dev])  # Redis is down: dropped without an error (heartbeat polls)
+
+        await asyncio.to_thread(redis.start)
+        await asyncio.wait_for(a.wait_connected(), WAIT)
+        await asyncio.wait_for(b.wait_connected(), WAIT)
+        await listener.next("wake")  # after a reconnect every local listener is woken once
+        await _channel_live(a, device_channel(dev))  # re-subscribed
+        listener.drain()
+        await a.publish_wake([dev])
+        await listener.next("wake")
+    finally:
+        await a.close()
+        await b.close()
+        redis.close()
