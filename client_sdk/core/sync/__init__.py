@@ -1,0 +1,69 @@
+"""Multi-device conversation sync, sans-I/O (docs/protocol/sync.md).
+
+* :mod:`.ops` - operations and their canonical JSON plaintext.
+* :mod:`.clock` - dots, full and compact vector clocks, pruning.
+* :mod:`.rules` - the conflict-resolution registers.
+* :mod:`.state` - the materialised conversation state (reducer) and the :class:`Composer`.
+"""
+
+from client_sdk.core.sync.clock import CompactClock, Dot, Order, compare, concurrent, contains, merge
+from client_sdk.core.sync.errors import SyncError, SyncFormatError, SyncProtocolError
+from client_sdk.core.sync.ops import (
+    Delete,
+    Edit,
+    MembershipChange,
+    Message,
+    Op,
+    ReactionAdd,
+    ReactionRemove,
+    ReadMarker,
+    SettingsChange,
+    Typing,
+    Unknown,
+    decode,
+    encode,
+)
+from client_sdk.core.sync.state import (
+    Composer,
+    ConversationState,
+    ConversationView,
+    FieldState,
+    GapFill,
+    MessageView,
+    Received,
+    TypingEvent,
+)
+
+__all__ = [
+    "CompactClock",
+    "Composer",
+    "ConversationState",
+    "ConversationView",
+    "Delete",
+    "Dot",
+    "Edit",
+    "FieldState",
+    "GapFill",
+    "MembershipChange",
+    "Message",
+    "MessageView",
+    "Op",
+    "Order",
+    "ReactionAdd",
+    "ReactionRemove",
+    "ReadMarker",
+    "Received",
+    "SettingsChange",
+    "SyncError",
+    "SyncFormatError",
+    "SyncProtocolError",
+    "Typing",
+    "TypingEvent",
+    "Unknown",
+    "compare",
+    "concurrent",
+    "contains",
+    "decode",
+    "encode",
+    "merge",
+]

@@ -1,0 +1,301 @@
+"""Conversation operations and their canonical JSON plaintext (docs/protocol/sync.md § 2).
+
+An :class:`Op` is the body (what happened) plus the metadata every operation carries: its dot
+``(author device, n)``, the author's account id, the author's compact vector clock and a lamport
+number. On the wire the device id, account id and clock travel in the envelope (bound into the
+AEAD associated data, messages.md § 3); the plaintext JSON carries the body and the lamport number.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+from client_sdk.core.sync.clock import DEVICE_ID_SIZE, CompactClock, Dot
+from client_sdk.core.sync.errors import SyncFormatError
+
+OP_VERSION = 2
+LEGACY_TEXT_VERSION = 1
+MAX_TEXT = 65536
+MAX_EMOJI = 64
+
+SettingField = Literal["title", "mute", "disappearing_ms"]
+SETTING_FIELDS: tuple[SettingField, ...] = ("title", "mute", "disappearing_ms")
+SettingValue: TypeAlias = str | bool | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    text: str
+    reply_to: Dot | None = None
+    sent_at_ms: int = 0  # the author's claim, display only; never used by a rule
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    target: Dot
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    target: Dot
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionAdd:
+    target: Dot
+    emoji: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionRemove:
+    target: Dot
+    emoji: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMarker:
+    up_to: int  # server_seq
+    receipts: bool = True  # False: other members' clients must not show it as a read receipt
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    typing: bool  # ephemeral: never sequenced, never enters state, consumes no dot (n = 0)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsChange:
+    field: SettingField
+    value: SettingValue  # title: str | None; mute: bool; disappearing_ms: int >= 0 | None
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    member: bytes  # account id
+    add: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A type this version does not know: kept (forward compatible), consumes its dot, no effect."""
+
+    type: str
+    raw: str  # canonical JSON of the whole document
+
+
+Body: TypeAlias = (
+    Message
+    | Edit
+    | Delete
+    | ReactionAdd
+    | ReactionRemove
+    | ReadMarker
+    | Typing
+    | SettingsChange
+    | MembershipChange
+    | Unknown
+)
+TargetedBody: TypeAlias = Edit | Delete | ReactionAdd | ReactionRemove
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    dot: Dot
+    author: bytes  # account id of the author device
+    clock: CompactClock
+    lamport: int
+    body: Body
+
+    @property
+    def target(self) -> Dot | None:
+        if isinstance(self.body, Edit | Delete | ReactionAdd | ReactionRemove):
+            return self.body.target
+        return None
+
+    @property
+    def ephemeral(self) -> bool:
+        return isinstance(self.body, Typing)
+
+
+# -- encoding --------------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: object, size: int) -> bytes:
+    if not isinstance(text, str):
+        raise SyncFormatError("expected base64url text")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise SyncFormatError("bad base64url") from exc
+    if len(raw) != size or _b64(raw) != text:
+        raise SyncFormatError("non-canonical id")
+    return raw
+
+
+def _dot_json(dot: Dot) -> list[object]:
+    return [_b64(dot.device), dot.n]
+
+
+def _dot_from(value: object) -> Dot:
+    if not isinstance(value, list) or len(value) != 2:
+        raise SyncFormatError("a dot is [device_id, n]")
+    return Dot(_unb64(value[0], DEVICE_ID_SIZE), _int(value[1], minimum=1))
+
+
+def _int(value: object, minimum: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or value >= 2**63:
+        raise SyncFormatError("expected a non-negative integer")
+    return value
+
+
+def _str(value: object, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise SyncFormatError("expected a string")
+    return value
+
+
+def canonical_json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def body_json(body: Body) -> dict[str, Any]:
+    match body:
+        case Message(text, reply_to, sent_at_ms):
+            doc: dict[str, Any] = {"type": "message", "text": text, "sent_at_ms": sent_at_ms}
+            if reply_to is not None:
+                doc["reply_to"] = _dot_json(reply_to)
+            return doc
+        case Edit(target, text):
+            return {"type": "edit", "target": _dot_json(target), "text": text}
+        case Delete(target):
+            return {"type": "delete", "target": _dot_json(target)}
+        case ReactionAdd(target, emoji):
+            return {"type": "reaction", "action": "add", "target": _dot_json(target), "emoji": emoji}
+        case ReactionRemove(target, emoji):
+            return {"type": "reaction", "action": "remove", "target": _dot_json(target), "emoji": emoji}
+        case ReadMarker(up_to, receipts):
+            return {"type": "read", "up_to": up_to, "receipts": receipts}
+        case Typing(typing):
+            return {"type": "typing", "typing": typing}
+        case SettingsChange(field, value):
+            return {"type": "settings", "field": field, "value": value}
+        case MembershipChange(member, add):
+            return {"type": "membership", "action": "add" if add else "remove", "member": _b64(member)}
+        case Unknown(_, raw):
+            doc = json.loads(raw)
+            assert isinstance(doc, dict)
+            doc.pop("v", None)
+            doc.pop("lamport", None)
+            return doc
+    raise TypeError(f"not an operation body: {body!r}")  # pragma: no cover
+
+
+def encode_plaintext(op: Op) -> bytes:
+    """Canonical JSON ``{"v": 2, "lamport": L, "type": ..., <body fields>}`` (unpadded)."""
+    doc = body_json(op.body)
+    doc["v"] = OP_VERSION
+    doc["lamport"] = op.lamport
+    return canonical_json(doc)
+
+
+def encode(op: Op) -> tuple[bytes, bytes]:
+    """``(plaintext, clock bytes)``; the clock goes in the envelope and the associated data."""
+    return encode_plaintext(op), op.clock.encode()
+
+
+def decode(plaintext: bytes, clock: bytes, sender_device: bytes, sender_account: bytes) -> Op:
+    """Rebuild an operation from its plaintext and its authenticated envelope fields. The dot is
+    ``(sender_device, clock extras[sender_device])`` (``n = 0`` for typing). Raises
+    :class:`SyncFormatError`."""
+    compact = CompactClock.decode(clock)
+    try:
+        doc = json.loads(plaintext.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SyncFormatError("operation is not JSON") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("type"), str):
+        raise SyncFormatError("operation without a type")
+    if len(sender_device) != DEVICE_ID_SIZE:
+        raise SyncFormatError("device ids are 16 bytes")
+    version = doc.get("v")
+    if version == LEGACY_TEXT_VERSION and doc["type"] == "text":  # messages.md § 5 text operation
+        body: Body = Message(_str(doc.get("text"), MAX_TEXT), None, _int(doc.get("sent_at_ms", 0)))
+        lamport = 0
+    elif version == OP_VERSION:
+        body = _body(doc)
+        lamport = _int(doc.get("lamport"))
+    else:
+        raise SyncFormatError("unsupported operation version")
+    n = compact.counter_of(sender_device)
+    if isinstance(body, Typing):
+        n = 0
+    elif n < 1:
+        raise SyncFormatError("the clock does not carry the operation's own dot")
+    return Op(Dot(sender_device, n), sender_account, compact, lamport, body)
+
+
+def _body(doc: dict[str, Any]) -> Body:
+    kind = doc["type"]
+    if kind == "message":
+        reply = doc.get("reply_to")
+        return Message(
+            _str(doc.get("text"), MAX_TEXT),
+            None if reply is None else _dot_from(reply),
+            _int(doc.get("sent_at_ms", 0)),
+        )
+    if kind == "edit":
+        return Edit(_dot_from(doc.get("target")), _str(doc.get("text"), MAX_TEXT))
+    if kind == "delete":
+        return Delete(_dot_from(doc.get("target")))
+    if kind == "reaction":
+        target, emoji = _dot_from(doc.get("target")), _str(doc.get("emoji"), MAX_EMOJI)
+        if not emoji:
+            raise SyncFormatError("empty emoji")
+        action = doc.get("action")
+        if action == "add":
+            return ReactionAdd(target, emoji)
+        if action == "remove":
+            return ReactionRemove(target, emoji)
+        raise SyncFormatError("reaction action is add or remove")
+    if kind == "read":
+        receipts = doc.get("receipts", True)
+        if not isinstance(receipts, bool):
+            raise SyncFormatError("receipts is a boolean")
+        return ReadMarker(_int(doc.get("up_to")), receipts)
+    if kind == "typing":
+        typing = doc.get("typing")
+        if not isinstance(typing, bool):
+            raise SyncFormatError("typing is a boolean")
+        return Typing(typing)
+    if kind == "settings":
+        return _settings(doc.get("field"), doc.get("value"))
+    if kind == "membership":
+        action = doc.get("action")
+        if action not in ("add", "remove"):
+            raise SyncFormatError("membership action is add or remove")
+        return MembershipChange(_unb64(doc.get("member"), 16), action == "add")
+    return Unknown(kind, canonical_json(doc).decode())
+
+
+def _settings(field: object, value: object) -> SettingsChange:
+    if field == "title":
+        if value is not None:
+            value = _str(value, 1024)
+        return SettingsChange("title", value)
+    if field == "mute":
+        if not isinstance(value, bool):
+            raise SyncFormatError("mute is a boolean")
+        return SettingsChange("mute", value)
+    if field == "disappearing_ms":
+        if value is not None:
+            value = _int(value)
+        return SettingsChange("disappearing_ms", value)
+    raise SyncFormatError("unknown settings field")

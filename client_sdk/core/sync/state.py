@@ -1,0 +1,478 @@
+"""The materialised conversation state: a pure reducer over sequenced operations
+(docs/protocol/sync.md § 4-5).
+
+Feed every decrypted operation of the conversation with its ``server_seq`` to
+:meth:`ConversationState.receive` in any order, any number of times; read :meth:`view`. Operations
+whose causal predecessors are missing are held (and :attr:`Received.gap` asks for a gap fill);
+edits, deletes and reactions whose target message has not arrived wait in a pending set. The view
+depends only on the set of operations received, never on their order. No I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from client_sdk.core.sync import clock as vc
+from client_sdk.core.sync.clock import CompactClock, Dot, FullClock
+from client_sdk.core.sync.errors import SyncProtocolError
+from client_sdk.core.sync.ops import (
+    Body,
+    Delete,
+    Edit,
+    MembershipChange,
+    Message,
+    Op,
+    ReactionAdd,
+    ReactionRemove,
+    ReadMarker,
+    SettingsChange,
+    SettingValue,
+    Typing,
+)
+from client_sdk.core.sync.rules import FrontierRegister, LwwKey, Write, lww_key, may_edit, member_present
+
+SHARED_FIELDS = ("title", "disappearing_ms")
+
+
+# -- results and views -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GapFill:
+    """Ask the server for the operations of ``conversation_id`` after ``after_seq``."""
+
+    conversation_id: bytes
+    after_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TypingEvent:
+    account: bytes
+    device: bytes
+    typing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    applied: tuple[Dot, ...] = ()  # applied by this call, in order (released held ops included)
+    duplicate: bool = False  # the dot was already known (nothing changed)
+    held: tuple[Dot, ...] = ()  # every operation now waiting for causal predecessors
+    gap: GapFill | None = None  # set while something is held or a server_seq is missing
+    typing: TypingEvent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    value: SettingValue
+    dot: Dot
+    author: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FieldState:
+    """A setting: the winning value and the concurrent values it beat (``conflicts``, newest first,
+    values equal to the winner left out) so the UI can say "changed concurrently on ..."."""
+
+    value: SettingValue = None
+    set_by: Dot | None = None
+    author: bytes | None = None
+    conflicts: tuple[Conflict, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    dot: Dot
+    seq: int
+    author: bytes
+    text: str | None  # None once deleted
+    reply_to: Dot | None
+    sent_at_ms: int
+    edited: bool
+    deleted: bool
+    reactions: tuple[tuple[bytes, str], ...]  # (account, emoji), sorted by account
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationView:
+    conversation_id: bytes
+    messages: tuple[MessageView, ...]  # in server_seq order
+    settings: dict[str, FieldState]  # "title", "disappearing_ms"
+    mute: dict[bytes, FieldState]  # per account (a personal setting)
+    members: frozenset[bytes]
+    read_up_to: dict[bytes, int]  # account -> server_seq (max register, all of its devices)
+    receipts: dict[bytes, int]  # account -> server_seq shown to other members as read receipt
+
+    def unread(self, viewer: bytes) -> int:
+        """Messages of other accounts, not deleted, after ``viewer``'s read marker."""
+        mark = self.read_up_to.get(viewer, 0)
+        return sum(1 for m in self.messages if m.seq > mark and m.author != viewer and not m.deleted)
+
+    def message(self, dot: Dot) -> MessageView | None:
+        return next((m for m in self.messages if m.dot == dot), None)
+
+
+@dataclass(slots=True)
+class _Msg:
+    dot: Dot
+    seq: int
+    author: bytes
+    text: str | None
+    reply_to: Dot | None
+    sent_at_ms: int
+    edit: tuple[LwwKey, str] | None = None
+    deleted: bool = False
+    reactions: dict[bytes, tuple[LwwKey, str | None]] = field(default_factory=dict)
+
+
+# -- the reducer -----------------------------------------------------------------------------------
+
+
+class ConversationState:
+    """One device's state of one conversation.
+
+    ``members``: the accounts at creation (genesis). ``floor_seq``/``floor_clock``: for a device that
+    starts mid-history (a new device with history depth "none"): everything up to ``floor_seq`` is
+    treated as received, and ``floor_clock`` is the clock of that prefix.
+    """
+
+    def __init__(
+        self,
+        conversation_id: bytes,
+        members: Iterable[bytes],
+        *,
+        floor_seq: int = 0,
+        floor_clock: FullClock | None = None,
+    ) -> None:
+        self.conversation_id = conversation_id
+        self._genesis = frozenset(members)
+        self._floor_seq = floor_seq
+        self._floor_clock: dict[bytes, int] = dict(floor_clock or {})
+        self._seq_dot: dict[int, Dot] = {}
+        self._received_contig = floor_seq
+        self._applied_contig = floor_seq
+        self._max_seq = floor_seq
+        self._dev_seqs: dict[bytes, list[int]] = {}
+        self._dev_runmax: dict[bytes, list[int]] = {}
+        self._waiting: dict[Dot, tuple[int, Op]] = {}
+        self._applied: dict[bytes, int] = dict(self._floor_clock)
+        self._latest_clock: dict[bytes, dict[bytes, int]] = {}
+        self._max_lamport = 0
+        self._lamport_of: dict[Dot, int] = {}
+        self._messages: dict[Dot, _Msg] = {}
+        self._pending: dict[Dot, list[tuple[int, Op]]] = {}
+        self._read: dict[bytes, int] = {}
+        self._receipts: dict[bytes, int] = {}
+        self._settings: dict[str, FrontierRegister[SettingValue]] = {}
+        self._mute: dict[bytes, FrontierRegister[SettingValue]] = {}
+        self._membership: dict[bytes, FrontierRegister[bool]] = {}
+
+    # -- clocks ----------------------------------------------------------------------------------
+
+    @property
+    def base_seq(self) -> int:
+        """Every operation with ``server_seq <= base_seq`` is applied (the clock's base)."""
+        return self._applied_contig
+
+    @property
+    def received_seq(self) -> int:
+        """Every ``server_seq <= received_seq`` has been received (maybe held)."""
+        return self._received_contig
+
+    @property
+    def max_lamport(self) -> int:
+        return self._max_lamport
+
+    def applied_clock(self) -> dict[bytes, int]:
+        """The full clock of the applied operations (downward closed per device)."""
+        return dict(self._applied)
+
+    def effective_lamport(self, dot: Dot) -> int | None:
+        """The lamport number an applied operation counts with (its own unless it was forged)."""
+        return self._lamport_of.get(dot)
+
+    def is_applied(self, dot: Dot) -> bool:
+        return vc.contains(self._applied, dot)
+
+    def prefix(self, base: int) -> dict[bytes, int]:
+        """The clock implied by the operations with ``server_seq <= base`` (needs them received)."""
+        if base > self._received_contig:
+            raise ValueError("prefix not received yet")
+        out = dict(self._floor_clock)
+        if base <= self._floor_seq:
+            return out
+        for device, seqs in self._dev_seqs.items():
+            i = bisect.bisect_right(seqs, base)
+            if i and self._dev_runmax[device][i - 1] > out.get(device, 0):
+                out[device] = self._dev_runmax[device][i - 1]
+        return out
+
+    def local_clock(self, device: bytes, n: int) -> CompactClock:
+        """The compact clock for this device's operation ``n`` (``n`` > every dot of it applied)."""
+        full = self.applied_clock()
+        full[device] = max(full.get(device, 0), n)
+        return vc.compact(full, self.base_seq, self.prefix(self.base_seq))
+
+    def prunable(self, removed: Mapping[bytes, int], live_devices: Iterable[bytes]) -> frozenset[bytes]:
+        """Removed devices (device -> last counter) whose clock entries may be pruned: every live
+        device's latest operation has seen the removed device's last dot."""
+        return vc.prunable(removed, (self._latest_clock.get(d, {}) for d in live_devices))
+
+    # -- input -----------------------------------------------------------------------------------
+
+    def receive(self, seq: int | None, op: Op) -> Received:
+        """Feed one operation with its ``server_seq`` (``None`` only for typing). Idempotent by dot.
+        Raises :class:`SyncProtocolError` when the server gives one ``server_seq`` two dots."""
+        if isinstance(op.body, Typing):
+            return Received(typing=TypingEvent(op.author, op.dot.device, op.body.typing))
+        if seq is None or seq < 1:
+            raise SyncProtocolError("a stored operation needs a server_seq >= 1")
+        if seq <= self._floor_seq:
+            return self._result((), duplicate=True)
+        known = self._seq_dot.get(seq)
+        if known is not None:
+            if known != op.dot:
+                raise SyncProtocolError(f"server_seq {seq} names two operations")
+            return self._result((), duplicate=True)
+        self._seq_dot[seq] = op.dot
+        self._max_seq = max(self._max_seq, seq)
+        received_before = self._received_contig
+        self._advance_received()
+        duplicate = False
+        if self.is_applied(op.dot):
+            duplicate = True
+            message = self._messages.get(op.dot)
+            if message is not None:
+                message.seq = min(message.seq, seq)
+        elif op.dot in self._waiting:
+            duplicate = True
+            first, held = self._waiting[op.dot]
+            self._waiting[op.dot] = (min(first, seq), held)
+        else:
+            self._waiting[op.dot] = (seq, op)
+        applied = self._drain(op.dot, rescan=self._received_contig != received_before)
+        self._advance_applied()
+        return self._result(tuple(applied), duplicate=duplicate)
+
+    def gap(self) -> GapFill | None:
+        if self._waiting or self._max_seq > self._received_contig:
+            return GapFill(self.conversation_id, self._received_contig)
+        return None
+
+    def held(self) -> tuple[Dot, ...]:
+        return tuple(sorted(self._waiting, key=lambda d: self._waiting[d][0]))
+
+    def pending_targets(self) -> dict[Dot, tuple[Dot, ...]]:
+        """Target message dot -> dots of the applied operations waiting for it."""
+        return {
+            t: tuple(op.dot for _, op in sorted(ops, key=lambda item: item[0]))
+            for t, ops in sorted(self._pending.items())
+        }
+
+    def _result(self, applied: tuple[Dot, ...], *, duplicate: bool) -> Received:
+        return Received(applied, duplicate, self.held(), self.gap())
+
+    def _advance_received(self) -> None:
+        while (dot := self._seq_dot.get(self._received_contig + 1)) is not None:
+            self._received_contig += 1
+            seqs = self._dev_seqs.setdefault(dot.device, [])
+            runmax = self._dev_runmax.setdefault(dot.device, [])
+            seqs.append(self._received_contig)
+            runmax.append(max(runmax[-1] if runmax else 0, dot.n))
+
+    def _advance_applied(self) -> None:
+        while (dot := self._seq_dot.get(self._applied_contig + 1)) is not None and self.is_applied(dot):
+            self._applied_contig += 1
+
+    def _ready(self, seq: int, op: Op) -> dict[bytes, int] | None:
+        """The op's full clock when all its causal predecessors are applied, else None."""
+        if op.clock.base >= seq:
+            # impossible for an honest author (it cannot have seen its own op's server_seq): only
+            # the own-device order is kept, and the op will apply with no effect
+            return {op.dot.device: op.dot.n} if self._applied.get(op.dot.device, 0) >= op.dot.n - 1 else None
+        if op.clock.base > self._received_contig:
+            return None
+        full = op.clock.expand(self.prefix(op.clock.base))
+        for device, n in full.items():
+            need = n - 1 if device == op.dot.device else n
+            if self._applied.get(device, 0) < need:
+                return None
+        if self._applied.get(op.dot.device, 0) < op.dot.n - 1:
+            return None
+        return full
+
+    def _drain(self, new: Dot, *, rescan: bool) -> list[Dot]:
+        """Apply what became ready: the new operation, and when something changed (it applied, or
+        more of the server order arrived) every held operation, until nothing more applies."""
+        applied: list[Dot] = []
+        if new in self._waiting:
+            seq, op = self._waiting[new]
+            full = self._ready(seq, op)
+            if full is not None:
+                del self._waiting[new]
+                self._apply(seq, op, full)
+                applied.append(new)
+        progress = rescan or bool(applied)
+        while progress and self._waiting:
+            progress = False
+            for dot, (seq, op) in sorted(self._waiting.items(), key=lambda item: item[1][0]):
+                full = self._ready(seq, op)
+                if full is None:
+                    continue
+                del self._waiting[dot]
+                self._apply(seq, op, full)
+                applied.append(dot)
+                progress = True
+        return applied
+
+    # -- the rules -------------------------------------------------------------------------------
+
+    def _lamport_bound(self, op: Op, full: dict[bytes, int]) -> int | None:
+        """``1 + max`` lamport of the operation's causal predecessors (each device's lamport numbers
+        increase, so the maximum is at each device's clock entry); None when one is unknown (below
+        the floor)."""
+        bound = 0
+        for device, n in full.items():
+            last = n - 1 if device == op.dot.device else n
+            if last == 0:
+                continue
+            lamport = self._lamport_of.get(Dot(device, last))
+            if lamport is None:
+                return None
+            bound = max(bound, lamport)
+        return bound + 1
+
+    def _apply(self, seq: int, op: Op, full: dict[bytes, int]) -> None:
+        self._applied[op.dot.device] = op.dot.n
+        self._latest_clock[op.dot.device] = full
+        bound = self._lamport_bound(op, full)
+        valid = (
+            op.clock.base < seq
+            and full.get(op.dot.device, 0) == op.dot.n
+            and (bound is None or op.lamport <= bound)
+        )
+        lamport = op.lamport if valid or bound is None else bound
+        self._lamport_of[op.dot] = lamport
+        self._max_lamport = max(self._max_lamport, lamport)
+        if not valid:
+            # malformed: the clock claims later operations of its own author, or the lamport number
+            # is above "max seen + 1" (it would win every later conflict); the dot is consumed
+            return
+        body: Body = op.body
+        if isinstance(body, Message):
+            message = _Msg(op.dot, seq, op.author, body.text, body.reply_to, body.sent_at_ms)
+            self._messages[op.dot] = message
+            for _, waiting in sorted(self._pending.pop(op.dot, []), key=lambda item: item[0]):
+                self._apply_targeted(message, waiting)
+        elif isinstance(body, Edit | Delete | ReactionAdd | ReactionRemove):
+            target = self._messages.get(body.target)
+            if target is not None:
+                self._apply_targeted(target, op)
+            elif not vc.contains(full, body.target):
+                self._pending.setdefault(body.target, []).append((seq, op))
+            # else: the author had seen the target and it is not a message: ignored everywhere
+        elif isinstance(body, ReadMarker):
+            self._read[op.author] = max(self._read.get(op.author, 0), body.up_to)
+            if body.receipts:
+                self._receipts[op.author] = max(self._receipts.get(op.author, 0), body.up_to)
+        elif isinstance(body, SettingsChange):
+            write: Write[SettingValue] = Write(lww_key(op), op.dot, op.author, full, body.value)
+            if body.field == "mute":
+                self._mute.setdefault(op.author, FrontierRegister()).add(write)
+            else:
+                self._settings.setdefault(body.field, FrontierRegister()).add(write)
+        elif isinstance(body, MembershipChange):
+            change: Write[bool] = Write(lww_key(op), op.dot, op.author, full, body.add)
+            self._membership.setdefault(body.member, FrontierRegister()).add(change)
+        # Unknown: the dot is consumed, nothing else changes
+
+    def _apply_targeted(self, message: _Msg, op: Op) -> None:
+        body = op.body
+        assert isinstance(body, Edit | Delete | ReactionAdd | ReactionRemove)
+        if message.deleted:
+            return  # a tombstone beats every edit and reaction, earlier or later
+        key = lww_key(op)
+        if isinstance(body, Delete):
+            if may_edit(message.author, op.author):
+                message.deleted, message.text, message.edit = True, None, None
+                message.reactions.clear()
+        elif isinstance(body, Edit):
+            if may_edit(message.author, op.author) and (message.edit is None or key > message.edit[0]):
+                message.edit = (key, body.text)
+        else:
+            current = message.reactions.get(op.author)
+            if current is None or key > current[0]:
+                message.reactions[op.author] = (key, body.emoji if isinstance(body, ReactionAdd) else None)
+
+    # -- output ----------------------------------------------------------------------------------
+
+    def view(self) -> ConversationView:
+        messages = tuple(
+            MessageView(
+                m.dot,
+                m.seq,
+                m.author,
+                None if m.deleted else (m.edit[1] if m.edit is not None else m.text),
+                m.reply_to,
+                m.sent_at_ms,
+                m.edit is not None,
+                m.deleted,
+                tuple(sorted((a, e) for a, (_, e) in m.reactions.items() if e is not None)),
+            )
+            for m in sorted(self._messages.values(), key=lambda m: (m.seq, m.dot))
+        )
+        settings = {f: _field(self._settings.get(f)) for f in SHARED_FIELDS}
+        mute = {a: _field(r) for a, r in sorted(self._mute.items())}
+        accounts = self._genesis | self._membership.keys()
+        members = frozenset(
+            a
+            for a in accounts
+            if member_present(
+                a in self._genesis,
+                self._membership[a].frontier if a in self._membership else (),
+            )
+        )
+        return ConversationView(
+            self.conversation_id,
+            messages,
+            settings,
+            mute,
+            members,
+            dict(sorted(self._read.items())),
+            dict(sorted(self._receipts.items())),
+        )
+
+
+def _field(register: FrontierRegister[SettingValue] | None) -> FieldState:
+    if register is None:
+        return FieldState()
+    winner = register.winner
+    if winner is None:
+        return FieldState()
+    conflicts = tuple(Conflict(w.value, w.dot, w.author) for w in register.losers if w.value != winner.value)
+    return FieldState(winner.value, winner.dot, winner.author, conflicts)
+
+
+# -- authoring -------------------------------------------------------------------------------------
+
+
+class Composer:
+    """Makes this device's operations: ticks its counter (persist :attr:`counter` and
+    :attr:`lamport` before sending; a reused dot would be dropped as a duplicate) and stamps the
+    compact clock of what ``state`` has applied."""
+
+    def __init__(self, device_id: bytes, account_id: bytes, counter: int = 0, lamport: int = 0) -> None:
+        self.device_id = device_id
+        self.account_id = account_id
+        self.counter = counter
+        self.lamport = lamport
+
+    def compose(self, state: ConversationState, body: Body) -> Op:
+        if isinstance(body, Typing):  # ephemeral: no dot of its own, no tick
+            clock = state.local_clock(self.device_id, self.counter)
+            return Op(Dot(self.device_id, 0), self.account_id, clock, self.lamport, body)
+        self.counter = max(self.counter, state.applied_clock().get(self.device_id, 0)) + 1
+        self.lamport = max(self.lamport, state.max_lamport) + 1
+        clock = state.local_clock(self.device_id, self.counter)
+        return Op(Dot(self.device_id, self.counter), self.account_id, clock, self.lamport, body)
