@@ -908,9 +908,182 @@ async def test_idle(args: argparse.Namespace) -> dict[str, Any]:
 # -- main ---------------------------------------------------------------------------------------
 
 
+# -- fanout -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    """A group member: one account with two devices (the second linked through a new signed list)."""
+
+    first: Identity
+    second_device_id: bytes = b""
+    second_token: str = ""
+
+
+async def setup_member(http: httpx.AsyncClient, ident: Identity) -> Member:
+    await register(http, ident, prekeys=False)
+    device_id = os.urandom(16)
+    signing = DeviceSigningKey.generate()
+    dh = DeviceDHKey.generate()
+    entry = dl.bind_device(ident.account_key.public_key, device_id, signing, dh.public_key, 0)
+    signed = dl.with_device_added(ident.signed_list, ident.account_key, entry)
+    body = _check(
+        await http.put(
+            "/v1/accounts/me/device-list", headers=ident.headers, json={"device_list": signed.to_b64()}
+        ),
+        "add second device",
+        200,
+    )
+    ident.signed_list = signed
+    ident.list_version = int(body["version"])
+    tokens = _check(
+        await http.post(
+            "/v1/auth/login",
+            json={"username": ident.username, "password": PASSWORD, "device_id": b64e(device_id)},
+        ),
+        "second device login",
+        200,
+    )
+    return Member(ident, device_id, tokens["access_token"])
+
+
+async def test_fanout(args: argparse.Namespace, ciphertext_bytes: int) -> dict[str, Any]:
+    """One sender to a group of G members with 2 devices each, 1 msg/s for N s (open loop);
+    per-device delivery latency (every recipient device is one delivery)."""
+    group, seconds = args.fanout_members, args.fanout_seconds
+    target = start_saltline(args, "fanout", {})
+    devices_n = 2 * group
+    result: dict[str, Any] = {
+        "parameters": {
+            "members": group,
+            "devices_per_member": 2,
+            "recipient_devices": devices_n,
+            "rate_msg_s": 1,
+            "messages": seconds,
+            "drain_max_s": DRAIN_MAX_S,
+        },
+        "server": target.describe(),
+    }
+    socks: list[DeviceSocket] = []
+    http = httpx.AsyncClient(base_url=target.base_url, timeout=60.0)
+    try:
+        t_setup = time.perf_counter()
+        tag = "fan" + secrets.token_hex(3)
+        sender = Identity.new(f"bench_{tag}_s")
+        await register(http, sender, prekeys=False)
+        members = await bounded(
+            SETUP_CONCURRENCY,
+            [setup_member(http, Identity.new(f"bench_{tag}_m{i}")) for i in range(group)],
+        )
+        conv = _check(
+            await http.post(
+                "/v1/conversations",
+                headers=sender.headers,
+                json={"kind": "group", "members": [m.first.account_id for m in members]},
+            ),
+            "create group",
+            200,
+            201,
+        )["conversation_id"]
+        # Device index d: member d // 2, its first (even) or second (odd) device.
+        device_ids = [d for m in members for d in (m.first.device_id, m.second_device_id)]
+        tokens = [t for m in members for t in (m.first.access_token, m.second_token)]
+        socks, errors = await open_sockets(target.ws_url, tokens)
+        if errors:
+            raise SetupError(f"{len(errors)} member sockets failed to open: {errors[:3]}")
+        versions = {sender.account_id: sender.list_version}
+        versions.update({m.first.account_id: m.first.list_version for m in members})
+        setup: dict[str, Any] = {"setup_s": round(time.perf_counter() - t_setup, 2)}
+        setup["quiesce"] = await common.quiesce(target.pid)
+        result["setup"] = setup
+
+        path = f"/v1/conversations/{conv}/envelopes"
+        headers = {**sender.headers, "Content-Type": "application/json"}
+
+        def body(run: str, seq: int) -> bytes:
+            copies = []
+            for d, device_id in enumerate(device_ids):
+                prefix = f"B|{run}|{d}|{seq}|".encode()
+                copies.append(
+                    {
+                        "device_id": b64e(device_id),
+                        "ciphertext": b64e(prefix + os.urandom(ciphertext_bytes - len(prefix))),
+                    }
+                )
+            return orjson.dumps(
+                {
+                    "envelope_id": b64e(os.urandom(16)),
+                    "clock": b64e(os.urandom(CLOCK_BYTES)),
+                    "device_list_versions": versions,
+                    "ephemeral": False,
+                    "ciphertexts": copies,
+                }
+            )
+
+        async def send(tracker: Tracker, seq: int, data: bytes) -> None:
+            t = time.perf_counter()
+            for d in range(devices_n):
+                tracker.sent_at[(d, seq)] = t
+            try:
+                r = await http.post(path, content=data, headers=headers)
+            except Exception as exc:
+                tracker.error(type(exc).__name__, f"seq {seq}: {type(exc).__name__}: {exc}")
+                return
+            if r.status_code != 201:
+                tracker.error(f"http_{r.status_code}", f"seq {seq}: HTTP {r.status_code}: {r.text}")
+                return
+            tracker.send_rtt.append(time.perf_counter() - t)
+            tracker.accepted.update((d, seq) for d in range(devices_n))
+
+        warm = Tracker(run=secrets.token_hex(4))
+        for sock in socks:
+            sock.tracker = warm
+        await send(warm, 0, body(warm.run, 0))
+        waited = await warm.drain(WARMUP_MAX_S)
+        result["warm_up"] = {
+            "delivered": len(warm.delivered),
+            "expected": devices_n,
+            "send_errors": sum(warm.send_errors.values()),
+            "error_samples": warm.error_samples,
+            "waited_s": round(waited, 3),
+        }
+
+        tracker = Tracker(run=secrets.token_hex(4))
+        bodies = [body(tracker.run, k) for k in range(seconds)]
+        for sock in socks:
+            sock.tracker = tracker
+        log(f"fanout: 1 sender -> {group} members x 2 devices, {seconds} messages at 1/s")
+        scraped = await scrape(target.base_url)
+        meter = common.CpuMeter(target.pid)
+        t0 = time.perf_counter() + 0.2
+        inflight: list[asyncio.Task[None]] = []
+        for k in range(seconds):
+            delay = t0 + k - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            inflight.append(asyncio.create_task(send(tracker, k, bodies[k])))
+        await asyncio.gather(*inflight)
+        cpu = meter.result()
+        drain_s = await tracker.drain(DRAIN_MAX_S)
+        server_metrics = metrics_delta(scraped, await scrape(target.base_url))
+        result["figures"] = {
+            **delivery_report(tracker),
+            "latency_ms": common.latency_summary_ms(tracker.latencies()),
+            "send_rtt_ms": common.latency_summary_ms(tracker.send_rtt),
+            "drain_s": round(drain_s, 3),
+            "cpu_send_window": cpu,
+            "server_metrics_window_and_drain": server_metrics,
+        }
+    finally:
+        await close_sockets(socks)
+        await http.aclose()
+        result["server"].update(target.finish())
+    return result
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Saltline server benchmark (workload pairs-v1, server mode)")
-    p.add_argument("--test", choices=["latency", "throughput", "idle", "all"], default="all")
+    p.add_argument("--test", choices=["latency", "throughput", "idle", "fanout", "all"], default="all")
     p.add_argument(
         "--database-url",
         help="e.g. postgresql+asyncpg://user:pw@127.0.0.1/db (default: SQLite in a temp dir)",
@@ -930,6 +1103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--throughput-pairs", type=int, default=20)
     p.add_argument("--throughput-seconds", type=float, default=30.0)
     p.add_argument("--throughput-budget", type=int, default=4000, help="pre-built envelopes per sender")
+    p.add_argument("--fanout-members", type=int, default=50, help="fanout: group members (G)")
+    p.add_argument("--fanout-seconds", type=int, default=30, help="fanout: messages, one per second")
     p.add_argument("--profile-hook", action="store_true", help="log the start of the throughput window")
     return p.parse_args(argv)
 
@@ -961,7 +1136,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "nofile": common.raise_nofile(max(4096, 2 * args.connections + 1024)),
         "tests": {},
     }
-    tests = ["latency", "throughput", "idle"] if args.test == "all" else [args.test]
+    tests = ["latency", "throughput", "idle", "fanout"] if args.test == "all" else [args.test]
     for name in tests:
         log(f"--- {name}")
         try:
@@ -969,6 +1144,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 doc["tests"][name] = await test_latency(args, ciphertext_bytes)
             elif name == "throughput":
                 doc["tests"][name] = await test_throughput(args, ciphertext_bytes)
+            elif name == "fanout":
+                doc["tests"][name] = await test_fanout(args, ciphertext_bytes)
             else:
                 doc["tests"][name] = await test_idle(args)
         except Exception as exc:

@@ -40,8 +40,15 @@ Close codes
     1012  server restarting (shutdown); reconnect with back-off
     ====  ======================================================================================
 
+Delivery path: the group-commit writer hands each committed queue entry straight to the socket
+that holds its device here (:meth:`DeviceConnection.offer`); the pump sends it without reading it
+back when it continues the last ``queue_seq`` sent, and reads the queue otherwise (on connect, after
+a bus wake-up, a full window, or anything out of order). With the in-process bus a heartbeat tick
+reads nothing; with a bus that may lose wake-ups (``poll_on_heartbeat``) every tick re-reads.
+
 Per connection the server holds: the window (queue_seq -> server_ts for at most ``delivery_window``
-entries), an ephemeral buffer bounded by count and by :data:`EPHEMERAL_BUFFER_BYTES`, four tasks
+entries), at most a window of pushed entries, an ephemeral buffer bounded by count and by
+:data:`EPHEMERAL_BUFFER_BYTES`, four tasks
 (reader, pump, heartbeat, token expiry), a registry entry and a bus subscription. Messages over
 :data:`WS_MAX_MESSAGE_BYTES` are refused by the WebSocket server itself (``ws_max_size``, close 1009)
 before anything is buffered, authenticated or not. All of it is released in ``finally``,
