@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from client_sdk.core import api, linking, trust
+from client_sdk.core import api, linking, sync, trust
 from client_sdk.core import message as msg
 from client_sdk.core.events import (
     Connected,
@@ -42,10 +42,18 @@ from client_sdk.core.events import (
     Event,
     IdentityChanged,
     MarkedRead,
+    MembershipChanged,
+    MessageDeleted,
+    MessageEdited,
     MessageReceived,
     MessageSent,
+    ReactionChanged,
+    ReadStateChanged,
+    SettingsChanged,
+    TypingChanged,
     UntrustedDeviceList,
 )
+from client_sdk.core.sync.ops import Body as SyncBody
 from client_sdk.errors import (
     ConflictError,
     DecryptError,
@@ -70,12 +78,14 @@ from client_sdk.stores.base import (
     PreKeyMeta,
     SessionRecord,
     Store,
+    SyncMeta,
+    SyncOpRecord,
 )
 from client_sdk.transport.http import HttpTransport
 from client_sdk.transport.ws import CLOSE_AUTH_FAILED, FATAL_CLOSE_CODES, DeliverySocket
+from crypto import attachments, private_state, safety
 from crypto import device_list as dl
 from crypto import primitives as p
-from crypto import private_state, safety
 from crypto.errors import CryptoError, DuplicateMessageError
 from crypto.keys import (
     AccountKey,
@@ -101,6 +111,10 @@ PREKEY_BATCH = 100
 MAX_SEND_ATTEMPTS = 4
 #: Rotate the signed prekey (and replace the last-resort prekey) when it is older than this.
 SPK_ROTATION_MS = 7 * 24 * 3600 * 1000
+#: History a linked device receives (:meth:`Client.approve_link`): "all", "none" or a number of days.
+HistoryDepth = str | int
+#: Version of the history bundle plaintext (docs/protocol/sync.md § history bundles).
+HISTORY_BUNDLE_VERSION = 1
 #: Page size of gap filling from ``GET /v1/conversations/{id}/envelopes``.
 HISTORY_PAGE = 200
 
@@ -141,6 +155,9 @@ class Client:
         self._socket_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._link: tuple[linking.LinkCode, EphemeralKey] | None = None
+        self._states: dict[str, sync.ConversationState] = {}
+        self._seqs: dict[str, set[int]] = {}
+        self._filling: set[str] = set()
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -577,7 +594,7 @@ class Client:
         self.store.conversations.put_conversation(record)
         return record
 
-    async def conversation(self, conversation_id: str) -> ConversationRecord:
+    async def _record(self, conversation_id: str) -> ConversationRecord:
         record = self.store.conversations.get_conversation(conversation_id)
         if record is None:
             info = api.parse_conversation((await self._call(api.conversation(conversation_id))).body)
@@ -589,37 +606,97 @@ class Client:
         """The stored messages of a conversation in display order."""
         return self.store.conversations.messages(conversation_id, limit=limit)
 
-    async def mark_read(self, conversation_id: str, up_to_server_seq: int) -> None:
-        """Local read marker (synchronised to other devices in a later protocol version)."""
-        await self._emit(MarkedRead(conversation_id, up_to_server_seq))
+    # -- conversation sync (docs/protocol/sync.md) ------------------------------------------------------
 
-    # -- sending ----------------------------------------------------------------------------------------
+    async def conversation(self, conversation_id: str) -> sync.ConversationView:
+        """The conversation's materialised state (messages with their current text, edited and
+        deleted flags, reactions, read markers, settings, members), replayed from the store."""
+        return self._sync_state(await self._record(conversation_id)).view()
 
-    async def send_text(self, conversation_id: str, text: str) -> str:
-        """Write the message to the outbox, then try to send it; returns its envelope id. If the
-        server cannot be reached it stays in the outbox and is sent after :meth:`connect`."""
-        record = await self.conversation(conversation_id)
+    async def unread(self, conversation_id: str) -> int:
+        """Messages of other accounts after this account's read marker (any of its devices)."""
+        return (await self.conversation(conversation_id)).unread(b64decode(self.account_id))
+
+    def _sync_state(self, record: ConversationRecord) -> sync.ConversationState:
+        cid = record.conversation_id
+        state = self._states.get(cid)
+        if state is not None:
+            return state
+        meta = self.store.sync.get_sync_meta(cid)
+        if meta is None:
+            meta = SyncMeta(cid, members=tuple(record.members))
+            self.store.sync.put_sync_meta(meta)
+        floor = dict(sync.CompactClock.decode(meta.floor_clock).extras) if meta.floor_clock else {}
+        state = sync.ConversationState(
+            b64decode(cid),
+            [b64decode(m) for m in (meta.members or record.members)],
+            floor_seq=meta.floor_seq,
+            floor_clock=floor,
+        )
+        seqs: set[int] = set()
+        for r in self.store.sync.sync_ops(cid):
+            op = _decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
+            seqs.add(r.server_seq)
+            if op is not None:
+                with contextlib.suppress(sync.SyncError):
+                    state.receive(r.server_seq, op)
+        self._states[cid] = state
+        self._seqs[cid] = seqs
+        return state
+
+    def _sync_meta(self, cid: str) -> SyncMeta:
+        return self.store.sync.get_sync_meta(cid) or SyncMeta(cid)
+
+    def _message_dot(self, cid: str, message_ref: str) -> sync.Dot:
+        """A message named by its ref (``"<device id>.<n>"``) or by its envelope id."""
+        if "." in message_ref:
+            device, _, n = message_ref.partition(".")
+            try:
+                return sync.Dot(b64decode(device), int(n))
+            except (ValueError, CryptoError) as exc:
+                raise UsageError(f"not a message reference: {message_ref!r}") from exc
+        for r in self.store.sync.sync_ops(cid):
+            if r.envelope_id == message_ref:
+                op = _decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
+                if op is not None:
+                    return op.dot
+        item = self.store.outbox.get_outbox(message_ref)
+        if item is not None:
+            op = _decode_op(item.body, item.clock, self.device_id, self.account_id)
+            if op is not None:
+                return op.dot
+        raise UsageError(f"no message {message_ref!r} in conversation {cid}")
+
+    async def _send_op(self, conversation_id: str, body: SyncBody) -> str:
+        """Compose this device's next operation, write it to the outbox (with the counter and
+        lamport number it used), then try to send it; returns its envelope id."""
+        record = await self._record(conversation_id)
+        state = self._sync_state(record)
+        meta = self._sync_meta(conversation_id)
+        composer = sync.Composer(
+            b64decode(self.device_id), b64decode(self.account_id), meta.counter, meta.lamport
+        )
+        op = composer.compose(state, body)
+        plaintext, clock = sync.encode(op)
         envelope_id = b64encode(self._rng(16))
         now = self._clock()
-        body = msg.text_operation(text, now)
-        me = b64decode(self.device_id)
-        clock = msg.encode_clock(msg.tick(msg.decode_clock(record.clock), me))
         with self.store.transaction():
-            self.store.conversations.put_conversation(replace(record, clock=clock))
-            self.store.outbox.put_outbox(OutboxItem(envelope_id, conversation_id, body, clock, now))
-            self.store.conversations.put_message(
-                MessageRecord(
-                    conversation_id,
-                    envelope_id,
-                    self.account_id,
-                    self.device_id,
-                    text,
-                    now,
-                    True,
-                    "pending",
-                    body=body,
+            self.store.sync.put_sync_meta(replace(meta, counter=composer.counter, lamport=composer.lamport))
+            self.store.outbox.put_outbox(OutboxItem(envelope_id, conversation_id, plaintext, clock, now))
+            if isinstance(body, sync.Message):
+                self.store.conversations.put_message(
+                    MessageRecord(
+                        conversation_id,
+                        envelope_id,
+                        self.account_id,
+                        self.device_id,
+                        body.text,
+                        now,
+                        True,
+                        "pending",
+                        body=plaintext,
+                    )
                 )
-            )
         try:
             _, held = await self._flush()
         except NetworkError:
@@ -627,6 +704,145 @@ class Client:
         if envelope_id in held:
             raise held[envelope_id]  # it stays in the outbox until the contact is verified
         return envelope_id
+
+    async def send_text(self, conversation_id: str, text: str) -> str:
+        """Write the message to the outbox, then try to send it; returns its envelope id. If the
+        server cannot be reached it stays in the outbox and is sent after :meth:`connect`."""
+        return await self._send_op(conversation_id, sync.Message(text, None, self._clock()))
+
+    async def reply(self, conversation_id: str, message_ref: str, text: str) -> str:
+        dot = self._message_dot(conversation_id, message_ref)
+        return await self._send_op(conversation_id, sync.Message(text, dot, self._clock()))
+
+    async def edit(self, conversation_id: str, message_ref: str, text: str) -> str:
+        """Edit a message of this account (last writer wins; a concurrent delete wins)."""
+        return await self._send_op(
+            conversation_id, sync.Edit(self._message_dot(conversation_id, message_ref), text)
+        )
+
+    async def delete(self, conversation_id: str, message_ref: str) -> str:
+        return await self._send_op(
+            conversation_id, sync.Delete(self._message_dot(conversation_id, message_ref))
+        )
+
+    async def react(self, conversation_id: str, message_ref: str, emoji: str) -> str:
+        dot = self._message_dot(conversation_id, message_ref)
+        return await self._send_op(conversation_id, sync.ReactionAdd(dot, emoji))
+
+    async def unreact(self, conversation_id: str, message_ref: str, emoji: str) -> str:
+        dot = self._message_dot(conversation_id, message_ref)
+        return await self._send_op(conversation_id, sync.ReactionRemove(dot, emoji))
+
+    def set_read_receipts(self, enabled: bool) -> None:
+        """Whether this device's read markers are shown to other members as read receipts."""
+        self.store.sync.put_setting("read_receipts", "1" if enabled else "0")
+
+    async def mark_read(self, conversation_id: str, up_to_server_seq: int | None = None) -> str:
+        """Move this account's read marker (default: the newest message); every device of the
+        account clears its unread count, other members see a read receipt unless turned off."""
+        record = await self._record(conversation_id)
+        state = self._sync_state(record)
+        up_to = up_to_server_seq
+        if up_to is None:
+            up_to = max((m.seq for m in state.view().messages), default=state.received_seq)
+        receipts = self.store.sync.get_setting("read_receipts") != "0"
+        envelope_id = await self._send_op(conversation_id, sync.ReadMarker(up_to, receipts))
+        await self._emit(MarkedRead(conversation_id, up_to))
+        return envelope_id
+
+    async def set_title(self, conversation_id: str, title: str | None) -> str:
+        return await self._send_op(conversation_id, sync.SettingsChange("title", title))
+
+    async def set_mute(self, conversation_id: str, muted: bool) -> str:
+        return await self._send_op(conversation_id, sync.SettingsChange("mute", muted))
+
+    async def set_disappearing_timer(self, conversation_id: str, ms: int | None) -> str:
+        return await self._send_op(conversation_id, sync.SettingsChange("disappearing_ms", ms))
+
+    async def add_member(self, conversation_id: str, username: str) -> str:
+        """Add an account to a group (on the server, then as a membership operation)."""
+        contact = await self._contact_by_username(username)
+        r = await self._call(api.add_member(conversation_id, contact.account_id))
+        self._put_conversation(api.parse_conversation(r.body))
+        return await self._send_op(
+            conversation_id, sync.MembershipChange(b64decode(contact.account_id), True)
+        )
+
+    async def remove_member(self, conversation_id: str, username: str) -> str:
+        """Remove an account from a group (a membership operation, then on the server)."""
+        contact = await self._contact_by_username(username)
+        envelope_id = await self._send_op(
+            conversation_id, sync.MembershipChange(b64decode(contact.account_id), False)
+        )
+        r = await self._call(api.remove_member(conversation_id, contact.account_id))
+        if isinstance(r.body, dict):
+            self._put_conversation(api.parse_conversation(r.body))
+        return envelope_id
+
+    async def typing(self, conversation_id: str, typing: bool = True) -> None:
+        """A typing indicator: encrypted, delivered to the devices online now, never stored."""
+        record = await self._record(conversation_id)
+        state = self._sync_state(record)
+        meta = self._sync_meta(conversation_id)
+        composer = sync.Composer(
+            b64decode(self.device_id), b64decode(self.account_id), meta.counter, meta.lamport
+        )
+        plaintext, clock = sync.encode(composer.compose(state, sync.Typing(typing)))
+        item = OutboxItem(b64encode(self._rng(16)), conversation_id, plaintext, clock, self._clock())
+        async with self._lock:
+            body, sessions = await self._encrypt_request(item)
+            body["ephemeral"] = True
+            with self.store.transaction():
+                for session in sessions:
+                    self.store.sessions.put_session(session)
+            with contextlib.suppress(RecipientsChangedError, DeviceListOutdatedError):
+                await self._call(api.send_envelope(conversation_id, body))
+
+    async def _apply_op(self, cid: str, seq: int, op: sync.Op) -> sync.Received | None:
+        """Apply one sequenced operation (already stored) to the in-memory state; emit what changed."""
+        state = self._sync_state(await self._record(cid))
+        before = state.view()
+        try:
+            received = state.receive(seq, op)
+        except sync.SyncError:
+            return None
+        self._seqs.setdefault(cid, set()).add(seq)
+        if received.applied:
+            await self._emit_changes(cid, before, state.view())
+        return received
+
+    async def _emit_changes(
+        self, cid: str, before: sync.ConversationView, after: sync.ConversationView
+    ) -> None:
+        old = {m.dot: m for m in before.messages}
+        for m in after.messages:
+            o = old.get(m.dot)
+            if o is None:
+                continue
+            ref = message_ref(m.dot)
+            if m.deleted and not o.deleted:
+                await self._emit(MessageDeleted(cid, ref))
+            elif m.text != o.text:
+                await self._emit(MessageEdited(cid, ref, m.text))
+            if m.reactions != o.reactions:
+                await self._emit(ReactionChanged(cid, ref, tuple((b64encode(a), e) for a, e in m.reactions)))
+        me = b64decode(self.account_id)
+        if before.read_up_to != after.read_up_to or before.unread(me) != after.unread(me):
+            await self._emit(
+                ReadStateChanged(
+                    cid, {b64encode(a): n for a, n in after.read_up_to.items()}, after.unread(me)
+                )
+            )
+        for name, field in after.settings.items():
+            if field != before.settings.get(name):
+                await self._emit(
+                    SettingsChanged(cid, name, field.value, tuple(c.value for c in field.conflicts))
+                )
+        mute = after.mute.get(me)
+        if mute is not None and mute != before.mute.get(me):
+            await self._emit(SettingsChanged(cid, "mute", mute.value, tuple(c.value for c in mute.conflicts)))
+        if before.members != after.members:
+            await self._emit(MembershipChanged(cid, tuple(sorted(b64encode(a) for a in after.members))))
 
     async def flush_outbox(self) -> int:
         """Send every outbox item (oldest first); returns how many the server stored. An item
@@ -684,7 +900,7 @@ class Client:
         )
 
     async def _refresh_members(self, conversation_id: str, accounts: set[str]) -> None:
-        record = await self.conversation(conversation_id)
+        record = await self._record(conversation_id)
         for account_id in sorted(accounts | set(record.members) | {self.account_id}):
             await self._refresh_contact(account_id)
 
@@ -698,6 +914,21 @@ class Client:
             self.store.outbox.remove_outbox(item.envelope_id)
             if server_seq == self.store.cursors.get_server_seq(item.conversation_id) + 1:
                 self.store.cursors.set_server_seq(item.conversation_id, server_seq)
+            op = _decode_op(item.body, item.clock, self.device_id, self.account_id)
+            if op is not None:
+                self.store.sync.put_sync_op(
+                    SyncOpRecord(
+                        item.conversation_id,
+                        server_seq,
+                        item.envelope_id,
+                        self.account_id,
+                        self.device_id,
+                        item.clock,
+                        item.body,
+                    )
+                )
+        if op is not None:
+            await self._apply_op(item.conversation_id, server_seq, op)
         await self._emit(MessageSent(item.conversation_id, item.envelope_id, server_seq))
 
     async def _verified_lists(self, members: Sequence[str]) -> dict[str, dl.DeviceList]:
@@ -714,7 +945,16 @@ class Client:
     async def _encrypt_item(self, item: OutboxItem) -> OutboxItem:
         """Encrypt ``item`` for every device of the verified lists; persist the advanced sessions
         and the exact request body together (so a retry resends the same bytes)."""
-        record = await self.conversation(item.conversation_id)
+        body, sessions = await self._encrypt_request(item)
+        item = replace(item, request=msg_json_dumps(body))
+        with self.store.transaction():
+            for s in sessions:
+                self.store.sessions.put_session(s)
+            self.store.outbox.put_outbox(item)
+        return item
+
+    async def _encrypt_request(self, item: OutboxItem) -> tuple[dict[str, Any], list[SessionRecord]]:
+        record = await self._record(item.conversation_id)
         members = sorted(set(record.members) | {self.account_id})
         lists = await self._verified_lists(members)
         recipients = trust.fan_out(b64decode(self.device_id), lists)
@@ -762,12 +1002,7 @@ class Client:
                 )
             )
         body = api.envelope_body(b64decode(item.envelope_id), item.clock, trust.versions(lists), ciphertexts)
-        item = replace(item, request=msg_json_dumps(body))
-        with self.store.transaction():
-            for s in sessions:
-                self.store.sessions.put_session(s)
-            self.store.outbox.put_outbox(item)
-        return item
+        return body, sessions
 
     def _sendable_session(self, device_id: str) -> Session | None:
         for record in self.store.sessions.sessions_for(device_id):
@@ -847,6 +1082,10 @@ class Client:
                     return None  # not acknowledged: the gap marker comes again
                 self.store.cursors.set_acked_queue_seq(to)
             return to
+        if kind == "ephemeral":
+            async with self._lock:
+                await self._process_envelope(frame, None)
+            return None
         if kind == "drained":
             await self._emit(Drained(int(frame.get("queue_seq", 0))))
             self._spawn(self.maintain_prekeys())
@@ -870,11 +1109,11 @@ class Client:
         for record in list(self.store.conversations.conversations()):
             await self._fill_gap(record.conversation_id)
 
-    async def _fill_gap(self, conversation_id: str) -> None:
+    async def _fill_gap(self, conversation_id: str, start: int | None = None) -> None:
         """Page through the conversation's envelopes after the stored cursor (only those with a
         copy for this device come back) and process each through the same durable path as a
         queued one; envelopes already stored are dropped by envelope id."""
-        after = self.store.cursors.get_server_seq(conversation_id)
+        after = self.store.cursors.get_server_seq(conversation_id) if start is None else start
         while True:
             body = (await self._call(api.history(conversation_id, after, HISTORY_PAGE))).body
             items = body.get("envelopes") if isinstance(body, dict) else None
@@ -921,10 +1160,15 @@ class Client:
         conversation_id = str(frame["conversation_id"])
         sender = frame.get("sender") or {}
         sender_account, sender_device = str(sender.get("account_id")), str(sender.get("device_id"))
+        server_seq: int | None = frame.get("server_seq") if frame.get("type") != "ephemeral" else None
         if self.store.conversations.get_message(envelope_id) is not None:
             return self._ack(queue_seq)  # duplicate
+        if server_seq is not None:
+            self._sync_state(await self._record(conversation_id))
+            if server_seq in self._seqs.get(conversation_id, set()):
+                return self._ack(queue_seq)  # duplicate (an operation other than a message)
         try:
-            record = await self.conversation(conversation_id)
+            await self._record(conversation_id)
             contact = self.store.device_lists.get_contact(sender_account)
             content = (
                 None if contact is None else trust.verified_content(contact.account_key, contact.signed_list)
@@ -960,8 +1204,9 @@ class Client:
                 self._rng,
             )
             body = msg.unpad(decrypted.padded)
-            op = msg.parse_operation(body)
-            their_clock = msg.decode_clock(header.clock)
+            op = sync.decode(body, header.clock, header.sender_device_id, header.sender_account_id)
+        except sync.SyncError as exc:
+            return await self._drop(frame, queue_seq, f"malformed operation: {exc}")
         except DecryptError as exc:
             if isinstance(exc.__cause__, DuplicateMessageError):
                 return self._ack(queue_seq)
@@ -969,8 +1214,11 @@ class Client:
         except CryptoError as exc:
             return await self._drop(frame, queue_seq, str(exc))
         sent_by_me = sender_account == self.account_id
-        server_seq = int(frame["server_seq"])
-        text = op.text or ""
+        if server_seq is None and not isinstance(op.body, sync.Typing):
+            return await self._drop(frame, queue_seq, "an ephemeral envelope carries only typing")
+        text = op.body.text if isinstance(op.body, sync.Message) else ""
+        sent_at_ms = op.body.sent_at_ms if isinstance(op.body, sync.Message) else 0
+        received: sync.Received | None = None
         with self.store.transaction():
             self.store.sessions.put_session(
                 SessionRecord(
@@ -987,9 +1235,13 @@ class Client:
             ):
                 state = state.remove_one_time_prekey(decrypted.one_time_prekey_id)
                 self.store.identity.put_device(replace(self._device, state=state.encode()))
-            merged = msg.merge(msg.decode_clock(record.clock), their_clock)
-            self.store.conversations.put_conversation(replace(record, clock=msg.encode_clock(merged)))
-            if op.type == "text":
+            if server_seq is None:
+                if isinstance(op.body, sync.Typing):
+                    await self._emit(
+                        TypingChanged(conversation_id, sender_account, sender_device, op.body.typing)
+                    )
+                return None
+            if isinstance(op.body, sync.Message):
                 self.store.conversations.put_message(
                     MessageRecord(
                         conversation_id,
@@ -997,7 +1249,7 @@ class Client:
                         sender_account,
                         sender_device,
                         text,
-                        op.sent_at_ms,
+                        sent_at_ms,
                         sent_by_me,
                         "received",
                         server_seq,
@@ -1008,8 +1260,13 @@ class Client:
             self.store.cursors.set_server_seq(
                 conversation_id, max(server_seq, self.store.cursors.get_server_seq(conversation_id))
             )
+            sync_record = SyncOpRecord(
+                conversation_id, server_seq, envelope_id, sender_account, sender_device, header.clock, body
+            )
+            self.store.sync.put_sync_op(sync_record)
             self._ack(queue_seq)
-        if op.type == "text":
+        received = await self._apply_op(conversation_id, server_seq, op)
+        if isinstance(op.body, sync.Message):
             username = contact.username if contact is not None else ""
             await self._emit(
                 MessageReceived(
@@ -1020,10 +1277,17 @@ class Client:
                     text,
                     envelope_id,
                     server_seq,
-                    op.sent_at_ms,
+                    sent_at_ms,
                     sent_by_me,
                 )
             )
+        if received is not None and received.gap is not None and conversation_id not in self._filling:
+            self._filling.add(conversation_id)
+            try:
+                with contextlib.suppress(NetworkError, ServerError):
+                    await self._fill_gap(conversation_id, received.gap.after_seq)
+            finally:
+                self._filling.discard(conversation_id)
         return queue_seq
 
     async def _drop(self, frame: dict[str, Any], queue_seq: int | None, reason: str) -> int | None:
@@ -1056,10 +1320,127 @@ class Client:
         self._link = (code, link_key)
         return code.to_text()
 
-    async def approve_link(self, code_text: str) -> None:
+    def _history_bundle(self, depth: HistoryDepth) -> dict[str, Any]:
+        """Every conversation's sync operations (or the recent ones) and the floor the new device
+        starts from (docs/protocol/sync.md § history bundles)."""
+        cutoff: int | None = None
+        if isinstance(depth, int) and not isinstance(depth, bool):
+            cutoff = self._clock() - depth * 86_400_000
+        elif depth not in ("all", "none"):
+            raise UsageError('history depth is "all", "none" or a number of days')
+        out: list[dict[str, Any]] = []
+        for record in self.store.conversations.conversations():
+            cid = record.conversation_id
+            state = self._sync_state(record)
+            meta = self._sync_meta(cid)
+            ops = list(self.store.sync.sync_ops(cid))
+            floor = meta.floor_seq
+            if depth == "none":
+                floor = state.base_seq
+            elif cutoff is not None:
+                floor = state.base_seq
+                for r in ops:
+                    op = _decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
+                    if (
+                        isinstance(op, sync.Op)
+                        and isinstance(op.body, sync.Message)
+                        and op.body.sent_at_ms >= cutoff
+                    ):
+                        floor = min(floor, r.server_seq - 1)
+                        break
+            floor = max(floor, meta.floor_seq)
+            floor_clock = state.prefix(floor) if floor <= state.received_seq else {}
+            out.append(
+                {
+                    "conversation_id": cid,
+                    "kind": record.kind,
+                    "members": list(record.members),
+                    "genesis": list(meta.members or record.members),
+                    "floor_seq": floor,
+                    "floor_clock": b64encode(sync.CompactClock.of(0, floor_clock).encode()),
+                    "cursor": self.store.cursors.get_server_seq(cid),
+                    "ops": [
+                        {
+                            "seq": r.server_seq,
+                            "envelope_id": r.envelope_id,
+                            "account": r.sender_account_id,
+                            "device": r.sender_device_id,
+                            "clock": b64encode(r.clock),
+                            "plaintext": b64encode(r.plaintext),
+                        }
+                        for r in ops
+                        if r.server_seq > floor
+                    ],
+                }
+            )
+        return {"v": HISTORY_BUNDLE_VERSION, "created_at_ms": self._clock(), "conversations": out}
+
+    def _seed_history(self, bundle: dict[str, Any]) -> None:
+        """New device: adopt a history bundle (inside the linking transaction)."""
+        if bundle.get("v") != HISTORY_BUNDLE_VERSION:
+            raise LinkError("unsupported history bundle version")
+        for c in bundle["conversations"]:
+            cid = str(c["conversation_id"])
+            self.store.conversations.put_conversation(
+                ConversationRecord(cid, str(c["kind"]), tuple(sorted(c["members"])))
+            )
+            self.store.sync.put_sync_meta(
+                SyncMeta(
+                    cid,
+                    floor_seq=int(c["floor_seq"]),
+                    floor_clock=b64decode(c["floor_clock"]),
+                    members=tuple(c["genesis"]),
+                )
+            )
+            top = int(c["floor_seq"])
+            for o in c["ops"]:
+                r = SyncOpRecord(
+                    cid,
+                    int(o["seq"]),
+                    str(o["envelope_id"]),
+                    str(o["account"]),
+                    str(o["device"]),
+                    b64decode(o["clock"]),
+                    b64decode(o["plaintext"]),
+                )
+                self.store.sync.put_sync_op(r)
+                top = max(top, r.server_seq)
+                op = _decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
+                if op is not None and isinstance(op.body, sync.Message):
+                    self.store.conversations.put_message(
+                        MessageRecord(
+                            cid,
+                            r.envelope_id,
+                            r.sender_account_id,
+                            r.sender_device_id,
+                            op.body.text,
+                            op.body.sent_at_ms,
+                            r.sender_account_id == self._device.account_id,
+                            "received",
+                            r.server_seq,
+                            None,
+                            r.plaintext,
+                        )
+                    )
+            self.store.cursors.set_server_seq(cid, max(top, int(c.get("cursor", 0))))
+            self._states.pop(cid, None)
+
+    async def approve_link(self, code_text: str, history: HistoryDepth = "all") -> None:
         """Existing device: send the sealed linking payload (account key, contacts, conversations)
-        to the device that shows ``code_text``."""
+        to the device that shows ``code_text``. ``history`` ("all", "none" or a number of days):
+        the conversations' operations go in an encrypted history bundle (uploaded as a blob; its
+        key and digest travel in the sealed payload)."""
         code = linking.LinkCode.parse(code_text)
+        sealed_history: dict[str, Any] | None = None
+        if self.store.conversations.conversations():
+            plain = msg_json_dumps(self._history_bundle(history))
+            encrypted = attachments.encrypt(plain, rng=self._rng)
+            blob_id = api.parse_blob_id((await self._call(api.upload_blob(encrypted.ciphertext))).body)
+            sealed_history = {
+                "blob_id": blob_id,
+                "key": b64encode(encrypted.key.encode()),
+                "digest": b64encode(encrypted.key.digest),
+            }
         own = await self._refresh_contact(self.account_id)
         contacts = [
             {
@@ -1075,7 +1456,7 @@ class Client:
             {"conversation_id": c.conversation_id, "kind": c.kind, "members": list(c.members)}
             for c in self.store.conversations.conversations()
         ]
-        payload = {
+        payload: dict[str, Any] = {
             "account_id": self.account_id,
             "username": self.username,
             "account_key": b64encode(bytes(self._account_key())),
@@ -1083,6 +1464,8 @@ class Client:
             "contacts": contacts,
             "conversations": conversations,
         }
+        if sealed_history is not None:
+            payload["history"] = sealed_history
         box = linking.seal_payload(code, payload)
         await self._call(api.put_provisioning(b64encode(code.channel_id), code.secret, b64encode(box)))
 
@@ -1132,11 +1515,39 @@ class Client:
                     ConversationRecord(c["conversation_id"], c["kind"], tuple(sorted(c["members"])))
                 )
         await self._device_login()
+        history = doc.get("history")
+        if isinstance(history, dict):
+            await self._fetch_history(history)
         await self._upload_all_prekeys()
         self.store.prekeys.put_prekey_meta(
             replace(self.store.prekeys.get_prekey_meta(), last_count_check_ms=0)
         )
         return str(doc["account_id"])
+
+    async def _fetch_history(self, history: dict[str, Any]) -> None:
+        """Download the history bundle, check its digest, decrypt it and seed the conversations."""
+        ciphertext = api.parse_blob((await self._call(api.download_blob(str(history["blob_id"])))).body)
+        try:
+            key = attachments.AttachmentKey.decode(b64decode(history["key"]))
+            if key.digest != b64decode(history["digest"]) or p.sha256(ciphertext) != key.digest:
+                raise LinkError("the history bundle does not match its digest")
+            bundle = msg_json_loads(attachments.decrypt(ciphertext, key))
+        except (CryptoError, KeyError, TypeError, ValueError) as exc:
+            raise LinkError(f"the history bundle is not valid: {exc}") from exc
+        with self.store.transaction():
+            self._seed_history(bundle)
+
+
+def message_ref(dot: sync.Dot) -> str:
+    """The text reference of a message (``"<device id>.<n>"``) for edit/delete/react/reply."""
+    return f"{b64encode(dot.device)}.{dot.n}"
+
+
+def _decode_op(plaintext: bytes, clock: bytes, device_id: str, account_id: str) -> sync.Op | None:
+    try:
+        return sync.decode(plaintext, clock, b64decode(device_id), b64decode(account_id))
+    except (sync.SyncError, ValueError):
+        return None
 
 
 def _bundle(b: api.BundleInfo) -> PreKeyBundle:
@@ -1168,4 +1579,4 @@ def msg_json_loads(data: bytes | None) -> dict[str, Any]:
     return loaded
 
 
-__all__ = ["Client", "DeviceInfo", "PreKeyMeta"]
+__all__ = ["Client", "DeviceInfo", "PreKeyMeta", "message_ref"]

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from server.api import (
     routes_accounts,
     routes_auth,
+    routes_blobs,
     routes_conversations,
     routes_envelopes,
     routes_health,
@@ -42,6 +43,7 @@ ROUTERS = [
     routes_auth.router,
     routes_keys.router,
     routes_provisioning.router,
+    routes_blobs.router,
     routes_conversations.router,
     routes_envelopes.router,
     ws.router,

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter
 from server.clock import Clock
 from server.services.accounts import AccountService
 from server.services.auth import AuthService, RateLimits, TokensRevokedHook
+from server.services.blobs import BlobService
 from server.services.common import DeviceListChangedHook, DeviceRemovedHook
 from server.services.devices import DeviceService
 from server.services.health import Readiness
@@ -27,6 +28,7 @@ from server.services.ratelimit import RateLimiter
 from server.settings import Settings
 from server.storage.accounts_repo import AccountsRepo
 from server.storage.auth_repo import AuthRepo
+from server.storage.blobs_repo import BlobsRepo
 from server.storage.db import Database
 from server.storage.migrate import head_revisions
 from server.storage.prekeys_repo import PreKeysRepo
@@ -75,6 +77,7 @@ class AppContext:
     auth: AuthService
     keys: KeyDirectoryService
     provisioning: ProvisioningService
+    blobs: BlobService
     #: Awaited with ``(account_id, device_id)`` after a device was dropped from its list: the
     #: delivery side closes its socket here. Hooks must not raise (failures are logged).
     on_device_removed: list[DeviceRemovedHook] = field(default_factory=list)
@@ -170,6 +173,7 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
             max_payload_bytes=settings.max_provisioning_payload_bytes,
             rate_limit_per_ip=settings.rate_limit_provisioning_per_ip,
         ),
+        blobs=BlobService(BlobsRepo(db), clock, max_bytes=settings.max_blob_bytes),
         on_device_removed=on_removed,
         on_device_list_changed=on_changed,
         on_tokens_revoked=on_revoked,

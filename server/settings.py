@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     max_claim_targets: int = Field(default=100, gt=0)
     max_devices_per_account: int = Field(default=10, gt=0)
     max_provisioning_payload_bytes: int = Field(default=64 * 1024, gt=0)
+    #: Blobs (history bundles); their base64url JSON body must fit the request body limit.
+    max_blob_bytes: int = Field(default=512 * 1024, gt=0)
     max_device_list_bytes: int = Field(default=64 * 1024, gt=0)
 
     # -- rate limits (``limits`` strings; memory storage, per process) ------------------------

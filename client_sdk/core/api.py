@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from client_sdk.errors import ProtocolError, server_error
-from crypto.keys import b64encode
+from crypto.keys import b64decode, b64encode
 
 CHANNEL_SECRET_HEADER = "X-Channel-Secret"  # noqa: S105 - a header name
 
@@ -247,6 +247,14 @@ def conversations() -> Request:
     return Request("GET", "/v1/conversations")
 
 
+def add_member(conversation_id: str, account_id: str) -> Request:
+    return Request("POST", f"/v1/conversations/{conversation_id}/members", {"account_id": account_id})
+
+
+def remove_member(conversation_id: str, account_id: str) -> Request:
+    return Request("DELETE", f"/v1/conversations/{conversation_id}/members/{account_id}")
+
+
 def conversation(conversation_id: str) -> Request:
     return Request("GET", f"/v1/conversations/{conversation_id}")
 
@@ -349,6 +357,22 @@ def history(conversation_id: str, after: int, limit: int = 200) -> Request:
 class Channel:
     channel_id: str
     channel_secret: str
+
+
+def upload_blob(data: bytes) -> Request:
+    return Request("POST", "/v1/blobs", {"data": b64encode(data)})
+
+
+def parse_blob_id(body: Any) -> str:
+    return str(_field(body, "blob_id", str))
+
+
+def download_blob(blob_id: str) -> Request:
+    return Request("GET", f"/v1/blobs/{blob_id}")
+
+
+def parse_blob(body: Any) -> bytes:
+    return b64decode(str(_field(body, "data", str)))
 
 
 def create_channel() -> Request:

@@ -121,3 +121,61 @@ class DeviceRemoved(Event):
     (close code 4002). The client stops reconnecting; the device must be linked again."""
 
     reason: str
+
+
+# -- conversation sync (docs/protocol/sync.md); ``message_ref`` is ``"<device id>.<n>"`` --------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEdited(Event):
+    conversation_id: str
+    message_ref: str
+    text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDeleted(Event):
+    conversation_id: str
+    message_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionChanged(Event):
+    conversation_id: str
+    message_ref: str
+    reactions: tuple[tuple[str, str], ...]  # (account id, emoji)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadStateChanged(Event):
+    """A read marker moved (on this account's devices: the unread count changed too)."""
+
+    conversation_id: str
+    read_up_to: dict[str, int]
+    unread: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsChanged(Event):
+    """``conflicts``: the concurrent values that lost (newest first)."""
+
+    conversation_id: str
+    field: str
+    value: str | bool | int | None
+    conflicts: tuple[str | bool | int | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChanged(Event):
+    conversation_id: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TypingChanged(Event):
+    """Another device is typing (ephemeral: only delivered to online devices)."""
+
+    conversation_id: str
+    account_id: str
+    device_id: str
+    typing: bool

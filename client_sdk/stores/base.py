@@ -146,6 +146,38 @@ class PreKeyMeta:
     last_count_check_ms: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SyncOpRecord:
+    """One sequenced sync operation of a conversation (docs/protocol/sync.md): what the device
+    replays into its ``ConversationState``. Unique by ``(conversation_id, server_seq)``."""
+
+    conversation_id: str
+    server_seq: int
+    envelope_id: str
+    sender_account_id: str
+    sender_device_id: str
+    clock: bytes
+    """The envelope's clock bytes (compact 0x02, or legacy 0x01)."""
+    plaintext: bytes
+    """SECRET: the unpadded operation JSON."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncMeta:
+    """This device's sync bookkeeping for one conversation."""
+
+    conversation_id: str
+    counter: int = 0
+    """The last dot counter this device used (never reused)."""
+    lamport: int = 0
+    floor_seq: int = 0
+    """Everything up to this server_seq predates this device (seeded from a history bundle)."""
+    floor_clock: bytes = b""
+    """The compact (0x02, base 0) encoding of the clock of the prefix up to ``floor_seq``."""
+    members: tuple[str, ...] = ()
+    """The genesis members the conversation state starts from (empty: the conversation's members)."""
+
+
 # -- stores -------------------------------------------------------------------------------------
 
 
@@ -226,6 +258,26 @@ class CursorStore(Protocol):
     def set_server_seq(self, conversation_id: str, server_seq: int) -> None: ...
 
 
+class SyncStore(Protocol):
+    """Sync operations and per-conversation sync bookkeeping; small per-account settings."""
+
+    def get_sync_meta(self, conversation_id: str) -> SyncMeta | None: ...
+
+    def put_sync_meta(self, meta: SyncMeta) -> None: ...
+
+    def put_sync_op(self, record: SyncOpRecord) -> None:
+        """Insert or replace the operation ``(conversation_id, server_seq)``."""
+        ...
+
+    def sync_ops(self, conversation_id: str) -> Sequence[SyncOpRecord]:
+        """The conversation's operations by ``server_seq``."""
+        ...
+
+    def get_setting(self, name: str) -> str | None: ...
+
+    def put_setting(self, name: str, value: str) -> None: ...
+
+
 class PreKeyStore(Protocol):
     def get_prekey_meta(self) -> PreKeyMeta: ...
 
@@ -256,6 +308,9 @@ class Store(Protocol):
 
     @property
     def prekeys(self) -> PreKeyStore: ...
+
+    @property
+    def sync(self) -> SyncStore: ...
 
     def transaction(self) -> AbstractContextManager[None]:
         """All writes inside are committed together when the outermost block exits normally and

@@ -20,6 +20,8 @@ from client_sdk.stores.base import (
     OutboxItem,
     PreKeyMeta,
     SessionRecord,
+    SyncMeta,
+    SyncOpRecord,
 )
 
 
@@ -36,6 +38,9 @@ class _Data:
         self.acked_queue_seq = 0
         self.server_seqs: dict[str, int] = {}
         self.prekey_meta = PreKeyMeta()
+        self.sync_meta: dict[str, SyncMeta] = {}
+        self.sync_ops: dict[str, dict[int, SyncOpRecord]] = {}
+        self.settings: dict[str, str] = {}
         self.tick = 0  # insertion order
 
     def snapshot(self) -> dict[str, Any]:
@@ -169,6 +174,27 @@ class MemoryPreKeyStore(_Part):
         self._data.prekey_meta = meta
 
 
+class MemorySyncStore(_Part):
+    def get_sync_meta(self, conversation_id: str) -> SyncMeta | None:
+        return self._data.sync_meta.get(conversation_id)
+
+    def put_sync_meta(self, meta: SyncMeta) -> None:
+        self._data.sync_meta[meta.conversation_id] = meta
+
+    def put_sync_op(self, record: SyncOpRecord) -> None:
+        self._data.sync_ops.setdefault(record.conversation_id, {})[record.server_seq] = record
+
+    def sync_ops(self, conversation_id: str) -> Sequence[SyncOpRecord]:
+        ops = self._data.sync_ops.get(conversation_id, {})
+        return [ops[seq] for seq in sorted(ops)]
+
+    def get_setting(self, name: str) -> str | None:
+        return self._data.settings.get(name)
+
+    def put_setting(self, name: str, value: str) -> None:
+        self._data.settings[name] = value
+
+
 class MemoryStore:
     """A :class:`~client_sdk.stores.base.Store` that lives in this process only."""
 
@@ -183,6 +209,7 @@ class MemoryStore:
         self.outbox = MemoryOutboxStore(self._data)
         self.cursors = MemoryCursorStore(self._data)
         self.prekeys = MemoryPreKeyStore(self._data)
+        self.sync = MemorySyncStore(self._data)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

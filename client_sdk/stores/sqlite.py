@@ -81,6 +81,8 @@ from client_sdk.stores.base import (
     OutboxItem,
     PreKeyMeta,
     SessionRecord,
+    SyncMeta,
+    SyncOpRecord,
     TrustPolicyName,
 )
 from crypto import primitives as p
@@ -182,9 +184,35 @@ def _v2_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX messages_by_seq ON messages (seq)")  # max(seq) on insert
 
 
+def _v3_sync(conn: sqlite3.Connection) -> None:
+    """Version 3: conversation sync (docs/protocol/sync.md): sequenced operations, per-conversation
+    sync bookkeeping, per-account settings."""
+    conn.execute(
+        """CREATE TABLE sync_ops (
+            conversation_id TEXT NOT NULL,
+            server_seq INTEGER NOT NULL,
+            envelope_id TEXT NOT NULL,
+            sender_account_id TEXT NOT NULL,
+            sender_device_id TEXT NOT NULL,
+            clock BLOB NOT NULL,
+            plaintext BLOB NOT NULL,
+            PRIMARY KEY (conversation_id, server_seq))"""
+    )
+    conn.execute(
+        """CREATE TABLE sync_meta (
+            conversation_id TEXT PRIMARY KEY,
+            counter INTEGER NOT NULL,
+            lamport INTEGER NOT NULL,
+            floor_seq INTEGER NOT NULL,
+            floor_clock BLOB NOT NULL,
+            members TEXT NOT NULL)"""
+    )
+    conn.execute("CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
 #: ``MIGRATIONS[n]`` turns a version-``n`` database into version ``n + 1`` (``PRAGMA user_version``).
 #: Only ever append to this list; never edit a step that has shipped.
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_indexes)
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_indexes, _v3_sync)
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
@@ -659,6 +687,74 @@ class SqlitePreKeyStore(_Part):
         )
 
 
+class SqliteSyncStore(_Part):
+    def get_sync_meta(self, conversation_id: str) -> SyncMeta | None:
+        row = self._s._one(
+            "SELECT conversation_id, counter, lamport, floor_seq, floor_clock, members FROM sync_meta "
+            "WHERE conversation_id = ?",
+            (conversation_id,),
+        )
+        if row is None:
+            return None
+        return SyncMeta(row[0], row[1], row[2], row[3], bytes(row[4]), tuple(json.loads(row[5])))
+
+    def put_sync_meta(self, meta: SyncMeta) -> None:
+        self._s._write(
+            "INSERT OR REPLACE INTO sync_meta (conversation_id, counter, lamport, floor_seq, floor_clock, "
+            "members) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                meta.conversation_id,
+                meta.counter,
+                meta.lamport,
+                meta.floor_seq,
+                bytes(meta.floor_clock),
+                json.dumps(list(meta.members)),
+            ),
+        )
+
+    def put_sync_op(self, r: SyncOpRecord) -> None:
+        c = self._s._cipher
+        self._s._write(
+            "INSERT OR REPLACE INTO sync_ops (conversation_id, server_seq, envelope_id, sender_account_id, "
+            "sender_device_id, clock, plaintext) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                r.conversation_id,
+                r.server_seq,
+                r.envelope_id,
+                r.sender_account_id,
+                r.sender_device_id,
+                bytes(r.clock),
+                c.seal(bytes(r.plaintext), "sync_ops", "plaintext", r.conversation_id, str(r.server_seq)),
+            ),
+        )
+
+    def sync_ops(self, conversation_id: str) -> Sequence[SyncOpRecord]:
+        c = self._s._cipher
+        return [
+            SyncOpRecord(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                bytes(row[5]),
+                c.open(row[6], "sync_ops", "plaintext", row[0], str(row[1])),
+            )
+            for row in self._s._all(
+                "SELECT conversation_id, server_seq, envelope_id, sender_account_id, sender_device_id, "
+                "clock, plaintext FROM sync_ops WHERE conversation_id = ? ORDER BY server_seq",
+                (conversation_id,),
+            )
+        ]
+
+    def get_setting(self, name: str) -> str | None:
+        row = self._s._one("SELECT value FROM settings WHERE name = ?", (name,))
+        return None if row is None else str(row[0])
+
+    def put_setting(self, name: str, value: str) -> None:
+        self._s._write("INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", (name, value))
+
+
 class SqliteStore:
     """A :class:`~client_sdk.stores.base.Store` in one SQLite file; see the module docstring.
 
@@ -682,6 +778,7 @@ class SqliteStore:
         self.outbox = SqliteOutboxStore(self)
         self.cursors = SqliteCursorStore(self)
         self.prekeys = SqlitePreKeyStore(self)
+        self.sync = SqliteSyncStore(self)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 

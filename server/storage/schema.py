@@ -131,3 +131,13 @@ provisioning_channels = Table(
     Column("created_at_ms", BigInteger, nullable=False),
     Column("expires_at_ms", BigInteger, nullable=False),
 )
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("id", LargeBinary(ID_SIZE), primary_key=True),
+    # Only devices of this account may download the blob.
+    Column("account_id", LargeBinary(ID_SIZE), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("data", LargeBinary, nullable=False),  # ciphertext only
+    Column("created_at_ms", BigInteger, nullable=False),
+)

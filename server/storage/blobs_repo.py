@@ -1,0 +1,27 @@
+"""SQL for blobs: encrypted uploads an account's devices share (history bundles)."""
+
+from __future__ import annotations
+
+from sqlalchemy import insert, select
+
+from server.storage.db import Database
+from server.storage.schema import blobs
+
+
+class BlobsRepo:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def put(self, blob_id: bytes, account_id: bytes, data: bytes, now_ms: int) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                insert(blobs).values(id=blob_id, account_id=account_id, data=data, created_at_ms=now_ms)
+            )
+
+    async def get(self, blob_id: bytes) -> tuple[bytes, bytes] | None:
+        """``(account_id, data)`` or ``None``."""
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(select(blobs.c.account_id, blobs.c.data).where(blobs.c.id == blob_id))
+            ).first()
+        return None if row is None else (bytes(row.account_id), bytes(row.data))

@@ -1,0 +1,264 @@
+"""Conversation sync through the SDK on the real server: alice-desktop, alice-phone (linked) and
+bob. Edits, deletes, reactions, read markers, settings and typing converge on every device
+(docs/protocol/sync.md). Waits are on events with timeouts, never on sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from client_sdk.client import Client, message_ref
+from client_sdk.core.events import (
+    Drained,
+    Event,
+    MessageDeleted,
+    MessageReceived,
+    TypingChanged,
+)
+from client_sdk.core.sync import ConversationView
+from client_sdk.stores.memory import MemoryStore
+from client_sdk.stores.sqlite import SqliteStore
+from tests.live import LiveServer
+
+pytestmark = pytest.mark.e2e
+PASSWORD = "correct horse battery staple"
+WAIT = 15.0
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}_{os.urandom(3).hex()}"
+
+
+async def _until(client: Client, check: Callable[[], Awaitable[bool]]) -> None:
+    """Consume ``client``'s events until ``check()`` holds."""
+
+    async def loop() -> None:
+        while not await check():
+            await client.next_event(Event, WAIT)
+
+    await asyncio.wait_for(loop(), WAIT)
+
+
+def _shared(view: ConversationView) -> object:
+    """What every device must agree on."""
+    return (view.messages, view.settings, view.mute, view.members, view.read_up_to, view.receipts)
+
+
+async def _converged(cid: str, *devices: Client) -> ConversationView:
+    """Consume the devices' events until all of them show the same state."""
+
+    async def loop() -> None:
+        while True:
+            views = [_shared(await d.conversation(cid)) for d in devices]
+            if all(v == views[0] for v in views):
+                return
+            waits = [asyncio.ensure_future(d.next_event(Event, WAIT)) for d in devices]
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for task in done:
+                task.result()
+
+    await asyncio.wait_for(loop(), WAIT)
+    return await devices[0].conversation(cid)
+
+
+async def test_sync_three_devices(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    url = live_server.base_url
+    alice_name, bob_name = _name("alice"), _name("bob")
+    desk = await Client.create(url, SqliteStore.open(tmp_path_factory.mktemp("desk") / "store.db"))
+    await desk.register(alice_name, PASSWORD)
+    bob = await Client.create(url, MemoryStore())
+    await bob.register(bob_name, PASSWORD)
+    phone = await Client.create(url, MemoryStore())
+    code = await phone.begin_link()
+    await desk.approve_link(code)
+    await phone.complete_link(wait_s=WAIT)
+    typing_seen: dict[str, list[TypingChanged]] = {"desk": [], "phone": [], "bob": []}
+    for name, c in (("desk", desk), ("phone", phone), ("bob", bob)):
+        c.on(TypingChanged, typing_seen[name].append)
+        await c.connect()
+
+    cid = await bob.create_conversation([alice_name])
+    await bob.send_text(cid, "hello alice")
+    for device in (desk, phone):
+        assert (await device.next_event(MessageReceived, WAIT)).text == "hello alice"
+    await desk.send_text(cid, "a typo here")
+    for device in (phone, bob):
+        assert (await device.next_event(MessageReceived, WAIT)).text == "a typo here"
+    view = await _converged(cid, desk, phone, bob)
+    assert [m.text for m in view.messages] == ["hello alice", "a typo here"]
+    ref = message_ref(view.messages[1].dot)
+
+    # the phone edits while the desktop (offline, not seeing the edit) deletes: delete wins
+    await desk.disconnect()
+    await phone.edit(cid, ref, "fixed on the phone")
+
+    async def bob_sees_edit() -> bool:
+        m = (await bob.conversation(cid)).messages[1]
+        return m.text == "fixed on the phone" and m.edited
+
+    await _until(bob, bob_sees_edit)
+    await desk.delete(cid, ref)
+    await desk.connect()
+    view = await _converged(cid, desk, phone, bob)
+    target = view.messages[1]
+    assert target.deleted and target.text is None
+    assert view.messages[0].text == "hello alice"
+
+    # reading on the desktop clears the unread count on the phone
+    assert await phone.unread(cid) == 1
+    await desk.mark_read(cid)
+
+    async def phone_read() -> bool:
+        return await phone.unread(cid) == 0
+
+    await _until(phone, phone_read)
+    view = await _converged(cid, desk, phone, bob)
+    assert view.receipts.get(view.messages[1].author) is not None  # bob sees alice's read receipt
+
+    # two devices rename at once: one winner everywhere, the loser kept in conflicts
+    await desk.disconnect()
+    await phone.disconnect()
+    await desk.set_title(cid, "from the desktop")
+    await phone.set_title(cid, "from the phone")
+    await desk.connect()
+    await phone.connect()
+    view = await _converged(cid, desk, phone, bob)
+    title = view.settings["title"]
+    assert title.value in ("from the desktop", "from the phone")
+    loser = "from the phone" if title.value == "from the desktop" else "from the desktop"
+    assert [c.value for c in title.conflicts] == [loser]
+
+    # reactions: last writer per (message, account)
+    hello = message_ref(view.messages[0].dot)
+    await bob.react(cid, hello, "👍")
+    await phone.react(cid, hello, "❤️")
+    view = await _converged(cid, desk, phone, bob)
+    assert {e for _, e in view.messages[0].reactions} == {"👍", "❤️"}
+    await bob.unreact(cid, hello, "👍")
+    await desk.react(cid, hello, "🎉")  # replaces the phone's reaction: one per account
+    view = await _converged(cid, bob, desk, phone)
+    assert [e for _, e in view.messages[0].reactions] == ["🎉"]
+
+    # typing reaches the devices online now, and is never stored
+    await desk.disconnect()
+    await bob.typing(cid)
+    event = await phone.next_event(TypingChanged, WAIT)
+    assert (event.account_id, event.typing) == (bob.account_id, True)
+    await desk.connect()
+    await desk.send_text(cid, "back")
+    await bob.next_event(MessageReceived, WAIT)
+    await desk.next_event(Drained, WAIT)
+    assert typing_seen["desk"] == []
+    assert all(m.text != "" for m in (await bob.conversation(cid)).messages)
+
+    for c in (desk, phone, bob):
+        await c.close()
+    desk.store.close()  # type: ignore[attr-defined]
+
+
+async def test_sync_state_survives_restart(
+    live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The materialised state is rebuilt from the durable store after a restart, and events
+    announce edits and deletes."""
+    url = live_server.base_url
+    path = tmp_path_factory.mktemp("desk") / "store.db"
+    alice = await Client.create(url, SqliteStore.open(path))
+    await alice.register(_name("alice"), PASSWORD)
+    bob_name = _name("bob")
+    bob = await Client.create(url, MemoryStore())
+    await bob.register(bob_name, PASSWORD)
+    await bob.connect()
+    cid = await alice.create_conversation([bob_name])
+    sent = await alice.send_text(cid, "one")
+    await alice.edit(cid, sent, "one, edited")
+    await alice.set_title(cid, "plans")
+    await alice.delete(cid, sent)
+    await bob.next_event(MessageDeleted, WAIT)
+    before = await alice.conversation(cid)
+    assert before.messages[0].deleted and before.settings["title"].value == "plans"
+    await alice.close()
+    alice.store.close()  # type: ignore[attr-defined]
+    alice = await Client.create(url, SqliteStore.open(path))
+    assert _shared(await alice.conversation(cid)) == _shared(before)
+    assert _shared(await bob.conversation(cid)) == _shared(before)
+    await alice.close()
+    alice.store.close()  # type: ignore[attr-defined]
+    await bob.close()
+
+
+async def test_new_device_gets_the_history(live_server: LiveServer) -> None:
+    """A device linked after 200 messages (with edits, a delete, a title, reactions and a read
+    marker) shows exactly what the other devices show, and keeps up afterwards."""
+    url = live_server.base_url
+    alice_name, bob_name = _name("alice"), _name("bob")
+    desk = await Client.create(url, MemoryStore())
+    await desk.register(alice_name, PASSWORD)
+    bob = await Client.create(url, MemoryStore())
+    await bob.register(bob_name, PASSWORD)
+    for c in (desk, bob):
+        await c.connect()
+    cid = await bob.create_conversation([alice_name])
+    for i in range(100):
+        await bob.send_text(cid, f"bob {i}")
+        await desk.send_text(cid, f"alice {i}")
+    await desk.set_title(cid, "two hundred")
+    view = await _converged(cid, desk, bob)
+    assert len(view.messages) == 200
+    mine = [m for m in view.messages if m.author == view.messages[1].author]
+    await desk.edit(cid, message_ref(mine[0].dot), "alice 0, edited")
+    await desk.delete(cid, message_ref(mine[1].dot))
+    await bob.react(cid, message_ref(mine[2].dot), "👍")
+    await desk.mark_read(cid)
+    before = await _converged(cid, desk, bob)
+
+    laptop = await Client.create(url, MemoryStore())
+    code = await laptop.begin_link()
+    await desk.approve_link(code, history="all")
+    await laptop.complete_link(wait_s=WAIT)
+    assert _shared(await laptop.conversation(cid)) == _shared(before)
+    assert await laptop.unread(cid) == 0
+    assert [m.text for m in laptop.messages(cid)][:2] == ["bob 0", "alice 0"]
+
+    await laptop.connect()
+    await bob.send_text(cid, "after the link")
+    assert (await laptop.next_event(MessageReceived, WAIT)).text == "after the link"
+    await laptop.edit(cid, message_ref(mine[3].dot), "edited on the laptop")
+    view = await _converged(cid, laptop, desk, bob)
+    assert view.messages[-1].text == "after the link"
+    assert await laptop.unread(cid) == 1
+    for c in (desk, bob, laptop):
+        await c.close()
+
+
+async def test_new_device_without_history(live_server: LiveServer) -> None:
+    """History depth "none": the new device starts at the current point, and still applies the
+    operations that follow (its floor stands in for what came before)."""
+    url = live_server.base_url
+    alice_name, bob_name = _name("alice"), _name("bob")
+    desk = await Client.create(url, MemoryStore())
+    await desk.register(alice_name, PASSWORD)
+    bob = await Client.create(url, MemoryStore())
+    await bob.register(bob_name, PASSWORD)
+    await bob.connect()
+    cid = await bob.create_conversation([alice_name])
+    await bob.send_text(cid, "old news")
+    laptop = await Client.create(url, MemoryStore())
+    code = await laptop.begin_link()
+    await desk.connect()
+    await desk.next_event(MessageReceived, WAIT)
+    await desk.approve_link(code, history="none")
+    await laptop.complete_link(wait_s=WAIT)
+    assert (await laptop.conversation(cid)).messages == ()
+    await laptop.connect()
+    await bob.send_text(cid, "fresh")
+    assert (await laptop.next_event(MessageReceived, WAIT)).text == "fresh"
+    assert [m.text for m in (await laptop.conversation(cid)).messages] == ["fresh"]
+    for c in (desk, bob, laptop):
+        await c.close()
