@@ -69,6 +69,11 @@ def _exec_server(args: list[str]) -> None:
     os.execv(sys.executable, argv)  # noqa: S606 - runs this interpreter on our own module
 
 
+# Ids are unpadded base64url and may begin with "-": without this, click would read such an id
+# (e.g. "-VPSZ...") as an unknown option. Commands that take ids treat unknown options as arguments.
+_IDS_MAY_START_WITH_DASH = {"ignore_unknown_options": True}
+
+
 @app.command(**_PASSTHROUGH)
 def serve(ctx: typer.Context) -> None:
     """Run the relay server (see `saltline serve --help`)."""
@@ -372,7 +377,7 @@ def devices_list(ctx: typer.Context) -> None:
     out.print(table)
 
 
-@devices_app.command("remove")
+@devices_app.command("remove", context_settings=_IDS_MAY_START_WITH_DASH)
 def devices_remove(ctx: typer.Context, device_id: str) -> None:
     """Remove a device: sign and publish a device list without it."""
     state = _state(ctx)
@@ -421,7 +426,7 @@ def chat_list(ctx: typer.Context) -> None:
     out.print(table)
 
 
-@app.command()
+@app.command(context_settings=_IDS_MAY_START_WITH_DASH)
 def send(ctx: typer.Context, conversation_id: str, text: str) -> None:
     """Encrypt TEXT for every device of the conversation's members and send it."""
     state = _state(ctx)
@@ -457,7 +462,7 @@ async def _sync(client: Any, wait_s: float) -> None:
     await client.next_event(Drained, wait_s)
 
 
-@app.command()
+@app.command(context_settings=_IDS_MAY_START_WITH_DASH)
 def messages(
     ctx: typer.Context,
     conversation_id: str,

@@ -113,6 +113,11 @@ MAX_SEND_ATTEMPTS = 4
 SPK_ROTATION_MS = 7 * 24 * 3600 * 1000
 #: History a linked device receives (:meth:`Client.approve_link`): "all", "none" or a number of days.
 HistoryDepth = str | int
+#: Ciphertext bytes per history bundle blob (the server's default ``max_blob_bytes`` is 512 KiB;
+#: a server with a smaller limit says so in its 413 problem and the parts are made smaller).
+HISTORY_PART_BYTES = 256 * 1024
+#: At most this many parts in a linking payload (256 MiB at 256 KiB; the ids fit its 64 KiB).
+MAX_HISTORY_PARTS = 1024
 #: Version of the history bundle plaintext (docs/protocol/sync.md § history bundles).
 HISTORY_BUNDLE_VERSION = 1
 #: Page size of gap filling from ``GET /v1/conversations/{id}/envelopes``.
@@ -1435,9 +1440,8 @@ class Client:
         if self.store.conversations.conversations():
             plain = msg_json_dumps(self._history_bundle(history))
             encrypted = attachments.encrypt(plain, rng=self._rng)
-            blob_id = api.parse_blob_id((await self._call(api.upload_blob(encrypted.ciphertext))).body)
             sealed_history = {
-                "blob_id": blob_id,
+                "blob_ids": await self._upload_parts(encrypted.ciphertext),
                 "key": b64encode(encrypted.key.encode()),
                 "digest": b64encode(encrypted.key.digest),
             }
@@ -1468,6 +1472,23 @@ class Client:
             payload["history"] = sealed_history
         box = linking.seal_payload(code, payload)
         await self._call(api.put_provisioning(b64encode(code.channel_id), code.secret, b64encode(box)))
+
+    async def _upload_parts(self, ciphertext: bytes) -> list[str]:
+        """Upload ``ciphertext`` as blobs of at most ``HISTORY_PART_BYTES`` (or the server's smaller
+        ``max_blob_bytes``, learnt from a 413 problem's ``limit``); the ordered blob ids."""
+        part = HISTORY_PART_BYTES
+        while True:
+            ids: list[str] = []
+            try:
+                for start in range(0, len(ciphertext), part):
+                    chunk = ciphertext[start : start + part]
+                    ids.append(api.parse_blob_id((await self._call(api.upload_blob(chunk))).body))
+                return ids
+            except ServerError as exc:
+                limit = exc.body.get("limit")
+                if exc.status != 413 or not isinstance(limit, int) or not 0 < limit < part:
+                    raise
+                part = limit  # the parts already uploaded expire with the server's retention
 
     async def complete_link(self, wait_s: float = 120.0, poll_interval: float = 0.25) -> str:
         """New device: wait for the payload, join the account (sign the list naming this device
@@ -1526,7 +1547,15 @@ class Client:
 
     async def _fetch_history(self, history: dict[str, Any]) -> None:
         """Download the history bundle, check its digest, decrypt it and seed the conversations."""
-        ciphertext = api.parse_blob((await self._call(api.download_blob(str(history["blob_id"])))).body)
+        ids = history.get("blob_ids")
+        if ids is None:  # the single-blob form of earlier versions
+            ids = [history.get("blob_id")]
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise LinkError("the history bundle names no blobs")
+        if len(ids) > MAX_HISTORY_PARTS:
+            raise LinkError("the history bundle has too many parts")
+        parts = [api.parse_blob((await self._call(api.download_blob(i))).body) for i in ids]
+        ciphertext = b"".join(parts)
         try:
             key = attachments.AttachmentKey.decode(b64decode(history["key"]))
             if key.digest != b64decode(history["digest"]) or p.sha256(ciphertext) != key.digest:

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     max_provisioning_payload_bytes: int = Field(default=64 * 1024, gt=0)
     #: Blobs (history bundles); their base64url JSON body must fit the request body limit.
     max_blob_bytes: int = Field(default=512 * 1024, gt=0)
+    #: Blobs older than this are gone (404); expired rows are purged opportunistically on upload.
+    #: A history bundle is fetched within minutes of its upload, so a week is ample.
+    blob_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
     max_device_list_bytes: int = Field(default=64 * 1024, gt=0)
 
     # -- rate limits (``limits`` strings; memory storage, per process) ------------------------
@@ -83,6 +86,9 @@ class Settings(BaseSettings):
     #: Prekey bundles claimed per calling device.
     rate_limit_prekey_claims_per_device: str = "600/minute"
     rate_limit_register_per_ip: str = "5/minute"
+    #: Blob uploads per device (a history bundle is split into parts of at most ``max_blob_bytes``;
+    #: 1000/hour is about 250 MB of history per hour at 256 KiB parts).
+    rate_limit_blob_uploads_per_device: str = "1000/hour"
     rate_limit_provisioning_per_ip: str = "10/minute"
     #: Token-less signed device-list updates (``PUT /v1/accounts/{id}/device-list/signed``, used
     #: by linking), per client IP and per target account; counted before the signature check.

@@ -31,7 +31,15 @@ class BlobData(BaseModel):
     data: str
 
 
-@router.post("", status_code=201, response_model=BlobCreated, responses={413: {"description": "too large"}})
+@router.post(
+    "",
+    status_code=201,
+    response_model=BlobCreated,
+    responses={
+        413: {"description": "too large (`limit`: max_blob_bytes)"},
+        429: {"description": "rate limited"},
+    },
+)
 async def upload_blob(body: BlobUpload, ctx: Ctx, me: CurrentDevice) -> BlobCreated:
     blob_id, size = await ctx.blobs.upload(me, body.data)
     return BlobCreated(blob_id=blob_id, size=size)

@@ -1,6 +1,9 @@
-"""Blobs: an authenticated device uploads ciphertext (size-limited) and gets a random blob id;
-any device of the same account may download it (others get 404, as for an unknown id). The
-server never sees a key: the uploader sends it to the other device end-to-end encrypted."""
+"""Blobs: an authenticated device uploads ciphertext (size-limited, rate-limited per device) and
+gets a random blob id; any device of the same account may download it (others get 404, as for an
+unknown id) until it expires after ``retention_s`` (404 too). Expired rows are purged
+opportunistically on upload. The server never sees a key: the uploader sends it to the other
+device end-to-end encrypted. A history bundle larger than one blob is uploaded in parts
+(docs/protocol/sync.md § 8)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,11 @@ from crypto.keys import b64encode
 from server.clock import Clock
 from server.errors import Problem, ProblemCode
 from server.services.common import AuthedDevice, decode_b64_field, decode_id
+from server.services.ratelimit import RateLimiter
 from server.storage.blobs_repo import BlobsRepo
+
+#: Purge expired blobs at most this often (ms of the service's clock).
+PURGE_INTERVAL_MS = 60_000
 
 
 class BlobService:
@@ -21,23 +28,47 @@ class BlobService:
         clock: Clock,
         *,
         max_bytes: int,
+        retention_s: int = 7 * 24 * 3600,
+        limiter: RateLimiter | None = None,
+        upload_rate_per_device: str = "1000/hour",
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self._repo = repo
         self._clock = clock
         self._max = max_bytes
+        self._retention_ms = retention_s * 1000
+        self._limiter = limiter
+        self._rate = upload_rate_per_device
         self._random = random_bytes
+        self._next_purge_ms = 0
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max
 
     async def upload(self, caller: AuthedDevice, data_b64: str) -> tuple[str, int]:
+        if self._limiter is not None:
+            self._limiter.hit(self._rate, "blob_upload", caller.device_id)
         data = decode_b64_field(data_b64, "data")
         if len(data) > self._max:
-            raise Problem(413, ProblemCode.PAYLOAD_TOO_LARGE, f"blob is larger than {self._max} bytes")
+            raise Problem(
+                413,
+                ProblemCode.PAYLOAD_TOO_LARGE,
+                f"blob is larger than {self._max} bytes; upload it in parts",
+                limit=self._max,
+            )
+        now = self._clock()
+        if now >= self._next_purge_ms:
+            self._next_purge_ms = now + PURGE_INTERVAL_MS
+            await self._repo.purge_created_before(now - self._retention_ms)
         blob_id = self._random(16)
-        await self._repo.put(blob_id, caller.account_id_bytes, data, self._clock())
+        await self._repo.put(blob_id, caller.account_id_bytes, data, now)
         return b64encode(blob_id), len(data)
 
     async def download(self, caller: AuthedDevice, blob_id_b64: str) -> bytes:
-        found = await self._repo.get(decode_id(blob_id_b64, "blob"))
+        found = await self._repo.get(
+            decode_id(blob_id_b64, "blob"), created_after_ms=self._clock() - self._retention_ms
+        )
         if found is None or found[0] != caller.account_id_bytes:
-            raise Problem(404, ProblemCode.NOT_FOUND, "no such blob")
+            raise Problem(404, ProblemCode.NOT_FOUND, "no such blob (or it expired)")
         return found[1]

@@ -57,6 +57,11 @@ def test_help_lists_every_command() -> None:
         ["verify", "bob", "--yes"],
         ["follow", "--for", "1"],
         ["link", "accept", "saltline-link:xyz"],
+        # base64url ids may begin with "-": they must reach the command, not be read as options
+        ["send", "-VPSZD4qkUCabcdefghijk", "hello"],
+        ["send", "-p-looks-like-an-option", "- a text with a leading dash"],
+        ["messages", "-VPSZD4qkUCabcdefghijk"],
+        ["devices", "remove", "-VPSZD4qkUCabcdefghijk"],
     ],
 )
 def test_commands_need_an_account(args: list[str], home: Path) -> None:

@@ -196,6 +196,22 @@ async def test_sync_state_survives_restart(
 async def test_new_device_gets_the_history(live_server: LiveServer) -> None:
     """A device linked after 200 messages (with edits, a delete, a title, reactions and a read
     marker) shows exactly what the other devices show, and keeps up afterwards."""
+    await _history_for_new_device(live_server)
+
+
+@pytest.fixture
+def small_blob_server(make_server: Callable[..., LiveServer]) -> LiveServer:
+    """A live server whose blobs hold at most 4 KiB (started outside the test's event loop)."""
+    return make_server(max_blob_bytes=4 * 1024)
+
+
+async def test_new_device_gets_a_multi_part_history(small_blob_server: LiveServer) -> None:
+    """The same with the server's blobs limited to 4 KiB: the history bundle goes up in several
+    parts (their size learnt from the 413's ``limit``) and arrives identical."""
+    await _history_for_new_device(small_blob_server, min_parts=2)
+
+
+async def _history_for_new_device(live_server: LiveServer, min_parts: int = 1) -> None:
     url = live_server.base_url
     alice_name, bob_name = _name("alice"), _name("bob")
     desk = await Client.create(url, MemoryStore())
@@ -220,8 +236,18 @@ async def test_new_device_gets_the_history(live_server: LiveServer) -> None:
 
     laptop = await Client.create(url, MemoryStore())
     code = await laptop.begin_link()
+    uploads: list[int] = []
+    upload_parts = desk._upload_parts
+
+    async def counting(ciphertext: bytes) -> list[str]:
+        ids = await upload_parts(ciphertext)
+        uploads.append(len(ids))
+        return ids
+
+    desk._upload_parts = counting  # type: ignore[method-assign]
     await desk.approve_link(code, history="all")
     await laptop.complete_link(wait_s=WAIT)
+    assert uploads and uploads[0] >= min_parts
     assert _shared(await laptop.conversation(cid)) == _shared(before)
     assert await laptop.unread(cid) == 0
     assert [m.text for m in laptop.messages(cid)][:2] == ["bob 0", "alice 0"]
