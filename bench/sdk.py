@@ -31,9 +31,7 @@ import argparse
 import asyncio
 import datetime
 import json
-import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,18 +44,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
 
-def _load_common() -> Any:
-    import importlib.util
+from bench import _common as common  # noqa: E402  (bench/ is a namespace package)
 
-    spec = importlib.util.spec_from_file_location("_bench_common", HERE / "_common.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["_bench_common"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-common = _load_common()
 log = common.log
 
 from client_sdk.client import Client  # noqa: E402
@@ -67,35 +55,6 @@ from client_sdk.stores.sqlite import SqliteStore  # noqa: E402
 
 PASSWORD = "benchmark passphrase"
 TEXT = "x" * 200  # the plaintext size of the server benchmark's workload
-SERVER_ENV = {
-    "SALTLINE_ARGON2_TIME_COST": "1",
-    "SALTLINE_ARGON2_MEMORY_COST_KIB": "8",
-    "SALTLINE_ARGON2_PARALLELISM": "1",
-    "SALTLINE_RATE_LIMIT_REGISTER_PER_IP": "1000/minute",
-    "SALTLINE_RATE_LIMIT_LOGIN_PER_IP": "1000/minute",
-    "SALTLINE_RATE_LIMIT_LOGIN_PER_ACCOUNT": "1000/minute",
-    "SALTLINE_RATE_LIMIT_PROVISIONING_PER_IP": "1000/minute",
-    "SALTLINE_LOG_LEVEL": "warning",
-}
-
-
-def start_server(tmp: Path) -> Any:
-    port = common.free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SALTLINE_")},
-        **SERVER_ENV,
-        "SALTLINE_DATA_DIR": str(tmp / "server"),
-        "SALTLINE_HOST": "127.0.0.1",
-        "SALTLINE_PORT": str(port),
-        "SALTLINE_JWT_SECRET": secrets.token_urlsafe(48),
-    }
-    subprocess.run(
-        [sys.executable, "-m", "server", "db", "upgrade"], env=env, capture_output=True, check=True
-    )
-    server = common.ServerProcess(
-        [sys.executable, "-m", "server", "serve"], port, tmp / "server.log", env=SERVER_ENV | env
-    )
-    return server.start(ready_path="/readyz")
 
 
 class Recorder:
@@ -251,7 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="saltline-bench-sdk-") as tmp_name:
         tmp = Path(tmp_name)
-        server = start_server(tmp)
+        server = common.start_sdk_server(tmp)
         try:
             results = asyncio.run(run(args, server, tmp))
         finally:

@@ -59,18 +59,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
 
-def _load_common() -> Any:
-    import importlib.util
+from bench import _common as common  # noqa: E402  (bench/ is a namespace package)
 
-    spec = importlib.util.spec_from_file_location("_bench_common", HERE / "_common.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["_bench_common"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-common = _load_common()
 log = common.log
 
 from crypto import device_list as dl  # noqa: E402

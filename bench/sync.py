@@ -27,7 +27,6 @@ import json
 import os
 import random
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,18 +38,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
 
-def _load_common() -> Any:
-    import importlib.util
+from bench import _common as common  # noqa: E402  (bench/ is a namespace package)
 
-    spec = importlib.util.spec_from_file_location("_bench_common", HERE / "_common.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["_bench_common"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-common = _load_common()
 log = common.log
 
 from client_sdk.client import Client, message_ref  # noqa: E402
@@ -172,35 +161,6 @@ def run_core(n: int, repeats: int) -> dict[str, Any]:
 
 # -- 2. e2e ---------------------------------------------------------------------------------------
 
-SERVER_ENV = {
-    "SALTLINE_ARGON2_TIME_COST": "1",
-    "SALTLINE_ARGON2_MEMORY_COST_KIB": "8",
-    "SALTLINE_ARGON2_PARALLELISM": "1",
-    "SALTLINE_RATE_LIMIT_REGISTER_PER_IP": "1000/minute",
-    "SALTLINE_RATE_LIMIT_LOGIN_PER_IP": "1000/minute",
-    "SALTLINE_RATE_LIMIT_LOGIN_PER_ACCOUNT": "1000/minute",
-    "SALTLINE_LOG_LEVEL": "warning",
-}
-
-
-def start_server(tmp: Path) -> Any:
-    port = common.free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SALTLINE_")},
-        **SERVER_ENV,
-        "SALTLINE_DATA_DIR": str(tmp / "server"),
-        "SALTLINE_HOST": "127.0.0.1",
-        "SALTLINE_PORT": str(port),
-        "SALTLINE_JWT_SECRET": secrets.token_urlsafe(48),
-    }
-    subprocess.run(
-        [sys.executable, "-m", "server", "db", "upgrade"], env=env, capture_output=True, check=True
-    )
-    server = common.ServerProcess(
-        [sys.executable, "-m", "server", "serve"], port, tmp / "server.log", env=env
-    )
-    return server.start(ready_path="/readyz")
-
 
 def _shared(view: sync.ConversationView) -> object:
     return (view.messages, view.settings, view.mute, view.members, view.read_up_to, view.receipts)
@@ -301,7 +261,7 @@ def main() -> None:
     }
     if not args.no_e2e:
         with tempfile.TemporaryDirectory(prefix="saltline-bench-sync-") as tmp_name:
-            server = start_server(Path(tmp_name))
+            server = common.start_sdk_server(Path(tmp_name))
             try:
                 doc["e2e"] = asyncio.run(run_e2e(args.e2e_ops, server, args.catch_up_timeout))
                 if args.e2e_ops == E2E_DEFAULT_OPS:

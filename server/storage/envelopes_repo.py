@@ -216,10 +216,6 @@ def _lock_queue_states_sync(conn: Connection, devices: set[bytes]) -> dict[bytes
     return {bytes(d): int(n) for d, n in rows}
 
 
-async def create_queue_states(conn: AsyncConnection, devices: Sequence[bytes]) -> None:
-    await conn.run_sync(_create_queue_states_sync, devices)
-
-
 def _create_queue_states_sync(conn: Connection, devices: Sequence[bytes]) -> None:
     """Create the devices' queue-state rows if missing (``INSERT ... ON CONFLICT DO NOTHING``, in
     device-id order): another instance creating the same row concurrently is not an error."""
@@ -265,24 +261,6 @@ class EnvelopesRepo:
         self._db = db
 
     # -- reads -------------------------------------------------------------------------------
-
-    async def find(self, sender_device_id: bytes, envelope_id: bytes) -> StoredEnvelope | None:
-        async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        envelopes.c.conversation_id,
-                        envelopes.c.envelope_id,
-                        envelopes.c.server_seq,
-                        envelopes.c.server_ts_ms,
-                        envelopes.c.request_hash,
-                    ).where(
-                        envelopes.c.sender_device_id == sender_device_id,
-                        envelopes.c.envelope_id == envelope_id,
-                    )
-                )
-            ).first()
-        return None if row is None else _stored(row)
 
     async def queue_state(self, device_id: bytes) -> QueueState:
         async with self._db.read() as conn:
