@@ -963,7 +963,8 @@ class Client:
         members = sorted(set(record.members) | {self.account_id})
         lists = await self._verified_lists(members)
         recipients = trust.fan_out(b64decode(self.device_id), lists)
-        need = [r for r in recipients if not self._sendable_session(r.device_id)]
+        sendable = {r.device_id: self._sendable_session(r.device_id) for r in recipients}
+        need = [r for r in recipients if not sendable[r.device_id]]
         bundles: dict[str, PreKeyBundle] = {}
         if need:
             claimed = api.parse_claim(
@@ -984,7 +985,7 @@ class Client:
         ciphertexts: dict[str, bytes] = {}
         sessions: list[SessionRecord] = []
         for r in recipients:
-            existing = self._sendable_session(r.device_id)
+            existing = sendable[r.device_id]
             bundle = bundles.get(r.device_id)
             if existing is None and bundle is None:
                 continue  # no prekeys published yet: the server's 409 will say so
@@ -1173,7 +1174,8 @@ class Client:
             if server_seq in self._seqs.get(conversation_id, set()):
                 return self._ack(queue_seq)  # duplicate (an operation other than a message)
         try:
-            await self._record(conversation_id)
+            if server_seq is None:  # otherwise fetched just above
+                await self._record(conversation_id)
             contact = self.store.device_lists.get_contact(sender_account)
             content = (
                 None if contact is None else trust.verified_content(contact.account_key, contact.signed_list)

@@ -313,10 +313,6 @@ class AuthService:
             except Exception:
                 log.exception("on_tokens_revoked hook failed")
 
-    def decode_access_token(self, token: str) -> AuthedDevice:
-        """Check signature and expiry (against the injected clock) without touching the database."""
-        return self._decode_access_token(token)[0]
-
     def _decode_access_token(self, token: str) -> tuple[AuthedDevice, str]:
         """The device and the refresh-token family (``fam`` claim) of a valid access token."""
         try:

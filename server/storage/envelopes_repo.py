@@ -216,6 +216,10 @@ def _lock_queue_states_sync(conn: Connection, devices: set[bytes]) -> dict[bytes
     return {bytes(d): int(n) for d, n in rows}
 
 
+async def create_queue_states(conn: AsyncConnection, devices: Sequence[bytes]) -> None:
+    await conn.run_sync(_create_queue_states_sync, devices)
+
+
 def _create_queue_states_sync(conn: Connection, devices: Sequence[bytes]) -> None:
     """Create the devices' queue-state rows if missing (``INSERT ... ON CONFLICT DO NOTHING``, in
     device-id order): another instance creating the same row concurrently is not an error."""
