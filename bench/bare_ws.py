@@ -1,4 +1,4 @@
-"""A bare FastAPI WebSocket endpoint: the memory reference for the idle test of bench/server.py.
+"""A bare FastAPI WebSocket endpoint: the memory reference for the idle test of bench/pairs.py.
 
     .venv/bin/python bench/bare_ws.py --port 8765 [--heartbeat-interval-s 5]
 

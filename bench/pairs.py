@@ -1,6 +1,6 @@
 """Server benchmark for the workload "pairs-v1" (../shared/bench/WORKLOAD.md), SERVER MODE.
 
-    .venv/bin/python bench/server.py [--test latency|throughput|idle|all] [--connections 1000]
+    .venv/bin/python bench/pairs.py [--test latency|throughput|idle|all] [--connections 1000]
                                      [--database-url postgresql+asyncpg://...] [--url http://...]
 
 Prints ONE JSON document on stdout (progress goes to stderr). See bench/README.md for what each
@@ -1102,7 +1102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     ciphertext_bytes, source = ratchet_message_size(PLAINTEXT_BYTES)
     doc: dict[str, Any] = {
-        "benchmark": "saltline bench/server.py",
+        "benchmark": "saltline bench/pairs.py",
         "workload": WORKLOAD,
         "mode": "server",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
