@@ -476,6 +476,99 @@ class Sender:
         await self.http.aclose()
 
 
+class WsSender(Sender):
+    """The same envelope bodies, sent as ``send`` frames over the sender device's own delivery
+    socket (``--send-via ws``); accepted = its ``send_result`` with status 201."""
+
+    def __init__(self, base_url: str, ws_url: str, pair: Pair, tracker: Tracker) -> None:
+        super().__init__(base_url, pair, tracker)
+        self.ws_url = ws_url
+        self.conn: ClientConnection | None = None
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._head = (
+            b'{"type":"send","request_id":"%s","conversation_id":"'
+            + pair.conversation_id.encode()
+            + b'","envelope":'
+        )
+
+    async def open(self) -> None:
+        self.conn = await connect(
+            self.ws_url + "/v1/ws", ping_interval=None, open_timeout=30, close_timeout=5, max_queue=None
+        )
+        await self.conn.send(orjson.dumps({"type": "auth", "token": self.pair.sender.access_token}).decode())
+        while True:
+            frame = orjson.loads(await asyncio.wait_for(self.conn.recv(), 30))
+            if frame["type"] == "ready":
+                break
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        assert self.conn is not None
+        conn = self.conn
+        try:
+            async for raw in conn:
+                frame = orjson.loads(raw)
+                kind = frame["type"]
+                if kind == "send_result":
+                    fut = self._pending.pop(frame["request_id"], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(frame)
+                elif kind == "ping":
+                    await conn.send('{"type":"pong"}')
+        except ConnectionClosed:
+            pass
+        finally:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("the sender's socket closed"))
+
+    def body(self, run: str, seq: int, ciphertext_bytes: int) -> bytes:
+        return self._head.replace(b"%s", str(seq).encode()) + super().body(run, seq, ciphertext_bytes) + b"}"
+
+    async def send(self, seq: int, body: bytes) -> bool:
+        assert self.conn is not None
+        key = (self.pair.index, seq)
+        tracker = self.tracker
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[str(seq)] = fut
+        t = time.perf_counter()
+        tracker.sent_at[key] = t
+        try:
+            await self.conn.send(body, text=True)
+            answer = await fut
+        except Exception as exc:
+            self._pending.pop(str(seq), None)
+            tracker.error(type(exc).__name__, f"pair {key[0]} seq {key[1]}: {type(exc).__name__}: {exc}")
+            return False
+        if answer["status"] != 201:
+            tracker.error(
+                f"ws_{answer['status']}", f"pair {key[0]} seq {key[1]}: status {answer['status']}: {answer}"
+            )
+            return False
+        tracker.send_rtt.append(time.perf_counter() - t)
+        tracker.accepted.add(key)
+        return True
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._task, 10)
+        await super().close()
+
+
+async def make_senders(args: argparse.Namespace, target: Target, pairs: list[Pair]) -> list[Sender]:
+    """One sender per pair: HTTP POSTs, or ``send`` frames over the sender's socket."""
+    if args.send_via == "http":
+        return [Sender(target.base_url, p, Tracker("")) for p in pairs]
+    senders = [WsSender(target.base_url, target.ws_url, p, Tracker("")) for p in pairs]
+    await bounded(CONNECT_CONCURRENCY, [s.open() for s in senders])
+    return senders
+
+
 # -- server under test --------------------------------------------------------------------------
 
 
@@ -654,6 +747,7 @@ async def test_latency(args: argparse.Namespace, ciphertext_bytes: int) -> dict[
     target = start_saltline(args, "latency", {})
     result: dict[str, Any] = {
         "parameters": {
+            "send_via": args.send_via,
             "pairs": pairs_n,
             "rate_per_sender_msg_s": 1,
             "messages_per_sender": seconds,
@@ -667,7 +761,7 @@ async def test_latency(args: argparse.Namespace, ciphertext_bytes: int) -> dict[
     try:
         pairs, socks, setup = await pairs_fixture(args, target, pairs_n, "lat" + secrets.token_hex(3))
         result["setup"] = setup
-        senders = [Sender(target.base_url, p, Tracker("")) for p in pairs]
+        senders = await make_senders(args, target, pairs)
         result["warm_up"] = await warm_up(senders, socks, ciphertext_bytes)
 
         tracker = Tracker(run=secrets.token_hex(4))
@@ -722,6 +816,7 @@ async def test_throughput(args: argparse.Namespace, ciphertext_bytes: int) -> di
     target = start_saltline(args, "throughput", {})
     result: dict[str, Any] = {
         "parameters": {
+            "send_via": args.send_via,
             "pairs": pairs_n,
             "duration_s": seconds,
             "loop": "closed: each sender awaits the 201 of its send, then sends the next",
@@ -735,7 +830,7 @@ async def test_throughput(args: argparse.Namespace, ciphertext_bytes: int) -> di
     try:
         pairs, socks, setup = await pairs_fixture(args, target, pairs_n, "thr" + secrets.token_hex(3))
         result["setup"] = setup
-        senders = [Sender(target.base_url, p, Tracker("")) for p in pairs]
+        senders = await make_senders(args, target, pairs)
         result["warm_up"] = await warm_up(senders, socks, ciphertext_bytes)
 
         tracker = Tracker(run=secrets.token_hex(4))
@@ -1095,6 +1190,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--throughput-budget", type=int, default=4000, help="pre-built envelopes per sender")
     p.add_argument("--fanout-members", type=int, default=50, help="fanout: group members (G)")
     p.add_argument("--fanout-seconds", type=int, default=30, help="fanout: messages, one per second")
+    p.add_argument(
+        "--send-via",
+        choices=["ws", "http"],
+        default="ws",
+        help="server mode: send frames over the sender's delivery socket, or HTTP POSTs",
+    )
     p.add_argument("--profile-hook", action="store_true", help="log the start of the throughput window")
     return p.parse_args(argv)
 

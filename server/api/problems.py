@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -51,9 +52,10 @@ def problem_response(problem: Problem) -> Response:
     )
 
 
-def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+def validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Locations, types and messages of validation errors, never the submitted values."""
     out = []
-    for err in exc.errors()[:20]:
+    for err in errors[:20]:
         out.append(
             {
                 "loc": [str(part) for part in err.get("loc", ())],
@@ -76,7 +78,7 @@ async def _on_validation(_request: Request, exc: Exception) -> Response:
             422,
             ProblemCode.VALIDATION_FAILED,
             "the request does not match the schema",
-            errors=_validation_errors(exc),
+            errors=validation_errors(exc.errors()),
         )
     )
 

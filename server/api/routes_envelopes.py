@@ -73,6 +73,23 @@ class HistoryResponse(BaseModel):
     next_after: int | None = Field(description="pass as `after` for the next page; null at the end")
 
 
+def send_request_from(conversation_id: bytes, body: SendEnvelopeRequest) -> SendRequest:
+    """The service's request from a validated body (HTTP route and WebSocket ``send`` frame)."""
+    return SendRequest(
+        conversation_id=conversation_id,
+        envelope_id=decode_id(body.envelope_id, "envelope_id", status=422),
+        clock=decode_b64_field(body.clock, "clock"),
+        device_list_versions={
+            decode_id(a, "device_list_versions", status=422): v for a, v in body.device_list_versions.items()
+        },
+        ephemeral=body.ephemeral,
+        ciphertexts=[
+            (decode_id(c.device_id, "device_id", status=422), decode_b64_field(c.ciphertext, "ciphertext"))
+            for c in body.ciphertexts
+        ],
+    )
+
+
 @router.post(
     "/{conversation_id}/envelopes",
     status_code=201,
@@ -90,20 +107,7 @@ async def send_envelope(
     me: CurrentDevice,
     response: Response,
 ) -> SendEnvelopeResponse:
-    cid = decode_id(conversation_id, "conversation")
-    req = SendRequest(
-        conversation_id=cid,
-        envelope_id=decode_id(body.envelope_id, "envelope_id", status=422),
-        clock=decode_b64_field(body.clock, "clock"),
-        device_list_versions={
-            decode_id(a, "device_list_versions", status=422): v for a, v in body.device_list_versions.items()
-        },
-        ephemeral=body.ephemeral,
-        ciphertexts=[
-            (decode_id(c.device_id, "device_id", status=422), decode_b64_field(c.ciphertext, "ciphertext"))
-            for c in body.ciphertexts
-        ],
-    )
+    req = send_request_from(decode_id(conversation_id, "conversation"), body)
     delivery: DeliveryService = ctx.delivery
     result = await delivery.send(me.account_id_bytes, me.device_id_bytes, req)
     if body.ephemeral:

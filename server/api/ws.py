@@ -11,6 +11,11 @@ Client -> server
         and may be deleted. Also acknowledges a gap marker (ack its ``to_queue_seq``). An ack beyond
         the last sent entry is clamped to it; an ack below the current one is ignored.
     ``{"type":"pong"}``  answer to every ping.
+    ``{"type":"send","request_id":R,"conversation_id":C,"envelope":{...}}``  send an envelope over
+        the socket: ``envelope`` is exactly the body of ``POST /v1/conversations/C/envelopes`` and
+        is checked by the same rules; ``R`` (1-64 base64url characters, chosen by the client)
+        names the answer. At most :data:`MAX_PENDING_SENDS` sends per socket are in progress at a
+        time; the server reads no further frame of that socket until one is answered.
 
 Server -> client
     ``{"type":"ready","account_id":..,"device_id":..,"acked_queue_seq":N,"window":W,
@@ -26,6 +31,13 @@ Server -> client
     ``{"type":"ephemeral","conversation_id":..,"server_ts":..,"sender":{..},"envelope_id":..,
     "clock":..,"ciphertext":..}``  typing indicators etc.: never stored, not acknowledged.
     ``{"type":"ping","queue_seq":N}``  every ``heartbeat_interval_s``; N = last queue_seq sent.
+    ``{"type":"send_result","request_id":R,"status":201|202,"envelope_id":..,"server_seq":..,
+    "server_ts":..,"replayed":bool}``  the answer to a ``send``, sent only after the envelope is
+        committed (201; ``replayed`` when the envelope id was already stored with the same
+        content) or handed to the online devices (202, ephemeral; ``server_seq`` null).
+    ``{"type":"send_result","request_id":R,"status":S,"problem":{...}}``  a refused ``send``: S
+        and the problem document are those the HTTP route answers (409 recipients_mismatch, 410
+        device_list_outdated, 422 validation_failed, ...). Answers may come in any order.
 
 Close codes
     ====  ======================================================================================
@@ -61,22 +73,27 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
 import jwt
 import orjson
 from fastapi import APIRouter, WebSocket
+from pydantic import Field, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from crypto.keys import b64decode, b64encode
 from server.api.connections import CLOSE_REPLACED, ConnectionRegistry
+from server.api.problems import validation_errors
+from server.api.routes_envelopes import SendEnvelopeRequest, send_request_from
+from server.api.schemas import B64, Strict
 from server.context import AppContext
 from server.errors import Problem, ProblemCode
 from server.services import delivery_frames as frames
-from server.services.common import AuthedDevice
+from server.services.common import AuthedDevice, decode_id
 from server.services.delivery import DeliveryService
 from server.services.delivery_metrics import DeliveryMetrics
+from server.services.delivery_writer import WriterClosedError
 from server.storage.envelopes_repo import QueueItem
 
 log = logging.getLogger(__name__)
@@ -90,7 +107,9 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
 
 AUTH_TIMEOUT_S = 10.0
-MAX_FRAME_BYTES = 4096  # client frames are tiny: auth, ack, pong
+MAX_FRAME_BYTES = 4096  # the auth frame; after it, a frame may carry an envelope (``send``)
+#: ``send`` frames of one socket in progress at once; the reader waits for a free slot.
+MAX_PENDING_SENDS = 32
 #: The WebSocket server (uvicorn ``ws_max_size``) refuses larger messages before buffering them
 #: (close 1009); :data:`MAX_FRAME_BYTES` is the application's tighter check after that.
 WS_MAX_MESSAGE_BYTES = 64 * 1024
@@ -115,11 +134,18 @@ class _ProtocolError(Exception):
     pass
 
 
-def _parse(message: dict[str, Any]) -> dict[str, Any]:
+class SendFrame(Strict):
+    type: Literal["send"]
+    request_id: Annotated[str, Field(min_length=1, max_length=64, pattern=B64)]
+    conversation_id: Annotated[str, Field(min_length=1, max_length=64)]
+    envelope: SendEnvelopeRequest
+
+
+def _parse(message: Mapping[str, Any], limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
     data = message.get("text")
     if data is None:
         data = message.get("bytes")
-    if data is None or len(data) > MAX_FRAME_BYTES:
+    if data is None or len(data) > limit:
         raise _ProtocolError("frame missing or too large")
     try:
         frame = orjson.loads(data)
@@ -180,6 +206,8 @@ class DeviceConnection:
         self._closing = asyncio.Event()
         self._closed = asyncio.Event()
         self._send_lock = asyncio.Lock()
+        self._send_slots = asyncio.Semaphore(MAX_PENDING_SENDS)
+        self._send_tasks: set[asyncio.Task[None]] = set()
         self.close_code: int | None = None
         self.close_reason = ""
 
@@ -269,9 +297,11 @@ class DeviceConnection:
                     log.error("delivery connection task %s failed: %s", task.get_name(), type(exc).__name__)
                     self.close_soon(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
-            for task in tasks:
+            # Sends in progress are cancelled here, not in the writer: a committed envelope stays
+            # committed, and the client resends unanswered ones with the same envelope id.
+            for task in [*tasks, *self._send_tasks]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._send_tasks, return_exceptions=True)
             if self.close_code is not None:
                 await self._close_socket(self.close_code, self.close_reason)
 
@@ -292,9 +322,17 @@ class DeviceConnection:
             if message["type"] == "websocket.disconnect":
                 self.metrics.closes.labels(reason="client_closed").inc()
                 return
-            frame = _parse(message)
+            frame = _parse(message, WS_MAX_MESSAGE_BYTES)
             kind = frame["type"]
-            if kind == "ack":
+            if kind == "send":
+                request_id = frame.get("request_id")
+                if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
+                    raise _ProtocolError("send needs a request_id of 1-64 characters")
+                await self._send_slots.acquire()
+                task = asyncio.create_task(self._handle_send(request_id, frame), name="ws-send")
+                self._send_tasks.add(task)
+                task.add_done_callback(self._send_done)
+            elif kind == "ack":
                 seq = frame.get("queue_seq")
                 if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
                     raise _ProtocolError("ack needs a non-negative integer queue_seq")
@@ -308,6 +346,52 @@ class DeviceConnection:
                 await self._send(frames.encode({"type": "pong"}))
             else:
                 raise _ProtocolError(f"unexpected frame type {kind[:32]!r}")
+
+    def _send_done(self, task: asyncio.Task[None]) -> None:
+        self._send_tasks.discard(task)
+        self._send_slots.release()
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError):
+            log.error("delivery socket send failed: %s", type(exc).__name__)
+            self.close_soon(CLOSE_INTERNAL_ERROR, "internal error")
+
+    async def _handle_send(self, request_id: str, frame: dict[str, Any]) -> None:
+        """One ``send`` frame: the checks and the service call of the HTTP route; the answer is
+        a ``send_result`` frame with the HTTP status and body (problem documents included)."""
+        answer: dict[str, Any]
+        try:
+            parsed = SendFrame.model_validate(frame)
+            req = send_request_from(decode_id(parsed.conversation_id, "conversation"), parsed.envelope)
+            result = await self.delivery.send(self.device.account_id_bytes, self._device_id, req)
+            answer = {
+                "type": "send_result",
+                "request_id": request_id,
+                "status": 202 if req.ephemeral else 201,
+                "envelope_id": b64encode(result.envelope_id),
+                "server_seq": result.server_seq,
+                "server_ts": result.server_ts_ms,
+                "replayed": result.replayed,
+            }
+        except Problem as problem:
+            answer = _send_problem(request_id, problem)
+        except ValidationError as exc:
+            answer = _send_problem(
+                request_id,
+                Problem(
+                    422,
+                    ProblemCode.VALIDATION_FAILED,
+                    "the send frame does not match the schema",
+                    errors=validation_errors(exc.errors()),
+                ),
+            )
+        except WriterClosedError:
+            answer = _send_problem(
+                request_id, Problem(503, ProblemCode.SERVICE_UNAVAILABLE, "the server is shutting down")
+            )
+        except Exception as exc:  # as the HTTP routes: logged by type only, answered with a 500
+            log.error("send over the delivery socket failed: %s", type(exc).__name__)
+            answer = _send_problem(request_id, Problem(500, ProblemCode.INTERNAL_ERROR, "internal error"))
+        await self._send(frames.encode(answer))
 
     async def _expiry(self) -> None:
         """Close with 4003 when the access token expires. Sleeps until ``exp`` by the app clock,
@@ -433,6 +517,15 @@ class DeviceConnection:
                 ciphertext=item.ciphertext,
             )
         )
+
+
+def _send_problem(request_id: str, problem: Problem) -> dict[str, Any]:
+    return {
+        "type": "send_result",
+        "request_id": request_id,
+        "status": problem.status,
+        "problem": problem.to_dict(),
+    }
 
 
 async def _close_or_abort(ws: WebSocket, code: int, reason: str) -> None:
