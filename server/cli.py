@@ -69,6 +69,10 @@ def serve(
         log_level=settings.log_level.lower(),
         # uvicorn's default is 16 MiB, buffered before the app sees a frame, even unauthenticated.
         ws_max_size=WS_MAX_SIZE,
+        # Frames carry ciphertext (incompressible) next to attacker-chosen metadata and, first,
+        # the access token: compressing them costs CPU and memory per socket for nothing and
+        # opens a compression side channel. So permessage-deflate is never negotiated.
+        ws_per_message_deflate=False,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -21,14 +21,15 @@ from crypto.keys import b64encode
 from server.api import ws as ws_module
 from server.errors import Problem, ProblemCode
 from server.services.delivery import MAX_EPHEMERAL_BYTES
-from server.storage import migrate
+from server.storage import envelopes_repo, migrate
 from server.storage.db import Database, create_engine
-from server.storage.delivery_schema import conversations, device_queue_state, envelopes
+from server.storage.delivery_schema import conversations, device_queue_state
 from server.storage.envelopes_repo import (
     AckRequest,
     EnvelopesRepo,
     NewEnvelope,
-    _idempotency_keys_in,
+    _idempotency_lookup,
+    _placeholders,
     create_queue_states,
 )
 from tests.live import LiveServer, ManualClock
@@ -90,13 +91,13 @@ def test_idempotency_lookup_uses_the_unique_index(db_url: str) -> None:
         engine = create_engine(db_url)
         try:
             async with engine.connect() as conn:
-                q = select(envelopes.c.server_seq).where(_idempotency_keys_in(keys))
-                sql = str(q.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+                statement, params = _idempotency_lookup(keys)
+                sql = _placeholders(statement, conn.dialect.paramstyle)
                 if conn.dialect.name == "sqlite":
-                    rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)
+                    rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, tuple(params))
                     return [str(r[-1]) for r in rows]
                 await conn.exec_driver_sql("SET enable_seqscan = off")
-                return [str(r[0]) for r in await conn.exec_driver_sql("EXPLAIN " + sql)]
+                return [str(r[0]) for r in await conn.exec_driver_sql("EXPLAIN " + sql, tuple(params))]
         finally:
             await engine.dispose()
 
@@ -311,7 +312,9 @@ def test_history_hides_envelopes_from_before_the_device_joined(
     assert seqs(alice.first) == ([1, 2, 3], None)  # the sender's own envelopes (no copy) stay listed
 
 
-def test_batch_locks_all_queue_states_in_one_sorted_statement(db_url: str) -> None:
+def test_batch_locks_all_queue_states_in_one_sorted_statement(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Sends and acks of one batch lock their devices' queue-state rows together, sorted, before
     writing any of them: two instances' batches can then never wait on each other in a cycle."""
     migrate.upgrade(db_url)
@@ -322,12 +325,15 @@ def test_batch_locks_all_queue_states_in_one_sorted_statement(db_url: str) -> No
         engine = create_engine(db_url)
         statements: list[list[bytes]] = []
 
-        def capture(
-            conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-        ) -> None:
+        # The writer's statements are driver SQL on the transaction's cursor: record them there.
+        original = envelopes_repo._DriverSql.all
+
+        def capture(self: Any, statement: str, params: Any) -> Any:
             if "FROM device_queue_state" in statement and statement.lstrip().upper().startswith("SELECT"):
-                values = parameters.values() if isinstance(parameters, dict) else parameters
-                statements.append([bytes(v) for v in values if isinstance(v, bytes | memoryview)])
+                statements.append([bytes(v) for v in params if isinstance(v, bytes | memoryview)])
+            return original(self, statement, params)
+
+        monkeypatch.setattr(envelopes_repo._DriverSql, "all", capture)
 
         try:
             async with engine.begin() as conn:
@@ -340,7 +346,6 @@ def test_batch_locks_all_queue_states_in_one_sorted_statement(db_url: str) -> No
                         last_server_seq=0,
                     )
                 )
-            event.listen(engine.sync_engine, "before_cursor_execute", capture)
             repo = EnvelopesRepo(Database(engine))
             env = NewEnvelope(
                 conversation_id=conversation_id,
