@@ -22,10 +22,11 @@ committed, so a cumulative acknowledgement can never delete a row the device has
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import and_, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -271,14 +272,27 @@ class _DriverSql:
     in :mod:`server.storage.delivery_schema` and migrated by Alembic.
     """
 
-    __slots__ = ("cur", "for_update", "style")
+    __slots__ = ("cur", "dbapi", "for_update", "psycopg", "style")
 
     def __init__(self, conn: Connection) -> None:
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None
+        self.dbapi: Any = dbapi
         self.cur = dbapi.cursor()
         self.style = conn.dialect.paramstyle
         self.for_update = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+        self.psycopg = conn.dialect.driver == "psycopg"
+
+    def pipeline(self) -> contextlib.AbstractContextManager[Any]:
+        """psycopg's pipeline mode: statements go out without waiting for each result, so the
+        batch's reads (submitted together) cost one round trip, and its writes one more."""
+        return self.dbapi.pipeline() if self.psycopg else contextlib.nullcontext()
+
+    def submit(self, statement: str, params: Sequence[object]) -> Any:
+        """Execute on a cursor of its own; fetch its rows later (``fetchall``)."""
+        cur = self.dbapi.cursor()
+        cur.execute(_placeholders(statement, self.style), tuple(params))
+        return cur
 
     @staticmethod
     def marks(n: int) -> str:
@@ -315,39 +329,46 @@ _CREATE_QUEUE_STATE = (
 )
 
 
-def _lock_queue_states_driver(sql: _DriverSql, devices: set[bytes]) -> dict[bytes, int]:
-    """As :func:`_lock_queue_states_sync`, in driver SQL."""
+def _submit_queue_state_lock(sql: _DriverSql, devices: set[bytes]) -> Any:
+    """Lock the devices' queue-state rows in device-id order (``FOR UPDATE`` on PostgreSQL;
+    SQLite has one writer); the cursor yields ``(device_id, last_queue_seq)`` of the rows that
+    exist. None if there are no devices."""
     if not devices:
-        return {}
+        return None
     ordered = sorted(devices)
-    return {
-        bytes(d): int(n)  # type: ignore[call-overload]
-        for d, n in sql.all(
-            "SELECT device_id, last_queue_seq FROM device_queue_state WHERE device_id IN "  # noqa: S608 - placeholders only
-            f"({sql.marks(len(ordered))}) ORDER BY device_id{sql.for_update}",
-            ordered,
-        )
-    }
+    return sql.submit(
+        "SELECT device_id, last_queue_seq FROM device_queue_state WHERE device_id IN "  # noqa: S608 - placeholders only
+        f"({sql.marks(len(ordered))}) ORDER BY device_id{sql.for_update}",
+        ordered,
+    )
 
 
-def _load_routing(sql: _DriverSql, conversation_ids: Sequence[bytes]) -> dict[bytes, list[AccountRouting]]:
+def _lock_queue_states_driver(sql: _DriverSql, devices: set[bytes]) -> dict[bytes, int]:
+    cur = _submit_queue_state_lock(sql, devices)
+    return {} if cur is None else {bytes(d): int(n) for d, n in cur.fetchall()}
+
+
+def _routing_lookup(conversation_ids: Sequence[bytes]) -> tuple[str, list[object]]:
     """As :func:`server.storage.conversations_repo.load_routing_sync`, in driver SQL."""
-    ids = sorted(set(conversation_ids))
-    versions: dict[bytes, dict[bytes, int]] = {}
-    devices: dict[tuple[bytes, bytes], set[bytes]] = {}
-    for conversation_id, account_id, version, device_id in sql.all(
+    return (
         "SELECT m.conversation_id, a.id, a.device_list_version, d.device_id "  # noqa: S608 - placeholders only
         "FROM conversation_members m JOIN accounts a ON a.id = m.account_id "
         "LEFT OUTER JOIN devices d ON d.account_id = a.id AND d.removed_at_ms IS NULL "
-        f"WHERE m.conversation_id IN ({sql.marks(len(ids))})",
-        ids,
-    ):
-        cid = bytes(conversation_id)  # type: ignore[call-overload]
-        aid = bytes(account_id)  # type: ignore[call-overload]
-        versions.setdefault(cid, {})[aid] = int(version)  # type: ignore[call-overload]
+        f"WHERE m.conversation_id IN ({_DriverSql.marks(len(conversation_ids))})",
+        list(conversation_ids),
+    )
+
+
+def _routing_rows(rows: Sequence[Any]) -> dict[bytes, list[AccountRouting]]:
+    versions: dict[bytes, dict[bytes, int]] = {}
+    devices: dict[tuple[bytes, bytes], set[bytes]] = {}
+    for conversation_id, account_id, version, device_id in rows:
+        cid = bytes(conversation_id)
+        aid = bytes(account_id)
+        versions.setdefault(cid, {})[aid] = int(version)
         devs = devices.setdefault((cid, aid), set())
         if device_id is not None:
-            devs.add(bytes(device_id))  # type: ignore[call-overload]
+            devs.add(bytes(device_id))
     return {
         cid: [AccountRouting(a, v, frozenset(devices[(cid, a)])) for a, v in accounts.items()]
         for cid, accounts in versions.items()
@@ -520,11 +541,11 @@ class EnvelopesRepo:
 
         def apply(conn: Connection) -> list[SendOutcome]:
             ack_devices = {a.device_id for a in acks}
-            outcomes = self._apply_sends(conn, sends, now_ms, ack_devices) if sends else []
-            if acks:
-                # A batch with fresh sends locked the ack devices' rows with its recipients'.
-                locked = any(isinstance(o, Accepted) for o in outcomes)
-                self._apply_acks(conn, acks, locked=locked)
+            with _DriverSql(conn).pipeline():
+                outcomes = self._apply_sends(conn, sends, now_ms, ack_devices) if sends else []
+                if acks:
+                    # A batch with sends locked the ack devices' rows with its recipients'.
+                    self._apply_acks(conn, acks, locked=bool(sends))
             return outcomes
 
         return await self._db.run_write(apply)
@@ -538,24 +559,30 @@ class EnvelopesRepo:
     ) -> list[SendOutcome]:
         sql = _DriverSql(conn)
         keys = {(e.sender_device_id, e.envelope_id) for e in sends}
+        conv_ids = sorted({e.conversation_id for e in sends})
+        checked_ids = sorted({e.conversation_id for e in sends if e.device_list_versions is not None})
+        # Every queue-state row this transaction may write (recipients and the batch's acks) is
+        # locked with the conversations, before anything is written: the global lock order is
+        # conversations, then device_queue_state by device id, then queue rows.
+        addressed = {dev for e in sends for dev, _ in e.copies}
+        # The four reads are independent: submitted together (one round trip on PostgreSQL).
+        existing_cur = sql.submit(*_idempotency_lookup(keys))
+        conversations_cur = sql.submit(
+            "SELECT id, last_server_seq FROM conversations WHERE id IN "  # noqa: S608 - placeholders only
+            f"({sql.marks(len(conv_ids))}) ORDER BY id{sql.for_update}",
+            conv_ids,
+        )
+        routing_cur = sql.submit(*_routing_lookup(checked_ids)) if checked_ids else None
+        states_cur = _submit_queue_state_lock(sql, addressed | set(ack_devices))
+
         existing: dict[tuple[bytes, bytes], StoredEnvelope] = {}
-        for cid, eid, seq, ts, digest, sender in sql.all(*_idempotency_lookup(keys)):
+        for cid, eid, seq, ts, digest, sender in existing_cur.fetchall():
             key = (bytes(sender), bytes(eid))
             if key in keys:
                 existing[key] = StoredEnvelope(bytes(cid), bytes(eid), int(seq), int(ts), bytes(digest))
-
-        conv_ids = sorted({e.conversation_id for e in sends})
-        last_seq: dict[bytes, int] = {
-            bytes(cid): int(seq)
-            for cid, seq in sql.all(
-                "SELECT id, last_server_seq FROM conversations WHERE id IN "  # noqa: S608 - placeholders only
-                f"({sql.marks(len(conv_ids))}) ORDER BY id{sql.for_update}",
-                conv_ids,
-            )
-        }
-
-        checked = [e for e in sends if e.device_list_versions is not None and e.conversation_id in last_seq]
-        routing = _load_routing(sql, [e.conversation_id for e in checked]) if checked else {}
+        last_seq: dict[bytes, int] = {bytes(cid): int(seq) for cid, seq in conversations_cur.fetchall()}
+        routing = _routing_rows(routing_cur.fetchall()) if routing_cur is not None else {}
+        counters = {bytes(d): int(n) for d, n in states_cur.fetchall()} if states_cur is not None else {}
 
         # Decide each send's fate; assign server_seq to the fresh ones.
         outcomes: list[SendOutcome | None] = [None] * len(sends)
@@ -588,12 +615,7 @@ class EnvelopesRepo:
                 "UPDATE conversations SET last_server_seq = ? WHERE id = ?",
                 [(last_seq[cid], cid) for cid in sorted(touched)],
             )
-            need = Counter(dev for _, env, _ in fresh for dev, _ in env.copies)
-            devices = sorted(need)
-            # Every queue-state row this transaction writes (the batch's acks included) is locked
-            # here, in one sorted statement: the global lock order is conversations, then
-            # device_queue_state by device id, then queue rows.
-            counters = _lock_queue_states_driver(sql, set(devices) | set(ack_devices))
+            devices = sorted({dev for _, env, _ in fresh for dev, _ in env.copies})
             missing = [d for d in devices if d not in counters]
             if missing:
                 sql.many(_CREATE_QUEUE_STATE, [(d,) for d in sorted(missing)])

@@ -326,14 +326,14 @@ def test_batch_locks_all_queue_states_in_one_sorted_statement(
         statements: list[list[bytes]] = []
 
         # The writer's statements are driver SQL on the transaction's cursor: record them there.
-        original = envelopes_repo._DriverSql.all
+        original = envelopes_repo._DriverSql.submit
 
         def capture(self: Any, statement: str, params: Any) -> Any:
             if "FROM device_queue_state" in statement and statement.lstrip().upper().startswith("SELECT"):
                 statements.append([bytes(v) for v in params if isinstance(v, bytes | memoryview)])
             return original(self, statement, params)
 
-        monkeypatch.setattr(envelopes_repo._DriverSql, "all", capture)
+        monkeypatch.setattr(envelopes_repo._DriverSql, "submit", capture)
 
         try:
             async with engine.begin() as conn:
