@@ -55,20 +55,36 @@ def self_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-class CpuMeter:
-    """CPU of the server (``pid``, may be None) and of this process over an interval."""
+Pids = int | Sequence[int] | None
 
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
+
+def pid_list(pid: Pids) -> list[int]:
+    """One server pid, several (instances), or none."""
+    if pid is None:
+        return []
+    return [pid] if isinstance(pid, int) else list(pid)
+
+
+def procs_cpu_s(pid: Pids) -> float:
+    """utime + stime summed over the server process(es)."""
+    return sum(proc_cpu_s(p) for p in pid_list(pid))
+
+
+class CpuMeter:
+    """CPU of the server (``pid``: one, several instances summed, or None) and of this process
+    over an interval."""
+
+    def __init__(self, pid: Pids) -> None:
+        self.pid = pid_list(pid)
         self.t0 = time.perf_counter()
-        self.server0 = proc_cpu_s(pid) if pid else None
+        self.server0 = procs_cpu_s(self.pid) if self.pid else None
         self.self0 = self_cpu_s()
 
     def result(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.t0
         out: dict[str, Any] = {"wall_s": round(wall, 3)}
         if self.pid and self.server0 is not None:
-            server = proc_cpu_s(self.pid) - self.server0
+            server = procs_cpu_s(self.pid) - self.server0
             out["server_cpu_s"] = round(server, 3)
             out["server_cores"] = round(server / wall, 3)
         else:
@@ -79,18 +95,19 @@ class CpuMeter:
         return out
 
 
-async def quiesce(pid: int | None, *, threshold: float = 0.05, max_s: float = 30.0) -> dict[str, Any]:
-    """Wait until ``pid`` uses less than ``threshold`` of a core over 1 s (at most ``max_s``)."""
+async def quiesce(pid: Pids, *, threshold: float = 0.05, max_s: float = 30.0) -> dict[str, Any]:
+    """Wait until the server process(es) use less than ``threshold`` of a core over 1 s (at most
+    ``max_s``)."""
     import asyncio
 
-    if not pid:
+    if not pid_list(pid):
         return {"reached": None, "waited_s": 0.0, "last_cores": None}
     start = time.perf_counter()
     last = None
     while True:
-        c0, t0 = proc_cpu_s(pid), time.perf_counter()
+        c0, t0 = procs_cpu_s(pid), time.perf_counter()
         await asyncio.sleep(1.0)
-        last = (proc_cpu_s(pid) - c0) / (time.perf_counter() - t0)
+        last = (procs_cpu_s(pid) - c0) / (time.perf_counter() - t0)
         waited = time.perf_counter() - start
         if last < threshold:
             return {"reached": True, "waited_s": round(waited, 2), "last_cores": round(last, 4)}

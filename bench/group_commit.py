@@ -191,9 +191,7 @@ def _rows(conn: Any, pairs: int) -> list[tuple[bytes, bytes, bytes, bytes, bytes
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--database-url", help="PostgreSQL (postgresql+asyncpg://...); default: a fresh SQLite file"
     )

@@ -1,7 +1,10 @@
-"""Server benchmark for the workload "pairs-v1" (../shared/bench/WORKLOAD.md), SERVER MODE.
+"""Benchmark of the workload "pairs-v1" (../shared/bench/WORKLOAD.md), server mode (this file)
+and sdk mode (``--mode sdk``: bench/pairs_sdk.py).
 
-    .venv/bin/python bench/pairs.py [--test latency|throughput|idle|all] [--connections 1000]
+    .venv/bin/python bench/pairs.py [--mode server|sdk] [--test latency|throughput|idle|fanout|all]
+                                     [--connections 1000] [--send-via ws|http]
                                      [--database-url postgresql+asyncpg://...] [--url http://...]
+                                     [--instances 2 --redis-url redis://...]
 
 Prints ONE JSON document on stdout (progress goes to stderr). See bench/README.md for what each
 figure means and the figures measured on the 2-core machine.
@@ -574,6 +577,11 @@ async def make_senders(args: argparse.Namespace, target: Target, pairs: list[Pai
 
 @dataclass
 class Target:
+    """The server under test. With ``--instances 2``: senders and set-up use the first
+    instance (``base_url``/``ws_url``), receivers hold their sockets on the second
+    (``recv_ws_url``), so every delivery crosses instances through the Redis bus; CPU and RSS
+    are summed over ``pids``."""
+
     base_url: str
     ws_url: str
     pid: int | None
@@ -581,13 +589,30 @@ class Target:
     process: Any = None
     tmp: tempfile.TemporaryDirectory[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    others: list[Any] = field(default_factory=list)  # further instances' ServerProcess
+    recv_ws_url: str = ""
+
+    def __post_init__(self) -> None:
+        self.recv_ws_url = self.recv_ws_url or self.ws_url
+
+    @property
+    def pids(self) -> list[int]:
+        return [p for p in [self.pid, *(o.pid for o in self.others)] if p]
+
+    @property
+    def base_urls(self) -> list[str]:
+        return [self.base_url, *(o.base_url for o in self.others)]
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "url": self.base_url,
             "pid": self.pid,
+            "instances": 1 + len(self.others),
             "started_by_bench": self.process is not None,
         }
+        if self.others:
+            out["receiver_instance_url"] = self.others[0].base_url
+            out["pids"] = self.pids
         if self.process is not None:
             out["settings_env"] = {k: v for k, v in self.env.items() if "SECRET" not in k}
         return out
@@ -595,12 +620,17 @@ class Target:
     def finish(self) -> dict[str, Any]:
         if self.process is None:
             return {}
-        alive = self.process.alive()
-        code = self.process.stop()
-        problems = self.process.log_problems()
+        out: dict[str, Any] = {}
+        for i, proc in enumerate([self.process, *self.others]):
+            alive = proc.alive()
+            code = proc.stop()
+            key = "" if i == 0 else f"instance_{i + 1}_"
+            out.update(
+                {f"{key}alive_at_end": alive, f"{key}exit_code": code, f"{key}log": proc.log_problems()}
+            )
         if self.tmp is not None:
             self.tmp.cleanup()
-        return {"alive_at_end": alive, "exit_code": code, "log": problems}
+        return out
 
 
 def database_kind(url: str | None) -> str:
@@ -628,6 +658,10 @@ def start_saltline(args: argparse.Namespace, name: str, extra_env: dict[str, str
     }
     if args.database_url:
         env["SALTLINE_DATABASE_URL"] = args.database_url
+    if args.instances > 1:
+        if database_kind(args.database_url) != "postgresql" or not args.redis_url:
+            raise SystemExit("--instances 2 needs --database-url postgresql+asyncpg://... and --redis-url")
+        env["SALTLINE_REDIS_URL"] = args.redis_url
     import subprocess
 
     upgrade = subprocess.run(
@@ -644,7 +678,28 @@ def start_saltline(args: argparse.Namespace, name: str, extra_env: dict[str, str
         [sys.executable, "-m", "server", "serve"], port, Path(tmp.name) / "server.log", env
     ).start()
     log(f"{name}: saltline server pid {proc.pid} on {proc.base_url} ({database_kind(args.database_url)})")
-    return Target(proc.base_url, proc.ws_url, proc.pid, database_kind(args.database_url), proc, tmp, env)
+    others = []
+    for i in range(1, args.instances):
+        other_port = common.free_port()
+        other = common.ServerProcess(
+            [sys.executable, "-m", "server", "serve"],
+            other_port,
+            Path(tmp.name) / f"server-{i + 1}.log",
+            {**env, "SALTLINE_PORT": str(other_port)},
+        ).start()
+        log(f"{name}: instance {i + 1}, pid {other.pid} on {other.base_url} (receivers connect here)")
+        others.append(other)
+    return Target(
+        proc.base_url,
+        proc.ws_url,
+        proc.pid,
+        database_kind(args.database_url),
+        proc,
+        tmp,
+        env,
+        others=others,
+        recv_ws_url=others[0].ws_url if others else "",
+    )
 
 
 # -- server metrics -----------------------------------------------------------------------------
@@ -674,6 +729,15 @@ async def scrape(base_url: str) -> dict[str, float]:
     return out
 
 
+async def scrape_all(target: Target) -> dict[str, float]:
+    """The scraped counters summed over the instances."""
+    total: dict[str, float] = {}
+    for url in target.base_urls:
+        for key, value in (await scrape(url)).items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     d = {k: after[k] - before.get(k, 0.0) for k in after}
     batches = d.get("saltline_group_commit_batch_size_count", 0.0)
@@ -700,11 +764,11 @@ async def pairs_fixture(
     t0 = time.perf_counter()
     async with httpx.AsyncClient(base_url=target.base_url, timeout=60.0) as http:
         pairs = await setup_pairs(http, count, tag)
-    socks, errors = await open_sockets(target.ws_url, [p.receiver.access_token for p in pairs])
+    socks, errors = await open_sockets(target.recv_ws_url, [p.receiver.access_token for p in pairs])
     if errors:
         raise SetupError(f"{len(errors)} receiver sockets failed to open: {errors[:3]}")
     setup = {"setup_s": round(time.perf_counter() - t0, 2)}
-    setup["quiesce"] = await common.quiesce(target.pid)
+    setup["quiesce"] = await common.quiesce(target.pids)
     return pairs, socks, setup
 
 
@@ -771,8 +835,8 @@ async def test_latency(args: argparse.Namespace, ciphertext_bytes: int) -> dict[
             sock.tracker = tracker
         lags: list[float] = []
         log(f"latency: {pairs_n} pairs x {seconds} messages, open loop")
-        scraped = await scrape(target.base_url)
-        meter = common.CpuMeter(target.pid)
+        scraped = await scrape_all(target)
+        meter = common.CpuMeter(target.pids)
         t0 = time.perf_counter() + 0.2
 
         async def run_sender(i: int, sender: Sender) -> None:
@@ -789,7 +853,7 @@ async def test_latency(args: argparse.Namespace, ciphertext_bytes: int) -> dict[
         await asyncio.gather(*(run_sender(i, s) for i, s in enumerate(senders)))
         cpu = meter.result()
         drain_s = await tracker.drain(DRAIN_MAX_S)
-        server_metrics = metrics_delta(scraped, await scrape(target.base_url))
+        server_metrics = metrics_delta(scraped, await scrape_all(target))
         lags.sort()
         result["figures"] = {
             **delivery_report(tracker),
@@ -844,8 +908,8 @@ async def test_throughput(args: argparse.Namespace, ciphertext_bytes: int) -> di
         if args.profile_hook:
             log(f"throughput: window starts now; server pid {target.pid}")
         log(f"throughput: {pairs_n} pairs, closed loop for {seconds} s")
-        scraped = await scrape(target.base_url)
-        meter = common.CpuMeter(target.pid)
+        scraped = await scrape_all(target)
+        meter = common.CpuMeter(target.pids)
         t_start = time.perf_counter()
         t_end = t_start + seconds
 
@@ -861,7 +925,7 @@ async def test_throughput(args: argparse.Namespace, ciphertext_bytes: int) -> di
 
         await asyncio.gather(*(run_sender(i, s) for i, s in enumerate(senders)))
         cpu = meter.result()
-        server_metrics = metrics_delta(scraped, await scrape(target.base_url))
+        server_metrics = metrics_delta(scraped, await scrape_all(target))
         in_window = sum(1 for t in tracker.delivered.values() if t <= t_end)
         accepted_in_window = len(tracker.accepted)
         drain_s = await tracker.drain(DRAIN_MAX_S)
@@ -1073,13 +1137,13 @@ async def test_fanout(args: argparse.Namespace, ciphertext_bytes: int) -> dict[s
         # Device index d: member d // 2, its first (even) or second (odd) device.
         device_ids = [d for m in members for d in (m.first.device_id, m.second_device_id)]
         tokens = [t for m in members for t in (m.first.access_token, m.second_token)]
-        socks, errors = await open_sockets(target.ws_url, tokens)
+        socks, errors = await open_sockets(target.recv_ws_url, tokens)
         if errors:
             raise SetupError(f"{len(errors)} member sockets failed to open: {errors[:3]}")
         versions = {sender.account_id: sender.list_version}
         versions.update({m.first.account_id: m.first.list_version for m in members})
         setup: dict[str, Any] = {"setup_s": round(time.perf_counter() - t_setup, 2)}
-        setup["quiesce"] = await common.quiesce(target.pid)
+        setup["quiesce"] = await common.quiesce(target.pids)
         result["setup"] = setup
 
         path = f"/v1/conversations/{conv}/envelopes"
@@ -1138,8 +1202,8 @@ async def test_fanout(args: argparse.Namespace, ciphertext_bytes: int) -> dict[s
         for sock in socks:
             sock.tracker = tracker
         log(f"fanout: 1 sender -> {group} members x 2 devices, {seconds} messages at 1/s")
-        scraped = await scrape(target.base_url)
-        meter = common.CpuMeter(target.pid)
+        scraped = await scrape_all(target)
+        meter = common.CpuMeter(target.pids)
         t0 = time.perf_counter() + 0.2
         inflight: list[asyncio.Task[None]] = []
         for k in range(seconds):
@@ -1150,7 +1214,7 @@ async def test_fanout(args: argparse.Namespace, ciphertext_bytes: int) -> dict[s
         await asyncio.gather(*inflight)
         cpu = meter.result()
         drain_s = await tracker.drain(DRAIN_MAX_S)
-        server_metrics = metrics_delta(scraped, await scrape(target.base_url))
+        server_metrics = metrics_delta(scraped, await scrape_all(target))
         result["figures"] = {
             **delivery_report(tracker),
             "latency_ms": common.latency_summary_ms(tracker.latencies()),
@@ -1168,6 +1232,12 @@ async def test_fanout(args: argparse.Namespace, ciphertext_bytes: int) -> dict[s
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Saltline server benchmark (workload pairs-v1, server mode)")
+    p.add_argument(
+        "--mode",
+        choices=["server", "sdk"],
+        default="server",
+        help="server: pre-built envelopes (the server's own cost); sdk: real SDK clients encrypt and decrypt",
+    )
     p.add_argument("--test", choices=["latency", "throughput", "idle", "fanout", "all"], default="all")
     p.add_argument(
         "--database-url",
@@ -1178,6 +1248,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--url",
         help="target a running server instead of starting one (it must allow the set-up's registrations)",
     )
+    p.add_argument(
+        "--instances",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="2: two server instances on PostgreSQL + Redis; senders on the first, receivers on the second",
+    )
+    p.add_argument("--redis-url", help="with --instances 2: the Redis bus, e.g. redis://127.0.0.1:6379/0")
     p.add_argument("--server-pid", type=int, help="with --url: the server's pid, for CPU and RSS")
     p.add_argument("--connections", type=int, default=1000, help="idle: held sockets (C)")
     p.add_argument("--idle-seconds", type=float, default=45.0)
@@ -1205,7 +1283,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "benchmark": "saltline bench/pairs.py",
         "workload": WORKLOAD,
-        "mode": "server",
+        "mode": args.mode,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "database": database_kind(args.database_url),
         "sqlite_synchronous": args.sqlite_synchronous
@@ -1231,7 +1309,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in tests:
         log(f"--- {name}")
         try:
-            if name == "latency":
+            if args.mode == "sdk" and name != "idle":
+                # Real SDK clients (bench/pairs_sdk.py); idle measures held sockets either way.
+                from bench import pairs_sdk
+
+                doc["tests"][name] = await pairs_sdk.run_sdk_test(args, name)
+            elif name == "latency":
                 doc["tests"][name] = await test_latency(args, ciphertext_bytes)
             elif name == "throughput":
                 doc["tests"][name] = await test_throughput(args, ciphertext_bytes)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -164,6 +164,11 @@ class Client:
         self._seqs: dict[str, set[int]] = {}
         self._filling: set[str] = set()
         self._closed = False
+        #: This device's record and its decoded private state, read from the store once and then
+        #: kept up to date by :meth:`_put_device` (every write of the record goes through it; the
+        #: store's exclusive lock keeps other clients from writing it meanwhile).
+        self._device_cache: DeviceRecord | None = None
+        self._state_cache: tuple[bytes, private_state.DeviceState] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -221,13 +226,48 @@ class Client:
 
     @property
     def _device(self) -> DeviceRecord:
-        record = self.store.identity.get_device()
-        assert record is not None
+        record = self._device_cache
+        if record is None:
+            record = self.store.identity.get_device()
+            assert record is not None
+            self._device_cache = record
         return record
 
     @property
     def _state(self) -> private_state.DeviceState:
-        return private_state.decode(self._device.state)
+        """The decoded private state (decoding recomputes every prekey's public key, so it is done
+        once per written state, not per use)."""
+        raw = self._device.state
+        cached = self._state_cache
+        if cached is None or cached[0] is not raw:
+            cached = (raw, private_state.decode(raw))
+            self._state_cache = cached
+        return cached[1]
+
+    def _put_device(self, record: DeviceRecord, state: private_state.DeviceState | None = None) -> None:
+        """Write this device's record (``state``: the decoded form of ``record.state`` when the
+        caller has it) and keep the cached copies in step. Inside a transaction, use
+        :meth:`_transaction` so that a rollback also drops the cache."""
+        self.store.identity.put_device(record)
+        self._device_cache = record
+        if state is not None:
+            self._state_cache = (record.state, state)
+
+    def _forget_device(self) -> None:
+        """Drop the cached record and state: the next use reads the store again."""
+        self._device_cache = None
+        self._state_cache = None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``store.transaction()``; a rollback also drops the cached device record and state
+        (they may hold a write the rollback undid)."""
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            self._forget_device()
+            raise
 
     @property
     def device_id(self) -> str:
@@ -314,7 +354,7 @@ class Client:
     def _adopt_tokens(self, tokens: api.Tokens) -> None:
         self._access = tokens.access_token
         self._access_expires = time.monotonic() + max(1, tokens.expires_in - 30)
-        self.store.identity.put_device(replace(self._device, refresh_token=tokens.refresh_token))
+        self._put_device(replace(self._device, refresh_token=tokens.refresh_token))
 
     async def _device_login(self) -> None:
         """Log in by signing a server challenge with the device signing key."""
@@ -338,13 +378,13 @@ class Client:
         account_key = state.account_key or AccountKey.generate(self._rng)
         state = state.with_account_key(account_key)
         signed = dl.first(account_key, username, [state.device_entry(account_key.public_key, self._clock())])
-        self.store.identity.put_device(replace(self._device, state=state.encode(), username=username))
+        self._put_device(replace(self._device, state=state.encode(), username=username), state)
         r = await self._call(
             api.register(username, password, account_key.public_key.to_b64(), signed.to_b64(), self.device_id)
         )
         tokens = api.parse_register(r.body)
-        with self.store.transaction():
-            self.store.identity.put_device(replace(self._device, account_id=tokens.account_id))
+        with self._transaction():
+            self._put_device(replace(self._device, account_id=tokens.account_id))
             self._adopt_tokens(tokens)
             self._put_own_contact(signed)
         await self._upload_all_prekeys()
@@ -358,7 +398,7 @@ class Client:
         name = dl.normalize_username(username or self.username)
         r = await self._call(api.login(name, password, self.device_id))
         tokens = api.parse_tokens(r.body)
-        self.store.identity.put_device(replace(self._device, username=name, account_id=tokens.account_id))
+        self._put_device(replace(self._device, username=name, account_id=tokens.account_id))
         self._adopt_tokens(tokens)
 
     def _put_own_contact(self, signed: dl.SignedDeviceList) -> None:
@@ -404,7 +444,7 @@ class Client:
         async with self._lock:
             meta = self.store.prekeys.get_prekey_meta()
             state = self._state.add_one_time_prekeys(PREKEY_BATCH - count, self._rng)
-            self.store.identity.put_device(replace(self._device, state=state.encode()))
+            self._put_device(replace(self._device, state=state.encode()), state)
             fresh = [k for i, k in state.one_time_prekeys.items() if i > meta.uploaded_through_id]
             await self._call(
                 api.upload_keys(None, None, [k.signed_public(state.signing_key).to_b64() for k in fresh])
@@ -423,11 +463,11 @@ class Client:
         if self._clock() - meta.signed_prekey_rotated_at_ms < SPK_ROTATION_MS:
             return False
         async with self._lock:
-            old_record = self._device
-            state = private_state.decode(old_record.state).rotate_signed_prekey(self._rng)
+            old_record, old_state = self._device, self._state
+            state = old_state.rotate_signed_prekey(self._rng)
             last_resort = LastResortPreKey.generate_with_id(state.next_prekey_id, self._rng)
             state = replace(state, last_resort_prekey=last_resort, next_prekey_id=state.next_prekey_id + 1)
-            self.store.identity.put_device(replace(old_record, state=state.encode()))
+            self._put_device(replace(old_record, state=state.encode()), state)
             try:
                 await self._call(
                     api.upload_keys(
@@ -436,7 +476,7 @@ class Client:
                 )
             except BaseException:
                 # never published: nobody can have used the new keys, so the old state stands
-                self.store.identity.put_device(old_record)
+                self._put_device(old_record, old_state)
                 raise
             self.store.prekeys.put_prekey_meta(
                 replace(self.store.prekeys.get_prekey_meta(), signed_prekey_rotated_at_ms=self._clock())
@@ -546,7 +586,7 @@ class Client:
         except CryptoError as exc:
             raise UsageError(f"cannot remove device {device_id}: {exc}") from exc
         await self._call(api.put_device_list(new.to_b64()))
-        with self.store.transaction():
+        with self._transaction():
             self._put_own_contact(new)
             self.store.sessions.delete_sessions(device_id)
 
@@ -685,7 +725,7 @@ class Client:
         plaintext, clock = sync.encode(op)
         envelope_id = b64encode(self._rng(16))
         now = self._clock()
-        with self.store.transaction():
+        with self._transaction():
             self.store.sync.put_sync_meta(replace(meta, counter=composer.counter, lamport=composer.lamport))
             self.store.outbox.put_outbox(OutboxItem(envelope_id, conversation_id, plaintext, clock, now))
             if isinstance(body, sync.Message):
@@ -797,7 +837,7 @@ class Client:
         async with self._lock:
             body, sessions = await self._encrypt_request(item)
             body["ephemeral"] = True
-            with self.store.transaction():
+            with self._transaction():
                 for session in sessions:
                     self.store.sessions.put_session(session)
             with contextlib.suppress(RecipientsChangedError, DeviceListOutdatedError):
@@ -910,7 +950,7 @@ class Client:
             await self._refresh_contact(account_id)
 
     async def _mark_sent(self, item: OutboxItem, server_seq: int, server_ts: int) -> None:
-        with self.store.transaction():
+        with self._transaction():
             old = self.store.conversations.get_message(item.envelope_id)
             if old is not None:
                 self.store.conversations.put_message(
@@ -952,7 +992,7 @@ class Client:
         and the exact request body together (so a retry resends the same bytes)."""
         body, sessions = await self._encrypt_request(item)
         item = replace(item, request=msg_json_dumps(body))
-        with self.store.transaction():
+        with self._transaction():
             for s in sessions:
                 self.store.sessions.put_session(s)
             self.store.outbox.put_outbox(item)
@@ -1226,7 +1266,7 @@ class Client:
         text = op.body.text if isinstance(op.body, sync.Message) else ""
         sent_at_ms = op.body.sent_at_ms if isinstance(op.body, sync.Message) else 0
         received: sync.Received | None = None
-        with self.store.transaction():
+        with self._transaction():
             self.store.sessions.put_session(
                 SessionRecord(
                     sender_device,
@@ -1241,7 +1281,7 @@ class Client:
                 and decrypted.one_time_prekey_id in state.one_time_prekeys
             ):
                 state = state.remove_one_time_prekey(decrypted.one_time_prekey_id)
-                self.store.identity.put_device(replace(self._device, state=state.encode()))
+                self._put_device(replace(self._device, state=state.encode()), state)
             if server_seq is None:
                 if isinstance(op.body, sync.Typing):
                     await self._emit(
@@ -1520,12 +1560,13 @@ class Client:
         state = self._state.with_account_key(account_key)
         entry = state.device_entry(account_key.public_key, self._clock())
         new = dl.with_device_added(current, account_key, entry)
-        self.store.identity.put_device(
-            replace(self._device, state=state.encode(), username=username, account_id=str(doc["account_id"]))
+        self._put_device(
+            replace(self._device, state=state.encode(), username=username, account_id=str(doc["account_id"])),
+            state,
         )
         # No bearer token: the account-key signature on ``new`` is the server's whole authority.
         await self._call(api.put_signed_device_list(str(doc["account_id"]), new.to_b64()))
-        with self.store.transaction():
+        with self._transaction():
             self._put_own_contact(new)
             for c in doc.get("contacts", []):
                 key, signed = b64decode(c["account_key"]), b64decode(c["signed_list"])
@@ -1565,7 +1606,7 @@ class Client:
             bundle = msg_json_loads(attachments.decrypt(ciphertext, key))
         except (CryptoError, KeyError, TypeError, ValueError) as exc:
             raise LinkError(f"the history bundle is not valid: {exc}") from exc
-        with self.store.transaction():
+        with self._transaction():
             self._seed_history(bundle)
 
 
