@@ -8,8 +8,8 @@ server sends ``{"type":"ping","queue_seq":0}`` every interval; a client ``{"type
 ``{"type":"pong"}``; ``{"type":"pong"}`` is accepted. No database, no auth, no registry, no bus:
 per connection there is the ASGI/uvicorn/websockets state plus two tasks (reader, heartbeat).
 
-Run under the same uvicorn settings as ``python -m server serve`` (``uvicorn.run(app, host, port,
-log_level)``, i.e. loop/http/ws "auto": uvloop, httptools, websockets when installed), so the
+Run under the same uvicorn settings as ``python -m server serve`` (loop/http/ws "auto": uvloop,
+httptools, websockets when installed; ``ws_max_size`` 64 KiB; no permessage-deflate), so the
 difference in memory per connection is what Saltline adds per held device socket.
 """
 
@@ -71,7 +71,12 @@ def main() -> None:
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
     uvicorn.run(
-        create_app(args.heartbeat_interval_s), host=args.host, port=args.port, log_level=args.log_level
+        create_app(args.heartbeat_interval_s),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        ws_max_size=64 * 1024,  # as server.cli.serve
+        ws_per_message_deflate=False,  # as server.cli.serve
     )
 
 

@@ -1265,7 +1265,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=int, default=30)
     p.add_argument("--throughput-pairs", type=int, default=20)
     p.add_argument("--throughput-seconds", type=float, default=30.0)
-    p.add_argument("--throughput-budget", type=int, default=4000, help="pre-built envelopes per sender")
+    p.add_argument("--throughput-budget", type=int, default=8000, help="pre-built envelopes per sender")
     p.add_argument("--fanout-members", type=int, default=50, help="fanout: group members (G)")
     p.add_argument("--fanout-seconds", type=int, default=30, help="fanout: messages, one per second")
     p.add_argument(

@@ -82,7 +82,7 @@ from client_sdk.stores.base import (
     SyncOpRecord,
 )
 from client_sdk.transport.http import HttpTransport
-from client_sdk.transport.ws import CLOSE_AUTH_FAILED, FATAL_CLOSE_CODES, DeliverySocket
+from client_sdk.transport.ws import CLOSE_AUTH_FAILED, FATAL_CLOSE_CODES, DeliverySocket, SocketUnavailable
 from crypto import attachments, private_state, safety
 from crypto import device_list as dl
 from crypto import primitives as p
@@ -107,6 +107,10 @@ E = TypeVar("E", bound=Event)
 
 #: Replenish one-time prekeys when the server holds fewer than this many.
 PREKEY_LOW_WATER = 20
+#: Ask the server for the one-time prekey count (``GET /v1/keys/count``) at most this often when
+#: the delivery queue drains; sooner on (re)connecting, and as soon as the prekey messages received
+#: since the last count may have brought it below :data:`PREKEY_LOW_WATER`.
+PREKEY_CHECK_INTERVAL_MS = 60_000
 PREKEY_BATCH = 100
 MAX_SEND_ATTEMPTS = 4
 #: Rotate the signed prekey (and replace the last-resort prekey) when it is older than this.
@@ -169,6 +173,12 @@ class Client:
         #: store's exclusive lock keeps other clients from writing it meanwhile).
         self._device_cache: DeviceRecord | None = None
         self._state_cache: tuple[bytes, private_state.DeviceState] | None = None
+        #: Prekey maintenance (:meth:`_maintain_prekeys_if_due`): count the server's one-time
+        #: prekeys again on the next drain (set at start-up and on every ``ready``); the count it
+        #: gave last, less the one-time prekeys received messages used since (None: not counted).
+        self._prekey_recheck = True
+        self._prekeys_on_server: int | None = None
+        self._maintaining = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -439,7 +449,11 @@ class Client:
         """Upload new one-time prekeys if the server holds fewer than :data:`PREKEY_LOW_WATER`;
         returns how many were uploaded."""
         count = api.parse_key_count((await self._call(api.key_count())).body)
+        self._prekeys_on_server, self._prekey_recheck = count, False
         if count >= PREKEY_LOW_WATER:
+            self.store.prekeys.put_prekey_meta(
+                replace(self.store.prekeys.get_prekey_meta(), last_count_check_ms=self._clock())
+            )
             return 0
         async with self._lock:
             meta = self.store.prekeys.get_prekey_meta()
@@ -453,6 +467,7 @@ class Client:
             self.store.prekeys.put_prekey_meta(
                 replace(meta, uploaded_through_id=top, last_count_check_ms=self._clock())
             )
+            self._prekeys_on_server = count + len(fresh)
         return len(fresh)
 
     async def rotate_signed_prekey_if_due(self) -> bool:
@@ -487,6 +502,35 @@ class Client:
         """Replenish one-time prekeys and rotate the signed prekey when due."""
         await self.replenish_prekeys()
         await self.rotate_signed_prekey_if_due()
+
+    def _prekey_work_due(self) -> tuple[bool, bool]:
+        """(count the one-time prekeys now, rotate the signed prekey now). The count is due on
+        the first drain after start-up or a (re)connection, when the prekey messages received since
+        the last count may have brought it below :data:`PREKEY_LOW_WATER` (the server does not
+        report the count by itself), and otherwise every :data:`PREKEY_CHECK_INTERVAL_MS`."""
+        meta = self.store.prekeys.get_prekey_meta()
+        now = self._clock()
+        left = self._prekeys_on_server
+        count = (
+            self._prekey_recheck
+            or (left is not None and left < PREKEY_LOW_WATER)
+            or not 0 <= now - meta.last_count_check_ms < PREKEY_CHECK_INTERVAL_MS
+        )
+        return count, now - meta.signed_prekey_rotated_at_ms >= SPK_ROTATION_MS
+
+    async def _maintain_prekeys_if_due(self) -> None:
+        """:meth:`maintain_prekeys`, throttled (:meth:`_prekey_work_due`); one run at a time."""
+        if self._maintaining:
+            return
+        self._maintaining = True
+        try:
+            count, rotate = self._prekey_work_due()
+            if count:
+                await self.replenish_prekeys()
+            if rotate:
+                await self.rotate_signed_prekey_if_due()
+        finally:
+            self._maintaining = False
 
     # -- contacts and device lists ------------------------------------------------------------------------
 
@@ -841,7 +885,7 @@ class Client:
                 for session in sessions:
                     self.store.sessions.put_session(session)
             with contextlib.suppress(RecipientsChangedError, DeviceListOutdatedError):
-                await self._call(api.send_envelope(conversation_id, body))
+                await self._send_envelope(conversation_id, body)
 
     async def _apply_op(self, cid: str, seq: int, op: sync.Op) -> sync.Received | None:
         """Apply one sequenced operation (already stored) to the in-memory state; emit what changed."""
@@ -924,7 +968,7 @@ class Client:
                     continue
             body = msg_json_loads(item.request)
             try:
-                r = await self._call(api.send_envelope(item.conversation_id, body))
+                r = await self._send_envelope(item.conversation_id, body)
                 result = api.parse_send(r.body)
                 server_seq, server_ts = result.server_seq, result.server_ts
             except (RecipientsChangedError, DeviceListOutdatedError) as exc:
@@ -943,6 +987,23 @@ class Client:
         raise RecipientsChangedError(
             409, "recipients_mismatch", "the recipients kept changing; try again later"
         )
+
+    async def _send_envelope(self, conversation_id: str, body: dict[str, Any]) -> api.Response:
+        """Send one envelope request body: over the delivery socket when it is ready (its
+        ``send_result`` carries the HTTP route's status and body, so both are handled alike), else,
+        or when the socket cannot carry it or closes before answering, over HTTP. The second
+        sending of the same body is a replay the server answers with the first result."""
+        socket = self._socket
+        if socket is not None and socket.ready:
+            try:
+                frame = await socket.send_envelope(conversation_id, body)
+            except SocketUnavailable:
+                pass
+            except TimeoutError as exc:
+                raise NetworkError("the server did not answer a send on the delivery socket") from exc
+            else:
+                return api.check(api.send_result_response(frame))
+        return await self._call(api.send_envelope(conversation_id, body))
 
     async def _refresh_members(self, conversation_id: str, accounts: set[str]) -> None:
         record = await self._record(conversation_id)
@@ -1112,6 +1173,7 @@ class Client:
     async def _on_frame(self, frame: dict[str, Any]) -> int | None:
         kind = frame.get("type")
         if kind == "ready":
+            self._prekey_recheck = True  # count the prekeys when this connection's backlog drained
             await self._emit(Connected(int(frame.get("acked_queue_seq", 0))))
             self._spawn(self.flush_outbox())
             return None
@@ -1134,7 +1196,8 @@ class Client:
             return None
         if kind == "drained":
             await self._emit(Drained(int(frame.get("queue_seq", 0))))
-            self._spawn(self.maintain_prekeys())
+            if not self._maintaining and any(self._prekey_work_due()):
+                self._spawn(self._maintain_prekeys_if_due())
             return None
         return None
 
@@ -1282,6 +1345,8 @@ class Client:
             ):
                 state = state.remove_one_time_prekey(decrypted.one_time_prekey_id)
                 self._put_device(replace(self._device, state=state.encode()), state)
+                if self._prekeys_on_server is not None:
+                    self._prekeys_on_server -= 1  # the server handed it out
             if server_seq is None:
                 if isinstance(op.body, sync.Typing):
                     await self._emit(

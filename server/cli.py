@@ -13,8 +13,9 @@ import typer
 
 from server.settings import Settings
 
-#: Largest WebSocket message the server accepts (client frames are tiny: auth, ack, pong). Keep
-#: equal to ``server.api.ws.WS_MAX_MESSAGE_BYTES``.
+#: Largest WebSocket message the server accepts (auth, ack and pong frames are tiny; a ``send``
+#: frame carries an envelope; larger envelopes use HTTP). Keep equal to
+#: ``server.api.ws.WS_MAX_MESSAGE_BYTES``.
 WS_MAX_SIZE = 64 * 1024
 
 app = typer.Typer(help="Saltline relay server", no_args_is_help=True, add_completion=False)

@@ -64,6 +64,7 @@ class LiveServer:
             lifespan="on",
             ws="websockets-sansio",
             ws_max_size=64 * 1024,  # as server.cli.WS_MAX_SIZE
+            ws_per_message_deflate=False,  # as server.cli.serve
         )
         server = uvicorn.Server(config)
         self._server = server

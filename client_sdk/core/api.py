@@ -26,6 +26,13 @@ class Request:
     auth: bool = True
     headers: tuple[tuple[str, str], ...] = ()
     query: tuple[tuple[str, str], ...] = ()
+    idempotent: bool = False
+    """Sending it twice has the effect of sending it once (beyond every GET, which is): a
+    transport may resend it when the connection fails before the response arrived."""
+
+    @property
+    def retryable(self) -> bool:
+        return self.idempotent or self.method in ("GET", "HEAD")
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +297,22 @@ def envelope_body(
 
 
 def send_envelope(conversation_id: str, body: Mapping[str, Any]) -> Request:
-    return Request("POST", f"/v1/conversations/{conversation_id}/envelopes", dict(body))
+    # the envelope id is the idempotency key: the server answers a replay with the first result
+    return Request("POST", f"/v1/conversations/{conversation_id}/envelopes", dict(body), idempotent=True)
+
+
+def send_result_response(frame: Mapping[str, Any]) -> Response:
+    """A ``send_result`` frame of the delivery socket as the :class:`Response` the HTTP route would
+    have given (its status, and its body or problem document), for :func:`check` and
+    :func:`parse_send`."""
+    status = frame.get("status")
+    if not isinstance(status, int) or isinstance(status, bool):
+        raise ProtocolError("send_result lacks 'status'")
+    problem = frame.get("problem")
+    if isinstance(problem, dict):
+        return Response(status, problem)
+    body = {k: frame[k] for k in ("envelope_id", "server_seq", "server_ts") if k in frame}
+    return Response(status, body)
 
 
 @dataclass(frozen=True, slots=True)

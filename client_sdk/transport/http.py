@@ -9,6 +9,10 @@ import httpx
 from client_sdk.core.api import Request, Response
 from client_sdk.errors import NetworkError
 
+#: Failures of a connection already open (the server closed or reset it): worth one immediate
+#: retry of an idempotent request. Timeouts and connection refusals are not retried here.
+STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
 
 class HttpTransport:
     """Runs core requests over one ``httpx.AsyncClient``. ``transport`` (an ``httpx`` transport)
@@ -24,16 +28,24 @@ class HttpTransport:
         headers = dict(request.headers)
         if request.auth and access_token:
             headers["Authorization"] = f"Bearer {access_token}"
-        try:
-            r = await self._client.request(
-                request.method,
-                request.path,
-                json=request.json_body,
-                params=dict(request.query) or None,
-                headers=headers,
-            )
-        except httpx.HTTPError as exc:
-            raise NetworkError(f"could not reach the server at {self.base_url}: {exc}") from exc
+        for attempt in range(2):
+            try:
+                r = await self._client.request(
+                    request.method,
+                    request.path,
+                    json=request.json_body,
+                    params=dict(request.query) or None,
+                    headers=headers,
+                )
+                break
+            except STALE_CONNECTION_ERRORS as exc:
+                # Most likely a keep-alive connection the server was closing as we reused it: an
+                # idempotent request goes again at once (on a new connection); others cannot.
+                if attempt == 0 and request.retryable:
+                    continue
+                raise NetworkError(f"could not reach the server at {self.base_url}: {exc}") from exc
+            except httpx.HTTPError as exc:
+                raise NetworkError(f"could not reach the server at {self.base_url}: {exc}") from exc
         body: Any = None
         if r.content:
             try:

@@ -11,11 +11,15 @@ Client -> server
         and may be deleted. Also acknowledges a gap marker (ack its ``to_queue_seq``). An ack beyond
         the last sent entry is clamped to it; an ack below the current one is ignored.
     ``{"type":"pong"}``  answer to every ping.
+    ``{"type":"ping"}``  the client's own liveness check; answered with ``{"type":"pong"}``.
     ``{"type":"send","request_id":R,"conversation_id":C,"envelope":{...}}``  send an envelope over
         the socket: ``envelope`` is exactly the body of ``POST /v1/conversations/C/envelopes`` and
         is checked by the same rules; ``R`` (1-64 base64url characters, chosen by the client)
-        names the answer. At most :data:`MAX_PENDING_SENDS` sends per socket are in progress at a
-        time; the server reads no further frame of that socket until one is answered.
+        names the answer (a frame without a valid one is a protocol error, 4005). At most
+        :data:`MAX_PENDING_SENDS` sends per socket are in progress at a time; the server reads no
+        further frame of that socket (acks and pongs included) until one is answered. A WebSocket
+        message is at most :data:`WS_MAX_MESSAGE_BYTES` (larger: close 1009), so envelopes larger
+        than that (big groups) are sent with the HTTP route.
 
 Server -> client
     ``{"type":"ready","account_id":..,"device_id":..,"acked_queue_seq":N,"window":W,
@@ -58,10 +62,11 @@ back when it continues the last ``queue_seq`` sent, and reads the queue otherwis
 a bus wake-up, a full window, or anything out of order). With the in-process bus a heartbeat tick
 reads nothing; with a bus that may lose wake-ups (``poll_on_heartbeat``) every tick re-reads.
 
-Per connection the server holds: the window (queue_seq -> server_ts for at most ``delivery_window``
+Per connection the server holds: at most :data:`MAX_PENDING_SENDS` sends in progress (each
+holding its frame until answered), the window (queue_seq -> server_ts for at most ``delivery_window``
 entries), at most a window of pushed entries, an ephemeral buffer bounded by count and by
-:data:`EPHEMERAL_BUFFER_BYTES`, four tasks
-(reader, pump, heartbeat, token expiry), a registry entry and a bus subscription. Messages over
+:data:`EPHEMERAL_BUFFER_BYTES`, three tasks
+(reader, pump, heartbeat with the token expiry), a registry entry and a bus subscription. Messages over
 :data:`WS_MAX_MESSAGE_BYTES` are refused by the WebSocket server itself (``ws_max_size``, close 1009)
 before anything is buffered, authenticated or not. All of it is released in ``finally``,
 whatever ends the connection.
@@ -72,6 +77,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
@@ -111,7 +117,7 @@ MAX_FRAME_BYTES = 4096  # the auth frame; after it, a frame may carry an envelop
 #: ``send`` frames of one socket in progress at once; the reader waits for a free slot.
 MAX_PENDING_SENDS = 32
 #: The WebSocket server (uvicorn ``ws_max_size``) refuses larger messages before buffering them
-#: (close 1009); :data:`MAX_FRAME_BYTES` is the application's tighter check after that.
+#: (close 1009); the application checks it again (the auth frame against :data:`MAX_FRAME_BYTES`).
 WS_MAX_MESSAGE_BYTES = 64 * 1024
 #: Ephemeral frames waiting for a slow socket are bounded by bytes (oldest dropped first).
 EPHEMERAL_BUFFER_BYTES = 256 * 1024
@@ -132,6 +138,9 @@ T = TypeVar("T")
 
 class _ProtocolError(Exception):
     pass
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class SendFrame(Strict):
@@ -203,8 +212,11 @@ class DeviceConnection:
         self._pushed: deque[QueueItem] = deque()
         #: The queue may hold entries this connection has not seen: read it on the next refill.
         self._need_read = True
-        self._closing = asyncio.Event()
-        self._closed = asyncio.Event()
+        # Futures, not Events: an Event allocates its waiter deque up front, and there is one of
+        # these per held socket (the idle test holds thousands).
+        loop = asyncio.get_running_loop()
+        self._closing: asyncio.Future[None] = loop.create_future()
+        self._closed: asyncio.Future[None] = loop.create_future()
         self._send_lock = asyncio.Lock()
         self._send_slots = asyncio.Semaphore(MAX_PENDING_SENDS)
         self._send_tasks: set[asyncio.Task[None]] = set()
@@ -261,17 +273,18 @@ class DeviceConnection:
         self.close_soon(CLOSE_REPLACED, "replaced by a newer connection")
 
     def close_soon(self, code: int, reason: str) -> None:
-        if not self._closing.is_set():
+        if not self._closing.done():
             self.close_code = code
             self.close_reason = reason
-            self._closing.set()
+            self._closing.set_result(None)
 
     async def wait_closed(self) -> None:
         """Wait until the connection is over and all its state is released."""
-        await self._closed.wait()
+        await asyncio.shield(self._closed)
 
     def released(self) -> None:
-        self._closed.set()
+        if not self._closed.done():
+            self._closed.set_result(None)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -280,13 +293,11 @@ class DeviceConnection:
             asyncio.create_task(self._reader(), name="ws-reader"),
             asyncio.create_task(self._pump(), name="ws-pump"),
             asyncio.create_task(self._heartbeat(), name="ws-heartbeat"),
-            asyncio.create_task(self._expiry(), name="ws-expiry"),
-            asyncio.create_task(self._closing.wait(), name="ws-closing"),
         ]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([*tasks, self._closing], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task.cancelled():
+                if task is self._closing or task.cancelled():
                     continue
                 exc = task.exception()
                 if isinstance(exc, _ProtocolError):
@@ -326,8 +337,8 @@ class DeviceConnection:
             kind = frame["type"]
             if kind == "send":
                 request_id = frame.get("request_id")
-                if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
-                    raise _ProtocolError("send needs a request_id of 1-64 characters")
+                if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+                    raise _ProtocolError("send needs a request_id of 1-64 base64url characters")
                 await self._send_slots.acquire()
                 task = asyncio.create_task(self._handle_send(request_id, frame), name="ws-send")
                 self._send_tasks.add(task)
@@ -393,23 +404,24 @@ class DeviceConnection:
             answer = _send_problem(request_id, Problem(500, ProblemCode.INTERNAL_ERROR, "internal error"))
         await self._send(frames.encode(answer))
 
-    async def _expiry(self) -> None:
-        """Close with 4003 when the access token expires. Sleeps until ``exp`` by the app clock,
-        re-reading the clock at least every heartbeat interval (an injected clock may jump)."""
-        if self.token_exp_ms is None:
-            await asyncio.Event().wait()
-            return
-        while not self.token_expired():
-            remaining_s = (self.token_exp_ms - self.delivery.clock()) / 1000
-            await asyncio.sleep(max(0.0, min(remaining_s, self.heartbeat_interval_s)))
-        self.close_soon(CLOSE_AUTH_FAILED, "token_expired")
-
     async def _heartbeat(self) -> None:
+        """Ping every ``heartbeat_interval_s``; reap after ``heartbeat_missed_limit`` unanswered
+        pings; close with 4003 when the access token's ``exp`` passes (it sleeps until then or
+        the next ping, whichever is first, re-reading the app clock at least every interval:
+        an injected clock may jump)."""
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + self.heartbeat_interval_s
         while True:
-            await asyncio.sleep(self.heartbeat_interval_s)
+            delay = next_ping - loop.time()
+            if self.token_exp_ms is not None:
+                delay = min(delay, (self.token_exp_ms - self.delivery.clock()) / 1000)
+            await asyncio.sleep(max(0.0, delay))
             if self.token_expired():
                 self.close_soon(CLOSE_AUTH_FAILED, "token_expired")
                 return
+            if loop.time() < next_ping:
+                continue
+            next_ping = loop.time() + self.heartbeat_interval_s
             if self.missed_pongs >= self.heartbeat_missed_limit:
                 self.metrics.heartbeat_reaps.inc()
                 self.close_soon(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")

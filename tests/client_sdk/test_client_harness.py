@@ -65,8 +65,9 @@ async def _add_device(relay: FakeRelay, owner: Client, *, upload: bool = True) -
     current = relay.accounts[owner.account_id].current
     signed = dl.with_device_added(current, key, state.device_entry(key.public_key, 0))
     relay.accounts[owner.account_id].chain.append(signed)
-    new.store.identity.put_device(
-        replace(new._device, state=state.encode(), username=owner.username, account_id=owner.account_id)
+    new._put_device(
+        replace(new._device, state=state.encode(), username=owner.username, account_id=owner.account_id),
+        state,
     )
     new._put_own_contact(signed)
     new._access, new._access_expires = f"access.{new.device_id}", float("inf")
@@ -158,10 +159,12 @@ async def test_a_failed_rotation_upload_keeps_the_old_keys() -> None:
     before = alice._device.state
     clock.ms += SPK_ROTATION_MS
     alice._access = "access.unknown-device"
-    alice.store.identity.put_device(replace(alice._device, refresh_token="refresh.unknown"))
+    alice._put_device(replace(alice._device, refresh_token="refresh.unknown"))
     with pytest.raises(Exception):  # noqa: B017 - whatever the failed upload raises
         await alice.rotate_signed_prekey_if_due()
-    assert private_state.decode(alice._device.state) == private_state.decode(before)
+    stored = alice.store.identity.get_device()
+    assert stored is not None and private_state.decode(stored.state) == private_state.decode(before)
+    assert alice._state == private_state.decode(before)
 
 
 def _rekeyed_chain(relay: FakeRelay, victim: Client) -> list[dl.SignedDeviceList]:

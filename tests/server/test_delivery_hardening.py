@@ -214,7 +214,7 @@ def test_ephemeral_envelope_size_limit(live_server: LiveServer, client: httpx.Cl
     assert send(client, alice.first, cid, body).status_code == 201
 
 
-def test_ephemeral_buffer_is_bounded_by_bytes() -> None:
+async def test_ephemeral_buffer_is_bounded_by_bytes() -> None:
     conn = ws_module.DeviceConnection(
         None,  # type: ignore[arg-type]
         SimpleNamespace(device_id_bytes=b"d" * 16),  # type: ignore[arg-type]

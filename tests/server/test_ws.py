@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from websockets.exceptions import ConnectionClosed
 
 from tests.live import LiveServer, ManualClock
 from tests.server.delivery_support import WsClient, create_conversation, envelope_body, send
@@ -119,6 +120,34 @@ async def test_dead_client_is_reaped(make_server: Callable[..., LiveServer]) -> 
     assert gauge(server, "saltline_heartbeat_reaps_total") == reaps + 1
     assert alice.first.device_id not in server.ctx.connections
     assert server.ctx.bus.subscriber_count() == 0
+
+
+async def test_socket_closes_when_the_token_expires(
+    make_server: Callable[..., LiveServer], clock: ManualClock
+) -> None:
+    """The heartbeat task also watches the access token's ``exp`` (re-reading the app clock at
+    least every interval): a socket that answers every ping is still closed with 4003 once the
+    token it authenticated with has expired, and not before."""
+    server = await asyncio.to_thread(make_server, heartbeat_interval_s=0.1, heartbeat_missed_limit=2)
+    with server.client() as client:
+        alice = register(client)
+    ws = await WsClient.connect(server.ws_url, alice.first)
+    assert await ws.envelopes_until_drained() == []
+    for _ in range(3):  # alive across several intervals while the token is valid
+        await ws.expect("ping", skip_pings=False)
+        await ws.send({"type": "pong"})
+    assert alice.first.device_id in server.ctx.connections
+    clock.advance(server.settings.access_token_ttl_s + 1)
+    code = None
+    while code is None:
+        try:
+            frame = await ws.recv()
+        except ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd is not None else -1
+        else:
+            if frame["type"] == "ping":
+                await ws.send({"type": "pong"})
+    assert code == 4003
 
 
 async def test_pongs_keep_the_connection(make_server: Callable[..., LiveServer]) -> None:

@@ -144,6 +144,12 @@ async def test_send_without_request_id_is_a_protocol_error(
     await ws.send(frame)
     assert await ws.closed_with() == 4005
 
+    ws = await connected(live_server.ws_url, alice.first)
+    await ws.send(
+        send_frame(cid, envelope_body(alice.first, [alice, bob], b"x"), request_id="not base64url!")
+    )
+    assert await ws.closed_with() == 4005
+
 
 async def test_pipelined_sends_all_committed_gap_free(live_server: LiveServer, client: httpx.Client) -> None:
     """More sends than the per-socket limit, without waiting: every one is answered once, the
