@@ -124,7 +124,7 @@ class ProblemCode(StrEnum):
     "extra": [device ids]}``; ``unknown_devices`` lists ids that belong to no member. Fetch the
     device lists (or keys) of those accounts, encrypt for the missing devices, drop the extra."""
     DEVICE_LIST_OUTDATED = "device_list_outdated"
-    """410: a ``device_list_versions`` entry is older than that account's current signed list (or
+    """410: a ``device_list_versions`` entry is not that account's current signed-list version (or
     a member account is missing from it). ``accounts`` maps account id -> ``{"version": n,
     "signed_list": base64url}``: verify the lists, re-encrypt and send again."""
     ENVELOPE_TOO_LARGE = "envelope_too_large"

@@ -7,7 +7,8 @@ Send rules, checked in this order:
    attachments), a clock of at most :data:`MAX_CLOCK_BYTES`, ephemeral envelopes at most
    :data:`MAX_EPHEMERAL_BYTES`, no device twice (413 / 422).
 2. Idempotency: ``(sending device, envelope_id)`` already stored -> the stored result again if the
-   request is byte-for-byte the same (its SHA-256 matches), else 409 ``idempotency_conflict``. This
+   request is the same (the SHA-256 of its decoded fields in a fixed order matches: JSON formatting
+   and the order of ``ciphertexts`` do not matter), else 409 ``idempotency_conflict``. This
    comes before every other check, so a retry succeeds even if the device lists changed meanwhile.
 3. Membership: the sender's account must be a member (else 404 ``conversation_not_found``).
 4. Device-list versions: for every member account the client states the version of the signed list
