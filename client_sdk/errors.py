@@ -22,6 +22,7 @@
     │   ├── IdentityChangedError      a contact's account key changed and the policy is "block"
     │   └── UntrustedDeviceError      a message/bundle from a device no verified list names
     ├── DecryptError               a message could not be decrypted (dropped, reported as an event)
+    │   └── ReplayedPreKeyMessageError  a replayed initial message (refused, sessions untouched)
     ├── ProtocolError              the server sent something that does not follow the protocol
     └── LinkError                  device linking failed (bad/expired code, wrong payload)
 """
@@ -129,6 +130,12 @@ class UntrustedDeviceError(TrustError):
 
 class DecryptError(SaltlineError):
     """A received message could not be decrypted or parsed (it is dropped and reported)."""
+
+
+class ReplayedPreKeyMessageError(DecryptError):
+    """An initial ("prekey") message whose base key this device already accepted with the same
+    last-resort (or signed) prekey, and which matches no session it holds: a replay. It is
+    refused without touching any session (docs/protocol/session-setup.md § 6.2)."""
 
 
 class ProtocolError(SaltlineError):

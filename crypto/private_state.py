@@ -6,7 +6,7 @@ device id)::
 
     {
       "format": "saltline-device-state",
-      "v": 1,
+      "v": 2,
       "device_id": b64(16),
       "account_key": b64(32 Ed25519 seed) | null,
       "device_signing_key": b64(32 Ed25519 seed),
@@ -15,8 +15,13 @@ device id)::
       "previous_signed_prekey": {"id": u32, "key": b64(32)} | null,
       "one_time_prekeys": [{"id": u32, "key": b64(32)}, ...],     (ids strictly ascending)
       "last_resort_prekey": {"id": u32, "key": b64(32)},
+      "previous_last_resort_prekey": {"id": u32, "key": b64(32)} | null,
       "next_prekey_id": int in 0..2**32                           (> every id above)
     }
+
+Version 2 added ``previous_last_resort_prekey`` (the replaced last-resort prekey, kept for a
+grace period like the previous signed prekey); ``MIGRATIONS[1]`` upgrades a version-1 document
+by setting it to ``null``.
 
 All prekeys draw their ids from the one counter ``next_prekey_id``, so ids are unique across
 kinds. Parsing is strict: the exact set of fields, exact JSON types (``true`` is not an
@@ -74,16 +79,24 @@ __all__ = [
 ]
 
 FORMAT_NAME = "saltline-device-state"
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2
 FIRST_PREKEY_ID = 1
 DEFAULT_ONE_TIME_PREKEYS = 100
 
 Document = dict[str, Any]
-#: ``MIGRATIONS[n]`` upgrades a version-``n`` document to version ``n + 1``. Empty while only
-#: version 1 exists; a version-2 reader adds ``MIGRATIONS[1]``.
-MIGRATIONS: dict[int, Callable[[Document], Document]] = {}
 
-_FIELDS_V1 = frozenset(
+
+def _v1_to_v2(doc: Document) -> Document:
+    """Version 2 adds ``previous_last_resort_prekey`` (none held by a version-1 state)."""
+    if "previous_last_resort_prekey" in doc:
+        raise EncodingError("a version-1 device state has no previous_last_resort_prekey field")
+    return {**doc, "v": 2, "previous_last_resort_prekey": None}
+
+
+#: ``MIGRATIONS[n]`` upgrades a version-``n`` document to version ``n + 1``.
+MIGRATIONS: dict[int, Callable[[Document], Document]] = {1: _v1_to_v2}
+
+_FIELDS_V2 = frozenset(
     {
         "format",
         "v",
@@ -95,6 +108,7 @@ _FIELDS_V1 = frozenset(
         "previous_signed_prekey",
         "one_time_prekeys",
         "last_resort_prekey",
+        "previous_last_resort_prekey",
         "next_prekey_id",
     }
 )
@@ -116,6 +130,10 @@ class DeviceState:
     one_time_prekeys: Mapping[int, OneTimePreKey]
     last_resort_prekey: LastResortPreKey
     next_prekey_id: int
+    #: The last-resort prekey that :meth:`replace_last_resort_prekey` replaced, kept (like
+    #: ``previous_signed_prekey``) for initial messages started against it until the caller's
+    #: grace period ends (:meth:`drop_previous_prekeys`).
+    previous_last_resort_prekey: LastResortPreKey | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.device_id, bytes) or len(self.device_id) != DEVICE_ID_SIZE:
@@ -127,6 +145,7 @@ class DeviceState:
             (self.signed_prekey, SignedPreKey),
             (self.previous_signed_prekey, (SignedPreKey, type(None))),
             (self.last_resort_prekey, LastResortPreKey),
+            (self.previous_last_resort_prekey, (LastResortPreKey, type(None))),
         )
         for value, kind in checks:
             if not isinstance(value, kind):
@@ -137,8 +156,9 @@ class DeviceState:
                 raise EncodingError("one-time prekeys must be OneTimePreKey objects keyed by their id")
         object.__setattr__(self, "one_time_prekeys", MappingProxyType(dict(sorted(otps.items()))))
         ids = [self.signed_prekey.key_id, self.last_resort_prekey.key_id, *otps]
-        if self.previous_signed_prekey is not None:
-            ids.append(self.previous_signed_prekey.key_id)
+        for previous in (self.previous_signed_prekey, self.previous_last_resort_prekey):
+            if previous is not None:
+                ids.append(previous.key_id)
         if len(set(ids)) != len(ids):
             raise EncodingError("prekey ids must be unique across all prekeys")
         n = self.next_prekey_id
@@ -203,10 +223,47 @@ class DeviceState:
             self, signed_prekey=spk, previous_signed_prekey=self.signed_prekey, next_prekey_id=next_id
         )
 
+    def replace_last_resort_prekey(self, rng: p.Rng = p.random_bytes) -> DeviceState:
+        """A new last-resort prekey; the current one becomes the previous one (kept for sessions
+        that were started against it) and the former previous one is deleted."""
+        last_resort, next_id = self._allocate(LastResortPreKey, rng, self.next_prekey_id)
+        return replace(
+            self,
+            last_resort_prekey=last_resort,
+            previous_last_resort_prekey=self.last_resort_prekey,
+            next_prekey_id=next_id,
+        )
+
+    def drop_previous_prekeys(self) -> DeviceState:
+        """The state without the previous signed and last-resort prekeys (their grace period is
+        over): initial messages that name them are refused from now on."""
+        return replace(self, previous_signed_prekey=None, previous_last_resort_prekey=None)
+
+    @property
+    def has_previous_prekeys(self) -> bool:
+        return self.previous_signed_prekey is not None or self.previous_last_resort_prekey is not None
+
+    def reusable_prekey_ids(self) -> frozenset[int]:
+        """The ids of the prekeys that are not deleted on use (signed and last-resort, current and
+        previous): the ones an initial message can name more than once."""
+        keys = (
+            self.signed_prekey,
+            self.previous_signed_prekey,
+            self.last_resort_prekey,
+            self.previous_last_resort_prekey,
+        )
+        return frozenset(k.key_id for k in keys if k is not None)
+
     def find_signed_prekey(self, key_id: int) -> SignedPreKey | None:
         for spk in (self.signed_prekey, self.previous_signed_prekey):
             if spk is not None and spk.key_id == key_id:
                 return spk
+        return None
+
+    def find_last_resort_prekey(self, key_id: int) -> LastResortPreKey | None:
+        for lr in (self.last_resort_prekey, self.previous_last_resort_prekey):
+            if lr is not None and lr.key_id == key_id:
+                return lr
         return None
 
     def prekey_lookup(self) -> StatePreKeyLookup:
@@ -240,8 +297,7 @@ class StatePreKeyLookup:
         return self._state.one_time_prekeys.get(key_id)
 
     def last_resort_prekey(self, key_id: int) -> LastResortPreKey | None:
-        lr = self._state.last_resort_prekey
-        return lr if lr.key_id == key_id else None
+        return self._state.find_last_resort_prekey(key_id)
 
 
 # -- generation ------------------------------------------------------------------------------------
@@ -299,6 +355,9 @@ def encode(state: DeviceState) -> bytes:
         ),
         "one_time_prekeys": [_prekey_doc(k) for k in state.one_time_prekeys.values()],
         "last_resort_prekey": _prekey_doc(state.last_resort_prekey),
+        "previous_last_resort_prekey": (
+            None if state.previous_last_resort_prekey is None else _prekey_doc(state.previous_last_resort_prekey)
+        ),
         "next_prekey_id": state.next_prekey_id,
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
@@ -375,7 +434,7 @@ def _migrate(doc: Document) -> Document:
 def decode(data: bytes | str) -> DeviceState:
     """Parse a serialised state (any readable version; older ones are migrated)."""
     doc = _migrate(_load(data))
-    if set(doc) != _FIELDS_V1:
+    if set(doc) != _FIELDS_V2:
         raise EncodingError("device state has missing or unknown fields")
     try:
         account_raw = doc["account_key"]
@@ -386,6 +445,7 @@ def decode(data: bytes | str) -> DeviceState:
         if any(a.key_id >= b.key_id for a, b in itertools.pairwise(otps)):
             raise EncodingError("one-time prekeys must be in strictly ascending id order")
         previous = doc["previous_signed_prekey"]
+        previous_lr = doc["previous_last_resort_prekey"]
         return DeviceState(
             device_id=_bytes(doc["device_id"], "device_id", DEVICE_ID_SIZE),
             account_key=None if account_raw is None else AccountKey(_bytes(account_raw, "account_key", 32)),
@@ -398,6 +458,11 @@ def decode(data: bytes | str) -> DeviceState:
             one_time_prekeys={k.key_id: k for k in otps},
             last_resort_prekey=_prekey(doc["last_resort_prekey"], "last_resort_prekey", LastResortPreKey),
             next_prekey_id=_int(doc["next_prekey_id"], "next_prekey_id", 0, MAX_PREKEY_ID + 1),
+            previous_last_resort_prekey=(
+                None
+                if previous_lr is None
+                else _prekey(previous_lr, "previous_last_resort_prekey", LastResortPreKey)
+            ),
         )
     except InvalidKeyError as exc:
         raise EncodingError("device state holds an unusable key") from exc

@@ -101,7 +101,12 @@ class AppContext:
 
 def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
     registry = CollectorRegistry(auto_describe=True)
-    limiter = RateLimiter(enabled=settings.rate_limit_enabled)
+    limiter = RateLimiter(
+        enabled=settings.rate_limit_enabled,
+        storage_url=settings.resolved_rate_limit_storage_url(),
+        key_prefix=settings.rate_limit_key_prefix,
+        registry=registry,
+    )
     passwords = Passwords(
         settings.argon2_time_cost, settings.argon2_memory_cost_kib, settings.argon2_parallelism
     )
@@ -112,7 +117,7 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
     on_removed: list[DeviceRemovedHook] = []
     on_changed: list[DeviceListChangedHook] = []
     on_revoked: list[TokensRevokedHook] = []
-    return AppContext(
+    ctx = AppContext(
         settings=settings,
         db=db,
         clock=clock,
@@ -186,3 +191,5 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
         on_tokens_revoked=on_revoked,
         readiness=Readiness(db, head_revisions()),
     )
+    ctx.on_shutdown.append(limiter.close)  # the rate-limit Redis pool (if any)
+    return ctx

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
 MIN_JWT_SECRET_BYTES = 32
+#: ``rate_limit_storage_url`` values: per-process memory, or Redis (TCP, TLS, unix socket).
+RATE_LIMIT_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
 
 
 class Settings(BaseSettings):
@@ -75,8 +77,14 @@ class Settings(BaseSettings):
     blob_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
     max_device_list_bytes: int = Field(default=64 * 1024, gt=0)
 
-    # -- rate limits (``limits`` strings; memory storage, per process) ------------------------
+    # -- rate limits (``limits`` strings; see server/services/ratelimit.py) --------------------
     rate_limit_enabled: bool = True
+    #: Where the rate-limit windows live: ``memory://`` (per process) or a Redis URL (shared by
+    #: every instance). Unset: ``redis_url`` when that is set, else ``memory://``. While Redis is
+    #: unreachable each instance falls back to its own memory windows.
+    rate_limit_storage_url: str | None = None
+    #: Prefix of the rate-limit keys in Redis (several deployments may share one Redis).
+    rate_limit_key_prefix: str = Field(default="saltline:rl", min_length=1)
     #: Failed logins per account (password or device signature); successes never count.
     rate_limit_login_per_account: str = "10/minute"
     #: Every login attempt per client IP.
@@ -107,6 +115,18 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _rate_limit_storage_url_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # unset (or empty): follow redis_url
+        if not value.startswith(RATE_LIMIT_STORAGE_SCHEMES):
+            raise ValueError(
+                "rate_limit_storage_url (SALTLINE_RATE_LIMIT_STORAGE_URL) must start with one of "
+                + ", ".join(RATE_LIMIT_STORAGE_SCHEMES)
+            )
+        return value
+
     @model_validator(mode="after")
     def _default_database_url(self) -> Settings:
         if not self.database_url:
@@ -116,6 +136,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def resolved_rate_limit_storage_url(self) -> str:
+        """``rate_limit_storage_url``, else ``redis_url`` (shared limits), else ``memory://``."""
+        return self.rate_limit_storage_url or self.redis_url or "memory://"
 
     def resolved_jwt_secret(self) -> str:
         """The configured secret, or the persisted one (created with mode 0600 on first use)."""

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from client_sdk.errors import DecryptError
+from client_sdk.errors import DecryptError, ReplayedPreKeyMessageError
 from crypto import primitives as p
 from crypto.device_list import DeviceEntry
 from crypto.errors import CryptoError, DuplicateMessageError
+from crypto.keys import KeyKind
 from crypto.private_state import DeviceState
 from crypto.ratchet import Session, accept
 from crypto.x3dh import (
@@ -34,6 +35,7 @@ KIND_RATCHET = 0x02
 OPERATION_VERSION = 1
 CLOCK_VERSION = 0x01
 AD_LABEL = b"saltline/v1/envelope-ad"
+SEEN_BASE_KEY_LABEL = b"saltline/v1/seen-base-key"
 MIN_BUCKET = 256
 _U32 = struct.Struct(">I")
 _CLOCK_ENTRY = struct.Struct(">16sQ")
@@ -199,12 +201,42 @@ def encrypt_to_device(
     return Encrypted(bytes([FORMAT_VERSION, KIND_RATCHET]) + message, session)
 
 
+#: Whether this device already accepted an initial message with this (reusable prekey id, base
+#: key digest); see :func:`reusable_prekey_use`.
+SeenBaseKeys = Callable[[int, bytes], bool]
+
+
+def seen_base_key_digest(prekey_id: int, base_key: bytes) -> bytes:
+    """``SHA-256("saltline/v1/seen-base-key" || u32(prekey_id) || base_key)``: what the store keeps
+    of an accepted initial message that named a reusable prekey (docs/protocol/session-setup.md
+    § 6.2)."""
+    return p.sha256(SEEN_BASE_KEY_LABEL + _U32.pack(prekey_id) + bytes(base_key))
+
+
+def reusable_prekey_use(header: InitialHeader) -> tuple[int, bytes] | None:
+    """``(prekey id, digest)`` for an initial header that used no one-time prekey: the
+    last-resort prekey's id, or the signed prekey's id when the header names no other prekey.
+    ``None`` for a header that used a one-time prekey (deleted on use, so it cannot be replayed)."""
+    kind = header.one_time_prekey_kind
+    if kind == KeyKind.ONE_TIME_PREKEY:
+        return None
+    if kind == KeyKind.LAST_RESORT_PREKEY:
+        assert header.one_time_prekey_id is not None
+        prekey_id = header.one_time_prekey_id
+    else:
+        prekey_id = header.signed_prekey_id
+    return prekey_id, seen_base_key_digest(prekey_id, bytes(header.ephemeral_key))
+
+
 @dataclass(frozen=True, slots=True)
 class Decrypted:
     padded: bytes
     session: Session
     base_key: bytes
     one_time_prekey_id: int | None
+    #: ``(prekey id, digest)`` when this message set up a new session without a one-time prekey:
+    #: the caller records it (store ``add_seen_base_key``) in the transaction that stores the session.
+    reusable_prekey_use: tuple[int, bytes] | None = None
 
 
 def decrypt_from_device(
@@ -214,11 +246,17 @@ def decrypt_from_device(
     associated_data: bytes,
     trusted: TrustPolicy,
     rng: p.Rng,
+    seen: SeenBaseKeys | None = None,
 ) -> Decrypted:
     """Decrypt one per-device ciphertext with the sessions held for the sending device (or a new
     session from a prekey message, accepted only from a device ``trusted`` names). Raises
     :class:`DecryptError` (duplicates included: ``DecryptError`` whose cause is
-    ``DuplicateMessageError``)."""
+    ``DuplicateMessageError``).
+
+    ``seen(prekey_id, digest)`` says whether an initial message with this reusable prekey and base
+    key was already accepted (:func:`reusable_prekey_use`); such a message that matches no held
+    session is a replay and raises :class:`ReplayedPreKeyMessageError` (a ``DecryptError``)
+    before any key agreement. ``None`` checks nothing (the caller keeps no seen set)."""
     if len(ciphertext) < 2 or ciphertext[0] != FORMAT_VERSION:
         raise DecryptError("unsupported per-device message version")
     kind, body = ciphertext[1], ciphertext[2:]
@@ -235,6 +273,11 @@ def decrypt_from_device(
         for session in sessions:
             if session.base_key == base_key:
                 return _decrypt_existing(session, message, associated_data, rng)
+        use = reusable_prekey_use(header)
+        if use is not None and seen is not None and seen(*use):
+            raise ReplayedPreKeyMessageError(
+                f"replayed initial message: base key already accepted with prekey {use[0]}; refused"
+            )
         try:
             accepted = accept(
                 identity_keys(state),
@@ -247,7 +290,7 @@ def decrypt_from_device(
             )
         except CryptoError as exc:
             raise DecryptError(f"could not start a session: {exc}") from exc
-        return Decrypted(accepted.plaintext, accepted.session, base_key, accepted.one_time_prekey_id)
+        return Decrypted(accepted.plaintext, accepted.session, base_key, accepted.one_time_prekey_id, use)
     if kind != KIND_RATCHET:
         raise DecryptError(f"unknown per-device message kind {kind}")
     for session in sessions:

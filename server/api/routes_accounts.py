@@ -47,7 +47,7 @@ def _signed(info: SignedListInfo) -> SignedListResponse:
 @router.post("", status_code=201, response_model=RegisterResponse)
 async def register(body: RegisterRequest, ctx: Ctx, ip: ClientIP) -> RegisterResponse:
     """Create an account with its account key and first signed device list (version 1)."""
-    ctx.rate_limiter.hit(ctx.settings.rate_limit_register_per_ip, "register-ip", ip)
+    await ctx.rate_limiter.hit(ctx.settings.rate_limit_register_per_ip, "register-ip", ip)
     created = await ctx.accounts.register(
         body.username, body.password, body.account_key, body.device_list, body.device_id
     )
@@ -81,9 +81,9 @@ async def put_signed_device_list(
     the list must verify under the account's key and username and extend the current list
     (version = current + 1, naming its hash), so only an account-key holder can extend the chain
     and no list can be replayed. Used by a newly linked device to publish the list naming it."""
-    ctx.rate_limiter.hit(ctx.settings.rate_limit_signed_list_per_ip, "signed-list-ip", ip)
+    await ctx.rate_limiter.hit(ctx.settings.rate_limit_signed_list_per_ip, "signed-list-ip", ip)
     account = decode_id(account_id, "account")
-    ctx.rate_limiter.hit(
+    await ctx.rate_limiter.hit(
         ctx.settings.rate_limit_signed_list_per_account, "signed-list-account", encode_id(account)
     )
     update = await ctx.devices.update_account_list(account, body.device_list)

@@ -116,23 +116,23 @@ class AuthService:
 
     # -- logins ------------------------------------------------------------------------------
 
-    def _rate_limit_login(self, username_lower: str, client_ip: str) -> None:
+    async def _rate_limit_login(self, username_lower: str, client_ip: str) -> None:
         """Before checking credentials: count the attempt per IP, and refuse (without counting)
         when the account, or the (account, IP) pair, has too many recent *failures*. Successful
         logins never count against an account, so a stranger cannot lock its owner out by
         logging in as them; the owner is only blocked by failures (their own or an attacker's)
         and a per-(account, IP) window keeps an attacker's failures from one address bounded."""
-        self._limiter.hit(self._limits.login_per_ip, "login-ip", client_ip)
-        self._limiter.check(self._limits.login_per_account, "login-fail-account", username_lower)
-        self._limiter.check(
+        await self._limiter.hit(self._limits.login_per_ip, "login-ip", client_ip)
+        await self._limiter.check(self._limits.login_per_account, "login-fail-account", username_lower)
+        await self._limiter.check(
             self._limits.login_failures_per_account_ip,
             "login-fail-account-ip",
             f"{username_lower}|{client_ip}",
         )
 
-    def _record_login_failure(self, username_lower: str, client_ip: str) -> None:
-        self._limiter.record(self._limits.login_per_account, "login-fail-account", username_lower)
-        self._limiter.record(
+    async def _record_login_failure(self, username_lower: str, client_ip: str) -> None:
+        await self._limiter.record(self._limits.login_per_account, "login-fail-account", username_lower)
+        await self._limiter.record(
             self._limits.login_failures_per_account_ip,
             "login-fail-account-ip",
             f"{username_lower}|{client_ip}",
@@ -145,12 +145,12 @@ class AuthService:
             lower = normalize_username(username)
         except Problem:
             raise _unauthorized() from None
-        self._rate_limit_login(lower, client_ip)
+        await self._rate_limit_login(lower, client_ip)
         device_id = decode_id(device_id_b64, "device_id", status=422)
         account = await self._accounts.get_by_username(lower)
         ok = await self._passwords.verify(None if account is None else account.password_hash, password)
         if account is None or not ok:
-            self._record_login_failure(lower, client_ip)
+            await self._record_login_failure(lower, client_ip)
             raise _unauthorized()
         device = await self._accounts.get_device(device_id)
         if device is None or device.account_id != account.id or not device.active:
@@ -171,7 +171,7 @@ class AuthService:
             lower = normalize_username(username)
         except Problem:
             raise _unauthorized() from None
-        self._limiter.hit(self._limits.login_per_ip, "challenge-ip", client_ip)
+        await self._limiter.hit(self._limits.login_per_ip, "challenge-ip", client_ip)
         device_id = decode_id(device_id_b64, "device_id", status=422)
         nonce = self._random(NONCE_SIZE)
         now = self._clock()
@@ -187,7 +187,7 @@ class AuthService:
             lower = normalize_username(username)
         except Problem:
             raise _unauthorized() from None
-        self._rate_limit_login(lower, client_ip)
+        await self._rate_limit_login(lower, client_ip)
         device_id = decode_id(device_id_b64, "device_id", status=422)
         nonce = decode_b64_field(nonce_b64, "nonce")
         signature = decode_b64_field(signature_b64, "signature")
@@ -210,7 +210,7 @@ class AuthService:
                 SigningContext.LOGIN_CHALLENGE, login_challenge_message(lower, device_id, nonce), signature
             )
         except CryptoError as exc:
-            self._record_login_failure(lower, client_ip)
+            await self._record_login_failure(lower, client_ip)
             raise Problem(
                 401, ProblemCode.DEVICE_SIGNATURE_INVALID, "the challenge signature does not verify"
             ) from exc

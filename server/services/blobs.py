@@ -48,7 +48,7 @@ class BlobService:
 
     async def upload(self, caller: AuthedDevice, data_b64: str) -> tuple[str, int]:
         if self._limiter is not None:
-            self._limiter.hit(self._rate, "blob_upload", caller.device_id)
+            await self._limiter.hit(self._rate, "blob_upload", caller.device_id)
         data = decode_b64_field(data_b64, "data")
         if len(data) > self._max:
             raise Problem(

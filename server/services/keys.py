@@ -145,9 +145,9 @@ class KeyDirectoryService:
         c = await self._repo.counts(caller.device_id_bytes)
         return PreKeyCountsInfo(c.one_time, c.signed_key_id, c.last_resort_key_id)
 
-    def _rate_limit(self, caller: AuthedDevice, bundles: int) -> None:
+    async def _rate_limit(self, caller: AuthedDevice, bundles: int) -> None:
         if self._limiter is not None and bundles > 0:
-            self._limiter.hit(self._claim_rate, "prekey-claims-device", caller.device_id, cost=bundles)
+            await self._limiter.hit(self._claim_rate, "prekey-claims-device", caller.device_id, cost=bundles)
 
     async def _target(self, account_id_b64: str, device_id_b64: str) -> DeviceRow:
         account_id = decode_id(account_id_b64, "account")
@@ -170,7 +170,7 @@ class KeyDirectoryService:
                 limit=self._max_targets,
             )
         devices = [await self._target(a, d) for a, d in distinct]
-        self._rate_limit(caller, len(devices))
+        await self._rate_limit(caller, len(devices))
         claimed = await self._repo.claim_many([d.device_id for d in devices])
         return [self._bundle(d, claimed[d.device_id]) for d in devices]
 
@@ -180,7 +180,7 @@ class KeyDirectoryService:
     async def peek(self, caller: AuthedDevice, account_id_b64: str, device_id_b64: str) -> Bundle:
         """A bundle without a one-time prekey (signed + last-resort), consuming nothing."""
         device = await self._target(account_id_b64, device_id_b64)
-        self._rate_limit(caller, 1)
+        await self._rate_limit(caller, 1)
         return self._bundle(device, await self._repo.peek(device.device_id))
 
     async def peek_account(self, caller: AuthedDevice, account_id_b64: str) -> list[Bundle]:
@@ -190,7 +190,7 @@ class KeyDirectoryService:
         if await self._accounts.get(account_id) is None:
             raise Problem(404, ProblemCode.NOT_FOUND, "no such account")
         devices = list(await self._accounts.active_devices(account_id))
-        self._rate_limit(caller, len(devices))
+        await self._rate_limit(caller, len(devices))
         bundles: list[Bundle] = []
         for device in devices:
             peeked = await self._repo.peek(device.device_id)

@@ -58,7 +58,7 @@ class ProvisioningService:
         self._random = random_bytes
 
     async def create(self, client_ip: str) -> Channel:
-        self._limiter.hit(self._rate, "provisioning-ip", client_ip)
+        await self._limiter.hit(self._rate, "provisioning-ip", client_ip)
         channel_id = self._random(16)
         secret = self._random(SECRET_SIZE)
         now = self._clock()

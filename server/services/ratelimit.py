@@ -1,48 +1,210 @@
-"""Rate limits (``limits`` library, in-memory moving windows: per process)."""
+"""Rate limits: ``limits`` moving windows, shared by every server instance through Redis, or kept
+per process in memory.
+
+Storage (``Settings.resolved_rate_limit_storage_url()``):
+
+- ``memory://``: windows live in this process (the default for a single instance). With N
+  instances behind a load balancer every limit would effectively be N times higher.
+- ``redis://...`` (``rediss://``, ``unix://``): windows live in Redis, shared by all instances
+  (the default when ``SALTLINE_REDIS_URL`` is set). Keys are ``<key_prefix>:LIMITER/<scope>/...``
+  so several deployments can share one Redis.
+
+Redis unavailable (an error, or no answer within :data:`STORAGE_TIMEOUT_S`): the call falls back
+to this process's memory windows, so a Redis outage neither turns requests into 500s nor locks
+everyone out; limits then hold per instance until Redis answers again. After a failure Redis is
+left alone for :data:`RETRY_AFTER_ERROR_S` (calls go to memory straight away), failures are
+counted in ``saltline_rate_limit_storage_errors_total`` and logged at most once per
+:data:`WARN_INTERVAL_S`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
-from typing import NoReturn
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 from limits import RateLimitItem, parse
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from prometheus_client import CollectorRegistry, Counter
 
 from server.errors import Problem, ProblemCode
 
+log = logging.getLogger(__name__)
+
+MEMORY_URL = "memory://"
+DEFAULT_KEY_PREFIX = "saltline:rl"
+#: A rate-limit decision waits at most this long for Redis before using the memory windows.
+STORAGE_TIMEOUT_S = 0.5
+#: After a Redis failure, calls use the memory windows for this long before trying Redis again.
+RETRY_AFTER_ERROR_S = 2.0
+#: At most one "Redis unavailable" warning per this many seconds.
+WARN_INTERVAL_S = 60.0
+
+#: What a failing storage raises: redis errors (wrapped by ``limits``), our timeout, sockets.
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (StorageError, TimeoutError, OSError)
+
+T = TypeVar("T")
+
+
+def is_memory_url(url: str) -> bool:
+    return url.startswith("memory://")
+
+
+def _limits_redis_uri(url: str) -> str:
+    """``limits``' async storage URI for a redis-py URL (only parsed: we hand it our own pool)."""
+    if url.startswith("unix://"):
+        return "async+redis+unix://" + url.removeprefix("unix://")
+    return "async+" + url
+
 
 class RateLimiter:
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        enabled: bool = True,
+        *,
+        storage_url: str = MEMORY_URL,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        registry: CollectorRegistry | None = None,
+        timeout_s: float = STORAGE_TIMEOUT_S,
+        retry_after_error_s: float = RETRY_AFTER_ERROR_S,
+    ) -> None:
         self._enabled = enabled
-        self._storage = MemoryStorage()
-        self._limiter = MovingWindowRateLimiter(self._storage)
+        #: Per-process windows: the storage for ``memory://``, the fallback for Redis.
+        self._memory_storage = MemoryStorage()
+        self._memory = MovingWindowRateLimiter(self._memory_storage)
+        self._shared: MovingWindowRateLimiter | None = None
+        self._shared_storage: Any = None
+        self._pool: Any = None
+        self._timeout_s = timeout_s
+        self._retry_after_error_s = retry_after_error_s
+        self._shared_retry_at = 0.0  # monotonic: no Redis call before this
+        self._last_warning = -math.inf
+        self.storage_errors = Counter(
+            "saltline_rate_limit_storage_errors",
+            "Rate-limit storage (Redis) calls that failed or timed out; the per-process memory"
+            " windows answered instead",
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
+        if enabled and not is_memory_url(storage_url):
+            self._open_redis(storage_url, key_prefix)
 
-    def hit(self, limit: str, scope: str, key: str, *, cost: int = 1) -> None:
+    def _open_redis(self, url: str, key_prefix: str) -> None:
+        from limits.aio.storage import RedisStorage
+        from redis.asyncio import ConnectionPool
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # Our own pool (closed in :meth:`close`); one immediate retry covers a connection that went
+        # stale (Redis restarted), anything longer is bounded by ``timeout_s`` and falls back.
+        self._pool = ConnectionPool.from_url(
+            url,
+            socket_connect_timeout=self._timeout_s,
+            socket_timeout=self._timeout_s,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._shared_storage = RedisStorage(
+            _limits_redis_uri(url),
+            implementation="redispy",
+            key_prefix=key_prefix,
+            wrap_exceptions=True,
+            connection_pool=self._pool,
+        )
+        self._shared = MovingWindowRateLimiter(self._shared_storage)
+
+    @property
+    def shared(self) -> bool:
+        """True when the windows live in Redis (shared by every instance)."""
+        return self._shared is not None
+
+    # -- the API -------------------------------------------------------------------------------
+
+    async def hit(self, limit: str, scope: str, key: str, *, cost: int = 1) -> None:
         """Count ``cost`` attempts for ``(scope, key)``; raise a 429 problem when over ``limit``."""
         if not self._enabled:
             return
         item = parse(limit)
-        if not self._limiter.hit(item, scope, key, cost=cost):
-            self._raise(item, limit, scope, key)
+        limiter, ok = await self._call(lambda lim: lim.hit(item, scope, key, cost=cost))
+        if not ok:
+            await self._raise(limiter, item, limit, scope, key)
 
-    def check(self, limit: str, scope: str, key: str) -> None:
+    async def check(self, limit: str, scope: str, key: str) -> None:
         """Raise a 429 problem when ``(scope, key)`` is already at ``limit``, without counting."""
         if not self._enabled:
             return
         item = parse(limit)
-        if not self._limiter.test(item, scope, key):
-            self._raise(item, limit, scope, key)
+        limiter, ok = await self._call(lambda lim: lim.test(item, scope, key))
+        if not ok:
+            await self._raise(limiter, item, limit, scope, key)
 
-    def record(self, limit: str, scope: str, key: str) -> None:
+    async def record(self, limit: str, scope: str, key: str) -> None:
         """Count one event for ``(scope, key)`` (e.g. a failed login) without raising."""
         if not self._enabled:
             return
-        self._limiter.hit(parse(limit), scope, key)
+        item = parse(limit)
+        await self._call(lambda lim: lim.hit(item, scope, key))
 
-    def _raise(self, item: RateLimitItem, limit: str, scope: str, key: str) -> NoReturn:
-        reset_at, _remaining = self._limiter.get_window_stats(item, scope, key)
+    async def reset(self) -> None:
+        await self._memory_storage.reset()
+        if self._shared_storage is not None:
+            await self._shared_storage.reset()
+
+    async def close(self) -> None:
+        """Close the Redis connections (an ``on_shutdown`` hook); the memory windows stay usable."""
+        timer = self._memory_storage.timer  # the memory storage's expiry task, if one is running
+        if timer is not None and not timer.done():
+            timer.cancel()
+        self._shared = None
+        self._shared_storage = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await pool.aclose()
+            except Exception as exc:  # closing a broken connection must not fail the shutdown
+                log.debug("closing the rate-limit Redis pool: %s", type(exc).__name__)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _call(
+        self, op: Callable[[MovingWindowRateLimiter], Awaitable[T]]
+    ) -> tuple[MovingWindowRateLimiter, T]:
+        """``op`` on the shared (Redis) windows, or on the memory windows when Redis is not
+        configured, failing, or backing off after a failure."""
+        shared = self._shared
+        if shared is not None and time.monotonic() >= self._shared_retry_at:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    return shared, await op(shared)
+            except _STORAGE_ERRORS as exc:
+                self._storage_failed(exc)
+        return self._memory, await op(self._memory)
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        self.storage_errors.inc()
+        now = time.monotonic()
+        self._shared_retry_at = now + self._retry_after_error_s
+        if now - self._last_warning >= WARN_INTERVAL_S:
+            self._last_warning = now
+            cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ else exc
+            log.warning(
+                "rate-limit storage (Redis) unavailable (%s: %s); using per-process limits",
+                type(cause).__name__,
+                cause,
+            )
+
+    async def _raise(
+        self, limiter: MovingWindowRateLimiter, item: RateLimitItem, limit: str, scope: str, key: str
+    ) -> NoReturn:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reset_at, _remaining = await limiter.get_window_stats(item, scope, key)
+        except _STORAGE_ERRORS as exc:
+            self._storage_failed(exc)
+            reset_at = time.time() + item.get_expiry()  # unknown: the whole window
         retry_after = max(1, math.ceil(reset_at - time.time()))
         raise Problem(
             429,
@@ -51,6 +213,3 @@ class RateLimiter:
             headers={"Retry-After": str(retry_after)},
             retry_after=retry_after,
         )
-
-    def reset(self) -> None:
-        self._storage.reset()
