@@ -295,9 +295,9 @@ class DeviceConnection:
             asyncio.create_task(self._heartbeat(), name="ws-heartbeat"),
         ]
         try:
-            done, _ = await asyncio.wait([*tasks, self._closing], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is self._closing or task.cancelled():
+            await asyncio.wait([*tasks, self._closing], return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if not task.done() or task.cancelled():
                     continue
                 exc = task.exception()
                 if isinstance(exc, _ProtocolError):

@@ -708,13 +708,11 @@ class EnvelopesRepo:
             expired = expired.where(device_queue.c.device_id == device_id)
         expired = expired.group_by(device_queue.c.device_id)
         async with self._db.write() as conn:
-            marks = sorted(
-                ({"b_device": bytes(d), "b_through": int(m)} for d, m in await conn.execute(expired)),
-                key=lambda m: m["b_device"],
-            )
+            rows = sorted((bytes(d), int(m)) for d, m in await conn.execute(expired))
+            marks: list[dict[str, object]] = [{"b_device": d, "b_through": m} for d, m in rows]
             dropped = 0
             if marks:
-                await _lock_queue_states(conn, {m["b_device"] for m in marks})
+                await _lock_queue_states(conn, {d for d, _ in rows})
                 result = await conn.execute(_delete_acked, marks)
                 dropped = max(0, int(result.rowcount or 0))
                 await conn.execute(_raise_purged, marks)
