@@ -93,7 +93,6 @@ from crypto.keys import (
     DeviceDHPublicKey,
     DeviceSigningPublicKey,
     EphemeralKey,
-    LastResortPreKey,
     PreKeyPublic,
     SigningContext,
     b64decode,
@@ -115,6 +114,12 @@ PREKEY_BATCH = 100
 MAX_SEND_ATTEMPTS = 4
 #: Rotate the signed prekey (and replace the last-resort prekey) when it is older than this.
 SPK_ROTATION_MS = 7 * 24 * 3600 * 1000
+#: Grace period of a replaced signed or last-resort prekey: its private half is kept this long
+#: after the rotation that replaced it (for initial messages started against it just before),
+#: then deleted by the prekey maintenance. At most :data:`SPK_ROTATION_MS`: one previous key of
+#: each kind is held, and the next rotation replaces it. Why 7 days: docs/protocol/session-setup.md § 3.1.
+PREKEY_GRACE_MS = SPK_ROTATION_MS
+assert PREKEY_GRACE_MS <= SPK_ROTATION_MS
 #: History a linked device receives (:meth:`Client.approve_link`): "all", "none" or a number of days.
 HistoryDepth = str | int
 #: Ciphertext bytes per history bundle blob (the server's default ``max_blob_bytes`` is 512 KiB;
@@ -472,17 +477,22 @@ class Client:
 
     async def rotate_signed_prekey_if_due(self) -> bool:
         """Rotate the signed prekey and replace the last-resort prekey when the signed prekey is
-        older than :data:`SPK_ROTATION_MS` (by the client's clock); the previous signed prekey is
-        kept until the next rotation, for sessions started against it. Returns whether it rotated."""
+        older than :data:`SPK_ROTATION_MS` (by the client's clock); the replaced keys are kept for
+        :data:`PREKEY_GRACE_MS` (:meth:`expire_previous_prekeys_if_due`), for sessions started
+        against them. Returns whether it rotated."""
         meta = self.store.prekeys.get_prekey_meta()
         if self._clock() - meta.signed_prekey_rotated_at_ms < SPK_ROTATION_MS:
             return False
         async with self._lock:
             old_record, old_state = self._device, self._state
-            state = old_state.rotate_signed_prekey(self._rng)
-            last_resort = LastResortPreKey.generate_with_id(state.next_prekey_id, self._rng)
-            state = replace(state, last_resort_prekey=last_resort, next_prekey_id=state.next_prekey_id + 1)
-            self._put_device(replace(old_record, state=state.encode()), state)
+            old_meta = self.store.prekeys.get_prekey_meta()
+            state = old_state.rotate_signed_prekey(self._rng).replace_last_resort_prekey(self._rng)
+            with self._transaction():
+                self._put_device(replace(old_record, state=state.encode()), state)
+                # the grace period of the replaced keys starts now (stored with them)
+                self.store.prekeys.put_prekey_meta(
+                    replace(old_meta, signed_prekey_rotated_at_ms=self._clock())
+                )
             try:
                 await self._call(
                     api.upload_keys(
@@ -491,23 +501,49 @@ class Client:
                 )
             except BaseException:
                 # never published: nobody can have used the new keys, so the old state stands
-                self._put_device(old_record, old_state)
+                with self._transaction():
+                    self._put_device(old_record, old_state)
+                    self.store.prekeys.put_prekey_meta(old_meta)
                 raise
-            self.store.prekeys.put_prekey_meta(
-                replace(self.store.prekeys.get_prekey_meta(), signed_prekey_rotated_at_ms=self._clock())
-            )
+            # the former previous keys are gone: so are their seen base keys
+            self.store.prekeys.drop_seen_base_keys(state.reusable_prekey_ids())
+        return True
+
+    def _previous_prekeys_expired(self) -> bool:
+        meta = self.store.prekeys.get_prekey_meta()
+        return (
+            self._state.has_previous_prekeys
+            and self._clock() - meta.signed_prekey_rotated_at_ms >= PREKEY_GRACE_MS
+        )
+
+    async def expire_previous_prekeys_if_due(self) -> bool:
+        """Delete the previous signed and last-resort prekeys once :data:`PREKEY_GRACE_MS` has
+        passed since the rotation that replaced them (forward secrecy), together with their seen
+        base keys, in one transaction. Returns whether it deleted anything."""
+        if not self._previous_prekeys_expired():
+            return False
+        async with self._lock:
+            if not self._previous_prekeys_expired():
+                return False
+            state = self._state.drop_previous_prekeys()
+            with self._transaction():
+                self._put_device(replace(self._device, state=state.encode()), state)
+                self.store.prekeys.drop_seen_base_keys(state.reusable_prekey_ids())
         return True
 
     async def maintain_prekeys(self) -> None:
-        """Replenish one-time prekeys and rotate the signed prekey when due."""
+        """Replenish one-time prekeys, delete replaced prekeys whose grace period is over, and
+        rotate the signed prekey when due."""
         await self.replenish_prekeys()
+        await self.expire_previous_prekeys_if_due()
         await self.rotate_signed_prekey_if_due()
 
-    def _prekey_work_due(self) -> tuple[bool, bool]:
-        """(count the one-time prekeys now, rotate the signed prekey now). The count is due on
-        the first drain after start-up or a (re)connection, when the prekey messages received since
-        the last count may have brought it below :data:`PREKEY_LOW_WATER` (the server does not
-        report the count by itself), and otherwise every :data:`PREKEY_CHECK_INTERVAL_MS`."""
+    def _prekey_work_due(self) -> tuple[bool, bool, bool]:
+        """(count the one-time prekeys now, delete the previous prekeys now, rotate the signed
+        prekey now). The count is due on the first drain after start-up or a (re)connection, when
+        the prekey messages received since the last count may have brought it below
+        :data:`PREKEY_LOW_WATER` (the server does not report the count by itself), and otherwise
+        every :data:`PREKEY_CHECK_INTERVAL_MS`."""
         meta = self.store.prekeys.get_prekey_meta()
         now = self._clock()
         left = self._prekeys_on_server
@@ -516,7 +552,11 @@ class Client:
             or (left is not None and left < PREKEY_LOW_WATER)
             or not 0 <= now - meta.last_count_check_ms < PREKEY_CHECK_INTERVAL_MS
         )
-        return count, now - meta.signed_prekey_rotated_at_ms >= SPK_ROTATION_MS
+        return (
+            count,
+            self._previous_prekeys_expired(),
+            now - meta.signed_prekey_rotated_at_ms >= SPK_ROTATION_MS,
+        )
 
     async def _maintain_prekeys_if_due(self) -> None:
         """:meth:`maintain_prekeys`, throttled (:meth:`_prekey_work_due`); one run at a time."""
@@ -524,9 +564,11 @@ class Client:
             return
         self._maintaining = True
         try:
-            count, rotate = self._prekey_work_due()
+            count, expire, rotate = self._prekey_work_due()
             if count:
                 await self.replenish_prekeys()
+            if expire:
+                await self.expire_previous_prekeys_if_due()
             if rotate:
                 await self.rotate_signed_prekey_if_due()
         finally:
@@ -1312,6 +1354,7 @@ class Client:
                 header.associated_data(state.device_id),
                 sender_entry,
                 self._rng,
+                self.store.prekeys.has_seen_base_key,
             )
             body = msg.unpad(decrypted.padded)
             op = sync.decode(body, header.clock, header.sender_device_id, header.sender_account_id)
@@ -1339,6 +1382,8 @@ class Client:
                     self._clock(),
                 )
             )
+            if decrypted.reusable_prekey_use is not None:  # replays of it are refused from now on
+                self.store.prekeys.add_seen_base_key(*decrypted.reusable_prekey_use)
             if (
                 decrypted.one_time_prekey_id is not None
                 and decrypted.one_time_prekey_id in state.one_time_prekeys

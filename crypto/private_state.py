@@ -356,7 +356,9 @@ def encode(state: DeviceState) -> bytes:
         "one_time_prekeys": [_prekey_doc(k) for k in state.one_time_prekeys.values()],
         "last_resort_prekey": _prekey_doc(state.last_resort_prekey),
         "previous_last_resort_prekey": (
-            None if state.previous_last_resort_prekey is None else _prekey_doc(state.previous_last_resort_prekey)
+            None
+            if state.previous_last_resort_prekey is None
+            else _prekey_doc(state.previous_last_resort_prekey)
         ),
         "next_prekey_id": state.next_prekey_id,
     }

@@ -24,7 +24,7 @@ changes meaning.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
@@ -279,9 +279,25 @@ class SyncStore(Protocol):
 
 
 class PreKeyStore(Protocol):
+    """Prekey bookkeeping, and the seen set of initial messages accepted with a reusable (signed
+    or last-resort) prekey: entries ``(prekey_id, digest)``, ``digest`` the 32-byte
+    ``client_sdk.core.message.seen_base_key_digest`` of the prekey id and the initiator's base key
+    (docs/protocol/session-setup.md § 6.2). The client adds an entry in the transaction that
+    stores the session it set up, and drops the entries of prekeys it deleted."""
+
     def get_prekey_meta(self) -> PreKeyMeta: ...
 
     def put_prekey_meta(self, meta: PreKeyMeta) -> None: ...
+
+    def has_seen_base_key(self, prekey_id: int, digest: bytes) -> bool: ...
+
+    def add_seen_base_key(self, prekey_id: int, digest: bytes) -> None:
+        """Record the entry (idempotent)."""
+        ...
+
+    def drop_seen_base_keys(self, keep_prekey_ids: Collection[int]) -> int:
+        """Delete every entry whose prekey id is not in ``keep_prekey_ids``; returns how many."""
+        ...
 
 
 @runtime_checkable

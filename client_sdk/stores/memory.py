@@ -7,7 +7,7 @@ creating a new one over the same :class:`MemoryStore` object.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,6 +38,7 @@ class _Data:
         self.acked_queue_seq = 0
         self.server_seqs: dict[str, int] = {}
         self.prekey_meta = PreKeyMeta()
+        self.seen_base_keys: dict[tuple[int, bytes], None] = {}
         self.sync_meta: dict[str, SyncMeta] = {}
         self.sync_ops: dict[str, dict[int, SyncOpRecord]] = {}
         self.settings: dict[str, str] = {}
@@ -172,6 +173,18 @@ class MemoryPreKeyStore(_Part):
 
     def put_prekey_meta(self, meta: PreKeyMeta) -> None:
         self._data.prekey_meta = meta
+
+    def has_seen_base_key(self, prekey_id: int, digest: bytes) -> bool:
+        return (prekey_id, bytes(digest)) in self._data.seen_base_keys
+
+    def add_seen_base_key(self, prekey_id: int, digest: bytes) -> None:
+        self._data.seen_base_keys[(prekey_id, bytes(digest))] = None
+
+    def drop_seen_base_keys(self, keep_prekey_ids: Collection[int]) -> int:
+        keep = set(keep_prekey_ids)
+        before = self._data.seen_base_keys
+        self._data.seen_base_keys = {k: None for k in before if k[0] in keep}
+        return len(before) - len(self._data.seen_base_keys)
 
 
 class MemorySyncStore(_Part):

@@ -30,12 +30,16 @@ Encryption at rest (when ``key`` is given). The SECRET fields of :mod:`client_sd
                           info="saltline store v1 row key", 32)
 
 so a ciphertext moved to another row, column or table fails authentication
-(:class:`~client_sdk.errors.StoreCorruptError`). The ``meta`` table also holds a key check value
-(the AEAD of a fixed string under the row key); opening with a wrong key, without the key of an
-encrypted store, or with a key for a plain store raises :class:`~client_sdk.errors.StoreKeyError`
-before anything is read. Identifiers, timestamps, sequence numbers, conversation members, clocks
-and the public contact data (account keys, signed device lists) are not encrypted: they are
-metadata the server knows as well, and the store queries and orders by them.
+(:class:`~client_sdk.errors.StoreCorruptError`). A value the store must look rows up by (the
+digests of the ``seen_base_keys`` table) cannot be sealed with a random nonce; it is stored as the
+deterministic tag ``HMAC-SHA256(tag_key, AD(table, column) || value)``, with ``tag_key =
+HKDF-SHA256(ikm=row_key, salt="", info="saltline store v1 lookup tag key", 32)``. The ``meta``
+table also holds a key check value (the AEAD of a fixed string under the row key); opening with a
+wrong key, without the key of an encrypted store, or with a key for a plain store raises
+:class:`~client_sdk.errors.StoreKeyError` before anything is read. Identifiers, timestamps,
+sequence numbers, conversation members, clocks and the public contact data (account keys, signed
+device lists) are not encrypted: they are metadata the server knows as well, and the store queries
+and orders by them.
 
 Locking. :meth:`SqliteStore.open` takes an exclusive ``fcntl.flock`` on ``<path>.lock`` (non-
 blocking) and holds it until :meth:`SqliteStore.close`. A second open of the same store, from this
@@ -59,7 +63,7 @@ import os
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -95,6 +99,7 @@ _SALT_SIZE = 16
 _SEALED_VERSION = 1
 _AD_PREFIX = b"saltline-store-v1"
 _ROW_KEY_INFO = b"saltline store v1 row key"
+_TAG_KEY_INFO = b"saltline store v1 lookup tag key"
 _KEY_CHECK_PLAINTEXT = b"saltline store key check v1"
 _ENC_NONE = b"none"
 _ENC_XCHACHA = b"xchacha20poly1305-v1"
@@ -210,9 +215,21 @@ def _v3_sync(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+def _v4_seen_base_keys(conn: sqlite3.Connection) -> None:
+    """Version 4: the seen set of initial messages accepted with a reusable (signed or last-resort)
+    prekey (docs/protocol/session-setup.md § 6.2). ``tag`` is the 32-byte digest, or in an
+    encrypted store a keyed hash of it (:meth:`_Cipher.tag`)."""
+    conn.execute(
+        """CREATE TABLE seen_base_keys (
+            prekey_id INTEGER NOT NULL,
+            tag BLOB NOT NULL,
+            PRIMARY KEY (prekey_id, tag))"""
+    )
+
+
 #: ``MIGRATIONS[n]`` turns a version-``n`` database into version ``n + 1`` (``PRAGMA user_version``).
 #: Only ever append to this list; never edit a step that has shipped.
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_indexes, _v3_sync)
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_indexes, _v3_sync, _v4_seen_base_keys)
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
@@ -253,6 +270,17 @@ class _Cipher:
 
     def __init__(self, row_key: bytes | None) -> None:
         self._key = row_key
+        self._tag_key = (
+            None if row_key is None else p.hkdf_sha256(row_key, salt=b"", info=_TAG_KEY_INFO, length=KEY_SIZE)
+        )
+
+    def tag(self, value: bytes, table: str, column: str) -> bytes:
+        """A deterministic stand-in for ``value`` in a column the store looks rows up by: in an
+        encrypted store ``HMAC-SHA256(tag_key, AD(table, column) || value)`` (``tag_key`` derived
+        from the row key), so the file does not reveal it; in a plain store ``value`` itself."""
+        if self._tag_key is None:
+            return bytes(value)
+        return p.hmac_sha256(self._tag_key, _ad(table, column, ()) + bytes(value))
 
     @property
     def encrypted(self) -> bool:
@@ -685,6 +713,34 @@ class SqlitePreKeyStore(_Part):
             "last_count_check_ms) VALUES (1, ?, ?, ?)",
             (meta.uploaded_through_id, meta.signed_prekey_rotated_at_ms, meta.last_count_check_ms),
         )
+
+    def _tag(self, digest: bytes) -> bytes:
+        return self._s._cipher.tag(digest, "seen_base_keys", "tag")
+
+    def has_seen_base_key(self, prekey_id: int, digest: bytes) -> bool:
+        row = self._s._one(
+            "SELECT 1 FROM seen_base_keys WHERE prekey_id = ? AND tag = ?", (prekey_id, self._tag(digest))
+        )
+        return row is not None
+
+    def add_seen_base_key(self, prekey_id: int, digest: bytes) -> None:
+        self._s._write(
+            "INSERT OR IGNORE INTO seen_base_keys (prekey_id, tag) VALUES (?, ?)",
+            (prekey_id, self._tag(digest)),
+        )
+
+    def drop_seen_base_keys(self, keep_prekey_ids: Collection[int]) -> int:
+        keep = {int(i) for i in keep_prekey_ids}
+        s = self._s
+        with s.transaction():
+            conn = s._require_open()
+            held = [int(row[0]) for row in conn.execute("SELECT DISTINCT prekey_id FROM seen_base_keys")]
+            dropped = 0
+            for prekey_id in held:
+                if prekey_id not in keep:
+                    cursor = conn.execute("DELETE FROM seen_base_keys WHERE prekey_id = ?", (prekey_id,))
+                    dropped += int(cursor.rowcount)
+            return dropped
 
 
 class SqliteSyncStore(_Part):

@@ -80,12 +80,13 @@ def test_round_trip(state: ps.DeviceState) -> None:
 
 def test_layout(state: ps.DeviceState) -> None:
     doc = doc_of(state)
-    assert doc["format"] == "saltline-device-state" and doc["v"] == 1
+    assert doc["format"] == "saltline-device-state" and doc["v"] == 2
     assert doc["device_id"] == b64encode(state.device_id)
     assert doc["account_key"] == b64encode(bytes(ACCOUNT))
     assert doc["signed_prekey"] == {"id": 1, "key": b64encode(bytes(state.signed_prekey))}
     assert [o["id"] for o in doc["one_time_prekeys"]] == [3, 4, 5, 6, 7]
-    assert set(doc) == ps._FIELDS_V1
+    assert doc["previous_signed_prekey"] is None and doc["previous_last_resort_prekey"] is None
+    assert set(doc) == ps._FIELDS_V2
     # Canonical: sorted keys, no whitespace.
     assert state.encode() == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -193,7 +194,7 @@ def test_duplicate_keys_rejected(state: ps.DeviceState) -> None:
         ps.decode(text[:-1] + ',"v":1}')
 
 
-@pytest.mark.parametrize("version", [0, -1, 2, 99])
+@pytest.mark.parametrize("version", [0, -1, 3, 99])
 def test_unknown_version(state: ps.DeviceState, version: int) -> None:
     doc = doc_of(state)
     doc["v"] = version
@@ -201,27 +202,69 @@ def test_unknown_version(state: ps.DeviceState, version: int) -> None:
         ps.decode(json.dumps(doc).encode())
 
 
+def _v1_bytes(state: ps.DeviceState) -> bytes:
+    """``state`` as a version-1 document (which had no previous_last_resort_prekey)."""
+    assert state.previous_last_resort_prekey is None
+    doc = {k: v for k, v in doc_of(state).items() if k != "previous_last_resort_prekey"}
+    return json.dumps({**doc, "v": 1}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def test_version_1_is_migrated(state: ps.DeviceState) -> None:
+    rotated = state.rotate_signed_prekey(rng=counter_rng(b"spk"))
+    for s in (state, rotated):
+        back = ps.decode(_v1_bytes(s))
+        assert back == s and back.previous_last_resort_prekey is None
+        assert back.encode() == s.encode()  # re-encoded in the current version
+    doc = json.loads(_v1_bytes(state))
+    doc["previous_last_resort_prekey"] = None  # a v1 document never had it
+    with pytest.raises(EncodingError):
+        ps.decode(json.dumps(doc).encode())
+
+
 def test_migration_hook(state: ps.DeviceState, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A version-2 reader registers MIGRATIONS[1] and reads version-1 states."""
-    v1_bytes = state.encode()
+    """A version-3 reader registers MIGRATIONS[2] and reads version-1 and version-2 states."""
+    v1_bytes = _v1_bytes(state)
 
-    def v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
-        return {**doc, "v": 2, "new_field": "default"}
-
-    def v2_to_current(doc: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in doc.items() if k != "new_field"}
-        out["v"] = 3
-        return out
+    def v2_to_v3(doc: dict[str, Any]) -> dict[str, Any]:
+        return {**doc, "v": 3}
 
     monkeypatch.setattr(ps, "CURRENT_VERSION", 3)
-    monkeypatch.setattr(ps, "MIGRATIONS", {1: v1_to_v2})
     with pytest.raises(StateVersionError, match="no migration"):
         ps.decode(v1_bytes)
-    monkeypatch.setattr(ps, "MIGRATIONS", {1: v1_to_v2, 2: v2_to_current})
+    monkeypatch.setattr(ps, "MIGRATIONS", {**ps.MIGRATIONS, 2: v2_to_v3})
     assert ps.decode(v1_bytes).device_id == state.device_id
-    monkeypatch.setattr(ps, "MIGRATIONS", {1: v1_to_v2, 2: lambda d: d})
+    monkeypatch.setattr(ps, "MIGRATIONS", {**ps.MIGRATIONS, 2: lambda d: d})
     with pytest.raises(StateVersionError, match="did not produce"):
         ps.decode(v1_bytes)
+
+
+def test_last_resort_replacement_and_grace(state: ps.DeviceState) -> None:
+    replaced = state.replace_last_resort_prekey(rng=counter_rng(b"lr"))
+    assert replaced.previous_last_resort_prekey == state.last_resort_prekey
+    assert replaced.last_resort_prekey.key_id == 8 and replaced.next_prekey_id == 9
+    lookup = replaced.prekey_lookup()
+    assert lookup.last_resort_prekey(2) == state.last_resort_prekey  # the previous one, in its grace
+    assert lookup.last_resort_prekey(8) == replaced.last_resort_prekey
+    assert ps.decode(replaced.encode()) == replaced
+    twice = replaced.rotate_signed_prekey(rng=counter_rng(b"spk")).replace_last_resort_prekey(
+        rng=counter_rng(b"lr2")
+    )
+    assert twice.find_last_resort_prekey(2) is None  # the former previous one is deleted
+    assert twice.find_last_resort_prekey(8) is not None and twice.find_signed_prekey(1) is not None
+    assert twice.has_previous_prekeys
+    assert twice.reusable_prekey_ids() == {1, 8, 9, 10}
+    dropped = twice.drop_previous_prekeys()
+    assert not dropped.has_previous_prekeys
+    assert dropped.find_last_resort_prekey(8) is None and dropped.find_signed_prekey(1) is None
+    assert dropped.reusable_prekey_ids() == {9, 10}
+    assert ps.decode(dropped.encode()) == dropped
+
+
+def test_previous_last_resort_id_must_be_unique(state: ps.DeviceState) -> None:
+    doc = doc_of(state.replace_last_resort_prekey(rng=counter_rng(b"lr")))
+    doc["previous_last_resort_prekey"] = {**doc["previous_last_resort_prekey"], "id": 1}
+    with pytest.raises(EncodingError):
+        ps.decode(json.dumps(doc).encode())
 
 
 def test_construction_checks(state: ps.DeviceState) -> None:

@@ -903,6 +903,24 @@ def test_private_state_rotated_device() -> None:
     assert private_state.decode(c["outputs"]["encoded_json"]).encode() == rotated.encode()
 
 
+def test_private_state_replaced_last_resort() -> None:
+    c = case("private_state.json", "replaced_last_resort")
+    assert c["inputs"]["operations"] == ["replace_last_resort_prekey(rng)"]
+    state = private_state.decode(c["inputs"]["encoded_json"].encode("utf-8"))
+    replaced = state.replace_last_resort_prekey(DRng(c["seed"]))
+    assert replaced.encode().decode("utf-8") == c["outputs"]["encoded_json"]
+    assert replaced.previous_last_resort_prekey == state.last_resort_prekey
+    assert private_state.decode(c["outputs"]["encoded_json"]).encode() == replaced.encode()
+
+
+def test_private_state_migrated_from_v1() -> None:
+    c = case("private_state.json", "migrated_from_v1")
+    assert json.loads(c["inputs"]["encoded_json"])["v"] == 1
+    decoded = private_state.decode(c["inputs"]["encoded_json"].encode("utf-8"))
+    assert decoded.encode().decode("utf-8") == c["outputs"]["encoded_json"]
+    assert decoded.previous_last_resort_prekey is None
+
+
 @pytest.mark.parametrize("c", negatives("private_state.json"))
 def test_private_state_rejections(c: Case) -> None:
     assert_raises_exactly(

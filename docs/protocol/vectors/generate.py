@@ -1490,6 +1490,9 @@ def build_private_state() -> dict[str, Any]:
     state = private_state.generate_device(account_key=account, one_time_prekeys=3, rng=rng)
     encoded = state.encode()
     rotated = state.rotate_signed_prekey(DRng(seed("private_state/rotate"))).remove_one_time_prekey(3)
+    replaced = rotated.replace_last_resort_prekey(DRng(seed("private_state/replace_last_resort")))
+    v1_doc = {k: v for k, v in json.loads(encoded).items() if k != "previous_last_resort_prekey"}
+    v1_text = json.dumps({**v1_doc, "v": 1}, sort_keys=True, separators=(",", ":"))
     cases: list[dict[str, Any]] = [
         {
             "name": "fresh_device",
@@ -1532,13 +1535,36 @@ def build_private_state() -> dict[str, Any]:
             },
             "outputs": {"encoded_json": rotated.encode().decode("utf-8")},
         },
+        {
+            "name": "replaced_last_resort",
+            "description": "the rotated device after replace_last_resort_prekey (id 7): the former "
+            "last-resort prekey (id 2) becomes previous_last_resort_prekey",
+            "seed": seed("private_state/replace_last_resort"),
+            "inputs": {
+                "encoded_json": rotated.encode().decode("utf-8"),
+                "operations": ["replace_last_resort_prekey(rng)"],
+            },
+            "outputs": {"encoded_json": replaced.encode().decode("utf-8")},
+        },
+        {
+            "name": "migrated_from_v1",
+            "description": "a version-1 document (no previous_last_resort_prekey) decodes through "
+            "MIGRATIONS[1] to the version-2 state with previous_last_resort_prekey null",
+            "inputs": {"encoded_json": v1_text},
+            "outputs": {"encoded_json": encoded.decode("utf-8")},
+        },
     ]
     base = json.loads(encoded)
     text = encoded.decode("utf-8")
     negatives = [
-        ("version_2", "a version this code cannot read", json.dumps({**base, "v": 2}, sort_keys=True)),
+        ("version_3", "a version this code cannot read", json.dumps({**base, "v": 3}, sort_keys=True)),
+        (
+            "v1_with_v2_field",
+            "a version-1 document that already has the version-2 field",
+            json.dumps({**base, "v": 1}, sort_keys=True),
+        ),
         ("version_0", "version 0 never existed", json.dumps({**base, "v": 0}, sort_keys=True)),
-        ("duplicate_field", "a field given twice", text[:-1] + ',"v":1}'),
+        ("duplicate_field", "a field given twice", text[:-1] + ',"v":2}'),
         ("extra_field", "an unknown field", json.dumps({**base, "extra": 1}, sort_keys=True)),
         ("wrong_format", "the format name of another document", json.dumps({**base, "format": "other"})),
         (
