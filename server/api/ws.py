@@ -15,7 +15,11 @@ Client -> server
     ``{"type":"send","request_id":R,"conversation_id":C,"envelope":{...}}``  send an envelope over
         the socket: ``envelope`` is exactly the body of ``POST /v1/conversations/C/envelopes`` and
         is checked by the same rules; ``R`` (1-64 base64url characters, chosen by the client)
-        names the answer (a frame without a valid one is a protocol error, 4005). At most
+        names the answer (a frame without a valid one is a protocol error, 4005). The socket
+        sends as its device under the HTTP route's authorization: a send after the token's
+        ``exp``, by a removed device (checked in the send's transaction) or with a revoked token
+        family (re-checked at least every heartbeat interval) is answered with 401 and the
+        socket is then closed (4002 ``token_revoked``, else 4003). At most
         :data:`MAX_PENDING_SENDS` sends per socket are in progress at a time; the server reads no
         further frame of that socket (acks and pongs included) until one is answered. A WebSocket
         message is at most :data:`WS_MAX_MESSAGE_BYTES` (larger: close 1009), so envelopes larger
@@ -50,7 +54,8 @@ Close codes
     4003  authentication failed: no/late/malformed auth frame, invalid, expired or revoked token;
           also sent when the token's ``exp`` passes while connected (reconnect with a fresh one)
           and when reuse of a rotated refresh token revoked the device's token family
-    4004  heartbeat timeout: ``heartbeat_missed_limit`` pings went unanswered
+    4004  heartbeat timeout: ``heartbeat_missed_limit`` pings went unanswered, or a ping or a
+          ``send_result`` was not taken by the client within a heartbeat interval
     4005  protocol error: a frame that is not valid JSON or not one of the frames above
     1011  internal error on the server
     1012  server restarting (shutdown); reconnect with back-off
@@ -79,7 +84,7 @@ import contextlib
 import logging
 import re
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 import jwt
@@ -220,6 +225,10 @@ class DeviceConnection:
         self._send_lock = asyncio.Lock()
         self._send_slots = asyncio.Semaphore(MAX_PENDING_SENDS)
         self._send_tasks: set[asyncio.Task[None]] = set()
+        #: Re-checks the socket's token (device active, token family not revoked); raises the
+        #: 401 Problem. Run before a send at most every heartbeat interval.
+        self.reauth: Callable[[], Awaitable[object]] | None = None
+        self._auth_checked_at = loop.time()
         self.close_code: int | None = None
         self.close_reason = ""
 
@@ -368,13 +377,43 @@ class DeviceConnection:
 
     async def _handle_send(self, request_id: str, frame: dict[str, Any]) -> None:
         """One ``send`` frame: the checks and the service call of the HTTP route; the answer is
-        a ``send_result`` frame with the HTTP status and body (problem documents included)."""
-        answer: dict[str, Any]
+        a ``send_result`` frame with the HTTP status and body (problem documents included).
+        The frame is released before the answer is written, and a client that does not read
+        its answer within a heartbeat interval is closed (4004): a socket that stops reading
+        cannot pin :data:`MAX_PENDING_SENDS` envelopes in memory."""
+        answer = await self._answer_send(request_id, frame)
+        del frame
+        encoded = frames.encode(answer)
+        problem = answer.get("problem")
+        del answer
         try:
+            await asyncio.wait_for(self._send(encoded), self.heartbeat_interval_s)
+        except TimeoutError:
+            self.close_soon(CLOSE_HEARTBEAT_TIMEOUT, "the client does not read its socket")
+        if problem is not None and problem["status"] == 401:
+            # After the answer: the device was removed, or the token expired or was revoked.
+            removed = problem["code"] == ProblemCode.TOKEN_REVOKED.value
+            self.close_soon(CLOSE_DEVICE_REMOVED if removed else CLOSE_AUTH_FAILED, problem["code"])
+
+    async def _answer_send(self, request_id: str, frame: dict[str, Any]) -> dict[str, Any]:
+        try:
+            # As the HTTP route authenticates every request: the token's expiry at once, the
+            # device and its token family at least every heartbeat interval (a removal or a
+            # revocation also closes the socket through the bus; this does not depend on it).
+            if self.token_expired():
+                raise Problem(401, ProblemCode.TOKEN_EXPIRED, "the access token expired; log in again")
+            if self.reauth is not None:
+                now = asyncio.get_running_loop().time()
+                if now - self._auth_checked_at >= self.heartbeat_interval_s:
+                    await self.reauth()
+                    self._auth_checked_at = now
             parsed = SendFrame.model_validate(frame)
             req = send_request_from(decode_id(parsed.conversation_id, "conversation"), parsed.envelope)
-            result = await self.delivery.send(self.device.account_id_bytes, self._device_id, req)
-            answer = {
+            del parsed
+            # Shielded: if the socket closes meanwhile, the send still finishes its post-commit
+            # steps (bus wake-ups for other instances, metrics); only the answer is dropped.
+            result = await _db(self.delivery.send(self.device.account_id_bytes, self._device_id, req))
+            return {
                 "type": "send_result",
                 "request_id": request_id,
                 "status": 202 if req.ephemeral else 201,
@@ -384,9 +423,14 @@ class DeviceConnection:
                 "replayed": result.replayed,
             }
         except Problem as problem:
-            answer = _send_problem(request_id, problem)
+            if problem.status == 401:
+                code = (
+                    CLOSE_DEVICE_REMOVED if problem.code == ProblemCode.TOKEN_REVOKED else CLOSE_AUTH_FAILED
+                )
+                self.close_soon(code, problem.code.value)
+            return _send_problem(request_id, problem)
         except ValidationError as exc:
-            answer = _send_problem(
+            return _send_problem(
                 request_id,
                 Problem(
                     422,
@@ -396,13 +440,12 @@ class DeviceConnection:
                 ),
             )
         except WriterClosedError:
-            answer = _send_problem(
+            return _send_problem(
                 request_id, Problem(503, ProblemCode.SERVICE_UNAVAILABLE, "the server is shutting down")
             )
         except Exception as exc:  # as the HTTP routes: logged by type only, answered with a 500
             log.error("send over the delivery socket failed: %s", type(exc).__name__)
-            answer = _send_problem(request_id, Problem(500, ProblemCode.INTERNAL_ERROR, "internal error"))
-        await self._send(frames.encode(answer))
+            return _send_problem(request_id, Problem(500, ProblemCode.INTERNAL_ERROR, "internal error"))
 
     async def _heartbeat(self) -> None:
         """Ping every ``heartbeat_interval_s``; reap after ``heartbeat_missed_limit`` unanswered
@@ -422,6 +465,10 @@ class DeviceConnection:
             if loop.time() < next_ping:
                 continue
             next_ping = loop.time() + self.heartbeat_interval_s
+            if self._send_slots.locked():
+                # The reader is waiting for a send slot (server-side back-pressure, e.g. a slow
+                # commit): the client's pongs are not being read, which is not its fault.
+                self.missed_pongs = 0
             if self.missed_pongs >= self.heartbeat_missed_limit:
                 self.metrics.heartbeat_reaps.inc()
                 self.close_soon(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
@@ -602,6 +649,7 @@ async def delivery_socket(ws: WebSocket) -> None:
         heartbeat_missed_limit=settings.heartbeat_missed_limit,
     )
     conn.token_exp_ms = _token_exp_ms(token)
+    conn.reauth = lambda: ctx.auth.authenticate_access_token(token)
     subscription = None
     metrics.connections.inc()
     try:

@@ -262,8 +262,20 @@ class DeliveryService:
         req: SendRequest,
     ) -> None:
         """Rules 3-5 (and the no-recipients rule of stored envelopes), raising the Problem."""
-        if routing is None or all(r.account_id != sender_account_id for r in routing):
+        mine = (
+            None if routing is None else next((r for r in routing if r.account_id == sender_account_id), None)
+        )
+        if routing is None or mine is None:
             raise Problem(404, ProblemCode.CONVERSATION_NOT_FOUND, "no such conversation")
+        if sender_device_id not in mine.active_devices:
+            # Checked with the batch, in the transaction: a device removed after its token or
+            # socket was authenticated cannot send (one removal event lost on the bus included).
+            raise Problem(
+                401,
+                ProblemCode.TOKEN_REVOKED,
+                "this device was removed from its account",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         await self._check_versions(routing, req.device_list_versions)
         await self._check_recipients(routing, sender_account_id, sender_device_id, req.ciphertexts)
         if not req.ephemeral and not req.ciphertexts:

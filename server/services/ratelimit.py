@@ -40,6 +40,8 @@ MEMORY_URL = "memory://"
 DEFAULT_KEY_PREFIX = "saltline:rl"
 #: A rate-limit decision waits at most this long for Redis before using the memory windows.
 STORAGE_TIMEOUT_S = 0.5
+#: Redis connections per process for rate-limit checks.
+MAX_REDIS_CONNECTIONS = 32
 #: After a Redis failure, calls use the memory windows for this long before trying Redis again.
 RETRY_AFTER_ERROR_S = 2.0
 #: At most one "Redis unavailable" warning per this many seconds.
@@ -95,14 +97,18 @@ class RateLimiter:
 
     def _open_redis(self, url: str, key_prefix: str) -> None:
         from limits.aio.storage import RedisStorage
-        from redis.asyncio import ConnectionPool
+        from redis.asyncio import BlockingConnectionPool
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         # Our own pool (closed in :meth:`close`); one immediate retry covers a connection that went
         # stale (Redis restarted), anything longer is bounded by ``timeout_s`` and falls back.
-        self._pool = ConnectionPool.from_url(
+        # Bounded: a flood of checks while Redis is slow waits (at most ``timeout_s``) for one of
+        # MAX_REDIS_CONNECTIONS connections instead of opening one per request.
+        self._pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_REDIS_CONNECTIONS,
+            timeout=self._timeout_s,
             socket_connect_timeout=self._timeout_s,
             socket_timeout=self._timeout_s,
             retry=Retry(NoBackoff(), 1),

@@ -112,11 +112,14 @@ def routing_matches(
     stated: Mapping[bytes, int],
     given: set[bytes] | frozenset[bytes],
 ) -> bool:
-    """True if a stored send may go out: the sender is a member, every member's stated version is
+    """True if a stored send may go out: the sender is a member and its sending device is still
+    active (not removed: checked in the transaction), every member's stated version is
     current, the addressed devices are exactly the members' routable devices minus the sending
     device, and there is at least one."""
-    if not given or all(r.account_id != sender_account_id for r in routing):
-        return False
+    if not given or not any(
+        r.account_id == sender_account_id and sender_device_id in r.active_devices for r in routing
+    ):
+        return False  # not a member, or the sending device is no longer in its account's list
     expected: set[bytes] = set()
     for r in routing:
         if stated.get(r.account_id) != r.device_list_version:
@@ -561,10 +564,11 @@ class EnvelopesRepo:
         keys = {(e.sender_device_id, e.envelope_id) for e in sends}
         conv_ids = sorted({e.conversation_id for e in sends})
         checked_ids = sorted({e.conversation_id for e in sends if e.device_list_versions is not None})
-        # Every queue-state row this transaction may write (recipients and the batch's acks) is
-        # locked with the conversations, before anything is written: the global lock order is
-        # conversations, then device_queue_state by device id, then queue rows.
-        addressed = {dev for e in sends for dev, _ in e.copies}
+        # The queue-state rows this transaction may write are locked with the conversations,
+        # before anything is written: those of the conversations' active member devices (the
+        # only valid recipients; never the ids a send merely names) and of the batch's acks. The
+        # global lock order is conversations, then device_queue_state by device id, then queue
+        # rows. A recipient without a row yet is created and locked after the routing check.
         # The four reads are independent: submitted together (one round trip on PostgreSQL).
         existing_cur = sql.submit(*_idempotency_lookup(keys))
         conversations_cur = sql.submit(
@@ -573,7 +577,15 @@ class EnvelopesRepo:
             conv_ids,
         )
         routing_cur = sql.submit(*_routing_lookup(checked_ids)) if checked_ids else None
-        states_cur = _submit_queue_state_lock(sql, addressed | set(ack_devices))
+        acking = sorted(ack_devices)
+        states_cur = sql.submit(
+            "SELECT device_id, last_queue_seq FROM device_queue_state WHERE device_id IN ("  # noqa: S608 - placeholders only
+            "SELECT d.device_id FROM devices d JOIN conversation_members m ON m.account_id = d.account_id "
+            f"WHERE m.conversation_id IN ({sql.marks(len(conv_ids))}) AND d.removed_at_ms IS NULL)"
+            + (f" OR device_id IN ({sql.marks(len(acking))})" if acking else "")
+            + f" ORDER BY device_id{sql.for_update}",
+            [*conv_ids, *acking],
+        )
 
         existing: dict[tuple[bytes, bytes], StoredEnvelope] = {}
         for cid, eid, seq, ts, digest, sender in existing_cur.fetchall():
@@ -582,7 +594,7 @@ class EnvelopesRepo:
                 existing[key] = StoredEnvelope(bytes(cid), bytes(eid), int(seq), int(ts), bytes(digest))
         last_seq: dict[bytes, int] = {bytes(cid): int(seq) for cid, seq in conversations_cur.fetchall()}
         routing = _routing_rows(routing_cur.fetchall()) if routing_cur is not None else {}
-        counters = {bytes(d): int(n) for d, n in states_cur.fetchall()} if states_cur is not None else {}
+        counters = {bytes(d): int(n) for d, n in states_cur.fetchall()}
 
         # Decide each send's fate; assign server_seq to the fresh ones.
         outcomes: list[SendOutcome | None] = [None] * len(sends)

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -22,12 +22,15 @@ from server.api import ws as ws_module
 from server.errors import Problem, ProblemCode
 from server.services.delivery import MAX_EPHEMERAL_BYTES
 from server.storage import envelopes_repo, migrate
+from server.storage import schema as s
 from server.storage.db import Database, create_engine
-from server.storage.delivery_schema import conversations, device_queue_state
+from server.storage.delivery_schema import conversation_members, conversations, device_queue_state
 from server.storage.envelopes_repo import (
+    Accepted,
     AckRequest,
     EnvelopesRepo,
     NewEnvelope,
+    RoutingRejected,
     _idempotency_lookup,
     _placeholders,
     create_queue_states,
@@ -312,56 +315,162 @@ def test_history_hides_envelopes_from_before_the_device_joined(
     assert seqs(alice.first) == ([1, 2, 3], None)  # the sender's own envelopes (no copy) stay listed
 
 
+def _member_rows(conn: Any, conversation_id: bytes, accounts: list[tuple[bytes, list[bytes]]]) -> None:
+    """A group conversation whose members are ``(account id, [device ids])``, each device with a
+    queue-state row (as after its first delivery)."""
+    conn.execute(
+        conversations.insert().values(
+            id=conversation_id, kind="group", created_by=accounts[0][0], created_at_ms=1, last_server_seq=0
+        )
+    )
+    for n, (account_id, device_ids) in enumerate(accounts):
+        name = f"m{n}{os.urandom(4).hex()}"
+        conn.execute(
+            s.accounts.insert().values(
+                id=account_id,
+                username=name,
+                username_lower=name,
+                password_hash="x",
+                account_key=b"\x00" * 34,
+                device_list_version=1,
+                created_at_ms=1,
+            )
+        )
+        conn.execute(
+            conversation_members.insert().values(
+                conversation_id=conversation_id, account_id=account_id, added_at_ms=1
+            )
+        )
+        for device_id in device_ids:
+            conn.execute(
+                s.devices.insert().values(
+                    device_id=device_id,
+                    account_id=account_id,
+                    signing_key=b"\x00" * 34,
+                    dh_key=b"\x00" * 34,
+                    added_at_ms=1,
+                )
+            )
+            conn.execute(
+                device_queue_state.insert().values(
+                    device_id=device_id, last_queue_seq=0, acked_through=0, purged_through=0
+                )
+            )
+
+
 def test_batch_locks_all_queue_states_in_one_sorted_statement(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sends and acks of one batch lock their devices' queue-state rows together, sorted, before
-    writing any of them: two instances' batches can then never wait on each other in a cycle."""
+    writing any of them: two instances' batches can then never wait on each other in a cycle.
+    The rows locked are those of the conversations' active member devices and of the acks,
+    never the device ids a send merely names."""
     migrate.upgrade(db_url)
     conversation_id = os.urandom(16)
-    acked, recipient = b"\x00" * 15 + b"\x01", b"\xff" * 15 + b"\xfe"  # the ack's device sorts first
+    sender_account, recipient_account = os.urandom(16), os.urandom(16)
+    sender, recipient = b"\x00" * 15 + b"\x02", b"\xff" * 15 + b"\xfe"
+    acked = b"\x00" * 15 + b"\x01"  # another device's ack in the same batch; sorts first
 
-    async def go() -> list[list[bytes]]:
-        engine = create_engine(db_url)
-        statements: list[list[bytes]] = []
-
+    async def go() -> tuple[list[tuple[str, list[bytes]]], list[bytes]]:
+        db = Database.open(db_url)
+        statements: list[tuple[str, list[bytes]]] = []
         # The writer's statements are driver SQL on the transaction's cursor: record them there.
         original = envelopes_repo._DriverSql.submit
 
         def capture(self: Any, statement: str, params: Any) -> Any:
             if "FROM device_queue_state" in statement and statement.lstrip().upper().startswith("SELECT"):
-                statements.append([bytes(v) for v in params if isinstance(v, bytes | memoryview)])
+                statements.append(
+                    (statement, [bytes(v) for v in params if isinstance(v, bytes | memoryview)])
+                )
             return original(self, statement, params)
 
-        monkeypatch.setattr(envelopes_repo._DriverSql, "submit", capture)
-
         try:
-            async with engine.begin() as conn:
-                await conn.execute(
-                    conversations.insert().values(
-                        id=conversation_id,
-                        kind="group",
-                        created_by=os.urandom(16),
-                        created_at_ms=1,
-                        last_server_seq=0,
-                    )
+            await db.run_write(
+                lambda conn: _member_rows(
+                    conn,
+                    conversation_id,
+                    [(sender_account, [sender]), (recipient_account, [recipient, acked])],
                 )
-            repo = EnvelopesRepo(Database(engine))
+            )
+            monkeypatch.setattr(envelopes_repo._DriverSql, "submit", capture)
+            repo = EnvelopesRepo(db)
             env = NewEnvelope(
                 conversation_id=conversation_id,
                 envelope_id=os.urandom(16),
-                sender_account_id=os.urandom(16),
-                sender_device_id=os.urandom(16),
+                sender_account_id=sender_account,
+                sender_device_id=sender,
                 clock=b"c",
                 request_hash=os.urandom(32),
-                copies=((recipient, b"ciphertext"),),
+                copies=((recipient, b"ciphertext"), (acked, b"ciphertext")),
+                device_list_versions={sender_account: 1, recipient_account: 1},
             )
             outcomes = await repo.write_batch([env], [AckRequest(acked, 0)], 1000)
-            assert len(outcomes) == 1
+            assert isinstance(outcomes[0], Accepted), outcomes
+            locked = await db.run_read(
+                lambda conn: [
+                    bytes(d)
+                    for (d,) in conn.execute(
+                        select(device_queue_state.c.device_id).order_by(device_queue_state.c.device_id)
+                    )
+                ]
+            )
         finally:
-            await engine.dispose()
-        return statements
+            await db.dispose()
+        return statements, locked
 
-    statements = asyncio.run(go())
-    assert statements, "no queue-state lock taken"
-    assert statements[0] == [acked, recipient], statements
+    statements, rows = asyncio.run(go())
+    assert len(statements) == 1, statements  # one lock statement: every row existed
+    statement, params = statements[0]
+    assert "ORDER BY device_id" in statement
+    assert ("FOR UPDATE" in statement) == db_url.startswith("postgresql")
+    assert params == [conversation_id, acked]  # the conversation's devices and the ack's
+    assert sorted([sender, recipient, acked]) == rows
+
+
+def test_named_devices_are_not_locked_or_created(db_url: str) -> None:
+    """Sends that name many made-up device ids are refused one by one, and the batch they share
+    with a valid send still commits in one transaction: the queue-state lock covers real
+    member devices only (no statement grows with the ids a client names; on PostgreSQL a lock
+    list of 70,000 ids once exceeded the 65,535 bind parameters and failed whole batches)."""
+    migrate.upgrade(db_url)
+    conversation_id = os.urandom(16)
+    sender_account, recipient_account = os.urandom(16), os.urandom(16)
+    sender, recipient = os.urandom(16), os.urandom(16)
+
+    async def go() -> tuple[list[Any], int]:
+        db = Database.open(db_url)
+        try:
+            await db.run_write(
+                lambda conn: _member_rows(
+                    conn, conversation_id, [(sender_account, [sender]), (recipient_account, [recipient])]
+                )
+            )
+            repo = EnvelopesRepo(db)
+            versions = {sender_account: 1, recipient_account: 1}
+
+            def envelope(copies: tuple[tuple[bytes, bytes], ...]) -> NewEnvelope:
+                return NewEnvelope(
+                    conversation_id=conversation_id,
+                    envelope_id=os.urandom(16),
+                    sender_account_id=sender_account,
+                    sender_device_id=sender,
+                    clock=b"c",
+                    request_hash=os.urandom(32),
+                    copies=copies,
+                    device_list_versions=versions,
+                )
+
+            junk = [envelope(tuple((os.urandom(16), b"x") for _ in range(1000))) for _ in range(70)]
+            valid = envelope(((recipient, b"ciphertext"),))
+            outcomes = await repo.write_batch([*junk, valid], [], 1000)
+            states = await db.run_read(
+                lambda conn: conn.execute(select(func.count()).select_from(device_queue_state)).scalar_one()
+            )
+            return outcomes, int(states)
+        finally:
+            await db.dispose()
+
+    outcomes, states = asyncio.run(go())
+    assert all(isinstance(o, RoutingRejected) for o in outcomes[:-1])
+    assert isinstance(outcomes[-1], Accepted) and outcomes[-1].envelope.server_seq == 1
+    assert states == 2  # the two member devices' rows; none for the 70,000 named ids

@@ -7,11 +7,12 @@ import os
 from typing import Any
 
 import httpx
+import pytest
 
 from crypto.keys import b64encode
 from tests.live import LiveServer
 from tests.server.delivery_support import WsClient, create_conversation, envelope_body, send
-from tests.server.helpers import add_device, register
+from tests.server.helpers import add_device, register, remove_device
 
 
 def send_frame(cid: str, body: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
@@ -211,3 +212,27 @@ async def test_socket_closing_mid_send_loses_nothing(live_server: LiveServer, cl
     got = await receiver.envelopes_until_drained()
     assert sorted(receiver.plaintext(f) for f in got) == sorted(b"c%d" % i for i in range(10))
     assert len({f["envelope_id"] for f in got}) == 10
+
+
+async def test_removed_device_cannot_send_even_if_its_socket_stays_open(
+    live_server: LiveServer, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket of a removed device is closed by the removal event on the bus; if that event is
+    lost (Redis is at-most-once), the socket must still not be able to send as the account: the
+    writer checks, in the send's transaction, that the sending device is still active."""
+    alice, bob = register(client), register(client)
+    phone = add_device(client, alice)
+    cid = create_conversation(client, alice, bob)
+    ws = await connected(live_server.ws_url, phone)
+
+    async def lost(_device_id: bytes) -> None:
+        return None
+
+    monkeypatch.setattr(live_server.ctx.bus, "publish_device_removed", lost)
+    remove_device(client, alice, phone)
+    answer = await ws_send(ws, cid, envelope_body(phone, [alice, bob], b"after removal"))
+    assert answer["status"] == 401 and answer["problem"]["code"] == "token_revoked"
+    assert await ws.closed_with() == 4002
+
+    receiver = await WsClient.connect(live_server.ws_url, bob.first)
+    assert await receiver.envelopes_until_drained() == []  # nothing was stored for bob
