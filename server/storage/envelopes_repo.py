@@ -581,9 +581,15 @@ class EnvelopesRepo:
         states_cur = sql.submit(
             "SELECT device_id, last_queue_seq FROM device_queue_state WHERE device_id IN ("  # noqa: S608 - placeholders only
             "SELECT d.device_id FROM devices d JOIN conversation_members m ON m.account_id = d.account_id "
-            f"WHERE m.conversation_id IN ({sql.marks(len(conv_ids))}) AND d.removed_at_ms IS NULL)"
-            + (f" OR device_id IN ({sql.marks(len(acking))})" if acking else "")
-            + f" ORDER BY device_id{sql.for_update}",
+            f"WHERE m.conversation_id IN ({sql.marks(len(conv_ids))}) AND d.removed_at_ms IS NULL"
+            # UNION, not OR: PostgreSQL plans "IN (subquery) OR IN (list)" as a scan of the table.
+            + (
+                " UNION ALL SELECT q.device_id FROM device_queue_state q WHERE q.device_id IN "  # noqa: S608 - placeholders only
+                f"({sql.marks(len(acking))})"
+                if acking
+                else ""
+            )
+            + f") ORDER BY device_id{sql.for_update}",
             [*conv_ids, *acking],
         )
 
