@@ -336,6 +336,8 @@ def link_show(
             out.print(f"waiting up to {timeout:g} s for approval...")
             sys.stdout.flush()
             account_id = await client.complete_link(wait_s=timeout)
+            # What was sent while the link was in progress comes in a follow-up bundle.
+            await client.finish_link(wait_s=timeout)
             return client.username, account_id, client.device_id
 
     name, account_id, device_id = _run(work())
@@ -343,16 +345,24 @@ def link_show(
 
 
 @link_app.command("accept")
-def link_accept(ctx: typer.Context, code: str) -> None:
-    """Existing device: approve the new device that shows CODE (it gets the account key)."""
+def link_accept(
+    ctx: typer.Context,
+    code: str,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the new device to join")] = 600.0,
+) -> None:
+    """Existing device: approve the new device that shows CODE (it gets the account key), then
+    wait until it has joined and send it what arrived meanwhile."""
     state = _state(ctx)
 
     async def work() -> None:
         async with _client(state) as client:
             await client.approve_link(code)
+            out.print("approved: waiting for the new device to join...")
+            sys.stdout.flush()
+            await client.finish_link(wait_s=timeout)
 
     _run(work())
-    out.print("approved: the new device completes the link now")
+    out.print("linked: the new device has joined and has the history")
 
 
 # -- devices ------------------------------------------------------------------------------------

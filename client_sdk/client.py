@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -127,6 +127,14 @@ HistoryDepth = str | int
 HISTORY_PART_BYTES = 256 * 1024
 #: At most this many parts in a linking payload (256 MiB at 256 KiB; the ids fit its 64 KiB).
 MAX_HISTORY_PARTS = 1024
+#: The approving device's follow-up after a link (docs/protocol/sync.md § history bundles): how
+#: long both devices wait for the other (the server's provisioning channel lives 10 minutes) and
+#: how often they look (backing off from the first to the second interval).
+LINK_FOLLOW_UP_WAIT_S = 600.0
+LINK_POLL_S = 0.25
+LINK_POLL_MAX_S = 5.0
+#: ``kind`` of the sealed follow-up (the linking payload has none).
+FOLLOW_UP_KIND = "history-follow-up"
 #: Version of the history bundle plaintext (docs/protocol/sync.md § history bundles).
 HISTORY_BUNDLE_VERSION = 1
 #: Page size of gap filling from ``GET /v1/conversations/{id}/envelopes``.
@@ -172,6 +180,10 @@ class Client:
         self._states: dict[str, sync.ConversationState] = {}
         self._seqs: dict[str, set[int]] = {}
         self._filling: set[str] = set()
+        #: Linking follow-ups under way (:meth:`finish_link`) and the conversations a history
+        #: bundle seeded on this (new) device.
+        self._link_tasks: set[asyncio.Task[None]] = set()
+        self._seeded: set[str] = set()
         self._closed = False
         #: This device's record and its decoded private state, read from the store once and then
         #: kept up to date by :meth:`_put_device` (every write of the record goes through it; the
@@ -1477,9 +1489,13 @@ class Client:
         self._link = (code, link_key)
         return code.to_text()
 
-    def _history_bundle(self, depth: HistoryDepth) -> dict[str, Any]:
+    def _history_bundle(
+        self, depth: HistoryDepth, sent: dict[str, tuple[int, frozenset[int]]] | None = None
+    ) -> dict[str, Any]:
         """Every conversation's sync operations (or the recent ones) and the floor the new device
-        starts from (docs/protocol/sync.md § history bundles)."""
+        starts from (docs/protocol/sync.md § history bundles). With ``sent`` (conversation id ->
+        floor and seqs of the first bundle), the follow-up bundle: a conversation the first bundle
+        had keeps its floor and carries only the operations it did not have (none: left out)."""
         cutoff: int | None = None
         if isinstance(depth, int) and not isinstance(depth, bool):
             cutoff = self._clock() - depth * 86_400_000
@@ -1506,6 +1522,12 @@ class Client:
                         floor = min(floor, r.server_seq - 1)
                         break
             floor = max(floor, meta.floor_seq)
+            had: frozenset[int] = frozenset()
+            if sent is not None and cid in sent:
+                floor, had = sent[cid]
+            carried = [r for r in ops if r.server_seq > floor and r.server_seq not in had]
+            if sent is not None and cid in sent and not carried:
+                continue
             floor_clock = state.prefix(floor) if floor <= state.received_seq else {}
             out.append(
                 {
@@ -1525,12 +1547,42 @@ class Client:
                             "clock": b64encode(r.clock),
                             "plaintext": b64encode(r.plaintext),
                         }
-                        for r in ops
-                        if r.server_seq > floor
+                        for r in carried
                     ],
                 }
             )
         return {"v": HISTORY_BUNDLE_VERSION, "created_at_ms": self._clock(), "conversations": out}
+
+    def _store_bundle_op(self, cid: str, o: dict[str, Any]) -> tuple[SyncOpRecord, sync.Op | None]:
+        """Store one operation of a history bundle (and its message, if it is one)."""
+        r = SyncOpRecord(
+            cid,
+            int(o["seq"]),
+            str(o["envelope_id"]),
+            str(o["account"]),
+            str(o["device"]),
+            b64decode(o["clock"]),
+            b64decode(o["plaintext"]),
+        )
+        self.store.sync.put_sync_op(r)
+        op = _decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
+        if op is not None and isinstance(op.body, sync.Message):
+            self.store.conversations.put_message(
+                MessageRecord(
+                    cid,
+                    r.envelope_id,
+                    r.sender_account_id,
+                    r.sender_device_id,
+                    op.body.text,
+                    op.body.sent_at_ms,
+                    r.sender_account_id == self._device.account_id,
+                    "received",
+                    r.server_seq,
+                    None,
+                    r.plaintext,
+                )
+            )
+        return r, op
 
     def _seed_history(self, bundle: dict[str, Any]) -> None:
         """New device: adopt a history bundle (inside the linking transaction)."""
@@ -1541,62 +1593,103 @@ class Client:
             self.store.conversations.put_conversation(
                 ConversationRecord(cid, str(c["kind"]), tuple(sorted(c["members"])))
             )
-            self.store.sync.put_sync_meta(
-                SyncMeta(
-                    cid,
-                    floor_seq=int(c["floor_seq"]),
-                    floor_clock=b64decode(c["floor_clock"]),
-                    members=tuple(c["genesis"]),
-                )
-            )
+            self._put_bundle_meta(c, self._sync_meta(cid))
             top = int(c["floor_seq"])
             for o in c["ops"]:
-                r = SyncOpRecord(
-                    cid,
-                    int(o["seq"]),
-                    str(o["envelope_id"]),
-                    str(o["account"]),
-                    str(o["device"]),
-                    b64decode(o["clock"]),
-                    b64decode(o["plaintext"]),
-                )
-                self.store.sync.put_sync_op(r)
+                r, _ = self._store_bundle_op(cid, o)
                 top = max(top, r.server_seq)
-                op = _decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
-                if op is not None and isinstance(op.body, sync.Message):
-                    self.store.conversations.put_message(
-                        MessageRecord(
-                            cid,
-                            r.envelope_id,
-                            r.sender_account_id,
-                            r.sender_device_id,
-                            op.body.text,
-                            op.body.sent_at_ms,
-                            r.sender_account_id == self._device.account_id,
-                            "received",
-                            r.server_seq,
-                            None,
-                            r.plaintext,
-                        )
-                    )
             self.store.cursors.set_server_seq(cid, max(top, int(c.get("cursor", 0))))
             self._states.pop(cid, None)
+            self._seeded.add(cid)
+
+    def _put_bundle_meta(self, c: dict[str, Any], meta: SyncMeta) -> None:
+        """The conversation starts from the bundle's floor and genesis (this device's own counter
+        and lamport number are kept)."""
+        self.store.sync.put_sync_meta(
+            replace(
+                meta,
+                floor_seq=int(c["floor_seq"]),
+                floor_clock=b64decode(c["floor_clock"]),
+                members=tuple(c["genesis"]),
+            )
+        )
+
+    async def _merge_follow_up(self, bundle: dict[str, Any]) -> None:
+        """New device: add the operations of the approving device's follow-up bundle that this
+        device does not hold (those sent while it was being linked), then rebuild each changed
+        conversation and emit what changed. Already held operations are skipped, so each arrives
+        exactly once whichever way came first."""
+        if bundle.get("v") != HISTORY_BUNDLE_VERSION:
+            raise LinkError("unsupported history bundle version")
+        for c in bundle["conversations"]:
+            cid = str(c["conversation_id"])
+            record = self.store.conversations.get_conversation(cid)
+            before = None if record is None else self._sync_state(record).view()
+            held = {r.server_seq for r in self.store.sync.sync_ops(cid)}
+            added: list[tuple[SyncOpRecord, sync.Op]] = []
+            with self._transaction():
+                if record is None:
+                    record = ConversationRecord(cid, str(c["kind"]), tuple(sorted(c["members"])))
+                    self.store.conversations.put_conversation(record)
+                if cid not in self._seeded:  # not in the first bundle: it starts from this one
+                    self._put_bundle_meta(c, self._sync_meta(cid))
+                    self._seeded.add(cid)
+                for o in c["ops"]:
+                    seq, envelope_id = int(o["seq"]), str(o["envelope_id"])
+                    if seq in held or self.store.conversations.get_message(envelope_id) is not None:
+                        continue
+                    r, op = self._store_bundle_op(cid, o)
+                    held.add(seq)
+                    if op is not None:
+                        added.append((r, op))
+                top = max(held, default=0)
+                if top > self.store.cursors.get_server_seq(cid):
+                    self.store.cursors.set_server_seq(cid, top)
+                self._states.pop(cid, None)
+            after = self._sync_state(record).view()
+            if before is None:
+                await self._emit(ConversationAdded(cid, record.members))
+            else:
+                await self._emit_changes(cid, before, after)
+            for r, op in sorted(added, key=lambda a: a[0].server_seq):
+                if isinstance(op.body, sync.Message):
+                    contact = self.store.device_lists.get_contact(r.sender_account_id)
+                    await self._emit(
+                        MessageReceived(
+                            cid,
+                            r.sender_account_id,
+                            r.sender_device_id,
+                            contact.username if contact is not None else "",
+                            op.body.text,
+                            r.envelope_id,
+                            r.server_seq,
+                            op.body.sent_at_ms,
+                            r.sender_account_id == self.account_id,
+                        )
+                    )
 
     async def approve_link(self, code_text: str, history: HistoryDepth = "all") -> None:
         """Existing device: send the sealed linking payload (account key, contacts, conversations)
         to the device that shows ``code_text``. ``history`` ("all", "none" or a number of days):
         the conversations' operations go in an encrypted history bundle (uploaded as a blob; its
-        key and digest travel in the sealed payload)."""
+        key and digest travel in the sealed payload).
+
+        Then, in the background, the follow-up: once the new device is in the account's device
+        list (from then on every sender encrypts to it), this device fetches what was sent
+        meanwhile and sends the new device a second bundle with the operations the first one
+        lacked. Keep the client open until :meth:`finish_link` returns (or a link made while
+        others send may miss those messages)."""
         code = linking.LinkCode.parse(code_text)
         sealed_history: dict[str, Any] | None = None
+        sent: dict[str, tuple[int, frozenset[int]]] = {}
         if self.store.conversations.conversations():
-            plain = msg_json_dumps(self._history_bundle(history))
-            encrypted = attachments.encrypt(plain, rng=self._rng)
-            sealed_history = {
-                "blob_ids": await self._upload_parts(encrypted.ciphertext),
-                "key": b64encode(encrypted.key.encode()),
-                "digest": b64encode(encrypted.key.digest),
+            bundle = self._history_bundle(history)
+            sent = {
+                c["conversation_id"]: (c["floor_seq"], frozenset(o["seq"] for o in c["ops"]))
+                for c in bundle["conversations"]
             }
+            sealed_history = await self._seal_bundle(bundle)
+        follow_up = api.parse_channel((await self._call(api.create_channel())).body)
         own = await self._refresh_contact(self.account_id)
         contacts = [
             {
@@ -1619,11 +1712,104 @@ class Client:
             "device_list": b64encode(own.signed_list),
             "contacts": contacts,
             "conversations": conversations,
+            "follow_up": {"channel_id": follow_up.channel_id, "secret": follow_up.channel_secret},
         }
         if sealed_history is not None:
             payload["history"] = sealed_history
         box = linking.seal_payload(code, payload)
         await self._call(api.put_provisioning(b64encode(code.channel_id), code.secret, b64encode(box)))
+        self._link_task(self._send_follow_up(code, follow_up, history, sent))
+
+    async def _seal_bundle(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """Encrypt a history bundle under a fresh key, upload it; its blob ids, key and digest."""
+        encrypted = attachments.encrypt(msg_json_dumps(bundle), rng=self._rng)
+        return {
+            "blob_ids": await self._upload_parts(encrypted.ciphertext),
+            "key": b64encode(encrypted.key.encode()),
+            "digest": b64encode(encrypted.key.digest),
+        }
+
+    def _link_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        self._link_tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled():
+                t.exception()  # retrieved here; finish_link() raises it again
+
+        task.add_done_callback(done)
+
+    async def finish_link(self, wait_s: float = LINK_FOLLOW_UP_WAIT_S) -> None:
+        """Wait for this client's linking follow-ups: on the approving device, until the new device
+        joined and the follow-up bundle is on its way; on the new device, until that bundle was
+        received and merged. Raises what a follow-up failed with (:class:`LinkError` when the new
+        device did not join, or the bundle did not come, in time)."""
+        tasks = list(self._link_tasks)
+        if not tasks:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks)), wait_s)
+        finally:
+            self._link_tasks.difference_update(t for t in tasks if t.done())
+
+    async def _send_follow_up(
+        self,
+        code: linking.LinkCode,
+        channel: api.Channel,
+        depth: HistoryDepth,
+        sent: dict[str, tuple[int, frozenset[int]]],
+    ) -> None:
+        """Approving device: wait until the new device is in the account's verified device list
+        (every envelope stored from then on has a copy for it), fetch every envelope stored until
+        now, and put the follow-up bundle (what the first one lacked) on the follow-up channel,
+        sealed to the link key like the linking payload."""
+        deadline = time.monotonic() + LINK_FOLLOW_UP_WAIT_S
+        delay = LINK_POLL_S
+        while True:
+            own = await self._refresh_contact(self.account_id)
+            if trust.verified_content(own.account_key, own.signed_list).device(code.device_id) is not None:
+                break
+            if time.monotonic() > deadline:
+                raise LinkError("the new device did not join the account in time")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, LINK_POLL_MAX_S)
+        async with self._lock:
+            await self._fill_all_gaps()
+            bundle = self._history_bundle(depth, sent)
+        doc: dict[str, Any] = {"kind": FOLLOW_UP_KIND, "history": None}
+        if bundle["conversations"]:
+            doc["history"] = await self._seal_bundle(bundle)
+        box = linking.seal_payload(code, doc)
+        await self._call(api.put_provisioning(channel.channel_id, channel.channel_secret, b64encode(box)))
+
+    async def _receive_follow_up(
+        self, code: linking.LinkCode, link_key: EphemeralKey, channel: dict[str, Any]
+    ) -> None:
+        """New device: wait for the approving device's follow-up bundle and merge it."""
+        channel_id, secret = str(channel["channel_id"]), str(channel["secret"])
+        deadline = time.monotonic() + LINK_FOLLOW_UP_WAIT_S
+        delay = LINK_POLL_S
+        while True:
+            try:
+                box = api.parse_provisioning(await self._call(api.take_provisioning(channel_id, secret)))
+            except NotFoundError as exc:
+                raise LinkError("the follow-up of the link expired before it came") from exc
+            if box is not None:
+                break
+            if time.monotonic() > deadline:
+                raise LinkError("the follow-up of the link did not come in time")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, LINK_POLL_MAX_S)
+        doc = linking.open_payload(link_key, code.secret, b64decode(box))
+        if doc.get("kind") != FOLLOW_UP_KIND:
+            raise LinkError("the follow-up of the link is not a follow-up")
+        history = doc.get("history")
+        if isinstance(history, dict):
+            bundle = await self._download_bundle(history)
+            async with self._lock:
+                await self._merge_follow_up(bundle)
 
     async def _upload_parts(self, ciphertext: bytes) -> list[str]:
         """Upload ``ciphertext`` as blobs of at most ``HISTORY_PART_BYTES`` (or the server's smaller
@@ -1660,6 +1846,8 @@ class Client:
             await asyncio.sleep(poll_interval)
         doc = linking.open_payload(link_key, code.secret, b64decode(box))
         self._link = None
+        if "kind" in doc:  # a follow-up (docs/protocol/messages.md § 6) is not a linking payload
+            raise LinkError("the linking payload is not valid: unexpected kind")
         try:
             account_key = AccountKey(b64decode(doc["account_key"]))
             username = dl.normalize_username(doc["username"])
@@ -1691,15 +1879,20 @@ class Client:
         await self._device_login()
         history = doc.get("history")
         if isinstance(history, dict):
-            await self._fetch_history(history)
+            bundle = await self._download_bundle(history)
+            with self._transaction():
+                self._seed_history(bundle)
         await self._upload_all_prekeys()
         self.store.prekeys.put_prekey_meta(
             replace(self.store.prekeys.get_prekey_meta(), last_count_check_ms=0)
         )
+        follow_up = doc.get("follow_up")
+        if isinstance(follow_up, dict):
+            self._link_task(self._receive_follow_up(code, link_key, follow_up))
         return str(doc["account_id"])
 
-    async def _fetch_history(self, history: dict[str, Any]) -> None:
-        """Download the history bundle, check its digest, decrypt it and seed the conversations."""
+    async def _download_bundle(self, history: dict[str, Any]) -> dict[str, Any]:
+        """Download a history bundle, check its digest and decrypt it."""
         ids = history.get("blob_ids")
         if ids is None:  # the single-blob form of earlier versions
             ids = [history.get("blob_id")]
@@ -1716,8 +1909,7 @@ class Client:
             bundle = msg_json_loads(attachments.decrypt(ciphertext, key))
         except (CryptoError, KeyError, TypeError, ValueError) as exc:
             raise LinkError(f"the history bundle is not valid: {exc}") from exc
-        with self._transaction():
-            self._seed_history(bundle)
+        return bundle
 
 
 def message_ref(dot: sync.Dot) -> str:

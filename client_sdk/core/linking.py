@@ -10,7 +10,16 @@ Payload, sealed to ``link_pk`` under context ``LINK_PAYLOAD`` (canonical JSON)::
     {"v":1, "secret": <channel secret from the code>, "account_id", "username",
      "account_key": b64(AK seed), "device_list": b64(current signed list),
      "contacts": [{"account_id","username","account_key","signed_list"}...],
-     "conversations": [{"conversation_id","kind","members"}...]}
+     "conversations": [{"conversation_id","kind","members"}...],
+     "history": {"blob_ids","key","digest"} (optional),
+     "follow_up": {"channel_id","secret"} (a provisioning channel the approving device created)}
+
+Follow-up, sealed the same way (same ``link_pk``, same context, the same ``secret`` from the
+code) and put on the follow-up channel once the new device is in the device list::
+
+    {"v":1, "secret", "kind": "history-follow-up", "history": {"blob_ids","key","digest"} | null}
+
+A linking payload carries no ``kind``; the new device refuses one that does.
 
 The secret proves the sender read the code on the new device's screen. The new device binds
 itself to the account key from the payload, signs the successor list with it and publishes it

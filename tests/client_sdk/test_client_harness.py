@@ -290,3 +290,37 @@ async def test_close_codes_decide_reauth_and_removal() -> None:
     events = _drain(alice)
     assert [type(e) for e in events] == [Disconnected, Disconnected, DeviceRemoved]
     assert alice._socket is not None and alice._socket.fatal is not None
+
+
+async def test_link_follow_up_merges_only_what_the_new_device_lacks() -> None:
+    """The follow-up bundle (docs/protocol/sync.md § 8) adds the operations the new device does
+    not hold (sent before it was in the device list), skips those it received itself, and
+    merging it again changes nothing."""
+    relay = FakeRelay()
+    alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
+    cid = await bob.create_conversation(["alice"])
+    await bob.send_text(cid, "one")
+    await relay.deliver(alice)
+    first = alice._history_bundle("all")
+    sent = {
+        c["conversation_id"]: (c["floor_seq"], frozenset(o["seq"] for o in c["ops"]))
+        for c in first["conversations"]
+    }
+    await bob.send_text(cid, "two")  # while linking: no copy for the phone
+    await relay.deliver(alice)
+    phone = await _add_device(relay, alice)
+    with phone._transaction():
+        phone._seed_history(first)
+    await bob.send_text(cid, "three")  # the phone is in the list now
+    await relay.deliver(alice)
+    await relay.deliver(phone)
+    assert _texts(phone) == ["three"]
+    assert [m.text for m in (await phone.conversation(cid)).messages] == ["one"]  # "three" is held
+    follow_up = alice._history_bundle("all", sent)
+    assert [o["seq"] for c in follow_up["conversations"] for o in c["ops"]] == [2, 3]
+    assert alice._history_bundle("all", {cid: (0, frozenset({1, 2, 3}))})["conversations"] == []
+    await phone._merge_follow_up(follow_up)
+    await phone._merge_follow_up(follow_up)
+    assert _texts(phone) == ["two"]  # announced once; "three" was already there
+    assert [m.text for m in phone.messages(cid)] == ["one", "two", "three"]
+    assert (await phone.conversation(cid)) == (await alice.conversation(cid))

@@ -423,6 +423,27 @@ def test_held_operation_reports_the_gap_after_the_received_prefix() -> None:
     assert state.gap() is None and [m.text for m in state.view().messages] == ["0", "1", "2", "3"]
 
 
+def test_newest_first_delivery_holds_everything_then_releases_in_server_order() -> None:
+    """A device catching up newest first: every operation is held (each names the ones before it)
+    until server_seq 1 arrives, which releases the whole chain in server_seq order at once."""
+    net = Net()
+    names = ("alice_phone", "bob_phone", "alice_desktop")
+    entries: list[Entry] = []
+    for i in range(30):
+        entries.append(net.say(names[i % 3], ops.Message(str(i))))
+        net.sync()  # every device saw everything: each operation names all the ones before it
+    entries.append(net.say("bob_phone", ops.ReactionAdd(entries[5][1].dot, "👍")))
+    state = ConversationState(CID, net.members)
+    for k, entry in enumerate(reversed(entries[1:])):
+        got = state.receive(*entry)
+        assert got.applied == () and got.gap == GapFill(CID, 0)
+        assert got.held == tuple(op.dot for _, op in entries[len(entries) - 1 - k :])
+    got = state.receive(*entries[0])
+    assert got.applied == tuple(op.dot for _, op in entries)
+    assert got.held == () and got.gap is None and state.base_seq == len(entries)
+    assert state.view() == net.view("bob_phone")  # the reaction's author has applied everything
+
+
 def test_concurrent_operation_is_applied_without_waiting_for_unrelated_gaps() -> None:
     net = Net()
     a = net.send(net.compose("alice_phone", ops.Message("a")))

@@ -288,3 +288,70 @@ async def test_new_device_without_history(live_server: LiveServer) -> None:
     assert [m.text for m in (await laptop.conversation(cid)).messages] == ["fresh"]
     for c in (desk, bob, laptop):
         await c.close()
+
+
+async def test_messages_sent_while_linking_reach_the_new_device(live_server: LiveServer) -> None:
+    """Envelopes stored after the approving device built the history bundle but before the new
+    device published its device list have no copy for the new device and are not in the bundle:
+    the approving device's follow-up bundle carries them (docs/protocol/sync.md § 8), including a
+    conversation created meanwhile. Each arrives exactly once, in order (also one that came both
+    directly and in the follow-up), and the new device's view converges with the others'."""
+    url = live_server.base_url
+    alice_name, bob_name, carol_name = _name("alice"), _name("bob"), _name("carol")
+    desk = await Client.create(url, MemoryStore())
+    await desk.register(alice_name, PASSWORD)
+    bob = await Client.create(url, MemoryStore())
+    await bob.register(bob_name, PASSWORD)
+    carol = await Client.create(url, MemoryStore())
+    await carol.register(carol_name, PASSWORD)
+    for c in (desk, bob):
+        await c.connect()
+    cid = await bob.create_conversation([alice_name])
+    await bob.send_text(cid, "before")
+    await _converged(cid, desk, bob)
+
+    # hold the desk's follow-up until the laptop has received a message directly
+    gate = asyncio.Event()
+    fill_all_gaps = desk._fill_all_gaps
+
+    async def gated() -> None:
+        await gate.wait()
+        await fill_all_gaps()
+
+    desk._fill_all_gaps = gated  # type: ignore[method-assign]
+    laptop = await Client.create(url, MemoryStore())
+    code = await laptop.begin_link()
+    await desk.approve_link(code)  # the history bundle is built now
+    await bob.send_text(cid, "while linking, from bob")
+    await desk.send_text(cid, "while linking, from the desk")
+    ref = message_ref((await _converged(cid, desk, bob)).messages[0].dot)
+    await bob.react(cid, ref, "👍")
+    cid2 = await bob.create_conversation([alice_name, carol_name])  # a group, new meanwhile
+    await bob.send_text(cid2, "a new conversation")
+    await _converged(cid, desk, bob)
+    await _converged(cid2, desk, bob)
+    await laptop.complete_link(wait_s=WAIT)  # only now do senders encrypt to the laptop
+    received: list[MessageReceived] = []
+    laptop.on(MessageReceived, received.append)
+    await laptop.connect()
+    await bob.send_text(cid, "after the link")
+    assert (await laptop.next_event(MessageReceived, WAIT)).text == "after the link"
+    # without the follow-up the laptop lacks what was sent while linking, and holds what follows
+    assert [m.text for m in (await laptop.conversation(cid)).messages] == ["before"]
+
+    gate.set()
+    await desk.finish_link(WAIT)
+    await laptop.finish_link(WAIT)
+    expected = ["before", "while linking, from bob", "while linking, from the desk", "after the link"]
+    view = await _converged(cid, laptop, desk, bob)
+    assert [m.text for m in view.messages] == expected
+    assert [e for _, e in view.messages[0].reactions] == ["👍"]
+    assert [m.text for m in laptop.messages(cid)] == expected  # stored once each, in order
+    view2 = await _converged(cid2, laptop, desk, bob)
+    assert [m.text for m in view2.messages] == ["a new conversation"]
+    assert sorted(e.text for e in received) == sorted([*expected[1:], "a new conversation"])  # once each
+    await laptop.send_text(cid, "from the laptop")
+    view = await _converged(cid, laptop, desk, bob)
+    assert [m.text for m in view.messages] == [*expected, "from the laptop"]
+    for c in (desk, bob, carol, laptop):
+        await c.close()

@@ -11,6 +11,7 @@ depends only on the set of operations received, never on their order. No I/O.
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -155,7 +156,19 @@ class ConversationState:
         self._max_seq = floor_seq
         self._dev_seqs: dict[bytes, list[int]] = {}
         self._dev_runmax: dict[bytes, list[int]] = {}
+        # held operations: dot -> (smallest server_seq, op); the same dots in server_seq order
+        # (``held()``); each held op is indexed by one condition it waits for, so that applying an op
+        # or receiving more of the server order rechecks only the ops waiting for exactly that
         self._waiting: dict[Dot, tuple[int, Op]] = {}
+        self._held_seqs: list[int] = []
+        self._held_dots: list[Dot] = []
+        self._blocked_on: dict[Dot, int] = {}  # held dot -> token of its live index entry
+        self._tokens = 0
+        # heaps of (need, token, dot): wait until ``_applied[device] >= need`` ...
+        self._wait_applied: dict[bytes, list[tuple[int, int, Dot]]] = {}
+        # ... or until ``_received_contig >= base``
+        self._wait_received: list[tuple[int, int, Dot]] = []
+        self._released: list[Dot] = []  # held dots whose indexed condition now holds (to recheck)
         self._applied: dict[bytes, int] = dict(self._floor_clock)
         self._latest_clock: dict[bytes, dict[bytes, int]] = {}
         self._max_lamport = 0
@@ -237,7 +250,6 @@ class ConversationState:
             return self._result((), duplicate=True)
         self._seq_dot[seq] = op.dot
         self._max_seq = max(self._max_seq, seq)
-        received_before = self._received_contig
         self._advance_received()
         duplicate = False
         if self.is_applied(op.dot):
@@ -248,10 +260,12 @@ class ConversationState:
         elif op.dot in self._waiting:
             duplicate = True
             first, held = self._waiting[op.dot]
-            self._waiting[op.dot] = (min(first, seq), held)
+            if seq < first:
+                self._unhold(op.dot, first)
+                self._hold(op.dot, seq, held)
         else:
-            self._waiting[op.dot] = (seq, op)
-        applied = self._drain(op.dot, rescan=self._received_contig != received_before)
+            self._hold(op.dot, seq, op)
+        applied = self._drain(op.dot)
         self._advance_applied()
         return self._result(tuple(applied), duplicate=duplicate)
 
@@ -261,7 +275,8 @@ class ConversationState:
         return None
 
     def held(self) -> tuple[Dot, ...]:
-        return tuple(sorted(self._waiting, key=lambda d: self._waiting[d][0]))
+        """Every operation waiting for causal predecessors, in ``server_seq`` order."""
+        return tuple(self._held_dots)
 
     def pending_targets(self) -> dict[Dot, tuple[Dot, ...]]:
         """Target message dot -> dots of the applied operations waiting for it."""
@@ -280,50 +295,109 @@ class ConversationState:
             runmax = self._dev_runmax.setdefault(dot.device, [])
             seqs.append(self._received_contig)
             runmax.append(max(runmax[-1] if runmax else 0, dot.n))
+        waiting = self._wait_received
+        while waiting and waiting[0][0] <= self._received_contig:
+            _, token, dot = heapq.heappop(waiting)
+            self._release(dot, token)
 
     def _advance_applied(self) -> None:
         while (dot := self._seq_dot.get(self._applied_contig + 1)) is not None and self.is_applied(dot):
             self._applied_contig += 1
 
-    def _ready(self, seq: int, op: Op) -> dict[bytes, int] | None:
-        """The op's full clock when all its causal predecessors are applied, else None."""
+    def _ready(self, seq: int, op: Op) -> dict[bytes, int] | Dot | int:
+        """The op's full clock when all its causal predecessors are applied; otherwise one condition
+        it waits for: a :class:`Dot` ``(device, need)`` (until ``need`` ops of ``device`` are
+        applied) or an int ``base`` (until ``server_seq`` 1..base are received)."""
+        own = op.dot.device
         if op.clock.base >= seq:
             # impossible for an honest author (it cannot have seen its own op's server_seq): only
             # the own-device order is kept, and the op will apply with no effect
-            return {op.dot.device: op.dot.n} if self._applied.get(op.dot.device, 0) >= op.dot.n - 1 else None
+            if self._applied.get(own, 0) >= op.dot.n - 1:
+                return {own: op.dot.n}
+            return Dot(own, op.dot.n - 1)
         if op.clock.base > self._received_contig:
-            return None
+            return op.clock.base
         full = op.clock.expand(self.prefix(op.clock.base))
         for device, n in full.items():
-            need = n - 1 if device == op.dot.device else n
+            need = n - 1 if device == own else n
             if self._applied.get(device, 0) < need:
-                return None
-        if self._applied.get(op.dot.device, 0) < op.dot.n - 1:
-            return None
+                return Dot(device, need)
+        if self._applied.get(own, 0) < op.dot.n - 1:
+            return Dot(own, op.dot.n - 1)
         return full
 
-    def _drain(self, new: Dot, *, rescan: bool) -> list[Dot]:
-        """Apply what became ready: the new operation, and when something changed (it applied, or
-        more of the server order arrived) every held operation, until nothing more applies."""
+    def _hold(self, dot: Dot, seq: int, op: Op) -> None:
+        self._waiting[dot] = (seq, op)
+        i = bisect.bisect_left(self._held_seqs, seq)
+        self._held_seqs.insert(i, seq)
+        self._held_dots.insert(i, dot)
+
+    def _unhold(self, dot: Dot, seq: int) -> None:
+        del self._waiting[dot]
+        self._blocked_on.pop(dot, None)  # its index entry, if any, is now stale
+        i = bisect.bisect_left(self._held_seqs, seq)
+        del self._held_seqs[i]
+        del self._held_dots[i]
+
+    def _index(self, dot: Dot, condition: Dot | int) -> None:
+        """Wait for ``condition`` (see :meth:`_ready`); replaces the dot's earlier index entry."""
+        self._tokens += 1
+        token = self._tokens
+        self._blocked_on[dot] = token
+        if isinstance(condition, Dot):
+            heap = self._wait_applied.setdefault(condition.device, [])
+            heapq.heappush(heap, (condition.n, token, dot))
+        else:
+            heapq.heappush(self._wait_received, (condition, token, dot))
+
+    def _release(self, dot: Dot, token: int) -> None:
+        if self._blocked_on.get(dot) == token:
+            del self._blocked_on[dot]
+            self._released.append(dot)
+
+    def _try(self, dot: Dot) -> bool:
+        """Apply the held ``dot`` if it is ready, else index it by what it waits for."""
+        seq, op = self._waiting[dot]
+        full = self._ready(seq, op)
+        if not isinstance(full, dict):
+            self._index(dot, full)
+            return False
+        self._unhold(dot, seq)
+        self._apply(seq, op, full)
+        heap = self._wait_applied.get(op.dot.device)
+        if heap:
+            done = self._applied[op.dot.device]
+            while heap and heap[0][0] <= done:
+                _, token, waiting = heapq.heappop(heap)
+                self._release(waiting, token)
+        return True
+
+    def _drain(self, new: Dot) -> list[Dot]:
+        """Apply what became ready: the new operation, then the held operations whose indexed
+        condition now holds, rechecked in passes in ``server_seq`` order until nothing more applies
+        (the same order as rescanning every held operation in ``server_seq`` order, pass after
+        pass: an op released behind the current position waits for the next pass)."""
         applied: list[Dot] = []
-        if new in self._waiting:
-            seq, op = self._waiting[new]
-            full = self._ready(seq, op)
-            if full is not None:
-                del self._waiting[new]
-                self._apply(seq, op, full)
-                applied.append(new)
-        progress = rescan or bool(applied)
-        while progress and self._waiting:
-            progress = False
-            for dot, (seq, op) in sorted(self._waiting.items(), key=lambda item: item[1][0]):
-                full = self._ready(seq, op)
-                if full is None:
+        if new in self._waiting and self._try(new):
+            applied.append(new)
+        while self._released:
+            released, self._released = self._released, []
+            current = [(self._waiting[d][0], d) for d in set(released) if d in self._waiting]
+            heapq.heapify(current)
+            later: list[Dot] = []
+            while current:
+                seq, dot = heapq.heappop(current)
+                if dot not in self._waiting or not self._try(dot):
                     continue
-                del self._waiting[dot]
-                self._apply(seq, op, full)
                 applied.append(dot)
-                progress = True
+                for d in self._released:
+                    if d in self._waiting:
+                        if self._waiting[d][0] > seq:
+                            heapq.heappush(current, (self._waiting[d][0], d))
+                        else:
+                            later.append(d)
+                self._released = []
+            self._released = later
         return applied
 
     # -- the rules -------------------------------------------------------------------------------
