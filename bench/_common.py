@@ -145,6 +145,15 @@ def latency_summary_ms(latencies_s: Sequence[float]) -> dict[str, float | None]:
 # -- environment --------------------------------------------------------------------------------
 
 
+def lag_summary_ms(lags: Sequence[float]) -> dict[str, float | None]:
+    """How late the load generator fired its scheduled sends: p99 and max, in ms."""
+    ordered = sorted(lags)
+    return {
+        "p99": round((percentile(ordered, 99) or 0) * 1000, 3),
+        "max": round(ordered[-1] * 1000, 3) if ordered else None,
+    }
+
+
 def versions() -> dict[str, str | None]:
     def v(dist: str) -> str | None:
         try:

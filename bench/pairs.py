@@ -854,15 +854,11 @@ async def test_latency(args: argparse.Namespace, ciphertext_bytes: int) -> dict[
         cpu = meter.result()
         drain_s = await tracker.drain(DRAIN_MAX_S)
         server_metrics = metrics_delta(scraped, await scrape_all(target))
-        lags.sort()
         result["figures"] = {
             **delivery_report(tracker),
             "latency_ms": common.latency_summary_ms(tracker.latencies()),
             "send_rtt_ms": common.latency_summary_ms(tracker.send_rtt),
-            "schedule_lag_ms": {
-                "p99": round((common.percentile(lags, 99) or 0) * 1000, 3),
-                "max": round(lags[-1] * 1000, 3) if lags else None,
-            },
+            "schedule_lag_ms": common.lag_summary_ms(lags),
             "drain_s": round(drain_s, 3),
             "cpu_send_window": cpu,
             "server_metrics_window_and_drain": server_metrics,

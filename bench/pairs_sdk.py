@@ -404,7 +404,7 @@ async def test_latency(args: argparse.Namespace) -> dict[str, Any]:
             p.sender.reset()
         lags: list[float] = []
         log(f"latency (sdk): {pairs_n} pairs x {seconds} messages, open loop")
-        scraped = await sm.scrape(target.base_url)
+        scraped = await sm.scrape_all(target)
         meter = common.CpuMeter(target.pid)
         t0 = time.perf_counter() + 0.2
 
@@ -426,17 +426,13 @@ async def test_latency(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(run_sender(p) for p in pairs))
         cpu = meter.result()
         drain_s = await tracker.drain(DRAIN_MAX_S)
-        server_metrics = sm.metrics_delta(scraped, await sm.scrape(target.base_url))
-        lags.sort()
+        server_metrics = sm.metrics_delta(scraped, await sm.scrape_all(target))
         result["figures"] = {
             **sm.delivery_report(tracker),
             **events_report(made),
             "latency_ms": common.latency_summary_ms(tracker.latencies()),
             "send_rtt_ms": common.latency_summary_ms(tracker.send_rtt),
-            "schedule_lag_ms": {
-                "p99": round((common.percentile(lags, 99) or 0) * 1000, 3),
-                "max": round(lags[-1] * 1000, 3) if lags else None,
-            },
+            "schedule_lag_ms": common.lag_summary_ms(lags),
             "drain_s": round(drain_s, 3),
             "cpu_send_window": cpu,
             "cpu_per_delivered_message_ms": cpu_per_message(cpu, len(tracker.delivered)),
@@ -478,7 +474,7 @@ async def test_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 f"load generator pid {os.getpid()}"
             )
         log(f"throughput (sdk): {pairs_n} pairs, closed loop for {seconds} s")
-        scraped = await sm.scrape(target.base_url)
+        scraped = await sm.scrape_all(target)
         meter = common.CpuMeter(target.pid)
         t_start = time.perf_counter()
         t_end = t_start + seconds
@@ -492,7 +488,7 @@ async def test_throughput(args: argparse.Namespace) -> dict[str, Any]:
 
         await asyncio.gather(*(run_sender(p) for p in pairs))
         cpu = meter.result()
-        server_metrics = sm.metrics_delta(scraped, await sm.scrape(target.base_url))
+        server_metrics = sm.metrics_delta(scraped, await sm.scrape_all(target))
         in_window = sum(1 for t in tracker.delivered.values() if t <= t_end)
         accepted_in_window = len(tracker.accepted)
         drain_s = await tracker.drain(DRAIN_MAX_S)
@@ -644,7 +640,7 @@ async def test_fanout(args: argparse.Namespace) -> dict[str, Any]:
             d.attach(tracker)
         sender.reset()
         log(f"fanout (sdk): 1 sender -> {group} members x 2 devices, {seconds} messages at 1/s")
-        scraped = await sm.scrape(target.base_url)
+        scraped = await sm.scrape_all(target)
         meter = common.CpuMeter(target.pid)
         t0 = time.perf_counter() + 0.2
         inflight: list[asyncio.Task[bool]] = []
@@ -661,8 +657,7 @@ async def test_fanout(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*inflight)
         cpu = meter.result()
         drain_s = await tracker.drain(DRAIN_MAX_S)
-        server_metrics = sm.metrics_delta(scraped, await sm.scrape(target.base_url))
-        lags.sort()
+        server_metrics = sm.metrics_delta(scraped, await sm.scrape_all(target))
         per_device = [sum(1 for d, _ in tracker.delivered if d == i) for i in all_keys]
         result["figures"] = {
             **sm.delivery_report(tracker),
@@ -670,10 +665,7 @@ async def test_fanout(args: argparse.Namespace) -> dict[str, Any]:
             "deliveries_per_device": {"min": min(per_device, default=0), "max": max(per_device, default=0)},
             "latency_ms": common.latency_summary_ms(tracker.latencies()),
             "send_rtt_ms": common.latency_summary_ms(tracker.send_rtt),
-            "schedule_lag_ms": {
-                "p99": round((common.percentile(lags, 99) or 0) * 1000, 3),
-                "max": round(lags[-1] * 1000, 3) if lags else None,
-            },
+            "schedule_lag_ms": common.lag_summary_ms(lags),
             "drain_s": round(drain_s, 3),
             "cpu_send_window": cpu,
             "cpu_per_delivery_ms": cpu_per_message(cpu, len(tracker.delivered)),

@@ -195,6 +195,7 @@ class DeviceConnection:
         self.ws = ws
         self.device = device
         self._device_id = device.device_id_bytes
+        self._account_id = device.account_id_bytes
         self.delivery = delivery
         self.metrics = metrics
         self.window = window
@@ -412,7 +413,7 @@ class DeviceConnection:
             del parsed
             # Shielded: if the socket closes meanwhile, the send still finishes its post-commit
             # steps (bus wake-ups for other instances, metrics); only the answer is dropped.
-            result = await _db(self.delivery.send(self.device.account_id_bytes, self._device_id, req))
+            result = await _db(self.delivery.send(self._account_id, self._device_id, req))
             return {
                 "type": "send_result",
                 "request_id": request_id,
@@ -505,7 +506,9 @@ class DeviceConnection:
             await self._wake.wait()
 
     async def _commit_ack(self, through: int) -> None:
-        await _db(self.delivery.ack(self._device_id, through))
+        # The group-commit writer shields its jobs already: a cancelled pump leaves the ack's
+        # commit running (no extra task per ack, as _db would add).
+        await self.delivery.ack(self._device_id, through)
         now = self.delivery.clock()
         delivered = 0
         for seq in [s for s in self.inflight if s <= through]:

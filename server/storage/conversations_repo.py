@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, delete, exists, insert, select
 from sqlalchemy.engine import Connection
@@ -255,6 +256,12 @@ def load_routing_sync(
         )
         .where(conversation_members.c.conversation_id.in_(sorted(set(conversation_ids))))
     )
+    return routing_from_rows(rows)
+
+
+def routing_from_rows(rows: Iterable[Any]) -> dict[bytes, list[AccountRouting]]:
+    """Routing views from ``(conversation_id, account_id, device_list_version, device_id | None)``
+    rows (one per active device, or one with no device for a member without any)."""
     versions: dict[bytes, dict[bytes, int]] = {}
     devices: dict[tuple[bytes, bytes], set[bytes]] = {}
     for conversation_id, account_id, version, device_id in rows:

@@ -34,7 +34,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.storage.conversations_repo import AccountRouting
+from server.storage.conversations_repo import AccountRouting, routing_from_rows
 from server.storage.db import Database
 from server.storage.delivery_schema import (
     conversations,
@@ -332,59 +332,29 @@ _CREATE_QUEUE_STATE = (
 )
 
 
-def _submit_queue_state_lock(sql: _DriverSql, devices: set[bytes]) -> Any:
+def _lock_queue_states_driver(sql: _DriverSql, devices: set[bytes]) -> dict[bytes, int]:
     """Lock the devices' queue-state rows in device-id order (``FOR UPDATE`` on PostgreSQL;
-    SQLite has one writer); the cursor yields ``(device_id, last_queue_seq)`` of the rows that
-    exist. None if there are no devices."""
+    SQLite has one writer); device -> ``last_queue_seq`` for the rows that exist."""
     if not devices:
-        return None
+        return {}
     ordered = sorted(devices)
-    return sql.submit(
+    cur = sql.submit(
         "SELECT device_id, last_queue_seq FROM device_queue_state WHERE device_id IN "  # noqa: S608 - placeholders only
         f"({sql.marks(len(ordered))}) ORDER BY device_id{sql.for_update}",
         ordered,
     )
-
-
-def _lock_queue_states_driver(sql: _DriverSql, devices: set[bytes]) -> dict[bytes, int]:
-    cur = _submit_queue_state_lock(sql, devices)
-    return {} if cur is None else {bytes(d): int(n) for d, n in cur.fetchall()}
+    return {bytes(d): int(n) for d, n in cur.fetchall()}
 
 
 def _routing_lookup(conversation_ids: Sequence[bytes]) -> tuple[str, list[object]]:
-    """As :func:`server.storage.conversations_repo.load_routing_sync`, in driver SQL."""
+    """The statement of :func:`server.storage.conversations_repo.load_routing_sync`, in driver
+    SQL (its rows fold with :func:`~server.storage.conversations_repo.routing_from_rows`)."""
     return (
         "SELECT m.conversation_id, a.id, a.device_list_version, d.device_id "  # noqa: S608 - placeholders only
         "FROM conversation_members m JOIN accounts a ON a.id = m.account_id "
         "LEFT OUTER JOIN devices d ON d.account_id = a.id AND d.removed_at_ms IS NULL "
         f"WHERE m.conversation_id IN ({_DriverSql.marks(len(conversation_ids))})",
         list(conversation_ids),
-    )
-
-
-def _routing_rows(rows: Sequence[Any]) -> dict[bytes, list[AccountRouting]]:
-    versions: dict[bytes, dict[bytes, int]] = {}
-    devices: dict[tuple[bytes, bytes], set[bytes]] = {}
-    for conversation_id, account_id, version, device_id in rows:
-        cid = bytes(conversation_id)
-        aid = bytes(account_id)
-        versions.setdefault(cid, {})[aid] = int(version)
-        devs = devices.setdefault((cid, aid), set())
-        if device_id is not None:
-            devs.add(bytes(device_id))
-    return {
-        cid: [AccountRouting(a, v, frozenset(devices[(cid, a)])) for a, v in accounts.items()]
-        for cid, accounts in versions.items()
-    }
-
-
-def _stored(row: object) -> StoredEnvelope:
-    return StoredEnvelope(
-        conversation_id=bytes(row.conversation_id),  # type: ignore[attr-defined]
-        envelope_id=bytes(row.envelope_id),  # type: ignore[attr-defined]
-        server_seq=int(row.server_seq),  # type: ignore[attr-defined]
-        server_ts_ms=int(row.server_ts_ms),  # type: ignore[attr-defined]
-        request_hash=bytes(row.request_hash),  # type: ignore[attr-defined]
     )
 
 
@@ -544,23 +514,23 @@ class EnvelopesRepo:
 
         def apply(conn: Connection) -> list[SendOutcome]:
             ack_devices = {a.device_id for a in acks}
-            with _DriverSql(conn).pipeline():
-                outcomes = self._apply_sends(conn, sends, now_ms, ack_devices) if sends else []
+            sql = _DriverSql(conn)
+            with sql.pipeline():
+                outcomes = self._apply_sends(sql, sends, now_ms, ack_devices) if sends else []
                 if acks:
                     # A batch with sends locked the ack devices' rows with its recipients'.
-                    self._apply_acks(conn, acks, locked=bool(sends))
+                    self._apply_acks(sql, acks, locked=bool(sends))
             return outcomes
 
         return await self._db.run_write(apply)
 
     def _apply_sends(
         self,
-        conn: Connection,
+        sql: _DriverSql,
         sends: Sequence[NewEnvelope],
         now_ms: int,
         ack_devices: set[bytes] | frozenset[bytes] = frozenset(),
     ) -> list[SendOutcome]:
-        sql = _DriverSql(conn)
         keys = {(e.sender_device_id, e.envelope_id) for e in sends}
         conv_ids = sorted({e.conversation_id for e in sends})
         checked_ids = sorted({e.conversation_id for e in sends if e.device_list_versions is not None})
@@ -599,7 +569,7 @@ class EnvelopesRepo:
             if key in keys:
                 existing[key] = StoredEnvelope(bytes(cid), bytes(eid), int(seq), int(ts), bytes(digest))
         last_seq: dict[bytes, int] = {bytes(cid): int(seq) for cid, seq in conversations_cur.fetchall()}
-        routing = _routing_rows(routing_cur.fetchall()) if routing_cur is not None else {}
+        routing = routing_from_rows(routing_cur.fetchall()) if routing_cur is not None else {}
         counters = {bytes(d): int(n) for d, n in states_cur.fetchall()}
 
         # Decide each send's fate; assign server_seq to the fresh ones.
@@ -697,10 +667,9 @@ class EnvelopesRepo:
         return [o for o in outcomes if o is not None]
 
     @staticmethod
-    def _apply_acks(conn: Connection, acks: Sequence[AckRequest], locked: bool = False) -> None:
+    def _apply_acks(sql: _DriverSql, acks: Sequence[AckRequest], locked: bool = False) -> None:
         """Delete acknowledged queue rows and raise the watermarks. ``locked``: the sends of
         the same transaction already locked these devices' queue-state rows."""
-        sql = _DriverSql(conn)
         through: dict[bytes, int] = {}
         for a in acks:
             through[a.device_id] = max(through.get(a.device_id, 0), a.through)
