@@ -220,7 +220,7 @@ def test_ephemeral_envelope_size_limit(live_server: LiveServer, client: httpx.Cl
 async def test_ephemeral_buffer_is_bounded_by_bytes() -> None:
     conn = ws_module.DeviceConnection(
         None,  # type: ignore[arg-type]
-        SimpleNamespace(device_id_bytes=b"d" * 16),  # type: ignore[arg-type]
+        SimpleNamespace(device_id_bytes=b"d" * 16, account_id_bytes=b"a" * 16),  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         window=64,
