@@ -1,8 +1,9 @@
 """The group-commit writer's transaction in isolation: ``EnvelopesRepo.write_batch`` with K sends
-and K acknowledgements per transaction, the shape of the pairs-v1 throughput test (1:1
-conversations, one recipient device each), on SQLite (a fresh file, ``synchronous=FULL``) or the
-PostgreSQL database of ``--database-url``. No event loop competes for the GIL here, so the figure
-is the writer's own cost per transaction: wall time, and CPU time of the writer thread.
+and K acknowledgements per transaction, the shape of the pairs-v1 throughput test
+(bench/WORKLOAD.md; 1:1 conversations, one recipient device each), on SQLite (a fresh file,
+``synchronous=FULL``) or the PostgreSQL database of ``--database-url``. No event loop competes for
+the GIL here, so the figure is the writer's own cost per transaction: wall time, and CPU time of
+the writer thread.
 
     .venv/bin/python bench/group_commit.py [--batch 10] [--transactions 2000] [--profile]
     .venv/bin/python bench/group_commit.py --database-url postgresql+asyncpg://u:p@127.0.0.1/bench

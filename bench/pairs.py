@@ -1,4 +1,4 @@
-"""Benchmark of the workload "pairs-v1" (../shared/bench/WORKLOAD.md), server mode (this file)
+"""Benchmark of the workload "pairs-v1" (bench/WORKLOAD.md), server mode (this file)
 and sdk mode (``--mode sdk``: bench/pairs_sdk.py).
 
     .venv/bin/python bench/pairs.py [--mode server|sdk] [--test latency|throughput|idle|fanout|all]

@@ -1,4 +1,4 @@
-"""Workload "pairs-v1" (../shared/bench/WORKLOAD.md), SDK MODE: senders and receivers are real SDK
+"""Workload "pairs-v1" (bench/WORKLOAD.md), SDK MODE: senders and receivers are real SDK
 clients (``client_sdk.client.Client``) that encrypt and decrypt inside the timed window.
 
     from bench import pairs, pairs_sdk

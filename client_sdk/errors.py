@@ -40,6 +40,21 @@ class UsageError(SaltlineError):
     """The SDK was called in a way it does not support (the message says what to call first)."""
 
 
+class MessageTooLargeError(UsageError):
+    """The message does not fit the server's envelope limit for all its recipient devices; it was
+    not queued. Send less text (or, for files, an attachment)."""
+
+    def __init__(self, size: int, limit: int, devices: int, largest: int) -> None:
+        self.size = size
+        self.limit = limit
+        self.devices = devices
+        self.largest = largest
+        super().__init__(
+            f"the message is too large: about {size} bytes for {devices} recipient device(s), over the "
+            f"server's limit of {limit} bytes per envelope; at most {largest} bytes of text fit"
+        )
+
+
 class StoreError(SaltlineError):
     """The device store failed or holds data this SDK cannot read."""
 

@@ -1,4 +1,4 @@
-"""Signed device lists: which devices belong to an account (ARCHITECTURE §2).
+"""Signed device lists: which devices belong to an account (docs/protocol/device-lists.md).
 
 An account's Ed25519 account key signs the list of its devices. Versions only go up and
 each list names the SHA-256 hash of its predecessor, so a server can neither add a device

@@ -76,12 +76,47 @@ class DeliveryGap(Event):
 
 @dataclass(frozen=True, slots=True)
 class DecryptionFailed(Event):
-    """A queued envelope could not be decrypted or parsed (dropped)."""
+    """An envelope was dropped (acknowledged, never processed): it could not be decrypted or
+    parsed, its sender is in no verified device list, or it kept failing. ``code`` is one of
+    :data:`client_sdk.core.inbound.DropCode`."""
 
     conversation_id: str
     envelope_id: str
     sender_device_id: str
     reason: str
+    code: str = "undecryptable"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationUnavailable(Event):
+    """The server no longer shows a conversation to this device (403/404: for example it was
+    removed from a group while offline); envelopes of it were acknowledged and dropped."""
+
+    conversation_id: str
+    status: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedFrame(Event):
+    """The server sent a frame that breaks the protocol; it was ignored (and acknowledged when it
+    named a queue position). A client that keeps getting these is talking to a broken or hostile
+    server."""
+
+    frame_type: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItemFailed(Event):
+    """The server refused an outbox item for good (``status`` 413, 403, 404, 422...): it stays in
+    the outbox as failed, never blocks the items behind it; ``retry_outbox`` or ``discard_outbox``."""
+
+    conversation_id: str
+    envelope_id: str
+    reason: str
+    status: int | None
+    code: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +147,24 @@ class Drained(Event):
 
 @dataclass(frozen=True, slots=True)
 class Disconnected(Event):
+    """The delivery socket closed or could not connect. ``code``: the server's close code (None:
+    a network failure or a dead connection); ``attempt``: consecutive failures (1 after a healthy
+    connection); ``retry_in_s``: when the next attempt starts (None: no retry, see
+    :class:`DeviceRemoved`)."""
+
     reason: str
+    code: int | None = None
+    attempt: int = 1
+    retry_in_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected(Event):
+    """The delivery socket is ready again after a disconnection (``attempts``: how many tries it
+    took); the server resumes after ``acked_queue_seq``."""
+
+    acked_queue_seq: int
+    attempts: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from client_sdk.core.wire import canonical_json
 from client_sdk.errors import LinkError
 from crypto import sealed
 from crypto.errors import CryptoError
@@ -84,7 +85,7 @@ class LinkCode:
 
 def seal_payload(code: LinkCode, payload: dict[str, Any]) -> bytes:
     doc = {"v": PAYLOAD_VERSION, "secret": code.secret, **payload}
-    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    body = canonical_json(doc)
     try:
         return sealed.seal(X25519PublicKey(code.link_public_key), body, sealed.LINK_PAYLOAD)
     except CryptoError as exc:

@@ -1,17 +1,15 @@
-"""Per-device message format (docs/protocol/messages.md): vector clocks, the plaintext
-operation, padding, the envelope associated data, and encrypting/decrypting one per-device
-ciphertext with the pairwise ratchet sessions.
+"""Per-device message format (docs/protocol/messages.md): padding, the envelope associated data,
+and encrypting/decrypting one per-device ciphertext with the pairwise ratchet sessions. (Clocks
+and operations are in :mod:`client_sdk.core.sync`.)
 
 Pure: randomness is passed in (``rng``), nothing is read from a clock or the network.
 """
 
 from __future__ import annotations
 
-import json
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from client_sdk.errors import DecryptError, ReplayedPreKeyMessageError
 from crypto import primitives as p
@@ -32,97 +30,13 @@ from crypto.x3dh import (
 FORMAT_VERSION = 0x01
 KIND_PREKEY = 0x01
 KIND_RATCHET = 0x02
-OPERATION_VERSION = 1
-CLOCK_VERSION = 0x01
 AD_LABEL = b"saltline/v1/envelope-ad"
 SEEN_BASE_KEY_LABEL = b"saltline/v1/seen-base-key"
 MIN_BUCKET = 256
 _U32 = struct.Struct(">I")
-_CLOCK_ENTRY = struct.Struct(">16sQ")
 
 
-# -- vector clocks ---------------------------------------------------------------------------------
-
-
-def encode_clock(clock: Mapping[bytes, int]) -> bytes:
-    """``0x01 || u16 count || (device_id 16 || counter u64)*`` sorted by device id; zeros omitted."""
-    items = sorted((d, n) for d, n in clock.items() if n > 0)
-    return (
-        bytes([CLOCK_VERSION])
-        + struct.pack(">H", len(items))
-        + b"".join(_CLOCK_ENTRY.pack(d, n) for d, n in items)
-    )
-
-
-def decode_clock(data: bytes) -> dict[bytes, int]:
-    if not data:
-        return {}
-    if data[0] != CLOCK_VERSION or len(data) < 3:
-        raise DecryptError("unsupported vector clock encoding")
-    (count,) = struct.unpack_from(">H", data, 1)
-    if len(data) != 3 + count * _CLOCK_ENTRY.size:
-        raise DecryptError("malformed vector clock")
-    out: dict[bytes, int] = {}
-    previous = b""
-    for i in range(count):
-        device_id, counter = _CLOCK_ENTRY.unpack_from(data, 3 + i * _CLOCK_ENTRY.size)
-        if device_id <= previous or counter == 0:
-            raise DecryptError("vector clock entries are not canonical")
-        out[device_id] = counter
-        previous = device_id
-    return out
-
-
-def tick(clock: Mapping[bytes, int], device_id: bytes) -> dict[bytes, int]:
-    """The clock after this device's next operation."""
-    out = dict(clock)
-    out[device_id] = out.get(device_id, 0) + 1
-    return out
-
-
-def merge(a: Mapping[bytes, int], b: Mapping[bytes, int]) -> dict[bytes, int]:
-    out = dict(a)
-    for device_id, n in b.items():
-        out[device_id] = max(out.get(device_id, 0), n)
-    return out
-
-
-# -- operations and padding ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """A decrypted operation. ``type`` "text" carries ``text``; unknown types are kept in ``raw``."""
-
-    type: str
-    sent_at_ms: int
-    text: str | None
-    raw: dict[str, Any]
-
-
-def text_operation(text: str, sent_at_ms: int) -> bytes:
-    """The canonical JSON of a text operation (unpadded)."""
-    return _canonical({"v": OPERATION_VERSION, "type": "text", "text": text, "sent_at_ms": sent_at_ms})
-
-
-def _canonical(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def parse_operation(body: bytes) -> Operation:
-    try:
-        doc = json.loads(body.decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DecryptError("message body is not JSON") from exc
-    if not isinstance(doc, dict) or doc.get("v") != OPERATION_VERSION or not isinstance(doc.get("type"), str):
-        raise DecryptError("unsupported message operation version")
-    sent_at = doc.get("sent_at_ms", 0)
-    if not isinstance(sent_at, int) or isinstance(sent_at, bool):
-        raise DecryptError("sent_at_ms is not an integer")
-    text = doc.get("text")
-    if doc["type"] == "text" and not isinstance(text, str):
-        raise DecryptError("text operation without text")
-    return Operation(doc["type"], sent_at, text if isinstance(text, str) else None, doc)
+# -- padding ---------------------------------------------------------------------------------------
 
 
 def pad(body: bytes) -> bytes:

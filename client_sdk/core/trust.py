@@ -121,3 +121,12 @@ def fan_out(my_device_id: bytes, lists: Mapping[str, dl.DeviceList]) -> list[Rec
 
 def versions(lists: Mapping[str, dl.DeviceList]) -> dict[str, int]:
     return {account_id: content.version for account_id, content in lists.items()}
+
+
+def identity_change(policy: str, *, own_account: bool, verified: bool) -> bool:
+    """Rule 3's decision when a contact's account key changed: True adopts the new key (unverified,
+    with an event), False holds it pending until the user verifies the contact (nothing is sent to
+    the account meanwhile). Only the "warn" policy adopts, and never for a contact the user had
+    verified (its safety number was compared: a silent swap is what verification exists to stop)
+    nor for this device's own account (only the account's devices can change its key)."""
+    return policy == "warn" and not own_account and not verified

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 TrustPolicyName = Literal["warn", "block"]
-MessageStatus = Literal["pending", "sent", "received"]
+MessageStatus = Literal["pending", "sent", "received", "failed"]
 
 # -- records ----------------------------------------------------------------------------------
 
@@ -134,6 +134,21 @@ class OutboxItem:
     created_at_ms: int
     request: bytes | None = None
     attempts: int = 0
+    failed_reason: str | None = None
+    """Set when the item failed permanently (a 4xx the client does not retry): what happened, in
+    words an app can show. A failed item is kept (and listed by :meth:`OutboxStore.outbox`) until
+    the app retries or discards it; it is never sent automatically. No secrets, but an
+    encrypted-at-rest store encrypts it like the rest of the item."""
+    failed_status: int | None = None
+    """The HTTP status of the permanent failure (413, 403, 404, 422, ...), if there was one."""
+    failed_code: str | None = None
+    """The problem code of the permanent failure (``client_sdk.core.wire.PROBLEM_*``), if any."""
+    next_attempt_ms: int = 0
+    """The earliest time (epoch ms) of the next automatic attempt (back-off); 0: as soon as possible."""
+
+    @property
+    def failed(self) -> bool:
+        return self.failed_reason is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +191,19 @@ class SyncMeta:
     """The compact (0x02, base 0) encoding of the clock of the prefix up to ``floor_seq``."""
     members: tuple[str, ...] = ()
     """The genesis members the conversation state starts from (empty: the conversation's members)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    """A message shown to the app that an opted-in app handler has not yet returned from
+    (at-least-once delivery): kept until the handler returns, offered again after a restart.
+    Unique by ``envelope_id``."""
+
+    envelope_id: str
+    conversation_id: str
+    added_at_ms: int
+    attempts: int = 0
+    """How many times the handler was called with it (and did not return)."""
 
 
 # -- stores -------------------------------------------------------------------------------------
@@ -226,6 +254,11 @@ class ConversationStore(Protocol):
         """Insert or replace the message with ``record.envelope_id``."""
         ...
 
+    def delete_message(self, envelope_id: str) -> None:
+        """Forget the message with ``envelope_id`` (idempotent): a pending message whose outbox
+        item the app discarded or composed again."""
+        ...
+
     def messages(self, conversation_id: str, *, limit: int = 1000) -> Sequence[MessageRecord]:
         """The conversation's messages in display order: stored ones by ``server_seq``, then the
         pending ones (``server_seq is None``) by ``sent_at_ms``; the last ``limit`` of them."""
@@ -238,10 +271,33 @@ class OutboxStore(Protocol):
     def get_outbox(self, envelope_id: str) -> OutboxItem | None: ...
 
     def outbox(self) -> Sequence[OutboxItem]:
-        """Every item not yet stored by the server, oldest (``created_at_ms``, then insertion) first."""
+        """Every item not yet stored by the server, failed ones included, oldest
+        (``created_at_ms``, then insertion) first."""
         ...
 
     def remove_outbox(self, envelope_id: str) -> None: ...
+
+
+class HandlerInboxStore(Protocol):
+    """At-least-once delivery to an app handler: the envelope ids of messages the handler has
+    not returned from yet. The client adds an entry in the transaction that stores the message
+    and removes it when the handler returns."""
+
+    def add_pending(self, envelope_id: str, conversation_id: str, added_at_ms: int) -> None:
+        """Record the entry; idempotent (an existing entry keeps its time and attempts)."""
+        ...
+
+    def pending(self, limit: int = 1000) -> Sequence[PendingDelivery]:
+        """The oldest ``limit`` entries, oldest (``added_at_ms``, then insertion) first."""
+        ...
+
+    def bump_attempts(self, envelope_id: str) -> None:
+        """Count one more handler call for the entry (nothing if there is none)."""
+        ...
+
+    def remove_pending(self, envelope_id: str) -> None:
+        """Forget the entry (idempotent)."""
+        ...
 
 
 class CursorStore(Protocol):
@@ -327,6 +383,9 @@ class Store(Protocol):
 
     @property
     def sync(self) -> SyncStore: ...
+
+    @property
+    def handler_inbox(self) -> HandlerInboxStore: ...
 
     def transaction(self) -> AbstractContextManager[None]:
         """All writes inside are committed together when the outermost block exits normally and

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from client_sdk.errors import StoreLockedError
@@ -18,6 +19,7 @@ from client_sdk.stores.base import (
     DeviceRecord,
     MessageRecord,
     OutboxItem,
+    PendingDelivery,
     PreKeyMeta,
     SessionRecord,
     SyncMeta,
@@ -42,6 +44,7 @@ class _Data:
         self.sync_meta: dict[str, SyncMeta] = {}
         self.sync_ops: dict[str, dict[int, SyncOpRecord]] = {}
         self.settings: dict[str, str] = {}
+        self.handler_inbox: dict[str, tuple[int, PendingDelivery]] = {}
         self.tick = 0  # insertion order
 
     def snapshot(self) -> dict[str, Any]:
@@ -127,6 +130,9 @@ class MemoryConversationStore(_Part):
         tick = old[0] if old is not None else self._data.next_tick()
         self._data.messages[record.envelope_id] = (tick, record)
 
+    def delete_message(self, envelope_id: str) -> None:
+        self._data.messages.pop(envelope_id, None)
+
     def messages(self, conversation_id: str, *, limit: int = 1000) -> Sequence[MessageRecord]:
         rows = [e for e in self._data.messages.values() if e[1].conversation_id == conversation_id]
         stored = sorted((e for e in rows if e[1].server_seq is not None), key=lambda e: e[1].server_seq or 0)
@@ -208,6 +214,30 @@ class MemorySyncStore(_Part):
         self._data.settings[name] = value
 
 
+class MemoryHandlerInboxStore(_Part):
+    def add_pending(self, envelope_id: str, conversation_id: str, added_at_ms: int) -> None:
+        if envelope_id not in self._data.handler_inbox:
+            self._data.handler_inbox[envelope_id] = (
+                self._data.next_tick(),
+                PendingDelivery(envelope_id, conversation_id, added_at_ms),
+            )
+
+    def pending(self, limit: int = 1000) -> Sequence[PendingDelivery]:
+        if limit <= 0:
+            return []
+        ordered = sorted(self._data.handler_inbox.values(), key=lambda e: (e[1].added_at_ms, e[0]))
+        return [entry for _, entry in ordered[:limit]]
+
+    def bump_attempts(self, envelope_id: str) -> None:
+        old = self._data.handler_inbox.get(envelope_id)
+        if old is not None:
+            tick, entry = old
+            self._data.handler_inbox[envelope_id] = (tick, replace(entry, attempts=entry.attempts + 1))
+
+    def remove_pending(self, envelope_id: str) -> None:
+        self._data.handler_inbox.pop(envelope_id, None)
+
+
 class MemoryStore:
     """A :class:`~client_sdk.stores.base.Store` that lives in this process only."""
 
@@ -223,6 +253,7 @@ class MemoryStore:
         self.cursors = MemoryCursorStore(self._data)
         self.prekeys = MemoryPreKeyStore(self._data)
         self.sync = MemorySyncStore(self._data)
+        self.handler_inbox = MemoryHandlerInboxStore(self._data)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

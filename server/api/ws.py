@@ -1,4 +1,4 @@
-"""WebSocket delivery: ``GET /v1/ws`` (ARCHITECTURE §5).
+"""WebSocket delivery: ``GET /v1/ws`` (docs/protocol/delivery.md § 5).
 
 All frames are JSON text. Binary values are unpadded base64url; ids are 16-byte ids.
 

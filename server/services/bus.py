@@ -1,4 +1,4 @@
-"""The delivery bus: wakes the connection that holds a device's socket (ARCHITECTURE §6).
+"""The delivery bus: wakes the connection that holds a device's socket (docs/protocol/delivery.md § 6).
 
 The queue in the database is the truth; the bus only *wakes*. A lost wake-up delays delivery at
 most until the connection's next heartbeat (each ping tick also re-reads the queue), it never loses

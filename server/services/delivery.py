@@ -1,4 +1,5 @@
-"""Sending envelopes, reading device queues, acknowledgements and retention (ARCHITECTURE §5).
+"""Sending envelopes, reading device queues, acknowledgements and retention
+(docs/protocol/delivery.md §§ 3-5).
 
 Send rules, checked in this order:
 

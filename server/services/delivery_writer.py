@@ -1,6 +1,6 @@
 """Group commit: one writer task turns concurrent sends and acknowledgements into few transactions.
 
-Rules (ARCHITECTURE §6):
+Rules (docs/protocol/delivery.md § 3.6):
 
 - Callers enqueue a job and await its future. The future resolves only after the transaction that
   contains the job has committed, so nothing is acknowledged before it is durable.

@@ -1,4 +1,4 @@
-"""The delivery bus across several server instances: Redis pub/sub (ARCHITECTURE §6).
+"""The delivery bus across several server instances: Redis pub/sub (docs/protocol/delivery.md § 6).
 
 Each instance subscribes only to the devices whose sockets it holds, one channel per device::
 

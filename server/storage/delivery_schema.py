@@ -2,7 +2,7 @@
 
 Defined on the shared :data:`server.storage.schema.metadata`; created by migration ``0002_delivery``.
 
-How the tables fit (ARCHITECTURE §5):
+How the tables fit (docs/protocol/delivery.md §§ 2 and 4):
 
 - ``conversations`` / ``conversation_members``: routing metadata the server must see (who is in a
   conversation). ``last_server_seq`` is the conversation's counter; the writer bumps it inside the

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from client_sdk import client as client_module
-from client_sdk.client import SPK_ROTATION_MS, Client
+from client_sdk.client import Client
+from client_sdk.core import outbox as outbox_rules
+from client_sdk.core import prekeys as prekey_rules
 from client_sdk.core.events import (
     DeliveryGap,
     DeviceRemoved,
@@ -20,7 +21,9 @@ from client_sdk.core.events import (
     IdentityChanged,
     MessageReceived,
 )
-from client_sdk.errors import IdentityChangedError, NetworkError, RecipientsChangedError
+from client_sdk.core.prekeys import SPK_ROTATION_MS
+from client_sdk.errors import AuthError, IdentityChangedError
+from client_sdk.facets import inbound as inbound_facet
 from client_sdk.stores.memory import MemoryStore
 from crypto import device_list as dl
 from crypto import private_state
@@ -47,8 +50,7 @@ async def _user(relay: FakeRelay, name: str, clock: Clock | None = None) -> Clie
 
 def _drain(c: Client) -> list[Event]:
     out = []
-    while not c._queue.empty():
-        out.append(c._queue.get_nowait())
+    out.extend(c._ctx.bus.drain())
     return out
 
 
@@ -60,19 +62,19 @@ async def _add_device(relay: FakeRelay, owner: Client, *, upload: bool = True) -
     """A second device of ``owner``'s account (what linking produces), without the provisioning
     round trip."""
     new = await Client.create(URL, MemoryStore(), http_transport=relay)
-    key = owner._account_key()
-    state = new._state.with_account_key(key)
+    key = owner._ctx.account_key()
+    state = new._ctx.state.with_account_key(key)
     current = relay.accounts[owner.account_id].current
     signed = dl.with_device_added(current, key, state.device_entry(key.public_key, 0))
     relay.accounts[owner.account_id].chain.append(signed)
-    new._put_device(
-        replace(new._device, state=state.encode(), username=owner.username, account_id=owner.account_id),
+    new._ctx.put_device(
+        replace(new._ctx.device, state=state.encode(), username=owner.username, account_id=owner.account_id),
         state,
     )
-    new._put_own_contact(signed)
-    new._access, new._access_expires = f"access.{new.device_id}", float("inf")
+    new.contacts.put_own_contact(signed)
+    new._ctx.set_access_token(f"access.{new.device_id}", float("inf"))
     if upload:
-        await new._upload_all_prekeys()
+        await new.prekeys.upload_all()
     return new
 
 
@@ -87,12 +89,13 @@ async def test_fan_out_410_and_409_resend_with_the_same_envelope_id() -> None:
     # alice gets a phone that has not published prekeys yet: bob's list is stale (410), then the
     # phone has no bundle, so the relay keeps answering 409 until it has one
     phone = await _add_device(relay, alice, upload=False)
-    with pytest.raises(RecipientsChangedError):
-        await bob.send_text(cid, "two")
+    await bob.send_text(cid, "two")  # queued: it waits out a back-off, then tries again
     (pending,) = bob.store.outbox.outbox()
+    assert pending.failed_reason is None and pending.next_attempt_ms > 0
     statuses = [r for r in relay.requests if r[0] == "POST" and r[1].endswith("/envelopes")]
-    assert len(statuses) == 1 + client_module.MAX_SEND_ATTEMPTS  # "one", then every retry of "two"
-    await phone._upload_all_prekeys()
+    # "one", then "two" and each re-encryption of it for the changed recipients
+    assert len(statuses) == 2 + outbox_rules.MAX_REENCRYPTS
+    await phone.prekeys.upload_all()
     assert await bob.flush_outbox() == 1
     last = relay.sends[-1]
     assert last["envelope_id"] == pending.envelope_id  # the same envelope, re-encrypted
@@ -114,19 +117,19 @@ async def test_fan_out_410_and_409_resend_with_the_same_envelope_id() -> None:
 async def test_prekey_replenishment() -> None:
     relay = FakeRelay()
     alice = await _user(relay, "alice")
-    assert len(relay.keys[alice.device_id].one_time) == client_module.PREKEY_BATCH
+    assert len(relay.keys[alice.device_id].one_time) == prekey_rules.BATCH
     assert await alice.replenish_prekeys() == 0
-    del relay.keys[alice.device_id].one_time[: client_module.PREKEY_BATCH - 5]  # claimed by others
-    assert await alice.replenish_prekeys() == client_module.PREKEY_BATCH - 5
-    assert len(relay.keys[alice.device_id].one_time) == client_module.PREKEY_BATCH
-    assert len(set(relay.keys[alice.device_id].one_time)) == client_module.PREKEY_BATCH
+    del relay.keys[alice.device_id].one_time[: prekey_rules.BATCH - 5]  # claimed by others
+    assert await alice.replenish_prekeys() == prekey_rules.BATCH - 5
+    assert len(relay.keys[alice.device_id].one_time) == prekey_rules.BATCH
+    assert len(set(relay.keys[alice.device_id].one_time)) == prekey_rules.BATCH
 
 
 async def test_signed_prekey_rotation_keeps_the_previous_one_for_in_flight_sessions() -> None:
     relay = FakeRelay()
     clock = Clock()
     alice, bob = await _user(relay, "alice", clock), await _user(relay, "bob")
-    first = alice._state.signed_prekey.key_id
+    first = alice._ctx.state.signed_prekey.key_id
     published = relay.keys[alice.device_id].signed_prekey, relay.keys[alice.device_id].last_resort
     assert not await alice.rotate_signed_prekey_if_due()
     clock.ms += SPK_ROTATION_MS - 1
@@ -137,7 +140,7 @@ async def test_signed_prekey_rotation_keeps_the_previous_one_for_in_flight_sessi
     await bob.send_text(cid, "in flight")
     clock.ms += 1
     assert await alice.rotate_signed_prekey_if_due()
-    state = alice._state
+    state = alice._ctx.state
     assert state.signed_prekey.key_id != first
     assert state.previous_signed_prekey is not None and state.previous_signed_prekey.key_id == first
     now_published = relay.keys[alice.device_id].signed_prekey, relay.keys[alice.device_id].last_resort
@@ -149,28 +152,28 @@ async def test_signed_prekey_rotation_keeps_the_previous_one_for_in_flight_sessi
 
     clock.ms += SPK_ROTATION_MS
     assert await alice.rotate_signed_prekey_if_due()
-    assert alice._state.find_signed_prekey(first) is None  # dropped at the next rotation
+    assert alice._ctx.state.find_signed_prekey(first) is None  # dropped at the next rotation
 
 
 async def test_a_failed_rotation_upload_keeps_the_old_keys() -> None:
     relay = FakeRelay()
     clock = Clock()
     alice = await _user(relay, "alice", clock)
-    before = alice._device.state
+    before = alice._ctx.device.state
     clock.ms += SPK_ROTATION_MS
-    alice._access = "access.unknown-device"
-    alice._put_device(replace(alice._device, refresh_token="refresh.unknown"))
+    alice._ctx._access = "access.unknown-device"
+    alice._ctx.put_device(replace(alice._ctx.device, refresh_token="refresh.unknown"))
     with pytest.raises(Exception):  # noqa: B017 - whatever the failed upload raises
         await alice.rotate_signed_prekey_if_due()
     stored = alice.store.identity.get_device()
     assert stored is not None and private_state.decode(stored.state) == private_state.decode(before)
-    assert alice._state == private_state.decode(before)
+    assert alice._ctx.state == private_state.decode(before)
 
 
 def _rekeyed_chain(relay: FakeRelay, victim: Client) -> list[dl.SignedDeviceList]:
     """The account re-registered under a new account key (same username and device)."""
     key = AccountKey.generate()
-    entry = victim._state.device_entry(key.public_key, 0)
+    entry = victim._ctx.state.device_entry(key.public_key, 0)
     v1 = dl.first(key, victim.username, [entry])
     return [v1, dl.successor(v1, key, [entry])]
 
@@ -226,7 +229,7 @@ async def test_injected_device_in_a_list_is_refused() -> None:
     rogue = await Client.create(URL, MemoryStore(), http_transport=relay)
     signed = relay.accounts[alice.account_id].current
     c = signed.content
-    entry = rogue._state.device_entry(c.account_key, 0)
+    entry = rogue._ctx.state.device_entry(c.account_key, 0)
     forged = dl.DeviceList.create(
         c.version + 1, signed.hash(), c.account_key, c.username, [*c.devices, entry]
     )
@@ -237,7 +240,7 @@ async def test_injected_device_in_a_list_is_refused() -> None:
 
 
 async def test_gap_marker_and_seq_jump_are_filled_from_history(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "HISTORY_PAGE", 2)  # exercise next_after paging
+    monkeypatch.setattr(inbound_facet, "HISTORY_PAGE", 2)  # exercise next_after paging
     relay = FakeRelay()
     alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
     cid = await bob.create_conversation(["alice"])
@@ -281,7 +284,7 @@ async def test_close_codes_decide_reauth_and_removal() -> None:
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         alice._ws_url = f"ws://127.0.0.1:{port}"
-        with pytest.raises(NetworkError):
+        with pytest.raises(AuthError):  # the device was removed (4002): no socket will be ready
             await alice.connect()
         await asyncio.wait_for(alice._socket_task, 10)  # type: ignore[arg-type]
     assert not closes
@@ -301,7 +304,7 @@ async def test_link_follow_up_merges_only_what_the_new_device_lacks() -> None:
     cid = await bob.create_conversation(["alice"])
     await bob.send_text(cid, "one")
     await relay.deliver(alice)
-    first = alice._history_bundle("all")
+    first = alice.linking.history_bundle("all")
     sent = {
         c["conversation_id"]: (c["floor_seq"], frozenset(o["seq"] for o in c["ops"]))
         for c in first["conversations"]
@@ -309,18 +312,18 @@ async def test_link_follow_up_merges_only_what_the_new_device_lacks() -> None:
     await bob.send_text(cid, "two")  # while linking: no copy for the phone
     await relay.deliver(alice)
     phone = await _add_device(relay, alice)
-    with phone._transaction():
-        phone._seed_history(first)
+    with phone._ctx.transaction():
+        phone.linking.seed_history(first)
     await bob.send_text(cid, "three")  # the phone is in the list now
     await relay.deliver(alice)
     await relay.deliver(phone)
     assert _texts(phone) == ["three"]
     assert [m.text for m in (await phone.conversation(cid)).messages] == ["one"]  # "three" is held
-    follow_up = alice._history_bundle("all", sent)
+    follow_up = alice.linking.history_bundle("all", sent)
     assert [o["seq"] for c in follow_up["conversations"] for o in c["ops"]] == [2, 3]
-    assert alice._history_bundle("all", {cid: (0, frozenset({1, 2, 3}))})["conversations"] == []
-    await phone._merge_follow_up(follow_up)
-    await phone._merge_follow_up(follow_up)
+    assert alice.linking.history_bundle("all", {cid: (0, frozenset({1, 2, 3}))})["conversations"] == []
+    await phone.linking.merge_follow_up(follow_up)
+    await phone.linking.merge_follow_up(follow_up)
     assert _texts(phone) == ["two"]  # announced once; "three" was already there
     assert [m.text for m in phone.messages(cid)] == ["one", "two", "three"]
     assert (await phone.conversation(cid)) == (await alice.conversation(cid))

@@ -12,15 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from client_sdk import client as client_module
-from client_sdk.client import (
-    PREKEY_BATCH,
-    PREKEY_CHECK_INTERVAL_MS,
-    PREKEY_LOW_WATER,
-    SPK_ROTATION_MS,
-    Client,
-)
+from client_sdk.client import Client
+from client_sdk.core.prekeys import BATCH as PREKEY_BATCH
+from client_sdk.core.prekeys import CHECK_INTERVAL_MS as PREKEY_CHECK_INTERVAL_MS
+from client_sdk.core.prekeys import LOW_WATER as PREKEY_LOW_WATER
+from client_sdk.core.prekeys import SPK_ROTATION_MS
 from client_sdk.errors import NetworkError
+from client_sdk.facets.inbound import RetryLater
 from client_sdk.stores.memory import MemoryStore
 from client_sdk.transport.ws import DeliverySocket, SocketUnavailable
 from crypto import private_state
@@ -75,30 +73,30 @@ async def test_the_cached_state_follows_every_write_and_a_reopened_client_reads_
     alice = await Client.create(URL, store, http_transport=relay, clock=clock)
     await alice.register("alice", "a long passphrase")
     bob = await _user(relay, "bob")
-    assert alice._state == _stored_state(alice)
+    assert alice._ctx.state == _stored_state(alice)
 
     cid = await bob.create_conversation(["alice"])
     await bob.send_text(cid, "uses a one-time prekey")
-    held = set(alice._state.one_time_prekeys)
+    held = set(alice._ctx.state.one_time_prekeys)
     await relay.deliver(alice)
-    assert len(alice._state.one_time_prekeys) == len(held) - 1
-    assert alice._state == _stored_state(alice)
+    assert len(alice._ctx.state.one_time_prekeys) == len(held) - 1
+    assert alice._ctx.state == _stored_state(alice)
 
     del relay.keys[alice.device_id].one_time[5:]
     assert await alice.replenish_prekeys() == PREKEY_BATCH - 5
-    assert alice._state == _stored_state(alice)
-    assert len(alice._state.one_time_prekeys) > len(held)
+    assert alice._ctx.state == _stored_state(alice)
+    assert len(alice._ctx.state.one_time_prekeys) > len(held)
 
     clock.ms += SPK_ROTATION_MS
-    first = alice._state.signed_prekey.key_id
+    first = alice._ctx.state.signed_prekey.key_id
     assert await alice.rotate_signed_prekey_if_due()
-    assert alice._state.signed_prekey.key_id != first
-    assert alice._state == _stored_state(alice)
-    expected = alice._state
+    assert alice._ctx.state.signed_prekey.key_id != first
+    assert alice._ctx.state == _stored_state(alice)
+    expected = alice._ctx.state
 
     await alice.close()
     again = await Client.create(URL, store, http_transport=relay, clock=clock)
-    assert again._state == expected
+    assert again._ctx.state == expected
     await again.close()
 
 
@@ -107,21 +105,21 @@ async def test_a_rolled_back_receive_leaves_no_stale_cached_state(monkeypatch: p
     alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
     cid = await bob.create_conversation(["alice"])
     await bob.send_text(cid, "first")
-    before = alice._state
+    before = alice._ctx.state
     real_put = alice.store.conversations.put_message
 
     def failing(record: Any) -> None:
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(alice.store.conversations, "put_message", failing)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RetryLater):  # not acknowledged: the connection is dropped and resumed
         await relay.deliver(alice)  # the one-time prekey was deleted, then the transaction rolled back
-    assert alice._state == before == _stored_state(alice)
+    assert alice._ctx.state == before == _stored_state(alice)
 
     monkeypatch.setattr(alice.store.conversations, "put_message", real_put)
     await relay.deliver(alice)  # the same prekey message again: the prekey is still held
     assert _texts(alice) == ["first"]
-    assert len(alice._state.one_time_prekeys) == len(before.one_time_prekeys) - 1
+    assert len(alice._ctx.state.one_time_prekeys) == len(before.one_time_prekeys) - 1
 
 
 # -- 2. the prekey count is checked at most once per interval -----------------------------------------
@@ -284,7 +282,7 @@ async def test_gets_are_retried_but_other_requests_are_not() -> None:
     with pytest.raises(NetworkError):
         await alice.replenish_prekeys()
     assert flaky.attempts.count(("PUT", "/v1/keys")) == 2  # register's upload, then this one
-    assert client_module.PREKEY_BATCH > len(relay.keys[alice.device_id].one_time)
+    assert PREKEY_BATCH > len(relay.keys[alice.device_id].one_time)
 
 
 # -- 4. sending over the delivery socket ------------------------------------------------------------
@@ -377,11 +375,15 @@ async def test_a_socket_closing_mid_send_resends_the_same_envelope_over_http() -
     await relay.deliver(alice)
     assert _texts(alice) == ["once"]
 
-    socket.hang = True  # no answer in time: unknown outcome, the message stays in the outbox
+    socket.hang = True  # no answer in time: unknown outcome, so the same envelope goes over HTTP
+    posts = _http_envelope_posts(relay, socket)
     later = await bob.send_text(cid, "later")
-    assert [i.envelope_id for i in bob.store.outbox.outbox()] == [later]
-    socket.hang = False
-    assert await bob.flush_outbox() == 1
+    assert _http_envelope_posts(relay, socket) == posts + 1
+    assert bob.store.outbox.outbox() == []
+    sent = bob.store.conversations.get_message(later)
+    assert sent is not None and sent.status == "sent"
+    await relay.deliver(alice)
+    assert _texts(alice) == ["later"]  # exactly once, though it may have gone twice
 
 
 async def test_the_socket_reads_a_send_answer_while_the_handler_waits_for_that_send() -> None:

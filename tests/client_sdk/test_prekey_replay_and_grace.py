@@ -15,9 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client_sdk.client import PREKEY_GRACE_MS, SPK_ROTATION_MS, Client
+from client_sdk.client import Client
 from client_sdk.core import message as msg
 from client_sdk.core.events import DecryptionFailed, Event, MessageReceived
+from client_sdk.core.prekeys import GRACE_MS as PREKEY_GRACE_MS
+from client_sdk.core.prekeys import SPK_ROTATION_MS
 from client_sdk.errors import DecryptError, ReplayedPreKeyMessageError
 from client_sdk.stores.base import Store
 from client_sdk.stores.memory import MemoryStore
@@ -219,8 +221,7 @@ class Clock:
 
 def _drain(c: Client) -> list[Event]:
     out = []
-    while not c._queue.empty():
-        out.append(c._queue.get_nowait())
+    out.extend(c._ctx.bus.drain())
     return out
 
 
@@ -263,7 +264,7 @@ async def test_client_refuses_a_replayed_last_resort_message_across_a_restart(
     frame = _take_frame(relay, alice.device_id)
     await relay.deliver(alice)
     (first,) = alice.store.sessions.sessions_for(bob.device_id)
-    lr_id = alice._state.last_resort_prekey.key_id
+    lr_id = alice._ctx.state.last_resort_prekey.key_id
     digest = msg.seen_base_key_digest(lr_id, first.base_key)
     assert alice.store.prekeys.has_seen_base_key(lr_id, digest)
 
@@ -293,7 +294,7 @@ async def test_client_accepts_another_base_key_against_the_same_last_resort_prek
     relay = FakeRelay()
     alice, bob, carol = await _user(relay, "alice"), await _user(relay, "bob"), await _user(relay, "carol")
     relay.keys[alice.device_id].one_time.clear()
-    lr_id = alice._state.last_resort_prekey.key_id
+    lr_id = alice._ctx.state.last_resort_prekey.key_id
     for sender in (bob, carol):
         cid = await sender.create_conversation(["alice"])
         await sender.send_text(cid, f"from {sender.username}")
@@ -311,12 +312,12 @@ async def _in_flight_against_old_keys(opk: str) -> tuple[FakeRelay, Client, Clie
     alice, bob = await _user(relay, "alice", clock=clock), await _user(relay, "bob")
     if opk == "last_resort":
         relay.keys[alice.device_id].one_time.clear()
-    old_spk = alice._state.signed_prekey.key_id
+    old_spk = alice._ctx.state.signed_prekey.key_id
     cid = await bob.create_conversation(["alice"])
     await bob.send_text(cid, "in flight")
     clock.ms += SPK_ROTATION_MS
     await alice.maintain_prekeys()
-    assert alice._state.signed_prekey.key_id != old_spk
+    assert alice._ctx.state.signed_prekey.key_id != old_spk
     assert alice.store.prekeys.get_prekey_meta().signed_prekey_rotated_at_ms == clock.ms
     return relay, alice, bob, clock, old_spk
 
@@ -324,11 +325,11 @@ async def _in_flight_against_old_keys(opk: str) -> tuple[FakeRelay, Client, Clie
 @pytest.mark.parametrize("opk", ["last_resort", "one_time"])
 async def test_previous_prekeys_accept_sessions_within_the_grace_period(opk: str) -> None:
     relay, alice, _bob, clock, old_spk = await _in_flight_against_old_keys(opk)
-    old_lr = alice._state.previous_last_resort_prekey
-    assert old_lr is not None and alice._state.find_signed_prekey(old_spk) is not None
+    old_lr = alice._ctx.state.previous_last_resort_prekey
+    assert old_lr is not None and alice._ctx.state.find_signed_prekey(old_spk) is not None
     clock.ms += PREKEY_GRACE_MS - 1
     await alice.maintain_prekeys()
-    assert alice._state.previous_last_resort_prekey == old_lr  # still in its grace period
+    assert alice._ctx.state.previous_last_resort_prekey == old_lr  # still in its grace period
     await relay.deliver(alice)
     events = _drain(alice)
     assert [e.text for e in events if isinstance(e, MessageReceived)] == ["in flight"]
@@ -338,12 +339,12 @@ async def test_previous_prekeys_accept_sessions_within_the_grace_period(opk: str
 @pytest.mark.parametrize("opk", ["last_resort", "one_time"])
 async def test_previous_prekeys_are_deleted_after_the_grace_period(opk: str) -> None:
     relay, alice, _bob, clock, old_spk = await _in_flight_against_old_keys(opk)
-    old_lr = alice._state.previous_last_resort_prekey
+    old_lr = alice._ctx.state.previous_last_resort_prekey
     assert old_lr is not None
     clock.ms += PREKEY_GRACE_MS
-    assert alice._prekey_work_due()[1]  # the maintenance path deletes them
-    await alice._maintain_prekeys_if_due()
-    state = alice._state
+    assert alice.prekeys.work_due().expire  # the maintenance path deletes them
+    await alice.prekeys.maintain_if_due()
+    state = alice._ctx.state
     assert state.find_signed_prekey(old_spk) is None and state.find_last_resort_prekey(old_lr.key_id) is None
     assert alice.store.identity.get_device() is not None
     stored = private_state.decode(alice.store.identity.get_device().state)  # type: ignore[union-attr]
@@ -362,20 +363,20 @@ async def test_expiry_without_a_rotation_due_and_seen_entries_are_dropped_with_t
     await bob.send_text(cid, "via the last-resort prekey")
     await relay.deliver(alice)
     (session,) = alice.store.sessions.sessions_for(bob.device_id)
-    lr_id = alice._state.last_resort_prekey.key_id
+    lr_id = alice._ctx.state.last_resort_prekey.key_id
     digest = msg.seen_base_key_digest(lr_id, session.base_key)
     assert alice.store.prekeys.has_seen_base_key(lr_id, digest)
 
     clock.ms += SPK_ROTATION_MS
     assert await alice.rotate_signed_prekey_if_due()
-    assert alice._state.previous_last_resort_prekey is not None
-    assert alice._state.previous_last_resort_prekey.key_id == lr_id
+    assert alice._ctx.state.previous_last_resort_prekey is not None
+    assert alice._ctx.state.previous_last_resort_prekey.key_id == lr_id
     assert alice.store.prekeys.has_seen_base_key(lr_id, digest)  # the key is kept: so is its entry
     assert not await alice.expire_previous_prekeys_if_due()
 
     clock.ms += PREKEY_GRACE_MS
     assert await alice.expire_previous_prekeys_if_due()
-    assert not alice._state.has_previous_prekeys
+    assert not alice._ctx.state.has_previous_prekeys
     assert not alice.store.prekeys.has_seen_base_key(lr_id, digest)  # dropped with the key
     assert not await alice.expire_previous_prekeys_if_due()  # nothing left to delete
-    assert alice._state.prekey_lookup().last_resort_prekey(lr_id) is None
+    assert alice._ctx.state.prekey_lookup().last_resort_prekey(lr_id) is None

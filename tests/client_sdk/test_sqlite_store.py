@@ -28,14 +28,16 @@ from client_sdk.stores.base import (
     ContactRecord,
     ConversationRecord,
     DeviceRecord,
+    HandlerInboxStore,
     MessageRecord,
     OutboxItem,
+    PendingDelivery,
     PreKeyMeta,
     SessionRecord,
     Store,
 )
 from client_sdk.stores.memory import MemoryStore
-from client_sdk.stores.sqlite import MIGRATIONS, SqliteStore
+from client_sdk.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from crypto import private_state as ps
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +49,7 @@ OUTBOX_BODY = b'{"op":"message","text":"unsent outbox body 51c2e8"}'
 OUTBOX_REQUEST = b'{"envelope_id":"request-bytes-d41d8c"}'
 SESSION_STATE = b"ratchet state: root key 0123456789abcdef chain keys fedcba9876543210"
 REFRESH_TOKEN = "refresh-token-9b8d7e6f5a4c3b2a"
+FAILED_REASON = "rejected by the server: payload too large c7e1f0"
 
 
 # -- sample records --------------------------------------------------------------------------------
@@ -251,6 +254,27 @@ def test_messages_display_order_and_limit(store: Any) -> None:
     assert [m.envelope_id for m in cs.messages("conv-1")][-2:] == ["p2", "q1"]
 
 
+def test_delete_message(store: Any) -> None:
+    cs = store.conversations
+    for record in (
+        message("s1", 1, sent_at=1),
+        message("p1", None, sent_at=2),
+        message("p2", None, sent_at=3),
+    ):
+        cs.put_message(record)
+    cs.delete_message("p1")
+    cs.delete_message("p1")  # idempotent
+    cs.delete_message("never-there")
+    assert cs.get_message("p1") is None
+    assert [m.envelope_id for m in cs.messages("conv-1")] == ["s1", "p2"]
+    cs.put_message(message("p1", None, sent_at=2))  # the id can be used again
+    assert [m.envelope_id for m in cs.messages("conv-1")] == ["s1", "p1", "p2"]
+    with pytest.raises(RuntimeError), store.transaction():
+        cs.delete_message("s1")
+        raise RuntimeError("rolled back")
+    assert cs.get_message("s1") is not None
+
+
 def test_message_text_unicode_and_empty_body(store: Any) -> None:
     record = message("u1", 1, sent_at=1, text="héllo 👋 \x00 end", body=b"")
     store.conversations.put_message(record)
@@ -274,6 +298,85 @@ def test_outbox(store: Any) -> None:
     ob.remove_outbox("e-first")
     ob.remove_outbox("never-there")
     assert ob.outbox() == [retried, tie]
+
+
+def test_outbox_failed_items_and_back_off(store: Any) -> None:
+    ob = store.outbox
+    plain = outbox_item("e-plain", created=10)
+    assert (plain.failed_reason, plain.failed_status, plain.failed_code, plain.next_attempt_ms) == (
+        None,
+        None,
+        None,
+        0,
+    )
+    assert not plain.failed
+    waiting = outbox_item("e-wait", created=20, request=OUTBOX_REQUEST, attempts=3, next_attempt_ms=12_345)
+    failed = outbox_item(
+        "e-failed",
+        created=5,
+        request=OUTBOX_REQUEST,
+        attempts=1,
+        failed_reason="the message is larger than the server accepts (262144 bytes); shorten it",
+        failed_status=413,
+        failed_code="payload_too_large",
+    )
+    for item in (plain, waiting, failed):
+        ob.put_outbox(item)
+    assert failed.failed
+    # every item, failed ones included, oldest first
+    assert ob.outbox() == [failed, plain, waiting]
+    assert ob.get_outbox("e-failed") == failed
+    assert ob.get_outbox("e-wait") == waiting
+    # the app retries the failed item: its failure is cleared, it keeps its place
+    retried = OutboxItem(
+        failed.envelope_id, failed.conversation_id, failed.body, failed.clock, failed.created_at_ms
+    )
+    ob.put_outbox(retried)
+    assert ob.get_outbox("e-failed") == retried and not retried.failed
+    assert [i.envelope_id for i in ob.outbox()] == ["e-failed", "e-plain", "e-wait"]
+    # a reason without status or code (a failure the client decided on its own)
+    local = outbox_item("e-local", created=30, failed_reason="héllo: no devices to send to 👋")
+    ob.put_outbox(local)
+    assert ob.get_outbox("e-local") == local
+    ob.remove_outbox("e-local")  # discarded by the app
+    assert ob.get_outbox("e-local") is None
+
+
+def test_handler_inbox(store: Any) -> None:
+    hi: HandlerInboxStore = store.handler_inbox
+    assert hi.pending() == []
+    hi.add_pending("e2", "conv-1", 20)
+    hi.add_pending("e1", "conv-2", 10)
+    hi.add_pending("e3", "conv-1", 20)  # same time as e2, added later: after it
+    hi.add_pending("e2", "conv-1", 99)  # idempotent: keeps its time, place and attempts
+    assert hi.pending() == [
+        PendingDelivery("e1", "conv-2", 10),
+        PendingDelivery("e2", "conv-1", 20),
+        PendingDelivery("e3", "conv-1", 20),
+    ]
+    assert [p.envelope_id for p in hi.pending(limit=2)] == ["e1", "e2"]
+    assert hi.pending(limit=0) == []
+    hi.bump_attempts("e2")
+    hi.bump_attempts("e2")
+    hi.bump_attempts("never-there")  # no error, no entry
+    hi.add_pending("e2", "conv-1", 20)
+    assert hi.pending()[1] == PendingDelivery("e2", "conv-1", 20, attempts=2)
+    hi.remove_pending("e1")
+    hi.remove_pending("e1")  # idempotent
+    assert [p.envelope_id for p in hi.pending()] == ["e2", "e3"]
+
+
+def test_handler_inbox_joins_transactions(store: Any) -> None:
+    with store.transaction():
+        store.conversations.put_message(message("m1", 1, sent_at=1))
+        store.handler_inbox.add_pending("m1", "conv-1", 1)
+    assert [p.envelope_id for p in store.handler_inbox.pending()] == ["m1"]
+    with pytest.raises(RuntimeError), store.transaction():
+        store.handler_inbox.add_pending("m2", "conv-1", 2)
+        store.handler_inbox.bump_attempts("m1")
+        store.handler_inbox.remove_pending("m1")
+        raise RuntimeError("crash before the end of the transaction")
+    assert store.handler_inbox.pending() == [PendingDelivery("m1", "conv-1", 1)]
 
 
 def test_cursors(store: Any) -> None:
@@ -345,8 +448,28 @@ def test_acquire_is_exclusive(store: Any) -> None:
 # -- durability ------------------------------------------------------------------------------------
 
 
-def fill(s: SqliteStore) -> dict[str, Any]:
-    """Write one of everything; return what was written."""
+def put_legacy_outbox(s: SqliteStore, item: OutboxItem) -> None:
+    """Write an outbox item as schema versions 1 to 4 stored it (no failure or back-off columns)."""
+    c, conn = s._cipher, s._conn
+    assert conn is not None
+    conn.execute(
+        "INSERT INTO outbox (envelope_id, conversation_id, body, clock, created_at_ms, request, attempts, "
+        "seq) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM outbox))",
+        (
+            item.envelope_id,
+            item.conversation_id,
+            c.seal(item.body, "outbox", "body", item.envelope_id),
+            item.clock,
+            item.created_at_ms,
+            c.seal_opt(item.request, "outbox", "request", item.envelope_id),
+            item.attempts,
+        ),
+    )
+
+
+def fill(s: SqliteStore, *, schema: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """Write one of everything the schema version ``schema`` holds; return what was written."""
     written: dict[str, Any] = {
         "device": device_record(),
         "contact": contact(pending_account_key=b"P" * 32),
@@ -358,7 +481,21 @@ def fill(s: SqliteStore) -> dict[str, Any]:
         ],
         "outbox": [outbox_item("o1", 1, request=OUTBOX_REQUEST, attempts=1), outbox_item("o2", 2)],
         "prekeys": PreKeyMeta(100, 200, 300),
+        "pending": [],
     }
+    if schema >= 5:
+        written["outbox"].append(
+            outbox_item(
+                "o3",
+                3,
+                request=OUTBOX_REQUEST,
+                failed_reason=FAILED_REASON,
+                failed_status=413,
+                failed_code="payload_too_large",
+                next_attempt_ms=9,
+            )
+        )
+        written["pending"] = [PendingDelivery("m1", "conv-1", 10, attempts=1)]
     with s.transaction():
         s.identity.put_device(written["device"])
         s.device_lists.put_contact(written["contact"])
@@ -368,7 +505,14 @@ def fill(s: SqliteStore) -> dict[str, Any]:
         for m in written["messages"]:
             s.conversations.put_message(m)
         for item in written["outbox"]:
-            s.outbox.put_outbox(item)
+            if schema >= 5:
+                s.outbox.put_outbox(item)
+            else:
+                put_legacy_outbox(s, item)
+        for entry in written["pending"]:
+            s.handler_inbox.add_pending(entry.envelope_id, entry.conversation_id, entry.added_at_ms)
+            for _ in range(entry.attempts):
+                s.handler_inbox.bump_attempts(entry.envelope_id)
         s.cursors.set_acked_queue_seq(77)
         s.cursors.set_server_seq("conv-1", 1)
         s.prekeys.put_prekey_meta(written["prekeys"])
@@ -386,6 +530,7 @@ def check_filled(s: SqliteStore, written: dict[str, Any]) -> None:
     assert s.cursors.get_acked_queue_seq() == 77
     assert s.cursors.get_server_seq("conv-1") == 1
     assert s.prekeys.get_prekey_meta() == written["prekeys"]
+    assert s.handler_inbox.pending() == written["pending"]
 
 
 @pytest.mark.parametrize("key", [None, KEY], ids=["plain", "encrypted"])
@@ -467,6 +612,7 @@ def store_bytes(directory: Path) -> bytes:
 
 
 SECRETS = [
+    FAILED_REASON.encode(),
     SECRET_TEXT.encode(),
     SECRET_BODY,
     OUTBOX_BODY,
@@ -650,13 +796,57 @@ def test_v1_database_is_migrated_to_v2(tmp_path: Path, key: bytes | None) -> Non
     assert len(MIGRATIONS) >= 2
     path = tmp_path / "store.db"
     with SqliteStore.open(path, key=key, migrations=MIGRATIONS[:1]) as s:  # as the v1 SDK wrote it
-        written = fill(s)
+        written = fill(s, schema=1)
     assert user_version(path) == 1
     assert "messages_by_conversation" not in index_names(path)
     with SqliteStore.open(path, key=key) as s:
         check_filled(s, written)
     assert user_version(path) == len(MIGRATIONS)
     assert {"messages_by_conversation", "contacts_by_username", "outbox_order"} <= index_names(path)
+
+
+@pytest.mark.parametrize("key", [None, KEY], ids=["plain", "encrypted"])
+def test_v4_database_is_migrated_to_v5(tmp_path: Path, key: bytes | None) -> None:
+    """Version 5 adds the outbox failure and back-off columns and the handler inbox: items an older
+    SDK queued read back with the defaults, and the new fields work on the migrated file."""
+    assert SCHEMA_VERSION == len(MIGRATIONS) == 5
+    path = tmp_path / "store.db"
+    with SqliteStore.open(path, key=key, migrations=MIGRATIONS[:4]) as s:  # as the v4 SDK wrote it
+        written = fill(s, schema=4)
+    assert user_version(path) == 4
+    assert "handler_inbox_order" not in index_names(path)
+    with SqliteStore.open(path, key=key) as s:
+        check_filled(s, written)
+        old = s.outbox.get_outbox("o1")
+        assert old is not None and old.request == OUTBOX_REQUEST and old.attempts == 1
+        assert (old.failed_reason, old.failed_status, old.failed_code, old.next_attempt_ms) == (
+            None,
+            None,
+            None,
+            0,
+        )
+        failed = OutboxItem(
+            old.envelope_id,
+            old.conversation_id,
+            old.body,
+            old.clock,
+            old.created_at_ms,
+            old.request,
+            old.attempts,
+            failed_reason=FAILED_REASON,
+            failed_status=403,
+            failed_code="conversation_not_found",
+            next_attempt_ms=7,
+        )
+        s.outbox.put_outbox(failed)
+        s.handler_inbox.add_pending("m1", "conv-1", 5)
+    assert user_version(path) == 5
+    assert "handler_inbox_order" in index_names(path)
+    with SqliteStore.open(path, key=key) as s:
+        assert s.outbox.outbox() == [failed, written["outbox"][1]]
+        assert s.handler_inbox.pending() == [PendingDelivery("m1", "conv-1", 5)]
+    if key is not None:
+        assert FAILED_REASON.encode() not in store_bytes(tmp_path)
 
 
 def test_future_migration_step_runs_once(tmp_path: Path) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 
-from client_sdk.core import message as msg
 from client_sdk.core.sync import clock as vc
 from client_sdk.core.sync import ops
 from client_sdk.core.sync.clock import CompactClock, Dot, Order
@@ -577,7 +577,8 @@ def test_clock_encoding_is_canonical() -> None:
 
 def test_version_1_full_clock_decodes_as_base_zero() -> None:
     a, b = b"\x01" * 16, b"\x02" * 16
-    legacy = msg.encode_clock({a: 2, b: 5})
+    # version 1: 0x01 || u16 count || (device_id 16 || counter u64)* sorted by device id
+    legacy = b"\x01" + struct.pack(">H", 2) + a + struct.pack(">Q", 2) + b + struct.pack(">Q", 5)
     assert CompactClock.decode(legacy) == CompactClock(0, ((a, 2), (b, 5)))
 
 

@@ -237,14 +237,14 @@ async def _history_for_new_device(live_server: LiveServer, min_parts: int = 1) -
     laptop = await Client.create(url, MemoryStore())
     code = await laptop.begin_link()
     uploads: list[int] = []
-    upload_parts = desk._upload_parts
+    upload_parts = desk.linking._upload_parts
 
     async def counting(ciphertext: bytes) -> list[str]:
         ids = await upload_parts(ciphertext)
         uploads.append(len(ids))
         return ids
 
-    desk._upload_parts = counting  # type: ignore[method-assign]
+    desk.linking._upload_parts = counting  # type: ignore[method-assign]
     await desk.approve_link(code, history="all")
     await laptop.complete_link(wait_s=WAIT)
     assert uploads and uploads[0] >= min_parts
@@ -312,13 +312,13 @@ async def test_messages_sent_while_linking_reach_the_new_device(live_server: Liv
 
     # hold the desk's follow-up until the laptop has received a message directly
     gate = asyncio.Event()
-    fill_all_gaps = desk._fill_all_gaps
+    fill_all_gaps = desk.inbound._fill_all_gaps
 
     async def gated() -> None:
         await gate.wait()
         await fill_all_gaps()
 
-    desk._fill_all_gaps = gated  # type: ignore[method-assign]
+    desk.inbound._fill_all_gaps = gated  # type: ignore[method-assign]
     laptop = await Client.create(url, MemoryStore())
     code = await laptop.begin_link()
     await desk.approve_link(code)  # the history bundle is built now

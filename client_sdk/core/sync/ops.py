@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeAlias
 
 from client_sdk.core.sync.clock import DEVICE_ID_SIZE, CompactClock, Dot
 from client_sdk.core.sync.errors import SyncFormatError
+from client_sdk.core.wire import canonical_json
 
 OP_VERSION = 2
 LEGACY_TEXT_VERSION = 1
@@ -163,10 +164,6 @@ def _str(value: object, limit: int) -> str:
     return value
 
 
-def canonical_json(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def body_json(body: Body) -> dict[str, Any]:
     match body:
         case Message(text, reply_to, sent_at_ms):
@@ -282,7 +279,11 @@ def _body(doc: dict[str, Any]) -> Body:
         if action not in ("add", "remove"):
             raise SyncFormatError("membership action is add or remove")
         return MembershipChange(_unb64(doc.get("member"), 16), action == "add")
-    return Unknown(kind, canonical_json(doc).decode())
+    try:
+        raw = canonical_json(doc)
+    except ValueError as exc:  # NaN or an infinity: not JSON an operation can carry
+        raise SyncFormatError("operation is not canonical JSON") from exc
+    return Unknown(kind, raw.decode())
 
 
 def _settings(field: object, value: object) -> SettingsChange:

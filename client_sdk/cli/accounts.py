@@ -1,0 +1,166 @@
+"""``saltline account``, ``login``, ``link`` and ``devices``."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from client_sdk.cli.app import (
+    IDS_MAY_START_WITH_DASH,
+    PasswordStdin,
+    account_app,
+    app,
+    cli_state,
+    devices_app,
+    format_time,
+    link_app,
+    open_client,
+    out,
+    read_password,
+    run,
+)
+from client_sdk.errors import UsageError
+
+if TYPE_CHECKING:
+    from client_sdk.client import DeviceInfo
+
+# -- accounts -----------------------------------------------------------------------------------
+
+
+@account_app.command("create")
+def account_create(ctx: typer.Context, username: str, password_stdin: PasswordStdin = False) -> None:
+    """Create an account with this profile as its first device."""
+    state = cli_state(ctx)
+    password = read_password(password_stdin, confirm=True)
+
+    async def work() -> tuple[str, str, str]:
+        async with open_client(state, need_account=False) as client:
+            account_id = await client.register(username, password)
+            return client.username, account_id, client.device_id
+
+    name, account_id, device_id = run(work())
+    out.print(f"created account {name} ({account_id}); this device is {device_id}")
+
+
+@account_app.command("show")
+def account_show(ctx: typer.Context) -> None:
+    """Print this profile's account, device and server."""
+    state = cli_state(ctx)
+
+    async def work() -> tuple[str, str, str]:
+        async with open_client(state) as client:
+            return client.username, client.account_id, client.device_id
+
+    name, account_id, device_id = run(work())
+    out.print(f"profile   {state.profile.name}\nserver    {state.profile.server_url(state.server)}")
+    out.print(f"username  {name}\naccount   {account_id}\ndevice    {device_id}")
+
+
+@app.command()
+def login(
+    ctx: typer.Context,
+    username: Annotated[str | None, typer.Argument(help="Default: this profile's username")] = None,
+    password_stdin: PasswordStdin = False,
+    device_key: Annotated[
+        bool, typer.Option("--device-key", help="Log in with the device key instead of a password")
+    ] = False,
+) -> None:
+    """Log this device in again (with the account password, or --device-key)."""
+    state = cli_state(ctx)
+    password = None if device_key else read_password(password_stdin, confirm=False)
+
+    async def work() -> str:
+        async with open_client(state) as client:
+            await client.login(username, password)
+            return client.username
+
+    out.print(f"logged in as {run(work())}")
+
+
+# -- linking ------------------------------------------------------------------------------------
+
+
+@link_app.command("show")
+def link_show(
+    ctx: typer.Context,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for approval")] = 300.0,
+    qr: Annotated[bool, typer.Option("--qr/--no-qr", help="Also print the code as a QR code")] = True,
+) -> None:
+    """New device: print a link code (text and QR), wait until an existing device accepts it."""
+    state = cli_state(ctx)
+
+    async def work() -> tuple[str, str, str]:
+        async with open_client(state, need_account=False) as client:
+            code = await client.begin_link()
+            out.print("On a device of your account run:\n")
+            out.print(f"  saltline link accept {code}\n")
+            if qr:
+                import segno
+
+                segno.make(code, error="L").terminal(out=sys.stdout, compact=True)
+            out.print(f"waiting up to {timeout:g} s for approval...")
+            sys.stdout.flush()
+            account_id = await client.complete_link(wait_s=timeout)
+            # What was sent while the link was in progress comes in a follow-up bundle.
+            await client.finish_link(wait_s=timeout)
+            return client.username, account_id, client.device_id
+
+    name, account_id, device_id = run(work())
+    out.print(f"linked: this profile is now device {device_id} of {name} ({account_id})")
+
+
+@link_app.command("accept")
+def link_accept(
+    ctx: typer.Context,
+    code: str,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the new device to join")] = 600.0,
+) -> None:
+    """Existing device: approve the new device that shows CODE (it gets the account key), then
+    wait until it has joined and send it what arrived meanwhile."""
+    state = cli_state(ctx)
+
+    async def work() -> None:
+        async with open_client(state) as client:
+            await client.approve_link(code)
+            out.print("approved: waiting for the new device to join...")
+            sys.stdout.flush()
+            await client.finish_link(wait_s=timeout)
+
+    run(work())
+    out.print("linked: the new device has joined and has the history")
+
+
+# -- devices ------------------------------------------------------------------------------------
+
+
+@devices_app.command("list")
+def devices_list(ctx: typer.Context) -> None:
+    """The account's devices, from its verified device list."""
+    state = cli_state(ctx)
+
+    async def work() -> list[DeviceInfo]:
+        async with open_client(state) as client:
+            return await client.devices()
+
+    table = Table("device id", "added", "")
+    for d in run(work()):
+        table.add_row(d.device_id, format_time(d.added_at), "this device" if d.this_device else "")
+    out.print(table)
+
+
+@devices_app.command("remove", context_settings=IDS_MAY_START_WITH_DASH)
+def devices_remove(ctx: typer.Context, device_id: str) -> None:
+    """Remove a device: sign and publish a device list without it."""
+    state = cli_state(ctx)
+
+    async def work() -> None:
+        async with open_client(state) as client:
+            if device_id == client.device_id:
+                raise UsageError("this is the device you are using; remove it from another device")
+            await client.remove_device(device_id)
+
+    run(work())
+    out.print(f"removed device {device_id}")

@@ -1,0 +1,167 @@
+"""The ``saltline`` Typer application and what every command shares: the command groups, the
+consoles, the per-invocation state (profile, server), running SDK work with one-line errors, and
+opening the profile's client. The commands are in :mod:`client_sdk.cli.accounts`,
+:mod:`client_sdk.cli.messaging` and :mod:`client_sdk.cli.trust`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from client_sdk.cli.profile import DEFAULT_SERVER, Profile
+from client_sdk.errors import SaltlineError, UsageError
+
+if TYPE_CHECKING:
+    from client_sdk.client import Client
+
+T = TypeVar("T")
+
+app = typer.Typer(help="Saltline: end-to-end encrypted messaging", no_args_is_help=True, add_completion=False)
+account_app = typer.Typer(help="Accounts", no_args_is_help=True)
+link_app = typer.Typer(help="Link this profile to an account as a new device", no_args_is_help=True)
+devices_app = typer.Typer(help="The devices of this account", no_args_is_help=True)
+chat_app = typer.Typer(help="Conversations", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+app.add_typer(link_app, name="link")
+app.add_typer(devices_app, name="devices")
+app.add_typer(chat_app, name="chat")
+
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+#: Click context settings of commands whose arguments go to another program unread.
+_PASSTHROUGH: dict[str, Any] = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+# -- server commands (delegated) ----------------------------------------------------------------
+
+
+def _exec_server(args: list[str]) -> None:
+    argv = [sys.executable, "-m", "server", *args]
+    os.execv(sys.executable, argv)  # noqa: S606 - runs this interpreter on our own module
+
+
+# Ids are unpadded base64url and may begin with "-": without this, click would read such an id
+# (e.g. "-VPSZ...") as an unknown option. Commands that take ids treat unknown options as arguments.
+IDS_MAY_START_WITH_DASH = {"ignore_unknown_options": True}
+
+
+@app.command(context_settings=_PASSTHROUGH, add_help_option=False)
+def serve(ctx: typer.Context) -> None:
+    """Run the relay server (see `saltline serve --help`)."""
+    _exec_server(["serve", *ctx.args])
+
+
+@app.command(context_settings=_PASSTHROUGH, add_help_option=False)
+def db(ctx: typer.Context) -> None:
+    """Database migrations: `saltline db upgrade|downgrade|current`."""
+    _exec_server(["db", *ctx.args])
+
+
+@dataclass
+class State:
+    profile: Profile
+    server: str | None
+
+
+def cli_state(ctx: typer.Context) -> State:
+    state = ctx.find_object(State)
+    assert state is not None
+    return state
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    profile: Annotated[
+        str, typer.Option("--profile", "-p", envvar="SALTLINE_PROFILE", help="Device profile to use")
+    ] = "default",
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help=f"Server URL, remembered in the profile (default {DEFAULT_SERVER})"),
+    ] = None,
+) -> None:
+    """Saltline: end-to-end encrypted messaging. Each --profile is one device with its own encrypted
+    store in $SALTLINE_HOME/profiles/NAME (default ~/.saltline)."""
+    try:
+        ctx.obj = State(Profile.named(profile), server)
+    except SaltlineError as exc:
+        fail(str(exc))
+
+
+# -- running SDK work ---------------------------------------------------------------------------
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+    raise typer.Exit(1)
+
+
+def run(work: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` with SDK errors as one line and exit code 1."""
+    try:
+        return asyncio.run(work)
+    except SaltlineError as exc:
+        fail(str(exc))
+    except TimeoutError:
+        fail("timed out")
+    raise AssertionError("unreachable")
+
+
+@asynccontextmanager
+async def open_client(state: State, *, need_account: bool = True) -> AsyncIterator[Client]:
+    from client_sdk.client import Client
+    from client_sdk.stores.sqlite import SqliteStore
+
+    profile = state.profile
+    if need_account and not profile.exists():
+        raise UsageError(
+            f"profile {profile.name!r} has no device yet: run `saltline --profile {profile.name} "
+            "account create USERNAME` or `... link show`"
+        )
+    url = profile.server_url(state.server)
+    store = SqliteStore.open(profile.store_path, key=profile.store_key())
+    try:
+        client = await Client.create(url, store)
+    except BaseException:
+        store.close()
+        raise
+    try:
+        device = client.store.identity.get_device()
+        if need_account and (device is None or device.account_id is None):
+            raise UsageError(
+                f"profile {profile.name!r} has no account yet: run `saltline --profile {profile.name} "
+                "account create USERNAME` or `... link show`"
+            )
+        yield client
+    finally:
+        await client.close()
+        store.close()
+
+
+def read_password(stdin: bool, *, confirm: bool) -> str:
+    if stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+    if not password:
+        fail("the password is empty")
+    return password
+
+
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin")
+]
+
+
+def format_time(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"

@@ -1,0 +1,91 @@
+"""CLI profiles: one directory per device (config, store key, encrypted store); see
+:mod:`client_sdk.cli`."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client_sdk.errors import UsageError
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+STORE_KEY_SIZE = 32
+
+
+def saltline_home() -> Path:
+    return Path(os.environ.get("SALTLINE_HOME") or "~/.saltline").expanduser()
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One device of the CLI: a directory with its config, store key and encrypted store."""
+
+    name: str
+    directory: Path
+
+    @classmethod
+    def named(cls, name: str) -> Profile:
+        if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+            raise UsageError(f"invalid profile name {name!r}: use letters, digits, '-', '_' and '.'")
+        return cls(name, saltline_home() / "profiles" / name)
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "config.json"
+
+    @property
+    def key_path(self) -> Path:
+        return self.directory / "store.key"
+
+    @property
+    def store_path(self) -> Path:
+        return self.directory / "store.db"
+
+    def ensure(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def config(self) -> dict[str, Any]:
+        try:
+            loaded: dict[str, Any] = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {self.config_path}: {exc}") from exc
+        return loaded
+
+    def save_config(self, config: dict[str, Any]) -> None:
+        self.ensure()
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(self.config_path)
+
+    def server_url(self, override: str | None) -> str:
+        config = self.config()
+        if override:
+            url = override.rstrip("/")
+            if config.get("server") != url:
+                self.save_config({**config, "server": url})
+            return url
+        return str(config.get("server") or os.environ.get("SALTLINE_SERVER") or DEFAULT_SERVER)
+
+    def store_key(self) -> bytes:
+        """The store's key, created (0600, never overwritten) the first time."""
+        self.ensure()
+        try:
+            fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            key = self.key_path.read_bytes()
+            if len(key) != STORE_KEY_SIZE:
+                raise UsageError(f"{self.key_path} is not a {STORE_KEY_SIZE}-byte store key") from None
+            return key
+        key = secrets.token_bytes(STORE_KEY_SIZE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
+
+    def exists(self) -> bool:
+        return self.store_path.exists()

@@ -1,0 +1,53 @@
+"""View diff to events: what changed between two materialised views of a conversation, as the
+events the client emits (pure; docs/protocol/sync.md § events)."""
+
+from __future__ import annotations
+
+from client_sdk.core.events import (
+    Event,
+    MembershipChanged,
+    MessageDeleted,
+    MessageEdited,
+    ReactionChanged,
+    ReadStateChanged,
+    SettingsChanged,
+)
+from client_sdk.core.sync import ConversationView, Dot
+from crypto.keys import b64encode
+
+
+def message_ref(dot: Dot) -> str:
+    """The text reference of a message (``"<device id>.<n>"``) for edit/delete/react/reply."""
+    return f"{b64encode(dot.device)}.{dot.n}"
+
+
+def changes(cid: str, me: bytes, before: ConversationView, after: ConversationView) -> list[Event]:
+    """The events that turn ``before`` into ``after`` for the account ``me``, in a fixed order:
+    per message (in display order) deletion or edit, then reactions; read state; settings; the
+    account's own mute; membership. New messages are not here (they come with the envelope)."""
+    out: list[Event] = []
+    old = {m.dot: m for m in before.messages}
+    for m in after.messages:
+        o = old.get(m.dot)
+        if o is None:
+            continue
+        ref = message_ref(m.dot)
+        if m.deleted and not o.deleted:
+            out.append(MessageDeleted(cid, ref))
+        elif m.text != o.text:
+            out.append(MessageEdited(cid, ref, m.text))
+        if m.reactions != o.reactions:
+            out.append(ReactionChanged(cid, ref, tuple((b64encode(a), e) for a, e in m.reactions)))
+    if before.read_up_to != after.read_up_to or before.unread(me) != after.unread(me):
+        out.append(
+            ReadStateChanged(cid, {b64encode(a): n for a, n in after.read_up_to.items()}, after.unread(me))
+        )
+    for name, field in after.settings.items():
+        if field != before.settings.get(name):
+            out.append(SettingsChanged(cid, name, field.value, tuple(c.value for c in field.conflicts)))
+    mute = after.mute.get(me)
+    if mute is not None and mute != before.mute.get(me):
+        out.append(SettingsChanged(cid, "mute", mute.value, tuple(c.value for c in mute.conflicts)))
+    if before.members != after.members:
+        out.append(MembershipChanged(cid, tuple(sorted(b64encode(a) for a in after.members))))
+    return out

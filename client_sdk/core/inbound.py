@@ -1,0 +1,280 @@
+"""Inbound rules: what the client does with each frame and envelope the server sends
+(docs/protocol/delivery.md § what the client does with a frame). Pure: the inbound facet parses a
+frame with :func:`parse_frame`, gathers the facts one rule asks for, and applies the decision.
+
+Every envelope ends in exactly one of:
+
+* :class:`Duplicate` - already stored (by envelope id or by its server_seq): acknowledge, no event;
+* :class:`Drop` - it can never be processed (malformed, undecryptable, sender in no verified list,
+  conversation gone): acknowledge and emit a typed event naming the reason;
+* :class:`RetryLater` - a transient failure (network, 5xx): do not acknowledge; retry with back-off,
+  and after :data:`MAX_TRANSIENT_TRIES` tries of the same envelope, :class:`Drop` it with an event;
+* :class:`Accept` - decrypt, store, acknowledge, then emit.
+
+Acknowledgements are cumulative, so nothing after an envelope that must be retried is acknowledged
+before it: the connection is dropped and the server redelivers from the last acknowledgement.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+from client_sdk.core import wire
+
+#: Attempts at one envelope that fails transiently (each after a reconnection with back-off)
+#: before it is dropped with an event: a server that keeps failing for one item must not stop a
+#: device for good.
+MAX_TRANSIENT_TRIES = 5
+MAX_ID_CHARS = 64
+
+DropCode = Literal[
+    "malformed",
+    "undecryptable",
+    "unknown_sender",
+    "untrusted_sender",
+    "conversation_unavailable",
+    "retries_exhausted",
+    "not_allowed",
+]
+
+# -- frames --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    acked_queue_seq: int
+    heartbeat_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An ``envelope`` or ``ephemeral`` frame, or an item of a conversation's history."""
+
+    conversation_id: str
+    envelope_id: str
+    sender_account_id: str
+    sender_device_id: str
+    clock: bytes
+    ciphertext: bytes
+    server_seq: int | None  # None: ephemeral
+    server_ts_ms: int
+    queue_seq: int | None  # None: ephemeral or from the history
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    from_queue_seq: int
+    to_queue_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DrainedFrame:
+    queue_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A frame that breaks the protocol. ``queue_seq`` when one could be read (acknowledge it: it
+    would come back forever), ``envelope_id``/``conversation_id`` when known (for the event)."""
+
+    frame_type: str | None
+    reason: str
+    queue_seq: int | None = None
+    conversation_id: str | None = None
+    envelope_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    """A frame the client has nothing to do with (a server ping is answered by the transport)."""
+
+    frame_type: str
+
+
+Frame: TypeAlias = Ready | Envelope | Gap | DrainedFrame | Malformed | Ignore
+
+
+class _Bad(Exception):
+    pass
+
+
+def _int(doc: dict[str, Any], name: str, *, minimum: int = 0) -> int:
+    v = doc.get(name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        raise _Bad(f"{name!r} is not an integer >= {minimum}")
+    return v
+
+
+def _id(doc: dict[str, Any], name: str) -> str:
+    v = doc.get(name)
+    if not isinstance(v, str) or not v or len(v) > MAX_ID_CHARS:
+        raise _Bad(f"{name!r} is not an id")
+    _b64(v, name)
+    return v
+
+
+def _b64(text: object, name: str) -> bytes:
+    if not isinstance(text, str):
+        raise _Bad(f"{name!r} is not base64url text")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise _Bad(f"{name!r} is not base64url") from exc
+
+
+def parse_envelope(doc: dict[str, Any], *, queued: bool, ephemeral: bool = False) -> Envelope:
+    """Validate one envelope document (a frame or a history item with ``conversation_id`` added);
+    raises ``ValueError`` naming the first bad field."""
+    try:
+        sender = doc.get("sender")
+        if not isinstance(sender, dict):
+            raise _Bad("'sender' is not an object")
+        ts = doc.get("server_ts", 0)
+        return Envelope(
+            conversation_id=_id(doc, "conversation_id"),
+            envelope_id=_id(doc, "envelope_id"),
+            sender_account_id=_id(sender, "account_id"),
+            sender_device_id=_id(sender, "device_id"),
+            clock=_b64(doc.get("clock", ""), "clock"),
+            ciphertext=_b64(doc.get("ciphertext"), "ciphertext"),
+            server_seq=None if ephemeral else _int(doc, "server_seq", minimum=1),
+            server_ts_ms=ts if isinstance(ts, int) and not isinstance(ts, bool) else 0,
+            queue_seq=_int(doc, "queue_seq", minimum=1) if queued else None,
+        )
+    except _Bad as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def parse_frame(frame: object) -> Frame:
+    """Classify one server frame (already JSON-decoded). Never raises."""
+    if not isinstance(frame, dict):
+        return Malformed(None, "the frame is not a JSON object")
+    kind = frame.get("type")
+    if not isinstance(kind, str):
+        return Malformed(None, "the frame has no type")
+    queue_seq = frame.get("queue_seq")
+    readable_seq = queue_seq if isinstance(queue_seq, int) and not isinstance(queue_seq, bool) else None
+    try:
+        if kind == wire.FRAME_READY:
+            hb = frame.get("heartbeat_interval_s", wire.DEFAULT_HEARTBEAT_INTERVAL_S)
+            if not isinstance(hb, int | float) or isinstance(hb, bool) or not 0 < hb <= 3600:
+                hb = wire.DEFAULT_HEARTBEAT_INTERVAL_S
+            return Ready(_int(frame, "acked_queue_seq"), float(hb))
+        if kind == wire.FRAME_ENVELOPE:
+            return parse_envelope(frame, queued=True)
+        if kind == wire.FRAME_EPHEMERAL:
+            return parse_envelope(frame, queued=False, ephemeral=True)
+        if kind == wire.FRAME_GAP:
+            a, b = _int(frame, "from_queue_seq", minimum=1), _int(frame, "to_queue_seq", minimum=1)
+            if b < a:
+                raise _Bad("the gap ends before it starts")
+            return Gap(a, b)
+        if kind == wire.FRAME_DRAINED:
+            return DrainedFrame(_int(frame, "queue_seq"))
+        if kind in (wire.FRAME_PING, wire.FRAME_SEND_RESULT):
+            return Ignore(kind)
+    except (_Bad, ValueError) as exc:
+        cid, eid = frame.get("conversation_id"), frame.get("envelope_id")
+        return Malformed(
+            kind,
+            str(exc),
+            readable_seq if kind == wire.FRAME_ENVELOPE else None,
+            cid if isinstance(cid, str) and len(cid) <= MAX_ID_CHARS else None,
+            eid if isinstance(eid, str) and len(eid) <= MAX_ID_CHARS else None,
+        )
+    return Malformed(kind[:40], "unknown frame type")
+
+
+# -- envelope decisions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    code: DropCode
+    reason: str
+    status: int | None = None  # for conversation_unavailable: the server's 403/404
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    pass
+
+
+Decision: TypeAlias = Duplicate | Drop | RetryLater | Accept
+
+LookupKind = Literal["ok", "gone", "transient", "refused", "unlisted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The result of looking something up for an envelope (its conversation, its sender)."""
+
+    kind: LookupKind
+    reason: str = ""
+    status: int | None = None
+
+
+OK = Lookup("ok")
+
+
+def before_lookup(*, envelope_stored: bool, seq_stored: bool) -> Decision:
+    """First rule: an envelope already stored (by id, or an operation at its server_seq) is a
+    duplicate, acknowledged without decrypting it again (the ratchet would refuse it)."""
+    return Duplicate() if envelope_stored or seq_stored else Accept()
+
+
+def after_lookup(conversation: Lookup, sender: Lookup, *, tries: int) -> Decision:
+    """Second rule, once the conversation and the sender's verified device list were looked up.
+    ``tries``: how many times this envelope already failed transiently."""
+    for what, look in (("conversation", conversation), ("sender", sender)):
+        if look.kind == "transient":
+            if tries + 1 >= MAX_TRANSIENT_TRIES:
+                return Drop("retries_exhausted", f"the {what} could not be looked up: {look.reason}")
+            return RetryLater(look.reason)
+        if look.kind == "gone":
+            return Drop(
+                "conversation_unavailable",
+                look.reason or "the server no longer shows this conversation to this device",
+                look.status,
+            )
+        if look.kind == "refused":
+            return Drop("untrusted_sender", f"sender's device list refused: {look.reason}")
+        if look.kind == "unlisted":
+            return Drop("unknown_sender", "the sending device is in no verified device list")
+    return Accept()
+
+
+DecryptKind = Literal["ok", "replayed", "failed", "malformed_op"]
+
+
+def after_decrypt(kind: DecryptKind, reason: str, *, ephemeral: bool, typing: bool) -> Decision:
+    """Third rule, on the result of decryption and operation parsing."""
+    if kind == "replayed":
+        return Duplicate()  # a message key already used: a redelivery
+    if kind == "failed":
+        return Drop("undecryptable", reason)
+    if kind == "malformed_op":
+        return Drop("malformed", f"malformed operation: {reason}")
+    if ephemeral != typing:
+        # typing indicators only travel as ephemeral envelopes, and ephemeral envelopes carry
+        # nothing but typing indicators (a stored typing operation would consume no dot)
+        return Drop("not_allowed", "an ephemeral envelope carries only typing indicators")
+    return Accept()
+
+
+def ack_for(decision: Decision, queue_seq: int | None) -> int | None:
+    """The queue_seq to acknowledge after ``decision`` (None: nothing, or must not)."""
+    return None if isinstance(decision, RetryLater) else queue_seq

@@ -1,0 +1,241 @@
+"""Accounts, contacts and trust: registration and login, verified device lists (rules:
+:mod:`client_sdk.core.trust`), identity changes, safety numbers, this account's devices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from client_sdk.context import DeviceContext
+from client_sdk.core import api, trust
+from client_sdk.core.events import DeviceListChanged, IdentityChanged, UntrustedDeviceList
+from client_sdk.errors import UntrustedDeviceListError, UsageError
+from client_sdk.stores.base import ContactRecord
+from crypto import device_list as dl
+from crypto import safety
+from crypto.errors import CryptoError
+from crypto.keys import AccountKey, AccountPublicKey, b64decode, b64encode
+
+if TYPE_CHECKING:
+    from client_sdk.facets.prekeys import Prekeys
+
+#: Lists per page of ``GET /v1/accounts/{id}/device-lists``.
+CHAIN_PAGE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    device_id: str
+    added_at: int
+    this_device: bool
+
+
+def normalize_username(username: str) -> str:
+    try:
+        return dl.normalize_username(username)
+    except CryptoError as exc:
+        raise UsageError(f"not a valid username: {username!r} ({exc})") from exc
+
+
+class Contacts:
+    def __init__(self, ctx: DeviceContext, prekeys: Prekeys) -> None:
+        self.ctx = ctx
+        self.prekeys = prekeys
+
+    # -- accounts ------------------------------------------------------------------------------------
+
+    async def register(self, username: str, password: str) -> str:
+        ctx = self.ctx
+        if ctx.device.account_id is not None:
+            raise UsageError("this device already belongs to an account")
+        username = normalize_username(username)
+        state = ctx.state
+        account_key = state.account_key or AccountKey.generate(ctx.rng)
+        state = state.with_account_key(account_key)
+        signed = dl.first(account_key, username, [state.device_entry(account_key.public_key, ctx.clock())])
+        ctx.put_device(replace(ctx.device, state=state.encode(), username=username), state)
+        r = await ctx.call(
+            api.register(username, password, account_key.public_key.to_b64(), signed.to_b64(), ctx.device_id)
+        )
+        tokens = api.parse_register(r.body)
+        with ctx.transaction():
+            ctx.put_device(replace(ctx.device, account_id=tokens.account_id))
+            ctx.adopt_tokens(tokens)
+            self.put_own_contact(signed)
+        await self.prekeys.upload_all()
+        return tokens.account_id
+
+    async def login(self, username: str | None, password: str | None) -> None:
+        ctx = self.ctx
+        if password is None:
+            await ctx.device_login()
+            return
+        name = normalize_username(username or ctx.username)
+        r = await ctx.call(api.login(name, password, ctx.device_id))
+        tokens = api.parse_tokens(r.body)
+        ctx.put_device(replace(ctx.device, username=name, account_id=tokens.account_id))
+        ctx.adopt_tokens(tokens)
+
+    def put_own_contact(self, signed: dl.SignedDeviceList) -> None:
+        ctx = self.ctx
+        old = ctx.store.device_lists.get_contact(ctx.account_id)
+        record = ContactRecord(
+            account_id=ctx.account_id,
+            username=ctx.username,
+            account_key=bytes(ctx.account_key().public_key),
+            signed_list=signed.encode(),
+            verified=True,
+            updated_at_ms=ctx.clock(),
+        )
+        if old is not None:
+            record = replace(old, signed_list=signed.encode(), updated_at_ms=ctx.clock())
+        ctx.store.device_lists.put_contact(record)
+
+    # -- device lists ---------------------------------------------------------------------------------
+
+    async def _fetch_chain(self, account_id: str, since: int) -> list[bytes]:
+        out: list[bytes] = []
+        while True:
+            r = await self.ctx.call(api.device_list_chain(account_id, since, CHAIN_PAGE))
+            try:
+                page = [b64decode(s) for s in api.parse_chain(r.body)]
+                out.extend(page)
+                if len(page) < CHAIN_PAGE:
+                    return out
+                since = dl.SignedDeviceList.decode(page[-1]).version
+            except CryptoError as exc:
+                raise UntrustedDeviceListError(f"the server sent a malformed device list: {exc}") from exc
+
+    async def refresh(self, account_id: str, username: str | None = None) -> ContactRecord:
+        """Fetch and verify the account's newest device list (rules in :mod:`client_sdk.core.trust`).
+        Events are queued on the context (published by the caller's flush)."""
+        ctx = self.ctx
+        contact = ctx.store.device_lists.get_contact(account_id)
+        if contact is None:
+            if username is None:
+                username = api.parse_account((await ctx.call(api.account(account_id))).body).username
+            chain = await self._fetch_chain(account_id, 0)
+            try:
+                v = trust.first_contact(username, chain)
+            except UntrustedDeviceListError as exc:
+                ctx.emit(UntrustedDeviceList(account_id, str(exc)))
+                raise
+            contact = ContactRecord(
+                account_id,
+                normalize_username(username),
+                v.account_key,
+                v.signed_list,
+                updated_at_ms=ctx.clock(),
+            )
+            ctx.store.device_lists.put_contact(contact)
+            return contact
+        try:
+            known = dl.SignedDeviceList.decode(contact.signed_list)
+        except CryptoError as exc:
+            raise UntrustedDeviceListError(f"a stored device list no longer decodes: {exc}") from exc
+        chain = await self._fetch_chain(account_id, known.version)
+        try:
+            v = trust.advance(contact.username, contact.account_key, contact.signed_list, chain)
+        except UntrustedDeviceListError as exc:
+            ctx.emit(UntrustedDeviceList(account_id, str(exc)))
+            raise
+        except trust.KeyMismatch:
+            return await self._identity_changed(contact)
+        if v.changed:
+            contact = replace(contact, signed_list=v.signed_list, updated_at_ms=ctx.clock())
+            with ctx.transaction():
+                ctx.store.device_lists.put_contact(contact)
+                for device_id in v.removed:
+                    ctx.store.sessions.delete_sessions(device_id)
+                ctx.emit(DeviceListChanged(account_id, contact.username, v.version, v.added, v.removed))
+        return contact
+
+    async def _identity_changed(self, contact: ContactRecord) -> ContactRecord:
+        ctx = self.ctx
+        chain = await self._fetch_chain(contact.account_id, 0)
+        try:
+            v = trust.first_contact(contact.username, chain)
+        except UntrustedDeviceListError as exc:
+            ctx.emit(UntrustedDeviceList(contact.account_id, str(exc)))
+            raise
+        adopt = trust.identity_change(
+            contact.trust_policy,
+            own_account=contact.account_id == ctx.device.account_id,
+            verified=contact.verified,
+        )
+        if adopt:
+            contact = replace(
+                contact,
+                account_key=v.account_key,
+                signed_list=v.signed_list,
+                verified=False,
+                updated_at_ms=ctx.clock(),
+            )
+        else:
+            contact = replace(contact, pending_account_key=v.account_key, pending_signed_list=v.signed_list)
+        with ctx.transaction():
+            ctx.store.device_lists.put_contact(contact)
+            ctx.emit(IdentityChanged(contact.account_id, contact.username, contact.trust_policy, not adopt))
+        return contact
+
+    async def by_username(self, username: str) -> ContactRecord:
+        ctx = self.ctx
+        name = normalize_username(username)
+        contact = ctx.store.device_lists.get_contact_by_username(name)
+        if contact is not None:
+            return contact
+        info = api.parse_account((await ctx.call(api.account_by_username(name))).body)
+        contact = await self.refresh(info.account_id, info.username)
+        if AccountPublicKey(contact.account_key).to_b64() != info.account_key:
+            raise UntrustedDeviceListError(f"the server gave two different account keys for {name!r}")
+        return contact
+
+    async def devices(self) -> list[DeviceInfo]:
+        ctx = self.ctx
+        contact = await self.refresh(ctx.account_id)
+        content = trust.verified_content(contact.account_key, contact.signed_list)
+        return [
+            DeviceInfo(b64encode(d.device_id), d.added_at, b64encode(d.device_id) == ctx.device_id)
+            for d in content.devices
+        ]
+
+    async def remove_device(self, device_id: str) -> None:
+        ctx = self.ctx
+        contact = await self.refresh(ctx.account_id)
+        current = dl.SignedDeviceList.decode(contact.signed_list)
+        try:
+            new = dl.with_device_removed(current, ctx.account_key(), b64decode(device_id))
+        except CryptoError as exc:
+            raise UsageError(f"cannot remove device {device_id}: {exc}") from exc
+        await ctx.call(api.put_device_list(new.to_b64()))
+        with ctx.transaction():
+            self.put_own_contact(new)
+            ctx.store.sessions.delete_sessions(device_id)
+
+    async def safety_number(self, username: str) -> safety.SafetyNumber:
+        ctx = self.ctx
+        contact = await self.by_username(username)
+        return safety.safety_number(
+            ctx.account_key().public_key,
+            ctx.username,
+            AccountPublicKey(contact.account_key),
+            contact.username,
+        )
+
+    async def verify(self, username: str) -> None:
+        contact = await self.by_username(username)
+        if contact.pending_account_key is not None and contact.pending_signed_list is not None:
+            contact = replace(
+                contact,
+                account_key=contact.pending_account_key,
+                signed_list=contact.pending_signed_list,
+                pending_account_key=None,
+                pending_signed_list=None,
+            )
+        self.ctx.store.device_lists.put_contact(replace(contact, verified=True))
+
+    async def set_trust_policy(self, username: str, policy: str) -> None:
+        if policy not in ("warn", "block"):
+            raise UsageError('trust policy must be "warn" or "block"')
+        contact = await self.by_username(username)
+        self.ctx.store.device_lists.put_contact(replace(contact, trust_policy=policy))  # type: ignore[arg-type]

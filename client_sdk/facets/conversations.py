@@ -1,0 +1,156 @@
+"""Conversations: records, the materialised sync state (docs/protocol/sync.md) and its views.
+The view diff that becomes events is :func:`client_sdk.core.diff.changes`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from client_sdk.context import DeviceContext
+from client_sdk.core import api, diff, sync
+from client_sdk.core.events import ConversationAdded
+from client_sdk.errors import UsageError
+from client_sdk.stores.base import ConversationRecord, MessageRecord, SyncMeta
+from crypto.errors import CryptoError
+from crypto.keys import b64decode
+
+if TYPE_CHECKING:
+    from client_sdk.facets.contacts import Contacts
+
+
+def decode_op(plaintext: bytes, clock: bytes, device_id: str, account_id: str) -> sync.Op | None:
+    """A stored operation, or None if it does not parse (never raises)."""
+    try:
+        return sync.decode(plaintext, clock, b64decode(device_id), b64decode(account_id))
+    except (sync.SyncError, ValueError, CryptoError):
+        return None
+
+
+class Conversations:
+    def __init__(self, ctx: DeviceContext, contacts: Contacts) -> None:
+        self.ctx = ctx
+        self.contacts = contacts
+        self._states: dict[str, sync.ConversationState] = {}
+        self._seqs: dict[str, set[int]] = {}
+
+    async def create(self, usernames: Sequence[str]) -> str:
+        ctx = self.ctx
+        others = [await self.contacts.by_username(u) for u in usernames]
+        if not others:
+            raise UsageError("a conversation needs at least one other person")
+        kind = "direct" if len(others) == 1 else "group"
+        r = await ctx.call(api.create_conversation(kind, [c.account_id for c in others]))
+        info = api.parse_conversation(r.body)
+        self.put(info)
+        return info.conversation_id
+
+    def put(self, info: api.ConversationInfo) -> ConversationRecord:
+        store = self.ctx.store.conversations
+        old = store.get_conversation(info.conversation_id)
+        record = ConversationRecord(
+            info.conversation_id, info.kind, info.members, old.clock if old else b"", info.created_at_ms
+        )
+        store.put_conversation(record)
+        return record
+
+    def known(self, conversation_id: str) -> ConversationRecord | None:
+        return self.ctx.store.conversations.get_conversation(conversation_id)
+
+    async def record(self, conversation_id: str) -> ConversationRecord:
+        """The stored record, else fetched from the server (``ConversationAdded`` queued)."""
+        record = self.known(conversation_id)
+        if record is None:
+            info = api.parse_conversation((await self.ctx.call(api.conversation(conversation_id))).body)
+            with self.ctx.transaction():
+                record = self.put(info)
+                self.ctx.emit(ConversationAdded(record.conversation_id, record.members))
+        return record
+
+    def messages(self, conversation_id: str, limit: int = 1000) -> Sequence[MessageRecord]:
+        return self.ctx.store.conversations.messages(conversation_id, limit=limit)
+
+    # -- sync state -----------------------------------------------------------------------------------
+
+    def meta(self, cid: str) -> SyncMeta:
+        return self.ctx.store.sync.get_sync_meta(cid) or SyncMeta(cid)
+
+    def state(self, record: ConversationRecord) -> sync.ConversationState:
+        """The conversation's state, replayed from the store once and then kept in memory."""
+        cid = record.conversation_id
+        state = self._states.get(cid)
+        if state is not None:
+            return state
+        store = self.ctx.store.sync
+        meta = store.get_sync_meta(cid)
+        if meta is None:
+            meta = SyncMeta(cid, members=tuple(record.members))
+            store.put_sync_meta(meta)
+        floor = dict(sync.CompactClock.decode(meta.floor_clock).extras) if meta.floor_clock else {}
+        state = sync.ConversationState(
+            b64decode(cid),
+            [b64decode(m) for m in (meta.members or record.members)],
+            floor_seq=meta.floor_seq,
+            floor_clock=floor,
+        )
+        seqs: set[int] = set()
+        for r in store.sync_ops(cid):
+            op = decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
+            seqs.add(r.server_seq)
+            if op is not None:
+                with contextlib.suppress(sync.SyncError):
+                    state.receive(r.server_seq, op)
+        self._states[cid] = state
+        self._seqs[cid] = seqs
+        return state
+
+    def forget(self, cid: str) -> None:
+        """Drop the in-memory state (rebuilt from the store on next use)."""
+        self._states.pop(cid, None)
+        self._seqs.pop(cid, None)
+
+    def has_seq(self, cid: str, seq: int) -> bool:
+        record = self.known(cid)
+        if record is None:
+            return False
+        self.state(record)
+        return seq in self._seqs.get(cid, set())
+
+    def apply(self, record: ConversationRecord, seq: int, op: sync.Op) -> sync.Received | None:
+        """Apply one stored, sequenced operation to the in-memory state; queue what changed."""
+        cid = record.conversation_id
+        state = self.state(record)
+        before = state.view()
+        try:
+            received = state.receive(seq, op)
+        except sync.SyncError:
+            return None
+        self._seqs.setdefault(cid, set()).add(seq)
+        if received.applied:
+            for event in diff.changes(cid, b64decode(self.ctx.account_id), before, state.view()):
+                self.ctx.emit(event)
+        return received
+
+    async def view(self, conversation_id: str) -> sync.ConversationView:
+        return self.state(await self.record(conversation_id)).view()
+
+    def message_dot(self, cid: str, message_ref: str) -> sync.Dot:
+        """A message named by its ref (``"<device id>.<n>"``) or by its envelope id."""
+        ctx = self.ctx
+        if "." in message_ref:
+            device, _, n = message_ref.partition(".")
+            try:
+                return sync.Dot(b64decode(device), int(n))
+            except (ValueError, CryptoError) as exc:
+                raise UsageError(f"not a message reference: {message_ref!r}") from exc
+        for r in ctx.store.sync.sync_ops(cid):
+            if r.envelope_id == message_ref:
+                op = decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
+                if op is not None:
+                    return op.dot
+        item = ctx.store.outbox.get_outbox(message_ref)
+        if item is not None:
+            op = decode_op(item.body, item.clock, ctx.device_id, ctx.account_id)
+            if op is not None:
+                return op.dot
+        raise UsageError(f"no message {message_ref!r} in conversation {cid}")

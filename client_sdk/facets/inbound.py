@@ -1,0 +1,493 @@
+"""Inbound: every frame of the delivery socket and every envelope of a conversation's history,
+through the rules of :mod:`client_sdk.core.inbound`. Nothing here ends the delivery task: a bad
+frame or envelope is acknowledged with an event, a transient failure drops the connection so the
+server redelivers (after a back-off), and an envelope that keeps failing is dropped with an event
+after :data:`~client_sdk.core.inbound.MAX_TRANSIENT_TRIES` tries."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from client_sdk.context import DeviceContext
+from client_sdk.core import api, sync, trust
+from client_sdk.core import inbound as rules
+from client_sdk.core import message as msg
+from client_sdk.core.events import (
+    Connected,
+    ConversationAdded,
+    ConversationUnavailable,
+    DecryptionFailed,
+    DeliveryGap,
+    Drained,
+    MalformedFrame,
+    MessageReceived,
+    TypingChanged,
+)
+from client_sdk.errors import (
+    AuthError,
+    DecryptError,
+    NetworkError,
+    NotFoundError,
+    ProtocolError,
+    ServerError,
+    UntrustedDeviceListError,
+)
+from client_sdk.stores.base import ContactRecord, MessageRecord, SessionRecord, SyncOpRecord
+from crypto.errors import CryptoError, DuplicateMessageError
+from crypto.keys import b64decode
+from crypto.ratchet import Session
+
+if TYPE_CHECKING:
+    from client_sdk.facets.contacts import Contacts
+    from client_sdk.facets.conversations import Conversations
+    from client_sdk.facets.outbound import Outbound
+    from client_sdk.facets.prekeys import Prekeys
+
+log = logging.getLogger("client_sdk.inbound")
+
+#: Page size of gap filling from ``GET /v1/conversations/{id}/envelopes``.
+HISTORY_PAGE = 200
+#: An unhandled message is offered to ``at_least_once`` callbacks at most this many times.
+MAX_HANDLER_ATTEMPTS = 5
+
+
+class RetryLater(Exception):
+    """A transient failure: do not acknowledge; the connection is dropped and resumed later."""
+
+
+class Inbound:
+    def __init__(
+        self,
+        ctx: DeviceContext,
+        contacts: Contacts,
+        conversations: Conversations,
+        prekeys: Prekeys,
+        outbound: Outbound,
+        spawn: Callable[[Any], None],
+    ) -> None:
+        self.ctx = ctx
+        self.contacts = contacts
+        self.conversations = conversations
+        self.prekeys = prekeys
+        self.outbound = outbound
+        self._spawn = spawn
+        self._transient: dict[str, int] = {}
+        self._filling: set[str] = set()
+        ctx.on_delivered = self._settle
+
+    # -- frames ----------------------------------------------------------------------------------------
+
+    async def on_frame(self, raw: object) -> int | None:
+        """Handle one server frame; the queue_seq to acknowledge (None: nothing). Raises
+        :class:`RetryLater` when the connection must be dropped and resumed later."""
+        ctx = self.ctx
+        frame = rules.parse_frame(raw)
+        try:
+            match frame:
+                case rules.Ready(acked, _):
+                    self.prekeys.recheck = True  # count the prekeys when the backlog drained
+                    ctx.emit(Connected(acked))
+                    self._spawn(self.outbound.flush(force=True))
+                    self._spawn(self.redeliver_unhandled())
+                    return None
+                case rules.Envelope(queue_seq=None):
+                    async with ctx.lock:
+                        await self._envelope(frame)
+                    return None
+                case rules.Envelope():
+                    async with ctx.lock:
+                        return await self._guarded(frame)
+                case rules.Gap(start, end):
+                    ctx.emit(DeliveryGap(start, end))
+                    async with ctx.lock:
+                        try:
+                            await self._fill_all_gaps()
+                        except (NetworkError, ServerError) as exc:
+                            raise RetryLater(f"gap fill failed: {exc}") from exc
+                        ctx.store.cursors.set_acked_queue_seq(end)
+                    return end
+                case rules.DrainedFrame(seq):
+                    ctx.emit(Drained(seq))
+                    if self.prekeys.work_due():
+                        self._spawn(self.prekeys.maintain_if_due())
+                    return None
+                case rules.Malformed(kind, reason, seq, cid, eid):
+                    ctx.emit(MalformedFrame(kind, reason))
+                    if eid is not None:
+                        ctx.emit(DecryptionFailed(cid or "", eid, "", reason, "malformed"))
+                    if seq is not None:
+                        ctx.store.cursors.set_acked_queue_seq(seq)
+                    return seq
+            return None
+        finally:
+            await ctx.flush()
+
+    async def _guarded(self, env: rules.Envelope) -> int | None:
+        """:meth:`_queued`; an unexpected error (a bug, a corrupt store row) counts as a transient
+        failure of this envelope, so it is dropped with an event after a few tries instead of
+        coming back forever."""
+        try:
+            return await self._queued(env)
+        except RetryLater:
+            raise
+        except Exception as exc:
+            log.exception("envelope %s could not be processed", env.envelope_id)
+            tries = self._transient.get(env.envelope_id, 0) + 1
+            self._transient[env.envelope_id] = tries
+            if tries >= rules.MAX_TRANSIENT_TRIES:
+                self._drop(env, rules.Drop("retries_exhausted", f"the client failed on it: {exc}"))
+                return env.queue_seq
+            raise RetryLater(f"processing failed: {exc}") from exc
+
+    async def _queued(self, env: rules.Envelope) -> int | None:
+        ctx = self.ctx
+        seq = env.server_seq
+        assert seq is not None and env.queue_seq is not None
+        known = self.conversations.known(env.conversation_id)
+        if (
+            known is not None
+            and seq > ctx.store.cursors.get_server_seq(env.conversation_id) + 1
+            and ctx.store.conversations.get_message(env.envelope_id) is None
+        ):
+            # a jump in the conversation's server_seq: fetch what lies in between first (best
+            # effort: operations whose predecessors are missing are held and fetched again)
+            with contextlib.suppress(NetworkError, ServerError, ProtocolError):
+                await self._fill_gap(env.conversation_id)
+        decision = await self._envelope(env)
+        if isinstance(decision, rules.RetryLater):
+            raise RetryLater(decision.reason)
+        return rules.ack_for(decision, env.queue_seq)
+
+    # -- one envelope --------------------------------------------------------------------------------
+
+    async def _lookup_conversation(self, cid: str) -> rules.Lookup:
+        try:
+            await self.conversations.record(cid)
+        except (NotFoundError, AuthError) as exc:
+            return rules.Lookup(
+                "gone", f"the server refused the conversation: {exc.detail or exc.code}", exc.status
+            )
+        except (NetworkError, ServerError, ProtocolError) as exc:
+            return rules.Lookup("transient", str(exc))
+        return rules.OK
+
+    async def _lookup_sender(self, env: rules.Envelope) -> tuple[rules.Lookup, ContactRecord | None]:
+        ctx = self.ctx
+        try:
+            contact = ctx.store.device_lists.get_contact(env.sender_account_id)
+            content = (
+                None if contact is None else trust.verified_content(contact.account_key, contact.signed_list)
+            )
+            if content is None or content.device(b64decode(env.sender_device_id)) is None:
+                contact = await self.contacts.refresh(env.sender_account_id)
+                content = trust.verified_content(contact.account_key, contact.signed_list)
+        except UntrustedDeviceListError as exc:
+            return rules.Lookup("refused", str(exc)), None
+        except (NotFoundError, AuthError) as exc:
+            return rules.Lookup(
+                "refused", f"the server does not show the sender: {exc.detail or exc.code}"
+            ), None
+        except (NetworkError, ServerError, ProtocolError) as exc:
+            return rules.Lookup("transient", str(exc)), None
+        except CryptoError as exc:
+            return rules.Lookup("refused", str(exc)), None
+        if content.device(b64decode(env.sender_device_id)) is None:
+            return rules.Lookup("unlisted"), contact
+        return rules.OK, contact
+
+    def _drop(self, env: rules.Envelope, drop: rules.Drop) -> None:
+        ctx = self.ctx
+        self._transient.pop(env.envelope_id, None)
+        if env.queue_seq is not None:
+            ctx.store.cursors.set_acked_queue_seq(env.queue_seq)
+        if drop.code == "conversation_unavailable":
+            ctx.emit(ConversationUnavailable(env.conversation_id, drop.status, drop.reason))
+        else:
+            ctx.emit(
+                DecryptionFailed(
+                    env.conversation_id, env.envelope_id, env.sender_device_id, drop.reason, drop.code
+                )
+            )
+
+    async def _envelope(self, env: rules.Envelope) -> rules.Decision:
+        """Decide and apply the fate of one envelope (the lock is held)."""
+        ctx = self.ctx
+        cid, eid = env.conversation_id, env.envelope_id
+        if ctx.store.conversations.get_message(eid) is not None:
+            return self._ack(env, rules.Duplicate())
+        conversation = await self._lookup_conversation(cid)
+        if conversation.kind == "ok" and env.server_seq is not None:
+            decision = rules.before_lookup(
+                envelope_stored=False, seq_stored=self.conversations.has_seq(cid, env.server_seq)
+            )
+            if isinstance(decision, rules.Duplicate):
+                return self._ack(env, decision)
+        sender, contact = (rules.OK, None) if conversation.kind != "ok" else await self._lookup_sender(env)
+        decision = rules.after_lookup(conversation, sender, tries=self._transient.get(eid, 0))
+        if isinstance(decision, rules.RetryLater):
+            self._transient[eid] = self._transient.get(eid, 0) + 1
+            return decision
+        if isinstance(decision, rules.Drop):
+            self._drop(env, decision)
+            return decision
+        assert contact is not None
+        return self._decrypt_and_store(env, contact)
+
+    def _ack(self, env: rules.Envelope, decision: rules.Decision) -> rules.Decision:
+        self._transient.pop(env.envelope_id, None)
+        if env.queue_seq is not None:
+            self.ctx.store.cursors.set_acked_queue_seq(env.queue_seq)
+        return decision
+
+    def _decrypt_and_store(self, env: rules.Envelope, contact: ContactRecord) -> rules.Decision:
+        ctx = self.ctx
+        content = trust.verified_content(contact.account_key, contact.signed_list)
+        sender_entry = content.device(b64decode(env.sender_device_id))
+        assert sender_entry is not None
+        header = msg.EnvelopeHeader(
+            b64decode(env.conversation_id),
+            b64decode(env.envelope_id),
+            b64decode(env.sender_account_id),
+            b64decode(env.sender_device_id),
+            env.clock,
+        )
+        state = ctx.state
+        sessions = [
+            Session.from_bytes(s.state, ctx.rng)
+            for s in ctx.store.sessions.sessions_for(env.sender_device_id)
+        ]
+        op: sync.Op | None = None
+        kind: rules.DecryptKind = "ok"
+        reason = ""
+        try:
+            decrypted = msg.decrypt_from_device(
+                state,
+                sessions,
+                env.ciphertext,
+                header.associated_data(state.device_id),
+                sender_entry,
+                ctx.rng,
+                ctx.store.prekeys.has_seen_base_key,
+            )
+            body = msg.unpad(decrypted.padded)
+            op = sync.decode(body, header.clock, header.sender_device_id, header.sender_account_id)
+        except sync.SyncError as exc:
+            kind, reason = "malformed_op", str(exc)
+        except DecryptError as exc:
+            kind, reason = (
+                ("replayed" if isinstance(exc.__cause__, DuplicateMessageError) else "failed"),
+                str(exc),
+            )
+        except CryptoError as exc:
+            kind, reason = "failed", str(exc)
+        ephemeral = env.server_seq is None
+        decision = rules.after_decrypt(
+            kind, reason, ephemeral=ephemeral, typing=op is not None and isinstance(op.body, sync.Typing)
+        )
+        if isinstance(decision, rules.Drop):
+            self._drop(env, decision)
+            return decision
+        if isinstance(decision, rules.Duplicate):
+            return self._ack(env, decision)
+        assert op is not None
+        self._store(env, contact, decrypted, body, op, header.clock)
+        return decision
+
+    def _store(
+        self,
+        env: rules.Envelope,
+        contact: ContactRecord,
+        decrypted: msg.Decrypted,
+        body: bytes,
+        op: sync.Op,
+        clock: bytes,
+    ) -> None:
+        ctx = self.ctx
+        cid, eid, seq = env.conversation_id, env.envelope_id, env.server_seq
+        sent_by_me = env.sender_account_id == ctx.account_id
+        received: sync.Received | None = None
+        with ctx.transaction():
+            ctx.store.sessions.put_session(
+                SessionRecord(
+                    env.sender_device_id,
+                    decrypted.base_key,
+                    decrypted.session.to_bytes(),
+                    env.sender_account_id,
+                    ctx.clock(),
+                )
+            )
+            if decrypted.reusable_prekey_use is not None:  # replays of it are refused from now on
+                ctx.store.prekeys.add_seen_base_key(*decrypted.reusable_prekey_use)
+            otk = decrypted.one_time_prekey_id
+            if otk is not None and otk in ctx.state.one_time_prekeys:
+                ctx.put_state(ctx.state.remove_one_time_prekey(otk))
+                self.prekeys.used_one()
+            if seq is None:
+                if isinstance(op.body, sync.Typing):
+                    ctx.emit(TypingChanged(cid, env.sender_account_id, env.sender_device_id, op.body.typing))
+                return
+            if isinstance(op.body, sync.Message):
+                ctx.store.conversations.put_message(
+                    MessageRecord(
+                        cid,
+                        eid,
+                        env.sender_account_id,
+                        env.sender_device_id,
+                        op.body.text,
+                        op.body.sent_at_ms,
+                        sent_by_me,
+                        "received",
+                        seq,
+                        env.server_ts_ms,
+                        body,
+                    )
+                )
+            ctx.store.cursors.set_server_seq(cid, max(seq, ctx.store.cursors.get_server_seq(cid)))
+            ctx.store.sync.put_sync_op(
+                SyncOpRecord(cid, seq, eid, env.sender_account_id, env.sender_device_id, clock, body)
+            )
+            if env.queue_seq is not None:
+                ctx.store.cursors.set_acked_queue_seq(env.queue_seq)
+            record = self.conversations.known(cid)
+            if record is not None:
+                received = self.conversations.apply(record, seq, op)
+            if isinstance(op.body, sync.Message):
+                if ctx.bus.has_at_least_once(MessageReceived):
+                    ctx.store.handler_inbox.add_pending(eid, cid, ctx.clock())
+                ctx.emit(
+                    MessageReceived(
+                        cid,
+                        env.sender_account_id,
+                        env.sender_device_id,
+                        contact.username,
+                        op.body.text,
+                        eid,
+                        seq,
+                        op.body.sent_at_ms,
+                        sent_by_me,
+                    )
+                )
+        self._transient.pop(eid, None)
+        if received is not None and received.gap is not None and cid not in self._filling:
+            self._spawn(self._fill_held(cid, received.gap.after_seq))
+
+    async def _fill_held(self, cid: str, after: int) -> None:
+        if cid in self._filling:
+            return
+        self._filling.add(cid)
+        try:
+            async with self.ctx.lock:
+                with contextlib.suppress(NetworkError, ServerError, ProtocolError):
+                    await self._fill_gap(cid, after)
+        finally:
+            self._filling.discard(cid)
+            await self.ctx.flush()
+
+    # -- at-least-once app delivery --------------------------------------------------------------------
+
+    def _settle(self, event: MessageReceived, ok: bool) -> None:
+        inbox = self.ctx.store.handler_inbox
+        if ok:
+            inbox.remove_pending(event.envelope_id)
+            return
+        pending = {p.envelope_id: p for p in inbox.pending()}
+        entry = pending.get(event.envelope_id)
+        if entry is not None and entry.attempts + 1 >= MAX_HANDLER_ATTEMPTS:
+            log.error(
+                "message %s failed its at-least-once handler %d times: given up",
+                event.envelope_id,
+                entry.attempts + 1,
+            )
+            inbox.remove_pending(event.envelope_id)
+        else:
+            inbox.bump_attempts(event.envelope_id)
+
+    async def redeliver_unhandled(self) -> None:
+        """Offer the messages whose ``at_least_once`` callbacks did not all return (a crash, an
+        exception) to those callbacks again."""
+        ctx = self.ctx
+        if not ctx.bus.has_at_least_once(MessageReceived):
+            return
+        for entry in ctx.store.handler_inbox.pending():
+            record = ctx.store.conversations.get_message(entry.envelope_id)
+            if record is None or record.server_seq is None:
+                ctx.store.handler_inbox.remove_pending(entry.envelope_id)
+                continue
+            contact = ctx.store.device_lists.get_contact(record.sender_account_id)
+            event = MessageReceived(
+                record.conversation_id,
+                record.sender_account_id,
+                record.sender_device_id,
+                contact.username if contact else "",
+                record.text,
+                record.envelope_id,
+                record.server_seq,
+                record.sent_at_ms,
+                record.sent_by_me,
+            )
+            ok = await ctx.bus.publish(event, at_least_once_only=True)
+            self._settle(event, ok)
+
+    # -- gap filling -----------------------------------------------------------------------------------
+
+    async def fill_gaps(self) -> None:
+        async with self.ctx.lock:
+            await self._fill_all_gaps()
+        await self.ctx.flush()
+
+    async def _fill_all_gaps(self) -> None:
+        ctx = self.ctx
+        listed = api.parse_conversations((await ctx.call(api.conversations())).body)
+        for info in listed:
+            if self.conversations.known(info.conversation_id) is None:
+                with ctx.transaction():
+                    record = self.conversations.put(info)
+                    ctx.emit(ConversationAdded(record.conversation_id, record.members))
+        for record in list(ctx.store.conversations.conversations()):
+            try:
+                await self._fill_gap(record.conversation_id)
+            except (NotFoundError, AuthError):
+                continue  # no longer shown to this device: nothing to fetch
+
+    async def _fill_gap(self, conversation_id: str, start: int | None = None) -> None:
+        """Page through the conversation's envelopes after the stored cursor (only those with a
+        copy for this device come back) and process each through the same rules as a queued one."""
+        ctx = self.ctx
+        after = ctx.store.cursors.get_server_seq(conversation_id) if start is None else start
+        while True:
+            body = (await ctx.call(api.history(conversation_id, after, HISTORY_PAGE))).body
+            items = body.get("envelopes") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise ProtocolError("server response lacks 'envelopes'")
+            top = after
+            for item in items:
+                if not isinstance(item, dict):
+                    ctx.emit(MalformedFrame("history", "an envelope of the history is not an object"))
+                    continue
+                seq = item.get("server_seq")
+                if isinstance(seq, int) and not isinstance(seq, bool) and seq > top:
+                    top = seq
+                if item.get("ciphertext") is None:
+                    continue  # stored without a copy for this device
+                try:
+                    env = rules.parse_envelope({**item, "conversation_id": conversation_id}, queued=False)
+                except ValueError as exc:
+                    ctx.emit(MalformedFrame("history", str(exc)))
+                    continue
+                decision = await self._envelope(env)
+                if isinstance(decision, rules.RetryLater):
+                    raise NetworkError(decision.reason)
+            if top > ctx.store.cursors.get_server_seq(conversation_id):
+                ctx.store.cursors.set_server_seq(conversation_id, top)
+            next_after = body.get("next_after")
+            if (
+                not isinstance(next_after, int)
+                or isinstance(next_after, bool)
+                or not items
+                or next_after <= after
+            ):
+                return
+            after = next_after

@@ -1,0 +1,433 @@
+"""Linking a new device and its history (formats: :mod:`client_sdk.core.history` and
+:mod:`client_sdk.core.linking`; docs/protocol/messages.md § linking, sync.md § history bundles)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from client_sdk.context import DeviceContext
+from client_sdk.core import api, diff, linking, sync, trust, wire
+from client_sdk.core import history as fmt
+from client_sdk.core.events import ConversationAdded, MessageReceived
+from client_sdk.errors import LinkError, NotFoundError, ServerError, UsageError
+from client_sdk.facets.conversations import decode_op
+from client_sdk.stores.base import ContactRecord, ConversationRecord, MessageRecord, SyncOpRecord
+from crypto import attachments
+from crypto import device_list as dl
+from crypto import primitives as p
+from crypto.errors import CryptoError
+from crypto.keys import AccountKey, EphemeralKey, b64decode, b64encode
+
+if TYPE_CHECKING:
+    from client_sdk.facets.contacts import Contacts
+    from client_sdk.facets.conversations import Conversations
+    from client_sdk.facets.inbound import Inbound
+    from client_sdk.facets.prekeys import Prekeys
+
+#: History a linked device receives: "all", "none" or a number of days.
+HistoryDepth = str | int
+#: Ciphertext bytes per history bundle blob (a server with a smaller ``max_blob_bytes`` says so in
+#: its 413 problem and the parts are made smaller).
+HISTORY_PART_BYTES = 256 * 1024
+#: How long both devices wait for the other in the follow-up (the provisioning channel lives 10
+#: minutes) and how often they look (backing off from the first to the second interval).
+LINK_FOLLOW_UP_WAIT_S = 600.0
+LINK_POLL_S = 0.25
+LINK_POLL_MAX_S = 5.0
+
+Sent = dict[str, tuple[int, frozenset[int]]]
+
+
+class Linking:
+    def __init__(
+        self,
+        ctx: DeviceContext,
+        contacts: Contacts,
+        conversations: Conversations,
+        prekeys: Prekeys,
+        inbound: Inbound,
+        task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+    ) -> None:
+        self.ctx = ctx
+        self.contacts = contacts
+        self.conversations = conversations
+        self.prekeys = prekeys
+        self.inbound = inbound
+        self._task = task
+        self._link: tuple[linking.LinkCode, EphemeralKey] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        #: Conversations a history bundle seeded on this (new) device.
+        self._seeded: set[str] = set()
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._task(coro)
+        self.tasks.add(task)
+
+    # -- history bundles ---------------------------------------------------------------------------------
+
+    def history_bundle(self, depth: HistoryDepth, sent: Sent | None = None) -> dict[str, Any]:
+        """Every conversation's sync operations (or the recent ones) and the floor the new device
+        starts from. With ``sent`` (conversation id -> floor and seqs of the first bundle), the
+        follow-up bundle: what the first one lacked (a conversation with nothing new is left out)."""
+        ctx = self.ctx
+        try:
+            cutoff = fmt.depth_cutoff(depth, ctx.clock())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        out: list[fmt.BundleConversation] = []
+        for record in ctx.store.conversations.conversations():
+            cid = record.conversation_id
+            state = self.conversations.state(record)
+            meta = self.conversations.meta(cid)
+            ops = list(ctx.store.sync.sync_ops(cid))
+
+            def times(ops: list[SyncOpRecord] = ops) -> list[tuple[int, int]]:
+                out_t = []
+                for r in ops:
+                    op = decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
+                    if op is not None and isinstance(op.body, sync.Message):
+                        out_t.append((r.server_seq, op.body.sent_at_ms))
+                return out_t
+
+            floor = fmt.choose_floor(
+                depth,
+                cutoff,
+                base_seq=state.base_seq,
+                meta_floor=meta.floor_seq,
+                message_times=times() if cutoff is not None else (),
+            )
+            had: frozenset[int] = frozenset()
+            if sent is not None and cid in sent:
+                floor, had = sent[cid]
+            carried = [r for r in ops if r.server_seq > floor and r.server_seq not in had]
+            if sent is not None and cid in sent and not carried:
+                continue
+            floor_clock = state.prefix(floor) if floor <= state.received_seq else {}
+            out.append(
+                fmt.BundleConversation(
+                    cid,
+                    record.kind,
+                    tuple(record.members),
+                    tuple(meta.members or record.members),
+                    floor,
+                    sync.CompactClock.of(0, floor_clock).encode(),
+                    ctx.store.cursors.get_server_seq(cid),
+                    tuple(
+                        fmt.BundleOp(
+                            r.server_seq,
+                            r.envelope_id,
+                            r.sender_account_id,
+                            r.sender_device_id,
+                            r.clock,
+                            r.plaintext,
+                        )
+                        for r in carried
+                    ),
+                )
+            )
+        return fmt.encode_bundle(out, ctx.clock())
+
+    def _store_bundle_op(self, cid: str, o: fmt.BundleOp) -> tuple[SyncOpRecord, sync.Op | None]:
+        ctx = self.ctx
+        r = SyncOpRecord(cid, o.seq, o.envelope_id, o.account, o.device, o.clock, o.plaintext)
+        ctx.store.sync.put_sync_op(r)
+        op = decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
+        if op is not None and isinstance(op.body, sync.Message):
+            ctx.store.conversations.put_message(
+                MessageRecord(
+                    cid,
+                    r.envelope_id,
+                    r.sender_account_id,
+                    r.sender_device_id,
+                    op.body.text,
+                    op.body.sent_at_ms,
+                    r.sender_account_id == ctx.device.account_id,
+                    "received",
+                    r.server_seq,
+                    None,
+                    r.plaintext,
+                )
+            )
+        return r, op
+
+    def _put_bundle_meta(self, c: fmt.BundleConversation) -> None:
+        """The conversation starts from the bundle's floor and genesis (own counters kept)."""
+        meta = self.conversations.meta(c.conversation_id)
+        self.ctx.store.sync.put_sync_meta(
+            replace(meta, floor_seq=c.floor_seq, floor_clock=c.floor_clock, members=c.genesis)
+        )
+
+    def seed_history(self, bundle: dict[str, Any]) -> None:
+        """New device: adopt a history bundle (inside the linking transaction)."""
+        ctx = self.ctx
+        for c in fmt.parse_bundle(bundle):
+            cid = c.conversation_id
+            ctx.store.conversations.put_conversation(ConversationRecord(cid, c.kind, c.members))
+            self._put_bundle_meta(c)
+            top = c.floor_seq
+            for o in c.ops:
+                r, _ = self._store_bundle_op(cid, o)
+                top = max(top, r.server_seq)
+            ctx.store.cursors.set_server_seq(cid, max(top, c.cursor))
+            self.conversations.forget(cid)
+            self._seeded.add(cid)
+
+    async def merge_follow_up(self, bundle: dict[str, Any]) -> None:
+        """New device: add the operations of the follow-up bundle this device does not hold,
+        rebuild each changed conversation and emit what changed (each arrives exactly once)."""
+        async with self.ctx.lock:
+            self._merge(bundle)
+        await self.ctx.flush()
+
+    def _merge(self, bundle: dict[str, Any]) -> None:
+        ctx = self.ctx
+        me = b64decode(ctx.account_id)
+        for c in fmt.parse_bundle(bundle):
+            cid = c.conversation_id
+            record = ctx.store.conversations.get_conversation(cid)
+            before = None if record is None else self.conversations.state(record).view()
+            held = {r.server_seq for r in ctx.store.sync.sync_ops(cid)}
+            added: list[tuple[SyncOpRecord, sync.Op]] = []
+            with ctx.transaction():
+                if record is None:
+                    record = ConversationRecord(cid, c.kind, c.members)
+                    ctx.store.conversations.put_conversation(record)
+                if cid not in self._seeded:  # not in the first bundle: it starts from this one
+                    self._put_bundle_meta(c)
+                    self._seeded.add(cid)
+                for o in c.ops:
+                    if o.seq in held or ctx.store.conversations.get_message(o.envelope_id) is not None:
+                        continue
+                    r, op = self._store_bundle_op(cid, o)
+                    held.add(o.seq)
+                    if op is not None:
+                        added.append((r, op))
+                top = max(held, default=0)
+                if top > ctx.store.cursors.get_server_seq(cid):
+                    ctx.store.cursors.set_server_seq(cid, top)
+                self.conversations.forget(cid)
+                after = self.conversations.state(record).view()
+                if before is None:
+                    ctx.emit(ConversationAdded(cid, record.members))
+                else:
+                    for event in diff.changes(cid, me, before, after):
+                        ctx.emit(event)
+                for r, op in sorted(added, key=lambda a: a[0].server_seq):
+                    if isinstance(op.body, sync.Message):
+                        contact = ctx.store.device_lists.get_contact(r.sender_account_id)
+                        ctx.emit(
+                            MessageReceived(
+                                cid,
+                                r.sender_account_id,
+                                r.sender_device_id,
+                                contact.username if contact else "",
+                                op.body.text,
+                                r.envelope_id,
+                                r.server_seq,
+                                op.body.sent_at_ms,
+                                r.sender_account_id == ctx.account_id,
+                            )
+                        )
+
+    async def _seal_bundle(self, bundle: dict[str, Any]) -> fmt.HistoryRef:
+        encrypted = attachments.encrypt(wire.canonical_json(bundle), rng=self.ctx.rng)
+        ids = await self._upload_parts(encrypted.ciphertext)
+        return fmt.HistoryRef(tuple(ids), encrypted.key.encode(), encrypted.key.digest)
+
+    async def _upload_parts(self, ciphertext: bytes) -> list[str]:
+        part = HISTORY_PART_BYTES
+        while True:
+            ids: list[str] = []
+            try:
+                for start in range(0, len(ciphertext), part):
+                    chunk = ciphertext[start : start + part]
+                    ids.append(api.parse_blob_id((await self.ctx.call(api.upload_blob(chunk))).body))
+                return ids
+            except ServerError as exc:
+                limit = exc.body.get("limit")
+                if exc.status != 413 or not isinstance(limit, int) or not 0 < limit < part:
+                    raise
+                part = limit  # the parts already uploaded expire with the server's retention
+
+    async def _download_bundle(self, ref: fmt.HistoryRef) -> dict[str, Any]:
+        parts = [api.parse_blob((await self.ctx.call(api.download_blob(i))).body) for i in ref.blob_ids]
+        ciphertext = b"".join(parts)
+        try:
+            key = attachments.AttachmentKey.decode(ref.key)
+            if key.digest != ref.digest or p.sha256(ciphertext) != key.digest:
+                raise LinkError("the history bundle does not match its digest")
+            return wire.loads_object(attachments.decrypt(ciphertext, key))
+        except (CryptoError, ValueError) as exc:
+            raise LinkError(f"the history bundle is not valid: {exc}") from exc
+
+    # -- the approving device ----------------------------------------------------------------------------
+
+    async def approve(self, code_text: str, history: HistoryDepth) -> None:
+        ctx = self.ctx
+        code = linking.LinkCode.parse(code_text)
+        ref: fmt.HistoryRef | None = None
+        sent: Sent = {}
+        if ctx.store.conversations.conversations():
+            bundle = self.history_bundle(history)
+            sent = {
+                c["conversation_id"]: (c["floor_seq"], frozenset(o["seq"] for o in c["ops"]))
+                for c in bundle["conversations"]
+            }
+            ref = await self._seal_bundle(bundle)
+        follow_up = api.parse_channel((await ctx.call(api.create_channel())).body)
+        own = await self.contacts.refresh(ctx.account_id)
+        payload = fmt.LinkPayload(
+            ctx.account_id,
+            ctx.username,
+            bytes(ctx.account_key()),
+            own.signed_list,
+            tuple(
+                fmt.LinkContact(c.account_id, c.username, c.account_key, c.signed_list)
+                for c in ctx.store.device_lists.contacts()
+                if c.account_id != ctx.account_id
+            ),
+            tuple(
+                (c.conversation_id, c.kind, tuple(c.members)) for c in ctx.store.conversations.conversations()
+            ),
+            ref,
+            (follow_up.channel_id, follow_up.channel_secret),
+        )
+        box = linking.seal_payload(code, fmt.encode_link_payload(payload))
+        await ctx.call(api.put_provisioning(b64encode(code.channel_id), code.secret, b64encode(box)))
+        self._background(self._send_follow_up(code, follow_up, history, sent))
+        await ctx.flush()
+
+    async def _send_follow_up(
+        self, code: linking.LinkCode, channel: api.Channel, depth: HistoryDepth, sent: Sent
+    ) -> None:
+        """Wait until the new device is in the verified device list, fetch what was stored until
+        now and put the follow-up bundle (what the first one lacked) on the follow-up channel."""
+        ctx = self.ctx
+        deadline = time.monotonic() + LINK_FOLLOW_UP_WAIT_S
+        delay = LINK_POLL_S
+        while True:
+            own = await self.contacts.refresh(ctx.account_id)
+            if trust.verified_content(own.account_key, own.signed_list).device(code.device_id) is not None:
+                break
+            if time.monotonic() > deadline:
+                raise LinkError("the new device did not join the account in time")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, LINK_POLL_MAX_S)
+        await self.inbound.fill_gaps()
+        async with ctx.lock:
+            bundle = self.history_bundle(depth, sent)
+        doc: dict[str, Any] = {"kind": fmt.FOLLOW_UP_KIND, "history": None}
+        if bundle["conversations"]:
+            doc["history"] = fmt.encode_ref(await self._seal_bundle(bundle))
+        box = linking.seal_payload(code, doc)
+        await ctx.call(api.put_provisioning(channel.channel_id, channel.channel_secret, b64encode(box)))
+
+    # -- the new device ------------------------------------------------------------------------------------
+
+    async def begin(self) -> str:
+        ctx = self.ctx
+        if ctx.device.account_id is not None:
+            raise UsageError("this device is already linked to an account")
+        channel = api.parse_channel((await ctx.call(api.create_channel())).body)
+        link_key = EphemeralKey.generate(ctx.rng)
+        code = linking.LinkCode(
+            b64decode(channel.channel_id),
+            channel.channel_secret,
+            bytes(link_key.public_key),
+            b64decode(ctx.device_id),
+        )
+        self._link = (code, link_key)
+        return code.to_text()
+
+    async def complete(self, wait_s: float, poll_interval: float) -> str:
+        """Wait for the payload, join the account (sign the list naming this device with the
+        account key and publish it, authorised by that signature alone), log in with the device key
+        and publish prekeys. Returns the account id."""
+        ctx = self.ctx
+        if self._link is None:
+            raise UsageError("call begin_link() first")
+        code, link_key = self._link
+        deadline = time.monotonic() + wait_s
+        while True:
+            box = api.parse_provisioning(
+                await ctx.call(api.take_provisioning(b64encode(code.channel_id), code.secret))
+            )
+            if box is not None:
+                break
+            if time.monotonic() > deadline:
+                raise LinkError("no device approved the link code in time; show a new code")
+            await asyncio.sleep(poll_interval)
+        doc = linking.open_payload(link_key, code.secret, b64decode(box))
+        self._link = None
+        payload = fmt.parse_link_payload(doc)
+        try:
+            account_key = AccountKey(payload.account_key)
+            username = dl.normalize_username(payload.username)
+            current = dl.SignedDeviceList.decode(payload.device_list)
+            dl.verify(current, account_key.public_key, username)
+        except CryptoError as exc:
+            raise LinkError(f"the linking payload is not valid: {exc}") from exc
+        state = ctx.state.with_account_key(account_key)
+        entry = state.device_entry(account_key.public_key, ctx.clock())
+        new = dl.with_device_added(current, account_key, entry)
+        ctx.put_device(
+            replace(ctx.device, state=state.encode(), username=username, account_id=payload.account_id), state
+        )
+        # No bearer token: the account-key signature on ``new`` is the server's whole authority.
+        await ctx.call(api.put_signed_device_list(payload.account_id, new.to_b64()))
+        with ctx.transaction():
+            self.contacts.put_own_contact(new)
+            for c in payload.contacts:
+                trust.verified_content(c.account_key, c.signed_list)
+                ctx.store.device_lists.put_contact(
+                    ContactRecord(
+                        c.account_id, c.username, c.account_key, c.signed_list, updated_at_ms=ctx.clock()
+                    )
+                )
+            for cid, kind, members in payload.conversations:
+                ctx.store.conversations.put_conversation(ConversationRecord(cid, kind, members))
+        await ctx.device_login()
+        if payload.history is not None:
+            bundle = await self._download_bundle(payload.history)
+            with ctx.transaction():
+                self.seed_history(bundle)
+        await self.prekeys.upload_all()
+        ctx.store.prekeys.put_prekey_meta(replace(ctx.store.prekeys.get_prekey_meta(), last_count_check_ms=0))
+        if payload.follow_up is not None:
+            self._background(self._receive_follow_up(code, link_key, payload.follow_up))
+        return payload.account_id
+
+    async def _receive_follow_up(
+        self, code: linking.LinkCode, link_key: EphemeralKey, channel: tuple[str, str]
+    ) -> None:
+        ctx = self.ctx
+        channel_id, secret = channel
+        deadline = time.monotonic() + LINK_FOLLOW_UP_WAIT_S
+        delay = LINK_POLL_S
+        while True:
+            try:
+                box = api.parse_provisioning(await ctx.call(api.take_provisioning(channel_id, secret)))
+            except NotFoundError as exc:
+                raise LinkError("the follow-up of the link expired before it came") from exc
+            if box is not None:
+                break
+            if time.monotonic() > deadline:
+                raise LinkError("the follow-up of the link did not come in time")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, LINK_POLL_MAX_S)
+        ref = fmt.parse_follow_up(linking.open_payload(link_key, code.secret, b64decode(box)))
+        if ref is not None:
+            await self.merge_follow_up(await self._download_bundle(ref))
+
+    async def finish(self, wait_s: float) -> None:
+        tasks = list(self.tasks)
+        if not tasks:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks)), wait_s)
+        finally:
+            self.tasks.difference_update(t for t in tasks if t.done())
