@@ -7,6 +7,6 @@ bash scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"; ruff check .
 echo "== mypy --strict crypto/"; mypy --strict crypto/
-echo "== mypy server/ client_sdk/core/"; mypy server client_sdk/core
+echo "== mypy server/; mypy --strict client_sdk/"; mypy server; mypy --strict client_sdk
 echo "== import-linter"; lint-imports
 echo "== pytest"; python -m pytest -q -p no:cacheprovider "$@"

@@ -151,8 +151,9 @@ def fate(
                 stored = body.get("server_seq")
                 if isinstance(stored, int) and not isinstance(stored, bool) and stored > 0:
                     stamp = body.get("server_ts")
-                    good = isinstance(stamp, int) and not isinstance(stamp, bool)
-                    return Sent(stored, stamp if good else now_ms)
+                    if not isinstance(stamp, int) or isinstance(stamp, bool):
+                        stamp = now_ms
+                    return Sent(stored, stamp)
                 return Failed(f"the server holds a different envelope with this id: {detail}", status, code)
             if code in (wire.PROBLEM_RECIPIENTS_MISMATCH, wire.PROBLEM_DEVICE_LIST_OUTDATED) or (
                 status == 410
