@@ -120,7 +120,7 @@ def _b64(text: object, name: str) -> bytes:
     if not isinstance(text, str):
         raise _Bad(f"{name!r} is not base64url text")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _Bad(f"{name!r} is not base64url") from exc
 
