@@ -1271,6 +1271,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="server mode: send frames over the sender's delivery socket, or HTTP POSTs",
     )
     p.add_argument("--profile-hook", action="store_true", help="log the start of the throughput window")
+    p.add_argument(
+        "--sdk-store",
+        choices=["memory", "sqlite"],
+        default="memory",
+        help="sdk mode: the clients' store (in memory, or the encrypted SQLite store in a temp dir)",
+    )
+    p.add_argument(
+        "--profile-loadgen",
+        metavar="PATH",
+        help="sdk throughput: cProfile the load generator over the window and write pstats to PATH",
+    )
     return p.parse_args(argv)
 
 

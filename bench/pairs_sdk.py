@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
 import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -66,7 +68,27 @@ WARMUP_MAX_S = 15.0
 SETUP_CONCURRENCY = 16
 #: How long one set-up step may wait for a message to arrive.
 SETUP_WAIT_S = 60.0
-STORE = "MemoryStore (client_sdk.stores.memory: in memory, no disk I/O)"
+STORES = {
+    "memory": "MemoryStore (client_sdk.stores.memory: in memory, no disk I/O)",
+    "sqlite": "SqliteStore (client_sdk.stores.sqlite: encrypted rows, one file per client in a temp dir)",
+}
+#: Which store the clients of this run use (``--sdk-store``; set by :func:`run_sdk_test`).
+_store_kind = "memory"
+_store_dir: Path | None = None
+
+
+def make_store() -> Any:
+    """A new store of the kind this run uses."""
+    if _store_kind == "memory":
+        return MemoryStore()
+    global _store_dir
+    if _store_dir is None:
+        _store_dir = Path(tempfile.mkdtemp(prefix="saltline-bench-sdk-"))
+    from client_sdk.stores.sqlite import SqliteStore
+
+    return SqliteStore.open(_store_dir / f"{secrets.token_hex(8)}.db", key=secrets.token_bytes(32))
+
+
 #: The fanout set-up links one device per member: the token-less signed-list updates of linking
 #: are rate limited per IP (10/minute by default). Set-up only; nothing on the send/delivery path.
 FANOUT_ENV = {
@@ -106,7 +128,7 @@ class Device:
         #: Network errors the SDK's HTTP transport raised since the last :meth:`reset` (the SDK
         #: keeps such a send in its outbox and returns; it goes out with the next flush).
         self.network_errors: list[str] = []
-        execute = client._http.execute
+        execute = client._ctx.http.execute
 
         async def recorded(request: Any, access_token: str | None = None) -> Any:
             try:
@@ -117,9 +139,9 @@ class Device:
                 self.network_errors.append(f"{request.method} {request.path}: {what}"[:400])
                 raise
 
-        client._http.execute = recorded  # type: ignore[method-assign]
+        client._ctx.http.execute = recorded  # type: ignore[method-assign]
         self._changed = asyncio.Event()
-        handle = client._on_frame
+        handle = client.delivery.on_frame
 
         async def timed(frame: dict[str, Any]) -> int | None:
             if self.tracker is None or frame.get("type") != "envelope":
@@ -130,14 +152,14 @@ class Device:
             finally:
                 self.processing.append(time.perf_counter() - t)
 
-        client._on_frame = timed  # type: ignore[method-assign]  # the SDK's handler resolves it per frame
+        client.delivery.on_frame = timed  # type: ignore[method-assign]  # read when the socket starts
         client.on(MessageReceived, self._on_message)
         client.on(DecryptionFailed, self._on_failed)
         client.on(Disconnected, self._on_disconnect)
 
     @classmethod
     async def create(cls, base_url: str, index: int, key_index: int | None = None) -> Device:
-        return cls(await Client.create(base_url, MemoryStore()), index, key_index)
+        return cls(await Client.create(base_url, make_store()), index, key_index)
 
     def attach(self, tracker: sm.Tracker) -> None:
         self.tracker = tracker
@@ -277,7 +299,7 @@ def events_report(devices: list[Device]) -> dict[str, Any]:
 def parameters_common() -> dict[str, Any]:
     return {
         "client": "client_sdk.client.Client (send_text; MessageReceived callback)",
-        "store": STORE,
+        "store": STORES[_store_kind],
         "send_transport": "HTTP POST (the SDK's send_text; --send-via applies to server mode only)",
         "delivery": "the SDK's delivery socket; delivered = MessageReceived (decrypted, stored, acked)",
         "clients_in_one_process": True,
@@ -475,7 +497,10 @@ async def test_throughput(args: argparse.Namespace) -> dict[str, Any]:
             )
         log(f"throughput (sdk): {pairs_n} pairs, closed loop for {seconds} s")
         scraped = await sm.scrape_all(target)
+        profiler = cProfile.Profile() if args.profile_loadgen else None
         meter = common.CpuMeter(target.pid)
+        if profiler is not None:
+            profiler.enable()
         t_start = time.perf_counter()
         t_end = t_start + seconds
 
@@ -488,6 +513,10 @@ async def test_throughput(args: argparse.Namespace) -> dict[str, Any]:
 
         await asyncio.gather(*(run_sender(p) for p in pairs))
         cpu = meter.result()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile_loadgen)
+            log(f"throughput (sdk): load generator profile written to {args.profile_loadgen}")
         server_metrics = sm.metrics_delta(scraped, await sm.scrape_all(target))
         in_window = sum(1 for t in tracker.delivered.values() if t <= t_end)
         accepted_in_window = len(tracker.accepted)
@@ -691,4 +720,6 @@ async def run_sdk_test(args: argparse.Namespace, test: str) -> dict[str, Any]:
         fn = TESTS[test]
     except KeyError:
         raise ValueError(f"sdk mode has no test {test!r} (latency, throughput, fanout)") from None
+    global _store_kind
+    _store_kind = args.sdk_store
     return await fn(args)

@@ -28,20 +28,20 @@ from typing import Any, TypeVar
 import httpx
 
 from client_sdk.context import DeviceContext, now_ms
-from client_sdk.core import sync, wire
+from client_sdk.core import sync
 from client_sdk.core.backoff import BackoffPolicy
 from client_sdk.core.diff import message_ref
-from client_sdk.core.events import DeviceRemoved, Disconnected, Event, MarkedRead, Reconnected
-from client_sdk.errors import AuthError, NetworkError, SaltlineError, UsageError
+from client_sdk.core.events import Event, MarkedRead
+from client_sdk.errors import SaltlineError, UsageError
 from client_sdk.facets.contacts import Contacts, DeviceInfo
 from client_sdk.facets.conversations import Conversations
+from client_sdk.facets.delivery import Delivery
 from client_sdk.facets.inbound import Inbound
 from client_sdk.facets.linking import LINK_FOLLOW_UP_WAIT_S, HistoryDepth, Linking
 from client_sdk.facets.outbound import Outbound, OutboxEntry
 from client_sdk.facets.prekeys import Prekeys
 from client_sdk.stores.base import DeviceRecord, MessageRecord, PreKeyMeta, Store
 from client_sdk.transport.http import HttpTransport
-from client_sdk.transport.ws import DeliverySocket
 from crypto import primitives as p
 from crypto import private_state, safety
 from crypto.keys import b64decode, b64encode
@@ -52,8 +52,6 @@ log = logging.getLogger("client_sdk.client")
 
 #: One-time prekeys generated with a new device.
 PREKEY_BATCH = 100
-#: How long :meth:`Client.connect` waits for the first connection to be ready.
-CONNECT_WAIT_S = 20.0
 
 
 class Client:
@@ -62,23 +60,17 @@ class Client:
     def __init__(self, ctx: DeviceContext, ws_url: str, backoff: BackoffPolicy | None = None) -> None:
         self._ctx = ctx
         self.store = ctx.store
-        self._ws_url = ws_url
-        self._backoff = backoff
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._socket: DeliverySocket | None = None
-        self._socket_task: asyncio.Task[None] | None = None
-        self._ready: asyncio.Event = asyncio.Event()
-        self._connections = 0
-        self._last_attempt = 0
         self._closed = False
         self.prekeys = Prekeys(ctx)
         self.contacts = Contacts(ctx, self.prekeys)
         self.conversations = Conversations(ctx, self.contacts)
-        self.outbound = Outbound(ctx, self.contacts, self.conversations, lambda: self._socket)
+        self.outbound = Outbound(ctx, self.contacts, self.conversations, lambda: self.delivery.socket)
         self.inbound = Inbound(
             ctx, self.contacts, self.conversations, self.prekeys, self.outbound, self._spawn
         )
         self.linking = Linking(ctx, self.contacts, self.conversations, self.prekeys, self.inbound, self._task)
+        self.delivery = Delivery(ctx, self.inbound, ws_url, backoff, self._task)
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -365,77 +357,11 @@ class Client:
         :meth:`disconnect`), it starts a new one."""
         if self._closed:
             raise UsageError("the client is closed")
-        if self._socket_task is None or self._socket_task.done():
-            self._ready.clear()
-            self._socket = DeliverySocket(
-                self._ws_url,
-                self._token,
-                self._on_frame,
-                on_state=self._on_state,
-                backoff=self._backoff,
-                monotonic=self._ctx.monotonic,
-                jitter=self._ctx.jitter,
-            )
-            self._socket_task = self._task(self._socket.run())
-        waiter = asyncio.ensure_future(self._ready.wait())
-        done, _ = await asyncio.wait(
-            {waiter, self._socket_task}, timeout=CONNECT_WAIT_S, return_when=asyncio.FIRST_COMPLETED
-        )
-        if waiter not in done:
-            waiter.cancel()
-            if self._socket is not None and self._socket.fatal:
-                raise AuthError(403, wire.PROBLEM_DEVICE_NOT_ACTIVE, self._socket.fatal)
-            raise NetworkError("the delivery socket did not become ready (it keeps trying in the background)")
+        await self.delivery.connect()
 
     async def disconnect(self) -> None:
         """Close the delivery socket (the client stays usable; :meth:`connect` again later)."""
-        socket, task = self._socket, self._socket_task
-        self._socket, self._socket_task = None, None
-        if socket is not None:
-            await socket.stop()
-        if task is not None:
-            with contextlib.suppress(BaseException):
-                await task
-        self._ready.clear()
-
-    async def _token(self) -> str:
-        try:
-            return await self._ctx.token()
-        except AuthError as exc:
-            if (
-                exc.code in (wire.PROBLEM_DEVICE_NOT_ACTIVE, wire.PROBLEM_TOKEN_REVOKED)
-                and self._socket is not None
-            ):
-                self._socket.fatal = "this device was removed from its account"
-                await self._ctx.bus.publish(
-                    DeviceRemoved("this device was removed from its account; link it again")
-                )
-                self._spawn(self._socket.stop())
-            raise
-
-    async def _on_frame(self, frame: object) -> int | None:
-        if isinstance(frame, dict) and frame.get("type") == wire.FRAME_READY:
-            if self._connections > 0:
-                acked = frame.get("acked_queue_seq")
-                self._ctx.emit(Reconnected(acked if isinstance(acked, int) else 0, self._last_attempt))
-            self._connections += 1
-            self._last_attempt = 0
-        ack = await self.inbound.on_frame(frame)
-        if isinstance(frame, dict) and frame.get("type") == wire.FRAME_READY:
-            self._ready.set()
-        return ack
-
-    async def _on_state(self, reason: str, code: int | None, attempt: int, retry_in_s: float | None) -> None:
-        self._ready.clear()
-        self._last_attempt = attempt
-        if code == wire.CLOSE_AUTH_FAILED:
-            self._ctx.drop_access_token()  # re-authenticate (refresh or device login) first
-        if code in wire.FATAL_CLOSE_CODES:
-            await self._ctx.bus.publish(
-                DeviceRemoved("this device was removed from its account; link it again")
-            )
-            return
-        await self._ctx.bus.publish(Disconnected(reason, code, attempt, retry_in_s))
+        await self.delivery.disconnect()
 
     async def fill_gaps(self) -> None:
         """Fetch from the server every envelope of every conversation after this device's stored

@@ -20,12 +20,16 @@ from client_sdk.core import api
 from client_sdk.core.events import Event, MessageReceived
 from client_sdk.errors import ServerError, UsageError
 from client_sdk.eventbus import EventBus
-from client_sdk.stores.base import DeviceRecord, Store
+from client_sdk.stores.base import DeviceRecord, SessionRecord, Store
 from client_sdk.transport.http import HttpTransport
 from crypto import primitives as p
 from crypto import private_state
 from crypto.keys import AccountKey, SigningContext, b64decode, b64encode
 from crypto.login import login_challenge_message
+from crypto.ratchet import Session
+
+#: Decoded ratchet sessions kept in memory (see :meth:`DeviceContext.session`).
+SESSION_CACHE_SIZE = 2048
 
 
 def now_ms() -> int:
@@ -54,6 +58,8 @@ class DeviceContext:
         self._access_expires = 0.0
         self._device_cache: DeviceRecord | None = None
         self._state_cache: tuple[bytes, private_state.DeviceState] | None = None
+        #: (peer device, base key) -> (stored state bytes, the session they decode to; never handed out)
+        self._sessions: dict[tuple[str, bytes], tuple[bytes, Session]] = {}
         #: Events whose effects are written but not yet published (:meth:`emit`, :meth:`flush`).
         self._pending: list[Event] = []
         #: Called by :meth:`flush` for each :class:`MessageReceived` when at-least-once callbacks
@@ -108,6 +114,32 @@ class DeviceContext:
             self.forget_device()
             del self._pending[mark:]
             raise
+
+    # -- ratchet sessions -------------------------------------------------------------------------
+
+    def session(self, record: SessionRecord) -> Session:
+        """The session ``record`` holds, as a fresh object the caller may advance. Decoding checks
+        every key, so the decoded form of the last state written or read is kept; it is used only
+        while the stored bytes are exactly the bytes it came from (a rollback or another writer
+        makes it miss)."""
+        key = (record.peer_device_id, record.base_key)
+        hit = self._sessions.get(key)
+        if hit is not None and hit[0] == record.state:
+            return hit[1].copy()
+        session = Session.from_bytes(record.state, self.rng)
+        self._remember(key, record.state, session.copy())
+        return session
+
+    def put_session(self, record: SessionRecord, session: Session) -> None:
+        """Write ``record`` (whose state is ``session.to_bytes()``) and remember its decoded form."""
+        self.store.sessions.put_session(record)
+        self._remember((record.peer_device_id, record.base_key), record.state, session.copy())
+
+    def _remember(self, key: tuple[str, bytes], state: bytes, session: Session) -> None:
+        self._sessions.pop(key, None)
+        self._sessions[key] = (state, session)
+        if len(self._sessions) > SESSION_CACHE_SIZE:
+            del self._sessions[next(iter(self._sessions))]
 
     # -- events -----------------------------------------------------------------------------------
 

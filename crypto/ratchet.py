@@ -605,6 +605,27 @@ class Session:
             rng=rng,
         )
 
+    def copy(self) -> Session:
+        """An independent copy (what ``from_bytes(to_bytes())`` gives, without re-parsing and
+        re-checking the keys): encrypting or decrypting with one never changes the other."""
+        return Session(
+            rk=self._rk,
+            dhs_priv=self._dhs_priv,
+            dhs_pub=self._dhs_pub,
+            dhr=self._dhr,
+            cks=self._cks,
+            ckr=self._ckr,
+            ns=self._ns,
+            nr=self._nr,
+            pn=self._pn,
+            ad=self._ad,
+            base_key=self._base_key,
+            initial_header=self._initial_header,
+            previous=list(self._previous),
+            skipped=dict(self._skipped),
+            rng=self._rng,
+        )
+
     def __repr__(self) -> str:
         return f"Session(base_key={self._base_key[:8].hex()}, ns={self._ns}, nr={self._nr}, <secret>)"
 

@@ -218,7 +218,7 @@ def decrypt_from_device(
 
 
 def _decrypt_existing(session: Session, message: bytes, ad: bytes, rng: p.Rng) -> Decrypted:
-    copy = Session.from_bytes(session.to_bytes(), rng)
+    copy = session.copy()
     try:
         plaintext = copy.decrypt(message, ad)
     except CryptoError as exc:

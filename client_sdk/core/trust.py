@@ -18,6 +18,7 @@ Rules (checked in this order by the client):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -95,7 +96,15 @@ def advance(username: str, pinned_key: bytes, known_list: bytes, chain: Sequence
 
 
 def verified_content(account_key: bytes, signed_list: bytes) -> dl.DeviceList:
-    """Re-verify a stored list (cheap) and return its content."""
+    """Verify a stored list against the pinned key and return its content. The result is a pure
+    function of the two byte strings, so it is remembered for the last few hundred pairs (every
+    send and every received envelope asks for the same lists): a changed or tampered list is a
+    different pair and is verified again."""
+    return _verified_content(bytes(account_key), bytes(signed_list))
+
+
+@functools.lru_cache(maxsize=512)
+def _verified_content(account_key: bytes, signed_list: bytes) -> dl.DeviceList:
     try:
         return dl.verify(dl.SignedDeviceList.decode(signed_list), AccountPublicKey(account_key))
     except CryptoError as exc:

@@ -33,6 +33,7 @@ class Conversations:
         self.contacts = contacts
         self._states: dict[str, sync.ConversationState] = {}
         self._seqs: dict[str, set[int]] = {}
+        self._me_cache: tuple[str, bytes] | None = None
 
     async def create(self, usernames: Sequence[str]) -> str:
         ctx = self.ctx
@@ -120,16 +121,22 @@ class Conversations:
         """Apply one stored, sequenced operation to the in-memory state; queue what changed."""
         cid = record.conversation_id
         state = self.state(record)
-        before = state.view()
         try:
-            received = state.receive(seq, op)
+            received, delta = state.receive_changes(seq, op, self._me())
         except sync.SyncError:
             return None
         self._seqs.setdefault(cid, set()).add(seq)
         if received.applied:
-            for event in diff.changes(cid, b64decode(self.ctx.account_id), before, state.view()):
+            for event in diff.delta_changes(cid, delta):
                 self.ctx.emit(event)
         return received
+
+    def _me(self) -> bytes:
+        account_id = self.ctx.account_id
+        cached = self._me_cache
+        if cached is None or cached[0] != account_id:
+            cached = self._me_cache = (account_id, b64decode(account_id))
+        return cached[1]
 
     async def view(self, conversation_id: str) -> sync.ConversationView:
         return self.state(await self.record(conversation_id)).view()

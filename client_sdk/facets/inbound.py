@@ -38,7 +38,6 @@ from client_sdk.errors import (
 from client_sdk.stores.base import ContactRecord, MessageRecord, SessionRecord, SyncOpRecord
 from crypto.errors import CryptoError, DuplicateMessageError
 from crypto.keys import b64decode
-from crypto.ratchet import Session
 
 if TYPE_CHECKING:
     from client_sdk.facets.contacts import Contacts
@@ -255,10 +254,7 @@ class Inbound:
             env.clock,
         )
         state = ctx.state
-        sessions = [
-            Session.from_bytes(s.state, ctx.rng)
-            for s in ctx.store.sessions.sessions_for(env.sender_device_id)
-        ]
+        sessions = [ctx.session(s) for s in ctx.store.sessions.sessions_for(env.sender_device_id)]
         op: sync.Op | None = None
         kind: rules.DecryptKind = "ok"
         reason = ""
@@ -310,14 +306,15 @@ class Inbound:
         sent_by_me = env.sender_account_id == ctx.account_id
         received: sync.Received | None = None
         with ctx.transaction():
-            ctx.store.sessions.put_session(
+            ctx.put_session(
                 SessionRecord(
                     env.sender_device_id,
                     decrypted.base_key,
                     decrypted.session.to_bytes(),
                     env.sender_account_id,
                     ctx.clock(),
-                )
+                ),
+                decrypted.session,
             )
             if decrypted.reusable_prekey_use is not None:  # replays of it are refused from now on
                 ctx.store.prekeys.add_seen_base_key(*decrypted.reusable_prekey_use)

@@ -183,8 +183,8 @@ class Outbound:
             body, sessions = await self._encrypt_request(item)
             body["ephemeral"] = True
             with ctx.transaction():
-                for session in sessions:
-                    ctx.store.sessions.put_session(session)
+                for session_record, session in sessions:
+                    ctx.put_session(session_record, session)
         with contextlib.suppress(SaltlineError):  # best effort: online devices only, never stored
             await self._send_envelope(conversation_id, body)
         await ctx.flush()
@@ -479,12 +479,14 @@ class Outbound:
         body, sessions = await self._encrypt_request(item)
         item = replace(item, request=wire.canonical_json(body))
         with self.ctx.transaction():
-            for s in sessions:
-                self.ctx.store.sessions.put_session(s)
+            for record, session in sessions:
+                self.ctx.put_session(record, session)
             self.ctx.store.outbox.put_outbox(item)
         return item
 
-    async def _encrypt_request(self, item: OutboxItem) -> tuple[dict[str, Any], list[SessionRecord]]:
+    async def _encrypt_request(
+        self, item: OutboxItem
+    ) -> tuple[dict[str, Any], list[tuple[SessionRecord, Session]]]:
         ctx = self.ctx
         record = await self.conversations.record(item.conversation_id)
         members = sorted(set(record.members) | {ctx.account_id})
@@ -510,7 +512,7 @@ class Outbound:
         )
         padded = msg.pad(item.body)
         ciphertexts: dict[str, bytes] = {}
-        sessions: list[SessionRecord] = []
+        sessions: list[tuple[SessionRecord, Session]] = []
         for r in recipients:
             existing = sendable[r.device_id]
             bundle = bundles.get(r.device_id)
@@ -529,17 +531,15 @@ class Outbound:
             except CryptoError as exc:
                 raise UntrustedDeviceListError(f"refusing the keys of device {r.device_id}: {exc}") from exc
             ciphertexts[r.device_id] = enc.ciphertext
-            sessions.append(
-                SessionRecord(
-                    r.device_id, enc.session.base_key, enc.session.to_bytes(), r.account_id, ctx.clock()
-                )
-            )
+            state_bytes = enc.session.to_bytes()
+            written = SessionRecord(r.device_id, enc.session.base_key, state_bytes, r.account_id, ctx.clock())
+            sessions.append((written, enc.session))
         body = api.envelope_body(b64decode(item.envelope_id), item.clock, trust.versions(lists), ciphertexts)
         return body, sessions
 
     def _sendable_session(self, device_id: str) -> Session | None:
         for record in self.ctx.store.sessions.sessions_for(device_id):
-            session = Session.from_bytes(record.state, self.ctx.rng)
+            session = self.ctx.session(record)
             if session.can_send:
                 return session
         return None

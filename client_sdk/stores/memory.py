@@ -1,7 +1,9 @@
 """In-memory implementation of every store Protocol (tests, examples).
 
-Transactions snapshot the dictionaries on entry and restore them if the block raises, so the
-rollback semantics match a database's. A "restart" is simulated by closing the client and
+Inside a transaction every write records how to undo it (an undo log, in the spirit of a
+database's rollback journal); if the block raises, the log is replayed backwards, so the rollback
+semantics match a database's at a cost proportional to what the transaction wrote (not to the size
+of the store). A "restart" is simulated by closing the client and
 creating a new one over the same :class:`MemoryStore` object.
 """
 
@@ -26,9 +28,12 @@ from client_sdk.stores.base import (
     SyncOpRecord,
 )
 
+_MISSING = object()
+
 
 class _Data:
-    """All state of a memory store (copied for transaction snapshots)."""
+    """All state of a memory store. Every write goes through :meth:`set_item`, :meth:`pop_item` or
+    :meth:`set_field` so that a transaction can undo it."""
 
     def __init__(self) -> None:
         self.device: DeviceRecord | None = None
@@ -45,17 +50,37 @@ class _Data:
         self.sync_ops: dict[str, dict[int, SyncOpRecord]] = {}
         self.settings: dict[str, str] = {}
         self.handler_inbox: dict[str, tuple[int, PendingDelivery]] = {}
-        self.tick = 0  # insertion order
+        self.tick = 0  # insertion order (not rolled back: only the order matters)
+        #: The open transaction's undo log: (table, key, old value or _MISSING), or (None, field,
+        #: old value) for a plain field.
+        self.undo: list[tuple[dict[Any, Any] | None, Any, Any]] | None = None
 
-    def snapshot(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        for name, value in state.items():
-            if isinstance(value, dict):
-                state[name] = {k: dict(v) if isinstance(v, dict) else v for k, v in value.items()}
-        return state
+    # -- writes (recorded in the undo log while a transaction is open) ------------------------------
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+    def set_item(self, table: dict[Any, Any], key: Any, value: Any) -> None:
+        if self.undo is not None:
+            self.undo.append((table, key, table.get(key, _MISSING)))
+        table[key] = value
+
+    def pop_item(self, table: dict[Any, Any], key: Any) -> None:
+        if key in table:
+            if self.undo is not None:
+                self.undo.append((table, key, table[key]))
+            del table[key]
+
+    def set_field(self, name: str, value: Any) -> None:
+        if self.undo is not None:
+            self.undo.append((None, name, getattr(self, name)))
+        setattr(self, name, value)
+
+    def rollback(self, undo: list[tuple[dict[Any, Any] | None, Any, Any]]) -> None:
+        for table, key, old in reversed(undo):
+            if table is None:
+                setattr(self, key, old)
+            elif old is _MISSING:
+                table.pop(key, None)
+            else:
+                table[key] = old
 
     def next_tick(self) -> int:
         self.tick += 1
@@ -74,7 +99,7 @@ class MemoryIdentityStore(_Part):
         return self._data.device
 
     def put_device(self, record: DeviceRecord) -> None:
-        self._data.device = record
+        self._data.set_field("device", record)
 
 
 class MemoryDeviceListStore(_Part):
@@ -89,7 +114,7 @@ class MemoryDeviceListStore(_Part):
         return None
 
     def put_contact(self, record: ContactRecord) -> None:
-        self._data.contacts[record.account_id] = record
+        self._data.set_item(self._data.contacts, record.account_id, record)
 
     def contacts(self) -> Sequence[ContactRecord]:
         return list(self._data.contacts.values())
@@ -102,13 +127,15 @@ class MemorySessionStore(_Part):
         return [record for _, record in ordered]
 
     def put_session(self, record: SessionRecord) -> None:
-        self._data.sessions.setdefault(record.peer_device_id, {})[record.base_key] = (
-            self._data.next_tick(),
-            record,
-        )
+        data = self._data
+        peer = data.sessions.get(record.peer_device_id)
+        if peer is None:
+            peer = {}
+            data.set_item(data.sessions, record.peer_device_id, peer)
+        data.set_item(peer, record.base_key, (data.next_tick(), record))
 
     def delete_sessions(self, peer_device_id: str) -> None:
-        self._data.sessions.pop(peer_device_id, None)
+        self._data.pop_item(self._data.sessions, peer_device_id)
 
 
 class MemoryConversationStore(_Part):
@@ -116,7 +143,7 @@ class MemoryConversationStore(_Part):
         return self._data.conversations.get(conversation_id)
 
     def put_conversation(self, record: ConversationRecord) -> None:
-        self._data.conversations[record.conversation_id] = record
+        self._data.set_item(self._data.conversations, record.conversation_id, record)
 
     def conversations(self) -> Sequence[ConversationRecord]:
         return list(self._data.conversations.values())
@@ -128,10 +155,10 @@ class MemoryConversationStore(_Part):
     def put_message(self, record: MessageRecord) -> None:
         old = self._data.messages.get(record.envelope_id)
         tick = old[0] if old is not None else self._data.next_tick()
-        self._data.messages[record.envelope_id] = (tick, record)
+        self._data.set_item(self._data.messages, record.envelope_id, (tick, record))
 
     def delete_message(self, envelope_id: str) -> None:
-        self._data.messages.pop(envelope_id, None)
+        self._data.pop_item(self._data.messages, envelope_id)
 
     def messages(self, conversation_id: str, *, limit: int = 1000) -> Sequence[MessageRecord]:
         rows = [e for e in self._data.messages.values() if e[1].conversation_id == conversation_id]
@@ -145,7 +172,7 @@ class MemoryOutboxStore(_Part):
     def put_outbox(self, item: OutboxItem) -> None:
         old = self._data.outbox.get(item.envelope_id)
         tick = old[0] if old is not None else self._data.next_tick()
-        self._data.outbox[item.envelope_id] = (tick, item)
+        self._data.set_item(self._data.outbox, item.envelope_id, (tick, item))
 
     def get_outbox(self, envelope_id: str) -> OutboxItem | None:
         entry = self._data.outbox.get(envelope_id)
@@ -156,7 +183,7 @@ class MemoryOutboxStore(_Part):
         return [item for _, item in ordered]
 
     def remove_outbox(self, envelope_id: str) -> None:
-        self._data.outbox.pop(envelope_id, None)
+        self._data.pop_item(self._data.outbox, envelope_id)
 
 
 class MemoryCursorStore(_Part):
@@ -164,13 +191,13 @@ class MemoryCursorStore(_Part):
         return self._data.acked_queue_seq
 
     def set_acked_queue_seq(self, queue_seq: int) -> None:
-        self._data.acked_queue_seq = queue_seq
+        self._data.set_field("acked_queue_seq", queue_seq)
 
     def get_server_seq(self, conversation_id: str) -> int:
         return self._data.server_seqs.get(conversation_id, 0)
 
     def set_server_seq(self, conversation_id: str, server_seq: int) -> None:
-        self._data.server_seqs[conversation_id] = server_seq
+        self._data.set_item(self._data.server_seqs, conversation_id, server_seq)
 
 
 class MemoryPreKeyStore(_Part):
@@ -178,18 +205,18 @@ class MemoryPreKeyStore(_Part):
         return self._data.prekey_meta
 
     def put_prekey_meta(self, meta: PreKeyMeta) -> None:
-        self._data.prekey_meta = meta
+        self._data.set_field("prekey_meta", meta)
 
     def has_seen_base_key(self, prekey_id: int, digest: bytes) -> bool:
         return (prekey_id, bytes(digest)) in self._data.seen_base_keys
 
     def add_seen_base_key(self, prekey_id: int, digest: bytes) -> None:
-        self._data.seen_base_keys[(prekey_id, bytes(digest))] = None
+        self._data.set_item(self._data.seen_base_keys, (prekey_id, bytes(digest)), None)
 
     def drop_seen_base_keys(self, keep_prekey_ids: Collection[int]) -> int:
         keep = set(keep_prekey_ids)
         before = self._data.seen_base_keys
-        self._data.seen_base_keys = {k: None for k in before if k[0] in keep}
+        self._data.set_field("seen_base_keys", {k: None for k in before if k[0] in keep})
         return len(before) - len(self._data.seen_base_keys)
 
 
@@ -198,10 +225,15 @@ class MemorySyncStore(_Part):
         return self._data.sync_meta.get(conversation_id)
 
     def put_sync_meta(self, meta: SyncMeta) -> None:
-        self._data.sync_meta[meta.conversation_id] = meta
+        self._data.set_item(self._data.sync_meta, meta.conversation_id, meta)
 
     def put_sync_op(self, record: SyncOpRecord) -> None:
-        self._data.sync_ops.setdefault(record.conversation_id, {})[record.server_seq] = record
+        data = self._data
+        ops = data.sync_ops.get(record.conversation_id)
+        if ops is None:
+            ops = {}
+            data.set_item(data.sync_ops, record.conversation_id, ops)
+        data.set_item(ops, record.server_seq, record)
 
     def sync_ops(self, conversation_id: str) -> Sequence[SyncOpRecord]:
         ops = self._data.sync_ops.get(conversation_id, {})
@@ -211,16 +243,14 @@ class MemorySyncStore(_Part):
         return self._data.settings.get(name)
 
     def put_setting(self, name: str, value: str) -> None:
-        self._data.settings[name] = value
+        self._data.set_item(self._data.settings, name, value)
 
 
 class MemoryHandlerInboxStore(_Part):
     def add_pending(self, envelope_id: str, conversation_id: str, added_at_ms: int) -> None:
         if envelope_id not in self._data.handler_inbox:
-            self._data.handler_inbox[envelope_id] = (
-                self._data.next_tick(),
-                PendingDelivery(envelope_id, conversation_id, added_at_ms),
-            )
+            entry = (self._data.next_tick(), PendingDelivery(envelope_id, conversation_id, added_at_ms))
+            self._data.set_item(self._data.handler_inbox, envelope_id, entry)
 
     def pending(self, limit: int = 1000) -> Sequence[PendingDelivery]:
         if limit <= 0:
@@ -232,10 +262,11 @@ class MemoryHandlerInboxStore(_Part):
         old = self._data.handler_inbox.get(envelope_id)
         if old is not None:
             tick, entry = old
-            self._data.handler_inbox[envelope_id] = (tick, replace(entry, attempts=entry.attempts + 1))
+            bumped = (tick, replace(entry, attempts=entry.attempts + 1))
+            self._data.set_item(self._data.handler_inbox, envelope_id, bumped)
 
     def remove_pending(self, envelope_id: str) -> None:
-        self._data.handler_inbox.pop(envelope_id, None)
+        self._data.pop_item(self._data.handler_inbox, envelope_id)
 
 
 class MemoryStore:
@@ -257,16 +288,22 @@ class MemoryStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        snapshot = self._data.snapshot() if self._depth == 0 else None
+        """Nested calls join the outermost transaction, as in the SQLite store."""
+        data = self._data
+        outer = self._depth == 0
+        if outer:
+            data.undo = []
         self._depth += 1
         try:
             yield
         except BaseException:
-            if snapshot is not None:
-                self._data.restore(snapshot)
+            if outer and data.undo is not None:
+                data.rollback(data.undo)
             raise
         finally:
             self._depth -= 1
+            if outer:
+                data.undo = None
 
     def acquire(self) -> None:
         if self._locked:

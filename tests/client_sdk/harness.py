@@ -99,7 +99,7 @@ class FakeRelay(httpx.AsyncBaseTransport):
         WebSocket loop's job); returns how many were acknowledged."""
         acked = 0
         for frame in list(self.queues.get(client.device_id, [])):
-            ack = await client._on_frame(frame)
+            ack = await client.delivery.on_frame(frame)
             if ack is None:
                 break
             self.queues[client.device_id] = [

@@ -283,16 +283,16 @@ async def test_close_codes_decide_reauth_and_removal() -> None:
 
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
-        alice._ws_url = f"ws://127.0.0.1:{port}"
+        alice.delivery._ws_url = f"ws://127.0.0.1:{port}"
         with pytest.raises(AuthError):  # the device was removed (4002): no socket will be ready
             await alice.connect()
-        await asyncio.wait_for(alice._socket_task, 10)  # type: ignore[arg-type]
+        await asyncio.wait_for(alice.delivery._socket_task, 10)  # type: ignore[arg-type]
     assert not closes
     refreshes = [r for r in relay.requests if r == ("POST", "/v1/auth/refresh")]
     assert len(refreshes) == 1  # only after the 4003 close, not after the reason text
     events = _drain(alice)
     assert [type(e) for e in events] == [Disconnected, Disconnected, DeviceRemoved]
-    assert alice._socket is not None and alice._socket.fatal is not None
+    assert alice.delivery.socket is not None and alice.delivery.socket.fatal is not None
 
 
 async def test_link_follow_up_merges_only_what_the_new_device_lacks() -> None:

@@ -130,7 +130,7 @@ def _count_requests(relay: FakeRelay) -> int:
 
 
 async def _drained(c: Client, seq: int = 0) -> None:
-    await c._on_frame({"type": "drained", "queue_seq": seq})
+    await c.delivery.on_frame({"type": "drained", "queue_seq": seq})
     await asyncio.gather(*c._tasks)
 
 
@@ -154,7 +154,7 @@ async def test_drains_count_the_prekeys_at_start_up_then_once_per_interval() -> 
     assert _count_requests(relay) == base + 2
 
     # a new connection counts again once its backlog drained
-    await alice._on_frame({"type": "ready", "acked_queue_seq": 0})
+    await alice.delivery.on_frame({"type": "ready", "acked_queue_seq": 0})
     await asyncio.gather(*alice._tasks)
     await _drained(alice)
     assert _count_requests(relay) == base + 3
@@ -339,7 +339,7 @@ async def test_sends_use_the_ready_socket_and_its_statuses_are_handled_as_over_h
     alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
     cid = await bob.create_conversation(["alice"])
     socket = RelaySocket(relay, bob)
-    bob._socket = socket  # type: ignore[assignment]
+    bob.delivery.socket = socket  # type: ignore[assignment]
     await bob.send_text(cid, "one")
     assert len(socket.sent) == 1 and _http_envelope_posts(relay, socket) == 0
 
@@ -365,7 +365,7 @@ async def test_a_socket_closing_mid_send_resends_the_same_envelope_over_http() -
     alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
     cid = await bob.create_conversation(["alice"])
     socket = RelaySocket(relay, bob)
-    bob._socket = socket  # type: ignore[assignment]
+    bob.delivery.socket = socket  # type: ignore[assignment]
     socket.lose_answer = True  # the server stored it; the answer was lost with the socket
     envelope_id = await bob.send_text(cid, "once")
     assert _http_envelope_posts(relay, socket) == 1

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client_sdk.core import diff
 from client_sdk.core.sync import clock as vc
 from client_sdk.core.sync import ops
 from client_sdk.core.sync.state import Composer, ConversationState
@@ -49,11 +50,27 @@ class Device:
         self.state.receive(seq, ops.decode(plaintext, clock, device, account))
 
 
+class DeltaCheckedDevice(Device):
+    """Receives through ``receive_changes`` and checks its delta against two whole views."""
+
+    def deliver(self, entry: Entry) -> None:
+        seq, plaintext, clock, device, account = entry
+        before = self.state.view()
+        op = ops.decode(plaintext, clock, device, account)
+        got, delta = self.state.receive_changes(seq, op, self.account)
+        after = self.state.view()
+        assert not got.duplicate or delta.messages == () or all(o == m for o, m in delta.messages)
+        assert diff.delta_changes("c", delta) == diff.changes("c", self.account, before, after)
+        assert delta.unread == (before.unread(self.account), after.unread(self.account))
+        assert self.state.unread(self.account) == after.unread(self.account)
+        assert self.state.message_seqs() == tuple(m.seq for m in after.messages if not m.deleted)
+
+
 class World:
-    def __init__(self, owners: list[int]) -> None:
+    def __init__(self, owners: list[int], device: type[Device] = Device) -> None:
         self.members = ACCOUNTS[: max(owners) + 1]
         self.devices = [
-            Device(
+            device(
                 bytes([0x10 + i]) * 16,
                 ACCOUNTS[owner],
                 ConversationState(CID, self.members),
@@ -219,6 +236,20 @@ def test_every_device_converges_to_the_server_order_state(
     # unread counts agree on every device of a user
     for account in world.members:
         assert len({d.state.view().unread(account) for d in world.devices}) == 1
+
+
+@SYNC
+@given(worlds(), st.randoms(use_true_random=False))
+def test_the_delta_of_each_receive_gives_the_events_of_two_whole_views(
+    world_spec: tuple[list[int], list[int]], rnd: random.Random
+) -> None:
+    """``receive_changes`` reports only what it touched, yet the events made from it equal those of
+    comparing the whole view before and after, for every receive of every device (held operations,
+    released ones, duplicates, pending targets, deletes, read markers, settings, membership)."""
+    owners, steps = world_spec
+    world = World(owners, DeltaCheckedDevice)
+    _run(world, steps, rnd)
+    assert all(d.state.held() == () for d in world.devices)
 
 
 @SYNC

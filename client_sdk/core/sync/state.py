@@ -33,85 +33,32 @@ from client_sdk.core.sync.ops import (
     Typing,
 )
 from client_sdk.core.sync.rules import FrontierRegister, LwwKey, Write, lww_key, may_edit, member_present
+from client_sdk.core.sync.view import (
+    SHARED_FIELDS,
+    Conflict,
+    ConversationView,
+    FieldState,
+    GapFill,
+    MessageView,
+    Received,
+    TypingEvent,
+    ViewDelta,
+    field_state,
+)
 
-SHARED_FIELDS = ("title", "disappearing_ms")
-
-
-# -- results and views -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class GapFill:
-    """Ask the server for the operations of ``conversation_id`` after ``after_seq``."""
-
-    conversation_id: bytes
-    after_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class TypingEvent:
-    account: bytes
-    device: bytes
-    typing: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    applied: tuple[Dot, ...] = ()  # applied by this call, in order (released held ops included)
-    duplicate: bool = False  # the dot was already known (nothing changed)
-    held: tuple[Dot, ...] = ()  # every operation now waiting for causal predecessors
-    gap: GapFill | None = None  # set while something is held or a server_seq is missing
-    typing: TypingEvent | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Conflict:
-    value: SettingValue
-    dot: Dot
-    author: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class FieldState:
-    """A setting: the winning value and the concurrent values it beat (``conflicts``, newest first,
-    values equal to the winner left out) so the UI can say "changed concurrently on ..."."""
-
-    value: SettingValue = None
-    set_by: Dot | None = None
-    author: bytes | None = None
-    conflicts: tuple[Conflict, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class MessageView:
-    dot: Dot
-    seq: int
-    author: bytes
-    text: str | None  # None once deleted
-    reply_to: Dot | None
-    sent_at_ms: int
-    edited: bool
-    deleted: bool
-    reactions: tuple[tuple[bytes, str], ...]  # (account, emoji), sorted by account
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationView:
-    conversation_id: bytes
-    messages: tuple[MessageView, ...]  # in server_seq order
-    settings: dict[str, FieldState]  # "title", "disappearing_ms"
-    mute: dict[bytes, FieldState]  # per account (a personal setting)
-    members: frozenset[bytes]
-    read_up_to: dict[bytes, int]  # account -> server_seq (max register, all of its devices)
-    receipts: dict[bytes, int]  # account -> server_seq shown to other members as read receipt
-
-    def unread(self, viewer: bytes) -> int:
-        """Messages of other accounts, not deleted, after ``viewer``'s read marker."""
-        mark = self.read_up_to.get(viewer, 0)
-        return sum(1 for m in self.messages if m.seq > mark and m.author != viewer and not m.deleted)
-
-    def message(self, dot: Dot) -> MessageView | None:
-        return next((m for m in self.messages if m.dot == dot), None)
+__all__ = [
+    "SHARED_FIELDS",
+    "Composer",
+    "Conflict",
+    "ConversationState",
+    "ConversationView",
+    "FieldState",
+    "GapFill",
+    "MessageView",
+    "Received",
+    "TypingEvent",
+    "ViewDelta",
+]
 
 
 @dataclass(slots=True)
@@ -125,6 +72,31 @@ class _Msg:
     edit: tuple[LwwKey, str] | None = None
     deleted: bool = False
     reactions: dict[bytes, tuple[LwwKey, str | None]] = field(default_factory=dict)
+
+    def view(self) -> MessageView:
+        return MessageView(
+            self.dot,
+            self.seq,
+            self.author,
+            None if self.deleted else (self.edit[1] if self.edit is not None else self.text),
+            self.reply_to,
+            self.sent_at_ms,
+            self.edit is not None,
+            self.deleted,
+            tuple(sorted((a, e) for a, (_, e) in self.reactions.items() if e is not None)),
+        )
+
+
+@dataclass(slots=True)
+class _Journal:
+    """The parts of the view as they were before the first change of one receive (ViewDelta)."""
+
+    created: set[Dot] = field(default_factory=set)
+    messages: dict[Dot, MessageView] = field(default_factory=dict)
+    read: dict[bytes, int] | None = None
+    settings: dict[str, FieldState] = field(default_factory=dict)
+    mute: dict[bytes, FieldState | None] = field(default_factory=dict)
+    members: frozenset[bytes] | None = None
 
 
 # -- the reducer -----------------------------------------------------------------------------------
@@ -180,6 +152,10 @@ class ConversationState:
         self._settings: dict[str, FrontierRegister[SettingValue]] = {}
         self._mute: dict[bytes, FrontierRegister[SettingValue]] = {}
         self._membership: dict[bytes, FrontierRegister[bool]] = {}
+        # server_seq of the messages not deleted, all and per author (sorted): unread counts
+        self._live: list[int] = []
+        self._live_by: dict[bytes, list[int]] = {}
+        self._journal: _Journal | None = None
 
     # -- clocks ----------------------------------------------------------------------------------
 
@@ -255,8 +231,14 @@ class ConversationState:
         if self.is_applied(op.dot):
             duplicate = True
             message = self._messages.get(op.dot)
-            if message is not None:
-                message.seq = min(message.seq, seq)
+            if message is not None and seq < message.seq:
+                self._touch(message)
+                if not message.deleted:
+                    self._unlive(message)
+                    message.seq = seq
+                    self._enlive(message)
+                else:
+                    message.seq = seq
         elif op.dot in self._waiting:
             duplicate = True
             first, held = self._waiting[op.dot]
@@ -434,9 +416,13 @@ class ConversationState:
             # is above "max seen + 1" (it would win every later conflict); the dot is consumed
             return
         body: Body = op.body
+        journal = self._journal
         if isinstance(body, Message):
             message = _Msg(op.dot, seq, op.author, body.text, body.reply_to, body.sent_at_ms)
             self._messages[op.dot] = message
+            self._enlive(message)
+            if journal is not None:
+                journal.created.add(op.dot)
             for _, waiting in sorted(self._pending.pop(op.dot, []), key=lambda item: item[0]):
                 self._apply_targeted(message, waiting)
         elif isinstance(body, Edit | Delete | ReactionAdd | ReactionRemove):
@@ -447,17 +433,28 @@ class ConversationState:
                 self._pending.setdefault(body.target, []).append((seq, op))
             # else: the author had seen the target and it is not a message: ignored everywhere
         elif isinstance(body, ReadMarker):
+            if journal is not None and journal.read is None:
+                journal.read = dict(self._read)
             self._read[op.author] = max(self._read.get(op.author, 0), body.up_to)
             if body.receipts:
                 self._receipts[op.author] = max(self._receipts.get(op.author, 0), body.up_to)
         elif isinstance(body, SettingsChange):
             write: Write[SettingValue] = Write(lww_key(op), op.dot, op.author, full, body.value)
+            if journal is not None:
+                if body.field == "mute":
+                    if op.author not in journal.mute:
+                        register = self._mute.get(op.author)
+                        journal.mute[op.author] = None if register is None else field_state(register)
+                elif body.field not in journal.settings:
+                    journal.settings[body.field] = field_state(self._settings.get(body.field))
             if body.field == "mute":
                 self._mute.setdefault(op.author, FrontierRegister()).add(write)
             else:
                 self._settings.setdefault(body.field, FrontierRegister()).add(write)
         elif isinstance(body, MembershipChange):
             change: Write[bool] = Write(lww_key(op), op.dot, op.author, full, body.add)
+            if journal is not None and journal.members is None:
+                journal.members = self.members()
             self._membership.setdefault(body.member, FrontierRegister()).add(change)
         # Unknown: the dot is consumed, nothing else changes
 
@@ -466,9 +463,11 @@ class ConversationState:
         assert isinstance(body, Edit | Delete | ReactionAdd | ReactionRemove)
         if message.deleted:
             return  # a tombstone beats every edit and reaction, earlier or later
+        self._touch(message)
         key = lww_key(op)
         if isinstance(body, Delete):
             if may_edit(message.author, op.author):
+                self._unlive(message)
                 message.deleted, message.text, message.edit = True, None, None
                 message.reactions.clear()
         elif isinstance(body, Edit):
@@ -482,24 +481,22 @@ class ConversationState:
     # -- output ----------------------------------------------------------------------------------
 
     def view(self) -> ConversationView:
-        messages = tuple(
-            MessageView(
-                m.dot,
-                m.seq,
-                m.author,
-                None if m.deleted else (m.edit[1] if m.edit is not None else m.text),
-                m.reply_to,
-                m.sent_at_ms,
-                m.edit is not None,
-                m.deleted,
-                tuple(sorted((a, e) for a, (_, e) in m.reactions.items() if e is not None)),
-            )
-            for m in sorted(self._messages.values(), key=lambda m: (m.seq, m.dot))
+        messages = tuple(m.view() for m in sorted(self._messages.values(), key=lambda m: (m.seq, m.dot)))
+        settings = {f: field_state(self._settings.get(f)) for f in SHARED_FIELDS}
+        mute = {a: field_state(r) for a, r in sorted(self._mute.items())}
+        return ConversationView(
+            self.conversation_id,
+            messages,
+            settings,
+            mute,
+            self.members(),
+            dict(sorted(self._read.items())),
+            dict(sorted(self._receipts.items())),
         )
-        settings = {f: _field(self._settings.get(f)) for f in SHARED_FIELDS}
-        mute = {a: _field(r) for a, r in sorted(self._mute.items())}
+
+    def members(self) -> frozenset[bytes]:
         accounts = self._genesis | self._membership.keys()
-        members = frozenset(
+        return frozenset(
             a
             for a in accounts
             if member_present(
@@ -507,25 +504,58 @@ class ConversationState:
                 self._membership[a].frontier if a in self._membership else (),
             )
         )
-        return ConversationView(
-            self.conversation_id,
-            messages,
-            settings,
-            mute,
-            members,
-            dict(sorted(self._read.items())),
-            dict(sorted(self._receipts.items())),
+
+    def unread(self, viewer: bytes) -> int:
+        """``view().unread(viewer)`` without materialising the view (logarithmic)."""
+        mark = self._read.get(viewer, 0)
+        live, own = self._live, self._live_by.get(viewer, [])
+        return len(live) - bisect.bisect_right(live, mark) - (len(own) - bisect.bisect_right(own, mark))
+
+    def message_seqs(self) -> tuple[int, ...]:
+        """The server_seq of every message not deleted, ascending."""
+        return tuple(self._live)
+
+    def receive_changes(self, seq: int | None, op: Op, viewer: bytes) -> tuple[Received, ViewDelta]:
+        """:meth:`receive`, and what it changed in the view for ``viewer`` (see :class:`ViewDelta`):
+        the same differences as comparing :meth:`view` before and after, at the cost of the parts
+        touched."""
+        unread_before = self.unread(viewer)
+        journal = self._journal = _Journal()
+        try:
+            received = self.receive(seq, op)
+        finally:
+            self._journal = None
+        touched = [m for d in journal.created | journal.messages.keys() if (m := self._messages.get(d))]
+        touched.sort(key=lambda m: (m.seq, m.dot))
+        mute_after = self._mute.get(viewer)
+        delta = ViewDelta(
+            messages=tuple((journal.messages.get(m.dot), m.view()) for m in touched),
+            read=(dict(self._read) if journal.read is None else journal.read, dict(self._read)),
+            unread=(unread_before, self.unread(viewer)),
+            settings=tuple(
+                (f, journal.settings[f], field_state(self._settings.get(f)))
+                for f in SHARED_FIELDS
+                if f in journal.settings
+            ),
+            mute=None
+            if viewer not in journal.mute or mute_after is None
+            else (journal.mute[viewer], field_state(mute_after)),
+            members=None if journal.members is None else (journal.members, self.members()),
         )
+        return received, delta
 
+    def _touch(self, message: _Msg) -> None:
+        journal = self._journal
+        if journal is not None and message.dot not in journal.created and message.dot not in journal.messages:
+            journal.messages[message.dot] = message.view()
 
-def _field(register: FrontierRegister[SettingValue] | None) -> FieldState:
-    if register is None:
-        return FieldState()
-    winner = register.winner
-    if winner is None:
-        return FieldState()
-    conflicts = tuple(Conflict(w.value, w.dot, w.author) for w in register.losers if w.value != winner.value)
-    return FieldState(winner.value, winner.dot, winner.author, conflicts)
+    def _enlive(self, message: _Msg) -> None:
+        bisect.insort(self._live, message.seq)
+        bisect.insort(self._live_by.setdefault(message.author, []), message.seq)
+
+    def _unlive(self, message: _Msg) -> None:
+        for seqs in (self._live, self._live_by[message.author]):
+            del seqs[bisect.bisect_left(seqs, message.seq)]
 
 
 # -- authoring -------------------------------------------------------------------------------------
