@@ -16,6 +16,8 @@ a login challenge). Private keys never appear in ``repr`` and are serialised onl
 from __future__ import annotations
 
 import base64
+import functools
+import re
 import struct
 from enum import Enum, IntEnum
 from typing import ClassVar, Self
@@ -61,11 +63,28 @@ def b64encode(data: bytes) -> str:
 
 
 def b64decode(text: str) -> bytes:
-    """Inverse of :func:`b64encode`; strict (rejects padding, whitespace and other alphabets)."""
-    if not isinstance(text, str) or not text.isascii():
+    """Inverse of :func:`b64encode`; strict (rejects padding, whitespace, other alphabets and
+    non-canonical trailing bits). Short strings (ids and keys, which repeat on every message) are
+    remembered: the result is a pure function of the text."""
+    if not isinstance(text, str):
         raise EncodingError("expected an ASCII base64url string")
-    if "=" in text or any(c in text for c in "+/ \n\r\t"):
-        raise EncodingError("expected unpadded base64url")
+    if len(text) <= _SHORT:
+        return _b64decode_short(text)
+    return _b64decode(text)
+
+
+_SHORT = 64
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+@functools.lru_cache(maxsize=8192)
+def _b64decode_short(text: str) -> bytes:
+    return _b64decode(text)
+
+
+def _b64decode(text: str) -> bytes:
+    if _B64URL.fullmatch(text) is None:
+        raise EncodingError("expected unpadded base64url (ASCII letters, digits, '-' and '_')")
     try:
         data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except ValueError as exc:

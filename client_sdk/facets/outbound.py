@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from client_sdk.transport.ws import DeliverySocket
 
 log = logging.getLogger("client_sdk.outbound")
+#: Composed operations kept decoded until their first send attempt ends.
+COMPOSED_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,9 @@ class Outbound:
         self.envelope_limit = wire.DEFAULT_MAX_ENVELOPE_BYTES
         self._timer: asyncio.Task[None] | None = None
         self.closed = False
+        #: Operations composed by this client and not yet sent, by envelope id (saves decoding the
+        #: stored plaintext again when the server accepts them; the outbox stays the truth).
+        self._composed: dict[str, sync.Op] = {}
 
     # -- composing -------------------------------------------------------------------------------------
 
@@ -161,7 +166,11 @@ class Outbound:
                             body=plaintext,
                         )
                     )
+        self._composed[envelope_id] = op
+        if len(self._composed) > COMPOSED_CACHE_SIZE:
+            del self._composed[next(iter(self._composed))]
         _, errors = await self.flush(only=envelope_id)
+        self._composed.pop(envelope_id, None)
         item = ctx.store.outbox.get_outbox(envelope_id)
         if envelope_id in errors and item is not None and item.failed_reason is None:
             # held for the user (a blocked identity change, a refused device list): it stays
@@ -328,7 +337,7 @@ class Outbound:
         try:
             if item.request is None:
                 item = await self._encrypt_item(item)
-            r = await self._send_envelope(item.conversation_id, wire.loads_object(item.request or b"{}"))
+            r = await self._send_envelope(item.conversation_id, item.request or b"{}")
             result = api.parse_send(r.body)
             return item, rules.Accepted(result.server_seq, result.server_ts), None
         except (IdentityChangedError, UntrustedDeviceListError) as exc:
@@ -409,7 +418,7 @@ class Outbound:
             self._queue_void(item)
             ctx.emit(OutboxItemFailed(item.conversation_id, item.envelope_id, reason, status, code))
 
-    async def _send_envelope(self, conversation_id: str, body: dict[str, Any]) -> api.Response:
+    async def _send_envelope(self, conversation_id: str, body: dict[str, Any] | bytes) -> api.Response:
         """Over the delivery socket when it is ready (its ``send_result`` carries the HTTP route's
         status and body), else, or when the socket cannot carry it, over HTTP. A second sending of
         the same body is a replay the server answers with the first result."""
@@ -423,6 +432,8 @@ class Outbound:
                 pass  # HTTP below: the envelope id makes a second sending a replay
             else:
                 return api.check(api.send_result_response(frame))
+        if isinstance(body, bytes):
+            body = wire.loads_object(body)
         return await self.ctx.call(api.send_envelope(conversation_id, body))
 
     async def _refresh_members(self, conversation_id: str, accounts: set[str]) -> None:
@@ -432,7 +443,10 @@ class Outbound:
 
     def _mark_sent(self, item: OutboxItem, server_seq: int, server_ts: int) -> None:
         ctx = self.ctx
-        op = decode_op(item.body, item.clock, ctx.device_id, ctx.account_id)
+        op = self._composed.pop(item.envelope_id, None)
+        void = op is None and _is_void(item.body)  # composed here: never a void operation
+        if op is None:
+            op = decode_op(item.body, item.clock, ctx.device_id, ctx.account_id)
         with ctx.transaction():
             old = ctx.store.conversations.get_message(item.envelope_id)
             if old is not None:
@@ -457,7 +471,7 @@ class Outbound:
             record = self.conversations.known(item.conversation_id)
             if op is not None and record is not None:
                 self.conversations.apply(record, server_seq, op)
-            if not _is_void(item.body):
+            if not void:
                 ctx.emit(MessageSent(item.conversation_id, item.envelope_id, server_seq))
 
     # -- encryption ----------------------------------------------------------------------------------

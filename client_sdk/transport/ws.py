@@ -114,30 +114,33 @@ class DeliverySocket:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    async def send_envelope(self, conversation_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
-        """Send ``envelope`` over the socket; the server's ``send_result`` frame. Raises
-        :class:`SocketUnavailable` when the socket cannot carry it or closes before the answer,
-        :class:`TimeoutError` when no answer comes in time."""
+    async def send_envelope(self, conversation_id: str, envelope: dict[str, Any] | bytes) -> dict[str, Any]:
+        """Send ``envelope`` (a JSON object, or its UTF-8 JSON encoding as stored in the outbox)
+        over the socket; the server's ``send_result`` frame. Raises :class:`SocketUnavailable`
+        when the socket cannot carry it or closes before the answer, :class:`TimeoutError` when
+        no answer comes in time."""
         conn = self._conn
         if conn is None or not self._ready:
             raise SocketUnavailable("the delivery socket is not ready")
         request_id = str(next(self._request_ids))
-        frame = json.dumps(
-            {
-                "type": wire.FRAME_SEND,
-                "request_id": request_id,
-                "conversation_id": conversation_id,
-                "envelope": envelope,
-            },
+        head = json.dumps(
+            {"type": wire.FRAME_SEND, "request_id": request_id, "conversation_id": conversation_id},
             separators=(",", ":"),
         )
+        # the envelope's JSON is spliced in as the last member, not parsed and encoded again
+        if isinstance(envelope, bytes):
+            encoded = envelope.decode()
+        else:
+            encoded = json.dumps(envelope, separators=(",", ":"))
+        frame = head[:-1] + ',"envelope":' + encoded + "}"
         if len(frame) > MAX_SEND_FRAME_BYTES:
             raise SocketUnavailable("the envelope is too large for the delivery socket")
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = answer
         try:
             await conn.send(frame)
-            return await asyncio.wait_for(answer, SEND_TIMEOUT_S)
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                return await answer
         except ConnectionClosed as exc:
             raise SocketUnavailable("the delivery socket closed during the send") from exc
         finally:
@@ -226,7 +229,8 @@ class DeliverySocket:
         while not self._stop.is_set() and not frames.done():
             limit = self.heartbeat_interval_s * wire.MISSED_HEARTBEATS_DEAD if self._ready else OPEN_TIMEOUT_S
             try:
-                raw = await asyncio.wait_for(conn.recv(), limit)
+                async with asyncio.timeout(limit):  # no task per frame, unlike wait_for
+                    raw = await conn.recv()
             except TimeoutError:
                 raise DeadConnection(
                     f"no frame from the server for {limit:.1f} s: the connection is dead"

@@ -304,9 +304,12 @@ class RelaySocket:
     async def stop(self) -> None:
         self.ready = False
 
-    async def send_envelope(self, conversation_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
+    async def send_envelope(self, conversation_id: str, envelope: dict[str, Any] | bytes) -> dict[str, Any]:
         if self.hang:
             raise TimeoutError
+        if isinstance(envelope, bytes):  # the outbox's stored request body
+            envelope = json.loads(envelope)
+        assert isinstance(envelope, dict)
         self.sent.append(envelope)
         request = httpx.Request(
             "POST",
