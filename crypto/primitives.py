@@ -150,7 +150,7 @@ def sha256(data: bytes) -> bytes:
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
-    return hmac.new(bytes(key), bytes(data), hashlib.sha256).digest()
+    return hmac.digest(bytes(key), bytes(data), "sha256")  # the one-shot C implementation
 
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:

@@ -48,13 +48,20 @@ class DeviceListChanged(Event):
 
 @dataclass(frozen=True, slots=True)
 class IdentityChanged(Event):
-    """A contact's account key changed. ``policy`` "warn": the new key was adopted (unverified);
-    "block": nothing is sent to the contact until ``verify_contact``."""
+    """A contact's account key changed. ``blocked`` False: the new key was adopted (policy "warn",
+    contact not verified); True: nothing is sent to the contact until ``verify_contact`` (policy
+    "block", or a verified contact: its safety number must be compared again).
+
+    Also emitted (``blocked`` True, ``pinned_account_id`` set) when a *different account* presents
+    a username this device already pinned to ``pinned_account_id``: that account is refused (its
+    messages are dropped, nothing is encrypted to it) and the username keeps naming the pinned one.
+    """
 
     account_id: str
     username: str
     policy: str
     blocked: bool
+    pinned_account_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

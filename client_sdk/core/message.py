@@ -19,7 +19,9 @@ from crypto.keys import KeyKind
 from crypto.private_state import DeviceState
 from crypto.ratchet import Session, accept
 from crypto.x3dh import (
+    IDENTITY_ENCODED_SIZE,
     INITIAL_HEADER_SIZE,
+    DeviceIdentity,
     DeviceIdentityKeys,
     InitialHeader,
     PreKeyBundle,
@@ -113,6 +115,20 @@ def encrypt_to_device(
     if initial is not None:
         return Encrypted(bytes([FORMAT_VERSION, KIND_PREKEY]) + initial + message, session)
     return Encrypted(bytes([FORMAT_VERSION, KIND_RATCHET]) + message, session)
+
+
+def session_binds(session: Session, own: DeviceIdentityKeys, peer: DeviceEntry) -> bool:
+    """Whether ``session`` was set up between this device and exactly the device ``peer`` names
+    (its id and both identity keys, from a verified device list). A session is used to encrypt or
+    decrypt only for the account and device entry it binds: a device id that another account's
+    list also names (a server that registers a victim's device id under its own account), or an
+    entry whose keys changed, never reaches an existing session (docs/protocol/messages.md § 4.4).
+    The session's associated data is the two X3DH identities (initiator || responder)."""
+    ad = session.associated_data
+    first, second = ad[:IDENTITY_ENCODED_SIZE], ad[IDENTITY_ENCODED_SIZE:]
+    mine = own.public.encode()
+    theirs = DeviceIdentity(peer.device_id, peer.signing_key, peer.dh_key).encode()
+    return (first, second) in ((mine, theirs), (theirs, mine))
 
 
 #: Whether this device already accepted an initial message with this (reusable prekey id, base

@@ -14,6 +14,10 @@ Rules (checked in this order by the client):
    send until the user verifies the contact.
 4. Fan-out: every device of every member account's verified list, the sender's own account
    included, minus the sending device (:func:`fan_out`). Nothing else can be addressed.
+5. A device id belongs to one account: a list naming a device id another known account's list
+   names is refused (:func:`device_id_collisions`); sessions are used only with the account and
+   the exact identity keys they were set up with (:func:`client_sdk.core.message.session_binds`).
+6. A username is pinned to the account first seen with it (:func:`username_taken`).
 """
 
 from __future__ import annotations
@@ -130,6 +134,39 @@ def fan_out(my_device_id: bytes, lists: Mapping[str, dl.DeviceList]) -> list[Rec
 
 def versions(lists: Mapping[str, dl.DeviceList]) -> dict[str, int]:
     return {account_id: content.version for account_id, content in lists.items()}
+
+
+def device_id_collisions(
+    account_id: str, content: dl.DeviceList, others: Mapping[str, dl.DeviceList]
+) -> list[tuple[str, str]]:
+    """Rule 5: a device id names one device of one account. (device id, other account) for every
+    device of ``content`` that another known account's verified list already names. A list with
+    a collision is refused (the account that was known first keeps the device): otherwise a
+    server could register a victim's device id under its own account and have its messages
+    matched to the victim's sessions."""
+    mine = {entry.device_id for entry in content.devices}
+    out = []
+    for other, listed in sorted(others.items()):
+        if other == account_id:
+            continue
+        for entry in listed.devices:
+            if entry.device_id in mine:
+                out.append((b64encode(entry.device_id), other))
+    return out
+
+
+def username_taken(username: str, account_id: str, pinned_account_id: str | None) -> bool:
+    """Rule 6: a username names the account it was first seen with (pinned on first contact). A
+    different account whose verified list claims the same username is an identity change the
+    client refuses (event) rather than a new contact that would show under a known name."""
+    return pinned_account_id is not None and pinned_account_id != account_id
+
+
+def send_blocked(pending_key: bytes | None) -> bool:
+    """Rule 3 on the sending side: while a contact has an identity change the user has not
+    accepted (a new key held because the contact was verified, or under "block"), nothing is
+    encrypted to the account: not to the old key's devices, not to the new ones."""
+    return pending_key is not None
 
 
 def identity_change(policy: str, *, own_account: bool, verified: bool) -> bool:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -120,9 +121,19 @@ class Contacts:
             except UntrustedDeviceListError as exc:
                 ctx.emit(UntrustedDeviceList(account_id, str(exc)))
                 raise
+            name = normalize_username(username)
+            pinned = ctx.store.device_lists.get_contact_by_username(name)
+            if trust.username_taken(name, account_id, None if pinned is None else pinned.account_id):
+                assert pinned is not None
+                ctx.emit(IdentityChanged(account_id, name, pinned.trust_policy, True, pinned.account_id))
+                raise UntrustedDeviceListError(
+                    f"account {account_id} claims the username {name!r}, which this device pinned to "
+                    f"account {pinned.account_id}: refused"
+                )
+            self._refuse_collisions(account_id, v.signed_list, v.account_key)
             contact = ContactRecord(
                 account_id,
-                normalize_username(username),
+                name,
                 v.account_key,
                 v.signed_list,
                 updated_at_ms=ctx.clock(),
@@ -142,6 +153,7 @@ class Contacts:
         except trust.KeyMismatch:
             return await self._identity_changed(contact)
         if v.changed:
+            self._refuse_collisions(account_id, v.signed_list, contact.account_key)
             contact = replace(contact, signed_list=v.signed_list, updated_at_ms=ctx.clock())
             with ctx.transaction():
                 ctx.store.device_lists.put_contact(contact)
@@ -149,6 +161,22 @@ class Contacts:
                     ctx.store.sessions.delete_sessions(device_id)
                 ctx.emit(DeviceListChanged(account_id, contact.username, v.version, v.added, v.removed))
         return contact
+
+    def _refuse_collisions(self, account_id: str, signed_list: bytes, account_key: bytes) -> None:
+        """Rule 5 of :mod:`client_sdk.core.trust`: refuse a list naming another account's device."""
+        ctx = self.ctx
+        content = trust.verified_content(account_key, signed_list)
+        others = {}
+        for c in ctx.store.device_lists.contacts():
+            if c.account_id != account_id:
+                with contextlib.suppress(UntrustedDeviceListError):
+                    others[c.account_id] = trust.verified_content(c.account_key, c.signed_list)
+        clashes = trust.device_id_collisions(account_id, content, others)
+        if clashes:
+            device_id, other = clashes[0]
+            reason = f"its device list names device {device_id}, which belongs to account {other}"
+            ctx.emit(UntrustedDeviceList(account_id, reason))
+            raise UntrustedDeviceListError(f"device list of account {account_id} refused: {reason}")
 
     async def _identity_changed(self, contact: ContactRecord) -> ContactRecord:
         ctx = self.ctx
@@ -158,6 +186,7 @@ class Contacts:
         except UntrustedDeviceListError as exc:
             ctx.emit(UntrustedDeviceList(contact.account_id, str(exc)))
             raise
+        self._refuse_collisions(contact.account_id, v.signed_list, v.account_key)
         adopt = trust.identity_change(
             contact.trust_policy,
             own_account=contact.account_id == ctx.device.account_id,

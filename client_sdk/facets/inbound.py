@@ -254,7 +254,14 @@ class Inbound:
             env.clock,
         )
         state = ctx.state
-        sessions = [ctx.session(s) for s in ctx.store.sessions.sessions_for(env.sender_device_id)]
+        # only sessions of this account's device with exactly the listed identity keys
+        own = msg.identity_keys(state)
+        sessions = [
+            session
+            for s in ctx.store.sessions.sessions_for(env.sender_device_id)
+            if s.peer_account_id == env.sender_account_id
+            and msg.session_binds(session := ctx.session(s), own, sender_entry)
+        ]
         op: sync.Op | None = None
         kind: rules.DecryptKind = "ok"
         reason = ""

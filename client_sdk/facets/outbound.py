@@ -37,7 +37,7 @@ from crypto import device_list as dl
 from crypto.errors import CryptoError
 from crypto.keys import DeviceDHPublicKey, DeviceSigningPublicKey, PreKeyPublic, b64decode, b64encode
 from crypto.ratchet import Session
-from crypto.x3dh import PreKeyBundle
+from crypto.x3dh import DeviceIdentityKeys, PreKeyBundle
 
 if TYPE_CHECKING:
     from client_sdk.facets.contacts import Contacts
@@ -482,7 +482,7 @@ class Outbound:
             contact = self.ctx.store.device_lists.get_contact(account_id) or await self.contacts.refresh(
                 account_id
             )
-            if contact.pending_account_key is not None and contact.trust_policy == "block":
+            if trust.send_blocked(contact.pending_account_key):
                 raise IdentityChangedError(contact.username)
             lists[account_id] = trust.verified_content(contact.account_key, contact.signed_list)
         return lists
@@ -506,7 +506,8 @@ class Outbound:
         members = sorted(set(record.members) | {ctx.account_id})
         lists = await self._verified_lists(members)
         recipients = trust.fan_out(b64decode(ctx.device_id), lists)
-        sendable = {r.device_id: self._sendable_session(r.device_id) for r in recipients}
+        local = msg.identity_keys(ctx.state)
+        sendable = {r.device_id: self._sendable_session(r, local) for r in recipients}
         need = [r for r in recipients if not sendable[r.device_id]]
         bundles: dict[str, PreKeyBundle] = {}
         if need:
@@ -515,8 +516,6 @@ class Outbound:
             )
             for b in claimed:
                 bundles[b.device_id] = _bundle(b)
-        state = ctx.state
-        local = msg.identity_keys(state)
         header = msg.EnvelopeHeader(
             b64decode(item.conversation_id),
             b64decode(item.envelope_id),
@@ -551,9 +550,12 @@ class Outbound:
         body = api.envelope_body(b64decode(item.envelope_id), item.clock, trust.versions(lists), ciphertexts)
         return body, sessions
 
-    def _sendable_session(self, device_id: str) -> Session | None:
-        for record in self.ctx.store.sessions.sessions_for(device_id):
+    def _sendable_session(self, r: trust.Recipient, local: DeviceIdentityKeys) -> Session | None:
+        """The newest session that can send and binds exactly this account's listed device."""
+        for record in self.ctx.store.sessions.sessions_for(r.device_id):
+            if record.peer_account_id != r.account_id:
+                continue
             session = self.ctx.session(record)
-            if session.can_send:
+            if session.can_send and msg.session_binds(session, local, r.entry):
                 return session
         return None
