@@ -157,6 +157,12 @@ class ProtocolError(SaltlineError):
     """The server sent a response or frame that does not follow the protocol."""
 
 
+class UntrustedConversationError(SaltlineError):
+    """The server described a conversation in a way this device refuses: a direct conversation
+    that does not have exactly this account and one other, or a new conversation whose kind or
+    members differ from what this device asked for. Nothing is sent to it."""
+
+
 class LinkError(SaltlineError):
     """Linking a device failed: the link code is malformed or expired, or the payload is not for
     this device. Start again with a new link code."""

@@ -225,6 +225,18 @@ class SettingsChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class MembershipMismatch(Event):
+    """The server's member list of a conversation differs from the one this device holds for it
+    (``members``); fan-out goes to ``members`` only. For a direct conversation the two accounts
+    are pinned when it is created or first seen and never change: ``server_members`` is what the
+    server claimed instead (a ghost member it added, or a member it hid)."""
+
+    conversation_id: str
+    members: tuple[str, ...]
+    server_members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MembershipChanged(Event):
     conversation_id: str
     members: tuple[str, ...]

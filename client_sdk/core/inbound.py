@@ -38,6 +38,7 @@ DropCode = Literal[
     "conversation_unavailable",
     "retries_exhausted",
     "not_allowed",
+    "not_a_member",
 ]
 
 # -- frames --------------------------------------------------------------------------------------------
@@ -236,9 +237,13 @@ def before_lookup(*, envelope_stored: bool, seq_stored: bool) -> Decision:
     return Duplicate() if envelope_stored or seq_stored else Accept()
 
 
-def after_lookup(conversation: Lookup, sender: Lookup, *, tries: int) -> Decision:
+def after_lookup(conversation: Lookup, sender: Lookup, *, tries: int, member: bool = True) -> Decision:
     """Second rule, once the conversation and the sender's verified device list were looked up.
-    ``tries``: how many times this envelope already failed transiently."""
+    ``tries``: how many times this envelope already failed transiently. ``member``: whether the
+    sending account is a member of the conversation as this device pinned it (a direct
+    conversation's two accounts, fixed forever); an envelope from anyone else is dropped."""
+    if conversation.kind == "ok" and sender.kind == "ok" and not member:
+        return Drop("not_a_member", "the sending account is not a member of this conversation")
     for what, look in (("conversation", conversation), ("sender", sender)):
         if look.kind == "transient":
             if tries + 1 >= MAX_TRANSIENT_TRIES:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from client_sdk.context import DeviceContext
 from client_sdk.core import api, diff, sync
-from client_sdk.core.events import ConversationAdded
-from client_sdk.errors import UsageError
+from client_sdk.core.events import ConversationAdded, MembershipMismatch
+from client_sdk.errors import UntrustedConversationError, UsageError
 from client_sdk.stores.base import ConversationRecord, MessageRecord, SyncMeta
 from crypto.errors import CryptoError
 from crypto.keys import b64decode
@@ -43,12 +43,36 @@ class Conversations:
         kind = "direct" if len(others) == 1 else "group"
         r = await ctx.call(api.create_conversation(kind, [c.account_id for c in others]))
         info = api.parse_conversation(r.body)
+        asked = {ctx.account_id, *(c.account_id for c in others)}
+        if info.kind != kind or set(info.members) != asked:
+            raise UntrustedConversationError(
+                f"the server created a {info.kind} conversation with {sorted(info.members)}, "
+                f"not the {kind} conversation with {sorted(asked)} that was asked for: refused"
+            )
         self.put(info)
         return info.conversation_id
 
     def put(self, info: api.ConversationInfo) -> ConversationRecord:
-        store = self.ctx.store.conversations
+        """Store what the server says of a conversation. A direct conversation's two accounts are
+        pinned the first time: a later answer naming others keeps the pinned pair (with a
+        :class:`MembershipMismatch` event), and a direct conversation that does not have exactly
+        this account and one other is refused (:class:`UntrustedConversationError`)."""
+        ctx = self.ctx
+        store = ctx.store.conversations
         old = store.get_conversation(info.conversation_id)
+        if old is not None and old.kind == "direct":
+            if info.kind != "direct" or set(info.members) != set(old.members):
+                ctx.emit(MembershipMismatch(old.conversation_id, tuple(old.members), tuple(info.members)))
+            return old
+        if (
+            old is None
+            and info.kind == "direct"
+            and (len(set(info.members)) != 2 or ctx.account_id not in info.members)
+        ):
+            raise UntrustedConversationError(
+                f"the server shows a direct conversation {info.conversation_id} with members "
+                f"{sorted(info.members)}: a direct conversation has exactly this account and one other"
+            )
         record = ConversationRecord(
             info.conversation_id, info.kind, info.members, old.clock if old else b"", info.created_at_ms
         )

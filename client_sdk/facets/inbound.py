@@ -33,6 +33,7 @@ from client_sdk.errors import (
     NotFoundError,
     ProtocolError,
     ServerError,
+    UntrustedConversationError,
     UntrustedDeviceListError,
 )
 from client_sdk.stores.base import ContactRecord, MessageRecord, SessionRecord, SyncOpRecord
@@ -169,6 +170,8 @@ class Inbound:
             return rules.Lookup(
                 "gone", f"the server refused the conversation: {exc.detail or exc.code}", exc.status
             )
+        except UntrustedConversationError as exc:
+            return rules.Lookup("gone", str(exc))
         except (NetworkError, ServerError, ProtocolError) as exc:
             return rules.Lookup("transient", str(exc))
         return rules.OK
@@ -225,7 +228,9 @@ class Inbound:
             if isinstance(decision, rules.Duplicate):
                 return self._ack(env, decision)
         sender, contact = (rules.OK, None) if conversation.kind != "ok" else await self._lookup_sender(env)
-        decision = rules.after_lookup(conversation, sender, tries=self._transient.get(eid, 0))
+        record = self.conversations.known(cid)
+        member = record is None or record.kind != "direct" or env.sender_account_id in record.members
+        decision = rules.after_lookup(conversation, sender, tries=self._transient.get(eid, 0), member=member)
         if isinstance(decision, rules.RetryLater):
             self._transient[eid] = self._transient.get(eid, 0) + 1
             return decision

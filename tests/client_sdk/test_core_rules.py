@@ -7,9 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client_sdk.core import history, inbound, outbox, prekeys, trust
+from client_sdk.core import history, inbound, message, outbox, prekeys, trust
 from client_sdk.core.backoff import Backoff, BackoffPolicy
 from client_sdk.errors import LinkError
+from crypto import device_list as dl
+from crypto.keys import AccountKey, b64encode
+from crypto.ratchet import Session
+from crypto.x3dh import initiate
+from tests.crypto.test_x3dh import DRng, make_device, make_responder
 
 ID = "AAAAAAAAAAAAAAAAAAAAAA"
 ENV = {
@@ -269,3 +274,74 @@ def test_history_bundle_round_trip_and_floor() -> None:
     assert history.choose_floor(1, 400, base_seq=4, meta_floor=1, message_times=times) == 3
     with pytest.raises(LinkError):
         history.parse_link_payload({"kind": "history-follow-up"})
+
+
+# -- identity binding (client_sdk.core.trust rules 3, 5, 6; core.message.session_binds) -------------
+
+
+def _list(account: AccountKey, username: str, *device_ids: bytes) -> dl.DeviceList:
+    rng = DRng(b"lists " + username.encode())
+    entries = []
+    for device_id in device_ids:
+        keys = make_device(rng, device_id)
+        entries.append(
+            dl.bind_device(account.public_key, device_id, keys.signing_key, keys.dh_key.public_key, 1)
+        )
+    return dl.first(account, username, entries).content
+
+
+def test_a_device_id_in_two_accounts_is_a_collision() -> None:
+    alice_key, mallory_key = AccountKey.generate(DRng(b"a")), AccountKey.generate(DRng(b"m"))
+    d1, d2, d3 = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
+    known = {"alice": _list(alice_key, "alice", d1, d2)}
+    assert trust.device_id_collisions("mallory", _list(mallory_key, "mallory", d3), known) == []
+    clash = trust.device_id_collisions("mallory", _list(mallory_key, "mallory", d3, d2), known)
+    assert clash == [(b64encode(d2), "alice")]
+    # the account's own earlier list is not another account
+    assert trust.device_id_collisions("alice", _list(alice_key, "alice", d1, d2), known) == []
+
+
+@pytest.mark.parametrize(
+    ("pinned", "account", "taken"),
+    [(None, "a1", False), ("a1", "a1", False), ("a1", "a2", True)],
+)
+def test_a_username_names_the_account_first_seen_with_it(
+    pinned: str | None, account: str, taken: bool
+) -> None:
+    assert trust.username_taken("bob", account, pinned) is taken
+
+
+@pytest.mark.parametrize(("pending", "blocked"), [(None, False), (b"k" * 32, True)])
+def test_a_held_identity_change_blocks_sending_whatever_the_policy(
+    pending: bytes | None, blocked: bool
+) -> None:
+    assert trust.send_blocked(pending) is blocked
+
+
+def test_after_lookup_drops_envelopes_from_non_members() -> None:
+    decision = inbound.after_lookup(inbound.OK, inbound.OK, tries=0, member=False)
+    assert isinstance(decision, inbound.Drop) and decision.code == "not_a_member"
+    assert isinstance(inbound.after_lookup(inbound.OK, inbound.OK, tries=0, member=True), inbound.Accept)
+    # a conversation that is gone is reported as such before membership is considered
+    gone = inbound.after_lookup(inbound.Lookup("gone", "x", 404), inbound.OK, tries=0, member=False)
+    assert isinstance(gone, inbound.Drop) and gone.code == "conversation_unavailable"
+
+
+def test_a_session_binds_exactly_the_device_it_was_set_up_with() -> None:
+    rng = DRng(b"binds")
+    alice = make_device(rng, b"alice")
+    bob = make_responder(rng)
+    session = Session.initiate(initiate(alice, bob.bundle(), bob.entry, rng), rng)
+    assert message.session_binds(session, alice, bob.entry)
+    # the same device id with other keys (another account's entry for it): not this session
+    impostor = make_device(rng, b"impostor")
+    clone = dl.bind_device(
+        AccountKey.generate(rng).public_key,
+        bob.keys.device_id,
+        impostor.signing_key,
+        impostor.dh_key.public_key,
+        1,
+    )
+    assert not message.session_binds(session, alice, clone)
+    # another local device never uses it either
+    assert not message.session_binds(session, make_device(rng, b"other"), bob.entry)

@@ -1,0 +1,270 @@
+"""Attacker tests: the server is malicious. Real SDK clients talk to the real server over real
+sockets through a man in the middle (``tests/hostile.py``: every HTTP response can be rewritten;
+``tests/proxy.py``'s ``WsMitm``: every socket frame relayed, recorded, injected) that plays the
+malicious server. Each test asserts that nothing is encrypted to the attacker, that the genuine
+conversation keeps working, and that the user is told through the right event.
+
+Waits are on events with timeouts, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from client_sdk.client import Client
+from client_sdk.core.events import (
+    ConversationUnavailable,
+    DecryptionFailed,
+    Event,
+    IdentityChanged,
+    MessageReceived,
+    UntrustedDeviceList,
+)
+from client_sdk.errors import IdentityChangedError, UntrustedConversationError, UntrustedDeviceListError
+from client_sdk.stores.memory import MemoryStore
+from crypto import safety
+from crypto.keys import AccountKey, AccountPublicKey, b64decode, b64encode
+from tests.hostile import HostileHttp, chain_body, forged_chain, forged_device, since_of
+from tests.live import LiveServer
+from tests.proxy import WsMitm
+
+pytestmark = pytest.mark.e2e
+PASSWORD = "correct horse battery staple"
+WAIT = 15.0
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}_{os.urandom(3).hex()}"
+
+
+@dataclass
+class World:
+    """alice talks to the server through the attacker; bob and mallory (the attacker's own real
+    account, whose account key the attacker holds) talk to it directly."""
+
+    alice: Client
+    bob: Client
+    mallory: Client
+    http: HostileHttp
+    ws: WsMitm
+    cid: str  # alice <-> bob, direct, with sessions both ways
+
+
+@pytest.fixture
+async def world(
+    live_server: LiveServer, make_mitm: Callable[[str], Awaitable[WsMitm]]
+) -> AsyncIterator[World]:
+    url = live_server.base_url
+    http = HostileHttp()
+    ws = await make_mitm(live_server.ws_url)
+    alice = await Client.create(url, MemoryStore(), http_transport=http, ws_url=ws.ws_url)
+    bob = await Client.create(url, MemoryStore())
+    mallory = await Client.create(url, MemoryStore())
+    await alice.register(_name("alice"), PASSWORD)
+    await bob.register(_name("bob"), PASSWORD)
+    await mallory.register(_name("mallory"), PASSWORD)
+    for c in (alice, bob, mallory):
+        await c.connect()
+    cid = await alice.create_conversation([bob.username])
+    await alice.send_text(cid, "hello bob")
+    assert (await bob.next_event(MessageReceived, WAIT)).text == "hello bob"
+    await bob.send_text(cid, "hello alice")
+    assert (await alice.next_event(MessageReceived, WAIT)).text == "hello alice"
+    try:
+        yield World(alice, bob, mallory, http, ws, cid)
+    finally:
+        for c in (alice, bob, mallory):
+            await c.close()
+
+
+def _device_ids_encrypted_to(w: World) -> set[str]:
+    """Every device id alice put a ciphertext for, over HTTP and over the socket."""
+    out: set[str] = set()
+    bodies: list[Any] = [json.loads(b) for b in w.http.sent_bodies(r"/v1/conversations/[^/]+/envelopes")]
+    bodies += [f["envelope"] for f in w.ws.to_server if isinstance(f, dict) and f.get("type") == "send"]
+    for body in bodies:
+        out.update(c["device_id"] for c in body.get("ciphertexts", []))
+    return out
+
+
+async def _genuine_conversation_still_works(w: World, text: str) -> None:
+    """alice -> bob and bob -> alice still decrypt (alice used the genuine sessions)."""
+    await w.alice.send_text(w.cid, text)
+    assert (await w.bob.next_event(MessageReceived, WAIT)).text == text
+    await w.bob.send_text(w.cid, text + " (reply)")
+    assert (await w.alice.next_event(MessageReceived, WAIT)).text == text + " (reply)"
+
+
+def _events(c: Client, kind: type[Event]) -> list[Any]:
+    return [e for e in c._ctx.bus.drain() if isinstance(e, kind)]
+
+
+async def _mallory_messages_alice(w: World, text: str) -> str:
+    """mallory's real client opens a direct conversation with alice and sends ``text``."""
+    cid = await w.mallory.create_conversation([w.alice.username])
+    await w.mallory.send_text(cid, text)
+    return cid
+
+
+async def _until(c: Client, kind: type[Event], predicate: Callable[[Any], bool]) -> Any:
+    while True:
+        event = await c.next_event(kind, WAIT)
+        if predicate(event):
+            return event
+
+
+async def test_a_device_id_registered_under_another_account_is_refused(world: World) -> None:
+    """The server lists bob's device id in mallory's account (with mallory's own keys for it),
+    hoping alice matches mallory's messages to bob's sessions, or her replies to mallory's."""
+    w = world
+    mallory_key: AccountKey = w.mallory._ctx.account_key()
+    clone = forged_device(b64decode(w.bob.device_id))
+    chain = forged_chain(mallory_key, w.mallory.username, [w.mallory._ctx.state, clone])
+    w.http.rewrite(
+        "GET",
+        f"/v1/accounts/{w.mallory.account_id}/device-list/chain",
+        lambda req, body: chain_body(chain, since_of(req)),
+    )
+
+    await _mallory_messages_alice(w, "hello from mallory")
+    dropped = await _until(w.alice, DecryptionFailed, lambda e: e.sender_device_id == w.mallory.device_id)
+    assert dropped.code == "untrusted_sender" and w.bob.device_id in dropped.reason
+    assert not [e for e in w.alice._ctx.bus.drain() if isinstance(e, MessageReceived)]
+    with pytest.raises(UntrustedDeviceListError, match="belongs to account"):
+        await w.alice.create_conversation([w.mallory.username])
+    assert any(e.account_id == w.mallory.account_id for e in _events(w.alice, UntrustedDeviceList))
+
+    await _genuine_conversation_still_works(w, "still you, bob?")
+    assert w.mallory.device_id not in _device_ids_encrypted_to(w)
+
+
+async def test_a_second_account_with_a_known_username_is_refused(world: World) -> None:
+    """The server presents mallory's account under bob's username (a list mallory signed that
+    claims the name): alice must not show mallory's messages as bob's nor trust mallory's key
+    as bob's."""
+    w = world
+    mallory_key: AccountKey = w.mallory._ctx.account_key()
+    chain = forged_chain(mallory_key, w.bob.username, [w.mallory._ctx.state])
+    w.http.rewrite(
+        "GET",
+        f"/v1/accounts/{w.mallory.account_id}/device-list/chain",
+        lambda req, body: chain_body(chain, since_of(req)),
+    )
+    w.http.rewrite(
+        "GET", f"/v1/accounts/{w.mallory.account_id}", lambda req, body: {**body, "username": w.bob.username}
+    )
+
+    await _mallory_messages_alice(w, "it's me, bob, new phone")
+    changed = await _until(w.alice, IdentityChanged, lambda e: e.account_id == w.mallory.account_id)
+    assert changed.blocked and changed.pinned_account_id == w.bob.account_id
+    assert changed.username == w.bob.username
+    dropped = await _until(w.alice, DecryptionFailed, lambda e: e.sender_device_id == w.mallory.device_id)
+    assert dropped.code == "untrusted_sender"
+    assert not [e for e in w.alice._ctx.bus.drain() if isinstance(e, MessageReceived)]
+
+    # the username still names bob: his key in the safety number, his account in contacts
+    number = await w.alice.safety_number(w.bob.username)
+    expected = safety.safety_number(
+        w.alice._ctx.account_key().public_key,
+        w.alice.username,
+        AccountPublicKey(bytes(w.bob._ctx.account_key().public_key)),
+        w.bob.username,
+    )
+    assert number == expected
+    assert w.alice.store.device_lists.get_contact(w.mallory.account_id) is None
+    await _genuine_conversation_still_works(w, "the real bob")
+    assert w.mallory.device_id not in _device_ids_encrypted_to(w)
+
+
+async def test_a_verified_contacts_key_change_blocks_sending_under_the_default_policy(world: World) -> None:
+    """alice verified bob; the server then presents a new account key for bob (with a device of
+    the attacker's). Under the default "warn" policy the change is held: nothing is encrypted to
+    the new key until alice verifies bob again."""
+    w = world
+    await w.alice.verify_contact(w.bob.username)
+    attacker_key = AccountKey.generate()
+    attacker_device = forged_device()
+    chain = forged_chain(attacker_key, w.bob.username, [attacker_device], length=3)
+    w.http.rewrite(
+        "GET",
+        f"/v1/accounts/{w.bob.account_id}/device-list/chain",
+        lambda req, body: chain_body(chain, since_of(req)),
+    )
+    before = _device_ids_encrypted_to(w)
+
+    await w.alice.contacts.refresh(w.bob.account_id)
+    await w.alice._ctx.flush()
+    (changed,) = [e for e in _events(w.alice, IdentityChanged) if e.account_id == w.bob.account_id]
+    assert changed.blocked and changed.policy == "warn"
+    with pytest.raises(IdentityChangedError):
+        await w.alice.send_text(w.cid, "are you still bob?")
+    item = w.alice.outbox()[0]
+    assert item.state == "queued" and item.failed_reason is None  # held for the user, not lost
+    assert _device_ids_encrypted_to(w) == before
+    assert b64encode(attacker_device.device_id) not in _device_ids_encrypted_to(w)
+
+
+async def test_a_ghost_member_in_a_direct_conversation_is_refused(world: World) -> None:
+    """A direct conversation has exactly its two accounts, forever: the server cannot add its own
+    account when alice creates one, nor show her one with a third member."""
+    w = world
+    carol = await Client.create(w.alice._ctx.http.base_url, MemoryStore())
+    try:
+        await carol.register(_name("carol"), PASSWORD)
+        await carol.connect()
+        # 1. at creation: the server's answer adds mallory
+        w.http.rewrite(
+            "POST",
+            "/v1/conversations",
+            lambda req, body: {**body, "members": [*body["members"], w.mallory.account_id]},
+        )
+        with pytest.raises(UntrustedConversationError, match="not the direct conversation"):
+            await w.alice.create_conversation([carol.username])
+
+        # 2. on first sight: carol writes to alice; the server shows alice the conversation with
+        # mallory in it
+        cid = await carol.create_conversation([w.alice.username])
+        w.http.rewrite(
+            "GET",
+            f"/v1/conversations/{cid}",
+            lambda req, body: {**body, "members": [*body["members"], w.mallory.account_id]},
+        )
+        await carol.send_text(cid, "hi alice, carol here")
+        gone = await _until(w.alice, ConversationUnavailable, lambda e: e.conversation_id == cid)
+        assert "exactly this account and one other" in gone.reason
+        with pytest.raises(UntrustedConversationError):
+            await w.alice.send_text(cid, "hello?")
+
+        # 3. an envelope from a non-member moved into the alice-bob conversation is dropped
+        mcid = await _mallory_messages_alice(w, "not for your chat with bob")
+        await _until(w.alice, MessageReceived, lambda e: e.conversation_id == mcid)
+        frame = _frame_for(w.ws, mcid)
+        forged = {
+            **frame,
+            "conversation_id": w.cid,
+            "envelope_id": frame["envelope_id"][:-2] + "AA",
+            "server_seq": 1000,
+        }
+        await w.ws.inject(forged, take_queue_seq=True)
+        dropped = await _until(
+            w.alice, DecryptionFailed, lambda e: e.conversation_id == w.cid and e.code == "not_a_member"
+        )
+        assert dropped.sender_device_id == w.mallory.device_id
+        assert w.mallory.device_id not in _device_ids_encrypted_to(w)
+        await _genuine_conversation_still_works(w, "only us two")
+    finally:
+        await carol.close()
+
+
+def _frame_for(ws: WsMitm, conversation_id: str) -> dict[str, Any]:
+    """The envelope frame of ``conversation_id`` the relay passed to alice (already delivered)."""
+    for f in ws.envelopes():
+        if f.get("conversation_id") == conversation_id:
+            return dict(f)
+    raise AssertionError(f"no envelope of {conversation_id} went through the man in the middle")
