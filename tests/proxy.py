@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.client import connect as ws_connect
@@ -198,6 +199,9 @@ class WsMitm:
         self.from_server: list[Any] = []
         self.to_server: list[Any] = []
         self.injected: list[str] = []
+        #: rules for the server's JSON frames, applied in order before the client sees them: each
+        #: returns the frame (changed or not), or None to drop it (a malicious server)
+        self.down_rules: list[Callable[[dict[str, Any]], dict[str, Any] | None]] = []
         #: real queue positions after which an injected frame took a position (sorted)
         self._points: list[int] = []
         self._last_real_seq = 0
@@ -223,7 +227,7 @@ class WsMitm:
             real -= 1
         return real
 
-    def _rewrite_down(self, raw: str | bytes) -> str | bytes:
+    def _rewrite_down(self, raw: str | bytes) -> str | bytes | None:
         try:
             frame = json.loads(raw)
         except ValueError:
@@ -235,6 +239,16 @@ class WsMitm:
         self.from_server.append(dict(frame))  # as the server sent it (positions not renumbered)
         fields = _QUEUE_FIELDS.get(str(frame.get("type")), ())
         changed = False
+        for rule in self.down_rules:
+            ruled = rule(dict(frame))
+            if ruled is None:
+                for name in fields:  # a dropped frame still moves the real queue position
+                    value = frame.get(name)
+                    if isinstance(value, int) and not isinstance(value, bool):
+                        self._last_real_seq = max(self._last_real_seq, value)
+                return None
+            if ruled != frame:
+                frame, changed = ruled, True
         for name in fields:
             value = frame.get(name)
             if isinstance(value, int) and not isinstance(value, bool):
@@ -271,7 +285,9 @@ class WsMitm:
 
         async def down() -> None:
             async for raw in upstream:
-                await client.send(self._rewrite_down(raw))
+                out = self._rewrite_down(raw)
+                if out is not None:
+                    await client.send(out)
 
         async def up() -> None:
             async for raw in client:

@@ -225,6 +225,32 @@ class SettingsChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ForkDetected(Event):
+    """The server showed this device a different history of the conversation than another member
+    device saw (docs/protocol/sync.md § 9): an operation's transcript hash disagrees with this
+    device's log, or one ``server_seq`` was given to two envelopes. Devices may now show different
+    orders or miss operations; compare safety numbers and treat the server as hostile.
+    ``message_ref``: the operation that revealed it (None when the envelope was refused)."""
+
+    conversation_id: str
+    reason: str
+    server_seq: int
+    sender_account_id: str
+    message_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryGap(Event):
+    """Operations of the conversation are missing and the server did not supply them when asked:
+    ``missing`` server_seqs were never received, ``held`` operations (message refs) wait for
+    predecessors. The view does not include the held operations until the gap is filled."""
+
+    conversation_id: str
+    missing: tuple[int, ...]
+    held: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MembershipMismatch(Event):
     """The server's member list of a conversation differs from the one this device holds for it
     (``members``); fan-out goes to ``members`` only. For a direct conversation the two accounts

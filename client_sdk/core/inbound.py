@@ -39,6 +39,7 @@ DropCode = Literal[
     "retries_exhausted",
     "not_allowed",
     "not_a_member",
+    "seq_reused",
 ]
 
 # -- frames --------------------------------------------------------------------------------------------
@@ -231,10 +232,18 @@ class Lookup:
 OK = Lookup("ok")
 
 
-def before_lookup(*, envelope_stored: bool, seq_stored: bool) -> Decision:
+def before_lookup(*, envelope_stored: bool, seq_stored: bool, same_envelope: bool = True) -> Decision:
     """First rule: an envelope already stored (by id, or an operation at its server_seq) is a
-    duplicate, acknowledged without decrypting it again (the ratchet would refuse it)."""
-    return Duplicate() if envelope_stored or seq_stored else Accept()
+    duplicate, acknowledged without decrypting it again (the ratchet would refuse it). A server_seq
+    already holding *another* envelope (``same_envelope`` False) is the server giving one position
+    to two operations: refused (a fork, sync.md § 9), never taken for a redelivery."""
+    if envelope_stored:
+        return Duplicate()
+    if seq_stored:
+        if not same_envelope:
+            return Drop("seq_reused", "the server gave this envelope's server_seq to another envelope")
+        return Duplicate()
+    return Accept()
 
 
 def after_lookup(conversation: Lookup, sender: Lookup, *, tries: int, member: bool = True) -> Decision:

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 from client_sdk.context import DeviceContext
 from client_sdk.core import api, diff, sync
-from client_sdk.core.events import ConversationAdded, MembershipMismatch
+from client_sdk.core.events import ConversationAdded, ForkDetected, MembershipMismatch
 from client_sdk.errors import UntrustedConversationError, UsageError
 from client_sdk.stores.base import ConversationRecord, MessageRecord, SyncMeta
 from crypto.errors import CryptoError
-from crypto.keys import b64decode
+from crypto.keys import b64decode, b64encode
 
 if TYPE_CHECKING:
     from client_sdk.facets.contacts import Contacts
@@ -32,7 +32,8 @@ class Conversations:
         self.ctx = ctx
         self.contacts = contacts
         self._states: dict[str, sync.ConversationState] = {}
-        self._seqs: dict[str, set[int]] = {}
+        #: per conversation: server_seq -> envelope id of the stored operation
+        self._seqs: dict[str, dict[int, str]] = {}
         self._me_cache: tuple[str, bytes] | None = None
 
     async def create(self, usernames: Sequence[str]) -> str:
@@ -111,17 +112,18 @@ class Conversations:
         if meta is None:
             meta = SyncMeta(cid, members=tuple(record.members))
             store.put_sync_meta(meta)
-        floor = dict(sync.CompactClock.decode(meta.floor_clock).extras) if meta.floor_clock else {}
+        floor_clock = sync.CompactClock.decode(meta.floor_clock) if meta.floor_clock else None
         state = sync.ConversationState(
             b64decode(cid),
             [b64decode(m) for m in (meta.members or record.members)],
             floor_seq=meta.floor_seq,
-            floor_clock=floor,
+            floor_clock=dict(floor_clock.extras) if floor_clock else {},
+            floor_hash=floor_clock.log_hash if floor_clock else None,
         )
-        seqs: set[int] = set()
+        seqs: dict[int, str] = {}
         for r in store.sync_ops(cid):
             op = decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
-            seqs.add(r.server_seq)
+            seqs[r.server_seq] = r.envelope_id
             if op is not None:
                 with contextlib.suppress(sync.SyncError):
                     state.receive(r.server_seq, op)
@@ -134,25 +136,40 @@ class Conversations:
         self._states.pop(cid, None)
         self._seqs.pop(cid, None)
 
-    def has_seq(self, cid: str, seq: int) -> bool:
+    def envelope_at(self, cid: str, seq: int) -> str | None:
+        """The envelope id of the operation stored at ``seq`` (None: nothing stored there)."""
         record = self.known(cid)
         if record is None:
-            return False
+            return None
         self.state(record)
-        return seq in self._seqs.get(cid, set())
+        return self._seqs.get(cid, {}).get(seq)
 
-    def apply(self, record: ConversationRecord, seq: int, op: sync.Op) -> sync.Received | None:
-        """Apply one stored, sequenced operation to the in-memory state; queue what changed."""
+    def apply(
+        self, record: ConversationRecord, seq: int, op: sync.Op, envelope_id: str
+    ) -> sync.Received | None:
+        """Apply one stored, sequenced operation to the in-memory state; queue what changed
+        (view changes, and a :class:`ForkDetected` for an author shown another history)."""
         cid = record.conversation_id
         state = self.state(record)
         try:
             received, delta = state.receive_changes(seq, op, self._me())
         except sync.SyncError:
             return None
-        self._seqs.setdefault(cid, set()).add(seq)
+        self._seqs.setdefault(cid, {})[seq] = envelope_id
         if received.applied:
             for event in diff.delta_changes(cid, delta):
                 self.ctx.emit(event)
+        for fork in received.forks:
+            self.ctx.emit(
+                ForkDetected(
+                    cid,
+                    f"the author of the operation at server_seq {fork.seq} was shown another history "
+                    f"up to server_seq {fork.base} than this device",
+                    fork.seq,
+                    b64encode(fork.author),
+                    diff.message_ref(fork.dot),
+                )
+            )
         return received
 
     def _me(self) -> bytes:

@@ -15,6 +15,7 @@ from client_sdk.context import DeviceContext
 from client_sdk.core import api, sync, trust
 from client_sdk.core import inbound as rules
 from client_sdk.core import message as msg
+from client_sdk.core.diff import message_ref
 from client_sdk.core.events import (
     Connected,
     ConversationAdded,
@@ -22,6 +23,8 @@ from client_sdk.core.events import (
     DecryptionFailed,
     DeliveryGap,
     Drained,
+    ForkDetected,
+    HistoryGap,
     MalformedFrame,
     MessageReceived,
     TypingChanged,
@@ -76,6 +79,8 @@ class Inbound:
         self._spawn = spawn
         self._transient: dict[str, int] = {}
         self._filling: set[str] = set()
+        #: the last HistoryGap reported per conversation (missing seqs, held refs)
+        self._gaps: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {}
         ctx.on_delivered = self._settle
 
     # -- frames ----------------------------------------------------------------------------------------
@@ -207,6 +212,12 @@ class Inbound:
             ctx.store.cursors.set_acked_queue_seq(env.queue_seq)
         if drop.code == "conversation_unavailable":
             ctx.emit(ConversationUnavailable(env.conversation_id, drop.status, drop.reason))
+        elif drop.code == "seq_reused":
+            ctx.emit(
+                ForkDetected(
+                    env.conversation_id, drop.reason, env.server_seq or 0, env.sender_account_id, None
+                )
+            )
         else:
             ctx.emit(
                 DecryptionFailed(
@@ -222,11 +233,15 @@ class Inbound:
             return self._ack(env, rules.Duplicate())
         conversation = await self._lookup_conversation(cid)
         if conversation.kind == "ok" and env.server_seq is not None:
+            at_seq = self.conversations.envelope_at(cid, env.server_seq)
             decision = rules.before_lookup(
-                envelope_stored=False, seq_stored=self.conversations.has_seq(cid, env.server_seq)
+                envelope_stored=False, seq_stored=at_seq is not None, same_envelope=at_seq == eid
             )
             if isinstance(decision, rules.Duplicate):
                 return self._ack(env, decision)
+            if isinstance(decision, rules.Drop):
+                self._drop(env, decision)
+                return decision
         sender, contact = (rules.OK, None) if conversation.kind != "ok" else await self._lookup_sender(env)
         record = self.conversations.known(cid)
         member = record is None or record.kind != "direct" or env.sender_account_id in record.members
@@ -362,7 +377,7 @@ class Inbound:
                 ctx.store.cursors.set_acked_queue_seq(env.queue_seq)
             record = self.conversations.known(cid)
             if record is not None:
-                received = self.conversations.apply(record, seq, op)
+                received = self.conversations.apply(record, seq, op, eid)
             if isinstance(op.body, sync.Message):
                 if ctx.bus.has_at_least_once(MessageReceived):
                     ctx.store.handler_inbox.add_pending(eid, cid, ctx.clock())
@@ -391,9 +406,25 @@ class Inbound:
             async with self.ctx.lock:
                 with contextlib.suppress(NetworkError, ServerError, ProtocolError):
                     await self._fill_gap(cid, after)
+                    self._report_gap(cid)
         finally:
             self._filling.discard(cid)
             await self.ctx.flush()
+
+    def _report_gap(self, cid: str) -> None:
+        """After the server was asked: what is still missing is a :class:`HistoryGap` (once per
+        distinct gap)."""
+        record = self.conversations.known(cid)
+        if record is None:
+            return
+        state = self.conversations.state(record)
+        if state.gap() is None:
+            self._gaps.pop(cid, None)
+            return
+        gap = (state.missing(), tuple(message_ref(d) for d in state.held()))
+        if self._gaps.get(cid) != gap:
+            self._gaps[cid] = gap
+            self.ctx.emit(HistoryGap(cid, *gap))
 
     # -- at-least-once app delivery --------------------------------------------------------------------
 

@@ -114,7 +114,8 @@ class Linking:
                     tuple(record.members),
                     tuple(meta.members or record.members),
                     floor,
-                    sync.CompactClock.of(0, floor_clock).encode(),
+                    # the floor's clock, with the transcript hash T(floor) in its hash field
+                    sync.CompactClock.of(0, floor_clock, state.transcript(floor)).encode(),
                     ctx.store.cursors.get_server_seq(cid),
                     tuple(
                         fmt.BundleOp(

@@ -470,7 +470,7 @@ class Outbound:
                 )
             record = self.conversations.known(item.conversation_id)
             if op is not None and record is not None:
-                self.conversations.apply(record, server_seq, op)
+                self.conversations.apply(record, server_seq, op, item.envelope_id)
             if not void:
                 ctx.emit(MessageSent(item.conversation_id, item.envelope_id, server_seq))
 

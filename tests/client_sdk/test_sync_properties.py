@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from client_sdk.core import diff
 from client_sdk.core.sync import clock as vc
 from client_sdk.core.sync import ops
-from client_sdk.core.sync.state import Composer, ConversationState
+from client_sdk.core.sync.composer import Composer
+from client_sdk.core.sync.state import ConversationState
 
 settings.register_profile(
     "sync",
@@ -47,7 +48,8 @@ class Device:
 
     def deliver(self, entry: Entry) -> None:
         seq, plaintext, clock, device, account = entry
-        self.state.receive(seq, ops.decode(plaintext, clock, device, account))
+        got = self.state.receive(seq, ops.decode(plaintext, clock, device, account))
+        assert got.forks == ()  # an honest server: every author saw this device's transcript
 
 
 class DeltaCheckedDevice(Device):
@@ -343,3 +345,36 @@ def test_operation_encoding_roundtrips(
     assert ops.decode(plaintext, clock_bytes, device, b"\xaa" * 16) == op
     assert vc.CompactClock.decode(clock_bytes) == clock
     assert ops.encode(ops.decode(plaintext, clock_bytes, device, b"\xaa" * 16)) == (plaintext, clock_bytes)
+
+
+@SYNC
+@given(worlds(), st.randoms(use_true_random=False), st.data())
+def test_a_server_that_swaps_two_positions_is_caught_by_any_later_operation(
+    world_spec: tuple[list[int], list[int]], rnd: random.Random, data: st.DataObject
+) -> None:
+    """The server shows one device the log with two operations' server_seqs swapped. Every
+    operation whose author had applied past both positions (clock base >= the later one) carries a
+    transcript hash that disagrees with that device's: the device reports a fork as soon as it
+    applies one. An honest log never reports one (``Device.deliver`` above)."""
+    owners, steps = world_spec
+    world = World(owners)
+    _run(world, steps, rnd)
+    log = world.log
+    if len(log) < 3:
+        return
+    i = data.draw(st.integers(1, len(log) - 1), label="first position")
+    j = data.draw(st.integers(i + 1, len(log)), label="second position")
+    swapped = {i: j, j: i}
+    victim = ConversationState(CID, world.members)
+    forks = []
+    for seq, plaintext, clock, device, account in log:
+        got = victim.receive(swapped.get(seq, seq), ops.decode(plaintext, clock, device, account))
+        forks.extend(got.forks)
+    witnesses = [
+        seq
+        for seq, plaintext, clock, device, account in log
+        if seq not in swapped and vc.CompactClock.decode(clock).base >= j
+    ]
+    if witnesses:
+        assert forks, f"swap of {i} and {j} not detected although {witnesses[0]} covers both"
+    assert all(f.seq not in swapped or f.base >= i for f in forks)

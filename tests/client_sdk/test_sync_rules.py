@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
@@ -10,8 +11,9 @@ import pytest
 from client_sdk.core.sync import clock as vc
 from client_sdk.core.sync import ops
 from client_sdk.core.sync.clock import CompactClock, Dot, Order
+from client_sdk.core.sync.composer import Composer
 from client_sdk.core.sync.errors import SyncFormatError, SyncProtocolError
-from client_sdk.core.sync.state import Composer, ConversationState, ConversationView, GapFill, MessageView
+from client_sdk.core.sync.state import ConversationState, ConversationView, GapFill, MessageView
 
 CID = b"\xc0" * 16
 ALICE, BOB, CAROL = b"\xa1" * 16, b"\xb0" * 16, b"\xca" * 16
@@ -502,7 +504,11 @@ def test_message_plaintext_is_canonical_json() -> None:
     op = net.compose("alice_phone", ops.Message("hi", sent_at_ms=5))
     plaintext, clock = ops.encode(op)
     assert plaintext == b'{"lamport":1,"sent_at_ms":5,"text":"hi","type":"message","v":2}'
-    assert clock == bytes([2]) + bytes(8) + b"\x00\x01" + DEVICES["alice_phone"][0] + (1).to_bytes(8, "big")
+    # version 3: base 0, T(0) of the conversation, one extra (the op's own dot)
+    t0 = hashlib.sha256(b"saltline/v1/transcript/genesis" + CID).digest()
+    assert clock == bytes([3]) + bytes(8) + t0 + b"\x00\x01" + DEVICES["alice_phone"][0] + (1).to_bytes(
+        8, "big"
+    )
     edit = ops.Op(op.dot, ALICE, op.clock, 2, ops.Edit(Dot(b"\x01" * 16, 1), "x"))
     doc = json.loads(ops.encode_plaintext(edit))
     assert doc == {"v": 2, "lamport": 2, "type": "edit", "target": ["AQEBAQEBAQEBAQEBAQEBAQ", 1], "text": "x"}

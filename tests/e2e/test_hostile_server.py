@@ -22,6 +22,8 @@ from client_sdk.core.events import (
     ConversationUnavailable,
     DecryptionFailed,
     Event,
+    ForkDetected,
+    HistoryGap,
     IdentityChanged,
     MessageReceived,
     UntrustedDeviceList,
@@ -268,3 +270,81 @@ def _frame_for(ws: WsMitm, conversation_id: str) -> dict[str, Any]:
         if f.get("conversation_id") == conversation_id:
             return dict(f)
     raise AssertionError(f"no envelope of {conversation_id} went through the man in the middle")
+
+
+# -- the transcript (docs/protocol/sync.md § 9) -----------------------------------------------------
+
+
+def _relabel(w: World, mapping: dict[int, int]) -> None:
+    """The server labels envelopes of alice's chat with bob at server_seq k as ``mapping[k]``, on
+    the socket and in history pages alike (a consistent lie, as a malicious server would tell)."""
+
+    def one(item: dict[str, Any]) -> dict[str, Any]:
+        seq = item.get("server_seq")
+        return {**item, "server_seq": mapping[seq]} if seq in mapping else item
+
+    def frame_rule(frame: dict[str, Any]) -> dict[str, Any] | None:
+        if frame.get("type") == "envelope" and frame.get("conversation_id") == w.cid:
+            return one(frame)
+        return frame
+
+    w.ws.down_rules.append(frame_rule)
+    w.http.rewrite(
+        "GET",
+        f"/v1/conversations/{w.cid}/envelopes",
+        lambda req, body: {**body, "envelopes": [one(e) for e in body["envelopes"]]},
+    )
+
+
+async def test_swapped_server_seqs_are_detected(world: World) -> None:
+    """The server shows alice bob's next two messages in swapped positions; the first operation
+    authored after both (bob's next message, whose transcript hash covers them) reveals it."""
+    w = world
+    _relabel(w, {3: 4, 4: 3})
+    for text in ("one", "two"):
+        await w.bob.send_text(w.cid, text)
+        await _until(w.alice, MessageReceived, lambda e, t=text: e.text == t)
+    assert not _events(w.alice, ForkDetected)
+    await w.bob.send_text(w.cid, "three")
+    fork = await _until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
+    assert fork.server_seq == 5 and fork.sender_account_id == w.bob.account_id
+    assert fork.message_ref is not None
+    # alice's next message carries her (different) transcript: bob detects it too
+    await w.alice.send_text(w.cid, "four")
+    assert (await _until(w.bob, ForkDetected, lambda e: e.conversation_id == w.cid)).server_seq == 6
+
+
+async def test_a_reused_server_seq_is_refused_not_taken_for_a_duplicate(world: World) -> None:
+    """The server gives bob's second message the server_seq of his first: alice must not discard
+    it silently as a redelivery."""
+    w = world
+    _relabel(w, {4: 3})
+    await w.bob.send_text(w.cid, "first")
+    await _until(w.alice, MessageReceived, lambda e: e.text == "first")
+    await w.bob.send_text(w.cid, "second")
+    fork = await _until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
+    assert fork.server_seq == 3 and fork.message_ref is None and "another envelope" in fork.reason
+    assert w.mallory.device_id not in _device_ids_encrypted_to(w)
+
+
+async def test_a_withheld_envelope_is_a_history_gap_and_later_messages_still_arrive(world: World) -> None:
+    """The server drops bob's next message for alice, on the socket and in history pages: alice is
+    told what is missing (after asking the server) and keeps receiving bob's later messages."""
+    w = world
+    w.ws.down_rules.append(
+        lambda f: None if f.get("conversation_id") == w.cid and f.get("server_seq") == 3 else f
+    )
+    w.http.rewrite(
+        "GET",
+        f"/v1/conversations/{w.cid}/envelopes",
+        lambda req, body: {**body, "envelopes": [e for e in body["envelopes"] if e.get("server_seq") != 3]},
+    )
+    for text in ("lost", "after the loss", "still here"):
+        await w.bob.send_text(w.cid, text)
+    gap = await _until(w.alice, HistoryGap, lambda e: e.conversation_id == w.cid)
+    assert gap.missing == (3,) and gap.held
+    received = [
+        await _until(w.alice, MessageReceived, lambda e: e.conversation_id == w.cid) for _ in range(2)
+    ]
+    assert [e.text for e in received] == ["after the loss", "still here"]
+    assert "lost" not in [m.text for m in w.alice.messages(w.cid)]

@@ -3,10 +3,12 @@
 * :mod:`.ops` - operations and their canonical JSON plaintext.
 * :mod:`.clock` - dots, full and compact vector clocks, pruning.
 * :mod:`.rules` - the conflict-resolution registers.
-* :mod:`.state` - the materialised conversation state (reducer) and the :class:`Composer`.
+* :mod:`.state` - the materialised conversation state (reducer); :mod:`.composer` - the
+  :class:`Composer`; :mod:`.transcript` - the transcript hash; :mod:`.view` - what the reducer reports.
 """
 
 from client_sdk.core.sync.clock import CompactClock, Dot, Order, compare, concurrent, contains, merge
+from client_sdk.core.sync.composer import Composer
 from client_sdk.core.sync.errors import SyncError, SyncFormatError, SyncProtocolError
 from client_sdk.core.sync.ops import (
     Delete,
@@ -24,7 +26,6 @@ from client_sdk.core.sync.ops import (
     encode,
 )
 from client_sdk.core.sync.state import (
-    Composer,
     ConversationState,
     ConversationView,
     FieldState,

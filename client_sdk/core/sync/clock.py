@@ -16,10 +16,13 @@ from dataclasses import dataclass
 
 from client_sdk.core.sync.errors import SyncFormatError
 
-CLOCK_VERSION = 0x02
+CLOCK_VERSION = 0x03  # base, transcript hash, extras (sync.md § 3, § 9)
+CLOCK_VERSION_NO_TRANSCRIPT = 0x02  # base and extras only (stored by earlier clients)
 LEGACY_CLOCK_VERSION = 0x01  # messages.md § 4: the full clock, no base
 DEVICE_ID_SIZE = 16
+LOG_HASH_SIZE = 32
 _HEADER = struct.Struct(">BQH")
+_HEADER_V3 = struct.Struct(">BQ32sH")
 _ENTRY = struct.Struct(">16sQ")
 
 FullClock = Mapping[bytes, int]
@@ -42,19 +45,24 @@ class Order(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class CompactClock:
-    """``base`` server_seq plus sorted ``extras`` ``((device_id, counter), ...)``, counters >= 1."""
+    """``base`` server_seq plus sorted ``extras`` ``((device_id, counter), ...)``, counters >= 1,
+    and ``log_hash``: the transcript hash ``T(base)`` of the log the author had applied
+    (:mod:`client_sdk.core.sync.transcript`), None only in clocks of the older encodings."""
 
     base: int
     extras: tuple[tuple[bytes, int], ...] = ()
+    log_hash: bytes | None = None
 
     @classmethod
-    def of(cls, base: int, extras: Mapping[bytes, int]) -> CompactClock:
+    def of(cls, base: int, extras: Mapping[bytes, int], log_hash: bytes | None = None) -> CompactClock:
         if base < 0:
             raise SyncFormatError("negative base server_seq")
         for device in extras:
             if len(device) != DEVICE_ID_SIZE:
                 raise SyncFormatError("device ids are 16 bytes")
-        return cls(base, tuple(sorted((d, n) for d, n in extras.items() if n > 0)))
+        if log_hash is not None and len(log_hash) != LOG_HASH_SIZE:
+            raise SyncFormatError("the transcript hash is 32 bytes")
+        return cls(base, tuple(sorted((d, n) for d, n in extras.items() if n > 0)), log_hash)
 
     def counter_of(self, device: bytes) -> int:
         for d, n in self.extras:
@@ -67,18 +75,25 @@ class CompactClock:
         return merge(prefix, dict(self.extras))
 
     def encode(self) -> bytes:
-        """``0x02 || base (u64) || u16 count || count x (device_id (16) || counter (u64))``."""
-        return _HEADER.pack(CLOCK_VERSION, self.base, len(self.extras)) + b"".join(
-            _ENTRY.pack(d, n) for d, n in self.extras
-        )
+        """``0x03 || base (u64) || log_hash (32) || u16 count || count x (device_id (16) ||
+        counter (u64))``; without a log hash, the older ``0x02`` layout (no hash field)."""
+        entries = b"".join(_ENTRY.pack(d, n) for d, n in self.extras)
+        if self.log_hash is None:
+            return _HEADER.pack(CLOCK_VERSION_NO_TRANSCRIPT, self.base, len(self.extras)) + entries
+        return _HEADER_V3.pack(CLOCK_VERSION, self.base, self.log_hash, len(self.extras)) + entries
 
     @classmethod
     def decode(cls, data: bytes) -> CompactClock:
-        """Decode version 0x02, or a full version 0x01 clock (messages.md § 4) as base 0."""
+        """Decode version 0x03, 0x02 (no transcript hash), or a full version 0x01 clock
+        (messages.md § 4) as base 0."""
+        log_hash: bytes | None = None
         if len(data) >= 3 and data[0] == LEGACY_CLOCK_VERSION:
             base, start = 0, 3
             (count,) = struct.unpack_from(">H", data, 1)
-        elif len(data) >= _HEADER.size and data[0] == CLOCK_VERSION:
+        elif len(data) >= _HEADER_V3.size and data[0] == CLOCK_VERSION:
+            _, base, log_hash, count = _HEADER_V3.unpack_from(data, 0)
+            start = _HEADER_V3.size
+        elif len(data) >= _HEADER.size and data[0] == CLOCK_VERSION_NO_TRANSCRIPT:
             _, base, count = _HEADER.unpack_from(data, 0)
             start = _HEADER.size
         else:
@@ -93,12 +108,12 @@ class CompactClock:
                 raise SyncFormatError("clock entries are not canonical")
             extras.append((device, n))
             previous = device
-        return cls(base, tuple(extras))
+        return cls(base, tuple(extras), log_hash)
 
 
-def compact(full: FullClock, base: int, prefix: FullClock) -> CompactClock:
+def compact(full: FullClock, base: int, prefix: FullClock, log_hash: bytes | None = None) -> CompactClock:
     """Encode ``full`` relative to the prefix clock of ``base``: keep only entries above it."""
-    return CompactClock.of(base, {d: n for d, n in full.items() if n > prefix.get(d, 0)})
+    return CompactClock.of(base, {d: n for d, n in full.items() if n > prefix.get(d, 0)}, log_hash)
 
 
 def contains(clock: FullClock, dot: Dot) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from client_sdk.core.sync import clock as vc
+from client_sdk.core.sync import transcript
 from client_sdk.core.sync.clock import CompactClock, Dot, FullClock
 from client_sdk.core.sync.errors import SyncProtocolError
 from client_sdk.core.sync.ops import (
@@ -38,6 +39,7 @@ from client_sdk.core.sync.view import (
     Conflict,
     ConversationView,
     FieldState,
+    Fork,
     GapFill,
     MessageView,
     Received,
@@ -48,11 +50,11 @@ from client_sdk.core.sync.view import (
 
 __all__ = [
     "SHARED_FIELDS",
-    "Composer",
     "Conflict",
     "ConversationState",
     "ConversationView",
     "FieldState",
+    "Fork",
     "GapFill",
     "MessageView",
     "Received",
@@ -117,6 +119,7 @@ class ConversationState:
         *,
         floor_seq: int = 0,
         floor_clock: FullClock | None = None,
+        floor_hash: bytes | None = None,
     ) -> None:
         self.conversation_id = conversation_id
         self._genesis = frozenset(members)
@@ -156,6 +159,14 @@ class ConversationState:
         self._live: list[int] = []
         self._live_by: dict[bytes, list[int]] = {}
         self._journal: _Journal | None = None
+        # transcript hashes T(n) for floor_seq <= n <= received_contig (unknown below a floor
+        # that came without its hash); operations whose claim differs, found by the last receive
+        self._transcript: list[bytes] = []
+        if floor_seq == 0:
+            self._transcript.append(transcript.genesis(conversation_id))
+        elif floor_hash is not None:
+            self._transcript.append(floor_hash)
+        self._forks: list[Fork] = []
 
     # -- clocks ----------------------------------------------------------------------------------
 
@@ -168,6 +179,24 @@ class ConversationState:
     def received_seq(self) -> int:
         """Every ``server_seq <= received_seq`` has been received (maybe held)."""
         return self._received_contig
+
+    def transcript(self, seq: int) -> bytes | None:
+        """``T(seq)`` as this device received the log (None when unknown: beyond what was
+        received, or below the floor of a device that started mid-history without the hash)."""
+        i = seq - self._floor_seq
+        if not self._transcript or i < 0 or i >= len(self._transcript):
+            return None
+        return self._transcript[i]
+
+    def missing(self, limit: int = 100) -> tuple[int, ...]:
+        """The server_seqs not received between the received prefix and the highest one seen."""
+        out: list[int] = []
+        for seq in range(self._received_contig + 1, self._max_seq):
+            if seq not in self._seq_dot:
+                out.append(seq)
+                if len(out) >= limit:
+                    break
+        return tuple(out)
 
     @property
     def max_lamport(self) -> int:
@@ -201,7 +230,8 @@ class ConversationState:
         """The compact clock for this device's operation ``n`` (``n`` > every dot of it applied)."""
         full = self.applied_clock()
         full[device] = max(full.get(device, 0), n)
-        return vc.compact(full, self.base_seq, self.prefix(self.base_seq))
+        base = self.base_seq
+        return vc.compact(full, base, self.prefix(base), self.transcript(base))
 
     def prunable(self, removed: Mapping[bytes, int], live_devices: Iterable[bytes]) -> frozenset[bytes]:
         """Removed devices (device -> last counter) whose clock entries may be pruned: every live
@@ -268,7 +298,8 @@ class ConversationState:
         }
 
     def _result(self, applied: tuple[Dot, ...], *, duplicate: bool) -> Received:
-        return Received(applied, duplicate, self.held(), self.gap())
+        forks, self._forks = tuple(self._forks), []
+        return Received(applied, duplicate, self.held(), self.gap(), forks=forks)
 
     def _advance_received(self) -> None:
         while (dot := self._seq_dot.get(self._received_contig + 1)) is not None:
@@ -277,6 +308,8 @@ class ConversationState:
             runmax = self._dev_runmax.setdefault(dot.device, [])
             seqs.append(self._received_contig)
             runmax.append(max(runmax[-1] if runmax else 0, dot.n))
+            if self._transcript:
+                self._transcript.append(transcript.step(self._transcript[-1], self._received_contig, dot))
         waiting = self._wait_received
         while waiting and waiting[0][0] <= self._received_contig:
             _, token, dot = heapq.heappop(waiting)
@@ -408,6 +441,12 @@ class ConversationState:
             and full.get(op.dot.device, 0) == op.dot.n
             and (bound is None or op.lamport <= bound)
         )
+        claimed = op.clock.log_hash
+        if claimed is not None and op.clock.base < seq:
+            own = self.transcript(op.clock.base)
+            if own is not None and own != claimed:
+                # the author was shown another history up to its base than this device
+                self._forks.append(Fork(op.dot, op.author, seq, op.clock.base))
         lamport = op.lamport if valid or bound is None else bound
         self._lamport_of[op.dot] = lamport
         self._max_lamport = max(self._max_lamport, lamport)
@@ -556,27 +595,3 @@ class ConversationState:
     def _unlive(self, message: _Msg) -> None:
         for seqs in (self._live, self._live_by[message.author]):
             del seqs[bisect.bisect_left(seqs, message.seq)]
-
-
-# -- authoring -------------------------------------------------------------------------------------
-
-
-class Composer:
-    """Makes this device's operations: ticks its counter (persist :attr:`counter` and
-    :attr:`lamport` before sending; a reused dot would be dropped as a duplicate) and stamps the
-    compact clock of what ``state`` has applied."""
-
-    def __init__(self, device_id: bytes, account_id: bytes, counter: int = 0, lamport: int = 0) -> None:
-        self.device_id = device_id
-        self.account_id = account_id
-        self.counter = counter
-        self.lamport = lamport
-
-    def compose(self, state: ConversationState, body: Body) -> Op:
-        if isinstance(body, Typing):  # ephemeral: no dot of its own, no tick
-            clock = state.local_clock(self.device_id, self.counter)
-            return Op(Dot(self.device_id, 0), self.account_id, clock, self.lamport, body)
-        self.counter = max(self.counter, state.applied_clock().get(self.device_id, 0)) + 1
-        self.lamport = max(self.lamport, state.max_lamport) + 1
-        clock = state.local_clock(self.device_id, self.counter)
-        return Op(Dot(self.device_id, self.counter), self.account_id, clock, self.lamport, body)

@@ -29,12 +29,24 @@ class TypingEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Fork:
+    """An applied operation whose author had been shown another history than this device: its
+    claimed transcript hash ``T(base)`` differs from this device's (sync.md § 9)."""
+
+    dot: Dot
+    author: bytes
+    seq: int
+    base: int
+
+
+@dataclass(frozen=True, slots=True)
 class Received:
     applied: tuple[Dot, ...] = ()  # applied by this call, in order (released held ops included)
     duplicate: bool = False  # the dot was already known (nothing changed)
     held: tuple[Dot, ...] = ()  # every operation now waiting for causal predecessors
     gap: GapFill | None = None  # set while something is held or a server_seq is missing
     typing: TypingEvent | None = None
+    forks: tuple[Fork, ...] = ()  # operations applied by this call whose transcript claim differs
 
 
 @dataclass(frozen=True, slots=True)
