@@ -57,6 +57,17 @@ FILES = (
     "rfc.json",
 )
 
+PART_2_3_FILES = (
+    "envelope_ad.json",
+    "device_ciphertexts.json",
+    "padding.json",
+    "clocks.json",
+    "ops.json",
+    "linking.json",
+    "login.json",
+    "seen_base_keys.json",
+)
+
 Case = dict[str, Any]
 
 
@@ -974,6 +985,7 @@ def test_generator_check_finds_no_stale_file() -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert sorted(module.BUILDERS) == sorted(FILES)
+    # FILES here; the files of parts 2 and 3 are checked by tests/crypto/test_vectors_messages.py
+    assert sorted(module.BUILDERS) == sorted(FILES + PART_2_3_FILES)
     assert module.check() == [], "vectors are stale: run python docs/protocol/vectors/generate.py"
     assert module.main(["--check"]) == 0

@@ -6,7 +6,9 @@ Usage (from the repository root)::
     .venv/bin/python docs/protocol/vectors/generate.py --check   # exit 1 if any file would change
 
 Every value comes from the reference implementation in ``crypto/`` (there is no second code
-path), called with fixed inputs and a deterministic ``rng``. ``tests/crypto/test_vectors.py``
+path), called with fixed inputs and a deterministic ``rng``. The files of parts 2 and 3 (message
+and sync layers, reference code in ``client_sdk/core/``) are built by the sibling module
+``generate_messages.py``, whose builders are part of :data:`BUILDERS`. ``tests/crypto/test_vectors.py``
 checks, without importing this builder, that the code reproduces every file byte for byte; it
 also runs :func:`check` so that a code change without regenerated vectors fails CI.
 
@@ -53,8 +55,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling generate_messages.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nacl.bindings as sodium  # noqa: E402
+from generate_messages import BUILDERS as MESSAGE_BUILDERS  # noqa: E402
 
 from crypto import attachments, device_list, private_state, safety, sealed, x3dh  # noqa: E402
 from crypto import primitives as p  # noqa: E402
@@ -1700,6 +1705,8 @@ BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
     "safety_numbers.json": build_safety_numbers,
     "private_state.json": build_private_state,
     "rfc.json": build_rfc,
+    # parts 2 and 3 (message and sync layers), built by generate_messages.py
+    **MESSAGE_BUILDERS,
 }
 
 
