@@ -57,6 +57,17 @@ FILES = (
     "rfc.json",
 )
 
+PART_2_3_FILES = (
+    "envelope_ad.json",
+    "device_ciphertexts.json",
+    "padding.json",
+    "clocks.json",
+    "ops.json",
+    "linking.json",
+    "login.json",
+    "seen_base_keys.json",
+)
+
 Case = dict[str, Any]
 
 
@@ -610,7 +621,8 @@ def test_ratchet_keys_and_nonces_are_the_rng_draws() -> None:
     order = {"alice": ALICE_DRAWS, "bob": BOB_DRAWS}
     for name, m in messages.items():
         nonce = draws[m["sender"]][f"nonce {name}"]
-        assert order[m["sender"]].index(f"nonce {name}") == m["nonce_rng_draw"]
+        # nonce_rng_draw is the DRng call number k, counted from 1 (vectors.md section 1)
+        assert order[m["sender"]].index(f"nonce {name}") + 1 == m["nonce_rng_draw"]
         assert nonce.hex() == m["aead_nonce"] == m["header"][2 * 41 :]
     nonces = [m["aead_nonce"] for m in messages.values()]
     assert len(set(nonces)) == len(nonces)
@@ -632,7 +644,8 @@ def test_ratchet_message_construction(m: dict[str, Any]) -> None:
     assert key.hex() == m["aead_key"] == rt.message_key(mk).hex()
     nonce = b(m["aead_nonce"])
     assert len(nonce) == 24
-    assert nonce.hex() == out[f"{m['sender']}_rng_draws"][m["nonce_rng_draw"]]
+    assert m["nonce_rng_draw"] >= 1
+    assert nonce.hex() == out[f"{m['sender']}_rng_draws"][m["nonce_rng_draw"] - 1]
     header = struct.pack(
         ">B32sII24s", 2, b(m["ratchet_key"]), m["previous_chain_length"], m["message_number"], nonce
     )
@@ -810,6 +823,11 @@ def test_attachment_rejections(c: Case) -> None:
 @pytest.mark.parametrize("c", positives("safety_numbers.json"))
 def test_safety_numbers(c: Case) -> None:
     i, out = c["inputs"], c["outputs"]
+    # One shared DRng: its calls 1..4 are the four account keys, in the order the cases name them.
+    rng = DRng(c["seed"])
+    draws = [rng(32) for _ in range(4)]
+    assert draws[i["local_account_draw"] - 1] == b(i["local_account_private"])
+    assert draws[i["remote_account_draw"] - 1] == b(i["remote_account_private"])
     local = AccountKey(b(i["local_account_private"])).public_key
     remote = AccountKey(b(i["remote_account_private"])).public_key
     assert local.encode().hex() == i["local_account_public"]
@@ -830,6 +848,9 @@ def test_safety_numbers(c: Case) -> None:
     ):
         assert number.digits == out["digits"]
         assert number.display() == out["display"]
+        groups = [out["digits"][k : k + 5] for k in range(0, 60, 5)]
+        assert out["display"] == "\n".join(" ".join(groups[k : k + 4]) for k in (0, 4, 8))
+        assert len(out["display"]) == 71
         assert number.qr_payload.hex() == out["qr_payload"]
         assert number.matches_qr(b(out["qr_payload"]))
 
@@ -964,6 +985,7 @@ def test_generator_check_finds_no_stale_file() -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert sorted(module.BUILDERS) == sorted(FILES)
+    # FILES here; the files of parts 2 and 3 are checked by tests/crypto/test_vectors_messages.py
+    assert sorted(module.BUILDERS) == sorted(FILES + PART_2_3_FILES)
     assert module.check() == [], "vectors are stale: run python docs/protocol/vectors/generate.py"
     assert module.main(["--check"]) == 0

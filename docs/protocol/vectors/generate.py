@@ -6,7 +6,9 @@ Usage (from the repository root)::
     .venv/bin/python docs/protocol/vectors/generate.py --check   # exit 1 if any file would change
 
 Every value comes from the reference implementation in ``crypto/`` (there is no second code
-path), called with fixed inputs and a deterministic ``rng``. ``tests/crypto/test_vectors.py``
+path), called with fixed inputs and a deterministic ``rng``. The files of parts 2 and 3 (message
+and sync layers, reference code in ``client_sdk/core/``) are built by the sibling module
+``generate_messages.py``, whose builders are part of :data:`BUILDERS`. ``tests/crypto/test_vectors.py``
 checks, without importing this builder, that the code reproduces every file byte for byte; it
 also runs :func:`check` so that a code change without regenerated vectors fails CI.
 
@@ -53,8 +55,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling generate_messages.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nacl.bindings as sodium  # noqa: E402
+from generate_messages import BUILDERS as MESSAGE_BUILDERS  # noqa: E402
 
 from crypto import attachments, device_list, private_state, safety, sealed, x3dh  # noqa: E402
 from crypto import primitives as p  # noqa: E402
@@ -1013,7 +1018,7 @@ def build_ratchet() -> dict[str, Any]:
                 "ratchet_key": hx(header.ratchet_key),
                 "previous_chain_length": header.previous_chain_length,
                 "message_number": header.message_number,
-                "nonce_rng_draw": draws_before,
+                "nonce_rng_draw": draws_before + 1,  # the call number k, counted from 1
                 "header": hx(message[: rt.HEADER_SIZE]),
                 "chain_key": hx(ck),
                 "message_key": hx(mk),
@@ -1410,18 +1415,20 @@ def build_attachments() -> dict[str, Any]:
 def build_safety_numbers() -> dict[str, Any]:
     label = seed("safety_numbers")
     rng = DRng(label)
-    keys = [AccountKey.generate(rng) for _ in range(4)]
+    keys = [AccountKey.generate(rng) for _ in range(4)]  # DRng calls 1, 2, 3, 4
     cases = []
-    for name, description, (k1, n1), (k2, n2) in (
-        ("ascii", "'Alice' (normalised to 'alice') and 'bob'", (keys[0], "Alice"), (keys[1], "bob")),
+    for name, description, (d1, n1), (d2, n2) in (
+        ("ascii", "'Alice' (normalised to 'alice') and 'bob'", (1, "Alice"), (2, "bob")),
         (
             "ascii_2",
             "'Carol.Smith-99' (normalised to 'carol.smith-99') and 'dave_x' (every character class of "
             "[a-z0-9_.-])",
-            (keys[2], "Carol.Smith-99"),
-            (keys[3], "dave_x"),
+            (3, "Carol.Smith-99"),
+            (4, "dave_x"),
         ),
     ):
+        k1, k2 = keys[d1 - 1], keys[d2 - 1]
+        assert rng.draws[d1 - 1] == bytes(k1) and rng.draws[d2 - 1] == bytes(k2)
         number = safety.safety_number(k1.public_key, n1, k2.public_key, n2)
         assert number == safety.safety_number(k2.public_key, n2, k1.public_key, n1)
         cases.append(
@@ -1430,6 +1437,8 @@ def build_safety_numbers() -> dict[str, Any]:
                 "description": description + "; identical with the parties swapped",
                 "seed": label,
                 "inputs": {
+                    "local_account_draw": d1,
+                    "remote_account_draw": d2,
                     "local_account_private": hx(bytes(k1)),
                     "local_account_public": hx(k1.public_key.encode()),
                     "local_username": n1,
@@ -1696,6 +1705,8 @@ BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
     "safety_numbers.json": build_safety_numbers,
     "private_state.json": build_private_state,
     "rfc.json": build_rfc,
+    # parts 2 and 3 (message and sync layers), built by generate_messages.py
+    **MESSAGE_BUILDERS,
 }
 
 
