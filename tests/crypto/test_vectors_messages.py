@@ -25,7 +25,8 @@ from client_sdk.core import history, linking
 from client_sdk.core import message as msg
 from client_sdk.core.sync import clock as vc
 from client_sdk.core.sync import errors as sync_errors
-from client_sdk.core.sync import ops
+from client_sdk.core.sync import ops, transcript
+from client_sdk.core.sync.state import ConversationState
 from client_sdk.core.wire import canonical_json
 from crypto import attachments, device_list, login, private_state, sealed, x3dh
 from crypto import errors as crypto_errors
@@ -256,15 +257,48 @@ def test_clock_encode(c: Case) -> None:
     rng = DRng(c["seed"])
     ids = sorted(rng(16) for _ in range(3))
     assert all(d in ids for d, _ in _pairs(i["extras"]))
-    clock = vc.CompactClock.of(i["base"], dict(_pairs(i["extras"])))
+    log_hash = b(i["log_hash"]) if "log_hash" in i else None
+    clock = vc.CompactClock.of(i["base"], dict(_pairs(i["extras"])), log_hash)
     data = clock.encode()
-    assert data.hex() == out["clock"] and len(data) == out["length"] == 11 + 24 * len(clock.extras)
     expected = sorted((d, n) for d, n in _pairs(i["extras"]) if n > 0)
     assert _pairs(out["decoded_extras"]) == expected
-    assert data == struct.pack(">BQH", 2, i["base"], len(expected)) + b"".join(
-        struct.pack(">16sQ", d, n) for d, n in expected
-    )
+    entries = b"".join(struct.pack(">16sQ", d, n) for d, n in expected)
+    if log_hash is None:
+        assert data.hex() == out["clock"] and len(data) == out["length"] == 11 + 24 * len(clock.extras)
+        assert data == struct.pack(">BQH", 2, i["base"], len(expected)) + entries
+    else:
+        assert data.hex() == out["clock"] and len(data) == out["length"] == 43 + 24 * len(clock.extras)
+        assert data == struct.pack(">BQ32sH", 3, i["base"], log_hash, len(expected)) + entries
     assert vc.CompactClock.decode(data) == clock
+
+
+def test_transcript_hash() -> None:
+    c = case("clocks.json", "transcript")
+    cid = b(c["inputs"]["conversation_id"])
+    log = [vc.Dot(b(d), n) for d, n in c["inputs"]["log"]]
+    expected = [b(h) for h in c["outputs"]["T"]]
+    assert transcript.genesis(cid) == expected[0]
+    assert expected[0] == hashlib.sha256(b"saltline/v1/transcript/genesis" + cid).digest()
+    for n, dot in enumerate(log, start=1):
+        assert transcript.step(expected[n - 1], n, dot) == expected[n]
+        assert (
+            expected[n]
+            == hashlib.sha256(
+                b"saltline/v1/transcript/step"
+                + expected[n - 1]
+                + struct.pack(">Q", n)
+                + dot.device
+                + struct.pack(">Q", dot.n)
+            ).digest()
+        )
+    # the reducer computes the same hashes as it receives the log
+    state = ConversationState(cid, [])
+    for n, dot in enumerate(log, start=1):
+        state.receive(
+            n,
+            ops.Op(dot, b"\xaa" * 16, vc.CompactClock.of(0, {dot.device: dot.n}), n, ops.Unknown("x", "{}")),
+        )
+        assert state.transcript(n) == expected[n]
 
 
 def test_clock_decode_legacy() -> None:

@@ -24,7 +24,7 @@ from client_sdk.core import history, linking
 from client_sdk.core import message as msg
 from client_sdk.core.sync import clock as vc
 from client_sdk.core.sync import errors as sync_errors
-from client_sdk.core.sync import ops
+from client_sdk.core.sync import ops, transcript
 from client_sdk.core.wire import canonical_json
 from crypto import attachments, device_list, login, private_state, sealed, x3dh
 from crypto import errors as crypto_errors
@@ -245,6 +245,47 @@ def build_clocks() -> dict[str, Any]:
                 },
             }
         )
+    # version 0x03: with the transcript hash T(base) of a three-operation log (sync.md § 9)
+    cid = rng(16)
+    log = [vc.Dot(d0, 1), vc.Dot(d1, 1), vc.Dot(d0, 2)]
+    hashes = [transcript.genesis(cid)]
+    for n, dot in enumerate(log, start=1):
+        hashes.append(transcript.step(hashes[-1], n, dot))
+    assert hashes[-1] == transcript.of_log(cid, log)
+    cases.append(
+        {
+            "name": "transcript",
+            "description": "T(0) = SHA-256(genesis label || conversation id); T(n) = SHA-256(step label || "
+            "T(n-1) || u64(n) || device id || u64(counter)) for the dot at server_seq n",
+            "seed": label,
+            "inputs": {"conversation_id": hx(cid), "log": [[hx(d.device), d.n] for d in log]},
+            "outputs": {"T": [hx(h) for h in hashes]},
+        }
+    )
+    for name, description, base, extras in [
+        ("v3_base3", "version 0x03: base 3, T(3) of the log above, one extra (67 bytes)", 3, [(d2, 1)]),
+        ("v3_base0", "version 0x03: base 0, T(0), two extras", 0, [(d0, 1), (d1, 2)]),
+    ]:
+        clk = vc.CompactClock.of(base, dict(extras), hashes[base])
+        data = clk.encode()
+        assert vc.CompactClock.decode(data) == clk
+        cases.append(
+            {
+                "name": f"encode_{name}",
+                "description": description + "; CompactClock.of(base, extras, log_hash).encode()",
+                "seed": label,
+                "inputs": {
+                    "base": base,
+                    "extras": [[hx(d), n] for d, n in extras],
+                    "log_hash": hx(hashes[base]),
+                },
+                "outputs": {
+                    "clock": hx(data),
+                    "length": len(data),
+                    "decoded_extras": [[hx(d), n] for d, n in clk.extras],
+                },
+            }
+        )
     legacy = b"\x01" + struct.pack(">H", 2) + d0 + struct.pack(">Q", 5) + d2 + struct.pack(">Q", 1)
     got = vc.CompactClock.decode(legacy)
     cases.append(
@@ -279,7 +320,8 @@ def build_clocks() -> dict[str, Any]:
     rejections = [
         ("empty", "no bytes", b""),
         ("version_0", "unknown version 0x00", b"\x00" + good2[1:]),
-        ("version_3", "unknown version 0x03", b"\x03" + good2[1:]),
+        ("version_4", "unknown version 0x04", b"\x04" + good2[1:]),
+        ("v3_short_hash", "version 0x03 whose hash field is cut short", b"\x03" + good2[1:]),
         ("truncated_header", "version 0x02 with 10 bytes", good2[:10]),
         ("count_too_large", "count 2, one entry", good2[:-24]),
         ("trailing_byte", "one byte after the entries", good2 + b"\x00"),
