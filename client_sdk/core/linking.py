@@ -53,7 +53,14 @@ class LinkCode:
     device_id: bytes
 
     def to_text(self) -> str:
-        secret = self.secret.encode("ascii")
+        try:
+            secret = self.secret.encode("ascii")
+        except UnicodeEncodeError:
+            raise LinkError("the link secret must be ASCII") from None
+        if len(self.channel_id) != 16 or len(self.link_public_key) != 32 or len(self.device_id) != 16:
+            raise LinkError("a link code holds a 16-byte channel id, a 32-byte key and a 16-byte device id")
+        if len(secret) > 255:
+            raise LinkError("the link secret is longer than 255 bytes")
         raw = (
             bytes([CODE_VERSION])
             + self.channel_id
@@ -75,10 +82,13 @@ class LinkCode:
             raise LinkError("the link code is damaged; show a new one") from exc
         if len(raw) < 2 or raw[0] != CODE_VERSION:
             raise LinkError("unsupported link code version; update the app")
-        n = raw[17]
-        if len(raw) != 1 + 16 + 1 + n + 32 + 16:
+        if len(raw) < 18 or len(raw) != 1 + 16 + 1 + raw[17] + 32 + 16:
             raise LinkError("the link code is damaged; show a new one")
-        secret = raw[18 : 18 + n].decode("ascii", errors="replace")
+        n = raw[17]
+        try:
+            secret = raw[18 : 18 + n].decode("ascii")
+        except UnicodeDecodeError:
+            raise LinkError("the link code is damaged; show a new one") from None
         rest = raw[18 + n :]
         return cls(raw[1:17], secret, rest[:32], rest[32:])
 

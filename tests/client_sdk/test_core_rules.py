@@ -345,3 +345,34 @@ def test_a_session_binds_exactly_the_device_it_was_set_up_with() -> None:
     assert not message.session_binds(session, alice, clone)
     # another local device never uses it either
     assert not message.session_binds(session, make_device(rng, b"other"), bob.entry)
+
+
+# -- decoding never crashes on a hostile input -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\x01", b"\x01" + bytes(5), b"\x01" + bytes(17), b"\x01" + bytes(16) + b"\x02\xff\xfe" + bytes(48)],
+)
+def test_a_short_or_non_ascii_link_code_is_a_link_error(raw: bytes) -> None:
+    from client_sdk.core.linking import LinkCode
+
+    with pytest.raises(LinkError):
+        LinkCode.parse("saltline-link:" + b64encode(raw))
+
+
+def test_an_operation_with_duplicate_members_or_a_non_integer_version_is_refused() -> None:
+    from client_sdk.core.sync import SyncFormatError, ops
+    from client_sdk.core.sync.clock import CompactClock
+
+    device, account = b"\x01" * 16, b"\x02" * 16
+    clock = CompactClock.of(0, {device: 1}).encode()
+    good = b'{"lamport":1,"sent_at_ms":5,"text":"hi","type":"message","v":2}'
+    assert ops.decode(good, clock, device, account).body == ops.Message("hi", None, 5)
+    for bad in (
+        b'{"lamport":1,"sent_at_ms":5,"text":"hi","text":"bye","type":"message","v":2}',
+        b'{"lamport":1,"sent_at_ms":5,"text":"hi","type":"message","v":2.0}',
+        b'{"lamport":1,"sent_at_ms":5,"text":"hi","type":"message","v":true}',
+    ):
+        with pytest.raises(SyncFormatError):
+            ops.decode(bad, clock, device, account)

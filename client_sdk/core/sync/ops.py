@@ -209,20 +209,31 @@ def encode(op: Op) -> tuple[bytes, bytes]:
     return encode_plaintext(op), op.clock.encode()
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose member names are all distinct (two parsers could otherwise keep different
+    values of the same authenticated bytes)."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise ValueError("a member name appears twice")
+    return doc
+
+
 def decode(plaintext: bytes, clock: bytes, sender_device: bytes, sender_account: bytes) -> Op:
     """Rebuild an operation from its plaintext and its authenticated envelope fields. The dot is
     ``(sender_device, clock extras[sender_device])`` (``n = 0`` for typing). Raises
     :class:`SyncFormatError`."""
     compact = CompactClock.decode(clock)
     try:
-        doc = json.loads(plaintext.decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise SyncFormatError("operation is not JSON") from exc
+        doc = json.loads(plaintext.decode(), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise SyncFormatError(f"operation is not JSON without duplicate members: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("type"), str):
         raise SyncFormatError("operation without a type")
     if len(sender_device) != DEVICE_ID_SIZE:
         raise SyncFormatError("device ids are 16 bytes")
     version = doc.get("v")
+    if type(version) is not int:  # exactly an integer: not true, not 2.0
+        raise SyncFormatError("the operation version must be an integer")
     if version == LEGACY_TEXT_VERSION and doc["type"] == "text":  # messages.md § 5 text operation
         body: Body = Message(_str(doc.get("text"), MAX_TEXT), None, _int(doc.get("sent_at_ms", 0)))
         lamport = 0
