@@ -68,6 +68,7 @@ class EnvelopeHeader:
     sender_account_id: bytes
     sender_device_id: bytes
     clock: bytes
+    ephemeral: bool = False  # the envelope's "ephemeral" flag (typing): bound, so not flippable
 
     def associated_data(self, recipient_device_id: bytes) -> bytes:
         fields = (
@@ -77,6 +78,7 @@ class EnvelopeHeader:
             self.sender_device_id,
             recipient_device_id,
             self.clock,
+            b"\x01" if self.ephemeral else b"\x00",
         )
         return AD_LABEL + b"".join(_U32.pack(len(f)) + f for f in fields)
 
@@ -110,11 +112,13 @@ def encrypt_to_device(
         if bundle is None:
             raise ValueError("no session and no bundle")
         session = Session.initiate(initiate(local, bundle, trusted, rng), rng)
-    message = session.encrypt(padded, associated_data)
     initial = session.pending_initial_header
+    prefix = bytes([FORMAT_VERSION, KIND_PREKEY if initial is not None else KIND_RATCHET])
+    # the wrapper's version and kind bytes are bound too (messages.md § 2)
+    message = session.encrypt(padded, associated_data + prefix)
     if initial is not None:
-        return Encrypted(bytes([FORMAT_VERSION, KIND_PREKEY]) + initial + message, session)
-    return Encrypted(bytes([FORMAT_VERSION, KIND_RATCHET]) + message, session)
+        return Encrypted(prefix + initial + message, session)
+    return Encrypted(prefix + message, session)
 
 
 def session_binds(session: Session, own: DeviceIdentityKeys, peer: DeviceEntry) -> bool:
@@ -190,6 +194,7 @@ def decrypt_from_device(
     if len(ciphertext) < 2 or ciphertext[0] != FORMAT_VERSION:
         raise DecryptError("unsupported per-device message version")
     kind, body = ciphertext[1], ciphertext[2:]
+    associated_data = bytes(associated_data) + bytes(ciphertext[:2])  # version and kind are bound
     last: CryptoError | None = None
     if kind == KIND_PREKEY:
         if len(body) < INITIAL_HEADER_SIZE:

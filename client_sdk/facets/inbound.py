@@ -272,6 +272,7 @@ class Inbound:
             b64decode(env.sender_account_id),
             b64decode(env.sender_device_id),
             env.clock,
+            ephemeral=env.server_seq is None,
         )
         state = ctx.state
         # only sessions of this account's device with exactly the listed identity keys

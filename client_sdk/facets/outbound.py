@@ -189,7 +189,7 @@ class Outbound:
             )
             plaintext, clock = sync.encode(composer.compose(state, sync.Typing(typing)))
             item = OutboxItem(b64encode(ctx.rng(16)), conversation_id, plaintext, clock, ctx.clock())
-            body, sessions = await self._encrypt_request(item)
+            body, sessions = await self._encrypt_request(item, ephemeral=True)
             body["ephemeral"] = True
             with ctx.transaction():
                 for session_record, session in sessions:
@@ -499,7 +499,7 @@ class Outbound:
         return item
 
     async def _encrypt_request(
-        self, item: OutboxItem
+        self, item: OutboxItem, *, ephemeral: bool = False
     ) -> tuple[dict[str, Any], list[tuple[SessionRecord, Session]]]:
         ctx = self.ctx
         record = await self.conversations.record(item.conversation_id)
@@ -522,6 +522,7 @@ class Outbound:
             b64decode(ctx.account_id),
             b64decode(ctx.device_id),
             item.clock,
+            ephemeral=ephemeral,
         )
         padded = msg.pad(item.body)
         ciphertexts: dict[str, bytes] = {}

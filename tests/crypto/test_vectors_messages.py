@@ -196,11 +196,11 @@ def test_envelope_associated_data(c: Case) -> None:
     assert b(i["conversation_id"]) == ids[0] and b(i["sender_device_id"]) == ids[3]
     assert b(i["recipient_device_id"]) in (ids[4], ids[5])
     fields = [b(i[k]) for k in ("conversation_id", "envelope_id", "sender_account_id", "sender_device_id")]
-    header = msg.EnvelopeHeader(*fields, b(i["clock"]))
+    header = msg.EnvelopeHeader(*fields, b(i["clock"]), i["ephemeral"])
     ad = header.associated_data(b(i["recipient_device_id"]))
     assert ad.hex() == out["associated_data"] and len(ad) == out["length"]
     # the layout of messages.md § 3, independently of the code
-    parts = [*fields, b(i["recipient_device_id"]), b(i["clock"])]
+    parts = [*fields, b(i["recipient_device_id"]), b(i["clock"]), bytes([1 if i["ephemeral"] else 0])]
     assert b"saltline/v1/envelope-ad" + b"".join(struct.pack(">I", len(f)) + f for f in parts) == ad
     assert vc.CompactClock.decode(b(i["clock"])).counter_of(b(i["sender_device_id"])) >= 1
 

@@ -122,12 +122,31 @@ def build_envelope_ad() -> dict[str, Any]:
     clock = vc.CompactClock.of(3, {device_id: 2}).encode()
     clock_2 = vc.CompactClock.of(7, {device_id: 5, other: 1}).encode()
     cases = []
-    for name, description, clk, to in (
-        ("one_extra", "clock base 3, extras {sender: 2}; draws 1-5 are the five ids", clock, recipient),
-        ("other_recipient", "the same envelope, the copy for another device (draw 6)", clock, recipient_2),
-        ("two_extras", "clock base 7, extras {sender: 5, draw 7: 1}", clock_2, recipient),
+    for name, description, clk, to, ephemeral in (
+        (
+            "one_extra",
+            "clock base 3, extras {sender: 2}; draws 1-5 are the five ids",
+            clock,
+            recipient,
+            False,
+        ),
+        (
+            "other_recipient",
+            "the same envelope, the copy for another device (draw 6)",
+            clock,
+            recipient_2,
+            False,
+        ),
+        ("two_extras", "clock base 7, extras {sender: 5, draw 7: 1}", clock_2, recipient, False),
+        (
+            "ephemeral",
+            "the first case as an ephemeral (typing) envelope: last field 0x01",
+            clock,
+            recipient,
+            True,
+        ),
     ):
-        header = msg.EnvelopeHeader(conversation_id, envelope_id, account_id, device_id, clk)
+        header = msg.EnvelopeHeader(conversation_id, envelope_id, account_id, device_id, clk, ephemeral)
         ad = header.associated_data(to)
         cases.append(
             {
@@ -141,6 +160,7 @@ def build_envelope_ad() -> dict[str, Any]:
                     "sender_device_id": hx(device_id),
                     "recipient_device_id": hx(to),
                     "clock": hx(clk),
+                    "ephemeral": ephemeral,
                 },
                 "outputs": {"associated_data": hx(ad), "length": len(ad)},
             }
@@ -817,7 +837,12 @@ def build_device_ciphertexts() -> dict[str, Any]:
         ("prekey_too_short", "kind 1 with 127 body bytes", m1[:129], ad1),
         ("initial_header_version", "initial header version byte 0x02", m1[:2] + b"\x02" + m1[3:], ad1),
         ("prekey_ratchet_altered", "m1 with its last byte flipped", flip(m1, len(m1) - 1), ad1),
-        ("prekey_other_ad", "m1 under the associated data of another recipient", m1, ad1[:-1] + b"\x00"),
+        (
+            "prekey_other_ad",
+            "m1 under its associated data with the ephemeral flag flipped (the last AD byte)",
+            m1,
+            ad1[:-1] + b"\x01",
+        ),
     ]
     for name, description, data, ad in negatives:
         cases.append(
