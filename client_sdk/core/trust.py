@@ -18,6 +18,7 @@ Rules (checked in this order by the client):
    names is refused (:func:`device_id_collisions`); sessions are used only with the account and
    the exact identity keys they were set up with (:func:`client_sdk.core.message.session_binds`).
 6. A username is pinned to the account first seen with it (:func:`username_taken`).
+7. A verified list is re-fetched before sending once it is older than a bound (:func:`refresh_due`).
 """
 
 from __future__ import annotations
@@ -153,6 +154,18 @@ def device_id_collisions(
             if entry.device_id in mine:
                 out.append((b64encode(entry.device_id), other))
     return out
+
+
+#: How long a verified device list is used without asking the server for a newer one (rule 7).
+DEVICE_LIST_MAX_AGE_MS = 6 * 3600 * 1000
+
+
+def refresh_due(verified_at_ms: int, now_ms: int, max_age_ms: int = DEVICE_LIST_MAX_AGE_MS) -> bool:
+    """Rule 7: a contact's list is fetched again before sending once it was last verified more than
+    ``max_age_ms`` ago (besides every 409/410 answer and every envelope from an unlisted device), so
+    a removal the server withheld from one answer does not last. A clock that went backwards counts
+    as due."""
+    return now_ms - verified_at_ms >= max_age_ms or now_ms < verified_at_ms
 
 
 def username_taken(username: str, account_id: str, pinned_account_id: str | None) -> bool:

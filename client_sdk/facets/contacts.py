@@ -160,6 +160,9 @@ class Contacts:
                 for device_id in v.removed:
                     ctx.store.sessions.delete_sessions(device_id)
                 ctx.emit(DeviceListChanged(account_id, contact.username, v.version, v.added, v.removed))
+        else:
+            contact = replace(contact, updated_at_ms=ctx.clock())  # verified as current now
+            ctx.store.device_lists.put_contact(contact)
         return contact
 
     def _refuse_collisions(self, account_id: str, signed_list: bytes, account_key: bytes) -> None:

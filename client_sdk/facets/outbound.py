@@ -479,9 +479,15 @@ class Outbound:
     async def _verified_lists(self, members: list[str]) -> dict[str, dl.DeviceList]:
         lists: dict[str, dl.DeviceList] = {}
         for account_id in members:
-            contact = self.ctx.store.device_lists.get_contact(account_id) or await self.contacts.refresh(
-                account_id
-            )
+            contact = self.ctx.store.device_lists.get_contact(account_id)
+            if contact is None:
+                contact = await self.contacts.refresh(account_id)
+            elif trust.refresh_due(contact.updated_at_ms, self.ctx.clock()):
+                try:
+                    contact = await self.contacts.refresh(account_id)
+                except (NetworkError, ServerError) as exc:
+                    # unreachable: send with the list verified last (a send does not wait for it)
+                    log.info("device list of %s not refreshed: %s", account_id, exc)
             if trust.send_blocked(contact.pending_account_key):
                 raise IdentityChangedError(contact.username)
             lists[account_id] = trust.verified_content(contact.account_key, contact.signed_list)

@@ -327,3 +327,35 @@ async def test_link_follow_up_merges_only_what_the_new_device_lacks() -> None:
     assert _texts(phone) == ["two"]  # announced once; "three" was already there
     assert [m.text for m in phone.messages(cid)] == ["one", "two", "three"]
     assert (await phone.conversation(cid)) == (await alice.conversation(cid))
+
+
+async def test_a_device_list_older_than_the_bound_is_fetched_again_before_sending() -> None:
+    """Rule 7 of client_sdk.core.trust: a stale verified list is refreshed before a send (so a
+    removal the server did not show once does not last); a fresh one is not asked for again."""
+    from client_sdk.core.trust import DEVICE_LIST_MAX_AGE_MS
+
+    relay, clock = FakeRelay(), Clock()
+    alice, bob = await _user(relay, "alice", clock), await _user(relay, "bob", clock)
+    cid = await bob.create_conversation(["alice"])
+    await bob.send_text(cid, "one")
+
+    def chain_fetches() -> int:
+        return sum(
+            1
+            for m, p in relay.requests
+            if m == "GET" and p == f"/v1/accounts/{alice.account_id}/device-list/chain"
+        )
+
+    before = chain_fetches()
+    clock.ms += DEVICE_LIST_MAX_AGE_MS - 1
+    await bob.send_text(cid, "two")
+    assert chain_fetches() == before  # still fresh
+    clock.ms += 2
+    await bob.send_text(cid, "three")
+    assert chain_fetches() == before + 1
+    contact = bob.store.device_lists.get_contact(alice.account_id)
+    assert contact is not None and contact.updated_at_ms == clock.ms  # verified as current now
+    await bob.send_text(cid, "four")
+    assert chain_fetches() == before + 1
+    await relay.deliver(alice)
+    assert _texts(alice) == ["one", "two", "three", "four"]

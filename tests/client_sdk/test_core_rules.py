@@ -376,3 +376,11 @@ def test_an_operation_with_duplicate_members_or_a_non_integer_version_is_refused
     ):
         with pytest.raises(SyncFormatError):
             ops.decode(bad, clock, device, account)
+
+
+@pytest.mark.parametrize(
+    ("verified_at", "now", "due"),
+    [(0, trust.DEVICE_LIST_MAX_AGE_MS - 1, False), (0, trust.DEVICE_LIST_MAX_AGE_MS, True), (100, 50, True)],
+)
+def test_a_stale_device_list_is_due_for_a_refresh(verified_at: int, now: int, due: bool) -> None:
+    assert trust.refresh_due(verified_at, now) is due
