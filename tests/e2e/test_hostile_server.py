@@ -278,20 +278,24 @@ def _frame_for(ws: WsMitm, conversation_id: str) -> dict[str, Any]:
 def _relabel(w: World, mapping: dict[int, int]) -> None:
     """The server labels envelopes of alice's chat with bob at server_seq k as ``mapping[k]``, on
     the socket and in history pages alike (a consistent lie, as a malicious server would tell)."""
+    _relabel_for(w.ws, w.http, w.cid, mapping)
+
+
+def _relabel_for(ws: WsMitm, http: HostileHttp, cid: str, mapping: dict[int, int]) -> None:
 
     def one(item: dict[str, Any]) -> dict[str, Any]:
         seq = item.get("server_seq")
         return {**item, "server_seq": mapping[seq]} if seq in mapping else item
 
     def frame_rule(frame: dict[str, Any]) -> dict[str, Any] | None:
-        if frame.get("type") == "envelope" and frame.get("conversation_id") == w.cid:
+        if frame.get("type") == "envelope" and frame.get("conversation_id") == cid:
             return one(frame)
         return frame
 
-    w.ws.down_rules.append(frame_rule)
-    w.http.rewrite(
+    ws.down_rules.append(frame_rule)
+    http.rewrite(
         "GET",
-        f"/v1/conversations/{w.cid}/envelopes",
+        f"/v1/conversations/{cid}/envelopes",
         lambda req, body: {**body, "envelopes": [one(e) for e in body["envelopes"]]},
     )
 
@@ -348,3 +352,36 @@ async def test_a_withheld_envelope_is_a_history_gap_and_later_messages_still_arr
     ]
     assert [e.text for e in received] == ["after the loss", "still here"]
     assert "lost" not in [m.text for m in w.alice.messages(w.cid)]
+
+
+async def test_a_history_forked_between_two_devices_of_one_account_is_detected(
+    world: World, live_server: LiveServer, make_mitm: Callable[[str], Awaitable[WsMitm]]
+) -> None:
+    """alice links a phone; the server shows the phone bob's next two messages in swapped
+    positions and the desktop the true order. The phone's next message carries its transcript:
+    the desktop (same account) and bob both detect the fork."""
+    w = world
+    phone_http, phone_ws = HostileHttp(), await make_mitm(live_server.ws_url)
+    phone = await Client.create(
+        live_server.base_url, MemoryStore(), http_transport=phone_http, ws_url=phone_ws.ws_url
+    )
+    try:
+        code = await phone.begin_link()
+        await w.alice.approve_link(code)
+        assert await phone.complete_link(wait_s=WAIT) == w.alice.account_id
+        await w.alice.finish_link()
+        await phone.connect()
+        _relabel_for(phone_ws, phone_http, w.cid, {3: 4, 4: 3})
+        for text in ("one", "two"):
+            await w.bob.send_text(w.cid, text)
+            for device in (w.alice, phone):
+                await _until(device, MessageReceived, lambda e, t=text: e.text == t)
+        assert not _events(w.alice, ForkDetected) and not _events(phone, ForkDetected)
+
+        await phone.send_text(w.cid, "from the phone")
+        on_desk = await _until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
+        assert on_desk.sender_account_id == w.alice.account_id and on_desk.server_seq == 5
+        on_bob = await _until(w.bob, ForkDetected, lambda e: e.conversation_id == w.cid)
+        assert on_bob.server_seq == 5
+    finally:
+        await phone.close()
