@@ -27,6 +27,7 @@ from crypto import private_state
 from crypto.keys import AccountKey, SigningContext, b64decode, b64encode
 from crypto.login import login_challenge_message
 from crypto.ratchet import Session
+from crypto.x3dh import DeviceIdentity
 
 #: Decoded ratchet sessions kept in memory (see :meth:`DeviceContext.session`).
 SESSION_CACHE_SIZE = 2048
@@ -58,6 +59,7 @@ class DeviceContext:
         self._access_expires = 0.0
         self._device_cache: DeviceRecord | None = None
         self._state_cache: tuple[bytes, private_state.DeviceState] | None = None
+        self._identity_cache: tuple[private_state.DeviceState, bytes] | None = None
         #: (peer device, base key) -> (stored state bytes, the session they decode to; never handed out)
         self._sessions: dict[tuple[str, bytes], tuple[bytes, Session]] = {}
         #: Events whose effects are written but not yet published (:meth:`emit`, :meth:`flush`).
@@ -86,6 +88,16 @@ class DeviceContext:
         if cached is None or cached[0] is not raw:
             cached = (raw, private_state.decode(raw))
             self._state_cache = cached
+        return cached[1]
+
+    @property
+    def identity(self) -> bytes:
+        """This device's public identity encoding (``DeviceIdentity.encode``: IS || IK || id)."""
+        state = self.state
+        cached = self._identity_cache
+        if cached is None or cached[0] is not state:
+            public = DeviceIdentity(state.device_id, state.signing_key.public_key, state.dh_key.public_key)
+            cached = self._identity_cache = (state, public.encode())
         return cached[1]
 
     def put_device(self, record: DeviceRecord, state: private_state.DeviceState | None = None) -> None:

@@ -322,12 +322,26 @@ class SendResult:
     server_ts: int
 
 
-def parse_send(body: Any) -> SendResult:
-    return SendResult(
+#: The largest integer the protocol uses anywhere (a signed 64-bit value).
+MAX_INT = 2**63 - 1
+
+
+def parse_send(body: Any, envelope_id: str | None = None) -> SendResult:
+    """A send answer; ``envelope_id``: the envelope sent (the answer must name it). Positions are
+    ``1 <= server_seq <= MAX_INT``, times ``0 <= server_ts <= MAX_INT``; anything else is a
+    :class:`ProtocolError` (a server answer that cannot be true is never written)."""
+    result = SendResult(
         envelope_id=_field(body, "envelope_id", str),
         server_seq=_field(body, "server_seq", int),
         server_ts=_field(body, "server_ts", int),
     )
+    if envelope_id is not None and result.envelope_id != envelope_id:
+        raise ProtocolError("the send answer names another envelope")
+    if isinstance(result.server_seq, bool) or not 1 <= result.server_seq <= MAX_INT:
+        raise ProtocolError("the send answer's server_seq is out of range")
+    if isinstance(result.server_ts, bool) or not 0 <= result.server_ts <= MAX_INT:
+        raise ProtocolError("the send answer's server_ts is out of range")
+    return result
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,10 +103,14 @@ class _Bad(Exception):
     pass
 
 
+#: Every integer of the protocol fits a signed 64-bit value (stores and peers rely on it).
+MAX_INT = 2**63 - 1
+
+
 def _int(doc: dict[str, Any], name: str, *, minimum: int = 0) -> int:
     v = doc.get(name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-        raise _Bad(f"{name!r} is not an integer >= {minimum}")
+    if not isinstance(v, int) or isinstance(v, bool) or not minimum <= v <= MAX_INT:
+        raise _Bad(f"{name!r} is not an integer in {minimum}..2^63-1")
     return v
 
 
@@ -143,7 +147,7 @@ def parse_envelope(doc: dict[str, Any], *, queued: bool, ephemeral: bool = False
             clock=_b64(doc.get("clock", ""), "clock"),
             ciphertext=_b64(doc.get("ciphertext"), "ciphertext"),
             server_seq=None if ephemeral else _int(doc, "server_seq", minimum=1),
-            server_ts_ms=ts if isinstance(ts, int) and not isinstance(ts, bool) else 0,
+            server_ts_ms=ts if isinstance(ts, int) and not isinstance(ts, bool) and 0 <= ts <= MAX_INT else 0,
             queue_seq=_int(doc, "queue_seq", minimum=1) if queued else None,
         )
     except _Bad as exc:
@@ -158,7 +162,11 @@ def parse_frame(frame: object) -> Frame:
     if not isinstance(kind, str):
         return Malformed(None, "the frame has no type")
     queue_seq = frame.get("queue_seq")
-    readable_seq = queue_seq if isinstance(queue_seq, int) and not isinstance(queue_seq, bool) else None
+    readable_seq = (
+        queue_seq
+        if isinstance(queue_seq, int) and not isinstance(queue_seq, bool) and 1 <= queue_seq <= MAX_INT
+        else None
+    )
     try:
         if kind == wire.FRAME_READY:
             hb = frame.get("heartbeat_interval_s", wire.DEFAULT_HEARTBEAT_INTERVAL_S)

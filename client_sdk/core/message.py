@@ -21,7 +21,6 @@ from crypto.ratchet import Session, accept
 from crypto.x3dh import (
     IDENTITY_ENCODED_SIZE,
     INITIAL_HEADER_SIZE,
-    DeviceIdentity,
     DeviceIdentityKeys,
     InitialHeader,
     PreKeyBundle,
@@ -97,7 +96,7 @@ class Encrypted:
 
 
 def encrypt_to_device(
-    local: DeviceIdentityKeys,
+    local: DeviceIdentityKeys | None,
     session: Session | None,
     bundle: PreKeyBundle | None,
     trusted: DeviceEntry,
@@ -109,8 +108,8 @@ def encrypt_to_device(
     must match ``trusted``, the device's entry in a verified list). Returns the ciphertext and the
     advanced session (the caller persists it before sending)."""
     if session is None:
-        if bundle is None:
-            raise ValueError("no session and no bundle")
+        if bundle is None or local is None:
+            raise ValueError("a new session needs a bundle and this device's keys")
         session = Session.initiate(initiate(local, bundle, trusted, rng), rng)
     initial = session.pending_initial_header
     prefix = bytes([FORMAT_VERSION, KIND_PREKEY if initial is not None else KIND_RATCHET])
@@ -121,17 +120,19 @@ def encrypt_to_device(
     return Encrypted(prefix + message, session)
 
 
-def session_binds(session: Session, own: DeviceIdentityKeys, peer: DeviceEntry) -> bool:
+def session_binds(session: Session, own: DeviceIdentityKeys | bytes, peer: DeviceEntry) -> bool:
     """Whether ``session`` was set up between this device and exactly the device ``peer`` names
     (its id and both identity keys, from a verified device list). A session is used to encrypt or
     decrypt only for the account and device entry it binds: a device id that another account's
     list also names (a server that registers a victim's device id under its own account), or an
     entry whose keys changed, never reaches an existing session (docs/protocol/messages.md § 4.4).
-    The session's associated data is the two X3DH identities (initiator || responder)."""
+    The session's associated data is the two X3DH identities (initiator || responder). ``own``: this
+    device's keys, or the encoding of its public identity (``DeviceIdentity.encode``)."""
     ad = session.associated_data
     first, second = ad[:IDENTITY_ENCODED_SIZE], ad[IDENTITY_ENCODED_SIZE:]
-    mine = own.public.encode()
-    theirs = DeviceIdentity(peer.device_id, peer.signing_key, peer.dh_key).encode()
+    mine = own if isinstance(own, bytes) else own.public.encode()
+    # DeviceIdentity.encode's layout: encode(IS) || encode(IK) || device_id
+    theirs = peer.signing_key.encode() + peer.dh_key.encode() + peer.device_id
     return (first, second) in ((mine, theirs), (theirs, mine))
 
 

@@ -217,7 +217,11 @@ class Contacts:
         if contact is not None:
             return contact
         info = api.parse_account((await ctx.call(api.account_by_username(name))).body)
-        contact = await self.refresh(info.account_id, info.username)
+        if normalize_username(info.username) != name:
+            reason = f"the server answered a lookup of {name!r} with the account of {info.username!r}"
+            ctx.emit(UntrustedDeviceList(info.account_id, reason))
+            raise UntrustedDeviceListError(reason)
+        contact = await self.refresh(info.account_id, name)
         if AccountPublicKey(contact.account_key).to_b64() != info.account_key:
             raise UntrustedDeviceListError(f"the server gave two different account keys for {name!r}")
         return contact

@@ -45,6 +45,11 @@ class Conversations:
         r = await ctx.call(api.create_conversation(kind, [c.account_id for c in others]))
         info = api.parse_conversation(r.body)
         asked = {ctx.account_id, *(c.account_id for c in others)}
+        if self.known(info.conversation_id) is not None:
+            raise UntrustedConversationError(
+                f"the server answered a new {kind} conversation with the id of an existing one "
+                f"({info.conversation_id}): refused"
+            )
         if info.kind != kind or set(info.members) != asked:
             raise UntrustedConversationError(
                 f"the server created a {info.kind} conversation with {sorted(info.members)}, "
@@ -61,15 +66,12 @@ class Conversations:
         ctx = self.ctx
         store = ctx.store.conversations
         old = store.get_conversation(info.conversation_id)
-        if old is not None and old.kind == "direct":
-            if info.kind != "direct" or set(info.members) != set(old.members):
+        if old is not None and (old.kind == "direct" or info.kind != old.kind):
+            # a direct conversation's accounts, and every conversation's kind, never change
+            if info.kind != old.kind or set(info.members) != set(old.members):
                 ctx.emit(MembershipMismatch(old.conversation_id, tuple(old.members), tuple(info.members)))
             return old
-        if (
-            old is None
-            and info.kind == "direct"
-            and (len(set(info.members)) != 2 or ctx.account_id not in info.members)
-        ):
+        if info.kind == "direct" and (len(set(info.members)) != 2 or ctx.account_id not in info.members):
             raise UntrustedConversationError(
                 f"the server shows a direct conversation {info.conversation_id} with members "
                 f"{sorted(info.members)}: a direct conversation has exactly this account and one other"

@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("client_sdk.inbound")
 
 #: Page size of gap filling from ``GET /v1/conversations/{id}/envelopes``.
+#: Pages one gap fill reads at most (with the lock held); a later trigger continues.
+MAX_HISTORY_PAGES = 50
+#: Envelopes whose transient failures are counted at most (see ``_bound_transient``).
+MAX_TRANSIENT_TRACKED = 10_000
 HISTORY_PAGE = 200
 #: An unhandled message is offered to ``at_least_once`` callbacks at most this many times.
 MAX_HANDLER_ATTEMPTS = 5
@@ -142,6 +146,7 @@ class Inbound:
             log.exception("envelope %s could not be processed", env.envelope_id)
             tries = self._transient.get(env.envelope_id, 0) + 1
             self._transient[env.envelope_id] = tries
+            self._bound_transient()
             if tries >= rules.MAX_TRANSIENT_TRIES:
                 self._drop(env, rules.Drop("retries_exhausted", f"the client failed on it: {exc}"))
                 return env.queue_seq
@@ -248,6 +253,7 @@ class Inbound:
         decision = rules.after_lookup(conversation, sender, tries=self._transient.get(eid, 0), member=member)
         if isinstance(decision, rules.RetryLater):
             self._transient[eid] = self._transient.get(eid, 0) + 1
+            self._bound_transient()
             return decision
         if isinstance(decision, rules.Drop):
             self._drop(env, decision)
@@ -276,7 +282,7 @@ class Inbound:
         )
         state = ctx.state
         # only sessions of this account's device with exactly the listed identity keys
-        own = msg.identity_keys(state)
+        own = ctx.identity
         sessions = [
             session
             for s in ctx.store.sessions.sessions_for(env.sender_device_id)
@@ -405,12 +411,20 @@ class Inbound:
         self._filling.add(cid)
         try:
             async with self.ctx.lock:
-                with contextlib.suppress(NetworkError, ServerError, ProtocolError):
+                try:
                     await self._fill_gap(cid, after)
-                    self._report_gap(cid)
+                except (NetworkError, ServerError, ProtocolError) as exc:
+                    log.info("gap fill of %s failed: %s", cid, exc)
+                self._report_gap(cid)  # what the server did not supply, whether it answered or not
         finally:
             self._filling.discard(cid)
             await self.ctx.flush()
+
+    def _bound_transient(self) -> None:
+        """The retry counts of envelopes that failed transiently stay bounded (the oldest go: an
+        envelope that comes back after that starts counting again)."""
+        while len(self._transient) > MAX_TRANSIENT_TRACKED:
+            del self._transient[next(iter(self._transient))]
 
     def _report_gap(self, cid: str) -> None:
         """After the server was asked: what is still missing is a :class:`HistoryGap` (once per
@@ -498,7 +512,7 @@ class Inbound:
         copy for this device come back) and process each through the same rules as a queued one."""
         ctx = self.ctx
         after = ctx.store.cursors.get_server_seq(conversation_id) if start is None else start
-        while True:
+        for _ in range(MAX_HISTORY_PAGES):  # bounded: the lock is held (the next trigger goes on)
             body = (await ctx.call(api.history(conversation_id, after, HISTORY_PAGE))).body
             items = body.get("envelopes") if isinstance(body, dict) else None
             if not isinstance(items, list):
@@ -518,7 +532,18 @@ class Inbound:
                 except ValueError as exc:
                     ctx.emit(MalformedFrame("history", str(exc)))
                     continue
-                decision = await self._envelope(env)
+                try:
+                    decision = await self._envelope(env)
+                except (NetworkError, ServerError, ProtocolError):
+                    raise
+                except Exception as exc:  # one bad item never stops the fill (nor later delivery)
+                    log.exception(
+                        "history item %s of %s could not be processed", env.envelope_id, conversation_id
+                    )
+                    ctx.emit(
+                        MalformedFrame("history", f"envelope {env.envelope_id}: {type(exc).__name__}: {exc}")
+                    )
+                    continue
                 if isinstance(decision, rules.RetryLater):
                     raise NetworkError(decision.reason)
             if top > ctx.store.cursors.get_server_seq(conversation_id):

@@ -19,13 +19,14 @@ from client_sdk.context import DeviceContext
 from client_sdk.core import api, sync, trust, wire
 from client_sdk.core import message as msg
 from client_sdk.core import outbox as rules
-from client_sdk.core.events import MessageSent, OutboxItemFailed
+from client_sdk.core.events import ForkDetected, MessageSent, OutboxItemFailed
 from client_sdk.core.sync.ops import Body as SyncBody
 from client_sdk.errors import (
     IdentityChangedError,
     MessageTooLargeError,
     NetworkError,
     NotFoundError,
+    ProtocolError,
     SaltlineError,
     ServerError,
     UntrustedDeviceListError,
@@ -37,7 +38,7 @@ from crypto import device_list as dl
 from crypto.errors import CryptoError
 from crypto.keys import DeviceDHPublicKey, DeviceSigningPublicKey, PreKeyPublic, b64decode, b64encode
 from crypto.ratchet import Session
-from crypto.x3dh import DeviceIdentityKeys, PreKeyBundle
+from crypto.x3dh import PreKeyBundle
 
 if TYPE_CHECKING:
     from client_sdk.facets.contacts import Contacts
@@ -338,7 +339,19 @@ class Outbound:
             if item.request is None:
                 item = await self._encrypt_item(item)
             r = await self._send_envelope(item.conversation_id, item.request or b"{}")
-            result = api.parse_send(r.body)
+            result = api.parse_send(r.body, item.envelope_id)
+            held = self.conversations.envelope_at(item.conversation_id, result.server_seq)
+            if held is not None and held != item.envelope_id:
+                self.ctx.emit(
+                    ForkDetected(
+                        item.conversation_id,
+                        "the server answered a send with a server_seq that holds another envelope",
+                        result.server_seq,
+                        self.ctx.account_id,
+                        None,
+                    )
+                )
+                raise ProtocolError("the send answer's server_seq holds another envelope")
             return item, rules.Accepted(result.server_seq, result.server_ts), None
         except (IdentityChangedError, UntrustedDeviceListError) as exc:
             return item, rules.TrustHold(str(exc)), exc
@@ -350,6 +363,10 @@ class Outbound:
             return item, rules.Refused(exc.status, exc.code, exc.detail, exc.body), exc
         except NetworkError as exc:
             return item, rules.Unreachable(str(exc)), exc
+        except ProtocolError as exc:
+            # an answer that cannot be true: nothing of it is written; the same envelope is sent
+            # again later (a replay), and the items behind it go on
+            return item, rules.Unreachable(f"the server's answer was refused: {exc}"), exc
 
     async def _send_item(self, item: OutboxItem) -> tuple[rules.Fate, SaltlineError | None]:
         ctx = self.ctx
@@ -386,7 +403,21 @@ class Outbound:
                     continue
             match fate:
                 case rules.Sent(seq, ts):
-                    self._mark_sent(item, seq, ts)
+                    try:
+                        self._mark_sent(item, seq, ts)
+                    except Exception as exc:  # never let one item stop the outbox
+                        log.exception("outbox item %s could not be recorded as sent", item.envelope_id)
+                        fate = rules.fate(
+                            rules.Unreachable(f"could not record the send: {exc}"),
+                            attempts=item.attempts,
+                            reencrypts=0,
+                            now_ms=ctx.clock(),
+                            random=ctx.jitter,
+                        )
+                        assert isinstance(fate, rules.RetryLater)
+                        ctx.store.outbox.put_outbox(
+                            replace(item, attempts=item.attempts + 1, next_attempt_ms=fate.next_attempt_ms)
+                        )
                 case rules.RetryLater(next_ms, _):
                     ctx.store.outbox.put_outbox(
                         replace(item, attempts=item.attempts + 1, next_attempt_ms=next_ms)
@@ -485,8 +516,9 @@ class Outbound:
             elif trust.refresh_due(contact.updated_at_ms, self.ctx.clock()):
                 try:
                     contact = await self.contacts.refresh(account_id)
-                except (NetworkError, ServerError) as exc:
-                    # unreachable: send with the list verified last (a send does not wait for it)
+                except (NetworkError, ServerError, ProtocolError, UntrustedDeviceListError) as exc:
+                    # unreachable, or a newer list that does not verify (reported by refresh):
+                    # send with the list verified last
                     log.info("device list of %s not refreshed: %s", account_id, exc)
             if trust.send_blocked(contact.pending_account_key):
                 raise IdentityChangedError(contact.username)
@@ -512,8 +544,8 @@ class Outbound:
         members = sorted(set(record.members) | {ctx.account_id})
         lists = await self._verified_lists(members)
         recipients = trust.fan_out(b64decode(ctx.device_id), lists)
-        local = msg.identity_keys(ctx.state)
-        sendable = {r.device_id: self._sendable_session(r, local) for r in recipients}
+        own = ctx.identity
+        sendable = {r.device_id: self._sendable_session(r, own) for r in recipients}
         need = [r for r in recipients if not sendable[r.device_id]]
         bundles: dict[str, PreKeyBundle] = {}
         if need:
@@ -531,6 +563,7 @@ class Outbound:
             ephemeral=ephemeral,
         )
         padded = msg.pad(item.body)
+        local = msg.identity_keys(ctx.state) if bundles else None  # only a new session needs it
         ciphertexts: dict[str, bytes] = {}
         sessions: list[tuple[SessionRecord, Session]] = []
         for r in recipients:
@@ -557,12 +590,12 @@ class Outbound:
         body = api.envelope_body(b64decode(item.envelope_id), item.clock, trust.versions(lists), ciphertexts)
         return body, sessions
 
-    def _sendable_session(self, r: trust.Recipient, local: DeviceIdentityKeys) -> Session | None:
+    def _sendable_session(self, r: trust.Recipient, own: bytes) -> Session | None:
         """The newest session that can send and binds exactly this account's listed device."""
         for record in self.ctx.store.sessions.sessions_for(r.device_id):
             if record.peer_account_id != r.account_id:
                 continue
             session = self.ctx.session(record)
-            if session.can_send and msg.session_binds(session, local, r.entry):
+            if session.can_send and msg.session_binds(session, own, r.entry):
                 return session
         return None

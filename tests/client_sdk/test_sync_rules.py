@@ -223,7 +223,9 @@ def test_clock_claiming_to_have_seen_its_own_server_seq_has_no_effect() -> None:
     state = ConversationState(CID, (ALICE, BOB))
     device = DEVICES["bob_phone"][0]
     bad = ops.Op(Dot(device, 1), BOB, CompactClock.of(5, {device: 1}), 1, ops.Message("from the future"))
-    assert state.receive(1, bad).applied == (bad.dot,)  # not held for ever behind itself
+    got = state.receive(1, bad)
+    assert got.applied == (bad.dot,)  # not held for ever behind itself
+    assert [(f.dot, f.seq, f.base) for f in got.forks] == [(bad.dot, 1, 5)]  # an impossible placement
     good = ops.Op(Dot(device, 2), BOB, CompactClock.of(1, {device: 2}), 1, ops.Message("ok"))
     assert state.receive(2, good).applied == (good.dot,)
     assert [m.text for m in state.view().messages] == ["ok"]

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TEST_SETTINGS
+from tests.e2e.hostile_world import World, make_world
+from tests.live import LiveServer
 from tests.proxy import TcpProxy, WsMitm
 from tests.subprocess_server import SubprocessServer
 
@@ -64,3 +66,12 @@ def make_subprocess_server(
     yield make
     for server in servers:
         server.kill()
+
+
+@pytest.fixture
+async def world(
+    live_server: LiveServer, make_mitm: Callable[[str], Awaitable[WsMitm]]
+) -> AsyncIterator[World]:
+    """The attacker tests' world (``tests/e2e/hostile_world.py``)."""
+    async for w in make_world(live_server, make_mitm):
+        yield w

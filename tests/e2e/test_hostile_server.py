@@ -9,10 +9,7 @@ Waits are on events with timeouts, never on sleeps.
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,7 +18,6 @@ from client_sdk.client import Client
 from client_sdk.core.events import (
     ConversationUnavailable,
     DecryptionFailed,
-    Event,
     ForkDetected,
     HistoryGap,
     IdentityChanged,
@@ -32,93 +28,22 @@ from client_sdk.errors import IdentityChangedError, UntrustedConversationError, 
 from client_sdk.stores.memory import MemoryStore
 from crypto import safety
 from crypto.keys import AccountKey, AccountPublicKey, b64decode, b64encode
+from tests.e2e.hostile_world import (
+    PASSWORD,
+    WAIT,
+    World,
+    device_ids_encrypted_to,
+    events_of,
+    genuine_conversation_still_works,
+    mallory_messages_alice,
+    name,
+    until,
+)
 from tests.hostile import HostileHttp, chain_body, forged_chain, forged_device, since_of
 from tests.live import LiveServer
 from tests.proxy import WsMitm
 
 pytestmark = pytest.mark.e2e
-PASSWORD = "correct horse battery staple"
-WAIT = 15.0
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}_{os.urandom(3).hex()}"
-
-
-@dataclass
-class World:
-    """alice talks to the server through the attacker; bob and mallory (the attacker's own real
-    account, whose account key the attacker holds) talk to it directly."""
-
-    alice: Client
-    bob: Client
-    mallory: Client
-    http: HostileHttp
-    ws: WsMitm
-    cid: str  # alice <-> bob, direct, with sessions both ways
-
-
-@pytest.fixture
-async def world(
-    live_server: LiveServer, make_mitm: Callable[[str], Awaitable[WsMitm]]
-) -> AsyncIterator[World]:
-    url = live_server.base_url
-    http = HostileHttp()
-    ws = await make_mitm(live_server.ws_url)
-    alice = await Client.create(url, MemoryStore(), http_transport=http, ws_url=ws.ws_url)
-    bob = await Client.create(url, MemoryStore())
-    mallory = await Client.create(url, MemoryStore())
-    await alice.register(_name("alice"), PASSWORD)
-    await bob.register(_name("bob"), PASSWORD)
-    await mallory.register(_name("mallory"), PASSWORD)
-    for c in (alice, bob, mallory):
-        await c.connect()
-    cid = await alice.create_conversation([bob.username])
-    await alice.send_text(cid, "hello bob")
-    assert (await bob.next_event(MessageReceived, WAIT)).text == "hello bob"
-    await bob.send_text(cid, "hello alice")
-    assert (await alice.next_event(MessageReceived, WAIT)).text == "hello alice"
-    try:
-        yield World(alice, bob, mallory, http, ws, cid)
-    finally:
-        for c in (alice, bob, mallory):
-            await c.close()
-
-
-def _device_ids_encrypted_to(w: World) -> set[str]:
-    """Every device id alice put a ciphertext for, over HTTP and over the socket."""
-    out: set[str] = set()
-    bodies: list[Any] = [json.loads(b) for b in w.http.sent_bodies(r"/v1/conversations/[^/]+/envelopes")]
-    bodies += [f["envelope"] for f in w.ws.to_server if isinstance(f, dict) and f.get("type") == "send"]
-    for body in bodies:
-        out.update(c["device_id"] for c in body.get("ciphertexts", []))
-    return out
-
-
-async def _genuine_conversation_still_works(w: World, text: str) -> None:
-    """alice -> bob and bob -> alice still decrypt (alice used the genuine sessions)."""
-    await w.alice.send_text(w.cid, text)
-    assert (await w.bob.next_event(MessageReceived, WAIT)).text == text
-    await w.bob.send_text(w.cid, text + " (reply)")
-    assert (await w.alice.next_event(MessageReceived, WAIT)).text == text + " (reply)"
-
-
-def _events(c: Client, kind: type[Event]) -> list[Any]:
-    return [e for e in c._ctx.bus.drain() if isinstance(e, kind)]
-
-
-async def _mallory_messages_alice(w: World, text: str) -> str:
-    """mallory's real client opens a direct conversation with alice and sends ``text``."""
-    cid = await w.mallory.create_conversation([w.alice.username])
-    await w.mallory.send_text(cid, text)
-    return cid
-
-
-async def _until(c: Client, kind: type[Event], predicate: Callable[[Any], bool]) -> Any:
-    while True:
-        event = await c.next_event(kind, WAIT)
-        if predicate(event):
-            return event
 
 
 async def test_a_device_id_registered_under_another_account_is_refused(world: World) -> None:
@@ -134,16 +59,16 @@ async def test_a_device_id_registered_under_another_account_is_refused(world: Wo
         lambda req, body: chain_body(chain, since_of(req)),
     )
 
-    await _mallory_messages_alice(w, "hello from mallory")
-    dropped = await _until(w.alice, DecryptionFailed, lambda e: e.sender_device_id == w.mallory.device_id)
+    await mallory_messages_alice(w, "hello from mallory")
+    dropped = await until(w.alice, DecryptionFailed, lambda e: e.sender_device_id == w.mallory.device_id)
     assert dropped.code == "untrusted_sender" and w.bob.device_id in dropped.reason
     assert not [e for e in w.alice._ctx.bus.drain() if isinstance(e, MessageReceived)]
     with pytest.raises(UntrustedDeviceListError, match="belongs to account"):
         await w.alice.create_conversation([w.mallory.username])
-    assert any(e.account_id == w.mallory.account_id for e in _events(w.alice, UntrustedDeviceList))
+    assert any(e.account_id == w.mallory.account_id for e in events_of(w.alice, UntrustedDeviceList))
 
-    await _genuine_conversation_still_works(w, "still you, bob?")
-    assert w.mallory.device_id not in _device_ids_encrypted_to(w)
+    await genuine_conversation_still_works(w, "still you, bob?")
+    assert w.mallory.device_id not in device_ids_encrypted_to(w)
 
 
 async def test_a_second_account_with_a_known_username_is_refused(world: World) -> None:
@@ -162,11 +87,11 @@ async def test_a_second_account_with_a_known_username_is_refused(world: World) -
         "GET", f"/v1/accounts/{w.mallory.account_id}", lambda req, body: {**body, "username": w.bob.username}
     )
 
-    await _mallory_messages_alice(w, "it's me, bob, new phone")
-    changed = await _until(w.alice, IdentityChanged, lambda e: e.account_id == w.mallory.account_id)
+    await mallory_messages_alice(w, "it's me, bob, new phone")
+    changed = await until(w.alice, IdentityChanged, lambda e: e.account_id == w.mallory.account_id)
     assert changed.blocked and changed.pinned_account_id == w.bob.account_id
     assert changed.username == w.bob.username
-    dropped = await _until(w.alice, DecryptionFailed, lambda e: e.sender_device_id == w.mallory.device_id)
+    dropped = await until(w.alice, DecryptionFailed, lambda e: e.sender_device_id == w.mallory.device_id)
     assert dropped.code == "untrusted_sender"
     assert not [e for e in w.alice._ctx.bus.drain() if isinstance(e, MessageReceived)]
 
@@ -180,8 +105,8 @@ async def test_a_second_account_with_a_known_username_is_refused(world: World) -
     )
     assert number == expected
     assert w.alice.store.device_lists.get_contact(w.mallory.account_id) is None
-    await _genuine_conversation_still_works(w, "the real bob")
-    assert w.mallory.device_id not in _device_ids_encrypted_to(w)
+    await genuine_conversation_still_works(w, "the real bob")
+    assert w.mallory.device_id not in device_ids_encrypted_to(w)
 
 
 async def test_a_verified_contacts_key_change_blocks_sending_under_the_default_policy(world: World) -> None:
@@ -198,18 +123,18 @@ async def test_a_verified_contacts_key_change_blocks_sending_under_the_default_p
         f"/v1/accounts/{w.bob.account_id}/device-list/chain",
         lambda req, body: chain_body(chain, since_of(req)),
     )
-    before = _device_ids_encrypted_to(w)
+    before = device_ids_encrypted_to(w)
 
     await w.alice.contacts.refresh(w.bob.account_id)
     await w.alice._ctx.flush()
-    (changed,) = [e for e in _events(w.alice, IdentityChanged) if e.account_id == w.bob.account_id]
+    (changed,) = [e for e in events_of(w.alice, IdentityChanged) if e.account_id == w.bob.account_id]
     assert changed.blocked and changed.policy == "warn"
     with pytest.raises(IdentityChangedError):
         await w.alice.send_text(w.cid, "are you still bob?")
     item = w.alice.outbox()[0]
     assert item.state == "queued" and item.failed_reason is None  # held for the user, not lost
-    assert _device_ids_encrypted_to(w) == before
-    assert b64encode(attacker_device.device_id) not in _device_ids_encrypted_to(w)
+    assert device_ids_encrypted_to(w) == before
+    assert b64encode(attacker_device.device_id) not in device_ids_encrypted_to(w)
 
 
 async def test_a_ghost_member_in_a_direct_conversation_is_refused(world: World) -> None:
@@ -218,7 +143,7 @@ async def test_a_ghost_member_in_a_direct_conversation_is_refused(world: World) 
     w = world
     carol = await Client.create(w.alice._ctx.http.base_url, MemoryStore())
     try:
-        await carol.register(_name("carol"), PASSWORD)
+        await carol.register(name("carol"), PASSWORD)
         await carol.connect()
         # 1. at creation: the server's answer adds mallory
         w.http.rewrite(
@@ -238,14 +163,14 @@ async def test_a_ghost_member_in_a_direct_conversation_is_refused(world: World) 
             lambda req, body: {**body, "members": [*body["members"], w.mallory.account_id]},
         )
         await carol.send_text(cid, "hi alice, carol here")
-        gone = await _until(w.alice, ConversationUnavailable, lambda e: e.conversation_id == cid)
+        gone = await until(w.alice, ConversationUnavailable, lambda e: e.conversation_id == cid)
         assert "exactly this account and one other" in gone.reason
         with pytest.raises(UntrustedConversationError):
             await w.alice.send_text(cid, "hello?")
 
         # 3. an envelope from a non-member moved into the alice-bob conversation is dropped
-        mcid = await _mallory_messages_alice(w, "not for your chat with bob")
-        await _until(w.alice, MessageReceived, lambda e: e.conversation_id == mcid)
+        mcid = await mallory_messages_alice(w, "not for your chat with bob")
+        await until(w.alice, MessageReceived, lambda e: e.conversation_id == mcid)
         frame = _frame_for(w.ws, mcid)
         forged = {
             **frame,
@@ -254,12 +179,12 @@ async def test_a_ghost_member_in_a_direct_conversation_is_refused(world: World) 
             "server_seq": 1000,
         }
         await w.ws.inject(forged, take_queue_seq=True)
-        dropped = await _until(
+        dropped = await until(
             w.alice, DecryptionFailed, lambda e: e.conversation_id == w.cid and e.code == "not_a_member"
         )
         assert dropped.sender_device_id == w.mallory.device_id
-        assert w.mallory.device_id not in _device_ids_encrypted_to(w)
-        await _genuine_conversation_still_works(w, "only us two")
+        assert w.mallory.device_id not in device_ids_encrypted_to(w)
+        await genuine_conversation_still_works(w, "only us two")
     finally:
         await carol.close()
 
@@ -301,21 +226,23 @@ def _relabel_for(ws: WsMitm, http: HostileHttp, cid: str, mapping: dict[int, int
 
 
 async def test_swapped_server_seqs_are_detected(world: World) -> None:
-    """The server shows alice bob's next two messages in swapped positions; the first operation
-    authored after both (bob's next message, whose transcript hash covers them) reveals it."""
+    """The server shows alice bob's next two messages in swapped positions. The second one's
+    authenticated base already covers the position it is shown at (an impossible placement), and
+    every later operation's transcript hash disagrees with alice's log: both are reported."""
     w = world
     _relabel(w, {3: 4, 4: 3})
     for text in ("one", "two"):
         await w.bob.send_text(w.cid, text)
-        await _until(w.alice, MessageReceived, lambda e, t=text: e.text == t)
-    assert not _events(w.alice, ForkDetected)
+        await until(w.alice, MessageReceived, lambda e, t=text: e.text == t)
+    placed = await until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
+    assert placed.server_seq == 3 and placed.sender_account_id == w.bob.account_id
     await w.bob.send_text(w.cid, "three")
-    fork = await _until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
+    fork = await until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
     assert fork.server_seq == 5 and fork.sender_account_id == w.bob.account_id
-    assert fork.message_ref is not None
+    assert fork.message_ref is not None and "another history" in fork.reason
     # alice's next message carries her (different) transcript: bob detects it too
     await w.alice.send_text(w.cid, "four")
-    assert (await _until(w.bob, ForkDetected, lambda e: e.conversation_id == w.cid)).server_seq == 6
+    assert (await until(w.bob, ForkDetected, lambda e: e.conversation_id == w.cid)).server_seq == 6
 
 
 async def test_a_reused_server_seq_is_refused_not_taken_for_a_duplicate(world: World) -> None:
@@ -324,11 +251,11 @@ async def test_a_reused_server_seq_is_refused_not_taken_for_a_duplicate(world: W
     w = world
     _relabel(w, {4: 3})
     await w.bob.send_text(w.cid, "first")
-    await _until(w.alice, MessageReceived, lambda e: e.text == "first")
+    await until(w.alice, MessageReceived, lambda e: e.text == "first")
     await w.bob.send_text(w.cid, "second")
-    fork = await _until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
+    fork = await until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
     assert fork.server_seq == 3 and fork.message_ref is None and "another envelope" in fork.reason
-    assert w.mallory.device_id not in _device_ids_encrypted_to(w)
+    assert w.mallory.device_id not in device_ids_encrypted_to(w)
 
 
 async def test_a_withheld_envelope_is_a_history_gap_and_later_messages_still_arrive(world: World) -> None:
@@ -345,11 +272,9 @@ async def test_a_withheld_envelope_is_a_history_gap_and_later_messages_still_arr
     )
     for text in ("lost", "after the loss", "still here"):
         await w.bob.send_text(w.cid, text)
-    gap = await _until(w.alice, HistoryGap, lambda e: e.conversation_id == w.cid)
+    gap = await until(w.alice, HistoryGap, lambda e: e.conversation_id == w.cid)
     assert gap.missing == (3,) and gap.held
-    received = [
-        await _until(w.alice, MessageReceived, lambda e: e.conversation_id == w.cid) for _ in range(2)
-    ]
+    received = [await until(w.alice, MessageReceived, lambda e: e.conversation_id == w.cid) for _ in range(2)]
     assert [e.text for e in received] == ["after the loss", "still here"]
     assert "lost" not in [m.text for m in w.alice.messages(w.cid)]
 
@@ -375,13 +300,15 @@ async def test_a_history_forked_between_two_devices_of_one_account_is_detected(
         for text in ("one", "two"):
             await w.bob.send_text(w.cid, text)
             for device in (w.alice, phone):
-                await _until(device, MessageReceived, lambda e, t=text: e.text == t)
-        assert not _events(w.alice, ForkDetected) and not _events(phone, ForkDetected)
+                await until(device, MessageReceived, lambda e, t=text: e.text == t)
+        # the phone notices the impossible placement itself; the desktop has seen nothing wrong
+        assert (await until(phone, ForkDetected, lambda e: e.conversation_id == w.cid)).server_seq == 3
+        assert not events_of(w.alice, ForkDetected)
 
         await phone.send_text(w.cid, "from the phone")
-        on_desk = await _until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
+        on_desk = await until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
         assert on_desk.sender_account_id == w.alice.account_id and on_desk.server_seq == 5
-        on_bob = await _until(w.bob, ForkDetected, lambda e: e.conversation_id == w.cid)
+        on_bob = await until(w.bob, ForkDetected, lambda e: e.conversation_id == w.cid)
         assert on_bob.server_seq == 5
     finally:
         await phone.close()

@@ -442,7 +442,11 @@ class ConversationState:
             and (bound is None or op.lamport <= bound)
         )
         claimed = op.clock.log_hash
-        if claimed is not None and op.clock.base < seq:
+        if op.clock.base >= seq:
+            # the author's base includes the op's own position: impossible unless the server
+            # placed it there (the op is consumed with no effect, and reported)
+            self._forks.append(Fork(op.dot, op.author, seq, op.clock.base))
+        elif claimed is not None:
             own = self.transcript(op.clock.base)
             if own is not None and own != claimed:
                 # the author was shown another history up to its base than this device
