@@ -205,15 +205,21 @@ class Client:
         """Sign and publish a device list without ``device_id``; nobody encrypts to it any more."""
         await self._flushed(self.contacts.remove_device(device_id))
 
-    async def safety_number(self, username: str) -> safety.SafetyNumber:
-        return await self._flushed(self.contacts.safety_number(username))
+    async def safety_number(
+        self, username: str | None = None, *, account_id: str | None = None
+    ) -> safety.SafetyNumber:
+        """The safety number with a contact named by its pinned username or its account id."""
+        return await self._flushed(self.contacts.safety_number(username, account_id))
 
-    async def verify_contact(self, username: str) -> None:
-        """Mark the contact verified (after comparing safety numbers); accepts a pending new key."""
-        await self._flushed(self.contacts.verify(username))
+    async def verify_contact(self, username: str | None = None, *, account_id: str | None = None) -> None:
+        """Mark the contact verified (after comparing safety numbers); accepts a pending new key.
+        Name it by its pinned username or its account id."""
+        await self._flushed(self.contacts.verify(username, account_id))
 
-    async def set_trust_policy(self, username: str, policy: str) -> None:
-        await self._flushed(self.contacts.set_trust_policy(username, policy))
+    async def set_trust_policy(
+        self, username: str | None, policy: str, *, account_id: str | None = None
+    ) -> None:
+        await self._flushed(self.contacts.set_trust_policy(username, policy, account_id))
 
     # -- conversations -----------------------------------------------------------------------------------
 

@@ -248,9 +248,22 @@ class Contacts:
             self.put_own_contact(new)
             ctx.store.sessions.delete_sessions(device_id)
 
-    async def safety_number(self, username: str) -> safety.SafetyNumber:
+    async def resolve(self, username: str | None, account_id: str | None) -> ContactRecord:
+        """A contact named by exactly one of its pinned username or its account id (verification
+        and safety numbers work by account id: a username is only a pinned alias of one)."""
+        if (username is None) == (account_id is None):
+            raise UsageError("name a contact by its username or by its account id (exactly one)")
+        if account_id is not None:
+            contact = self.ctx.store.device_lists.get_contact(account_id)
+            return contact if contact is not None else await self.refresh(account_id)
+        assert username is not None
+        return await self.by_username(username)
+
+    async def safety_number(
+        self, username: str | None = None, account_id: str | None = None
+    ) -> safety.SafetyNumber:
         ctx = self.ctx
-        contact = await self.by_username(username)
+        contact = await self.resolve(username, account_id)
         return safety.safety_number(
             ctx.account_key().public_key,
             ctx.username,
@@ -258,8 +271,8 @@ class Contacts:
             contact.username,
         )
 
-    async def verify(self, username: str) -> None:
-        contact = await self.by_username(username)
+    async def verify(self, username: str | None = None, account_id: str | None = None) -> None:
+        contact = await self.resolve(username, account_id)
         if contact.pending_account_key is not None and contact.pending_signed_list is not None:
             contact = replace(
                 contact,
@@ -270,8 +283,10 @@ class Contacts:
             )
         self.ctx.store.device_lists.put_contact(replace(contact, verified=True))
 
-    async def set_trust_policy(self, username: str, policy: str) -> None:
+    async def set_trust_policy(
+        self, username: str | None, policy: str, account_id: str | None = None
+    ) -> None:
         if policy not in ("warn", "block"):
             raise UsageError('trust policy must be "warn" or "block"')
-        contact = await self.by_username(username)
+        contact = await self.resolve(username, account_id)
         self.ctx.store.device_lists.put_contact(replace(contact, trust_policy=policy))  # type: ignore[arg-type]

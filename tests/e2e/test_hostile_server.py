@@ -104,6 +104,10 @@ async def test_a_second_account_with_a_known_username_is_refused(world: World) -
         w.bob.username,
     )
     assert number == expected
+    assert await w.alice.safety_number(account_id=w.bob.account_id) == expected  # by account id too
+    await w.alice.verify_contact(account_id=w.bob.account_id)
+    bob = w.alice.store.device_lists.get_contact(w.bob.account_id)
+    assert bob is not None and bob.verified
     assert w.alice.store.device_lists.get_contact(w.mallory.account_id) is None
     await genuine_conversation_still_works(w, "the real bob")
     assert w.mallory.device_id not in device_ids_encrypted_to(w)
