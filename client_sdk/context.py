@@ -142,6 +142,17 @@ class DeviceContext:
         self._remember(key, record.state, session.copy())
         return session
 
+    def session_for_decrypt(self, record: SessionRecord) -> Session:
+        """Like :meth:`session` without the copy, for callers that never advance the object they
+        get (decryption works on its own copy: ``client_sdk.core.message``)."""
+        key = (record.peer_device_id, record.base_key)
+        hit = self._sessions.get(key)
+        if hit is not None and hit[0] == record.state:
+            return hit[1]
+        session = Session.from_bytes(record.state, self.rng)
+        self._remember(key, record.state, session)
+        return session
+
     def put_session(self, record: SessionRecord, session: Session) -> None:
         """Write ``record`` (whose state is ``session.to_bytes()``) and remember its decoded form."""
         self.store.sessions.put_session(record)

@@ -184,7 +184,8 @@ def decrypt_from_device(
     seen: SeenBaseKeys | None = None,
 ) -> Decrypted:
     """Decrypt one per-device ciphertext with the sessions held for the sending device (or a new
-    session from a prekey message, accepted only from a device ``trusted`` names). Raises
+    session from a prekey message, accepted only from a device ``trusted`` names). ``sessions`` are
+    never modified: the advanced session returned is a copy. Raises
     :class:`DecryptError` (duplicates included: ``DecryptError`` whose cause is
     ``DuplicateMessageError``).
 

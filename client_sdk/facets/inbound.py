@@ -287,7 +287,7 @@ class Inbound:
             session
             for s in ctx.store.sessions.sessions_for(env.sender_device_id)
             if s.peer_account_id == env.sender_account_id
-            and msg.session_binds(session := ctx.session(s), own, sender_entry)
+            and msg.session_binds(session := ctx.session_for_decrypt(s), own, sender_entry)
         ]
         op: sync.Op | None = None
         kind: rules.DecryptKind = "ok"
