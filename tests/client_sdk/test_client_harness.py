@@ -359,3 +359,42 @@ async def test_a_device_list_older_than_the_bound_is_fetched_again_before_sendin
     assert chain_fetches() == before + 1
     await relay.deliver(alice)
     assert _texts(alice) == ["one", "two", "three", "four"]
+
+
+async def test_a_conversations_kind_and_a_direct_conversations_accounts_never_change() -> None:
+    """What the server later says of a known conversation cannot turn a group into a direct
+    conversation (whose accounts would then be pinned) nor change a direct one's accounts: the
+    stored record stays, with a MembershipMismatch event."""
+    from client_sdk.core import api
+    from client_sdk.core.events import MembershipMismatch
+    from client_sdk.errors import UntrustedConversationError
+
+    relay = FakeRelay()
+    alice, bob, carol = await _user(relay, "alice"), await _user(relay, "bob"), await _user(relay, "carol")
+    group = await bob.create_conversation(["alice", "carol"])
+    direct = await bob.create_conversation(["alice"])
+    _drain(bob)
+    known_group, known_direct = (
+        bob.store.conversations.get_conversation(group),
+        bob.store.conversations.get_conversation(direct),
+    )
+    assert known_group is not None and known_direct is not None
+    for cid, kind, members in (
+        (group, "direct", (bob.account_id, carol.account_id)),
+        (direct, "direct", (bob.account_id, carol.account_id)),
+        (direct, "group", (bob.account_id, alice.account_id, carol.account_id)),
+    ):
+        kept = bob.conversations.put(api.ConversationInfo(cid, kind, members, 0, 0))
+        assert kept == bob.store.conversations.get_conversation(cid)
+    assert bob.store.conversations.get_conversation(group) == known_group
+    assert bob.store.conversations.get_conversation(direct) == known_direct
+    await bob._ctx.flush()
+    mismatches = [e for e in _drain(bob) if isinstance(e, MembershipMismatch)]
+    assert [e.conversation_id for e in mismatches] == [group, direct, direct]
+    # a direct conversation first seen with three accounts, or without this account, is refused
+    for members in (
+        (bob.account_id, alice.account_id, carol.account_id),
+        (alice.account_id, carol.account_id),
+    ):
+        with pytest.raises(UntrustedConversationError):
+            bob.conversations.put(api.ConversationInfo("bmV3IGNvbnZlcnNhdGlvbg", "direct", members, 0, 0))
