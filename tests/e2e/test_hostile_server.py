@@ -278,6 +278,8 @@ async def test_a_withheld_envelope_is_a_history_gap_and_later_messages_still_arr
         await w.bob.send_text(w.cid, text)
     gap = await until(w.alice, HistoryGap, lambda e: e.conversation_id == w.cid)
     assert gap.missing == (3,) and gap.held
+    view = await w.alice.conversation(w.cid)  # the view shows the gap too
+    assert view.missing == (3,) and len(view.held) == len(gap.held)
     received = [await until(w.alice, MessageReceived, lambda e: e.conversation_id == w.cid) for _ in range(2)]
     assert [e.text for e in received] == ["after the loss", "still here"]
     assert "lost" not in [m.text for m in w.alice.messages(w.cid)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from client_sdk.core.sync import clock as vc
 from client_sdk.core.sync import transcript
@@ -33,7 +32,9 @@ from client_sdk.core.sync.ops import (
     SettingValue,
     Typing,
 )
-from client_sdk.core.sync.rules import FrontierRegister, LwwKey, Write, lww_key, may_edit, member_present
+from client_sdk.core.sync.records import Journal as _Journal
+from client_sdk.core.sync.records import Msg as _Msg
+from client_sdk.core.sync.rules import FrontierRegister, Write, lww_key, may_edit, member_present
 from client_sdk.core.sync.view import (
     SHARED_FIELDS,
     Conflict,
@@ -61,44 +62,6 @@ __all__ = [
     "TypingEvent",
     "ViewDelta",
 ]
-
-
-@dataclass(slots=True)
-class _Msg:
-    dot: Dot
-    seq: int
-    author: bytes
-    text: str | None
-    reply_to: Dot | None
-    sent_at_ms: int
-    edit: tuple[LwwKey, str] | None = None
-    deleted: bool = False
-    reactions: dict[bytes, tuple[LwwKey, str | None]] = field(default_factory=dict)
-
-    def view(self) -> MessageView:
-        return MessageView(
-            self.dot,
-            self.seq,
-            self.author,
-            None if self.deleted else (self.edit[1] if self.edit is not None else self.text),
-            self.reply_to,
-            self.sent_at_ms,
-            self.edit is not None,
-            self.deleted,
-            tuple(sorted((a, e) for a, (_, e) in self.reactions.items() if e is not None)),
-        )
-
-
-@dataclass(slots=True)
-class _Journal:
-    """The parts of the view as they were before the first change of one receive (ViewDelta)."""
-
-    created: set[Dot] = field(default_factory=set)
-    messages: dict[Dot, MessageView] = field(default_factory=dict)
-    read: dict[bytes, int] | None = None
-    settings: dict[str, FieldState] = field(default_factory=dict)
-    mute: dict[bytes, FieldState | None] = field(default_factory=dict)
-    members: frozenset[bytes] | None = None
 
 
 # -- the reducer -----------------------------------------------------------------------------------
@@ -535,6 +498,8 @@ class ConversationState:
             self.members(),
             dict(sorted(self._read.items())),
             dict(sorted(self._receipts.items())),
+            self.missing(),
+            self.held(),
         )
 
     def members(self) -> frozenset[bytes]:

@@ -89,6 +89,10 @@ class ConversationView:
     members: frozenset[bytes]
     read_up_to: dict[bytes, int]  # account -> server_seq (max register, all of its devices)
     receipts: dict[bytes, int]  # account -> server_seq shown to other members as read receipt
+    #: What this view lacks: server_seqs not received below the highest one seen, and operations
+    #: held for missing predecessors (in server_seq order). Empty once the history is complete.
+    missing: tuple[int, ...] = ()
+    held: tuple[Dot, ...] = ()
 
     def unread(self, viewer: bytes) -> int:
         """Messages of other accounts, not deleted, after ``viewer``'s read marker."""
