@@ -85,12 +85,16 @@ class Settings(BaseSettings):
     rate_limit_storage_url: str | None = None
     #: Prefix of the rate-limit keys in Redis (several deployments may share one Redis).
     rate_limit_key_prefix: str = Field(default="saltline:rl", min_length=1)
-    #: Failed logins per account (password or device signature); successes never count.
-    rate_limit_login_per_account: str = "10/minute"
-    #: Every login attempt per client IP.
-    rate_limit_login_per_ip: str = "10/minute"
-    #: Failed logins per (account, client IP).
+    #: Failed password logins per (account, client IP): that address is refused (429) for the
+    #: account beyond this. Counted first.
     rate_limit_login_failures_per_account_ip: str = "5/minute"
+    #: Failed password logins per account from any address: beyond it, an address that has
+    #: already failed for the account is refused, one that has not still gets its attempt (the
+    #: owner is never locked out; each further guess costs the attacker a fresh address).
+    #: Successes never count; device-key login never counts nor is refused by it.
+    rate_limit_login_per_account: str = "100/hour"
+    #: Password login attempts per client IP (challenges and device logins: same size, own windows).
+    rate_limit_login_per_ip: str = "10/minute"
     #: Prekey bundles claimed per calling device.
     rate_limit_prekey_claims_per_device: str = "600/minute"
     rate_limit_register_per_ip: str = "5/minute"

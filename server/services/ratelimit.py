@@ -86,11 +86,18 @@ class RateLimiter:
         self._retry_after_error_s = retry_after_error_s
         self._shared_retry_at = 0.0  # monotonic: no Redis call before this
         self._last_warning = -math.inf
+        registry = registry if registry is not None else CollectorRegistry()
         self.storage_errors = Counter(
             "saltline_rate_limit_storage_errors",
             "Rate-limit storage (Redis) calls that failed or timed out; the per-process memory"
             " windows answered instead",
-            registry=registry if registry is not None else CollectorRegistry(),
+            registry=registry,
+        )
+        self.refused = Counter(
+            "saltline_rate_limited",
+            "Requests refused with 429 by a rate limit, by scope (e.g. login-fail-account-ip)",
+            ["scope"],
+            registry=registry,
         )
         if enabled and not is_memory_url(storage_url):
             self._open_redis(storage_url, key_prefix)
@@ -154,6 +161,16 @@ class RateLimiter:
         item = parse(limit)
         await self._call(lambda lim: lim.hit(item, scope, key))
 
+    async def used(self, limit: str, scope: str, key: str) -> int:
+        """How many events ``(scope, key)`` has in its current ``limit`` window (0 when disabled)."""
+        if not self._enabled:
+            return 0
+        item = parse(limit)
+        _limiter, (_reset_at, remaining) = await self._call(
+            lambda lim: lim.get_window_stats(item, scope, key)
+        )
+        return max(0, item.amount - remaining)
+
     async def reset(self) -> None:
         await self._memory_storage.reset()
         if self._shared_storage is not None:
@@ -212,6 +229,7 @@ class RateLimiter:
             self._storage_failed(exc)
             reset_at = time.time() + item.get_expiry()  # unknown: the whole window
         retry_after = max(1, math.ceil(reset_at - time.time()))
+        self.refused.labels(scope).inc()
         raise Problem(
             429,
             ProblemCode.RATE_LIMITED,
