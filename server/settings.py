@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     rate_limit_login_per_ip: str = "10/minute"
     #: Prekey bundles claimed per calling device.
     rate_limit_prekey_claims_per_device: str = "600/minute"
+    #: One-time prekeys handed out per target device, whoever claims. Beyond it a claim still
+    #: succeeds with the last-resort prekey (no one-time prekey): a legitimate burst larger than
+    #: this (a device added to a large group, every member's devices opening a session with it
+    #: within the hour) works, its first flights just lack one-time prekey protection.
+    rate_limit_prekey_claims_per_target_device: str = "100/hour"
     rate_limit_register_per_ip: str = "5/minute"
     #: Blob uploads per device (a history bundle is split into parts of at most ``max_blob_bytes``;
     #: 1000/hour is about 250 MB of history per hour at 256 KiB parts).

@@ -145,6 +145,18 @@ class RateLimiter:
         if not ok:
             await self._raise(limiter, item, limit, scope, key)
 
+    async def allow(self, limit: str, scope: str, key: str) -> bool:
+        """Count one attempt for ``(scope, key)`` and say whether it was within ``limit``, without
+        raising (for limits that degrade an answer rather than refuse it); a refusal counts in
+        ``saltline_rate_limited_total`` like a 429."""
+        if not self._enabled:
+            return True
+        item = parse(limit)
+        _limiter, ok = await self._call(lambda lim: lim.hit(item, scope, key))
+        if not ok:
+            self.refused.labels(scope).inc()
+        return ok
+
     async def check(self, limit: str, scope: str, key: str) -> None:
         """Raise a 429 problem when ``(scope, key)`` is already at ``limit``, without counting."""
         if not self._enabled:
