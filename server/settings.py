@@ -108,7 +108,8 @@ class Settings(BaseSettings):
     rate_limit_blob_uploads_per_device: str = "1000/hour"
     rate_limit_provisioning_per_ip: str = "10/minute"
     #: Token-less signed device-list updates (``PUT /v1/accounts/{id}/device-list/signed``, used
-    #: by linking), per client IP and per target account; counted before the signature check.
+    #: by linking), per client IP (every request) and per target account (counted only once the
+    #: account-key signature has verified, so junk cannot use up the owner's allowance).
     rate_limit_signed_list_per_ip: str = "10/minute"
     rate_limit_signed_list_per_account: str = "10/minute"
 
