@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     #: within the hour) works, its first flights just lack one-time prekey protection.
     rate_limit_prekey_claims_per_target_device: str = "100/hour"
     rate_limit_register_per_ip: str = "5/minute"
+    #: ``POST /v1/conversations`` per device (a repeated direct creation answering the existing
+    #: conversation counts too): 100/hour keeps one device from flooding another's list.
+    rate_limit_conversation_creations_per_device: str = "100/hour"
     #: Blob uploads per device (a history bundle is split into parts of at most ``max_blob_bytes``;
     #: 1000/hour is about 250 MB of history per hour at 256 KiB parts).
     rate_limit_blob_uploads_per_device: str = "1000/hour"
