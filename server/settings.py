@@ -19,6 +19,8 @@ JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
 MIN_JWT_SECRET_BYTES = 32
 #: ``rate_limit_storage_url`` values: per-process memory, or Redis (TCP, TLS, unix socket).
 RATE_LIMIT_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
+#: Accepted ``log_level`` values (uvicorn's and the logging module's names, lower-case).
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 class Settings(BaseSettings):
@@ -36,7 +38,14 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    #: critical, error, warning, info or debug (any case). uvicorn's ``trace`` is refused: it logs
+    #: every ASGI message, request bodies included (passwords, tokens).
     log_level: str = "info"
+    #: Addresses (comma-separated IPs or CIDRs, or ``*``) whose ``X-Forwarded-For`` /
+    #: ``X-Forwarded-Proto`` are believed: the reverse proxy in front. Empty (default): no header
+    #: is believed and the client address is the peer's, so per-IP limits cannot be dodged by
+    #: sending the header.
+    forwarded_allow_ips: str = ""
 
     # -- auth --------------------------------------------------------------------------------
     #: HS256 secret for access tokens. When unset, a random one is generated once and kept in
@@ -127,6 +136,21 @@ class Settings(BaseSettings):
                 " for HS256; unset it to have a random one generated"
             )
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level == "trace":
+            raise ValueError(
+                "log_level (SALTLINE_LOG_LEVEL, --log-level) trace is not supported: it logs request"
+                " bodies, passwords and tokens included; use debug"
+            )
+        if level not in LOG_LEVELS:
+            raise ValueError(
+                f"log_level (SALTLINE_LOG_LEVEL, --log-level) must be one of {', '.join(LOG_LEVELS)}"
+            )
+        return level
 
     @field_validator("rate_limit_storage_url")
     @classmethod
