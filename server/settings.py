@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     rate_limit_login_failures_per_account_ip: str = "5/minute"
     #: Failed password logins per account from any address: beyond it, an address that has
     #: already failed for the account is refused, one that has not still gets its attempt (the
-    #: owner is never locked out; each further guess costs the attacker a fresh address).
+    #: owner is never locked out; an attacker gets one guess per address and per-(account, IP) window).
     #: Successes never count; device-key login never counts nor is refused by it.
     rate_limit_login_per_account: str = "100/hour"
     #: Password login attempts per client IP (challenges and device logins: same size, own windows).

@@ -127,8 +127,8 @@ class AuthService:
 
         So an attacker's failures lock out only the addresses they came from: the owner's
         correct password from an address that has not failed always gets through, and once the
-        global account limit is reached every further guess costs the attacker a fresh address
-        (one guess per address instead of ``login_failures_per_account_ip``). Successful logins
+        global account limit is reached each address gets one guess per
+        ``login_failures_per_account_ip`` window instead of its full allowance. Successful logins
         never count, and device-key login (:meth:`login_device`) neither counts nor checks
         password failures: a signature cannot be guessed, so nothing there needs a lockout."""
         pair = f"{username_lower}|{client_ip}"
