@@ -28,6 +28,7 @@ from server.api import (
     routes_provisioning,
     ws,
 )
+from server.api.log_filters import install_log_filters
 from server.api.problems import GuardMiddleware, install_problem_handlers, install_problem_openapi
 from server.clock import Clock, system_clock
 from server.context import AppContext, build_context
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_log_filters()  # after the ASGI server configured its loggers
         db = Database.open(
             settings.database_url,
             sqlite_synchronous=settings.sqlite_synchronous,
@@ -97,6 +99,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         version="1",
         description="End-to-end encrypted messaging relay: holds only ciphertext and public keys.",
         lifespan=lifespan,
+        # Starlette would answer "/path/" with a 307 to "/path" built from the Host header (an
+        # open redirect through a proxy that forwards Host); a path with a trailing slash is
+        # simply not found (404 problem+json).
+        redirect_slashes=False,
     )
     app.state.settings = settings
     install_problem_handlers(app)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from server.settings import Settings
 
@@ -33,7 +34,34 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the environment and the given flags; a bad value is a clear error (exit 2),
+    not a traceback."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            typer.echo(f"error: {where}: {error['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(2) from None
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn settings of ``serve`` (also used by the tests' live server)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        # uvicorn's default is 16 MiB, buffered before the app sees a frame, even unauthenticated.
+        "ws_max_size": WS_MAX_SIZE,
+        # Frames carry ciphertext (incompressible) next to attacker-chosen metadata and, first,
+        # the access token: compressing them costs CPU and memory per socket for nothing and
+        # opens a compression side channel. So permessage-deflate is never negotiated.
+        "ws_per_message_deflate": False,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default (or $FORWARDED_ALLOW_IPS):
+        # only when the operator names the proxy's addresses here.
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
+    }
 
 
 @app.command()
@@ -63,18 +91,7 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        # uvicorn's default is 16 MiB, buffered before the app sees a frame, even unauthenticated.
-        ws_max_size=WS_MAX_SIZE,
-        # Frames carry ciphertext (incompressible) next to attacker-chosen metadata and, first,
-        # the access token: compressing them costs CPU and memory per socket for nothing and
-        # opens a compression side channel. So permessage-deflate is never negotiated.
-        ws_per_message_deflate=False,
-    )
+    uvicorn.run(create_app(settings), **uvicorn_options(settings))
 
 
 @db_app.command()

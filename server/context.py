@@ -169,6 +169,7 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
             max_claim_targets=settings.max_claim_targets,
             limiter=limiter,
             claim_rate_per_device=settings.rate_limit_prekey_claims_per_device,
+            claim_rate_per_target_device=settings.rate_limit_prekey_claims_per_target_device,
         ),
         provisioning=ProvisioningService(
             provisioning_repo,

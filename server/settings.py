@@ -19,6 +19,8 @@ JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
 MIN_JWT_SECRET_BYTES = 32
 #: ``rate_limit_storage_url`` values: per-process memory, or Redis (TCP, TLS, unix socket).
 RATE_LIMIT_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
+#: Accepted ``log_level`` values (uvicorn's and the logging module's names, lower-case).
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 class Settings(BaseSettings):
@@ -36,7 +38,14 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    #: critical, error, warning, info or debug (any case). uvicorn's ``trace`` is refused: it logs
+    #: every ASGI message, request bodies included (passwords, tokens).
     log_level: str = "info"
+    #: Addresses (comma-separated IPs or CIDRs, or ``*``) whose ``X-Forwarded-For`` /
+    #: ``X-Forwarded-Proto`` are believed: the reverse proxy in front. Empty (default): no header
+    #: is believed and the client address is the peer's, so per-IP limits cannot be dodged by
+    #: sending the header.
+    forwarded_allow_ips: str = ""
 
     # -- auth --------------------------------------------------------------------------------
     #: HS256 secret for access tokens. When unset, a random one is generated once and kept in
@@ -85,21 +94,34 @@ class Settings(BaseSettings):
     rate_limit_storage_url: str | None = None
     #: Prefix of the rate-limit keys in Redis (several deployments may share one Redis).
     rate_limit_key_prefix: str = Field(default="saltline:rl", min_length=1)
-    #: Failed logins per account (password or device signature); successes never count.
-    rate_limit_login_per_account: str = "10/minute"
-    #: Every login attempt per client IP.
-    rate_limit_login_per_ip: str = "10/minute"
-    #: Failed logins per (account, client IP).
+    #: Failed password logins per (account, client IP): that address is refused (429) for the
+    #: account beyond this. Counted first.
     rate_limit_login_failures_per_account_ip: str = "5/minute"
+    #: Failed password logins per account from any address: beyond it, an address that has
+    #: already failed for the account is refused, one that has not still gets its attempt (the
+    #: owner is never locked out; an attacker gets one guess per address and per-(account, IP) window).
+    #: Successes never count; device-key login never counts nor is refused by it.
+    rate_limit_login_per_account: str = "100/hour"
+    #: Password login attempts per client IP (challenges and device logins: same size, own windows).
+    rate_limit_login_per_ip: str = "10/minute"
     #: Prekey bundles claimed per calling device.
     rate_limit_prekey_claims_per_device: str = "600/minute"
+    #: One-time prekeys handed out per target device, whoever claims. Beyond it a claim still
+    #: succeeds with the last-resort prekey (no one-time prekey): a legitimate burst larger than
+    #: this (a device added to a large group, every member's devices opening a session with it
+    #: within the hour) works, its first flights just lack one-time prekey protection.
+    rate_limit_prekey_claims_per_target_device: str = "100/hour"
     rate_limit_register_per_ip: str = "5/minute"
+    #: ``POST /v1/conversations`` per device (a repeated direct creation answering the existing
+    #: conversation counts too): 100/hour keeps one device from flooding another's list.
+    rate_limit_conversation_creations_per_device: str = "100/hour"
     #: Blob uploads per device (a history bundle is split into parts of at most ``max_blob_bytes``;
     #: 1000/hour is about 250 MB of history per hour at 256 KiB parts).
     rate_limit_blob_uploads_per_device: str = "1000/hour"
     rate_limit_provisioning_per_ip: str = "10/minute"
     #: Token-less signed device-list updates (``PUT /v1/accounts/{id}/device-list/signed``, used
-    #: by linking), per client IP and per target account; counted before the signature check.
+    #: by linking), per client IP (every request) and per target account (counted only once the
+    #: account-key signature has verified, so junk cannot use up the owner's allowance).
     rate_limit_signed_list_per_ip: str = "10/minute"
     rate_limit_signed_list_per_account: str = "10/minute"
 
@@ -114,6 +136,21 @@ class Settings(BaseSettings):
                 " for HS256; unset it to have a random one generated"
             )
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level == "trace":
+            raise ValueError(
+                "log_level (SALTLINE_LOG_LEVEL, --log-level) trace is not supported: it logs request"
+                " bodies, passwords and tokens included; use debug"
+            )
+        if level not in LOG_LEVELS:
+            raise ValueError(
+                f"log_level (SALTLINE_LOG_LEVEL, --log-level) must be one of {', '.join(LOG_LEVELS)}"
+            )
+        return level
 
     @field_validator("rate_limit_storage_url")
     @classmethod

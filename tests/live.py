@@ -17,6 +17,7 @@ import httpx
 import uvicorn
 
 from server.app import create_app
+from server.cli import uvicorn_options
 from server.clock import system_clock
 from server.context import AppContext
 from server.settings import Settings
@@ -56,16 +57,8 @@ class LiveServer:
 
     def start(self, timeout: float = 20.0) -> LiveServer:
         self.app = create_app(self.settings, clock=self.clock)
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level=self.settings.log_level.lower(),
-            lifespan="on",
-            ws="websockets-sansio",
-            ws_max_size=64 * 1024,  # as server.cli.WS_MAX_SIZE
-            ws_per_message_deflate=False,  # as server.cli.serve
-        )
+        options = uvicorn_options(self.settings) | {"host": "127.0.0.1", "port": self.port}
+        config = uvicorn.Config(self.app, lifespan="on", ws="websockets-sansio", **options)
         server = uvicorn.Server(config)
         self._server = server
 

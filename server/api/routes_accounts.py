@@ -80,13 +80,18 @@ async def put_signed_device_list(
     authority. Same checks and effects as ``PUT /v1/accounts/me/device-list`` (one code path):
     the list must verify under the account's key and username and extend the current list
     (version = current + 1, naming its hash), so only an account-key holder can extend the chain
-    and no list can be replayed. Used by a newly linked device to publish the list naming it."""
+    and no list can be replayed. Used by a newly linked device to publish the list naming it.
+    Rate-limited per client IP first, and per account only once the signature has verified, so
+    junk from others cannot use up the owner's allowance."""
     await ctx.rate_limiter.hit(ctx.settings.rate_limit_signed_list_per_ip, "signed-list-ip", ip)
     account = decode_id(account_id, "account")
-    await ctx.rate_limiter.hit(
-        ctx.settings.rate_limit_signed_list_per_account, "signed-list-account", encode_id(account)
-    )
-    update = await ctx.devices.update_account_list(account, body.device_list)
+
+    async def count_for_account() -> None:  # only once the account-key signature has verified
+        await ctx.rate_limiter.hit(
+            ctx.settings.rate_limit_signed_list_per_account, "signed-list-account", encode_id(account)
+        )
+
+    update = await ctx.devices.update_account_list(account, body.device_list, on_verified=count_for_account)
     return PutDeviceListResponse(
         version=update.version, hash=update.hash, added=update.added, removed=update.removed
     )

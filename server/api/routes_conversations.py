@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from crypto.keys import b64encode
 from server.api.deps import Ctx, CurrentDevice
 from server.api.schemas import Id, Strict
 from server.services.common import decode_id
-from server.services.conversations import ConversationKind, ConversationsService
+from server.services.conversations import (
+    CURSOR_PATTERN,
+    DEFAULT_LIST_LIMIT,
+    MAX_LIST_LIMIT,
+    ConversationKind,
+    ConversationsService,
+)
 from server.storage.conversations_repo import ConversationRow
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
@@ -48,6 +54,9 @@ class ConversationResponse(BaseModel):
 
 class ConversationsResponse(BaseModel):
     conversations: list[ConversationResponse]
+    next_after: str | None = Field(
+        description="pass as `after` for the next page; null when this page is the last"
+    )
 
 
 def conversation_response(row: ConversationRow) -> ConversationResponse:
@@ -75,6 +84,9 @@ def _service(ctx: Ctx) -> ConversationsService:
 async def create_conversation(
     body: CreateConversationRequest, ctx: Ctx, me: CurrentDevice, response: Response
 ) -> ConversationResponse:
+    await ctx.rate_limiter.hit(
+        ctx.settings.rate_limit_conversation_creations_per_device, "conversation-create-device", me.device_id
+    )
     members = [decode_id(m, "member", status=422) for m in body.members]
     row, created = await _service(ctx).create(me.account_id_bytes, ConversationKind(body.kind), members)
     if not created:
@@ -83,9 +95,20 @@ async def create_conversation(
 
 
 @router.get("", response_model=ConversationsResponse)
-async def list_conversations(ctx: Ctx, me: CurrentDevice) -> ConversationsResponse:
-    rows = await _service(ctx).list_for(me.account_id_bytes)
-    return ConversationsResponse(conversations=[conversation_response(r) for r in rows])
+async def list_conversations(
+    ctx: Ctx,
+    me: CurrentDevice,
+    after: Annotated[
+        str | None, Query(pattern=CURSOR_PATTERN, description="`next_after` of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
+) -> ConversationsResponse:
+    """The caller's conversations, oldest first (by creation time, then id), one page at a time:
+    follow ``next_after`` until it is null."""
+    rows, next_after = await _service(ctx).list_for(me.account_id_bytes, limit=limit, cursor=after)
+    return ConversationsResponse(
+        conversations=[conversation_response(r) for r in rows], next_after=next_after
+    )
 
 
 @router.get("/{conversation_id}", response_model=ConversationResponse)

@@ -71,11 +71,13 @@ class Challenge:
 
 @dataclass(frozen=True, slots=True)
 class RateLimits:
-    #: Failed logins per account (successful logins do not count).
+    #: Failed password logins per account, from any address (successful logins do not count);
+    #: once reached, only addresses that have not failed for the account may try.
     login_per_account: str
-    #: All login attempts per client IP.
+    #: Password login attempts per client IP; challenges and device logins each have their own
+    #: window of the same size.
     login_per_ip: str
-    #: Failed logins per (account, client IP).
+    #: Failed password logins per (account, client IP).
     login_failures_per_account_ip: str = "5/minute"
 
 
@@ -116,19 +118,26 @@ class AuthService:
 
     # -- logins ------------------------------------------------------------------------------
 
-    async def _rate_limit_login(self, username_lower: str, client_ip: str) -> None:
-        """Before checking credentials: count the attempt per IP, and refuse (without counting)
-        when the account, or the (account, IP) pair, has too many recent *failures*. Successful
-        logins never count against an account, so a stranger cannot lock its owner out by
-        logging in as them; the owner is only blocked by failures (their own or an attacker's)
-        and a per-(account, IP) window keeps an attacker's failures from one address bounded."""
+    async def _rate_limit_password_login(self, username_lower: str, client_ip: str) -> None:
+        """Before checking a password: count the attempt per IP, then refuse (without counting)
+
+        1. when this (account, IP) pair has ``login_failures_per_account_ip`` recent failures;
+        2. when the account has ``login_per_account`` recent failures (from any address) **and**
+           this pair has failed at least once in its window.
+
+        So an attacker's failures lock out only the addresses they came from: the owner's
+        correct password from an address that has not failed always gets through, and once the
+        global account limit is reached each address gets one guess per
+        ``login_failures_per_account_ip`` window instead of its full allowance. Successful logins
+        never count, and device-key login (:meth:`login_device`) neither counts nor checks
+        password failures: a signature cannot be guessed, so nothing there needs a lockout."""
+        pair = f"{username_lower}|{client_ip}"
         await self._limiter.hit(self._limits.login_per_ip, "login-ip", client_ip)
-        await self._limiter.check(self._limits.login_per_account, "login-fail-account", username_lower)
-        await self._limiter.check(
-            self._limits.login_failures_per_account_ip,
-            "login-fail-account-ip",
-            f"{username_lower}|{client_ip}",
-        )
+        await self._limiter.check(self._limits.login_failures_per_account_ip, "login-fail-account-ip", pair)
+        if await self._limiter.used(
+            self._limits.login_failures_per_account_ip, "login-fail-account-ip", pair
+        ):
+            await self._limiter.check(self._limits.login_per_account, "login-fail-account", username_lower)
 
     async def _record_login_failure(self, username_lower: str, client_ip: str) -> None:
         await self._limiter.record(self._limits.login_per_account, "login-fail-account", username_lower)
@@ -145,7 +154,7 @@ class AuthService:
             lower = normalize_username(username)
         except Problem:
             raise _unauthorized() from None
-        await self._rate_limit_login(lower, client_ip)
+        await self._rate_limit_password_login(lower, client_ip)
         device_id = decode_id(device_id_b64, "device_id", status=422)
         account = await self._accounts.get_by_username(lower)
         ok = await self._passwords.verify(None if account is None else account.password_hash, password)
@@ -187,7 +196,8 @@ class AuthService:
             lower = normalize_username(username)
         except Problem:
             raise _unauthorized() from None
-        await self._rate_limit_login(lower, client_ip)
+        # Per IP only: never the password-failure windows (see _rate_limit_password_login).
+        await self._limiter.hit(self._limits.login_per_ip, "device-login-ip", client_ip)
         device_id = decode_id(device_id_b64, "device_id", status=422)
         nonce = decode_b64_field(nonce_b64, "nonce")
         signature = decode_b64_field(signature_b64, "signature")
@@ -210,7 +220,6 @@ class AuthService:
                 SigningContext.LOGIN_CHALLENGE, login_challenge_message(lower, device_id, nonce), signature
             )
         except CryptoError as exc:
-            await self._record_login_failure(lower, client_ip)
             raise Problem(
                 401, ProblemCode.DEVICE_SIGNATURE_INVALID, "the challenge signature does not verify"
             ) from exc

@@ -17,12 +17,38 @@ import os
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 
-from crypto.keys import b64encode
+from crypto.errors import EncodingError
+from crypto.keys import b64decode, b64encode
 from server.clock import Clock
 from server.errors import Problem, ProblemCode
 from server.storage.conversations_repo import ConversationRow, ConversationsRepo
 
 CONVERSATION_ID_SIZE = 16
+#: ``GET /v1/conversations`` page size: the default is the largest page, so a client that does
+#: not page (before cursors existed) sees the first 1000 as before.
+DEFAULT_LIST_LIMIT = 1000
+MAX_LIST_LIMIT = 1000
+#: A list cursor: base64url (no padding) of created_at_ms (8 bytes, big-endian) || id (16 bytes).
+CURSOR_BYTES = 8 + CONVERSATION_ID_SIZE
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{32}$"
+MAX_CURSOR_MS = 2**62
+
+
+def encode_cursor(row: ConversationRow) -> str:
+    return b64encode(row.created_at_ms.to_bytes(8, "big") + row.id)
+
+
+def decode_cursor(cursor: str) -> tuple[int, bytes]:
+    try:
+        raw = b64decode(cursor)
+    except (EncodingError, ValueError):
+        raw = b""
+    at_ms = int.from_bytes(raw[:8], "big")
+    if len(raw) != CURSOR_BYTES or at_ms > MAX_CURSOR_MS:
+        raise Problem(
+            422, ProblemCode.VALIDATION_FAILED, "after is not a cursor this server gave", field="after"
+        )
+    return at_ms, raw[8:]
 
 
 class ConversationKind(StrEnum):
@@ -92,8 +118,17 @@ class ConversationsService:
             raise _not_found()
         return row, created
 
-    async def list_for(self, account_id: bytes) -> list[ConversationRow]:
-        return await self._repo.list_for_account(account_id)
+    async def list_for(
+        self, account_id: bytes, *, limit: int = DEFAULT_LIST_LIMIT, cursor: str | None = None
+    ) -> tuple[list[ConversationRow], str | None]:
+        """One page of the account's conversations (oldest first) and the cursor of the next
+        page (``None`` when this page is the last)."""
+        after = None if cursor is None else decode_cursor(cursor)
+        rows = await self._repo.list_for_account(account_id, limit=limit + 1, after=after)
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1])
 
     async def get_for(self, account_id: bytes, conversation_id: bytes) -> ConversationRow:
         row = await self._repo.get(conversation_id)

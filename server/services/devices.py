@@ -11,6 +11,7 @@ their sockets.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from crypto import primitives as p
@@ -72,12 +73,22 @@ class DeviceService:
         """The authenticated path: a device of the account publishes a new list."""
         return await self.update_account_list(caller.account_id_bytes, device_list_b64)
 
-    async def update_account_list(self, account_id: bytes, device_list_b64: str) -> ListUpdate:
+    async def update_account_list(
+        self,
+        account_id: bytes,
+        device_list_b64: str,
+        *,
+        on_verified: Callable[[], Awaitable[None]] | None = None,
+    ) -> ListUpdate:
         """Adopt ``device_list_b64`` for ``account_id``. Its authority is the account-key
         signature alone (the caller's token, if any, adds none): it must verify under the stored
         account key and username and extend the current list (version + 1, predecessor hash).
         Both ``PUT /v1/accounts/me/device-list`` and the token-less
-        ``PUT /v1/accounts/{account_id}/device-list/signed`` (linking) come here."""
+        ``PUT /v1/accounts/{account_id}/device-list/signed`` (linking) come here.
+
+        ``on_verified`` is awaited once the signature has verified and before anything else (the
+        token-less route counts its per-account rate limit there, so junk signed by anyone but
+        the account key never uses up the owner's allowance)."""
         account = await self._repo.get(account_id)
         current = await self._repo.current_list(account_id)
         if account is None or current is None:
@@ -86,6 +97,8 @@ class DeviceService:
         signed = verify_signed_list(
             device_list_b64, account_key, account.username_lower, self._max_list_bytes, self._max_devices
         )
+        if on_verified is not None:
+            await on_verified()
         new_hash = signed.hash()
         if signed.version == current.version and p.constant_time_equal(new_hash, current.list_hash):
             return ListUpdate(current.version, b64encode(current.list_hash), [], [])  # a retried PUT

@@ -6,7 +6,9 @@ back to the last-resort prekey when none is left.
 
 Claims are the only way to consume one-time prekeys: :meth:`KeyDirectoryService.claim_many`
 de-duplicates its targets, caps them (``max_claim_targets``), takes every bundle in one write
-transaction and counts each bundle against the caller's per-device claim rate limit. Peeks
+transaction and counts each bundle against the caller's per-device claim rate limit, and each
+one-time prekey against its target device's limit (beyond which the bundle carries the last-resort
+prekey instead, so no caller, or set of callers, can drain a device's one-time prekeys). Peeks
 (:meth:`KeyDirectoryService.peek`, for the GET routes) never consume anything: they give the
 signed and last-resort prekeys only.
 """
@@ -57,6 +59,7 @@ class KeyDirectoryService:
         max_claim_targets: int = 100,
         limiter: RateLimiter | None = None,
         claim_rate_per_device: str = "600/minute",
+        claim_rate_per_target_device: str = "100/hour",
     ) -> None:
         self._accounts = accounts
         self._repo = repo
@@ -66,6 +69,7 @@ class KeyDirectoryService:
         self._max_targets = max_claim_targets
         self._limiter = limiter
         self._claim_rate = claim_rate_per_device
+        self._target_rate = claim_rate_per_target_device
 
     def _parse(self, text: str, kind: KeyKind, field: str, signer: DeviceSigningPublicKey) -> PreKeyRow:
         raw = decode_b64_field(text, field)
@@ -171,7 +175,18 @@ class KeyDirectoryService:
             )
         devices = [await self._target(a, d) for a, d in distinct]
         await self._rate_limit(caller, len(devices))
-        claimed = await self._repo.claim_many([d.device_id for d in devices])
+        # Per target device, whoever claims: beyond the limit the claim still succeeds, with the
+        # last-resort prekey instead of a one-time prekey, so nobody can drain a device's supply.
+        without_one_time = set()
+        if self._limiter is not None:
+            for d in devices:
+                if not await self._limiter.allow(
+                    self._target_rate, "prekey-claims-target", encode_id(d.device_id)
+                ):
+                    without_one_time.add(d.device_id)
+        claimed = await self._repo.claim_many(
+            [d.device_id for d in devices], without_one_time=without_one_time
+        )
         return [self._bundle(d, claimed[d.device_id]) for d in devices]
 
     async def claim(self, caller: AuthedDevice, account_id_b64: str, device_id_b64: str) -> Bundle:

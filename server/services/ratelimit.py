@@ -86,11 +86,18 @@ class RateLimiter:
         self._retry_after_error_s = retry_after_error_s
         self._shared_retry_at = 0.0  # monotonic: no Redis call before this
         self._last_warning = -math.inf
+        registry = registry if registry is not None else CollectorRegistry()
         self.storage_errors = Counter(
             "saltline_rate_limit_storage_errors",
             "Rate-limit storage (Redis) calls that failed or timed out; the per-process memory"
             " windows answered instead",
-            registry=registry if registry is not None else CollectorRegistry(),
+            registry=registry,
+        )
+        self.refused = Counter(
+            "saltline_rate_limited",
+            "Requests refused with 429 by a rate limit, by scope (e.g. login-fail-account-ip)",
+            ["scope"],
+            registry=registry,
         )
         if enabled and not is_memory_url(storage_url):
             self._open_redis(storage_url, key_prefix)
@@ -138,6 +145,18 @@ class RateLimiter:
         if not ok:
             await self._raise(limiter, item, limit, scope, key)
 
+    async def allow(self, limit: str, scope: str, key: str) -> bool:
+        """Count one attempt for ``(scope, key)`` and say whether it was within ``limit``, without
+        raising (for limits that degrade an answer rather than refuse it); a refusal counts in
+        ``saltline_rate_limited_total`` like a 429."""
+        if not self._enabled:
+            return True
+        item = parse(limit)
+        _limiter, ok = await self._call(lambda lim: lim.hit(item, scope, key))
+        if not ok:
+            self.refused.labels(scope).inc()
+        return ok
+
     async def check(self, limit: str, scope: str, key: str) -> None:
         """Raise a 429 problem when ``(scope, key)`` is already at ``limit``, without counting."""
         if not self._enabled:
@@ -153,6 +172,16 @@ class RateLimiter:
             return
         item = parse(limit)
         await self._call(lambda lim: lim.hit(item, scope, key))
+
+    async def used(self, limit: str, scope: str, key: str) -> int:
+        """How many events ``(scope, key)`` has in its current ``limit`` window (0 when disabled)."""
+        if not self._enabled:
+            return 0
+        item = parse(limit)
+        _limiter, (_reset_at, remaining) = await self._call(
+            lambda lim: lim.get_window_stats(item, scope, key)
+        )
+        return max(0, item.amount - remaining)
 
     async def reset(self) -> None:
         await self._memory_storage.reset()
@@ -212,6 +241,7 @@ class RateLimiter:
             self._storage_failed(exc)
             reset_at = time.time() + item.get_expiry()  # unknown: the whole window
         retry_after = max(1, math.ceil(reset_at - time.time()))
+        self.refused.labels(scope).inc()
         raise Problem(
             429,
             ProblemCode.RATE_LIMITED,

@@ -6,9 +6,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, insert, select
+from sqlalchemy import and_, delete, exists, insert, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
 from server.storage import schema as s
 from server.storage.db import Database
@@ -117,15 +118,29 @@ class ConversationsRepo:
                 members=tuple(bytes(m[0]) for m in members),
             )
 
-    async def list_for_account(self, account_id: bytes, *, limit: int = 1000) -> list[ConversationRow]:
+    async def list_for_account(
+        self, account_id: bytes, *, limit: int = 1000, after: tuple[int, bytes] | None = None
+    ) -> list[ConversationRow]:
+        """The account's conversations in ``(created_at_ms, id)`` order, at most ``limit``, those
+        strictly after ``after`` (a ``(created_at_ms, id)`` position) when given."""
         mine = select(conversation_members.c.conversation_id).where(
             conversation_members.c.account_id == account_id
         )
+        where: ColumnElement[bool] = conversations.c.id.in_(mine)
+        if after is not None:
+            at_ms, last_id = after
+            where = and_(
+                where,
+                or_(
+                    conversations.c.created_at_ms > at_ms,
+                    and_(conversations.c.created_at_ms == at_ms, conversations.c.id > last_id),
+                ),
+            )
         async with self._db.read() as conn:
             rows = (
                 await conn.execute(
                     select(conversations)
-                    .where(conversations.c.id.in_(mine))
+                    .where(where)
                     .order_by(conversations.c.created_at_ms, conversations.c.id)
                     .limit(limit)
                 )

@@ -13,7 +13,7 @@ and re-insert the same prekeys (a unique-constraint failure) or leave two signed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, func, insert, select
@@ -147,11 +147,14 @@ class PreKeysRepo:
     async def claim(self, device_id: bytes) -> ClaimedPreKeys:
         return (await self.claim_many([device_id]))[device_id]
 
-    async def claim_many(self, device_ids: Sequence[bytes]) -> dict[bytes, ClaimedPreKeys]:
+    async def claim_many(
+        self, device_ids: Sequence[bytes], *, without_one_time: Collection[bytes] = ()
+    ) -> dict[bytes, ClaimedPreKeys]:
         """For each (distinct) device, in ONE write transaction: take one one-time prekey
-        (deleted) plus the signed and last-resort prekeys, and count what is left. When any
-        device has no signed prekey, nothing is taken from any device (its entry has
-        ``signed=None``), so a failed claim consumes no one-time prekeys."""
+        (deleted; none for the devices in ``without_one_time``) plus the signed and last-resort
+        prekeys, and count what is left. When any device has no signed prekey, nothing is taken
+        from any device (its entry has ``signed=None``), so a failed claim consumes no one-time
+        prekeys."""
         ids = list(dict.fromkeys(device_ids))
         async with self._db.write() as conn:
             singles = await self._singles(conn, ids)
@@ -162,17 +165,10 @@ class PreKeysRepo:
                 }
             out: dict[bytes, ClaimedPreKeys] = {}
             for device_id in ids:
-                pick = (
-                    select(prekeys.c.id)
-                    .where(and_(prekeys.c.device_id == device_id, prekeys.c.kind == ONE_TIME))
-                    .order_by(prekeys.c.id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                    .scalar_subquery()
-                )
-                one_time = await conn.scalar(
-                    delete(prekeys).where(prekeys.c.id == pick).returning(prekeys.c.encoded)
-                )
+                if device_id in without_one_time:
+                    one_time = None
+                else:
+                    one_time = await self._take_one_time(conn, device_id)
                 remaining = await conn.scalar(
                     select(func.count())
                     .select_from(prekeys)
@@ -185,6 +181,19 @@ class PreKeysRepo:
                     int(remaining or 0),
                 )
         return out
+
+    @staticmethod
+    async def _take_one_time(conn: AsyncConnection, device_id: bytes) -> bytes | None:
+        pick = (
+            select(prekeys.c.id)
+            .where(and_(prekeys.c.device_id == device_id, prekeys.c.kind == ONE_TIME))
+            .order_by(prekeys.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        encoded = await conn.scalar(delete(prekeys).where(prekeys.c.id == pick).returning(prekeys.c.encoded))
+        return None if encoded is None else bytes(encoded)
 
     async def peek(self, device_id: bytes) -> ClaimedPreKeys:
         """The signed and last-resort prekeys and the one-time count, changing nothing."""

@@ -8,9 +8,12 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from server.settings import Settings
 from tests.live import LiveServer, ManualClock
 from tests.server.helpers import (
     PASSWORD,
+    Account,
+    Device,
     add_device,
     login,
     new_account,
@@ -234,8 +237,25 @@ def test_refresh_token_reuse_calls_tokens_revoked_hooks(live_server: LiveServer)
     assert calls == [(account.account_id, account.first.id)]
 
 
+def _client_from(server: LiveServer, ip: str) -> httpx.Client:
+    """A client whose connections come from ``ip`` (any 127.0.0.0/8 address reaches the server
+    on Linux), so per-IP limits see distinct addresses without trusting any header."""
+    return server.client(transport=httpx.HTTPTransport(local_address=ip))
+
+
+def _device_login(client: httpx.Client, account: Account, signer: Device | None = None) -> httpx.Response:
+    body = {"username": account.username, "device_id": account.first.id}
+    r = client.post("/v1/auth/challenge", json=body)
+    assert r.status_code == 200, r.text
+    nonce = r.json()["nonce"]
+    signature = sign_challenge(signer or account.first, account.username, nonce)
+    return client.post("/v1/auth/device-login", json=body | {"nonce": nonce, "signature": signature})
+
+
 def test_login_rate_limited(make_server: Callable[..., LiveServer]) -> None:
-    server = make_server(rate_limit_login_per_account="3/minute", rate_limit_register_per_ip="2/minute")
+    server = make_server(
+        rate_limit_login_failures_per_account_ip="3/minute", rate_limit_register_per_ip="2/minute"
+    )
     with server.client() as client:
         account = register(client)
         wrong = {"username": account.username, "password": "not-the-password", "device_id": account.first.id}
@@ -245,46 +265,109 @@ def test_login_rate_limited(make_server: Callable[..., LiveServer]) -> None:
         r = client.post("/v1/auth/login", json=wrong)
         assert (r.status_code, _code(r)) == (429, "rate_limited")
         assert int(r.headers["Retry-After"]) >= 1
-        assert login(client, account, account.first).status_code == 429  # failures lock the account
+        assert login(client, account, account.first).status_code == 429  # this address is locked
         register(client)
         r = client.post("/v1/accounts", json=register_body(new_account()))
         assert (r.status_code, _code(r)) == (429, "rate_limited")
+    metrics = server.client().get("/metrics").text
+    assert 'saltline_rate_limited_total{scope="login-fail-account-ip"} 2.0' in metrics
+    assert 'saltline_rate_limited_total{scope="register-ip"} 1.0' in metrics
+
+
+def test_wrong_passwords_from_two_addresses_do_not_lock_the_owner_out(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    """Issue 13: five wrong passwords from each of two addresses made the owner's correct
+    password and device-key login answer 429. With the defaults (5/minute per (account, IP),
+    100/hour per account), the attacker's addresses are refused and the owner's are not."""
+    defaults = Settings.model_fields
+    server = make_server(
+        **{
+            name: defaults[name].default
+            for name in (
+                "rate_limit_login_per_account",
+                "rate_limit_login_failures_per_account_ip",
+                "rate_limit_login_per_ip",
+            )
+        }
+    )
+    assert server.settings.rate_limit_login_per_account == "100/hour"
+    with server.client() as owner:
+        account = register(owner)
+    wrong = {"username": account.username, "password": "not-the-password", "device_id": account.first.id}
+    for ip in ("127.0.0.2", "127.0.0.3"):
+        with _client_from(server, ip) as attacker:
+            codes = [attacker.post("/v1/auth/login", json=wrong).status_code for _ in range(6)]
+            assert codes == [401] * 5 + [429]  # the sixth is refused: this pair is locked
+            assert login(attacker, account, account.first).status_code == 429  # even the right one
+            assert _device_login(attacker, account).status_code == 200  # never locked by passwords
+    with server.client() as owner:  # 127.0.0.1: has not failed
+        assert login(owner, account, account.first).status_code == 200
+        assert _device_login(owner, account).status_code == 200
+
+
+def test_global_account_limit_costs_a_fresh_address_per_guess(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    """Once the per-account failure limit is reached, an address that has failed for the account
+    is refused at once, while one that has not gets exactly one attempt: the owner's correct
+    password still works and each further guess costs the attacker a new address."""
+    server = make_server(
+        rate_limit_login_per_account="4/hour", rate_limit_login_failures_per_account_ip="5/minute"
+    )
+    with server.client() as owner:
+        account = register(owner)
+    wrong = {"username": account.username, "password": "not-the-password", "device_id": account.first.id}
+    with _client_from(server, "127.0.0.2") as attacker:
+        assert [attacker.post("/v1/auth/login", json=wrong).status_code for _ in range(5)] == [401] * 4 + [
+            429
+        ]
+    for ip in ("127.0.0.3", "127.0.0.4"):  # fresh addresses: one guess each, then refused
+        with _client_from(server, ip) as attacker:
+            assert [attacker.post("/v1/auth/login", json=wrong).status_code for _ in range(2)] == [401, 429]
+    with server.client() as owner:
+        assert login(owner, account, account.first).status_code == 200
+    with _client_from(server, "127.0.0.5") as other:  # another account is not affected
+        stranger = register(other)
+        assert login(other, stranger, stranger.first).status_code == 200
 
 
 def test_successful_logins_do_not_lock_the_account(make_server: Callable[..., LiveServer]) -> None:
     """Only failures count per account: logging in as someone (with their password, or just
     many times) must not lock them out."""
-    server = make_server(rate_limit_login_per_account="3/minute")
+    server = make_server(
+        rate_limit_login_per_account="3/minute", rate_limit_login_failures_per_account_ip="3/minute"
+    )
     with server.client() as client:
         account = register(client)
         for _ in range(6):
             assert login(client, account, account.first).status_code == 200
-        nonce = client.post(
+        assert _device_login(client, account).status_code == 200
+
+
+def test_failed_device_signatures_lock_nothing(make_server: Callable[..., LiveServer]) -> None:
+    """A device signature cannot be guessed: bad signatures count in no per-account window, so
+    they neither lock out the password nor device-key login; device logins are limited per IP."""
+    server = make_server(
+        rate_limit_login_per_account="2/minute",
+        rate_limit_login_failures_per_account_ip="2/minute",
+        rate_limit_login_per_ip="4/minute",
+    )
+    with server.client() as owner:
+        account = register(owner)
+    other = new_account()
+    with _client_from(server, "127.0.0.2") as attacker:
+        for _ in range(4):
+            r = _device_login(attacker, account, signer=other.first)  # another device's key
+            assert (r.status_code, _code(r)) == (401, "device_signature_invalid")
+        r = attacker.post(
             "/v1/auth/challenge", json={"username": account.username, "device_id": account.first.id}
-        ).json()["nonce"]
-        r = client.post(
-            "/v1/auth/device-login",
-            json={
-                "username": account.username,
-                "device_id": account.first.id,
-                "nonce": nonce,
-                "signature": sign_challenge(account.first, account.username, nonce),
-            },
         )
-        assert r.status_code == 200, r.text
-
-
-def test_failed_device_signatures_count_per_account(make_server: Callable[..., LiveServer]) -> None:
-    server = make_server(rate_limit_login_per_account="2/minute")
-    with server.client() as client:
-        account = register(client)
-        other = new_account()
-        body = {"username": account.username, "device_id": account.first.id}
-        for expected in ((401, "device_signature_invalid"),) * 2 + ((429, "rate_limited"),):
-            nonce = client.post("/v1/auth/challenge", json=body).json()["nonce"]
-            bad = sign_challenge(other.first, account.username, nonce)  # another device's key
-            r = client.post("/v1/auth/device-login", json=body | {"nonce": nonce, "signature": bad})
-            assert (r.status_code, _code(r)) == expected
+        assert (r.status_code, _code(r)) == (429, "rate_limited")  # per IP
+        assert login(attacker, account, account.first).status_code == 200  # passwords: no failure
+    with server.client() as owner:
+        assert _device_login(owner, account).status_code == 200
+        assert login(owner, account, account.first).status_code == 200
 
 
 def test_failures_per_account_and_ip(make_server: Callable[..., LiveServer]) -> None:

@@ -246,7 +246,7 @@ async def test_signed_list_removal_closes_the_removed_devices_socket(
     assert r.status_code == 401
 
 
-def test_signed_list_rate_limited_per_ip_and_per_account(make_server: Callable[..., LiveServer]) -> None:
+def test_signed_list_rate_limited_per_ip(make_server: Callable[..., LiveServer]) -> None:
     server = make_server(
         rate_limit_signed_list_per_ip="5/minute", rate_limit_signed_list_per_account="2/minute"
     )
@@ -254,17 +254,43 @@ def test_signed_list_rate_limited_per_ip_and_per_account(make_server: Callable[.
         account = register(client)
         other = register(client)
         junk = dl.SignedDeviceList(account.signed_list.content, bytes(64))
-        for _ in range(2):
+        for _ in range(3):  # over the account's 2/minute: junk does not count per account
             assert _put_signed(client, account.account_id, junk).status_code == 422
-        r = _put_signed(client, account.account_id, junk)
-        assert (r.status_code, _code(r)) == (429, "rate_limited")
-        assert int(r.headers["Retry-After"]) >= 1
-        # The account's budget is spent even for a valid list; another account still has its own.
-        v2 = dl.with_device_added(
-            account.signed_list, account.account_key, new_device(account.account_key).entry
-        )
-        assert _put_signed(client, account.account_id, v2).status_code == 429
-        assert _put_signed(client, other.account_id, junk).status_code == 422
+        for _ in range(2):
+            assert _put_signed(client, other.account_id, junk).status_code == 422
         # Now the IP budget (5) is spent for every account.
         r = _put_signed(client, other.account_id, junk)
         assert (r.status_code, _code(r)) == (429, "rate_limited")
+        assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_junk_signed_lists_do_not_use_up_the_owners_allowance(make_server: Callable[..., LiveServer]) -> None:
+    """Issue 13: ten junk ``PUT .../device-list/signed`` requests made the owner's valid list get
+    429, because the per-account limit was counted before the signature check. Now the per-IP
+    limit counts everything and the per-account limit only lists that verify."""
+    server = make_server(
+        rate_limit_signed_list_per_ip="10/minute", rate_limit_signed_list_per_account="3/minute"
+    )
+    with server.client() as client:
+        account = register(client)
+    intruder = AccountKey.generate()
+    forged = dl.first(intruder, account.username.lower(), [new_device(intruder).entry])
+    v2 = dl.with_device_added(account.signed_list, account.account_key, new_device(account.account_key).entry)
+    tampered = b64encode(b64decode(v2.to_b64())[:-1] + b"\x00")
+    with server.client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as attacker:
+        codes = []
+        for i in range(10):
+            body = {"device_list": forged.to_b64() if i % 2 else tampered}
+            r = attacker.put(f"/v1/accounts/{account.account_id}/device-list/signed", json=body)
+            codes.append((r.status_code, r.headers["content-type"].split(";")[0]))
+        assert {c for c, _ in codes} == {422}
+        assert {t for _, t in codes} == {"application/problem+json"}
+        r = attacker.put(
+            f"/v1/accounts/{account.account_id}/device-list/signed", json={"device_list": tampered}
+        )
+        assert r.status_code == 429  # the attacker's address is limited
+    with server.client() as owner:
+        for _ in range(3):  # the owner's valid list (then two idempotent retries): never 429
+            assert _put_signed(owner, account.account_id, v2).status_code == 200
+        r = _put_signed(owner, account.account_id, v2)
+        assert (r.status_code, r.json()["code"]) == (429, "rate_limited")  # valid lists still count

@@ -283,3 +283,47 @@ def test_concurrent_uploads_do_not_collide(live_server: LiveServer, client: http
     )
     assert live_server.run_in_loop(rows_per_kind()) == [(signed, 1), (one_time, 20), (last_resort, 1)]
     assert _claim_one(client, alice, bob)["one_time_remaining"] == 19
+
+
+def test_one_time_prekeys_limited_per_target_device(make_server: Callable[..., LiveServer]) -> None:
+    """Issue 13: one account with two devices took all of a victim's one-time prekeys (the limit
+    was per caller only). Now each target device hands out at most
+    ``rate_limit_prekey_claims_per_target_device`` one-time prekeys, whoever claims; beyond it the
+    claim still succeeds, with the last-resort prekey."""
+    server = make_server(rate_limit_prekey_claims_per_target_device="5/hour")
+    with server.client() as client:
+        victim = register(client)
+        other = register(client)
+        attacker = register(client)
+        second = add_device(client, attacker)
+        for target in (victim, other):
+            r = client.put(
+                "/v1/keys", json=prekeys_body(target.first, one_time=20), headers=target.first.headers
+            )
+            assert r.is_success, r.text
+        bundles = []
+        for device in (attacker.first, second) * 10:  # 20 claims from two devices of one account
+            r = client.post(
+                "/v1/keys/claim",
+                json={"devices": [{"account_id": victim.account_id, "device_id": victim.first.id}]},
+                headers=device.headers,
+            )
+            assert r.status_code == 200, r.text
+            bundles.extend(r.json()["bundles"])
+        with_one_time = [b for b in bundles if b["one_time_prekey"] is not None]
+        assert len(with_one_time) == 5
+        fallback = [b for b in bundles if b["one_time_prekey"] is None]
+        assert len(fallback) == 15
+        for b in fallback:
+            assert PreKeyPublic.from_b64(str(b["last_resort_prekey"])).kind is KeyKind.LAST_RESORT_PREKEY
+            assert b["one_time_remaining"] == 15
+        assert client.get("/v1/keys/count", headers=victim.first.headers).json()["one_time"] == 15
+        # Per target: another device's supply is untouched, in the same claim as the exhausted one.
+        r = _claim(client, attacker, (victim.account_id, victim.first.id), (other.account_id, other.first.id))
+        assert r.status_code == 200, r.text
+        got = {b["device_id"]: b for b in r.json()["bundles"]}
+        assert got[victim.first.id]["one_time_prekey"] is None
+        assert got[other.first.id]["one_time_prekey"] is not None
+        assert got[other.first.id]["last_resort_prekey"] is None
+        metrics = client.get("/metrics").text
+        assert 'saltline_rate_limited_total{scope="prekey-claims-target"} 16.0' in metrics
