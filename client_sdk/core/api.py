@@ -250,8 +250,9 @@ def create_conversation(kind: str, members: Sequence[str]) -> Request:
     return Request("POST", "/v1/conversations", {"kind": kind, "members": list(members)})
 
 
-def conversations() -> Request:
-    return Request("GET", "/v1/conversations")
+def conversations(after: str | None = None) -> Request:
+    """One page of the conversation list (delivery.md § 4.4); ``after``: the previous ``next_after``."""
+    return Request("GET", "/v1/conversations", query=(("after", after),) if after is not None else ())
 
 
 def add_member(conversation_id: str, account_id: str) -> Request:
@@ -278,6 +279,14 @@ def parse_conversation(body: Any) -> ConversationInfo:
 
 def parse_conversations(body: Any) -> list[ConversationInfo]:
     return [parse_conversation(c) for c in _field(body, "conversations", list)]
+
+
+def parse_next_after(body: Any) -> str | None:
+    """The cursor of the next page of a list (None: this was the last page)."""
+    value = body.get("next_after") if isinstance(body, dict) else None
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError("server response has a malformed 'next_after'")
+    return value
 
 
 def envelope_body(

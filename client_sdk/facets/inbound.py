@@ -54,6 +54,8 @@ log = logging.getLogger("client_sdk.inbound")
 #: Page size of gap filling from ``GET /v1/conversations/{id}/envelopes``.
 #: Pages one gap fill reads at most (with the lock held); a later trigger continues.
 MAX_HISTORY_PAGES = 50
+#: Conversation-list pages one gap fill reads at most (1000 conversations a page by default).
+MAX_LIST_PAGES = 100
 #: Envelopes whose transient failures are counted at most (see ``_bound_transient``).
 MAX_TRANSIENT_TRACKED = 10_000
 HISTORY_PAGE = 200
@@ -495,7 +497,15 @@ class Inbound:
 
     async def _fill_all_gaps(self) -> None:
         ctx = self.ctx
-        listed = api.parse_conversations((await ctx.call(api.conversations())).body)
+        listed: list[api.ConversationInfo] = []
+        after: str | None = None
+        for _ in range(MAX_LIST_PAGES):  # every page (delivery.md § 4.4), bounded
+            body = (await ctx.call(api.conversations(after))).body
+            listed.extend(api.parse_conversations(body))
+            cursor = api.parse_next_after(body)
+            if cursor is None or cursor == after:
+                break
+            after = cursor
         for info in listed:
             if self.conversations.known(info.conversation_id) is None:
                 with ctx.transaction():

@@ -71,6 +71,8 @@ class FakeRelay(httpx.AsyncBaseTransport):
         self.queues: dict[str, list[dict[str, Any]]] = {}
         self.next_queue_seq: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
+        #: page the conversation list by this many (None: one page, no cursor)
+        self.list_page: int | None = None
         self.sends: list[dict[str, Any]] = []
         self.claims: list[str] = []
         self.now = 1_000
@@ -151,7 +153,14 @@ class FakeRelay(httpx.AsyncBaseTransport):
             return self._create_conversation(account_id, body)
         if (method, parts) == ("GET", ["conversations"]):
             mine = [c for c in self.conversations.values() if account_id in c["members"]]
-            return _json(200, {"conversations": mine})
+            if self.list_page is None:
+                return _json(200, {"conversations": mine})
+            start = int(query.get("after", "0"))  # the cursor is an offset here (opaque to clients)
+            page = mine[start : start + self.list_page]
+            more = start + self.list_page < len(mine)
+            return _json(
+                200, {"conversations": page, "next_after": str(start + self.list_page) if more else None}
+            )
         if method == "GET" and len(parts) == 2 and parts[0] == "conversations":
             c = self.conversations.get(parts[1])
             if c is None or account_id not in c["members"]:

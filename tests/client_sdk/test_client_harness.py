@@ -398,3 +398,27 @@ async def test_a_conversations_kind_and_a_direct_conversations_accounts_never_ch
     ):
         with pytest.raises(UntrustedConversationError):
             bob.conversations.put(api.ConversationInfo("bmV3IGNvbnZlcnNhdGlvbg", "direct", members, 0, 0))
+
+
+async def test_filling_gaps_pages_through_the_whole_conversation_list() -> None:
+    """delivery.md § 4.4: the client follows next_after until it is null, so a conversation on a
+    later page (for example one someone created among many groups containing this account) is
+    found and its history fetched."""
+    from client_sdk.core.events import ConversationAdded
+
+    relay = FakeRelay()
+    relay.list_page = 2
+    alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
+    cids = [await bob.create_conversation(["alice"])]
+    for i in range(4):
+        carol = await _user(relay, f"carol{i}")
+        cids.append(await carol.create_conversation(["alice"]))
+        await carol.send_text(cids[-1], f"hello from carol{i}")
+    await alice.fill_gaps()
+    added = {e.conversation_id for e in _drain(alice) if isinstance(e, ConversationAdded)}
+    assert set(cids) <= added
+    pages = [p for m, p in relay.requests if m == "GET" and p == "/v1/conversations"]
+    assert len(pages) == 3  # 5 conversations, 2 a page
+    assert sorted(m.text for c in cids[1:] for m in alice.messages(c)) == [
+        f"hello from carol{i}" for i in range(4)
+    ]
