@@ -76,11 +76,16 @@ def serve(
     import uvicorn
 
     from server.app import create_app
+    from server.storage import migrate
     from server.storage.migrate import UPGRADE_COMMAND, is_up_to_date
 
     settings = _settings(
         database_url=database_url, data_dir=data_dir, host=host, port=port, log_level=log_level
     )
+    if migrate.is_fresh_sqlite(settings.database_url):
+        # a newcomer's first command: the embedded default creates its schema (docs/deploy.md)
+        migrate.upgrade(settings.database_url, "head")
+        typer.echo(f"created the database schema at {_redact(settings.database_url)}", err=True)
     if not is_up_to_date(settings.database_url):
         typer.echo(
             f"error: the database at {_redact(settings.database_url)} is not migrated to this "

@@ -113,3 +113,22 @@ def current(url: str) -> tuple[str, ...]:
 
 def is_up_to_date(url: str) -> bool:
     return set(current(url)) == set(head_revisions())
+
+
+def _table_names(connection: Connection) -> tuple[str, ...]:
+    from sqlalchemy import inspect
+
+    return tuple(inspect(connection).get_table_names())
+
+
+def is_fresh_sqlite(url: str) -> bool:
+    """An embedded SQLite database with nothing in it yet (no table, no migration applied): the
+    only case ``serve`` creates the schema by itself. PostgreSQL, and any database that holds
+    something, is migrated only by ``saltline db upgrade``."""
+    if not url.startswith("sqlite"):
+        return False
+
+    async def tables(engine: AsyncEngine) -> tuple[str, ...]:
+        return await _with_connection(engine, _table_names, commit=False)
+
+    return not current(url) and not _run(url, tables)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -82,7 +83,12 @@ def _cli(*args: str, env_url: str, data_dir: str) -> subprocess.CompletedProcess
     )
 
 
-def test_cli_serve_refuses_then_db_upgrade(sqlite_url: str, tmp_path: os.PathLike[str]) -> None:
+def test_cli_serve_refuses_a_database_behind_head_then_db_upgrade(
+    sqlite_url: str, tmp_path: os.PathLike[str]
+) -> None:
+    """A database that holds something and is behind head (or any PostgreSQL database) is
+    migrated only by ``saltline db upgrade``: ``serve`` refuses, naming the command."""
+    migrate.upgrade(sqlite_url, "0001_initial")
     refused = _cli("serve", "--port", "1", env_url=sqlite_url, data_dir=os.fspath(tmp_path))
     assert refused.returncode == 2
     assert "saltline db upgrade" in refused.stderr
@@ -90,3 +96,22 @@ def test_cli_serve_refuses_then_db_upgrade(sqlite_url: str, tmp_path: os.PathLik
     assert upgraded.returncode == 0, upgraded.stderr
     status = _cli("db", "current", env_url=sqlite_url, data_dir=os.fspath(tmp_path))
     assert "up to date" in status.stdout
+
+
+def test_serve_creates_the_schema_of_a_fresh_embedded_database(
+    sqlite_url: str, tmp_path: os.PathLike[str], pg_url: str
+) -> None:
+    """A newcomer's first command works: on a fresh embedded SQLite database ``serve`` creates the
+    schema (the start-up then proceeds; the port is taken here so that it stops right after). A
+    fresh PostgreSQL database is never migrated by ``serve``."""
+    assert migrate.is_fresh_sqlite(sqlite_url)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        started = _cli("serve", "--port", port, env_url=sqlite_url, data_dir=os.fspath(tmp_path))
+    assert "created the database schema" in started.stderr
+    assert migrate.is_up_to_date(sqlite_url) and not migrate.is_fresh_sqlite(sqlite_url)
+    assert not migrate.is_fresh_sqlite(pg_url)  # empty, but PostgreSQL
+    refused = _cli("serve", "--port", port, env_url=pg_url, data_dir=os.fspath(tmp_path))
+    assert refused.returncode == 2 and "saltline db upgrade" in refused.stderr
