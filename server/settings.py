@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # -- limits ------------------------------------------------------------------------------
     max_envelope_bytes: int = Field(default=256 * 1024, gt=0)
     max_recipients: int = Field(default=1000, gt=0)
+    #: A history page (``GET /v1/conversations/{id}/envelopes``) ends before the item that would
+    #: take its ciphertexts plus clocks past this many bytes (its first item is always included),
+    #: with ``next_after`` to continue: a response is about 4/3 of this (base64), not 500 envelopes.
+    history_page_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     max_prekeys_per_upload: int = Field(default=100, gt=0)
     #: One-time prekeys a device may have stored at once.
     max_stored_one_time_prekeys: int = Field(default=1000, gt=0)

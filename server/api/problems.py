@@ -123,18 +123,29 @@ class GuardMiddleware:
 
         received = 0
         started = False
+        overflowed = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, overflowed
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    overflowed = True
                     raise too_large
             return message
 
         async def tracking_send(message: Message) -> None:
+            # A body without Content-Length (chunked) is only found too large while the app reads
+            # it, and the app may turn the exception into its own answer (FastAPI: 400 "error
+            # parsing the body"): once the limit is passed, the answer is the 413, whatever the app
+            # sends.
             nonlocal started
+            if overflowed:
+                if not started:
+                    started = True
+                    await problem_response(too_large)(scope, receive, send)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)

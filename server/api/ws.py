@@ -723,6 +723,7 @@ async def start_delivery(ctx: AppContext) -> None:
         max_envelope_bytes=settings.max_envelope_bytes,
         max_recipients=settings.max_recipients,
         queue_retention_s=settings.queue_retention_s,
+        history_page_max_bytes=settings.history_page_max_bytes,
     )
     ctx.bus = bus
     ctx.connections = registry

@@ -140,6 +140,7 @@ class DeliveryService:
         max_envelope_bytes: int,
         max_recipients: int,
         queue_retention_s: int,
+        history_page_max_bytes: int = 4 * 1024 * 1024,
         maintenance_interval_s: float | None = None,
     ) -> None:
         self.envelopes = envelopes
@@ -150,6 +151,7 @@ class DeliveryService:
         self.max_envelope_bytes = max_envelope_bytes
         self.max_recipients = max_recipients
         self.queue_retention_s = queue_retention_s
+        self.history_page_max_bytes = history_page_max_bytes
         self.maintenance_interval_s = (
             maintenance_interval_s
             if maintenance_interval_s is not None
@@ -426,10 +428,10 @@ class DeliveryService:
         if not await self.conversations.is_member(conversation_id, account_id):
             raise Problem(404, ProblemCode.CONVERSATION_NOT_FOUND, "no such conversation")
         limit = max(1, min(limit, MAX_HISTORY_LIMIT))
-        items = await self.envelopes.history(conversation_id, device_id, max(0, after), limit + 1)
-        more = len(items) > limit
-        items = items[:limit]
-        return HistoryPage(items, items[-1].server_seq if more else None)
+        items, more = await self.envelopes.history(
+            conversation_id, device_id, max(0, after), limit, self.history_page_max_bytes
+        )
+        return HistoryPage(items, items[-1].server_seq if more and items else None)
 
     async def pending(self, device_id: bytes, after: int, limit: int) -> tuple[list[QueueItem], QueueState]:
         return await self.envelopes.pending(device_id, after, limit)

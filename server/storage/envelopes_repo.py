@@ -437,43 +437,65 @@ class EnvelopesRepo:
         return items, state
 
     async def history(
-        self, conversation_id: bytes, device_id: bytes, after: int, limit: int
-    ) -> list[HistoryItem]:
+        self, conversation_id: bytes, device_id: bytes, after: int, limit: int, max_bytes: int
+    ) -> tuple[list[HistoryItem], bool]:
         """Envelopes of a conversation with ``server_seq > after`` that carry a copy for
         ``device_id`` (with only that copy), or that ``device_id`` sent itself (no copy). Envelopes
         from before the device joined (or addressed elsewhere) are not listed: their metadata is
-        not the device's to see. ``server_seq`` values skipped in a page are such envelopes."""
-        q = (
-            select(
-                envelopes.c.server_seq,
-                envelopes.c.server_ts_ms,
-                envelopes.c.sender_account_id,
-                envelopes.c.sender_device_id,
-                envelopes.c.envelope_id,
-                envelopes.c.clock,
-                envelope_copies.c.ciphertext,
-            )
-            .select_from(
-                envelopes.outerjoin(
-                    envelope_copies,
-                    and_(
-                        envelope_copies.c.conversation_id == envelopes.c.conversation_id,
-                        envelope_copies.c.server_seq == envelopes.c.server_seq,
-                        envelope_copies.c.device_id == device_id,
-                    ),
+        not the device's to see. ``server_seq`` values skipped in a page are such envelopes.
+
+        At most ``limit`` items, and no more than ``max_bytes`` of ciphertext plus clock together
+        unless the first item alone is larger (a page always has an item when one exists). The
+        sizes are read first (no blobs), so the page's blobs are the only ones loaded. Returns the
+        items and whether more follow them."""
+
+        def query(*columns: Any) -> Any:
+            return (
+                select(*columns)
+                .select_from(
+                    envelopes.outerjoin(
+                        envelope_copies,
+                        and_(
+                            envelope_copies.c.conversation_id == envelopes.c.conversation_id,
+                            envelope_copies.c.server_seq == envelopes.c.server_seq,
+                            envelope_copies.c.device_id == device_id,
+                        ),
+                    )
                 )
+                .where(
+                    envelopes.c.conversation_id == conversation_id,
+                    envelopes.c.server_seq > after,
+                    or_(envelope_copies.c.device_id.is_not(None), envelopes.c.sender_device_id == device_id),
+                )
+                .order_by(envelopes.c.server_seq)
             )
-            .where(
-                envelopes.c.conversation_id == conversation_id,
-                envelopes.c.server_seq > after,
-                or_(envelope_copies.c.device_id.is_not(None), envelopes.c.sender_device_id == device_id),
-            )
-            .order_by(envelopes.c.server_seq)
-            .limit(limit)
-        )
+
+        size = func.length(envelopes.c.clock) + func.coalesce(func.length(envelope_copies.c.ciphertext), 0)
         async with self._db.read() as conn:
-            rows = (await conn.execute(q)).all()
-        return [
+            sizes = (await conn.execute(query(envelopes.c.server_seq, size).limit(limit + 1))).all()
+            total, last, more = 0, None, False
+            for n, (seq, nbytes) in enumerate(sizes):
+                if n == limit or (last is not None and total + int(nbytes) > max_bytes):
+                    more = True
+                    break
+                total += int(nbytes)
+                last = int(seq)
+            if last is None:
+                return [], False
+            rows = (
+                await conn.execute(
+                    query(
+                        envelopes.c.server_seq,
+                        envelopes.c.server_ts_ms,
+                        envelopes.c.sender_account_id,
+                        envelopes.c.sender_device_id,
+                        envelopes.c.envelope_id,
+                        envelopes.c.clock,
+                        envelope_copies.c.ciphertext,
+                    ).where(envelopes.c.server_seq <= last)
+                )
+            ).all()
+        items = [
             HistoryItem(
                 server_seq=int(r[0]),
                 server_ts_ms=int(r[1]),
@@ -485,6 +507,7 @@ class EnvelopesRepo:
             )
             for r in rows
         ]
+        return items, more
 
     async def queue_depth(self) -> int:
         async with self._db.read() as conn:

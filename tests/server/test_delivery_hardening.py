@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from crypto.keys import b64encode
+from crypto.keys import b64decode, b64encode
 from server.api import ws as ws_module
 from server.errors import Problem, ProblemCode
 from server.services.delivery import MAX_EPHEMERAL_BYTES
@@ -36,7 +36,7 @@ from server.storage.envelopes_repo import (
     create_queue_states,
 )
 from tests.live import LiveServer, ManualClock
-from tests.server.delivery_support import WsClient, create_conversation, envelope_body, send
+from tests.server.delivery_support import WsClient, create_conversation, envelope_body, open_sealed, send
 from tests.server.helpers import add_device, register
 
 # -- 1. WebSocket message size and stuck closes ------------------------------------------------
@@ -313,6 +313,52 @@ def test_history_hides_envelopes_from_before_the_device_joined(
     assert seqs(bob.first) == ([1, 2, 3], None)
     assert seqs(bob.first, limit=2) == ([1, 2], 2)
     assert seqs(alice.first) == ([1, 2, 3], None)  # the sender's own envelopes (no copy) stay listed
+
+
+def test_history_pages_are_cut_by_bytes(make_server: Callable[..., LiveServer]) -> None:
+    """With ``history_page_max_bytes`` small, pages of large envelopes end before the item that
+    would pass the bound (an item larger than the bound comes alone), ``next_after`` continues,
+    and following it sees every envelope exactly once, in order."""
+    bound = 100_000
+    server = make_server(history_page_max_bytes=bound)
+    with server.client() as client:
+        alice, bob = register(client), register(client)
+        cid = create_conversation(client, alice, bob)
+        payloads = [b"a" * 150_000, b"b" * 40_000, b"c" * 40_000, b"d" * 40_000, b"e", b"f" * 90_000]
+        payloads += [b"%d" % i * 20_000 for i in range(3)]
+        for p in payloads:
+            r = send(client, alice.first, cid, envelope_body(alice.first, [alice, bob], p))
+            assert r.status_code == 201, r.text
+
+        def size(e: dict[str, Any]) -> int:
+            return len(b64decode(e["clock"])) + len(b64decode(e["ciphertext"]))
+
+        pages: list[list[dict[str, Any]]] = []
+        after: int | None = 0
+        while after is not None:
+            r = client.get(
+                f"/v1/conversations/{cid}/envelopes",
+                params={"after": after, "limit": 500},
+                headers=bob.first.headers,
+            )
+            assert r.status_code == 200, r.text
+            page = r.json()
+            assert page["envelopes"], page
+            pages.append(page["envelopes"])
+            after = page["next_after"]
+            if after is not None:
+                assert after == page["envelopes"][-1]["server_seq"]
+            assert len(pages) <= len(payloads)
+        seen = [e["server_seq"] for page in pages for e in page]
+        assert seen == list(range(1, len(payloads) + 1))  # each exactly once, in order
+        opened = [open_sealed(bob.first, b64decode(e["ciphertext"])) for page in pages for e in page]
+        assert opened == payloads
+        for n, page in enumerate(pages):
+            total = sum(size(e) for e in page)
+            assert len(page) == 1 or total <= bound, [size(e) for e in page]
+            if n + 1 < len(pages):  # cut only where the next item would pass the bound
+                assert total + size(pages[n + 1][0]) > bound
+        assert [len(p) for p in pages] == [1, 2, 2, 1, 3]
 
 
 def _member_rows(conn: Any, conversation_id: bytes, accounts: list[tuple[bytes, list[bytes]]]) -> None:

@@ -1,6 +1,7 @@
 """Edges of the HTTP and WebSocket surface (issue 13): no X-Forwarded-For trust unless
-configured, no redirect built from the Host header, a bad text frame closes with 1007 and logs no
-traceback, an unusable log level is refused at start-up with a clear message."""
+configured, no redirect built from the Host header, an oversized chunked body is a 413, a bad text
+frame closes with 1007 and logs no traceback, an unusable log level is refused at start-up with a
+clear message."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from server.app import max_body_bytes
 from server.settings import Settings
 from tests.live import LiveServer
 
@@ -63,6 +65,36 @@ def test_trailing_slash_is_not_redirected(make_server: Callable[..., LiveServer]
             )
             assert (r.status_code, _problem(r)) == (404, "not_found"), path
             assert "location" not in r.headers
+
+
+def test_oversized_chunked_body_is_413(make_server: Callable[..., LiveServer]) -> None:
+    """A body without Content-Length (chunked) found too large while the route reads it was a
+    400 (FastAPI's "error parsing the body"); now it is the 413 problem, as with Content-Length.
+    A chunked body within the limit still reaches the route."""
+    server = make_server()
+    limit = max_body_bytes(server.settings)
+    chunk = b"x" * (64 * 1024)
+    sent: list[int] = []
+
+    def body(total: int) -> Iterator[bytes]:
+        sent.clear()
+        while sum(sent) < total:
+            sent.append(len(chunk))
+            yield chunk
+
+    with server.client() as client:
+        for path in ("/v1/auth/login", "/v1/accounts"):
+            r = client.post(path, content=body(limit + 1), headers={"Content-Type": "application/json"})
+            assert r.request.headers.get("transfer-encoding") == "chunked"
+            assert "content-length" not in r.request.headers
+            assert sum(sent) > limit
+            assert (r.status_code, _problem(r)) == (413, "payload_too_large"), r.text
+            assert str(limit) in r.json()["detail"]
+        with server.client() as fresh:
+            json_type = {"Content-Type": "application/json"}
+            r = fresh.post("/v1/auth/login", content=body(limit - len(chunk)), headers=json_type)
+        assert r.request.headers.get("transfer-encoding") == "chunked"
+        assert (r.status_code, _problem(r)) == (422, "validation_failed"), r.text
 
 
 def _ws_frame(opcode: int, payload: bytes) -> bytes:
