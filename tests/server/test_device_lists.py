@@ -276,7 +276,8 @@ def test_junk_signed_lists_do_not_use_up_the_owners_allowance(make_server: Calla
     intruder = AccountKey.generate()
     forged = dl.first(intruder, account.username.lower(), [new_device(intruder).entry])
     v2 = dl.with_device_added(account.signed_list, account.account_key, new_device(account.account_key).entry)
-    tampered = b64encode(b64decode(v2.to_b64())[:-1] + b"\x00")
+    raw = b64decode(v2.to_b64())
+    tampered = b64encode(raw[:-1] + bytes([raw[-1] ^ 0x01]))  # a signature bit flipped: never valid
     with server.client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as attacker:
         codes = []
         for i in range(10):
