@@ -43,6 +43,7 @@ from crypto.keys import (
     signing_input,
 )
 from tests.crypto.vectors_support import (
+    PART_2_3_FILES,
     VECTOR_DIR,
     Case,
     DRng,
@@ -65,17 +66,6 @@ FILES = (
     "safety_numbers.json",
     "private_state.json",
     "rfc.json",
-)
-
-PART_2_3_FILES = (
-    "envelope_ad.json",
-    "device_ciphertexts.json",
-    "padding.json",
-    "clocks.json",
-    "ops.json",
-    "linking.json",
-    "login.json",
-    "seen_base_keys.json",
 )
 
 

@@ -39,6 +39,7 @@ from crypto.keys import (
 )
 from crypto.ratchet import Session
 from tests.crypto.vectors_support import (
+    PART_2_3_FILES,
     VECTOR_DIR,
     Case,
     DRng,
@@ -49,16 +50,7 @@ from tests.crypto.vectors_support import (
     positives,
 )
 
-FILES = (
-    "envelope_ad.json",
-    "device_ciphertexts.json",
-    "padding.json",
-    "clocks.json",
-    "ops.json",
-    "linking.json",
-    "login.json",
-    "seen_base_keys.json",
-)
+FILES = PART_2_3_FILES
 ERROR_MODULES = (sdk_errors, sync_errors, crypto_errors)
 
 

@@ -15,6 +15,17 @@ import pytest
 
 VECTOR_DIR = Path(__file__).resolve().parents[2] / "docs" / "protocol" / "vectors"
 Case = dict[str, Any]
+#: The vector files of parts 2 and 3 (docs/protocol/vectors.md § 5).
+PART_2_3_FILES = (
+    "envelope_ad.json",
+    "device_ciphertexts.json",
+    "padding.json",
+    "clocks.json",
+    "ops.json",
+    "linking.json",
+    "login.json",
+    "seen_base_keys.json",
+)
 
 
 class DRng:

@@ -60,6 +60,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling generate
 
 import nacl.bindings as sodium  # noqa: E402
 from generate_messages import BUILDERS as MESSAGE_BUILDERS  # noqa: E402
+from generate_messages import DRng  # noqa: E402
 
 from crypto import attachments, device_list, private_state, safety, sealed, x3dh  # noqa: E402
 from crypto import primitives as p  # noqa: E402
@@ -95,22 +96,8 @@ RNG_DESCRIPTION = (
 PLAINTEXT_RULE = "byte i of the plaintext is i mod 251"
 
 
-class DRng:
-    """The deterministic rng described in the module docstring. Records every value drawn."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.seed = label.encode("utf-8")
-        self.draws: list[bytes] = []
-
-    def __call__(self, n: int) -> bytes:
-        k = len(self.draws) + 1
-        out = b""
-        while len(out) < n:
-            out += hashlib.sha256(self.seed + struct.pack(">II", k, len(out))).digest()
-        value = out[:n]
-        self.draws.append(value)
-        return value
+# DRng: the deterministic rng described in the module docstring (one definition, in
+# generate_messages.py, shared by both generators).
 
 
 def seed(name: str) -> str:
