@@ -3,6 +3,7 @@
 * :mod:`.ops` - operations and their canonical JSON plaintext.
 * :mod:`.clock` - dots, full and compact vector clocks, pruning.
 * :mod:`.rules` - the conflict-resolution registers.
+* :mod:`.membership` - the authenticated membership and who may do what.
 * :mod:`.state` - the materialised conversation state (reducer); :mod:`.composer` - the
   :class:`Composer`; :mod:`.transcript` - the transcript hash; :mod:`.view` - what the reducer reports.
 """
@@ -10,9 +11,11 @@
 from client_sdk.core.sync.clock import CompactClock, Dot, Order, compare, concurrent, contains, merge
 from client_sdk.core.sync.composer import Composer
 from client_sdk.core.sync.errors import SyncError, SyncFormatError, SyncProtocolError
+from client_sdk.core.sync.membership import Roles
 from client_sdk.core.sync.ops import (
     Delete,
     Edit,
+    Genesis,
     MembershipChange,
     Message,
     Op,
@@ -32,6 +35,7 @@ from client_sdk.core.sync.state import (
     GapFill,
     MessageView,
     Received,
+    Rejection,
     TypingEvent,
 )
 
@@ -45,6 +49,7 @@ __all__ = [
     "Edit",
     "FieldState",
     "GapFill",
+    "Genesis",
     "MembershipChange",
     "Message",
     "MessageView",
@@ -54,6 +59,8 @@ __all__ = [
     "ReactionRemove",
     "ReadMarker",
     "Received",
+    "Rejection",
+    "Roles",
     "SettingsChange",
     "SyncError",
     "SyncFormatError",

@@ -79,6 +79,21 @@ class SettingsChange:
 class MembershipChange:
     member: bytes  # account id
     add: bool
+    admin: bool = False  # an add that makes ``member`` an admin (adds, or promotes a member)
+
+
+ConversationKind = Literal["direct", "group"]
+MAX_MEMBERS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    """The creator's first operation (sync.md § 5.7): the conversation's kind, its first members
+    and admins (account ids, sorted, no repeats; the admins are members)."""
+
+    kind: ConversationKind
+    members: tuple[bytes, ...]
+    admins: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +114,7 @@ Body: TypeAlias = (
     | Typing
     | SettingsChange
     | MembershipChange
+    | Genesis
     | Unknown
 )
 TargetedBody: TypeAlias = Edit | Delete | ReactionAdd | ReactionRemove
@@ -185,8 +201,18 @@ def body_json(body: Body) -> dict[str, Any]:
             return {"type": "typing", "typing": typing}
         case SettingsChange(field, value):
             return {"type": "settings", "field": field, "value": value}
-        case MembershipChange(member, add):
-            return {"type": "membership", "action": "add" if add else "remove", "member": _b64(member)}
+        case MembershipChange(member, add, admin):
+            doc = {"type": "membership", "action": "add" if add else "remove", "member": _b64(member)}
+            if add and admin:
+                doc["role"] = "admin"
+            return doc
+        case Genesis(kind, members, admins):
+            return {
+                "type": "genesis",
+                "kind": kind,
+                "members": [_b64(m) for m in members],
+                "admins": [_b64(a) for a in admins],
+            }
         case Unknown(_, raw):
             doc = json.loads(raw)
             assert isinstance(doc, dict)
@@ -289,12 +315,40 @@ def _body(doc: dict[str, Any]) -> Body:
         action = doc.get("action")
         if action not in ("add", "remove"):
             raise SyncFormatError("membership action is add or remove")
-        return MembershipChange(_unb64(doc.get("member"), 16), action == "add")
+        role = doc.get("role", "member")
+        if role not in ("member", "admin") or (role == "admin" and action != "add"):
+            raise SyncFormatError("a membership role is member or admin (admin only with add)")
+        return MembershipChange(_unb64(doc.get("member"), 16), action == "add", role == "admin")
+    if kind == "genesis":
+        return _genesis(doc)
     try:
         raw = canonical_json(doc)
     except ValueError as exc:  # NaN or an infinity: not JSON an operation can carry
         raise SyncFormatError("operation is not canonical JSON") from exc
     return Unknown(kind, raw.decode())
+
+
+def _accounts(value: object) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or len(value) > MAX_MEMBERS:
+        raise SyncFormatError(f"expected a list of at most {MAX_MEMBERS} account ids")
+    accounts = tuple(_unb64(a, 16) for a in value)
+    if list(accounts) != sorted(set(accounts)):
+        raise SyncFormatError("account ids are sorted with no repeats")
+    return accounts
+
+
+def _genesis(doc: dict[str, Any]) -> Genesis:
+    kind = doc.get("kind")
+    members, admins = _accounts(doc.get("members")), _accounts(doc.get("admins"))
+    if kind == "direct":
+        if len(members) != 2 or admins:
+            raise SyncFormatError("a direct conversation has two members and no admins")
+        return Genesis("direct", members, admins)
+    if kind == "group":
+        if not admins or not set(admins) <= set(members):
+            raise SyncFormatError("a group's admins are some of its members (at least one)")
+        return Genesis("group", members, admins)
+    raise SyncFormatError("a conversation kind is direct or group")
 
 
 def _settings(field: object, value: object) -> SettingsChange:

@@ -18,10 +18,12 @@ from client_sdk.core.sync import clock as vc
 from client_sdk.core.sync import transcript
 from client_sdk.core.sync.clock import CompactClock, Dot, FullClock
 from client_sdk.core.sync.errors import SyncProtocolError
+from client_sdk.core.sync.membership import Membership, Roles, authorise
 from client_sdk.core.sync.ops import (
     Body,
     Delete,
     Edit,
+    Genesis,
     MembershipChange,
     Message,
     Op,
@@ -34,7 +36,7 @@ from client_sdk.core.sync.ops import (
 )
 from client_sdk.core.sync.records import Journal as _Journal
 from client_sdk.core.sync.records import Msg as _Msg
-from client_sdk.core.sync.rules import FrontierRegister, Write, lww_key, may_edit, member_present
+from client_sdk.core.sync.rules import FrontierRegister, Write, lww_key, may_edit
 from client_sdk.core.sync.view import (
     SHARED_FIELDS,
     Conflict,
@@ -44,6 +46,7 @@ from client_sdk.core.sync.view import (
     GapFill,
     MessageView,
     Received,
+    Rejection,
     TypingEvent,
     ViewDelta,
     field_state,
@@ -59,6 +62,7 @@ __all__ = [
     "GapFill",
     "MessageView",
     "Received",
+    "Rejection",
     "TypingEvent",
     "ViewDelta",
 ]
@@ -70,7 +74,10 @@ __all__ = [
 class ConversationState:
     """One device's state of one conversation.
 
-    ``members``: the accounts at creation (genesis). ``floor_seq``/``floor_clock``: for a device that
+    ``members``: the trusted membership to start from (:class:`Roles`: a snapshot from a history
+    bundle of this account; an iterable of account ids: a group where each is an admin, for tests);
+    None: wait for the conversation's genesis operation (sync.md § 5.7), as a device that has the
+    history from its start does. ``floor_seq``/``floor_clock``: for a device that
     starts mid-history (a new device with history depth "none"): everything up to ``floor_seq`` is
     treated as received, and ``floor_clock`` is the clock of that prefix.
     """
@@ -78,14 +85,18 @@ class ConversationState:
     def __init__(
         self,
         conversation_id: bytes,
-        members: Iterable[bytes],
+        members: Roles | Iterable[bytes] | None = None,
         *,
         floor_seq: int = 0,
         floor_clock: FullClock | None = None,
         floor_hash: bytes | None = None,
     ) -> None:
         self.conversation_id = conversation_id
-        self._genesis = frozenset(members)
+        if members is not None and not isinstance(members, Roles):
+            accounts = frozenset(members)
+            members = Roles.of("group", accounts, accounts)
+        self._roles = Membership(members)
+        self._rejected: list[Rejection] = []
         self._floor_seq = floor_seq
         self._floor_clock: dict[bytes, int] = dict(floor_clock or {})
         self._seq_dot: dict[int, Dot] = {}
@@ -117,7 +128,6 @@ class ConversationState:
         self._receipts: dict[bytes, int] = {}
         self._settings: dict[str, FrontierRegister[SettingValue]] = {}
         self._mute: dict[bytes, FrontierRegister[SettingValue]] = {}
-        self._membership: dict[bytes, FrontierRegister[bool]] = {}
         # server_seq of the messages not deleted, all and per author (sorted): unread counts
         self._live: list[int] = []
         self._live_by: dict[bytes, list[int]] = {}
@@ -262,7 +272,8 @@ class ConversationState:
 
     def _result(self, applied: tuple[Dot, ...], *, duplicate: bool) -> Received:
         forks, self._forks = tuple(self._forks), []
-        return Received(applied, duplicate, self.held(), self.gap(), forks=forks)
+        rejected, self._rejected = tuple(self._rejected), []
+        return Received(applied, duplicate, self.held(), self.gap(), forks=forks, rejected=rejected)
 
     def _advance_received(self) -> None:
         while (dot := self._seq_dot.get(self._received_contig + 1)) is not None:
@@ -422,6 +433,12 @@ class ConversationState:
             # is above "max seen + 1" (it would win every later conflict); the dot is consumed
             return
         body: Body = op.body
+        reason = authorise(op, seq, full, self._roles.at(full))
+        if reason is not None:
+            # the author may not make it (not a member in its causal past, not an admin, ...):
+            # consumed with no effect everywhere, and reported
+            self._rejected.append(Rejection(op.dot, op.author, seq, reason))
+            return
         journal = self._journal
         if isinstance(body, Message):
             message = _Msg(op.dot, seq, op.author, body.text, body.reply_to, body.sent_at_ms)
@@ -457,11 +474,10 @@ class ConversationState:
                 self._mute.setdefault(op.author, FrontierRegister()).add(write)
             else:
                 self._settings.setdefault(body.field, FrontierRegister()).add(write)
-        elif isinstance(body, MembershipChange):
-            change: Write[bool] = Write(lww_key(op), op.dot, op.author, full, body.add)
+        elif isinstance(body, MembershipChange | Genesis):
             if journal is not None and journal.members is None:
                 journal.members = self.members()
-            self._membership.setdefault(body.member, FrontierRegister()).add(change)
+            self._roles.apply(op, full)
         # Unknown: the dot is consumed, nothing else changes
 
     def _apply_targeted(self, message: _Msg, op: Op) -> None:
@@ -487,6 +503,7 @@ class ConversationState:
     # -- output ----------------------------------------------------------------------------------
 
     def view(self) -> ConversationView:
+        roles = self._roles.current()
         messages = tuple(m.view() for m in sorted(self._messages.values(), key=lambda m: (m.seq, m.dot)))
         settings = {f: field_state(self._settings.get(f)) for f in SHARED_FIELDS}
         mute = {a: field_state(r) for a, r in sorted(self._mute.items())}
@@ -500,18 +517,22 @@ class ConversationState:
             dict(sorted(self._receipts.items())),
             self.missing(),
             self.held(),
+            roles.admins if roles else frozenset(),
+            roles.kind if roles else None,
         )
 
     def members(self) -> frozenset[bytes]:
-        accounts = self._genesis | self._membership.keys()
-        return frozenset(
-            a
-            for a in accounts
-            if member_present(
-                a in self._genesis,
-                self._membership[a].frontier if a in self._membership else (),
-            )
-        )
+        """The authenticated members now (empty until the genesis is applied)."""
+        roles = self._roles.current()
+        return roles.members if roles else frozenset()
+
+    def roles(self) -> Roles | None:
+        """The authenticated membership now (None until the genesis is applied)."""
+        return self._roles.current()
+
+    def ever_member(self, account: bytes) -> bool:
+        """Whether the authenticated membership ever named ``account`` (False while unknown)."""
+        return self._roles.ever(account)
 
     def unread(self, viewer: bytes) -> int:
         """``view().unread(viewer)`` without materialising the view (logarithmic)."""

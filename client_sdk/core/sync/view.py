@@ -40,6 +40,17 @@ class Fork:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejection:
+    """An applied operation that has no effect because its author was not allowed to make it
+    (sync.md § 5.7); ``reason`` is one of the codes of :mod:`client_sdk.core.sync.membership`."""
+
+    dot: Dot
+    author: bytes
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Received:
     applied: tuple[Dot, ...] = ()  # applied by this call, in order (released held ops included)
     duplicate: bool = False  # the dot was already known (nothing changed)
@@ -47,6 +58,7 @@ class Received:
     gap: GapFill | None = None  # set while something is held or a server_seq is missing
     typing: TypingEvent | None = None
     forks: tuple[Fork, ...] = ()  # operations applied by this call whose transcript claim differs
+    rejected: tuple[Rejection, ...] = ()  # operations applied by this call with no effect (§ 5.7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +105,10 @@ class ConversationView:
     #: held for missing predecessors (in server_seq order). Empty once the history is complete.
     missing: tuple[int, ...] = ()
     held: tuple[Dot, ...] = ()
+    #: The authenticated membership (§ 5.7): admins, the kind from the genesis (None: no genesis
+    #: applied yet, so nothing can be sent or shown as authorised).
+    admins: frozenset[bytes] = frozenset()
+    kind: str | None = None
 
     def unread(self, viewer: bytes) -> int:
         """Messages of other accounts, not deleted, after ``viewer``'s read marker."""

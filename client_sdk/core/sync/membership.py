@@ -1,0 +1,171 @@
+"""Who is in a conversation and who may change it: the authenticated membership (sync.md § 5.7).
+
+Membership is not what the server says: it is the creator's :class:`~.ops.Genesis` operation (the
+operation at ``server_seq`` 1), or a snapshot this account's own device handed over in a history
+bundle, plus the :class:`~.ops.MembershipChange` operations applied since. Every operation is
+authorised against the membership **in its causal past** (the writes its full clock contains), so
+the decision is the same on every device whatever order the operations arrived in.
+
+Roles: ``NONE`` (not a member), ``MEMBER``, ``ADMIN``. One multi-value register per account; with
+concurrent writes the *lower* role wins (a remove concurrent with an add removes, a demotion
+concurrent with a promotion demotes: removal is a security action).
+
+Rules (:func:`authorise`):
+
+* the genesis is valid only at ``server_seq`` 1, with nothing in its causal past, from a member
+  (a group's from an admin); any other genesis is rejected;
+* every other operation needs a known membership in its past and an author who is a member there;
+* in a direct conversation nobody changes membership;
+* in a group an admin adds (as member or admin) and removes anyone; any member removes itself.
+
+No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from client_sdk.core.sync.clock import Dot, FullClock, contains
+from client_sdk.core.sync.ops import ConversationKind, Genesis, MembershipChange, Op
+from client_sdk.core.sync.rules import FrontierRegister, Write, lww_key
+
+NONE, MEMBER, ADMIN = 0, 1, 2
+
+# why an operation has no effect (OperationRejected.reason)
+NO_GENESIS = "no_genesis"
+BAD_GENESIS = "bad_genesis"
+NOT_A_MEMBER = "not_a_member"
+NOT_AN_ADMIN = "not_an_admin"
+DIRECT_FIXED = "direct_members_fixed"
+
+
+@dataclass(frozen=True, slots=True)
+class Roles:
+    """The membership at one point: the conversation's kind and each present account's role."""
+
+    kind: ConversationKind
+    roles: Mapping[bytes, int]
+
+    @property
+    def members(self) -> frozenset[bytes]:
+        return frozenset(a for a, r in self.roles.items() if r >= MEMBER)
+
+    @property
+    def admins(self) -> frozenset[bytes]:
+        return frozenset(a for a, r in self.roles.items() if r >= ADMIN)
+
+    def role(self, account: bytes) -> int:
+        return self.roles.get(account, NONE)
+
+    @staticmethod
+    def of(kind: ConversationKind, members: Iterable[bytes], admins: Iterable[bytes] = ()) -> Roles:
+        admin_set = frozenset(admins)
+        return Roles(kind, {m: ADMIN if m in admin_set else MEMBER for m in frozenset(members) | admin_set})
+
+
+def role_of(base: int, frontier: Iterable[Write[int]]) -> int:
+    """One account's role: ``base`` until a write, then the lowest role of the causal frontier."""
+    values = [w.value for w in frontier]
+    return min(values) if values else base
+
+
+def authorise(op: Op, seq: int, full: FullClock, past: Roles | None) -> str | None:
+    """Why ``op`` (at ``seq``, with the expanded clock ``full``) has no effect, or None when it is
+    allowed. ``past``: the membership in the op's causal past (None: no genesis in it)."""
+    body = op.body
+    if isinstance(body, Genesis):
+        alone = all(n == 0 for d, n in full.items() if d != op.dot.device) and op.dot.n == 1
+        if past is not None or seq != 1 or not alone or op.author not in body.members:
+            return BAD_GENESIS
+        if body.kind == "group" and op.author not in body.admins:
+            return BAD_GENESIS
+        return None
+    if past is None:
+        return NO_GENESIS
+    role = past.role(op.author)
+    if role < MEMBER:
+        return NOT_A_MEMBER
+    if isinstance(body, MembershipChange):
+        if past.kind == "direct":
+            return DIRECT_FIXED
+        leaving = body.member == op.author and not body.add
+        if role < ADMIN and not leaving:
+            return NOT_AN_ADMIN
+    return None
+
+
+class Membership:
+    """The membership register set of one conversation. ``base``: a trusted snapshot to start
+    from (a history bundle of this account's own device, or a test); None: wait for the genesis."""
+
+    __slots__ = ("_base", "_current", "_ever", "_genesis_dot", "_writes")
+
+    def __init__(self, base: Roles | None = None) -> None:
+        self._base = base
+        self._genesis_dot: Dot | None = None
+        self._writes: dict[bytes, list[Write[int]]] = {}  # every valid write, per account
+        self._current: dict[bytes, FrontierRegister[int]] = {}
+        self._ever: set[bytes] = set(base.roles) if base else set()
+
+    @property
+    def known(self) -> bool:
+        return self._base is not None
+
+    @property
+    def genesis_dot(self) -> Dot | None:
+        return self._genesis_dot
+
+    def ever(self, account: bytes) -> bool:
+        """Whether ``account`` was named by the membership at any point (genesis, snapshot, a
+        change): an account never named can author nothing that takes effect."""
+        return account in self._ever
+
+    def current(self) -> Roles | None:
+        base = self._base
+        if base is None:
+            return None
+        roles: dict[bytes, int] = {}
+        for account in set(base.roles) | set(self._current):
+            register = self._current.get(account)
+            role = role_of(base.role(account), register.frontier if register else ())
+            if role > NONE:
+                roles[account] = role
+        return Roles(base.kind, roles)
+
+    def at(self, full: FullClock) -> Roles | None:
+        """The membership in the causal past ``full`` (None: the genesis is not in it)."""
+        base = self._base
+        if base is None:
+            return None
+        if self._genesis_dot is not None and not contains(full, self._genesis_dot):
+            return None
+        if all(contains(full, w.dot) for ws in self._writes.values() for w in ws):
+            return self.current()
+        roles: dict[bytes, int] = {}
+        for account in set(base.roles) | set(self._writes):
+            seen = [w for w in self._writes.get(account, ()) if contains(full, w.dot)]
+            frontier = [w for w in seen if not any(o is not w and contains(o.clock, w.dot) for o in seen)]
+            role = role_of(base.role(account), frontier)
+            if role > NONE:
+                roles[account] = role
+        return Roles(base.kind, roles)
+
+    def apply(self, op: Op, full: FullClock) -> bool:
+        """Record an authorised genesis or membership change; True when the membership changed."""
+        body = op.body
+        if isinstance(body, Genesis):
+            if self._base is not None:
+                return False
+            self._base = Roles.of(body.kind, body.members, body.admins)
+            self._genesis_dot = op.dot
+            self._ever.update(body.members)
+            return True
+        if not isinstance(body, MembershipChange):
+            return False
+        value = (ADMIN if body.admin else MEMBER) if body.add else NONE
+        write: Write[int] = Write(lww_key(op), op.dot, op.author, full, value)
+        self._writes.setdefault(body.member, []).append(write)
+        self._current.setdefault(body.member, FrontierRegister()).add(write)
+        self._ever.add(body.member)
+        return True
