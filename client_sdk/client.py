@@ -224,8 +224,12 @@ class Client:
     # -- conversations -----------------------------------------------------------------------------------
 
     async def create_conversation(self, usernames: Sequence[str]) -> str:
-        """A conversation with these people (a direct one for one person); returns its id."""
-        return await self._flushed(self.conversations.create(usernames))
+        """A conversation with these people (a direct one for one person); returns its id. A new
+        conversation starts with this device's genesis operation (its authenticated members)."""
+        cid, genesis = await self._flushed(self.conversations.create(usernames))
+        if genesis is not None:
+            await self.outbound.send_op(cid, genesis)
+        return cid
 
     def messages(self, conversation_id: str, limit: int = 1000) -> Sequence[MessageRecord]:
         """The stored messages of a conversation in display order."""
@@ -300,28 +304,44 @@ class Client:
     async def set_disappearing_timer(self, conversation_id: str, ms: int | None) -> str:
         return await self.outbound.send_op(conversation_id, sync.SettingsChange("disappearing_ms", ms))
 
-    async def add_member(self, conversation_id: str, username: str) -> str:
-        """Add an account to a group (on the server, then as a membership operation)."""
+    async def add_member(self, conversation_id: str, username: str, *, admin: bool = False) -> str:
+        """Add an account to a group (``admin``: as an admin; promotes a member). Only an admin
+        may (:class:`NotAllowedError` otherwise): on the server, then as a membership operation
+        that every member's device checks (docs/protocol/sync.md § 5.7)."""
         from client_sdk.core import api
 
         contact = await self._flushed(self.contacts.by_username(username))
+        change = sync.MembershipChange(b64decode(contact.account_id), True, admin)
+        await self._check_may(conversation_id, change)
         r = await self._ctx.call(api.add_member(conversation_id, contact.account_id))
-        self.conversations.put(api.parse_conversation(r.body))
-        return await self.outbound.send_op(
-            conversation_id, sync.MembershipChange(b64decode(contact.account_id), True)
-        )
+        with self._ctx.transaction():
+            self.conversations.put(api.parse_conversation(r.body))
+        return await self.outbound.send_op(conversation_id, change)
 
     async def remove_member(self, conversation_id: str, username: str) -> str:
-        """Remove an account from a group (a membership operation, then on the server)."""
+        """Remove an account from a group (an admin only): a membership operation, then on the
+        server. Its devices get the removal and nothing after it."""
+        contact = await self._flushed(self.contacts.by_username(username))
+        return await self._remove(conversation_id, contact.account_id)
+
+    async def leave(self, conversation_id: str) -> str:
+        """Leave a group (any member may)."""
+        return await self._remove(conversation_id, self._ctx.account_id)
+
+    async def _check_may(self, conversation_id: str, body: sync.ops.Body) -> None:
+        state = self.conversations.state(await self.conversations.record(conversation_id))
+        self.conversations.check_may_compose(state, body)
+
+    async def _remove(self, conversation_id: str, account_id: str) -> str:
         from client_sdk.core import api
 
-        contact = await self._flushed(self.contacts.by_username(username))
-        envelope_id = await self.outbound.send_op(
-            conversation_id, sync.MembershipChange(b64decode(contact.account_id), False)
-        )
-        r = await self._ctx.call(api.remove_member(conversation_id, contact.account_id))
+        change = sync.MembershipChange(b64decode(account_id), False)
+        await self._check_may(conversation_id, change)
+        envelope_id = await self.outbound.send_op(conversation_id, change)
+        r = await self._ctx.call(api.remove_member(conversation_id, account_id))
         if isinstance(r.body, dict):
-            self.conversations.put(api.parse_conversation(r.body))
+            with self._ctx.transaction():
+                self.conversations.put(api.parse_conversation(r.body))
         return envelope_id
 
     async def typing(self, conversation_id: str, typing: bool = True) -> None:

@@ -157,6 +157,18 @@ class ProtocolError(SaltlineError):
     """The server sent a response or frame that does not follow the protocol."""
 
 
+class NotAllowedError(UsageError):
+    """The conversation's authenticated membership does not allow this account to do this: it is
+    not a member (it was removed or never added), or a membership change needs an admin, or a
+    direct conversation's members are fixed (docs/protocol/sync.md § 5.7). Nothing was queued."""
+
+
+class MembershipUnknownError(TrustError):
+    """The conversation's authenticated start (its creator's genesis operation) has not arrived
+    yet, so nobody can be told who its members are: the operation waits in the outbox and is sent
+    once it arrives."""
+
+
 class UntrustedConversationError(SaltlineError):
     """The server described a conversation in a way this device refuses: a direct conversation
     that does not have exactly this account and one other, or a new conversation whose kind or

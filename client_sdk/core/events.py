@@ -263,6 +263,23 @@ class MembershipMismatch(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class OperationRejected(Event):
+    """An operation of a conversation has no effect on any device: its author was not allowed to
+    make it in the membership its causal past shows (docs/protocol/sync.md § 5.7). ``reason``:
+    ``not_a_member`` (the account was not a member then: a ghost account the server routes, or a
+    removed member), ``not_an_admin`` (a membership change by a member who is not an admin),
+    ``direct_members_fixed``, ``no_genesis`` (the conversation has no authenticated start before
+    it) or ``bad_genesis``. A rejected message is not stored; ``envelope_id`` names it."""
+
+    conversation_id: str
+    account_id: str
+    device_id: str
+    message_ref: str
+    envelope_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class MembershipChanged(Event):
     conversation_id: str
     members: tuple[str, ...]

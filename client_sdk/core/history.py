@@ -43,6 +43,8 @@ class BundleConversation:
     floor_clock: bytes
     cursor: int
     ops: tuple[BundleOp, ...]
+    #: the admins of the membership snapshot ``genesis`` (sync.md § 8)
+    admins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ def encode_bundle(conversations: Sequence[BundleConversation], now_ms: int) -> d
                 "kind": c.kind,
                 "members": list(c.members),
                 "genesis": list(c.genesis),
+                "admins": list(c.admins),
                 "floor_seq": c.floor_seq,
                 "floor_clock": b64encode(c.floor_clock),
                 "cursor": c.cursor,
@@ -186,11 +189,12 @@ def parse_bundle(doc: object) -> list[BundleConversation]:
                 _str(c, "conversation_id"),
                 _str(c, "kind"),
                 tuple(sorted(members)),
-                _ids(c, "genesis") if "genesis" in c else members,
+                _ids(c, "genesis") if "genesis" in c else (),
                 _int(c, "floor_seq", 0),
                 _bytes(c, "floor_clock") if c.get("floor_clock") else b"",
                 _int(c, "cursor", 0),
                 tuple(ops),
+                _ids(c, "admins") if "admins" in c else (),
             )
         )
     return out

@@ -9,14 +9,27 @@ from typing import TYPE_CHECKING
 
 from client_sdk.context import DeviceContext
 from client_sdk.core import api, diff, sync
-from client_sdk.core.events import ConversationAdded, ForkDetected, MembershipMismatch
-from client_sdk.errors import UntrustedConversationError, UsageError
+from client_sdk.core.events import ConversationAdded, ForkDetected, MembershipMismatch, OperationRejected
+from client_sdk.core.sync import membership
+from client_sdk.errors import (
+    MembershipUnknownError,
+    NotAllowedError,
+    UntrustedConversationError,
+    UsageError,
+)
 from client_sdk.stores.base import ConversationRecord, MessageRecord, SyncMeta
 from crypto.errors import CryptoError
 from crypto.keys import b64decode, b64encode
 
 if TYPE_CHECKING:
     from client_sdk.facets.contacts import Contacts
+
+
+_REFUSALS = {
+    membership.NOT_A_MEMBER: "this account is not a member of the conversation (removed, or never added)",
+    membership.NOT_AN_ADMIN: "only an admin of the group adds or removes others (any member may leave)",
+    membership.DIRECT_FIXED: "a direct conversation's members never change",
+}
 
 
 def decode_op(plaintext: bytes, clock: bytes, device_id: str, account_id: str) -> sync.Op | None:
@@ -35,8 +48,13 @@ class Conversations:
         #: per conversation: server_seq -> envelope id of the stored operation
         self._seqs: dict[str, dict[int, str]] = {}
         self._me_cache: tuple[str, bytes] | None = None
+        #: (conversation, authenticated members, server members) already reported
+        self._mismatches: set[tuple[str, frozenset[str], frozenset[str]]] = set()
 
-    async def create(self, usernames: Sequence[str]) -> str:
+    async def create(self, usernames: Sequence[str]) -> tuple[str, sync.Genesis | None]:
+        """Create the conversation on the server; returns its id and, when the server created
+        it (rather than returning the direct conversation that already existed), the genesis
+        operation the caller must send as this device's first operation in it (sync.md § 5.7)."""
         ctx = self.ctx
         others = [await self.contacts.by_username(u) for u in usernames]
         if not others:
@@ -44,8 +62,9 @@ class Conversations:
         kind = "direct" if len(others) == 1 else "group"
         r = await ctx.call(api.create_conversation(kind, [c.account_id for c in others]))
         info = api.parse_conversation(r.body)
+        existing = self.known(info.conversation_id)
         asked = {ctx.account_id, *(c.account_id for c in others)}
-        if self.known(info.conversation_id) is not None:
+        if existing is not None and kind == "group":
             raise UntrustedConversationError(
                 f"the server answered a new {kind} conversation with the id of an existing one "
                 f"({info.conversation_id}): refused"
@@ -56,7 +75,13 @@ class Conversations:
                 f"not the {kind} conversation with {sorted(asked)} that was asked for: refused"
             )
         self.put(info)
-        return info.conversation_id
+        if existing is not None or r.status != 201 or info.last_server_seq != 0:
+            return info.conversation_id, None  # an existing direct conversation: its creator's genesis
+        me = b64decode(ctx.account_id)
+        members = tuple(sorted({b64decode(m) for m in asked}))
+        if kind == "direct":
+            return info.conversation_id, sync.Genesis("direct", members, ())
+        return info.conversation_id, sync.Genesis("group", members, (me,))
 
     def put(self, info: api.ConversationInfo) -> ConversationRecord:
         """Store what the server says of a conversation. A direct conversation's two accounts are
@@ -112,12 +137,19 @@ class Conversations:
         store = self.ctx.store.sync
         meta = store.get_sync_meta(cid)
         if meta is None:
-            meta = SyncMeta(cid, members=tuple(record.members))
+            meta = SyncMeta(cid)
             store.put_sync_meta(meta)
         floor_clock = sync.CompactClock.decode(meta.floor_clock) if meta.floor_clock else None
+        snapshot = None
+        if meta.members:  # from this account's own history bundle; else wait for the genesis
+            snapshot = sync.Roles.of(
+                "direct" if meta.kind == "direct" else "group",
+                (b64decode(m) for m in meta.members),
+                (b64decode(a) for a in meta.admins),
+            )
         state = sync.ConversationState(
             b64decode(cid),
-            [b64decode(m) for m in (meta.members or record.members)],
+            snapshot,
             floor_seq=meta.floor_seq,
             floor_clock=dict(floor_clock.extras) if floor_clock else {},
             floor_hash=floor_clock.log_hash if floor_clock else None,
@@ -161,6 +193,20 @@ class Conversations:
         if received.applied:
             for event in diff.delta_changes(cid, delta):
                 self.ctx.emit(event)
+        for rejection in received.rejected:
+            rejected_eid = self._seqs[cid].get(rejection.seq)
+            if rejected_eid is not None:  # a message that is not part of the conversation
+                self.ctx.store.conversations.delete_message(rejected_eid)
+            self.ctx.emit(
+                OperationRejected(
+                    cid,
+                    b64encode(rejection.author),
+                    b64encode(rejection.dot.device),
+                    diff.message_ref(rejection.dot),
+                    rejected_eid,
+                    rejection.reason,
+                )
+            )
         for fork in received.forks:
             self.ctx.emit(
                 ForkDetected(
@@ -173,6 +219,35 @@ class Conversations:
                 )
             )
         return received
+
+    def check_may_compose(self, state: sync.ConversationState, body: sync.ops.Body) -> None:
+        """Refuse (:class:`NotAllowedError`) what the authenticated membership does not allow this
+        account to author (sync.md § 5.7); an unknown membership (no genesis yet) lets it wait."""
+        refusal = membership.may_compose(state.roles(), self._me(), body)
+        if refusal is not None:
+            raise NotAllowedError(_REFUSALS.get(refusal, refusal))
+
+    def recipients(self, record: ConversationRecord, body: sync.ops.Body) -> list[str]:
+        """The accounts an operation is encrypted to: the authenticated members (sync.md § 5.7),
+        never the server's list. A difference from the server's list is reported once per
+        difference (:class:`MembershipMismatch`); nothing is encrypted to an account the
+        membership does not name. Raises :class:`MembershipUnknownError` before the genesis."""
+        ctx = self.ctx
+        accounts = membership.recipients(self.state(record).roles(), body)
+        if accounts is None:
+            raise MembershipUnknownError(
+                f"conversation {record.conversation_id} has no authenticated start (genesis) yet"
+            )
+        members = {b64encode(a) for a in accounts} | {ctx.account_id}
+        server = set(record.members) | {ctx.account_id}
+        if server != members:
+            key = (record.conversation_id, frozenset(members), frozenset(server))
+            if key not in self._mismatches:
+                self._mismatches.add(key)
+                ctx.emit(
+                    MembershipMismatch(record.conversation_id, tuple(sorted(members)), tuple(sorted(server)))
+                )
+        return sorted(members)
 
     def _me(self) -> bytes:
         account_id = self.ctx.account_id

@@ -39,7 +39,13 @@ from client_sdk.errors import (
     UntrustedConversationError,
     UntrustedDeviceListError,
 )
-from client_sdk.stores.base import ContactRecord, MessageRecord, SessionRecord, SyncOpRecord
+from client_sdk.stores.base import (
+    ContactRecord,
+    ConversationRecord,
+    MessageRecord,
+    SessionRecord,
+    SyncOpRecord,
+)
 from crypto.errors import CryptoError, DuplicateMessageError
 from crypto.keys import b64decode
 
@@ -251,7 +257,10 @@ class Inbound:
                 return decision
         sender, contact = (rules.OK, None) if conversation.kind != "ok" else await self._lookup_sender(env)
         record = self.conversations.known(cid)
-        member = record is None or record.kind != "direct" or env.sender_account_id in record.members
+        member = record is None or (
+            (record.kind != "direct" or env.sender_account_id in record.members)
+            and self._may_be_member(record, env)
+        )
         decision = rules.after_lookup(conversation, sender, tries=self._transient.get(eid, 0), member=member)
         if isinstance(decision, rules.RetryLater):
             self._transient[eid] = self._transient.get(eid, 0) + 1
@@ -262,6 +271,16 @@ class Inbound:
             return decision
         assert contact is not None
         return self._decrypt_and_store(env, contact)
+
+    def _may_be_member(self, record: ConversationRecord, env: rules.Envelope) -> bool:
+        """False when the sending account cannot be a member where its operation sits: the
+        authenticated membership never named it although everything before the envelope's
+        position is applied (an account only the server added: nothing of it is stored). Otherwise
+        the reducer decides when the operation applies (sync.md § 5.7)."""
+        state = self.conversations.state(record)
+        if state.roles() is None or state.ever_member(b64decode(env.sender_account_id)):
+            return True
+        return env.server_seq is not None and state.base_seq < env.server_seq - 1
 
     def _ack(self, env: rules.Envelope, decision: rules.Decision) -> rules.Decision:
         self._transient.pop(env.envelope_id, None)
@@ -387,7 +406,8 @@ class Inbound:
             record = self.conversations.known(cid)
             if record is not None:
                 received = self.conversations.apply(record, seq, op, eid)
-            if isinstance(op.body, sync.Message):
+            rejected = received is not None and any(r.dot == op.dot for r in received.rejected)
+            if isinstance(op.body, sync.Message) and not rejected:
                 if ctx.bus.has_at_least_once(MessageReceived):
                     ctx.store.handler_inbox.add_pending(eid, cid, ctx.clock())
                 ctx.emit(

@@ -107,12 +107,14 @@ class Linking:
             if sent is not None and cid in sent and not carried:
                 continue
             floor_clock = state.prefix(floor) if floor <= state.received_seq else {}
+            # the authenticated membership at the floor (none at 0: the bundle carries the genesis)
+            snapshot = state.roles_at(floor) if floor > 0 else None
             out.append(
                 fmt.BundleConversation(
                     cid,
-                    record.kind,
+                    snapshot.kind if snapshot else record.kind,
                     tuple(record.members),
-                    tuple(meta.members or record.members),
+                    tuple(sorted(b64encode(m) for m in snapshot.members)) if snapshot else (),
                     floor,
                     # the floor's clock, with the transcript hash T(floor) in its hash field
                     sync.CompactClock.of(0, floor_clock, state.transcript(floor)).encode(),
@@ -128,6 +130,7 @@ class Linking:
                         )
                         for r in carried
                     ),
+                    tuple(sorted(b64encode(m) for m in snapshot.admins)) if snapshot else (),
                 )
             )
         return fmt.encode_bundle(out, ctx.clock())
@@ -159,7 +162,14 @@ class Linking:
         """The conversation starts from the bundle's floor and genesis (own counters kept)."""
         meta = self.conversations.meta(c.conversation_id)
         self.ctx.store.sync.put_sync_meta(
-            replace(meta, floor_seq=c.floor_seq, floor_clock=c.floor_clock, members=c.genesis)
+            replace(
+                meta,
+                floor_seq=c.floor_seq,
+                floor_clock=c.floor_clock,
+                members=c.genesis if c.floor_seq > 0 else (),
+                admins=c.admins if c.floor_seq > 0 else (),
+                kind=c.kind,
+            )
         )
 
     def seed_history(self, bundle: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from client_sdk.core.events import ForkDetected, MessageSent, OutboxItemFailed
 from client_sdk.core.sync.ops import Body as SyncBody
 from client_sdk.errors import (
     IdentityChangedError,
+    MembershipUnknownError,
     MessageTooLargeError,
     NetworkError,
     NotFoundError,
@@ -143,6 +144,7 @@ class Outbound:
             composer = sync.Composer(
                 b64decode(ctx.device_id), b64decode(ctx.account_id), meta.counter, meta.lamport
             )
+            self.conversations.check_may_compose(state, body)
             op = composer.compose(state, body)
             plaintext, clock = sync.encode(op)
             self._check_size(record.members, plaintext, clock)
@@ -190,7 +192,10 @@ class Outbound:
             )
             plaintext, clock = sync.encode(composer.compose(state, sync.Typing(typing)))
             item = OutboxItem(b64encode(ctx.rng(16)), conversation_id, plaintext, clock, ctx.clock())
-            body, sessions = await self._encrypt_request(item, ephemeral=True)
+            try:
+                body, sessions = await self._encrypt_request(item, ephemeral=True)
+            except MembershipUnknownError:
+                return  # nobody to tell yet
             body["ephemeral"] = True
             with ctx.transaction():
                 for session_record, session in sessions:
@@ -355,6 +360,8 @@ class Outbound:
             return item, rules.Accepted(result.server_seq, result.server_ts), None
         except (IdentityChangedError, UntrustedDeviceListError) as exc:
             return item, rules.TrustHold(str(exc)), exc
+        except MembershipUnknownError as exc:
+            return item, rules.Unreachable(str(exc)), exc
         except NotFoundError as exc:
             if item.request is None:  # the claim: a device of a stale list is gone
                 return item, rules.Refused(409, wire.PROBLEM_RECIPIENTS_MISMATCH, exc.detail, {}), exc
@@ -468,8 +475,16 @@ class Outbound:
         return await self.ctx.call(api.send_envelope(conversation_id, body))
 
     async def _refresh_members(self, conversation_id: str, accounts: set[str]) -> None:
-        record = await self.conversations.record(conversation_id)
-        for account_id in sorted(accounts | set(record.members) | {self.ctx.account_id}):
+        """The server says the recipients changed: its member list is fetched again (for the
+        mismatch report) and the device lists of the authenticated members it named are
+        refreshed; an account outside the authenticated membership is never fetched for sending."""
+        ctx = self.ctx
+        info = api.parse_conversation((await ctx.call(api.conversation(conversation_id))).body)
+        with ctx.transaction():
+            record = self.conversations.put(info)
+        roles = self.conversations.state(record).roles()
+        members = {b64encode(a) for a in roles.members} if roles else set()
+        for account_id in sorted((accounts & members) | {ctx.account_id}):
             await self.contacts.refresh(account_id)
 
     def _mark_sent(self, item: OutboxItem, server_seq: int, server_ts: int) -> None:
@@ -541,8 +556,12 @@ class Outbound:
     ) -> tuple[dict[str, Any], list[tuple[SessionRecord, Session]]]:
         ctx = self.ctx
         record = await self.conversations.record(item.conversation_id)
-        members = sorted(set(record.members) | {ctx.account_id})
-        lists = await self._verified_lists(members)
+        op = self._composed.get(item.envelope_id) or decode_op(
+            item.body, item.clock, ctx.device_id, ctx.account_id
+        )
+        if op is None:
+            raise ProtocolError("an outbox item does not decode")
+        lists = await self._verified_lists(self.conversations.recipients(record, op.body))
         recipients = trust.fan_out(b64decode(ctx.device_id), lists)
         own = ctx.identity
         sendable = {r.device_id: self._sendable_session(r, own) for r in recipients}

@@ -190,7 +190,13 @@ class SyncMeta:
     floor_clock: bytes = b""
     """The compact (0x02, base 0) encoding of the clock of the prefix up to ``floor_seq``."""
     members: tuple[str, ...] = ()
-    """The genesis members the conversation state starts from (empty: the conversation's members)."""
+    """The trusted membership snapshot the state starts from (a history bundle from this
+    account's own device, docs/protocol/sync.md § 8); empty: the state waits for the
+    conversation's genesis operation (§ 5.7). Never the server's member list."""
+    admins: tuple[str, ...] = ()
+    """The admins of that snapshot."""
+    kind: str = ""
+    """The kind (``direct``/``group``) of that snapshot."""
 
 
 @dataclass(frozen=True, slots=True)

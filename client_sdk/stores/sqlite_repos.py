@@ -449,7 +449,19 @@ class SqliteSyncStore(_Part):
         )
         if row is None:
             return None
-        return SyncMeta(row[0], row[1], row[2], row[3], bytes(row[4]), tuple(json.loads(row[5])))
+        snapshot = json.loads(row[5])
+        if isinstance(snapshot, list):  # before admins and kind were kept
+            snapshot = {"members": snapshot}
+        return SyncMeta(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            bytes(row[4]),
+            tuple(snapshot.get("members", ())),
+            tuple(snapshot.get("admins", ())),
+            str(snapshot.get("kind", "")),
+        )
 
     def put_sync_meta(self, meta: SyncMeta) -> None:
         self._s._write(
@@ -461,7 +473,7 @@ class SqliteSyncStore(_Part):
                 meta.lamport,
                 meta.floor_seq,
                 bytes(meta.floor_clock),
-                json.dumps(list(meta.members)),
+                json.dumps({"members": list(meta.members), "admins": list(meta.admins), "kind": meta.kind}),
             ),
         )
 

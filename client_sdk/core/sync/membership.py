@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from client_sdk.core.sync.clock import Dot, FullClock, contains
-from client_sdk.core.sync.ops import ConversationKind, Genesis, MembershipChange, Op
+from client_sdk.core.sync.ops import Body, ConversationKind, Genesis, MembershipChange, Op
 from client_sdk.core.sync.rules import FrontierRegister, Write, lww_key
 
 NONE, MEMBER, ADMIN = 0, 1, 2
@@ -83,16 +83,7 @@ def authorise(op: Op, seq: int, full: FullClock, past: Roles | None) -> str | No
         return None
     if past is None:
         return NO_GENESIS
-    role = past.role(op.author)
-    if role < MEMBER:
-        return NOT_A_MEMBER
-    if isinstance(body, MembershipChange):
-        if past.kind == "direct":
-            return DIRECT_FIXED
-        leaving = body.member == op.author and not body.add
-        if role < ADMIN and not leaving:
-            return NOT_AN_ADMIN
-    return None
+    return may_compose(past, op.author, body)
 
 
 class Membership:
@@ -169,3 +160,32 @@ class Membership:
         self._current.setdefault(body.member, FrontierRegister()).add(write)
         self._ever.add(body.member)
         return True
+
+
+def recipients(current: Roles | None, body: Body) -> frozenset[bytes] | None:
+    """The accounts an operation is encrypted to (besides the author's own): the authenticated
+    members now, plus the account an add names (it must learn it was added); for the genesis, its
+    members. None: not known yet (no genesis applied): nothing may be sent."""
+    if isinstance(body, Genesis):
+        return frozenset(body.members)
+    if current is None:
+        return None
+    if isinstance(body, MembershipChange) and body.add:
+        return current.members | {body.member}
+    return current.members
+
+
+def may_compose(current: Roles | None, author: bytes, body: Body) -> str | None:
+    """Why this account must not author ``body`` now (the reason codes of :func:`authorise`), or
+    None. Unknown membership (no genesis yet) is not a refusal: the operation waits."""
+    if isinstance(body, Genesis) or current is None:
+        return None
+    role = current.role(author)
+    if role < MEMBER:
+        return NOT_A_MEMBER
+    if isinstance(body, MembershipChange):
+        if current.kind == "direct":
+            return DIRECT_FIXED
+        if role < ADMIN and not (body.member == author and not body.add):
+            return NOT_AN_ADMIN
+    return None

@@ -530,6 +530,12 @@ class ConversationState:
         """The authenticated membership now (None until the genesis is applied)."""
         return self._roles.current()
 
+    def roles_at(self, seq: int) -> Roles | None:
+        """The membership in the causal past of the prefix ``1..seq`` (None: unknown there)."""
+        if seq > self._received_contig:
+            return None
+        return self._roles.at(self.prefix(seq))
+
     def ever_member(self, account: bytes) -> bool:
         """Whether the authenticated membership ever named ``account`` (False while unknown)."""
         return self._roles.ever(account)
