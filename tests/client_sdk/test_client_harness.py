@@ -58,9 +58,11 @@ def _texts(c: Client) -> list[str]:
     return [e.text for e in _drain(c) if isinstance(e, MessageReceived)]
 
 
-async def _add_device(relay: FakeRelay, owner: Client, *, upload: bool = True) -> Client:
+async def _add_device(relay: FakeRelay, owner: Client, *, upload: bool = True, seed: bool = True) -> Client:
     """A second device of ``owner``'s account (what linking produces), without the provisioning
-    round trip."""
+    round trip; ``seed``: with a history bundle of depth "none" (the membership snapshot of each
+    conversation, as linking hands over)."""
+    bundle = owner.linking.history_bundle("none") if seed else None
     new = await Client.create(URL, MemoryStore(), http_transport=relay)
     key = owner._ctx.account_key()
     state = new._ctx.state.with_account_key(key)
@@ -73,6 +75,9 @@ async def _add_device(relay: FakeRelay, owner: Client, *, upload: bool = True) -
     )
     new.contacts.put_own_contact(signed)
     new._ctx.set_access_token(f"access.{new.device_id}", float("inf"))
+    if bundle is not None:
+        with new._ctx.transaction():
+            new.linking.seed_history(bundle)
     if upload:
         await new.prekeys.upload_all()
     return new
@@ -93,8 +98,8 @@ async def test_fan_out_410_and_409_resend_with_the_same_envelope_id() -> None:
     (pending,) = bob.store.outbox.outbox()
     assert pending.failed_reason is None and pending.next_attempt_ms > 0
     statuses = [r for r in relay.requests if r[0] == "POST" and r[1].endswith("/envelopes")]
-    # "one", then "two" and each re-encryption of it for the changed recipients
-    assert len(statuses) == 2 + outbox_rules.MAX_REENCRYPTS
+    # the genesis, "one", then "two" and each re-encryption of it for the changed recipients
+    assert len(statuses) == 3 + outbox_rules.MAX_REENCRYPTS
     await phone.prekeys.upload_all()
     assert await bob.flush_outbox() == 1
     last = relay.sends[-1]
@@ -214,7 +219,8 @@ async def test_identity_change_block_holds_only_that_conversation() -> None:
     assert _texts(carol) == ["to carol"]
     with pytest.raises(IdentityChangedError):
         await bob.flush_outbox()
-    assert not relay.queues.get(alice.device_id)
+    # only the genesis, sent before the key changed
+    assert [e["server_seq"] for e in relay.queues.get(alice.device_id, [])] == [1]
 
     await bob.verify_contact("alice")
     assert await bob.flush_outbox() == 1
@@ -254,7 +260,7 @@ async def test_gap_marker_and_seq_jump_are_filled_from_history(monkeypatch: pyte
     events = _drain(alice)
     assert any(isinstance(e, DeliveryGap) for e in events)
     assert [e.text for e in events if isinstance(e, MessageReceived)] == [f"m{i}" for i in range(1, 6)]
-    assert alice.store.cursors.get_server_seq(cid) == 6
+    assert alice.store.cursors.get_server_seq(cid) == 7  # the genesis at 1, m0..m5 at 2..7
     assert not relay.queues[alice.device_id]
 
     # a silent hole: the next queued envelope jumps over two server_seq values
@@ -311,7 +317,7 @@ async def test_link_follow_up_merges_only_what_the_new_device_lacks() -> None:
     }
     await bob.send_text(cid, "two")  # while linking: no copy for the phone
     await relay.deliver(alice)
-    phone = await _add_device(relay, alice)
+    phone = await _add_device(relay, alice, seed=False)
     with phone._ctx.transaction():
         phone.linking.seed_history(first)
     await bob.send_text(cid, "three")  # the phone is in the list now
@@ -320,8 +326,9 @@ async def test_link_follow_up_merges_only_what_the_new_device_lacks() -> None:
     assert _texts(phone) == ["three"]
     assert [m.text for m in (await phone.conversation(cid)).messages] == ["one"]  # "three" is held
     follow_up = alice.linking.history_bundle("all", sent)
-    assert [o["seq"] for c in follow_up["conversations"] for o in c["ops"]] == [2, 3]
-    assert alice.linking.history_bundle("all", {cid: (0, frozenset({1, 2, 3}))})["conversations"] == []
+    # the genesis is at 1 and "one" at 2: the follow-up carries "two" and "three"
+    assert [o["seq"] for c in follow_up["conversations"] for o in c["ops"]] == [3, 4]
+    assert alice.linking.history_bundle("all", {cid: (0, frozenset({1, 2, 3, 4}))})["conversations"] == []
     await phone.linking.merge_follow_up(follow_up)
     await phone.linking.merge_follow_up(follow_up)
     assert _texts(phone) == ["two"]  # announced once; "three" was already there

@@ -103,20 +103,20 @@ async def test_the_cached_state_follows_every_write_and_a_reopened_client_reads_
 async def test_a_rolled_back_receive_leaves_no_stale_cached_state(monkeypatch: pytest.MonkeyPatch) -> None:
     relay = FakeRelay()
     alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
-    cid = await bob.create_conversation(["alice"])
+    cid = await bob.create_conversation(["alice"])  # the genesis: bob's first (prekey) message
     await bob.send_text(cid, "first")
     before = alice._ctx.state
-    real_put = alice.store.conversations.put_message
+    real_put = alice.store.sync.put_sync_op
 
     def failing(record: Any) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(alice.store.conversations, "put_message", failing)
+    monkeypatch.setattr(alice.store.sync, "put_sync_op", failing)
     with pytest.raises(RetryLater):  # not acknowledged: the connection is dropped and resumed
         await relay.deliver(alice)  # the one-time prekey was deleted, then the transaction rolled back
     assert alice._ctx.state == before == _stored_state(alice)
 
-    monkeypatch.setattr(alice.store.conversations, "put_message", real_put)
+    monkeypatch.setattr(alice.store.sync, "put_sync_op", real_put)
     await relay.deliver(alice)  # the same prekey message again: the prekey is still held
     assert _texts(alice) == ["first"]
     assert len(alice._ctx.state.one_time_prekeys) == len(before.one_time_prekeys) - 1
@@ -246,14 +246,15 @@ async def test_a_send_on_a_closing_connection_is_retried_at_once(error: Any, aft
     relay = FakeRelay()
     alice = await _user(relay, "alice")
     bob, flaky = await _flaky_user(relay, "bob")
-    cid = await bob.create_conversation(["alice"])
+    cid = await bob.create_conversation(["alice"])  # its genesis is at server_seq 1
+    flaky.attempts.clear()
     flaky.fail("POST", "/envelopes", error=error, after=after)
     envelope_id = await bob.send_text(cid, "through a closing connection")
     assert _posts(flaky) == 2
     assert not bob.store.outbox.outbox()
     sent = bob.store.conversations.get_message(envelope_id)
-    assert sent is not None and sent.status == "sent" and sent.server_seq == 1
-    assert len(relay.sends) == 1  # a replay after a lost response is answered, not stored again
+    assert sent is not None and sent.status == "sent" and sent.server_seq == 2
+    assert len(relay.sends) == 2  # the genesis; a replay after a lost response is not stored again
     await relay.deliver(alice)
     assert _texts(alice) == ["through a closing connection"]
 
@@ -263,6 +264,7 @@ async def test_a_send_is_retried_only_once_then_stays_in_the_outbox() -> None:
     await _user(relay, "alice")
     bob, flaky = await _flaky_user(relay, "bob")
     cid = await bob.create_conversation(["alice"])
+    flaky.attempts.clear()
     flaky.fail("POST", "/envelopes", failures=2)
     envelope_id = await bob.send_text(cid, "later")
     assert _posts(flaky) == 2
@@ -340,7 +342,8 @@ def _http_envelope_posts(relay: FakeRelay, socket: RelaySocket) -> int:
 async def test_sends_use_the_ready_socket_and_its_statuses_are_handled_as_over_http() -> None:
     relay = FakeRelay()
     alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
-    cid = await bob.create_conversation(["alice"])
+    cid = await bob.create_conversation(["alice"])  # its genesis goes over HTTP
+    relay.requests.clear()
     socket = RelaySocket(relay, bob)
     bob.delivery.socket = socket  # type: ignore[assignment]
     await bob.send_text(cid, "one")
@@ -366,15 +369,16 @@ async def test_sends_use_the_ready_socket_and_its_statuses_are_handled_as_over_h
 async def test_a_socket_closing_mid_send_resends_the_same_envelope_over_http() -> None:
     relay = FakeRelay()
     alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
-    cid = await bob.create_conversation(["alice"])
+    cid = await bob.create_conversation(["alice"])  # its genesis goes over HTTP
+    relay.requests.clear()
     socket = RelaySocket(relay, bob)
     bob.delivery.socket = socket  # type: ignore[assignment]
     socket.lose_answer = True  # the server stored it; the answer was lost with the socket
     envelope_id = await bob.send_text(cid, "once")
     assert _http_envelope_posts(relay, socket) == 1
-    assert [s["envelope_id"] for s in relay.sends] == [envelope_id]  # the HTTP send was a replay
+    assert [s["envelope_id"] for s in relay.sends[1:]] == [envelope_id]  # the HTTP send was a replay
     sent = bob.store.conversations.get_message(envelope_id)
-    assert sent is not None and sent.status == "sent" and sent.server_seq == 1
+    assert sent is not None and sent.status == "sent" and sent.server_seq == 2
     await relay.deliver(alice)
     assert _texts(alice) == ["once"]
 

@@ -259,8 +259,7 @@ async def test_client_refuses_a_replayed_last_resort_message_across_a_restart(
 
     alice, bob = await _user(relay, "alice", alice_store()), await _user(relay, "bob")
     relay.keys[alice.device_id].one_time.clear()  # exhausted: the bundle carries the last-resort prekey
-    cid = await bob.create_conversation(["alice"])
-    await bob.set_title(cid, "a sequenced operation that is not a stored text message")
+    cid = await bob.create_conversation(["alice"])  # its genesis: a sequenced operation, not a text
     frame = _take_frame(relay, alice.device_id)
     await relay.deliver(alice)
     (first,) = alice.store.sessions.sessions_for(bob.device_id)
@@ -350,8 +349,11 @@ async def test_previous_prekeys_are_deleted_after_the_grace_period(opk: str) -> 
     stored = private_state.decode(alice.store.identity.get_device().state)  # type: ignore[union-attr]
     assert stored.find_last_resort_prekey(old_lr.key_id) is None  # durably
     await relay.deliver(alice)
-    (failed,) = [e for e in _drain(alice) if isinstance(e, DecryptionFailed)]
-    assert "unknown signed prekey" in failed.reason
+    # the genesis and "in flight" were both encrypted against the deleted prekeys (and come
+    # again with the gap fill they cause)
+    failed = [e for e in _drain(alice) if isinstance(e, DecryptionFailed)]
+    assert all("unknown signed prekey" in f.reason for f in failed)
+    assert len({f.envelope_id for f in failed}) == 2
     assert alice.store.sessions.sessions_for(_bob.device_id) == []
 
 
