@@ -69,6 +69,7 @@ class Client:
         self.inbound = Inbound(
             ctx, self.contacts, self.conversations, self.prekeys, self.outbound, self._spawn
         )
+        self.outbound.fill_gap = self.inbound.fill_conversation
         self.linking = Linking(ctx, self.contacts, self.conversations, self.prekeys, self.inbound, self._task)
         self.delivery = Delivery(ctx, self.inbound, ws_url, backoff, self._task)
 

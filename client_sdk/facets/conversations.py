@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from client_sdk.context import DeviceContext
@@ -184,7 +185,7 @@ class Conversations:
         """Apply one stored, sequenced operation to the in-memory state; queue what changed
         (view changes, and a :class:`ForkDetected` for an author shown another history)."""
         cid = record.conversation_id
-        state = self.state(record)
+        state = self._welcomed(record, op) or self.state(record)
         try:
             received, delta = state.receive_changes(seq, op, self._me())
         except sync.SyncError:
@@ -219,6 +220,37 @@ class Conversations:
                 )
             )
         return received
+
+    def _welcomed(self, record: ConversationRecord, op: sync.Op) -> sync.ConversationState | None:
+        """This account was added to a conversation it has no authenticated start of: the add's
+        welcome (sync.md § 5.7) becomes the floor and membership snapshot the state starts from
+        (the adder vouches for it, as the creator does for the genesis; every other member checks
+        it against its own log). None when there is nothing to adopt."""
+        body = op.body
+        if not (
+            isinstance(body, sync.MembershipChange)
+            and body.add
+            and body.welcome is not None
+            and body.member == self._me()
+        ):
+            return None
+        state = self.state(record)
+        if state.roles() is not None or state.base_seq > 0:
+            return None
+        w = body.welcome
+        meta = self.meta(record.conversation_id)
+        self.ctx.store.sync.put_sync_meta(
+            replace(
+                meta,
+                floor_seq=w.floor_seq,
+                floor_clock=w.floor_clock,
+                members=tuple(b64encode(m) for m in w.members),
+                admins=tuple(b64encode(a) for a in w.admins),
+                kind=w.kind,
+            )
+        )
+        self.forget(record.conversation_id)
+        return self.state(record)
 
     def check_may_compose(self, state: sync.ConversationState, body: sync.ops.Body) -> None:
         """Refuse (:class:`NotAllowedError`) what the authenticated membership does not allow this

@@ -427,6 +427,15 @@ class Inbound:
         if received is not None and received.gap is not None and cid not in self._filling:
             self._spawn(self._fill_held(cid, received.gap.after_seq))
 
+    async def fill_conversation(self, cid: str) -> None:
+        """Fetch what this device lacks of one conversation now (before sending into one whose
+        genesis it has not seen)."""
+        try:
+            async with self.ctx.lock:
+                await self._fill_gap(cid)
+        finally:
+            await self.ctx.flush()
+
     async def _fill_held(self, cid: str, after: int) -> None:
         if cid in self._filling:
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +103,8 @@ class Outbound:
         self.contacts = contacts
         self.conversations = conversations
         self._socket = socket
+        #: Fetches a conversation's history (set by the client: the inbound facet's gap fill).
+        self.fill_gap: Callable[[str], Awaitable[None]] | None = None
         #: The envelope limit: the server's default until a 413 names another.
         self.envelope_limit = wire.DEFAULT_MAX_ENVELOPE_BYTES
         self._timer: asyncio.Task[None] | None = None
@@ -138,6 +140,11 @@ class Outbound:
         lamport number it used), then try to send it; returns its envelope id."""
         ctx = self.ctx
         record = await self.conversations.record(conversation_id)
+        if self.fill_gap is not None and not isinstance(body, sync.Genesis):
+            if self.conversations.state(record).roles() is None:
+                # its authenticated start (the genesis) has not been fetched yet
+                with contextlib.suppress(NetworkError, ServerError, ProtocolError):
+                    await self.fill_gap(conversation_id)
         async with ctx.lock:
             state = self.conversations.state(record)
             meta = self.conversations.meta(conversation_id)
@@ -145,6 +152,8 @@ class Outbound:
                 b64decode(ctx.device_id), b64decode(ctx.account_id), meta.counter, meta.lamport
             )
             self.conversations.check_may_compose(state, body)
+            if isinstance(body, sync.MembershipChange) and body.add and body.welcome is None:
+                body = replace(body, welcome=state.welcome())  # what the added account starts from
             op = composer.compose(state, body)
             plaintext, clock = sync.encode(op)
             self._check_size(record.members, plaintext, clock)

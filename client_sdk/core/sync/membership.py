@@ -38,6 +38,7 @@ BAD_GENESIS = "bad_genesis"
 NOT_A_MEMBER = "not_a_member"
 NOT_AN_ADMIN = "not_an_admin"
 DIRECT_FIXED = "direct_members_fixed"
+BAD_WELCOME = "bad_welcome"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,12 @@ def authorise(op: Op, seq: int, full: FullClock, past: Roles | None) -> str | No
         return None
     if past is None:
         return NO_GENESIS
-    return may_compose(past, op.author, body)
+    refusal = may_compose(past, op.author, body)
+    if refusal is None and isinstance(body, MembershipChange) and body.welcome is not None:
+        w = body.welcome
+        if w.floor_seq != op.clock.base or Roles.of(w.kind, w.members, w.admins) != past:
+            return BAD_WELCOME
+    return refusal
 
 
 class Membership:

@@ -75,15 +75,29 @@ class SettingsChange:
     value: SettingValue  # title: str | None; mute: bool; disappearing_ms: int >= 0 | None
 
 
+ConversationKind = Literal["direct", "group"]
+MAX_MEMBERS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """What an added account needs to start (sync.md § 5.7): the membership in the add's causal
+    past, and the floor it starts from (the add's clock base, the clock of that prefix with the
+    transcript hash ``T(base)`` in its hash field)."""
+
+    kind: ConversationKind
+    members: tuple[bytes, ...]
+    admins: tuple[bytes, ...]
+    floor_seq: int
+    floor_clock: bytes  # compact clock encoding, base 0
+
+
 @dataclass(frozen=True, slots=True)
 class MembershipChange:
     member: bytes  # account id
     add: bool
     admin: bool = False  # an add that makes ``member`` an admin (adds, or promotes a member)
-
-
-ConversationKind = Literal["direct", "group"]
-MAX_MEMBERS = 1000
+    welcome: Welcome | None = None  # with an add: for the added account's devices
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,10 +215,18 @@ def body_json(body: Body) -> dict[str, Any]:
             return {"type": "typing", "typing": typing}
         case SettingsChange(field, value):
             return {"type": "settings", "field": field, "value": value}
-        case MembershipChange(member, add, admin):
+        case MembershipChange(member, add, admin, welcome):
             doc = {"type": "membership", "action": "add" if add else "remove", "member": _b64(member)}
             if add and admin:
                 doc["role"] = "admin"
+            if add and welcome is not None:
+                doc["welcome"] = {
+                    "kind": welcome.kind,
+                    "members": [_b64(m) for m in welcome.members],
+                    "admins": [_b64(a) for a in welcome.admins],
+                    "floor_seq": welcome.floor_seq,
+                    "floor_clock": _b64(welcome.floor_clock),
+                }
             return doc
         case Genesis(kind, members, admins):
             return {
@@ -318,7 +340,15 @@ def _body(doc: dict[str, Any]) -> Body:
         role = doc.get("role", "member")
         if role not in ("member", "admin") or (role == "admin" and action != "add"):
             raise SyncFormatError("a membership role is member or admin (admin only with add)")
-        return MembershipChange(_unb64(doc.get("member"), 16), action == "add", role == "admin")
+        welcome = doc.get("welcome")
+        if welcome is not None and action != "add":
+            raise SyncFormatError("a welcome comes only with an add")
+        return MembershipChange(
+            _unb64(doc.get("member"), 16),
+            action == "add",
+            role == "admin",
+            None if welcome is None else _welcome(welcome),
+        )
     if kind == "genesis":
         return _genesis(doc)
     try:
@@ -335,6 +365,25 @@ def _accounts(value: object) -> tuple[bytes, ...]:
     if list(accounts) != sorted(set(accounts)):
         raise SyncFormatError("account ids are sorted with no repeats")
     return accounts
+
+
+def _welcome(value: object) -> Welcome:
+    if not isinstance(value, dict):
+        raise SyncFormatError("a welcome is an object")
+    start = _genesis(
+        {"kind": value.get("kind"), "members": value.get("members"), "admins": value.get("admins")}
+    )
+    clock = value.get("floor_clock")
+    if not isinstance(clock, str):
+        raise SyncFormatError("a welcome's floor_clock is base64url text")
+    try:
+        raw = base64.urlsafe_b64decode(clock + "=" * (-len(clock) % 4))
+        CompactClock.decode(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise SyncFormatError("a welcome's floor_clock is not a clock") from exc
+    if _b64(raw) != clock:
+        raise SyncFormatError("non-canonical floor_clock")
+    return Welcome(start.kind, start.members, start.admins, _int(value.get("floor_seq")), raw)
 
 
 def _genesis(doc: dict[str, Any]) -> Genesis:

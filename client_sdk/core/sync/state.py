@@ -33,6 +33,7 @@ from client_sdk.core.sync.ops import (
     SettingsChange,
     SettingValue,
     Typing,
+    Welcome,
 )
 from client_sdk.core.sync.records import Journal as _Journal
 from client_sdk.core.sync.records import Msg as _Msg
@@ -529,6 +530,16 @@ class ConversationState:
     def roles(self) -> Roles | None:
         """The authenticated membership now (None until the genesis is applied)."""
         return self._roles.current()
+
+    def welcome(self) -> Welcome | None:
+        """What an account this device adds now needs to start (sync.md § 5.7): the membership
+        and the applied prefix (None before the genesis)."""
+        roles = self._roles.current()
+        if roles is None:
+            return None
+        base = self.base_seq
+        floor = vc.compact(self.prefix(base), 0, {}, self.transcript(base)).encode()
+        return Welcome(roles.kind, tuple(sorted(roles.members)), tuple(sorted(roles.admins)), base, floor)
 
     def roles_at(self, seq: int) -> Roles | None:
         """The membership in the causal past of the prefix ``1..seq`` (None: unknown there)."""
