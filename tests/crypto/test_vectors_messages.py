@@ -296,7 +296,19 @@ def build_body(d: dict[str, Any]) -> ops.Body:
     if kind == "SettingsChange":
         return ops.SettingsChange(d["field"], d["value"])
     if kind == "MembershipChange":
-        return ops.MembershipChange(b(d["member"]), d["add"])
+        w = d["welcome"]
+        welcome = None
+        if w is not None:
+            welcome = ops.Welcome(
+                w["kind"],
+                tuple(b(m) for m in w["members"]),
+                tuple(b(a) for a in w["admins"]),
+                w["floor_seq"],
+                b(w["floor_clock"]),
+            )
+        return ops.MembershipChange(b(d["member"]), d["add"], d["admin"], welcome)
+    if kind == "Genesis":
+        return ops.Genesis(d["kind"], tuple(b(m) for m in d["members"]), tuple(b(a) for a in d["admins"]))
     if kind == "Unknown":
         return ops.Unknown(d["type"], d["raw"])
     raise AssertionError(kind)

@@ -15,6 +15,7 @@ class of ``client_sdk.errors`` (``DecryptError``, ``ReplayedPreKeyMessageError``
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -387,12 +388,20 @@ def body_inputs(body: ops.Body) -> dict[str, Any]:
     out: dict[str, Any] = {"class": type(body).__name__}
     for field in body.__slots__:  # type: ignore[attr-defined]
         value = getattr(body, field)
-        if isinstance(value, vc.Dot):
-            value = _dot_in(value)
-        elif isinstance(value, bytes):
-            value = hx(value)
-        out[field] = value
+        out[field] = _input_value(value)
     return out
+
+
+def _input_value(value: Any) -> Any:
+    if isinstance(value, vc.Dot):
+        return _dot_in(value)
+    if isinstance(value, bytes):
+        return hx(value)
+    if isinstance(value, tuple):
+        return [_input_value(v) for v in value]
+    if isinstance(value, ops.Welcome):
+        return {f: _input_value(getattr(value, f)) for f in value.__slots__}
+    return value
 
 
 def _short_body(body: ops.Body) -> dict[str, Any]:
@@ -410,10 +419,23 @@ TEXT_RULE = (
 )
 
 
+def _genesis_json(kind: str, members: list[bytes], admins: list[bytes]) -> bytes:
+    doc = {
+        "admins": [b64encode(a) for a in admins],
+        "kind": kind,
+        "lamport": 1,
+        "members": [b64encode(m) for m in members],
+        "type": "genesis",
+        "v": 2,
+    }
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
 def build_ops() -> dict[str, Any]:
     label = seed("ops")
     rng = DRng(label)
     author_device, author_account, other_device, member = (rng(16) for _ in range(4))
+    other_account = bytes(b ^ 0xFF for b in member)  # a fifth id, without another draw
     target = vc.Dot(other_device, 1)
     bodies: list[tuple[str, ops.Body]] = [
         ("message", ops.Message("hi", None, 1735689600123)),
@@ -432,6 +454,24 @@ def build_ops() -> dict[str, Any]:
         ("settings_disappearing_null", ops.SettingsChange("disappearing_ms", None)),
         ("membership_add", ops.MembershipChange(member, True)),
         ("membership_remove", ops.MembershipChange(member, False)),
+        ("membership_add_admin", ops.MembershipChange(member, True, True)),
+        (
+            "membership_add_welcome",
+            ops.MembershipChange(
+                member,
+                True,
+                False,
+                ops.Welcome(
+                    "group",
+                    tuple(sorted((author_account, other_account))),
+                    (author_account,),
+                    4,
+                    vc.CompactClock.of(0, {author_device: 2, other_device: 1}, bytes(range(32))).encode(),
+                ),
+            ),
+        ),
+        ("genesis_group", ops.Genesis("group", tuple(sorted((author_account, member))), (author_account,))),
+        ("genesis_direct", ops.Genesis("direct", tuple(sorted((author_account, member))), ())),
     ]
     clock = vc.CompactClock.of(4, {author_device: 3, other_device: 1})
     clock_bytes = clock.encode()
@@ -635,6 +675,36 @@ def build_ops() -> dict[str, Any]:
             "member_wrong_size",
             "member of 15 bytes",
             f'{{"action":"add","lamport":1,"member":"{b64encode(member[:15])}","type":"membership","v":2}}'.encode(),
+            None,
+        ),
+        (
+            "membership_role",
+            "role 'owner'",
+            f'{{"action":"add","lamport":1,"member":"{b64encode(member)}","role":"owner","type":"membership","v":2}}'.encode(),
+            None,
+        ),
+        (
+            "membership_remove_admin",
+            "role 'admin' with remove",
+            f'{{"action":"remove","lamport":1,"member":"{b64encode(member)}","role":"admin","type":"membership","v":2}}'.encode(),
+            None,
+        ),
+        (
+            "genesis_direct_with_admin",
+            "a direct genesis naming an admin",
+            _genesis_json("direct", sorted([author_account, member]), [author_account]),
+            None,
+        ),
+        (
+            "genesis_unsorted",
+            "members not sorted",
+            _genesis_json("group", sorted([author_account, member], reverse=True), [author_account]),
+            None,
+        ),
+        (
+            "genesis_admin_not_member",
+            "an admin who is not a member",
+            _genesis_json("group", [member], [author_account]),
             None,
         ),
         (
