@@ -1,0 +1,205 @@
+"""uvicorn's HTTP and WebSocket protocols with the limits uvicorn's own settings cannot express
+(issue 13, docs/deploy.md § "Transport limits").
+
+uvicorn 0.55 leaves four holes that a client needs no account to use:
+
+- **Pipelining.** ``HttpToolsProtocol`` queues every pipelined request it parses and resumes
+  reading after *each* response, even while requests are still queued, so one connection that
+  pipelines ``GET /healthz`` and never reads grows the queue without bound (+690 MiB in 8 s).
+  Here reading resumes only once the queue is empty, and a connection whose queue passes
+  ``http_max_pipeline`` is dropped.
+- **Idle and slow request heads.** The keep-alive timer is armed only after a response and is
+  cancelled by any byte received, so a connection that sends nothing, or one byte now and then,
+  is held for ever. Here every request head must be complete within ``http_head_timeout_s`` of the
+  connection opening or of the previous response; otherwise the connection is closed.
+- **Connections.** Nothing caps them (``limit_concurrency`` answers only requests that arrive):
+  idle connections exhaust the file descriptors. Here a connection over ``max_connections`` (HTTP
+  and WebSocket together) gets a 503 problem+json and is closed at once.
+- **WebSocket write buffers.** Protocol PONGs are written whatever the peer reads, and a close
+  ends with ``transport.close()``, which waits for a buffer that never drains. Here a socket
+  whose write buffer passes ``ws_write_buffer_max_bytes`` is aborted (the application's own frames
+  wait at uvicorn's 64 KiB high-water mark, so only a peer that does not read gets there), and a
+  close or an application that returns drops the transport (``abort``).
+
+Each rule is a small method on the subclass; the limits come from :class:`TransportLimits`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from server.errors import Problem, ProblemCode
+
+PROBLEM_MEDIA_TYPE = b"application/problem+json"
+#: A refused connection is dropped this long after its 503 if the client has not closed it.
+REFUSED_GRACE_S = 1.0
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    max_connections: int
+    http_head_timeout_s: float
+    http_max_pipeline: int
+    ws_write_buffer_max_bytes: int
+    ws_close_timeout_s: float
+
+
+def raw_problem_response(problem: Problem) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 response carrying ``problem`` (written straight
+    to the transport, where no application runs)."""
+    body = orjson.dumps(problem.to_dict())
+    reason = {400: b"Bad Request", 503: b"Service Unavailable"}.get(problem.status, b"Error")
+    head = [
+        b"HTTP/1.1 %d %s" % (problem.status, reason),
+        b"content-type: " + PROBLEM_MEDIA_TYPE,
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        *(f"{k}: {v}".encode("latin-1") for k, v in problem.headers.items()),
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+TOO_MANY_CONNECTIONS = raw_problem_response(
+    Problem(
+        503,
+        ProblemCode.SERVICE_UNAVAILABLE,
+        "the server holds as many connections as it is configured for; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+)
+MALFORMED_HTTP = raw_problem_response(
+    Problem(400, ProblemCode.VALIDATION_FAILED, "malformed HTTP request (the request could not be parsed)")
+)
+
+
+class _BoundedTransport:
+    """Delegates to a transport; a write that leaves more than ``limit`` bytes buffered aborts it."""
+
+    def __init__(self, transport: asyncio.Transport, limit: int) -> None:
+        self._transport = transport
+        self._limit = limit
+        self.aborted_for_buffer = False
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+        if self._transport.get_write_buffer_size() > self._limit and not self._transport.is_closing():
+            self.aborted_for_buffer = True
+            self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
+    """The HTTP and WebSocket protocol classes for ``limits`` (uvicorn's ``http=`` and ``ws=``)."""
+
+    class SaltlineWebSocketProtocol(WebSocketsSansIOProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            bounded = _BoundedTransport(cast(asyncio.Transport, transport), limits.ws_write_buffer_max_bytes)
+            self.transport = cast(asyncio.Transport, bounded)
+            self.close_timeout = limits.ws_close_timeout_s
+
+        _drop_armed = False
+
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if self.close_timer is not None and not self._drop_armed:
+                self._drop_armed = True
+                # uvicorn's timer calls transport.close(), which waits for the buffer to drain
+                self.close_timer.cancel()
+                self.close_timer = self.loop.call_later(self.close_timeout, self._drop)
+
+        def on_task_complete(self, task: asyncio.Task[None]) -> None:
+            super().on_task_complete(task)
+            if self.transport.get_write_buffer_size() > 0:
+                # the application has finished with the socket; a peer that does not read it
+                # must not hold the buffer (closing would wait for the drain)
+                self._drop()
+
+        def _drop(self) -> None:
+            self.transport.abort()
+
+    class SaltlineHttpProtocol(HttpToolsProtocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _refused = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport = cast(asyncio.Transport, transport)  # asyncio's or uvloop's
+            if len(self.connections) >= limits.max_connections:
+                # answer, half-close so the client reads the answer before our close (a close
+                # with its request unread would be a reset), and drop it after a grace period
+                self._refused = True
+                self.transport = transport
+                transport.write(TOO_MANY_CONNECTIONS)
+                if transport.can_write_eof():
+                    transport.write_eof()
+                    self.loop.call_later(REFUSED_GRACE_S, transport.abort)
+                else:
+                    transport.close()
+                return
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            if self._refused:
+                return
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            self.transport.write(MALFORMED_HTTP)
+            self.transport.close()
+
+        # -- request heads: complete within the timeout, not reset by each byte ----------------
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(limits.http_head_timeout_s, self._head_timeout)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            self._cancel_head_timer()
+            super().on_headers_complete()
+            if len(self.pipeline) > limits.http_max_pipeline:
+                self.pipeline.clear()
+                self.transport.abort()
+
+        def on_response_complete(self) -> None:
+            # uvicorn's version resumes reading after every response, queue or not
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self._unset_keepalive_if_required()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self.flow.resume_reading()
+                self._arm_head_timer()
+
+        def handle_websocket_upgrade(self) -> None:
+            self._cancel_head_timer()
+            super().handle_websocket_upgrade()
+
+    return SaltlineHttpProtocol, SaltlineWebSocketProtocol
