@@ -65,6 +65,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
             max_connections=connection_cap(settings),
             http_head_timeout_s=settings.http_head_timeout_s,
             http_max_pipeline=settings.http_max_pipeline,
+            http_max_head_bytes=settings.http_max_head_bytes,
             ws_write_buffer_max_bytes=settings.ws_write_buffer_max_bytes,
             ws_close_timeout_s=settings.ws_close_timeout_s,
         )

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     #: A request head must be complete within this many seconds of the connection opening or of
     #: the previous response (idle keep-alive, slowloris); otherwise the connection is closed.
     http_head_timeout_s: float = Field(default=10.0, gt=0)
+    #: Largest request head (request line and headers); a larger one gets 431 problem+json.
+    http_max_head_bytes: int = Field(default=64 * 1024, ge=1024)
     #: Pipelined requests queued behind the one being answered; a connection past it is dropped.
     http_max_pipeline: int = Field(default=16, ge=0)
     #: A WebSocket whose unsent bytes pass this is aborted: the peer does not read. Application

@@ -10,11 +10,13 @@ uvicorn 0.55 leaves four holes that a client needs no account to use:
   ``http_max_pipeline`` is dropped.
 - **Idle and slow request heads.** The keep-alive timer is armed only after a response and is
   cancelled by any byte received, so a connection that sends nothing, or one byte now and then,
-  is held for ever. Here every request head must be complete within ``http_head_timeout_s`` of the
-  connection opening or of the previous response; otherwise the connection is closed.
+  is held for ever, and httptools puts no bound on a head's size. Here every request head must be
+  complete within ``http_head_timeout_s`` of the connection opening or of the previous response
+  (otherwise the connection is closed) and within ``http_max_head_bytes`` (otherwise 431).
 - **Connections.** Nothing caps them (``limit_concurrency`` answers only requests that arrive):
-  idle connections exhaust the file descriptors. Here a connection over ``max_connections`` (HTTP
-  and WebSocket together) gets a 503 problem+json and is closed at once.
+  idle connections exhaust the file descriptors. Here, at ``max_connections`` (HTTP and WebSocket
+  together), a new connection evicts the connection that has waited longest for a request head;
+  when none is waiting, it gets a 503 problem+json and is closed.
 - **WebSocket write buffers.** Protocol PONGs are written whatever the peer reads, and a close
   ends with ``transport.close()``, which waits for a buffer that never drains. Here a socket
   whose write buffer passes ``ws_write_buffer_max_bytes`` is aborted (the application's own frames
@@ -39,6 +41,7 @@ from server.errors import Problem, ProblemCode
 PROBLEM_MEDIA_TYPE = b"application/problem+json"
 #: A refused connection is dropped this long after its 503 if the client has not closed it.
 REFUSED_GRACE_S = 1.0
+REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class TransportLimits:
     max_connections: int
     http_head_timeout_s: float
     http_max_pipeline: int
+    http_max_head_bytes: int
     ws_write_buffer_max_bytes: int
     ws_close_timeout_s: float
 
@@ -54,7 +58,7 @@ def raw_problem_response(problem: Problem) -> bytes:
     """A complete ``Connection: close`` HTTP/1.1 response carrying ``problem`` (written straight
     to the transport, where no application runs)."""
     body = orjson.dumps(problem.to_dict())
-    reason = {400: b"Bad Request", 503: b"Service Unavailable"}.get(problem.status, b"Error")
+    reason = REASONS.get(problem.status, b"Error")
     head = [
         b"HTTP/1.1 %d %s" % (problem.status, reason),
         b"content-type: " + PROBLEM_MEDIA_TYPE,
@@ -72,6 +76,9 @@ TOO_MANY_CONNECTIONS = raw_problem_response(
         "the server holds as many connections as it is configured for; retry shortly",
         headers={"Retry-After": "1"},
     )
+)
+HEAD_TOO_LARGE = raw_problem_response(
+    Problem(431, ProblemCode.VALIDATION_FAILED, "the request head (request line and headers) is too large")
 )
 MALFORMED_HTTP = raw_problem_response(
     Problem(400, ProblemCode.VALIDATION_FAILED, "malformed HTTP request (the request could not be parsed)")
@@ -126,13 +133,23 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
         def _drop(self) -> None:
             self.transport.abort()
 
+    #: HTTP connections waiting for a request head, oldest first (evicted first at the cap)
+    idle: dict[SaltlineHttpProtocol, None] = {}
+
     class SaltlineHttpProtocol(HttpToolsProtocol):
         _head_timer: asyncio.TimerHandle | None = None
         _refused = False
+        _head_bytes = 0
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             transport = cast(asyncio.Transport, transport)  # asyncio's or uvloop's
-            if len(self.connections) >= limits.max_connections:
+            if len(self.connections) >= limits.max_connections and idle:
+                # at the cap, the connection waiting longest for a request head makes room: a
+                # flood of idle connections cannot keep out a client that sends its request
+                oldest = next(iter(idle))
+                del idle[oldest]
+                oldest.transport.abort()
+            elif len(self.connections) >= limits.max_connections:
                 # answer, half-close so the client reads the answer before our close (a close
                 # with its request unread would be a reset), and drop it after a grace period
                 self._refused = True
@@ -157,6 +174,12 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
             if self._refused:
                 return
             super().data_received(data)
+            if self in idle:  # the head is still incomplete after this read: all of it was head
+                self._head_bytes += len(data)
+                if self._head_bytes > limits.http_max_head_bytes and not self.transport.is_closing():
+                    self._cancel_head_timer()
+                    self.transport.write(HEAD_TOO_LARGE)
+                    self.transport.close()
 
         def send_400_response(self, msg: str) -> None:
             self.transport.write(MALFORMED_HTTP)
@@ -167,8 +190,11 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
         def _arm_head_timer(self) -> None:
             self._cancel_head_timer()
             self._head_timer = self.loop.call_later(limits.http_head_timeout_s, self._head_timeout)
+            self._head_bytes = 0
+            idle[self] = None
 
         def _cancel_head_timer(self) -> None:
+            idle.pop(self, None)
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None

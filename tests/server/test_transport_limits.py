@@ -93,13 +93,25 @@ def test_trickled_head_bytes_do_not_extend_the_timeout(make_server: Callable[...
     assert closed, f"still open after {sent} trickled bytes"
 
 
+def _open_ws(port: int) -> socket.socket:
+    """A raw WebSocket to ``/v1/ws`` (unauthenticated), its 101 head read, nothing more."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16))
+    s.sendall(
+        b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)  # the head only: the rest stays unread
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
 def test_connection_cap_refuses_with_503_problem(make_server: Callable[..., LiveServer]) -> None:
     server = make_server(max_connections=3)
-    held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+    held = [_open_ws(server.port) for _ in range(3)]  # busy connections: none can be evicted
     try:
-        for s in held:  # each held connection is counted once its first answer comes back
-            s.sendall(GET)
-            assert s.recv(65536).startswith(b"HTTP/1.1 200")
         status, ctype, body = _healthz(server.port)
         assert status == 503
         assert ctype == "application/problem+json"
@@ -112,6 +124,20 @@ def test_connection_cap_refuses_with_503_problem(make_server: Callable[..., Live
             break
     else:
         pytest.fail("no connection freed after the held ones closed")
+
+
+def test_at_the_cap_the_oldest_idle_connection_makes_room(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server(max_connections=3, http_head_timeout_s=60)  # closed by eviction only
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+    try:
+        assert _healthz(server.port)[0] == 200  # evicts idle[0], the longest without a request
+        assert _read_until_closed(idle[0]) == b""
+        idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))  # full again
+        assert _healthz(server.port)[0] == 200  # evicts idle[1]
+        assert _read_until_closed(idle[1]) == b""
+    finally:
+        for s in idle:
+            s.close()
 
 
 def test_malformed_http_is_a_400_problem(make_server: Callable[..., LiveServer]) -> None:
@@ -135,17 +161,7 @@ def test_websocket_peer_that_does_not_read_its_pongs_is_aborted(
     make_server: Callable[..., LiveServer],
 ) -> None:
     server = make_server(ws_write_buffer_max_bytes=512 * 1024)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the pongs back up sooner
-        key = base64.b64encode(os.urandom(16))
-        s.sendall(
-            b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += s.recv(1)  # the head only: the rest stays unread
-        assert head.startswith(b"HTTP/1.1 101"), head
+    with _open_ws(server.port) as s:
         pings = _ws_frame(0x9, b"x" * 125) * 512  # 65,536 bytes of PINGs, 127-byte PONGs back
         sent = 0
         limit = 256 * 1024 * 1024
@@ -168,3 +184,16 @@ def test_uvicorn_protocol_ping_is_off(make_settings: Callable[..., Settings]) ->
 def test_ws_buffer_must_hold_an_envelope(make_settings: Callable[..., Settings]) -> None:
     with pytest.raises(ValueError, match="ws_write_buffer_max_bytes"):
         make_settings(max_envelope_bytes=1024 * 1024, ws_write_buffer_max_bytes=512 * 1024)
+
+
+def test_request_head_over_the_limit_is_a_431_problem(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server(http_max_head_bytes=4096)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: " + b"a" * 8192)  # never ends
+        data = _read_until_closed(s)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431"), data
+    assert json.loads(body)["status"] == 431
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:  # a head just below
+        s.sendall(b"GET /healthz HTTP/1.1\r\nConnection: close\r\nX-a: " + b"a" * 3000 + b"\r\n\r\n")
+        assert _read_until_closed(s).startswith(b"HTTP/1.1 200")
