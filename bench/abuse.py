@@ -7,7 +7,8 @@ Not a test: one JSON document on stdout, progress on stderr. Attacks (``--attack
 - ``pipeline``: one connection pipelines ``GET /healthz`` and never reads an answer.
 - ``ws_ping``: ``--sockets`` unauthenticated WebSockets send protocol PINGs and never read.
 - ``ws_frames``: one authenticated delivery socket sends ``{"type":"ping"}`` frames, never reads.
-- ``idle``: ``--connections`` TCP connections that send nothing (file descriptors).
+- ``idle``: ``--connections`` TCP connections that send nothing (file descriptors; the server
+  runs with a soft RLIMIT_NOFILE of ``--server-nofile``, 4096 by default).
 - ``slowloris``: ``--connections`` connections that send a partial request head and stop.
 
     .venv/bin/python bench/abuse.py --seconds 15
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import secrets
 import sys
 import tempfile
@@ -155,7 +157,13 @@ async def probe(port: int, stop: asyncio.Event, result: dict[str, int]) -> None:
 
 async def run_attack(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"saltline-abuse-{name}-") as tmp:
-        server = start_server(Path(tmp), dict(kv.split("=", 1) for kv in args.env))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if args.server_nofile:  # the server inherits a lower soft limit than the attacker's
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(args.server_nofile, hard), hard))
+        try:
+            server = start_server(Path(tmp), dict(kv.split("=", 1) for kv in args.env))
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         try:
             common.log(f"{name}: server pid {server.pid}")
             before = common.proc_rss_kib(server.pid)
@@ -199,7 +207,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     nofile = common.raise_nofile(args.connections + 1000)
     names = ATTACKS if args.attack == "all" else (args.attack,)
     results = [await run_attack(name, args) for name in names]
-    return {"bench": "abuse", "nofile": nofile, "versions": common.versions(), "results": results}
+    return {
+        "bench": "abuse",
+        "nofile": nofile,
+        "server_nofile": args.server_nofile,
+        "versions": common.versions(),
+        "results": results,
+    }
 
 
 def main() -> None:
@@ -212,6 +226,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--sockets", type=int, default=4, help="ws_ping sockets")
     parser.add_argument("--connections", type=int, default=2000, help="idle/slowloris connections")
+    parser.add_argument(
+        "--server-nofile", type=int, default=4096, help="the server's soft RLIMIT_NOFILE (0: inherit)"
+    )
     parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for the server")
     args = parser.parse_args()
     doc = asyncio.run(main_async(args))

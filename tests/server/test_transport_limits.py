@@ -17,6 +17,7 @@ import pytest
 from server.cli import uvicorn_options
 from server.settings import Settings
 from tests.live import LiveServer
+from tests.server.helpers import register
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -154,7 +155,12 @@ def test_malformed_http_is_a_400_problem(make_server: Callable[..., LiveServer])
 def _ws_frame(opcode: int, payload: bytes) -> bytes:
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+    size = (
+        bytes([0x80 | len(payload)])
+        if len(payload) < 126
+        else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+    )
+    return bytes([0x80 | opcode]) + size + mask + masked
 
 
 def test_websocket_peer_that_does_not_read_its_pongs_is_aborted(
@@ -197,3 +203,26 @@ def test_request_head_over_the_limit_is_a_431_problem(make_server: Callable[...,
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:  # a head just below
         s.sendall(b"GET /healthz HTTP/1.1\r\nConnection: close\r\nX-a: " + b"a" * 3000 + b"\r\n\r\n")
         assert _read_until_closed(s).startswith(b"HTTP/1.1 200")
+
+
+def test_authenticated_peer_that_does_not_read_is_dropped(make_server: Callable[..., LiveServer]) -> None:
+    """The pongs to its ``ping`` frames back up, the heartbeat closes it (4004) and, as the close
+    frame cannot be written either, the transport is aborted instead of waiting for a drain."""
+    server = make_server(heartbeat_interval_s=0.2, heartbeat_missed_limit=1, ws_close_timeout_s=0.2)
+    with server.client() as http:
+        token = register(http).first.access_token
+    with _open_ws(server.port) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(_ws_frame(0x1, json.dumps({"type": "auth", "token": token}).encode()))
+        pings = _ws_frame(0x1, b'{"type":"ping"}') * 4096
+        sent = 0
+        limit = 1024 * 1024 * 1024
+        s.settimeout(30)  # the server stops reading while its answers wait; then it must drop us
+        try:
+            while sent < limit:
+                s.sendall(pings)
+                sent += len(pings)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        assert sent < limit
+    assert _healthz(server.port)[0] == 200
