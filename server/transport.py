@@ -23,6 +23,9 @@ uvicorn 0.55 leaves four holes that a client needs no account to use:
   wait at uvicorn's 64 KiB high-water mark, so only a peer that does not read gets there), and a
   close or an application that returns drops the transport (``abort``).
 
+Refusals written here (connection cap, malformed HTTP, oversized head, a WebSocket handshake the
+``websockets`` library refuses) are problem+json like the application's.
+
 Each rule is a small method on the subclass; the limits come from :class:`TransportLimits`.
 """
 
@@ -35,13 +38,20 @@ from typing import Any, cast
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
+from websockets.http11 import Response
 
 from server.errors import Problem, ProblemCode
 
 PROBLEM_MEDIA_TYPE = b"application/problem+json"
 #: A refused connection is dropped this long after its 503 if the client has not closed it.
 REFUSED_GRACE_S = 1.0
-REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+REASONS = {
+    400: b"Bad Request",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,21 @@ HEAD_TOO_LARGE = raw_problem_response(
 MALFORMED_HTTP = raw_problem_response(
     Problem(400, ProblemCode.VALIDATION_FAILED, "malformed HTTP request (the request could not be parsed)")
 )
+
+
+def handshake_problem(response: Response) -> Response:
+    """A handshake refusal from the websockets library (400 bad key or headers, 426 wrong
+    version) as problem+json; its other headers (``Sec-WebSocket-Version``) are kept."""
+    detail = response.body.decode("utf-8", "replace").strip() or "WebSocket handshake refused"
+    problem = Problem(response.status_code, ProblemCode.VALIDATION_FAILED, detail[:200])
+    body = orjson.dumps(problem.to_dict())
+    headers = Headers()
+    for name, value in response.headers.raw_items():
+        if name.lower() not in ("content-type", "content-length"):
+            headers[name] = value
+    headers["Content-Type"] = PROBLEM_MEDIA_TYPE.decode()
+    headers["Content-Length"] = str(len(body))
+    return Response(response.status_code, response.reason_phrase, headers, body)
 
 
 class _BoundedTransport:
@@ -132,6 +157,30 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
 
         def _drop(self) -> None:
             self.transport.abort()
+
+        # -- refused handshakes: problem+json instead of the websockets library's plain text ---
+
+        def handle_connect(self, event: Any) -> None:
+            accept = self.conn.accept
+
+            def accept_as_problem(request: Any) -> Response:
+                response = accept(request)
+                if response.status_code == 101:
+                    return response
+                return handshake_problem(response)
+
+            self.conn.accept = accept_as_problem  # type: ignore[method-assign]
+            super().handle_connect(event)
+
+        def handle_handshake_exception(self) -> None:
+            # websockets queues a plain-text 414/431 for its limits, else nothing
+            self.handshake_complete = True
+            self.close_sent = True
+            queued = b"".join(self.conn.data_to_send())
+            status = int(queued.split(b" ", 2)[1]) if queued.startswith(b"HTTP/1.1 ") else 400
+            detail = "malformed WebSocket handshake request"
+            self.transport.write(raw_problem_response(Problem(status, ProblemCode.VALIDATION_FAILED, detail)))
+            self.transport.close()
 
     #: HTTP connections waiting for a request head, oldest first (evicted first at the cap)
     idle: dict[SaltlineHttpProtocol, None] = {}

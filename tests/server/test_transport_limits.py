@@ -226,3 +226,17 @@ def test_authenticated_peer_that_does_not_read_is_dropped(make_server: Callable[
             pass
         assert sent < limit
     assert _healthz(server.port)[0] == 200
+
+
+def test_refused_websocket_handshake_is_a_problem(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(  # no Sec-WebSocket-Key: the websockets library refuses the handshake
+            b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        data = _read_until_closed(s)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), data
+    assert b"content-type: application/problem+json" in head.lower()
+    assert json.loads(body)["status"] == 400
