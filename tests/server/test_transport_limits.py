@@ -240,3 +240,33 @@ def test_refused_websocket_handshake_is_a_problem(make_server: Callable[..., Liv
     assert head.startswith(b"HTTP/1.1 400"), data
     assert b"content-type: application/problem+json" in head.lower()
     assert json.loads(body)["status"] == 400
+
+
+@pytest.mark.parametrize(
+    ("status", "library_headers", "kept"),
+    [
+        (400, [("Content-Type", "text/plain; charset=utf-8")], []),
+        (
+            426,
+            [("Sec-WebSocket-Version", "13"), ("Content-Type", "text/plain")],
+            [("Sec-WebSocket-Version", "13")],
+        ),
+    ],
+)
+def test_handshake_problem_table(
+    db_url: str, status: int, library_headers: list[tuple[str, str]], kept: list[tuple[str, str]]
+) -> None:
+    """The websockets library's plain-text refusal becomes problem+json with the same status."""
+    from websockets.datastructures import Headers
+    from websockets.http11 import Response
+
+    from server.transport import handshake_problem
+
+    plain = Response(status, "x", Headers(library_headers), b"Failed to open a WebSocket connection.\n")
+    problem = handshake_problem(plain)
+    assert problem.status_code == status
+    assert problem.headers["Content-Type"] == "application/problem+json"
+    assert [(k, v) for k, v in problem.headers.raw_items() if k.startswith("Sec-")] == kept
+    doc = json.loads(problem.body)
+    assert (doc["status"], doc["detail"]) == (status, "Failed to open a WebSocket connection.")
+    assert int(problem.headers["Content-Length"]) == len(problem.body)
