@@ -185,6 +185,7 @@ async def run_attack(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 w.close()
             await asyncio.sleep(2.0)  # let the server notice the hang-ups
             released = common.proc_rss_kib(server.pid)
+            problems = server.log_problems(max_excerpts=1, context=8)
             return {
                 "attack": name,
                 "seconds": args.seconds,
@@ -197,7 +198,8 @@ async def run_attack(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 "healthz_answered": health["failed"] == 0 and health["ok"] > 0,
                 "server_alive": server.alive(),
                 **outcome,
-                "log_problems": server.log_problems(max_excerpts=1, context=8)["error_lines"],
+                "log_problems": problems["error_lines"],
+                "log_excerpts": problems["excerpts"],
             }
         finally:
             server.stop()
