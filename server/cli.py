@@ -45,9 +45,41 @@ def _settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
+def connection_cap(settings: Settings) -> int:
+    """``max_connections``, below the soft file-descriptor limit (100 kept for the database,
+    logs and the listening socket), so the cap refuses before ``accept`` fails."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return settings.max_connections
+    return max(1, min(settings.max_connections, soft - 100))
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn settings of ``serve`` (also used by the tests' live server)."""
+    from server.transport import TransportLimits, protocol_classes
+
+    http_protocol, ws_protocol = protocol_classes(
+        TransportLimits(
+            max_connections=connection_cap(settings),
+            http_head_timeout_s=settings.http_head_timeout_s,
+            http_max_pipeline=settings.http_max_pipeline,
+            http_max_head_bytes=settings.http_max_head_bytes,
+            ws_write_buffer_max_bytes=settings.ws_write_buffer_max_bytes,
+            ws_close_timeout_s=settings.ws_close_timeout_s,
+        )
+    )
     return {
+        # uvicorn's httptools and websockets (sans-I/O) protocols with the limits uvicorn lacks:
+        # pipelining depth, request-head timeout, connection cap, WebSocket write buffer
+        "http": http_protocol,
+        "ws": ws_protocol,
+        # uvicorn's protocol ping closes with 1011 when unanswered, a code delivery.md reserves
+        # for internal errors; the application heartbeat (4004, delivery.md § 5) reaps dead peers
+        "ws_ping_interval": None,
+        # messages read ahead of the application per socket (uvicorn's default is 32 x ws_max_size)
+        "ws_max_queue": 4,
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,

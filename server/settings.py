@@ -47,6 +47,24 @@ class Settings(BaseSettings):
     #: sending the header.
     forwarded_allow_ips: str = ""
 
+    # -- transport (server/transport.py; docs/deploy.md "Transport limits") ------------------
+    #: Open connections per process, HTTP and WebSocket together (also capped at the process's
+    #: soft RLIMIT_NOFILE minus 100 at start-up). One over it gets a 503 problem+json and is closed.
+    max_connections: int = Field(default=10_000, ge=1)
+    #: A request head must be complete within this many seconds of the connection opening or of
+    #: the previous response (idle keep-alive, slowloris); otherwise the connection is closed.
+    http_head_timeout_s: float = Field(default=10.0, gt=0)
+    #: Largest request head (request line and headers); a larger one gets 431 problem+json.
+    http_max_head_bytes: int = Field(default=64 * 1024, ge=1024)
+    #: Pipelined requests queued behind the one being answered; a connection past it is dropped.
+    http_max_pipeline: int = Field(default=16, ge=0)
+    #: A WebSocket whose unsent bytes pass this is aborted: the peer does not read. Application
+    #: frames wait at 64 KiB, so this must hold 64 KiB plus the largest frame (an envelope).
+    ws_write_buffer_max_bytes: int = Field(default=1024 * 1024, ge=128 * 1024)
+    #: After the server's close frame, the transport is dropped (abort) if the peer has not
+    #: answered within this many seconds.
+    ws_close_timeout_s: float = Field(default=2.0, gt=0)
+
     # -- auth --------------------------------------------------------------------------------
     #: HS256 secret for access tokens. When unset, a random one is generated once and kept in
     #: ``<data_dir>/jwt-secret`` (mode 0600), so restarts keep tokens valid.
@@ -167,6 +185,17 @@ class Settings(BaseSettings):
                 + ", ".join(RATE_LIMIT_STORAGE_SCHEMES)
             )
         return value
+
+    @model_validator(mode="after")
+    def _ws_buffer_holds_an_envelope(self) -> Settings:
+        # base64 (4/3) plus the frame's JSON: at most 3/2 of the envelope, after 64 KiB waiting
+        needed = 64 * 1024 + self.max_envelope_bytes * 3 // 2
+        if self.ws_write_buffer_max_bytes < needed:
+            raise ValueError(
+                f"ws_write_buffer_max_bytes must be at least {needed} (64 KiB plus 3/2 of "
+                "max_envelope_bytes), or every large envelope would close its socket"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_database_url(self) -> Settings:

@@ -58,7 +58,7 @@ class LiveServer:
     def start(self, timeout: float = 20.0) -> LiveServer:
         self.app = create_app(self.settings, clock=self.clock)
         options = uvicorn_options(self.settings) | {"host": "127.0.0.1", "port": self.port}
-        config = uvicorn.Config(self.app, lifespan="on", ws="websockets-sansio", **options)
+        config = uvicorn.Config(self.app, lifespan="on", **options)
         server = uvicorn.Server(config)
         self._server = server
 

@@ -126,6 +126,10 @@ MAX_PENDING_SENDS = 32
 WS_MAX_MESSAGE_BYTES = 64 * 1024
 #: Ephemeral frames waiting for a slow socket are bounded by bytes (oldest dropped first).
 EPHEMERAL_BUFFER_BYTES = 256 * 1024
+#: How long a close frame's write may wait for a peer that does not read. Giving up ends the
+#: handler; ``server.transport`` then aborts the transport (uvicorn alone would ``close()`` it and
+#: wait for the unsent bytes to drain for ever), as it does ``ws_close_timeout_s`` after a close
+#: frame that was written but not answered.
 _CLOSE_TIMEOUT_S = 2.0
 
 _CLOSE_REASONS = {
@@ -592,7 +596,8 @@ def _send_problem(request_id: str, problem: Problem) -> dict[str, Any]:
 
 async def _close_or_abort(ws: WebSocket, code: int, reason: str) -> None:
     """Close, but never wait more than :data:`_CLOSE_TIMEOUT_S` for it: a client that stops reading
-    blocks the close frame's write. Giving up and returning lets the server drop the transport."""
+    blocks the close frame's write. Giving up and returning lets the server drop the transport
+    (``server.transport`` aborts a socket whose handler ended with bytes unsent)."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ws.close(code=code, reason=reason[:120]), _CLOSE_TIMEOUT_S)
 

@@ -1,0 +1,280 @@
+"""uvicorn's HTTP and WebSocket protocols with the limits uvicorn's own settings cannot express
+(issue 13, docs/deploy.md § "Transport limits").
+
+uvicorn 0.55 leaves four holes that a client needs no account to use:
+
+- **Pipelining.** ``HttpToolsProtocol`` queues every pipelined request it parses and resumes
+  reading after *each* response, even while requests are still queued, so one connection that
+  pipelines ``GET /healthz`` and never reads grows the queue without bound (+690 MiB in 8 s).
+  Here reading resumes only once the queue is empty, and a connection whose queue passes
+  ``http_max_pipeline`` is dropped.
+- **Idle and slow request heads.** The keep-alive timer is armed only after a response and is
+  cancelled by any byte received, so a connection that sends nothing, or one byte now and then,
+  is held for ever, and httptools puts no bound on a head's size. Here every request head must be
+  complete within ``http_head_timeout_s`` of the connection opening or of the previous response
+  (otherwise the connection is closed) and within ``http_max_head_bytes`` (otherwise 431).
+- **Connections.** Nothing caps them (``limit_concurrency`` answers only requests that arrive):
+  idle connections exhaust the file descriptors. Here, at ``max_connections`` (HTTP and WebSocket
+  together), a new connection evicts the connection that has waited longest for a request head;
+  when none is waiting, it gets a 503 problem+json and is closed.
+- **WebSocket write buffers.** Protocol PONGs are written whatever the peer reads, and a close
+  ends with ``transport.close()``, which waits for a buffer that never drains. Here a socket
+  whose write buffer passes ``ws_write_buffer_max_bytes`` is aborted (the application's own frames
+  wait at uvicorn's 64 KiB high-water mark, so only a peer that does not read gets there), and a
+  close or an application that returns drops the transport (``abort``).
+
+Refusals written here (connection cap, malformed HTTP, oversized head, a WebSocket handshake the
+``websockets`` library refuses) are problem+json like the application's.
+
+Each rule is a small method on the subclass; the limits come from :class:`TransportLimits`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+from server.errors import Problem, ProblemCode
+
+PROBLEM_MEDIA_TYPE = b"application/problem+json"
+#: A refused connection is dropped this long after its 503 if the client has not closed it.
+REFUSED_GRACE_S = 1.0
+REASONS = {
+    400: b"Bad Request",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    max_connections: int
+    http_head_timeout_s: float
+    http_max_pipeline: int
+    http_max_head_bytes: int
+    ws_write_buffer_max_bytes: int
+    ws_close_timeout_s: float
+
+
+def raw_problem_response(problem: Problem) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 response carrying ``problem`` (written straight
+    to the transport, where no application runs)."""
+    body = orjson.dumps(problem.to_dict())
+    reason = REASONS.get(problem.status, b"Error")
+    head = [
+        b"HTTP/1.1 %d %s" % (problem.status, reason),
+        b"content-type: " + PROBLEM_MEDIA_TYPE,
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        *(f"{k}: {v}".encode("latin-1") for k, v in problem.headers.items()),
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+TOO_MANY_CONNECTIONS = raw_problem_response(
+    Problem(
+        503,
+        ProblemCode.SERVICE_UNAVAILABLE,
+        "the server holds as many connections as it is configured for; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+)
+HEAD_TOO_LARGE = raw_problem_response(
+    Problem(431, ProblemCode.VALIDATION_FAILED, "the request head (request line and headers) is too large")
+)
+MALFORMED_HTTP = raw_problem_response(
+    Problem(400, ProblemCode.VALIDATION_FAILED, "malformed HTTP request (the request could not be parsed)")
+)
+
+
+def handshake_problem(response: Response) -> Response:
+    """A handshake refusal from the websockets library (400 bad key or headers, 426 wrong
+    version) as problem+json; its other headers (``Sec-WebSocket-Version``) are kept."""
+    detail = response.body.decode("utf-8", "replace").strip() or "WebSocket handshake refused"
+    problem = Problem(response.status_code, ProblemCode.VALIDATION_FAILED, detail[:200])
+    body = orjson.dumps(problem.to_dict())
+    headers = Headers()
+    for name, value in response.headers.raw_items():
+        if name.lower() not in ("content-type", "content-length"):
+            headers[name] = value
+    headers["Content-Type"] = PROBLEM_MEDIA_TYPE.decode()
+    headers["Content-Length"] = str(len(body))
+    return Response(response.status_code, response.reason_phrase, headers, body)
+
+
+class _BoundedTransport:
+    """Delegates to a transport; a write that leaves more than ``limit`` bytes buffered aborts it."""
+
+    def __init__(self, transport: asyncio.Transport, limit: int) -> None:
+        self._transport = transport
+        self._limit = limit
+        self.aborted_for_buffer = False
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+        if self._transport.get_write_buffer_size() > self._limit and not self._transport.is_closing():
+            self.aborted_for_buffer = True
+            self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
+    """The HTTP and WebSocket protocol classes for ``limits`` (uvicorn's ``http=`` and ``ws=``)."""
+
+    class SaltlineWebSocketProtocol(WebSocketsSansIOProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            bounded = _BoundedTransport(cast(asyncio.Transport, transport), limits.ws_write_buffer_max_bytes)
+            self.transport = cast(asyncio.Transport, bounded)
+            self.close_timeout = limits.ws_close_timeout_s
+
+        _drop_armed = False
+
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if self.close_timer is not None and not self._drop_armed:
+                self._drop_armed = True
+                # uvicorn's timer calls transport.close(), which waits for the buffer to drain
+                self.close_timer.cancel()
+                self.close_timer = self.loop.call_later(self.close_timeout, self._drop)
+
+        def on_task_complete(self, task: asyncio.Task[None]) -> None:
+            super().on_task_complete(task)
+            if self.transport.get_write_buffer_size() > 0:
+                # the application has finished with the socket; a peer that does not read it
+                # must not hold the buffer (closing would wait for the drain)
+                self._drop()
+
+        def _drop(self) -> None:
+            self.transport.abort()
+
+        # -- refused handshakes: problem+json instead of the websockets library's plain text ---
+
+        def handle_connect(self, event: Any) -> None:
+            accept = self.conn.accept
+
+            def accept_as_problem(request: Any) -> Response:
+                response = accept(request)
+                if response.status_code == 101:
+                    return response
+                return handshake_problem(response)
+
+            self.conn.accept = accept_as_problem  # type: ignore[method-assign]
+            super().handle_connect(event)
+
+        def handle_handshake_exception(self) -> None:
+            # websockets queues a plain-text 414/431 for its limits, else nothing
+            self.handshake_complete = True
+            self.close_sent = True
+            queued = b"".join(self.conn.data_to_send())
+            status = int(queued.split(b" ", 2)[1]) if queued.startswith(b"HTTP/1.1 ") else 400
+            detail = "malformed WebSocket handshake request"
+            self.transport.write(raw_problem_response(Problem(status, ProblemCode.VALIDATION_FAILED, detail)))
+            self.transport.close()
+
+    #: HTTP connections waiting for a request head, oldest first (evicted first at the cap)
+    idle: dict[SaltlineHttpProtocol, None] = {}
+
+    class SaltlineHttpProtocol(HttpToolsProtocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _refused = False
+        _head_bytes = 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport = cast(asyncio.Transport, transport)  # asyncio's or uvloop's
+            if len(self.connections) >= limits.max_connections and idle:
+                # at the cap, the connection waiting longest for a request head makes room: a
+                # flood of idle connections cannot keep out a client that sends its request
+                oldest = next(iter(idle))
+                del idle[oldest]
+                oldest.transport.abort()
+            elif len(self.connections) >= limits.max_connections:
+                # answer, half-close so the client reads the answer before our close (a close
+                # with its request unread would be a reset), and drop it after a grace period
+                self._refused = True
+                self.transport = transport
+                transport.write(TOO_MANY_CONNECTIONS)
+                if transport.can_write_eof():
+                    transport.write_eof()
+                    self.loop.call_later(REFUSED_GRACE_S, transport.abort)
+                else:
+                    transport.close()
+                return
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            if self._refused:
+                return
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            super().data_received(data)
+            if self in idle:  # the head is still incomplete after this read: all of it was head
+                self._head_bytes += len(data)
+                if self._head_bytes > limits.http_max_head_bytes and not self.transport.is_closing():
+                    self._cancel_head_timer()
+                    self.transport.write(HEAD_TOO_LARGE)
+                    self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            self.transport.write(MALFORMED_HTTP)
+            self.transport.close()
+
+        # -- request heads: complete within the timeout, not reset by each byte ----------------
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(limits.http_head_timeout_s, self._head_timeout)
+            self._head_bytes = 0
+            idle[self] = None
+
+        def _cancel_head_timer(self) -> None:
+            idle.pop(self, None)
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            self._cancel_head_timer()
+            super().on_headers_complete()
+            if len(self.pipeline) > limits.http_max_pipeline:
+                self.pipeline.clear()
+                self.transport.abort()
+
+        def on_response_complete(self) -> None:
+            # uvicorn's version resumes reading after every response, queue or not
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self._unset_keepalive_if_required()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self.flow.resume_reading()
+                self._arm_head_timer()
+
+        def handle_websocket_upgrade(self) -> None:
+            self._cancel_head_timer()
+            super().handle_websocket_upgrade()
+
+    return SaltlineHttpProtocol, SaltlineWebSocketProtocol
