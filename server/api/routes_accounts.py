@@ -65,8 +65,18 @@ async def register(body: RegisterRequest, ctx: Ctx, ip: ClientIP) -> RegisterRes
 @router.put("/me/device-list", response_model=PutDeviceListResponse)
 async def put_device_list(body: PutDeviceListRequest, ctx: Ctx, me: CurrentDevice) -> PutDeviceListResponse:
     """Adopt a new signed device list (version = current + 1, naming the current list's hash).
-    Devices it drops are removed at once."""
-    update = await ctx.devices.update_list(me, body.device_list)
+    Devices it drops are removed at once. New versions are rate-limited per account."""
+
+    async def count_version() -> None:  # once the account-key signature has verified
+        await ctx.rate_limiter.hit(
+            ctx.settings.rate_limit_device_list_versions_per_account,
+            "device-list-versions-account",
+            me.account_id,
+        )
+
+    update = await ctx.devices.update_account_list(
+        me.account_id_bytes, body.device_list, on_verified=count_version
+    )
     return PutDeviceListResponse(
         version=update.version, hash=update.hash, added=update.added, removed=update.removed
     )
@@ -89,6 +99,11 @@ async def put_signed_device_list(
     async def count_for_account() -> None:  # only once the account-key signature has verified
         await ctx.rate_limiter.hit(
             ctx.settings.rate_limit_signed_list_per_account, "signed-list-account", encode_id(account)
+        )
+        await ctx.rate_limiter.hit(
+            ctx.settings.rate_limit_device_list_versions_per_account,
+            "device-list-versions-account",
+            encode_id(account),
         )
 
     update = await ctx.devices.update_account_list(account, body.device_list, on_verified=count_for_account)

@@ -724,6 +724,9 @@ async def start_delivery(ctx: AppContext) -> None:
         max_recipients=settings.max_recipients,
         queue_retention_s=settings.queue_retention_s,
         history_page_max_bytes=settings.history_page_max_bytes,
+        limiter=ctx.rate_limiter,
+        sends_per_device=settings.rate_limit_envelopes_per_device,
+        send_bytes_per_device=settings.rate_limit_envelope_bytes_per_device,
     )
     ctx.bus = bus
     ctx.connections = registry
