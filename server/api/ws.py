@@ -97,7 +97,7 @@ from crypto.keys import b64decode, b64encode
 from server.api.connections import CLOSE_REPLACED, ConnectionRegistry
 from server.api.problems import validation_errors
 from server.api.routes_envelopes import SendEnvelopeRequest, send_request_from
-from server.api.schemas import B64, Strict
+from server.api.schemas import B64_CHARS, Strict
 from server.context import AppContext
 from server.errors import Problem, ProblemCode
 from server.services import delivery_frames as frames
@@ -150,7 +150,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 class SendFrame(Strict):
     type: Literal["send"]
-    request_id: Annotated[str, Field(min_length=1, max_length=64, pattern=B64)]
+    request_id: Annotated[str, Field(min_length=1, max_length=64, pattern=B64_CHARS)]
     conversation_id: Annotated[str, Field(min_length=1, max_length=64)]
     envelope: SendEnvelopeRequest
 
