@@ -328,12 +328,12 @@ class DeliveryService:
                     outcome.pushed.add(device_id)
 
     async def _count_quota(self, limiter: RateLimiter, sender_device_id: bytes, size: int) -> None:
-        """Rule 0: refuse (counting nothing) when the device is at its envelope count, then count
-        the bytes (refused when over, uncounted), then the envelope."""
+        """Rule 0: count the envelope (a refused one is not counted), then its bytes (an envelope
+        refused for its bytes still counts as an attempt). Both on sliding-window counters: two
+        integers per device, where a moving window would keep (and expire) one entry per send."""
         device = b64encode(sender_device_id)
-        await limiter.check(self.sends_per_device, "send-device", device)
+        await limiter.hit_amount(self.sends_per_device, "send-device", device, 1)
         await limiter.hit_amount(self.send_bytes_per_device, "send-bytes-device", device, size)
-        await limiter.hit(self.sends_per_device, "send-device", device)
 
     def _check_limits(self, req: SendRequest) -> int:
         """Rule 1; the envelope's size (ciphertexts plus clock)."""

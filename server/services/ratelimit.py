@@ -85,7 +85,10 @@ class RateLimiter:
         #: Per-process windows: the storage for ``memory://``, the fallback for Redis.
         self._memory_storage = MemoryStorage()
         self._memory = MovingWindowRateLimiter(self._memory_storage)
-        self._memory_counter = SlidingWindowCounterRateLimiter(self._memory_storage)
+        # Counters get their own storage: ``limits``' memory storage sweeps every moving window
+        # (a thread hop per key) after each call, which the counters on the send path need not pay.
+        self._counter_storage = MemoryStorage()
+        self._memory_counter = SlidingWindowCounterRateLimiter(self._counter_storage)
         self._shared: MovingWindowRateLimiter | None = None
         self._shared_counter: SlidingWindowCounterRateLimiter | None = None
         self._shared_storage: Any = None
@@ -205,14 +208,16 @@ class RateLimiter:
 
     async def reset(self) -> None:
         await self._memory_storage.reset()
+        await self._counter_storage.reset()
         if self._shared_storage is not None:
             await self._shared_storage.reset()
 
     async def close(self) -> None:
         """Close the Redis connections (an ``on_shutdown`` hook); the memory windows stay usable."""
-        timer = self._memory_storage.timer  # the memory storage's expiry task, if one is running
-        if timer is not None and not timer.done():
-            timer.cancel()
+        for storage in (self._memory_storage, self._counter_storage):
+            timer = storage.timer  # the memory storage's expiry task, if one is running
+            if timer is not None and not timer.done():
+                timer.cancel()
         self._shared = None
         self._shared_counter = None
         self._shared_storage = None
