@@ -107,6 +107,7 @@ def serve(
     """Run the server with uvicorn."""
     import uvicorn
 
+    from server.api.log_filters import quiet_data_loggers
     from server.app import create_app
     from server.storage import migrate
     from server.storage.migrate import UPGRADE_COMMAND, is_up_to_date
@@ -128,6 +129,7 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_data_loggers()  # no SQL parameters, rows or frames at debug level
     uvicorn.run(create_app(settings), **uvicorn_options(settings))
 
 

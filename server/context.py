@@ -40,6 +40,9 @@ class AccountMetrics:
     registrations: Counter
     logins: Counter
     prekey_claims: Counter
+    #: Requests refused by a stored-amount quota (507), by quota; rate limits and per-window
+    #: quotas count in ``saltline_rate_limited_total`` by scope.
+    quota_refused: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AccountMetrics:
@@ -52,6 +55,12 @@ class AccountMetrics:
                 "saltline_prekey_claims",
                 "Prekey bundles handed out, by prekey kind",
                 ["kind"],
+                registry=registry,
+            ),
+            quota_refused=Counter(
+                "saltline_quota_refused",
+                "Requests refused by a stored-amount quota (507), by quota",
+                ["quota"],
                 registry=registry,
             ),
         )
@@ -157,6 +166,8 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
                 settings.rate_limit_login_per_account,
                 settings.rate_limit_login_per_ip,
                 settings.rate_limit_login_failures_per_account_ip,
+                refresh_per_device=settings.rate_limit_refresh_per_device,
+                refresh_families_per_device=settings.max_refresh_logins_per_device,
             ),
             on_tokens_revoked=on_revoked,
         ),
@@ -186,11 +197,14 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
             retention_s=settings.blob_retention_s,
             limiter=limiter,
             upload_rate_per_device=settings.rate_limit_blob_uploads_per_device,
+            quota_bytes_per_account=settings.blob_quota_bytes_per_account,
+            upload_bytes_per_account=settings.rate_limit_blob_bytes_per_account,
         ),
         on_device_removed=on_removed,
         on_device_list_changed=on_changed,
         on_tokens_revoked=on_revoked,
         readiness=Readiness(db, head_revisions()),
     )
+    ctx.blobs.on_quota_refused = ctx.metrics.quota_refused.labels("blob-stored-bytes").inc
     ctx.on_shutdown.append(limiter.close)  # the rate-limit Redis pool (if any)
     return ctx

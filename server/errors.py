@@ -34,6 +34,9 @@ class ProblemCode(StrEnum):
     """413: the request body is larger than the server accepts."""
     RATE_LIMITED = "rate_limited"
     """429: too many attempts from this IP or for this account; see ``Retry-After``."""
+    STORAGE_QUOTA_EXCEEDED = "storage_quota_exceeded"
+    """507: the account has as many bytes stored as its quota allows (``limit`` and ``stored`` are
+    given); the upload fits once older uploads expire."""
     CONFLICT = "conflict"
     """409: the request conflicts with a concurrent change; retry after re-reading."""
     INTERNAL_ERROR = "internal_error"

@@ -146,6 +146,28 @@ class Settings(BaseSettings):
     #: account-key signature has verified, so junk cannot use up the owner's allowance).
     rate_limit_signed_list_per_ip: str = "10/minute"
     rate_limit_signed_list_per_account: str = "10/minute"
+    #: New device-list versions per account, both routes (counted once the signature has
+    #: verified). Every version is kept: a client meeting an account verifies its whole chain
+    #: from version 1 (docs/protocol/messages.md), so this bounds the chain's growth.
+    rate_limit_device_list_versions_per_account: str = "50/day"
+
+    # -- quotas (amounts; beyond them 429 with Retry-After, or 507 for stored bytes) -----------
+    #: Envelopes sent per device (stored and ephemeral, HTTP and socket; replays count too).
+    rate_limit_envelopes_per_device: str = "600/minute"
+    #: Bytes sent per device: each envelope's ciphertexts plus clock (what the server keeps for up
+    #: to ``queue_retention_s``). A sliding-window counter; the amount must stay well above
+    #: ``max_envelope_bytes``.
+    rate_limit_envelope_bytes_per_device: str = "104857600/hour"
+    #: Blob bytes an account may have stored at once (unexpired blobs); beyond it an upload gets
+    #: 507 ``storage_quota_exceeded`` (blobs expire after ``blob_retention_s``).
+    blob_quota_bytes_per_account: int = Field(default=256 * 1024 * 1024, gt=0)
+    #: Blob bytes uploaded per account (all its devices).
+    rate_limit_blob_bytes_per_account: str = "134217728/hour"
+    #: Refresh-token rotations per device (access tokens live ``access_token_ttl_s``: 4/hour).
+    rate_limit_refresh_per_device: str = "60/hour"
+    #: Logins (refresh-token families) kept per device: a newer login of the same device forgets
+    #: the oldest's refresh token. Used tokens are pruned too (server/storage/auth_repo.py).
+    max_refresh_logins_per_device: int = Field(default=10, gt=0)
 
     @field_validator("jwt_secret")
     @classmethod
@@ -195,6 +217,20 @@ class Settings(BaseSettings):
                 f"ws_write_buffer_max_bytes must be at least {needed} (64 KiB plus 3/2 of "
                 "max_envelope_bytes), or every large envelope would close its socket"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _byte_quotas_fit_one_request(self) -> Settings:
+        from limits import parse
+
+        for name, largest, what in (
+            ("rate_limit_envelope_bytes_per_device", self.max_envelope_bytes, "max_envelope_bytes"),
+            ("rate_limit_blob_bytes_per_account", self.max_blob_bytes, "max_blob_bytes"),
+        ):
+            if parse(getattr(self, name)).amount < largest:
+                raise ValueError(
+                    f"{name} must allow at least {what} ({largest}) bytes, or no large request fits"
+                )
         return self
 
     @model_validator(mode="after")

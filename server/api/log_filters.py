@@ -1,4 +1,10 @@
-"""Filters for the ASGI server's own log records.
+"""Filters for the ASGI server's and the libraries' log records.
+
+Libraries that log data at DEBUG are held at a level where they do not
+(:func:`quiet_data_loggers`, :data:`DATA_LOGGERS`): at ``--log-level debug`` aiosqlite logs every
+call with its SQL parameters and results (argon2 hashes, usernames), SQLAlchemy's engine logs
+statements with parameters (also hidden by ``hide_parameters``) and rows, asyncpg and websockets
+log queries and frames (tokens, ciphertexts). Tested in tests/server/test_debug_logs.py.
 
 uvicorn's WebSocket protocol logs a client's text frame that is not valid UTF-8 with
 ``logger.exception`` (a traceback on ``uvicorn.error``) before it closes the socket with 1007, as
@@ -26,8 +32,30 @@ class ClientInputNoTraceback(logging.Filter):
         return True
 
 
+#: logger -> the lowest level it may log at: below it, its records carry request data.
+DATA_LOGGERS: dict[str, int] = {
+    "aiosqlite": logging.INFO,
+    "asyncpg": logging.INFO,
+    "sqlalchemy.engine": logging.WARNING,
+    "sqlalchemy.orm": logging.WARNING,
+    "websockets": logging.INFO,
+    "httpcore": logging.INFO,
+    "httpx": logging.INFO,
+}
+
+
+def quiet_data_loggers() -> None:
+    """Raise each of :data:`DATA_LOGGERS` to its level, whatever the root level (idempotent)."""
+    for name, level in DATA_LOGGERS.items():
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < level:
+            logger.setLevel(level)
+
+
 def install_log_filters() -> None:
-    """Add the filters once per process (idempotent: apps may be created many times)."""
+    """Add the filters once per process (idempotent: apps may be created many times), and quiet
+    the loggers that would print request data."""
+    quiet_data_loggers()
     logger = logging.getLogger(UVICORN_ERROR_LOGGER)
     if not any(isinstance(f, ClientInputNoTraceback) for f in logger.filters):
         logger.addFilter(ClientInputNoTraceback())

@@ -22,9 +22,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.openapi_strict import apply_settings_limits
+from server.api.validation_codes import specific_problem
 from server.errors import Problem, ProblemCode
+from server.services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
 log = logging.getLogger("server.errors")
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -71,23 +75,55 @@ async def _on_problem(_request: Request, exc: Exception) -> Response:
     return problem_response(exc)
 
 
-async def _on_validation(_request: Request, exc: Exception) -> Response:
+async def _on_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    return problem_response(
-        Problem(
-            422,
-            ProblemCode.VALIDATION_FAILED,
-            "the request does not match the schema",
-            errors=validation_errors(exc.errors()),
-        )
-    )
+    errors = exc.errors()
+    code, field = specific_problem(errors, request.method, request.scope["path"])
+    extra: dict[str, Any] = {"errors": validation_errors(errors)}
+    if field is not None:
+        extra["field"] = field
+    detail = "the request does not match the schema"
+    if code is not ProblemCode.VALIDATION_FAILED:
+        detail = _SPECIFIC_DETAILS.get(code, detail)
+    return problem_response(Problem(422, code, detail, **extra))
 
 
-async def _on_http(_request: Request, exc: Exception) -> Response:
+_SPECIFIC_DETAILS = {
+    ProblemCode.USERNAME_INVALID: "usernames are 3-32 characters of a-z, 0-9, '_', '.', '-'",
+    ProblemCode.PASSWORD_WEAK: (
+        f"passwords are {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters long"
+    ),
+    ProblemCode.MALFORMED_KEY: "a key, signature or binary field is not the expected unpadded base64url",
+    ProblemCode.PREKEY_KIND_MISMATCH: "a prekey of another kind was sent in this field",
+}
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, ProblemCode.VALIDATION_FAILED)
     detail = exc.detail if isinstance(exc.detail, str) else ""
-    return problem_response(Problem(exc.status_code, code, detail, headers=dict(exc.headers or {})))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request.app.routes, request.scope))
+    return problem_response(Problem(exc.status_code, code, detail, headers=headers))
+
+
+#: Methods a 405's ``Allow`` may name (HEAD: Starlette answers it for every GET route).
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(routes: Sequence[Any], scope: Scope) -> list[str]:
+    """Every method for which some route of the app matches this request's path in full
+    (Starlette's own 405 names only the first route that matched the path):
+    ``/v1/accounts/me/device-list`` is both ``PUT /v1/accounts/me/device-list`` and ``GET
+    /v1/accounts/{account_id}/device-list``. Asked of the routes themselves (``matches``), so
+    included routers and parameterised paths are matched as the router would."""
+    allowed = []
+    for method in HTTP_METHODS:
+        probe = {**scope, "type": "http", "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -200,6 +236,9 @@ def install_problem_openapi(app: FastAPI) -> None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
+        settings = getattr(app.state, "settings", None)
+        if settings is not None:
+            apply_settings_limits(schema, settings)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components["Problem"] = PROBLEM_SCHEMA
         for name in ("HTTPValidationError", "ValidationError"):

@@ -65,14 +65,24 @@ async def register(body: RegisterRequest, ctx: Ctx, ip: ClientIP) -> RegisterRes
 @router.put("/me/device-list", response_model=PutDeviceListResponse)
 async def put_device_list(body: PutDeviceListRequest, ctx: Ctx, me: CurrentDevice) -> PutDeviceListResponse:
     """Adopt a new signed device list (version = current + 1, naming the current list's hash).
-    Devices it drops are removed at once."""
-    update = await ctx.devices.update_list(me, body.device_list)
+    Devices it drops are removed at once. New versions are rate-limited per account."""
+
+    async def count_version() -> None:  # once the account-key signature has verified
+        await ctx.rate_limiter.hit(
+            ctx.settings.rate_limit_device_list_versions_per_account,
+            "device-list-versions-account",
+            me.account_id,
+        )
+
+    update = await ctx.devices.update_account_list(
+        me.account_id_bytes, body.device_list, on_verified=count_version
+    )
     return PutDeviceListResponse(
         version=update.version, hash=update.hash, added=update.added, removed=update.removed
     )
 
 
-@router.put("/{account_id}/device-list/signed", response_model=PutDeviceListResponse)
+@router.put("/{account_id:id}/device-list/signed", response_model=PutDeviceListResponse)
 async def put_signed_device_list(
     account_id: str, body: PutDeviceListRequest, ctx: Ctx, ip: ClientIP
 ) -> PutDeviceListResponse:
@@ -90,6 +100,11 @@ async def put_signed_device_list(
         await ctx.rate_limiter.hit(
             ctx.settings.rate_limit_signed_list_per_account, "signed-list-account", encode_id(account)
         )
+        await ctx.rate_limiter.hit(
+            ctx.settings.rate_limit_device_list_versions_per_account,
+            "device-list-versions-account",
+            encode_id(account),
+        )
 
     update = await ctx.devices.update_account_list(account, body.device_list, on_verified=count_for_account)
     return PutDeviceListResponse(
@@ -102,18 +117,18 @@ async def by_username(username: str, ctx: Ctx, _me: CurrentDevice) -> AccountRes
     return _account(await ctx.accounts.by_username(username))
 
 
-@router.get("/{account_id}", response_model=AccountResponse)
+@router.get("/{account_id:id}", response_model=AccountResponse)
 async def get_account(account_id: str, ctx: Ctx, _me: CurrentDevice) -> AccountResponse:
     return _account(await ctx.accounts.get(account_id))
 
 
-@router.get("/{account_id}/device-list", response_model=SignedListResponse)
+@router.get("/{account_id:id}/device-list", response_model=SignedListResponse)
 async def current_device_list(account_id: str, ctx: Ctx, _me: CurrentDevice) -> SignedListResponse:
     """The account's current signed device list; clients verify it with crypto.device_list."""
     return _signed(await ctx.accounts.current_list(account_id))
 
 
-@router.get("/{account_id}/device-list/chain", response_model=ListChainResponse)
+@router.get("/{account_id:id}/device-list/chain", response_model=ListChainResponse)
 async def device_list_chain(
     account_id: str,
     ctx: Ctx,
@@ -126,7 +141,7 @@ async def device_list_chain(
     return ListChainResponse(account_id=account_id, lists=[_signed(i) for i in lists])
 
 
-@router.get("/{account_id}/devices", response_model=DevicesResponse)
+@router.get("/{account_id:id}/devices", response_model=DevicesResponse)
 async def active_devices(account_id: str, ctx: Ctx, _me: CurrentDevice) -> DevicesResponse:
     """The routable devices (those named by the current signed list), for convenience; clients
     must trust only what the signed list says."""

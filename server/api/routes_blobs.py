@@ -45,7 +45,7 @@ async def upload_blob(body: BlobUpload, ctx: Ctx, me: CurrentDevice) -> BlobCrea
     return BlobCreated(blob_id=blob_id, size=size)
 
 
-@router.get("/{blob_id}", response_model=BlobData, responses={404: {"description": "no such blob"}})
+@router.get("/{blob_id:id}", response_model=BlobData, responses={404: {"description": "no such blob"}})
 async def download_blob(blob_id: str, ctx: Ctx, me: CurrentDevice) -> BlobData:
     """For any device of the uploader's account; 404 for others and for unknown ids."""
     return BlobData(blob_id=blob_id, data=b64encode(await ctx.blobs.download(me, blob_id)))

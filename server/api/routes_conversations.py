@@ -111,7 +111,7 @@ async def list_conversations(
     )
 
 
-@router.get("/{conversation_id}", response_model=ConversationResponse)
+@router.get("/{conversation_id:id}", response_model=ConversationResponse)
 async def get_conversation(
     conversation_id: ConversationIdPath, ctx: Ctx, me: CurrentDevice
 ) -> ConversationResponse:
@@ -119,7 +119,7 @@ async def get_conversation(
     return conversation_response(await _service(ctx).get_for(me.account_id_bytes, cid))
 
 
-@router.post("/{conversation_id}/members", response_model=ConversationResponse)
+@router.post("/{conversation_id:id}/members", response_model=ConversationResponse)
 async def add_member(
     conversation_id: ConversationIdPath, body: AddMemberRequest, ctx: Ctx, me: CurrentDevice
 ) -> ConversationResponse:
@@ -129,7 +129,7 @@ async def add_member(
 
 
 @router.delete(
-    "/{conversation_id}/members/{account_id}",
+    "/{conversation_id:id}/members/{account_id:id}",
     response_model=ConversationResponse,
     responses={204: {"description": "the caller left the conversation"}},
 )

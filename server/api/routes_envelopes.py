@@ -7,22 +7,31 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from crypto.keys import b64encode
 from server.api.deps import Ctx, CurrentDevice
-from server.api.schemas import B64, Id, Strict
+from server.api.schemas import B64, Id, Strict, b64_max_chars, integral
 from server.services.common import decode_b64_field, decode_id
-from server.services.delivery import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, DeliveryService, SendRequest
+from server.services.delivery import (
+    DEFAULT_HISTORY_LIMIT,
+    MAX_CLOCK_BYTES,
+    MAX_HISTORY_LIMIT,
+    DeliveryService,
+    SendRequest,
+)
 
 router = APIRouter(prefix="/v1/conversations", tags=["envelopes"])
 
 ConversationIdPath = Annotated[
     str, Path(min_length=1, max_length=64, description="conversation id (base64url)")
 ]
+#: The largest body integer: 2^53 - 1, exact in every JSON implementation (I-JSON, RFC 7493), so
+#: a bound in the OpenAPI document means the same to a client that parses numbers as doubles.
+MAX_JSON_INT = 2**53 - 1
 #: Bounds on the text only; the service checks the decoded sizes against the settings.
 CiphertextB64 = Annotated[str, Field(min_length=1, max_length=4 * 1024 * 1024, pattern=B64)]
-ClockB64 = Annotated[str, Field(max_length=90_000, pattern=B64)]
+ClockB64 = Annotated[str, Field(max_length=b64_max_chars(MAX_CLOCK_BYTES), pattern=B64)]
 
 
 class CiphertextIn(Strict):
@@ -34,7 +43,8 @@ class SendEnvelopeRequest(Strict):
     envelope_id: Id = Field(description="chosen by the client (random 16 bytes): the idempotency key")
     clock: ClockB64 = Field(description="the sender's vector clock, opaque to the server")
     device_list_versions: Annotated[
-        dict[Id, Annotated[int, Field(ge=0, le=2**62)]], Field(max_length=10_000)
+        dict[Id, Annotated[int, Field(ge=0, le=MAX_JSON_INT), BeforeValidator(integral)]],
+        Field(max_length=10_000),
     ] = Field(
         description="account id -> version of the signed device list the sender encrypted against, "
         "for every member account (the sender's own included)"
@@ -91,7 +101,7 @@ def send_request_from(conversation_id: bytes, body: SendEnvelopeRequest) -> Send
 
 
 @router.post(
-    "/{conversation_id}/envelopes",
+    "/{conversation_id:id}/envelopes",
     status_code=201,
     response_model=SendEnvelopeResponse,
     responses={
@@ -119,7 +129,7 @@ async def send_envelope(
     )
 
 
-@router.get("/{conversation_id}/envelopes", response_model=HistoryResponse)
+@router.get("/{conversation_id:id}/envelopes", response_model=HistoryResponse)
 async def list_envelopes(
     conversation_id: ConversationIdPath,
     ctx: Ctx,

@@ -65,7 +65,7 @@ async def claim_many(body: ClaimRequest, ctx: Ctx, me: CurrentDevice) -> ClaimRe
     return ClaimResponse(bundles=[_bundle(b) for b in bundles])
 
 
-@router.get("/{account_id}", response_model=ClaimResponse)
+@router.get("/{account_id:id}", response_model=ClaimResponse)
 async def peek_account(account_id: str, ctx: Ctx, me: CurrentDevice) -> ClaimResponse:
     """A bundle for every active device of the account that published prekeys, *without*
     one-time prekeys (signed and last-resort only; nothing is consumed). To claim one-time
@@ -74,7 +74,7 @@ async def peek_account(account_id: str, ctx: Ctx, me: CurrentDevice) -> ClaimRes
     return ClaimResponse(bundles=[_bundle(b) for b in bundles])
 
 
-@router.get("/{account_id}/{device_id}", response_model=BundleResponse)
+@router.get("/{account_id:id}/{device_id:id}", response_model=BundleResponse)
 async def peek_one(account_id: str, device_id: str, ctx: Ctx, me: CurrentDevice) -> BundleResponse:
     """The device's bundle *without* a one-time prekey (signed and last-resort only; nothing
     is consumed). To claim a one-time prekey, use ``POST /v1/keys/claim``."""

@@ -24,7 +24,7 @@ async def create_channel(ctx: Ctx, ip: ClientIP) -> ProvisioningChannelResponse:
     )
 
 
-@router.put("/{channel_id}", status_code=204)
+@router.put("/{channel_id:id}", status_code=204)
 async def put_payload(
     channel_id: str,
     body: ProvisioningPayload,
@@ -40,7 +40,7 @@ async def put_payload(
 
 
 @router.get(
-    "/{channel_id}",
+    "/{channel_id:id}",
     responses={200: {"model": ProvisioningPayload}, 204: {"description": "no payload yet"}},
 )
 async def take_payload(

@@ -10,16 +10,68 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-B64 = r"^[A-Za-z0-9_-]*$"
+from server.services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
-#: A 16-byte id (account, device, channel): 22 characters of base64url.
-Id = Annotated[str, Field(min_length=22, max_length=22, pattern=B64, examples=["AAAAAAAAAAAAAAAAAAAAAA"])]
-#: An encoded public key (34 bytes): 46 characters.
-PublicKeyB64 = Annotated[str, Field(min_length=1, max_length=64, pattern=B64)]
-#: An encoded prekey (102 bytes): 136 characters.
-PreKeyB64 = Annotated[str, Field(min_length=1, max_length=160, pattern=B64)]
-Username = Annotated[str, Field(min_length=1, max_length=64)]
+#: Characters of base64url, any length (opaque names such as a socket ``request_id``).
+B64_CHARS = r"^[A-Za-z0-9_-]*$"
+_C = "[A-Za-z0-9_-]"
+#: Canonical unpadded base64url, exactly what ``crypto.keys.b64decode`` accepts: no length of the
+#: form 4n + 1, and the unused low bits of the last character zero (2 bits after 3 characters, 4
+#: after 2).
+B64 = rf"^(?:{_C}{{4}})*(?:{_C}[AQgw]|{_C}{{2}}[AEIMQUYcgkosw048])?$"
+
+
+def b64_exact(size: int, prefix: str = "") -> str:
+    """The pattern of canonical base64url of exactly ``size`` bytes; ``prefix`` is a regex of its
+    first characters (e.g. an encoded key's version and kind bytes), counting as three of them."""
+    whole, rest = divmod(size, 3)
+    body = 4 * whole - (3 if prefix else 0)
+    tail = {0: "", 1: f"{_C}[AQgw]", 2: f"{_C}{{2}}[AEIMQUYcgkosw048]"}[rest]
+    return f"^{prefix}{_C}{{{body}}}{tail}$"
+
+
+def key_prefix(kind: int) -> str:
+    """The first three characters of an encoded key: version 0x01, then ``kind`` (0x01..0x07)."""
+    low = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[kind * 4 : kind * 4 + 4]
+    return f"AQ[{low}]"
+
+
+def b64_max_chars(size: int) -> int:
+    """The length of unpadded base64url of ``size`` bytes."""
+    return (size * 4 + 2) // 3
+
+
+#: A 16-byte id (account, device, channel, conversation, envelope): 22 characters of base64url.
+Id = Annotated[
+    str, Field(min_length=22, max_length=22, pattern=b64_exact(16), examples=["AAAAAAAAAAAAAAAAAAAAAA"])
+]
+#: An encoded account public key (crypto.keys: version, kind 0x01, 32 bytes).
+AccountKeyB64 = Annotated[str, Field(min_length=46, max_length=46, pattern=b64_exact(34, key_prefix(0x01)))]
+#: An encoded prekey of one kind (102 bytes: version, kind, key id, key, signature): 136 characters.
+SignedPreKeyB64 = Annotated[
+    str, Field(min_length=136, max_length=136, pattern=b64_exact(102, key_prefix(0x04)))
+]
+OneTimePreKeyB64 = Annotated[
+    str, Field(min_length=136, max_length=136, pattern=b64_exact(102, key_prefix(0x05)))
+]
+LastResortPreKeyB64 = Annotated[
+    str, Field(min_length=136, max_length=136, pattern=b64_exact(102, key_prefix(0x06)))
+]
+#: The server's username rule (server.services.common.normalize_username), case-insensitive.
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
+Username = Annotated[str, Field(min_length=3, max_length=32, pattern=USERNAME_PATTERN)]
 Password = Annotated[str, Field(min_length=1, max_length=1024)]
+#: A new account's password: the registration rule (422 ``password_weak`` otherwise).
+NewPassword = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)]
+
+
+def integral(value: object) -> object:
+    """A ``BeforeValidator`` for body integers: JSON Schema's ``integer`` includes ``4806.0``, so a
+    float with no fraction is that integer (anything else is left for strict validation to
+    refuse: ``4806.5``, ``"4806"``, ``true``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class Strict(BaseModel):
@@ -31,8 +83,8 @@ class Strict(BaseModel):
 
 class RegisterRequest(Strict):
     username: Username
-    password: Password
-    account_key: PublicKeyB64 = Field(description="crypto.keys AccountPublicKey, encoded")
+    password: NewPassword
+    account_key: AccountKeyB64 = Field(description="crypto.keys AccountPublicKey, encoded")
     device_list: Annotated[str, Field(min_length=1, max_length=200_000, pattern=B64)] = Field(
         description="crypto.device_list SignedDeviceList, version 1, naming device_id"
     )
@@ -123,8 +175,8 @@ class ChallengeResponse(BaseModel):
 class DeviceLoginRequest(Strict):
     username: Username
     device_id: Id
-    nonce: Annotated[str, Field(min_length=43, max_length=43, pattern=B64)]
-    signature: Annotated[str, Field(min_length=86, max_length=86, pattern=B64)]
+    nonce: Annotated[str, Field(min_length=43, max_length=43, pattern=b64_exact(32))]
+    signature: Annotated[str, Field(min_length=86, max_length=86, pattern=b64_exact(64))]
 
 
 class RefreshRequest(Strict):
@@ -141,11 +193,13 @@ class WhoAmIResponse(BaseModel):
 
 
 class UploadKeysRequest(Strict):
-    signed_prekey: PreKeyB64 | None = None
-    last_resort_prekey: PreKeyB64 | None = None
+    signed_prekey: SignedPreKeyB64 | None = None
+    last_resort_prekey: LastResortPreKeyB64 | None = None
     # The count limit is the server setting max_prekeys_per_upload (413 prekey_batch_too_large);
     # this bound only keeps absurd bodies out.
-    one_time_prekeys: Annotated[list[PreKeyB64], Field(max_length=10_000)] = Field(default_factory=list)
+    one_time_prekeys: Annotated[list[OneTimePreKeyB64], Field(max_length=10_000)] = Field(
+        default_factory=list
+    )
 
 
 class PreKeyCountResponse(BaseModel):

@@ -97,7 +97,7 @@ from crypto.keys import b64decode, b64encode
 from server.api.connections import CLOSE_REPLACED, ConnectionRegistry
 from server.api.problems import validation_errors
 from server.api.routes_envelopes import SendEnvelopeRequest, send_request_from
-from server.api.schemas import B64, Strict
+from server.api.schemas import B64_CHARS, Strict
 from server.context import AppContext
 from server.errors import Problem, ProblemCode
 from server.services import delivery_frames as frames
@@ -154,7 +154,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 class SendFrame(Strict):
     type: Literal["send"]
-    request_id: Annotated[str, Field(min_length=1, max_length=64, pattern=B64)]
+    request_id: Annotated[str, Field(min_length=1, max_length=64, pattern=B64_CHARS)]
     conversation_id: Annotated[str, Field(min_length=1, max_length=64)]
     envelope: SendEnvelopeRequest
 
@@ -729,6 +729,9 @@ async def start_delivery(ctx: AppContext) -> None:
         max_recipients=settings.max_recipients,
         queue_retention_s=settings.queue_retention_s,
         history_page_max_bytes=settings.history_page_max_bytes,
+        limiter=ctx.rate_limiter,
+        sends_per_device=settings.rate_limit_envelopes_per_device,
+        send_bytes_per_device=settings.rate_limit_envelope_bytes_per_device,
     )
     ctx.bus = bus
     ctx.connections = registry

@@ -79,6 +79,10 @@ class RateLimits:
     login_per_ip: str
     #: Failed password logins per (account, client IP).
     login_failures_per_account_ip: str = "5/minute"
+    #: Refresh-token rotations per device (counted once the token is known, before rotating it).
+    refresh_per_device: str = "60/hour"
+    #: Refresh-token families (logins) kept per device; a newer login forgets the oldest.
+    refresh_families_per_device: int = 10
 
 
 def _unauthorized(detail: str = "invalid credentials") -> Problem:
@@ -241,7 +245,8 @@ class AuthService:
                 account_id=account_id,
                 issued_at_ms=now,
                 expires_at_ms=now + self._refresh_ttl * 1000,
-            )
+            ),
+            max_families=self._limits.refresh_families_per_device,
         )
         return TokenPair(
             self._access_token(account_id, device_id, username, now, family_id),
@@ -284,7 +289,14 @@ class AuthService:
                 expires_at_ms=now + self._refresh_ttl * 1000,
             )
 
-        result = await self._repo.rotate_refresh(hash_refresh_token(refresh_token), successor, now)
+        token_hash = hash_refresh_token(refresh_token)
+        owner = await self._repo.refresh_owner(token_hash)
+        if owner is None:
+            raise _unauthorized("unknown refresh token")
+        # Counted per device once the token is known (a forged token cannot use up the owner's
+        # allowance); refused before rotating, so the token presented stays usable.
+        await self._limiter.hit(self._limits.refresh_per_device, "refresh-device", encode_id(owner))
+        result = await self._repo.rotate_refresh(token_hash, successor, now)
         if result.outcome is RotateOutcome.UNKNOWN:
             raise _unauthorized("unknown refresh token")
         if result.outcome is RotateOutcome.EXPIRED:

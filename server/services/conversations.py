@@ -30,7 +30,8 @@ DEFAULT_LIST_LIMIT = 1000
 MAX_LIST_LIMIT = 1000
 #: A list cursor: base64url (no padding) of created_at_ms (8 bytes, big-endian) || id (16 bytes).
 CURSOR_BYTES = 8 + CONVERSATION_ID_SIZE
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]{32}$"
+#: created_at_ms below 2^62 (its first character carries the top six bits: at most 0b001111).
+CURSOR_PATTERN = r"^[A-P][A-Za-z0-9_-]{31}$"
 MAX_CURSOR_MS = 2**62
 
 
@@ -44,7 +45,7 @@ def decode_cursor(cursor: str) -> tuple[int, bytes]:
     except (EncodingError, ValueError):
         raw = b""
     at_ms = int.from_bytes(raw[:8], "big")
-    if len(raw) != CURSOR_BYTES or at_ms > MAX_CURSOR_MS:
+    if len(raw) != CURSOR_BYTES or at_ms >= MAX_CURSOR_MS:
         raise Problem(
             422, ProblemCode.VALIDATION_FAILED, "after is not a cursor this server gave", field="after"
         )

@@ -3,6 +3,8 @@
 
 Send rules, checked in this order:
 
+0. Quotas per sending device (when a limiter is given): envelopes per window and bytes
+   (ciphertexts plus clock) per window -> 429 ``rate_limited`` with ``Retry-After``.
 1. Limits: at most ``max_recipients`` ciphertexts, all ciphertexts plus the clock at most
    ``max_envelope_bytes`` together (the fan-out copies of one message; large payloads travel as
    attachments), a clock of at most :data:`MAX_CLOCK_BYTES`, ephemeral envelopes at most
@@ -53,6 +55,7 @@ from server.services import delivery_frames as frames
 from server.services.bus import DeliveryBus
 from server.services.delivery_metrics import DeliveryMetrics
 from server.services.delivery_writer import GroupCommitWriter
+from server.services.ratelimit import RateLimiter
 from server.storage.conversations_repo import AccountRouting, ConversationsRepo
 from server.storage.envelopes_repo import (
     Accepted,
@@ -142,7 +145,13 @@ class DeliveryService:
         queue_retention_s: int,
         history_page_max_bytes: int = 4 * 1024 * 1024,
         maintenance_interval_s: float | None = None,
+        limiter: RateLimiter | None = None,
+        sends_per_device: str = "600/minute",
+        send_bytes_per_device: str = "104857600/hour",
     ) -> None:
+        self.limiter = limiter
+        self.sends_per_device = sends_per_device
+        self.send_bytes_per_device = send_bytes_per_device
         self.envelopes = envelopes
         self.conversations = conversations
         self.bus = bus
@@ -201,7 +210,9 @@ class DeliveryService:
     # -- sending -----------------------------------------------------------------------------
 
     async def send(self, sender_account_id: bytes, sender_device_id: bytes, req: SendRequest) -> SendResult:
-        self._check_limits(req)
+        size = self._check_limits(req)
+        if self.limiter is not None:
+            await self._count_quota(self.limiter, sender_device_id, size)
         digest = request_hash(sender_device_id, req)
         if req.ephemeral:
             routing = await self.conversations.routing(req.conversation_id)
@@ -316,7 +327,16 @@ class DeliveryService:
                 if push(device_id, item):
                     outcome.pushed.add(device_id)
 
-    def _check_limits(self, req: SendRequest) -> None:
+    async def _count_quota(self, limiter: RateLimiter, sender_device_id: bytes, size: int) -> None:
+        """Rule 0: count the envelope (a refused one is not counted), then its bytes (an envelope
+        refused for its bytes still counts as an attempt). Both on sliding-window counters: two
+        integers per device, where a moving window would keep (and expire) one entry per send."""
+        device = b64encode(sender_device_id)
+        await limiter.hit_amount(self.sends_per_device, "send-device", device, 1)
+        await limiter.hit_amount(self.send_bytes_per_device, "send-bytes-device", device, size)
+
+    def _check_limits(self, req: SendRequest) -> int:
+        """Rule 1; the envelope's size (ciphertexts plus clock)."""
         if len(req.ciphertexts) > self.max_recipients:
             raise Problem(
                 413,
@@ -348,6 +368,7 @@ class DeliveryService:
             raise Problem(
                 422, ProblemCode.VALIDATION_FAILED, "a device is addressed twice", field="ciphertexts"
             )
+        return size
 
     @staticmethod
     def _replay(stored: StoredEnvelope, digest: bytes) -> SendResult:

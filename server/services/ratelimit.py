@@ -15,6 +15,11 @@ everyone out; limits then hold per instance until Redis answers again. After a f
 left alone for :data:`RETRY_AFTER_ERROR_S` (calls go to memory straight away), failures are
 counted in ``saltline_rate_limit_storage_errors_total`` and logged at most once per
 :data:`WARN_INTERVAL_S`.
+
+Two strategies: counts of events (:meth:`RateLimiter.hit` and friends) use moving windows (exact,
+one entry per event); quotas of amounts (:meth:`RateLimiter.hit_amount`: bytes sent, bytes
+uploaded) use sliding-window counters, whose cost is two integers per key whatever the amount (a
+moving window would keep one entry per byte).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any, NoReturn, TypeVar
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from prometheus_client import CollectorRegistry, Counter
 
@@ -51,6 +56,7 @@ WARN_INTERVAL_S = 60.0
 _STORAGE_ERRORS: tuple[type[BaseException], ...] = (StorageError, TimeoutError, OSError)
 
 T = TypeVar("T")
+_Limiter = MovingWindowRateLimiter | SlidingWindowCounterRateLimiter
 
 
 def is_memory_url(url: str) -> bool:
@@ -79,7 +85,12 @@ class RateLimiter:
         #: Per-process windows: the storage for ``memory://``, the fallback for Redis.
         self._memory_storage = MemoryStorage()
         self._memory = MovingWindowRateLimiter(self._memory_storage)
+        # Counters get their own storage: ``limits``' memory storage sweeps every moving window
+        # (a thread hop per key) after each call, which the counters on the send path need not pay.
+        self._counter_storage = MemoryStorage()
+        self._memory_counter = SlidingWindowCounterRateLimiter(self._counter_storage)
         self._shared: MovingWindowRateLimiter | None = None
+        self._shared_counter: SlidingWindowCounterRateLimiter | None = None
         self._shared_storage: Any = None
         self._pool: Any = None
         self._timeout_s = timeout_s
@@ -128,6 +139,7 @@ class RateLimiter:
             connection_pool=self._pool,
         )
         self._shared = MovingWindowRateLimiter(self._shared_storage)
+        self._shared_counter = SlidingWindowCounterRateLimiter(self._shared_storage)
 
     @property
     def shared(self) -> bool:
@@ -142,6 +154,17 @@ class RateLimiter:
             return
         item = parse(limit)
         limiter, ok = await self._call(lambda lim: lim.hit(item, scope, key, cost=cost))
+        if not ok:
+            await self._raise(limiter, item, limit, scope, key)
+
+    async def hit_amount(self, limit: str, scope: str, key: str, amount: int) -> None:
+        """Count ``amount`` units (bytes) for ``(scope, key)`` on a sliding-window counter; raise a
+        429 problem (nothing counted) when that would pass ``limit``. An amount larger than the
+        whole limit can never pass: the caller bounds single amounts below the limit."""
+        if not self._enabled or amount <= 0:
+            return
+        item = parse(limit)
+        limiter, ok = await self._call(lambda lim: lim.hit(item, scope, key, cost=amount), counter=True)
         if not ok:
             await self._raise(limiter, item, limit, scope, key)
 
@@ -185,15 +208,18 @@ class RateLimiter:
 
     async def reset(self) -> None:
         await self._memory_storage.reset()
+        await self._counter_storage.reset()
         if self._shared_storage is not None:
             await self._shared_storage.reset()
 
     async def close(self) -> None:
         """Close the Redis connections (an ``on_shutdown`` hook); the memory windows stay usable."""
-        timer = self._memory_storage.timer  # the memory storage's expiry task, if one is running
-        if timer is not None and not timer.done():
-            timer.cancel()
+        for storage in (self._memory_storage, self._counter_storage):
+            timer = storage.timer  # the memory storage's expiry task, if one is running
+            if timer is not None and not timer.done():
+                timer.cancel()
         self._shared = None
+        self._shared_counter = None
         self._shared_storage = None
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -205,18 +231,20 @@ class RateLimiter:
     # -- internals -----------------------------------------------------------------------------
 
     async def _call(
-        self, op: Callable[[MovingWindowRateLimiter], Awaitable[T]]
-    ) -> tuple[MovingWindowRateLimiter, T]:
+        self, op: Callable[[_Limiter], Awaitable[T]], *, counter: bool = False
+    ) -> tuple[_Limiter, T]:
         """``op`` on the shared (Redis) windows, or on the memory windows when Redis is not
-        configured, failing, or backing off after a failure."""
-        shared = self._shared
+        configured, failing, or backing off after a failure (``counter``: the sliding-window
+        counters instead of the moving windows)."""
+        shared: _Limiter | None = self._shared_counter if counter else self._shared
+        memory: _Limiter = self._memory_counter if counter else self._memory
         if shared is not None and time.monotonic() >= self._shared_retry_at:
             try:
                 async with asyncio.timeout(self._timeout_s):
                     return shared, await op(shared)
             except _STORAGE_ERRORS as exc:
                 self._storage_failed(exc)
-        return self._memory, await op(self._memory)
+        return memory, await op(memory)
 
     def _storage_failed(self, exc: BaseException) -> None:
         self.storage_errors.inc()
@@ -232,7 +260,7 @@ class RateLimiter:
             )
 
     async def _raise(
-        self, limiter: MovingWindowRateLimiter, item: RateLimitItem, limit: str, scope: str, key: str
+        self, limiter: _Limiter, item: RateLimitItem, limit: str, scope: str, key: str
     ) -> NoReturn:
         try:
             async with asyncio.timeout(self._timeout_s):

@@ -1,4 +1,10 @@
-"""SQL for refresh tokens (stored as SHA-256 hashes) and device-login challenges."""
+"""SQL for refresh tokens (stored as SHA-256 hashes) and device-login challenges.
+
+Refresh-token rows are bounded per device: a rotation deletes the device's expired rows and keeps
+only the newest :data:`USED_ROWS_KEPT` used rows of its family (for reuse detection; an older
+used token is then simply unknown: 401, never accepted); a login deletes the device's expired rows
+and the rows of its families beyond the newest ``max_families`` (logins of the same device).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.storage.db import Database
 from server.storage.schema import devices, login_challenges, refresh_tokens
@@ -47,13 +54,58 @@ class ChallengeRow:
     expires_at_ms: int
 
 
+#: Used (rotated) refresh-token rows kept per family, newest first, to detect a reused token.
+USED_ROWS_KEPT = 8
+
+
 class AuthRepo:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def insert_refresh(self, row: RefreshTokenRow) -> None:
+    async def insert_refresh(self, row: RefreshTokenRow, *, max_families: int | None = None) -> None:
+        """Store a new family's first token; forget the device's expired rows and, beyond
+        ``max_families`` families of the device (the newest kept, this one included), the rest."""
         async with self._db.write() as conn:
             await conn.execute(insert(refresh_tokens).values(**_asdict(row)))
+            await _delete_expired(conn, row.device_id, row.issued_at_ms)
+            if max_families is not None:
+                newest = (
+                    select(refresh_tokens.c.family_id)
+                    .where(refresh_tokens.c.device_id == row.device_id)
+                    .group_by(refresh_tokens.c.family_id)
+                    .order_by(func.max(refresh_tokens.c.issued_at_ms).desc(), refresh_tokens.c.family_id)
+                    .limit(max_families)
+                )
+                keep = [r.family_id for r in (await conn.execute(newest)).all()]
+                await conn.execute(
+                    delete(refresh_tokens).where(
+                        and_(
+                            refresh_tokens.c.device_id == row.device_id,
+                            refresh_tokens.c.family_id.not_in(keep),
+                        )
+                    )
+                )
+
+    async def refresh_owner(self, token_hash: bytes) -> bytes | None:
+        """The device a refresh token was issued to (``None``: unknown), to count its rotations."""
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(refresh_tokens.c.device_id).where(refresh_tokens.c.token_hash == token_hash)
+                )
+            ).first()
+        return None if row is None else bytes(row.device_id)
+
+    async def count_refresh_rows(self, device_id: bytes) -> int:
+        async with self._db.read() as conn:
+            n = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(refresh_tokens)
+                    .where(refresh_tokens.c.device_id == device_id)
+                )
+            ).scalar_one()
+        return int(n)
 
     async def rotate_refresh(
         self, token_hash: bytes, make_new: Callable[[RefreshTokenRow], RefreshTokenRow], now_ms: int
@@ -95,11 +147,22 @@ class AuthRepo:
                 )
                 return RotateResult(RotateOutcome.REUSED, old)
             await conn.execute(insert(refresh_tokens).values(**_asdict(make_new(old))))
-            # Forget rows of this family that can no longer matter (expired and used).
+            # Forget rows that can no longer matter: the device's expired ones, and this family's
+            # used ones beyond the newest USED_ROWS_KEPT.
+            await _delete_expired(conn, old.device_id, now_ms)
+            kept_used = (
+                select(refresh_tokens.c.token_hash)
+                .where(and_(refresh_tokens.c.family_id == old.family_id, refresh_tokens.c.used.is_(True)))
+                .order_by(refresh_tokens.c.issued_at_ms.desc(), refresh_tokens.c.token_hash)
+                .limit(USED_ROWS_KEPT)
+            )
+            keep = [r.token_hash for r in (await conn.execute(kept_used)).all()]
             await conn.execute(
                 delete(refresh_tokens).where(
                     and_(
-                        refresh_tokens.c.expires_at_ms <= now_ms, refresh_tokens.c.family_id == old.family_id
+                        refresh_tokens.c.family_id == old.family_id,
+                        refresh_tokens.c.used.is_(True),
+                        refresh_tokens.c.token_hash.not_in(keep),
                     )
                 )
             )
@@ -142,6 +205,14 @@ class AuthRepo:
             if deleted.rowcount != 1:
                 return None
             return ChallengeRow(**{k: row._mapping[k] for k in ChallengeRow.__slots__})
+
+
+async def _delete_expired(conn: AsyncConnection, device_id: bytes, now_ms: int) -> None:
+    await conn.execute(
+        delete(refresh_tokens).where(
+            and_(refresh_tokens.c.device_id == device_id, refresh_tokens.c.expires_at_ms <= now_ms)
+        )
+    )
 
 
 def _asdict(obj: object) -> dict[str, object]:
