@@ -65,7 +65,8 @@ class Conversations:
         info = api.parse_conversation(r.body)
         existing = self.known(info.conversation_id)
         asked = {ctx.account_id, *(c.account_id for c in others)}
-        if existing is not None and kind == "group":
+        if existing is not None and (kind == "group" or set(existing.members) != asked):
+            # (a direct conversation asked for again is the same one, with the same two accounts)
             raise UntrustedConversationError(
                 f"the server answered a new {kind} conversation with the id of an existing one "
                 f"({info.conversation_id}): refused"
@@ -76,8 +77,10 @@ class Conversations:
                 f"not the {kind} conversation with {sorted(asked)} that was asked for: refused"
             )
         self.put(info)
-        if existing is not None or r.status != 201 or info.last_server_seq != 0:
-            return info.conversation_id, None  # an existing direct conversation: its creator's genesis
+        if existing is not None or info.last_server_seq != 0 or (r.status != 201 and kind == "group"):
+            return info.conversation_id, None  # it has a history: its creator's genesis is in it
+        # a new conversation, or a direct one nobody wrote to yet (either of its two accounts may
+        # write its genesis: the one at server_seq 1 counts, a second is rejected harmlessly)
         me = b64decode(ctx.account_id)
         members = tuple(sorted({b64decode(m) for m in asked}))
         if kind == "direct":

@@ -160,12 +160,14 @@ async def test_a_ghost_member_in_a_direct_conversation_is_refused(world: World) 
 
         # 2. on first sight: carol writes to alice; the server shows alice the conversation with
         # mallory in it
+        def with_mallory(req: Any, body: Any) -> Any:
+            if isinstance(body, dict) and carol.account_id in body.get("members", ()):
+                return {**body, "members": [*body["members"], w.mallory.account_id]}
+            return None
+
+        # installed before carol creates it: her genesis reaches alice at once
+        w.http.rewrite("GET", r"/v1/conversations/[A-Za-z0-9_-]{22}", with_mallory)
         cid = await carol.create_conversation([w.alice.username])
-        w.http.rewrite(
-            "GET",
-            f"/v1/conversations/{cid}",
-            lambda req, body: {**body, "members": [*body["members"], w.mallory.account_id]},
-        )
         await carol.send_text(cid, "hi alice, carol here")
         gone = await until(w.alice, ConversationUnavailable, lambda e: e.conversation_id == cid)
         assert "exactly this account and one other" in gone.reason
@@ -234,31 +236,31 @@ async def test_swapped_server_seqs_are_detected(world: World) -> None:
     authenticated base already covers the position it is shown at (an impossible placement), and
     every later operation's transcript hash disagrees with alice's log: both are reported."""
     w = world
-    _relabel(w, {3: 4, 4: 3})
+    _relabel(w, {4: 5, 5: 4})  # the genesis is at 1, the world's two messages at 2 and 3
     for text in ("one", "two"):
         await w.bob.send_text(w.cid, text)
         await until(w.alice, MessageReceived, lambda e, t=text: e.text == t)
     placed = await until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
-    assert placed.server_seq == 3 and placed.sender_account_id == w.bob.account_id
+    assert placed.server_seq == 4 and placed.sender_account_id == w.bob.account_id
     await w.bob.send_text(w.cid, "three")
     fork = await until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
-    assert fork.server_seq == 5 and fork.sender_account_id == w.bob.account_id
+    assert fork.server_seq == 6 and fork.sender_account_id == w.bob.account_id
     assert fork.message_ref is not None and "another history" in fork.reason
     # alice's next message carries her (different) transcript: bob detects it too
     await w.alice.send_text(w.cid, "four")
-    assert (await until(w.bob, ForkDetected, lambda e: e.conversation_id == w.cid)).server_seq == 6
+    assert (await until(w.bob, ForkDetected, lambda e: e.conversation_id == w.cid)).server_seq == 7
 
 
 async def test_a_reused_server_seq_is_refused_not_taken_for_a_duplicate(world: World) -> None:
     """The server gives bob's second message the server_seq of his first: alice must not discard
     it silently as a redelivery."""
     w = world
-    _relabel(w, {4: 3})
+    _relabel(w, {5: 4})
     await w.bob.send_text(w.cid, "first")
     await until(w.alice, MessageReceived, lambda e: e.text == "first")
     await w.bob.send_text(w.cid, "second")
     fork = await until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
-    assert fork.server_seq == 3 and fork.message_ref is None and "another envelope" in fork.reason
+    assert fork.server_seq == 4 and fork.message_ref is None and "another envelope" in fork.reason
     assert w.mallory.device_id not in device_ids_encrypted_to(w)
 
 
@@ -267,19 +269,19 @@ async def test_a_withheld_envelope_is_a_history_gap_and_later_messages_still_arr
     told what is missing (after asking the server) and keeps receiving bob's later messages."""
     w = world
     w.ws.down_rules.append(
-        lambda f: None if f.get("conversation_id") == w.cid and f.get("server_seq") == 3 else f
+        lambda f: None if f.get("conversation_id") == w.cid and f.get("server_seq") == 4 else f
     )
     w.http.rewrite(
         "GET",
         f"/v1/conversations/{w.cid}/envelopes",
-        lambda req, body: {**body, "envelopes": [e for e in body["envelopes"] if e.get("server_seq") != 3]},
+        lambda req, body: {**body, "envelopes": [e for e in body["envelopes"] if e.get("server_seq") != 4]},
     )
     for text in ("lost", "after the loss", "still here"):
         await w.bob.send_text(w.cid, text)
     gap = await until(w.alice, HistoryGap, lambda e: e.conversation_id == w.cid)
-    assert gap.missing == (3,) and gap.held
+    assert gap.missing == (4,) and gap.held
     view = await w.alice.conversation(w.cid)  # the view shows the gap too
-    assert view.missing == (3,) and len(view.held) == len(gap.held)
+    assert view.missing == (4,) and len(view.held) == len(gap.held)
     received = [await until(w.alice, MessageReceived, lambda e: e.conversation_id == w.cid) for _ in range(2)]
     assert [e.text for e in received] == ["after the loss", "still here"]
     assert "lost" not in [m.text for m in w.alice.messages(w.cid)]
@@ -302,19 +304,19 @@ async def test_a_history_forked_between_two_devices_of_one_account_is_detected(
         assert await phone.complete_link(wait_s=WAIT) == w.alice.account_id
         await w.alice.finish_link()
         await phone.connect()
-        _relabel_for(phone_ws, phone_http, w.cid, {3: 4, 4: 3})
+        _relabel_for(phone_ws, phone_http, w.cid, {4: 5, 5: 4})
         for text in ("one", "two"):
             await w.bob.send_text(w.cid, text)
             for device in (w.alice, phone):
                 await until(device, MessageReceived, lambda e, t=text: e.text == t)
         # the phone notices the impossible placement itself; the desktop has seen nothing wrong
-        assert (await until(phone, ForkDetected, lambda e: e.conversation_id == w.cid)).server_seq == 3
+        assert (await until(phone, ForkDetected, lambda e: e.conversation_id == w.cid)).server_seq == 4
         assert not events_of(w.alice, ForkDetected)
 
         await phone.send_text(w.cid, "from the phone")
         on_desk = await until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
-        assert on_desk.sender_account_id == w.alice.account_id and on_desk.server_seq == 5
+        assert on_desk.sender_account_id == w.alice.account_id and on_desk.server_seq == 6
         on_bob = await until(w.bob, ForkDetected, lambda e: e.conversation_id == w.cid)
-        assert on_bob.server_seq == 5
+        assert on_bob.server_seq == 6
     finally:
         await phone.close()

@@ -65,27 +65,27 @@ async def test_an_impossible_send_answer_is_not_written_and_the_message_goes_out
     w = world
     _lie_once_about_the_next_send(w, change, drop)
     await w.alice.send_text(w.cid, "did it go?")
-    assert (await until(w.bob, MessageReceived, lambda e: e.text == "did it go?")).server_seq == 3
+    assert (await until(w.bob, MessageReceived, lambda e: e.text == "did it go?")).server_seq == 4
     (queued,) = w.alice.outbox()
     assert queued.state == "queued" and queued.failed_reason is None
     assert all(r.server_seq >= 1 for r in w.alice.store.sync.sync_ops(w.cid))
     # the outbox goes on: a later message is sent at once
     await w.alice.send_text(w.cid, "and this one?")
-    assert (await until(w.bob, MessageReceived, lambda e: e.text == "and this one?")).server_seq == 4
-    # the resend of the first is a replay: the server's real answer, position 3
+    assert (await until(w.bob, MessageReceived, lambda e: e.text == "and this one?")).server_seq == 5
+    # the resend of the first is a replay: the server's real answer, position 4
     await w.alice.flush_outbox()  # or the back-off timer already resent it: one MessageSent
     sent = await until(w.alice, MessageSent, lambda e: e.envelope_id == queued.envelope_id)
-    assert sent.server_seq == 3 and not w.alice.outbox()
+    assert sent.server_seq == 4 and not w.alice.outbox()
     assert [m.text for m in w.alice.messages(w.cid)][-2:] == ["did it go?", "and this one?"]
 
 
 async def test_a_send_answer_naming_an_occupied_position_is_a_fork_not_an_overwrite(world: World) -> None:
     w = world
     before = {r.server_seq: r.envelope_id for r in w.alice.store.sync.sync_ops(w.cid)}
-    _lie_once_about_the_next_send(w, {"server_seq": 2})  # bob's "hello alice" is at 2
+    _lie_once_about_the_next_send(w, {"server_seq": 3})  # bob's "hello alice" is at 3
     await w.alice.send_text(w.cid, "third")
     fork = await until(w.alice, ForkDetected, lambda e: e.conversation_id == w.cid)
-    assert fork.server_seq == 2 and fork.message_ref is None
+    assert fork.server_seq == 3 and fork.message_ref is None
     after = {r.server_seq: r.envelope_id for r in w.alice.store.sync.sync_ops(w.cid)}
     assert after == before  # nothing overwritten
     await w.alice.flush_outbox()  # or the back-off timer already resent it: one MessageSent
@@ -136,13 +136,13 @@ async def test_a_username_lookup_answered_with_another_account_is_refused(world:
 async def test_a_gap_fill_the_server_refuses_is_still_a_history_gap(world: World) -> None:
     w = world
     w.ws.down_rules.append(
-        lambda f: None if f.get("conversation_id") == w.cid and f.get("server_seq") == 3 else f
+        lambda f: None if f.get("conversation_id") == w.cid and f.get("server_seq") == 4 else f
     )
     w.http.rewrite("GET", f"/v1/conversations/{w.cid}/envelopes", lambda req, body: {"not": "a page"})
     for text in ("lost", "after the loss"):
         await w.bob.send_text(w.cid, text)
     gap = await until(w.alice, HistoryGap, lambda e: e.conversation_id == w.cid)
-    assert gap.missing == (3,)
+    assert gap.missing == (4,)
 
 
 async def test_endless_history_pages_do_not_hold_the_device(world: World) -> None:
@@ -158,7 +158,7 @@ async def test_endless_history_pages_do_not_hold_the_device(world: World) -> Non
 
     w.http.rewrite("GET", f"/v1/conversations/{w.cid}/envelopes", endless)
     w.ws.down_rules.append(
-        lambda f: None if f.get("conversation_id") == w.cid and f.get("server_seq") == 3 else f
+        lambda f: None if f.get("conversation_id") == w.cid and f.get("server_seq") == 4 else f
     )
     await w.bob.send_text(w.cid, "lost")
     await w.bob.send_text(w.cid, "jump")
@@ -171,9 +171,9 @@ async def test_endless_history_pages_do_not_hold_the_device(world: World) -> Non
 async def test_one_poisoned_history_item_does_not_stop_later_delivery(
     live_server: LiveServer, make_mitm: Any, tmp_path: Path
 ) -> None:
-    """SQLite store: the server withholds bob's envelope at position 3 on the socket and serves it
-    in history pages with ``server_ts`` = 2^63 (out of every column's range). Later envelopes of
-    the conversation still arrive."""
+    """SQLite store: the server withholds bob's envelope at position 3 (after the genesis and
+    alice's first message) on the socket and serves it in history pages with ``server_ts`` =
+    2^63 (out of every column's range). Later envelopes of the conversation still arrive."""
     http, ws = HostileHttp(), await make_mitm(live_server.ws_url)
     mitm: WsMitm = ws
     alice = await Client.create(
@@ -189,7 +189,7 @@ async def test_one_poisoned_history_item_does_not_stop_later_delivery(
         await alice.send_text(cid, "hello bob")
         await until(bob, MessageReceived, lambda e: e.text == "hello bob")
         mitm.down_rules.append(
-            lambda f: None if f.get("conversation_id") == cid and f.get("server_seq") == 2 else f
+            lambda f: None if f.get("conversation_id") == cid and f.get("server_seq") == 3 else f
         )
         http.rewrite(
             "GET",
@@ -197,7 +197,7 @@ async def test_one_poisoned_history_item_does_not_stop_later_delivery(
             lambda req, body: {
                 **body,
                 "envelopes": [
-                    {**e, "server_ts": 2**63} if e.get("server_seq") == 2 else e for e in body["envelopes"]
+                    {**e, "server_ts": 2**63} if e.get("server_seq") == 3 else e for e in body["envelopes"]
                 ],
             },
         )
