@@ -403,17 +403,17 @@ class DeviceConnection:
                 )
 
     async def start(self) -> None:
-        """Apply retention to this device's queue, find where it stands and take its first window
-        of entries: one database read on a reconnect (a write only if an entry expired)."""
+        """Retention, watermarks and the first window: one read (a write only if one expired)."""
+        self._need_read = False  # a wake-up or a dropped push during the read sets it again
         snap = await _db(self.delivery.connect_snapshot(self._device_id, self.window))
         acked = snap.state.acked_through
         self.acked = self.ack_target = self.last_sent = acked
         self.metrics.queue_depth_on_connect.observe(snap.pending_count)
+        if snap.state.purged_through > acked or len(snap.items) >= self.window:
+            self._need_read = True  # a gap to report, or more behind a full window: read on
         if snap.state.purged_through <= acked:
-            # Handed to the pump like the writer's pushes (ahead of any that came meanwhile); a
-            # full window may have more behind it, so the pump reads on. A gap needs the read.
+            # Handed to the pump like the writer's pushes (ahead of any that came meanwhile).
             self._pushed.extendleft(reversed([i for i in snap.items if i.queue_seq > acked]))
-            self._need_read = len(snap.items) >= self.window
 
     async def _pump(self) -> None:
         while True:
