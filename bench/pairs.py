@@ -1,7 +1,7 @@
 """Benchmark of the workload "pairs-v1" (bench/WORKLOAD.md), server mode (this file)
 and sdk mode (``--mode sdk``: bench/pairs_sdk.py).
 
-    .venv/bin/python bench/pairs.py [--mode server|sdk] [--test latency|throughput|idle|fanout|all]
+    .venv/bin/python bench/pairs.py [--mode server|sdk] [--test latency|throughput|idle|fanout|reconnect|all]
                                      [--connections 1000] [--send-via ws|http]
                                      [--database-url postgresql+asyncpg://...] [--url http://...]
                                      [--instances 2 --redis-url redis://...]
@@ -1236,7 +1236,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="server",
         help="server: pre-built envelopes (the server's own cost); sdk: real SDK clients encrypt and decrypt",
     )
-    p.add_argument("--test", choices=["latency", "throughput", "idle", "fanout", "all"], default="all")
+    p.add_argument(
+        "--test", choices=["latency", "throughput", "idle", "fanout", "reconnect", "all"], default="all"
+    )
     p.add_argument(
         "--database-url",
         help="e.g. postgresql+asyncpg://user:pw@127.0.0.1/db (default: SQLite in a temp dir)",
@@ -1259,6 +1261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=45.0)
     p.add_argument("--heartbeat-interval-s", type=float, default=5.0, help="idle: server heartbeat interval")
     p.add_argument("--no-bare", action="store_true", help="idle: skip the bare_ws reference")
+    p.add_argument("--repeat", type=int, default=3, help="reconnect: paired runs (saltline, bare_ws)")
     p.add_argument("--latency-pairs", type=int, default=50)
     p.add_argument("--latency-seconds", type=int, default=30)
     p.add_argument("--throughput-pairs", type=int, default=20)
@@ -1329,6 +1332,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 doc["tests"][name] = await test_throughput(args, ciphertext_bytes)
             elif name == "fanout":
                 doc["tests"][name] = await test_fanout(args, ciphertext_bytes)
+            elif name == "reconnect":
+                from bench import reconnect  # bench/reconnect.py
+
+                doc["tests"][name] = await reconnect.test_reconnect(args)
             else:
                 doc["tests"][name] = await test_idle(args)
         except Exception as exc:

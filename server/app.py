@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from server.api import (
+    delivery_setup,
     routes_accounts,
     routes_auth,
     routes_blobs,
@@ -61,7 +62,7 @@ def max_body_bytes(settings: Settings) -> int:
 
 async def _start_extensions(ctx: AppContext) -> None:
     """Start subsystems that need the running loop (bus, delivery writer, ...)."""
-    await ws.start_delivery(ctx)
+    await delivery_setup.start_delivery(ctx)
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> FastAPI:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-CLOSE_REPLACED = 4001
+from server.services.delivery_protocol import CLOSE_REPLACED
+
+__all__ = ["CLOSE_REPLACED", "ConnectionRegistry", "RegisteredConnection"]
 
 
 class RegisteredConnection(Protocol):

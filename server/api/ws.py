@@ -2,28 +2,7 @@
 
 All frames are JSON text. Binary values are unpadded base64url; ids are 16-byte ids.
 
-Client -> server
-    ``{"type":"auth","token":"<access token>"}``  FIRST frame, within :data:`AUTH_TIMEOUT_S`.
-        The token never appears in the URL, so it never reaches access logs. It is verified once
-        per connection; a removal of the device closes the socket (4002), and the socket is closed
-        with 4003 when the token's ``exp`` passes (the client reconnects with a fresh token).
-    ``{"type":"ack","queue_seq":N}``  cumulative: every entry with ``queue_seq <= N`` is delivered
-        and may be deleted. Also acknowledges a gap marker (ack its ``to_queue_seq``). An ack beyond
-        the last sent entry is clamped to it; an ack below the current one is ignored.
-    ``{"type":"pong"}``  answer to every ping.
-    ``{"type":"ping"}``  the client's own liveness check; answered with ``{"type":"pong"}``.
-    ``{"type":"send","request_id":R,"conversation_id":C,"envelope":{...}}``  send an envelope over
-        the socket: ``envelope`` is exactly the body of ``POST /v1/conversations/C/envelopes`` and
-        is checked by the same rules; ``R`` (1-64 base64url characters, chosen by the client)
-        names the answer (a frame without a valid one is a protocol error, 4005). The socket
-        sends as its device under the HTTP route's authorization: a send after the token's
-        ``exp``, by a removed device (checked in the send's transaction) or with a revoked token
-        family (re-checked at least every heartbeat interval) is answered with 401 and the
-        socket is then closed (4002 ``token_revoked``, else 4003). At most
-        :data:`MAX_PENDING_SENDS` sends per socket are in progress at a time; the server reads no
-        further frame of that socket (acks and pongs included) until one is answered. A WebSocket
-        message is at most :data:`WS_MAX_MESSAGE_BYTES` (larger: close 1009), so envelopes larger
-        than that (big groups) are sent with the HTTP route.
+Client frames and close codes: :mod:`server.services.delivery_protocol`, which decides them.
 
 Server -> client
     ``{"type":"ready","account_id":..,"device_id":..,"acked_queue_seq":N,"window":W,
@@ -47,20 +26,6 @@ Server -> client
         and the problem document are those the HTTP route answers (409 recipients_mismatch, 410
         device_list_outdated, 422 validation_failed, ...). Answers may come in any order.
 
-Close codes
-    ====  ======================================================================================
-    4001  replaced: another socket for the same device connected (one socket per device)
-    4002  device removed from its account's device list
-    4003  authentication failed: no/late/malformed auth frame, invalid, expired or revoked token;
-          also sent when the token's ``exp`` passes while connected (reconnect with a fresh one)
-          and when reuse of a rotated refresh token revoked the device's token family
-    4004  heartbeat timeout: ``heartbeat_missed_limit`` pings went unanswered, or a ping or a
-          ``send_result`` was not taken by the client within a heartbeat interval
-    4005  protocol error: a frame that is not valid JSON or not one of the frames above
-    1011  internal error on the server
-    1012  server restarting (shutdown); reconnect with back-off
-    ====  ======================================================================================
-
 Delivery path: the group-commit writer hands each committed queue entry straight to the socket
 that holds its device here (:meth:`DeviceConnection.offer`); the pump sends it without reading it
 back when it continues the last ``queue_seq`` sent, and reads the queue otherwise (on connect, after
@@ -82,74 +47,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-import jwt
-import orjson
 from fastapi import APIRouter, WebSocket
 from pydantic import Field, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from crypto.keys import b64decode, b64encode
-from server.api.connections import CLOSE_REPLACED, ConnectionRegistry
+from crypto.keys import b64encode
+from server.api.connections import ConnectionRegistry
 from server.api.problems import validation_errors
 from server.api.routes_envelopes import SendEnvelopeRequest, send_request_from
 from server.api.schemas import B64_CHARS, Strict
 from server.context import AppContext
 from server.errors import Problem, ProblemCode
 from server.services import delivery_frames as frames
+from server.services import delivery_protocol as protocol
+from server.services.auth import AccessClaims
 from server.services.common import AuthedDevice, decode_id
 from server.services.delivery import DeliveryService
 from server.services.delivery_metrics import DeliveryMetrics
+from server.services.delivery_protocol import (
+    AUTH_TIMEOUT_S,
+    CLOSE_AUTH_FAILED,
+    CLOSE_DEVICE_REMOVED,
+    CLOSE_HEARTBEAT_TIMEOUT,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_REPLACED,
+    EPHEMERAL_BUFFER_BYTES,
+    MAX_PENDING_SENDS,
+    WS_MAX_MESSAGE_BYTES,
+    ProtocolError,
+)
 from server.services.delivery_writer import WriterClosedError
 from server.storage.envelopes_repo import QueueItem
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-CLOSE_DEVICE_REMOVED = 4002
-CLOSE_AUTH_FAILED = 4003
-CLOSE_HEARTBEAT_TIMEOUT = 4004
-CLOSE_PROTOCOL_ERROR = 4005
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_SERVICE_RESTART = 1012
-
-AUTH_TIMEOUT_S = 10.0
-MAX_FRAME_BYTES = 4096  # the auth frame; after it, a frame may carry an envelope (``send``)
-#: ``send`` frames of one socket in progress at once; the reader waits for a free slot.
-MAX_PENDING_SENDS = 32
-#: The WebSocket server (uvicorn ``ws_max_size``) refuses larger messages before buffering them
-#: (close 1009); the application checks it again (the auth frame against :data:`MAX_FRAME_BYTES`).
-WS_MAX_MESSAGE_BYTES = 64 * 1024
-#: Ephemeral frames waiting for a slow socket are bounded by bytes (oldest dropped first).
-EPHEMERAL_BUFFER_BYTES = 256 * 1024
 #: How long a close frame's write may wait for a peer that does not read. Giving up ends the
 #: handler; ``server.transport`` then aborts the transport (uvicorn alone would ``close()`` it and
 #: wait for the unsent bytes to drain for ever), as it does ``ws_close_timeout_s`` after a close
 #: frame that was written but not answered.
 _CLOSE_TIMEOUT_S = 2.0
-
-_CLOSE_REASONS = {
-    CLOSE_REPLACED: "replaced",
-    CLOSE_DEVICE_REMOVED: "device_removed",
-    CLOSE_AUTH_FAILED: "auth_failed",
-    CLOSE_HEARTBEAT_TIMEOUT: "heartbeat_timeout",
-    CLOSE_PROTOCOL_ERROR: "protocol_error",
-    CLOSE_INTERNAL_ERROR: "internal_error",
-    CLOSE_SERVICE_RESTART: "server_restart",
-}
-
 T = TypeVar("T")
-
-
-class _ProtocolError(Exception):
-    pass
-
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class SendFrame(Strict):
@@ -157,21 +100,6 @@ class SendFrame(Strict):
     request_id: Annotated[str, Field(min_length=1, max_length=64, pattern=B64_CHARS)]
     conversation_id: Annotated[str, Field(min_length=1, max_length=64)]
     envelope: SendEnvelopeRequest
-
-
-def _parse(message: Mapping[str, Any], limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
-    data = message.get("text")
-    if data is None:
-        data = message.get("bytes")
-    if data is None or len(data) > limit:
-        raise _ProtocolError("frame missing or too large")
-    try:
-        frame = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise _ProtocolError("frame is not JSON") from exc
-    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-        raise _ProtocolError("frame is not an object with a type")
-    return frame
 
 
 async def _db(coro: Awaitable[T]) -> T:
@@ -314,7 +242,7 @@ class DeviceConnection:
                 if not task.done() or task.cancelled():
                     continue
                 exc = task.exception()
-                if isinstance(exc, _ProtocolError):
+                if isinstance(exc, ProtocolError):
                     self.close_soon(CLOSE_PROTOCOL_ERROR, str(exc))
                 elif isinstance(exc, WebSocketDisconnect | OSError):
                     self.metrics.closes.labels(reason="client_gone").inc()
@@ -331,7 +259,7 @@ class DeviceConnection:
                 await self._close_socket(self.close_code, self.close_reason)
 
     async def _close_socket(self, code: int, reason: str) -> None:
-        self.metrics.closes.labels(reason=_CLOSE_REASONS.get(code, str(code))).inc()
+        self.metrics.closes.labels(reason=protocol.close_reason_label(code)).inc()
         if self.ws.application_state == WebSocketState.DISCONNECTED:
             return
         with contextlib.suppress(Exception):
@@ -347,30 +275,21 @@ class DeviceConnection:
             if message["type"] == "websocket.disconnect":
                 self.metrics.closes.labels(reason="client_closed").inc()
                 return
-            frame = _parse(message, WS_MAX_MESSAGE_BYTES)
-            kind = frame["type"]
+            frame = protocol.parse_frame(message, WS_MAX_MESSAGE_BYTES)
+            kind, arg = protocol.client_frame(frame, last_sent=self.last_sent, ack_target=self.ack_target)
             if kind == "send":
-                request_id = frame.get("request_id")
-                if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
-                    raise _ProtocolError("send needs a request_id of 1-64 base64url characters")
                 await self._send_slots.acquire()
-                task = asyncio.create_task(self._handle_send(request_id, frame), name="ws-send")
+                task = asyncio.create_task(self._handle_send(arg, frame), name="ws-send")
                 self._send_tasks.add(task)
                 task.add_done_callback(self._send_done)
             elif kind == "ack":
-                seq = frame.get("queue_seq")
-                if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-                    raise _ProtocolError("ack needs a non-negative integer queue_seq")
-                seq = min(seq, self.last_sent)
-                if seq > self.ack_target:
-                    self.ack_target = seq
+                if arg is not None:
+                    self.ack_target = arg
                     self._wake.set()
             elif kind == "pong":
                 self.missed_pongs = 0
             elif kind == "ping":
                 await self._send(frames.encode({"type": "pong"}))
-            else:
-                raise _ProtocolError(f"unexpected frame type {kind[:32]!r}")
 
     def _send_done(self, task: asyncio.Task[None]) -> None:
         self._send_tasks.discard(task)
@@ -397,8 +316,8 @@ class DeviceConnection:
             self.close_soon(CLOSE_HEARTBEAT_TIMEOUT, "the client does not read its socket")
         if problem is not None and problem["status"] == 401:
             # After the answer: the device was removed, or the token expired or was revoked.
-            removed = problem["code"] == ProblemCode.TOKEN_REVOKED.value
-            self.close_soon(CLOSE_DEVICE_REMOVED if removed else CLOSE_AUTH_FAILED, problem["code"])
+            code = protocol.close_code_for_refusal(ProblemCode(problem["code"]))
+            self.close_soon(code, problem["code"])
 
     async def _answer_send(self, request_id: str, frame: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -429,13 +348,10 @@ class DeviceConnection:
             }
         except Problem as problem:
             if problem.status == 401:
-                code = (
-                    CLOSE_DEVICE_REMOVED if problem.code == ProblemCode.TOKEN_REVOKED else CLOSE_AUTH_FAILED
-                )
-                self.close_soon(code, problem.code.value)
-            return _send_problem(request_id, problem)
+                self.close_soon(protocol.close_code_for_refusal(problem.code), problem.code.value)
+            return protocol.send_problem(request_id, problem)
         except ValidationError as exc:
-            return _send_problem(
+            return protocol.send_problem(
                 request_id,
                 Problem(
                     422,
@@ -445,12 +361,14 @@ class DeviceConnection:
                 ),
             )
         except WriterClosedError:
-            return _send_problem(
+            return protocol.send_problem(
                 request_id, Problem(503, ProblemCode.SERVICE_UNAVAILABLE, "the server is shutting down")
             )
         except Exception as exc:  # as the HTTP routes: logged by type only, answered with a 500
             log.error("send over the delivery socket failed: %s", type(exc).__name__)
-            return _send_problem(request_id, Problem(500, ProblemCode.INTERNAL_ERROR, "internal error"))
+            return protocol.send_problem(
+                request_id, Problem(500, ProblemCode.INTERNAL_ERROR, "internal error")
+            )
 
     async def _heartbeat(self) -> None:
         """Ping every ``heartbeat_interval_s``; reap after ``heartbeat_missed_limit`` unanswered
@@ -470,15 +388,14 @@ class DeviceConnection:
             if loop.time() < next_ping:
                 continue
             next_ping = loop.time() + self.heartbeat_interval_s
-            if self._send_slots.locked():
-                # The reader is waiting for a send slot (server-side back-pressure, e.g. a slow
-                # commit): the client's pongs are not being read, which is not its fault.
-                self.missed_pongs = 0
-            if self.missed_pongs >= self.heartbeat_missed_limit:
+            missed = protocol.heartbeat_tick(
+                self.missed_pongs, self.heartbeat_missed_limit, reader_blocked=self._send_slots.locked()
+            )
+            if missed is None:
                 self.metrics.heartbeat_reaps.inc()
                 self.close_soon(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
                 return
-            self.missed_pongs += 1
+            self.missed_pongs = missed
             if not self.delivery.wakeups_lossless:
                 # A lost bus wake-up (Redis) costs at most one heartbeat interval.
                 self._need_read = True
@@ -490,11 +407,17 @@ class DeviceConnection:
                 )
 
     async def start(self) -> None:
-        """Apply retention to this device's queue and find where it stands."""
-        await _db(self.delivery.purge_expired(self._device_id))
-        state = await _db(self.delivery.queue_state(self._device_id))
-        self.acked = self.ack_target = self.last_sent = state.acked_through
-        self.metrics.queue_depth_on_connect.observe(await _db(self.delivery.pending_count(self._device_id)))
+        """Retention, watermarks and the first window: one read (a write only if one expired)."""
+        self._need_read = False  # a wake-up or a dropped push during the read sets it again
+        snap = await _db(self.delivery.connect_snapshot(self._device_id, self.window))
+        acked = snap.state.acked_through
+        self.acked = self.ack_target = self.last_sent = acked
+        self.metrics.queue_depth_on_connect.observe(snap.pending_count)
+        if snap.state.purged_through > acked or len(snap.items) >= self.window:
+            self._need_read = True  # a gap to report, or more behind a full window: read on
+        if snap.state.purged_through <= acked:
+            # Handed to the pump like the writer's pushes (ahead of any that came meanwhile).
+            self._pushed.extendleft(reversed([i for i in snap.items if i.queue_seq > acked]))
 
     async def _pump(self) -> None:
         while True:
@@ -585,15 +508,6 @@ class DeviceConnection:
         )
 
 
-def _send_problem(request_id: str, problem: Problem) -> dict[str, Any]:
-    return {
-        "type": "send_result",
-        "request_id": request_id,
-        "status": problem.status,
-        "problem": problem.to_dict(),
-    }
-
-
 async def _close_or_abort(ws: WebSocket, code: int, reason: str) -> None:
     """Close, but never wait more than :data:`_CLOSE_TIMEOUT_S` for it: a client that stops reading
     blocks the close frame's write. Giving up and returning lets the server drop the transport
@@ -602,16 +516,9 @@ async def _close_or_abort(ws: WebSocket, code: int, reason: str) -> None:
         await asyncio.wait_for(ws.close(code=code, reason=reason[:120]), _CLOSE_TIMEOUT_S)
 
 
-def _token_exp_ms(token: str) -> int | None:
-    """The ``exp`` of an access token that was already verified, in Unix milliseconds."""
-    try:
-        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
-    except jwt.PyJWTError:
-        return None
-    return exp * 1000 if isinstance(exp, int) and not isinstance(exp, bool) else None
-
-
-async def _authenticate(ws: WebSocket, ctx: AppContext) -> tuple[AuthedDevice, str] | None:
+async def _authenticate(ws: WebSocket, ctx: AppContext) -> AccessClaims | None:
+    """Read the auth frame and verify its token (signature, type, expiry: no I/O). The device and
+    the token family are checked in the database once the socket is subscribed to their events."""
     try:
         message = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
     except TimeoutError:
@@ -619,16 +526,12 @@ async def _authenticate(ws: WebSocket, ctx: AppContext) -> tuple[AuthedDevice, s
         return None
     if message["type"] == "websocket.disconnect":
         return None
-    try:
-        frame = _parse(message)
-    except _ProtocolError:
-        frame = {}
-    token = frame.get("token")
-    if frame.get("type") != "auth" or not isinstance(token, str) or not token or len(token) > 2048:
+    token = protocol.auth_token(message)
+    if token is None:
         await _close_or_abort(ws, CLOSE_AUTH_FAILED, "the first frame must be {type: auth, token}")
         return None
     try:
-        return await ctx.auth.authenticate_access_token(token), token
+        return ctx.auth.decode_access_token(token)
     except Problem as problem:
         await _close_or_abort(ws, CLOSE_AUTH_FAILED, problem.code.value)
         return None
@@ -645,7 +548,8 @@ async def delivery_socket(ws: WebSocket) -> None:
     if authed is None:
         metrics.closes.labels(reason="auth_failed").inc()
         return
-    device, token = authed
+    claims = authed
+    device = claims.device
     settings = ctx.settings
     conn = DeviceConnection(
         ws,
@@ -656,22 +560,23 @@ async def delivery_socket(ws: WebSocket) -> None:
         heartbeat_interval_s=settings.heartbeat_interval_s,
         heartbeat_missed_limit=settings.heartbeat_missed_limit,
     )
-    conn.token_exp_ms = _token_exp_ms(token)
-    conn.reauth = lambda: ctx.auth.authenticate_access_token(token)
+    conn.token_exp_ms = claims.exp_ms
+    conn.reauth = lambda: ctx.auth.check_token_holder(claims)
     subscription = None
     metrics.connections.inc()
     try:
-        registry.register(conn)
+        # Subscribed first, then the device and the token family are checked (one read, never
+        # cached: see AuthService.check_token_holder): a removal or a revocation after the check
+        # reaches this connection through the bus; one before it is seen by the check. Only then
+        # does the socket replace an older one of the device (a refused token never does).
         subscription = delivery.bus.subscribe(conn.device_id, conn)
-        # A removal between the auth check and the subscription published its event to nobody:
-        # check again now that this connection would hear of it.
         try:
-            await ctx.auth.authenticate_access_token(token)
-        except Problem as problem:
-            code = CLOSE_DEVICE_REMOVED if problem.code == ProblemCode.TOKEN_REVOKED else CLOSE_AUTH_FAILED
-            conn.close_soon(code, problem.code.value)
-            await conn._close_socket(code, problem.code.value)
+            await ctx.auth.check_token_holder(claims)
+        except Problem as problem:  # a removed device or a revoked login: 4003 (spec § 5.3 rule 2)
+            conn.close_soon(CLOSE_AUTH_FAILED, problem.code.value)
+            await conn._close_socket(CLOSE_AUTH_FAILED, problem.code.value)
             return
+        registry.register(conn)
         await conn.start()
         await conn._send(
             frames.encode(
@@ -697,71 +602,3 @@ async def delivery_socket(ws: WebSocket) -> None:
             delivery.bus.unsubscribe(subscription)
         metrics.connections.dec()
         conn.released()
-
-
-async def start_delivery(ctx: AppContext) -> None:
-    """Build and start the delivery side on ``ctx``: bus, connection registry, conversations and
-    delivery services, the device-removed and tokens-revoked hooks, and their shutdown."""
-    from server.services.bus import DeliveryBus, InProcessBus
-    from server.services.conversations import ConversationsService
-    from server.storage.conversations_repo import ConversationsRepo
-    from server.storage.envelopes_repo import EnvelopesRepo
-
-    settings = ctx.settings
-    metrics = DeliveryMetrics(ctx.registry)
-    bus: DeliveryBus
-    if settings.redis_url:
-        from server.services.redis_bus import RedisBus
-
-        bus = RedisBus(settings.redis_url)
-    else:
-        bus = InProcessBus()
-    await bus.start()
-    registry = ConnectionRegistry()
-    conversations_repo = ConversationsRepo(ctx.db)
-    delivery = DeliveryService(
-        envelopes=EnvelopesRepo(ctx.db),
-        conversations=conversations_repo,
-        bus=bus,
-        metrics=metrics,
-        clock=ctx.clock,
-        max_envelope_bytes=settings.max_envelope_bytes,
-        max_recipients=settings.max_recipients,
-        queue_retention_s=settings.queue_retention_s,
-        history_page_max_bytes=settings.history_page_max_bytes,
-        limiter=ctx.rate_limiter,
-        sends_per_device=settings.rate_limit_envelopes_per_device,
-        send_bytes_per_device=settings.rate_limit_envelope_bytes_per_device,
-    )
-    ctx.bus = bus
-    ctx.connections = registry
-    ctx.delivery = delivery
-
-    def local_push(device_id: bytes, item: QueueItem) -> bool:
-        conn = registry.get(device_id)
-        return isinstance(conn, DeviceConnection) and conn.offer(item)
-
-    delivery.local_push = local_push
-    ctx.conversations = ConversationsService(
-        conversations_repo, ctx.clock, max_members=settings.max_recipients
-    )
-    await delivery.start()
-
-    async def on_device_removed(_account_id: str, device_id: str) -> None:
-        await delivery.device_removed(b64decode(device_id))
-
-    ctx.on_device_removed.append(on_device_removed)
-
-    async def on_tokens_revoked(_account_id: str, device_id: str) -> None:
-        # Refresh-token reuse revoked the device's token family: whoever holds the socket may be
-        # the thief, so close it (4003); the rightful device logs in again.
-        await bus.publish_tokens_revoked(b64decode(device_id))
-
-    ctx.on_tokens_revoked.append(on_tokens_revoked)
-
-    async def stop() -> None:
-        await registry.close_all(CLOSE_SERVICE_RESTART, "server restarting")
-        await delivery.close()
-        await bus.close()
-
-    ctx.on_shutdown.append(stop)

@@ -85,6 +85,25 @@ class RateLimits:
     refresh_families_per_device: int = 10
 
 
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    """A verified access token (signature, type, expiry): its device, refresh-token family
+    (unpadded base64url) and expiry in Unix milliseconds."""
+
+    device: AuthedDevice
+    family: str
+    exp_ms: int
+
+
+def _family_revoked_problem() -> Problem:
+    return Problem(
+        401,
+        ProblemCode.TOKEN_REVOKED,
+        "the login of this access token was revoked (refresh-token reuse); log in again",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
 def _unauthorized(detail: str = "invalid credentials") -> Problem:
     return Problem(401, ProblemCode.UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
@@ -334,8 +353,10 @@ class AuthService:
             except Exception:
                 log.exception("on_tokens_revoked hook failed")
 
-    def _decode_access_token(self, token: str) -> tuple[AuthedDevice, str]:
-        """The device and the refresh-token family (``fam`` claim) of a valid access token."""
+    def decode_access_token(self, token: str) -> AccessClaims:
+        """Verify an access token's signature, type and expiry (no I/O): the device, its
+        refresh-token family (``fam`` claim) and the expiry. The device and the family are then
+        checked in the database by :meth:`check_token_holder`."""
         try:
             claims = jwt.decode(
                 token,
@@ -348,7 +369,7 @@ class AuthService:
         if claims.get("typ") != "access" or not all(isinstance(claims.get(k), str) for k in ("sub", "acc")):
             raise _unauthorized("invalid access token")
         exp = claims["exp"]
-        if not isinstance(exp, int) or exp * 1000 <= self._clock():
+        if not isinstance(exp, int) or isinstance(exp, bool) or exp * 1000 <= self._clock():
             raise Problem(
                 401,
                 ProblemCode.TOKEN_EXPIRED,
@@ -361,40 +382,36 @@ class AuthService:
         authed = AuthedDevice(
             account_id=claims["acc"], device_id=claims["sub"], username=str(claims.get("usr", ""))
         )
-        return authed, fam
+        return AccessClaims(authed, fam, exp * 1000)
 
     async def authenticate_access_token(self, token: str) -> AuthedDevice:
         """The device behind ``token``; 401 if the token is invalid, expired, or its device was
-        removed. Used by the HTTP dependency on every request and by the WebSocket once per
-        connection (the socket is closed by the removal hook afterwards)."""
-        authed, family = self._decode_access_token(token)
-        device = await self._accounts.get_device(b64decode(authed.device_id))
-        if device is None or not device.active or encode_id(device.account_id) != authed.account_id:
+        removed, or its login revoked. Used by the HTTP dependency on every request; the
+        WebSocket runs the same two steps (:meth:`decode_access_token`, then
+        :meth:`check_token_holder` once it is subscribed to the removal events)."""
+        claims = self.decode_access_token(token)
+        await self.check_token_holder(claims)
+        return claims.device
+
+    async def check_token_holder(self, claims: AccessClaims) -> None:
+        """401 ``token_revoked`` unless the token's device is active in its account and its
+        token family was not revoked. One database read for both (never cached: a device removed
+        or a family revoked on another instance must count at once; only revocations, which
+        are permanent, are remembered)."""
+        try:
+            device_id, family = b64decode(claims.device.device_id), b64decode(claims.family)
+        except (CryptoError, ValueError) as exc:
+            raise _unauthorized("invalid access token") from exc
+        if family in self._revoked_families:
+            raise _family_revoked_problem()
+        account_id, revoked = await self._repo.token_holder_state(device_id, family)
+        if account_id is None or encode_id(account_id) != claims.device.account_id:
             raise Problem(
                 401,
                 ProblemCode.TOKEN_REVOKED,
                 "this device was removed from its account",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        if await self._family_revoked(family):
-            raise Problem(
-                401,
-                ProblemCode.TOKEN_REVOKED,
-                "the login of this access token was revoked (refresh-token reuse); log in again",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        return authed
-
-    async def _family_revoked(self, family_b64: str) -> bool:
-        """Revocation is permanent, so revoked families are cached; a family not (yet) known to be
-        revoked is checked in the database, so a revocation on another instance counts at once."""
-        try:
-            family = b64decode(family_b64)
-        except (CryptoError, ValueError):
-            return True
-        if family in self._revoked_families:
-            return True
-        if await self._repo.family_revoked(family):
+        if revoked:
             self._revoked_families.add(family)
-            return True
-        return False
+            raise _family_revoked_problem()

@@ -61,6 +61,7 @@ from server.storage.envelopes_repo import (
     Accepted,
     AckRequest,
     AlreadyStored,
+    ConnectSnapshot,
     EnvelopesRepo,
     HistoryItem,
     NewEnvelope,
@@ -459,6 +460,17 @@ class DeliveryService:
 
     async def queue_state(self, device_id: bytes) -> QueueState:
         return await self.envelopes.queue_state(device_id)
+
+    async def connect_snapshot(self, device_id: bytes, limit: int) -> ConnectSnapshot:
+        """The device's queue as its socket opens, retention applied: one read when nothing
+        expired (the reconnect-storm path: no write transaction per socket); retention's write
+        and a second read only when the queue holds an entry older than the retention."""
+        cutoff = self.clock() - self.queue_retention_s * 1000
+        snapshot = await self.envelopes.connect_snapshot(device_id, cutoff, limit)
+        if not snapshot.has_expired:
+            return snapshot
+        await self.purge_expired(device_id)
+        return await self.envelopes.connect_snapshot(device_id, cutoff, limit)
 
     async def pending_count(self, device_id: bytes) -> int:
         return await self.envelopes.pending_count(device_id)

@@ -182,6 +182,24 @@ class AuthRepo:
 
         return await self._db.run_read(read)
 
+    async def token_holder_state(self, device_id: bytes, family_id: bytes) -> tuple[bytes | None, bool]:
+        """For an access token's check, in ONE read: the account of the device if it is active
+        (None if unknown or removed), and whether the token's refresh-token family was revoked."""
+
+        def read(conn: Connection) -> tuple[bytes | None, bool]:
+            row = conn.execute(
+                select(devices.c.account_id, devices.c.removed_at_ms).where(devices.c.device_id == device_id)
+            ).first()
+            revoked = conn.execute(
+                select(refresh_tokens.c.token_hash)
+                .where(and_(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked.is_(True)))
+                .limit(1)
+            ).first()
+            account = bytes(row[0]) if row is not None and row[1] is None else None
+            return account, revoked is not None
+
+        return await self._db.run_read(read)
+
     async def revoke_device_tokens(self, device_id: bytes) -> None:
         async with self._db.write() as conn:
             await conn.execute(

@@ -143,6 +143,16 @@ class QueueState:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectSnapshot:
+    """A device's queue as its socket opens (:meth:`EnvelopesRepo.connect_snapshot`)."""
+
+    state: QueueState
+    items: list[QueueItem]
+    pending_count: int
+    has_expired: bool
+
+
+@dataclass(frozen=True, slots=True)
 class QueueItem:
     queue_seq: int
     conversation_id: bytes
@@ -385,56 +395,39 @@ class EnvelopesRepo:
 
     async def pending(self, device_id: bytes, after: int, limit: int) -> tuple[list[QueueItem], QueueState]:
         """Up to ``limit`` queued items with ``queue_seq > after``, in order, and the queue state."""
-        q = (
-            select(
-                device_queue.c.queue_seq,
-                device_queue.c.conversation_id,
-                device_queue.c.server_seq,
-                envelopes.c.server_ts_ms,
-                envelopes.c.sender_account_id,
-                envelopes.c.sender_device_id,
-                envelopes.c.envelope_id,
-                envelopes.c.clock,
-                envelope_copies.c.ciphertext,
-            )
-            .select_from(
-                device_queue.join(
-                    envelopes,
-                    and_(
-                        envelopes.c.conversation_id == device_queue.c.conversation_id,
-                        envelopes.c.server_seq == device_queue.c.server_seq,
-                    ),
-                ).join(
-                    envelope_copies,
-                    and_(
-                        envelope_copies.c.conversation_id == device_queue.c.conversation_id,
-                        envelope_copies.c.server_seq == device_queue.c.server_seq,
-                        envelope_copies.c.device_id == device_queue.c.device_id,
-                    ),
-                )
-            )
-            .where(device_queue.c.device_id == device_id, device_queue.c.queue_seq > after)
-            .order_by(device_queue.c.queue_seq)
-            .limit(limit)
-        )
+        q = _pending_query(device_id, after, limit)
         async with self._db.read() as conn:
             rows = (await conn.execute(q)).all()
             state = await self._queue_state(conn, device_id)
-        items = [
-            QueueItem(
-                queue_seq=int(r[0]),
-                conversation_id=bytes(r[1]),
-                server_seq=int(r[2]),
-                server_ts_ms=int(r[3]),
-                sender_account_id=bytes(r[4]),
-                sender_device_id=bytes(r[5]),
-                envelope_id=bytes(r[6]),
-                clock=bytes(r[7]),
-                ciphertext=bytes(r[8]),
+        return _queue_items(rows), state
+
+    async def connect_snapshot(self, device_id: bytes, cutoff_ms: int, limit: int) -> ConnectSnapshot:
+        """What a (re)connecting device needs, in ONE read transaction (one hand-off on SQLite):
+        its queue state, the first ``limit`` queued items, the queue depth and whether any entry
+        was enqueued before ``cutoff_ms`` (then retention must run first)."""
+
+        def read(conn: Connection) -> ConnectSnapshot:
+            rows = conn.execute(_pending_query(device_id, 0, limit)).all()
+            st = conn.execute(
+                select(
+                    device_queue_state.c.last_queue_seq,
+                    device_queue_state.c.acked_through,
+                    device_queue_state.c.purged_through,
+                ).where(device_queue_state.c.device_id == device_id)
+            ).first()
+            count, oldest = conn.execute(
+                select(func.count(), func.min(device_queue.c.enqueued_at_ms)).where(
+                    device_queue.c.device_id == device_id
+                )
+            ).one()
+            return ConnectSnapshot(
+                state=QueueState() if st is None else QueueState(int(st[0]), int(st[1]), int(st[2])),
+                items=_queue_items(rows),
+                pending_count=int(count or 0),
+                has_expired=oldest is not None and int(oldest) < cutoff_ms,
             )
-            for r in rows
-        ]
-        return items, state
+
+        return await self._db.run_read(read)
 
     async def history(
         self, conversation_id: bytes, device_id: bytes, after: int, limit: int, max_bytes: int
@@ -745,3 +738,55 @@ class EnvelopesRepo:
         async with self._db.write() as conn:
             result = await conn.execute(delete(device_queue).where(device_queue.c.device_id == device_id))
             return int(result.rowcount or 0)
+
+
+def _pending_query(device_id: bytes, after: int, limit: int) -> Any:
+    return (
+        select(
+            device_queue.c.queue_seq,
+            device_queue.c.conversation_id,
+            device_queue.c.server_seq,
+            envelopes.c.server_ts_ms,
+            envelopes.c.sender_account_id,
+            envelopes.c.sender_device_id,
+            envelopes.c.envelope_id,
+            envelopes.c.clock,
+            envelope_copies.c.ciphertext,
+        )
+        .select_from(
+            device_queue.join(
+                envelopes,
+                and_(
+                    envelopes.c.conversation_id == device_queue.c.conversation_id,
+                    envelopes.c.server_seq == device_queue.c.server_seq,
+                ),
+            ).join(
+                envelope_copies,
+                and_(
+                    envelope_copies.c.conversation_id == device_queue.c.conversation_id,
+                    envelope_copies.c.server_seq == device_queue.c.server_seq,
+                    envelope_copies.c.device_id == device_queue.c.device_id,
+                ),
+            )
+        )
+        .where(device_queue.c.device_id == device_id, device_queue.c.queue_seq > after)
+        .order_by(device_queue.c.queue_seq)
+        .limit(limit)
+    )
+
+
+def _queue_items(rows: Sequence[Any]) -> list[QueueItem]:
+    return [
+        QueueItem(
+            queue_seq=int(r[0]),
+            conversation_id=bytes(r[1]),
+            server_seq=int(r[2]),
+            server_ts_ms=int(r[3]),
+            sender_account_id=bytes(r[4]),
+            sender_device_id=bytes(r[5]),
+            envelope_id=bytes(r[6]),
+            clock=bytes(r[7]),
+            ciphertext=bytes(r[8]),
+        )
+        for r in rows
+    ]

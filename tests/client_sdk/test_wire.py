@@ -49,12 +49,13 @@ def test_close_codes_match_the_server() -> None:
         "CLOSE_INTERNAL_ERROR",
         "CLOSE_SERVICE_RESTART",
     ):
-        assert getattr(wire, name) == getattr(server_ws, name), name
+        assert getattr(wire, name) == getattr(server_ws.protocol, name), name
     assert wire.FATAL_CLOSE_CODES == {wire.CLOSE_DEVICE_REMOVED}
 
 
 def test_frame_types_match_the_server() -> None:
-    code = [inspect.getsource(module).split('"""', 2)[2] for module in (server_ws, server_ws.frames)]
+    modules = (server_ws, server_ws.frames, server_ws.protocol)
+    code = [inspect.getsource(module).split('"""', 2)[2] for module in modules]
     sent = set(re.findall(r'"type":\s*"([a-z_]+)"', "".join(code)))  # the frames the server builds
     assert sent == wire.SERVER_FRAME_TYPES
     reader = inspect.getsource(server_ws.DeviceConnection._reader)

@@ -146,27 +146,23 @@ async def test_socket_closed_when_the_token_expires(
 
 
 async def test_device_removed_while_subscribing_closes(live_server: LiveServer, client: httpx.Client) -> None:
-    """The device is removed between the token check and the bus subscription (its removal event
-    reached nobody): the re-check after subscribing closes the socket with 4002."""
+    """The device's holder check runs after the bus subscription (a removal before it is seen by
+    the check, one after it reaches the socket): refused there, the socket is closed with 4003
+    and leaves no registry entry nor subscription behind."""
     alice = register(client)
     auth = live_server.ctx.auth
-    original = auth.authenticate_access_token
-    calls = 0
 
-    async def racy(token: str) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return await original(token)
+    async def removed(_claims: Any) -> None:
+        assert live_server.ctx.bus.subscriber_count() == 1  # subscribed before the check
         raise Problem(401, ProblemCode.TOKEN_REVOKED, "this device was removed from its account")
 
-    auth.authenticate_access_token = racy  # type: ignore[method-assign]
+    auth.check_token_holder = removed  # type: ignore[method-assign]
     try:
         ws = await WsClient.connect(live_server.ws_url, alice.first, auth=False)
         await ws.send({"type": "auth", "token": alice.first.access_token})
-        assert await ws.closed_with() == 4002
+        assert await ws.closed_with() == 4003
     finally:
-        del auth.authenticate_access_token
+        del auth.check_token_holder
     assert alice.first.device_id not in live_server.ctx.connections
     assert live_server.ctx.bus.subscriber_count() == 0
 

@@ -1,0 +1,81 @@
+"""Start-up of the delivery side: the bus, the connection registry, the delivery services and
+their hooks (the sockets themselves are :mod:`server.api.ws`)."""
+
+from __future__ import annotations
+
+from crypto.keys import b64decode
+from server.api.connections import ConnectionRegistry
+from server.api.ws import DeviceConnection
+from server.context import AppContext
+from server.services.delivery import DeliveryService
+from server.services.delivery_metrics import DeliveryMetrics
+from server.services.delivery_protocol import CLOSE_SERVICE_RESTART
+from server.storage.envelopes_repo import QueueItem
+
+
+async def start_delivery(ctx: AppContext) -> None:
+    """Build and start the delivery side on ``ctx``: bus, connection registry, conversations and
+    delivery services, the device-removed and tokens-revoked hooks, and their shutdown."""
+    from server.services.bus import DeliveryBus, InProcessBus
+    from server.services.conversations import ConversationsService
+    from server.storage.conversations_repo import ConversationsRepo
+    from server.storage.envelopes_repo import EnvelopesRepo
+
+    settings = ctx.settings
+    metrics = DeliveryMetrics(ctx.registry)
+    bus: DeliveryBus
+    if settings.redis_url:
+        from server.services.redis_bus import RedisBus
+
+        bus = RedisBus(settings.redis_url)
+    else:
+        bus = InProcessBus()
+    await bus.start()
+    registry = ConnectionRegistry()
+    conversations_repo = ConversationsRepo(ctx.db)
+    delivery = DeliveryService(
+        envelopes=EnvelopesRepo(ctx.db),
+        conversations=conversations_repo,
+        bus=bus,
+        metrics=metrics,
+        clock=ctx.clock,
+        max_envelope_bytes=settings.max_envelope_bytes,
+        max_recipients=settings.max_recipients,
+        queue_retention_s=settings.queue_retention_s,
+        history_page_max_bytes=settings.history_page_max_bytes,
+        limiter=ctx.rate_limiter,
+        sends_per_device=settings.rate_limit_envelopes_per_device,
+        send_bytes_per_device=settings.rate_limit_envelope_bytes_per_device,
+    )
+    ctx.bus = bus
+    ctx.connections = registry
+    ctx.delivery = delivery
+
+    def local_push(device_id: bytes, item: QueueItem) -> bool:
+        conn = registry.get(device_id)
+        return isinstance(conn, DeviceConnection) and conn.offer(item)
+
+    delivery.local_push = local_push
+    ctx.conversations = ConversationsService(
+        conversations_repo, ctx.clock, max_members=settings.max_recipients
+    )
+    await delivery.start()
+
+    async def on_device_removed(_account_id: str, device_id: str) -> None:
+        await delivery.device_removed(b64decode(device_id))
+
+    ctx.on_device_removed.append(on_device_removed)
+
+    async def on_tokens_revoked(_account_id: str, device_id: str) -> None:
+        # Refresh-token reuse revoked the device's token family: whoever holds the socket may be
+        # the thief, so close it (4003); the rightful device logs in again.
+        await bus.publish_tokens_revoked(b64decode(device_id))
+
+    ctx.on_tokens_revoked.append(on_tokens_revoked)
+
+    async def stop() -> None:
+        await registry.close_all(CLOSE_SERVICE_RESTART, "server restarting")
+        await delivery.close()
+        await bus.close()
+
+    ctx.on_shutdown.append(stop)
