@@ -312,7 +312,7 @@ class Client:
         from client_sdk.core import api
 
         contact = await self._flushed(self.contacts.by_username(username))
-        change = sync.MembershipChange(b64decode(contact.account_id), True, admin)
+        change = sync.MembershipChange(b64decode(contact.account_id), True, admin, key=contact.account_key)
         await self._check_may(conversation_id, change)
         r = await self._ctx.call(api.add_member(conversation_id, contact.account_id))
         with self._ctx.transaction():

@@ -107,9 +107,14 @@ class Contacts:
             except CryptoError as exc:
                 raise UntrustedDeviceListError(f"the server sent a malformed device list: {exc}") from exc
 
-    async def refresh(self, account_id: str, username: str | None = None) -> ContactRecord:
+    async def refresh(
+        self, account_id: str, username: str | None = None, *, vouched_key: bytes | None = None
+    ) -> ContactRecord:
         """Fetch and verify the account's newest device list (rules in :mod:`client_sdk.core.trust`).
-        Events are queued on the context (published by the caller's flush)."""
+        ``vouched_key``: the account key a conversation's genesis or add names for a contact this
+        device meets for the first time; a first list under another key is refused, not pinned
+        (docs/protocol/sync.md § 5.7). Events are queued on the context (published by the
+        caller's flush)."""
         ctx = self.ctx
         contact = ctx.store.device_lists.get_contact(account_id)
         if contact is None:
@@ -131,6 +136,13 @@ class Contacts:
                     f"account {pinned.account_id}: refused"
                 )
             self._refuse_collisions(account_id, v.signed_list, v.account_key)
+            if vouched_key is not None and vouched_key != v.account_key:
+                reason = (
+                    f"the server's device list for {account_id} is signed by another account key "
+                    "than the one the conversation's membership names: refused, not pinned"
+                )
+                ctx.emit(UntrustedDeviceList(account_id, reason))
+                raise UntrustedDeviceListError(reason)
             contact = ContactRecord(
                 account_id,
                 name,

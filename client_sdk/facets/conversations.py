@@ -83,9 +83,13 @@ class Conversations:
         # write its genesis: the one at server_seq 1 counts, a second is rejected harmlessly)
         me = b64decode(ctx.account_id)
         members = tuple(sorted({b64decode(m) for m in asked}))
+        # each member's account key as this device trusts it: every member's device checks it
+        trusted = {b64decode(c.account_id): c.account_key for c in others}
+        trusted[me] = bytes(ctx.account_key().public_key)
+        keys = tuple(trusted[m] for m in members)
         if kind == "direct":
-            return info.conversation_id, sync.Genesis("direct", members, ())
-        return info.conversation_id, sync.Genesis("group", members, (me,))
+            return info.conversation_id, sync.Genesis("direct", members, (), keys)
+        return info.conversation_id, sync.Genesis("group", members, (me,), keys)
 
     def put(self, info: api.ConversationInfo) -> ConversationRecord:
         """Store what the server says of a conversation. A direct conversation's two accounts are

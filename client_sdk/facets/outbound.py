@@ -531,12 +531,17 @@ class Outbound:
 
     # -- encryption ----------------------------------------------------------------------------------
 
-    async def _verified_lists(self, members: list[str]) -> dict[str, dl.DeviceList]:
+    async def _verified_lists(
+        self, members: list[str], vouched: Callable[[bytes], bytes | None] = lambda _: None
+    ) -> dict[str, dl.DeviceList]:
+        """Every member's verified device list. ``vouched``: the account key the conversation's
+        genesis or add named for an account: a contact met here for the first time must have it
+        (a contact pinned before keeps its own trust state and policy, sync.md § 5.7)."""
         lists: dict[str, dl.DeviceList] = {}
         for account_id in members:
             contact = self.ctx.store.device_lists.get_contact(account_id)
-            if contact is None:
-                contact = await self.contacts.refresh(account_id)
+            if contact is None:  # first met here: the key the membership names is the anchor
+                contact = await self.contacts.refresh(account_id, vouched_key=vouched(b64decode(account_id)))
             elif trust.refresh_due(contact.updated_at_ms, self.ctx.clock()):
                 try:
                     contact = await self.contacts.refresh(account_id)
@@ -570,7 +575,9 @@ class Outbound:
         )
         if op is None:
             raise ProtocolError("an outbox item does not decode")
-        lists = await self._verified_lists(self.conversations.recipients(record, op.body))
+        lists = await self._verified_lists(
+            self.conversations.recipients(record, op.body), self.conversations.state(record).vouched_key
+        )
         recipients = trust.fan_out(b64decode(ctx.device_id), lists)
         own = ctx.identity
         sendable = {r.device_id: self._sendable_session(r, own) for r in recipients}

@@ -306,9 +306,15 @@ def build_body(d: dict[str, Any]) -> ops.Body:
                 w["floor_seq"],
                 b(w["floor_clock"]),
             )
-        return ops.MembershipChange(b(d["member"]), d["add"], d["admin"], welcome)
+        key = None if d["key"] is None else b(d["key"])
+        return ops.MembershipChange(b(d["member"]), d["add"], d["admin"], welcome, key)
     if kind == "Genesis":
-        return ops.Genesis(d["kind"], tuple(b(m) for m in d["members"]), tuple(b(a) for a in d["admins"]))
+        return ops.Genesis(
+            d["kind"],
+            tuple(b(m) for m in d["members"]),
+            tuple(b(a) for a in d["admins"]),
+            tuple(b(k) for k in d["keys"]),
+        )
     if kind == "Unknown":
         return ops.Unknown(d["type"], d["raw"])
     raise AssertionError(kind)

@@ -20,10 +20,11 @@ from client_sdk.core.events import (
     MessageReceived,
     MessageSent,
     OperationRejected,
+    UntrustedDeviceList,
 )
-from client_sdk.errors import NotAllowedError
+from client_sdk.errors import NotAllowedError, UntrustedDeviceListError
 from client_sdk.stores.memory import MemoryStore
-from crypto.keys import b64decode
+from crypto.keys import AccountKey, b64decode, b64encode
 from tests.e2e.hostile_world import (
     PASSWORD,
     World,
@@ -32,6 +33,7 @@ from tests.e2e.hostile_world import (
     name,
     until,
 )
+from tests.hostile import chain_body, forged_chain, forged_device, since_of
 
 pytestmark = pytest.mark.e2e
 
@@ -134,3 +136,29 @@ async def test_a_removed_member_kept_by_the_server_cannot_write_or_read(world: W
     mismatch = await until(w.alice, MembershipMismatch, lambda e: e.conversation_id == gid)
     assert w.bob.account_id in mismatch.server_members and w.bob.account_id not in mismatch.members
     assert w.bob.device_id not in device_ids_encrypted_to(w)
+
+
+async def test_a_member_presented_under_another_key_than_the_genesis_names_is_refused(
+    world: World, carol: Client
+) -> None:
+    """bob creates a group with alice and carol (his genesis names carol's account key); alice has
+    never met carol and the server shows her a list for carol's account signed by a key of its
+    own: alice pins nothing and encrypts nothing to the server's devices."""
+    w = world
+    fake_key = AccountKey.generate()
+    fake_device = forged_device()
+    chain = forged_chain(fake_key, carol.username, [fake_device])
+    w.http.rewrite(
+        "GET",
+        f"/v1/accounts/{carol.account_id}/device-list/chain",
+        lambda req, body: chain_body(chain, since_of(req)),
+    )
+    gid = await w.bob.create_conversation([w.alice.username, carol.username])
+    await w.bob.send_text(gid, "hi both")
+    await until(w.alice, MessageReceived, lambda e: e.text == "hi both")
+    with pytest.raises(UntrustedDeviceListError):
+        await w.alice.send_text(gid, "hello carol?")
+    refused = await until(w.alice, UntrustedDeviceList, lambda e: e.account_id == carol.account_id)
+    assert "membership names" in refused.reason
+    assert w.alice.store.device_lists.get_contact(carol.account_id) is None  # not pinned
+    assert b64encode(fake_device.device_id) not in device_ids_encrypted_to(w)

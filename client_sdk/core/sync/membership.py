@@ -96,7 +96,7 @@ class Membership:
     """The membership register set of one conversation. ``base``: a trusted snapshot to start
     from (a history bundle of this account's own device, or a test); None: wait for the genesis."""
 
-    __slots__ = ("_base", "_current", "_ever", "_genesis_dot", "_writes")
+    __slots__ = ("_base", "_current", "_ever", "_genesis_dot", "_keys", "_writes")
 
     def __init__(self, base: Roles | None = None) -> None:
         self._base = base
@@ -104,6 +104,7 @@ class Membership:
         self._writes: dict[bytes, list[Write[int]]] = {}  # every valid write, per account
         self._current: dict[bytes, FrontierRegister[int]] = {}
         self._ever: set[bytes] = set(base.roles) if base else set()
+        self._keys: dict[bytes, bytes] = {}  # account -> account key vouched by the genesis or an add
 
     @property
     def known(self) -> bool:
@@ -112,6 +113,11 @@ class Membership:
     @property
     def genesis_dot(self) -> Dot | None:
         return self._genesis_dot
+
+    def vouched_key(self, account: bytes) -> bytes | None:
+        """The account key the genesis or the latest applied add named for ``account`` (None:
+        not vouched for; the contact's pinned key alone decides)."""
+        return self._keys.get(account)
 
     def ever(self, account: bytes) -> bool:
         """Whether ``account`` was named by the membership at any point (genesis, snapshot, a
@@ -157,6 +163,7 @@ class Membership:
             self._base = Roles.of(body.kind, body.members, body.admins)
             self._genesis_dot = op.dot
             self._ever.update(body.members)
+            self._keys.update(zip(body.members, body.keys, strict=False))
             return True
         if not isinstance(body, MembershipChange):
             return False
@@ -165,6 +172,8 @@ class Membership:
         self._writes.setdefault(body.member, []).append(write)
         self._current.setdefault(body.member, FrontierRegister()).add(write)
         self._ever.add(body.member)
+        if body.add and body.key is not None:
+            self._keys[body.member] = body.key
         return True
 
 

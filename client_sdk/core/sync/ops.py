@@ -77,6 +77,7 @@ class SettingsChange:
 
 ConversationKind = Literal["direct", "group"]
 MAX_MEMBERS = 1000
+ACCOUNT_KEY_SIZE = 32  # an Ed25519 public key
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class MembershipChange:
     add: bool
     admin: bool = False  # an add that makes ``member`` an admin (adds, or promotes a member)
     welcome: Welcome | None = None  # with an add: for the added account's devices
+    key: bytes | None = None  # with an add: the added account's key, as the adder trusts it
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,9 @@ class Genesis:
     kind: ConversationKind
     members: tuple[bytes, ...]
     admins: tuple[bytes, ...]
+    #: each member's account key (in the order of ``members``), as the creator trusts it; empty:
+    #: not vouched for
+    keys: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +220,10 @@ def body_json(body: Body) -> dict[str, Any]:
             return {"type": "typing", "typing": typing}
         case SettingsChange(field, value):
             return {"type": "settings", "field": field, "value": value}
-        case MembershipChange(member, add, admin, welcome):
+        case MembershipChange(member, add, admin, welcome, key):
             doc = {"type": "membership", "action": "add" if add else "remove", "member": _b64(member)}
+            if add and key is not None:
+                doc["key"] = _b64(key)
             if add and admin:
                 doc["role"] = "admin"
             if add and welcome is not None:
@@ -228,13 +235,16 @@ def body_json(body: Body) -> dict[str, Any]:
                     "floor_clock": _b64(welcome.floor_clock),
                 }
             return doc
-        case Genesis(kind, members, admins):
-            return {
+        case Genesis(kind, members, admins, keys):
+            doc = {
                 "type": "genesis",
                 "kind": kind,
                 "members": [_b64(m) for m in members],
                 "admins": [_b64(a) for a in admins],
             }
+            if keys:
+                doc["keys"] = [_b64(k) for k in keys]
+            return doc
         case Unknown(_, raw):
             doc = json.loads(raw)
             assert isinstance(doc, dict)
@@ -340,14 +350,15 @@ def _body(doc: dict[str, Any]) -> Body:
         role = doc.get("role", "member")
         if role not in ("member", "admin") or (role == "admin" and action != "add"):
             raise SyncFormatError("a membership role is member or admin (admin only with add)")
-        welcome = doc.get("welcome")
-        if welcome is not None and action != "add":
-            raise SyncFormatError("a welcome comes only with an add")
+        welcome, key = doc.get("welcome"), doc.get("key")
+        if (welcome is not None or key is not None) and action != "add":
+            raise SyncFormatError("a welcome and a key come only with an add")
         return MembershipChange(
             _unb64(doc.get("member"), 16),
             action == "add",
             role == "admin",
             None if welcome is None else _welcome(welcome),
+            None if key is None else _unb64(key, ACCOUNT_KEY_SIZE),
         )
     if kind == "genesis":
         return _genesis(doc)
@@ -389,14 +400,20 @@ def _welcome(value: object) -> Welcome:
 def _genesis(doc: dict[str, Any]) -> Genesis:
     kind = doc.get("kind")
     members, admins = _accounts(doc.get("members")), _accounts(doc.get("admins"))
+    keys: tuple[bytes, ...] = ()
+    if doc.get("keys") is not None:
+        raw_keys = doc["keys"]
+        if not isinstance(raw_keys, list) or len(raw_keys) != len(members):
+            raise SyncFormatError("a genesis has one account key per member")
+        keys = tuple(_unb64(k, ACCOUNT_KEY_SIZE) for k in raw_keys)
     if kind == "direct":
         if len(members) != 2 or admins:
             raise SyncFormatError("a direct conversation has two members and no admins")
-        return Genesis("direct", members, admins)
+        return Genesis("direct", members, admins, keys)
     if kind == "group":
         if not admins or not set(admins) <= set(members):
             raise SyncFormatError("a group's admins are some of its members (at least one)")
-        return Genesis("group", members, admins)
+        return Genesis("group", members, admins, keys)
     raise SyncFormatError("a conversation kind is direct or group")
 
 

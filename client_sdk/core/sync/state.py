@@ -547,6 +547,10 @@ class ConversationState:
             return None
         return self._roles.at(self.prefix(seq))
 
+    def vouched_key(self, account: bytes) -> bytes | None:
+        """The account key of ``account`` its genesis or add operation named (sync.md § 5.7)."""
+        return self._roles.vouched_key(account)
+
     def ever_member(self, account: bytes) -> bool:
         """Whether the authenticated membership ever named ``account`` (False while unknown)."""
         return self._roles.ever(account)

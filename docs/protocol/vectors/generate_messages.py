@@ -468,9 +468,18 @@ def build_ops() -> dict[str, Any]:
                     4,
                     vc.CompactClock.of(0, {author_device: 2, other_device: 1}, bytes(range(32))).encode(),
                 ),
+                bytes([3]) * 32,  # the added account's key
             ),
         ),
-        ("genesis_group", ops.Genesis("group", tuple(sorted((author_account, member))), (author_account,))),
+        (
+            "genesis_group",
+            ops.Genesis(
+                "group",
+                tuple(sorted((author_account, member))),
+                (author_account,),
+                tuple(bytes([i]) * 32 for i in (1, 2)),  # the members' account keys, in order
+            ),
+        ),
         ("genesis_direct", ops.Genesis("direct", tuple(sorted((author_account, member))), ())),
     ]
     clock = vc.CompactClock.of(4, {author_device: 3, other_device: 1})
