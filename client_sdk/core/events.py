@@ -263,6 +263,17 @@ class MembershipMismatch(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class AddedToConversation(Event):
+    """This account was added to a group it had no history of: the membership it starts from is
+    the one ``added_by`` (an admin, by that account's word) vouched for in its add's welcome
+    (docs/protocol/sync.md § 5.7). Show who added you: a stranger here is a warning sign."""
+
+    conversation_id: str
+    added_by: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class OperationRejected(Event):
     """An operation of a conversation has no effect on any device: its author was not allowed to
     make it in the membership its causal past shows (docs/protocol/sync.md § 5.7). ``reason``:

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 
 from client_sdk.context import DeviceContext
 from client_sdk.core import api, diff, sync
-from client_sdk.core.events import ConversationAdded, ForkDetected, MembershipMismatch, OperationRejected
+from client_sdk.core.events import (
+    AddedToConversation,
+    ConversationAdded,
+    ForkDetected,
+    MembershipMismatch,
+    OperationRejected,
+)
 from client_sdk.core.sync import membership
 from client_sdk.errors import (
     MembershipUnknownError,
@@ -192,7 +198,7 @@ class Conversations:
         """Apply one stored, sequenced operation to the in-memory state; queue what changed
         (view changes, and a :class:`ForkDetected` for an author shown another history)."""
         cid = record.conversation_id
-        state = self._welcomed(record, op) or self.state(record)
+        state = self._welcomed(record, seq, op) or self.state(record)
         try:
             received, delta = state.receive_changes(seq, op, self._me())
         except sync.SyncError:
@@ -228,21 +234,19 @@ class Conversations:
             )
         return received
 
-    def _welcomed(self, record: ConversationRecord, op: sync.Op) -> sync.ConversationState | None:
+    def _welcomed(self, record: ConversationRecord, seq: int, op: sync.Op) -> sync.ConversationState | None:
         """This account was added to a conversation it has no authenticated start of: the add's
         welcome (sync.md § 5.7) becomes the floor and membership snapshot the state starts from
         (the adder vouches for it, as the creator does for the genesis; every other member checks
-        it against its own log). None when there is nothing to adopt."""
+        it against its own log), and :class:`AddedToConversation` names the adder. None when
+        there is nothing to adopt (:func:`membership.welcome_adoptable`, or this device already
+        holds operations of the conversation)."""
         body = op.body
-        if not (
-            isinstance(body, sync.MembershipChange)
-            and body.add
-            and body.welcome is not None
-            and body.member == self._me()
-        ):
+        if not membership.welcome_adoptable(op, seq, self._me()):
             return None
+        assert isinstance(body, sync.MembershipChange) and body.welcome is not None
         state = self.state(record)
-        if state.roles() is not None or state.base_seq > 0:
+        if state.roles() is not None or state.base_seq > 0 or state.received_seq > 0:
             return None
         w = body.welcome
         meta = self.meta(record.conversation_id)
@@ -257,6 +261,13 @@ class Conversations:
             )
         )
         self.forget(record.conversation_id)
+        self.ctx.emit(
+            AddedToConversation(
+                record.conversation_id,
+                b64encode(op.author),
+                tuple(sorted(b64encode(m) for m in (*w.members, body.member))),
+            )
+        )
         return self.state(record)
 
     def check_may_compose(self, state: sync.ConversationState, body: sync.ops.Body) -> None:
@@ -272,7 +283,14 @@ class Conversations:
         difference (:class:`MembershipMismatch`); nothing is encrypted to an account the
         membership does not name. Raises :class:`MembershipUnknownError` before the genesis."""
         ctx = self.ctx
-        accounts = membership.recipients(self.state(record).roles(), body)
+        state = self.state(record)
+        if state.genesis_refused(self._me()):
+            # this account created it, yet the server placed another start at position 1
+            raise UntrustedConversationError(
+                f"conversation {record.conversation_id}: the server put another genesis before the one "
+                "this account wrote; nothing more is sent to it"
+            )
+        accounts = membership.recipients(state.roles(), body)
         if accounts is None:
             raise MembershipUnknownError(
                 f"conversation {record.conversation_id} has no authenticated start (genesis) yet"

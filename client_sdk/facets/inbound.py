@@ -282,6 +282,15 @@ class Inbound:
             return True
         return env.server_seq is not None and state.base_seq < env.server_seq - 1
 
+    def _unvetted(
+        self, record: ConversationRecord | None, received: sync.Received | None, op: sync.Op
+    ) -> bool:
+        """An operation still held whose author is not a member of the membership known now."""
+        if record is None or received is None or op.dot not in received.held:
+            return False
+        roles = self.conversations.state(record).roles()
+        return roles is not None and op.author not in roles.members
+
     def _ack(self, env: rules.Envelope, decision: rules.Decision) -> rules.Decision:
         self._transient.pop(env.envelope_id, None)
         if env.queue_seq is not None:
@@ -407,6 +416,11 @@ class Inbound:
             if record is not None:
                 received = self.conversations.apply(record, seq, op, eid)
             rejected = received is not None and any(r.dot == op.dot for r in received.rejected)
+            if isinstance(op.body, sync.Message) and not rejected and self._unvetted(record, received, op):
+                # held, from an account that is not a member now: not shown before the reducer
+                # decides (it is in the view if it applies; OperationRejected if it does not)
+                ctx.store.conversations.delete_message(eid)
+                rejected = True
             if isinstance(op.body, sync.Message) and not rejected:
                 if ctx.bus.has_at_least_once(MessageReceived):
                     ctx.store.handler_inbox.add_pending(eid, cid, ctx.clock())

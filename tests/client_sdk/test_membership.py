@@ -272,3 +272,87 @@ def test_membership_converges_and_fan_out_stays_inside_it(steps: list, order: ob
             log.deliver(device, seq)
         assert device.state.roles() == reference.roles()
         assert device.state.view() == reference.view()
+
+
+# -- found by the hostile review: a welcome is adopted only when it is coherent ----------------------
+
+
+def _add_of_carol(adder: Device, log: Log, welcome: sync.ops.Welcome | None) -> sync.Op:
+    op = adder.compose(sync.MembershipChange(C, True, False, welcome))
+    log.append(adder, op)
+    return op
+
+
+def test_a_welcome_from_its_admin_with_its_own_floor_is_adoptable() -> None:
+    a = Device(DA)
+    log = _group(a)
+    op = _add_of_carol(a, log, a.state.welcome())
+    assert mb.welcome_adoptable(op, len(log.ops), C)
+    assert not mb.welcome_adoptable(op, len(log.ops), B)  # it does not add b
+    assert not mb.welcome_adoptable(op, op.clock.base, C)  # its floor is not below its position
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda w, clock: sync.ops.Welcome(
+            w.kind, w.members, (B,), w.floor_seq, w.floor_clock
+        ),  # adder not admin
+        lambda w, clock: sync.ops.Welcome(
+            w.kind, w.members, w.admins, 10**12, w.floor_clock
+        ),  # floor far ahead
+        lambda w, clock: sync.ops.Welcome("direct", w.members, (), w.floor_seq, w.floor_clock),
+        lambda w, clock: sync.ops.Welcome(w.kind, (*w.members, C), w.admins, w.floor_seq, w.floor_clock),
+        lambda w, clock: sync.ops.Welcome(  # another transcript hash than the add's own clock claims
+            w.kind,
+            w.members,
+            w.admins,
+            w.floor_seq,
+            sync.CompactClock.of(0, dict(clock.extras), bytes(32)).encode(),
+        ),
+        lambda w, clock: sync.ops.Welcome(  # a floor that claims the add's own dot
+            w.kind,
+            w.members,
+            w.admins,
+            w.floor_seq,
+            sync.CompactClock.of(0, {DA: 99}, clock.log_hash).encode(),
+        ),
+    ],
+)
+def test_an_incoherent_welcome_is_not_adopted(forge: object) -> None:
+    a = Device(DA)
+    log = _group(a)
+    good = a.state.welcome()
+    assert good is not None
+    clock = sync.CompactClock.decode(good.floor_clock)
+    op = _add_of_carol(a, log, forge(good, clock))  # type: ignore[operator]
+    assert not mb.welcome_adoptable(op, len(log.ops), C)
+
+
+def test_a_creator_whose_genesis_lost_position_1_to_another_refuses_the_conversation() -> None:
+    a, m = Device(DA), Device(DM)
+    log = Log()
+    log.append(m, m.compose(sync.Genesis("group", tuple(sorted((A, B, M))), (M,))))
+    log.deliver(a, 1)
+    own = a.compose(sync.Genesis("group", tuple(sorted((A, B))), (A,)))
+    assert _reasons(log.append(a, own)) == [mb.BAD_GENESIS]
+    assert a.state.genesis_refused(A)
+    # a direct pair that both wrote the same genesis: the second is no reason to refuse
+    x, y = Device(DA), Device(DB)
+    log = Log()
+    log.append(x, x.compose(sync.Genesis("direct", tuple(sorted((A, B))), ())))
+    log.deliver(y, 1)
+    log.append(y, y.compose(sync.Genesis("direct", tuple(sorted((A, B))), ())))
+    assert not y.state.genesis_refused(B)
+
+
+def test_vouched_keys_do_not_depend_on_the_apply_order() -> None:
+    a, a2 = Device(DA), Device(DA2)
+    log = _group(a, a2)
+    first = a.compose(sync.MembershipChange(C, True, key=b"\x01" * 32))
+    log.append(a, first)
+    second = a2.compose(sync.MembershipChange(C, True, key=b"\x02" * 32))  # concurrent
+    log.append(a2, second)
+    log.deliver(a, 3)
+    log.deliver(a2, 2)
+    assert a.state.vouched_key(C) == a2.state.vouched_key(C) is not None

@@ -104,7 +104,9 @@ class Membership:
         self._writes: dict[bytes, list[Write[int]]] = {}  # every valid write, per account
         self._current: dict[bytes, FrontierRegister[int]] = {}
         self._ever: set[bytes] = set(base.roles) if base else set()
-        self._keys: dict[bytes, bytes] = {}  # account -> account key vouched by the genesis or an add
+        # account -> (order, account key) vouched by the genesis (order None: always first) or by
+        # the add with the largest LWW key: the same on every device, whatever the apply order
+        self._keys: dict[bytes, tuple[tuple[int, bytes, int] | None, bytes]] = {}
 
     @property
     def known(self) -> bool:
@@ -117,7 +119,8 @@ class Membership:
     def vouched_key(self, account: bytes) -> bytes | None:
         """The account key the genesis or the latest applied add named for ``account`` (None:
         not vouched for; the contact's pinned key alone decides)."""
-        return self._keys.get(account)
+        entry = self._keys.get(account)
+        return None if entry is None else entry[1]
 
     def ever(self, account: bytes) -> bool:
         """Whether ``account`` was named by the membership at any point (genesis, snapshot, a
@@ -163,7 +166,8 @@ class Membership:
             self._base = Roles.of(body.kind, body.members, body.admins)
             self._genesis_dot = op.dot
             self._ever.update(body.members)
-            self._keys.update(zip(body.members, body.keys, strict=False))
+            for member, key in zip(body.members, body.keys, strict=False):
+                self._keys[member] = (None, key)
             return True
         if not isinstance(body, MembershipChange):
             return False
@@ -173,8 +177,38 @@ class Membership:
         self._current.setdefault(body.member, FrontierRegister()).add(write)
         self._ever.add(body.member)
         if body.add and body.key is not None:
-            self._keys[body.member] = body.key
+            order = lww_key(op)
+            known = self._keys.get(body.member)
+            if known is None or known[0] is None or known[0] < order:
+                self._keys[body.member] = (order, body.key)
         return True
+
+
+def welcome_adoptable(op: Op, seq: int, me: bytes) -> bool:
+    """Whether a device of ``me`` with no membership may start from the welcome of ``op`` at
+    ``seq`` (sync.md § 5.7): an add of ``me`` into a group, by an admin of the welcome's
+    membership that does not already name ``me``, whose floor is the add's own clock base (below
+    its position) with the same transcript hash, and whose floor clock does not claim the adder's
+    own dot. Anything else is not adopted (the add is then held or rejected like any other op)."""
+    from client_sdk.core.sync.clock import CompactClock
+    from client_sdk.core.sync.errors import SyncError
+
+    body = op.body
+    if not (isinstance(body, MembershipChange) and body.add and body.member == me and body.welcome):
+        return False
+    w = body.welcome
+    roles = Roles.of(w.kind, w.members, w.admins)
+    if w.kind != "group" or roles.role(op.author) < ADMIN or roles.role(me) > NONE:
+        return False
+    if w.floor_seq != op.clock.base or w.floor_seq >= seq:
+        return False
+    try:
+        floor = CompactClock.decode(w.floor_clock)
+    except (SyncError, ValueError):
+        return False
+    if floor.base != 0 or floor.log_hash != op.clock.log_hash:
+        return False
+    return floor.counter_of(op.dot.device) < op.dot.n
 
 
 def recipients(current: Roles | None, body: Body) -> frozenset[bytes] | None:

@@ -98,6 +98,7 @@ class ConversationState:
             members = Roles.of("group", accounts, accounts)
         self._roles = Membership(members)
         self._rejected: list[Rejection] = []
+        self._refused_geneses: dict[bytes, Genesis] = {}  # by author: a genesis not at position 1
         self._floor_seq = floor_seq
         self._floor_clock: dict[bytes, int] = dict(floor_clock or {})
         self._seq_dot: dict[int, Dot] = {}
@@ -439,6 +440,8 @@ class ConversationState:
             # the author may not make it (not a member in its causal past, not an admin, ...):
             # consumed with no effect everywhere, and reported
             self._rejected.append(Rejection(op.dot, op.author, seq, reason))
+            if isinstance(body, Genesis):
+                self._refused_geneses[op.author] = body
             return
         journal = self._journal
         if isinstance(body, Message):
@@ -550,6 +553,16 @@ class ConversationState:
     def vouched_key(self, account: bytes) -> bytes | None:
         """The account key of ``account`` its genesis or add operation named (sync.md § 5.7)."""
         return self._roles.vouched_key(account)
+
+    def genesis_refused(self, account: bytes) -> bool:
+        """Whether a genesis of ``account`` was rejected and the membership is not the one it
+        named (another start holds position 1: for a direct pair, the other account's identical
+        genesis is no reason to refuse)."""
+        own = self._refused_geneses.get(account)
+        if own is None:
+            return False
+        roles = self._roles.current()
+        return roles is None or roles.kind != own.kind or roles.members != frozenset(own.members)
 
     def ever_member(self, account: bytes) -> bool:
         """Whether the authenticated membership ever named ``account`` (False while unknown)."""
