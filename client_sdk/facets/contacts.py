@@ -4,13 +4,22 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from client_sdk.context import DeviceContext
 from client_sdk.core import api, trust
 from client_sdk.core.events import DeviceListChanged, IdentityChanged, UntrustedDeviceList
-from client_sdk.errors import UntrustedDeviceListError, UsageError
+from client_sdk.errors import (
+    IdentityChangedError,
+    NetworkError,
+    ProtocolError,
+    ServerError,
+    UntrustedDeviceListError,
+    UsageError,
+)
 from client_sdk.stores.base import ContactRecord
 from crypto import device_list as dl
 from crypto import safety
@@ -29,6 +38,9 @@ class DeviceInfo:
     device_id: str
     added_at: int
     this_device: bool
+
+
+log = logging.getLogger(__name__)
 
 
 def normalize_username(username: str) -> str:
@@ -221,6 +233,29 @@ class Contacts:
             ctx.store.device_lists.put_contact(contact)
             ctx.emit(IdentityChanged(contact.account_id, contact.username, contact.trust_policy, not adopt))
         return contact
+
+    async def verified_lists(
+        self, members: list[str], vouched: Callable[[bytes], bytes | None] = lambda _: None
+    ) -> dict[str, dl.DeviceList]:
+        """Every member's verified device list. ``vouched``: the account key the conversation's
+        genesis or add named for an account: a contact met here for the first time must have it
+        (a contact pinned before keeps its own trust state and policy, sync.md § 5.7)."""
+        lists: dict[str, dl.DeviceList] = {}
+        for account_id in members:
+            contact = self.ctx.store.device_lists.get_contact(account_id)
+            if contact is None:  # first met here: the key the membership names is the anchor
+                contact = await self.refresh(account_id, vouched_key=vouched(b64decode(account_id)))
+            elif trust.refresh_due(contact.updated_at_ms, self.ctx.clock()):
+                try:
+                    contact = await self.refresh(account_id)
+                except (NetworkError, ServerError, ProtocolError, UntrustedDeviceListError) as exc:
+                    # unreachable, or a newer list that does not verify (reported by refresh):
+                    # send with the list verified last
+                    log.info("device list of %s not refreshed: %s", account_id, exc)
+            if trust.send_blocked(contact.pending_account_key):
+                raise IdentityChangedError(contact.username)
+            lists[account_id] = trust.verified_content(contact.account_key, contact.signed_list)
+        return lists
 
     async def by_username(self, username: str) -> ContactRecord:
         ctx = self.ctx

@@ -35,7 +35,6 @@ from client_sdk.errors import (
 )
 from client_sdk.facets.conversations import decode_op
 from client_sdk.stores.base import MessageRecord, OutboxItem, SessionRecord, SyncOpRecord
-from crypto import device_list as dl
 from crypto.errors import CryptoError
 from crypto.keys import DeviceDHPublicKey, DeviceSigningPublicKey, PreKeyPublic, b64decode, b64encode
 from crypto.ratchet import Session
@@ -531,29 +530,6 @@ class Outbound:
 
     # -- encryption ----------------------------------------------------------------------------------
 
-    async def _verified_lists(
-        self, members: list[str], vouched: Callable[[bytes], bytes | None] = lambda _: None
-    ) -> dict[str, dl.DeviceList]:
-        """Every member's verified device list. ``vouched``: the account key the conversation's
-        genesis or add named for an account: a contact met here for the first time must have it
-        (a contact pinned before keeps its own trust state and policy, sync.md § 5.7)."""
-        lists: dict[str, dl.DeviceList] = {}
-        for account_id in members:
-            contact = self.ctx.store.device_lists.get_contact(account_id)
-            if contact is None:  # first met here: the key the membership names is the anchor
-                contact = await self.contacts.refresh(account_id, vouched_key=vouched(b64decode(account_id)))
-            elif trust.refresh_due(contact.updated_at_ms, self.ctx.clock()):
-                try:
-                    contact = await self.contacts.refresh(account_id)
-                except (NetworkError, ServerError, ProtocolError, UntrustedDeviceListError) as exc:
-                    # unreachable, or a newer list that does not verify (reported by refresh):
-                    # send with the list verified last
-                    log.info("device list of %s not refreshed: %s", account_id, exc)
-            if trust.send_blocked(contact.pending_account_key):
-                raise IdentityChangedError(contact.username)
-            lists[account_id] = trust.verified_content(contact.account_key, contact.signed_list)
-        return lists
-
     async def _encrypt_item(self, item: OutboxItem) -> OutboxItem:
         """Encrypt for every device of the verified lists; persist the advanced sessions and the
         exact request body together (so a retry resends the same bytes)."""
@@ -575,7 +551,7 @@ class Outbound:
         )
         if op is None:
             raise ProtocolError("an outbox item does not decode")
-        lists = await self._verified_lists(
+        lists = await self.contacts.verified_lists(
             self.conversations.recipients(record, op.body), self.conversations.state(record).vouched_key
         )
         recipients = trust.fan_out(b64decode(ctx.device_id), lists)
