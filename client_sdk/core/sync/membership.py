@@ -26,7 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from client_sdk.core.sync.clock import Dot, FullClock, contains
+from client_sdk.core.sync.clock import CompactClock, Dot, FullClock, contains
+from client_sdk.core.sync.errors import SyncError
 from client_sdk.core.sync.ops import Body, ConversationKind, Genesis, MembershipChange, Op
 from client_sdk.core.sync.rules import FrontierRegister, Write, lww_key
 
@@ -96,12 +97,13 @@ class Membership:
     """The membership register set of one conversation. ``base``: a trusted snapshot to start
     from (a history bundle of this account's own device, or a test); None: wait for the genesis."""
 
-    __slots__ = ("_base", "_current", "_ever", "_genesis_dot", "_keys", "_writes")
+    __slots__ = ("_base", "_current", "_ever", "_genesis_dot", "_keys", "_now", "_writes")
 
     def __init__(self, base: Roles | None = None) -> None:
         self._base = base
         self._genesis_dot: Dot | None = None
         self._writes: dict[bytes, list[Write[int]]] = {}  # every valid write, per account
+        self._now: Roles | None = None  # current(), kept until the next change (read per op)
         self._current: dict[bytes, FrontierRegister[int]] = {}
         self._ever: set[bytes] = set(base.roles) if base else set()
         # account -> (order, account key) vouched by the genesis (order None: always first) or by
@@ -131,13 +133,16 @@ class Membership:
         base = self._base
         if base is None:
             return None
+        if self._now is not None:
+            return self._now
         roles: dict[bytes, int] = {}
         for account in set(base.roles) | set(self._current):
             register = self._current.get(account)
             role = role_of(base.role(account), register.frontier if register else ())
             if role > NONE:
                 roles[account] = role
-        return Roles(base.kind, roles)
+        self._now = Roles(base.kind, roles)
+        return self._now
 
     def at(self, full: FullClock) -> Roles | None:
         """The membership in the causal past ``full`` (None: the genesis is not in it)."""
@@ -164,6 +169,7 @@ class Membership:
             if self._base is not None:
                 return False
             self._base = Roles.of(body.kind, body.members, body.admins)
+            self._now = None
             self._genesis_dot = op.dot
             self._ever.update(body.members)
             for member, key in zip(body.members, body.keys, strict=False):
@@ -174,6 +180,7 @@ class Membership:
         value = (ADMIN if body.admin else MEMBER) if body.add else NONE
         write: Write[int] = Write(lww_key(op), op.dot, op.author, full, value)
         self._writes.setdefault(body.member, []).append(write)
+        self._now = None
         self._current.setdefault(body.member, FrontierRegister()).add(write)
         self._ever.add(body.member)
         if body.add and body.key is not None:
@@ -190,9 +197,6 @@ def welcome_adoptable(op: Op, seq: int, me: bytes) -> bool:
     membership that does not already name ``me``, whose floor is the add's own clock base (below
     its position) with the same transcript hash, and whose floor clock does not claim the adder's
     own dot. Anything else is not adopted (the add is then held or rejected like any other op)."""
-    from client_sdk.core.sync.clock import CompactClock
-    from client_sdk.core.sync.errors import SyncError
-
     body = op.body
     if not (isinstance(body, MembershipChange) and body.add and body.member == me and body.welcome):
         return False
