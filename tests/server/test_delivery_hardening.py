@@ -21,18 +21,17 @@ from crypto.keys import b64decode, b64encode
 from server.api import ws as ws_module
 from server.errors import Problem, ProblemCode
 from server.services.delivery import MAX_EPHEMERAL_BYTES
-from server.storage import envelopes_repo, migrate
+from server.storage import driver_sql, migrate
 from server.storage import schema as s
 from server.storage.db import Database, create_engine
 from server.storage.delivery_schema import conversation_members, conversations, device_queue_state
+from server.storage.driver_sql import _idempotency_lookup, _placeholders
 from server.storage.envelopes_repo import (
     Accepted,
     AckRequest,
     EnvelopesRepo,
     NewEnvelope,
     RoutingRejected,
-    _idempotency_lookup,
-    _placeholders,
     create_queue_states,
 )
 from tests.live import LiveServer, ManualClock
@@ -417,7 +416,7 @@ def test_batch_locks_all_queue_states_in_one_sorted_statement(
         db = Database.open(db_url)
         statements: list[tuple[str, list[bytes]]] = []
         # The writer's statements are driver SQL on the transaction's cursor: record them there.
-        original = envelopes_repo._DriverSql.submit
+        original = driver_sql._DriverSql.submit
 
         def capture(self: Any, statement: str, params: Any) -> Any:
             if "FROM device_queue_state" in statement and statement.lstrip().upper().startswith("SELECT"):
@@ -434,7 +433,7 @@ def test_batch_locks_all_queue_states_in_one_sorted_statement(
                     [(sender_account, [sender]), (recipient_account, [recipient, acked])],
                 )
             )
-            monkeypatch.setattr(envelopes_repo._DriverSql, "submit", capture)
+            monkeypatch.setattr(driver_sql._DriverSql, "submit", capture)
             repo = EnvelopesRepo(db)
             env = NewEnvelope(
                 conversation_id=conversation_id,
