@@ -10,6 +10,8 @@
     │   ├── StoreKeyError          wrong or missing key for an encrypted store
     │   ├── StoreVersionError      the store was written by a newer SDK
     │   └── StoreCorruptError      the store file was modified or damaged
+    │       └── StoreTamperedError a protected row failed its integrity check (forged, moved,
+    │                              rolled back or deleted)
     ├── NetworkError               the server could not be reached (retry later)
     ├── ServerError                the server answered with a problem (``code``, ``status``)
     │   ├── AuthError              401/403: log in again, or the device was removed
@@ -78,6 +80,13 @@ class StoreCorruptError(StoreError):
     """Stored data failed its integrity check (an encrypted value does not authenticate, or a
     required value is missing): the file was modified or damaged. Restore it from a backup or
     link this device again."""
+
+
+class StoreTamperedError(StoreCorruptError):
+    """A row of an encrypted store failed its integrity check: a contact's pinned key, a verified
+    mark, a trust policy, a member list, a session or another authenticated row was changed, copied
+    to another place, rolled back to an older copy, added or deleted outside Saltline. Nothing from
+    it was used. Restore the store from a backup, or delete it and link this device again."""
 
 
 class NetworkError(SaltlineError):

@@ -72,8 +72,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from client_sdk.errors import StoreError, StoreKeyError, StoreLockedError
-from client_sdk.stores.sqlite_cipher import KEY_SIZE, Cipher, setup_key
+from client_sdk.errors import StoreError, StoreKeyError, StoreLockedError, StoreTamperedError
+from client_sdk.stores.integrity import Integrity
+from client_sdk.stores.sqlite_cipher import KEY_SIZE, Cipher, setup_key, write_key_check
 from client_sdk.stores.sqlite_lock import lock, unlock
 from client_sdk.stores.sqlite_repos import (
     SqliteConversationStore,
@@ -86,7 +87,13 @@ from client_sdk.stores.sqlite_repos import (
     SqliteSessionStore,
     SqliteSyncStore,
 )
-from client_sdk.stores.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, Migration, migrate
+from client_sdk.stores.sqlite_schema import (
+    INTEGRITY_SCHEMA,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Migration,
+    migrate,
+)
 
 __all__ = ["KEY_SIZE", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "migrate"]
 
@@ -99,10 +106,13 @@ class SqliteStore:
     the thread that opened it.
     """
 
-    def __init__(self, path: str, conn: sqlite3.Connection, cipher: Cipher, lock_fd: int) -> None:
+    def __init__(
+        self, path: str, conn: sqlite3.Connection, cipher: Cipher, integrity: Integrity, lock_fd: int
+    ) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = conn
         self._cipher = cipher
+        self._integrity = integrity
         self._lock_fd = lock_fd
         self._mutex = threading.RLock()
         self._depth = 0
@@ -125,6 +135,7 @@ class SqliteStore:
         path: str | os.PathLike[str],
         *,
         key: bytes | None = None,
+        min_write_counter: int | None = None,
         migrations: Sequence[Migration] = MIGRATIONS,
     ) -> SqliteStore:
         """Open (creating if needed) the store at ``path``, migrate it, and lock it for this
@@ -132,10 +143,14 @@ class SqliteStore:
 
         ``key``: 32 bytes to encrypt the secrets at rest with (see the module docstring). A new
         store is created encrypted if and only if a key is given; an existing store must be opened
-        the same way (otherwise :class:`~client_sdk.errors.StoreKeyError`).
+        the same way (otherwise :class:`~client_sdk.errors.StoreKeyError`). An encrypted store is
+        verified (:mod:`client_sdk.stores.integrity`) before it is returned.
+        ``min_write_counter``: the :attr:`write_counter` the app saved (in its keystore, next to
+        the key) when it last closed the store; a lower counter means the whole file was rolled
+        back (:class:`~client_sdk.errors.StoreTamperedError`).
         ``migrations``: for tests only.
         Raises :class:`~client_sdk.errors.StoreLockedError`, ``StoreKeyError``,
-        ``StoreVersionError`` or ``StoreError``.
+        ``StoreVersionError``, ``StoreTamperedError`` or ``StoreError``.
         """
         if key is not None and (not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE):
             raise StoreKeyError(f"the store key must be {KEY_SIZE} bytes (from a keystore or a KDF)")
@@ -156,7 +171,24 @@ class SqliteStore:
             conn.execute("PRAGMA secure_delete = ON")
             conn.execute("PRAGMA foreign_keys = ON")
             migrate(conn, migrations)
-            cipher = Cipher(setup_key(conn, real, None if key is None else bytes(key)))
+            protect = len(migrations) >= INTEGRITY_SCHEMA
+            found = setup_key(conn, real, None if key is None else bytes(key), integrity=protect)
+            cipher = Cipher(found.row_key)
+            integrity = Integrity(real, found.row_key if protect else None)
+            row_key = found.row_key
+            integrity.open(
+                conn,
+                adopt=found.legacy or found.created,
+                on_adopt=None
+                if row_key is None or not found.legacy
+                else (lambda c: write_key_check(c, row_key)),
+            )
+            if min_write_counter is not None and integrity.enabled and integrity.counter < min_write_counter:
+                raise StoreTamperedError(
+                    f"the store {real} is older than the last one this app closed (write counter "
+                    f"{integrity.counter} < {min_write_counter}): the whole file was rolled back to an "
+                    "earlier copy. Restore the latest backup, or delete it and link this device again"
+                )
         except sqlite3.DatabaseError as exc:
             if conn is not None:
                 conn.close()
@@ -167,7 +199,7 @@ class SqliteStore:
                 conn.close()
             unlock(real, lock_fd)
             raise
-        return cls(real, conn, cipher, lock_fd)
+        return cls(real, conn, cipher, integrity, lock_fd)
 
     def close(self) -> None:
         """Checkpoint, close the database and release the lock (idempotent)."""
@@ -192,6 +224,13 @@ class SqliteStore:
     @property
     def encrypted(self) -> bool:
         return self._cipher.encrypted
+
+    @property
+    def write_counter(self) -> int:
+        """The store's monotonic count of protected writes (0 for a plain store). An app that can
+        keep it outside the file (the platform keystore, after :meth:`close`) passes it to
+        :meth:`open` as ``min_write_counter`` to detect a rollback of the whole file."""
+        return self._integrity.counter if self._integrity.enabled else 0
 
     def __enter__(self) -> SqliteStore:
         return self
@@ -226,6 +265,7 @@ class SqliteStore:
             conn = self._require_open()
             if self._depth == 0:
                 conn.execute("BEGIN IMMEDIATE")
+                self._integrity.begin()
             self._depth += 1
             try:
                 yield
@@ -233,14 +273,17 @@ class SqliteStore:
                 self._depth -= 1
                 if self._depth == 0:
                     conn.execute("ROLLBACK")
+                    self._integrity.rollback()
                 raise
             self._depth -= 1
             if self._depth == 0:
                 try:
+                    self._integrity.flush(conn)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
+                    self._integrity.rollback()
                     raise
 
     def _require_open(self) -> sqlite3.Connection:
@@ -251,6 +294,38 @@ class SqliteStore:
     def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self.transaction():
             self._require_open().execute(sql, params)
+
+    def _put(self, table: str, key: Sequence[Any], sql: str, params: Sequence[Any] = ()) -> None:
+        """Write the row ``key`` of ``table`` with ``sql`` and authenticate it (one transaction)."""
+        with self.transaction():
+            conn = self._require_open()
+            conn.execute(sql, params)
+            self._integrity.after_write(conn, table, key)
+
+    def _delete(self, table: str, where: str, params: Sequence[Any] = ()) -> int:
+        """``DELETE FROM table WHERE where``, keeping the integrity state; returns the row count."""
+        with self.transaction():
+            conn = self._require_open()
+            self._integrity.before_delete(conn, table, where, params)
+            sql = f"DELETE FROM {table} WHERE {where}"  # noqa: S608 (names from sqlite_repos, not input)
+            return int(conn.execute(sql, params).rowcount)
+
+    def _get(self, table: str, sql: str, params: Sequence[Any] = ()) -> Any:
+        """One row of ``SELECT <columns>, * FROM table ...``, verified (or None)."""
+        with self._mutex:
+            row = self._require_open().execute(sql, params).fetchone()
+            if row is not None:
+                self._integrity.check(table, row)
+            return row
+
+    def _get_all(self, table: str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of ``SELECT <columns>, * FROM table ...``, each verified."""
+        with self._mutex:
+            rows = self._require_open().execute(sql, params).fetchall()
+            check = self._integrity.check
+            for row in rows:
+                check(table, row)
+            return rows
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self._mutex:

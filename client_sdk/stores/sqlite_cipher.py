@@ -13,7 +13,7 @@ from client_sdk.errors import StoreCorruptError, StoreKeyError, StoreVersionErro
 from crypto import primitives as p
 from crypto.errors import DecryptionError
 
-__all__ = ["KEY_SIZE", "Cipher", "derive_row_key", "setup_key"]
+__all__ = ["KEY_SIZE", "Cipher", "KeyCheck", "derive_row_key", "setup_key", "write_key_check"]
 
 KEY_SIZE = p.AEAD_KEY_SIZE  # 32
 _SALT_SIZE = 16
@@ -22,6 +22,9 @@ _AD_PREFIX = b"saltline-store-v1"
 _ROW_KEY_INFO = b"saltline store v1 row key"
 _TAG_KEY_INFO = b"saltline store v1 lookup tag key"
 _KEY_CHECK_PLAINTEXT = b"saltline store key check v1"
+#: The key check of a store whose rows are integrity-protected (client_sdk.stores.integrity): once
+#: written, a missing integrity state is tampering, never "an old store to migrate".
+_KEY_CHECK_V2 = b"saltline store key check v2 integrity"
 ENC_NONE = b"none"
 ENC_XCHACHA = b"xchacha20poly1305-v1"
 
@@ -97,10 +100,36 @@ def _meta(conn: sqlite3.Connection, name: str) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
-def setup_key(conn: sqlite3.Connection, path: str, key: bytes | None) -> bytes | None:
-    """Check ``key`` against the store (or set the store's encryption up on first open); return
-    the row key, or ``None`` for a plain store."""
+class KeyCheck:
+    """What :func:`setup_key` found: the row key (``None``: a plain store), whether the store was
+    created by this open, and whether its key check is the version-1 one (a store from before
+    integrity protection)."""
+
+    __slots__ = ("created", "legacy", "row_key")
+
+    def __init__(self, row_key: bytes | None, *, created: bool, legacy: bool) -> None:
+        self.row_key = row_key
+        self.created = created
+        self.legacy = legacy
+
+
+def _key_check_value(row_key: bytes, plaintext: bytes) -> bytes:
+    nonce = p.random_bytes(p.AEAD_NONCE_SIZE)
+    return nonce + p.aead_encrypt(row_key, nonce, plaintext, _ad("meta", "key_check", ()))
+
+
+def write_key_check(conn: sqlite3.Connection, row_key: bytes) -> None:
+    """Replace the key check by the version-2 one (inside the caller's transaction)."""
+    conn.execute(
+        "UPDATE meta SET value = ? WHERE name = 'key_check'", (_key_check_value(row_key, _KEY_CHECK_V2),)
+    )
+
+
+def setup_key(conn: sqlite3.Connection, path: str, key: bytes | None, *, integrity: bool = True) -> KeyCheck:
+    """Check ``key`` against the store (or set the store's encryption up on first open, with the
+    version-2 key check if ``integrity``); return the row key and what was found."""
     check_ad = _ad("meta", "key_check", ())
+    created = False
     encryption = _meta(conn, "encryption")
     if encryption is None:  # a new store: its mode is decided now, once
         conn.execute("BEGIN IMMEDIATE")
@@ -109,9 +138,8 @@ def setup_key(conn: sqlite3.Connection, path: str, key: bytes | None) -> bytes |
                 conn.execute("INSERT INTO meta (name, value) VALUES ('encryption', ?)", (ENC_NONE,))
             else:
                 new_salt = p.random_bytes(_SALT_SIZE)
-                nonce = p.random_bytes(p.AEAD_NONCE_SIZE)
-                new_check = nonce + p.aead_encrypt(
-                    derive_row_key(key, new_salt), nonce, _KEY_CHECK_PLAINTEXT, check_ad
+                new_check = _key_check_value(
+                    derive_row_key(key, new_salt), _KEY_CHECK_V2 if integrity else _KEY_CHECK_PLAINTEXT
                 )
                 conn.executemany(
                     "INSERT INTO meta (name, value) VALUES (?, ?)",
@@ -122,13 +150,14 @@ def setup_key(conn: sqlite3.Connection, path: str, key: bytes | None) -> bytes |
             raise
         conn.execute("COMMIT")
         encryption = ENC_NONE if key is None else ENC_XCHACHA
+        created = True
     if encryption == ENC_NONE:
         if key is not None:
             raise StoreKeyError(
                 f"the store {path} is not encrypted but a key was given; open it without a key "
                 "(an existing plain store cannot be encrypted in place)"
             )
-        return None
+        return KeyCheck(None, created=created, legacy=False)
     if encryption != ENC_XCHACHA:
         raise StoreVersionError(
             f"the store {path} uses an unknown encryption {encryption!r}; upgrade the SDK"
@@ -144,8 +173,10 @@ def setup_key(conn: sqlite3.Connection, path: str, key: bytes | None) -> bytes |
         plain = p.aead_decrypt(row_key, check[: p.AEAD_NONCE_SIZE], check[p.AEAD_NONCE_SIZE :], check_ad)
     except DecryptionError:
         plain = None
-    if plain is None or not p.constant_time_equal(plain, _KEY_CHECK_PLAINTEXT):
+    if plain is None or not (
+        p.constant_time_equal(plain, _KEY_CHECK_PLAINTEXT) or p.constant_time_equal(plain, _KEY_CHECK_V2)
+    ):
         raise StoreKeyError(
             f"wrong key for the store {path}: the key does not match the one it was created with"
         )
-    return row_key
+    return KeyCheck(row_key, created=created, legacy=p.constant_time_equal(plain, _KEY_CHECK_PLAINTEXT))

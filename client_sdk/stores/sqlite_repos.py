@@ -1,7 +1,8 @@
 """The aggregates of :class:`~client_sdk.stores.sqlite.SqliteStore`, one class per Protocol of
-:mod:`client_sdk.stores.base`. Each reads and writes through its store (``_one``, ``_all``,
-``_write``: one transaction per write unless inside :meth:`SqliteStore.transaction`) and seals the
-SECRET columns with the store's cipher."""
+:mod:`client_sdk.stores.base`. Each reads and writes through its store (``_get``/``_get_all``:
+``SELECT <columns>, * ...`` so that the whole row is verified; ``_put``/``_delete``: one transaction
+per write unless inside :meth:`SqliteStore.transaction`, the row authenticated in it; see
+:mod:`client_sdk.stores.integrity`) and seals the SECRET columns with the store's cipher."""
 
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ class _Part:
 class SqliteIdentityStore(_Part):
     def get_device(self) -> DeviceRecord | None:
         s = self._s
-        row = s._one(
-            "SELECT device_id, state, username, account_id, refresh_token, created_at_ms FROM device"
+        row = s._get(
+            "device",
+            "SELECT device_id, state, username, account_id, refresh_token, created_at_ms, * FROM device",
         )
         if row is None:
             return None
@@ -58,7 +60,9 @@ class SqliteIdentityStore(_Part):
         s = self._s
         c = s._cipher
         token = None if record.refresh_token is None else record.refresh_token.encode("utf-8")
-        s._write(
+        s._put(
+            "device",
+            (1,),
             "INSERT OR REPLACE INTO device (id, device_id, state, username, account_id, refresh_token, "
             "created_at_ms) VALUES (1, ?, ?, ?, ?, ?, ?)",
             (
@@ -74,7 +78,7 @@ class SqliteIdentityStore(_Part):
 
 _SELECT_CONTACT = (
     "SELECT account_id, username, account_key, signed_list, trust_policy, verified, pending_account_key, "
-    "pending_signed_list, updated_at_ms FROM contacts "
+    "pending_signed_list, updated_at_ms, * FROM contacts "
 )
 
 
@@ -94,18 +98,21 @@ def _contact(row: Sequence[Any]) -> ContactRecord:
 
 class SqliteDeviceListStore(_Part):
     def get_contact(self, account_id: str) -> ContactRecord | None:
-        row = self._s._one(_SELECT_CONTACT + "WHERE account_id = ?", (account_id,))
+        row = self._s._get("contacts", _SELECT_CONTACT + "WHERE account_id = ?", (account_id,))
         return None if row is None else _contact(row)
 
     def get_contact_by_username(self, username: str) -> ContactRecord | None:
-        row = self._s._one(
+        row = self._s._get(
+            "contacts",
             _SELECT_CONTACT + "WHERE lower(username) = lower(?) ORDER BY seq LIMIT 1",
             (username,),
         )
         return None if row is None else _contact(row)
 
     def put_contact(self, r: ContactRecord) -> None:
-        self._s._write(
+        self._s._put(
+            "contacts",
+            (r.account_id,),
             "INSERT INTO contacts (account_id, username, account_key, signed_list, trust_policy, verified, "
             "pending_account_key, pending_signed_list, updated_at_ms, seq) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
@@ -129,15 +136,16 @@ class SqliteDeviceListStore(_Part):
         )
 
     def contacts(self) -> Sequence[ContactRecord]:
-        return [_contact(row) for row in self._s._all(_SELECT_CONTACT + "ORDER BY seq")]
+        return [_contact(row) for row in self._s._get_all("contacts", _SELECT_CONTACT + "ORDER BY seq")]
 
 
 class SqliteSessionStore(_Part):
     def sessions_for(self, peer_device_id: str) -> Sequence[SessionRecord]:
         s = self._s
-        rows = s._all(
-            "SELECT base_key, state, peer_account_id, updated_at_ms FROM sessions WHERE peer_device_id = ? "
-            "ORDER BY updated_at_ms DESC, seq DESC",
+        rows = s._get_all(
+            "sessions",
+            "SELECT base_key, state, peer_account_id, updated_at_ms, * FROM sessions "
+            "WHERE peer_device_id = ? ORDER BY updated_at_ms DESC, seq DESC",
             (peer_device_id,),
         )
         return [
@@ -148,12 +156,14 @@ class SqliteSessionStore(_Part):
                 peer_account_id=peer_account_id,
                 updated_at_ms=updated_at_ms,
             )
-            for base_key, state, peer_account_id, updated_at_ms in rows
+            for base_key, state, peer_account_id, updated_at_ms, *_ in rows
         ]
 
     def put_session(self, r: SessionRecord) -> None:
         s = self._s
-        s._write(
+        s._put(
+            "sessions",
+            (r.peer_device_id, bytes(r.base_key)),
             "INSERT OR REPLACE INTO sessions (peer_device_id, base_key, state, peer_account_id, "
             "updated_at_ms, seq) VALUES (?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM sessions))",
             (
@@ -166,19 +176,20 @@ class SqliteSessionStore(_Part):
         )
 
     def delete_sessions(self, peer_device_id: str) -> None:
-        self._s._write("DELETE FROM sessions WHERE peer_device_id = ?", (peer_device_id,))
+        self._s._delete("sessions", "peer_device_id = ?", (peer_device_id,))
 
 
 _SELECT_MESSAGE = (
     "SELECT conversation_id, envelope_id, sender_account_id, sender_device_id, text, sent_at_ms, sent_by_me, "
-    "status, server_seq, server_ts_ms, body FROM messages "
+    "status, server_seq, server_ts_ms, body, * FROM messages "
 )
 
 
 class SqliteConversationStore(_Part):
     def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
-        row = self._s._one(
-            "SELECT conversation_id, kind, members, clock, created_at_ms FROM conversations "
+        row = self._s._get(
+            "conversations",
+            "SELECT conversation_id, kind, members, clock, created_at_ms, * FROM conversations "
             "WHERE conversation_id = ?",
             (conversation_id,),
         )
@@ -195,7 +206,9 @@ class SqliteConversationStore(_Part):
         )
 
     def put_conversation(self, r: ConversationRecord) -> None:
-        self._s._write(
+        self._s._put(
+            "conversations",
+            (r.conversation_id,),
             "INSERT INTO conversations (conversation_id, kind, members, clock, created_at_ms, seq) "
             "VALUES (?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM conversations)) "
             "ON CONFLICT (conversation_id) DO UPDATE SET kind = excluded.kind, members = excluded.members, "
@@ -206,8 +219,10 @@ class SqliteConversationStore(_Part):
     def conversations(self) -> Sequence[ConversationRecord]:
         return [
             self._conversation(row)
-            for row in self._s._all(
-                "SELECT conversation_id, kind, members, clock, created_at_ms FROM conversations ORDER BY seq"
+            for row in self._s._get_all(
+                "conversations",
+                "SELECT conversation_id, kind, members, clock, created_at_ms, * FROM conversations "
+                "ORDER BY seq",
             )
         ]
 
@@ -229,12 +244,14 @@ class SqliteConversationStore(_Part):
         )
 
     def get_message(self, envelope_id: str) -> MessageRecord | None:
-        row = self._s._one(_SELECT_MESSAGE + "WHERE envelope_id = ?", (envelope_id,))
+        row = self._s._get("messages", _SELECT_MESSAGE + "WHERE envelope_id = ?", (envelope_id,))
         return None if row is None else self._message(row)
 
     def put_message(self, r: MessageRecord) -> None:
         c = self._s._cipher
-        self._s._write(
+        self._s._put(
+            "messages",
+            (r.envelope_id,),
             "INSERT INTO messages (conversation_id, envelope_id, sender_account_id, sender_device_id, text, "
             "sent_at_ms, sent_by_me, status, server_seq, server_ts_ms, body, seq) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
@@ -260,7 +277,7 @@ class SqliteConversationStore(_Part):
         )
 
     def delete_message(self, envelope_id: str) -> None:
-        self._s._write("DELETE FROM messages WHERE envelope_id = ?", (envelope_id,))
+        self._s._delete("messages", "envelope_id = ?", (envelope_id,))
 
     def messages(self, conversation_id: str, *, limit: int = 1000) -> Sequence[MessageRecord]:
         if limit <= 0:
@@ -268,14 +285,16 @@ class SqliteConversationStore(_Part):
         # Display order: stored messages by server_seq, then pending ones by sent_at_ms; insertion
         # order breaks ties. The last ``limit``: the newest pending ones, then the newest stored
         # ones before them (both read backwards along an index).
-        pending = self._s._all(
+        pending = self._s._get_all(
+            "messages",
             _SELECT_MESSAGE + "WHERE conversation_id = ? AND server_seq IS NULL "
             "ORDER BY sent_at_ms DESC, seq DESC LIMIT ?",
             (conversation_id, limit),
         )
         stored = []
         if len(pending) < limit:
-            stored = self._s._all(
+            stored = self._s._get_all(
+                "messages",
                 _SELECT_MESSAGE + "WHERE conversation_id = ? AND server_seq IS NOT NULL "
                 "ORDER BY server_seq DESC, seq DESC LIMIT ?",
                 (conversation_id, limit - len(pending)),
@@ -287,7 +306,7 @@ class SqliteConversationStore(_Part):
 class SqliteOutboxStore(_Part):
     _SELECT = (
         "SELECT envelope_id, conversation_id, body, clock, created_at_ms, request, attempts, failed_reason, "
-        "failed_status, failed_code, next_attempt_ms FROM outbox "
+        "failed_status, failed_code, next_attempt_ms, * FROM outbox "
     )
 
     def _item(self, row: Sequence[Any]) -> OutboxItem:
@@ -311,7 +330,9 @@ class SqliteOutboxStore(_Part):
     def put_outbox(self, item: OutboxItem) -> None:
         c = self._s._cipher
         reason = None if item.failed_reason is None else item.failed_reason.encode("utf-8")
-        self._s._write(
+        self._s._put(
+            "outbox",
+            (item.envelope_id,),
             "INSERT INTO outbox (envelope_id, conversation_id, body, clock, created_at_ms, request, "
             "attempts, failed_reason, failed_status, failed_code, next_attempt_ms, seq) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
@@ -337,19 +358,24 @@ class SqliteOutboxStore(_Part):
         )
 
     def get_outbox(self, envelope_id: str) -> OutboxItem | None:
-        row = self._s._one(self._SELECT + "WHERE envelope_id = ?", (envelope_id,))
+        row = self._s._get("outbox", self._SELECT + "WHERE envelope_id = ?", (envelope_id,))
         return None if row is None else self._item(row)
 
     def outbox(self) -> Sequence[OutboxItem]:
-        return [self._item(row) for row in self._s._all(self._SELECT + "ORDER BY created_at_ms, seq")]
+        return [
+            self._item(row)
+            for row in self._s._get_all("outbox", self._SELECT + "ORDER BY created_at_ms, seq")
+        ]
 
     def remove_outbox(self, envelope_id: str) -> None:
-        self._s._write("DELETE FROM outbox WHERE envelope_id = ?", (envelope_id,))
+        self._s._delete("outbox", "envelope_id = ?", (envelope_id,))
 
 
 class SqliteHandlerInboxStore(_Part):
     def add_pending(self, envelope_id: str, conversation_id: str, added_at_ms: int) -> None:
-        self._s._write(
+        self._s._put(
+            "handler_inbox",
+            (envelope_id,),
             "INSERT OR IGNORE INTO handler_inbox (envelope_id, conversation_id, added_at_ms, attempts, seq) "
             "VALUES (?, ?, ?, 0, (SELECT coalesce(max(seq), 0) + 1 FROM handler_inbox))",
             (envelope_id, conversation_id, added_at_ms),
@@ -360,38 +386,51 @@ class SqliteHandlerInboxStore(_Part):
             return []
         return [
             PendingDelivery(row[0], row[1], row[2], row[3])
-            for row in self._s._all(
-                "SELECT envelope_id, conversation_id, added_at_ms, attempts FROM handler_inbox "
+            for row in self._s._get_all(
+                "handler_inbox",
+                "SELECT envelope_id, conversation_id, added_at_ms, attempts, * FROM handler_inbox "
                 "ORDER BY added_at_ms, seq LIMIT ?",
                 (limit,),
             )
         ]
 
     def bump_attempts(self, envelope_id: str) -> None:
-        self._s._write(
-            "UPDATE handler_inbox SET attempts = attempts + 1 WHERE envelope_id = ?", (envelope_id,)
+        self._s._put(
+            "handler_inbox",
+            (envelope_id,),
+            "UPDATE handler_inbox SET attempts = attempts + 1 WHERE envelope_id = ?",
+            (envelope_id,),
         )
 
     def remove_pending(self, envelope_id: str) -> None:
-        self._s._write("DELETE FROM handler_inbox WHERE envelope_id = ?", (envelope_id,))
+        self._s._delete("handler_inbox", "envelope_id = ?", (envelope_id,))
 
 
 class SqliteCursorStore(_Part):
     def get_acked_queue_seq(self) -> int:
-        row = self._s._one("SELECT acked_queue_seq FROM queue_cursor")
+        row = self._s._get("queue_cursor", "SELECT acked_queue_seq, * FROM queue_cursor")
         return 0 if row is None else int(row[0])
 
     def set_acked_queue_seq(self, queue_seq: int) -> None:
-        self._s._write(
-            "INSERT OR REPLACE INTO queue_cursor (id, acked_queue_seq) VALUES (1, ?)", (queue_seq,)
+        self._s._put(
+            "queue_cursor",
+            (1,),
+            "INSERT OR REPLACE INTO queue_cursor (id, acked_queue_seq) VALUES (1, ?)",
+            (queue_seq,),
         )
 
     def get_server_seq(self, conversation_id: str) -> int:
-        row = self._s._one("SELECT server_seq FROM server_seqs WHERE conversation_id = ?", (conversation_id,))
+        row = self._s._get(
+            "server_seqs",
+            "SELECT server_seq, * FROM server_seqs WHERE conversation_id = ?",
+            (conversation_id,),
+        )
         return 0 if row is None else int(row[0])
 
     def set_server_seq(self, conversation_id: str, server_seq: int) -> None:
-        self._s._write(
+        self._s._put(
+            "server_seqs",
+            (conversation_id,),
             "INSERT OR REPLACE INTO server_seqs (conversation_id, server_seq) VALUES (?, ?)",
             (conversation_id, server_seq),
         )
@@ -399,13 +438,17 @@ class SqliteCursorStore(_Part):
 
 class SqlitePreKeyStore(_Part):
     def get_prekey_meta(self) -> PreKeyMeta:
-        row = self._s._one(
-            "SELECT uploaded_through_id, signed_prekey_rotated_at_ms, last_count_check_ms FROM prekey_meta"
+        row = self._s._get(
+            "prekey_meta",
+            "SELECT uploaded_through_id, signed_prekey_rotated_at_ms, last_count_check_ms, * "
+            "FROM prekey_meta",
         )
-        return PreKeyMeta() if row is None else PreKeyMeta(*row)
+        return PreKeyMeta() if row is None else PreKeyMeta(*row[:3])
 
     def put_prekey_meta(self, meta: PreKeyMeta) -> None:
-        self._s._write(
+        self._s._put(
+            "prekey_meta",
+            (1,),
             "INSERT OR REPLACE INTO prekey_meta (id, uploaded_through_id, signed_prekey_rotated_at_ms, "
             "last_count_check_ms) VALUES (1, ?, ?, ?)",
             (meta.uploaded_through_id, meta.signed_prekey_rotated_at_ms, meta.last_count_check_ms),
@@ -415,15 +458,20 @@ class SqlitePreKeyStore(_Part):
         return self._s._cipher.tag(digest, "seen_base_keys", "tag")
 
     def has_seen_base_key(self, prekey_id: int, digest: bytes) -> bool:
-        row = self._s._one(
-            "SELECT 1 FROM seen_base_keys WHERE prekey_id = ? AND tag = ?", (prekey_id, self._tag(digest))
+        row = self._s._get(
+            "seen_base_keys",
+            "SELECT 1, * FROM seen_base_keys WHERE prekey_id = ? AND tag = ?",
+            (prekey_id, self._tag(digest)),
         )
         return row is not None
 
     def add_seen_base_key(self, prekey_id: int, digest: bytes) -> None:
-        self._s._write(
+        tag = self._tag(digest)
+        self._s._put(
+            "seen_base_keys",
+            (prekey_id, tag),
             "INSERT OR IGNORE INTO seen_base_keys (prekey_id, tag) VALUES (?, ?)",
-            (prekey_id, self._tag(digest)),
+            (prekey_id, tag),
         )
 
     def drop_seen_base_keys(self, keep_prekey_ids: Collection[int]) -> int:
@@ -435,15 +483,15 @@ class SqlitePreKeyStore(_Part):
             dropped = 0
             for prekey_id in held:
                 if prekey_id not in keep:
-                    cursor = conn.execute("DELETE FROM seen_base_keys WHERE prekey_id = ?", (prekey_id,))
-                    dropped += int(cursor.rowcount)
+                    dropped += s._delete("seen_base_keys", "prekey_id = ?", (prekey_id,))
             return dropped
 
 
 class SqliteSyncStore(_Part):
     def get_sync_meta(self, conversation_id: str) -> SyncMeta | None:
-        row = self._s._one(
-            "SELECT conversation_id, counter, lamport, floor_seq, floor_clock, members FROM sync_meta "
+        row = self._s._get(
+            "sync_meta",
+            "SELECT conversation_id, counter, lamport, floor_seq, floor_clock, members, * FROM sync_meta "
             "WHERE conversation_id = ?",
             (conversation_id,),
         )
@@ -464,7 +512,9 @@ class SqliteSyncStore(_Part):
         )
 
     def put_sync_meta(self, meta: SyncMeta) -> None:
-        self._s._write(
+        self._s._put(
+            "sync_meta",
+            (meta.conversation_id,),
             "INSERT OR REPLACE INTO sync_meta (conversation_id, counter, lamport, floor_seq, floor_clock, "
             "members) VALUES (?, ?, ?, ?, ?, ?)",
             (
@@ -479,7 +529,9 @@ class SqliteSyncStore(_Part):
 
     def put_sync_op(self, r: SyncOpRecord) -> None:
         c = self._s._cipher
-        self._s._write(
+        self._s._put(
+            "sync_ops",
+            (r.conversation_id, r.server_seq),
             "INSERT OR REPLACE INTO sync_ops (conversation_id, server_seq, envelope_id, sender_account_id, "
             "sender_device_id, clock, plaintext) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -505,16 +557,19 @@ class SqliteSyncStore(_Part):
                 bytes(row[5]),
                 c.open(row[6], "sync_ops", "plaintext", row[0], str(row[1])),
             )
-            for row in self._s._all(
+            for row in self._s._get_all(
+                "sync_ops",
                 "SELECT conversation_id, server_seq, envelope_id, sender_account_id, sender_device_id, "
-                "clock, plaintext FROM sync_ops WHERE conversation_id = ? ORDER BY server_seq",
+                "clock, plaintext, * FROM sync_ops WHERE conversation_id = ? ORDER BY server_seq",
                 (conversation_id,),
             )
         ]
 
     def get_setting(self, name: str) -> str | None:
-        row = self._s._one("SELECT value FROM settings WHERE name = ?", (name,))
+        row = self._s._get("settings", "SELECT value, * FROM settings WHERE name = ?", (name,))
         return None if row is None else str(row[0])
 
     def put_setting(self, name: str, value: str) -> None:
-        self._s._write("INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", (name, value))
+        self._s._put(
+            "settings", (name,), "INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", (name, value)
+        )

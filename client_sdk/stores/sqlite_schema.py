@@ -2,6 +2,12 @@
 
 ``PRAGMA user_version`` is the number of :data:`MIGRATIONS` applied; :func:`migrate` applies the
 missing ones in one transaction each and refuses a file written by a newer version.
+
+Integrity (:mod:`client_sdk.stores.integrity`) covers whole rows: a step may add tables and
+columns freely (after the step, the rows are verified over the columns their MACs were computed
+on and authenticated again over all of them; a new table needs a policy in ``integrity.MANIFEST``
+or ``PLACE``, which a test checks). A step must not rewrite existing values of a protected
+table or drop its columns: the store would then fail its integrity check.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from client_sdk.errors import StoreVersionError
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate"]
+__all__ = ["INTEGRITY_SCHEMA", "MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate"]
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -154,6 +160,28 @@ def _v5_outbox_failures_and_handler_inbox(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v6_integrity(conn: sqlite3.Connection) -> None:
+    """Version 6: integrity protection (:mod:`client_sdk.stores.integrity`): a row MAC ``mac`` in
+    every table but ``meta``, and a version ``ver`` in the tables of the manifest. The rows an older
+    SDK wrote are authenticated on the first open with the key (trust on first migration)."""
+    for table in (
+        "device",
+        "contacts",
+        "conversations",
+        "sync_meta",
+        "settings",
+        "prekey_meta",
+        "queue_cursor",
+        "server_seqs",
+        "sessions",
+        "seen_base_keys",
+    ):
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN mac BLOB")
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN ver INTEGER NOT NULL DEFAULT 0")
+    for table in ("messages", "outbox", "sync_ops", "handler_inbox"):
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN mac BLOB")
+
+
 #: ``MIGRATIONS[n]`` turns a version-``n`` database into version ``n + 1`` (``PRAGMA user_version``).
 #: Only ever append to this list; never edit a step that has shipped.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -162,7 +190,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v3_sync,
     _v4_seen_base_keys,
     _v5_outbox_failures_and_handler_inbox,
+    _v6_integrity,
 )
+
+#: The first schema version with integrity protection; a store opened with fewer migrations (tests
+#: of older formats) is written as those SDKs wrote it, without.
+INTEGRITY_SCHEMA = 6
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:

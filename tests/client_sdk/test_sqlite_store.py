@@ -679,7 +679,7 @@ def test_swapped_rows_fail_authentication(tmp_path: Path) -> None:
     conn.close()
     with SqliteStore.open(path, key=KEY) as s:
         assert s.conversations.get_message("m1") is not None
-        with pytest.raises(StoreCorruptError, match=r"messages\.text"):
+        with pytest.raises(StoreCorruptError, match=r"messages"):
             s.conversations.get_message("m2")
 
 
@@ -690,15 +690,17 @@ def test_column_swap_and_bit_flip_fail_authentication(tmp_path: Path) -> None:
         s.sessions.put_session(session())
     conn = raw(path)
     conn.execute("UPDATE outbox SET request = body")  # a body moved into another column
+    conn.close()
+    with SqliteStore.open(path, key=KEY) as s:  # outbox rows are verified when read
+        with pytest.raises(StoreCorruptError):
+            s.outbox.get_outbox("o1")
+    conn = raw(path)
     (state,) = conn.execute("SELECT state FROM sessions").fetchone()
     flipped = bytes(state[:-1]) + bytes([state[-1] ^ 1])
     conn.execute("UPDATE sessions SET state = ?", (flipped,))
     conn.close()
-    with SqliteStore.open(path, key=KEY) as s:
-        with pytest.raises(StoreCorruptError):
-            s.outbox.get_outbox("o1")
-        with pytest.raises(StoreCorruptError):
-            s.sessions.sessions_for("dev-bob-1")
+    with pytest.raises(StoreCorruptError, match="sessions"):  # sessions are verified on open
+        SqliteStore.open(path, key=KEY)
 
 
 # -- locking ---------------------------------------------------------------------------------------
@@ -809,7 +811,7 @@ def test_v1_database_is_migrated_to_v2(tmp_path: Path, key: bytes | None) -> Non
 def test_v4_database_is_migrated_to_v5(tmp_path: Path, key: bytes | None) -> None:
     """Version 5 adds the outbox failure and back-off columns and the handler inbox: items an older
     SDK queued read back with the defaults, and the new fields work on the migrated file."""
-    assert SCHEMA_VERSION == len(MIGRATIONS) == 5
+    assert SCHEMA_VERSION == len(MIGRATIONS) >= 5
     path = tmp_path / "store.db"
     with SqliteStore.open(path, key=key, migrations=MIGRATIONS[:4]) as s:  # as the v4 SDK wrote it
         written = fill(s, schema=4)
@@ -840,7 +842,7 @@ def test_v4_database_is_migrated_to_v5(tmp_path: Path, key: bytes | None) -> Non
         )
         s.outbox.put_outbox(failed)
         s.handler_inbox.add_pending("m1", "conv-1", 5)
-    assert user_version(path) == 5
+    assert user_version(path) == len(MIGRATIONS)
     assert "handler_inbox_order" in index_names(path)
     with SqliteStore.open(path, key=key) as s:
         assert s.outbox.outbox() == [failed, written["outbox"][1]]
