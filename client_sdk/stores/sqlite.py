@@ -295,12 +295,11 @@ class SqliteStore:
         with self.transaction():
             self._require_open().execute(sql, params)
 
-    def _put(self, table: str, key: Sequence[Any], sql: str, params: Sequence[Any] = ()) -> None:
-        """Write the row ``key`` of ``table`` with ``sql`` and authenticate it (one transaction)."""
+    def _put(self, table: str, sql: str, params: Sequence[Any] = ()) -> None:
+        """Write rows of ``table`` with ``sql`` (INSERT, upsert or UPDATE, no RETURNING clause) and
+        authenticate them (one transaction unless inside one)."""
         with self.transaction():
-            conn = self._require_open()
-            conn.execute(sql, params)
-            self._integrity.after_write(conn, table, key)
+            self._integrity.write(self._require_open(), table, sql, params)
 
     def _delete(self, table: str, where: str, params: Sequence[Any] = ()) -> int:
         """``DELETE FROM table WHERE where``, keeping the integrity state; returns the row count."""

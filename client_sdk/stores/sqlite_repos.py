@@ -62,7 +62,6 @@ class SqliteIdentityStore(_Part):
         token = None if record.refresh_token is None else record.refresh_token.encode("utf-8")
         s._put(
             "device",
-            (1,),
             "INSERT OR REPLACE INTO device (id, device_id, state, username, account_id, refresh_token, "
             "created_at_ms) VALUES (1, ?, ?, ?, ?, ?, ?)",
             (
@@ -112,7 +111,6 @@ class SqliteDeviceListStore(_Part):
     def put_contact(self, r: ContactRecord) -> None:
         self._s._put(
             "contacts",
-            (r.account_id,),
             "INSERT INTO contacts (account_id, username, account_key, signed_list, trust_policy, verified, "
             "pending_account_key, pending_signed_list, updated_at_ms, seq) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
@@ -163,7 +161,6 @@ class SqliteSessionStore(_Part):
         s = self._s
         s._put(
             "sessions",
-            (r.peer_device_id, bytes(r.base_key)),
             "INSERT OR REPLACE INTO sessions (peer_device_id, base_key, state, peer_account_id, "
             "updated_at_ms, seq) VALUES (?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM sessions))",
             (
@@ -208,7 +205,6 @@ class SqliteConversationStore(_Part):
     def put_conversation(self, r: ConversationRecord) -> None:
         self._s._put(
             "conversations",
-            (r.conversation_id,),
             "INSERT INTO conversations (conversation_id, kind, members, clock, created_at_ms, seq) "
             "VALUES (?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM conversations)) "
             "ON CONFLICT (conversation_id) DO UPDATE SET kind = excluded.kind, members = excluded.members, "
@@ -251,7 +247,6 @@ class SqliteConversationStore(_Part):
         c = self._s._cipher
         self._s._put(
             "messages",
-            (r.envelope_id,),
             "INSERT INTO messages (conversation_id, envelope_id, sender_account_id, sender_device_id, text, "
             "sent_at_ms, sent_by_me, status, server_seq, server_ts_ms, body, seq) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
@@ -332,7 +327,6 @@ class SqliteOutboxStore(_Part):
         reason = None if item.failed_reason is None else item.failed_reason.encode("utf-8")
         self._s._put(
             "outbox",
-            (item.envelope_id,),
             "INSERT INTO outbox (envelope_id, conversation_id, body, clock, created_at_ms, request, "
             "attempts, failed_reason, failed_status, failed_code, next_attempt_ms, seq) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
@@ -375,7 +369,6 @@ class SqliteHandlerInboxStore(_Part):
     def add_pending(self, envelope_id: str, conversation_id: str, added_at_ms: int) -> None:
         self._s._put(
             "handler_inbox",
-            (envelope_id,),
             "INSERT OR IGNORE INTO handler_inbox (envelope_id, conversation_id, added_at_ms, attempts, seq) "
             "VALUES (?, ?, ?, 0, (SELECT coalesce(max(seq), 0) + 1 FROM handler_inbox))",
             (envelope_id, conversation_id, added_at_ms),
@@ -397,7 +390,6 @@ class SqliteHandlerInboxStore(_Part):
     def bump_attempts(self, envelope_id: str) -> None:
         self._s._put(
             "handler_inbox",
-            (envelope_id,),
             "UPDATE handler_inbox SET attempts = attempts + 1 WHERE envelope_id = ?",
             (envelope_id,),
         )
@@ -414,7 +406,6 @@ class SqliteCursorStore(_Part):
     def set_acked_queue_seq(self, queue_seq: int) -> None:
         self._s._put(
             "queue_cursor",
-            (1,),
             "INSERT OR REPLACE INTO queue_cursor (id, acked_queue_seq) VALUES (1, ?)",
             (queue_seq,),
         )
@@ -430,7 +421,6 @@ class SqliteCursorStore(_Part):
     def set_server_seq(self, conversation_id: str, server_seq: int) -> None:
         self._s._put(
             "server_seqs",
-            (conversation_id,),
             "INSERT OR REPLACE INTO server_seqs (conversation_id, server_seq) VALUES (?, ?)",
             (conversation_id, server_seq),
         )
@@ -448,7 +438,6 @@ class SqlitePreKeyStore(_Part):
     def put_prekey_meta(self, meta: PreKeyMeta) -> None:
         self._s._put(
             "prekey_meta",
-            (1,),
             "INSERT OR REPLACE INTO prekey_meta (id, uploaded_through_id, signed_prekey_rotated_at_ms, "
             "last_count_check_ms) VALUES (1, ?, ?, ?)",
             (meta.uploaded_through_id, meta.signed_prekey_rotated_at_ms, meta.last_count_check_ms),
@@ -469,7 +458,6 @@ class SqlitePreKeyStore(_Part):
         tag = self._tag(digest)
         self._s._put(
             "seen_base_keys",
-            (prekey_id, tag),
             "INSERT OR IGNORE INTO seen_base_keys (prekey_id, tag) VALUES (?, ?)",
             (prekey_id, tag),
         )
@@ -514,7 +502,6 @@ class SqliteSyncStore(_Part):
     def put_sync_meta(self, meta: SyncMeta) -> None:
         self._s._put(
             "sync_meta",
-            (meta.conversation_id,),
             "INSERT OR REPLACE INTO sync_meta (conversation_id, counter, lamport, floor_seq, floor_clock, "
             "members) VALUES (?, ?, ?, ?, ?, ?)",
             (
@@ -531,7 +518,6 @@ class SqliteSyncStore(_Part):
         c = self._s._cipher
         self._s._put(
             "sync_ops",
-            (r.conversation_id, r.server_seq),
             "INSERT OR REPLACE INTO sync_ops (conversation_id, server_seq, envelope_id, sender_account_id, "
             "sender_device_id, clock, plaintext) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -570,6 +556,4 @@ class SqliteSyncStore(_Part):
         return None if row is None else str(row[0])
 
     def put_setting(self, name: str, value: str) -> None:
-        self._s._put(
-            "settings", (name,), "INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", (name, value)
-        )
+        self._s._put("settings", "INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", (name, value))
