@@ -42,6 +42,15 @@ sequence numbers, conversation members, clocks and the public contact data (acco
 device lists) are not encrypted: they are metadata the server knows as well, and the store queries
 and orders by them.
 
+Integrity (encrypted stores; :mod:`client_sdk.stores.integrity`, docs/protocol/keys.md § 5.1).
+Every row carries a MAC under a key derived from the row key over all its columns (so it is bound
+to its table and primary key); the trust anchors, membership, sessions and cursors also carry a
+version from a monotonic write counter and are listed in a keyed manifest digest that a MAC'd
+state row (written once per transaction) commits to. :meth:`SqliteStore.open` verifies all of them
+and raises :class:`~client_sdk.errors.StoreTamperedError` if a row was changed, moved, added,
+deleted or rolled back; bulk rows (messages, outbox, sync ops, handler inbox) are verified when
+read. A consistent rollback of the whole file is detected only with ``min_write_counter``.
+
 Locking. :meth:`SqliteStore.open` takes an exclusive ``fcntl.flock`` on ``<path>.lock`` (non-
 blocking) and holds it until :meth:`SqliteStore.close`. A second open of the same store, from this
 process or another, raises :class:`~client_sdk.errors.StoreLockedError` naming the path and the
@@ -291,10 +300,6 @@ class SqliteStore:
             raise StoreError(f"the store {self.path} is closed")
         return self._conn
 
-    def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
-        with self.transaction():
-            self._require_open().execute(sql, params)
-
     def _put(self, table: str, sql: str, params: Sequence[Any] = ()) -> None:
         """Write rows of ``table`` with ``sql`` (INSERT, upsert or UPDATE, no RETURNING clause) and
         authenticate them (one transaction unless inside one)."""
@@ -325,11 +330,3 @@ class SqliteStore:
             for row in rows:
                 check(table, row)
             return rows
-
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        with self._mutex:
-            return self._require_open().execute(sql, params).fetchone()
-
-    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._mutex:
-            return self._require_open().execute(sql, params).fetchall()

@@ -7,8 +7,11 @@ without listing them."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import sqlite3
+import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -488,3 +491,73 @@ def test_property_any_single_tamper_is_detected(
         conn.close()
         with pytest.raises(StoreTamperedError):
             opens(path)
+
+
+# -- the specification, re-derived from docs/protocol/keys.md § 5.1 alone ---------------------------
+
+
+def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    prk = hmac.digest(salt or b"\x00" * 32, ikm, "sha256")
+    return hmac.digest(prk, info + b"\x01", "sha256")  # L = 32: one block
+
+
+def _lp(raw: bytes) -> bytes:
+    return struct.pack(">H", len(raw)) + raw
+
+
+def _enc(value: Any) -> bytes:
+    if value is None:
+        return b"\x00"
+    if isinstance(value, int):
+        return b"\x01" + struct.pack(">q", value)
+    if isinstance(value, str):
+        return b"\x03" + struct.pack(">I", len(value.encode())) + value.encode()
+    return b"\x04" + struct.pack(">I", len(value)) + bytes(value)
+
+
+def test_file_matches_the_specification(filled: tuple[Path, dict[str, Any]]) -> None:
+    """Row MACs, the manifest digest and the state, recomputed from the text of keys.md § 5.1 with
+    hashlib/hmac only (no SDK code), equal what the store wrote."""
+    path, _ = filled
+    conn = raw(path)
+    salt = conn.execute("SELECT value FROM meta WHERE name = 'salt'").fetchone()[0]
+    state = conn.execute("SELECT value FROM meta WHERE name = 'integrity'").fetchone()[0]
+    columns_json = conn.execute("SELECT value FROM meta WHERE name = 'integrity_columns'").fetchone()[0]
+    row_key = _hkdf(KEY, salt, b"saltline store v1 row key")
+    k_mac, k_man, k_state = (
+        _hkdf(row_key, b"", b"saltline store v2 " + purpose)
+        for purpose in (b"row mac key", b"manifest key", b"state key")
+    )
+    digest = 0
+    rows = 0
+    for table in (*MANIFEST, *PLACE):
+        info = conn.execute(f"PRAGMA table_info({table})").fetchall()
+        names = [r[1] for r in info]
+        pk = [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5] > 0]
+        for row in conn.execute(f"SELECT * FROM {table}"):
+            values = dict(zip(names, row, strict=True))
+            data = (
+                b"saltline-store-row-v1"
+                + _lp(table.encode())
+                + b"".join(_lp(n.encode()) + _enc(values[n]) for n in sorted(names) if n != "mac")
+            )
+            assert values["mac"] == hashlib.blake2b(data, digest_size=32, key=k_mac).digest(), table
+            rows += 1
+            if table in MANIFEST:
+                entry = (
+                    b"saltline-store-manifest-v1"
+                    + _lp(table.encode())
+                    + b"".join(_enc(values[c]) for c in pk)
+                    + struct.pack(">Q", values["ver"])
+                )
+                digest ^= int.from_bytes(hashlib.blake2b(entry, digest_size=32, key=k_man).digest(), "big")
+    conn.close()
+    assert rows > 10
+    body = state[:73]
+    assert len(state) == 105 and body[0] == 1
+    assert body[9:41] == digest.to_bytes(32, "big")
+    assert body[41:73] == hashlib.sha256(columns_json).digest()
+    assert (
+        columns_json == json.dumps(json.loads(columns_json), sort_keys=True, separators=(",", ":")).encode()
+    )
+    assert state[73:] == hmac.digest(k_state, b"saltline-store-state-v1" + body, "sha256")
