@@ -128,6 +128,7 @@ class _Table:
     mac: int
     ver: int | None  # index of ``ver`` (tables of MANIFEST)
     entry_prefix: bytes = b""  # "saltline-store-manifest-v1" || lp(table)
+    update: str = ""  # the statement that stores the MAC (and version) of a row by rowid
 
 
 def _table_info(conn: sqlite3.Connection, table: str) -> _Table | None:
@@ -140,7 +141,12 @@ def _table_info(conn: sqlite3.Connection, table: str) -> _Table | None:
         raise StoreTamperedError(f"the table {table} has no primary key; {_ADVICE}")
     mac = columns.index(_MAC) if _MAC in columns else -1
     ver = columns.index(_VER) if _VER in columns else None
-    return _Table(table, columns, pk, mac, ver, _MANIFEST_PREFIX + _lp(table.encode()))
+    update = (
+        f"UPDATE {table} SET {_MAC} = ? WHERE rowid = ?"
+        if ver is None
+        else f"UPDATE {table} SET {_MAC} = ?, {_VER} = ? WHERE rowid = ?"
+    )
+    return _Table(table, columns, pk, mac, ver, _MANIFEST_PREFIX + _lp(table.encode()), update)
 
 
 class Integrity:
@@ -369,7 +375,7 @@ class Integrity:
 
     def _seal(self, conn: sqlite3.Connection, t: _Table, rowid: int, row: list[Any]) -> None:
         if t.ver is None:
-            conn.execute(f"UPDATE {t.name} SET {_MAC} = ? WHERE rowid = ?", (self._row_mac(t, row), rowid))
+            conn.execute(t.update, (self._row_mac(t, row), rowid))
             return
         key = tuple([row[i] for i in t.pk])
         place = (t.name, key)
@@ -381,10 +387,7 @@ class Integrity:
         self._undo.append((place, old))
         self._versions[place] = (counter, entry)
         self._dirty = True
-        conn.execute(
-            f"UPDATE {t.name} SET {_MAC} = ?, {_VER} = ? WHERE rowid = ?",
-            (self._row_mac(t, row), counter, rowid),
-        )
+        conn.execute(t.update, (self._row_mac(t, row), counter, rowid))
 
     def write(self, conn: sqlite3.Connection, table: str, sql: str, params: Sequence[Any]) -> None:
         """Run ``sql`` (an INSERT, upsert or UPDATE of ``table``) and authenticate the rows it wrote,
