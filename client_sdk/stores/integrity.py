@@ -262,7 +262,15 @@ class Integrity:
             for t in changed:
                 if t.name in recorded and t.name not in verified:
                     self._verify_rows(conn, t.name, recorded[t.name])
-            self._adopt(conn, changed)
+            self._adopt(conn, changed, on_adopt)
+        elif on_adopt is not None:  # a verified store with an old key check (put back): renew it
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                on_adopt(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _add_missing_columns(self, conn: sqlite3.Connection) -> None:
         """A table given a policy after it was created gets its ``mac`` (and ``ver``) columns."""

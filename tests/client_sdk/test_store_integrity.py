@@ -330,11 +330,15 @@ def test_old_format_store_is_migrated_then_protected(tmp_path: Path) -> None:
         written = fill(s)
     conn = raw(path)
     assert "mac" not in {r[1] for r in conn.execute("PRAGMA table_info(contacts)")}
+    (v1_check,) = conn.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()
     conn.close()
     with SqliteStore.open(path, key=KEY) as s:
         check_filled(s, written)
         migrated_counter = s.write_counter
     assert migrated_counter > 0
+    opens(path)
+    # the old key check put back does not make the store look unmigrated: it is renewed on open
+    edit(path, "UPDATE meta SET value = ? WHERE name = 'key_check'", (v1_check,))
     opens(path)
     edit(path, "DELETE FROM meta WHERE name IN ('integrity', 'integrity_columns')")
     assert "integrity state is missing" in str(refused(path))
