@@ -49,7 +49,7 @@ from typing import Any
 from client_sdk.errors import StoreTamperedError
 from crypto import primitives as p
 
-__all__ = ["MANIFEST", "PLACE", "UNPROTECTED", "Integrity", "row_mac_input"]
+__all__ = ["MANIFEST", "PLACE", "UNPROTECTED", "Integrity"]
 
 #: Tables whose rows carry a version and are listed in the manifest (trust anchors, membership,
 #: ratchet sessions, replay and cursor state): rollback, deletion and insertion of a single row
@@ -77,6 +77,7 @@ _VER = "ver"
 _STATE_ROW = "integrity"
 _COLUMNS_ROW = "integrity_columns"
 _STATE_VERSION = 1
+_KNOWN_ROWS = 2048  # manifest rows remembered as verified (see Integrity._known)
 _ROW_PREFIX = b"saltline-store-row-v1"
 _MANIFEST_PREFIX = b"saltline-store-manifest-v1"
 _STATE_PREFIX = b"saltline-store-state-v1"
@@ -108,16 +109,6 @@ def _enc(value: Any) -> bytes:
         return b"\x03" + struct.pack(">I", len(raw)) + raw
     raw = bytes(value)
     return b"\x04" + struct.pack(">I", len(raw)) + raw
-
-
-def row_mac_input(table: str, names: Sequence[str], values: Sequence[Any]) -> bytes:
-    """The bytes a row MAC covers: every column but ``mac``, sorted by name."""
-    parts = sorted((name, value) for name, value in zip(names, values, strict=True) if name != _MAC)
-    return (
-        _ROW_PREFIX
-        + _lp(table.encode())
-        + b"".join(_lp(name.encode()) + _enc(value) for name, value in parts)
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +161,10 @@ class Integrity:
         self._undo: list[tuple[tuple[str, tuple[Any, ...]], tuple[int, int] | None]] = []
         self._saved: tuple[int, int] = (0, 0)
         self._dirty = False
+        # (table, primary key) -> the whole manifest row as last verified or written: a read of a
+        # row *equal* to it needs no MAC (the client reads its conversations and contacts several
+        # times per message). Cleared on rollback; anything unequal is verified in full.
+        self._known: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]] = {}
 
     # -- primitives ---------------------------------------------------------------------------------
 
@@ -395,7 +390,9 @@ class Integrity:
         self._undo.append((place, old))
         self._versions[place] = (counter, entry)
         self._dirty = True
-        conn.execute(t.update, (self._row_mac(t, row), counter, rowid))
+        row[t.mac] = mac = self._row_mac(t, row)
+        conn.execute(t.update, (mac, counter, rowid))
+        self._remember(place, tuple(row))
 
     def write(self, conn: sqlite3.Connection, table: str, sql: str, params: Sequence[Any]) -> None:
         """Run ``sql`` (an INSERT, upsert or UPDATE of ``table``) and authenticate the rows it wrote,
@@ -417,6 +414,7 @@ class Integrity:
         keys = ", ".join(t.columns[i] for i in t.pk)
         for row in conn.execute(f"SELECT {keys} FROM {table} WHERE {where}", tuple(params)).fetchall():
             key = tuple(row)
+            self._known.pop((table, key), None)
             old = self._versions.pop((table, key), None)
             if old is not None:
                 self._digest ^= old[1]
@@ -431,14 +429,26 @@ class Integrity:
         if not self.enabled:
             return
         t = self._tables[table]
-        full = row[len(row) - len(t.columns) :]
+        full = tuple(row[len(row) - len(t.columns) :])
+        ver = t.ver
+        place = None
+        if ver is not None:
+            place = (table, tuple([full[i] for i in t.pk]))
+            if self._known.get(place) == full:
+                return
         mac = full[t.mac]
         if type(mac) is not bytes or not hmac.compare_digest(mac, self._row_mac(t, full)):
             raise self._fail(f"a row of {table} does not authenticate")
-        if t.ver is not None:
-            known = self._versions.get((table, tuple([full[i] for i in t.pk])))
-            if known is None or known[0] != full[t.ver]:
+        if place is not None and ver is not None:
+            known = self._versions.get(place)
+            if known is None or known[0] != full[ver]:
                 raise self._fail(f"a row of {table} was replaced by another copy while the store was open")
+            self._remember(place, full)
+
+    def _remember(self, place: tuple[str, tuple[Any, ...]], row: tuple[Any, ...]) -> None:
+        if len(self._known) >= _KNOWN_ROWS:
+            self._known.clear()
+        self._known[place] = row
 
     # -- transactions -------------------------------------------------------------------------------
 
@@ -462,5 +472,6 @@ class Integrity:
             else:
                 self._versions[place] = old
         self._undo.clear()
+        self._known.clear()
         self.counter, self._digest = self._saved
         self._dirty = False

@@ -193,9 +193,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v6_integrity,
 )
 
-#: The first schema version with integrity protection; a store opened with fewer migrations (tests
-#: of older formats) is written as those SDKs wrote it, without.
-INTEGRITY_SCHEMA = 6
+#: The first schema version with integrity protection (6); a store opened with fewer migrations
+#: (tests of older formats) is written as those SDKs wrote it, without.
+INTEGRITY_SCHEMA = MIGRATIONS.index(_v6_integrity) + 1
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:

@@ -248,6 +248,7 @@ def test_tampered_rows_read_while_open_raise(filled: tuple[Path, dict[str, Any]]
     names, old = row_of(path, "contacts", "account_id = ?", ("acct-bob",))
     with SqliteStore.open(path, key=KEY) as s:
         s.device_lists.put_contact(contact(verified=True))
+        assert len(s.device_lists.contacts()) == 2  # both rows read (and remembered) once
         edit(path, "UPDATE contacts SET account_key = ? WHERE account_id = 'acct-carol'", (b"E" * 32,))
         with pytest.raises(StoreTamperedError):
             s.device_lists.get_contact("acct-carol")
@@ -256,6 +257,24 @@ def test_tampered_rows_read_while_open_raise(filled: tuple[Path, dict[str, Any]]
         put_back(path, "contacts", names, old)  # Bob's older (unverified) row, a valid MAC
         with pytest.raises(StoreTamperedError, match="another copy"):
             s.device_lists.get_contact("acct-bob")
+
+
+def test_a_deleted_row_put_back_while_open_raises(filled: tuple[Path, dict[str, Any]]) -> None:
+    path, _ = filled
+    names, row = row_of(path, "sessions", "base_key = ?", (b"X" * 32,))
+    with SqliteStore.open(path, key=KEY) as s:
+        assert len(s.sessions.sessions_for("dev-bob-1")) == 2
+        s.sessions.delete_sessions("dev-bob-1")
+        put_back(path, "sessions", names, row)
+        with pytest.raises(StoreTamperedError):
+            s.sessions.sessions_for("dev-bob-1")
+        # a rolled-back write is forgotten too: the row as it was before it is what verifies
+        s.device_lists.get_contact("acct-bob")
+        with pytest.raises(RuntimeError), s.transaction():
+            s.device_lists.put_contact(contact(verified=True))
+            assert s.device_lists.get_contact("acct-bob") == contact(verified=True)
+            raise RuntimeError("rolled back")
+        assert s.device_lists.get_contact("acct-bob") == contact(pending_account_key=b"P" * 32)
 
 
 def test_bulk_rows_are_bound_to_their_place(filled: tuple[Path, dict[str, Any]]) -> None:
