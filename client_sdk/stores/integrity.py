@@ -210,7 +210,7 @@ class Integrity:
             + self._digest.to_bytes(32, "big")
             + self._columns_hash
         )
-        return body + p.hmac_sha256(self._state_key, _STATE_PREFIX + body)
+        return body + hmac.digest(self._state_key, _STATE_PREFIX + body, "sha256")
 
     def _fail(self, what: str) -> StoreTamperedError:
         return StoreTamperedError(f"the store {self.path} failed its integrity check ({what}): {_ADVICE}")
