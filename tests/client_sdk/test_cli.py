@@ -148,3 +148,21 @@ def test_store_in_use_is_one_line(home: Path) -> None:
         store.close()
     assert result.exit_code == 1
     assert "profiles/desktop/store.db is already" in _one_line_error(result.output)
+
+
+def test_tampered_store_is_one_line(home: Path) -> None:
+    import sqlite3
+
+    from client_sdk.stores.base import ContactRecord
+    from client_sdk.stores.sqlite import SqliteStore
+
+    profile = Profile.named("desktop")
+    with SqliteStore.open(profile.store_path, key=profile.store_key()) as store:
+        store.device_lists.put_contact(ContactRecord("acct-bob", "bob", b"K" * 32, b"list"))
+    conn = sqlite3.connect(profile.store_path, isolation_level=None)
+    conn.execute("UPDATE contacts SET verified = 1")
+    conn.close()
+    result = runner.invoke(app, ["--profile", "desktop", "devices", "list"])
+    assert result.exit_code == 1
+    line = _one_line_error(result.output)
+    assert "failed its integrity check" in line and "link this device again" in line
