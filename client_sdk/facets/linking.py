@@ -383,7 +383,7 @@ class Linking:
         except CryptoError as exc:
             raise LinkError(f"the linking payload is not valid: {exc}") from exc
         state = ctx.state.with_account_key(account_key)
-        entry = state.device_entry(account_key.public_key, ctx.clock())
+        entry = state.device_entry(current.content.root, ctx.clock(), current.version + 1)
         new = dl.with_device_added(current, account_key, entry)
         ctx.put_device(
             replace(ctx.device, state=state.encode(), username=username, account_id=payload.account_id), state

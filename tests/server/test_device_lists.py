@@ -22,6 +22,7 @@ from tests.server.helpers import (
     register,
     register_body,
     remove_device,
+    with_added,
 )
 
 
@@ -70,9 +71,7 @@ def test_rejects_a_list_signed_by_another_key(client: httpx.Client) -> None:
     r = put_list(client, account.first, forged)
     assert (r.status_code, _code(r)) == (422, "device_list_invalid")
 
-    good = dl.with_device_added(
-        account.signed_list, account.account_key, new_device(account.account_key).entry
-    )
+    good = with_added(account.signed_list, account.account_key, new_device(account.account_key))
     tampered = dl.SignedDeviceList(good.content, bytes(64))
     r = put_list(client, account.first, tampered)
     assert (r.status_code, _code(r)) == (422, "device_list_invalid")
@@ -80,8 +79,8 @@ def test_rejects_a_list_signed_by_another_key(client: httpx.Client) -> None:
 
 def test_rejects_version_other_than_next(client: httpx.Client) -> None:
     account = register(client)
-    v2 = dl.with_device_added(account.signed_list, account.account_key, new_device(account.account_key).entry)
-    v3 = dl.with_device_added(v2, account.account_key, new_device(account.account_key).entry)
+    v2 = with_added(account.signed_list, account.account_key, new_device(account.account_key))
+    v3 = with_added(v2, account.account_key, new_device(account.account_key))
     r = put_list(client, account.first, v3)  # skips version 2
     assert (r.status_code, _code(r)) == (409, "device_list_stale")
     assert r.json()["current_version"] == 1
@@ -153,7 +152,7 @@ def test_device_ids_are_never_reused(client: httpx.Client) -> None:
 
     tablet = add_device(client, alice)
     remove_device(client, alice, tablet)
-    again = dl.with_device_added(alice.signed_list, alice.account_key, tablet.entry)
+    again = with_added(alice.signed_list, alice.account_key, tablet)
     r = put_list(client, alice.first, again)
     assert (r.status_code, _code(r)) == (409, "device_id_taken")
 
@@ -175,7 +174,7 @@ def _put_signed(client: httpx.Client, account_id: str, signed: dl.SignedDeviceLi
 def test_signed_list_is_accepted_without_a_token(client: httpx.Client) -> None:
     account = register(client)
     tablet = new_device(account.account_key)
-    v2 = dl.with_device_added(account.signed_list, account.account_key, tablet.entry)
+    v2 = with_added(account.signed_list, account.account_key, tablet)
     r = _put_signed(client, account.account_id, v2)
     assert r.status_code == 200, r.text
     assert r.json() | {"hash": None} == {"version": 2, "hash": None, "added": [tablet.id], "removed": []}
@@ -191,7 +190,7 @@ def test_signed_list_is_accepted_without_a_token(client: httpx.Client) -> None:
 def test_signed_list_refuses_bad_signatures_and_stale_lists(client: httpx.Client) -> None:
     account = register(client)
     other = register(client)
-    v2 = dl.with_device_added(account.signed_list, account.account_key, new_device(account.account_key).entry)
+    v2 = with_added(account.signed_list, account.account_key, new_device(account.account_key))
 
     tampered = dl.SignedDeviceList(v2.content, bytes(64))
     r = _put_signed(client, account.account_id, tampered)
@@ -209,7 +208,7 @@ def test_signed_list_refuses_bad_signatures_and_stale_lists(client: httpx.Client
     r = _put_signed(client, other.account_id, v2)
     assert (r.status_code, _code(r)) == (422, "device_list_invalid")
 
-    v3 = dl.with_device_added(v2, account.account_key, new_device(account.account_key).entry)
+    v3 = with_added(v2, account.account_key, new_device(account.account_key))
     r = _put_signed(client, account.account_id, v3)  # skips version 2
     assert (r.status_code, _code(r)) == (409, "device_list_stale")
     wrong_parent = dl.sign(
@@ -275,7 +274,7 @@ def test_junk_signed_lists_do_not_use_up_the_owners_allowance(make_server: Calla
         account = register(client)
     intruder = AccountKey.generate()
     forged = dl.first(intruder, account.username.lower(), [new_device(intruder).entry])
-    v2 = dl.with_device_added(account.signed_list, account.account_key, new_device(account.account_key).entry)
+    v2 = with_added(account.signed_list, account.account_key, new_device(account.account_key))
     raw = b64decode(v2.to_b64())
     tampered = b64encode(raw[:-1] + bytes([raw[-1] ^ 0x01]))  # a signature bit flipped: never valid
     with server.client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as attacker:

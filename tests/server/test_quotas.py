@@ -15,7 +15,7 @@ from crypto import device_list as dl
 from crypto.keys import b64decode, b64encode
 from tests.live import LiveServer, ManualClock
 from tests.server.delivery_support import create_conversation, envelope_body, send
-from tests.server.helpers import add_device, login, new_device, put_list, register
+from tests.server.helpers import add_device, login, new_device, put_list, register, with_added
 
 
 def _refused(r: httpx.Response, status: int, code: str) -> None:
@@ -177,15 +177,13 @@ def test_device_list_versions_limited_per_account(make_server: Callable[..., Liv
             _refused(r, 422, "device_list_invalid")
         add_device(client, alice)  # version 2, by the authenticated route
         device = new_device(alice.account_key)
-        signed = dl.with_device_added(alice.signed_list, alice.account_key, device.entry)
+        signed = with_added(alice.signed_list, alice.account_key, device)
         r = client.put(
             f"/v1/accounts/{alice.account_id}/device-list/signed", json={"device_list": signed.to_b64()}
         )
         assert r.status_code == 200, r.text  # version 3, by the token-less route
         alice.signed_list = signed
-        third = dl.with_device_added(
-            alice.signed_list, alice.account_key, new_device(alice.account_key).entry
-        )
+        third = with_added(alice.signed_list, alice.account_key, new_device(alice.account_key))
         r = put_list(client, alice.first, third)
         _refused(r, 429, "rate_limited")
         assert "Retry-After" in r.headers
