@@ -327,3 +327,18 @@ def start_sdk_server(tmp: Path) -> Any:
     )
     server = ServerProcess([sys.executable, "-m", "server", "serve"], port, tmp / "server.log", env=env)
     return server.start(ready_path="/readyz")
+
+
+async def link_devices(approver: Any, new: Any, wait_s: float) -> None:
+    """Link SDK client ``new`` to ``approver``'s account, confirming the code the new device
+    showed (both sides of the handshake run at once)."""
+    import asyncio
+
+    code = await new.begin_link("bench device")
+    shown: list[str] = []
+    await asyncio.gather(
+        approver.approve_link(
+            code, history="all", confirm=lambda request: shown == [request.code], wait_s=wait_s
+        ),
+        new.complete_link(wait_s=wait_s, on_code=lambda c: shown.append(c.code)),
+    )

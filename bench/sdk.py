@@ -107,9 +107,7 @@ async def run(args: argparse.Namespace, server: Any, tmp: Path) -> dict[str, Any
     peers = [first]
     for i in (2, 3):
         device = await Client.create(url, store(f"peer{i}"))
-        code = await device.begin_link()
-        await first.approve_link(code)
-        await device.complete_link(wait_s=30)
+        await common.link_devices(first, device, 30.0)
         peers.append(device)
     assert len(await first.devices()) == 3
     recorder = Recorder(peers)

@@ -40,6 +40,7 @@ from tests.e2e.hostile_world import (
     until,
 )
 from tests.hostile import HostileHttp, chain_body, forged_chain, forged_device, since_of
+from tests.linking import link
 from tests.live import LiveServer
 from tests.proxy import WsMitm
 
@@ -299,9 +300,7 @@ async def test_a_history_forked_between_two_devices_of_one_account_is_detected(
         live_server.base_url, MemoryStore(), http_transport=phone_http, ws_url=phone_ws.ws_url
     )
     try:
-        code = await phone.begin_link()
-        await w.alice.approve_link(code)
-        assert await phone.complete_link(wait_s=WAIT) == w.alice.account_id
+        assert await link(w.alice, phone, wait_s=WAIT) == w.alice.account_id
         await w.alice.finish_link()
         await phone.connect()
         _relabel_for(phone_ws, phone_http, w.cid, {4: 5, 5: 4})

@@ -32,6 +32,7 @@ from client_sdk.core.events import Event, MessageReceived
 from client_sdk.stores.memory import MemoryStore
 from client_sdk.stores.sqlite import SqliteStore
 from crypto.keys import b64decode, b64encode
+from tests.linking import link
 from tests.live import LiveServer, ManualClock
 from tests.proxy import TcpProxy, WsMitm
 from tests.subprocess_server import SubprocessServer
@@ -179,9 +180,7 @@ class Devices:
 
     async def link(self, existing: Device, url: str, name: str, **kwargs: Any) -> Device:
         device = await self.open(url, name, **kwargs)
-        code = await device.client.begin_link()
-        await existing.client.approve_link(code)
-        await device.client.complete_link(wait_s=WAIT)
+        await link(existing.client, device.client, wait_s=WAIT)
         return device
 
     async def close(self, device: Device) -> None:

@@ -21,6 +21,7 @@ from client_sdk.stores.memory import MemoryStore
 from client_sdk.stores.sqlite import SqliteStore
 from crypto import device_list as dl
 from crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, b64decode, b64encode
+from tests.linking import link
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.e2e
@@ -65,9 +66,7 @@ async def test_three_devices_end_to_end(
 
     phone_store = MemoryStore()
     phone = await Client.create(url, phone_store)
-    code = await phone.begin_link()
-    await desk.approve_link(code)
-    assert await phone.complete_link(wait_s=WAIT) == desk.account_id
+    assert await link(desk, phone, wait_s=WAIT) == desk.account_id
     assert {d.device_id for d in await desk.devices()} == {desk.device_id, phone.device_id}
 
     for c in (desk, phone, bob):
@@ -126,9 +125,7 @@ async def test_three_devices_end_to_end(
 
     # link a third device, remove the phone: the phone no longer receives
     laptop = await Client.create(url, MemoryStore())
-    code = await laptop.begin_link()
-    await desk.approve_link(code)
-    await laptop.complete_link(wait_s=WAIT)
+    await link(desk, laptop, wait_s=WAIT)
     await laptop.connect()
     await desk.remove_device(phone.device_id)
     await bob.send_text(cid, said("only for desktop and laptop"))

@@ -21,6 +21,7 @@ from client_sdk.core.events import (
 from client_sdk.core.sync import ConversationView
 from client_sdk.stores.memory import MemoryStore
 from client_sdk.stores.sqlite import SqliteStore
+from tests.linking import link
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.e2e
@@ -75,9 +76,7 @@ async def test_sync_three_devices(live_server: LiveServer, tmp_path_factory: pyt
     bob = await Client.create(url, MemoryStore())
     await bob.register(bob_name, PASSWORD)
     phone = await Client.create(url, MemoryStore())
-    code = await phone.begin_link()
-    await desk.approve_link(code)
-    await phone.complete_link(wait_s=WAIT)
+    await link(desk, phone, wait_s=WAIT)
     typing_seen: dict[str, list[TypingChanged]] = {"desk": [], "phone": [], "bob": []}
     for name, c in (("desk", desk), ("phone", phone), ("bob", bob)):
         c.on(TypingChanged, typing_seen[name].append)
@@ -235,7 +234,6 @@ async def _history_for_new_device(live_server: LiveServer, min_parts: int = 1) -
     before = await _converged(cid, desk, bob)
 
     laptop = await Client.create(url, MemoryStore())
-    code = await laptop.begin_link()
     uploads: list[int] = []
     upload_parts = desk.linking._upload_parts
 
@@ -245,8 +243,7 @@ async def _history_for_new_device(live_server: LiveServer, min_parts: int = 1) -
         return ids
 
     desk.linking._upload_parts = counting  # type: ignore[method-assign]
-    await desk.approve_link(code, history="all")
-    await laptop.complete_link(wait_s=WAIT)
+    await link(desk, laptop, history="all", wait_s=WAIT)
     assert uploads and uploads[0] >= min_parts
     assert _shared(await laptop.conversation(cid)) == _shared(before)
     assert await laptop.unread(cid) == 0
@@ -276,11 +273,9 @@ async def test_new_device_without_history(live_server: LiveServer) -> None:
     cid = await bob.create_conversation([alice_name])
     await bob.send_text(cid, "old news")
     laptop = await Client.create(url, MemoryStore())
-    code = await laptop.begin_link()
     await desk.connect()
     await desk.next_event(MessageReceived, WAIT)
-    await desk.approve_link(code, history="none")
-    await laptop.complete_link(wait_s=WAIT)
+    await link(desk, laptop, history="none", wait_s=WAIT)
     assert (await laptop.conversation(cid)).messages == ()
     await laptop.connect()
     await bob.send_text(cid, "fresh")
@@ -320,17 +315,28 @@ async def test_messages_sent_while_linking_reach_the_new_device(live_server: Liv
 
     desk.inbound._fill_all_gaps = gated  # type: ignore[method-assign]
     laptop = await Client.create(url, MemoryStore())
-    code = await laptop.begin_link()
-    await desk.approve_link(code)  # the history bundle is built now
-    await bob.send_text(cid, "while linking, from bob")
-    await desk.send_text(cid, "while linking, from the desk")
-    ref = message_ref((await _converged(cid, desk, bob)).messages[0].dot)
-    await bob.react(cid, ref, "👍")
-    cid2 = await bob.create_conversation([alice_name, carol_name])  # a group, new meanwhile
-    await bob.send_text(cid2, "a new conversation")
-    await _converged(cid, desk, bob)
-    await _converged(cid2, desk, bob)
-    await laptop.complete_link(wait_s=WAIT)  # only now do senders encrypt to the laptop
+    # traffic after the desk built the history bundle and before the laptop joins: the desk's
+    # second put on the code's channel is the sealed payload, made after the bundle
+    put = desk.linking._put
+    puts: list[str] = []
+    cids: list[str] = []
+
+    async def traffic_then_put(channel_id: str, secret: str, box: bytes) -> None:
+        puts.append(channel_id)
+        if len(puts) == 2:
+            await bob.send_text(cid, "while linking, from bob")
+            await desk.send_text(cid, "while linking, from the desk")
+            ref = message_ref((await _converged(cid, desk, bob)).messages[0].dot)
+            await bob.react(cid, ref, "👍")
+            cids.append(await bob.create_conversation([alice_name, carol_name]))  # a group, new meanwhile
+            await bob.send_text(cids[0], "a new conversation")
+            await _converged(cid, desk, bob)
+            await _converged(cids[0], desk, bob)
+        await put(channel_id, secret, box)
+
+    desk.linking._put = traffic_then_put  # type: ignore[method-assign]
+    await link(desk, laptop, wait_s=WAIT)  # only now do senders encrypt to the laptop
+    cid2 = cids[0]
     received: list[MessageReceived] = []
     laptop.on(MessageReceived, received.append)
     await laptop.connect()
