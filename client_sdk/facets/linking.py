@@ -101,6 +101,8 @@ class Linking:
         self.inbound = inbound
         self._task = task
         self._link: tuple[linking.LinkCode, EphemeralKey, str, str] | None = None
+        #: First pause between history download attempts (doubling); tests shorten it.
+        self.history_retry_s = HISTORY_RETRY_S
         #: Remembers a device's name (set by the client to the own-devices facet).
         self.remember_name: Callable[[str, str], None] = lambda _device_id, _name: None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -582,7 +584,7 @@ class Linking:
         self, code: linking.LinkCode, link_key: EphemeralKey, payload: fmt.LinkPayload, seeded: bool
     ) -> None:
         attempt = 1
-        delay = HISTORY_RETRY_S
+        delay = self.history_retry_s
         while not seeded and payload.history is not None and attempt < HISTORY_ATTEMPTS:
             await asyncio.sleep(delay)
             delay *= 2
