@@ -102,7 +102,12 @@ class Client:
             raise
         ws = ws_url or server_url.replace("https://", "wss://").replace("http://", "ws://")
         ctx = DeviceContext(store, HttpTransport(server_url, transport=http_transport), rng, clock)
-        return cls(ctx, ws, backoff)
+        client = cls(ctx, ws, backoff)
+        # disappearing messages (sync.md § 5.8): what expired while closed goes now, then a timer
+        client.conversations.disappearing.purge_all()
+        client._task(client.conversations.disappearing.run())
+        await ctx.flush()
+        return client
 
     async def close(self) -> None:
         """Stop the socket and release the store. Unsent messages stay in the outbox."""
@@ -303,7 +308,17 @@ class Client:
         return await self.outbound.send_op(conversation_id, sync.SettingsChange("mute", muted))
 
     async def set_disappearing_timer(self, conversation_id: str, ms: int | None) -> str:
+        """Messages sent from now on (in this conversation's causal order) disappear ``ms`` after
+        they were sent, on every device; None or 0: never (docs/protocol/sync.md § 5.8)."""
         return await self.outbound.send_op(conversation_id, sync.SettingsChange("disappearing_ms", ms))
+
+    async def expire_messages(self) -> int:
+        """Purge the messages whose timer ran out now (the client also does it by itself: on
+        open, after every operation and on a timer); returns how many went."""
+        async with self._ctx.lock:
+            count = self.conversations.disappearing.purge_all()
+        await self._ctx.flush()
+        return count
 
     async def add_member(self, conversation_id: str, username: str, *, admin: bool = False) -> str:
         """Add an account to a group (``admin``: as an admin; promotes a member). Only an admin

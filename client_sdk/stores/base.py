@@ -197,6 +197,9 @@ class SyncMeta:
     """The admins of that snapshot."""
     kind: str = ""
     """The kind (``direct``/``group``) of that snapshot."""
+    timers: tuple[tuple[str, int, int, int | None], ...] = ()
+    """The ``disappearing_ms`` writes below ``floor_seq`` (from the history bundle this device
+    started from, docs/protocol/sync.md § 5.8): ``(device id, n, lamport, value)`` each."""
 
 
 @dataclass(frozen=True, slots=True)
