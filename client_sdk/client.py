@@ -61,6 +61,8 @@ class Client:
         self._ctx = ctx
         self.store = ctx.store
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: the disappearing-messages timer (runs until :meth:`close`; not one of the tasks that end)
+        self._expiry: asyncio.Task[None] | None = None
         self._closed = False
         self.prekeys = Prekeys(ctx)
         self.contacts = Contacts(ctx, self.prekeys)
@@ -105,7 +107,7 @@ class Client:
         client = cls(ctx, ws, backoff)
         # disappearing messages (sync.md § 5.8): what expired while closed goes now, then a timer
         client.conversations.disappearing.purge_all()
-        client._task(client.conversations.disappearing.run())
+        client._expiry = asyncio.get_running_loop().create_task(client.conversations.disappearing.run())
         await ctx.flush()
         return client
 
@@ -115,6 +117,10 @@ class Client:
             return
         self._closed = True
         self.outbound.stop()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(BaseException):
+                await self._expiry
         await self.disconnect()
         for task in list(self._tasks):
             task.cancel()
