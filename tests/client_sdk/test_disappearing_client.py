@@ -6,13 +6,17 @@ bundle's floor timers are validated."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from client_sdk.client import Client, message_ref
 from client_sdk.core import history as fmt
 from client_sdk.core.events import Event, MessageExpired, MessageReceived
 from client_sdk.errors import LinkError
+from client_sdk.stores.base import SyncMeta
 from client_sdk.stores.memory import MemoryStore
+from client_sdk.stores.sqlite import SqliteStore
 from tests.client_sdk.harness import FakeRelay
 
 URL = "http://relay.invalid"
@@ -150,3 +154,15 @@ def test_bundle_timers_round_trip_and_bad_ones_fail_the_link() -> None:
     ):
         with pytest.raises(LinkError):
             fmt.parse_bundle(_bundle(bad))
+
+
+def test_the_floor_timers_survive_in_the_sqlite_store(tmp_path: Path) -> None:
+    meta = SyncMeta(
+        "Y2lk",
+        floor_seq=3,
+        timers=(("AQEBAQEBAQEBAQEBAQEBAQ", 2, 5, 60_000), ("AgICAgICAgICAgICAgICAg", 1, 6, None)),
+    )
+    with SqliteStore.open(tmp_path / "store.db") as store:
+        store.sync.put_sync_meta(meta)
+    with SqliteStore.open(tmp_path / "store.db") as store:
+        assert store.sync.get_sync_meta("Y2lk") == meta
