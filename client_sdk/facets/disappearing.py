@@ -68,8 +68,8 @@ class Disappearing:
         return sum(len(self.purge(r)) for r in self.ctx.store.conversations.conversations())
 
     def purge(self, record: ConversationRecord, *, arriving: Collection[str] = ()) -> list[str]:
-        """Purge the expired messages of one conversation (and the operations referring to them)
-        in one transaction; queue a :class:`MessageExpired` for each (except the envelopes of
+        """Purge the expired messages of one conversation (and the operations referring to them:
+        edits, reactions, deletes, replies) in one transaction; queue a :class:`MessageExpired` for each (except the envelopes of
         ``arriving``: being stored now, never announced). Returns the purged envelope ids."""
         ctx = self.ctx
         self._on_arrival.clear()
@@ -87,7 +87,7 @@ class Disappearing:
                 if op is None or op.dot not in targets:
                     continue
                 ctx.store.sync.put_sync_op(replace(r, plaintext=expiry.tombstone(op)))
-                if op.dot in messages:
+                if isinstance(op.body, sync.Message):  # expired, or a reply to an expired one
                     ctx.store.conversations.delete_message(r.envelope_id)
                     ctx.store.handler_inbox.remove_pending(r.envelope_id)
                     purged.append((r.envelope_id, op.dot))

@@ -118,6 +118,11 @@ def test_reducer_expiries_follow_the_causal_past() -> None:
     after = send(sb, cb, ops.Message("now I know", None, 3_000))
     edit = send(sa, ca, ops.Edit(timed.dot, "edited"))
     reaction = send(sb, cb, ops.ReactionAdd(timed.dot, "👍"))
+    # a reply (under no timer) and a reply to it go with the message they answer
+    send(sa, ca, ops.SettingsChange("disappearing_ms", None))
+    reply = send(sa, ca, ops.Message("re: that", timed.dot, 4_000))
+    reply_reply = send(sa, ca, ops.Message("re: re", reply.dot, 4_000))
+    reaction_to_reply = send(sa, ca, ops.ReactionAdd(reply.dot, "🔥"))
     for seq, op in log:
         sa.receive(seq, op)
     assert sa.expiry.expiries() == {timed.dot: 61_000, after.dot: 63_000}
@@ -125,10 +130,11 @@ def test_reducer_expiries_follow_the_causal_past() -> None:
     assert sa.expiry.next_expiry() == 61_000
     assert not sa.expiry.purge_due(60_999)
     messages, dependents = sa.expiry.due(61_000)
-    assert messages == {timed.dot} and dependents == {edit.dot, reaction.dot}
+    assert messages == {timed.dot}
+    assert dependents == {edit.dot, reaction.dot, reply.dot, reply_reply.dot, reaction_to_reply.dot}
     assert sa.expiry.due(63_000)[0] == {timed.dot, after.dot}
     # the writes in the causal past of the floor (what a history bundle carries)
-    assert [x.value for x in sa.expiry.writes(sa.applied_clock())] == [60_000]
+    assert [x.value for x in sa.expiry.writes(sa.applied_clock())] == [60_000, None]
     assert sa.expiry.writes({B: 1}) == ()
 
 
@@ -244,9 +250,20 @@ def test_tombstones_keep_every_device_convergent(
     reference = ConversationState(CID, world.members)
     for seq, op in decoded:
         reference.receive(seq, op)
-    gone = {m.dot for m in reference.view().messages if rnd.random() < 0.4}
-    dependents = {op.dot for _, op in decoded if op.target in gone}
-    purged = [(seq, _tomb(op) if op.dot in gone | dependents else op) for seq, op in decoded]
+    expired_now = {m.dot for m in reference.view().messages if rnd.random() < 0.4}
+    # what goes with them: edits, reactions, deletes and replies, transitively
+    gone = set(expired_now)
+    while True:
+        more = {
+            op.dot
+            for _, op in decoded
+            if op.dot not in gone
+            and (op.target in gone or (isinstance(op.body, ops.Message) and op.body.reply_to in gone))
+        }
+        if not more:
+            break
+        gone |= more
+    purged = [(seq, _tomb(op) if op.dot in gone else op) for seq, op in decoded]
     rnd.shuffle(purged)
     state = ConversationState(CID, world.members)
     for seq, op in purged:

@@ -166,3 +166,28 @@ def test_the_floor_timers_survive_in_the_sqlite_store(tmp_path: Path) -> None:
         store.sync.put_sync_meta(meta)
     with SqliteStore.open(tmp_path / "store.db") as store:
         assert store.sync.get_sync_meta("Y2lk") == meta
+
+
+async def test_a_reply_goes_with_the_message_it_answers() -> None:
+    relay, alice, bob, alice_clock, bob_clock, cid = await _timed_pair()
+    gone = await bob.send_text(cid, "SECRET question")
+    await bob.set_disappearing_timer(cid, None)
+    await relay.deliver(alice)
+    reply = await alice.reply(cid, gone, "SECRET answer, under no timer")
+    await relay.deliver(bob)
+    assert [m.text for m in (await bob.conversation(cid)).messages] == [
+        "SECRET question",
+        "SECRET answer, under no timer",
+    ]
+    _drain(alice)
+    _drain(bob)
+    for clock in (alice_clock, bob_clock):
+        clock.ms += TIMER
+    for c in (alice, bob):
+        await c.expire_messages()  # (or the client's own timer, if it woke first)
+        expired = {e.envelope_id for e in _drain(c) if isinstance(e, MessageExpired)}
+        assert expired == {gone, reply}
+        assert not _holds(c, cid, "SECRET")
+        assert (await c.conversation(cid)).messages == ()
+    for c in (alice, bob):
+        await c.close()

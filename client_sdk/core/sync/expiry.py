@@ -89,8 +89,8 @@ def is_tombstone(op: Op) -> bool:
 class ExpiryTracker:
     """What one conversation's reducer knows about disappearing messages: every timer write
     (applied, or seeded from the floor of a history bundle), the expiry of each message that has a
-    timer, the operations that refer to a message (edits, reactions, deletes, by target) and the
-    dots already replaced by a tombstone."""
+    timer, the operations that refer to a message (edits, reactions, deletes by target; replies by
+    the message they answer) and the dots already replaced by a tombstone."""
 
     __slots__ = ("_dependents", "_expiry", "_heap", "_stale", "_tombstones", "_writes")
 
@@ -119,12 +119,17 @@ class ExpiryTracker:
             if at is not None:
                 self._expiry[op.dot] = at
                 heapq.heappush(self._heap, (at, op.dot))
+            if body.reply_to is not None:  # a reply goes with the message it answers
+                self._depend(body.reply_to, op.dot)
         elif op.target is not None:  # an edit, a reaction or a delete
-            self._dependents.setdefault(op.target, []).append(op.dot)
-            self._stale = self._stale or op.target in self._tombstones
+            self._depend(op.target, op.dot)
         elif is_tombstone(op):
             self._tombstones.add(op.dot)
             self._stale = self._stale or op.dot in self._dependents
+
+    def _depend(self, target: Dot, dot: Dot) -> None:
+        self._dependents.setdefault(target, []).append(dot)
+        self._stale = self._stale or target in self._tombstones
 
     def writes(self, clock: Mapping[bytes, int] | None = None) -> tuple[TimerWrite, ...]:
         """The timer writes known (those in the causal past of ``clock`` when given), sorted."""
@@ -150,12 +155,16 @@ class ExpiryTracker:
         return self._stale or (at is not None and expired(at, now_ms))
 
     def due(self, now_ms: int) -> tuple[frozenset[Dot], frozenset[Dot]]:
-        """``(messages, dependents)``: the messages expired at ``now_ms`` and every operation
-        that refers to one of them or to a message already replaced by a tombstone (all of these
-        are to be replaced by tombstones)."""
+        """``(messages, dependents)``: the messages expired at ``now_ms``, and every operation
+        that refers to one of them or to a message already replaced by a tombstone - edits,
+        reactions, deletes and replies, and what refers to those replies, transitively. All of
+        these are to be replaced by tombstones."""
         messages = frozenset(d for d, at in self._expiry.items() if expired(at, now_ms))
-        gone = messages | self._tombstones
-        dependents = frozenset(
-            d for target in gone for d in self._dependents.get(target, ()) if d not in self._tombstones
-        )
-        return messages, dependents
+        dependents: set[Dot] = set()
+        todo = [*messages, *self._tombstones]
+        while todo:
+            for d in self._dependents.get(todo.pop(), ()):
+                if d not in dependents and d not in messages and d not in self._tombstones:
+                    dependents.add(d)
+                    todo.append(d)
+        return messages, frozenset(dependents)
