@@ -72,6 +72,7 @@ class Client:
             ctx, self.contacts, self.conversations, self.prekeys, self.outbound, self._spawn
         )
         self.outbound.fill_gap = self.inbound.fill_conversation
+        self.conversations.disappearing.send_outbox = self.outbound.flush
         self.linking = Linking(ctx, self.contacts, self.conversations, self.prekeys, self.inbound, self._task)
         self.delivery = Delivery(ctx, self.inbound, ws_url, backoff, self._task)
 
@@ -323,7 +324,10 @@ class Client:
         open, after every operation and on a timer); returns how many went."""
         async with self._ctx.lock:
             count = self.conversations.disappearing.purge_all()
+            voided = self.conversations.disappearing.purged_outbox
         await self._ctx.flush()
+        if voided:
+            await self.outbound.flush()
         return count
 
     async def add_member(self, conversation_id: str, username: str, *, admin: bool = False) -> str:

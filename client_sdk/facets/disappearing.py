@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from client_sdk.context import DeviceContext
 from client_sdk.core import diff, sync
+from client_sdk.core import outbox as outbox_rules
 from client_sdk.core.events import MessageExpired
 from client_sdk.core.sync import expiry
-from client_sdk.stores.base import ConversationRecord, SyncMeta
+from client_sdk.stores.base import ConversationRecord, OutboxItem, SyncMeta
 from crypto.keys import b64decode, b64encode
 
 if TYPE_CHECKING:
@@ -57,6 +58,9 @@ class Disappearing:
         self.conversations = conversations
         #: envelope ids of messages purged in the same apply that stored them (never announced)
         self._on_arrival: set[str] = set()
+        #: called (without the lock) after the timer replaced outbox items by void operations
+        self.send_outbox: Callable[[], Awaitable[object]] | None = None
+        self.purged_outbox = 0
 
     def expired_on_arrival(self, envelope_id: str) -> bool:
         """Whether the message of ``envelope_id`` was already expired when it was applied (it
@@ -64,13 +68,71 @@ class Disappearing:
         return envelope_id in self._on_arrival
 
     def purge_all(self) -> int:
-        """Purge every expired message of every conversation; returns how many."""
-        return sum(len(self.purge(r)) for r in self.ctx.store.conversations.conversations())
+        """Purge every expired message of every conversation, and of the outbox
+        (:attr:`purged_outbox`: how many of these); returns how many."""
+        count = sum(len(self.purge(r)) for r in self.ctx.store.conversations.conversations())
+        self.purged_outbox = self.purge_outbox()
+        return count + self.purged_outbox
+
+    def _outbox_expired(self, now: int) -> list[tuple[OutboxItem, sync.Op]]:
+        """The outbox items (queued or failed) of messages whose timer ran out before the server
+        stored them. The timer: the writes the reducer applied and this device's own timer
+        changes still in the outbox, as in the message's causal past (its clock)."""
+        ctx = self.ctx
+        items = [(i, op) for i in ctx.store.outbox.outbox() if (op := self._own(i)) is not None]
+        pending = [w for _, op in items if (w := expiry.timer_write(op)) is not None]
+        out = []
+        for item, op in items:
+            if not isinstance(op.body, sync.Message):
+                continue
+            record = ctx.store.conversations.get_conversation(item.conversation_id)
+            if record is None:
+                continue
+            state = self.conversations.state(record)
+            try:
+                full = op.clock.expand(state.prefix(op.clock.base))
+            except ValueError:  # (its base is beyond what this device holds: not its own op)
+                continue
+            writes = [*state.expiry.writes(), *pending]
+            if expiry.expired(
+                expiry.expires_at(op.body.sent_at_ms, expiry.timer_in_force(writes, full)), now
+            ):
+                out.append((item, op))
+        return out
+
+    def _own(self, item: OutboxItem) -> sync.Op | None:
+        from client_sdk.facets.conversations import decode_op  # (it imports this module)
+
+        ctx = self.ctx
+        return decode_op(item.body, item.clock, ctx.device_id, ctx.account_id)
+
+    def purge_outbox(self) -> int:
+        """A message that expires before the server stored it is not sent (sync.md § 5.8): its
+        outbox item and row go, and a void operation takes its dot (as for a discarded item; a
+        failed item already has one). Returns how many went."""
+        ctx = self.ctx
+        expired = self._outbox_expired(ctx.clock())
+        if not expired:
+            return 0
+        with ctx.transaction():
+            for item, op in expired:
+                ctx.store.outbox.remove_outbox(item.envelope_id)
+                ctx.store.conversations.delete_message(item.envelope_id)
+                if item.failed_reason is None:
+                    void = outbox_rules.void_plaintext(item.body)
+                    ctx.store.outbox.put_outbox(
+                        OutboxItem(
+                            b64encode(ctx.rng(16)), item.conversation_id, void, item.clock, item.created_at_ms
+                        )
+                    )
+                ctx.emit(MessageExpired(item.conversation_id, diff.message_ref(op.dot), item.envelope_id))
+        return len(expired)
 
     def purge(self, record: ConversationRecord, *, arriving: Collection[str] = ()) -> list[str]:
         """Purge the expired messages of one conversation (and the operations referring to them:
-        edits, reactions, deletes, replies) in one transaction; queue a :class:`MessageExpired` for each (except the envelopes of
-        ``arriving``: being stored now, never announced). Returns the purged envelope ids."""
+        edits, reactions, deletes, replies) in one transaction; queue a :class:`MessageExpired`
+        for each (except the envelopes of ``arriving``: being stored now, never announced).
+        Returns the purged envelope ids."""
         ctx = self.ctx
         self._on_arrival.clear()
         state = self.conversations.state(record)
@@ -115,12 +177,19 @@ class Disappearing:
         """The timer: purge what expired whenever the context clock passes an expiry."""
         while True:
             await asyncio.sleep(self._delay())
-            at = self.next_expiry()
-            if at is None or at > self.ctx.clock():
+            at, now = self.next_expiry(), self.ctx.clock()
+            if (at is None or at > now) and not self._outbox_expired(now):
                 continue
+            voided = 0
             try:
                 async with self.ctx.lock:
                     self.purge_all()
+                    voided = self.purged_outbox
             except Exception:
                 log.exception("purging expired messages failed")
             await self.ctx.flush()
+            if voided and self.send_outbox is not None:
+                try:
+                    await self.send_outbox()
+                except Exception:
+                    log.exception("sending the void operations failed")

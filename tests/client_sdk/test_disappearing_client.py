@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from client_sdk.client import Client, message_ref
@@ -189,5 +190,36 @@ async def test_a_reply_goes_with_the_message_it_answers() -> None:
         assert expired == {gone, reply}
         assert not _holds(c, cid, "SECRET")
         assert (await c.conversation(cid)).messages == ()
+    for c in (alice, bob):
+        await c.close()
+
+
+async def test_a_message_that_expires_in_the_outbox_is_not_sent() -> None:
+    relay, alice, bob, _, bob_clock, cid = await _timed_pair()
+    real = relay.handle_async_request
+
+    async def offline(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/envelopes"):
+            raise httpx.ConnectError("offline")
+        return await real(request)
+
+    relay.handle_async_request = offline  # type: ignore[method-assign]
+    gone = await bob.send_text(cid, "SECRET never left")
+    assert [i.envelope_id for i in bob.store.outbox.outbox()] == [gone]
+    _drain(bob)
+    bob_clock.ms += TIMER
+    await bob.expire_messages()
+    assert [e.envelope_id for e in _drain(bob) if isinstance(e, MessageExpired)] == [gone]
+    (void,) = bob.store.outbox.outbox()  # its dot goes to a void operation
+    assert b"SECRET" not in void.body and void.clock
+    assert bob.store.conversations.get_message(gone) is None
+
+    relay.handle_async_request = real  # type: ignore[method-assign]
+    await bob.flush_outbox()
+    await bob.send_text(cid, "after")
+    await relay.deliver(alice)
+    assert [e.text for e in _drain(alice) if isinstance(e, MessageReceived)] == ["after"]
+    assert gone not in {s["envelope_id"] for s in relay.sends}  # the server never stored it
+    assert not _holds(alice, cid, "SECRET")
     for c in (alice, bob):
         await c.close()
