@@ -47,6 +47,8 @@ class BundleConversation:
     admins: tuple[str, ...] = ()
     #: the ``disappearing_ms`` writes below the floor: (device id, n, lamport, value) (sync.md § 5.8)
     timers: tuple[tuple[str, int, int, int | None], ...] = ()
+    #: the messages below the floor that expire: (device id, n, expiry ms; 0: gone) (sync.md § 5.8)
+    expiring: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,7 @@ def encode_bundle(conversations: Sequence[BundleConversation], now_ms: int) -> d
                 "genesis": list(c.genesis),
                 "admins": list(c.admins),
                 "timers": [list(t) for t in c.timers],
+                "expiring": [list(e) for e in c.expiring],
                 "floor_seq": c.floor_seq,
                 "floor_clock": b64encode(c.floor_clock),
                 "cursor": c.cursor,
@@ -199,9 +202,27 @@ def parse_bundle(doc: object) -> list[BundleConversation]:
                 tuple(ops),
                 _ids(c, "admins") if "admins" in c else (),
                 _timers(c.get("timers", [])),
+                _expiring(c.get("expiring", [])),
             )
         )
     return out
+
+
+def _expiring(value: object) -> tuple[tuple[str, int, int], ...]:
+    """The floor's expiring messages: ``[device id, n, expiry ms]`` each (0: already gone)."""
+    if not isinstance(value, list) or len(value) > 1_000_000:
+        raise LinkError("the history bundle is not valid: 'expiring' is not a list")
+    out: list[tuple[str, int, int]] = []
+    for e in value:
+        if not isinstance(e, list) or len(e) != 3:
+            raise LinkError("the history bundle is not valid: an expiring message is [device, n, expiry]")
+        doc = {"device": e[0], "n": e[1], "at": e[2]}
+        device, n, at = _str(doc, "device"), _int(doc, "n"), _int(doc, "at")
+        _bytes(doc, "device")
+        if n < 1:
+            raise LinkError("the history bundle is not valid: an expiring message's n starts at 1")
+        out.append((device, n, at))
+    return tuple(out)
 
 
 def _timers(value: object) -> tuple[tuple[str, int, int, int | None], ...]:

@@ -24,7 +24,7 @@ from client_sdk.errors import (
     UntrustedConversationError,
     UsageError,
 )
-from client_sdk.facets.disappearing import Disappearing, timers_of
+from client_sdk.facets.disappearing import Disappearing, expiring_of, timers_of
 from client_sdk.stores.base import ConversationRecord, MessageRecord, SyncMeta, SyncOpRecord
 from crypto.errors import CryptoError
 from crypto.keys import b64decode, b64encode
@@ -171,6 +171,7 @@ class Conversations:
             floor_hash=floor_clock.log_hash if floor_clock else None,
         )
         state.expiry.seed(timers_of(meta))  # the timers set below the floor (sync.md § 5.8)
+        state.expiry.seed_expiring(expiring_of(meta), self.ctx.clock())
         seqs: dict[int, str] = {}
         for r in store.sync_ops(cid):
             op = decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)

@@ -48,6 +48,15 @@ def timers_of(meta: SyncMeta) -> list[expiry.TimerWrite]:
     return out
 
 
+def expiring_of(meta: SyncMeta) -> list[tuple[sync.Dot, int]]:
+    """The floor's expiring messages a history bundle gave this device (:attr:`SyncMeta.expiring`)."""
+    return [(sync.Dot(b64decode(device), n), at) for device, n, at in meta.expiring]
+
+
+def encode_expiring(entries: tuple[tuple[sync.Dot, int], ...]) -> tuple[tuple[str, int, int], ...]:
+    return tuple((b64encode(d.device), d.n, at) for d, at in entries)
+
+
 def encode_timers(writes: tuple[expiry.TimerWrite, ...]) -> tuple[tuple[str, int, int, int | None], ...]:
     return tuple((b64encode(w.dot.device), w.dot.n, w.key[0], w.value) for w in writes)
 

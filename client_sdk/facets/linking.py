@@ -15,7 +15,7 @@ from client_sdk.core import history as fmt
 from client_sdk.core.events import ConversationAdded, MessageReceived
 from client_sdk.errors import LinkError, NotFoundError, ServerError, UsageError
 from client_sdk.facets.conversations import decode_op
-from client_sdk.facets.disappearing import encode_timers
+from client_sdk.facets.disappearing import encode_expiring, encode_timers
 from client_sdk.stores.base import ContactRecord, ConversationRecord, MessageRecord, SyncOpRecord
 from crypto import attachments
 from crypto import device_list as dl
@@ -134,6 +134,7 @@ class Linking:
                     ),
                     tuple(sorted(b64encode(m) for m in snapshot.admins)) if snapshot else (),
                     encode_timers(state.expiry.writes(floor_clock)) if floor > 0 else (),
+                    encode_expiring(state.expiry.expiring(floor_clock)) if floor > 0 else (),
                 )
             )
         return fmt.encode_bundle(out, ctx.clock())
@@ -173,6 +174,7 @@ class Linking:
                 admins=c.admins if c.floor_seq > 0 else (),
                 kind=c.kind,
                 timers=c.timers if c.floor_seq > 0 else (),
+                expiring=c.expiring if c.floor_seq > 0 else (),
             )
         )
 

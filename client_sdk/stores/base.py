@@ -200,6 +200,9 @@ class SyncMeta:
     timers: tuple[tuple[str, int, int, int | None], ...] = ()
     """The ``disappearing_ms`` writes below ``floor_seq`` (from the history bundle this device
     started from, docs/protocol/sync.md § 5.8): ``(device id, n, lamport, value)`` each."""
+    expiring: tuple[tuple[str, int, int], ...] = ()
+    """The messages below ``floor_seq`` that expire, from the same bundle: ``(device id, n,
+    expiry ms)`` each, expiry 0 for those already gone (sync.md § 5.8)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -498,6 +498,7 @@ class SqliteSyncStore(_Part):
             tuple(snapshot.get("admins", ())),
             str(snapshot.get("kind", "")),
             tuple((str(d), int(n), int(lam), v) for d, n, lam, v in snapshot.get("timers", ())),
+            tuple((str(d), int(n), int(at)) for d, n, at in snapshot.get("expiring", ())),
         )
 
     def put_sync_meta(self, meta: SyncMeta) -> None:
@@ -517,6 +518,7 @@ class SqliteSyncStore(_Part):
                         "admins": list(meta.admins),
                         "kind": meta.kind,
                         "timers": [list(t) for t in meta.timers],
+                        "expiring": [list(e) for e in meta.expiring],
                     }
                 ),
             ),

@@ -152,6 +152,28 @@ def test_a_floor_device_applies_the_timers_it_was_given() -> None:
     assert fresh.expiry.expiries() == sa.expiry.expiries() == {message.dot: 10_500}
 
 
+def test_what_refers_to_a_message_below_the_floor_goes_with_it() -> None:
+    """A floor device does not hold the timed messages below its floor; the bundle tells it when
+    they expire, so a reply or an edit above the floor goes with them there too."""
+    _, sa, _, ca, _ = _pair()
+    sa.receive(1, ca.compose(sa, ops.SettingsChange("disappearing_ms", 10_000)))
+    below = ca.compose(sa, ops.Message("below the floor", None, 500))
+    sa.receive(2, below)
+    floor = sa.prefix(2)
+    assert sa.expiry.expiring(floor) == ((below.dot, 10_500),)
+    reply = ca.compose(sa, ops.Message("above it", below.dot, 600))
+    edit = ca.compose(sa, ops.Edit(below.dot, "edited above it"))
+    for at_link, due in ((10_499, frozenset()), (10_500, frozenset({reply.dot, edit.dot}))):
+        fresh = ConversationState(CID, [A, B], floor_seq=2, floor_clock=floor)
+        fresh.expiry.seed(sa.expiry.writes(floor))
+        fresh.expiry.seed_expiring(sa.expiry.expiring(floor), at_link)
+        fresh.receive(3, reply)
+        fresh.receive(4, edit)
+        assert fresh.expiry.due(at_link)[1] == due
+        assert fresh.expiry.due(10_500)[1] == {reply.dot, edit.dot}
+        assert fresh.expiry.purge_due(10_500)
+
+
 def test_an_edit_of_a_message_already_expired_is_due_at_once() -> None:
     _, sa, _, ca, _ = _pair()
     change = ca.compose(sa, ops.SettingsChange("disappearing_ms", 1_000))

@@ -119,6 +119,12 @@ async def test_what_expired_while_closed_goes_on_open() -> None:
         await c.close()
 
 
+def _conv(timers: object) -> dict[str, object]:
+    conv = _bundle(timers)["conversations"]
+    assert isinstance(conv, list)
+    return dict(conv[0])
+
+
 def _bundle(timers: object) -> dict[str, object]:
     return {
         "v": 1,
@@ -145,6 +151,14 @@ def test_bundle_timers_round_trip_and_bad_ones_fail_the_link() -> None:
     older = _bundle([])
     del older["conversations"][0]["timers"]  # type: ignore[index]
     assert fmt.parse_bundle(older)[0].timers == ()  # a bundle of an earlier version
+    (conv,) = fmt.parse_bundle(
+        {**_bundle([]), "conversations": [{**_conv([]), "expiring": [[device, 3, 0]]}]}
+    )
+    assert conv.expiring == ((device, 3, 0),)
+    assert fmt.parse_bundle(fmt.encode_bundle([conv], 0))[0].expiring == conv.expiring
+    for bad_expiring in ("x", [[device, 0, 1]], [[device, 1, -1]], [[device, 1]]):
+        with pytest.raises(LinkError):
+            fmt.parse_bundle({**_bundle([]), "conversations": [{**_conv([]), "expiring": bad_expiring}]})
     for bad in (
         "x",
         [[device, 0, 5, 1]],
@@ -162,6 +176,7 @@ def test_the_floor_timers_survive_in_the_sqlite_store(tmp_path: Path) -> None:
         "Y2lk",
         floor_seq=3,
         timers=(("AQEBAQEBAQEBAQEBAQEBAQ", 2, 5, 60_000), ("AgICAgICAgICAgICAgICAg", 1, 6, None)),
+        expiring=(("AQEBAQEBAQEBAQEBAQEBAQ", 3, 70_000), ("AgICAgICAgICAgICAgICAg", 2, 0)),
     )
     with SqliteStore.open(tmp_path / "store.db") as store:
         store.sync.put_sync_meta(meta)

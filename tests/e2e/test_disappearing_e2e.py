@@ -72,11 +72,13 @@ def _store_has(client: Client, cid: str, needle: str) -> list[str]:
     return out
 
 
-async def _expired(client: Client, envelope_id: str) -> MessageExpired:
-    while True:
+async def _expired(client: Client, *envelope_ids: str) -> MessageExpired:
+    """Consume ``MessageExpired`` events until each of ``envelope_ids`` had one; the first's."""
+    seen: dict[str, MessageExpired] = {}
+    while set(envelope_ids) - seen.keys():
         event = await client.next_event(MessageExpired, WAIT)
-        if event.envelope_id == envelope_id:
-            return event
+        seen[event.envelope_id] = event
+    return seen[envelope_ids[0]]
 
 
 async def _received(client: Client, text: str) -> MessageReceived:
@@ -174,7 +176,7 @@ async def test_a_disappearing_message_is_gone_from_every_device(
     laptop = await client("laptop")
     code = await laptop.begin_link()
     # a second timed message, sent before the link: carried, and expired on the laptop too
-    await bob.send_text(cid, f"{marker}-2 also goes")
+    second = await bob.send_text(cid, f"{marker}-2 also goes")
     await _received(desk, f"{marker}-2 also goes")
     await desk.approve_link(code, history="all")
     await laptop.complete_link(wait_s=WAIT)
@@ -198,13 +200,20 @@ async def test_a_disappearing_message_is_gone_from_every_device(
     assert (await tablet.conversation(cid)).messages == ()
     devices["tablet"] = tablet
     await tablet.connect()
+    sent_at = clock.now
     third = await bob.send_text(cid, f"{marker}-3 to every device")
     await _received(tablet, f"{marker}-3 to every device")
     await _received(laptop, f"{marker}-3 to every device")
+    # 10 s later the laptop replies to the second message (below the tablet's floor): the reply's
+    # own timer runs 10 s longer, yet it goes with the message it answers, on the tablet too
+    clock.now += 10_000
+    reply = await laptop.reply(cid, second, f"{marker}-4 a reply")
+    for c in (bob, desk, phone, tablet):
+        await _received(c, f"{marker}-4 a reply")
 
-    clock.now += TIMER_MS + 1
+    clock.now = sent_at + TIMER_MS  # the second and third expire; the reply's own timer has 10 s left
     for c in devices.values():
-        await asyncio.wait_for(_expired(c, third), WAIT)
+        await asyncio.wait_for(_expired(c, third, reply), WAIT)
     for name, c in devices.items():
         assert _store_has(c, cid, marker) == [], name
         assert [m.text for m in c.messages(cid)] == ([] if name == "tablet" else ["kept for ever"]), name

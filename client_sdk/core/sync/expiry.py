@@ -108,6 +108,25 @@ class ExpiryTracker:
             if w not in self._writes:
                 self._writes.append(w)
 
+    def seed_expiring(self, entries: Iterable[tuple[Dot, int]], now_ms: int) -> None:
+        """The messages below this device's floor that expire (``(dot, expiry)``; expiry 0: gone
+        already), from the history bundle it started from: what refers to them above the floor
+        goes with them. Those expired at ``now_ms`` count as tombstones."""
+        for dot, at in entries:
+            if expired(at, now_ms):
+                self._tombstones.add(dot)
+                self._stale = self._stale or dot in self._dependents
+            elif dot not in self._expiry:
+                self._expiry[dot] = at
+                heapq.heappush(self._heap, (at, dot))
+
+    def expiring(self, clock: Mapping[bytes, int]) -> tuple[tuple[Dot, int], ...]:
+        """What :meth:`seed_expiring` takes, for a floor with ``clock``: the messages in its causal
+        past that expire (with their expiry) or are tombstones (expiry 0)."""
+        out = [(d, at) for d, at in self._expiry.items() if contains(clock, d)]
+        out += [(d, 0) for d in self._tombstones if contains(clock, d)]
+        return tuple(sorted(out))
+
     def applied(self, op: Op, full: Mapping[bytes, int]) -> None:
         """Record an operation the reducer applied with effect (``full``: its full clock)."""
         body = op.body
