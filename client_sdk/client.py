@@ -71,6 +71,8 @@ class Client:
         self._ctx = ctx
         self.store = ctx.store
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: the disappearing-messages timer (runs until :meth:`close`; not one of the tasks that end)
+        self._expiry: asyncio.Task[None] | None = None
         self._closed = False
         self.prekeys = Prekeys(ctx)
         self.contacts = Contacts(ctx, self.prekeys)
@@ -81,6 +83,7 @@ class Client:
             ctx, self.contacts, self.conversations, self.prekeys, self.outbound, self._spawn
         )
         self.outbound.fill_gap = self.inbound.fill_conversation
+        self.conversations.disappearing.send_outbox = self.outbound.flush
         self.linking = Linking(ctx, self.contacts, self.conversations, self.prekeys, self.inbound, self._task)
         self.linking.remember_name = self.own_devices.remember_name
         self.delivery = Delivery(ctx, self.inbound, ws_url, backoff, self._task)
@@ -114,7 +117,12 @@ class Client:
             raise
         ws = ws_url or server_url.replace("https://", "wss://").replace("http://", "ws://")
         ctx = DeviceContext(store, HttpTransport(server_url, transport=http_transport), rng, clock)
-        return cls(ctx, ws, backoff)
+        client = cls(ctx, ws, backoff)
+        # disappearing messages (sync.md § 5.8): what expired while closed goes now, then a timer
+        client.conversations.disappearing.purge_all()
+        client._expiry = asyncio.get_running_loop().create_task(client.conversations.disappearing.run())
+        await ctx.flush()
+        return client
 
     async def close(self) -> None:
         """Stop the socket and release the store. Unsent messages stay in the outbox."""
@@ -122,6 +130,10 @@ class Client:
             return
         self._closed = True
         self.outbound.stop()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(BaseException):
+                await self._expiry
         await self.disconnect()
         for task in list(self._tasks):
             task.cancel()
@@ -322,7 +334,20 @@ class Client:
         return await self.outbound.send_op(conversation_id, sync.SettingsChange("mute", muted))
 
     async def set_disappearing_timer(self, conversation_id: str, ms: int | None) -> str:
+        """Messages sent from now on (in this conversation's causal order) disappear ``ms`` after
+        they were sent, on every device; None or 0: never (docs/protocol/sync.md § 5.8)."""
         return await self.outbound.send_op(conversation_id, sync.SettingsChange("disappearing_ms", ms))
+
+    async def expire_messages(self) -> int:
+        """Purge the messages whose timer ran out now (the client also does it by itself: on
+        open, after every operation and on a timer); returns how many went."""
+        async with self._ctx.lock:
+            count = self.conversations.disappearing.purge_all()
+            voided = self.conversations.disappearing.purged_outbox
+        await self._ctx.flush()
+        if voided:
+            await self.outbound.flush()
+        return count
 
     async def add_member(self, conversation_id: str, username: str, *, admin: bool = False) -> str:
         """Add an account to a group (``admin``: as an admin; promotes a member). Only an admin

@@ -251,6 +251,17 @@ class MessageDeleted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class MessageExpired(Event):
+    """A disappearing message reached its expiry (sync.md § 5.8): its text, its edits and the
+    reactions to it are gone from this device's store (published after the purge committed).
+    ``envelope_id``: the envelope it arrived in."""
+
+    conversation_id: str
+    message_ref: str
+    envelope_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReactionChanged(Event):
     conversation_id: str
     message_ref: str

@@ -45,6 +45,10 @@ class BundleConversation:
     ops: tuple[BundleOp, ...]
     #: the admins of the membership snapshot ``genesis`` (sync.md § 8)
     admins: tuple[str, ...] = ()
+    #: the ``disappearing_ms`` writes below the floor: (device id, n, lamport, value) (sync.md § 5.8)
+    timers: tuple[tuple[str, int, int, int | None], ...] = ()
+    #: the messages below the floor that expire: (device id, n, expiry ms; 0: gone) (sync.md § 5.8)
+    expiring: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,8 @@ def encode_bundle(conversations: Sequence[BundleConversation], now_ms: int) -> d
                 "members": list(c.members),
                 "genesis": list(c.genesis),
                 "admins": list(c.admins),
+                "timers": [list(t) for t in c.timers],
+                "expiring": [list(e) for e in c.expiring],
                 "floor_seq": c.floor_seq,
                 "floor_clock": b64encode(c.floor_clock),
                 "cursor": c.cursor,
@@ -195,9 +201,48 @@ def parse_bundle(doc: object) -> list[BundleConversation]:
                 _int(c, "cursor", 0),
                 tuple(ops),
                 _ids(c, "admins") if "admins" in c else (),
+                _timers(c.get("timers", [])),
+                _expiring(c.get("expiring", [])),
             )
         )
     return out
+
+
+def _expiring(value: object) -> tuple[tuple[str, int, int], ...]:
+    """The floor's expiring messages: ``[device id, n, expiry ms]`` each (0: already gone)."""
+    if not isinstance(value, list) or len(value) > 1_000_000:
+        raise LinkError("the history bundle is not valid: 'expiring' is not a list")
+    out: list[tuple[str, int, int]] = []
+    for e in value:
+        if not isinstance(e, list) or len(e) != 3:
+            raise LinkError("the history bundle is not valid: an expiring message is [device, n, expiry]")
+        doc = {"device": e[0], "n": e[1], "at": e[2]}
+        device, n, at = _str(doc, "device"), _int(doc, "n"), _int(doc, "at")
+        _bytes(doc, "device")
+        if n < 1:
+            raise LinkError("the history bundle is not valid: an expiring message's n starts at 1")
+        out.append((device, n, at))
+    return tuple(out)
+
+
+def _timers(value: object) -> tuple[tuple[str, int, int, int | None], ...]:
+    """The floor's timer writes: ``[device id, n, lamport, value]`` each (value a count or null)."""
+    if not isinstance(value, list) or len(value) > 10_000:
+        raise LinkError("the history bundle is not valid: 'timers' is not a list")
+    out: list[tuple[str, int, int, int | None]] = []
+    for t in value:
+        if not isinstance(t, list) or len(t) != 4:
+            raise LinkError("the history bundle is not valid: a timer is [device, n, lamport, value]")
+        doc = {"device": t[0], "n": t[1], "lamport": t[2]}
+        device, n, lamport = _str(doc, "device"), _int(doc, "n"), _int(doc, "lamport")
+        _bytes(doc, "device")
+        v = t[3]
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise LinkError("the history bundle is not valid: a timer's value is a count or null")
+        if n < 1:
+            raise LinkError("the history bundle is not valid: a timer's n starts at 1")
+        out.append((device, n, lamport, v))
+    return tuple(out)
 
 
 def encode_ref(ref: HistoryRef) -> dict[str, Any]:

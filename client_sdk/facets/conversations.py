@@ -24,7 +24,8 @@ from client_sdk.errors import (
     UntrustedConversationError,
     UsageError,
 )
-from client_sdk.stores.base import ConversationRecord, MessageRecord, SyncMeta
+from client_sdk.facets.disappearing import Disappearing, expiring_of, timers_of
+from client_sdk.stores.base import ConversationRecord, MessageRecord, SyncMeta, SyncOpRecord
 from crypto.errors import CryptoError
 from crypto.keys import b64decode, b64encode
 
@@ -57,6 +58,7 @@ class Conversations:
         self._me_cache: tuple[str, bytes] | None = None
         #: (conversation, authenticated members, server members) already reported
         self._mismatches: set[tuple[str, frozenset[str], frozenset[str]]] = set()
+        self.disappearing = Disappearing(ctx, self)
 
     async def create(self, usernames: Sequence[str]) -> tuple[str, sync.Genesis | None]:
         """Create the conversation on the server; returns its id and, when the server created
@@ -168,6 +170,8 @@ class Conversations:
             floor_clock=dict(floor_clock.extras) if floor_clock else {},
             floor_hash=floor_clock.log_hash if floor_clock else None,
         )
+        state.expiry.seed(timers_of(meta))  # the timers set below the floor (sync.md § 5.8)
+        state.expiry.seed_expiring(expiring_of(meta), self.ctx.clock())
         seqs: dict[int, str] = {}
         for r in store.sync_ops(cid):
             op = decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
@@ -178,6 +182,14 @@ class Conversations:
         self._states[cid] = state
         self._seqs[cid] = seqs
         return state
+
+    def loaded(self) -> list[sync.ConversationState]:
+        """The states replayed into memory so far."""
+        return list(self._states.values())
+
+    @staticmethod
+    def decode(r: SyncOpRecord) -> sync.Op | None:
+        return decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
 
     def forget(self, cid: str) -> None:
         """Drop the in-memory state (rebuilt from the store on next use)."""
@@ -232,6 +244,8 @@ class Conversations:
                     diff.message_ref(fork.dot),
                 )
             )
+        if received.applied:  # what arrived already expired is purged before anyone sees it
+            self.disappearing.purge(record, arriving=(envelope_id,))
         return received
 
     def _welcomed(self, record: ConversationRecord, seq: int, op: sync.Op) -> sync.ConversationState | None:

@@ -416,6 +416,7 @@ class Inbound:
             if record is not None:
                 received = self.conversations.apply(record, seq, op, eid)
             rejected = received is not None and any(r.dot == op.dot for r in received.rejected)
+            rejected = rejected or self.conversations.disappearing.expired_on_arrival(eid)  # § 5.8
             if isinstance(op.body, sync.Message) and not rejected and self._unvetted(record, received, op):
                 # held, from an account that is not a member now: not shown before the reducer
                 # decides (it is in the view if it applies; OperationRejected if it does not)

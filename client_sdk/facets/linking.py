@@ -26,6 +26,7 @@ from client_sdk.errors import (
     UsageError,
 )
 from client_sdk.facets.conversations import decode_op
+from client_sdk.facets.disappearing import encode_expiring, encode_timers
 from client_sdk.stores.base import ContactRecord, ConversationRecord, MessageRecord, SyncOpRecord
 from crypto import attachments
 from crypto import device_list as dl
@@ -125,6 +126,7 @@ class Linking:
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         out: list[fmt.BundleConversation] = []
+        self.conversations.disappearing.purge_all()  # expired messages never leave (sync.md § 5.8)
         for record in ctx.store.conversations.conversations():
             cid = record.conversation_id
             state = self.conversations.state(record)
@@ -177,6 +179,8 @@ class Linking:
                         for r in carried
                     ),
                     tuple(sorted(b64encode(m) for m in snapshot.admins)) if snapshot else (),
+                    encode_timers(state.expiry.writes(floor_clock)) if floor > 0 else (),
+                    encode_expiring(state.expiry.expiring(floor_clock)) if floor > 0 else (),
                 )
             )
         return fmt.encode_bundle(out, ctx.clock())
@@ -215,6 +219,8 @@ class Linking:
                 members=c.genesis if c.floor_seq > 0 else (),
                 admins=c.admins if c.floor_seq > 0 else (),
                 kind=c.kind,
+                timers=c.timers if c.floor_seq > 0 else (),
+                expiring=c.expiring if c.floor_seq > 0 else (),
             )
         )
 
@@ -232,6 +238,10 @@ class Linking:
             ctx.store.cursors.set_server_seq(cid, max(top, c.cursor))
             self.conversations.forget(cid)
             self._seeded.add(cid)
+            # what expired since the bundle was made goes now, unannounced (sync.md § 5.8)
+            self.conversations.disappearing.purge(
+                ConversationRecord(cid, c.kind, c.members), arriving=[o.envelope_id for o in c.ops]
+            )
 
     async def merge_follow_up(self, bundle: dict[str, Any]) -> None:
         """New device: add the operations of the follow-up bundle this device does not hold,
@@ -267,6 +277,9 @@ class Linking:
                 if top > ctx.store.cursors.get_server_seq(cid):
                     ctx.store.cursors.set_server_seq(cid, top)
                 self.conversations.forget(cid)
+                expired = set(
+                    self.conversations.disappearing.purge(record, arriving=[r.envelope_id for r, _ in added])
+                )
                 after = self.conversations.state(record).view()
                 if before is None:
                     ctx.emit(ConversationAdded(cid, record.members))
@@ -274,7 +287,7 @@ class Linking:
                     for event in diff.changes(cid, me, before, after):
                         ctx.emit(event)
                 for r, op in sorted(added, key=lambda a: a[0].server_seq):
-                    if isinstance(op.body, sync.Message):
+                    if isinstance(op.body, sync.Message) and r.envelope_id not in expired:
                         contact = ctx.store.device_lists.get_contact(r.sender_account_id)
                         ctx.emit(
                             MessageReceived(

@@ -197,6 +197,12 @@ class SyncMeta:
     """The admins of that snapshot."""
     kind: str = ""
     """The kind (``direct``/``group``) of that snapshot."""
+    timers: tuple[tuple[str, int, int, int | None], ...] = ()
+    """The ``disappearing_ms`` writes below ``floor_seq`` (from the history bundle this device
+    started from, docs/protocol/sync.md § 5.8): ``(device id, n, lamport, value)`` each."""
+    expiring: tuple[tuple[str, int, int], ...] = ()
+    """The messages below ``floor_seq`` that expire, from the same bundle: ``(device id, n,
+    expiry ms)`` each, expiry 0 for those already gone (sync.md § 5.8)."""
 
 
 @dataclass(frozen=True, slots=True)

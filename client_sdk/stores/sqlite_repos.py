@@ -497,6 +497,8 @@ class SqliteSyncStore(_Part):
             tuple(snapshot.get("members", ())),
             tuple(snapshot.get("admins", ())),
             str(snapshot.get("kind", "")),
+            tuple((str(d), int(n), int(lam), v) for d, n, lam, v in snapshot.get("timers", ())),
+            tuple((str(d), int(n), int(at)) for d, n, at in snapshot.get("expiring", ())),
         )
 
     def put_sync_meta(self, meta: SyncMeta) -> None:
@@ -510,7 +512,15 @@ class SqliteSyncStore(_Part):
                 meta.lamport,
                 meta.floor_seq,
                 bytes(meta.floor_clock),
-                json.dumps({"members": list(meta.members), "admins": list(meta.admins), "kind": meta.kind}),
+                json.dumps(
+                    {
+                        "members": list(meta.members),
+                        "admins": list(meta.admins),
+                        "kind": meta.kind,
+                        "timers": [list(t) for t in meta.timers],
+                        "expiring": [list(e) for e in meta.expiring],
+                    }
+                ),
             ),
         )
 

@@ -18,6 +18,7 @@ from client_sdk.core.sync import clock as vc
 from client_sdk.core.sync import transcript
 from client_sdk.core.sync.clock import CompactClock, Dot, FullClock
 from client_sdk.core.sync.errors import SyncProtocolError
+from client_sdk.core.sync.expiry import ExpiryTracker
 from client_sdk.core.sync.membership import Membership, Roles, authorise
 from client_sdk.core.sync.ops import (
     Body,
@@ -142,6 +143,7 @@ class ConversationState:
         elif floor_hash is not None:
             self._transcript.append(floor_hash)
         self._forks: list[Fork] = []
+        self.expiry = ExpiryTracker()  # disappearing messages (sync.md § 5.8)
 
     # -- clocks ----------------------------------------------------------------------------------
 
@@ -443,6 +445,7 @@ class ConversationState:
             if isinstance(body, Genesis):
                 self._refused_geneses[op.author] = body
             return
+        self.expiry.applied(op, full)
         journal = self._journal
         if isinstance(body, Message):
             message = _Msg(op.dot, seq, op.author, body.text, body.reply_to, body.sent_at_ms)
