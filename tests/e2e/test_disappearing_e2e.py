@@ -20,6 +20,7 @@ from client_sdk.client import Client, message_ref
 from client_sdk.core import history as fmt
 from client_sdk.core.events import Event, MessageExpired, MessageReceived
 from client_sdk.stores.sqlite import SqliteStore
+from tests.linking import link
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.e2e
@@ -117,9 +118,7 @@ async def test_a_disappearing_message_is_gone_from_every_device(
     bob = await client("bob")
     await bob.register(bob_name, PASSWORD)
     phone = await client("phone")
-    code = await phone.begin_link()
-    await desk.approve_link(code)
-    await phone.complete_link(wait_s=WAIT)
+    await link(desk, phone, wait_s=WAIT)
     devices = {"bob": bob, "desk": desk, "phone": phone}
     for c in devices.values():
         await c.connect()
@@ -174,12 +173,10 @@ async def test_a_disappearing_message_is_gone_from_every_device(
 
     desk.linking._seal_bundle = sealing  # type: ignore[method-assign]
     laptop = await client("laptop")
-    code = await laptop.begin_link()
     # a second timed message, sent before the link: carried, and expired on the laptop too
     second = await bob.send_text(cid, f"{marker}-2 also goes")
     await _received(desk, f"{marker}-2 also goes")
-    await desk.approve_link(code, history="all")
-    await laptop.complete_link(wait_s=WAIT)
+    await link(desk, laptop, history="all", wait_s=WAIT)
     await desk.finish_link(WAIT)
     assert bundles
     for bundle in bundles:
@@ -193,9 +190,7 @@ async def test_a_disappearing_message_is_gone_from_every_device(
     # a tablet linked with no history starts from a floor above the timer change: the bundle's
     # floor timers make it apply the timer to what it receives from now on
     tablet = await client("tablet")
-    code = await tablet.begin_link()
-    await desk.approve_link(code, history="none")
-    await tablet.complete_link(wait_s=WAIT)
+    await link(desk, tablet, history="none", wait_s=WAIT)
     await desk.finish_link(WAIT)
     assert (await tablet.conversation(cid)).messages == ()
     devices["tablet"] = tablet
