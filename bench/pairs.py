@@ -1072,7 +1072,9 @@ async def setup_member(http: httpx.AsyncClient, ident: Identity) -> Member:
     device_id = os.urandom(16)
     signing = DeviceSigningKey.generate()
     dh = DeviceDHKey.generate()
-    entry = dl.bind_device(ident.account_key.public_key, device_id, signing, dh.public_key, 0)
+    entry = dl.bind_device(
+        ident.account_key.public_key, device_id, signing, dh.public_key, 0, ident.signed_list.version + 1
+    )
     signed = dl.with_device_added(ident.signed_list, ident.account_key, entry)
     body = _check(
         await http.put(

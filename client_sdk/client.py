@@ -33,12 +33,22 @@ from client_sdk.core.backoff import BackoffPolicy
 from client_sdk.core.diff import message_ref
 from client_sdk.core.events import Event, MarkedRead
 from client_sdk.errors import SaltlineError, UsageError
-from client_sdk.facets.contacts import Contacts, DeviceInfo
+from client_sdk.facets.contacts import Contacts
 from client_sdk.facets.conversations import Conversations
 from client_sdk.facets.delivery import Delivery
 from client_sdk.facets.inbound import Inbound
-from client_sdk.facets.linking import LINK_FOLLOW_UP_WAIT_S, HistoryDepth, Linking
+from client_sdk.facets.linking import (
+    LINK_FOLLOW_UP_WAIT_S,
+    LINK_REPLY_WAIT_S,
+    Confirm,
+    HistoryDepth,
+    LinkConfirmation,
+    Linking,
+    LinkRequest,
+    OnCode,
+)
 from client_sdk.facets.outbound import Outbound, OutboxEntry
+from client_sdk.facets.own_devices import DeviceInfo, OwnDevices
 from client_sdk.facets.prekeys import Prekeys
 from client_sdk.stores.base import DeviceRecord, MessageRecord, PreKeyMeta, Store
 from client_sdk.transport.http import HttpTransport
@@ -64,6 +74,7 @@ class Client:
         self._closed = False
         self.prekeys = Prekeys(ctx)
         self.contacts = Contacts(ctx, self.prekeys)
+        self.own_devices = OwnDevices(ctx, self.contacts)
         self.conversations = Conversations(ctx, self.contacts)
         self.outbound = Outbound(ctx, self.contacts, self.conversations, lambda: self.delivery.socket)
         self.inbound = Inbound(
@@ -71,6 +82,7 @@ class Client:
         )
         self.outbound.fill_gap = self.inbound.fill_conversation
         self.linking = Linking(ctx, self.contacts, self.conversations, self.prekeys, self.inbound, self._task)
+        self.linking.remember_name = self.own_devices.remember_name
         self.delivery = Delivery(ctx, self.inbound, ws_url, backoff, self._task)
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -199,12 +211,19 @@ class Client:
         await self.prekeys.maintain()
 
     async def devices(self) -> list[DeviceInfo]:
-        """This account's devices, from its verified device list."""
-        return await self._flushed(self.contacts.devices())
+        """This account's devices, from its verified device list, with their names."""
+        return await self._flushed(self.own_devices.devices())
 
-    async def remove_device(self, device_id: str) -> None:
-        """Sign and publish a device list without ``device_id``; nobody encrypts to it any more."""
-        await self._flushed(self.contacts.remove_device(device_id))
+    async def remove_device(self, device_id: str, *, rotate_account_key: bool = True) -> None:
+        """Sign and publish a device list without ``device_id``; nobody encrypts to it any more.
+        By default the account key rotates too, so the removed device (which held the old key)
+        can sign nothing any contact accepts; the remaining devices receive the new key."""
+        await self._flushed(self.own_devices.remove(device_id, rotate=rotate_account_key))
+
+    async def set_device_name(self, name: str) -> None:
+        """Name this device (1..64 characters, end-to-end encrypted: only the account's devices
+        read it); the account's other devices show it in their device list and events."""
+        await self._flushed(self.own_devices.set_name(name))
 
     async def safety_number(
         self, username: str | None = None, *, account_id: str | None = None
@@ -397,24 +416,47 @@ class Client:
 
     # -- linking ------------------------------------------------------------------------------------------
 
-    async def begin_link(self) -> str:
-        """New device: a link code to show (text; also fits a QR code). Then :meth:`complete_link`."""
-        return await self.linking.begin()
+    async def begin_link(self, device_name: str = "New device") -> str:
+        """New device: a link code to show (text; also fits a QR code), then :meth:`complete_link`.
+        ``device_name`` (1..64 characters) is what the approving device and the account's other
+        devices show for this one; it travels end-to-end encrypted."""
+        return await self.linking.begin(device_name)
 
-    async def approve_link(self, code_text: str, history: HistoryDepth = "all") -> None:
-        """Existing device: send the sealed linking payload (account key, contacts, conversations,
-        an encrypted history bundle: ``history`` "all", "none" or a number of days) to the device
-        that shows ``code_text``; then, in the background, the follow-up with what was sent
-        meanwhile. Keep the client open until :meth:`finish_link` returns."""
-        await self.linking.approve(code_text, history)
+    async def approve_link(
+        self,
+        code_text: str,
+        *,
+        history: HistoryDepth,
+        confirm: Confirm,
+        wait_s: float = LINK_REPLY_WAIT_S,
+    ) -> None:
+        """Existing device: handshake with the device that shows ``code_text``, then call
+        ``confirm(request)`` with its name and the confirmation code it shows too. Only if that
+        returns ``True`` is the sealed linking payload sent (account key, contacts, conversations,
+        an encrypted history bundle: ``history`` "all", "none" or a number of days) with a
+        one-time grant to join; then, in the background, the follow-up with what was sent
+        meanwhile. Keep the client open until :meth:`finish_link` returns. Raises
+        :class:`~client_sdk.errors.LinkNotConfirmedError` when not confirmed."""
+        await self._flushed(self.linking.approve(code_text, history, confirm, wait_s))
 
     async def finish_link(self, wait_s: float = LINK_FOLLOW_UP_WAIT_S) -> None:
         """Wait for this client's linking follow-ups; raises what one failed with."""
         await self.linking.finish(wait_s)
 
-    async def complete_link(self, wait_s: float = 120.0, poll_interval: float = 0.25) -> str:
-        """New device: wait for the payload, join the account, log in, publish prekeys."""
-        return await self._flushed(self.linking.complete(wait_s, poll_interval))
+    async def complete_link(self, wait_s: float = 120.0, on_code: OnCode | None = None) -> str:
+        """New device: answer the approving device, call ``on_code(confirmation)`` with the code to
+        show and the account about to be joined (username, fingerprint), wait for the approval,
+        join the account, log in and publish prekeys (reachable from then on), then fetch the
+        history (retried in the background when it fails: :class:`HistoryDownloadFailed`)."""
+        return await self._flushed(self.linking.complete(wait_s, on_code))
 
 
-__all__ = ["Client", "DeviceInfo", "OutboxEntry", "PreKeyMeta", "message_ref"]
+__all__ = [
+    "Client",
+    "DeviceInfo",
+    "LinkConfirmation",
+    "LinkRequest",
+    "OutboxEntry",
+    "PreKeyMeta",
+    "message_ref",
+]

@@ -32,7 +32,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from client_sdk.client import Client
+from client_sdk.client import Client, LinkConfirmation, LinkRequest
 from client_sdk.core.events import MessageReceived
 from client_sdk.errors import NetworkError
 from client_sdk.stores.memory import MemoryStore
@@ -171,11 +171,25 @@ class Demo:
         await bob.register("bob", PASSWORD)
         say(f"bob registers [bold]bob[/] (device {bob.device_id[:8]}…)")
         phone = await self.device("alice-phone")
-        code = await phone.begin_link()
+        code = await phone.begin_link("alice's phone")
         say(f"alice-phone shows a link code ({len(code)} characters, also a QR code): {code[:24]}…")
-        await desktop.approve_link(code)
-        say("alice-desktop accepts it: signs the new device list, seals the account key to the phone")
-        await phone.complete_link(wait_s=WAIT_S)
+        shown: list[str] = []
+
+        def phone_shows(c: LinkConfirmation) -> None:
+            shown.append(c.code)
+            say(f"alice-phone: joining [bold]{c.username}[/], confirmation code {c.code}")
+
+        def desktop_confirms(request: LinkRequest) -> bool:
+            say(
+                f"alice-desktop: new device {request.name!r} shows code {request.code}? (alice compares: yes)"
+            )
+            return shown == [request.code]
+
+        await asyncio.gather(
+            desktop.approve_link(code, history="all", confirm=desktop_confirms),
+            phone.complete_link(wait_s=WAIT_S, on_code=phone_shows),
+        )
+        say("alice-desktop sealed the account key to the phone, which joined with a one-time grant")
         devices = await desktop.devices()
         say(f"alice-phone is linked: alice's signed device list names {len(devices)} devices")
         clients = {"alice-desktop": desktop, "alice-phone": phone, "bob": bob}

@@ -27,6 +27,7 @@
     │   └── ReplayedPreKeyMessageError  a replayed initial message (refused, sessions untouched)
     ├── ProtocolError              the server sent something that does not follow the protocol
     └── LinkError                  device linking failed (bad/expired code, wrong payload)
+        └── LinkNotConfirmedError  the person did not confirm the new device
 """
 
 from __future__ import annotations
@@ -187,6 +188,11 @@ class UntrustedConversationError(SaltlineError):
 class LinkError(SaltlineError):
     """Linking a device failed: the link code is malformed or expired, or the payload is not for
     this device. Start again with a new link code."""
+
+
+class LinkNotConfirmedError(LinkError):
+    """The person did not confirm the new device's name and code on the approving device: nothing
+    was sealed or sent to it."""
 
 
 _BY_CODE: dict[str, type[ServerError]] = {

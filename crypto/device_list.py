@@ -39,375 +39,81 @@ are what a server uses. The builders (:func:`first`, :func:`successor`, ...) tak
 
 from __future__ import annotations
 
-import re
-import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from crypto import primitives as p
+from crypto.device_list_format import (
+    DEVICE_ENTRY_SIZE,
+    DEVICE_ID_SIZE,
+    FORMAT_VERSION,
+    HASH_SIZE,
+    MAX_DEVICES,
+    MAX_U64,
+    MAX_USERNAME_BYTES,
+    MIN_USERNAME_BYTES,
+    SUCCESSION_SIZE,
+    ZERO_HASH,
+    DeviceEntry,
+    DeviceList,
+    SignedDeviceList,
+    Succession,
+    bind_device,
+    binding_message,
+    normalize_username,
+    succession_message,
+)
 from crypto.errors import (
+    BindingReplayError,
     ChainBreakError,
     DeviceListError,
     DeviceListSignatureError,
     EncodingError,
     ForkError,
-    InvalidKeyError,
     RollbackError,
     SignatureError,
-    UnboundDeviceError,
+    SuccessionError,
     UnknownSignerError,
     UsernameMismatchError,
 )
-from crypto.keys import (
-    AccountKey,
-    AccountPublicKey,
-    DeviceDHPublicKey,
-    DeviceSigningKey,
-    DeviceSigningPublicKey,
-    SigningContext,
-    b64decode,
-    b64encode,
-)
+from crypto.keys import AccountKey, AccountPublicKey, SigningContext
 
 __all__ = [
     "DEVICE_ENTRY_SIZE",
     "DEVICE_ID_SIZE",
     "FORMAT_VERSION",
+    "HASH_SIZE",
     "MAX_DEVICES",
+    "MAX_U64",
     "MAX_USERNAME_BYTES",
     "MIN_USERNAME_BYTES",
+    "SUCCESSION_SIZE",
+    "ZERO_HASH",
     "DeviceEntry",
     "DeviceList",
     "DeviceListChainVerifier",
     "SignedDeviceList",
+    "Succession",
     "bind_device",
     "binding_message",
     "check_successor",
     "first",
     "normalize_username",
     "sign",
+    "succession_message",
     "successor",
     "verify",
     "with_device_added",
     "with_device_removed",
 ]
 
-FORMAT_VERSION = 1
-DEVICE_ID_SIZE = 16
-HASH_SIZE = 32
-MIN_USERNAME_BYTES = 3
-MAX_USERNAME_BYTES = 32
-MAX_DEVICES = 1000
-MAX_U64 = 2**64 - 1
-DEVICE_ENTRY_SIZE = DEVICE_ID_SIZE + 32 + 32 + 8 + p.ED25519_SIGNATURE_SIZE  # 152
-ZERO_HASH = bytes(HASH_SIZE)
-
-_HEADER = struct.Struct(">BQ32s32sB")  # format, version, previous_hash, account_pk, username_len
-_COUNT = struct.Struct(">H")
-_ENTRY = struct.Struct(">16s32s32sQ64s")
-
-
-# -- usernames ---------------------------------------------------------------------------
-
-
-_USERNAME = re.compile(r"[a-z0-9_.-]{3,32}")
-
-
-def normalize_username(username: str) -> str:
-    """The canonical form of a username (the server's rule): ASCII letters lower-cased; the
-    result must be 3..32 characters of ``[a-z0-9_.-]``.
-
-    Raises :class:`EncodingError` for anything else (including any non-ASCII character), so that
-    clients and server never disagree because of Unicode tables.
-    """
-    if not isinstance(username, str):
-        raise EncodingError("username must be a str")
-    if not username.isascii():
-        raise EncodingError("username must be ASCII: 3-32 characters of a-z, 0-9, '_', '.', '-'")
-    name = username.lower()
-    if not _USERNAME.fullmatch(name):
-        raise EncodingError("username must be 3-32 characters of a-z, 0-9, '_', '.', '-'")
-    return name
-
-
-def _decode_username(raw: bytes) -> str:
-    try:
-        name = raw.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise EncodingError("username is not ASCII") from exc
-    if normalize_username(name) != name:
-        raise EncodingError("username is not in normal form")
-    return name
-
-
-# -- device entries ------------------------------------------------------------------------
-
-
-def binding_message(
-    account: AccountPublicKey,
-    device_id: bytes,
-    signing_key: DeviceSigningPublicKey,
-    dh_key: DeviceDHPublicKey,
-    added_at: int,
-) -> bytes:
-    """What a device signs (under ``SigningContext.DEVICE_BINDING``) to join ``account``:
-    ``account_pk (32) || device_id (16) || signing_pk (32) || dh_pk (32) || added_at (u64 BE)``
-    (120 bytes, raw keys)."""
-    if not isinstance(account, AccountPublicKey):
-        raise EncodingError("account must be an AccountPublicKey")
-    if not isinstance(device_id, bytes) or len(device_id) != DEVICE_ID_SIZE:
-        raise EncodingError(f"device id must be {DEVICE_ID_SIZE} bytes")
-    if not isinstance(signing_key, DeviceSigningPublicKey):
-        raise EncodingError("signing_key must be a DeviceSigningPublicKey")
-    if not isinstance(dh_key, DeviceDHPublicKey):
-        raise EncodingError("dh_key must be a DeviceDHPublicKey")
-    if isinstance(added_at, bool) or not isinstance(added_at, int) or not 0 <= added_at <= MAX_U64:
-        raise EncodingError("added_at must fit in 64 bits unsigned")
-    return bytes(account) + device_id + bytes(signing_key) + bytes(dh_key) + struct.pack(">Q", added_at)
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceEntry:
-    """One device of an account, with the device's own signature binding it to the account."""
-
-    device_id: bytes
-    signing_key: DeviceSigningPublicKey
-    dh_key: DeviceDHPublicKey
-    added_at: int
-    binding_signature: bytes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.device_id, bytes) or len(self.device_id) != DEVICE_ID_SIZE:
-            raise EncodingError(f"device id must be {DEVICE_ID_SIZE} bytes")
-        if not isinstance(self.signing_key, DeviceSigningPublicKey):
-            raise EncodingError("signing_key must be a DeviceSigningPublicKey")
-        if not isinstance(self.dh_key, DeviceDHPublicKey):
-            raise EncodingError("dh_key must be a DeviceDHPublicKey")
-        if isinstance(self.added_at, bool) or not isinstance(self.added_at, int):
-            raise EncodingError("added_at must be an int")
-        if not 0 <= self.added_at <= MAX_U64:
-            raise EncodingError("added_at must fit in 64 bits unsigned")
-        if not isinstance(self.binding_signature, bytes) or len(self.binding_signature) != 64:
-            raise EncodingError("binding signature must be 64 bytes")
-
-    def encode(self) -> bytes:
-        return _ENTRY.pack(
-            self.device_id, bytes(self.signing_key), bytes(self.dh_key), self.added_at, self.binding_signature
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> DeviceEntry:
-        data = bytes(data)
-        if len(data) != DEVICE_ENTRY_SIZE:
-            raise EncodingError(f"device entry must be {DEVICE_ENTRY_SIZE} bytes")
-        device_id, signing, dh, added_at, signature = _ENTRY.unpack(data)
-        try:
-            return cls(device_id, DeviceSigningPublicKey(signing), DeviceDHPublicKey(dh), added_at, signature)
-        except InvalidKeyError as exc:
-            raise EncodingError("device entry holds an unusable key") from exc
-
-    def verify_binding(self, account: AccountPublicKey) -> None:
-        """Raise :class:`UnboundDeviceError` unless this device signed its membership of ``account``
-        (with this ``added_at``)."""
-        message = binding_message(account, self.device_id, self.signing_key, self.dh_key, self.added_at)
-        try:
-            self.signing_key.verify(SigningContext.DEVICE_BINDING, message, self.binding_signature)
-        except SignatureError as exc:
-            raise UnboundDeviceError(f"device {self.device_id.hex()} is not bound to this account") from exc
-
-    def __repr__(self) -> str:
-        return (
-            f"DeviceEntry({self.device_id.hex()}, {self.signing_key!r}, {self.dh_key!r}, "
-            f"added_at={self.added_at})"
-        )
-
-
-def bind_device(
-    account: AccountPublicKey,
-    device_id: bytes,
-    signing_key: DeviceSigningKey,
-    dh_key: DeviceDHPublicKey,
-    added_at: int,
-) -> DeviceEntry:
-    """The entry a device creates for itself: its keys and its binding signature for ``account``.
-
-    Run on the device that owns ``signing_key`` (for a new device, before it sends its link code).
-    """
-    if not isinstance(signing_key, DeviceSigningKey):
-        raise EncodingError("signing_key must be a DeviceSigningKey")
-    public = signing_key.public_key
-    message = binding_message(account, device_id, public, dh_key, added_at)
-    return DeviceEntry(
-        bytes(device_id), public, dh_key, added_at, signing_key.sign(SigningContext.DEVICE_BINDING, message)
-    )
-
-
-# -- lists -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceList:
-    """The content of a device list (what the account key signs). Devices are kept sorted by id.
-
-    Constructing one checks the format invariants (sizes, ordering, uniqueness, version 1 iff
-    zero previous hash) and raises :class:`EncodingError`; it does not check bindings.
-    """
-
-    version: int
-    previous_hash: bytes
-    account_key: AccountPublicKey
-    username: str
-    devices: tuple[DeviceEntry, ...]
-
-    def __post_init__(self) -> None:
-        if (
-            isinstance(self.version, bool)
-            or not isinstance(self.version, int)
-            or not 1 <= self.version <= MAX_U64
-        ):
-            raise EncodingError("device list version must be in 1..2**64-1")
-        if not isinstance(self.previous_hash, bytes) or len(self.previous_hash) != HASH_SIZE:
-            raise EncodingError("previous hash must be 32 bytes")
-        if (self.version == 1) != (self.previous_hash == ZERO_HASH):
-            raise EncodingError("previous hash must be all zero exactly for version 1")
-        if not isinstance(self.account_key, AccountPublicKey):
-            raise EncodingError("account_key must be an AccountPublicKey")
-        if normalize_username(self.username) != self.username:
-            raise EncodingError("username is not in normal form (use normalize_username)")
-        if not isinstance(self.devices, tuple) or not all(isinstance(d, DeviceEntry) for d in self.devices):
-            raise EncodingError("devices must be a tuple of DeviceEntry")
-        if not 1 <= len(self.devices) <= MAX_DEVICES:
-            raise EncodingError(f"a device list holds 1..{MAX_DEVICES} devices")
-        for before, after in zip(self.devices, self.devices[1:], strict=False):
-            if before.device_id == after.device_id:
-                raise EncodingError(f"duplicate device id {after.device_id.hex()}")
-            if before.device_id > after.device_id:
-                raise EncodingError("devices are not sorted by device id")
-
-    @classmethod
-    def create(
-        cls,
-        version: int,
-        previous_hash: bytes,
-        account_key: AccountPublicKey,
-        username: str,
-        devices: Iterable[DeviceEntry],
-    ) -> DeviceList:
-        """Build a list, normalising the username and sorting the devices (duplicates still raise)."""
-        name = normalize_username(username)
-        ordered = tuple(sorted(devices, key=lambda d: d.device_id))
-        return cls(version, bytes(previous_hash), account_key, name, ordered)
-
-    def encode(self) -> bytes:
-        name = self.username.encode("utf-8")
-        out = [
-            _HEADER.pack(
-                FORMAT_VERSION, self.version, self.previous_hash, bytes(self.account_key), len(name)
-            ),
-            name,
-            _COUNT.pack(len(self.devices)),
-        ]
-        out.extend(d.encode() for d in self.devices)
-        return b"".join(out)
-
-    @classmethod
-    def decode(cls, data: bytes) -> DeviceList:
-        """Parse the canonical encoding; anything else (including trailing bytes) raises EncodingError."""
-        data = bytes(data)
-        if len(data) < _HEADER.size:
-            raise EncodingError("device list is too short")
-        fmt, version, previous_hash, account, name_len = _HEADER.unpack_from(data, 0)
-        if fmt != FORMAT_VERSION:
-            raise EncodingError(f"unsupported device list format {fmt}")
-        offset = _HEADER.size
-        if len(data) < offset + name_len + _COUNT.size:
-            raise EncodingError("device list is too short")
-        username = _decode_username(data[offset : offset + name_len])
-        offset += name_len
-        (count,) = _COUNT.unpack_from(data, offset)
-        offset += _COUNT.size
-        if len(data) != offset + count * DEVICE_ENTRY_SIZE:
-            raise EncodingError(
-                "device list length does not match its device count (truncated or trailing data)"
-            )
-        devices = tuple(
-            DeviceEntry.decode(data[offset + i * DEVICE_ENTRY_SIZE : offset + (i + 1) * DEVICE_ENTRY_SIZE])
-            for i in range(count)
-        )
-        return cls(version, previous_hash, AccountPublicKey(account), username, devices)
-
-    def device(self, device_id: bytes) -> DeviceEntry | None:
-        for entry in self.devices:
-            if entry.device_id == device_id:
-                return entry
-        return None
-
-    @property
-    def device_ids(self) -> tuple[bytes, ...]:
-        return tuple(d.device_id for d in self.devices)
-
-    def verify_bindings(self) -> None:
-        """Raise :class:`UnboundDeviceError` unless every device signed its binding to this account."""
-        for entry in self.devices:
-            entry.verify_binding(self.account_key)
-
-
-@dataclass(frozen=True, slots=True)
-class SignedDeviceList:
-    """A device list with the account key's signature, as sent on the wire.
-
-    Holding one proves nothing: :func:`verify` (or a :class:`DeviceListChainVerifier`) decides
-    whether to trust it.
-    """
-
-    content: DeviceList
-    signature: bytes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.content, DeviceList):
-            raise EncodingError("content must be a DeviceList")
-        if not isinstance(self.signature, bytes) or len(self.signature) != p.ED25519_SIGNATURE_SIZE:
-            raise EncodingError("device list signature must be 64 bytes")
-
-    @property
-    def version(self) -> int:
-        return self.content.version
-
-    def encode(self) -> bytes:
-        return self.content.encode() + self.signature
-
-    @classmethod
-    def decode(cls, data: bytes) -> SignedDeviceList:
-        data = bytes(data)
-        if len(data) < p.ED25519_SIGNATURE_SIZE:
-            raise EncodingError("signed device list is too short")
-        split = len(data) - p.ED25519_SIGNATURE_SIZE
-        return cls(DeviceList.decode(data[:split]), data[split:])
-
-    def to_b64(self) -> str:
-        return b64encode(self.encode())
-
-    @classmethod
-    def from_b64(cls, text: str) -> SignedDeviceList:
-        return cls.decode(b64decode(text))
-
-    def hash(self) -> bytes:
-        """SHA-256 of the signed encoding: what the next list names as ``previous_hash``."""
-        return p.sha256(self.encode())
-
-    def __repr__(self) -> str:
-        return (
-            f"SignedDeviceList(v{self.content.version}, {self.content.username!r}, "
-            f"{len(self.content.devices)} devices, hash={self.hash()[:8].hex()})"
-        )
-
 
 def sign(account_key: AccountKey, content: DeviceList) -> SignedDeviceList:
-    """Sign ``content`` with the account key after checking that it names this key and that
-    every device is bound to it."""
+    """Sign ``content`` with the account key after checking that it names this key, that every
+    device is bound to the account's root key and that a succession (if any) verifies."""
     if content.account_key != account_key.public_key:
         raise UnknownSignerError("the list names another account key than the signing key")
     content.verify_bindings()
+    content.verify_succession()
     return SignedDeviceList(content, account_key.sign(SigningContext.DEVICE_LIST, content.encode()))
 
 
@@ -421,11 +127,15 @@ def verify(
 ) -> DeviceList:
     """Verify one signed list under the account key the caller trusts; return its content.
 
-    With ``expected_username`` (normalised first), the list must name that username.
+    The list is trusted if it names ``trusted_account_key`` as its account key, or if it carries a
+    succession from ``trusted_account_key`` to its account key (then the caller's trusted key
+    moves on to the list's account key). With ``expected_username`` (normalised first), the list
+    must name that username.
 
     Raises :class:`EncodingError` (bytes do not parse, or ``expected_username`` is not a valid
-    username), :class:`UnknownSignerError` (the list names another account key),
-    :class:`DeviceListSignatureError` (the signature does not verify),
+    username), :class:`UnknownSignerError` (the list names another account key, with no
+    succession from the trusted one), :class:`DeviceListSignatureError` (the signature does not
+    verify), :class:`SuccessionError` (a succession that does not verify),
     :class:`UnboundDeviceError` (a device did not sign its binding) or
     :class:`UsernameMismatchError` (the list names another username than ``expected_username``).
     """
@@ -435,25 +145,35 @@ def verify(
     if not isinstance(signed, SignedDeviceList):
         signed = SignedDeviceList.decode(signed)
     content = signed.content
-    if content.account_key != trusted_account_key:
+    succession = content.succession
+    if content.account_key != trusted_account_key and (
+        succession is None or succession.previous_key != trusted_account_key
+    ):
         raise UnknownSignerError("device list is for another account key than the trusted one")
     try:
-        trusted_account_key.verify(SigningContext.DEVICE_LIST, content.encode(), signed.signature)
+        content.account_key.verify(SigningContext.DEVICE_LIST, content.encode(), signed.signature)
     except SignatureError as exc:
         raise DeviceListSignatureError("device list signature does not verify") from exc
+    content.verify_succession()
     content.verify_bindings()
     if expected is not None and content.username != expected:
         raise UsernameMismatchError("device list is for another username than the expected one")
     return content
 
 
-def check_successor(known: SignedDeviceList | None, new: SignedDeviceList) -> bool:
+def check_successor(
+    known: SignedDeviceList | None, new: SignedDeviceList, retired: frozenset[bytes] = frozenset()
+) -> bool:
     """The chain rule between the last verified list ``known`` and a signature-verified ``new``.
 
     Returns ``True`` if ``new`` advances the chain, ``False`` if it is ``known`` itself (same
     bytes: idempotent). Raises :class:`RollbackError` (older version), :class:`ForkError` (same
     version, other bytes), :class:`UsernameMismatchError` (``new`` names another username than
-    ``known``) or :class:`ChainBreakError` (a version skipped, or the wrong predecessor hash).
+    ``known``), :class:`ChainBreakError` (a version skipped, the wrong predecessor hash, or
+    another root key), :class:`SuccessionError` (the account key changed without a succession
+    from ``known``'s key, or a succession names another previous key) or
+    :class:`BindingReplayError` (a new entry that does not join at ``new``'s version, a carried
+    entry that changed, or a device id in ``retired``: ids removed earlier in the chain).
     With no ``known`` list any version is accepted (first contact).
     """
     if known is None:
@@ -464,12 +184,32 @@ def check_successor(known: SignedDeviceList | None, new: SignedDeviceList) -> bo
         if p.constant_time_equal(new.encode(), known.encode()):
             return False
         raise ForkError(f"two different device lists claim version {new.version}")
-    if new.content.username != known.content.username:
+    old, cur = known.content, new.content
+    if cur.username != old.username:
         raise UsernameMismatchError("a device list cannot change the account's username")
     if new.version != known.version + 1:
         raise ChainBreakError(f"device list skips from version {known.version} to {new.version}")
-    if not p.constant_time_equal(new.content.previous_hash, known.hash()):
+    if not p.constant_time_equal(cur.previous_hash, known.hash()):
         raise ChainBreakError(f"device list version {new.version} does not name its predecessor's hash")
+    if cur.root != old.root:
+        raise ChainBreakError("a device list cannot change the account's root key")
+    if cur.succession is None and cur.account_key != old.account_key:
+        raise SuccessionError("the account key changed without a succession statement")
+    if cur.succession is not None and cur.succession.previous_key != old.account_key:
+        raise SuccessionError("the succession does not come from the previous list's account key")
+    gone = retired | (set(old.device_ids) - set(cur.device_ids))
+    for entry in cur.devices:
+        before = old.device(entry.device_id)
+        if before is None:
+            if entry.device_id in gone:
+                raise BindingReplayError(f"device {entry.device_id.hex()} was removed and cannot return")
+            if entry.joined_version != new.version:
+                raise BindingReplayError(
+                    f"device {entry.device_id.hex()} does not join at version {new.version} "
+                    "(a replayed binding)"
+                )
+        elif not p.constant_time_equal(before.encode(), entry.encode()):
+            raise BindingReplayError(f"device {entry.device_id.hex()} changed its entry")
     return True
 
 
@@ -481,29 +221,39 @@ class DeviceListChainVerifier:
     (for example, from the client's store); it is re-verified here. ``expected_username``
     (optional) pins the username every list must name (the one the caller looked up); once a
     list is known, its successors must keep its username in any case
-    (:class:`UsernameMismatchError`).
+    (:class:`UsernameMismatchError`). ``retired`` are device ids the caller saw removed earlier
+    in this chain (they can never return); the verifier adds those removed along the lists it
+    verifies. After a verified succession the trusted account key is the new one.
     """
 
-    __slots__ = ("_expected_username", "_last", "_trusted")
+    __slots__ = ("_expected_username", "_last", "_retired", "_trusted")
 
     def __init__(
         self,
         trusted_account_key: AccountPublicKey,
         last: SignedDeviceList | None = None,
         expected_username: str | None = None,
+        retired: Iterable[bytes] = (),
     ) -> None:
         if not isinstance(trusted_account_key, AccountPublicKey):
             raise EncodingError("trusted_account_key must be an AccountPublicKey")
         self._trusted = trusted_account_key
         self._expected_username = None if expected_username is None else normalize_username(expected_username)
         self._last: SignedDeviceList | None = None
+        self._retired = frozenset(bytes(i) for i in retired)
         if last is not None:
             verify(last, trusted_account_key, self._expected_username)
             self._last = last
+            self._trusted = last.content.account_key
 
     @property
     def trusted_account_key(self) -> AccountPublicKey:
         return self._trusted
+
+    @property
+    def retired(self) -> frozenset[bytes]:
+        """Device ids removed along the chain this verifier saw (and those it was given)."""
+        return self._retired
 
     @property
     def latest(self) -> SignedDeviceList | None:
@@ -529,21 +279,46 @@ class DeviceListChainVerifier:
         if not lists:
             raise DeviceListError("no device list to verify")
         last = self._last
+        trusted = self._trusted
+        retired = self._retired
         for item in lists:
             signed = item if isinstance(item, SignedDeviceList) else SignedDeviceList.decode(item)
-            verify(signed, self._trusted, self._expected_username)
-            if check_successor(last, signed):
+            _refuse_forked_succession(last, signed)
+            verify(signed, trusted, self._expected_username)
+            if check_successor(last, signed, retired):
+                if last is not None:
+                    retired = retired | (set(last.content.device_ids) - set(signed.content.device_ids))
                 last = signed
+                trusted = signed.content.account_key
         assert last is not None
         self._last = last
+        self._trusted = trusted
+        self._retired = retired
         return last.content
+
+
+def _refuse_forked_succession(last: SignedDeviceList | None, new: SignedDeviceList) -> None:
+    """``new`` and ``last`` are two different successions from the same outgoing key at the same
+    version: the outgoing key signed both, so this is a fork (an alarm), even though the verifier
+    already trusts ``last``'s new key and not ``new``'s."""
+    if last is None or new.version != last.version or new.encode() == last.encode():
+        return
+    mine, theirs = last.content.succession, new.content.succession
+    if mine is None or theirs is None or mine.previous_key != theirs.previous_key:
+        return
+    try:
+        verify(new, mine.previous_key)
+    except DeviceListError:
+        return  # not signed by the outgoing key: proves nothing
+    raise ForkError(f"two different account-key successions claim version {new.version}")
 
 
 # -- builders (need the account key) ---------------------------------------------------------------
 
 
 def first(account_key: AccountKey, username: str, devices: Iterable[DeviceEntry]) -> SignedDeviceList:
-    """Version 1 of an account's device list (previous hash all zero).
+    """Version 1 of an account's device list (previous hash all zero; the account key is the
+    chain's root key).
 
     Ed25519 signing is deterministic, so no randomness is needed.
     """
@@ -552,34 +327,66 @@ def first(account_key: AccountKey, username: str, devices: Iterable[DeviceEntry]
 
 
 def successor(
-    previous: SignedDeviceList, account_key: AccountKey, devices: Iterable[DeviceEntry]
+    previous: SignedDeviceList,
+    account_key: AccountKey,
+    devices: Iterable[DeviceEntry],
+    *,
+    rotate_to: AccountKey | None = None,
 ) -> SignedDeviceList:
-    """The next version after ``previous`` (which is verified first), with ``devices`` and the
-    same username."""
+    """The next version after ``previous`` (which is verified first under ``account_key``), with
+    ``devices`` and the same username and root. With ``rotate_to``, ``account_key`` signs a
+    succession to ``rotate_to``, which signs the new list."""
     verify(previous, account_key.public_key)
     if previous.version >= MAX_U64:
         raise EncodingError("device list version space exhausted")
+    version = previous.version + 1
+    root = previous.content.root
+    signer = account_key
+    succession = None
+    if rotate_to is not None:
+        if rotate_to.public_key == account_key.public_key:
+            raise EncodingError("rotate_to must be a new account key")
+        message = succession_message(
+            account_key.public_key, rotate_to.public_key, root, version, previous.hash()
+        )
+        succession = Succession(
+            account_key.public_key, account_key.sign(SigningContext.ACCOUNT_KEY_SUCCESSION, message)
+        )
+        signer = rotate_to
     content = DeviceList.create(
-        previous.version + 1, previous.hash(), account_key.public_key, previous.content.username, devices
+        version,
+        previous.hash(),
+        signer.public_key,
+        previous.content.username,
+        devices,
+        root,
+        succession,
     )
-    return sign(account_key, content)
+    signed = sign(signer, content)
+    check_successor(previous, signed)
+    return signed
 
 
 def with_device_added(
     previous: SignedDeviceList, account_key: AccountKey, entry: DeviceEntry
 ) -> SignedDeviceList:
-    """``previous`` plus ``entry``; raises :class:`EncodingError` if the device id is already listed."""
+    """``previous`` plus ``entry`` (which must join at ``previous.version + 1``); raises
+    :class:`EncodingError` if the device id is already listed."""
     if previous.content.device(entry.device_id) is not None:
         raise EncodingError(f"device {entry.device_id.hex()} is already in the list")
     return successor(previous, account_key, (*previous.content.devices, entry))
 
 
 def with_device_removed(
-    previous: SignedDeviceList, account_key: AccountKey, device_id: bytes
+    previous: SignedDeviceList,
+    account_key: AccountKey,
+    device_id: bytes,
+    *,
+    rotate_to: AccountKey | None = None,
 ) -> SignedDeviceList:
-    """``previous`` without ``device_id``; raises :class:`EncodingError` if it is not listed, or if
-    it is the last device."""
+    """``previous`` without ``device_id`` (optionally rotating the account key to ``rotate_to``);
+    raises :class:`EncodingError` if it is not listed, or if it is the last device."""
     if previous.content.device(device_id) is None:
         raise EncodingError(f"device {bytes(device_id).hex()} is not in the list")
     remaining = tuple(d for d in previous.content.devices if d.device_id != device_id)
-    return successor(previous, account_key, remaining)
+    return successor(previous, account_key, remaining, rotate_to=rotate_to)

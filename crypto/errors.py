@@ -70,6 +70,16 @@ class UnboundDeviceError(DeviceListError):
     """A device's keys are not bound to the list (missing, mismatched or unsigned binding)."""
 
 
+class BindingReplayError(DeviceListError):
+    """A device entry new to a list does not join at that list's version (an old binding replayed),
+    an entry carried over from the predecessor changed, or a device id removed earlier returns."""
+
+
+class SuccessionError(DeviceListError):
+    """An account-key succession does not verify: not signed by the predecessor's account key, or
+    the account key changed without one."""
+
+
 class UsernameMismatchError(DeviceListError):
     """The list names another username than the one expected: the caller's
     ``expected_username``, or the username of the last verified list of the chain (a device

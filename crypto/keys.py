@@ -50,6 +50,7 @@ class SigningContext(Enum):
     LOGIN_CHALLENGE = b"login-challenge"
     LINK = b"link"
     DEVICE_BINDING = b"device-binding"  # a device consents to belong to an account (device list)
+    ACCOUNT_KEY_SUCCESSION = b"account-key-succession"  # an account key names its successor
 
 
 def signing_input(context: SigningContext, message: bytes) -> bytes:

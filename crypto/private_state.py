@@ -182,9 +182,12 @@ class DeviceState:
     def one_time_prekeys_public(self) -> list[PreKeyPublic]:
         return [k.signed_public(self.signing_key) for k in self.one_time_prekeys.values()]
 
-    def device_entry(self, account: AccountPublicKey, added_at: int) -> DeviceEntry:
-        """This device's entry, with its binding signature, for ``account``'s device list."""
-        return bind_device(account, self.device_id, self.signing_key, self.dh_key.public_key, added_at)
+    def device_entry(self, root: AccountPublicKey, added_at: int, joined_version: int = 1) -> DeviceEntry:
+        """This device's entry, with its binding signature, for the device list of the account
+        rooted at ``root``, joining at list version ``joined_version``."""
+        return bind_device(
+            root, self.device_id, self.signing_key, self.dh_key.public_key, added_at, joined_version
+        )
 
     # -- updates (return a new state) -----------------------------------------------------
 

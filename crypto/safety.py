@@ -40,6 +40,7 @@ __all__ = [
     "SafetyNumber",
     "compare",
     "fingerprint",
+    "fingerprint_digits",
     "safety_number",
 ]
 
@@ -71,6 +72,12 @@ def _digits(fp: bytes) -> str:
         f"{int.from_bytes(fp[i : i + 5], 'big') % 100000:05d}"
         for i in range(0, 5 * (DIGITS_PER_USER // 5), 5)
     )
+
+
+def fingerprint_digits(account_key: AccountPublicKey, username: str) -> str:
+    """One user's 30 digits (their half of every safety number), in six groups of five."""
+    digits = _digits(fingerprint(account_key, username))
+    return " ".join(digits[i : i + 5] for i in range(0, len(digits), 5))
 
 
 def _normalise_digits(text: str) -> str:

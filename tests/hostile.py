@@ -93,9 +93,12 @@ def forged_chain(
 ) -> list[bytes]:
     """A valid chain of ``length`` lists signed by ``account_key`` (which the attacker holds) that
     claims ``username`` and lists ``devices`` (each bound by its own key to the account)."""
-    entries = [d.device_entry(account_key.public_key, 1_700_000_000_000) for d in devices]
-    chain = [dl.first(account_key, username, entries[:1])]
-    for entry in entries[1:]:
+    devices = list(devices)
+    chain = [
+        dl.first(account_key, username, [devices[0].device_entry(account_key.public_key, 1_700_000_000_000)])
+    ]
+    for device in devices[1:]:
+        entry = device.device_entry(account_key.public_key, 1_700_000_000_000, chain[-1].version + 1)
         chain.append(dl.with_device_added(chain[-1], account_key, entry))
     while len(chain) < length:
         chain.append(dl.successor(chain[-1], account_key, chain[-1].content.devices))

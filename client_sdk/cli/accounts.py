@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,7 +26,8 @@ from client_sdk.cli.app import (
 from client_sdk.errors import UsageError
 
 if TYPE_CHECKING:
-    from client_sdk.client import DeviceInfo
+    from client_sdk.client import DeviceInfo, LinkConfirmation, LinkRequest
+    from client_sdk.facets.linking import HistoryDepth
 
 # -- accounts -----------------------------------------------------------------------------------
 
@@ -86,15 +88,27 @@ def login(
 @link_app.command("show")
 def link_show(
     ctx: typer.Context,
+    name: Annotated[
+        str, typer.Option("--name", help="This device's name, shown on your other devices (encrypted)")
+    ] = "",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for approval")] = 300.0,
     qr: Annotated[bool, typer.Option("--qr/--no-qr", help="Also print the code as a QR code")] = True,
 ) -> None:
-    """New device: print a link code (text and QR), wait until an existing device accepts it."""
+    """New device: print a link code (text and QR), show the confirmation code and the account to
+    join once a device of that account answers, then wait until it is approved there."""
     state = cli_state(ctx)
+    device_name = name or socket.gethostname()[:64] or "New device"
+
+    def shown(c: LinkConfirmation) -> None:
+        out.print(f"joining account [bold]{c.username}[/] ({c.account_id})")
+        out.print(f"  account fingerprint: {c.fingerprint}")
+        out.print(f"confirmation code: [bold]{c.code}[/]")
+        out.print("check that your other device shows the same code, and confirm there")
+        sys.stdout.flush()
 
     async def work() -> tuple[str, str, str]:
         async with open_client(state, need_account=False) as client:
-            code = await client.begin_link()
+            code = await client.begin_link(device_name)
             out.print("On a device of your account run:\n")
             out.print(f"  saltline link accept {code}\n")
             if qr:
@@ -103,34 +117,70 @@ def link_show(
                 segno.make(code, error="L").terminal(out=sys.stdout, compact=True)
             out.print(f"waiting up to {timeout:g} s for approval...")
             sys.stdout.flush()
-            account_id = await client.complete_link(wait_s=timeout)
+            account_id = await client.complete_link(wait_s=timeout, on_code=shown)
             # What was sent while the link was in progress comes in a follow-up bundle.
             await client.finish_link(wait_s=timeout)
             return client.username, account_id, client.device_id
 
-    name, account_id, device_id = run(work())
-    out.print(f"linked: this profile is now device {device_id} of {name} ({account_id})")
+    username, account_id, device_id = run(work())
+    out.print(f"linked: this profile is now device {device_id} of {username} ({account_id})")
+
+
+def _history(value: str | None) -> HistoryDepth:
+    if value is None:
+        value = typer.prompt("Share history with the new device: all, none, or a number of days")
+    value = value.strip().lower()
+    if value in ("all", "none"):
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise UsageError("history is 'all', 'none' or a number of days")
 
 
 @link_app.command("accept")
 def link_accept(
     ctx: typer.Context,
     code: str,
+    history: Annotated[
+        str | None,
+        typer.Option(help="History the new device gets: all, none or a number of days (asked if not given)"),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the new device to join")] = 600.0,
 ) -> None:
-    """Existing device: approve the new device that shows CODE (it gets the account key), then
-    wait until it has joined and send it what arrived meanwhile."""
+    """Existing device: approve the new device that shows CODE. Shows its name and a confirmation
+    code; only after you confirm that the new device shows the same code does it get the account
+    key; then waits until it has joined and sends it what arrived meanwhile."""
     state = cli_state(ctx)
+    depth = _history(history)
+
+    def confirm(request: LinkRequest) -> bool:
+        out.print(f"new device: [bold]{request.name}[/] ({request.device_id})")
+        out.print(f"confirmation code: [bold]{request.code}[/]")
+        sys.stdout.flush()
+        return typer.confirm(f"Does the new device show {request.code}?", default=False)
 
     async def work() -> None:
         async with open_client(state) as client:
-            await client.approve_link(code)
+            await client.approve_link(code, history=depth, confirm=confirm, wait_s=timeout)
             out.print("approved: waiting for the new device to join...")
             sys.stdout.flush()
             await client.finish_link(wait_s=timeout)
 
     run(work())
     out.print("linked: the new device has joined and has the history")
+
+
+@devices_app.command("name")
+def devices_name(ctx: typer.Context, name: str) -> None:
+    """Name this device (shown on your other devices; end-to-end encrypted)."""
+    state = cli_state(ctx)
+
+    async def work() -> None:
+        async with open_client(state) as client:
+            await client.set_device_name(name)
+
+    run(work())
+    out.print(f"this device is now named {name!r}")
 
 
 # -- devices ------------------------------------------------------------------------------------
@@ -145,9 +195,9 @@ def devices_list(ctx: typer.Context) -> None:
         async with open_client(state) as client:
             return await client.devices()
 
-    table = Table("device id", "added", "")
+    table = Table("device id", "name", "added", "")
     for d in run(work()):
-        table.add_row(d.device_id, format_time(d.added_at), "this device" if d.this_device else "")
+        table.add_row(d.device_id, d.name, format_time(d.added_at), "this device" if d.this_device else "")
     out.print(table)
 
 

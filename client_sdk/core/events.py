@@ -182,6 +182,58 @@ class DeviceRemoved(Event):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class OwnDeviceLinked(Event):
+    """A device joined this account (seen on every device of the account, so a takeover that adds
+    a device is visible on the owner's other devices). ``name`` is the name the new device
+    chose (end-to-end encrypted), or ``"(unnamed device)"``."""
+
+    device_id: str
+    name: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class OwnDeviceUnlinked(Event):
+    """A device left this account (removed by a device of the account, or by itself)."""
+
+    device_id: str
+    name: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKeyRotated(Event):
+    """A contact's (or this account's) account key moved on to a successor its previous key
+    signed (device-lists.md § 3.4). Not an identity change: the contact keeps its verified state
+    (``verified``) and trust policy; the safety number changes with the key."""
+
+    account_id: str
+    username: str
+    version: int
+    verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKeyUnavailable(Event):
+    """This account's key rotated but this device did not receive the new key (no valid handoff):
+    it still sends and receives, but cannot manage devices until it is linked again."""
+
+    version: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryDownloadFailed(Event):
+    """A newly linked device could not download or open its history bundle. The device is already
+    reachable; ``retrying`` says whether another attempt follows (``attempt`` of ``of``)."""
+
+    attempt: int
+    of: int
+    reason: str
+    retrying: bool
+
+
 # -- conversation sync (docs/protocol/sync.md); ``message_ref`` is ``"<device id>.<n>"`` --------
 
 

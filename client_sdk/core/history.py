@@ -237,7 +237,8 @@ class LinkPayload:
     contacts: tuple[LinkContact, ...]
     conversations: tuple[tuple[str, str, tuple[str, ...]], ...]  # (id, kind, members)
     history: HistoryRef | None
-    follow_up: tuple[str, str] | None  # (channel id, secret)
+    follow_up: tuple[str, str] | None  # (channel id, take secret)
+    grant: str | None = None  # the one-time device grant the new device publishes its list with
 
 
 def parse_link_payload(doc: dict[str, Any]) -> LinkPayload:
@@ -267,6 +268,9 @@ def parse_link_payload(doc: dict[str, Any]) -> LinkPayload:
     history = parse_ref(doc["history"]) if isinstance(doc.get("history"), dict) else None
     fu = doc.get("follow_up")
     follow_up = (_str(fu, "channel_id"), _str(fu, "secret")) if isinstance(fu, dict) else None
+    grant = doc.get("grant")
+    if grant is not None and not isinstance(grant, str):
+        raise LinkError("the linking payload is not valid: 'grant' is not text")
     return LinkPayload(
         _str(doc, "account_id"),
         _str(doc, "username"),
@@ -276,6 +280,7 @@ def parse_link_payload(doc: dict[str, Any]) -> LinkPayload:
         tuple(convs),
         history,
         follow_up,
+        grant,
     )
 
 
@@ -303,6 +308,8 @@ def encode_link_payload(p: LinkPayload) -> dict[str, Any]:
         doc["follow_up"] = {"channel_id": p.follow_up[0], "secret": p.follow_up[1]}
     if p.history is not None:
         doc["history"] = encode_ref(p.history)
+    if p.grant is not None:
+        doc["grant"] = p.grant
     return doc
 
 

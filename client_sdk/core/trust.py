@@ -8,7 +8,11 @@ Rules (checked in this order by the client):
 2. A newer list must be the successor of the last verified one (version + 1, previous hash):
    :class:`~crypto.device_list.DeviceListChainVerifier` over the chain since the known version.
    Rollback, fork, broken chain, bad signature, unbound device: :class:`UntrustedDeviceListError`.
-3. A chain whose lists name another account key than the pinned one is an identity change
+3. A chain may rotate the account key with a succession signed by the pinned key
+   (docs/protocol/device-lists.md § 3.4): the new key is pinned in its place and the contact keeps
+   its trust state (verified, policy): :attr:`Verified.rotated`, an informational event, no alarm.
+   A chain whose lists name another account key than the pinned one, with no such succession, is
+   an identity change
    (:class:`KeyMismatch`): the whole chain of the new key must verify (:func:`first_contact`), and
    the contact's policy decides: "warn" adopts it (event), "block" keeps it pending and refuses to
    send until the user verifies the contact.
@@ -45,6 +49,9 @@ class Verified:
     added: tuple[str, ...]
     removed: tuple[str, ...]
     changed: bool
+    rotated: bool = False  # the chain moved the account key on through a verified succession
+    #: every account key the verified chain used, oldest first (root, then each successor)
+    keys: tuple[bytes, ...] = ()
 
 
 def _ids(content: dl.DeviceList | None) -> set[str]:
@@ -61,6 +68,7 @@ def first_contact(username: str, chain: Sequence[bytes]) -> Verified:
             raise UntrustedDeviceListError("the device-list chain does not start at version 1")
         verifier = dl.DeviceListChainVerifier(head.content.account_key, expected_username=username)
         content = verifier.verify_chain(list(chain))
+        keys = _keys(chain)
     except CryptoError as exc:
         raise UntrustedDeviceListError(f"device list of {username!r} refused: {exc}") from exc
     assert verifier.latest is not None
@@ -71,7 +79,22 @@ def first_contact(username: str, chain: Sequence[bytes]) -> Verified:
         tuple(sorted(_ids(content))),
         (),
         True,
+        len(keys) > 1,
+        keys,
     )
+
+
+def _keys(chain: Sequence[bytes]) -> tuple[bytes, ...]:
+    return _dedup(tuple(bytes(dl.SignedDeviceList.decode(raw).content.account_key) for raw in chain))
+
+
+def _dedup(keys: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """Consecutive repeats removed (a key signs a run of versions)."""
+    out: list[bytes] = []
+    for key in keys:
+        if not out or out[-1] != key:
+            out.append(key)
+    return tuple(out)
 
 
 def advance(username: str, pinned_key: bytes, known_list: bytes, chain: Sequence[bytes]) -> Verified:
@@ -90,13 +113,16 @@ def advance(username: str, pinned_key: bytes, known_list: bytes, chain: Sequence
         raise UntrustedDeviceListError(f"device list of {username!r} refused: {exc}") from exc
     assert verifier.latest is not None
     before, after = _ids(known.content), _ids(content)
+    new_key = bytes(content.account_key)
     return Verified(
-        pinned_key,
+        new_key,
         verifier.latest.encode(),
         content.version,
         tuple(sorted(after - before)),
         tuple(sorted(before - after)),
         content.version != known.version,
+        new_key != pinned_key,
+        _dedup((pinned_key, *_keys(chain))),
     )
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from client_sdk.context import DeviceContext
 from client_sdk.core import api, trust
-from client_sdk.core.events import DeviceListChanged, IdentityChanged, UntrustedDeviceList
+from client_sdk.core.events import AccountKeyRotated, DeviceListChanged, IdentityChanged, UntrustedDeviceList
 from client_sdk.errors import (
     IdentityChangedError,
     NetworkError,
@@ -24,20 +24,13 @@ from client_sdk.stores.base import ContactRecord
 from crypto import device_list as dl
 from crypto import safety
 from crypto.errors import CryptoError
-from crypto.keys import AccountKey, AccountPublicKey, b64decode, b64encode
+from crypto.keys import AccountKey, AccountPublicKey, b64decode
 
 if TYPE_CHECKING:
     from client_sdk.facets.prekeys import Prekeys
 
 #: Lists per page of ``GET /v1/accounts/{id}/device-lists``.
 CHAIN_PAGE = 100
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceInfo:
-    device_id: str
-    added_at: int
-    this_device: bool
 
 
 log = logging.getLogger(__name__)
@@ -54,6 +47,9 @@ class Contacts:
     def __init__(self, ctx: DeviceContext, prekeys: Prekeys) -> None:
         self.ctx = ctx
         self.prekeys = prekeys
+        #: Called after this account's own verified list changed (the own-devices facet: key
+        #: handoff after a rotation, linked/unlinked events with names).
+        self.on_own_list: Callable[[trust.Verified, list[bytes]], Awaitable[None]] | None = None
 
     # -- accounts ------------------------------------------------------------------------------------
 
@@ -148,7 +144,7 @@ class Contacts:
                     f"account {pinned.account_id}: refused"
                 )
             self._refuse_collisions(account_id, v.signed_list, v.account_key)
-            if vouched_key is not None and vouched_key != v.account_key:
+            if vouched_key is not None and vouched_key not in v.keys:
                 reason = (
                     f"the server's device list for {account_id} is signed by another account key "
                     "than the one the conversation's membership names: refused, not pinned"
@@ -177,13 +173,20 @@ class Contacts:
         except trust.KeyMismatch:
             return await self._identity_changed(contact)
         if v.changed:
-            self._refuse_collisions(account_id, v.signed_list, contact.account_key)
-            contact = replace(contact, signed_list=v.signed_list, updated_at_ms=ctx.clock())
+            self._refuse_collisions(account_id, v.signed_list, v.account_key)
+            # a verified succession moves the pinned key on; verified flag and policy are kept
+            contact = replace(
+                contact, account_key=v.account_key, signed_list=v.signed_list, updated_at_ms=ctx.clock()
+            )
             with ctx.transaction():
                 ctx.store.device_lists.put_contact(contact)
                 for device_id in v.removed:
                     ctx.store.sessions.delete_sessions(device_id)
                 ctx.emit(DeviceListChanged(account_id, contact.username, v.version, v.added, v.removed))
+                if v.rotated:
+                    ctx.emit(AccountKeyRotated(account_id, contact.username, v.version, contact.verified))
+            if account_id == ctx.device.account_id and self.on_own_list is not None:
+                await self.on_own_list(v, chain)
         else:
             contact = replace(contact, updated_at_ms=ctx.clock())  # verified as current now
             ctx.store.device_lists.put_contact(contact)
@@ -272,28 +275,6 @@ class Contacts:
         if AccountPublicKey(contact.account_key).to_b64() != info.account_key:
             raise UntrustedDeviceListError(f"the server gave two different account keys for {name!r}")
         return contact
-
-    async def devices(self) -> list[DeviceInfo]:
-        ctx = self.ctx
-        contact = await self.refresh(ctx.account_id)
-        content = trust.verified_content(contact.account_key, contact.signed_list)
-        return [
-            DeviceInfo(b64encode(d.device_id), d.added_at, b64encode(d.device_id) == ctx.device_id)
-            for d in content.devices
-        ]
-
-    async def remove_device(self, device_id: str) -> None:
-        ctx = self.ctx
-        contact = await self.refresh(ctx.account_id)
-        current = dl.SignedDeviceList.decode(contact.signed_list)
-        try:
-            new = dl.with_device_removed(current, ctx.account_key(), b64decode(device_id))
-        except CryptoError as exc:
-            raise UsageError(f"cannot remove device {device_id}: {exc}") from exc
-        await ctx.call(api.put_device_list(new.to_b64()))
-        with ctx.transaction():
-            self.put_own_contact(new)
-            ctx.store.sessions.delete_sessions(device_id)
 
     async def resolve(self, username: str | None, account_id: str | None) -> ContactRecord:
         """A contact named by exactly one of its pinned username or its account id (verification

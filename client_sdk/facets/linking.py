@@ -4,16 +4,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from client_sdk.context import DeviceContext
-from client_sdk.core import api, diff, linking, sync, trust, wire
+from client_sdk.core import account_keys, api, diff, linking, sync, trust, wire
 from client_sdk.core import history as fmt
-from client_sdk.core.events import ConversationAdded, MessageReceived
-from client_sdk.errors import LinkError, NotFoundError, ServerError, UsageError
+from client_sdk.core.events import ConversationAdded, HistoryDownloadFailed, MessageReceived
+from client_sdk.errors import (
+    LinkError,
+    LinkNotConfirmedError,
+    NetworkError,
+    NotFoundError,
+    ProtocolError,
+    SaltlineError,
+    ServerError,
+    UsageError,
+)
 from client_sdk.facets.conversations import decode_op
 from client_sdk.stores.base import ContactRecord, ConversationRecord, MessageRecord, SyncOpRecord
 from crypto import attachments
@@ -21,6 +32,7 @@ from crypto import device_list as dl
 from crypto import primitives as p
 from crypto.errors import CryptoError
 from crypto.keys import AccountKey, EphemeralKey, b64decode, b64encode
+from crypto.safety import fingerprint_digits
 
 if TYPE_CHECKING:
     from client_sdk.facets.contacts import Contacts
@@ -40,6 +52,36 @@ LINK_POLL_S = 0.25
 LINK_POLL_MAX_S = 5.0
 
 Sent = dict[str, tuple[int, frozenset[int]]]
+#: How often a new device tries its history bundle, and the first pause between tries (doubling).
+HISTORY_ATTEMPTS = 5
+HISTORY_RETRY_S = 1.0
+#: How long the approving device waits for the new device's answer to its hello.
+LINK_REPLY_WAIT_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRequest:
+    """What the approving device shows before anything is sent: the new device's id and name,
+    and the confirmation code the new device shows too. Confirm only if both match."""
+
+    device_id: str
+    name: str
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfirmation:
+    """What the new device shows: the confirmation code, and the account it is about to join
+    (username, id and the account's fingerprint digits, as in its safety numbers)."""
+
+    code: str
+    username: str
+    account_id: str
+    fingerprint: str
+
+
+Confirm = Callable[[LinkRequest], "bool | Awaitable[bool]"]
+OnCode = Callable[[LinkConfirmation], "Awaitable[None] | None"]
 
 
 class Linking:
@@ -58,7 +100,9 @@ class Linking:
         self.prekeys = prekeys
         self.inbound = inbound
         self._task = task
-        self._link: tuple[linking.LinkCode, EphemeralKey] | None = None
+        self._link: tuple[linking.LinkCode, EphemeralKey, str, str] | None = None
+        #: Remembers a device's name (set by the client to the own-devices facet).
+        self.remember_name: Callable[[str, str], None] = lambda _device_id, _name: None
         self.tasks: set[asyncio.Task[None]] = set()
         #: Conversations a history bundle seeded on this (new) device.
         self._seeded: set[str] = set()
@@ -277,9 +321,88 @@ class Linking:
 
     # -- the approving device ----------------------------------------------------------------------------
 
-    async def approve(self, code_text: str, history: HistoryDepth) -> None:
+    async def _take(self, channel_id: str, take_secret: str, wait_s: float, what: str) -> bytes:
+        """Wait for the next message on a channel this device can take from."""
+        ctx = self.ctx
+        deadline = time.monotonic() + wait_s
+        delay = LINK_POLL_S
+        while True:
+            try:
+                box = api.parse_provisioning(await ctx.call(api.take_provisioning(channel_id, take_secret)))
+            except NotFoundError as exc:
+                raise LinkError(f"the link expired before {what} came; show a new code") from exc
+            if box is not None:
+                try:
+                    return b64decode(box)
+                except CryptoError as exc:
+                    raise LinkError(f"{what} is damaged; show a new code") from exc
+            if time.monotonic() > deadline:
+                raise LinkError(f"{what} did not come in time; show a new code")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, LINK_POLL_MAX_S)
+
+    async def _put(self, channel_id: str, put_secret: str, box: bytes) -> None:
+        try:
+            await self.ctx.call(api.put_provisioning(channel_id, put_secret, b64encode(box)))
+        except ServerError as exc:
+            if exc.status == 409:
+                raise LinkError(
+                    "someone else answered this link code first (was it photographed?); "
+                    "show a new code on the new device"
+                ) from exc
+            if exc.status == 404:
+                raise LinkError("the link code expired or is not valid; show a new code") from exc
+            raise
+
+    async def approve(self, code_text: str, history: HistoryDepth, confirm: Confirm, wait_s: float) -> None:
+        """Handshake with the new device (hello, its authenticated reply), ask the person to
+        confirm its name and code, and only then issue a one-time grant and seal the account key,
+        contacts and history to it."""
         ctx = self.ctx
         code = linking.LinkCode.parse(code_text)
+        try:
+            fmt.depth_cutoff(history, ctx.clock())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        approver = EphemeralKey.generate(ctx.rng)
+        reply_channel = api.parse_provisioning_channel((await ctx.call(api.create_channel())).body)
+        account_pk = ctx.account_key().public_key
+        hello = linking.Hello(
+            bytes(approver.public_key),
+            reply_channel.channel_id,
+            reply_channel.put_secret,
+            ctx.account_id,
+            ctx.username,
+            account_pk,
+        )
+        code_channel = b64encode(code.channel_id)
+        await self._put(code_channel, code.secret, linking.seal_payload(code, linking.encode_hello(hello)))
+        raw = await self._take(
+            reply_channel.channel_id, reply_channel.take_secret, wait_s, "the new device's answer"
+        )
+        reply = linking.open_reply(approver, code.link_public_key, raw)
+        if reply.device_id != code.device_id:
+            raise LinkError("the new device answered with another device id than its code names")
+        try:
+            name = account_keys.check_name(reply.name)
+        except UsageError:
+            name = account_keys.UNKNOWN_NAME
+        request = LinkRequest(
+            b64encode(reply.device_id),
+            name,
+            linking.confirmation_code(
+                code.link_public_key, bytes(approver.public_key), reply.device_id, account_pk
+            ),
+        )
+        decision = confirm(request)
+        confirmed = await decision if inspect.isawaitable(decision) else decision
+        if confirmed is not True:
+            with contextlib.suppress(SaltlineError):
+                await ctx.call(api.delete_provisioning(reply_channel.channel_id, reply_channel.take_secret))
+            raise LinkNotConfirmedError("linking was not confirmed: nothing was sent to the new device")
+        grant = api.parse_device_grant(
+            (await ctx.call(api.device_grant(request.device_id, reply.signing_key))).body
+        )
         ref: fmt.HistoryRef | None = None
         sent: Sent = {}
         if ctx.store.conversations.conversations():
@@ -289,7 +412,7 @@ class Linking:
                 for c in bundle["conversations"]
             }
             ref = await self._seal_bundle(bundle)
-        follow_up = api.parse_channel((await ctx.call(api.create_channel())).body)
+        follow_up = api.parse_provisioning_channel((await ctx.call(api.create_channel())).body)
         own = await self.contacts.refresh(ctx.account_id)
         payload = fmt.LinkPayload(
             ctx.account_id,
@@ -305,11 +428,14 @@ class Linking:
                 (c.conversation_id, c.kind, tuple(c.members)) for c in ctx.store.conversations.conversations()
             ),
             ref,
-            (follow_up.channel_id, follow_up.channel_secret),
+            (follow_up.channel_id, follow_up.take_secret),
+            grant.grant,
         )
+        self.remember_name(request.device_id, name)
         box = linking.seal_payload(code, fmt.encode_link_payload(payload))
-        await ctx.call(api.put_provisioning(b64encode(code.channel_id), code.secret, b64encode(box)))
-        self._background(self._send_follow_up(code, follow_up, history, sent))
+        await self._put(code_channel, code.secret, box)
+        channel = api.Channel(follow_up.channel_id, follow_up.put_secret)
+        self._background(self._send_follow_up(code, channel, history, sent))
         await ctx.flush()
 
     async def _send_follow_up(
@@ -339,42 +465,58 @@ class Linking:
 
     # -- the new device ------------------------------------------------------------------------------------
 
-    async def begin(self) -> str:
+    async def begin(self, name: str) -> str:
         ctx = self.ctx
         if ctx.device.account_id is not None:
             raise UsageError("this device is already linked to an account")
-        channel = api.parse_channel((await ctx.call(api.create_channel())).body)
+        name = account_keys.check_name(name)
+        channel = api.parse_provisioning_channel((await ctx.call(api.create_channel())).body)
         link_key = EphemeralKey.generate(ctx.rng)
         code = linking.LinkCode(
             b64decode(channel.channel_id),
-            channel.channel_secret,
+            channel.put_secret,
             bytes(link_key.public_key),
             b64decode(ctx.device_id),
         )
-        self._link = (code, link_key)
+        self._link = (code, link_key, channel.take_secret, name)
         return code.to_text()
 
-    async def complete(self, wait_s: float, poll_interval: float) -> str:
-        """Wait for the payload, join the account (sign the list naming this device with the
-        account key and publish it, authorised by that signature alone), log in with the device key
-        and publish prekeys. Returns the account id."""
+    async def complete(self, wait_s: float, on_code: OnCode | None) -> str:
+        """Answer the approving device's hello (showing the account and the confirmation code),
+        wait for the payload it seals once the person confirmed, join the account with the grant,
+        log in and publish prekeys (reachable from then on), then download the history (retried
+        in the background when it fails). Returns the account id."""
         ctx = self.ctx
         if self._link is None:
             raise UsageError("call begin_link() first")
-        code, link_key = self._link
-        deadline = time.monotonic() + wait_s
-        while True:
-            box = api.parse_provisioning(
-                await ctx.call(api.take_provisioning(b64encode(code.channel_id), code.secret))
-            )
-            if box is not None:
-                break
-            if time.monotonic() > deadline:
-                raise LinkError("no device approved the link code in time; show a new code")
-            await asyncio.sleep(poll_interval)
-        doc = linking.open_payload(link_key, code.secret, b64decode(box))
+        code, link_key, take_secret, name = self._link
+        channel_id = b64encode(code.channel_id)
+        raw = await self._take(channel_id, take_secret, wait_s, "an approval from your other device")
+        hello = linking.parse_hello(linking.open_payload(link_key, code.secret, raw))
+        shown = LinkConfirmation(
+            linking.confirmation_code(
+                code.link_public_key, hello.approver_key, code.device_id, hello.account_key
+            ),
+            hello.username,
+            hello.account_id,
+            fingerprint_digits(hello.account_key, hello.username),
+        )
+        if on_code is not None:
+            result = on_code(shown)
+            if inspect.isawaitable(result):
+                await result
+        state = ctx.state
+        reply = linking.Reply(
+            code.device_id, name, bytes(state.signing_key.public_key), bytes(state.dh_key.public_key)
+        )
+        await self._put(
+            hello.reply_channel,
+            hello.reply_secret,
+            linking.seal_reply(link_key, hello.approver_key, reply, ctx.rng),
+        )
+        raw = await self._take(channel_id, take_secret, wait_s, "the account from your other device")
         self._link = None
-        payload = fmt.parse_link_payload(doc)
+        payload = fmt.parse_link_payload(linking.open_payload(link_key, code.secret, raw))
         try:
             account_key = AccountKey(payload.account_key)
             username = dl.normalize_username(payload.username)
@@ -382,14 +524,25 @@ class Linking:
             dl.verify(current, account_key.public_key, username)
         except CryptoError as exc:
             raise LinkError(f"the linking payload is not valid: {exc}") from exc
-        state = ctx.state.with_account_key(account_key)
-        entry = state.device_entry(account_key.public_key, ctx.clock())
+        if (
+            payload.account_id != hello.account_id
+            or username != dl.normalize_username(hello.username)
+            or account_key.public_key != hello.account_key
+        ):
+            raise LinkError("the linking payload names another account than the one shown; show a new code")
+        with contextlib.suppress(SaltlineError):
+            await ctx.call(api.delete_provisioning(channel_id, take_secret))
+        state = state.with_account_key(account_key)
+        entry = state.device_entry(current.content.root, ctx.clock(), current.version + 1)
         new = dl.with_device_added(current, account_key, entry)
         ctx.put_device(
             replace(ctx.device, state=state.encode(), username=username, account_id=payload.account_id), state
         )
-        # No bearer token: the account-key signature on ``new`` is the server's whole authority.
-        await ctx.call(api.put_signed_device_list(payload.account_id, new.to_b64()))
+        self.remember_name(ctx.device_id, name)
+        sealed_name = b64encode(account_keys.seal_name(account_key, code.device_id, name, ctx.rng))
+        await ctx.call(
+            api.put_signed_device_list(payload.account_id, new.to_b64(), payload.grant, sealed_name)
+        )
         with ctx.transaction():
             self.contacts.put_own_contact(new)
             for c in payload.contacts:
@@ -401,16 +554,44 @@ class Linking:
                 )
             for cid, kind, members in payload.conversations:
                 ctx.store.conversations.put_conversation(ConversationRecord(cid, kind, members))
+        # reachable first: log in and publish prekeys before anything that can fail
         await ctx.device_login()
-        if payload.history is not None:
-            bundle = await self._download_bundle(payload.history)
-            with ctx.transaction():
-                self.seed_history(bundle)
         await self.prekeys.upload_all()
         ctx.store.prekeys.put_prekey_meta(replace(ctx.store.prekeys.get_prekey_meta(), last_count_check_ms=0))
-        if payload.follow_up is not None:
-            self._background(self._receive_follow_up(code, link_key, payload.follow_up))
+        seeded = True
+        if payload.history is not None:
+            seeded = await self._seed_once(payload.history, 1)
+        if not seeded or payload.follow_up is not None:
+            self._background(self._history_then_follow_up(code, link_key, payload, seeded))
         return payload.account_id
+
+    async def _seed_once(self, ref: fmt.HistoryRef, attempt: int) -> bool:
+        ctx = self.ctx
+        try:
+            bundle = await self._download_bundle(ref)
+            with ctx.transaction():
+                self.seed_history(bundle)
+            return True
+        except (LinkError, NetworkError, ServerError, ProtocolError) as exc:
+            retrying = attempt < HISTORY_ATTEMPTS
+            ctx.emit(HistoryDownloadFailed(attempt, HISTORY_ATTEMPTS, str(exc), retrying))
+            await ctx.flush()
+            return False
+
+    async def _history_then_follow_up(
+        self, code: linking.LinkCode, link_key: EphemeralKey, payload: fmt.LinkPayload, seeded: bool
+    ) -> None:
+        attempt = 1
+        delay = HISTORY_RETRY_S
+        while not seeded and payload.history is not None and attempt < HISTORY_ATTEMPTS:
+            await asyncio.sleep(delay)
+            delay *= 2
+            attempt += 1
+            seeded = await self._seed_once(payload.history, attempt)
+        if not seeded:
+            raise LinkError("the history could not be downloaded; this device works without it")
+        if payload.follow_up is not None:
+            await self._receive_follow_up(code, link_key, payload.follow_up)
 
     async def _receive_follow_up(
         self, code: linking.LinkCode, link_key: EphemeralKey, channel: tuple[str, str]

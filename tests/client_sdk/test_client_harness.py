@@ -67,7 +67,9 @@ async def _add_device(relay: FakeRelay, owner: Client, *, upload: bool = True, s
     key = owner._ctx.account_key()
     state = new._ctx.state.with_account_key(key)
     current = relay.accounts[owner.account_id].current
-    signed = dl.with_device_added(current, key, state.device_entry(key.public_key, 0))
+    signed = dl.with_device_added(
+        current, key, state.device_entry(current.content.root, 0, current.version + 1)
+    )
     relay.accounts[owner.account_id].chain.append(signed)
     new._ctx.put_device(
         replace(new._ctx.device, state=state.encode(), username=owner.username, account_id=owner.account_id),
@@ -235,7 +237,7 @@ async def test_injected_device_in_a_list_is_refused() -> None:
     rogue = await Client.create(URL, MemoryStore(), http_transport=relay)
     signed = relay.accounts[alice.account_id].current
     c = signed.content
-    entry = rogue._ctx.state.device_entry(c.account_key, 0)
+    entry = rogue._ctx.state.device_entry(c.root, 0, c.version + 1)
     forged = dl.DeviceList.create(
         c.version + 1, signed.hash(), c.account_key, c.username, [*c.devices, entry]
     )

@@ -101,7 +101,7 @@ def test_pairwise_messages_bind_the_envelope_header() -> None:
 def _inject(signed: dl.SignedDeviceList) -> bytes:
     c = signed.content
     rogue_key = DeviceSigningKey.generate()
-    rogue = dl.bind_device(c.account_key, b"\x7f" * 16, rogue_key, DeviceDHKey.generate().public_key, 0)
+    rogue = dl.bind_device(c.root, b"\x7f" * 16, rogue_key, DeviceDHKey.generate().public_key, 0, c.version)
     content = dl.DeviceList.create(c.version, c.previous_hash, c.account_key, c.username, [*c.devices, rogue])
     return dl.SignedDeviceList(content, signed.signature).encode()
 
@@ -115,7 +115,7 @@ def test_device_list_trust_rules() -> None:
     with pytest.raises(UntrustedDeviceListError):
         trust.first_contact("mallory", [v1.encode()])
     other = private_state.generate_device(account_key=key, one_time_prekeys=0, rng=det_rng(b"x"))
-    v2 = dl.with_device_added(v1, key, other.device_entry(key.public_key, 2))
+    v2 = dl.with_device_added(v1, key, other.device_entry(key.public_key, 2, 2))
     step = trust.advance("alice", first.account_key, first.signed_list, [v2.encode()])
     assert step.changed and step.added == (b64encode(other.device_id),) and step.removed == ()
     with pytest.raises(UntrustedDeviceListError):  # injected device, old signature

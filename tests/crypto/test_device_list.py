@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from crypto import device_list as dl
 from crypto import primitives as p
 from crypto.errors import (
+    BindingReplayError,
     ChainBreakError,
     CryptoError,
     DeviceListError,
@@ -22,6 +23,7 @@ from crypto.errors import (
     ForkError,
     RollbackError,
     SignatureError,
+    SuccessionError,
     UnboundDeviceError,
     UnknownSignerError,
     UsernameMismatchError,
@@ -39,8 +41,10 @@ class Device:
         self.signing = DeviceSigningKey(seeded("sign" + name))
         self.dh = DeviceDHKey(seeded("dh" + name))
 
-    def entry(self, account: AccountKey, added_at: int = 1_700_000_000) -> dl.DeviceEntry:
-        return dl.bind_device(account.public_key, self.device_id, self.signing, self.dh.public_key, added_at)
+    def entry(self, account: AccountKey, added_at: int = 1_700_000_000, joined: int = 1) -> dl.DeviceEntry:
+        return dl.bind_device(
+            account.public_key, self.device_id, self.signing, self.dh.public_key, added_at, joined
+        )
 
 
 ACCOUNT = AccountKey(seeded("account"))
@@ -55,8 +59,8 @@ def v1() -> dl.SignedDeviceList:
 
 @pytest.fixture
 def chain(v1: dl.SignedDeviceList) -> list[dl.SignedDeviceList]:
-    v2 = dl.with_device_added(v1, ACCOUNT, LAPTOP.entry(ACCOUNT, 1_700_000_100))
-    v3 = dl.with_device_added(v2, ACCOUNT, TABLET.entry(ACCOUNT, 1_700_000_200))
+    v2 = dl.with_device_added(v1, ACCOUNT, LAPTOP.entry(ACCOUNT, 1_700_000_100, 2))
+    v3 = dl.with_device_added(v2, ACCOUNT, TABLET.entry(ACCOUNT, 1_700_000_200, 3))
     v4 = dl.with_device_removed(v3, ACCOUNT, PHONE.device_id)
     return [v1, v2, v3, v4]
 
@@ -68,29 +72,32 @@ def test_layout(v1: dl.SignedDeviceList) -> None:
     enc = v1.encode()
     content = v1.content
     assert content.username == "alice"
-    assert enc[0] == dl.FORMAT_VERSION
+    assert enc[0] == dl.FORMAT_VERSION == 2
     assert struct.unpack(">Q", enc[1:9]) == (1,)
     assert enc[9:41] == bytes(32)
-    assert enc[41:73] == bytes(ACCOUNT.public_key)
-    assert enc[73] == 5 and enc[74:79] == b"alice"
-    assert struct.unpack(">H", enc[79:81]) == (1,)
-    entry = enc[81 : 81 + dl.DEVICE_ENTRY_SIZE]
+    assert enc[41:73] == bytes(ACCOUNT.public_key)  # root key
+    assert enc[73:105] == bytes(ACCOUNT.public_key)  # account key
+    assert enc[105] == 5 and enc[106:111] == b"alice"
+    assert struct.unpack(">H", enc[111:113]) == (1,)
+    entry = enc[113 : 113 + dl.DEVICE_ENTRY_SIZE]
+    assert dl.DEVICE_ENTRY_SIZE == 160
     assert entry[:16] == PHONE.device_id
     assert entry[16:48] == bytes(PHONE.signing.public_key)
     assert entry[48:80] == bytes(PHONE.dh.public_key)
-    assert struct.unpack(">Q", entry[80:88]) == (1_700_000_000,)
-    assert len(enc) == 81 + dl.DEVICE_ENTRY_SIZE + 64
+    assert struct.unpack(">QQ", entry[80:96]) == (1_700_000_000, 1)
+    assert enc[113 + 160] == 0  # no succession
+    assert len(enc) == 113 + dl.DEVICE_ENTRY_SIZE + 1 + 64
     assert v1.signature == enc[-64:]
     ACCOUNT.public_key.verify(SigningContext.DEVICE_LIST, enc[:-64], v1.signature)
     assert v1.hash() == hashlib.sha256(enc).digest()
-    # Binding input: account_pk || device_id || signing_pk || dh_pk || added_at (u64)
-    # under "device-binding": 120 bytes.
-    binding_input = bytes(ACCOUNT.public_key) + PHONE.device_id + entry[16:48] + entry[48:80] + entry[80:88]
-    assert len(binding_input) == 120
+    # Binding input: root_pk || device_id || signing_pk || dh_pk || added_at (u64) || joined (u64)
+    # under "device-binding": 128 bytes.
+    binding_input = bytes(ACCOUNT.public_key) + PHONE.device_id + entry[16:48] + entry[48:80] + entry[80:96]
+    assert len(binding_input) == 128
     assert dl.binding_message(
-        ACCOUNT.public_key, PHONE.device_id, PHONE.signing.public_key, PHONE.dh.public_key, 1_700_000_000
+        ACCOUNT.public_key, PHONE.device_id, PHONE.signing.public_key, PHONE.dh.public_key, 1_700_000_000, 1
     ) == (binding_input)
-    assert entry[88:152] == p.ed25519_sign(
+    assert entry[96:160] == p.ed25519_sign(
         seeded("signphone"), b"saltline/v1/device-binding\x00" + binding_input
     )
 
@@ -128,7 +135,9 @@ def test_truncation_rejected(v1: dl.SignedDeviceList) -> None:
 def test_unknown_format_rejected(v1: dl.SignedDeviceList) -> None:
     enc = v1.encode()
     with pytest.raises(EncodingError):
-        dl.SignedDeviceList.decode(b"\x02" + enc[1:])
+        dl.SignedDeviceList.decode(b"\x01" + enc[1:])
+    with pytest.raises(EncodingError):
+        dl.SignedDeviceList.decode(b"\x03" + enc[1:])
 
 
 def test_duplicate_device_rejected(v1: dl.SignedDeviceList) -> None:
@@ -141,7 +150,8 @@ def test_duplicate_device_rejected(v1: dl.SignedDeviceList) -> None:
         dl.with_device_added(v1, ACCOUNT, entry)
     # Hand-made encoding with the same entry twice (re-signed, so only the format is at fault).
     body = v1.content.encode()
-    raw = body[:79] + struct.pack(">H", 2) + body[81:] + body[81:]
+    entries = body[113:-1]
+    raw = body[:111] + struct.pack(">H", 2) + entries + entries + b"\x00"
     with pytest.raises(EncodingError, match="duplicate"):
         dl.DeviceList.decode(raw)
     with pytest.raises(EncodingError, match="duplicate"):
@@ -179,7 +189,7 @@ def test_format_invariants() -> None:
 
 def test_low_order_dh_key_in_entry_rejected(v1: dl.SignedDeviceList) -> None:
     body = bytearray(v1.content.encode())
-    body[81 + 48 : 81 + 80] = bytes(32)
+    body[113 + 48 : 113 + 80] = bytes(32)
     with pytest.raises(EncodingError):
         dl.DeviceList.decode(bytes(body))
 
@@ -325,6 +335,10 @@ def test_added_at_is_bound_by_device() -> None:
         dl.binding_message(
             ACCOUNT.public_key, PHONE.device_id, PHONE.signing.public_key, PHONE.dh.public_key, -1
         )
+    with pytest.raises(UnboundDeviceError):  # the joined version is bound too
+        dl.DeviceEntry(
+            entry.device_id, entry.signing_key, entry.dh_key, 1, entry.binding_signature, 2
+        ).verify_binding(ACCOUNT.public_key)
 
 
 # -- chains ----------------------------------------------------------------------------------------------
@@ -364,7 +378,7 @@ def test_rollback(chain: list[dl.SignedDeviceList]) -> None:
 
 def test_fork(chain: list[dl.SignedDeviceList]) -> None:
     # Another version 2, properly signed, naming the right predecessor but with other devices.
-    fork = dl.successor(chain[0], ACCOUNT, [PHONE.entry(ACCOUNT), TABLET.entry(ACCOUNT)])
+    fork = dl.successor(chain[0], ACCOUNT, [PHONE.entry(ACCOUNT), TABLET.entry(ACCOUNT, joined=2)])
     assert fork.version == 2 and fork != chain[1]
     verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[1])
     with pytest.raises(ForkError):
@@ -383,8 +397,8 @@ def test_chain_gap(chain: list[dl.SignedDeviceList]) -> None:
 
 def test_chain_wrong_hash(chain: list[dl.SignedDeviceList]) -> None:
     # Version 3 built on a forked version 2: it names a hash the verifier never saw.
-    fork2 = dl.successor(chain[0], ACCOUNT, [PHONE.entry(ACCOUNT), TABLET.entry(ACCOUNT)])
-    fork3 = dl.successor(fork2, ACCOUNT, [TABLET.entry(ACCOUNT)])
+    fork2 = dl.successor(chain[0], ACCOUNT, [PHONE.entry(ACCOUNT), TABLET.entry(ACCOUNT, joined=2)])
+    fork3 = dl.successor(fork2, ACCOUNT, [TABLET.entry(ACCOUNT, joined=2)])
     verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[1])
     with pytest.raises(ChainBreakError):
         verifier.verify_next(fork3)
@@ -551,3 +565,191 @@ def test_normalize_username_is_the_server_rule(text: str) -> None:
         return
     assert server is not None and once == text.lower()
     assert dl.normalize_username(once) == once
+
+
+# -- joined versions, removed ids, account-key succession ------------------------------------------
+
+SUCCESSOR = AccountKey(seeded("account-2"))
+THIEF = AccountKey(seeded("thief"))
+
+
+def test_replayed_binding_of_a_removed_device_is_refused(chain: list[dl.SignedDeviceList]) -> None:
+    # v4 removed PHONE; its old entry (joined at 1) is put back by an account-key holder.
+    old_phone = chain[0].content.device(PHONE.device_id)
+    assert old_phone is not None
+    readded = dl.sign(
+        ACCOUNT,
+        dl.DeviceList.create(
+            5, chain[3].hash(), ACCOUNT.public_key, "alice", (*chain[3].content.devices, old_phone)
+        ),
+    )
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[3])
+    with pytest.raises(BindingReplayError, match="replayed"):
+        verifier.verify_next(readded)
+    with pytest.raises(BindingReplayError):
+        dl.with_device_added(chain[3], ACCOUNT, old_phone)
+    # A fresh binding at the right version is refused by a verifier that saw the removal.
+    fresh = dl.sign(
+        ACCOUNT,
+        dl.DeviceList.create(
+            5,
+            chain[3].hash(),
+            ACCOUNT.public_key,
+            "alice",
+            (*chain[3].content.devices, PHONE.entry(ACCOUNT, joined=5)),
+        ),
+    )
+    seen = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[0])
+    seen.verify_chain(chain[1:])
+    assert seen.retired == {PHONE.device_id}
+    with pytest.raises(BindingReplayError, match="removed"):
+        seen.verify_next(fresh)
+    assert seen.latest == chain[3]
+
+
+def test_carried_entry_cannot_change(chain: list[dl.SignedDeviceList]) -> None:
+    changed = [d for d in chain[1].content.devices if d.device_id != LAPTOP.device_id]
+    changed.append(LAPTOP.entry(ACCOUNT, 1_700_000_999, 2))  # re-signed, other added_at
+    content = dl.DeviceList.create(3, chain[1].hash(), ACCOUNT.public_key, "alice", changed)
+    with pytest.raises(BindingReplayError, match="changed"):
+        dl.check_successor(chain[1], dl.sign(ACCOUNT, content))
+
+
+def test_entry_cannot_join_after_its_list() -> None:
+    with pytest.raises(EncodingError, match="joins after"):
+        dl.first(ACCOUNT, "alice", [PHONE.entry(ACCOUNT, joined=2)])
+
+
+def _rotated(chain: list[dl.SignedDeviceList], new: AccountKey = SUCCESSOR) -> dl.SignedDeviceList:
+    return dl.with_device_removed(chain[3], ACCOUNT, LAPTOP.device_id, rotate_to=new)
+
+
+def test_succession_layout_and_verification(chain: list[dl.SignedDeviceList]) -> None:
+    v5 = _rotated(chain)
+    c = v5.content
+    assert c.account_key == SUCCESSOR.public_key and c.root == ACCOUNT.public_key
+    assert c.succession is not None and c.succession.previous_key == ACCOUNT.public_key
+    enc = v5.encode()
+    assert enc[-64 - 97] == 1 and enc[-64 - 96 : -64 - 64] == bytes(ACCOUNT.public_key)
+    message = (
+        bytes(ACCOUNT.public_key)
+        + bytes(SUCCESSOR.public_key)
+        + bytes(ACCOUNT.public_key)
+        + struct.pack(">Q", 5)
+        + chain[3].hash()
+    )
+    assert len(message) == 136
+    assert enc[-128:-64] == p.ed25519_sign(
+        seeded("account"), b"saltline/v1/account-key-succession\x00" + message
+    )
+    assert dl.SignedDeviceList.decode(enc) == v5
+    # Trusted through the old key (the succession) and through the new key directly.
+    assert dl.verify(v5, ACCOUNT.public_key) == c
+    assert dl.verify(v5, SUCCESSOR.public_key) == c
+    with pytest.raises(UnknownSignerError):
+        dl.verify(v5, THIEF.public_key)
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[0])
+    verifier.verify_chain([*chain[1:], v5])
+    assert verifier.trusted_account_key == SUCCESSOR.public_key
+    # After the rotation the old key signs nothing the verifier accepts.
+    v6_old = dl.sign(
+        ACCOUNT,
+        dl.DeviceList.create(6, v5.hash(), ACCOUNT.public_key, "alice", c.devices, ACCOUNT.public_key),
+    )
+    with pytest.raises(UnknownSignerError):
+        verifier.verify_next(v6_old)
+    # The new key adds devices bound to the root, as before the rotation.
+    v6 = dl.with_device_added(v5, SUCCESSOR, Device("desk").entry(ACCOUNT, joined=6))
+    assert verifier.verify_next(v6).account_key == SUCCESSOR.public_key
+
+
+def test_forked_succession_is_a_fork(chain: list[dl.SignedDeviceList]) -> None:
+    legit = _rotated(chain)
+    forged = dl.with_device_removed(chain[3], ACCOUNT, LAPTOP.device_id, rotate_to=THIEF)
+    seen = dl.DeviceListChainVerifier(ACCOUNT.public_key, chain[3])
+    seen.verify_next(legit)
+    with pytest.raises(ForkError):
+        seen.verify_next(forged)
+    assert seen.trusted_account_key == SUCCESSOR.public_key
+    # The thief continuing its own branch is refused too (it does not extend what was seen).
+    thief6 = dl.successor(forged, THIEF, forged.content.devices)
+    with pytest.raises((ChainBreakError, UnknownSignerError)):
+        seen.verify_next(thief6)
+
+
+def test_bad_successions_are_refused(chain: list[dl.SignedDeviceList]) -> None:
+    v5 = _rotated(chain)
+    c = v5.content
+    assert c.succession is not None
+    # A succession signed by another key than the predecessor's.
+    bad_sig = dl.Succession(ACCOUNT.public_key, THIEF.sign(SigningContext.ACCOUNT_KEY_SUCCESSION, b"x"))
+    forged = dl.DeviceList.create(5, c.previous_hash, c.account_key, "alice", c.devices, c.root, bad_sig)
+    with pytest.raises(SuccessionError):
+        dl.sign(SUCCESSOR, forged)
+    signed = dl.SignedDeviceList(forged, SUCCESSOR.sign(SigningContext.DEVICE_LIST, forged.encode()))
+    with pytest.raises(SuccessionError):
+        dl.verify(signed, ACCOUNT.public_key)
+    # The account key changing with no succession at all.
+    silent = dl.DeviceList.create(5, c.previous_hash, c.account_key, "alice", c.devices, c.root)
+    with pytest.raises(SuccessionError):
+        dl.check_successor(chain[3], dl.sign(SUCCESSOR, silent))
+    # A succession naming a version or predecessor other than its own.
+    moved = dl.DeviceList.create(5, b"\x07" * 32, c.account_key, "alice", c.devices, c.root, c.succession)
+    with pytest.raises(SuccessionError):
+        dl.sign(SUCCESSOR, moved)
+    # A new root is a broken chain.
+    rerooted = dl.DeviceList.create(
+        5, c.previous_hash, c.account_key, "alice", c.devices, SUCCESSOR.public_key, c.succession
+    )
+    with pytest.raises((ChainBreakError, SuccessionError, UnboundDeviceError)):
+        dl.check_successor(
+            chain[3],
+            dl.SignedDeviceList(rerooted, SUCCESSOR.sign(SigningContext.DEVICE_LIST, rerooted.encode())),
+        )
+    # Version 1 cannot carry one; a succession to the same key is not one.
+    with pytest.raises(EncodingError):
+        dl.DeviceList.create(
+            1, bytes(32), ACCOUNT.public_key, "alice", [PHONE.entry(ACCOUNT)], None, c.succession
+        )
+    with pytest.raises(EncodingError):
+        dl.successor(chain[3], ACCOUNT, chain[3].content.devices, rotate_to=ACCOUNT)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["add", "remove", "rotate"]), min_size=1, max_size=8))
+def test_property_any_honest_chain_verifies_and_any_replay_is_refused(steps: list[str]) -> None:
+    """Honest histories of adds, removals and rotations verify from version 1 and end trusting
+    the last key; putting any removed device's old entry back is refused."""
+    keys = [ACCOUNT]
+    devices = [Device(f"d{i}") for i in range(12)]
+    lists = [dl.first(ACCOUNT, "alice", [devices[0].entry(ACCOUNT)])]
+    next_device = 1
+    removed: list[dl.DeviceEntry] = []
+    for step in steps:
+        last = lists[-1]
+        if step == "add" and next_device < len(devices):
+            entry = devices[next_device].entry(ACCOUNT, joined=last.version + 1)
+            next_device += 1
+            lists.append(dl.with_device_added(last, keys[-1], entry))
+        elif len(last.content.devices) > 1:
+            gone = last.content.devices[-1]
+            removed.append(gone)
+            rotate = AccountKey(seeded(f"k{len(keys)}")) if step == "rotate" else None
+            lists.append(dl.with_device_removed(last, keys[-1], gone.device_id, rotate_to=rotate))
+            if rotate is not None:
+                keys.append(rotate)
+    verifier = dl.DeviceListChainVerifier(ACCOUNT.public_key)
+    verifier.verify_chain(lists)
+    assert verifier.trusted_account_key == keys[-1].public_key
+    for gone in removed:
+        last = lists[-1]
+        replay = dl.DeviceList.create(
+            last.version + 1,
+            last.hash(),
+            keys[-1].public_key,
+            "alice",
+            (*last.content.devices, gone),
+            ACCOUNT.public_key,
+        )
+        with pytest.raises(BindingReplayError):
+            verifier.verify_next(dl.sign(keys[-1], replay))

@@ -231,23 +231,28 @@ def test_device_list_chain() -> None:
             + b(d["device_id"])
             + bytes(signing.public_key)
             + bytes(dh.public_key)
-            + struct.pack(">Q", d["added_at"])
+            + struct.pack(">QQ", d["added_at"], d["joined_version"])
         )
-        assert message.hex() == d["binding_message"] and len(message) == 120
+        assert message.hex() == d["binding_message"] and len(message) == 128
         assert (
             device_list.binding_message(
-                account.public_key, b(d["device_id"]), signing.public_key, dh.public_key, d["added_at"]
+                account.public_key,
+                b(d["device_id"]),
+                signing.public_key,
+                dh.public_key,
+                d["added_at"],
+                d["joined_version"],
             )
             == message
         )
         assert signing_input(SigningContext.DEVICE_BINDING, message).hex() == d["binding_signing_input"]
         entry = device_list.bind_device(
-            account.public_key, b(d["device_id"]), signing, dh.public_key, d["added_at"]
+            account.public_key, b(d["device_id"]), signing, dh.public_key, d["added_at"], d["joined_version"]
         )
         assert entry.binding_signature.hex() == d["binding_signature"]
         p.ed25519_verify(bytes(signing.public_key), b(d["binding_signing_input"]), b(d["binding_signature"]))
-        assert entry.encode().hex() == d["entry"] and len(entry.encode()) == 152
-        assert b(d["entry"])[80:88] == struct.pack(">Q", d["added_at"])
+        assert entry.encode().hex() == d["entry"] and len(entry.encode()) == 160
+        assert b(d["entry"])[80:96] == struct.pack(">QQ", d["added_at"], d["joined_version"])
         assert device_list.DeviceEntry.decode(b(d["entry"])) == entry
         entries.append(entry)
 
@@ -278,6 +283,35 @@ def test_device_list_chain() -> None:
         previous_hash = signed.hash()
 
 
+def test_device_list_succession() -> None:
+    c = case("device_lists.json", "succession")
+    i, out = c["inputs"], c["outputs"]
+    old, new = AccountKey(b(i["account_private"])), AccountKey(b(i["successor_private"]))
+    previous = device_list.SignedDeviceList.decode(b(i["previous"]))
+    message = (
+        bytes(old.public_key)
+        + bytes(new.public_key)
+        + bytes(previous.content.root)
+        + struct.pack(">Q", previous.version + 1)
+        + previous.hash()
+    )
+    assert message.hex() == out["succession_message"] and len(message) == 136
+    assert (b"saltline/v1/account-key-succession\x00" + message).hex() == out["succession_signing_input"]
+    assert (
+        p.ed25519_sign(b(i["account_private"]), b(out["succession_signing_input"])).hex()
+        == (out["succession_signature"])
+    )
+    entry = device_list.DeviceEntry.decode(b(i["device_2_entry"]))
+    signed = device_list.successor(previous, old, (*previous.content.devices, entry), rotate_to=new)
+    assert signed.encode().hex() == out["list"]["signed"]
+    content = signed.content.encode()
+    # ... || entries || 0x01 || previous_pk (32) || succession signature (64)
+    assert content[-97] == 1 and content[-96:-64] == bytes(old.public_key)
+    assert content[-64:].hex() == out["succession_signature"]
+    assert signed.hash().hex() == out["list"]["hash"]
+    assert device_list.verify(b(out["list"]["signed"]), old.public_key).account_key == new.public_key
+
+
 def _chain_verifier(inputs: dict[str, Any]) -> device_list.DeviceListChainVerifier:
     trusted = AccountPublicKey.decode(b(inputs["trusted_account_key"]))
     known = inputs["known"]
@@ -285,7 +319,9 @@ def _chain_verifier(inputs: dict[str, Any]) -> device_list.DeviceListChainVerifi
     return device_list.DeviceListChainVerifier(trusted, last, inputs["expected_username"])
 
 
-@pytest.mark.parametrize("c", [x for x in positives("device_lists.json") if x.values[0]["name"] != "chain"])
+@pytest.mark.parametrize(
+    "c", [x for x in positives("device_lists.json") if x.values[0]["name"] not in ("chain", "succession")]
+)
 def test_device_list_accepted(c: Case) -> None:
     verifier = _chain_verifier(c["inputs"])
     result = verifier.verify_chain([b(x) for x in c["inputs"]["offered"]])
@@ -347,14 +383,14 @@ def _entry(party: dict[str, Any], account_seed: str) -> device_list.DeviceEntry:
         + b(party["device_id"])
         + bytes(signing.public_key)
         + bytes(dh.public_key)
-        + struct.pack(">Q", party["added_at"])
+        + struct.pack(">QQ", party["added_at"], 1)  # joined at version 1
     )
     signature = p.ed25519_sign(bytes(signing), signing_input(SigningContext.DEVICE_BINDING, message))
     raw = (
         b(party["device_id"])
         + bytes(signing.public_key)
         + bytes(dh.public_key)
-        + struct.pack(">Q", party["added_at"])
+        + struct.pack(">QQ", party["added_at"], 1)
         + signature
     )
     assert raw.hex() == party["entry"]

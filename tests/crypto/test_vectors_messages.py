@@ -530,7 +530,7 @@ def test_link_code() -> None:
     assert bytes(link_key.public_key).hex() == out["link_public"]
     code = linking.LinkCode(channel_id, i["secret"], bytes(link_key.public_key), device_id)
     secret = i["secret"].encode("ascii")
-    raw = b"\x01" + channel_id + bytes([len(secret)]) + secret + bytes(link_key.public_key) + device_id
+    raw = b"\x02" + channel_id + bytes([len(secret)]) + secret + bytes(link_key.public_key) + device_id
     assert raw.hex() == out["raw"]
     assert code.to_text() == out["text"] == "saltline-link:" + b64encode(raw)
     assert linking.LinkCode.parse(" " + out["text"] + "\n") == code
@@ -539,6 +539,92 @@ def test_link_code() -> None:
 @pytest.mark.parametrize("c", [p for p in negatives("linking.json") if "_code_" in p.values[0]["name"]])
 def test_link_code_rejections(c: Case) -> None:
     assert_raises_exactly(c["error"], lambda: linking.LinkCode.parse(c["inputs"]["text"]))
+
+
+def test_link_confirmation_code_and_reply() -> None:
+    c = case("linking.json", "confirmation_and_reply")
+    i, out = c["inputs"], c["outputs"]
+    link_key, approver = EphemeralKey(b(i["link_private"])), EphemeralKey(b(i["approver_private"]))
+    link_pk, approver_pk = bytes(link_key.public_key), bytes(approver.public_key)
+    # the code, from the spec text (messages.md § 6.2)
+    digest = hashlib.sha256(
+        b"saltline/v1/link-confirmation\x00"
+        + link_pk
+        + approver_pk
+        + b(i["device_id"])
+        + b(i["account_public"])
+    ).digest()
+    digits = f"{int.from_bytes(digest[:8], 'big') % 1_000_000:06d}"
+    assert out["code"] == f"{digits[:3]} {digits[3:]}"
+    from crypto.keys import AccountPublicKey
+
+    account_pk = AccountPublicKey(b(i["account_public"]))
+    assert linking.confirmation_code(link_pk, approver_pk, b(i["device_id"]), account_pk) == out["code"]
+    # the reply opens with the approver's key and carries the device's name and keys
+    reply = linking.open_reply(approver, link_pk, b(out["reply"]))
+    assert (reply.device_id, reply.name, reply.signing_key, reply.dh_key) == (
+        b(i["device_id"]),
+        i["name"],
+        b(i["signing_key"]),
+        b(i["dh_key"]),
+    )
+    fresh = linking.seal_reply(link_key, approver_pk, reply, DRng(c["seed"]))
+    assert fresh.hex() == out["reply"]
+
+
+def test_link_reply_rejection() -> None:
+    c = case("linking.json", "reject_reply_other_approver")
+    link_pk = bytes(
+        EphemeralKey(b(case("linking.json", "confirmation_and_reply")["inputs"]["link_private"])).public_key
+    )
+    other = EphemeralKey(b(c["inputs"]["approver_private"]))
+    assert_raises_exactly(c["error"], lambda: linking.open_reply(other, link_pk, b(c["inputs"]["reply"])))
+
+
+def test_account_key_handoff_and_device_name() -> None:
+    from client_sdk.core import account_keys
+    from crypto.keys import AccountKey, DeviceDHKey
+
+    c = case("linking.json", "handoff_and_name")
+    i, out = c["inputs"], c["outputs"]
+    successor = AccountKey(b(i["successor_private"]))
+    dh = DeviceDHKey(b(i["device_dh_private"]))
+    account_id = b(i["account_id"])
+    assert (
+        out["handoff_plaintext"]
+        == (b"\x01" + account_id + struct.pack(">Q", i["version"]) + bytes(successor)).hex()
+    )
+    assert (
+        sealed.open(dh, b(out["handoff"]), b"saltline/v1/account-key-handoff").hex()
+        == out["handoff_plaintext"]
+    )
+    got = account_keys.open_handoff(dh, b(out["handoff"]), account_id, i["version"], successor.public_key)
+    assert got.public_key == successor.public_key
+    for bad in (
+        lambda: account_keys.open_handoff(
+            dh, b(out["handoff"]), account_id, i["version"] + 1, successor.public_key
+        ),
+        lambda: account_keys.open_handoff(
+            dh, b(out["handoff"]), bytes(16), i["version"], successor.public_key
+        ),
+        lambda: account_keys.open_handoff(
+            dh, b(out["handoff"]), account_id, i["version"], AccountKey(bytes(32)).public_key
+        ),
+    ):
+        with pytest.raises(account_keys.HandoffError):
+            bad()
+    account = AccountKey(b(i["account_private"]))
+    sealed_name = b(out["sealed_name"])
+    from crypto import primitives as prim  # the names key (HKDF), recomputed from the spec
+
+    names_key = prim.hkdf_sha256(bytes(account), salt=b"", info=b"saltline/v1/device-names", length=32)
+    plain = prim.aead_decrypt(
+        names_key, sealed_name[:24], sealed_name[24:], b"saltline/v1/device-name" + b(i["device_id"])
+    )
+    assert plain.decode() == i["name"]
+    assert account_keys.open_name(account, b(i["device_id"]), sealed_name) == i["name"]
+    assert account_keys.open_name(account, bytes(16), sealed_name) is None  # bound to its device
+    assert account_keys.seal_name(account, b(i["device_id"]), i["name"], DRng(i["name_seed"])) == sealed_name
 
 
 def _link_payload(i: dict[str, Any]) -> history.LinkPayload:

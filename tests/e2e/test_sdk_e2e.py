@@ -167,7 +167,7 @@ class DeviceInjector(httpx.AsyncBaseTransport):
         signed = dl.SignedDeviceList.from_b64(signed_b64)
         c = signed.content
         rogue = dl.bind_device(
-            c.account_key, self.rogue_id, self.rogue_signing, DeviceDHKey.generate().public_key, 0
+            c.root, self.rogue_id, self.rogue_signing, DeviceDHKey.generate().public_key, 0, c.version
         )
         content = dl.DeviceList.create(
             c.version, c.previous_hash, c.account_key, c.username, [*c.devices, rogue]

@@ -72,6 +72,19 @@ def new_device(account_key: AccountKey, added_at: int = 0) -> Device:
     return Device(device_id, signing, dh, entry)
 
 
+def with_added(previous: dl.SignedDeviceList, account_key: AccountKey, device: Device) -> dl.SignedDeviceList:
+    """``previous`` plus ``device``, which binds itself at the version it joins (previous + 1)."""
+    device.entry = dl.bind_device(
+        previous.content.root,
+        device.device_id,
+        device.signing,
+        device.dh.public_key,
+        device.entry.added_at,
+        previous.version + 1,
+    )
+    return dl.with_device_added(previous, account_key, device.entry)
+
+
 def new_account(username: str | None = None) -> Account:
     username = username or unique_username()
     key = AccountKey.generate()
@@ -122,7 +135,7 @@ def put_list(client: httpx.Client, acting: Device, signed: dl.SignedDeviceList) 
 def add_device(client: httpx.Client, account: Account, acting: Device | None = None) -> Device:
     """Link a new device: the acting device signs the successor list; the new one logs in."""
     device = new_device(account.account_key)
-    signed = dl.with_device_added(account.signed_list, account.account_key, device.entry)
+    signed = with_added(account.signed_list, account.account_key, device)
     r = put_list(client, acting or account.first, signed)
     assert r.status_code == 200, r.text
     account.signed_list = signed

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 
 from crypto import device_list as dl
-from crypto.keys import DeviceDHKey, DeviceSigningKey, b64encode
+from crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, b64encode
 from tests.live import LiveServer, ManualClock
 from tests.server.helpers import (
     Account,
@@ -23,6 +23,7 @@ from tests.server.helpers import (
     put_signed,
     register,
     remove_device,
+    with_added,
 )
 
 GRANTS = "/v1/accounts/me/device-grants"
@@ -31,6 +32,14 @@ GRANTS = "/v1/accounts/me/device-grants"
 def _code(r: httpx.Response) -> str:
     assert r.headers["content-type"].startswith("application/problem+json"), r.text
     return str(r.json()["code"])
+
+
+def bound(previous: dl.SignedDeviceList, device: Device) -> Device:
+    """``device`` bound to the account at the version after ``previous`` (device lists v2)."""
+    device.entry = dl.bind_device(
+        previous.content.root, device.device_id, device.signing, device.dh.public_key, 0, previous.version + 1
+    )
+    return device
 
 
 def _grant_body(device: Device) -> dict[str, str]:
@@ -101,7 +110,7 @@ def test_grants_are_rate_limited_per_account(make_server: Callable[..., LiveServ
 def _link(client: httpx.Client, account: Account, **extra: str) -> Device:
     tablet = new_device(account.account_key)
     grant = grant_for(client, account, tablet)
-    v2 = dl.with_device_added(account.signed_list, account.account_key, tablet.entry)
+    v2 = with_added(account.signed_list, account.account_key, tablet)
     r = put_signed(client, account.account_id, v2, grant, **extra)
     assert r.status_code == 200, r.text
     account.signed_list = v2
@@ -120,30 +129,31 @@ def test_a_grant_adds_exactly_the_granted_device(client: httpx.Client) -> None:
         r = put_signed(client, account.account_id, signed, grant)
         assert (r.status_code, _code(r)) == (403, "device_grant_invalid"), r.text
 
-    refused(dl.with_device_added(base, account.account_key, tablet.entry), None)  # no grant
-    refused(dl.with_device_added(base, account.account_key, tablet.entry), "AAAA")  # malformed
-    refused(dl.with_device_added(base, account.account_key, tablet.entry), _sealed(32))  # unknown
-    refused(dl.with_device_added(base, account.account_key, new_device(account.account_key).entry))
+    refused(with_added(base, account.account_key, tablet), None)  # no grant
+    refused(with_added(base, account.account_key, tablet), "AAAA")  # malformed
+    refused(with_added(base, account.account_key, tablet), _sealed(32))  # unknown
+    refused(with_added(base, account.account_key, new_device(account.account_key)))
     # the granted id, but another signing key bound to it
     impostor = dl.bind_device(
-        account.account_key.public_key,
+        base.content.root,
         tablet.device_id,
         DeviceSigningKey.generate(),
         DeviceDHKey.generate().public_key,
         0,
+        base.version + 1,
     )
     refused(dl.with_device_added(base, account.account_key, impostor))
     # the granted device plus another one
-    plus = dl.successor(
-        base, account.account_key, [account.first.entry, tablet.entry, new_device(account.account_key).entry]
-    )
+    with_added(base, account.account_key, tablet)  # binds tablet at version 2
+    another = bound(base, new_device(account.account_key))
+    plus = dl.successor(base, account.account_key, [account.first.entry, tablet.entry, another.entry])
     refused(plus)
     # the granted device, with the existing device dropped
     refused(dl.successor(base, account.account_key, [tablet.entry]))
     # the granted device alone (nothing else changed) is accepted, once
-    v2 = dl.with_device_added(base, account.account_key, tablet.entry)
+    v2 = with_added(base, account.account_key, tablet)
     assert put_signed(client, account.account_id, v2, grant).status_code == 200
-    refused(dl.with_device_added(v2, account.account_key, new_device(account.account_key).entry))
+    refused(with_added(v2, account.account_key, new_device(account.account_key)))
 
 
 def test_an_expired_grant_is_refused(live_server: LiveServer, client: httpx.Client) -> None:
@@ -153,7 +163,7 @@ def test_an_expired_grant_is_refused(live_server: LiveServer, client: httpx.Clie
     tablet = new_device(account.account_key)
     grant = grant_for(client, account, tablet)
     clock.advance(601)
-    v2 = dl.with_device_added(account.signed_list, account.account_key, tablet.entry)
+    v2 = with_added(account.signed_list, account.account_key, tablet)
     r = put_signed(client, account.account_id, v2, grant)
     assert (r.status_code, _code(r)) == (403, "device_grant_invalid")
 
@@ -162,7 +172,7 @@ def test_a_grant_is_consumed_once_under_concurrency(live_server: LiveServer, cli
     account = register(client)
     tablet = new_device(account.account_key)
     grant = grant_for(client, account, tablet)
-    v2 = dl.with_device_added(account.signed_list, account.account_key, tablet.entry)
+    v2 = with_added(account.signed_list, account.account_key, tablet)
 
     async def race() -> list[int]:
         async with live_server.async_client() as c:
@@ -194,23 +204,27 @@ def test_removed_devices_never_return(client: httpx.Client) -> None:
     tablet = add_device(client, account)
     remove_device(client, account, tablet)
     # its token can no longer publish anything
-    v_next = dl.with_device_added(
-        account.signed_list, account.account_key, new_device(account.account_key).entry
-    )
+    v_next = with_added(account.signed_list, account.account_key, new_device(account.account_key))
     r = put_list(client, tablet, v_next)
     assert r.status_code in (401, 403), r.text
-    # re-listed with its old entry, or a fresh binding of its old id: refused
-    again = dl.with_device_added(account.signed_list, account.account_key, tablet.entry)
-    r = put_list(client, account.first, again)
-    assert (r.status_code, _code(r)) == (409, "device_id_taken")
-    fresh = dl.bind_device(
-        account.account_key.public_key,
-        tablet.device_id,
-        DeviceSigningKey.generate(),
-        DeviceDHKey.generate().public_key,
-        1,
+    # re-listed with its old entry (signed as is), or a fresh binding of its old id: refused
+    previous = account.signed_list
+    old_entry = dl.sign(
+        account.account_key,
+        dl.DeviceList.create(
+            previous.version + 1,
+            previous.hash(),
+            account.account_key.public_key,
+            account.username,
+            [*previous.content.devices, tablet.entry],
+            previous.content.root,
+        ),
     )
-    r = put_list(client, account.first, dl.with_device_added(account.signed_list, account.account_key, fresh))
+    r = put_list(client, account.first, old_entry)
+    assert (r.status_code, _code(r)) == (409, "device_id_taken")
+    tablet.signing, tablet.dh = DeviceSigningKey.generate(), DeviceDHKey.generate()
+    fresh = with_added(previous, account.account_key, tablet)  # new keys, bound at this version
+    r = put_list(client, account.first, fresh)
     assert (r.status_code, _code(r)) == (409, "device_id_taken")
     # nor through a grant
     r = client.post(GRANTS, json=_grant_body(tablet), headers=account.first.headers)
@@ -231,7 +245,7 @@ def test_key_handoffs_reach_only_their_device(live_server: LiveServer, client: h
     account = register(client)
     laptop = add_device(client, account)
     tablet = add_device(client, account)
-    v4 = dl.with_device_added(account.signed_list, account.account_key, new_device(account.account_key).entry)
+    v4 = with_added(account.signed_list, account.account_key, new_device(account.account_key))
     handoffs = {laptop.id: _sealed(200), tablet.id: _sealed(512)}
     r = client.put(
         "/v1/accounts/me/device-list",
@@ -259,7 +273,7 @@ def test_key_handoff_rules(client: httpx.Client) -> None:
     account = register(client)
     laptop = add_device(client, account)
     outsider = new_device(account.account_key)
-    v3 = dl.with_device_added(account.signed_list, account.account_key, new_device(account.account_key).entry)
+    v3 = with_added(account.signed_list, account.account_key, new_device(account.account_key))
 
     def put(**extra: object) -> httpx.Response:
         return client.put(
@@ -285,7 +299,7 @@ def test_key_handoff_rules(client: httpx.Client) -> None:
     assert r.json()["version"] == 2
     # the linking path carries no handoffs
     grant = grant_for(client, account, outsider)
-    v3b = dl.with_device_added(account.signed_list, account.account_key, outsider.entry)
+    v3b = with_added(account.signed_list, account.account_key, outsider)
     r = put_signed(client, account.account_id, v3b, grant, key_handoffs={laptop.id: _sealed()})
     assert r.status_code == 422
 
@@ -325,3 +339,49 @@ def test_device_names(client: httpx.Client) -> None:
         r = client.put("/v1/accounts/me/device-name", json=body, headers=account.first.headers)
         assert r.status_code == 422, body
     assert client.put("/v1/accounts/me/device-name", json={"sealed_name": _sealed()}).status_code == 401
+
+
+# -- account-key succession: only on the authenticated path --------------------------------------
+
+
+def test_account_key_succession_only_by_a_live_device(client: httpx.Client) -> None:
+    account = register(client)
+    laptop = add_device(client, account)
+    rotated = AccountKey.generate()
+    # through a grant: refused, even though the list is otherwise the current list plus the device
+    tablet = new_device(account.account_key)
+    grant = grant_for(client, account, tablet)
+    bound(account.signed_list, tablet)
+    sneaky = dl.successor(
+        account.signed_list,
+        account.account_key,
+        [*account.signed_list.content.devices, tablet.entry],
+        rotate_to=rotated,
+    )
+    r = put_signed(client, account.account_id, sneaky, grant)
+    assert (r.status_code, _code(r)) == (403, "device_grant_invalid")
+    # by an active device (removing the laptop and rotating): the stored account key moves on
+    v3 = dl.with_device_removed(account.signed_list, account.account_key, laptop.device_id, rotate_to=rotated)
+    r = client.put(
+        "/v1/accounts/me/device-list",
+        json={"device_list": v3.to_b64(), "key_handoffs": {}},
+        headers=account.first.headers,
+    )
+    assert r.status_code == 200, r.text
+    info = client.get(f"/v1/accounts/{account.account_id}", headers=account.first.headers).json()
+    assert info["account_key"] == rotated.public_key.to_b64()
+    old_key = account.account_key
+    account.signed_list, account.account_key = v3, rotated
+    # the old key is no authority any more; the new one is
+    by_old_key = dl.sign(
+        old_key,
+        dl.DeviceList.create(
+            4, v3.hash(), old_key.public_key, account.username, v3.content.devices, v3.content.root
+        ),
+    )
+    r = put_list(client, account.first, by_old_key)
+    assert (r.status_code, _code(r)) == (422, "device_list_invalid")
+    # the grant the refused rotation left unused adds its device under the new key
+    v4 = with_added(v3, rotated, tablet)
+    assert put_signed(client, account.account_id, v4, grant).status_code == 200
+    assert put_list(client, account.first, with_added(v4, rotated, new_device(rotated))).status_code == 200

@@ -24,6 +24,7 @@ from tests.server.helpers import (
     register,
     register_body,
     remove_device,
+    with_added,
 )
 
 
@@ -72,9 +73,7 @@ def test_rejects_a_list_signed_by_another_key(client: httpx.Client) -> None:
     r = put_list(client, account.first, forged)
     assert (r.status_code, _code(r)) == (422, "device_list_invalid")
 
-    good = dl.with_device_added(
-        account.signed_list, account.account_key, new_device(account.account_key).entry
-    )
+    good = with_added(account.signed_list, account.account_key, new_device(account.account_key))
     tampered = dl.SignedDeviceList(good.content, bytes(64))
     r = put_list(client, account.first, tampered)
     assert (r.status_code, _code(r)) == (422, "device_list_invalid")
@@ -82,8 +81,8 @@ def test_rejects_a_list_signed_by_another_key(client: httpx.Client) -> None:
 
 def test_rejects_version_other_than_next(client: httpx.Client) -> None:
     account = register(client)
-    v2 = dl.with_device_added(account.signed_list, account.account_key, new_device(account.account_key).entry)
-    v3 = dl.with_device_added(v2, account.account_key, new_device(account.account_key).entry)
+    v2 = with_added(account.signed_list, account.account_key, new_device(account.account_key))
+    v3 = with_added(v2, account.account_key, new_device(account.account_key))
     r = put_list(client, account.first, v3)  # skips version 2
     assert (r.status_code, _code(r)) == (409, "device_list_stale")
     assert r.json()["current_version"] == 1
@@ -155,7 +154,7 @@ def test_device_ids_are_never_reused(client: httpx.Client) -> None:
 
     tablet = add_device(client, alice)
     remove_device(client, alice, tablet)
-    again = dl.with_device_added(alice.signed_list, alice.account_key, tablet.entry)
+    again = with_added(alice.signed_list, alice.account_key, tablet)
     r = put_list(client, alice.first, again)
     assert (r.status_code, _code(r)) == (409, "device_id_taken")
 
@@ -179,7 +178,7 @@ def _put_signed(
 def test_signed_list_is_accepted_with_a_grant_without_a_token(client: httpx.Client) -> None:
     account = register(client)
     tablet = new_device(account.account_key)
-    v2 = dl.with_device_added(account.signed_list, account.account_key, tablet.entry)
+    v2 = with_added(account.signed_list, account.account_key, tablet)
     grant = grant_for(client, account, tablet)
     r = _put_signed(client, account.account_id, v2, grant)
     assert r.status_code == 200, r.text
@@ -198,7 +197,7 @@ def test_signed_list_refuses_bad_signatures_and_stale_lists(client: httpx.Client
     account = register(client)
     other = register(client)
     tablet = new_device(account.account_key)
-    v2 = dl.with_device_added(account.signed_list, account.account_key, tablet.entry)
+    v2 = with_added(account.signed_list, account.account_key, tablet)
     grant = grant_for(client, account, tablet)
 
     tampered = dl.SignedDeviceList(v2.content, bytes(64))
@@ -217,7 +216,7 @@ def test_signed_list_refuses_bad_signatures_and_stale_lists(client: httpx.Client
     r = _put_signed(client, other.account_id, v2, grant)
     assert (r.status_code, _code(r)) == (403, "device_grant_invalid")
 
-    v3 = dl.with_device_added(v2, account.account_key, new_device(account.account_key).entry)
+    v3 = with_added(v2, account.account_key, new_device(account.account_key))
     r = _put_signed(client, account.account_id, v3, grant)  # skips version 2
     assert (r.status_code, _code(r)) == (409, "device_list_stale")
     wrong_parent = dl.sign(
@@ -291,7 +290,7 @@ def test_junk_signed_lists_do_not_use_up_the_owners_allowance(make_server: Calla
         grant = grant_for(client, account, tablet)
     intruder = AccountKey.generate()
     forged = dl.first(intruder, account.username.lower(), [new_device(intruder).entry])
-    v2 = dl.with_device_added(account.signed_list, account.account_key, tablet.entry)
+    v2 = with_added(account.signed_list, account.account_key, tablet)
     raw = b64decode(v2.to_b64())
     tampered = b64encode(raw[:-1] + bytes([raw[-1] ^ 0x01]))  # a signature bit flipped: never valid
     with server.client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as attacker:

@@ -10,7 +10,7 @@ import httpx
 from client_sdk.core import api
 from crypto import device_list as dl
 from crypto.keys import b64encode
-from tests.server.helpers import add_device, login, new_device, register
+from tests.server.helpers import add_device, login, new_device, register, with_added
 
 
 def _run(client: httpx.Client, req: api.Request, token: str | None = None) -> api.Response:
@@ -50,7 +50,7 @@ def test_grant_list_handoff_and_name_builders(client: httpx.Client) -> None:
         ).body
     )
     assert grant.expires_in == 600
-    v3 = dl.with_device_added(account.signed_list, account.account_key, tablet.entry)
+    v3 = with_added(account.signed_list, account.account_key, tablet)
     name = b64encode(os.urandom(40))
     r = _run(
         client, api.put_signed_device_list(account.account_id, v3.to_b64(), grant.grant, sealed_name=name)

@@ -15,7 +15,16 @@ from crypto import device_list as dl
 from crypto.keys import b64decode, b64encode
 from tests.live import LiveServer, ManualClock
 from tests.server.delivery_support import create_conversation, envelope_body, send
-from tests.server.helpers import add_device, grant_for, login, new_device, put_list, put_signed, register
+from tests.server.helpers import (
+    add_device,
+    grant_for,
+    login,
+    new_device,
+    put_list,
+    put_signed,
+    register,
+    with_added,
+)
 
 
 def _refused(r: httpx.Response, status: int, code: str) -> None:
@@ -175,13 +184,11 @@ def test_device_list_versions_limited_per_account(make_server: Callable[..., Liv
             r = put_signed(client, alice.account_id, forged, grant)
             _refused(r, 422, "device_list_invalid")
         add_device(client, alice)  # version 2, by the authenticated route
-        signed = dl.with_device_added(alice.signed_list, alice.account_key, device.entry)
+        signed = with_added(alice.signed_list, alice.account_key, device)
         r = put_signed(client, alice.account_id, signed, grant)
         assert r.status_code == 200, r.text  # version 3, by the token-less route
         alice.signed_list = signed
-        third = dl.with_device_added(
-            alice.signed_list, alice.account_key, new_device(alice.account_key).entry
-        )
+        third = with_added(alice.signed_list, alice.account_key, new_device(alice.account_key))
         r = put_list(client, alice.first, third)
         _refused(r, 429, "rate_limited")
         assert "Retry-After" in r.headers

@@ -376,16 +376,29 @@ def build_device_lists() -> dict[str, Any]:
         signing = DeviceSigningKey.generate(rng)
         dh = DeviceDHKey.generate(rng)
         devices.append((device_id, signing, dh, 1_735_689_600_000 + i * 86_400_000))
-    entries = [device_list.bind_device(account.public_key, d, s, h.public_key, t) for d, s, h, t in devices]
+    # device 0 joins at version 1, device 1 at version 2, device 2 at version 2 (the fork below)
+    joined = [1, 2, 2]
+    entries = [
+        device_list.bind_device(account.public_key, d, s, h.public_key, t, j)
+        for (d, s, h, t), j in zip(devices, joined, strict=True)
+    ]
     username_input = "Alice"
     v1 = device_list.first(account, username_input, [entries[0]])
     v2 = device_list.with_device_added(v1, account, entries[1])
     v3 = device_list.with_device_removed(v2, account, entries[0].device_id)
+    successor_key = AccountKey.generate(rng)
+    thief_key = AccountKey.generate(rng)
+    # version 4: device 2 (joining at 4) added and the account key rotated (succession)
+    late2 = device_list.bind_device(
+        account.public_key, devices[2][0], devices[2][1], devices[2][2].public_key, devices[2][3], 4
+    )
+    v4 = device_list.successor(v3, account, (*v3.content.devices, late2), rotate_to=successor_key)
+    forked4 = device_list.successor(v3, account, v3.content.devices, rotate_to=thief_key)
 
     device_docs = []
-    for (device_id, signing, dh, added_at), entry in zip(devices, entries, strict=True):
+    for (device_id, signing, dh, added_at), entry, j in zip(devices, entries, joined, strict=True):
         message = device_list.binding_message(
-            account.public_key, device_id, signing.public_key, dh.public_key, added_at
+            account.public_key, device_id, signing.public_key, dh.public_key, added_at, j
         )
         device_docs.append(
             {
@@ -395,6 +408,7 @@ def build_device_lists() -> dict[str, Any]:
                 "signing_public": hx(bytes(signing.public_key)),
                 "dh_public": hx(bytes(dh.public_key)),
                 "added_at": added_at,
+                "joined_version": j,
                 "binding_message": hx(message),
                 "binding_signing_input": hx(signing_input(SigningContext.DEVICE_BINDING, message)),
                 "binding_signature": hx(entry.binding_signature),
@@ -408,7 +422,31 @@ def build_device_lists() -> dict[str, Any]:
         "username": username_input,
         "devices": device_docs,
     }
+    assert v4.content.succession is not None
+    succession_input = device_list.succession_message(
+        account.public_key, successor_key.public_key, account.public_key, 4, v3.hash()
+    )
     cases: list[dict[str, Any]] = [
+        {
+            "name": "succession",
+            "description": "version 4 after version 3: device 2 joins (at version 4) and the account key "
+            "rotates; the outgoing key signs the succession, the new key signs the list",
+            "seed": label,
+            "inputs": {
+                "account_private": hx(bytes(account)),
+                "successor_private": hx(bytes(successor_key)),
+                "previous": hx(v3.encode()),
+                "device_2_entry": hx(late2.encode()),
+            },
+            "outputs": {
+                "succession_message": hx(succession_input),
+                "succession_signing_input": hx(
+                    signing_input(SigningContext.ACCOUNT_KEY_SUCCESSION, succession_input)
+                ),
+                "succession_signature": hx(v4.content.succession.signature),
+                "list": _signed_list_doc(v4),
+            },
+        },
         {
             "name": "chain",
             "description": "version 1 (device 0), version 2 (device 1 added), version 3 (device 0 removed); "
@@ -426,7 +464,7 @@ def build_device_lists() -> dict[str, Any]:
                 "username": v1.content.username,
                 "lists": [_signed_list_doc(s) for s in (v1, v2, v3)],
             },
-        }
+        },
     ]
 
     # Accepted chain operations.
@@ -442,6 +480,13 @@ def build_device_lists() -> dict[str, Any]:
         ("successor", "version 3 after a known version 2", v2, [v3], None),
         ("idempotent", "the known version 2 offered again is accepted and changes nothing", v2, [v2], None),
         ("first_contact_v2", "first contact may start at any version", None, [v2], None),
+        (
+            "rotation",
+            "versions 3 and 4 from a known version 2: the trusted key moves to the successor",
+            v2,
+            [v3, v4],
+            None,
+        ),
         (
             "expected_username",
             "versions 1, 2 with the username pinned to 'ALICE' (normalised to 'alice' first)",
@@ -469,6 +514,30 @@ def build_device_lists() -> dict[str, Any]:
         )
 
     # Rejected cases.
+    # Device 0's version-1 entry put back in a version 4 signed by the account key (a replay).
+    replayed = device_list.sign(
+        account,
+        device_list.DeviceList.create(
+            4, v3.hash(), account.public_key, "alice", (*v3.content.devices, entries[0])
+        ),
+    )
+    # Device 0 again, freshly bound at version 4, after its removal at version 3.
+    fresh0 = device_list.bind_device(
+        account.public_key, devices[0][0], devices[0][1], devices[0][2].public_key, devices[0][3], 4
+    )
+    returned = device_list.sign(
+        account,
+        device_list.DeviceList.create(
+            4, v3.hash(), account.public_key, "alice", (*v3.content.devices, fresh0)
+        ),
+    )
+    # The account key changes with no succession statement.
+    silent = device_list.sign(
+        successor_key,
+        device_list.DeviceList.create(
+            4, v3.hash(), successor_key.public_key, "alice", v3.content.devices, account.public_key
+        ),
+    )
     other_entry = device_list.bind_device(
         other_account.public_key, devices[0][0], devices[0][1], devices[0][2].public_key, devices[0][3]
     )
@@ -494,6 +563,7 @@ def build_device_lists() -> dict[str, Any]:
         entries[1].dh_key,
         entries[1].added_at + 1,
         entries[1].binding_signature,
+        entries[1].joined_version,
     )
     added_at_moved = _unchecked_sign(
         account,
@@ -505,10 +575,10 @@ def build_device_lists() -> dict[str, Any]:
     )
     # Hand-made encodings the parser must refuse (validly signed, so only the parser rejects them).
     v2_content = v2.content.encode()
-    entry_start = len(v2_content) - 2 * device_list.DEVICE_ENTRY_SIZE
+    entry_start = len(v2_content) - 1 - 2 * device_list.DEVICE_ENTRY_SIZE
     e0 = v2_content[entry_start : entry_start + device_list.DEVICE_ENTRY_SIZE]
-    e1 = v2_content[entry_start + device_list.DEVICE_ENTRY_SIZE :]
-    unsorted = v2_content[:entry_start] + e1 + e0
+    e1 = v2_content[entry_start + device_list.DEVICE_ENTRY_SIZE : -1]
+    unsorted = v2_content[:entry_start] + e1 + e0 + v2_content[-1:]
     unnormal = v2_content.replace(b"alice", b"Alice", 1)
     assert unnormal != v2_content
 
@@ -561,6 +631,35 @@ def build_device_lists() -> dict[str, Any]:
             None,
         ),
         ("chain_break_in_batch", "a batch 1, 3: all or nothing", None, [v1.encode(), v3.encode()], None),
+        (
+            "replayed_binding",
+            "device 0's version-1 entry put back at version 4 after its removal",
+            v3.encode(),
+            [replayed.encode()],
+            None,
+        ),
+        (
+            "removed_device_returns",
+            "device 0, freshly bound at version 4, after the verifier saw its removal (batch 2, 3, 4)",
+            v1.encode(),
+            [v2.encode(), v3.encode(), returned.encode()],
+            None,
+        ),
+        (
+            "rotation_without_succession",
+            "version 4 signed by another key with no succession statement",
+            v3.encode(),
+            [silent.encode()],
+            None,
+        ),
+        (
+            "forked_succession",
+            "after the rotation at version 4, another version 4 whose succession (signed by the outgoing "
+            "key) names a different key",
+            v4.encode(),
+            [forked4.encode()],
+            None,
+        ),
         ("trailing_byte", "version 1 followed by one extra byte", None, [v1.encode() + b"\x00"], None),
         (
             "unsorted_devices",

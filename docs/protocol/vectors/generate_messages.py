@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from client_sdk import errors as sdk_errors
-from client_sdk.core import history, linking
+from client_sdk.core import account_keys, history, linking
 from client_sdk.core import message as msg
 from client_sdk.core.sync import clock as vc
 from client_sdk.core.sync import errors as sync_errors
@@ -1080,7 +1080,11 @@ def build_linking() -> dict[str, Any]:
     for name, description, bad in (
         ("wrong_prefix", "prefix 'saltline:'", "saltline:" + b64encode(raw)),
         ("padded_base64", "base64url with '=' padding", text + "=" * (-len(b64encode(raw)) % 4 or 4)),
-        ("version_2", "version byte 0x02", linking.PREFIX + b64encode(b"\x02" + raw[1:])),
+        (
+            "version_1",
+            "version byte 0x01 (a code whose secret also took)",
+            linking.PREFIX + b64encode(b"\x01" + raw[1:]),
+        ),
         (
             "trailing_byte",
             "one byte more than the secret length implies",
@@ -1231,6 +1235,84 @@ def build_linking() -> dict[str, Any]:
                 "error": error_name(lambda b=box_bytes, s=sec: linking.open_payload(link_key, s, b)),
             }
         )
+    # the handshake: confirmation code, the reply authenticated by the link key
+    approver_key = EphemeralKey.generate(DRng(seed("linking/approver-key")))
+    code_digits = linking.confirmation_code(
+        bytes(link_key.public_key), bytes(approver_key.public_key), new_device_id, account.public_key
+    )
+    new_device = private_state.generate_device(one_time_prekeys=0, rng=DRng(seed("linking/new-device")))
+    reply = linking.Reply(
+        new_device_id,
+        "Alice's phone",
+        bytes(new_device.signing_key.public_key),
+        bytes(new_device.dh_key.public_key),
+    )
+    reply_rng = DRng(seed("linking/reply"))
+    reply_box = linking.seal_reply(link_key, bytes(approver_key.public_key), reply, reply_rng)
+    assert linking.open_reply(approver_key, bytes(link_key.public_key), reply_box) == reply
+    cases.append(
+        {
+            "name": "confirmation_and_reply",
+            "description": "the confirmation code both devices show, and the new device's reply "
+            "(HKDF over X25519(link, approver), XChaCha20-Poly1305, ad 'saltline/v1/link-reply')",
+            "seed": reply_rng.label,
+            "inputs": {
+                "link_private": hx(bytes(link_key)),
+                "approver_private": hx(bytes(approver_key)),
+                "device_id": hx(new_device_id),
+                "account_public": hx(bytes(account.public_key)),
+                "name": reply.name,
+                "signing_key": hx(reply.signing_key),
+                "dh_key": hx(reply.dh_key),
+            },
+            "outputs": {"code": code_digits, "reply": hx(reply_box)},
+        }
+    )
+    other_approver = EphemeralKey.generate(DRng(seed("linking/other-approver")))
+    cases.append(
+        {
+            "name": "reject_reply_other_approver",
+            "description": "a reply opened with another approver key (a substituted hello): refused",
+            "inputs": {"approver_private": hx(bytes(other_approver)), "reply": hx(reply_box)},
+            "error": error_name(
+                lambda: linking.open_reply(other_approver, bytes(link_key.public_key), reply_box)
+            ),
+        }
+    )
+    # the account-key handoff after a rotation, and a sealed device name
+    successor = AccountKey.generate(DRng(seed("linking/successor-key")))
+    handoff_rng = DRng(seed("linking/handoff"))
+    handoff = account_keys.seal_handoff(new_device.dh_key.public_key, account_id, 7, successor, handoff_rng)
+    assert (
+        account_keys.open_handoff(new_device.dh_key, handoff, account_id, 7, successor.public_key)
+        == successor
+    )
+    name_rng = DRng(seed("linking/name"))
+    sealed_name = account_keys.seal_name(account, new_device_id, "Alice's phone", name_rng)
+    assert account_keys.open_name(account, new_device_id, sealed_name) == "Alice's phone"
+    cases.append(
+        {
+            "name": "handoff_and_name",
+            "description": "an account-key handoff for list version 7 sealed to the device's DH key, and the "
+            "device's name sealed under the account key's names key",
+            "seed": handoff_rng.label,
+            "inputs": {
+                "device_dh_private": hx(bytes(new_device.dh_key)),
+                "account_id": hx(account_id),
+                "version": 7,
+                "successor_private": hx(bytes(successor)),
+                "account_private": hx(bytes(account)),
+                "device_id": hx(new_device_id),
+                "name": "Alice's phone",
+                "name_seed": name_rng.label,
+            },
+            "outputs": {
+                "handoff_plaintext": hx(b"\x01" + account_id + struct.pack(">Q", 7) + bytes(successor)),
+                "handoff": hx(handoff),
+                "sealed_name": hx(sealed_name),
+            },
+        }
+    )
     cases.append(
         {
             "name": "reject_payload_with_kind",
