@@ -22,14 +22,16 @@ from server.services.common import DeviceListChangedHook, DeviceRemovedHook
 from server.services.devices import DeviceService
 from server.services.health import Readiness
 from server.services.keys import KeyDirectoryService
+from server.services.linking import LinkingLimits, LinkingService
 from server.services.passwords import Passwords
-from server.services.provisioning import ProvisioningService
+from server.services.provisioning import ProvisioningLimits, ProvisioningService
 from server.services.ratelimit import RateLimiter
 from server.settings import Settings
 from server.storage.accounts_repo import AccountsRepo
 from server.storage.auth_repo import AuthRepo
 from server.storage.blobs_repo import BlobsRepo
 from server.storage.db import Database
+from server.storage.linking_repo import LinkingRepo
 from server.storage.migrate import head_revisions
 from server.storage.prekeys_repo import PreKeysRepo
 from server.storage.provisioning_repo import ProvisioningRepo
@@ -87,6 +89,7 @@ class AppContext:
     keys: KeyDirectoryService
     provisioning: ProvisioningService
     blobs: BlobService
+    linking: LinkingService
     #: Awaited with ``(account_id, device_id)`` after a device was dropped from its list: the
     #: delivery side closes its socket here. Hooks must not raise (failures are logged).
     on_device_removed: list[DeviceRemovedHook] = field(default_factory=list)
@@ -126,6 +129,14 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
     on_removed: list[DeviceRemovedHook] = []
     on_changed: list[DeviceListChangedHook] = []
     on_revoked: list[TokensRevokedHook] = []
+    devices = DeviceService(
+        accounts_repo,
+        clock,
+        max_devices=settings.max_devices_per_account,
+        max_list_bytes=settings.max_device_list_bytes,
+        on_device_removed=on_removed,
+        on_device_list_changed=on_changed,
+    )
     ctx = AppContext(
         settings=settings,
         db=db,
@@ -144,14 +155,7 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
             max_devices=settings.max_devices_per_account,
             max_list_bytes=settings.max_device_list_bytes,
         ),
-        devices=DeviceService(
-            accounts_repo,
-            clock,
-            max_devices=settings.max_devices_per_account,
-            max_list_bytes=settings.max_device_list_bytes,
-            on_device_removed=on_removed,
-            on_device_list_changed=on_changed,
-        ),
+        devices=devices,
         auth=AuthService(
             accounts_repo,
             auth_repo,
@@ -188,7 +192,11 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
             clock,
             ttl_s=settings.provisioning_ttl_s,
             max_payload_bytes=settings.max_provisioning_payload_bytes,
-            rate_limit_per_ip=settings.rate_limit_provisioning_per_ip,
+            limits=ProvisioningLimits(
+                create_per_ip=settings.rate_limit_provisioning_per_ip,
+                puts_per_ip=settings.rate_limit_provisioning_puts_per_ip,
+                max_puts_per_channel=settings.max_provisioning_puts_per_channel,
+            ),
         ),
         blobs=BlobService(
             BlobsRepo(db),
@@ -199,6 +207,19 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
             upload_rate_per_device=settings.rate_limit_blob_uploads_per_device,
             quota_bytes_per_account=settings.blob_quota_bytes_per_account,
             upload_bytes_per_account=settings.rate_limit_blob_bytes_per_account,
+        ),
+        linking=LinkingService(
+            LinkingRepo(db),
+            accounts_repo,
+            devices,
+            limiter,
+            clock,
+            LinkingLimits(
+                grant_ttl_s=settings.device_grant_ttl_s,
+                max_grants_per_account=settings.max_device_grants_per_account,
+                grants_per_account=settings.rate_limit_device_grants_per_account,
+                handoff_retention_s=settings.queue_retention_s,
+            ),
         ),
         on_device_removed=on_removed,
         on_device_list_changed=on_changed,

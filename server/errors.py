@@ -87,6 +87,10 @@ class ProblemCode(StrEnum):
     """409: the list's previous hash is not the hash of the current list."""
     DEVICE_NOT_IN_LIST = "device_not_in_list"
     """422: the device making the request (or registering) is not named by the list."""
+    DEVICE_GRANT_INVALID = "device_grant_invalid"
+    """403: a token-less (linking) device-list update without a valid one-time device grant of
+    the account (missing, unknown, expired or used), or the list does more than add exactly the
+    granted device (same device id and signing key), or it changes the account key."""
 
     # -- key directory -----------------------------------------------------------------------
     PREKEY_SIGNATURE_INVALID = "prekey_signature_invalid"

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
     login_challenge_ttl_s: int = Field(default=120, gt=0)
     provisioning_ttl_s: int = Field(default=600, gt=0)
+    #: Messages a provisioning channel carries over its lifetime (the linking handshake needs 4).
+    max_provisioning_puts_per_channel: int = Field(default=8, gt=0)
+    #: How long a one-time device grant (``POST /v1/accounts/me/device-grants``) stays valid.
+    device_grant_ttl_s: int = Field(default=600, gt=0)
+    #: Unexpired device grants an account may hold at once (429 beyond).
+    max_device_grants_per_account: int = Field(default=5, gt=0)
     #: argon2id cost (RFC 9106 second recommendation by default; tests lower it).
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_cost_kib: int = Field(default=65536, ge=8)
@@ -141,6 +147,11 @@ class Settings(BaseSettings):
     #: 1000/hour is about 250 MB of history per hour at 256 KiB parts).
     rate_limit_blob_uploads_per_device: str = "1000/hour"
     rate_limit_provisioning_per_ip: str = "10/minute"
+    #: Puts on provisioning channels (token-less: the put secret is the authority), per client IP.
+    rate_limit_provisioning_puts_per_ip: str = "60/minute"
+    #: One-time device grants issued per account (at most ``max_device_grants_per_account``
+    #: unexpired at once in any case).
+    rate_limit_device_grants_per_account: str = "30/hour"
     #: Token-less signed device-list updates (``PUT /v1/accounts/{id}/device-list/signed``, used
     #: by linking), per client IP (every request) and per target account (counted only once the
     #: account-key signature has verified, so junk cannot use up the owner's allowance).

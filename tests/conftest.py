@@ -78,6 +78,8 @@ TEST_SETTINGS: dict[str, object] = {
     "rate_limit_login_per_ip": "1000/minute",
     "rate_limit_register_per_ip": "1000/minute",
     "rate_limit_provisioning_per_ip": "1000/minute",
+    "rate_limit_provisioning_puts_per_ip": "1000/minute",
+    "rate_limit_device_grants_per_account": "1000/minute",
     "rate_limit_signed_list_per_ip": "1000/minute",
     "rate_limit_signed_list_per_account": "1000/minute",
     "heartbeat_interval_s": 15.0,

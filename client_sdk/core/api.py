@@ -16,6 +16,7 @@ from client_sdk.errors import ProtocolError, server_error
 from crypto.keys import b64decode, b64encode
 
 CHANNEL_SECRET_HEADER = "X-Channel-Secret"  # noqa: S105 - a header name
+DEVICE_GRANT_HEADER = "X-Device-Grant"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,18 +164,83 @@ def parse_chain(body: Any) -> list[str]:
     return [str(_field(item, "signed_list", str)) for item in lists]
 
 
-def put_device_list(signed_list_b64: str) -> Request:
-    return Request("PUT", "/v1/accounts/me/device-list", {"device_list": signed_list_b64})
+def put_device_list(
+    signed_list_b64: str, key_handoffs: Mapping[str, str] | None = None, sealed_name: str | None = None
+) -> Request:
+    """Publish a list as an active device of the current list (docs/protocol/delivery.md § 9.3);
+    ``key_handoffs`` maps the new list's other device ids to sealed values, ``sealed_name`` is
+    this device's encrypted name."""
+    body: dict[str, Any] = {"device_list": signed_list_b64}
+    if key_handoffs:
+        body["key_handoffs"] = dict(key_handoffs)
+    if sealed_name is not None:
+        body["sealed_name"] = sealed_name
+    return Request("PUT", "/v1/accounts/me/device-list", body)
 
 
-def put_signed_device_list(account_id: str, signed_list_b64: str) -> Request:
-    """Publish a list with no bearer token: its account-key signature is the authority (linking)."""
+def put_signed_device_list(
+    account_id: str, signed_list_b64: str, grant: str | None = None, sealed_name: str | None = None
+) -> Request:
+    """Linking: publish the current list plus this new device with no bearer token, under the
+    one-time device grant the approving device issued (``X-Device-Grant``; the server refuses
+    the request without one, 403 ``device_grant_invalid``)."""
+    body: dict[str, Any] = {"device_list": signed_list_b64}
+    if sealed_name is not None:
+        body["sealed_name"] = sealed_name
     return Request(
         "PUT",
         f"/v1/accounts/{account_id}/device-list/signed",
-        {"device_list": signed_list_b64},
+        body,
         auth=False,
+        headers=() if grant is None else ((DEVICE_GRANT_HEADER, grant),),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceGrant:
+    grant: str
+    expires_in: int
+
+
+def device_grant(device_id: str, signing_key_raw: bytes) -> Request:
+    """For the approving (active) device: a one-time grant for linking ``device_id`` whose raw
+    32-byte Ed25519 signing key is ``signing_key_raw``."""
+    return Request(
+        "POST",
+        "/v1/accounts/me/device-grants",
+        {"device_id": device_id, "signing_key": b64encode(signing_key_raw)},
+    )
+
+
+def parse_device_grant(body: Any) -> DeviceGrant:
+    return DeviceGrant(str(_field(body, "grant", str)), int(_field(body, "expires_in", int)))
+
+
+def key_handoffs(since: int, limit: int = 100) -> Request:
+    return Request(
+        "GET", "/v1/accounts/me/key-handoffs", query=(("since", str(since)), ("limit", str(limit)))
+    )
+
+
+def parse_key_handoffs(body: Any) -> list[tuple[int, str]]:
+    """``(version, sealed)`` pairs, as the server sent them (the caller checks the order)."""
+    items = _field(body, "handoffs", list)
+    return [(int(_field(i, "version", int)), str(_field(i, "sealed", str))) for i in items]
+
+
+def set_device_name(sealed_name: str) -> Request:
+    return Request("PUT", "/v1/accounts/me/device-name", {"sealed_name": sealed_name}, idempotent=True)
+
+
+def device_names() -> Request:
+    return Request("GET", "/v1/accounts/me/device-names")
+
+
+def parse_device_names(body: Any) -> dict[str, str]:
+    names = _field(body, "names", dict)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
+        raise ProtocolError("server response has a malformed 'names'")
+    return {str(k): str(v) for k, v in names.items()}
 
 
 # -- keys ------------------------------------------------------------------------------------------
@@ -425,19 +491,50 @@ def create_channel() -> Request:
 
 
 def parse_channel(body: Any) -> Channel:
+    """Deprecated (the server no longer sends ``channel_secret``): use
+    :func:`parse_provisioning_channel`. Kept until the linking facet switches."""
     return Channel(_field(body, "channel_id", str), _field(body, "channel_secret", str))
 
 
 def put_provisioning(channel_id: str, channel_secret: str, payload_b64: str) -> Request:
+    """Put one sealed message on a channel with its put secret (no bearer token)."""
     return Request(
         "PUT",
         f"/v1/provisioning/{channel_id}",
         {"payload": payload_b64},
+        auth=False,
         headers=((CHANNEL_SECRET_HEADER, channel_secret),),
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ProvisioningChannel:
+    channel_id: str
+    put_secret: str  # goes into the link code
+    take_secret: str  # stays with the creator
+    expires_in: int
+
+
+def parse_provisioning_channel(body: Any) -> ProvisioningChannel:
+    return ProvisioningChannel(
+        str(_field(body, "channel_id", str)),
+        str(_field(body, "put_secret", str)),
+        str(_field(body, "take_secret", str)),
+        int(_field(body, "expires_in", int)),
+    )
+
+
+def delete_provisioning(channel_id: str, take_secret: str) -> Request:
+    return Request(
+        "DELETE",
+        f"/v1/provisioning/{channel_id}",
+        auth=False,
+        headers=((CHANNEL_SECRET_HEADER, take_secret),),
+    )
+
+
 def take_provisioning(channel_id: str, channel_secret: str) -> Request:
+    """Take the waiting message with the channel's take secret (the slot empties)."""
     return Request(
         "GET",
         f"/v1/provisioning/{channel_id}",
@@ -447,7 +544,7 @@ def take_provisioning(channel_id: str, channel_secret: str) -> Request:
 
 
 def parse_provisioning(response: Response) -> str | None:
-    """The sealed payload (base64url), or ``None`` while nothing was put (204)."""
+    """The sealed message (base64url), or ``None`` while the slot is empty (204)."""
     if response.status == 204:
         return None
     return str(_field(response.body, "payload", str))

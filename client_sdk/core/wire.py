@@ -117,6 +117,7 @@ PROBLEM_UNAUTHORIZED: Final = "unauthorized"  # 401
 PROBLEM_TOKEN_EXPIRED: Final = "token_expired"  # noqa: S105 - 401; a problem code, not a password
 PROBLEM_TOKEN_REVOKED: Final = "token_revoked"  # noqa: S105 - 401; a problem code, not a password
 PROBLEM_DEVICE_NOT_ACTIVE: Final = "device_not_active"  # 403: removed from the device list
+PROBLEM_DEVICE_GRANT_INVALID: Final = "device_grant_invalid"  # 403: linking without a valid grant
 PROBLEM_STORAGE_QUOTA_EXCEEDED: Final = "storage_quota_exceeded"  # 507: the account's blob quota
 # transient
 PROBLEM_RATE_LIMITED: Final = "rate_limited"  # 429, ``Retry-After``

@@ -26,6 +26,13 @@ _LIMITS: tuple[tuple[str, str, str, Any], ...] = (
     ("BlobUpload", "data", "maxLength", lambda s: b64_max_chars(s.max_blob_bytes)),
     ("RegisterRequest", "device_list", "maxLength", lambda s: b64_max_chars(s.max_device_list_bytes)),
     ("PutDeviceListRequest", "device_list", "maxLength", lambda s: b64_max_chars(s.max_device_list_bytes)),
+    ("PutDeviceListRequest", "key_handoffs", "maxProperties", lambda s: s.max_devices_per_account),
+    (
+        "PutSignedDeviceListRequest",
+        "device_list",
+        "maxLength",
+        lambda s: b64_max_chars(s.max_device_list_bytes),
+    ),
     (
         "ProvisioningPayload",
         "payload",

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.services.common import MAX_SEALED_BYTES
 from server.services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
 #: Characters of base64url, any length (opaque names such as a socket ``request_id``).
@@ -142,8 +143,55 @@ class ListChainResponse(BaseModel):
     lists: list[SignedListResponse]
 
 
+#: Opaque ciphertext of 1 to 512 bytes (server.services.common.MAX_SEALED_BYTES): sealed
+#: account-key handoffs and encrypted device names.
+Sealed = Annotated[str, Field(min_length=2, max_length=b64_max_chars(MAX_SEALED_BYTES), pattern=B64)]
+DeviceListB64 = Annotated[str, Field(min_length=1, max_length=200_000, pattern=B64)]
+
+
 class PutDeviceListRequest(Strict):
-    device_list: Annotated[str, Field(min_length=1, max_length=200_000, pattern=B64)]
+    device_list: DeviceListB64
+    key_handoffs: Annotated[dict[Id, Sealed], Field(max_length=1000)] | None = Field(
+        default=None,
+        description="sealed account-key handoffs for devices of the new list other than the caller",
+    )
+    sealed_name: Sealed | None = Field(default=None, description="the caller's encrypted device name")
+
+
+class PutSignedDeviceListRequest(Strict):
+    """Linking (``X-Device-Grant``): the current list plus exactly the granted device."""
+
+    device_list: DeviceListB64
+    sealed_name: Sealed | None = Field(default=None, description="the new device's encrypted name")
+
+
+class DeviceGrantRequest(Strict):
+    device_id: Id = Field(description="the new device's id (never used before)")
+    signing_key: Annotated[str, Field(min_length=43, max_length=43, pattern=b64_exact(32))] = Field(
+        description="the new device's raw 32-byte Ed25519 signing key"
+    )
+
+
+class DeviceGrantResponse(BaseModel):
+    grant: str = Field(description="32 random bytes, base64url: the X-Device-Grant header value")
+    expires_in: int
+
+
+class KeyHandoff(BaseModel):
+    version: int
+    sealed: str
+
+
+class KeyHandoffsResponse(BaseModel):
+    handoffs: list[KeyHandoff]
+
+
+class DeviceNameRequest(Strict):
+    sealed_name: Sealed
+
+
+class DeviceNamesResponse(BaseModel):
+    names: dict[str, str] = Field(description="device id -> encrypted name, for active devices")
 
 
 class PutDeviceListResponse(BaseModel):
@@ -237,7 +285,8 @@ class ClaimResponse(BaseModel):
 
 class ProvisioningChannelResponse(BaseModel):
     channel_id: str
-    channel_secret: str
+    put_secret: str = Field(description="32 random bytes: lets its holder put messages (link code)")
+    take_secret: str = Field(description="32 random bytes: lets its holder take messages (keep it)")
     expires_in: int
 
 

@@ -66,6 +66,20 @@ def decode_b64_field(text: str, what: str) -> bytes:
         ) from exc
 
 
+#: Sealed account-key handoffs and encrypted device names: at most this many bytes (decoded).
+MAX_SEALED_BYTES = 512
+
+
+def decode_sealed(text: str, what: str) -> bytes:
+    """Opaque ciphertext (never opened by the server) of at most :data:`MAX_SEALED_BYTES`."""
+    raw = decode_b64_field(text, what)
+    if not raw or len(raw) > MAX_SEALED_BYTES:
+        raise Problem(
+            422, ProblemCode.VALIDATION_FAILED, f"{what} must be 1 to {MAX_SEALED_BYTES} bytes", field=what
+        )
+    return raw
+
+
 def normalize_username(username: str) -> str:
     """Lower-case and validate: 3-32 characters of ``[a-z0-9_.-]``."""
     lower = username.lower() if username.isascii() else ""

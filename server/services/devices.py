@@ -14,13 +14,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from crypto import device_list as dl
 from crypto import primitives as p
 from crypto.keys import AccountPublicKey, b64encode
 from server.clock import Clock
 from server.errors import Problem, ProblemCode
 from server.services.accounts import device_rows, verify_signed_list
-from server.services.common import AuthedDevice, DeviceListChangedHook, DeviceRemovedHook, encode_id
-from server.storage.accounts_repo import AccountsRepo, DeviceListRow, StorageConflict
+from server.services.common import (
+    AuthedDevice,
+    DeviceListChangedHook,
+    DeviceRemovedHook,
+    decode_id,
+    decode_sealed,
+    encode_id,
+)
+from server.storage.accounts_repo import AccountsRepo, DeviceListRow, ListExtras, StorageConflict
+from server.storage.linking_repo import GrantRow
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +80,9 @@ class DeviceService:
 
     async def update_list(self, caller: AuthedDevice, device_list_b64: str) -> ListUpdate:
         """The authenticated path: a device of the account publishes a new list."""
-        return await self.update_account_list(caller.account_id_bytes, device_list_b64)
+        return await self.update_account_list(
+            caller.account_id_bytes, device_list_b64, caller=caller.device_id_bytes
+        )
 
     async def update_account_list(
         self,
@@ -79,26 +90,46 @@ class DeviceService:
         device_list_b64: str,
         *,
         on_verified: Callable[[], Awaitable[None]] | None = None,
+        caller: bytes | None = None,
+        grant: GrantRow | None = None,
+        key_handoffs: dict[str, str] | None = None,
+        sealed_name: str | None = None,
     ) -> ListUpdate:
-        """Adopt ``device_list_b64`` for ``account_id``. Its authority is the account-key
-        signature alone (the caller's token, if any, adds none): it must verify under the stored
-        account key and username and extend the current list (version + 1, predecessor hash).
-        Both ``PUT /v1/accounts/me/device-list`` and the token-less
-        ``PUT /v1/accounts/{account_id}/device-list/signed`` (linking) come here.
+        """Adopt ``device_list_b64`` for ``account_id``. It must verify under the stored account
+        key and username and extend the current list (version + 1, predecessor hash), and it
+        needs a live, listed device or a grant behind it:
 
+        - ``caller`` (``PUT /v1/accounts/me/device-list``): the authenticated device, which must
+          be active in the current list (it may remove itself). Only this path may carry key
+          handoffs, and only it may hand the account over to a new account key;
+        - ``grant`` (``PUT /v1/accounts/{account_id}/device-list/signed``, linking): a valid
+          one-time device grant of this account, checked by the caller; the list must be the
+          current list plus exactly the granted device (id and signing key). The grant is
+          consumed in the same transaction as the list.
+
+        ``sealed_name`` is the encrypted name of the caller (``me``) or of the granted device.
         ``on_verified`` is awaited once the signature has verified and before anything else (the
-        token-less route counts its per-account rate limit there, so junk signed by anyone but
-        the account key never uses up the owner's allowance)."""
+        per-account rate limits count there, so junk never uses up the owner's allowance)."""
+        if (caller is None) == (grant is None):
+            raise ValueError("exactly one of caller and grant")
         account = await self._repo.get(account_id)
         current = await self._repo.current_list(account_id)
         if account is None or current is None:
             raise Problem(404, ProblemCode.NOT_FOUND, "no such account")
+        if caller is not None and not await self.is_active(caller, account_id):
+            raise Problem(
+                403, ProblemCode.DEVICE_NOT_ACTIVE, "this device is not in the account's device list"
+            )
         account_key = AccountPublicKey.decode(account.account_key)
         signed = verify_signed_list(
             device_list_b64, account_key, account.username_lower, self._max_list_bytes, self._max_devices
         )
         if on_verified is not None:
             await on_verified()
+        new_key = signed.content.account_key.encode()
+        new_account_key = None if p.constant_time_equal(new_key, account.account_key) else new_key
+        if new_account_key is not None and grant is not None:
+            raise grant_invalid("a device grant cannot hand the account over to a new account key")
         new_hash = signed.hash()
         if signed.version == current.version and p.constant_time_equal(new_hash, current.list_hash):
             return ListUpdate(current.version, b64encode(current.list_hash), [], [])  # a retried PUT
@@ -141,6 +172,21 @@ class DeviceService:
                     device_id=encode_id(device_id),
                 )
         removed = [i for i in active if i not in named]
+        if grant is not None:
+            _check_grant_fits(grant, new_ids, removed, named)
+        if key_handoffs and caller is None:
+            raise Problem(422, ProblemCode.VALIDATION_FAILED, "key handoffs need the authenticated path")
+        subject = caller if caller is not None else grant.device_id if grant is not None else b""
+        if sealed_name is not None and subject not in named:
+            raise Problem(
+                422, ProblemCode.VALIDATION_FAILED, "a device the list drops has no name", field="sealed_name"
+            )
+        extras = ListExtras(
+            consume_grant=grant.grant_hash if grant is not None else None,
+            handoffs=_handoffs(key_handoffs, caller, named, self._max_devices) if key_handoffs else None,
+            names=None if sealed_name is None else {subject: decode_sealed(sealed_name, "sealed_name")},
+            new_account_key=new_account_key,
+        )
         now = self._clock()
         added_rows = device_rows(account_id, tuple(named[i] for i in new_ids), now)
         try:
@@ -150,12 +196,15 @@ class DeviceService:
                 added_rows,
                 removed,
                 now,
+                extras,
             )
         except StorageConflict as exc:
             if exc.what == "device_id":
                 raise Problem(
                     409, ProblemCode.DEVICE_ID_TAKEN, "a device id in the list is already in use"
                 ) from exc
+            if exc.what == "grant":
+                raise grant_invalid("the device grant was used or expired") from exc
             raise Problem(
                 409, ProblemCode.DEVICE_LIST_STALE, "another device list update won; fetch the current list"
             ) from exc
@@ -174,3 +223,40 @@ class DeviceService:
             except Exception:
                 log.exception("on_device_list_changed hook failed")
         return ListUpdate(signed.version, b64encode(new_hash), [encode_id(i) for i in new_ids], removed_b64)
+
+
+def grant_invalid(detail: str) -> Problem:
+    return Problem(403, ProblemCode.DEVICE_GRANT_INVALID, detail)
+
+
+def _check_grant_fits(
+    grant: GrantRow, new_ids: list[bytes], removed: list[bytes], named: dict[bytes, dl.DeviceEntry]
+) -> None:
+    """A grant adds exactly its device (same id and signing key) and changes nothing else."""
+    if removed or new_ids != [grant.device_id]:
+        raise grant_invalid("with a device grant the list may only add the granted device")
+    if not p.constant_time_equal(bytes(named[grant.device_id].signing_key), grant.signing_key):
+        raise grant_invalid("the added device's signing key is not the granted one")
+
+
+def _handoffs(
+    given: dict[str, str], caller: bytes | None, named: dict[bytes, dl.DeviceEntry], max_devices: int
+) -> dict[bytes, bytes]:
+    """Decode and check ``key_handoffs``: only for devices of the new list other than the caller."""
+    if len(given) > max_devices:
+        raise Problem(
+            422, ProblemCode.VALIDATION_FAILED, f"at most {max_devices} key handoffs", field="key_handoffs"
+        )
+    out: dict[bytes, bytes] = {}
+    for device_b64, sealed_b64 in given.items():
+        device_id = decode_id(device_b64, "key_handoffs", status=422)
+        if device_id not in named or device_id == caller:
+            raise Problem(
+                422,
+                ProblemCode.VALIDATION_FAILED,
+                "key handoffs are only for the new list's devices other than the caller",
+                field="key_handoffs",
+                device_id=device_b64,
+            )
+        out[device_id] = decode_sealed(sealed_b64, "key_handoffs")
+    return out

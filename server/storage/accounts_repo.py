@@ -10,7 +10,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from server.storage.db import Database
-from server.storage.schema import accounts, device_lists, devices, prekeys, refresh_tokens
+from server.storage.schema import (
+    accounts,
+    device_grants,
+    device_lists,
+    device_names,
+    devices,
+    key_handoffs,
+    prekeys,
+    refresh_tokens,
+)
 
 
 class StorageConflict(Exception):
@@ -53,6 +62,22 @@ class DeviceListRow:
     list_hash: bytes
     signed: bytes
     created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListExtras:
+    """What a device-list update stores in the same transaction as the list."""
+
+    #: The SHA-256 of the one-time device grant the update consumes (linking), if any.
+    consume_grant: bytes | None = None
+    #: Sealed account-key handoffs for this version: device id -> ciphertext.
+    handoffs: dict[bytes, bytes] | None = None
+    #: Encrypted device names to set: device id -> ciphertext.
+    names: dict[bytes, bytes] | None = None
+    #: ACCOUNT-KEY SUCCESSION HOOK: the new encoded account key, when the list (verified by
+    #: crypto.device_list under the old key) hands the account over to a new key. Replaced in
+    #: the same transaction as the list; only ever set on the authenticated ``me`` path.
+    new_account_key: bytes | None = None
 
 
 def _account(row: object) -> AccountRow:
@@ -177,15 +202,36 @@ class AccountsRepo:
         added: Sequence[DeviceRow],
         removed: Sequence[bytes],
         now_ms: int,
+        extras: ListExtras | None = None,
     ) -> None:
         """Adopt ``new_list`` (whose version must be current + 1), insert ``added`` devices, and
         mark ``removed`` devices removed (their prekeys deleted, their refresh tokens revoked).
 
+        ``extras`` (a grant to consume, key handoffs, device names, a new account key) are
+        stored in the same transaction.
+
         Raises :class:`StorageConflict` ``"version"`` if another update won, ``"device_id"`` if an
-        added device id exists already.
+        added device id exists already, ``"grant"`` if the grant to consume is gone (used by a
+        concurrent update, or expired).
         """
+        extras = extras or ListExtras()
         try:
             async with self._db.write() as conn:
+                if extras.consume_grant is not None:
+                    consumed = await conn.execute(
+                        device_grants.delete().where(
+                            and_(
+                                device_grants.c.grant_hash == extras.consume_grant,
+                                device_grants.c.account_id == account_id,
+                                device_grants.c.expires_at_ms > now_ms,
+                            )
+                        )
+                    )
+                    if consumed.rowcount != 1:
+                        raise StorageConflict("grant")
+                values: dict[str, object] = {"device_list_version": new_list.version}
+                if extras.new_account_key is not None:  # account-key succession (see ListExtras)
+                    values["account_key"] = extras.new_account_key
                 result = await conn.execute(
                     update(accounts)
                     .where(
@@ -194,7 +240,7 @@ class AccountsRepo:
                             accounts.c.device_list_version == new_list.version - 1,
                         )
                     )
-                    .values(device_list_version=new_list.version)
+                    .values(**values)
                 )
                 if result.rowcount != 1:
                     raise StorageConflict("version")
@@ -220,6 +266,25 @@ class AccountsRepo:
                         .values(revoked=True)
                     )
                     await conn.execute(prekeys.delete().where(prekeys.c.device_id.in_(list(removed))))
+                if extras.handoffs:
+                    await conn.execute(
+                        insert(key_handoffs),
+                        [
+                            {
+                                "device_id": device_id,
+                                "version": new_list.version,
+                                "account_id": account_id,
+                                "sealed": sealed,
+                                "created_at_ms": now_ms,
+                            }
+                            for device_id, sealed in extras.handoffs.items()
+                        ],
+                    )
+                for device_id, sealed in (extras.names or {}).items():
+                    await conn.execute(device_names.delete().where(device_names.c.device_id == device_id))
+                    await conn.execute(
+                        insert(device_names).values(device_id=device_id, sealed=sealed, updated_at_ms=now_ms)
+                    )
         except IntegrityError as exc:
             raise StorageConflict("version") from exc
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Table,
@@ -126,10 +127,53 @@ provisioning_channels = Table(
     "provisioning_channels",
     metadata,
     Column("id", LargeBinary(ID_SIZE), primary_key=True),
-    Column("secret_hash", LargeBinary(HASH_SIZE), nullable=False),
-    Column("payload", LargeBinary, nullable=True),  # sealed box: ciphertext only
+    # SHA-256 of the two split secrets: the put secret may only put, the take secret only take.
+    Column("put_hash", LargeBinary(HASH_SIZE), nullable=False),
+    Column("take_hash", LargeBinary(HASH_SIZE), nullable=False),
+    # Puts over the channel's lifetime (bounded: provisioning_max_puts_per_channel).
+    Column("put_count", Integer, nullable=False, default=0),
+    Column("payload", LargeBinary, nullable=True),  # the one-slot mailbox: ciphertext only
     Column("created_at_ms", BigInteger, nullable=False),
     Column("expires_at_ms", BigInteger, nullable=False),
+)
+
+device_grants = Table(
+    "device_grants",
+    metadata,
+    # SHA-256 of a one-time grant an active device issued for linking one new device.
+    Column("grant_hash", LargeBinary(HASH_SIZE), primary_key=True),
+    Column("account_id", LargeBinary(ID_SIZE), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("device_id", LargeBinary(ID_SIZE), nullable=False),  # the device the grant may add
+    Column("signing_key", LargeBinary(32), nullable=False),  # its raw Ed25519 signing key
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Index("ix_device_grants_account_id", "account_id"),
+)
+
+key_handoffs = Table(
+    "key_handoffs",
+    metadata,
+    # A sealed account-key handoff for one device, published with one device-list version.
+    Column("device_id", LargeBinary(ID_SIZE), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("account_id", LargeBinary(ID_SIZE), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("sealed", LargeBinary, nullable=False),  # ciphertext only
+    Column("created_at_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("device_id", "version"),
+    Index("ix_key_handoffs_account_id", "account_id"),
+)
+
+device_names = Table(
+    "device_names",
+    metadata,
+    Column(
+        "device_id",
+        LargeBinary(ID_SIZE),
+        ForeignKey("devices.device_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("sealed", LargeBinary, nullable=False),  # the encrypted device name: ciphertext only
+    Column("updated_at_ms", BigInteger, nullable=False),
 )
 
 blobs = Table(

@@ -171,3 +171,26 @@ def sign_challenge(device: Device, username: str, nonce_b64: str) -> str:
 
     message = login_challenge_message(username.lower(), device.device_id, b64decode(nonce_b64))
     return b64encode(device.signing.sign(SigningContext.LOGIN_CHALLENGE, message))
+
+
+def grant_for(client: httpx.Client, account: Account, device: Device, acting: Device | None = None) -> str:
+    """A one-time device grant, issued by ``acting`` (the first device), for linking ``device``."""
+    r = client.post(
+        "/v1/accounts/me/device-grants",
+        json={"device_id": device.id, "signing_key": b64encode(bytes(device.entry.signing_key))},
+        headers=(acting or account.first).headers,
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["grant"])
+
+
+def put_signed(
+    client: httpx.Client, account_id: str, signed: dl.SignedDeviceList, grant: str | None, **extra: Any
+) -> httpx.Response:
+    """``PUT /v1/accounts/{id}/device-list/signed`` (linking) with ``grant`` in X-Device-Grant."""
+    headers = {} if grant is None else {"X-Device-Grant": grant}
+    return client.put(
+        f"/v1/accounts/{account_id}/device-list/signed",
+        json={"device_list": signed.to_b64(), **extra},
+        headers=headers,
+    )

@@ -16,8 +16,9 @@ import schemathesis
 SEMANTIC_422: dict[str, frozenset[str]] = {
     # the signed device list must parse, verify under account_key, name the username and device
     "POST /v1/accounts": frozenset({"device_list_invalid", "device_not_in_list", "too_many_devices"}),
+    # ... and key handoffs only for the new list's other devices, a name only for a listed one
     "PUT /v1/accounts/me/device-list": frozenset(
-        {"device_list_invalid", "device_not_in_list", "too_many_devices"}
+        {"device_list_invalid", "device_not_in_list", "too_many_devices", "validation_failed_handoffs"}
     ),
     "PUT /v1/accounts/{account_id}/device-list/signed": frozenset(
         {"device_list_invalid", "device_not_in_list", "too_many_devices"}
@@ -35,6 +36,8 @@ SEMANTIC_422: dict[str, frozenset[str]] = {
 _CROSS_FIELD = (
     ("direct conversation", "validation_failed_direct"),
     ("addressed twice", "validation_failed_duplicate"),
+    ("key handoffs", "validation_failed_handoffs"),
+    ("has no name", "validation_failed_handoffs"),
 )
 
 

@@ -114,32 +114,27 @@ def test_metrics_registries_are_per_app(make_server: Callable[..., LiveServer]) 
     assert first.ctx.registry is not second.ctx.registry
 
 
-def test_provisioning_relays_one_sealed_payload(client: httpx.Client, clock: ManualClock) -> None:
-    existing = register(client)
+def test_provisioning_relays_sealed_messages(client: httpx.Client, clock: ManualClock) -> None:
     r = client.post("/v1/provisioning")
     assert r.status_code == 201
     channel = r.json()
     url = f"/v1/provisioning/{channel['channel_id']}"
-    secret = {"X-Channel-Secret": channel["channel_secret"]}
-    assert client.get(url, headers=secret).status_code == 204  # nothing yet
+    put = {"X-Channel-Secret": channel["put_secret"]}
+    take = {"X-Channel-Secret": channel["take_secret"]}
+    assert client.get(url, headers=take).status_code == 204  # nothing yet
     _problem(
         client.get(url, headers={"X-Channel-Secret": b64encode(os.urandom(32))}),
         404,
         "provisioning_channel_not_found",
     )
-    _problem(client.put(url, json={"payload": "AAAA"}), 401, "unauthorized")
+    _problem(client.put(url, json={"payload": "AAAA"}), 404, "provisioning_channel_not_found")
     sealed = b64encode(os.urandom(300))
-    linker = existing.first.headers | secret
-    assert client.put(url, json={"payload": sealed}, headers=linker).status_code == 204
-    _problem(
-        client.put(url, json={"payload": sealed}, headers=linker),
-        409,
-        "provisioning_payload_exists",
-    )
-    r = client.get(url, headers=secret)
+    assert client.put(url, json={"payload": sealed}, headers=put).status_code == 204
+    _problem(client.put(url, json={"payload": sealed}, headers=put), 409, "provisioning_payload_exists")
+    r = client.get(url, headers=take)
     assert r.status_code == 200
     assert r.json() == {"payload": sealed}
-    _problem(client.get(url, headers=secret), 404, "provisioning_channel_not_found")  # taken once
+    assert client.get(url, headers=take).status_code == 204  # taken once; the channel lives on
 
     expiring = client.post("/v1/provisioning").json()
     clock.advance(601)
@@ -147,7 +142,7 @@ def test_provisioning_relays_one_sealed_payload(client: httpx.Client, clock: Man
         client.put(
             f"/v1/provisioning/{expiring['channel_id']}",
             json={"payload": sealed},
-            headers=existing.first.headers | {"X-Channel-Secret": expiring["channel_secret"]},
+            headers={"X-Channel-Secret": expiring["put_secret"]},
         ),
         404,
         "provisioning_channel_not_found",

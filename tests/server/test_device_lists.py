@@ -15,10 +15,12 @@ from tests.live import LiveServer
 from tests.server.delivery_support import WsClient
 from tests.server.helpers import (
     add_device,
+    grant_for,
     login,
     new_account,
     new_device,
     put_list,
+    put_signed,
     register,
     register_body,
     remove_device,
@@ -164,21 +166,25 @@ def test_linked_device_can_change_the_list(client: httpx.Client) -> None:
     assert client.get("/v1/auth/me", headers=laptop.headers).status_code == 200
 
 
-# -- token-less publication: the account-key signature is the authority ------------------------
+# -- token-less publication (linking): the account-key signature plus a one-time device grant ----
 
 
-def _put_signed(client: httpx.Client, account_id: str, signed: dl.SignedDeviceList) -> httpx.Response:
-    return client.put(f"/v1/accounts/{account_id}/device-list/signed", json={"device_list": signed.to_b64()})
+def _put_signed(
+    client: httpx.Client, account_id: str, signed: dl.SignedDeviceList, grant: str | None = None
+) -> httpx.Response:
+    return put_signed(client, account_id, signed, grant)
 
 
-def test_signed_list_is_accepted_without_a_token(client: httpx.Client) -> None:
+def test_signed_list_is_accepted_with_a_grant_without_a_token(client: httpx.Client) -> None:
     account = register(client)
     tablet = new_device(account.account_key)
     v2 = with_added(account.signed_list, account.account_key, tablet)
-    r = _put_signed(client, account.account_id, v2)
+    grant = grant_for(client, account, tablet)
+    r = _put_signed(client, account.account_id, v2, grant)
     assert r.status_code == 200, r.text
     assert r.json() | {"hash": None} == {"version": 2, "hash": None, "added": [tablet.id], "removed": []}
-    assert _put_signed(client, account.account_id, v2).status_code == 200  # a retry: idempotent
+    r = _put_signed(client, account.account_id, v2, grant)  # the grant is used up
+    assert (r.status_code, _code(r)) == (403, "device_grant_invalid")
     account.signed_list = v2
     account.devices.append(tablet)
     assert login(client, account, tablet).status_code == 200
@@ -190,10 +196,12 @@ def test_signed_list_is_accepted_without_a_token(client: httpx.Client) -> None:
 def test_signed_list_refuses_bad_signatures_and_stale_lists(client: httpx.Client) -> None:
     account = register(client)
     other = register(client)
-    v2 = with_added(account.signed_list, account.account_key, new_device(account.account_key))
+    tablet = new_device(account.account_key)
+    v2 = with_added(account.signed_list, account.account_key, tablet)
+    grant = grant_for(client, account, tablet)
 
     tampered = dl.SignedDeviceList(v2.content, bytes(64))
-    r = _put_signed(client, account.account_id, tampered)
+    r = _put_signed(client, account.account_id, tampered, grant)
     assert (r.status_code, _code(r)) == (422, "device_list_invalid")
     intruder = AccountKey.generate()
     forged = dl.sign(
@@ -202,34 +210,39 @@ def test_signed_list_refuses_bad_signatures_and_stale_lists(client: httpx.Client
             2, account.signed_list.hash(), intruder.public_key, account.username, [new_device(intruder).entry]
         ),
     )
-    r = _put_signed(client, account.account_id, forged)
+    r = _put_signed(client, account.account_id, forged, grant)
     assert (r.status_code, _code(r)) == (422, "device_list_invalid")
-    # A valid list of one account is no authority over another.
-    r = _put_signed(client, other.account_id, v2)
-    assert (r.status_code, _code(r)) == (422, "device_list_invalid")
+    # A grant of one account is no authority over another.
+    r = _put_signed(client, other.account_id, v2, grant)
+    assert (r.status_code, _code(r)) == (403, "device_grant_invalid")
 
     v3 = with_added(v2, account.account_key, new_device(account.account_key))
-    r = _put_signed(client, account.account_id, v3)  # skips version 2
+    r = _put_signed(client, account.account_id, v3, grant)  # skips version 2
     assert (r.status_code, _code(r)) == (409, "device_list_stale")
     wrong_parent = dl.sign(
         account.account_key,
         dl.DeviceList.create(
-            2, os.urandom(32), account.account_key.public_key, account.username, [account.first.entry]
+            2,
+            os.urandom(32),
+            account.account_key.public_key,
+            account.username,
+            [account.first.entry, tablet.entry],
         ),
     )
-    r = _put_signed(client, account.account_id, wrong_parent)
+    r = _put_signed(client, account.account_id, wrong_parent, grant)
     assert (r.status_code, _code(r)) == (409, "device_list_chain_broken")
-    assert _put_signed(client, account.account_id, v2).status_code == 200
-    # Replaying the old version 1 (a rollback) is stale, not accepted.
-    r = _put_signed(client, account.account_id, account.signed_list)
+    assert _put_signed(client, account.account_id, v2, grant).status_code == 200  # still unused
+    # Replaying the old version 1 (a rollback) with a fresh grant is stale, not accepted.
+    grant2 = grant_for(client, account, new_device(account.account_key))
+    r = _put_signed(client, account.account_id, account.signed_list, grant2)
     assert (r.status_code, _code(r)) == (409, "device_list_stale")
-    r = _put_signed(client, "not-an-id", v2)
+    r = _put_signed(client, "not-an-id", v2, grant2)
     assert (r.status_code, _code(r)) == (404, "not_found")
-    r = _put_signed(client, b64encode(os.urandom(16)), v2)
-    assert (r.status_code, _code(r)) == (404, "not_found")
+    r = _put_signed(client, b64encode(os.urandom(16)), v2, grant2)
+    assert (r.status_code, _code(r)) == (403, "device_grant_invalid")
 
 
-async def test_signed_list_removal_closes_the_removed_devices_socket(
+async def test_removal_closes_the_removed_devices_socket(
     live_server: LiveServer, client: httpx.Client
 ) -> None:
     account = register(client)
@@ -237,7 +250,7 @@ async def test_signed_list_removal_closes_the_removed_devices_socket(
     ws = await WsClient.connect(live_server.ws_url, tablet)
     assert await ws.envelopes_until_drained() == []
     v3 = dl.with_device_removed(account.signed_list, account.account_key, tablet.device_id)
-    r = _put_signed(client, account.account_id, v3)
+    r = await asyncio.to_thread(put_list, client, account.first, v3)
     assert r.status_code == 200, r.text
     assert r.json()["removed"] == [tablet.id]
     assert await ws.closed_with() == 4002
@@ -252,11 +265,12 @@ def test_signed_list_rate_limited_per_ip(make_server: Callable[..., LiveServer])
     with server.client() as client:
         account = register(client)
         other = register(client)
+        grant = grant_for(client, account, new_device(account.account_key))
         junk = dl.SignedDeviceList(account.signed_list.content, bytes(64))
         for _ in range(3):  # over the account's 2/minute: junk does not count per account
-            assert _put_signed(client, account.account_id, junk).status_code == 422
-        for _ in range(2):
-            assert _put_signed(client, other.account_id, junk).status_code == 422
+            assert _put_signed(client, account.account_id, junk, grant).status_code == 422
+        for _ in range(2):  # without a grant: refused before the signature is even checked
+            assert _put_signed(client, other.account_id, junk).status_code == 403
         # Now the IP budget (5) is spent for every account.
         r = _put_signed(client, other.account_id, junk)
         assert (r.status_code, _code(r)) == (429, "rate_limited")
@@ -264,33 +278,35 @@ def test_signed_list_rate_limited_per_ip(make_server: Callable[..., LiveServer])
 
 
 def test_junk_signed_lists_do_not_use_up_the_owners_allowance(make_server: Callable[..., LiveServer]) -> None:
-    """Issue 13: ten junk ``PUT .../device-list/signed`` requests made the owner's valid list get
-    429, because the per-account limit was counted before the signature check. Now the per-IP
-    limit counts everything and the per-account limit only lists that verify."""
+    """Issue 13: junk ``PUT .../device-list/signed`` requests must not make the owner's valid
+    list get 429. The per-IP limit counts everything; the per-account limit only lists that
+    verify (and, since issue 12, nothing without a grant of the account gets that far)."""
     server = make_server(
         rate_limit_signed_list_per_ip="10/minute", rate_limit_signed_list_per_account="3/minute"
     )
     with server.client() as client:
         account = register(client)
+        tablet = new_device(account.account_key)
+        grant = grant_for(client, account, tablet)
     intruder = AccountKey.generate()
     forged = dl.first(intruder, account.username.lower(), [new_device(intruder).entry])
-    v2 = with_added(account.signed_list, account.account_key, new_device(account.account_key))
+    v2 = with_added(account.signed_list, account.account_key, tablet)
     raw = b64decode(v2.to_b64())
     tampered = b64encode(raw[:-1] + bytes([raw[-1] ^ 0x01]))  # a signature bit flipped: never valid
     with server.client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as attacker:
         codes = []
         for i in range(10):
             body = {"device_list": forged.to_b64() if i % 2 else tampered}
-            r = attacker.put(f"/v1/accounts/{account.account_id}/device-list/signed", json=body)
+            headers = {"X-Device-Grant": grant} if i % 3 == 0 else {}  # even with the grant
+            r = attacker.put(
+                f"/v1/accounts/{account.account_id}/device-list/signed", json=body, headers=headers
+            )
             codes.append((r.status_code, r.headers["content-type"].split(";")[0]))
-        assert {c for c, _ in codes} == {422}
+        assert {c for c, _ in codes} == {403, 422}
         assert {t for _, t in codes} == {"application/problem+json"}
         r = attacker.put(
             f"/v1/accounts/{account.account_id}/device-list/signed", json={"device_list": tampered}
         )
         assert r.status_code == 429  # the attacker's address is limited
     with server.client() as owner:
-        for _ in range(3):  # the owner's valid list (then two idempotent retries): never 429
-            assert _put_signed(owner, account.account_id, v2).status_code == 200
-        r = _put_signed(owner, account.account_id, v2)
-        assert (r.status_code, r.json()["code"]) == (429, "rate_limited")  # valid lists still count
+        assert _put_signed(owner, account.account_id, v2, grant).status_code == 200

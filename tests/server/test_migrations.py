@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect
@@ -48,6 +49,39 @@ def test_upgrade_to_head_and_down_to_base(db_url: str) -> None:
     assert _tables(db_url) <= {"alembic_version"}
     migrate.upgrade(db_url)  # and up again from base
     assert migrate.is_up_to_date(db_url)
+
+
+def _columns(url: str) -> dict[str, set[str]]:
+    async def go() -> dict[str, set[str]]:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+
+                def read(c: Any) -> dict[str, set[str]]:
+                    i = inspect(c)
+                    return {t: {col["name"] for col in i.get_columns(t)} for t in i.get_table_names()}
+
+                return await conn.run_sync(read)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def test_migrated_columns_match_the_models(db_url: str) -> None:
+    """Every declared table has exactly the declared columns once migrated (issue 12 added
+    grants, handoffs, names and split provisioning secrets in 0004_linking); and 0004 goes down
+    to the single-secret channel table."""
+    migrate.upgrade(db_url)
+    migrated = _columns(db_url)
+    for name, table in metadata.tables.items():
+        assert migrated[name] == {c.name for c in table.columns}, name
+    migrate.downgrade(db_url, "0003_blobs")
+    old = _columns(db_url)
+    assert "secret_hash" in old["provisioning_channels"]
+    assert not {"device_grants", "key_handoffs", "device_names"} & set(old)
+    migrate.upgrade(db_url)
+    assert _columns(db_url) == migrated
 
 
 def test_check_names_the_upgrade_command(sqlite_url: str) -> None:

@@ -15,7 +15,16 @@ from crypto import device_list as dl
 from crypto.keys import b64decode, b64encode
 from tests.live import LiveServer, ManualClock
 from tests.server.delivery_support import create_conversation, envelope_body, send
-from tests.server.helpers import add_device, login, new_device, put_list, register, with_added
+from tests.server.helpers import (
+    add_device,
+    grant_for,
+    login,
+    new_device,
+    put_list,
+    put_signed,
+    register,
+    with_added,
+)
 
 
 def _refused(r: httpx.Response, status: int, code: str) -> None:
@@ -169,18 +178,14 @@ def test_device_list_versions_limited_per_account(make_server: Callable[..., Liv
         alice = register(client)
         # junk (not signed by alice's account key) never counts
         forged = dl.SignedDeviceList(alice.signed_list.content, bytes(64))  # a signature of zeros
+        device = new_device(alice.account_key)
+        grant = grant_for(client, alice, device)
         for _ in range(3):
-            r = client.put(
-                f"/v1/accounts/{alice.account_id}/device-list/signed",
-                json={"device_list": forged.to_b64()},
-            )
+            r = put_signed(client, alice.account_id, forged, grant)
             _refused(r, 422, "device_list_invalid")
         add_device(client, alice)  # version 2, by the authenticated route
-        device = new_device(alice.account_key)
         signed = with_added(alice.signed_list, alice.account_key, device)
-        r = client.put(
-            f"/v1/accounts/{alice.account_id}/device-list/signed", json={"device_list": signed.to_b64()}
-        )
+        r = put_signed(client, alice.account_id, signed, grant)
         assert r.status_code == 200, r.text  # version 3, by the token-less route
         alice.signed_list = signed
         third = with_added(alice.signed_list, alice.account_key, new_device(alice.account_key))

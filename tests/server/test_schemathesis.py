@@ -72,6 +72,11 @@ def test_405_allow_lists_every_method_of_the_path(make_server: Callable[..., Liv
         an_id = "AAAAAAAAAAAAAAAAAAAAAA"
         expected = {
             "/v1/accounts/me/device-list": {"DELETE": "PUT", "GET": "PUT"},
+            "/v1/accounts/me/device-grants": {"GET": "POST"},
+            "/v1/accounts/me/device-name": {"GET": "PUT"},
+            "/v1/accounts/me/device-names": {"PUT": "GET"},
+            "/v1/accounts/me/key-handoffs": {"POST": "GET"},
+            f"/v1/provisioning/{an_id}": {"POST": "DELETE, GET, PUT"},
             f"/v1/accounts/{an_id}/device-list": {"POST": "GET", "PUT": "GET"},
             f"/v1/accounts/{an_id}/device-list/signed": {"GET": "PUT"},
             "/v1/conversations": {"DELETE": "GET, POST"},
