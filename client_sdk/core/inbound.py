@@ -96,7 +96,16 @@ class Ignore:
     frame_type: str
 
 
-Frame: TypeAlias = Ready | Envelope | Gap | DrainedFrame | Malformed | Ignore
+@dataclass(frozen=True, slots=True)
+class DeviceListNotice:
+    """The server says an account's device list changed (a hint only: the client fetches and
+    verifies the chain itself; a lying notice costs one fetch)."""
+
+    account_id: str
+    version: int
+
+
+Frame: TypeAlias = Ready | Envelope | Gap | DrainedFrame | Malformed | Ignore | DeviceListNotice
 
 
 class _Bad(Exception):
@@ -186,6 +195,11 @@ def parse_frame(frame: object) -> Frame:
             return DrainedFrame(_int(frame, "queue_seq"))
         if kind in (wire.FRAME_PING, wire.FRAME_SEND_RESULT):
             return Ignore(kind)
+        if kind == wire.FRAME_DEVICE_LIST:
+            account = frame.get("account_id")
+            if not isinstance(account, str) or not 1 <= len(account) <= MAX_ID_CHARS:
+                raise _Bad("the device-list notice has no account id")
+            return DeviceListNotice(account, _int(frame, "version", minimum=1))
     except (_Bad, ValueError) as exc:
         cid, eid = frame.get("conversation_id"), frame.get("envelope_id")
         return Malformed(

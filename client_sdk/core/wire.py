@@ -69,6 +69,7 @@ FRAME_ENVELOPE: Final = "envelope"
 FRAME_GAP: Final = "gap"
 FRAME_DRAINED: Final = "drained"
 FRAME_EPHEMERAL: Final = "ephemeral"
+FRAME_DEVICE_LIST: Final = "device_list"
 FRAME_SEND_RESULT: Final = "send_result"
 # both directions: either side pings, the other answers with a pong
 FRAME_PING: Final = "ping"
@@ -84,6 +85,7 @@ SERVER_FRAME_TYPES: Final = frozenset(
         FRAME_GAP,
         FRAME_DRAINED,
         FRAME_EPHEMERAL,
+        FRAME_DEVICE_LIST,
         FRAME_PING,
         FRAME_PONG,
         FRAME_SEND_RESULT,

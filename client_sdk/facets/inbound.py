@@ -97,6 +97,16 @@ class Inbound:
 
     # -- frames ----------------------------------------------------------------------------------------
 
+    async def own_list_check(self) -> None:
+        """Fetch and verify this account's device list (the own-devices facet reacts to a change:
+        events, key handoff). Failures are logged: the next connect or notice tries again."""
+        try:
+            async with self.ctx.lock:
+                await self.contacts.refresh(self.ctx.account_id)
+            await self.ctx.flush()
+        except (NetworkError, ServerError, ProtocolError, UntrustedDeviceListError) as exc:
+            log.info("own device list not refreshed: %s", exc)
+
     async def on_frame(self, raw: object) -> int | None:
         """Handle one server frame; the queue_seq to acknowledge (None: nothing). Raises
         :class:`RetryLater` when the connection must be dropped and resumed later."""
@@ -109,6 +119,11 @@ class Inbound:
                     ctx.emit(Connected(acked))
                     self._spawn(self.outbound.flush(force=True))
                     self._spawn(self.redeliver_unhandled())
+                    self._spawn(self.own_list_check())  # a device change while this one was away
+                    return None
+                case rules.DeviceListNotice(account_id, _):
+                    if account_id == ctx.device.account_id:
+                        self._spawn(self.own_list_check())
                     return None
                 case rules.Envelope(queue_seq=None):
                     async with ctx.lock:

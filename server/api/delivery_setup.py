@@ -8,6 +8,7 @@ from server.api.connections import ConnectionRegistry
 from server.api.ws import DeviceConnection
 from server.context import AppContext
 from server.services.delivery import DeliveryService
+from server.services.delivery_frames import device_list_frame
 from server.services.delivery_metrics import DeliveryMetrics
 from server.services.delivery_protocol import CLOSE_SERVICE_RESTART
 from server.storage.envelopes_repo import QueueItem
@@ -65,6 +66,15 @@ async def start_delivery(ctx: AppContext) -> None:
         await delivery.device_removed(b64decode(device_id))
 
     ctx.on_device_removed.append(on_device_removed)
+
+    async def on_device_list_changed(account_id: str, version: int) -> None:
+        # every remaining device of the account is told at once (a device added by a thief is
+        # then visible on the owner's other devices); offline ones check when they connect
+        frame = device_list_frame(account_id, version)
+        devices = await ctx.devices.active_devices(b64decode(account_id))
+        await bus.publish_ephemeral({b64decode(d.device_id): frame for d in devices})
+
+    ctx.on_device_list_changed.append(on_device_list_changed)
 
     async def on_tokens_revoked(_account_id: str, device_id: str) -> None:
         # Refresh-token reuse revoked the device's token family: whoever holds the socket may be

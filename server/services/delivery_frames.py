@@ -70,3 +70,9 @@ def ephemeral_frame(
             "ciphertext": b64encode(ciphertext),
         }
     )
+
+
+def device_list_frame(account_id_b64: str, version: int) -> bytes:
+    """A hint to an account's online devices that its device list changed (they fetch and verify
+    the chain themselves); sent like an ephemeral frame: online devices only, never stored."""
+    return encode({"type": "device_list", "account_id": account_id_b64, "version": version})
