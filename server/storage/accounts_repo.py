@@ -280,6 +280,12 @@ class AccountsRepo:
                             for device_id, sealed in extras.handoffs.items()
                         ],
                     )
+                if extras.names:  # lock the rows as LinkingRepo.set_name does: renames take turns
+                    await conn.execute(
+                        select(devices.c.device_id)
+                        .where(devices.c.device_id.in_(list(extras.names)))
+                        .with_for_update()
+                    )
                 for device_id, sealed in (extras.names or {}).items():
                     await conn.execute(device_names.delete().where(device_names.c.device_id == device_id))
                     await conn.execute(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, delete, func, insert, select
 
 from server.storage.db import Database
-from server.storage.schema import device_grants, device_names, devices, key_handoffs
+from server.storage.schema import accounts, device_grants, device_names, devices, key_handoffs
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +34,13 @@ class LinkingRepo:
 
     async def add_grant(self, grant: GrantRow, max_unexpired: int) -> None:
         """Store ``grant`` unless the account already holds ``max_unexpired`` unexpired grants
-        (raises :class:`TooManyGrants`); expired grants of the account are swept first."""
+        (raises :class:`TooManyGrants`); expired grants of the account are swept first. The
+        account row is locked first (PostgreSQL), so concurrent issuers cannot both pass the
+        count."""
         async with self._db.write() as conn:
+            await conn.execute(
+                select(accounts.c.id).where(accounts.c.id == grant.account_id).with_for_update()
+            )
             await conn.execute(
                 delete(device_grants).where(
                     and_(
@@ -105,7 +110,12 @@ class LinkingRepo:
     # -- device names ------------------------------------------------------------------------
 
     async def set_name(self, device_id: bytes, sealed: bytes, now_ms: int) -> None:
+        """Replace the device's name (its device row is locked first: concurrent renames of one
+        device take turns instead of colliding on the primary key)."""
         async with self._db.write() as conn:
+            await conn.execute(
+                select(devices.c.device_id).where(devices.c.device_id == device_id).with_for_update()
+            )
             await conn.execute(delete(device_names).where(device_names.c.device_id == device_id))
             await conn.execute(
                 insert(device_names).values(device_id=device_id, sealed=sealed, updated_at_ms=now_ms)

@@ -385,3 +385,34 @@ def test_account_key_succession_only_by_a_live_device(client: httpx.Client) -> N
     v4 = with_added(v3, rotated, tablet)
     assert put_signed(client, account.account_id, v4, grant).status_code == 200
     assert put_list(client, account.first, with_added(v4, rotated, new_device(rotated))).status_code == 200
+
+
+# -- concurrency: the bounds hold and nothing collides -------------------------------------------
+
+
+def test_concurrent_grants_and_renames(live_server: LiveServer, client: httpx.Client) -> None:
+    account = register(client)
+    candidates = [new_device(account.account_key) for _ in range(10)]
+
+    async def race() -> tuple[list[int], list[int]]:
+        async with live_server.async_client(limits=httpx.Limits(max_connections=20)) as c:
+            grants = await asyncio.gather(
+                *(c.post(GRANTS, json=_grant_body(d), headers=account.first.headers) for d in candidates)
+            )
+            renames = await asyncio.gather(
+                *(
+                    c.put(
+                        "/v1/accounts/me/device-name",
+                        json={"sealed_name": _sealed()},
+                        headers=account.first.headers,
+                    )
+                    for _ in range(10)
+                )
+            )
+            return sorted(r.status_code for r in grants), [r.status_code for r in renames]
+
+    grants, renames = asyncio.run(race())
+    assert grants == [201] * 5 + [429] * 5
+    assert renames == [204] * 10
+    names = client.get("/v1/accounts/me/device-names", headers=account.first.headers).json()["names"]
+    assert list(names) == [account.first.id]
