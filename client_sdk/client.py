@@ -32,7 +32,7 @@ from client_sdk.core import sync
 from client_sdk.core.backoff import BackoffPolicy
 from client_sdk.core.diff import message_ref
 from client_sdk.core.events import Event, MarkedRead
-from client_sdk.errors import SaltlineError, UsageError
+from client_sdk.errors import NetworkError, ProtocolError, SaltlineError, ServerError, UsageError
 from client_sdk.facets.contacts import Contacts
 from client_sdk.facets.conversations import Conversations
 from client_sdk.facets.delivery import Delivery
@@ -473,7 +473,10 @@ class Client:
         show and the account about to be joined (username, fingerprint), wait for the approval,
         join the account, log in and publish prekeys (reachable from then on), then fetch the
         history (retried in the background when it fails: :class:`HistoryDownloadFailed`)."""
-        return await self._flushed(self.linking.complete(wait_s, on_code))
+        account_id = await self._flushed(self.linking.complete(wait_s, on_code))
+        with contextlib.suppress(NetworkError, ServerError, ProtocolError):
+            await self.own_devices.refresh_names()  # the names of the devices it joins
+        return account_id
 
 
 __all__ = [
