@@ -82,14 +82,28 @@ def test_profiles_chat_link_and_messages(make_server: Callable[..., LiveServer],
     assert taken.returncode == 1
     assert taken.stderr.startswith("error: ") and "Traceback" not in taken.stderr
 
-    # a second device of alice: `link show` waits while the desktop accepts its code
+    # a second device of alice: `link show` waits while the desktop accepts its code; both show
+    # the same confirmation code, which the person compares before confirming on the desktop
     phone = subprocess.Popen(
-        [SALTLINE, "--profile", "phone", "--server", server.base_url, "link", "show", "--timeout", "30"],
+        [
+            SALTLINE,
+            "--profile",
+            "phone",
+            "--server",
+            server.base_url,
+            "link",
+            "show",
+            "--name",
+            "alice phone",
+            "--timeout",
+            "30",
+        ],
         env=_env(cli.home),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    desk: subprocess.Popen[str] | None = None
     try:
         assert phone.stdout is not None
         shown: list[str] = []
@@ -103,12 +117,56 @@ def test_profiles_chat_link_and_messages(make_server: Callable[..., LiveServer],
                 break
         assert code is not None, "".join(shown)
         assert any("▀" in line or "█" in line for line in shown), "no QR code was printed"
-        cli("desktop", "link", "accept", code)
+        desk = subprocess.Popen(
+            [
+                SALTLINE,
+                "--profile",
+                "desktop",
+                "--server",
+                server.base_url,
+                "link",
+                "accept",
+                code,
+                "--history",
+                "all",
+                "--timeout",
+                "30",
+            ],
+            env=_env(cli.home),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert desk.stdout is not None and desk.stdin is not None
+        phone_code = None
+        for line in phone.stdout:
+            shown.append(line)
+            match = re.search(r"confirmation code: (\d{3} \d{3})", line)
+            if match:
+                phone_code = match.group(1)
+                break
+        assert phone_code is not None, "".join(shown)
+        assert any(alice in line for line in shown), "the new device must show the account it joins"
+        desk_lines: list[str] = []
+        desk_code = None
+        while desk_code is None:
+            line = desk.stdout.readline()
+            assert line, "".join(desk_lines)
+            desk_lines.append(line)
+            match = re.search(r"confirmation code: (\d{3} \d{3})", line)
+            if match:
+                desk_code = match.group(1)
+        assert any("alice phone" in line for line in desk_lines), "".join(desk_lines)
+        assert desk_code == phone_code
+        desk_out, desk_err = desk.communicate("y\n", timeout=30)
+        assert desk.returncode == 0, desk_out + desk_err
         rest, errors = phone.communicate(timeout=30)
     finally:
-        if phone.poll() is None:
-            phone.kill()
-            phone.wait()
+        for proc in (phone, desk):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert phone.returncode == 0, rest + errors
     assert "linked: this profile is now device" in rest and alice in rest
 
