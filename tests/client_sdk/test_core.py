@@ -183,3 +183,73 @@ def test_memory_store_transactions_and_lock() -> None:
     for seq, eid in ((2, "b"), (None, "p"), (1, "a")):
         store.conversations.put_message(MessageRecord("c1", eid, "A", "D", eid, 0, False, "received", seq))
     assert [m.envelope_id for m in store.conversations.messages("c1")] == ["a", "b", "p"]
+
+
+# -- account-key rotation, handoffs and names (issue 12) -----------------------------------------
+
+
+def test_advance_follows_a_succession_and_keeps_the_old_key_out() -> None:
+    key, _state, v1 = _account("alice", b"rot")
+    other = private_state.generate_device(account_key=key, one_time_prekeys=0, rng=det_rng(b"o"))
+    v2 = dl.with_device_added(v1, key, other.device_entry(key.public_key, 2, 2))
+    new_key = AccountKey.generate(det_rng(b"new"))
+    v3 = dl.with_device_removed(v2, key, other.device_id, rotate_to=new_key)
+    step = trust.advance("alice", bytes(key.public_key), v1.encode(), [v2.encode(), v3.encode()])
+    assert step.rotated and step.account_key == bytes(new_key.public_key)
+    assert step.keys == (bytes(key.public_key), bytes(new_key.public_key))
+    assert step.removed == () and step.added == ()  # v1 -> v3: the other device came and went
+    # a contact meeting alice for the first time after the rotation accepts the old key vouched for
+    first = trust.first_contact("alice", [v1.encode(), v2.encode(), v3.encode()])
+    assert first.keys == (bytes(key.public_key), bytes(new_key.public_key)) and first.rotated
+    # the thief's later list under the old key is an identity change, not a successor
+    thief = dl.sign(
+        key,
+        dl.DeviceList.create(4, v3.hash(), key.public_key, "alice", v3.content.devices, key.public_key),
+    )
+    with pytest.raises(trust.KeyMismatch):
+        trust.advance("alice", step.account_key, step.signed_list, [thief.encode()])
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("alice's phone", "alice's phone"),
+        ("  Desk  ", "Desk"),
+        ("é" * 64, "é" * 64),
+        ("", None),
+        ("x" * 65, None),
+        ("bad\nname", None),
+        ("bell\x07", None),
+    ],
+)
+def test_device_names_are_checked(name: str, ok: str | None) -> None:
+    from client_sdk.core import account_keys
+    from client_sdk.errors import UsageError
+
+    if ok is None:
+        with pytest.raises(UsageError):
+            account_keys.check_name(name)
+    else:
+        assert account_keys.check_name(name) == ok
+
+
+def test_handoff_refuses_what_a_server_could_swap() -> None:
+    from client_sdk.core import account_keys
+    from crypto.keys import DeviceDHKey
+
+    dh = DeviceDHKey.generate(det_rng(b"dh"))
+    new_key = AccountKey.generate(det_rng(b"k"))
+    account = b"\x01" * 16
+    box = account_keys.seal_handoff(dh.public_key, account, 5, new_key, det_rng(b"s"))
+    assert account_keys.open_handoff(dh, box, account, 5, new_key.public_key) == new_key
+    other_dh = DeviceDHKey.generate(det_rng(b"dh2"))
+    forged = account_keys.seal_handoff(dh.public_key, account, 5, AccountKey.generate(det_rng(b"x")))
+    for bad in (
+        lambda: account_keys.open_handoff(other_dh, box, account, 5, new_key.public_key),  # not mine
+        lambda: account_keys.open_handoff(dh, box, b"\x02" * 16, 5, new_key.public_key),  # moved
+        lambda: account_keys.open_handoff(dh, box, account, 6, new_key.public_key),  # replayed
+        lambda: account_keys.open_handoff(dh, forged, account, 5, new_key.public_key),  # swapped key
+        lambda: account_keys.open_handoff(dh, box[:-1], account, 5, new_key.public_key),  # cut
+    ):
+        with pytest.raises(account_keys.HandoffError):
+            bad()
