@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from server.api import (
     delivery_setup,
     routes_accounts,
+    routes_attachments,
     routes_auth,
     routes_blobs,
     routes_conversations,
@@ -46,6 +47,7 @@ ROUTERS = [
     routes_keys.router,
     routes_provisioning.router,
     routes_blobs.router,
+    routes_attachments.router,
     routes_conversations.router,
     routes_envelopes.router,
     ws.router,

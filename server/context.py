@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from server.clock import Clock
 from server.services.accounts import AccountService
+from server.services.attachments import AttachmentCounters, AttachmentLimits, AttachmentService
 from server.services.auth import AuthService, RateLimits, TokensRevokedHook
 from server.services.blobs import BlobService
 from server.services.common import DeviceListChangedHook, DeviceRemovedHook
@@ -28,6 +29,12 @@ from server.services.provisioning import ProvisioningLimits, ProvisioningService
 from server.services.ratelimit import RateLimiter
 from server.settings import Settings
 from server.storage.accounts_repo import AccountsRepo
+from server.storage.attachment_store import (
+    AttachmentStore,
+    DatabaseAttachmentStore,
+    FilesystemAttachmentStore,
+)
+from server.storage.attachments_repo import AttachmentsRepo
 from server.storage.auth_repo import AuthRepo
 from server.storage.blobs_repo import BlobsRepo
 from server.storage.db import Database
@@ -90,6 +97,7 @@ class AppContext:
     provisioning: ProvisioningService
     blobs: BlobService
     linking: LinkingService
+    attachments: AttachmentService
     #: Awaited with ``(account_id, device_id)`` after a device was dropped from its list: the
     #: delivery side closes its socket here. Hooks must not raise (failures are logged).
     on_device_removed: list[DeviceRemovedHook] = field(default_factory=list)
@@ -109,6 +117,46 @@ class AppContext:
     extras: dict[str, Any] = field(default_factory=dict)
     #: ``/readyz``: the migration head is read once, when the context is built.
     readiness: Readiness | None = None
+
+
+def build_attachments(
+    settings: Settings, db: Database, clock: Clock, limiter: RateLimiter, registry: CollectorRegistry
+) -> AttachmentService:
+    store: AttachmentStore
+    if settings.attachment_store == "database":
+        store = DatabaseAttachmentStore(db)
+    else:
+        store = FilesystemAttachmentStore(settings.data_dir / "attachments")
+    created = Counter("saltline_attachments_created", "Attachment uploads created", registry=registry)
+    uploaded = Counter("saltline_attachment_uploaded_bytes", "Attachment bytes uploaded", registry=registry)
+    completed = Counter("saltline_attachments_completed", "Attachment uploads completed", registry=registry)
+    downloaded = Counter(
+        "saltline_attachment_downloaded_bytes", "Attachment bytes downloaded", registry=registry
+    )
+    refused = Counter(
+        "saltline_attachments_refused", "Attachment uploads refused, by reason", ["reason"], registry=registry
+    )
+    return AttachmentService(
+        AttachmentsRepo(db),
+        store,
+        clock,
+        AttachmentLimits(
+            max_bytes=settings.max_attachment_bytes,
+            chunk_bytes=settings.attachment_chunk_bytes,
+            retention_s=settings.attachment_retention_s,
+            quota_bytes_per_account=settings.attachment_quota_bytes_per_account,
+            bytes_per_account=settings.rate_limit_attachment_bytes_per_account,
+            uploads_per_device=settings.rate_limit_attachment_uploads_per_device,
+        ),
+        limiter=limiter,
+        counters=AttachmentCounters(
+            created=lambda _n: created.inc(),
+            written=uploaded.inc,
+            completed=completed.inc,
+            downloaded=downloaded.inc,
+            refused=lambda reason: refused.labels(reason).inc(),
+        ),
+    )
 
 
 def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
@@ -221,6 +269,7 @@ def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
                 handoff_retention_s=settings.queue_retention_s,
             ),
         ),
+        attachments=build_attachments(settings, db, clock, limiter, registry),
         on_device_removed=on_removed,
         on_device_list_changed=on_changed,
         on_tokens_revoked=on_revoked,

@@ -145,6 +145,19 @@ class ProblemCode(StrEnum):
     NO_RECIPIENTS = "no_recipients"
     """422: a stored envelope with no recipient device at all (the sender's device is the only
     device in the conversation): nobody could ever read it."""
+    # -- attachments (server/services/attachments.py) -------------------------------------------
+    ATTACHMENT_EXPIRED = "attachment_expired"
+    """410: the attachment is older than ``attachment_retention_s``; its bytes are gone."""
+    ATTACHMENT_OFFSET_MISMATCH = "attachment_offset_mismatch"
+    """409: a PATCH's ``Upload-Offset`` is not the upload's offset (``offset``; ``HEAD`` for it)."""
+    ATTACHMENT_INCOMPLETE = "attachment_incomplete"
+    """409: a download of an upload that has not reached its ``Upload-Length`` yet."""
+    ATTACHMENT_LENGTH_NOT_PADDED = "attachment_length_not_padded"
+    """422: ``Upload-Length`` is not a Padmé bucket (``padded``: the bucket to use)."""
+    RANGE_NOT_SATISFIABLE = "range_not_satisfiable"
+    """416: a ``Range`` that is not one byte range within the attachment (``length``)."""
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    """415: a PATCH body that is not ``application/offset+octet-stream``."""
 
 
 _TITLES: dict[ProblemCode, str] = {

@@ -113,6 +113,17 @@ class Settings(BaseSettings):
     #: A history bundle is fetched within minutes of its upload, so a week is ample.
     blob_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
     max_device_list_bytes: int = Field(default=64 * 1024, gt=0)
+    #: Attachments (server/services/attachments.py): where their ciphertext lives. ``filesystem``
+    #: (``<data_dir>/attachments``, one instance) or ``database`` (chunk rows in the database:
+    #: every instance sharing the database serves every attachment).
+    attachment_store: Literal["filesystem", "database"] = "filesystem"
+    #: An attachment's padded ciphertext may be at most this long (``Upload-Length``).
+    max_attachment_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    #: One ``PATCH`` may carry at most this many bytes (it is buffered; the request body limit is
+    #: 1 MiB).
+    attachment_chunk_bytes: int = Field(default=1024 * 1024, gt=0, le=1024 * 1024)
+    #: Attachments are readable this long after their upload started, then 410 ``attachment_expired``.
+    attachment_retention_s: int = Field(default=30 * 24 * 3600, gt=0)
 
     # -- rate limits (``limits`` strings; see server/services/ratelimit.py) --------------------
     rate_limit_enabled: bool = True
@@ -174,6 +185,13 @@ class Settings(BaseSettings):
     blob_quota_bytes_per_account: int = Field(default=256 * 1024 * 1024, gt=0)
     #: Blob bytes uploaded per account (all its devices).
     rate_limit_blob_bytes_per_account: str = "134217728/hour"
+    #: Attachment bytes an account may have stored at once (announced lengths of its unexpired
+    #: attachments); beyond it a new upload gets 507 ``storage_quota_exceeded``.
+    attachment_quota_bytes_per_account: int = Field(default=1024 * 1024 * 1024, gt=0)
+    #: Attachment bytes announced per account (all its devices), counted when an upload is created.
+    rate_limit_attachment_bytes_per_account: str = "1073741824/hour"
+    #: Attachment uploads created per device.
+    rate_limit_attachment_uploads_per_device: str = "500/hour"
     #: Refresh-token rotations per device (access tokens live ``access_token_ttl_s``: 4/hour).
     rate_limit_refresh_per_device: str = "60/hour"
     #: Logins (refresh-token families) kept per device: a newer login of the same device forgets
@@ -237,6 +255,11 @@ class Settings(BaseSettings):
         for name, largest, what in (
             ("rate_limit_envelope_bytes_per_device", self.max_envelope_bytes, "max_envelope_bytes"),
             ("rate_limit_blob_bytes_per_account", self.max_blob_bytes, "max_blob_bytes"),
+            (
+                "rate_limit_attachment_bytes_per_account",
+                self.max_attachment_bytes,
+                "max_attachment_bytes",
+            ),
         ):
             if parse(getattr(self, name)).amount < largest:
                 raise ValueError(

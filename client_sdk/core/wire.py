@@ -121,6 +121,13 @@ PROBLEM_TOKEN_REVOKED: Final = "token_revoked"  # noqa: S105 - 401; a problem co
 PROBLEM_DEVICE_NOT_ACTIVE: Final = "device_not_active"  # 403: removed from the device list
 PROBLEM_DEVICE_GRANT_INVALID: Final = "device_grant_invalid"  # 403: linking without a valid grant
 PROBLEM_STORAGE_QUOTA_EXCEEDED: Final = "storage_quota_exceeded"  # 507: the account's blob quota
+# attachments
+PROBLEM_ATTACHMENT_EXPIRED: Final = "attachment_expired"  # 410: past retention, bytes gone
+PROBLEM_ATTACHMENT_OFFSET_MISMATCH: Final = "attachment_offset_mismatch"  # 409, ``offset``
+PROBLEM_ATTACHMENT_INCOMPLETE: Final = "attachment_incomplete"  # 409: upload not finished
+PROBLEM_ATTACHMENT_LENGTH_NOT_PADDED: Final = "attachment_length_not_padded"  # 422, ``padded``
+PROBLEM_RANGE_NOT_SATISFIABLE: Final = "range_not_satisfiable"  # 416
+PROBLEM_UNSUPPORTED_MEDIA_TYPE: Final = "unsupported_media_type"  # 415
 # transient
 PROBLEM_RATE_LIMITED: Final = "rate_limited"  # 429, ``Retry-After``
 PROBLEM_SERVICE_UNAVAILABLE: Final = "service_unavailable"  # 503

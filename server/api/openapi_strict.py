@@ -73,11 +73,36 @@ def _path_ids(schema: dict[str, Any]) -> None:
                     }
 
 
+#: Header parameters bounded by a setting.
+_HEADER_LIMITS: dict[str, Any] = {
+    "Upload-Length": lambda s: s.max_attachment_bytes,
+    "Upload-Offset": lambda s: s.max_attachment_bytes,
+}
+
+
+def _attachment_limits(schema: dict[str, Any], settings: Settings) -> None:
+    """``Upload-Length``/``Upload-Offset`` up to ``max_attachment_bytes``; a PATCH body up to
+    ``attachment_chunk_bytes``."""
+    for item in schema.get("paths", {}).values():
+        for method, operation in item.items():
+            if not isinstance(operation, dict):
+                continue
+            for param in operation.get("parameters", []):
+                limit = _HEADER_LIMITS.get(param.get("name", "")) if param.get("in") == "header" else None
+                if limit is not None:
+                    param.setdefault("schema", {})["maximum"] = int(limit(settings))
+            if method == "patch":
+                for media in operation.get("requestBody", {}).get("content", {}).values():
+                    if media.get("schema", {}).get("format") == "binary":
+                        media["schema"]["maxLength"] = settings.attachment_chunk_bytes
+
+
 def apply_settings_limits(schema: dict[str, Any], settings: Settings) -> None:
     """Tighten the generated document to this server's configured limits (in place)."""
     components = schema.get("components", {}).get("schemas", {})
     _key_patterns(components)
     _path_ids(schema)
+    _attachment_limits(schema, settings)
     for component, prop, keyword, value in _LIMITS:
         node = components.get(component, {}).get("properties", {}).get(prop)
         if node is None:

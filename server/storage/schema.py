@@ -185,3 +185,38 @@ blobs = Table(
     Column("data", LargeBinary, nullable=False),  # ciphertext only
     Column("created_at_ms", BigInteger, nullable=False),
 )
+
+ATTACHMENT_ID_SIZE = 32
+
+#: Attachments (server/services/attachments.py): one row per upload, kept as a tombstone after
+#: its ciphertext was purged so that a late download gets 410 rather than 404.
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("id", LargeBinary(ATTACHMENT_ID_SIZE), primary_key=True),
+    # The uploader: only its account's devices may append (any authenticated device may read).
+    Column("account_id", LargeBinary(ID_SIZE), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("device_id", LargeBinary(ID_SIZE), nullable=False),
+    Column("length", BigInteger, nullable=False),  # Upload-Length (a Padmé bucket)
+    Column("upload_offset", BigInteger, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("completed_at_ms", BigInteger, nullable=True),
+    Column("purged", Boolean, nullable=False, default=False),
+    Index("ix_attachments_account_created", "account_id", "created_at_ms"),
+    Index("ix_attachments_created", "created_at_ms"),
+)
+
+#: The ``database`` attachment store: the ciphertext as rows of at most one PATCH each.
+attachment_chunks = Table(
+    "attachment_chunks",
+    metadata,
+    Column(
+        "attachment_id",
+        LargeBinary(ATTACHMENT_ID_SIZE),
+        ForeignKey("attachments.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("start", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("attachment_id", "start"),
+)

@@ -30,6 +30,8 @@ SEMANTIC_422: dict[str, frozenset[str]] = {
     "POST /v1/conversations/{conversation_id}/members": frozenset({"unknown_accounts"}),
     # no device addressed twice (a rule over one field of the items)
     "POST /v1/conversations/{conversation_id}/envelopes": frozenset({"validation_failed_duplicate"}),
+    # Upload-Length must be a Padmé bucket
+    "POST /v1/attachments": frozenset({"attachment_length_not_padded"}),
 }
 
 #: (problem detail fragment, the name it is allowed under) for cross-field validation_failed rules
