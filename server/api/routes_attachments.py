@@ -87,10 +87,25 @@ async def attachment_offset(
     )
 
 
-async def _body(request: Request) -> AsyncIterator[bytes]:
-    async for piece in request.stream():
-        if piece:
-            yield piece
+class _Body:
+    """The request body as pieces; :meth:`drain` reads what is left before an error answer (an
+    unread body would otherwise be taken for the next request on a kept-alive connection)."""
+
+    def __init__(self, request: Request) -> None:
+        self._stream = request.stream()
+        self._done = False
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        async for piece in self._stream:
+            if piece:
+                yield piece
+        self._done = True
+
+    async def drain(self) -> None:
+        if not self._done:
+            async for _piece in self._stream:
+                pass
+            self._done = True
 
 
 @router.patch(
@@ -120,10 +135,15 @@ async def append_attachment(
     upload_offset: Annotated[int, Header(alias="Upload-Offset", ge=0)],
 ) -> Response:
     """Append the body at ``Upload-Offset`` (at most ``attachment_chunk_bytes``)."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != OFFSET_MEDIA_TYPE:
-        raise Problem(415, ProblemCode.UNSUPPORTED_MEDIA_TYPE, f"the body must be {OFFSET_MEDIA_TYPE}")
-    new = await ctx.attachments.append(me, attachment, upload_offset, _body(request))
+    body = _Body(request)
+    try:
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != OFFSET_MEDIA_TYPE:
+            raise Problem(415, ProblemCode.UNSUPPORTED_MEDIA_TYPE, f"the body must be {OFFSET_MEDIA_TYPE}")
+        new = await ctx.attachments.append(me, attachment, upload_offset, body.pieces())
+    except Problem:
+        await body.drain()
+        raise
     return Response(status_code=204, headers={**_HEADERS, "Upload-Offset": str(new)})
 
 
