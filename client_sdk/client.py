@@ -23,16 +23,25 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
 from client_sdk.context import DeviceContext, now_ms
 from client_sdk.core import sync
+from client_sdk.core.attachments import AttachmentPointer
 from client_sdk.core.backoff import BackoffPolicy
 from client_sdk.core.diff import message_ref
-from client_sdk.core.events import Event, MarkedRead
+from client_sdk.core.events import (
+    AttachmentDownloaded,
+    AttachmentDownloadFailed,
+    Event,
+    MarkedRead,
+    MessageReceived,
+)
 from client_sdk.errors import NetworkError, ProtocolError, SaltlineError, ServerError, UsageError
+from client_sdk.facets.attachments import Attachments, Progress, Source
 from client_sdk.facets.contacts import Contacts
 from client_sdk.facets.conversations import Conversations
 from client_sdk.facets.delivery import Delivery
@@ -87,6 +96,8 @@ class Client:
         self.linking = Linking(ctx, self.contacts, self.conversations, self.prekeys, self.inbound, self._task)
         self.linking.remember_name = self.own_devices.remember_name
         self.delivery = Delivery(ctx, self.inbound, ws_url, backoff, self._task)
+        self.attachments = Attachments(ctx, self.outbound)
+        ctx.bus.on(MessageReceived, self._auto_download)
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -281,6 +292,56 @@ class Client:
             return await coro
         finally:
             await self._ctx.flush()
+
+    # -- attachments (client_sdk/facets/attachments.py) ---------------------------------------------------
+
+    async def send_file(
+        self,
+        conversation_id: str,
+        source: Source,
+        *,
+        name: str | None = None,
+        mime: str | None = None,
+        caption: str | None = None,
+        progress: Progress | None = None,
+    ) -> str:
+        """Encrypt ``source`` (a path, bytes or an async iterator of bytes) with a fresh key,
+        upload it resumably, then send the message through the outbox; returns its envelope id.
+        :class:`~client_sdk.errors.AttachmentError` and its subclasses for what went wrong."""
+        return await self._flushed(
+            self.attachments.send_file(
+                conversation_id, source, name=name, mime=mime, caption=caption, progress=progress
+            )
+        )
+
+    async def download(
+        self, attachment: AttachmentPointer, destination: str | Path, progress: Progress | None = None
+    ) -> Path:
+        """Fetch, verify and decrypt an attachment (``MessageReceived.attachment``) to
+        ``destination`` (a file, or a directory to keep its name in); resumes an earlier try."""
+        return await self.attachments.download(attachment, destination, progress)
+
+    async def resume_uploads(self) -> list[str]:
+        """Finish uploads a restart interrupted (and send their messages); their envelope ids."""
+        return await self._flushed(self.attachments.resume_uploads())
+
+    def set_auto_download(self, max_bytes: int, directory: str | Path | None) -> None:
+        """Download received attachments up to ``max_bytes`` into ``directory`` by themselves."""
+        self.attachments.auto_download_bytes = max_bytes
+        self.attachments.download_dir = None if directory is None else Path(directory)
+
+    async def _auto_download(self, event: MessageReceived) -> None:
+        pointer = event.attachment
+        if pointer is None or event.sent_by_me:
+            return
+        try:
+            path = await self.attachments.auto_download(event.conversation_id, event.envelope_id, pointer)
+        except (SaltlineError, OSError) as exc:
+            self._ctx.emit(AttachmentDownloadFailed(event.conversation_id, event.envelope_id, str(exc)))
+        else:
+            if path is not None:
+                self._ctx.emit(AttachmentDownloaded(event.conversation_id, event.envelope_id, str(path)))
+        await self._ctx.flush()
 
     # -- operations ---------------------------------------------------------------------------------------
 

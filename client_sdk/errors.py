@@ -195,9 +195,37 @@ class LinkNotConfirmedError(LinkError):
     was sealed or sent to it."""
 
 
+class AttachmentError(SaltlineError):
+    """An attachment could not be sent or received (the subclasses say why). Nothing partial is
+    ever left at a download's destination."""
+
+
+class AttachmentIntegrityError(AttachmentError):
+    """The downloaded attachment does not match its pointer: wrong digest (tampered, swapped or
+    truncated by the server), or the ciphertext does not decrypt. Nothing was written."""
+
+
+class AttachmentTooLargeError(AttachmentError, UsageError):
+    """The file is larger than the server accepts (``limit`` bytes padded)."""
+
+    def __init__(self, message: str, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class AttachmentExpiredError(AttachmentError, ServerError):
+    """The server no longer holds the attachment (410 ``attachment_expired``)."""
+
+
+class AttachmentUnavailableError(AttachmentError, ServerError):
+    """The server does not hold such an attachment (404) or its upload is not finished (409)."""
+
+
 _BY_CODE: dict[str, type[ServerError]] = {
     "recipients_mismatch": RecipientsChangedError,
     "device_list_outdated": DeviceListOutdatedError,
+    "attachment_expired": AttachmentExpiredError,
+    "attachment_incomplete": AttachmentUnavailableError,
 }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from client_sdk.core.attachments import AttachmentPointer
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -24,6 +26,10 @@ class MessageReceived(Event):
     server_seq: int
     sent_at_ms: int
     sent_by_me: bool
+    #: A file sent with the message (``text`` is its caption); ``Client.download`` fetches it.
+    #: A client with ``auto_download_bytes`` at least its ``size`` fetches it by itself; an
+    #: :class:`AttachmentDownloaded` (or :class:`AttachmentDownloadFailed`) follows.
+    attachment: AttachmentPointer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,3 +373,23 @@ class TypingChanged(Event):
     account_id: str
     device_id: str
     typing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentDownloaded(Event):
+    """An attachment the client fetched by itself (``auto_download_bytes``) is complete and
+    verified at ``path``."""
+
+    conversation_id: str
+    envelope_id: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentDownloadFailed(Event):
+    """An automatic download failed (``reason``: the error's message); ``Client.download`` may
+    be called again (it resumes)."""
+
+    conversation_id: str
+    envelope_id: str
+    reason: str

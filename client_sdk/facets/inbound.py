@@ -15,6 +15,7 @@ from client_sdk.context import DeviceContext
 from client_sdk.core import api, sync, trust
 from client_sdk.core import inbound as rules
 from client_sdk.core import message as msg
+from client_sdk.core.attachments import pointer_of
 from client_sdk.core.diff import message_ref
 from client_sdk.core.events import (
     Connected,
@@ -451,6 +452,7 @@ class Inbound:
                         seq,
                         op.body.sent_at_ms,
                         sent_by_me,
+                        op.body.attachment,
                     )
                 )
         self._transient.pop(eid, None)
@@ -543,6 +545,7 @@ class Inbound:
                 record.server_seq,
                 record.sent_at_ms,
                 record.sent_by_me,
+                pointer_of(record.body),
             )
             ok = await ctx.bus.publish(event, at_least_once_only=True)
             self._settle(event, ok)

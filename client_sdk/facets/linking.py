@@ -300,6 +300,7 @@ class Linking:
                                 r.server_seq,
                                 op.body.sent_at_ms,
                                 r.sender_account_id == ctx.account_id,
+                                op.body.attachment,
                             )
                         )
 

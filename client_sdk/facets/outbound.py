@@ -134,9 +134,13 @@ class Outbound:
             largest = rules.largest_body(self.envelope_limit, len(clock), devices)
             raise MessageTooLargeError(size, self.envelope_limit, devices, largest)
 
-    async def send_op(self, conversation_id: str, body: SyncBody) -> str:
+    async def send_op(
+        self, conversation_id: str, body: SyncBody, *, also: Callable[[], None] | None = None
+    ) -> str:
         """Compose this device's next operation, write it to the outbox (with the counter and
-        lamport number it used), then try to send it; returns its envelope id."""
+        lamport number it used), then try to send it; returns its envelope id. ``also`` runs in
+        the same store transaction as the outbox write (an attachment's upload record is
+        settled with it: a restart never sends the message twice)."""
         ctx = self.ctx
         record = await self.conversations.record(conversation_id)
         if self.fill_gap is not None and not isinstance(body, sync.Genesis):
@@ -163,6 +167,8 @@ class Outbound:
                     replace(meta, counter=composer.counter, lamport=composer.lamport)
                 )
                 ctx.store.outbox.put_outbox(OutboxItem(envelope_id, conversation_id, plaintext, clock, now))
+                if also is not None:
+                    also()
                 if isinstance(body, sync.Message):
                     ctx.store.conversations.put_message(
                         MessageRecord(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -53,6 +55,44 @@ class HttpTransport:
             except ValueError:
                 body = None
         return Response(r.status_code, body, dict(r.headers))
+
+    async def send_bytes(
+        self, method: str, path: str, headers: dict[str, str], content: bytes | None, token: str
+    ) -> Response:
+        """A request with a raw body (attachment uploads); never retried here."""
+        try:
+            r = await self._client.request(
+                method, path, content=content, headers={**headers, "Authorization": f"Bearer {token}"}
+            )
+        except httpx.HTTPError as exc:
+            raise NetworkError(f"could not reach the server at {self.base_url}: {exc}") from exc
+        body: Any = None
+        if r.content and r.headers.get("content-type", "").startswith("application/problem+json"):
+            try:
+                body = r.json()
+            except ValueError:
+                body = None
+        return Response(r.status_code, body, dict(r.headers))
+
+    @asynccontextmanager
+    async def stream_get(
+        self, path: str, headers: dict[str, str], token: str
+    ) -> AsyncIterator[httpx.Response]:
+        """A streamed ``GET`` (attachment downloads): the response is open inside the block;
+        transport failures (also while reading) become :class:`NetworkError`."""
+        request = self._client.build_request(
+            "GET", path, headers={**headers, "Authorization": f"Bearer {token}"}
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise NetworkError(f"could not reach the server at {self.base_url}: {exc}") from exc
+        try:
+            yield response
+        except httpx.HTTPError as exc:
+            raise NetworkError(f"the download from {self.base_url} broke off: {exc}") from exc
+        finally:
+            await response.aclose()
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -63,3 +63,7 @@ def semantic_rejections_only(ctx: Any, response: Any, case: Any) -> bool | None:
             f" the server ({str(body.get('detail', ''))[:200]})"
         )
     return None
+
+
+# PATCH /v1/attachments/{attachment} bodies (TUS): raw bytes, like application/octet-stream.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from crypto.keys import b64decode
 from crypto.padding import is_padme, padme
-from server.services.attachments import parse_range
 from server.errors import Problem
+from server.services.attachments import parse_range
 from tests.live import LiveServer, ManualClock
 from tests.server.helpers import register
 
@@ -27,7 +27,9 @@ def create(client: httpx.Client, headers: dict[str, str], length: int) -> httpx.
     return client.post("/v1/attachments", headers={**headers, **TUS, "Upload-Length": str(length)})
 
 
-def patch(client: httpx.Client, headers: dict[str, str], ref: str, offset: int, data: bytes) -> httpx.Response:
+def patch(
+    client: httpx.Client, headers: dict[str, str], ref: str, offset: int, data: bytes
+) -> httpx.Response:
     return client.patch(
         f"/v1/attachments/{ref}", headers={**headers, **OCTETS, "Upload-Offset": str(offset)}, content=data
     )
@@ -63,7 +65,11 @@ def test_upload_resume_and_ranged_download(make_server: Callable[..., LiveServer
         assert patch(client, alice.first.headers, ref, 0, data[:1_000_000]).status_code == 204
         # a retry of the same piece (its answer was lost): 409 naming the offset
         r = patch(client, alice.first.headers, ref, 0, data[:1_000_000])
-        assert (r.status_code, r.json()["code"], r.json()["offset"]) == (409, "attachment_offset_mismatch", 1_000_000)
+        assert (r.status_code, r.json()["code"], r.json()["offset"]) == (
+            409,
+            "attachment_offset_mismatch",
+            1_000_000,
+        )
         r = client.head(f"/v1/attachments/{ref}", headers={**alice.first.headers, **TUS})
         assert r.status_code == 200, (r.status_code, r.headers)
         assert (r.headers["Upload-Offset"], r.headers["Upload-Length"]) == ("1000000", str(len(data)))
@@ -84,7 +90,9 @@ def test_upload_resume_and_ranged_download(make_server: Callable[..., LiveServer
         assert r.headers["Content-Range"] == f"bytes 2000000-{len(data) - 1}/{len(data)}"
         r = client.get(f"/v1/attachments/{ref}", headers={**bob.first.headers, "Range": "bytes=10-19"})
         assert r.status_code == 206 and r.content == data[10:20]
-        r = client.get(f"/v1/attachments/{ref}", headers={**bob.first.headers, "Range": f"bytes={len(data)}-"})
+        r = client.get(
+            f"/v1/attachments/{ref}", headers={**bob.first.headers, "Range": f"bytes={len(data)}-"}
+        )
         assert (r.status_code, r.json()["code"]) == (416, "range_not_satisfiable")
         assert client.get(f"/v1/attachments/{ref}").status_code == 401
 
@@ -97,7 +105,11 @@ def test_unknown_ids_lengths_and_media_types(make_server: Callable[..., LiveServ
         r = client.get(f"/v1/attachments/{unknown}", headers=h)
         assert (r.status_code, r.headers["content-type"]) == (404, "application/problem+json")
         r = create(client, h, 1001)
-        assert (r.status_code, r.json()["code"], r.json()["padded"]) == (422, "attachment_length_not_padded", 1024)
+        assert (r.status_code, r.json()["code"], r.json()["padded"]) == (
+            422,
+            "attachment_length_not_padded",
+            1024,
+        )
         r = create(client, h, padme(1024 * 1024 + 1))
         assert (r.status_code, r.json()["code"], r.json()["limit"]) == (413, "payload_too_large", 1024 * 1024)
         r = client.post("/v1/attachments", headers={**h, "Upload-Length": "1024"})
@@ -143,7 +155,9 @@ def test_quota_and_expiry(make_server: Callable[..., LiveServer], clock: ManualC
 
 
 def test_upload_rate_per_device(make_server: Callable[..., LiveServer]) -> None:
-    with make_server(rate_limit_enabled=True, rate_limit_attachment_uploads_per_device="2/hour").client() as c:
+    with make_server(
+        rate_limit_enabled=True, rate_limit_attachment_uploads_per_device="2/hour"
+    ).client() as c:
         alice = register(c)
         assert create(c, alice.first.headers, 8).status_code == 201
         assert create(c, alice.first.headers, 8).status_code == 201

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
+from client_sdk.core.attachments import AttachmentPointer, PointerError
 from client_sdk.core.sync.clock import DEVICE_ID_SIZE, CompactClock, Dot
 from client_sdk.core.sync.errors import SyncFormatError
 from client_sdk.core.wire import canonical_json
@@ -33,6 +34,8 @@ class Message:
     text: str
     reply_to: Dot | None = None
     sent_at_ms: int = 0  # the author's claim, display only; never used by a rule
+    #: A file sent with the message (``text`` is then its caption, possibly empty).
+    attachment: AttachmentPointer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,10 +204,12 @@ def _str(value: object, limit: int) -> str:
 
 def body_json(body: Body) -> dict[str, Any]:
     match body:
-        case Message(text, reply_to, sent_at_ms):
+        case Message(text, reply_to, sent_at_ms, attachment):
             doc: dict[str, Any] = {"type": "message", "text": text, "sent_at_ms": sent_at_ms}
             if reply_to is not None:
                 doc["reply_to"] = _dot_json(reply_to)
+            if attachment is not None:
+                doc["attachment"] = attachment.to_json()
             return doc
         case Edit(target, text):
             return {"type": "edit", "target": _dot_json(target), "text": text}
@@ -311,11 +316,16 @@ def decode(plaintext: bytes, clock: bytes, sender_device: bytes, sender_account:
 def _body(doc: dict[str, Any]) -> Body:
     kind = doc["type"]
     if kind == "message":
-        reply = doc.get("reply_to")
+        reply, attachment = doc.get("reply_to"), doc.get("attachment")
+        try:
+            pointer = None if attachment is None else AttachmentPointer.from_json(attachment)
+        except PointerError as exc:
+            raise SyncFormatError(f"bad attachment pointer: {exc}") from exc
         return Message(
             _str(doc.get("text"), MAX_TEXT),
             None if reply is None else _dot_from(reply),
             _int(doc.get("sent_at_ms", 0)),
+            pointer,
         )
     if kind == "edit":
         return Edit(_dot_from(doc.get("target")), _str(doc.get("text"), MAX_TEXT))
