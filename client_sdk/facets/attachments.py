@@ -301,7 +301,14 @@ class Attachments:
                 try:
                     have = await self._fetch(pointer, out, digest, have, progress)
                     failures = 0
+                except (AttachmentIntegrityError, ServerError):
+                    # refused or gone: a part of it is of no use for a later try
+                    out.close()
+                    part.unlink(missing_ok=True)
+                    raise
                 except NetworkError:
+                    out.flush()
+                    have = out.tell()  # what arrived before the break (digested as written)
                     failures += 1
                     if failures >= MAX_ATTEMPTS:
                         raise
@@ -333,6 +340,10 @@ class Attachments:
                 raise error
             if have and response.status_code != 206:
                 raise AttachmentIntegrityError("the server ignored the range of a resumed download")
+            announced = response.headers.get("content-length")
+            if announced is not None and announced != str(pointer.padded_size - have):
+                # a complete answer of the wrong length: truncated or swapped, not a broken line
+                raise AttachmentIntegrityError("the server's answer is not the attachment's length")
             async for piece in response.aiter_bytes(PIECE):
                 if have + len(piece) > pointer.padded_size:
                     raise AttachmentIntegrityError("the server sent more than the attachment's size")
