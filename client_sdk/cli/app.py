@@ -135,6 +135,7 @@ async def open_client(state: State, *, need_account: bool = True) -> AsyncIterat
     except BaseException:
         store.close()
         raise
+    client.attachments.spool_dir = profile.directory / "spool"  # encrypted pieces awaiting upload
     try:
         device = client.store.identity.get_device()
         if need_account and (device is None or device.account_id is None):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from client_sdk.cli.app import (
@@ -15,11 +18,13 @@ from client_sdk.cli.app import (
     chat_app,
     cli_state,
     err,
+    fail,
     format_time,
     open_client,
     out,
     run,
 )
+from client_sdk.cli.files import attachment_label, message_pointer
 
 if TYPE_CHECKING:
     from client_sdk.client import Client
@@ -59,13 +64,33 @@ def chat_list(ctx: typer.Context) -> None:
 
 
 @app.command(context_settings=IDS_MAY_START_WITH_DASH)
-def send(ctx: typer.Context, conversation_id: str, text: str) -> None:
-    """Encrypt TEXT for every device of the conversation's members and send it."""
+def send(
+    ctx: typer.Context,
+    conversation_id: str,
+    text: Annotated[str | None, typer.Argument(help="The message (with --file: its caption)")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Send this file (encrypted, uploaded resumably)")
+    ] = None,
+    caption: Annotated[str | None, typer.Option("--caption", help="The file's caption")] = None,
+) -> None:
+    """Encrypt TEXT (or --file PATH) for every device of the conversation's members and send it."""
     state = cli_state(ctx)
+    if file is None and text is None:
+        fail("give the message TEXT, or --file PATH")
+    if file is not None and not file.is_file():
+        fail(f"no such file: {file}")
 
     async def work() -> tuple[str, str]:
         async with open_client(state) as client:
-            envelope_id = await client.send_text(conversation_id, text)
+            if file is not None:
+                await client.resume_uploads()  # an earlier upload a crash interrupted
+                mime = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+                envelope_id = await client.send_file(
+                    conversation_id, file, mime=mime.lower(), caption=caption if caption is not None else text
+                )
+            else:
+                assert text is not None
+                envelope_id = await client.send_text(conversation_id, text)
             record = client.store.conversations.get_message(envelope_id)
             return envelope_id, record.status if record is not None else "pending"
 
@@ -114,7 +139,7 @@ def messages(
                 (
                     format_time(m.sent_at_ms),
                     _sender(client, m.sender_account_id, m.sender_device_id, names),
-                    m.text,
+                    m.text + escape(attachment_label(message_pointer(m))),
                 )
                 for m in client.messages(conversation_id)
             ]
@@ -192,7 +217,8 @@ def follow(
                         else:
                             who = event.sender_username or event.sender_account_id
                         out.print(
-                            f"[dim]{event.conversation_id[:8]}[/] [bold]{who}[/]: {event.text}",
+                            f"[dim]{event.conversation_id[:8]}[/] [bold]{who}[/]: {escape(event.text)}"
+                            + escape(attachment_label(event.attachment)),
                             markup=True,
                         )
                     elif isinstance(event, ev.DeviceListChanged):
