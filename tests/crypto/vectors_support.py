@@ -25,6 +25,7 @@ PART_2_3_FILES = (
     "linking.json",
     "login.json",
     "seen_base_keys.json",
+    "attachments_pointer.json",
 )
 
 

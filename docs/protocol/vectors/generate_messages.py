@@ -23,6 +23,7 @@ from typing import Any
 from client_sdk import errors as sdk_errors
 from client_sdk.core import account_keys, history, linking
 from client_sdk.core import message as msg
+from client_sdk.core.attachments import AttachmentPointer, padded_size
 from client_sdk.core.sync import clock as vc
 from client_sdk.core.sync import errors as sync_errors
 from client_sdk.core.sync import ops, transcript
@@ -37,6 +38,7 @@ from crypto.keys import (
     b64encode,
     signing_input,
 )
+from crypto.padding import padme
 from crypto.ratchet import Session
 
 GENERATOR = "docs/protocol/vectors/generate.py (builders in docs/protocol/vectors/generate_messages.py)"
@@ -1374,6 +1376,104 @@ def build_login() -> dict[str, Any]:
     return doc("login", "docs/protocol/keys.md", cases)
 
 
+# -- attachments_pointer.json ----------------------------------------------------------------------
+
+
+def _pointer_message(pointer: AttachmentPointer, caption: str, lamport: int) -> bytes:
+    """The plaintext of a message operation carrying ``pointer`` (sync.md § 2, with `attachment`)."""
+    return canonical_json(
+        {**ops.body_json(ops.Message(caption, None, 0, pointer)), "v": 2, "lamport": lamport}
+    )
+
+
+def build_attachments_pointer() -> dict[str, Any]:
+    label = seed("attachments_pointer")
+    rng = DRng(label)
+    device, account = rng(16), rng(16)
+    clock = vc.CompactClock.of(0, {device: 1}, bytes(32)).encode()
+    cases: list[dict[str, Any]] = []
+    for length in (0, 1, 2, 3, 9, 41, 100, 1000, 1025, 65_577, 1_048_576, 20_971_520, 104_857_600):
+        cases.append(
+            {"name": f"padme_{length}", "inputs": {"length": length}, "outputs": {"padded": padme(length)}}
+        )
+    good: AttachmentPointer | None = None
+    for name, size, file_name, mime in (
+        ("pointer_empty", 0, "empty.txt", "text/plain"),
+        ("pointer_1000", 1000, "gr\u00fc\u00dfe.png", "image/png"),
+        ("pointer_two_chunks", 65_537, "voice note.ogg", "audio/ogg"),
+    ):
+        plaintext, key, header, attachment_id = rng(size), rng(32), rng(24), rng(32)
+        encryptor = attachments.AttachmentEncryptor(key, rng=lambda n, h=header: h)
+        ciphertext = encryptor.update(plaintext) + encryptor.finalize()[0]
+        blob = ciphertext + bytes(padded_size(size) - len(ciphertext))
+        pointer = AttachmentPointer(
+            attachment_id, key, hashlib.sha256(blob).digest(), len(blob), size, file_name, mime
+        )
+        good = good or pointer
+        message = _pointer_message(pointer, "look", 3)
+        cases.append(
+            {
+                "name": name,
+                "seed": label,
+                "inputs": {
+                    "plaintext_sha256": sha(plaintext),
+                    "plaintext": hx(plaintext) if size <= 1000 else None,
+                    "plaintext_rule": "the seed's draw: call 3 + 4k of `size` bytes (k = case index)",
+                    "key": hx(key),
+                    "header": hx(header),
+                    "id": hx(attachment_id),
+                    "name": file_name,
+                    "mime": mime,
+                    "caption": "look",
+                    "lamport": 3,
+                },
+                "outputs": {
+                    "ciphertext_size": len(ciphertext),
+                    "padded_size": len(blob),
+                    "blob_sha256": sha(blob),
+                    "pointer_json": canonical_json(pointer.to_json()).decode("utf-8"),
+                    "message_plaintext": message.decode("utf-8"),
+                },
+            }
+        )
+    assert good is not None
+    base = good.to_json()
+    refused: list[tuple[str, dict[str, Any]]] = [
+        ("padded_size_not_the_bucket", {**base, "padded_size": base["padded_size"] + 1}),
+        ("size_past_its_bucket", {**base, "size": base["size"] + 100}),
+        ("name_with_slash", {**base, "name": "../etc/passwd"}),
+        ("name_empty", {**base, "name": ""}),
+        ("name_dot_dot", {**base, "name": ".."}),
+        ("name_control_character", {**base, "name": "a\nb"}),
+        ("mime_upper_case", {**base, "mime": "Text/Plain"}),
+        ("mime_without_subtype", {**base, "mime": "text"}),
+        ("chunk_size_other", {**base, "chunk_size": 4096}),
+        ("id_short", {**base, "id": base["id"][:-2]}),
+        ("key_non_canonical", {**base, "key": base["key"][:-1] + "B"}),
+        ("extra_member", {**base, "thumbnail": ""}),
+        ("missing_member", {k: v for k, v in base.items() if k != "digest"}),
+        ("size_boolean", {**base, "size": True}),
+        ("not_an_object", [base]),
+    ]
+    for name, pointer_doc in refused:
+        plaintext = canonical_json(
+            {"attachment": pointer_doc, "lamport": 3, "sent_at_ms": 0, "text": "", "type": "message", "v": 2}
+        )
+        cases.append(
+            {
+                "name": f"refuse_{name}",
+                "inputs": {
+                    "plaintext": plaintext.decode("utf-8"),
+                    "clock": hx(clock),
+                    "sender_device_id": hx(device),
+                    "sender_account_id": hx(account),
+                },
+                "error": error_name(lambda p=plaintext: ops.decode(p, clock, device, account)),
+            }
+        )
+    return doc("attachments_pointer", "docs/protocol/sealed-and-attachments.md", cases)
+
+
 BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
     "envelope_ad.json": build_envelope_ad,
     "device_ciphertexts.json": build_device_ciphertexts,
@@ -1383,4 +1483,5 @@ BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
     "linking.json": build_linking,
     "login.json": build_login,
     "seen_base_keys.json": build_seen_base_keys,
+    "attachments_pointer.json": build_attachments_pointer,
 }
