@@ -59,20 +59,26 @@ class HttpTransport:
     async def send_bytes(
         self, method: str, path: str, headers: dict[str, str], content: bytes | None, token: str
     ) -> Response:
-        """A request with a raw body (attachment uploads); never retried here."""
+        """A request with a raw body (attachment uploads); never retried here. The body goes as a
+        one-shot stream with its ``Content-Length``: httpx's request and response refer to each
+        other, and a ``bytes`` body would live until the cycle collector ran (tens of MB)."""
+        headers = {**headers, "Authorization": f"Bearer {token}"}
+        body: AsyncIterator[bytes] | None = None
+        if content is not None:
+            headers["Content-Length"] = str(len(content))
+            body = _once(content)
+            del content
         try:
-            r = await self._client.request(
-                method, path, content=content, headers={**headers, "Authorization": f"Bearer {token}"}
-            )
+            r = await self._client.request(method, path, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise NetworkError(f"could not reach the server at {self.base_url}: {exc}") from exc
-        body: Any = None
+        parsed: Any = None
         if r.content and r.headers.get("content-type", "").startswith("application/problem+json"):
             try:
-                body = r.json()
+                parsed = r.json()
             except ValueError:
-                body = None
-        return Response(r.status_code, body, dict(r.headers))
+                parsed = None
+        return Response(r.status_code, parsed, dict(r.headers))
 
     @asynccontextmanager
     async def stream_get(
@@ -96,3 +102,10 @@ class HttpTransport:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    """Yield ``data`` once and drop it (see :meth:`HttpTransport.send_bytes`)."""
+    box = [data]
+    del data
+    yield box.pop()
