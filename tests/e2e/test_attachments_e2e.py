@@ -95,6 +95,10 @@ class _Stream(httpx.AsyncByteStream):
             yield piece
 
 
+def _read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
 def _name(prefix: str) -> str:
     return f"{prefix}_{os.urandom(3).hex()}"
 
@@ -339,3 +343,46 @@ def test_pointer_round_trip_and_refusals() -> None:
     ):
         with pytest.raises(PointerError):
             AttachmentPointer.from_json(bad)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_auto_download_and_history_for_a_new_device(
+    live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A small file is downloaded by itself (``set_auto_download``), a large one is not; a device
+    linked later with the history gets the pointers and can download within retention."""
+    from client_sdk.core.attachments import pointer_of
+    from client_sdk.core.events import AttachmentDownloaded
+
+    tmp = tmp_path_factory.mktemp("clients")
+    alice_name = _name("alice")
+    alice = await _new(live_server, tmp)
+    await alice.register(alice_name, PASSWORD)
+    bob = await _new(live_server, tmp)
+    await bob.register(_name("bob"), PASSWORD)
+    alice.set_auto_download(50_000, tmp / "auto")
+    await alice.connect()
+    cid = await bob.create_conversation([alice_name])
+    small, large = os.urandom(10_000), os.urandom(200_000)
+    tablet: Client | None = None
+    try:
+        await bob.send_file(cid, small, name="small.txt", mime="text/plain")
+        await bob.send_file(cid, large, name="large.bin")
+        done = await alice.next_event(AttachmentDownloaded, WAIT)
+        assert _read(done.path) == small and os.path.dirname(done.path) == str(tmp / "auto")
+        await _attachment(alice)
+        await _attachment(alice)
+        with pytest.raises(TimeoutError):  # the large one is not fetched by itself
+            await alice.next_event(AttachmentDownloaded, 1.0)
+        assert len(os.listdir(tmp / "auto")) == 1
+        tablet = await _new(live_server, tmp)
+        await link(alice, tablet, wait_s=WAIT)
+        pointers = [p for p in (pointer_of(m.body) for m in tablet.messages(cid)) if p is not None]
+        assert sorted(p.name for p in pointers) == ["large.bin", "small.txt"]
+        for p in pointers:
+            path = await tablet.download(p, tmp / f"tablet-{p.name}")
+            assert path.read_bytes() == (small if p.name == "small.txt" else large)
+    finally:
+        for c in (alice, bob, tablet):
+            if c is not None:
+                await c.close()
