@@ -379,6 +379,11 @@ async def test_auto_download_and_history_for_a_new_device(
         await link(alice, tablet, wait_s=WAIT)
         pointers = [p for p in (pointer_of(m.body) for m in tablet.messages(cid)) if p is not None]
         assert sorted(p.name for p in pointers) == ["large.bin", "small.txt"]
+        view = await tablet.conversation(cid)  # the conversation view carries them too
+        assert sorted(m.attachment.name for m in view.messages if m.attachment is not None) == [
+            "large.bin",
+            "small.txt",
+        ]
         for p in pointers:
             path = await tablet.download(p, tmp / f"tablet-{p.name}")
             assert path.read_bytes() == (small if p.name == "small.txt" else large)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from client_sdk.core.attachments import AttachmentPointer
 from client_sdk.core.sync.clock import Dot
 from client_sdk.core.sync.rules import LwwKey
 from client_sdk.core.sync.view import FieldState, MessageView
@@ -21,6 +22,7 @@ class Msg:
     edit: tuple[LwwKey, str] | None = None
     deleted: bool = False
     reactions: dict[bytes, tuple[LwwKey, str | None]] = field(default_factory=dict)
+    attachment: AttachmentPointer | None = None
 
     def view(self) -> MessageView:
         return MessageView(
@@ -33,6 +35,7 @@ class Msg:
             self.edit is not None,
             self.deleted,
             tuple(sorted((a, e) for a, (_, e) in self.reactions.items() if e is not None)),
+            None if self.deleted else self.attachment,
         )
 
 

@@ -448,7 +448,9 @@ class ConversationState:
         self.expiry.applied(op, full)
         journal = self._journal
         if isinstance(body, Message):
-            message = _Msg(op.dot, seq, op.author, body.text, body.reply_to, body.sent_at_ms)
+            message = _Msg(
+                op.dot, seq, op.author, body.text, body.reply_to, body.sent_at_ms, attachment=body.attachment
+            )
             self._messages[op.dot] = message
             self._enlive(message)
             if journal is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from client_sdk.core.attachments import AttachmentPointer
 from client_sdk.core.sync.clock import Dot
 from client_sdk.core.sync.ops import SettingValue
 from client_sdk.core.sync.rules import FrontierRegister
@@ -90,6 +91,8 @@ class MessageView:
     edited: bool
     deleted: bool
     reactions: tuple[tuple[bytes, str], ...]  # (account, emoji), sorted by account
+    #: The file sent with the message (``text`` is its caption); ``None`` once deleted.
+    attachment: AttachmentPointer | None = None
 
 
 @dataclass(frozen=True, slots=True)
