@@ -76,7 +76,7 @@ def send(
     """Encrypt TEXT (or --file PATH) for every device of the conversation's members and send it."""
     state = cli_state(ctx)
     if file is None and text is None:
-        fail("give the message TEXT, or --file PATH")
+        raise typer.BadParameter("give the message TEXT, or --file PATH", param_hint="TEXT")
     if file is not None and not file.is_file():
         fail(f"no such file: {file}")
 

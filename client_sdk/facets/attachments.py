@@ -266,7 +266,17 @@ class Attachments:
                 with self.ctx.transaction():
                     self._settle(record)
                 continue
-            record["offset"] = await self._server_offset(f"/v1/attachments/{record['id']}")
+            try:
+                record["offset"] = await self._server_offset(f"/v1/attachments/{record['id']}")
+            except ServerError as exc:
+                if exc.status not in (404, 410):
+                    raise
+                # expired or forgotten on the server: the upload cannot finish; drop it
+                log.warning("an unfinished attachment upload is gone from the server (%s): dropped", exc.code)
+                with self.ctx.transaction():
+                    self._settle(record)
+                Path(record["spool"]).unlink(missing_ok=True)
+                continue
             sent.append(await self._finish(record, None))
         return sent
 
