@@ -10,8 +10,10 @@ events with timeouts, never on sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -391,3 +393,87 @@ async def test_auto_download_and_history_for_a_new_device(
         for c in (alice, bob, tablet):
             if c is not None:
                 await c.close()
+
+
+_CHILD = """
+import asyncio, sys, time
+from pathlib import Path
+from client_sdk.client import Client
+from client_sdk.stores.sqlite import SqliteStore
+
+url, store_path, spool, cid, source = sys.argv[1:6]
+
+def stop_here(done, total):
+    if done >= 2 * 1024 * 1024:
+        print("UPLOADING", flush=True)
+        time.sleep(3600)  # blocks the loop: the parent kills the process now
+
+async def main():
+    client = await Client.create(url, SqliteStore.open(store_path))
+    client.attachments.spool_dir = Path(spool)
+    await client.send_file(cid, source, name="killed.bin", progress=stop_here)
+
+asyncio.run(main())
+"""
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen[str]:
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_an_upload_whose_process_was_killed_resumes_once(
+    live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import signal
+    import sys
+
+    tmp = tmp_path_factory.mktemp("clients")
+    store_path, spool = tmp / "bob.db", tmp / "spool"
+    bob = await _new(live_server, tmp, SqliteStore.open(store_path))
+    await bob.register(_name("bob"), PASSWORD)
+    alice_name = _name("alice")
+    alice = await _new(live_server, tmp)
+    await alice.register(alice_name, PASSWORD)
+    await alice.connect()
+    cid = await bob.create_conversation([alice_name])
+    await bob.close()
+    bob.store.close()  # type: ignore[attr-defined]
+    data = _file(tmp / "big.bin", 6 * 1024 * 1024)
+    child = _spawn(
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            live_server.base_url,
+            str(store_path),
+            str(spool),
+            cid,
+            str(tmp / "big.bin"),
+        ]
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), WAIT)
+        assert line.strip() == "UPLOADING", child.stderr.read() if child.stderr else ""
+        child.send_signal(signal.SIGKILL)
+        child.wait(WAIT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert len(os.listdir(spool)) == 1  # the spool file awaits the resume
+    bob = await _new(live_server, tmp, SqliteStore.open(store_path))
+    bob.attachments.spool_dir = spool
+    try:
+        assert len(await bob.resume_uploads()) == 1
+        assert await bob.resume_uploads() == []
+        assert os.listdir(spool) == []
+        event = await _attachment(alice)
+        assert event.attachment is not None and event.attachment.name == "killed.bin"
+        assert _read(str(await alice.download(event.attachment, tmp / "got.bin"))) == data
+        with pytest.raises(TimeoutError):
+            await alice.next_event(MessageReceived, 1.0)
+    finally:
+        await bob.close()
+        await alice.close()
