@@ -361,3 +361,47 @@ async def test_every_device_is_told_when_a_device_joins(live_server: LiveServer)
     }
     for c in (desk, phone, laptop):
         await c.close()
+
+
+async def test_a_payload_put_by_someone_else_is_refused(live_server: LiveServer) -> None:
+    """The photographer waits for the real hello to be taken, then puts a payload of her own
+    account (sealed to the code's key, with the code's secret): the new device refuses it, since
+    it names another account than the hello it showed, and joins nothing."""
+    from client_sdk.core import history
+
+    url = live_server.base_url
+    desk = await Client.create(url, MemoryStore())
+    await desk.register(name("alice"), PASSWORD)
+    mallory = await Client.create(url, MemoryStore())
+    await mallory.register(name("mallory"), PASSWORD)
+    new = await Client.create(url, MemoryStore())
+    text = await new.begin_link("alice's phone")
+    code = link_fmt.LinkCode.parse(text)
+    own = mallory.store.device_lists.get_contact(mallory.account_id)
+    assert own is not None
+    fake = history.LinkPayload(
+        mallory.account_id,
+        mallory.username,
+        bytes(mallory._ctx.account_key()),
+        own.signed_list,
+        (),
+        (),
+        None,
+        None,
+    )
+
+    async def photographer_strikes(c: LinkConfirmation) -> None:
+        assert c.username == desk.username  # the real hello was shown
+        box = link_fmt.seal_payload(code, history.encode_link_payload(fake))
+        await mallory._ctx.call(api.put_provisioning(b64encode(code.channel_id), code.secret, b64encode(box)))
+
+    results = await asyncio.gather(
+        desk.approve_link(text, history="none", confirm=lambda r: True, wait_s=5.0),
+        new.complete_link(wait_s=5.0, on_code=photographer_strikes),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], LinkError) and "another account" in str(results[1])
+    assert new._ctx.device.account_id is None and new._ctx.state.account_key is None
+    assert {d.device_id for d in await mallory.devices()} == {mallory.device_id}
+    for c in (desk, mallory, new):
+        await c.close()
