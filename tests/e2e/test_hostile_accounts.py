@@ -405,3 +405,21 @@ async def test_a_payload_put_by_someone_else_is_refused(live_server: LiveServer)
     assert {d.device_id for d in await mallory.devices()} == {mallory.device_id}
     for c in (desk, mallory, new):
         await c.close()
+
+
+async def test_a_rotation_survives_a_crash_before_its_commit(live_server: LiveServer) -> None:
+    """The removing device published the rotated list, then crashed before storing the new key:
+    its own sealed copy on the server gives the key back at its next check."""
+    desk, phone = await _alice_with_phone(live_server.base_url)
+    old_state = desk._ctx.state
+    old_contact = desk.store.device_lists.get_contact(desk.account_id)
+    assert old_contact is not None
+    await desk.remove_device(phone.device_id)
+    rotated = desk._ctx.account_key().public_key
+    assert rotated != old_state.account_key.public_key  # type: ignore[union-attr]
+    desk._ctx.put_state(old_state)  # what the store held before the lost commit
+    desk.store.device_lists.put_contact(old_contact)
+    await desk.inbound.own_list_check()
+    assert desk._ctx.account_key().public_key == rotated
+    for c in (desk, phone):
+        await c.close()

@@ -283,7 +283,6 @@ def test_key_handoff_rules(client: httpx.Client) -> None:
         )
 
     for handoffs in (
-        {account.first.id: _sealed()},  # the caller itself
         {outsider.id: _sealed()},  # not in the new list
         {laptop.id: _sealed(513)},  # too large
         {laptop.id: ""},
