@@ -267,12 +267,11 @@ class Linking:
         self.remember_name(request.device_id, name)
         box = linking.seal_payload(code, fmt.encode_link_payload(payload))
         await self._put(code_channel, code.secret, box)
-        channel = api.Channel(follow_up.channel_id, follow_up.put_secret)
-        self._background(self._send_follow_up(code, channel, history, sent))
+        self._background(self._send_follow_up(code, follow_up, history, sent))
         await ctx.flush()
 
     async def _send_follow_up(
-        self, code: linking.LinkCode, channel: api.Channel, depth: HistoryDepth, sent: Sent
+        self, code: linking.LinkCode, channel: api.ProvisioningChannel, depth: HistoryDepth, sent: Sent
     ) -> None:
         """Wait until the new device is in the verified device list, fetch what was stored until
         now and put the follow-up bundle (what the first one lacked) on the follow-up channel."""
@@ -294,7 +293,7 @@ class Linking:
         if bundle["conversations"]:
             doc["history"] = fmt.encode_ref(await self._seal_bundle(bundle))
         box = linking.seal_payload(code, doc)
-        await ctx.call(api.put_provisioning(channel.channel_id, channel.channel_secret, b64encode(box)))
+        await ctx.call(api.put_provisioning(channel.channel_id, channel.put_secret, b64encode(box)))
 
     # -- the new device ------------------------------------------------------------------------------------
 
