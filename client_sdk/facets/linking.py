@@ -79,7 +79,7 @@ class LinkConfirmation:
 
 
 Confirm = Callable[[LinkRequest], "bool | Awaitable[bool]"]
-OnCode = Callable[[LinkConfirmation], "Awaitable[None] | None"]
+OnCode = Callable[[LinkConfirmation], "bool | Awaitable[bool | None] | None"]
 
 
 class Linking:
@@ -246,6 +246,7 @@ class Linking:
             }
             ref = await self._seal_bundle(bundle)
         follow_up = api.parse_provisioning_channel((await ctx.call(api.create_channel())).body)
+        follow_up_key = ctx.rng(32)
         own = await self.contacts.refresh(ctx.account_id)
         payload = fmt.LinkPayload(
             ctx.account_id,
@@ -261,17 +262,22 @@ class Linking:
                 (c.conversation_id, c.kind, tuple(c.members)) for c in ctx.store.conversations.conversations()
             ),
             ref,
-            (follow_up.channel_id, follow_up.take_secret),
+            (follow_up.channel_id, follow_up.take_secret, b64encode(follow_up_key)),
             grant.grant,
         )
         self.remember_name(request.device_id, name)
         box = linking.seal_payload(code, fmt.encode_link_payload(payload))
         await self._put(code_channel, code.secret, box)
-        self._background(self._send_follow_up(code, follow_up, history, sent))
+        self._background(self._send_follow_up(follow_up_key, code, follow_up, history, sent))
         await ctx.flush()
 
     async def _send_follow_up(
-        self, code: linking.LinkCode, channel: api.ProvisioningChannel, depth: HistoryDepth, sent: Sent
+        self,
+        key: bytes,
+        code: linking.LinkCode,
+        channel: api.ProvisioningChannel,
+        depth: HistoryDepth,
+        sent: Sent,
     ) -> None:
         """Wait until the new device is in the verified device list, fetch what was stored until
         now and put the follow-up bundle (what the first one lacked) on the follow-up channel."""
@@ -292,7 +298,7 @@ class Linking:
         doc: dict[str, Any] = {"kind": fmt.FOLLOW_UP_KIND, "history": None}
         if bundle["conversations"]:
             doc["history"] = fmt.encode_ref(await self._seal_bundle(bundle))
-        box = linking.seal_payload(code, doc)
+        box = linking.seal_follow_up(key, doc, ctx.rng)
         await ctx.call(api.put_provisioning(channel.channel_id, channel.put_secret, b64encode(box)))
 
     # -- the new device ------------------------------------------------------------------------------------
@@ -336,7 +342,14 @@ class Linking:
         if on_code is not None:
             result = on_code(shown)
             if inspect.isawaitable(result):
-                await result
+                result = await result
+            if result is False:  # the person refused the account shown: it learns nothing of us
+                with contextlib.suppress(SaltlineError):
+                    await ctx.call(api.delete_provisioning(channel_id, take_secret))
+                self._link = None
+                raise LinkNotConfirmedError(
+                    f"you did not accept joining {hello.username!r}: nothing was sent to it"
+                )
         state = ctx.state
         reply = linking.Reply(
             code.device_id, name, bytes(state.signing_key.public_key), bytes(state.dh_key.public_key)
@@ -423,13 +436,11 @@ class Linking:
         if not seeded:
             raise LinkError("the history could not be downloaded; this device works without it")
         if payload.follow_up is not None:
-            await self._receive_follow_up(code, link_key, payload.follow_up)
+            await self._receive_follow_up(payload.follow_up)
 
-    async def _receive_follow_up(
-        self, code: linking.LinkCode, link_key: EphemeralKey, channel: tuple[str, str]
-    ) -> None:
+    async def _receive_follow_up(self, channel: tuple[str, str, str]) -> None:
         ctx = self.ctx
-        channel_id, secret = channel
+        channel_id, secret, key_b64 = channel
         deadline = time.monotonic() + LINK_FOLLOW_UP_WAIT_S
         delay = LINK_POLL_S
         while True:
@@ -443,7 +454,11 @@ class Linking:
                 raise LinkError("the follow-up of the link did not come in time")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, LINK_POLL_MAX_S)
-        ref = fmt.parse_follow_up(linking.open_payload(link_key, code.secret, b64decode(box)))
+        try:
+            key, raw = b64decode(key_b64), b64decode(box)
+        except CryptoError as exc:
+            raise LinkError("the follow-up of the link is damaged") from exc
+        ref = fmt.parse_follow_up(linking.open_follow_up(key, raw))
         if ref is not None:
             await self.merge_follow_up(await self._download_bundle(ref))
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from crypto import device_list as dl
 from crypto import primitives as p
+from crypto.errors import CryptoError
 from crypto.keys import AccountPublicKey, b64encode
 from server.clock import Clock
 from server.errors import Problem, ProblemCode
@@ -171,6 +172,12 @@ class DeviceService:
                     "the list changes the keys of an existing device (add it under a new device id)",
                     device_id=encode_id(device_id),
                 )
+        try:  # the whole chain rule clients apply (root, succession, joined versions, carried entries)
+            dl.check_successor(dl.SignedDeviceList.decode(current.signed), signed)
+        except CryptoError as exc:
+            raise Problem(
+                422, ProblemCode.DEVICE_LIST_INVALID, f"the list does not extend the current one: {exc}"
+            ) from exc
         removed = [i for i in active if i not in named]
         if grant is not None:
             _check_grant_fits(grant, new_ids, removed, named)

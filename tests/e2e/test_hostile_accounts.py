@@ -28,7 +28,7 @@ from client_sdk.stores.memory import MemoryStore
 from crypto import device_list as dl
 from crypto.keys import AccountKey, EphemeralKey, b64decode, b64encode
 from tests.e2e.hostile_world import World, events_of, name, until
-from tests.hostile import forged_device
+from tests.hostile import chain_body, forged_device, since_of
 from tests.linking import link
 from tests.live import LiveServer
 
@@ -176,15 +176,22 @@ async def test_a_forked_succession_is_refused(world: World, live_server: LiveSer
     real = now.signed_list
     assert forged.encode() != real and forged.version == dl.SignedDeviceList.decode(real).version
 
-    def fork(request: httpx.Request, body: Any) -> Any:  # the fork, whatever was asked
-        return {"lists": [{"signed_list": b64encode(forged.encode())}]}
+    # the thief's branch continues past the real head: its next list (signed by the thief's key)
+    # is what alice fetches next; asked for the whole chain, the server shows the thief's branch
+    thief_next = dl.successor(forged, thief_key, forged.content.devices)
+    prefix = [raw for raw in await w.bob.contacts._fetch_chain(w.bob.account_id, 0)][: before.version]
+    branch = [*prefix, forged.encode(), thief_next.encode()]
+
+    def fork(request: httpx.Request, body: Any) -> Any:
+        return chain_body(branch, since_of(request))
 
     w.http.rewrite("GET", rf"/v1/accounts/{w.bob.account_id}/device-list/chain", fork)
     with pytest.raises(UntrustedDeviceListError):
         await w.alice.contacts.refresh(w.bob.account_id)
     await w.alice._ctx.flush()  # the refusal's event is published
     refused = [e for e in events_of(w.alice, UntrustedDeviceList) if e.account_id == w.bob.account_id]
-    assert refused and "two different" in refused[0].reason
+    assert refused and "fork" in refused[0].reason and "two different" in refused[0].reason
+    assert events_of(w.alice, IdentityChanged) == []  # never an identity change the policy adopts
     contact = w.alice.store.device_lists.get_contact(w.bob.account_id)
     assert contact is not None and contact.account_key == bytes(w.bob._ctx.account_key().public_key)
     await bob_phone.close()
@@ -422,4 +429,30 @@ async def test_a_rotation_survives_a_crash_before_its_commit(live_server: LiveSe
     await desk.inbound.own_list_check()
     assert desk._ctx.account_key().public_key == rotated
     for c in (desk, phone):
+        await c.close()
+
+
+async def test_the_new_device_can_refuse_the_account_it_is_shown(live_server: LiveServer) -> None:
+    """The person sees another account than theirs on the new device and says no: the new device
+    answers nothing, so no approving device ever learns its keys or name."""
+    url = live_server.base_url
+    other = await Client.create(url, MemoryStore())
+    await other.register(name("stranger"), PASSWORD)
+    new = await Client.create(url, MemoryStore())
+    code = await new.begin_link("my phone")
+    asked: list[LinkRequest] = []
+
+    def confirm(request: LinkRequest) -> bool:
+        asked.append(request)
+        return True
+
+    results = await asyncio.gather(
+        other.approve_link(code, history="none", confirm=confirm, wait_s=2.0),
+        new.complete_link(wait_s=2.0, on_code=lambda c: False),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], LinkNotConfirmedError) and other.username in str(results[1])
+    assert isinstance(results[0], LinkError) and asked == []
+    assert new._ctx.device.account_id is None
+    for c in (other, new):
         await c.close()
