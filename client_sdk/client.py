@@ -531,7 +531,9 @@ class Client:
 
     async def complete_link(self, wait_s: float = 120.0, on_code: OnCode | None = None) -> str:
         """New device: answer the approving device, call ``on_code(confirmation)`` with the code to
-        show and the account about to be joined (username, fingerprint), wait for the approval,
+        show and the account about to be joined (username, fingerprint) — returning ``False``
+        refuses that account (:class:`~client_sdk.errors.LinkNotConfirmedError`, nothing is
+        answered) — wait for the approval,
         join the account, log in and publish prekeys (reachable from then on), then fetch the
         history (retried in the background when it fails: :class:`HistoryDownloadFailed`)."""
         account_id = await self._flushed(self.linking.complete(wait_s, on_code))

@@ -6,21 +6,28 @@ nor roll the list back without every client noticing. Each device entry also car
 *binding signature* made by the device's own signing key: the device consented to belong
 to this account, so a holder of the account key cannot attach someone else's device keys.
 
-Encodings (all integers big endian; ``||`` is concatenation; no field is optional)::
+Encodings (format 0x02; all integers big endian; ``||`` is concatenation)::
 
     device entry   = device_id (16) || signing_pk (32) || dh_pk (32) || added_at (u64)
-                     || binding_sig (64)                                          152 bytes
+                     || joined_version (u64) || binding_sig (64)                    160 bytes
     binding input  = signing_input(DEVICE_BINDING,
-                         account_pk (32) || device_id (16) || signing_pk (32) || dh_pk (32)
-                         || added_at (u64))                                       120 bytes
-    device list    = format (u8, 0x01) || version (u64, >= 1) || previous_hash (32)
-                     || account_pk (32) || username_len (u8, 3..32) || username (ASCII)
-                     || device_count (u16, 1..MAX_DEVICES) || entries sorted by device_id
+                         root_pk (32) || device_id (16) || signing_pk (32) || dh_pk (32)
+                         || added_at (u64) || joined_version (u64))                 128 bytes
+    device list    = format (u8, 0x02) || version (u64, >= 1) || previous_hash (32)
+                     || root_pk (32) || account_pk (32) || username_len (u8, 3..32)
+                     || username (ASCII) || device_count (u16, 1..MAX_DEVICES)
+                     || entries sorted by device_id
+                     || (0x00 | 0x01 || previous_pk (32) || succession_sig (64))
+    succession sig = Ed25519(previous account key, signing_input(ACCOUNT_KEY_SUCCESSION,
+                         previous_pk || account_pk || root_pk || version (u64) || previous_hash))
     signed list    = device list || signature (64)
                      signature = Ed25519(account key, signing_input(DEVICE_LIST, device list))
     list hash      = SHA-256(signed list)         (named as previous_hash by the next list)
     text form      = base64url, unpadded, of the signed list
 
+``root_pk`` is the account key of version 1 (devices bind to it, so bindings survive a rotation);
+``account_pk`` signs this version; the succession is present exactly when ``account_pk`` differs
+from the predecessor's. A new entry joins at the list's own version; carried entries never change.
 Keys are raw 32-byte keys (their role is fixed by their position). ``previous_hash`` is 32
 zero bytes exactly when ``version == 1``. Device ids are unique and strictly ascending;
 the username is in :func:`normalize_username` form (3..32 characters of ``[a-z0-9_.-]``, the

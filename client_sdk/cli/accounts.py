@@ -99,12 +99,16 @@ def link_show(
     state = cli_state(ctx)
     device_name = name or socket.gethostname()[:64] or "New device"
 
-    def shown(c: LinkConfirmation) -> None:
+    def shown(c: LinkConfirmation) -> bool:
         out.print(f"joining account [bold]{c.username}[/] ({c.account_id})")
         out.print(f"  account fingerprint: {c.fingerprint}")
         out.print(f"confirmation code: [bold]{c.code}[/]")
+        sys.stdout.flush()
+        if not typer.confirm(f"Is {c.username} your account?", default=False):
+            return False
         out.print("check that your other device shows the same code, and confirm there")
         sys.stdout.flush()
+        return True
 
     async def work() -> tuple[str, str, str]:
         async with open_client(state, need_account=False) as client:
@@ -151,7 +155,6 @@ def link_accept(
     code; only after you confirm that the new device shows the same code does it get the account
     key; then waits until it has joined and sends it what arrived meanwhile."""
     state = cli_state(ctx)
-    depth = _history(history)
 
     def confirm(request: LinkRequest) -> bool:
         out.print(f"new device: [bold]{request.name}[/] ({request.device_id})")
@@ -161,6 +164,7 @@ def link_accept(
 
     async def work() -> None:
         async with open_client(state) as client:
+            depth = _history(history)  # asked once the profile is known to have an account
             await client.approve_link(code, history=depth, confirm=confirm, wait_s=timeout)
             out.print("approved: waiting for the new device to join...")
             sys.stdout.flush()

@@ -464,12 +464,6 @@ def history(conversation_id: str, after: int, limit: int = 200) -> Request:
 # -- provisioning -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Channel:
-    channel_id: str
-    channel_secret: str
-
-
 def upload_blob(data: bytes) -> Request:
     return Request("POST", "/v1/blobs", {"data": b64encode(data)})
 
@@ -488,12 +482,6 @@ def parse_blob(body: Any) -> bytes:
 
 def create_channel() -> Request:
     return Request("POST", "/v1/provisioning", auth=False)
-
-
-def parse_channel(body: Any) -> Channel:
-    """Deprecated (the server no longer sends ``channel_secret``): use
-    :func:`parse_provisioning_channel`. Kept until the linking facet switches."""
-    return Channel(_field(body, "channel_id", str), _field(body, "channel_secret", str))
 
 
 def put_provisioning(channel_id: str, channel_secret: str, payload_b64: str) -> Request:

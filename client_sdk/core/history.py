@@ -282,7 +282,8 @@ class LinkPayload:
     contacts: tuple[LinkContact, ...]
     conversations: tuple[tuple[str, str, tuple[str, ...]], ...]  # (id, kind, members)
     history: HistoryRef | None
-    follow_up: tuple[str, str] | None  # (channel id, take secret)
+    #: (channel id, take secret, b64 of the 32-byte key the follow-up is encrypted under)
+    follow_up: tuple[str, str, str] | None
     grant: str | None = None  # the one-time device grant the new device publishes its list with
 
 
@@ -312,7 +313,9 @@ def parse_link_payload(doc: dict[str, Any]) -> LinkPayload:
         convs.append((_str(c, "conversation_id"), _str(c, "kind"), tuple(sorted(_ids(c, "members")))))
     history = parse_ref(doc["history"]) if isinstance(doc.get("history"), dict) else None
     fu = doc.get("follow_up")
-    follow_up = (_str(fu, "channel_id"), _str(fu, "secret")) if isinstance(fu, dict) else None
+    follow_up = (
+        (_str(fu, "channel_id"), _str(fu, "secret"), _str(fu, "key")) if isinstance(fu, dict) else None
+    )
     grant = doc.get("grant")
     if grant is not None and not isinstance(grant, str):
         raise LinkError("the linking payload is not valid: 'grant' is not text")
@@ -350,7 +353,7 @@ def encode_link_payload(p: LinkPayload) -> dict[str, Any]:
         ],
     }
     if p.follow_up is not None:
-        doc["follow_up"] = {"channel_id": p.follow_up[0], "secret": p.follow_up[1]}
+        doc["follow_up"] = {"channel_id": p.follow_up[0], "secret": p.follow_up[1], "key": p.follow_up[2]}
     if p.history is not None:
         doc["history"] = encode_ref(p.history)
     if p.grant is not None:

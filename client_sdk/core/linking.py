@@ -30,12 +30,12 @@ and another confirmation code) but never take one.
 
     {"v":1, "secret", "account_id", "username", "account_key": b64(AK seed), "device_list",
      "contacts", "conversations", "history" (optional), "follow_up": {"channel_id", "secret": take
-     secret}, "grant": the one-time device grant}
+     secret, "key": 32-byte follow-up key}, "grant": the one-time device grant}
 
-Follow-up, sealed the same way and put on the follow-up channel once the new device is in the
-device list::
+Follow-up, put on the follow-up channel once the new device is in the device list, encrypted under
+the fresh key the payload's ``follow_up.key`` carried (:func:`seal_follow_up`)::
 
-    {"v":1, "secret", "kind": "history-follow-up", "history": {"blob_ids","key","digest"} | null}
+    {"v":1, "kind": "history-follow-up", "history": {"blob_ids","key","digest"} | null}
 
 A linking payload carries no ``kind``; the new device refuses one that does, and a hello that
 does not say ``link-hello``. The new device checks that the payload names the account, username
@@ -249,3 +249,32 @@ def open_reply(approver_key: X25519PrivateKey, link_pk: bytes, box: bytes) -> Re
         raise LinkError(
             "the new device's answer does not come from the device that showed the code; show a new code"
         ) from exc
+
+
+# -- the follow-up ----------------------------------------------------------------------------------------
+
+FOLLOW_UP_AD = b"saltline/v1/link-follow-up"
+
+
+def seal_follow_up(key: bytes, doc: dict[str, Any], rng: p.Rng = p.random_bytes) -> bytes:
+    """The follow-up, encrypted under the fresh key the (confirmed, sealed) payload carried:
+    ``nonce (24) || XChaCha20-Poly1305(key, nonce, canonical_json({"v":1, **doc}), ad =
+    "saltline/v1/link-follow-up")``. Whoever saw the link code (or relays the channels) cannot
+    make one."""
+    if len(key) != p.AEAD_KEY_SIZE:
+        raise LinkError("the follow-up key is not 32 bytes")
+    nonce = rng(p.AEAD_NONCE_SIZE)
+    return nonce + p.aead_encrypt(key, nonce, canonical_json({"v": PAYLOAD_VERSION, **doc}), FOLLOW_UP_AD)
+
+
+def open_follow_up(key: bytes, box: bytes) -> dict[str, Any]:
+    try:
+        if len(key) != p.AEAD_KEY_SIZE or len(box) < p.AEAD_NONCE_SIZE + p.AEAD_TAG_SIZE:
+            raise ValueError("size")
+        body = p.aead_decrypt(key, box[: p.AEAD_NONCE_SIZE], box[p.AEAD_NONCE_SIZE :], FOLLOW_UP_AD)
+        doc = json.loads(body.decode())
+    except (CryptoError, ValueError, UnicodeDecodeError) as exc:
+        raise LinkError("the follow-up of the link does not come from the approving device") from exc
+    if not isinstance(doc, dict) or doc.get("v") != PAYLOAD_VERSION:
+        raise LinkError("unsupported follow-up version; update the app")
+    return doc

@@ -112,17 +112,48 @@ def advance(username: str, pinned_key: bytes, known_list: bytes, chain: Sequence
     except CryptoError as exc:
         raise UntrustedDeviceListError(f"device list of {username!r} refused: {exc}") from exc
     assert verifier.latest is not None
-    before, after = _ids(known.content), _ids(content)
+    # every step counts: a device added and removed again between two refreshes is in both
+    added: set[str] = set()
+    removed: set[str] = set()
+    previous = _ids(known.content)
+    for raw in chain:
+        step = _ids(dl.SignedDeviceList.decode(raw).content)
+        added |= step - previous
+        removed |= previous - step
+        previous = step
     new_key = bytes(content.account_key)
     return Verified(
         new_key,
         verifier.latest.encode(),
         content.version,
-        tuple(sorted(after - before)),
-        tuple(sorted(before - after)),
+        tuple(sorted(added)),
+        tuple(sorted(removed)),
         content.version != known.version,
         new_key != pinned_key,
         _dedup((pinned_key, *_keys(chain))),
+    )
+
+
+def refuse_fork(known_list: bytes, chain: Sequence[bytes]) -> None:
+    """Rule 3's exception: a chain with another account key that starts from the same root key as
+    the list this device verified is not a new identity but a **fork** of the same account (a
+    holder of an old key — a thief after a rotation — signing another branch). It is refused,
+    never adopted under any policy: :class:`UntrustedDeviceListError`."""
+    known = dl.SignedDeviceList.decode(known_list)
+    if not chain:
+        return
+    head = dl.SignedDeviceList.decode(chain[0]).content
+    if head.root != known.content.root:
+        return  # a new root: an account reset, an identity change for the policy to decide
+    for raw in chain:
+        other = dl.SignedDeviceList.decode(raw)
+        if other.version == known.version and raw != known_list:
+            raise UntrustedDeviceListError(
+                f"fork: the server shows two different device lists at version {known.version} of the "
+                "same account (a holder of an old account key signed another branch); refused"
+            )
+    raise UntrustedDeviceListError(
+        "fork: the server shows another branch of the same account's device-list chain; refused"
     )
 
 

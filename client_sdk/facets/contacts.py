@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 #: Lists per page of ``GET /v1/accounts/{id}/device-lists``.
 CHAIN_PAGE = 100
+#: Lists fetched in one refresh at most (versions are one per change; an account that changed its
+#: devices more often than this is refused rather than followed without bound).
+MAX_CHAIN = 10_000
 
 
 log = logging.getLogger(__name__)
@@ -103,15 +106,26 @@ class Contacts:
     # -- device lists ---------------------------------------------------------------------------------
 
     async def _fetch_chain(self, account_id: str, since: int) -> list[bytes]:
+        """The lists after version ``since``, page by page. Each page must continue the versions
+        (``since + 1``, ``since + 2``, ...) and the whole chain is bounded (:data:`MAX_CHAIN`), so a
+        server cannot keep a client paging for ever or fill its memory."""
         out: list[bytes] = []
         while True:
             r = await self.ctx.call(api.device_list_chain(account_id, since, CHAIN_PAGE))
             try:
                 page = [b64decode(s) for s in api.parse_chain(r.body)]
+                for raw in page:
+                    version = dl.SignedDeviceList.decode(raw).version
+                    if version != since + 1:
+                        raise UntrustedDeviceListError(
+                            f"the server's device-list chain jumps from version {since} to {version}"
+                        )
+                    since = version
                 out.extend(page)
+                if len(out) > MAX_CHAIN:
+                    raise UntrustedDeviceListError(f"the device-list chain is longer than {MAX_CHAIN} lists")
                 if len(page) < CHAIN_PAGE:
                     return out
-                since = dl.SignedDeviceList.decode(page[-1]).version
             except CryptoError as exc:
                 raise UntrustedDeviceListError(f"the server sent a malformed device list: {exc}") from exc
 
@@ -213,6 +227,7 @@ class Contacts:
         chain = await self._fetch_chain(contact.account_id, 0)
         try:
             v = trust.first_contact(contact.username, chain)
+            trust.refuse_fork(contact.signed_list, chain)
         except UntrustedDeviceListError as exc:
             ctx.emit(UntrustedDeviceList(contact.account_id, str(exc)))
             raise

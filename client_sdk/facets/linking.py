@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from client_sdk.context import DeviceContext
-from client_sdk.core import account_keys, api, diff, linking, sync, trust, wire
+from client_sdk.core import account_keys, api, linking, trust, wire
 from client_sdk.core import history as fmt
-from client_sdk.core.events import ConversationAdded, HistoryDownloadFailed, MessageReceived
+from client_sdk.core.events import HistoryDownloadFailed
 from client_sdk.errors import (
     LinkError,
     LinkNotConfirmedError,
@@ -25,9 +25,9 @@ from client_sdk.errors import (
     ServerError,
     UsageError,
 )
-from client_sdk.facets.conversations import decode_op
-from client_sdk.facets.disappearing import encode_expiring, encode_timers
-from client_sdk.stores.base import ContactRecord, ConversationRecord, MessageRecord, SyncOpRecord
+from client_sdk.facets.history_bundles import HistoryBundles, Sent
+from client_sdk.facets.history_bundles import HistoryDepth as HistoryDepth
+from client_sdk.stores.base import ContactRecord, ConversationRecord
 from crypto import attachments
 from crypto import device_list as dl
 from crypto import primitives as p
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from client_sdk.facets.inbound import Inbound
     from client_sdk.facets.prekeys import Prekeys
 
-#: History a linked device receives: "all", "none" or a number of days.
-HistoryDepth = str | int
 #: Ciphertext bytes per history bundle blob (a server with a smaller ``max_blob_bytes`` says so in
 #: its 413 problem and the parts are made smaller).
 HISTORY_PART_BYTES = 256 * 1024
@@ -52,7 +50,6 @@ LINK_FOLLOW_UP_WAIT_S = 600.0
 LINK_POLL_S = 0.25
 LINK_POLL_MAX_S = 5.0
 
-Sent = dict[str, tuple[int, frozenset[int]]]
 #: How often a new device tries its history bundle, and the first pause between tries (doubling).
 HISTORY_ATTEMPTS = 5
 HISTORY_RETRY_S = 1.0
@@ -82,7 +79,7 @@ class LinkConfirmation:
 
 
 Confirm = Callable[[LinkRequest], "bool | Awaitable[bool]"]
-OnCode = Callable[[LinkConfirmation], "Awaitable[None] | None"]
+OnCode = Callable[[LinkConfirmation], "bool | Awaitable[bool | None] | None"]
 
 
 class Linking:
@@ -107,202 +104,22 @@ class Linking:
         #: Remembers a device's name (set by the client to the own-devices facet).
         self.remember_name: Callable[[str, str], None] = lambda _device_id, _name: None
         self.tasks: set[asyncio.Task[None]] = set()
-        #: Conversations a history bundle seeded on this (new) device.
-        self._seeded: set[str] = set()
+        self.bundles = HistoryBundles(ctx, conversations)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self._task(coro)
         self.tasks.add(task)
 
-    # -- history bundles ---------------------------------------------------------------------------------
+    # -- history bundles (built and merged by :mod:`client_sdk.facets.history_bundles`) ------------------
 
     def history_bundle(self, depth: HistoryDepth, sent: Sent | None = None) -> dict[str, Any]:
-        """Every conversation's sync operations (or the recent ones) and the floor the new device
-        starts from. With ``sent`` (conversation id -> floor and seqs of the first bundle), the
-        follow-up bundle: what the first one lacked (a conversation with nothing new is left out)."""
-        ctx = self.ctx
-        try:
-            cutoff = fmt.depth_cutoff(depth, ctx.clock())
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-        out: list[fmt.BundleConversation] = []
-        self.conversations.disappearing.purge_all()  # expired messages never leave (sync.md § 5.8)
-        for record in ctx.store.conversations.conversations():
-            cid = record.conversation_id
-            state = self.conversations.state(record)
-            meta = self.conversations.meta(cid)
-            ops = list(ctx.store.sync.sync_ops(cid))
-
-            def times(ops: list[SyncOpRecord] = ops) -> list[tuple[int, int]]:
-                out_t = []
-                for r in ops:
-                    op = decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
-                    if op is not None and isinstance(op.body, sync.Message):
-                        out_t.append((r.server_seq, op.body.sent_at_ms))
-                return out_t
-
-            floor = fmt.choose_floor(
-                depth,
-                cutoff,
-                base_seq=state.base_seq,
-                meta_floor=meta.floor_seq,
-                message_times=times() if cutoff is not None else (),
-            )
-            had: frozenset[int] = frozenset()
-            if sent is not None and cid in sent:
-                floor, had = sent[cid]
-            carried = [r for r in ops if r.server_seq > floor and r.server_seq not in had]
-            if sent is not None and cid in sent and not carried:
-                continue
-            floor_clock = state.prefix(floor) if floor <= state.received_seq else {}
-            # the authenticated membership at the floor (none at 0: the bundle carries the genesis)
-            snapshot = state.roles_at(floor) if floor > 0 else None
-            out.append(
-                fmt.BundleConversation(
-                    cid,
-                    snapshot.kind if snapshot else record.kind,
-                    tuple(record.members),
-                    tuple(sorted(b64encode(m) for m in snapshot.members)) if snapshot else (),
-                    floor,
-                    # the floor's clock, with the transcript hash T(floor) in its hash field
-                    sync.CompactClock.of(0, floor_clock, state.transcript(floor)).encode(),
-                    ctx.store.cursors.get_server_seq(cid),
-                    tuple(
-                        fmt.BundleOp(
-                            r.server_seq,
-                            r.envelope_id,
-                            r.sender_account_id,
-                            r.sender_device_id,
-                            r.clock,
-                            r.plaintext,
-                        )
-                        for r in carried
-                    ),
-                    tuple(sorted(b64encode(m) for m in snapshot.admins)) if snapshot else (),
-                    encode_timers(state.expiry.writes(floor_clock)) if floor > 0 else (),
-                    encode_expiring(state.expiry.expiring(floor_clock)) if floor > 0 else (),
-                )
-            )
-        return fmt.encode_bundle(out, ctx.clock())
-
-    def _store_bundle_op(self, cid: str, o: fmt.BundleOp) -> tuple[SyncOpRecord, sync.Op | None]:
-        ctx = self.ctx
-        r = SyncOpRecord(cid, o.seq, o.envelope_id, o.account, o.device, o.clock, o.plaintext)
-        ctx.store.sync.put_sync_op(r)
-        op = decode_op(r.plaintext, r.clock, r.sender_device_id, r.sender_account_id)
-        if op is not None and isinstance(op.body, sync.Message):
-            ctx.store.conversations.put_message(
-                MessageRecord(
-                    cid,
-                    r.envelope_id,
-                    r.sender_account_id,
-                    r.sender_device_id,
-                    op.body.text,
-                    op.body.sent_at_ms,
-                    r.sender_account_id == ctx.device.account_id,
-                    "received",
-                    r.server_seq,
-                    None,
-                    r.plaintext,
-                )
-            )
-        return r, op
-
-    def _put_bundle_meta(self, c: fmt.BundleConversation) -> None:
-        """The conversation starts from the bundle's floor and genesis (own counters kept)."""
-        meta = self.conversations.meta(c.conversation_id)
-        self.ctx.store.sync.put_sync_meta(
-            replace(
-                meta,
-                floor_seq=c.floor_seq,
-                floor_clock=c.floor_clock,
-                members=c.genesis if c.floor_seq > 0 else (),
-                admins=c.admins if c.floor_seq > 0 else (),
-                kind=c.kind,
-                timers=c.timers if c.floor_seq > 0 else (),
-                expiring=c.expiring if c.floor_seq > 0 else (),
-            )
-        )
+        return self.bundles.history_bundle(depth, sent)
 
     def seed_history(self, bundle: dict[str, Any]) -> None:
-        """New device: adopt a history bundle (inside the linking transaction)."""
-        ctx = self.ctx
-        for c in fmt.parse_bundle(bundle):
-            cid = c.conversation_id
-            ctx.store.conversations.put_conversation(ConversationRecord(cid, c.kind, c.members))
-            self._put_bundle_meta(c)
-            top = c.floor_seq
-            for o in c.ops:
-                r, _ = self._store_bundle_op(cid, o)
-                top = max(top, r.server_seq)
-            ctx.store.cursors.set_server_seq(cid, max(top, c.cursor))
-            self.conversations.forget(cid)
-            self._seeded.add(cid)
-            # what expired since the bundle was made goes now, unannounced (sync.md § 5.8)
-            self.conversations.disappearing.purge(
-                ConversationRecord(cid, c.kind, c.members), arriving=[o.envelope_id for o in c.ops]
-            )
+        self.bundles.seed_history(bundle)
 
     async def merge_follow_up(self, bundle: dict[str, Any]) -> None:
-        """New device: add the operations of the follow-up bundle this device does not hold,
-        rebuild each changed conversation and emit what changed (each arrives exactly once)."""
-        async with self.ctx.lock:
-            self._merge(bundle)
-        await self.ctx.flush()
-
-    def _merge(self, bundle: dict[str, Any]) -> None:
-        ctx = self.ctx
-        me = b64decode(ctx.account_id)
-        for c in fmt.parse_bundle(bundle):
-            cid = c.conversation_id
-            record = ctx.store.conversations.get_conversation(cid)
-            before = None if record is None else self.conversations.state(record).view()
-            held = {r.server_seq for r in ctx.store.sync.sync_ops(cid)}
-            added: list[tuple[SyncOpRecord, sync.Op]] = []
-            with ctx.transaction():
-                if record is None:
-                    record = ConversationRecord(cid, c.kind, c.members)
-                    ctx.store.conversations.put_conversation(record)
-                if cid not in self._seeded:  # not in the first bundle: it starts from this one
-                    self._put_bundle_meta(c)
-                    self._seeded.add(cid)
-                for o in c.ops:
-                    if o.seq in held or ctx.store.conversations.get_message(o.envelope_id) is not None:
-                        continue
-                    r, op = self._store_bundle_op(cid, o)
-                    held.add(o.seq)
-                    if op is not None:
-                        added.append((r, op))
-                top = max(held, default=0)
-                if top > ctx.store.cursors.get_server_seq(cid):
-                    ctx.store.cursors.set_server_seq(cid, top)
-                self.conversations.forget(cid)
-                expired = set(
-                    self.conversations.disappearing.purge(record, arriving=[r.envelope_id for r, _ in added])
-                )
-                after = self.conversations.state(record).view()
-                if before is None:
-                    ctx.emit(ConversationAdded(cid, record.members))
-                else:
-                    for event in diff.changes(cid, me, before, after):
-                        ctx.emit(event)
-                for r, op in sorted(added, key=lambda a: a[0].server_seq):
-                    if isinstance(op.body, sync.Message) and r.envelope_id not in expired:
-                        contact = ctx.store.device_lists.get_contact(r.sender_account_id)
-                        ctx.emit(
-                            MessageReceived(
-                                cid,
-                                r.sender_account_id,
-                                r.sender_device_id,
-                                contact.username if contact else "",
-                                op.body.text,
-                                r.envelope_id,
-                                r.server_seq,
-                                op.body.sent_at_ms,
-                                r.sender_account_id == ctx.account_id,
-                                op.body.attachment,
-                            )
-                        )
+        await self.bundles.merge_follow_up(bundle)
 
     async def _seal_bundle(self, bundle: dict[str, Any]) -> fmt.HistoryRef:
         encrypted = attachments.encrypt(wire.canonical_json(bundle), rng=self.ctx.rng)
@@ -429,6 +246,7 @@ class Linking:
             }
             ref = await self._seal_bundle(bundle)
         follow_up = api.parse_provisioning_channel((await ctx.call(api.create_channel())).body)
+        follow_up_key = ctx.rng(32)
         own = await self.contacts.refresh(ctx.account_id)
         payload = fmt.LinkPayload(
             ctx.account_id,
@@ -444,18 +262,22 @@ class Linking:
                 (c.conversation_id, c.kind, tuple(c.members)) for c in ctx.store.conversations.conversations()
             ),
             ref,
-            (follow_up.channel_id, follow_up.take_secret),
+            (follow_up.channel_id, follow_up.take_secret, b64encode(follow_up_key)),
             grant.grant,
         )
         self.remember_name(request.device_id, name)
         box = linking.seal_payload(code, fmt.encode_link_payload(payload))
         await self._put(code_channel, code.secret, box)
-        channel = api.Channel(follow_up.channel_id, follow_up.put_secret)
-        self._background(self._send_follow_up(code, channel, history, sent))
+        self._background(self._send_follow_up(follow_up_key, code, follow_up, history, sent))
         await ctx.flush()
 
     async def _send_follow_up(
-        self, code: linking.LinkCode, channel: api.Channel, depth: HistoryDepth, sent: Sent
+        self,
+        key: bytes,
+        code: linking.LinkCode,
+        channel: api.ProvisioningChannel,
+        depth: HistoryDepth,
+        sent: Sent,
     ) -> None:
         """Wait until the new device is in the verified device list, fetch what was stored until
         now and put the follow-up bundle (what the first one lacked) on the follow-up channel."""
@@ -476,8 +298,8 @@ class Linking:
         doc: dict[str, Any] = {"kind": fmt.FOLLOW_UP_KIND, "history": None}
         if bundle["conversations"]:
             doc["history"] = fmt.encode_ref(await self._seal_bundle(bundle))
-        box = linking.seal_payload(code, doc)
-        await ctx.call(api.put_provisioning(channel.channel_id, channel.channel_secret, b64encode(box)))
+        box = linking.seal_follow_up(key, doc, ctx.rng)
+        await ctx.call(api.put_provisioning(channel.channel_id, channel.put_secret, b64encode(box)))
 
     # -- the new device ------------------------------------------------------------------------------------
 
@@ -520,7 +342,14 @@ class Linking:
         if on_code is not None:
             result = on_code(shown)
             if inspect.isawaitable(result):
-                await result
+                result = await result
+            if result is False:  # the person refused the account shown: it learns nothing of us
+                with contextlib.suppress(SaltlineError):
+                    await ctx.call(api.delete_provisioning(channel_id, take_secret))
+                self._link = None
+                raise LinkNotConfirmedError(
+                    f"you did not accept joining {hello.username!r}: nothing was sent to it"
+                )
         state = ctx.state
         reply = linking.Reply(
             code.device_id, name, bytes(state.signing_key.public_key), bytes(state.dh_key.public_key)
@@ -607,13 +436,11 @@ class Linking:
         if not seeded:
             raise LinkError("the history could not be downloaded; this device works without it")
         if payload.follow_up is not None:
-            await self._receive_follow_up(code, link_key, payload.follow_up)
+            await self._receive_follow_up(payload.follow_up)
 
-    async def _receive_follow_up(
-        self, code: linking.LinkCode, link_key: EphemeralKey, channel: tuple[str, str]
-    ) -> None:
+    async def _receive_follow_up(self, channel: tuple[str, str, str]) -> None:
         ctx = self.ctx
-        channel_id, secret = channel
+        channel_id, secret, key_b64 = channel
         deadline = time.monotonic() + LINK_FOLLOW_UP_WAIT_S
         delay = LINK_POLL_S
         while True:
@@ -627,7 +454,11 @@ class Linking:
                 raise LinkError("the follow-up of the link did not come in time")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, LINK_POLL_MAX_S)
-        ref = fmt.parse_follow_up(linking.open_payload(link_key, code.secret, b64decode(box)))
+        try:
+            key, raw = b64decode(key_b64), b64decode(box)
+        except CryptoError as exc:
+            raise LinkError("the follow-up of the link is damaged") from exc
+        ref = fmt.parse_follow_up(linking.open_follow_up(key, raw))
         if ref is not None:
             await self.merge_follow_up(await self._download_bundle(ref))
 

@@ -135,9 +135,8 @@ class OwnDevices:
                 b64encode(e.device_id): b64encode(
                     account_keys.seal_handoff(e.dh_key, account, new.version, new_key, ctx.rng)
                 )
-                for e in new.content.devices
-                if b64encode(e.device_id) != ctx.device_id
-            }
+                for e in new.content.devices  # this device's own copy too: a crash before the
+            }  # commit below would otherwise lose the new key (it is fetched back on the next check)
             sealed_name = self.sealed_own_name(new_key)
         await ctx.call(api.put_device_list(new.to_b64(), handoffs, sealed_name))
         with ctx.transaction():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from crypto import device_list as dl
 from crypto import primitives as p
+from crypto.errors import CryptoError
 from crypto.keys import AccountPublicKey, b64encode
 from server.clock import Clock
 from server.errors import Problem, ProblemCode
@@ -171,6 +172,12 @@ class DeviceService:
                     "the list changes the keys of an existing device (add it under a new device id)",
                     device_id=encode_id(device_id),
                 )
+        try:  # the whole chain rule clients apply (root, succession, joined versions, carried entries)
+            dl.check_successor(dl.SignedDeviceList.decode(current.signed), signed)
+        except CryptoError as exc:
+            raise Problem(
+                422, ProblemCode.DEVICE_LIST_INVALID, f"the list does not extend the current one: {exc}"
+            ) from exc
         removed = [i for i in active if i not in named]
         if grant is not None:
             _check_grant_fits(grant, new_ids, removed, named)
@@ -242,7 +249,8 @@ def _check_grant_fits(
 def _handoffs(
     given: dict[str, str], caller: bytes | None, named: dict[bytes, dl.DeviceEntry], max_devices: int
 ) -> dict[bytes, bytes]:
-    """Decode and check ``key_handoffs``: only for devices of the new list other than the caller."""
+    """Decode and check ``key_handoffs``: only for devices of the new list (the caller's own is
+    its copy of a rotated key, in case it crashes before storing it)."""
     if len(given) > max_devices:
         raise Problem(
             422, ProblemCode.VALIDATION_FAILED, f"at most {max_devices} key handoffs", field="key_handoffs"
@@ -250,11 +258,11 @@ def _handoffs(
     out: dict[bytes, bytes] = {}
     for device_b64, sealed_b64 in given.items():
         device_id = decode_id(device_b64, "key_handoffs", status=422)
-        if device_id not in named or device_id == caller:
+        if device_id not in named:
             raise Problem(
                 422,
                 ProblemCode.VALIDATION_FAILED,
-                "key handoffs are only for the new list's devices other than the caller",
+                "key handoffs are only for the new list's devices",
                 field="key_handoffs",
                 device_id=device_b64,
             )

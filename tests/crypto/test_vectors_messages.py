@@ -649,7 +649,7 @@ def _link_payload(i: dict[str, Any]) -> history.LinkPayload:
             ),
         ),
         ref,
-        (b64encode(b(i["follow_up_channel_id"])), i["follow_up_secret"]),
+        (b64encode(b(i["follow_up_channel_id"])), i["follow_up_secret"], b64encode(b(i["follow_up_key"]))),
     )
 
 
@@ -686,17 +686,18 @@ def test_link_follow_up() -> None:
     i, out = c["inputs"], c["outputs"]
     key = attachments.AttachmentKey.decode(b(i["history_attachment_key"]))
     ref = history.HistoryRef(tuple(i["history_blob_ids"]), key.encode(), key.digest)
-    document = {
-        "v": 1,
-        "secret": i["secret"],
-        "kind": "history-follow-up",
-        "history": history.encode_ref(ref),
-    }
+    document = {"v": 1, "kind": "history-follow-up", "history": history.encode_ref(ref)}
     body = canonical_json(document)
     assert body.decode("utf-8") == out["payload_json"]
-    link_key = EphemeralKey(b(i["link_private"]))
-    assert sealed.seal(link_key.public_key, body, sealed.LINK_PAYLOAD, DRng(c["seed"])).hex() == out["sealed"]
-    assert history.parse_follow_up(linking.open_payload(link_key, i["secret"], b(out["sealed"]))) == ref
+    key, box = b(i["follow_up_key"]), b(out["sealed"])
+    nonce = DRng(c["seed"])(24)
+    assert box[:24] == nonce
+    from crypto import primitives as prim
+
+    assert prim.aead_decrypt(key, nonce, box[24:], b"saltline/v1/link-follow-up") == body
+    assert history.parse_follow_up(linking.open_follow_up(key, box)) == ref
+    with pytest.raises(sdk_errors.LinkError):  # whoever saw the code has no key
+        linking.open_follow_up(bytes(32), box)
 
 
 @pytest.mark.parametrize("c", [p for p in negatives("linking.json") if "_payload_" in p.values[0]["name"]])

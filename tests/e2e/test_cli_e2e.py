@@ -99,6 +99,7 @@ def test_profiles_chat_link_and_messages(make_server: Callable[..., LiveServer],
             "30",
         ],
         env=_env(cli.home),
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -148,6 +149,9 @@ def test_profiles_chat_link_and_messages(make_server: Callable[..., LiveServer],
                 break
         assert phone_code is not None, "".join(shown)
         assert any(alice in line for line in shown), "the new device must show the account it joins"
+        assert phone.stdin is not None
+        phone.stdin.write("y\n")  # yes, alice is my account
+        phone.stdin.flush()
         desk_lines: list[str] = []
         desk_code = None
         while desk_code is None:

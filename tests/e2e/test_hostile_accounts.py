@@ -28,7 +28,7 @@ from client_sdk.stores.memory import MemoryStore
 from crypto import device_list as dl
 from crypto.keys import AccountKey, EphemeralKey, b64decode, b64encode
 from tests.e2e.hostile_world import World, events_of, name, until
-from tests.hostile import forged_device
+from tests.hostile import chain_body, forged_device, since_of
 from tests.linking import link
 from tests.live import LiveServer
 
@@ -176,15 +176,22 @@ async def test_a_forked_succession_is_refused(world: World, live_server: LiveSer
     real = now.signed_list
     assert forged.encode() != real and forged.version == dl.SignedDeviceList.decode(real).version
 
-    def fork(request: httpx.Request, body: Any) -> Any:  # the fork, whatever was asked
-        return {"lists": [{"signed_list": b64encode(forged.encode())}]}
+    # the thief's branch continues past the real head: its next list (signed by the thief's key)
+    # is what alice fetches next; asked for the whole chain, the server shows the thief's branch
+    thief_next = dl.successor(forged, thief_key, forged.content.devices)
+    prefix = [raw for raw in await w.bob.contacts._fetch_chain(w.bob.account_id, 0)][: before.version]
+    branch = [*prefix, forged.encode(), thief_next.encode()]
+
+    def fork(request: httpx.Request, body: Any) -> Any:
+        return chain_body(branch, since_of(request))
 
     w.http.rewrite("GET", rf"/v1/accounts/{w.bob.account_id}/device-list/chain", fork)
     with pytest.raises(UntrustedDeviceListError):
         await w.alice.contacts.refresh(w.bob.account_id)
     await w.alice._ctx.flush()  # the refusal's event is published
     refused = [e for e in events_of(w.alice, UntrustedDeviceList) if e.account_id == w.bob.account_id]
-    assert refused and "two different" in refused[0].reason
+    assert refused and "fork" in refused[0].reason and "two different" in refused[0].reason
+    assert events_of(w.alice, IdentityChanged) == []  # never an identity change the policy adopts
     contact = w.alice.store.device_lists.get_contact(w.bob.account_id)
     assert contact is not None and contact.account_key == bytes(w.bob._ctx.account_key().public_key)
     await bob_phone.close()
@@ -360,4 +367,92 @@ async def test_every_device_is_told_when_a_device_joins(live_server: LiveServer)
         laptop.device_id: "alice's laptop",
     }
     for c in (desk, phone, laptop):
+        await c.close()
+
+
+async def test_a_payload_put_by_someone_else_is_refused(live_server: LiveServer) -> None:
+    """The photographer waits for the real hello to be taken, then puts a payload of her own
+    account (sealed to the code's key, with the code's secret): the new device refuses it, since
+    it names another account than the hello it showed, and joins nothing."""
+    from client_sdk.core import history
+
+    url = live_server.base_url
+    desk = await Client.create(url, MemoryStore())
+    await desk.register(name("alice"), PASSWORD)
+    mallory = await Client.create(url, MemoryStore())
+    await mallory.register(name("mallory"), PASSWORD)
+    new = await Client.create(url, MemoryStore())
+    text = await new.begin_link("alice's phone")
+    code = link_fmt.LinkCode.parse(text)
+    own = mallory.store.device_lists.get_contact(mallory.account_id)
+    assert own is not None
+    fake = history.LinkPayload(
+        mallory.account_id,
+        mallory.username,
+        bytes(mallory._ctx.account_key()),
+        own.signed_list,
+        (),
+        (),
+        None,
+        None,
+    )
+
+    async def photographer_strikes(c: LinkConfirmation) -> None:
+        assert c.username == desk.username  # the real hello was shown
+        box = link_fmt.seal_payload(code, history.encode_link_payload(fake))
+        await mallory._ctx.call(api.put_provisioning(b64encode(code.channel_id), code.secret, b64encode(box)))
+
+    results = await asyncio.gather(
+        desk.approve_link(text, history="none", confirm=lambda r: True, wait_s=5.0),
+        new.complete_link(wait_s=5.0, on_code=photographer_strikes),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], LinkError) and "another account" in str(results[1])
+    assert new._ctx.device.account_id is None and new._ctx.state.account_key is None
+    assert {d.device_id for d in await mallory.devices()} == {mallory.device_id}
+    for c in (desk, mallory, new):
+        await c.close()
+
+
+async def test_a_rotation_survives_a_crash_before_its_commit(live_server: LiveServer) -> None:
+    """The removing device published the rotated list, then crashed before storing the new key:
+    its own sealed copy on the server gives the key back at its next check."""
+    desk, phone = await _alice_with_phone(live_server.base_url)
+    old_state = desk._ctx.state
+    old_contact = desk.store.device_lists.get_contact(desk.account_id)
+    assert old_contact is not None
+    await desk.remove_device(phone.device_id)
+    rotated = desk._ctx.account_key().public_key
+    assert rotated != old_state.account_key.public_key  # type: ignore[union-attr]
+    desk._ctx.put_state(old_state)  # what the store held before the lost commit
+    desk.store.device_lists.put_contact(old_contact)
+    await desk.inbound.own_list_check()
+    assert desk._ctx.account_key().public_key == rotated
+    for c in (desk, phone):
+        await c.close()
+
+
+async def test_the_new_device_can_refuse_the_account_it_is_shown(live_server: LiveServer) -> None:
+    """The person sees another account than theirs on the new device and says no: the new device
+    answers nothing, so no approving device ever learns its keys or name."""
+    url = live_server.base_url
+    other = await Client.create(url, MemoryStore())
+    await other.register(name("stranger"), PASSWORD)
+    new = await Client.create(url, MemoryStore())
+    code = await new.begin_link("my phone")
+    asked: list[LinkRequest] = []
+
+    def confirm(request: LinkRequest) -> bool:
+        asked.append(request)
+        return True
+
+    results = await asyncio.gather(
+        other.approve_link(code, history="none", confirm=confirm, wait_s=2.0),
+        new.complete_link(wait_s=2.0, on_code=lambda c: False),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], LinkNotConfirmedError) and other.username in str(results[1])
+    assert isinstance(results[0], LinkError) and asked == []
+    assert new._ctx.device.account_id is None
+    for c in (other, new):
         await c.close()

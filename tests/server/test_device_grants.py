@@ -185,7 +185,16 @@ def test_a_grant_is_consumed_once_under_concurrency(live_server: LiveServer, cli
             )
             return sorted(r.status_code for r in rs)
 
-    assert asyncio.run(race()) == [200, 403, 403, 403, 403]
+    statuses = asyncio.run(race())
+    # one request adds the tablet; the others are refused (403: grant used; 409: list moved on) or,
+    # arriving after the winner committed the very same list, answered as an idempotent retry
+    assert statuses[0] == 200 and set(statuses[1:]) <= {200, 403, 409}, statuses
+    r = client.get(f"/v1/accounts/{account.account_id}/device-list", headers=account.first.headers)
+    assert r.json()["version"] == 2
+    r = client.get(
+        f"/v1/accounts/{account.account_id}/device-list/chain?since=0", headers=account.first.headers
+    )
+    assert len(r.json()["lists"]) == 2  # one version added, once
 
 
 def test_the_new_devices_name_comes_with_the_list(client: httpx.Client) -> None:
@@ -283,7 +292,6 @@ def test_key_handoff_rules(client: httpx.Client) -> None:
         )
 
     for handoffs in (
-        {account.first.id: _sealed()},  # the caller itself
         {outsider.id: _sealed()},  # not in the new list
         {laptop.id: _sealed(513)},  # too large
         {laptop.id: ""},

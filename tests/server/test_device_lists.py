@@ -310,3 +310,28 @@ def test_junk_signed_lists_do_not_use_up_the_owners_allowance(make_server: Calla
         assert r.status_code == 429  # the attacker's address is limited
     with server.client() as owner:
         assert _put_signed(owner, account.account_id, v2, grant).status_code == 200
+
+
+def test_a_list_every_client_would_refuse_is_refused(client: httpx.Client) -> None:
+    """A holder of the account key on an active device re-signs a carried entry (another
+    added_at): the server runs the clients' whole chain rule, so it cannot accept a list that
+    would freeze every client's view of the account."""
+    account = register(client)
+    first = account.first
+    rebound = dl.bind_device(
+        account.signed_list.content.root,
+        first.device_id,
+        first.signing,
+        first.dh.public_key,
+        first.entry.added_at + 1,
+        1,
+    )
+    poisoned = dl.sign(
+        account.account_key,
+        dl.DeviceList.create(
+            2, account.signed_list.hash(), account.account_key.public_key, account.username, [rebound]
+        ),
+    )
+    r = put_list(client, first, poisoned)
+    assert r.status_code == 422 and r.json()["code"] == "device_list_invalid", r.text
+    assert "changed its entry" in r.json()["detail"]

@@ -1047,6 +1047,9 @@ def build_seen_base_keys() -> dict[str, Any]:
 # -- linking.json -------------------------------------------------------------------------------------
 
 
+FOLLOW_UP_KEY = bytes(range(32))  # the follow-up key of linking.json (fixed, not drawn)
+
+
 def build_linking() -> dict[str, Any]:
     label = seed("linking")
     rng = DRng(label)
@@ -1136,7 +1139,7 @@ def build_linking() -> dict[str, Any]:
             ),
         ),
         ref,
-        (b64encode(follow_channel), "follow-up-secret"),
+        (b64encode(follow_channel), "follow-up-secret", b64encode(FOLLOW_UP_KEY)),
     )
     body_doc = {"v": linking.PAYLOAD_VERSION, "secret": secret, **history.encode_link_payload(payload)}
     body = canonical_json(body_doc)
@@ -1171,6 +1174,7 @@ def build_linking() -> dict[str, Any]:
                 "history_attachment_key": hx(history_key.encode()),
                 "follow_up_channel_id": hx(follow_channel),
                 "follow_up_secret": "follow-up-secret",
+                "follow_up_key": hx(FOLLOW_UP_KEY),
                 "secret": secret,
                 "link_private": hx(bytes(link_key)),
                 "box_seed": box_rng.label,
@@ -1185,25 +1189,24 @@ def build_linking() -> dict[str, Any]:
     )
     follow_doc = {
         "v": linking.PAYLOAD_VERSION,
-        "secret": secret,
         "kind": history.FOLLOW_UP_KIND,
         "history": history.encode_ref(ref),
     }
     follow_body = canonical_json(follow_doc)
     follow_rng = DRng(seed("linking/follow-up-box"))
-    follow_box = sealed.seal(link_key.public_key, follow_body, sealed.LINK_PAYLOAD, follow_rng)
-    assert history.parse_follow_up(linking.open_payload(link_key, secret, follow_box)) == ref
+    follow_box = linking.seal_follow_up(FOLLOW_UP_KEY, follow_doc, follow_rng)
+    assert history.parse_follow_up(linking.open_follow_up(FOLLOW_UP_KEY, follow_box)) == ref
     cases.append(
         {
             "name": "follow_up",
-            "description": "the follow-up: {'v': 1, 'secret', 'kind': 'history-follow-up', 'history': ref}, "
-            "sealed the same way",
+            "description": "the follow-up: {'v': 1, 'kind': 'history-follow-up', 'history': ref}, "
+            "encrypted under the payload's follow-up key (XChaCha20-Poly1305, nonce from the seed, "
+            "ad 'saltline/v1/link-follow-up')",
             "seed": follow_rng.label,
             "inputs": {
-                "secret": secret,
+                "follow_up_key": hx(FOLLOW_UP_KEY),
                 "history_blob_ids": list(ref.blob_ids),
                 "history_attachment_key": hx(history_key.encode()),
-                "link_private": hx(bytes(link_key)),
             },
             "outputs": {"payload_json": follow_body.decode("utf-8"), "sealed": hx(follow_box)},
         }
