@@ -197,9 +197,15 @@ class Linking:
             fmt.depth_cutoff(history, ctx.clock())
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+        own = await self.contacts.refresh(ctx.account_id)
+        account_pk = ctx.account_key().public_key
+        if own.account_key != bytes(account_pk):
+            raise LinkError(
+                "this device does not hold the account's current key (it rotated while this device "
+                "was away and no handoff reached it): approve the new device from another device"
+            )
         approver = EphemeralKey.generate(ctx.rng)
         reply_channel = api.parse_provisioning_channel((await ctx.call(api.create_channel())).body)
-        account_pk = ctx.account_key().public_key
         hello = linking.Hello(
             bytes(approver.public_key),
             reply_channel.channel_id,
