@@ -100,7 +100,12 @@ class Contacts:
             updated_at_ms=ctx.clock(),
         )
         if old is not None:
-            record = replace(old, signed_list=signed.encode(), updated_at_ms=ctx.clock())
+            record = replace(
+                old,
+                account_key=bytes(signed.content.account_key),  # moved on by a rotation this device made
+                signed_list=signed.encode(),
+                updated_at_ms=ctx.clock(),
+            )
         ctx.store.device_lists.put_contact(record)
 
     # -- device lists ---------------------------------------------------------------------------------
