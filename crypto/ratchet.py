@@ -119,24 +119,27 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
 
 from crypto import primitives as p
+from crypto import ratchet_state as state
 from crypto.errors import (
     CryptoError,
     DecryptionError,
     DuplicateMessageError,
     EncodingError,
     SessionSetupError,
-    StateVersionError,
     TooManySkippedError,
     UsageError,
 )
 from crypto.keys import EphemeralKey
+from crypto.ratchet_state import (
+    MAX_COUNTER,
+    MAX_MESSAGE_NUMBER,
+    MAX_PREVIOUS_CHAINS,
+    MAX_STORED_SKIPPED,
+    STATE_VERSION,
+)
 from crypto.x3dh import (
-    AD_SIZE,
-    IDENTITY_ENCODED_SIZE,
-    INITIAL_HEADER_SIZE,
     DeviceIdentity,
     DeviceIdentityKeys,
     InitialHeader,
@@ -169,22 +172,14 @@ __all__ = [
 ]
 
 MAX_SKIP = 1000
-MAX_STORED_SKIPPED = 2000
-MAX_PREVIOUS_CHAINS = 5
 HEADER_VERSION = 2
-STATE_VERSION = 1
 RATCHET_INFO = b"Saltline ratchet v1"
 MESSAGE_KEY_INFO = b"Saltline message key v2"
 NONCE_SIZE = p.AEAD_NONCE_SIZE  # 24
-MAX_COUNTER = 2**32 - 2  # largest Ns, Nr, PN
-MAX_MESSAGE_NUMBER = MAX_COUNTER - 1  # largest N
 _ZERO_SALT = bytes(32)
 _HEADER = struct.Struct(">B32sII24s")
 HEADER_SIZE = _HEADER.size  # 65
 _MIN_MESSAGE = HEADER_SIZE + p.AEAD_TAG_SIZE
-_FIXED = struct.Struct(">BB32s32s32sIII")
-_SKIPPED_ENTRY = struct.Struct(">32sI32s")
-_F_DHR, _F_CKS, _F_CKR, _F_HDR = 1, 2, 4, 8
 
 
 def kdf_rk(rk: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
@@ -509,99 +504,47 @@ class Session:
 
     def to_bytes(self) -> bytes:
         """The whole private state (secret!), canonical and versioned (layout in the module
-        docstring). ``from_bytes(to_bytes())`` round-trips exactly."""
-        flags = (
-            (_F_DHR if self._dhr is not None else 0)
-            | (_F_CKS if self._cks is not None else 0)
-            | (_F_CKR if self._ckr is not None else 0)
-            | (_F_HDR if self._initial_header is not None else 0)
-        )
-        parts = [
-            _FIXED.pack(
-                STATE_VERSION, flags, self._rk, self._dhs_priv, self._base_key, self._ns, self._nr, self._pn
+        docstring; encoding in :mod:`crypto.ratchet_state`). ``from_bytes(to_bytes())``
+        round-trips exactly."""
+        return state.encode(
+            state.SessionFields(
+                self._rk,
+                self._dhs_priv,
+                self._dhs_pub,
+                self._dhr,
+                self._cks,
+                self._ckr,
+                self._ns,
+                self._nr,
+                self._pn,
+                self._ad,
+                self._base_key,
+                self._initial_header,
+                self._previous,
+                self._skipped,
             )
-        ]
-        for value in (self._dhr, self._cks, self._ckr, self._initial_header):
-            if value is not None:
-                parts.append(value)
-        parts.append(struct.pack(">H", len(self._ad)))
-        parts.append(self._ad)
-        parts.append(bytes([len(self._previous)]))
-        parts.extend(self._previous)
-        parts.append(struct.pack(">H", len(self._skipped)))
-        parts.extend(_SKIPPED_ENTRY.pack(dh, n, mk) for (dh, n), mk in self._skipped.items())
-        return b"".join(parts)
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes, rng: p.Rng = p.random_bytes) -> Session:
         """Inverse of :meth:`to_bytes`. Raises :class:`~crypto.errors.StateVersionError` for an
         unknown version and :class:`~crypto.errors.EncodingError` for anything malformed."""
-        data = bytes(data)
-        if not data:
-            raise EncodingError("empty session state")
-        if data[0] != STATE_VERSION:
-            raise StateVersionError(f"unsupported session state version {data[0]}")
-        reader = _Reader(data)
-        _, flags, rk, dhs_priv, base_key, ns, nr, pn = reader.unpack(_FIXED)
-        if flags & ~(_F_DHR | _F_CKS | _F_CKR | _F_HDR):
-            raise EncodingError("unknown session state flags")
-        if flags & (_F_CKR | _F_CKS) and not flags & _F_DHR:
-            raise EncodingError("sending or receiving chain without a peer ratchet key")
-        if max(ns, nr, pn) > MAX_COUNTER:
-            raise EncodingError(f"message counter out of range (max {MAX_COUNTER})")
-        dhr = reader.take(32) if flags & _F_DHR else None
-        cks = reader.take(32) if flags & _F_CKS else None
-        ckr = reader.take(32) if flags & _F_CKR else None
-        initial_header = reader.take(INITIAL_HEADER_SIZE) if flags & _F_HDR else None
-        (ad_len,) = reader.unpack(_U16)
-        if ad_len != AD_SIZE:
-            raise EncodingError(f"session AD must be {AD_SIZE} bytes")
-        ad = reader.take(ad_len)
-        (n_previous,) = reader.unpack(_U8)
-        if n_previous > MAX_PREVIOUS_CHAINS:
-            raise EncodingError("too many former chains")
-        previous = [reader.take(32) for _ in range(n_previous)]
-        (n_skipped,) = reader.unpack(_U16)
-        if n_skipped > MAX_STORED_SKIPPED:
-            raise EncodingError("too many skipped keys")
-        skipped: dict[tuple[bytes, int], bytes] = {}
-        for _ in range(n_skipped):
-            key, number, mk = reader.unpack(_SKIPPED_ENTRY)
-            if number > MAX_MESSAGE_NUMBER:
-                raise EncodingError("skipped key with a message number out of range")
-            if (key, number) in skipped:
-                raise EncodingError("skipped key listed twice")
-            skipped[(key, number)] = mk
-        reader.finish()
-        try:
-            dhs_pub = p.x25519_public(dhs_priv)
-            for key in [k for k in (dhr, *previous) if k is not None]:
-                p.check_x25519_public(key)
-            for key, _number in skipped:
-                p.check_x25519_public(key)
-            DeviceIdentity.decode(ad[:IDENTITY_ENCODED_SIZE])
-            DeviceIdentity.decode(ad[IDENTITY_ENCODED_SIZE:])
-            if initial_header is not None:
-                InitialHeader.decode(initial_header)
-        except EncodingError:
-            raise
-        except CryptoError as exc:
-            raise EncodingError("session state holds an unusable key") from exc
+        f = state.decode(data)
         return cls(
-            rk=rk,
-            dhs_priv=dhs_priv,
-            dhs_pub=dhs_pub,
-            dhr=dhr,
-            cks=cks,
-            ckr=ckr,
-            ns=ns,
-            nr=nr,
-            pn=pn,
-            ad=ad,
-            base_key=base_key,
-            initial_header=initial_header,
-            previous=previous,
-            skipped=skipped,
+            rk=f.rk,
+            dhs_priv=f.dhs_priv,
+            dhs_pub=f.dhs_pub,
+            dhr=f.dhr,
+            cks=f.cks,
+            ckr=f.ckr,
+            ns=f.ns,
+            nr=f.nr,
+            pn=f.pn,
+            ad=f.ad,
+            base_key=f.base_key,
+            initial_header=f.initial_header,
+            previous=f.previous,
+            skipped=f.skipped,
             rng=rng,
         )
 
@@ -628,33 +571,6 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session(base_key={self._base_key[:8].hex()}, ns={self._ns}, nr={self._nr}, <secret>)"
-
-
-_U8 = struct.Struct(">B")
-_U16 = struct.Struct(">H")
-
-
-class _Reader:
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def take(self, n: int) -> bytes:
-        end = self._pos + n
-        if end > len(self._data):
-            raise EncodingError("session state is truncated")
-        out = self._data[self._pos : end]
-        self._pos = end
-        return out
-
-    def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
-        return fmt.unpack(self.take(fmt.size))
-
-    def finish(self) -> None:
-        if self._pos != len(self._data):
-            raise EncodingError("trailing bytes after session state")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
