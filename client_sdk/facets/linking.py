@@ -413,7 +413,7 @@ class Linking:
         if payload.history is not None:
             seeded = await self._seed_once(payload.history, 1)
         if not seeded or payload.follow_up is not None:
-            self._background(self._history_then_follow_up(code, link_key, payload, seeded))
+            self._background(self._history_then_follow_up(payload, seeded))
         return payload.account_id
 
     async def _seed_once(self, ref: fmt.HistoryRef, attempt: int) -> bool:
@@ -429,9 +429,7 @@ class Linking:
             await ctx.flush()
             return False
 
-    async def _history_then_follow_up(
-        self, code: linking.LinkCode, link_key: EphemeralKey, payload: fmt.LinkPayload, seeded: bool
-    ) -> None:
+    async def _history_then_follow_up(self, payload: fmt.LinkPayload, seeded: bool) -> None:
         attempt = 1
         delay = self.history_retry_s
         while not seeded and payload.history is not None and attempt < HISTORY_ATTEMPTS:
@@ -445,23 +443,10 @@ class Linking:
             await self._receive_follow_up(payload.follow_up)
 
     async def _receive_follow_up(self, channel: tuple[str, str, str]) -> None:
-        ctx = self.ctx
         channel_id, secret, key_b64 = channel
-        deadline = time.monotonic() + LINK_FOLLOW_UP_WAIT_S
-        delay = LINK_POLL_S
-        while True:
-            try:
-                box = api.parse_provisioning(await ctx.call(api.take_provisioning(channel_id, secret)))
-            except NotFoundError as exc:
-                raise LinkError("the follow-up of the link expired before it came") from exc
-            if box is not None:
-                break
-            if time.monotonic() > deadline:
-                raise LinkError("the follow-up of the link did not come in time")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, LINK_POLL_MAX_S)
+        raw = await self._take(channel_id, secret, LINK_FOLLOW_UP_WAIT_S, "the follow-up of the link")
         try:
-            key, raw = b64decode(key_b64), b64decode(box)
+            key = b64decode(key_b64)
         except CryptoError as exc:
             raise LinkError("the follow-up of the link is damaged") from exc
         ref = fmt.parse_follow_up(linking.open_follow_up(key, raw))

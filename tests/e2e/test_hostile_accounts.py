@@ -44,6 +44,20 @@ async def _alice_with_phone(url: str) -> tuple[Client, Client]:
     return desk, phone
 
 
+async def _alice_and_bob_with_history(url: str) -> tuple[Client, Client, str]:
+    """alice's desk and bob, connected, with one message ("history") in their conversation."""
+    desk = await Client.create(url, MemoryStore())
+    await desk.register(name("alice"), PASSWORD)
+    bob = await Client.create(url, MemoryStore())
+    await bob.register(name("bob"), PASSWORD)
+    for c in (desk, bob):
+        await c.connect()
+    cid = await bob.create_conversation([desk.username])
+    await bob.send_text(cid, "history")
+    assert (await desk.next_event(MessageReceived, WAIT)).text == "history"
+    return desk, bob, cid
+
+
 async def test_removed_device_cannot_publish_readd_itself_or_read(live_server: LiveServer) -> None:
     url = live_server.base_url
     desk, phone = await _alice_with_phone(url)
@@ -282,15 +296,7 @@ async def test_new_device_is_reachable_when_its_history_fails_and_retries(
     live_server: LiveServer,
 ) -> None:
     url = live_server.base_url
-    desk = await Client.create(url, MemoryStore())
-    await desk.register(name("alice"), PASSWORD)
-    bob = await Client.create(url, MemoryStore())
-    await bob.register(name("bob"), PASSWORD)
-    for c in (desk, bob):
-        await c.connect()
-    cid = await bob.create_conversation([desk.username])
-    await bob.send_text(cid, "history")
-    assert (await desk.next_event(MessageReceived, WAIT)).text == "history"
+    desk, bob, cid = await _alice_and_bob_with_history(url)
     new = await Client.create(url, MemoryStore())
     new.linking.history_retry_s = 0.01
     download = new.linking._download_bundle
@@ -321,15 +327,7 @@ async def test_corrupted_history_bundle_is_refused_and_the_device_stays_reachabl
     live_server: LiveServer,
 ) -> None:
     url = live_server.base_url
-    desk = await Client.create(url, MemoryStore())
-    await desk.register(name("alice"), PASSWORD)
-    bob = await Client.create(url, MemoryStore())
-    await bob.register(name("bob"), PASSWORD)
-    for c in (desk, bob):
-        await c.connect()
-    cid = await bob.create_conversation([desk.username])
-    await bob.send_text(cid, "history")
-    assert (await desk.next_event(MessageReceived, WAIT)).text == "history"
+    desk, bob, cid = await _alice_and_bob_with_history(url)
     upload = desk.linking._upload_parts
 
     async def corrupting(ciphertext: bytes) -> list[str]:  # a server that flips a stored bit
