@@ -312,7 +312,7 @@ SDK_SERVER_ENV = {
 
 
 def start_sdk_server(tmp: Path) -> Any:
-    """Migrate and start `python -m server serve` on SQLite in ``tmp``; returns the started process."""
+    """Migrate and start `python -m saltline.server serve` on SQLite in ``tmp``; returns the process."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SALTLINE_")},
@@ -323,9 +323,10 @@ def start_sdk_server(tmp: Path) -> Any:
         "SALTLINE_JWT_SECRET": secrets.token_urlsafe(48),
     }
     subprocess.run(
-        [sys.executable, "-m", "server", "db", "upgrade"], env=env, capture_output=True, check=True
+        [sys.executable, "-m", "saltline.server", "db", "upgrade"], env=env, capture_output=True, check=True
     )
-    server = ServerProcess([sys.executable, "-m", "server", "serve"], port, tmp / "server.log", env=env)
+    argv = [sys.executable, "-m", "saltline.server", "serve"]
+    server = ServerProcess(argv, port, tmp / "server.log", env=env)
     return server.start(ready_path="/readyz")
 
 

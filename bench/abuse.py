@@ -50,7 +50,7 @@ def start_server(tmp: Path, extra_env: dict[str, str]) -> common.ServerProcess:
         "SALTLINE_JWT_SECRET": secrets.token_urlsafe(48),
         **extra_env,
     }
-    argv = [sys.executable, "-m", "server", "serve"]
+    argv = [sys.executable, "-m", "saltline.server", "serve"]
     return common.ServerProcess(argv, port, tmp / "server.log", env).start()
 
 

@@ -1,6 +1,6 @@
 """Attachments benchmark (run by hand; prints one JSON document on stdout, progress on stderr).
 
-Upload and download of one file through a real local server (``python -m server serve``,
+Upload and download of one file through a real local server (``python -m saltline.server serve``,
 SQLite, a fresh data directory) with real SDK clients: bob ``send_file`` (encrypt to a spool,
 pad, resumable upload, message), alice ``download`` (stream, verify, decrypt, rename). Beside
 it, in the same run and on the same disk: raw secretstream encryption throughput and a plain file
@@ -33,10 +33,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import SDK_SERVER_ENV, ServerProcess, free_port, log, machine, proc_rss_kib, versions
-from client_sdk.client import Client
-from client_sdk.core.events import MessageReceived
-from client_sdk.stores.memory import MemoryStore
-from crypto.attachments import AttachmentEncryptor
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core.events import MessageReceived
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.crypto.attachments import AttachmentEncryptor
 
 MB = 1_000_000
 PIECE = 1024 * 1024
@@ -54,9 +54,10 @@ def start_server(tmp: Path, store: str) -> ServerProcess:
         "SALTLINE_ATTACHMENT_STORE": store,
     }
     subprocess.run(
-        [sys.executable, "-m", "server", "db", "upgrade"], env=env, capture_output=True, check=True
+        [sys.executable, "-m", "saltline.server", "db", "upgrade"], env=env, capture_output=True, check=True
     )
-    server = ServerProcess([sys.executable, "-m", "server", "serve"], port, tmp / "server.log", env=env)
+    argv = [sys.executable, "-m", "saltline.server", "serve"]
+    server = ServerProcess(argv, port, tmp / "server.log", env=env)
     return server.start(ready_path="/readyz")
 
 

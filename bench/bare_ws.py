@@ -8,7 +8,7 @@ server sends ``{"type":"ping","queue_seq":0}`` every interval; a client ``{"type
 ``{"type":"pong"}``; ``{"type":"pong"}`` is accepted. No database, no auth, no registry, no bus:
 per connection there is the ASGI/uvicorn/websockets state plus two tasks (reader, heartbeat).
 
-Run under the same uvicorn settings as ``python -m server serve`` (loop/http/ws "auto": uvloop,
+Run under the same uvicorn settings as ``python -m saltline.server serve`` (loop/http/ws "auto": uvloop,
 httptools, websockets when installed; ``ws_max_size`` 64 KiB; no permessage-deflate), so the
 difference in memory per connection is what Saltline adds per held device socket.
 """
@@ -75,8 +75,8 @@ def main() -> None:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        ws_max_size=64 * 1024,  # as server.cli.serve
-        ws_per_message_deflate=False,  # as server.cli.serve
+        ws_max_size=64 * 1024,  # as saltline.server.cli.serve
+        ws_per_message_deflate=False,  # as saltline.server.cli.serve
     )
 
 

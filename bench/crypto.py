@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import nacl
 import nacl.public
 
-from crypto import device_list as dl
-from crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, OneTimePreKey, SignedPreKey
-from crypto.ratchet import Session, accept
-from crypto.x3dh import DeviceIdentityKeys, InMemoryPreKeys, PreKeyBundle, initiate
+from saltline.crypto import device_list as dl
+from saltline.crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, OneTimePreKey, SignedPreKey
+from saltline.crypto.ratchet import Session, accept
+from saltline.crypto.x3dh import DeviceIdentityKeys, InMemoryPreKeys, PreKeyBundle, initiate
 
 ACCOUNT = AccountKey.generate()
 

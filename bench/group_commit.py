@@ -32,11 +32,11 @@ sys.path.insert(0, str(REPO))
 import _common as common  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
-from server.storage import migrate  # noqa: E402
-from server.storage import schema as s  # noqa: E402
-from server.storage.db import Database  # noqa: E402
-from server.storage.delivery_schema import conversation_members, conversations  # noqa: E402
-from server.storage.envelopes_repo import AckRequest, EnvelopesRepo, NewEnvelope  # noqa: E402
+from saltline.server.storage import migrate  # noqa: E402
+from saltline.server.storage import schema as s  # noqa: E402
+from saltline.server.storage.db import Database  # noqa: E402
+from saltline.server.storage.delivery_schema import conversation_members, conversations  # noqa: E402
+from saltline.server.storage.envelopes_repo import AckRequest, EnvelopesRepo, NewEnvelope  # noqa: E402
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -9,13 +9,13 @@ and sdk mode (``--mode sdk``: bench/pairs_sdk.py).
 Prints ONE JSON document on stdout (progress goes to stderr). See bench/README.md for what each
 figure means and the figures measured on the 2-core machine.
 
-For each test it starts the Saltline server as a subprocess (``python -m server db upgrade`` then
-``python -m server serve`` on 127.0.0.1 and a free port; SQLite in a fresh temporary data
+For each test it starts the Saltline server as a subprocess (``python -m saltline.server db upgrade`` then
+``python -m saltline.server serve`` on 127.0.0.1 and a free port; SQLite in a fresh temporary data
 directory unless ``--database-url`` is given), or targets a running one with ``--url`` (then pass
 ``--server-pid`` to get the server's CPU and RSS). Then:
 
 1. set-up (untimed): register the accounts (one device each) through the real HTTP API with real
-   signed device lists (``crypto.device_list``), upload prekeys, create one direct conversation per
+   signed device lists (``saltline.crypto.device_list``), upload prekeys, create one direct conversation per
    pair and claim the receiver's prekey bundle (the session set-up of the workload);
 2. receivers connect their delivery WebSocket (auth frame first, ack every envelope by queue_seq,
    answer pings) and count a message delivered when its frame is received;
@@ -25,7 +25,7 @@ directory unless ``--database-url`` is given), or targets a running one with ``-
 
 Server mode: every envelope body is built (and JSON-encoded) before the timed window. Its one
 ciphertext has the size of a real Double Ratchet message for a 200-byte plaintext (measured with
-``crypto.ratchet`` at start-up: header + plaintext + AEAD tag) and is random bytes, except that it
+``saltline.crypto.ratchet`` at start-up: header + plaintext + AEAD tag) and is random bytes, except that it
 begins with the ASCII prefix ``B|<run>|<pair>|<seq>|`` in clear, so the receiver can match a
 delivery to its send without decrypting. The server treats ciphertexts as opaque bytes, so this
 costs it exactly what a real ciphertext of that size costs.
@@ -66,8 +66,8 @@ from bench import _common as common  # noqa: E402  (bench/ is a namespace packag
 
 log = common.log
 
-from crypto import device_list as dl  # noqa: E402
-from crypto.keys import (  # noqa: E402
+from saltline.crypto import device_list as dl  # noqa: E402
+from saltline.crypto.keys import (  # noqa: E402
     AccountKey,
     DeviceDHKey,
     DeviceSigningKey,
@@ -115,8 +115,8 @@ def ratchet_message_size(plaintext_bytes: int) -> tuple[int, str]:
     """The size of a real Double Ratchet message for ``plaintext_bytes`` (an ordinary message in
     an established session), measured with ``crypto``; falls back to the formula."""
     try:
-        from crypto.ratchet import Session
-        from crypto.x3dh import DeviceIdentityKeys, PreKeyBundle, initiate
+        from saltline.crypto.ratchet import Session
+        from saltline.crypto.x3dh import DeviceIdentityKeys, PreKeyBundle, initiate
 
         account = AccountKey.generate()
 
@@ -137,10 +137,10 @@ def ratchet_message_size(plaintext_bytes: int) -> tuple[int, str]:
         )
         session = Session.initiate(initiate(me, bundle, entry))
         sizes = {len(session.encrypt(os.urandom(plaintext_bytes), bytes(64))) for _ in range(3)}
-        return max(sizes), "crypto.ratchet.Session.encrypt"
+        return max(sizes), "saltline.crypto.ratchet.Session.encrypt"
     except Exception as exc:  # the crypto API moved: use the documented layout
-        from crypto import primitives
-        from crypto.ratchet import HEADER_SIZE
+        from saltline.crypto import primitives
+        from saltline.crypto.ratchet import HEADER_SIZE
 
         log(f"could not measure a ratchet message ({type(exc).__name__}: {exc}); using the formula")
         return HEADER_SIZE + plaintext_bytes + primitives.AEAD_TAG_SIZE, "HEADER_SIZE + plaintext + tag"
@@ -667,7 +667,7 @@ def start_saltline(args: argparse.Namespace, name: str, extra_env: dict[str, str
     import subprocess
 
     upgrade = subprocess.run(
-        [sys.executable, "-m", "server", "db", "upgrade"],
+        [sys.executable, "-m", "saltline.server", "db", "upgrade"],
         cwd=common.REPO,
         env={**os.environ, **env},
         capture_output=True,
@@ -677,14 +677,14 @@ def start_saltline(args: argparse.Namespace, name: str, extra_env: dict[str, str
     if upgrade.returncode != 0:
         raise RuntimeError(f"db upgrade failed:\n{upgrade.stdout}\n{upgrade.stderr}")
     proc = common.ServerProcess(
-        [sys.executable, "-m", "server", "serve"], port, Path(tmp.name) / "server.log", env
+        [sys.executable, "-m", "saltline.server", "serve"], port, Path(tmp.name) / "server.log", env
     ).start()
     log(f"{name}: saltline server pid {proc.pid} on {proc.base_url} ({database_kind(args.database_url)})")
     others = []
     for i in range(1, args.instances):
         other_port = common.free_port()
         other = common.ServerProcess(
-            [sys.executable, "-m", "server", "serve"],
+            [sys.executable, "-m", "saltline.server", "serve"],
             other_port,
             Path(tmp.name) / f"server-{i + 1}.log",
             {**env, "SALTLINE_PORT": str(other_port)},

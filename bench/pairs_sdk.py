@@ -1,5 +1,5 @@
 """Workload "pairs-v1" (bench/WORKLOAD.md), SDK MODE: senders and receivers are real SDK
-clients (``client_sdk.client.Client``) that encrypt and decrypt inside the timed window.
+clients (``saltline.client_sdk.client.Client``) that encrypt and decrypt inside the timed window.
 
     from bench import pairs, pairs_sdk
     result = await pairs_sdk.run_sdk_test(pairs.parse_args([...]), "latency")  # | "throughput" | "fanout"
@@ -10,7 +10,7 @@ signed-list rate limits, which the SDK's linking uses once per linked device (se
 The idle test is the same in both modes (it measures held sockets) and is not repeated here.
 
 Every client lives in this one process and event loop (no per-client threads) with an in-memory
-store (``client_sdk.stores.memory.MemoryStore``), so the figures carry no client disk I/O; each
+store (``saltline.client_sdk.stores.memory.MemoryStore``), so the figures carry no client disk I/O; each
 client has its own ``httpx.AsyncClient`` (the SDK's transport) and its own delivery socket (the
 SDK's ``DeliverySocket``: ``websockets``, JSON frames, ack after the message is stored).
 
@@ -53,11 +53,11 @@ from bench import pairs as sm  # noqa: E402  (server mode: server start-up, Trac
 
 log = common.log
 
-from client_sdk.client import Client  # noqa: E402
-from client_sdk.core.events import DecryptionFailed, Disconnected, MessageReceived  # noqa: E402
-from client_sdk.errors import NetworkError  # noqa: E402
-from client_sdk.stores.memory import MemoryStore  # noqa: E402
-from crypto.ratchet import Session  # noqa: E402
+from saltline.client_sdk.client import Client  # noqa: E402
+from saltline.client_sdk.core.events import DecryptionFailed, Disconnected, MessageReceived  # noqa: E402
+from saltline.client_sdk.errors import NetworkError  # noqa: E402
+from saltline.client_sdk.stores.memory import MemoryStore  # noqa: E402
+from saltline.crypto.ratchet import Session  # noqa: E402
 
 # The workload's constants (as in bench/pairs.py; not read from it at import time, so that
 # bench/pairs.py may import this module at its top).
@@ -69,8 +69,8 @@ SETUP_CONCURRENCY = 16
 #: How long one set-up step may wait for a message to arrive.
 SETUP_WAIT_S = 60.0
 STORES = {
-    "memory": "MemoryStore (client_sdk.stores.memory: in memory, no disk I/O)",
-    "sqlite": "SqliteStore (client_sdk.stores.sqlite: encrypted rows, one file per client in a temp dir)",
+    "memory": "MemoryStore (saltline.client_sdk.stores.memory: in memory, no disk I/O)",
+    "sqlite": "SqliteStore (saltline.client_sdk.stores.sqlite: encrypted rows, one file per client)",
 }
 #: Which store the clients of this run use (``--sdk-store``; set by :func:`run_sdk_test`).
 _store_kind = "memory"
@@ -84,7 +84,7 @@ def make_store() -> Any:
     global _store_dir
     if _store_dir is None:
         _store_dir = Path(tempfile.mkdtemp(prefix="saltline-bench-sdk-"))
-    from client_sdk.stores.sqlite import SqliteStore
+    from saltline.client_sdk.stores.sqlite import SqliteStore
 
     return SqliteStore.open(_store_dir / f"{secrets.token_hex(8)}.db", key=secrets.token_bytes(32))
 
@@ -298,7 +298,7 @@ def events_report(devices: list[Device]) -> dict[str, Any]:
 
 def parameters_common() -> dict[str, Any]:
     return {
-        "client": "client_sdk.client.Client (send_text; MessageReceived callback)",
+        "client": "saltline.client_sdk.client.Client (send_text; MessageReceived callback)",
         "store": STORES[_store_kind],
         "send_transport": "HTTP POST (the SDK's send_text; --send-via applies to server mode only)",
         "delivery": "the SDK's delivery socket; delivered = MessageReceived (decrypted, stored, acked)",

@@ -4,8 +4,8 @@
 
 Prints ONE JSON document on stdout (progress on stderr). Not a test.
 
-Set-up (untimed): a server subprocess like ``saltline demo`` (``python -m server db upgrade``, then
-``python -m server serve`` on a free 127.0.0.1 port, SQLite in a temporary directory, cheap
+Set-up (untimed): a server subprocess like ``saltline demo`` (``python -m saltline.server db upgrade``, then
+``python -m saltline.server serve`` on a free 127.0.0.1 port, SQLite in a temporary directory, cheap
 argon2 and high registration/provisioning rate limits for the set-up; nothing on the send or
 delivery path differs from the defaults). The sender registers one account with one device; the
 recipient registers an account and links two more devices with the real link flow (3 devices).
@@ -48,10 +48,10 @@ from bench import _common as common  # noqa: E402  (bench/ is a namespace packag
 
 log = common.log
 
-from client_sdk.client import Client  # noqa: E402
-from client_sdk.core.events import MessageReceived  # noqa: E402
-from client_sdk.stores.memory import MemoryStore  # noqa: E402
-from client_sdk.stores.sqlite import SqliteStore  # noqa: E402
+from saltline.client_sdk.client import Client  # noqa: E402
+from saltline.client_sdk.core.events import MessageReceived  # noqa: E402
+from saltline.client_sdk.stores.memory import MemoryStore  # noqa: E402
+from saltline.client_sdk.stores.sqlite import SqliteStore  # noqa: E402
 
 PASSWORD = "benchmark passphrase"
 TEXT = "x" * 200  # the plaintext size of the server benchmark's workload

@@ -30,14 +30,14 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
-from client_sdk.stores.base import (  # noqa: E402
+from saltline.client_sdk.stores.base import (  # noqa: E402
     ContactRecord,
     ConversationRecord,
     MessageRecord,
     SessionRecord,
     SyncMeta,
 )
-from client_sdk.stores.sqlite import SqliteStore  # noqa: E402
+from saltline.client_sdk.stores.sqlite import SqliteStore  # noqa: E402
 
 PEERS = 20
 STATE = secrets.token_bytes(2048)

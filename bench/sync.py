@@ -42,10 +42,10 @@ from bench import _common as common  # noqa: E402  (bench/ is a namespace packag
 
 log = common.log
 
-from client_sdk.client import Client, message_ref  # noqa: E402
-from client_sdk.core import sync  # noqa: E402
-from client_sdk.core.events import Drained, Event  # noqa: E402
-from client_sdk.stores.memory import MemoryStore  # noqa: E402
+from saltline.client_sdk.client import Client, message_ref  # noqa: E402
+from saltline.client_sdk.core import sync  # noqa: E402
+from saltline.client_sdk.core.events import Drained, Event  # noqa: E402
+from saltline.client_sdk.stores.memory import MemoryStore  # noqa: E402
 
 PASSWORD = "benchmark passphrase"
 E2E_DEFAULT_OPS = 2_000

@@ -14,7 +14,7 @@
 
 Everything the client learns is written to the store before it is acknowledged to the server
 or emitted as an event; messages are written to the outbox before the network sees them. The rules
-live in :mod:`client_sdk.core`; the facets in :mod:`client_sdk.facets` apply them.
+live in :mod:`saltline.client_sdk.core`; the facets in :mod:`saltline.client_sdk.facets` apply them.
 """
 
 from __future__ import annotations
@@ -28,25 +28,25 @@ from typing import Any, TypeVar
 
 import httpx
 
-from client_sdk.context import DeviceContext, now_ms
-from client_sdk.core import sync
-from client_sdk.core.attachments import AttachmentPointer
-from client_sdk.core.backoff import BackoffPolicy
-from client_sdk.core.diff import message_ref
-from client_sdk.core.events import (
+from saltline.client_sdk.context import DeviceContext, now_ms
+from saltline.client_sdk.core import sync
+from saltline.client_sdk.core.attachments import AttachmentPointer
+from saltline.client_sdk.core.backoff import BackoffPolicy
+from saltline.client_sdk.core.diff import message_ref
+from saltline.client_sdk.core.events import (
     AttachmentDownloaded,
     AttachmentDownloadFailed,
     Event,
     MarkedRead,
     MessageReceived,
 )
-from client_sdk.errors import NetworkError, ProtocolError, SaltlineError, ServerError, UsageError
-from client_sdk.facets.attachments import Attachments, Progress, Source
-from client_sdk.facets.contacts import Contacts
-from client_sdk.facets.conversations import Conversations
-from client_sdk.facets.delivery import Delivery
-from client_sdk.facets.inbound import Inbound
-from client_sdk.facets.linking import (
+from saltline.client_sdk.errors import NetworkError, ProtocolError, SaltlineError, ServerError, UsageError
+from saltline.client_sdk.facets.attachments import Attachments, Progress, Source
+from saltline.client_sdk.facets.contacts import Contacts
+from saltline.client_sdk.facets.conversations import Conversations
+from saltline.client_sdk.facets.delivery import Delivery
+from saltline.client_sdk.facets.inbound import Inbound
+from saltline.client_sdk.facets.linking import (
     LINK_FOLLOW_UP_WAIT_S,
     LINK_REPLY_WAIT_S,
     Confirm,
@@ -56,18 +56,18 @@ from client_sdk.facets.linking import (
     LinkRequest,
     OnCode,
 )
-from client_sdk.facets.outbound import Outbound, OutboxEntry
-from client_sdk.facets.own_devices import DeviceInfo, OwnDevices
-from client_sdk.facets.prekeys import Prekeys
-from client_sdk.stores.base import DeviceRecord, MessageRecord, PreKeyMeta, Store
-from client_sdk.transport.http import HttpTransport
-from crypto import primitives as p
-from crypto import private_state, safety
-from crypto.keys import b64decode, b64encode
+from saltline.client_sdk.facets.outbound import Outbound, OutboxEntry
+from saltline.client_sdk.facets.own_devices import DeviceInfo, OwnDevices
+from saltline.client_sdk.facets.prekeys import Prekeys
+from saltline.client_sdk.stores.base import DeviceRecord, MessageRecord, PreKeyMeta, Store
+from saltline.client_sdk.transport.http import HttpTransport
+from saltline.crypto import primitives as p
+from saltline.crypto import private_state, safety
+from saltline.crypto.keys import b64decode, b64encode
 
 E = TypeVar("E", bound=Event)
 T = TypeVar("T")
-log = logging.getLogger("client_sdk.client")
+log = logging.getLogger("saltline.client_sdk.client")
 
 #: One-time prekeys generated with a new device.
 PREKEY_BATCH = 100
@@ -307,7 +307,7 @@ class Client:
     ) -> str:
         """Encrypt ``source`` (a path, bytes or an async iterator of bytes) with a fresh key,
         upload it resumably, then send the message through the outbox; returns its envelope id.
-        :class:`~client_sdk.errors.AttachmentError` and its subclasses for what went wrong."""
+        :class:`~saltline.client_sdk.errors.AttachmentError` and its subclasses for what went wrong."""
         return await self._flushed(
             self.attachments.send_file(
                 conversation_id, source, name=name, mime=mime, caption=caption, progress=progress
@@ -347,7 +347,7 @@ class Client:
 
     async def send_text(self, conversation_id: str, text: str) -> str:
         """Write the message to the outbox, then try to send it; returns its envelope id. A message
-        too large for its recipients raises :class:`~client_sdk.errors.MessageTooLargeError` and is
+        too large for its recipients raises :class:`~saltline.client_sdk.errors.MessageTooLargeError` and is
         not queued. If the server cannot be reached it stays in the outbox and is sent later."""
         return await self.outbound.send_op(conversation_id, sync.Message(text, None, self._ctx.clock()))
 
@@ -414,7 +414,7 @@ class Client:
         """Add an account to a group (``admin``: as an admin; promotes a member). Only an admin
         may (:class:`NotAllowedError` otherwise): on the server, then as a membership operation
         that every member's device checks (docs/protocol/sync.md § 5.7)."""
-        from client_sdk.core import api
+        from saltline.client_sdk.core import api
 
         contact = await self._flushed(self.contacts.by_username(username))
         change = sync.MembershipChange(b64decode(contact.account_id), True, admin, key=contact.account_key)
@@ -439,7 +439,7 @@ class Client:
         self.conversations.check_may_compose(state, body)
 
     async def _remove(self, conversation_id: str, account_id: str) -> str:
-        from client_sdk.core import api
+        from saltline.client_sdk.core import api
 
         change = sync.MembershipChange(b64decode(account_id), False)
         await self._check_may(conversation_id, change)
@@ -522,7 +522,7 @@ class Client:
         an encrypted history bundle: ``history`` "all", "none" or a number of days) with a
         one-time grant to join; then, in the background, the follow-up with what was sent
         meanwhile. Keep the client open until :meth:`finish_link` returns. Raises
-        :class:`~client_sdk.errors.LinkNotConfirmedError` when not confirmed."""
+        :class:`~saltline.client_sdk.errors.LinkNotConfirmedError` when not confirmed."""
         await self._flushed(self.linking.approve(code_text, history, confirm, wait_s))
 
     async def finish_link(self, wait_s: float = LINK_FOLLOW_UP_WAIT_S) -> None:
@@ -532,7 +532,7 @@ class Client:
     async def complete_link(self, wait_s: float = 120.0, on_code: OnCode | None = None) -> str:
         """New device: answer the approving device, call ``on_code(confirmation)`` with the code to
         show and the account about to be joined (username, fingerprint) — returning ``False``
-        refuses that account (:class:`~client_sdk.errors.LinkNotConfirmedError`, nothing is
+        refuses that account (:class:`~saltline.client_sdk.errors.LinkNotConfirmedError`, nothing is
         answered) — wait for the approval,
         join the account, log in and publish prekeys (reachable from then on), then fetch the
         history (retried in the background when it fails: :class:`HistoryDownloadFailed`)."""

@@ -16,18 +16,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from client_sdk.core import api
-from client_sdk.core.events import Event, MessageReceived
-from client_sdk.errors import ServerError, UsageError
-from client_sdk.eventbus import EventBus
-from client_sdk.stores.base import DeviceRecord, SessionRecord, Store
-from client_sdk.transport.http import HttpTransport
-from crypto import primitives as p
-from crypto import private_state
-from crypto.keys import AccountKey, SigningContext, b64decode, b64encode
-from crypto.login import login_challenge_message
-from crypto.ratchet import Session
-from crypto.x3dh import DeviceIdentity
+from saltline.client_sdk.core import api
+from saltline.client_sdk.core.events import Event, MessageReceived
+from saltline.client_sdk.errors import ServerError, UsageError
+from saltline.client_sdk.eventbus import EventBus
+from saltline.client_sdk.stores.base import DeviceRecord, SessionRecord, Store
+from saltline.client_sdk.transport.http import HttpTransport
+from saltline.crypto import primitives as p
+from saltline.crypto import private_state
+from saltline.crypto.keys import AccountKey, SigningContext, b64decode, b64encode
+from saltline.crypto.login import login_challenge_message
+from saltline.crypto.ratchet import Session
+from saltline.crypto.x3dh import DeviceIdentity
 
 #: Decoded ratchet sessions kept in memory (see :meth:`DeviceContext.session`).
 SESSION_CACHE_SIZE = 2048
@@ -144,7 +144,7 @@ class DeviceContext:
 
     def session_for_decrypt(self, record: SessionRecord) -> Session:
         """Like :meth:`session` without the copy, for callers that never advance the object they
-        get (decryption works on its own copy: ``client_sdk.core.message``)."""
+        get (decryption works on its own copy: ``saltline.client_sdk.core.message``)."""
         key = (record.peer_device_id, record.base_key)
         hit = self._sessions.get(key)
         if hit is not None and hit[0] == record.state:

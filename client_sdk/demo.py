@@ -1,8 +1,8 @@
 """``saltline demo``: the whole system in one command.
 
-1. Start a throw-away server: ``python -m server db upgrade`` then ``python -m server serve`` on a
-   free 127.0.0.1 port, SQLite in a temporary directory (the SDK never imports the server: it is a
-   subprocess). Wait until ``/readyz`` answers.
+1. Start a throw-away server: ``python -m saltline.server db upgrade`` then
+   ``python -m saltline.server serve`` on a free 127.0.0.1 port, SQLite in a temporary directory
+   (the SDK never imports the server: it is a subprocess). Wait until ``/readyz`` answers.
 2. Three SDK clients with in-memory stores: alice's desktop registers alice, bob registers bob,
    alice's phone is linked to alice's account with the link flow (code shown by the phone,
    approved by the desktop).
@@ -32,10 +32,10 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from client_sdk.client import Client, LinkConfirmation, LinkRequest
-from client_sdk.core.events import MessageReceived
-from client_sdk.errors import NetworkError
-from client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.client import Client, LinkConfirmation, LinkRequest
+from saltline.client_sdk.core.events import MessageReceived
+from saltline.client_sdk.errors import NetworkError
+from saltline.client_sdk.stores.memory import MemoryStore
 
 PASSWORD = "demo passphrase, not a real one"  # noqa: S105 - a throw-away demo account
 WAIT_S = 15.0
@@ -75,14 +75,14 @@ class TempServer:
 
     def start(self, timeout_s: float = 30.0) -> TempServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        base = [sys.executable, "-m", "server"]
+        base = [sys.executable, "-m", "saltline.server"]
         where = ["--data-dir", str(self.data_dir)]
         with open(self.log_path, "ab") as log:
             done = subprocess.run(  # noqa: S603 - this interpreter, our own module
                 [*base, "db", "upgrade", *where], env=self._env(), stdout=log, stderr=subprocess.STDOUT
             )
         if done.returncode != 0:
-            raise RuntimeError(f"`python -m server db upgrade` failed:\n{self.log_tail()}")
+            raise RuntimeError(f"`python -m saltline.server db upgrade` failed:\n{self.log_tail()}")
         self.port = free_port()
         log = open(self.log_path, "ab")  # closed below: the child keeps its own descriptor
         self.proc = subprocess.Popen(  # noqa: S603

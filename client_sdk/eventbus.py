@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from client_sdk.core.events import Event
+from saltline.client_sdk.core.events import Event
 
 E = TypeVar("E", bound=Event)
 log = logging.getLogger("client_sdk.events")

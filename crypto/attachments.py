@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import nacl.bindings as sodium
 import nacl.exceptions
 
-from crypto import primitives as p
-from crypto.errors import EncodingError, InvalidKeyError, StreamError, UsageError
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import EncodingError, InvalidKeyError, StreamError, UsageError
 
 __all__ = [
     "ABYTES",

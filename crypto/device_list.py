@@ -41,15 +41,15 @@ another username than its predecessor is refused (:class:`UsernameMismatchError`
 
 Verification needs only public keys: :func:`verify` and :class:`DeviceListChainVerifier`
 are what a server uses. The builders (:func:`first`, :func:`successor`, ...) take an
-:class:`~crypto.keys.AccountKey`, and :func:`bind_device` a device's signing key.
+:class:`~saltline.crypto.keys.AccountKey`, and :func:`bind_device` a device's signing key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from crypto import primitives as p
-from crypto.device_list_format import (
+from saltline.crypto import primitives as p
+from saltline.crypto.device_list_format import (
     DEVICE_ENTRY_SIZE,
     DEVICE_ID_SIZE,
     FORMAT_VERSION,
@@ -69,7 +69,7 @@ from crypto.device_list_format import (
     normalize_username,
     succession_message,
 )
-from crypto.errors import (
+from saltline.crypto.errors import (
     BindingReplayError,
     ChainBreakError,
     DeviceListError,
@@ -82,7 +82,7 @@ from crypto.errors import (
     UnknownSignerError,
     UsernameMismatchError,
 )
-from crypto.keys import AccountKey, AccountPublicKey, SigningContext
+from saltline.crypto.keys import AccountKey, AccountPublicKey, SigningContext
 
 __all__ = [
     "DEVICE_ENTRY_SIZE",

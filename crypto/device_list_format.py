@@ -1,6 +1,6 @@
 """The byte format of signed device lists (docs/protocol/device-lists.md § 2-3): usernames,
 device entries and their binding signatures, account-key successions, lists and signed lists.
-Verification and the builders are in :mod:`crypto.device_list`, which re-exports all of this."""
+Verification and the builders are in :mod:`saltline.crypto.device_list`, which re-exports all of this."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from crypto import primitives as p
-from crypto.errors import (
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import (
     EncodingError,
     InvalidKeyError,
     SignatureError,
     SuccessionError,
     UnboundDeviceError,
 )
-from crypto.keys import (
+from saltline.crypto.keys import (
     AccountPublicKey,
     DeviceDHPublicKey,
     DeviceSigningKey,
@@ -27,7 +27,7 @@ from crypto.keys import (
     b64encode,
 )
 
-__all__ = [  # re-exported by crypto.device_list
+__all__ = [  # re-exported by saltline.crypto.device_list
     "DEVICE_ENTRY_SIZE",
     "DEVICE_ID_SIZE",
     "FORMAT_VERSION",

@@ -101,9 +101,9 @@ class PreKeySignatureError(SessionSetupError, SignatureError):
 class UntrustedDeviceError(SessionSetupError):
     """The other device of a session set-up is not the one the caller trusts: the prekey
     bundle's device id, signing key or X25519 key differs from the entry of the verified device
-    list passed to :func:`crypto.x3dh.initiate`, or the initiator named by an initial header is
-    refused by the ``trusted`` policy of :func:`crypto.x3dh.respond` /
-    :func:`crypto.ratchet.accept`. Raised before any Diffie-Hellman or randomness."""
+    list passed to :func:`saltline.crypto.x3dh.initiate`, or the initiator named by an initial header is
+    refused by the ``trusted`` policy of :func:`saltline.crypto.x3dh.respond` /
+    :func:`saltline.crypto.ratchet.accept`. Raised before any Diffie-Hellman or randomness."""
 
 
 class PreKeyConsumedError(SessionSetupError):

@@ -1,4 +1,4 @@
-"""Typed key classes: tier two of the package, above :mod:`crypto.primitives`.
+"""Typed key classes: tier two of the package, above :mod:`saltline.crypto.primitives`.
 
 Every key has a role (its :class:`KeyKind`), a fixed ``SIZE``, ``__bytes__`` (the raw
 key), constant-time equality, and a canonical, versioned encoding::
@@ -10,7 +10,7 @@ key), constant-time equality, and a canonical, versioned encoding::
 Signatures are always over a domain-separated message (see :func:`signing_input`), so a
 signature made for one purpose (a device list) can never be replayed as another (a prekey,
 a login challenge). Private keys never appear in ``repr`` and are serialised only through
-:mod:`crypto.private_state`.
+:mod:`saltline.crypto.private_state`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import struct
 from enum import Enum, IntEnum
 from typing import ClassVar, Self
 
-from crypto import primitives as p
-from crypto.errors import EncodingError, InvalidKeyError, UsageError
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import EncodingError, InvalidKeyError, UsageError
 
 ENCODING_VERSION = 1
 PUBLIC_KEY_ENCODED_SIZE = 34
@@ -160,7 +160,7 @@ class Ed25519PublicKey(PublicKey):
     __slots__ = ()
 
     def verify(self, context: SigningContext, message: bytes, signature: bytes) -> None:
-        """Raise :class:`~crypto.errors.SignatureError` unless ``signature`` signs
+        """Raise :class:`~saltline.crypto.errors.SignatureError` unless ``signature`` signs
         ``message`` for ``context`` under this key."""
         p.ed25519_verify(self._raw, signing_input(context, message), signature)
 
@@ -352,7 +352,7 @@ class PreKeyPublic:
         return cls.decode(b64decode(text))
 
     def verify(self, signer: DeviceSigningPublicKey) -> None:
-        """Raise :class:`~crypto.errors.SignatureError` unless ``signer`` signed this prekey."""
+        """Raise :class:`~saltline.crypto.errors.SignatureError` unless ``signer`` signed this prekey."""
         part = self.signed_part(self.kind, self.key_id, self.key)
         signer.verify(SigningContext.PREKEY, part, self.signature)
 

@@ -1,7 +1,7 @@
 """The message a linked device signs to log in without a password.
 
 The server issues a single-use 32-byte nonce; the device signs, under
-:attr:`crypto.keys.SigningContext.LOGIN_CHALLENGE`::
+:attr:`saltline.crypto.keys.SigningContext.LOGIN_CHALLENGE`::
 
     u8 len(username) || username (normalised ASCII) || device_id (16) || nonce (32)
 
@@ -12,8 +12,8 @@ server imports :func:`login_challenge_message` to verify, the client to sign.
 
 from __future__ import annotations
 
-from crypto.device_list import DEVICE_ID_SIZE, normalize_username
-from crypto.errors import EncodingError
+from saltline.crypto.device_list import DEVICE_ID_SIZE, normalize_username
+from saltline.crypto.errors import EncodingError
 
 LOGIN_NONCE_SIZE = 32
 

@@ -1,7 +1,7 @@
 """Thin, checked wrappers over libsodium (through PyNaCl) and the standard library.
 
 Tier one of the package (as in PyNaCl): plain functions over ``bytes`` that check
-sizes and translate library failures into :mod:`crypto.errors`. Everything above
+sizes and translate library failures into :mod:`saltline.crypto.errors`. Everything above
 this module uses these functions and never calls libsodium directly, so there is
 one place to audit.
 """
@@ -17,7 +17,7 @@ import nacl.exceptions
 import nacl.signing
 import nacl.utils
 
-from crypto.errors import DecryptionError, InvalidKeyError, SignatureError, UsageError
+from saltline.crypto.errors import DecryptionError, InvalidKeyError, SignatureError, UsageError
 
 #: A source of randomness: ``rng(n)`` returns ``n`` random bytes. Production code
 #: uses :func:`random_bytes`; test vectors pass a deterministic one.
@@ -156,7 +156,7 @@ def hmac_sha256(key: bytes, data: bytes) -> bytes:
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
     """HKDF-SHA256 (RFC 5869): extract with ``salt`` (zeros if empty), expand to ``length`` bytes.
 
-    Raises :class:`~crypto.errors.UsageError` unless ``1 <= length <= 8160``."""
+    Raises :class:`~saltline.crypto.errors.UsageError` unless ``1 <= length <= 8160``."""
     if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= 255 * HASH_SIZE:
         raise UsageError(f"HKDF output length must be 1..{255 * HASH_SIZE}")
     prk = hmac_sha256(salt or bytes(HASH_SIZE), ikm)

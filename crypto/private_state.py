@@ -43,16 +43,16 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from crypto import primitives as p
-from crypto.device_list import DEVICE_ID_SIZE, DeviceEntry, bind_device
-from crypto.errors import (
+from saltline.crypto import primitives as p
+from saltline.crypto.device_list import DEVICE_ID_SIZE, DeviceEntry, bind_device
+from saltline.crypto.errors import (
     EncodingError,
     InvalidKeyError,
     PreKeyConsumedError,
     StateVersionError,
     UsageError,
 )
-from crypto.keys import (
+from saltline.crypto.keys import (
     MAX_PREKEY_ID,
     AccountKey,
     AccountPublicKey,
@@ -271,7 +271,8 @@ class DeviceState:
 
     def prekey_lookup(self) -> StatePreKeyLookup:
         """A read-only view with the ``signed_prekey(id)`` / ``one_time_prekey(id)`` /
-        ``last_resort_prekey(id)`` methods that X3DH's responder uses (``crypto.x3dh.PreKeyLookup``)."""
+        ``last_resort_prekey(id)`` methods that X3DH's responder uses
+        (``saltline.crypto.x3dh.PreKeyLookup``)."""
         return StatePreKeyLookup(self)
 
     def encode(self) -> bytes:

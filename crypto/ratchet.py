@@ -1,13 +1,13 @@
 """Double Ratchet (Signal specification) over XChaCha20-Poly1305 (IETF).
 
 A :class:`Session` is one side of a pairwise session between two devices, started from the
-output of :mod:`crypto.x3dh`. It gives forward secrecy (a state snapshot cannot decrypt
+output of :mod:`saltline.crypto.x3dh`. It gives forward secrecy (a state snapshot cannot decrypt
 messages that were already read) and post-compromise security (once both sides have stepped
 the DH ratchet, a stolen state no longer decrypts new messages).
 
 Parameters
 ----------
-* ``DH``: X25519 (:func:`crypto.primitives.x25519`; low-order keys and all-zero outputs refused).
+* ``DH``: X25519 (:func:`saltline.crypto.primitives.x25519`; low-order keys and all-zero outputs refused).
 * ``KDF_RK(rk, dh_out)``: ``HKDF-SHA256(ikm = dh_out, salt = rk, info = "Saltline ratchet v1",
   length = 64)``; bytes 0..31 are the new root key, bytes 32..63 the new chain key.
 * ``KDF_CK(ck)``: ``mk = HMAC-SHA256(ck, 0x01)``, ``ck' = HMAC-SHA256(ck, 0x02)``.
@@ -27,7 +27,7 @@ Parameters
 * ``MAX_STORED_SKIPPED = 2000``: most skipped message keys held; beyond it, the oldest
   (in insertion order) are discarded.
 * ``MAX_PREVIOUS_CHAINS = 5``: how many of the peer's former ratchet keys are remembered to
-  report a replay from an older chain as :class:`~crypto.errors.DuplicateMessageError`.
+  report a replay from an older chain as :class:`~saltline.crypto.errors.DuplicateMessageError`.
 * Counter ranges: the counters ``Ns``, ``Nr`` and ``PN`` are at most ``MAX_COUNTER = 2**32 - 2``
   and a message number ``N`` at most ``MAX_MESSAGE_NUMBER = 2**32 - 3`` (so that ``N + 1``
   is a valid counter); ``0xFFFFFFFF`` is never valid. A sending chain that reaches
@@ -61,8 +61,8 @@ Message layout, version 2 (integers big endian)::
 
 Header decoding (:meth:`MessageHeader.decode`, the only header parser) is strict: wrong length,
 another version, a low-order ratchet key or a counter out of range raise
-:class:`~crypto.errors.EncodingError` (reported by :meth:`Session.decrypt` as
-:class:`~crypto.errors.DecryptionError`).
+:class:`~saltline.crypto.errors.EncodingError` (reported by :meth:`Session.decrypt` as
+:class:`~saltline.crypto.errors.DecryptionError`).
 
 AEAD associated data::
 
@@ -84,11 +84,11 @@ then ``RK, CKs = KDF_RK(RK, DH(DHs, DHr))``) runs after the tag verifies, which 
 exactly the specification's outputs.
 
 Errors (all leave the state unchanged): a malformed or altered message or associated data:
-:class:`~crypto.errors.DecryptionError`; a message whose key is no longer held (already
+:class:`~saltline.crypto.errors.DecryptionError`; a message whose key is no longer held (already
 decrypted, or evicted beyond ``MAX_STORED_SKIPPED``, as in libsignal) in the current chain or
-one of the ``MAX_PREVIOUS_CHAINS`` former chains: :class:`~crypto.errors.DuplicateMessageError`
-(a replay from an older chain fails as a plain :class:`~crypto.errors.DecryptionError`);
-a gap larger than ``MAX_SKIP``: :class:`~crypto.errors.TooManySkippedError`.
+one of the ``MAX_PREVIOUS_CHAINS`` former chains: :class:`~saltline.crypto.errors.DuplicateMessageError`
+(a replay from an older chain fails as a plain :class:`~saltline.crypto.errors.DecryptionError`);
+a gap larger than ``MAX_SKIP``: :class:`~saltline.crypto.errors.TooManySkippedError`.
 
 Serialised state (:meth:`Session.to_bytes`), version 1, integers big endian::
 
@@ -102,9 +102,9 @@ Serialised state (:meth:`Session.to_bytes`), version 1, integers big endian::
     DHr         32   if bit0 (not low-order)
     CKs         32   if bit1
     CKr         32   if bit2
-    init header 128  if bit3 (crypto.x3dh.InitialHeader encoding)
+    init header 128  if bit3 (saltline.crypto.x3dh.InitialHeader encoding)
     AD length   u16, MUST be 168, then AD = identity(initiator) || identity(responder), each
-                half a valid crypto.x3dh.DeviceIdentity encoding
+                half a valid saltline.crypto.x3dh.DeviceIdentity encoding
     previous    u8 count (<= MAX_PREVIOUS_CHAINS), then count x 32-byte peer ratchet keys
                 (not low-order), oldest first
     skipped     u16 count (<= MAX_STORED_SKIPPED), then count x (ratchet key 32 (not
@@ -120,9 +120,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from crypto import primitives as p
-from crypto import ratchet_state as state
-from crypto.errors import (
+from saltline.crypto import primitives as p
+from saltline.crypto import ratchet_state as state
+from saltline.crypto.errors import (
     CryptoError,
     DecryptionError,
     DuplicateMessageError,
@@ -131,15 +131,15 @@ from crypto.errors import (
     TooManySkippedError,
     UsageError,
 )
-from crypto.keys import EphemeralKey
-from crypto.ratchet_state import (
+from saltline.crypto.keys import EphemeralKey
+from saltline.crypto.ratchet_state import (
     MAX_COUNTER,
     MAX_MESSAGE_NUMBER,
     MAX_PREVIOUS_CHAINS,
     MAX_STORED_SKIPPED,
     STATE_VERSION,
 )
-from crypto.x3dh import (
+from saltline.crypto.x3dh import (
     DeviceIdentity,
     DeviceIdentityKeys,
     InitialHeader,
@@ -205,7 +205,7 @@ def _is_int(value: object) -> bool:
 @dataclass(frozen=True, slots=True)
 class MessageHeader:
     """The 65-byte ratchet header (layout in the module docstring). Construction checks every
-    field and raises :class:`~crypto.errors.EncodingError`; :meth:`decode` is the only parser
+    field and raises :class:`~saltline.crypto.errors.EncodingError`; :meth:`decode` is the only parser
     of headers (used by :meth:`Session.decrypt`)."""
 
     ratchet_key: bytes
@@ -504,7 +504,7 @@ class Session:
 
     def to_bytes(self) -> bytes:
         """The whole private state (secret!), canonical and versioned (layout in the module
-        docstring; encoding in :mod:`crypto.ratchet_state`). ``from_bytes(to_bytes())``
+        docstring; encoding in :mod:`saltline.crypto.ratchet_state`). ``from_bytes(to_bytes())``
         round-trips exactly."""
         return state.encode(
             state.SessionFields(
@@ -527,8 +527,8 @@ class Session:
 
     @classmethod
     def from_bytes(cls, data: bytes, rng: p.Rng = p.random_bytes) -> Session:
-        """Inverse of :meth:`to_bytes`. Raises :class:`~crypto.errors.StateVersionError` for an
-        unknown version and :class:`~crypto.errors.EncodingError` for anything malformed."""
+        """Inverse of :meth:`to_bytes`. Raises :class:`~saltline.crypto.errors.StateVersionError` for an
+        unknown version and :class:`~saltline.crypto.errors.EncodingError` for anything malformed."""
         f = state.decode(data)
         return cls(
             rk=f.rk,
@@ -602,15 +602,15 @@ def accept(
     """Responder: check the initiator named by ``initial_header`` against ``trusted``, run
     X3DH and decrypt the first ``message``.
 
-    ``trusted`` (required) is the :class:`~crypto.device_list.DeviceEntry` the initiator must
+    ``trusted`` (required) is the :class:`~saltline.crypto.device_list.DeviceEntry` the initiator must
     match (device id, signing key and X25519 key), or a callable that returns ``True`` exactly
     for identities found in a device list the caller verified (see
-    :func:`crypto.x3dh.trust_device_lists`). An initiator it refuses raises
-    :class:`~crypto.errors.UntrustedDeviceError` before any DH, decryption or randomness.
+    :func:`saltline.crypto.x3dh.trust_device_lists`). An initiator it refuses raises
+    :class:`~saltline.crypto.errors.UntrustedDeviceError` before any DH, decryption or randomness.
 
-    Has no side effect: on any error (:class:`~crypto.errors.EncodingError`,
-    :class:`~crypto.errors.SessionSetupError` and its subclasses,
-    :class:`~crypto.errors.DecryptionError`) nothing is consumed, no plaintext is returned and
+    Has no side effect: on any error (:class:`~saltline.crypto.errors.EncodingError`,
+    :class:`~saltline.crypto.errors.SessionSetupError` and its subclasses,
+    :class:`~saltline.crypto.errors.DecryptionError`) nothing is consumed, no plaintext is returned and
     no session exists."""
     header = initial_header
     if not isinstance(header, InitialHeader):

@@ -1,6 +1,6 @@
 """The canonical, versioned encoding of a Double Ratchet session's private state (layout in the
-:mod:`crypto.ratchet` docstring, "Session state"), and the session limits it checks. Secret:
-it holds the root, chain and skipped message keys. :meth:`crypto.ratchet.Session.to_bytes` and
+:mod:`saltline.crypto.ratchet` docstring, "Session state"), and the session limits it checks. Secret:
+it holds the root, chain and skipped message keys. :meth:`saltline.crypto.ratchet.Session.to_bytes` and
 ``from_bytes`` are the entry points."""
 
 from __future__ import annotations
@@ -9,9 +9,15 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from crypto import primitives as p
-from crypto.errors import CryptoError, EncodingError, StateVersionError
-from crypto.x3dh import AD_SIZE, IDENTITY_ENCODED_SIZE, INITIAL_HEADER_SIZE, DeviceIdentity, InitialHeader
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import CryptoError, EncodingError, StateVersionError
+from saltline.crypto.x3dh import (
+    AD_SIZE,
+    IDENTITY_ENCODED_SIZE,
+    INITIAL_HEADER_SIZE,
+    DeviceIdentity,
+    InitialHeader,
+)
 
 __all__ = [
     "MAX_COUNTER",
@@ -77,8 +83,8 @@ def encode(f: SessionFields) -> bytes:
 
 
 def decode(data: bytes) -> SessionFields:
-    """Inverse of :func:`encode`: :class:`~crypto.errors.StateVersionError` for an unknown version,
-    :class:`~crypto.errors.EncodingError` for anything malformed (keys included)."""
+    """Inverse of :func:`encode`: :class:`~saltline.crypto.errors.StateVersionError` for an unknown version,
+    :class:`~saltline.crypto.errors.EncodingError` for anything malformed (keys included)."""
     data = bytes(data)
     if not data:
         raise EncodingError("empty session state")

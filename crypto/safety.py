@@ -28,10 +28,10 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from crypto import primitives as p
-from crypto.device_list import normalize_username
-from crypto.errors import EncodingError, InvalidKeyError
-from crypto.keys import AccountPublicKey
+from saltline.crypto import primitives as p
+from saltline.crypto.device_list import normalize_username
+from saltline.crypto.errors import EncodingError, InvalidKeyError
+from saltline.crypto.keys import AccountPublicKey
 
 __all__ = [
     "ITERATIONS",

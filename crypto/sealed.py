@@ -26,9 +26,9 @@ from __future__ import annotations
 import nacl.bindings as sodium
 import nacl.exceptions
 
-from crypto import primitives as p
-from crypto.errors import DecryptionError, EncodingError, InvalidKeyError
-from crypto.keys import X25519PrivateKey, X25519PublicKey
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import DecryptionError, EncodingError, InvalidKeyError
+from saltline.crypto.keys import X25519PrivateKey, X25519PublicKey
 
 __all__ = [
     "LINK_PAYLOAD",
@@ -70,7 +70,7 @@ def overhead(context: bytes) -> int:
 
 
 def seal(recipient: X25519PublicKey, plaintext: bytes, context: bytes, rng: p.Rng | None = None) -> bytes:
-    """Seal ``plaintext`` for ``recipient`` (for example a :class:`~crypto.keys.DeviceDHPublicKey`)
+    """Seal ``plaintext`` for ``recipient`` (for example a :class:`~saltline.crypto.keys.DeviceDHPublicKey`)
     under ``context``. With ``rng`` the ephemeral key is ``rng(32)`` (deterministic: test
     vectors only); without, libsodium draws it."""
     if not isinstance(recipient, X25519PublicKey):

@@ -7,8 +7,8 @@ The *initiator* (A) fetches the *responder*'s (B) prekey bundle and derives a sh
 an Ed25519 device signing key (``IS``) and an X25519 device key (``IK``, the X3DH identity key).
 
 =========  ================================================================================
-``IK_A``   initiator's device X25519 key (:class:`~crypto.keys.DeviceDHKey`)
-``EK_A``   initiator's ephemeral X25519 key, drawn from ``rng`` (:class:`~crypto.keys.EphemeralKey`)
+``IK_A``   initiator's device X25519 key (:class:`~saltline.crypto.keys.DeviceDHKey`)
+``EK_A``   initiator's ephemeral X25519 key, drawn from ``rng`` (:class:`~saltline.crypto.keys.EphemeralKey`)
 ``IK_B``   responder's device X25519 key
 ``SPK_B``  responder's signed prekey (kind ``SIGNED_PREKEY``)
 ``OPK_B``  optional: a one-time prekey (kind ``ONE_TIME_PREKEY``) or the last-resort prekey
@@ -18,25 +18,26 @@ an Ed25519 device signing key (``IS``) and an X25519 device key (``IK``, the X3D
 Trust
 -----
 Both sides check the other device against a device list the caller verified
-(:mod:`crypto.device_list`) before any Diffie-Hellman or randomness:
+(:mod:`saltline.crypto.device_list`) before any Diffie-Hellman or randomness:
 
-* :func:`initiate` takes the responder's :class:`~crypto.device_list.DeviceEntry` (required);
+* :func:`initiate` takes the responder's :class:`~saltline.crypto.device_list.DeviceEntry` (required);
   a bundle whose device id, signing key or X25519 key differs from it raises
-  :class:`~crypto.errors.UntrustedDeviceError` (a :class:`~crypto.errors.SessionSetupError`).
-* :func:`respond` (and :func:`crypto.ratchet.accept`) take a required ``trusted`` policy
+  :class:`~saltline.crypto.errors.UntrustedDeviceError`
+  (a :class:`~saltline.crypto.errors.SessionSetupError`).
+* :func:`respond` (and :func:`saltline.crypto.ratchet.accept`) take a required ``trusted`` policy
   (:data:`TrustPolicy`): the initiator's ``DeviceEntry``, or a callable that returns ``True``
   exactly for identities in verified lists (:func:`trust_device_lists`). An initiator it
-  refuses raises :class:`~crypto.errors.UntrustedDeviceError`; nothing is looked up or computed.
+  refuses raises :class:`~saltline.crypto.errors.UntrustedDeviceError`; nothing is looked up or computed.
 
 Initiator (:func:`initiate`)
 ----------------------------
 0. Check the bundle's identity against the trusted device entry (see Trust).
 1. Verify the signature of ``SPK_B`` and of ``OPK_B`` (if present) under the bundle's device
-   signing key ``IS_B`` (context ``"prekey"``, see :mod:`crypto.keys`). On failure raise
-   :class:`~crypto.errors.PreKeySignatureError` (a :class:`~crypto.errors.SessionSetupError`
-   *and* a :class:`~crypto.errors.SignatureError`) before any DH is computed or any randomness
+   signing key ``IS_B`` (context ``"prekey"``, see :mod:`saltline.crypto.keys`). On failure raise
+   :class:`~saltline.crypto.errors.PreKeySignatureError` (a :class:`~saltline.crypto.errors.SessionSetupError`
+   *and* a :class:`~saltline.crypto.errors.SignatureError`) before any DH is computed or any randomness
    is drawn. A bundle whose device id or X25519 key equals the initiator's own is refused
-   (:class:`~crypto.errors.SessionSetupError`).
+   (:class:`~saltline.crypto.errors.SessionSetupError`).
 2. ``EK_A = EphemeralKey(rng(32))`` (exactly one ``rng(32)`` call).
 3. ``DH1 = X25519(IK_A, SPK_B)``, ``DH2 = X25519(EK_A, IK_B)``, ``DH3 = X25519(EK_A, SPK_B)``,
    ``DH4 = X25519(EK_A, OPK_B)`` if ``OPK_B`` is present.
@@ -48,12 +49,12 @@ Initiator (:func:`initiate`)
 Responder (:func:`respond`)
 ---------------------------
 Looks the prekeys named by the header up in a :class:`PreKeyLookup` (unknown signed prekey or
-last-resort prekey: :class:`~crypto.errors.SessionSetupError`; unknown one-time prekey:
-:class:`~crypto.errors.PreKeyConsumedError`), computes the same ``DH1..DH4`` with its private
+last-resort prekey: :class:`~saltline.crypto.errors.SessionSetupError`; unknown one-time prekey:
+:class:`~saltline.crypto.errors.PreKeyConsumedError`), computes the same ``DH1..DH4`` with its private
 keys, and the same ``SK`` and ``AD``. :func:`respond` is pure: it deletes nothing. Its result
 names the one-time prekey id that was used (:attr:`ResponderResult.one_time_prekey_id`); the
 caller MUST delete that one-time prekey when, and only when, the first message decrypted under
-the new session (see :func:`crypto.ratchet.accept`), and persist the session in the same
+the new session (see :func:`saltline.crypto.ratchet.accept`), and persist the session in the same
 transaction. A failed first-message decryption therefore consumes nothing. The last-resort
 prekey is never consumed (``one_time_prekey_id`` is ``None`` for it).
 
@@ -68,7 +69,7 @@ Identity encoding, 84 bytes::
 
     identity(X) = encode(IS_X) (34) || encode(IK_X) (34) || device_id_X (16)
 
-where ``encode(key) = 0x01 || kind || raw key (32)`` (:meth:`crypto.keys.PublicKey.encode`;
+where ``encode(key) = 0x01 || kind || raw key (32)`` (:meth:`saltline.crypto.keys.PublicKey.encode`;
 kind 0x02 for a device signing key, 0x03 for a device X25519 key).
 
 Associated data, 168 bytes::
@@ -88,8 +89,8 @@ Initial header (:class:`InitialHeader`), version 1, 128 bytes::
        124     4  OPK id (u32); MUST be 0 when the OPK kind is 0x00
 
 Decoding is strict: wrong length, unknown version, wrong key kinds, an unknown OPK kind or a
-non-zero id with kind 0x00 raise :class:`~crypto.errors.EncodingError`; a low-order X25519 key
-raises :class:`~crypto.errors.InvalidKeyError`.
+non-zero id with kind 0x00 raise :class:`~saltline.crypto.errors.EncodingError`; a low-order X25519 key
+raises :class:`~saltline.crypto.errors.InvalidKeyError`.
 """
 
 from __future__ import annotations
@@ -99,9 +100,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
-from crypto import primitives as p
-from crypto.device_list import DeviceEntry, DeviceList
-from crypto.errors import (
+from saltline.crypto import primitives as p
+from saltline.crypto.device_list import DeviceEntry, DeviceList
+from saltline.crypto.errors import (
     EncodingError,
     PreKeyConsumedError,
     PreKeySignatureError,
@@ -110,7 +111,7 @@ from crypto.errors import (
     UntrustedDeviceError,
     UsageError,
 )
-from crypto.keys import (
+from saltline.crypto.keys import (
     PUBLIC_KEY_ENCODED_SIZE,
     DeviceDHKey,
     DeviceDHPublicKey,
@@ -231,15 +232,15 @@ def identity_matches(identity: DeviceIdentity, entry: DeviceEntry) -> bool:
 
 
 #: Who may start a session with this device: the initiator's verified
-#: :class:`~crypto.device_list.DeviceEntry`, or a callable that returns ``True`` exactly for
+#: :class:`~saltline.crypto.device_list.DeviceEntry`, or a callable that returns ``True`` exactly for
 #: identities that appear in a device list the caller verified.
 TrustPolicy: TypeAlias = DeviceEntry | Callable[[DeviceIdentity], bool]
 
 
 def trust_device_lists(*lists: DeviceList) -> Callable[[DeviceIdentity], bool]:
     """A :data:`TrustPolicy` accepting exactly the devices of ``lists``, which the caller MUST
-    have verified (:func:`crypto.device_list.verify` or a
-    :class:`~crypto.device_list.DeviceListChainVerifier`)."""
+    have verified (:func:`saltline.crypto.device_list.verify` or a
+    :class:`~saltline.crypto.device_list.DeviceListChainVerifier`)."""
     frozen = tuple(lists)
     if not all(isinstance(item, DeviceList) for item in frozen):
         raise UsageError("trust_device_lists takes DeviceList objects")
@@ -275,7 +276,7 @@ class PreKeyBundle:
     """What the server hands out for a device: its identity, a signed prekey and, if one was
     left, a one-time prekey (or the last-resort prekey when none was left).
 
-    Construction checks shapes and kinds (:class:`~crypto.errors.EncodingError`); it does not
+    Construction checks shapes and kinds (:class:`~saltline.crypto.errors.EncodingError`); it does not
     verify signatures: :meth:`verify` does, and :func:`initiate` calls it first."""
 
     device_id: bytes
@@ -303,7 +304,7 @@ class PreKeyBundle:
         return DeviceIdentity(self.device_id, self.signing_key, self.dh_key)
 
     def verify(self) -> None:
-        """Raise :class:`~crypto.errors.PreKeySignatureError` unless every prekey in the bundle is
+        """Raise :class:`~saltline.crypto.errors.PreKeySignatureError` unless every prekey in the bundle is
         signed by the bundle's device signing key."""
         prekeys = [self.signed_prekey]
         if self.one_time_prekey is not None:
@@ -383,7 +384,7 @@ class InitialHeader:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class InitiatorResult:
-    """The initiator's outcome: feed it to :meth:`crypto.ratchet.Session.initiate`.
+    """The initiator's outcome: feed it to :meth:`saltline.crypto.ratchet.Session.initiate`.
 
     ``remote_ratchet_key`` is ``SPK_B``: the responder's first ratchet public key."""
 
@@ -404,7 +405,7 @@ class InitiatorResult:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class ResponderResult:
-    """The responder's outcome: feed it to :meth:`crypto.ratchet.Session.respond`.
+    """The responder's outcome: feed it to :meth:`saltline.crypto.ratchet.Session.respond`.
 
     ``one_time_prekey_id`` is the id of the one-time prekey that was used (``None`` if none, or
     if the last-resort prekey was used). The caller MUST delete that prekey once the first
@@ -476,11 +477,11 @@ def initiate(
     """Run X3DH as the initiator against ``bundle``, which must be the device ``trusted``: the
     responder's entry in a device list the caller verified.
 
-    Raises :class:`~crypto.errors.UntrustedDeviceError` if the bundle's device id, signing key
+    Raises :class:`~saltline.crypto.errors.UntrustedDeviceError` if the bundle's device id, signing key
     or X25519 key differs from ``trusted``, then
-    :class:`~crypto.errors.PreKeySignatureError` if a prekey signature does not verify (both
-    before any DH or ``rng`` call), :class:`~crypto.errors.SessionSetupError` if the bundle is
-    the initiator's own device, :class:`~crypto.errors.InvalidKeyError` if a DH output is zero."""
+    :class:`~saltline.crypto.errors.PreKeySignatureError` if a prekey signature does not verify (both
+    before any DH or ``rng`` call), :class:`~saltline.crypto.errors.SessionSetupError` if the bundle is
+    the initiator's own device, :class:`~saltline.crypto.errors.InvalidKeyError` if a DH output is zero."""
     if not isinstance(trusted, DeviceEntry):
         raise UsageError("trusted must be the responder's DeviceEntry from a verified device list")
     if not isinstance(bundle, PreKeyBundle):
@@ -515,11 +516,11 @@ def respond(
     """Run X3DH as the responder for an initial header. Pure: deletes nothing (see the module
     docstring for when the caller deletes the one-time prekey).
 
-    Raises :class:`~crypto.errors.UntrustedDeviceError` if ``trusted`` refuses the initiator
-    (checked first), :class:`~crypto.errors.SessionSetupError` for an unknown signed or last-resort
+    Raises :class:`~saltline.crypto.errors.UntrustedDeviceError` if ``trusted`` refuses the initiator
+    (checked first), :class:`~saltline.crypto.errors.SessionSetupError` for an unknown signed or last-resort
     prekey or a header naming this device as the initiator,
-    :class:`~crypto.errors.PreKeyConsumedError` for an unknown (used or never issued) one-time
-    prekey, :class:`~crypto.errors.InvalidKeyError` if a DH output is zero."""
+    :class:`~saltline.crypto.errors.PreKeyConsumedError` for an unknown (used or never issued) one-time
+    prekey, :class:`~saltline.crypto.errors.InvalidKeyError` if a DH output is zero."""
     if not isinstance(header, InitialHeader):
         raise UsageError("header must be an InitialHeader")
     _check_trusted(header.initiator, trusted)

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"; ruff check .
-echo "== mypy --strict crypto/"; mypy --strict crypto/
-echo "== mypy server/; mypy --strict client_sdk/"; mypy server; mypy --strict client_sdk
+echo "== mypy --strict saltline.crypto"; mypy --strict -p saltline.crypto
+echo "== mypy saltline.server; mypy --strict saltline.client_sdk"; mypy -p saltline.server; mypy --strict -p saltline.client_sdk
 echo "== import-linter"; lint-imports
 echo "== pytest"; python -m pytest -q -p no:cacheprovider "$@"

@@ -2,7 +2,7 @@
 
 Nothing happens at import time. The lifespan creates the engine, refuses to start unless the
 database is migrated to head (the error says to run ``saltline db upgrade``), builds the
-:class:`~server.context.AppContext` and puts it on ``app.state.ctx``.
+:class:`~saltline.server.context.AppContext` and puts it on ``app.state.ctx``.
 
 Adding a subsystem (e.g. delivery): add its router to ``ROUTERS`` (or ``include_router`` in
 ``create_app``) and start it in :func:`_start_extensions`, registering its stop coroutine in
@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.api import (
+from saltline.server.api import (
     delivery_setup,
     routes_accounts,
     routes_attachments,
@@ -30,13 +30,13 @@ from server.api import (
     routes_provisioning,
     ws,
 )
-from server.api.log_filters import install_log_filters
-from server.api.problems import GuardMiddleware, install_problem_handlers, install_problem_openapi
-from server.clock import Clock, system_clock
-from server.context import AppContext, build_context
-from server.settings import Settings
-from server.storage.db import Database
-from server.storage.migrate import check_up_to_date
+from saltline.server.api.log_filters import install_log_filters
+from saltline.server.api.problems import GuardMiddleware, install_problem_handlers, install_problem_openapi
+from saltline.server.clock import Clock, system_clock
+from saltline.server.context import AppContext, build_context
+from saltline.server.settings import Settings
+from saltline.server.storage.db import Database
+from saltline.server.storage.migrate import check_up_to_date
 
 log = logging.getLogger("server")
 

@@ -1,6 +1,6 @@
-"""``python -m server serve`` and ``python -m server db upgrade|downgrade|current``.
+"""``python -m saltline.server serve`` and ``python -m saltline.server db upgrade|downgrade|current``.
 
-The public ``saltline`` command (client_sdk.cli) runs these through ``python -m server``.
+The public ``saltline`` command (saltline.client_sdk.cli) runs these through ``python -m saltline.server``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from server.settings import Settings
+from saltline.server.settings import Settings
 
 #: Largest WebSocket message the server accepts (auth, ack and pong frames are tiny; a ``send``
 #: frame carries an envelope; larger envelopes use HTTP). Keep equal to
-#: ``server.api.ws.WS_MAX_MESSAGE_BYTES``.
+#: ``saltline.server.api.ws.WS_MAX_MESSAGE_BYTES``.
 WS_MAX_SIZE = 64 * 1024
 
 app = typer.Typer(help="Saltline relay server", no_args_is_help=True, add_completion=False)
@@ -58,7 +58,7 @@ def connection_cap(settings: Settings) -> int:
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn settings of ``serve`` (also used by the tests' live server)."""
-    from server.transport import TransportLimits, protocol_classes
+    from saltline.server.transport import TransportLimits, protocol_classes
 
     http_protocol, ws_protocol = protocol_classes(
         TransportLimits(
@@ -107,10 +107,10 @@ def serve(
     """Run the server with uvicorn."""
     import uvicorn
 
-    from server.api.log_filters import quiet_data_loggers
-    from server.app import create_app
-    from server.storage import migrate
-    from server.storage.migrate import UPGRADE_COMMAND, is_up_to_date
+    from saltline.server.api.log_filters import quiet_data_loggers
+    from saltline.server.app import create_app
+    from saltline.server.storage import migrate
+    from saltline.server.storage.migrate import UPGRADE_COMMAND, is_up_to_date
 
     settings = _settings(
         database_url=database_url, data_dir=data_dir, host=host, port=port, log_level=log_level
@@ -140,7 +140,7 @@ def upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
 ) -> None:
     """Migrate the database to ``revision`` (default: head)."""
-    from server.storage import migrate
+    from saltline.server.storage import migrate
 
     settings = _settings(database_url=database_url, data_dir=data_dir)
     migrate.upgrade(settings.database_url, revision)
@@ -154,7 +154,7 @@ def downgrade(
     data_dir: DataDir = None,
 ) -> None:
     """Migrate the database down to ``revision``."""
-    from server.storage import migrate
+    from saltline.server.storage import migrate
 
     settings = _settings(database_url=database_url, data_dir=data_dir)
     migrate.downgrade(settings.database_url, revision)
@@ -164,7 +164,7 @@ def downgrade(
 @db_app.command()
 def current(database_url: DatabaseUrl = None, data_dir: DataDir = None) -> None:
     """Print the database's current revision and whether it is at head."""
-    from server.storage import migrate
+    from saltline.server.storage import migrate
 
     settings = _settings(database_url=database_url, data_dir=data_dir)
     revs = migrate.current(settings.database_url)

@@ -1,8 +1,8 @@
 """The application context: everything a request needs, built once per app in the lifespan and
-kept on ``app.state.ctx``. Routes reach it through :func:`server.api.deps.get_ctx`.
+kept on ``app.state.ctx``. Routes reach it through :func:`saltline.server.api.deps.get_ctx`.
 
 To add a subsystem: add a field here, construct it in :func:`build_context` (or in the
-lifespan of :mod:`server.app` when it needs start/stop), and register cleanup in
+lifespan of :mod:`saltline.server.app` when it needs start/stop), and register cleanup in
 ``on_shutdown``.
 """
 
@@ -14,34 +14,34 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from server.clock import Clock
-from server.services.accounts import AccountService
-from server.services.attachments import AttachmentCounters, AttachmentLimits, AttachmentService
-from server.services.auth import AuthService, RateLimits, TokensRevokedHook
-from server.services.blobs import BlobService
-from server.services.common import DeviceListChangedHook, DeviceRemovedHook
-from server.services.devices import DeviceService
-from server.services.health import Readiness
-from server.services.keys import KeyDirectoryService
-from server.services.linking import LinkingLimits, LinkingService
-from server.services.passwords import Passwords
-from server.services.provisioning import ProvisioningLimits, ProvisioningService
-from server.services.ratelimit import RateLimiter
-from server.settings import Settings
-from server.storage.accounts_repo import AccountsRepo
-from server.storage.attachment_store import (
+from saltline.server.clock import Clock
+from saltline.server.services.accounts import AccountService
+from saltline.server.services.attachments import AttachmentCounters, AttachmentLimits, AttachmentService
+from saltline.server.services.auth import AuthService, RateLimits, TokensRevokedHook
+from saltline.server.services.blobs import BlobService
+from saltline.server.services.common import DeviceListChangedHook, DeviceRemovedHook
+from saltline.server.services.devices import DeviceService
+from saltline.server.services.health import Readiness
+from saltline.server.services.keys import KeyDirectoryService
+from saltline.server.services.linking import LinkingLimits, LinkingService
+from saltline.server.services.passwords import Passwords
+from saltline.server.services.provisioning import ProvisioningLimits, ProvisioningService
+from saltline.server.services.ratelimit import RateLimiter
+from saltline.server.settings import Settings
+from saltline.server.storage.accounts_repo import AccountsRepo
+from saltline.server.storage.attachment_store import (
     AttachmentStore,
     DatabaseAttachmentStore,
     FilesystemAttachmentStore,
 )
-from server.storage.attachments_repo import AttachmentsRepo
-from server.storage.auth_repo import AuthRepo
-from server.storage.blobs_repo import BlobsRepo
-from server.storage.db import Database
-from server.storage.linking_repo import LinkingRepo
-from server.storage.migrate import head_revisions
-from server.storage.prekeys_repo import PreKeysRepo
-from server.storage.provisioning_repo import ProvisioningRepo
+from saltline.server.storage.attachments_repo import AttachmentsRepo
+from saltline.server.storage.auth_repo import AuthRepo
+from saltline.server.storage.blobs_repo import BlobsRepo
+from saltline.server.storage.db import Database
+from saltline.server.storage.linking_repo import LinkingRepo
+from saltline.server.storage.migrate import head_revisions
+from saltline.server.storage.prekeys_repo import PreKeysRepo
+from saltline.server.storage.provisioning_repo import ProvisioningRepo
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ Every error response is ``application/problem+json`` (RFC 9457)::
      "detail": ..., "code": "<code>", ...extra members}
 
 ``code`` is stable: clients branch on it, never on ``title`` or ``detail``. Services raise
-:class:`Problem`; the handlers in :mod:`server.api.problems` render it. This module imports no
+:class:`Problem`; the handlers in :mod:`saltline.server.api.problems` render it. This module imports no
 web framework, so services can use it.
 """
 

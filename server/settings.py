@@ -1,5 +1,5 @@
 """Server configuration: one :class:`Settings` object, read from ``SALTLINE_*`` environment
-variables (and CLI flags, which override them), passed to :func:`server.app.create_app`.
+variables (and CLI flags, which override them), passed to :func:`saltline.server.app.create_app`.
 
 Nothing here touches the database or the network: building a ``Settings`` is free of side effects
 except :meth:`Settings.resolved_jwt_secret`, which creates the persisted secret on first use.

@@ -41,7 +41,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from server.errors import Problem, ProblemCode
+from saltline.server.errors import Problem, ProblemCode
 
 PROBLEM_MEDIA_TYPE = b"application/problem+json"
 #: A refused connection is dropped this long after its 503 if the client has not closed it.

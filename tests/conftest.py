@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from server.settings import Settings
-from server.storage.migrate import upgrade
+from saltline.server.settings import Settings
+from saltline.server.storage.migrate import upgrade
 from tests.live import LiveServer, ManualClock
 from tests.nginx_fixture import Nginx, start_nginx
 from tests.pg import PgCluster, start_cluster

@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
-from crypto import device_list as dl
-from crypto import private_state
-from crypto.keys import AccountKey, b64encode
+from saltline.crypto import device_list as dl
+from saltline.crypto import private_state
+from saltline.crypto.keys import AccountKey, b64encode
 
 #: (method, path pattern, function of (request, parsed JSON body) -> new body or None to keep)
 JsonRule = Callable[[httpx.Request, Any], Any]

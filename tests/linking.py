@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-from client_sdk.client import Client, LinkConfirmation, LinkRequest
-from client_sdk.facets.linking import HistoryDepth
+from saltline.client_sdk.client import Client, LinkConfirmation, LinkRequest
+from saltline.client_sdk.facets.linking import HistoryDepth
 
 
 async def link(

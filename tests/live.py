@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import uvicorn
 
-from server.app import create_app
-from server.cli import uvicorn_options
-from server.clock import system_clock
-from server.context import AppContext
-from server.settings import Settings
+from saltline.server.app import create_app
+from saltline.server.cli import uvicorn_options
+from saltline.server.clock import system_clock
+from saltline.server.context import AppContext
+from saltline.server.settings import Settings
 from tests.pg import free_port
 
 

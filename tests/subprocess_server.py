@@ -1,4 +1,4 @@
-"""The real server as a separate process (``python -m server serve``), so a test can SIGKILL it
+"""The real server as a separate process (``python -m saltline.server serve``), so a test can SIGKILL it
 (no shutdown, no flush: whatever was not committed is gone) and start it again on the same
 database and port.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from server.storage.migrate import upgrade
+from saltline.server.storage.migrate import upgrade
 from tests.pg import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ class SubprocessServer:
         cmd = [
             sys.executable,
             "-m",
-            "server",
+            "saltline.server",
             "serve",
             "--database-url",
             self.database_url,

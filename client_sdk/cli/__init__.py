@@ -1,6 +1,6 @@
 """The ``saltline`` command: a terminal client on the SDK, plus the server commands.
 
-Server commands (``serve``, ``db``) are delegated to ``python -m server`` (the SDK never imports the
+Server commands (``serve``, ``db``) are delegated to ``python -m saltline.server`` (the SDK never imports the
 server package). Every other command opens one *profile*, a device of its own::
 
     $SALTLINE_HOME/profiles/NAME/        (SALTLINE_HOME defaults to ~/.saltline; directory 0700)
@@ -14,20 +14,20 @@ folder) but not an attacker who can read the whole profile directory as you: an 
 the key in the platform keystore instead.
 
 Each command runs its async work in one ``asyncio.run``. Errors of the SDK
-(:mod:`client_sdk.errors`) are printed as one line, exit code 1.
+(:mod:`saltline.client_sdk.errors`) are printed as one line, exit code 1.
 
-Modules: :mod:`~client_sdk.cli.app` (the Typer app, shared helpers, ``serve``/``db``),
-:mod:`~client_sdk.cli.profile`, and the commands in :mod:`~client_sdk.cli.accounts`,
-:mod:`~client_sdk.cli.messaging` and :mod:`~client_sdk.cli.trust`.
+Modules: :mod:`~saltline.client_sdk.cli.app` (the Typer app, shared helpers, ``serve``/``db``),
+:mod:`~saltline.client_sdk.cli.profile`, and the commands in :mod:`~saltline.client_sdk.cli.accounts`,
+:mod:`~saltline.client_sdk.cli.messaging` and :mod:`~saltline.client_sdk.cli.trust`.
 """
 
 from __future__ import annotations
 
 # The command modules register their commands on ``app`` when imported (in this order: the
 # order of ``saltline --help``).
-from client_sdk.cli import accounts, files, messaging, trust  # noqa: F401
-from client_sdk.cli.app import app
-from client_sdk.cli.profile import DEFAULT_SERVER, STORE_KEY_SIZE, Profile, saltline_home
+from saltline.client_sdk.cli import accounts, files, messaging, trust  # noqa: F401
+from saltline.client_sdk.cli.app import app
+from saltline.client_sdk.cli.profile import DEFAULT_SERVER, STORE_KEY_SIZE, Profile, saltline_home
 
 __all__ = ["DEFAULT_SERVER", "STORE_KEY_SIZE", "Profile", "app", "main", "saltline_home"]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from client_sdk.cli.app import (
+from saltline.client_sdk.cli.app import (
     IDS_MAY_START_WITH_DASH,
     PasswordStdin,
     account_app,
@@ -23,11 +23,11 @@ from client_sdk.cli.app import (
     read_password,
     run,
 )
-from client_sdk.errors import UsageError
+from saltline.client_sdk.errors import UsageError
 
 if TYPE_CHECKING:
-    from client_sdk.client import DeviceInfo, LinkConfirmation, LinkRequest
-    from client_sdk.facets.linking import HistoryDepth
+    from saltline.client_sdk.client import DeviceInfo, LinkConfirmation, LinkRequest
+    from saltline.client_sdk.facets.linking import HistoryDepth
 
 # -- accounts -----------------------------------------------------------------------------------
 

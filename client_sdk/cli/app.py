@@ -1,11 +1,12 @@
 """The ``saltline`` Typer application and what every command shares: the command groups, the
 consoles, the per-invocation state (profile, server), running SDK work with one-line errors, and
-opening the profile's client. The commands are in :mod:`client_sdk.cli.accounts`,
-:mod:`client_sdk.cli.messaging` and :mod:`client_sdk.cli.trust`."""
+opening the profile's client. The commands are in :mod:`saltline.client_sdk.cli.accounts`,
+:mod:`saltline.client_sdk.cli.messaging` and :mod:`saltline.client_sdk.cli.trust`."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import sys
 import time
@@ -17,11 +18,11 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from client_sdk.cli.profile import DEFAULT_SERVER, Profile
-from client_sdk.errors import SaltlineError, UsageError
+from saltline.client_sdk.cli.profile import DEFAULT_SERVER, Profile
+from saltline.client_sdk.errors import SaltlineError, UsageError
 
 if TYPE_CHECKING:
-    from client_sdk.client import Client
+    from saltline.client_sdk.client import Client
 
 T = TypeVar("T")
 
@@ -46,7 +47,15 @@ _PASSTHROUGH: dict[str, Any] = {"allow_extra_args": True, "ignore_unknown_option
 
 
 def _exec_server(args: list[str]) -> None:
-    argv = [sys.executable, "-m", "server", *args]
+    missing = [m for m in ("fastapi", "sqlalchemy", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        err.print(
+            "The relay server is not installed here (missing: " + ", ".join(missing) + "). "
+            "Install it with: pip install 'saltline[server]'",
+            markup=False,
+        )
+        raise typer.Exit(2)
+    argv = [sys.executable, "-m", "saltline.server", *args]
     os.execv(sys.executable, argv)  # noqa: S606 - runs this interpreter on our own module
 
 
@@ -119,8 +128,8 @@ def run(work: Coroutine[Any, Any, T]) -> T:
 
 @asynccontextmanager
 async def open_client(state: State, *, need_account: bool = True) -> AsyncIterator[Client]:
-    from client_sdk.client import Client
-    from client_sdk.stores.sqlite import SqliteStore
+    from saltline.client_sdk.client import Client
+    from saltline.client_sdk.stores.sqlite import SqliteStore
 
     profile = state.profile
     if need_account and not profile.exists():

@@ -1,5 +1,5 @@
 """``saltline download REF [--to DIR]`` and how attachments are shown (``send --file`` is in
-:mod:`client_sdk.cli.messaging`). A reference is the start of the attachment's id (at least 8
+:mod:`saltline.client_sdk.cli.messaging`). A reference is the start of the attachment's id (at least 8
 characters), as ``messages`` and ``follow`` print it."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from client_sdk.cli.app import IDS_MAY_START_WITH_DASH, app, cli_state, fail, open_client, out, run
-from client_sdk.core.attachments import AttachmentPointer, pointer_of
+from saltline.client_sdk.cli.app import IDS_MAY_START_WITH_DASH, app, cli_state, fail, open_client, out, run
+from saltline.client_sdk.core.attachments import AttachmentPointer, pointer_of
 
 if TYPE_CHECKING:
-    from client_sdk.client import Client
-    from client_sdk.stores.base import MessageRecord
+    from saltline.client_sdk.client import Client
+    from saltline.client_sdk.stores.base import MessageRecord
 
 REF_CHARS = 12
 MIN_REF_CHARS = 8

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from client_sdk.cli.app import (
+from saltline.client_sdk.cli.app import (
     IDS_MAY_START_WITH_DASH,
     app,
     chat_app,
@@ -24,10 +24,10 @@ from client_sdk.cli.app import (
     out,
     run,
 )
-from client_sdk.cli.files import attachment_label, message_pointer
+from saltline.client_sdk.cli.files import attachment_label, message_pointer
 
 if TYPE_CHECKING:
-    from client_sdk.client import Client
+    from saltline.client_sdk.client import Client
 
 # -- conversations ------------------------------------------------------------------------------
 
@@ -113,7 +113,7 @@ def _sender(client: Client, account_id: str, device_id: str, names: dict[str, st
 
 async def _sync(client: Client, wait_s: float) -> None:
     """Connect and wait until the server says this device's queue is drained."""
-    from client_sdk.core.events import Drained
+    from saltline.client_sdk.core.events import Drained
 
     await client.connect()
     await client.next_event(Drained, wait_s)
@@ -165,8 +165,8 @@ def follow(
     ] = None,
 ) -> None:
     """Print incoming messages live until Ctrl-C; with --to, also send the lines typed on stdin."""
-    from client_sdk.core import events as ev
-    from client_sdk.errors import SaltlineError
+    from saltline.client_sdk.core import events as ev
+    from saltline.client_sdk.errors import SaltlineError
 
     state = cli_state(ctx)
 

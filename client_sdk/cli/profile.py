@@ -1,5 +1,5 @@
 """CLI profiles: one directory per device (config, store key, encrypted store); see
-:mod:`client_sdk.cli`."""
+:mod:`saltline.client_sdk.cli`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client_sdk.errors import UsageError
+from saltline.client_sdk.errors import UsageError
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 STORE_KEY_SIZE = 32

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from client_sdk.cli.app import (
+from saltline.client_sdk.cli.app import (
     app,
     cli_state,
     fail,
@@ -14,7 +14,7 @@ from client_sdk.cli.app import (
     out,
     run,
 )
-from client_sdk.errors import SaltlineError
+from saltline.client_sdk.errors import SaltlineError
 
 # -- trust --------------------------------------------------------------------------------------
 
@@ -64,7 +64,7 @@ def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary server directory")] = False,
 ) -> None:
     """Start a throw-away server and play alice (desktop + phone) and bob talking through it."""
-    from client_sdk.demo import run_demo
+    from saltline.client_sdk.demo import run_demo
 
     try:
         ok = run_demo(out, keep=keep)

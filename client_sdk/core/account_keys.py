@@ -27,11 +27,11 @@ from __future__ import annotations
 import struct
 import unicodedata
 
-from client_sdk.errors import UsageError
-from crypto import primitives as p
-from crypto import sealed
-from crypto.errors import CryptoError
-from crypto.keys import AccountKey, AccountPublicKey, X25519PrivateKey, X25519PublicKey
+from saltline.client_sdk.errors import UsageError
+from saltline.crypto import primitives as p
+from saltline.crypto import sealed
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import AccountKey, AccountPublicKey, X25519PrivateKey, X25519PublicKey
 
 HANDOFF_CONTEXT = b"saltline/v1/account-key-handoff"
 HANDOFF_VERSION = 0x01

@@ -1,7 +1,7 @@
 """Request builders and response parsers for the server's REST API (matrix-nio ``api.py`` style).
 
 A builder returns a :class:`Request`; a transport executes it and hands back a :class:`Response`;
-:func:`check` turns a problem response into the typed :class:`~client_sdk.errors.ServerError`, and
+:func:`check` turns a problem response into the typed :class:`~saltline.client_sdk.errors.ServerError`, and
 the ``parse_*`` functions turn a success body into typed results. No I/O here.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from client_sdk.errors import ProtocolError, server_error
-from crypto.keys import b64decode, b64encode
+from saltline.client_sdk.errors import ProtocolError, server_error
+from saltline.crypto.keys import b64decode, b64encode
 
 CHANNEL_SECRET_HEADER = "X-Channel-Secret"  # noqa: S105 - a header name
 DEVICE_GRANT_HEADER = "X-Device-Grant"

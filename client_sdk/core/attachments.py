@@ -28,8 +28,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from crypto.attachments import CHUNK_SIZE, ciphertext_size
-from crypto.padding import padme
+from saltline.crypto.attachments import CHUNK_SIZE, ciphertext_size
+from saltline.crypto.padding import padme
 
 ID_SIZE = 32
 KEY_SIZE = 32

@@ -3,7 +3,7 @@ events the client emits (pure; docs/protocol/sync.md § events)."""
 
 from __future__ import annotations
 
-from client_sdk.core.events import (
+from saltline.client_sdk.core.events import (
     Event,
     MembershipChanged,
     MessageDeleted,
@@ -12,9 +12,9 @@ from client_sdk.core.events import (
     ReadStateChanged,
     SettingsChanged,
 )
-from client_sdk.core.sync import ConversationView, Dot
-from client_sdk.core.sync.view import ViewDelta
-from crypto.keys import b64encode
+from saltline.client_sdk.core.sync import ConversationView, Dot
+from saltline.client_sdk.core.sync.view import ViewDelta
+from saltline.crypto.keys import b64encode
 
 
 def message_ref(dot: Dot) -> str:

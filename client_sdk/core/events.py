@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from client_sdk.core.attachments import AttachmentPointer
+from saltline.client_sdk.core.attachments import AttachmentPointer
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ class DeliveryGap(Event):
 class DecryptionFailed(Event):
     """An envelope was dropped (acknowledged, never processed): it could not be decrypted or
     parsed, its sender is in no verified device list, or it kept failing. ``code`` is one of
-    :data:`client_sdk.core.inbound.DropCode`."""
+    :data:`saltline.client_sdk.core.inbound.DropCode`."""
 
     conversation_id: str
     envelope_id: str

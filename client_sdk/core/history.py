@@ -1,6 +1,6 @@
 """History bundle and linking payload formats (docs/protocol/sync.md § history bundles,
 docs/protocol/messages.md § linking): building the documents and validating what arrives. Pure;
-every parse failure is a :class:`~client_sdk.errors.LinkError` naming the bad field, never a
+every parse failure is a :class:`~saltline.client_sdk.errors.LinkError` naming the bad field, never a
 ``KeyError`` or ``TypeError``.
 """
 
@@ -10,9 +10,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from client_sdk.errors import LinkError
-from crypto.errors import CryptoError
-from crypto.keys import b64decode, b64encode
+from saltline.client_sdk.errors import LinkError
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import b64decode, b64encode
 
 #: Version of the history bundle plaintext.
 BUNDLE_VERSION = 1

@@ -22,7 +22,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
-from client_sdk.core import wire
+from saltline.client_sdk.core import wire
 
 #: Attempts at one envelope that fails transiently (each after a reconnection with back-off)
 #: before it is dropped with an event: a server that keeps failing for one item must not stop a

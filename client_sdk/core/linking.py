@@ -49,12 +49,12 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from client_sdk.core.wire import canonical_json
-from client_sdk.errors import LinkError
-from crypto import primitives as p
-from crypto import sealed
-from crypto.errors import CryptoError
-from crypto.keys import AccountPublicKey, X25519PrivateKey, X25519PublicKey, b64decode, b64encode
+from saltline.client_sdk.core.wire import canonical_json
+from saltline.client_sdk.errors import LinkError
+from saltline.crypto import primitives as p
+from saltline.crypto import sealed
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import AccountPublicKey, X25519PrivateKey, X25519PublicKey, b64decode, b64encode
 
 PREFIX = "saltline-link:"
 CODE_VERSION = 0x02

@@ -1,6 +1,6 @@
 """Per-device message format (docs/protocol/messages.md): padding, the envelope associated data,
 and encrypting/decrypting one per-device ciphertext with the pairwise ratchet sessions. (Clocks
-and operations are in :mod:`client_sdk.core.sync`.)
+and operations are in :mod:`saltline.client_sdk.core.sync`.)
 
 Pure: randomness is passed in (``rng``), nothing is read from a clock or the network.
 """
@@ -11,14 +11,14 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from client_sdk.errors import DecryptError, ReplayedPreKeyMessageError
-from crypto import primitives as p
-from crypto.device_list import DeviceEntry
-from crypto.errors import CryptoError, DuplicateMessageError
-from crypto.keys import KeyKind
-from crypto.private_state import DeviceState
-from crypto.ratchet import Session, accept
-from crypto.x3dh import (
+from saltline.client_sdk.errors import DecryptError, ReplayedPreKeyMessageError
+from saltline.crypto import primitives as p
+from saltline.crypto.device_list import DeviceEntry
+from saltline.crypto.errors import CryptoError, DuplicateMessageError
+from saltline.crypto.keys import KeyKind
+from saltline.crypto.private_state import DeviceState
+from saltline.crypto.ratchet import Session, accept
+from saltline.crypto.x3dh import (
     IDENTITY_ENCODED_SIZE,
     INITIAL_HEADER_SIZE,
     DeviceIdentityKeys,

@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from client_sdk.core import wire
-from client_sdk.core.backoff import BackoffPolicy
-from client_sdk.core.sync.ops import OP_VERSION
+from saltline.client_sdk.core import wire
+from saltline.client_sdk.core.backoff import BackoffPolicy
+from saltline.client_sdk.core.sync.ops import OP_VERSION
 
 #: Re-encryptions for changed recipients in a row before the item waits (back-off) instead.
 MAX_REENCRYPTS = 4

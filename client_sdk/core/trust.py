@@ -6,7 +6,7 @@ Rules (checked in this order by the client):
    account (first contact pins the key the first list names: trust on first use) and the username
    it looked up (:func:`advance`).
 2. A newer list must be the successor of the last verified one (version + 1, previous hash):
-   :class:`~crypto.device_list.DeviceListChainVerifier` over the chain since the known version.
+   :class:`~saltline.crypto.device_list.DeviceListChainVerifier` over the chain since the known version.
    Rollback, fork, broken chain, bad signature, unbound device: :class:`UntrustedDeviceListError`.
 3. A chain may rotate the account key with a succession signed by the pinned key
    (docs/protocol/device-lists.md § 3.4): the new key is pinned in its place and the contact keeps
@@ -20,7 +20,7 @@ Rules (checked in this order by the client):
    included, minus the sending device (:func:`fan_out`). Nothing else can be addressed.
 5. A device id belongs to one account: a list naming a device id another known account's list
    names is refused (:func:`device_id_collisions`); sessions are used only with the account and
-   the exact identity keys they were set up with (:func:`client_sdk.core.message.session_binds`).
+   the exact identity keys they were set up with (:func:`saltline.client_sdk.core.message.session_binds`).
 6. A username is pinned to the account first seen with it (:func:`username_taken`).
 7. A verified list is re-fetched before sending once it is older than a bound (:func:`refresh_due`).
 """
@@ -31,10 +31,10 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from client_sdk.errors import UntrustedDeviceListError
-from crypto import device_list as dl
-from crypto.errors import CryptoError, UnknownSignerError
-from crypto.keys import AccountPublicKey, b64encode
+from saltline.client_sdk.errors import UntrustedDeviceListError
+from saltline.crypto import device_list as dl
+from saltline.crypto.errors import CryptoError, UnknownSignerError
+from saltline.crypto.keys import AccountPublicKey, b64encode
 
 
 class KeyMismatch(Exception):

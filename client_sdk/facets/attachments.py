@@ -31,9 +31,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from client_sdk.context import DeviceContext
-from client_sdk.core import sync
-from client_sdk.core.attachments import (
+from saltline.client_sdk.context import DeviceContext
+from saltline.client_sdk.core import sync
+from saltline.client_sdk.core.attachments import (
     DEFAULT_MIME,
     AttachmentPointer,
     padded_size,
@@ -41,8 +41,8 @@ from client_sdk.core.attachments import (
     valid_mime,
     valid_name,
 )
-from client_sdk.core.wire import canonical_json
-from client_sdk.errors import (
+from saltline.client_sdk.core.wire import canonical_json
+from saltline.client_sdk.errors import (
     AttachmentError,
     AttachmentIntegrityError,
     AttachmentTooLargeError,
@@ -52,12 +52,12 @@ from client_sdk.errors import (
     UsageError,
     server_error,
 )
-from crypto.attachments import CIPHER_CHUNK_SIZE, AttachmentDecryptor, AttachmentEncryptor
-from crypto.errors import CryptoError
-from crypto.keys import b64decode, b64encode
+from saltline.crypto.attachments import CIPHER_CHUNK_SIZE, AttachmentDecryptor, AttachmentEncryptor
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import b64decode, b64encode
 
 if TYPE_CHECKING:
-    from client_sdk.facets.outbound import Outbound
+    from saltline.client_sdk.facets.outbound import Outbound
 
 log = logging.getLogger("client_sdk.attachments")
 

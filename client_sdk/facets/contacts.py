@@ -1,5 +1,5 @@
 """Accounts, contacts and trust: registration and login, verified device lists (rules:
-:mod:`client_sdk.core.trust`), identity changes, safety numbers, this account's devices."""
+:mod:`saltline.client_sdk.core.trust`), identity changes, safety numbers, this account's devices."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from client_sdk.context import DeviceContext
-from client_sdk.core import api, trust
-from client_sdk.core.events import AccountKeyRotated, DeviceListChanged, IdentityChanged, UntrustedDeviceList
-from client_sdk.errors import (
+from saltline.client_sdk.context import DeviceContext
+from saltline.client_sdk.core import api, trust
+from saltline.client_sdk.core.events import (
+    AccountKeyRotated,
+    DeviceListChanged,
+    IdentityChanged,
+    UntrustedDeviceList,
+)
+from saltline.client_sdk.errors import (
     IdentityChangedError,
     NetworkError,
     ProtocolError,
@@ -20,14 +25,14 @@ from client_sdk.errors import (
     UntrustedDeviceListError,
     UsageError,
 )
-from client_sdk.stores.base import ContactRecord
-from crypto import device_list as dl
-from crypto import safety
-from crypto.errors import CryptoError
-from crypto.keys import AccountKey, AccountPublicKey, b64decode
+from saltline.client_sdk.stores.base import ContactRecord
+from saltline.crypto import device_list as dl
+from saltline.crypto import safety
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import AccountKey, AccountPublicKey, b64decode
 
 if TYPE_CHECKING:
-    from client_sdk.facets.prekeys import Prekeys
+    from saltline.client_sdk.facets.prekeys import Prekeys
 
 #: Lists per page of ``GET /v1/accounts/{id}/device-lists``.
 CHAIN_PAGE = 100
@@ -137,7 +142,7 @@ class Contacts:
     async def refresh(
         self, account_id: str, username: str | None = None, *, vouched_key: bytes | None = None
     ) -> ContactRecord:
-        """Fetch and verify the account's newest device list (rules in :mod:`client_sdk.core.trust`).
+        """Fetch and verify the account's newest device list (rules in :mod:`saltline.client_sdk.core.trust`).
         ``vouched_key``: the account key a conversation's genesis or add names for a contact this
         device meets for the first time; a first list under another key is refused, not pinned
         (docs/protocol/sync.md § 5.7). Events are queued on the context (published by the
@@ -212,7 +217,7 @@ class Contacts:
         return contact
 
     def _refuse_collisions(self, account_id: str, signed_list: bytes, account_key: bytes) -> None:
-        """Rule 5 of :mod:`client_sdk.core.trust`: refuse a list naming another account's device."""
+        """Rule 5 of :mod:`saltline.client_sdk.core.trust`: refuse a list naming another account's device."""
         ctx = self.ctx
         content = trust.verified_content(account_key, signed_list)
         others = {}

@@ -1,5 +1,5 @@
 """Conversations: records, the materialised sync state (docs/protocol/sync.md) and its views.
-The view diff that becomes events is :func:`client_sdk.core.diff.changes`."""
+The view diff that becomes events is :func:`saltline.client_sdk.core.diff.changes`."""
 
 from __future__ import annotations
 
@@ -8,29 +8,29 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from client_sdk.context import DeviceContext
-from client_sdk.core import api, diff, sync
-from client_sdk.core.events import (
+from saltline.client_sdk.context import DeviceContext
+from saltline.client_sdk.core import api, diff, sync
+from saltline.client_sdk.core.events import (
     AddedToConversation,
     ConversationAdded,
     ForkDetected,
     MembershipMismatch,
     OperationRejected,
 )
-from client_sdk.core.sync import membership
-from client_sdk.errors import (
+from saltline.client_sdk.core.sync import membership
+from saltline.client_sdk.errors import (
     MembershipUnknownError,
     NotAllowedError,
     UntrustedConversationError,
     UsageError,
 )
-from client_sdk.facets.disappearing import Disappearing, expiring_of, timers_of
-from client_sdk.stores.base import ConversationRecord, MessageRecord, SyncMeta, SyncOpRecord
-from crypto.errors import CryptoError
-from crypto.keys import b64decode, b64encode
+from saltline.client_sdk.facets.disappearing import Disappearing, expiring_of, timers_of
+from saltline.client_sdk.stores.base import ConversationRecord, MessageRecord, SyncMeta, SyncOpRecord
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import b64decode, b64encode
 
 if TYPE_CHECKING:
-    from client_sdk.facets.contacts import Contacts
+    from saltline.client_sdk.facets.contacts import Contacts
 
 
 _REFUSALS = {

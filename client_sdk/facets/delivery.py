@@ -1,4 +1,4 @@
-"""Delivery: supervises the delivery socket (:class:`~client_sdk.transport.ws.DeliverySocket`) and
+"""Delivery: supervises the delivery socket (:class:`~saltline.client_sdk.transport.ws.DeliverySocket`) and
 turns what happens to it into events.
 
 The socket never stops by itself except when the server says the device is gone (a fatal close
@@ -14,13 +14,13 @@ import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from client_sdk.context import DeviceContext
-from client_sdk.core import wire
-from client_sdk.core.backoff import BackoffPolicy
-from client_sdk.core.events import DeviceRemoved, Disconnected, Reconnected
-from client_sdk.errors import AuthError, NetworkError
-from client_sdk.facets.inbound import Inbound
-from client_sdk.transport.ws import DeliverySocket
+from saltline.client_sdk.context import DeviceContext
+from saltline.client_sdk.core import wire
+from saltline.client_sdk.core.backoff import BackoffPolicy
+from saltline.client_sdk.core.events import DeviceRemoved, Disconnected, Reconnected
+from saltline.client_sdk.errors import AuthError, NetworkError
+from saltline.client_sdk.facets.inbound import Inbound
+from saltline.client_sdk.transport.ws import DeliverySocket
 
 #: How long :meth:`Delivery.connect` waits for the first connection to be ready.
 CONNECT_WAIT_S = 20.0

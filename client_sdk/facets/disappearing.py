@@ -1,5 +1,5 @@
 """Disappearing messages on this device (docs/protocol/sync.md § 5.8): the reducer computes each
-message's expiry (:mod:`client_sdk.core.sync.expiry`); this facet purges what expired from the
+message's expiry (:mod:`saltline.client_sdk.core.sync.expiry`); this facet purges what expired from the
 store - the message row (text and operation copy), the plaintext of the message's sync operation
 and of every operation that refers to it (edits, reactions, deletes), each replaced by a
 tombstone that keeps the reducer convergent - and then emits :class:`MessageExpired`.
@@ -20,16 +20,16 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from client_sdk.context import DeviceContext
-from client_sdk.core import diff, sync
-from client_sdk.core import outbox as outbox_rules
-from client_sdk.core.events import MessageExpired
-from client_sdk.core.sync import expiry
-from client_sdk.stores.base import ConversationRecord, OutboxItem, SyncMeta
-from crypto.keys import b64decode, b64encode
+from saltline.client_sdk.context import DeviceContext
+from saltline.client_sdk.core import diff, sync
+from saltline.client_sdk.core import outbox as outbox_rules
+from saltline.client_sdk.core.events import MessageExpired
+from saltline.client_sdk.core.sync import expiry
+from saltline.client_sdk.stores.base import ConversationRecord, OutboxItem, SyncMeta
+from saltline.crypto.keys import b64decode, b64encode
 
 if TYPE_CHECKING:
-    from client_sdk.facets.conversations import Conversations
+    from saltline.client_sdk.facets.conversations import Conversations
 
 log = logging.getLogger("client_sdk.disappearing")
 
@@ -110,7 +110,7 @@ class Disappearing:
         return out
 
     def _own(self, item: OutboxItem) -> sync.Op | None:
-        from client_sdk.facets.conversations import decode_op  # (it imports this module)
+        from saltline.client_sdk.facets.conversations import decode_op  # (it imports this module)
 
         ctx = self.ctx
         return decode_op(item.body, item.clock, ctx.device_id, ctx.account_id)

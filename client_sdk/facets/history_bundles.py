@@ -1,4 +1,4 @@
-"""History bundles a linked device starts from (format: :mod:`client_sdk.core.history`;
+"""History bundles a linked device starts from (format: :mod:`saltline.client_sdk.core.history`;
 docs/protocol/sync.md § 8): building one on the approving device, seeding from it and merging the
 follow-up on the new device. The linking facet seals, uploads and downloads them."""
 
@@ -7,15 +7,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from client_sdk.context import DeviceContext
-from client_sdk.core import diff, sync
-from client_sdk.core import history as fmt
-from client_sdk.core.events import ConversationAdded, MessageReceived
-from client_sdk.errors import UsageError
-from client_sdk.facets.conversations import Conversations, decode_op
-from client_sdk.facets.disappearing import encode_expiring, encode_timers
-from client_sdk.stores.base import ConversationRecord, MessageRecord, SyncOpRecord
-from crypto.keys import b64decode, b64encode
+from saltline.client_sdk.context import DeviceContext
+from saltline.client_sdk.core import diff, sync
+from saltline.client_sdk.core import history as fmt
+from saltline.client_sdk.core.events import ConversationAdded, MessageReceived
+from saltline.client_sdk.errors import UsageError
+from saltline.client_sdk.facets.conversations import Conversations, decode_op
+from saltline.client_sdk.facets.disappearing import encode_expiring, encode_timers
+from saltline.client_sdk.stores.base import ConversationRecord, MessageRecord, SyncOpRecord
+from saltline.crypto.keys import b64decode, b64encode
 
 #: History a linked device receives: "all", "none" or a number of days.
 HistoryDepth = str | int

@@ -1,8 +1,8 @@
 """Inbound: every frame of the delivery socket and every envelope of a conversation's history,
-through the rules of :mod:`client_sdk.core.inbound`. Nothing here ends the delivery task: a bad
+through the rules of :mod:`saltline.client_sdk.core.inbound`. Nothing here ends the delivery task: a bad
 frame or envelope is acknowledged with an event, a transient failure drops the connection so the
 server redelivers (after a back-off), and an envelope that keeps failing is dropped with an event
-after :data:`~client_sdk.core.inbound.MAX_TRANSIENT_TRIES` tries."""
+after :data:`~saltline.client_sdk.core.inbound.MAX_TRANSIENT_TRIES` tries."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from client_sdk.context import DeviceContext
-from client_sdk.core import api, sync, trust
-from client_sdk.core import inbound as rules
-from client_sdk.core import message as msg
-from client_sdk.core.attachments import pointer_of
-from client_sdk.core.diff import message_ref
-from client_sdk.core.events import (
+from saltline.client_sdk.context import DeviceContext
+from saltline.client_sdk.core import api, sync, trust
+from saltline.client_sdk.core import inbound as rules
+from saltline.client_sdk.core import message as msg
+from saltline.client_sdk.core.attachments import pointer_of
+from saltline.client_sdk.core.diff import message_ref
+from saltline.client_sdk.core.events import (
     Connected,
     ConversationAdded,
     ConversationUnavailable,
@@ -30,7 +30,7 @@ from client_sdk.core.events import (
     MessageReceived,
     TypingChanged,
 )
-from client_sdk.errors import (
+from saltline.client_sdk.errors import (
     AuthError,
     DecryptError,
     NetworkError,
@@ -40,21 +40,21 @@ from client_sdk.errors import (
     UntrustedConversationError,
     UntrustedDeviceListError,
 )
-from client_sdk.stores.base import (
+from saltline.client_sdk.stores.base import (
     ContactRecord,
     ConversationRecord,
     MessageRecord,
     SessionRecord,
     SyncOpRecord,
 )
-from crypto.errors import CryptoError, DuplicateMessageError
-from crypto.keys import b64decode
+from saltline.crypto.errors import CryptoError, DuplicateMessageError
+from saltline.crypto.keys import b64decode
 
 if TYPE_CHECKING:
-    from client_sdk.facets.contacts import Contacts
-    from client_sdk.facets.conversations import Conversations
-    from client_sdk.facets.outbound import Outbound
-    from client_sdk.facets.prekeys import Prekeys
+    from saltline.client_sdk.facets.contacts import Contacts
+    from saltline.client_sdk.facets.conversations import Conversations
+    from saltline.client_sdk.facets.outbound import Outbound
+    from saltline.client_sdk.facets.prekeys import Prekeys
 
 log = logging.getLogger("client_sdk.inbound")
 

@@ -1,5 +1,5 @@
-"""Linking a new device and its history (formats: :mod:`client_sdk.core.history` and
-:mod:`client_sdk.core.linking`; docs/protocol/messages.md § linking, sync.md § history bundles)."""
+"""Linking a new device and its history (formats: :mod:`saltline.client_sdk.core.history` and
+:mod:`saltline.client_sdk.core.linking`; docs/protocol/messages.md § linking, sync.md § history bundles)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from client_sdk.context import DeviceContext
-from client_sdk.core import account_keys, api, linking, trust, wire
-from client_sdk.core import history as fmt
-from client_sdk.core.events import HistoryDownloadFailed
-from client_sdk.errors import (
+from saltline.client_sdk.context import DeviceContext
+from saltline.client_sdk.core import account_keys, api, linking, trust, wire
+from saltline.client_sdk.core import history as fmt
+from saltline.client_sdk.core.events import HistoryDownloadFailed
+from saltline.client_sdk.errors import (
     LinkError,
     LinkNotConfirmedError,
     NetworkError,
@@ -25,21 +25,21 @@ from client_sdk.errors import (
     ServerError,
     UsageError,
 )
-from client_sdk.facets.history_bundles import HistoryBundles, Sent
-from client_sdk.facets.history_bundles import HistoryDepth as HistoryDepth
-from client_sdk.stores.base import ContactRecord, ConversationRecord
-from crypto import attachments
-from crypto import device_list as dl
-from crypto import primitives as p
-from crypto.errors import CryptoError
-from crypto.keys import AccountKey, EphemeralKey, b64decode, b64encode
-from crypto.safety import fingerprint_digits
+from saltline.client_sdk.facets.history_bundles import HistoryBundles, Sent
+from saltline.client_sdk.facets.history_bundles import HistoryDepth as HistoryDepth
+from saltline.client_sdk.stores.base import ContactRecord, ConversationRecord
+from saltline.crypto import attachments
+from saltline.crypto import device_list as dl
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import AccountKey, EphemeralKey, b64decode, b64encode
+from saltline.crypto.safety import fingerprint_digits
 
 if TYPE_CHECKING:
-    from client_sdk.facets.contacts import Contacts
-    from client_sdk.facets.conversations import Conversations
-    from client_sdk.facets.inbound import Inbound
-    from client_sdk.facets.prekeys import Prekeys
+    from saltline.client_sdk.facets.contacts import Contacts
+    from saltline.client_sdk.facets.conversations import Conversations
+    from saltline.client_sdk.facets.inbound import Inbound
+    from saltline.client_sdk.facets.prekeys import Prekeys
 
 #: Ciphertext bytes per history bundle blob (a server with a smaller ``max_blob_bytes`` says so in
 #: its 413 problem and the parts are made smaller).
@@ -110,7 +110,7 @@ class Linking:
         task = self._task(coro)
         self.tasks.add(task)
 
-    # -- history bundles (built and merged by :mod:`client_sdk.facets.history_bundles`) ------------------
+    # -- history bundles (built and merged by :mod:`saltline.client_sdk.facets.history_bundles`) --
 
     def history_bundle(self, depth: HistoryDepth, sent: Sent | None = None) -> dict[str, Any]:
         return self.bundles.history_bundle(depth, sent)

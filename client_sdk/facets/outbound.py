@@ -1,5 +1,5 @@
 """Outbound: composing operations into the outbox, encrypting them for every verified device and
-sending them; the fate of every attempt is :func:`client_sdk.core.outbox.fate`.
+sending them; the fate of every attempt is :func:`saltline.client_sdk.core.outbox.fate`.
 
 An item that fails for good is kept (failed, with its reason) and never blocks the items behind
 it; a void operation takes its dot so the author's later operations do not wait for it anywhere.
@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from client_sdk.context import DeviceContext
-from client_sdk.core import api, sync, trust, wire
-from client_sdk.core import message as msg
-from client_sdk.core import outbox as rules
-from client_sdk.core.events import ForkDetected, MessageSent, OutboxItemFailed
-from client_sdk.core.sync.ops import Body as SyncBody
-from client_sdk.errors import (
+from saltline.client_sdk.context import DeviceContext
+from saltline.client_sdk.core import api, sync, trust, wire
+from saltline.client_sdk.core import message as msg
+from saltline.client_sdk.core import outbox as rules
+from saltline.client_sdk.core.events import ForkDetected, MessageSent, OutboxItemFailed
+from saltline.client_sdk.core.sync.ops import Body as SyncBody
+from saltline.client_sdk.errors import (
     IdentityChangedError,
     MembershipUnknownError,
     MessageTooLargeError,
@@ -33,17 +33,17 @@ from client_sdk.errors import (
     UntrustedDeviceListError,
     UsageError,
 )
-from client_sdk.facets.conversations import decode_op
-from client_sdk.stores.base import MessageRecord, OutboxItem, SessionRecord, SyncOpRecord
-from crypto.errors import CryptoError
-from crypto.keys import DeviceDHPublicKey, DeviceSigningPublicKey, PreKeyPublic, b64decode, b64encode
-from crypto.ratchet import Session
-from crypto.x3dh import PreKeyBundle
+from saltline.client_sdk.facets.conversations import decode_op
+from saltline.client_sdk.stores.base import MessageRecord, OutboxItem, SessionRecord, SyncOpRecord
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import DeviceDHPublicKey, DeviceSigningPublicKey, PreKeyPublic, b64decode, b64encode
+from saltline.crypto.ratchet import Session
+from saltline.crypto.x3dh import PreKeyBundle
 
 if TYPE_CHECKING:
-    from client_sdk.facets.contacts import Contacts
-    from client_sdk.facets.conversations import Conversations
-    from client_sdk.transport.ws import DeliverySocket
+    from saltline.client_sdk.facets.contacts import Contacts
+    from saltline.client_sdk.facets.conversations import Conversations
+    from saltline.client_sdk.transport.ws import DeliverySocket
 
 log = logging.getLogger("client_sdk.outbound")
 #: Composed operations kept decoded until their first send attempt ends.
@@ -474,7 +474,7 @@ class Outbound:
         """Over the delivery socket when it is ready (its ``send_result`` carries the HTTP route's
         status and body), else, or when the socket cannot carry it, over HTTP. A second sending of
         the same body is a replay the server answers with the first result."""
-        from client_sdk.transport.ws import SocketUnavailable
+        from saltline.client_sdk.transport.ws import SocketUnavailable
 
         socket = self._socket()
         if socket is not None and socket.ready:

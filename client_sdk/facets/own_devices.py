@@ -1,6 +1,6 @@
 """This account's own devices: removal with account-key rotation, the key handoff a remaining
 device adopts, end-to-end encrypted device names, and the events every device of the account
-sees when a device joins or leaves (formats: :mod:`client_sdk.core.account_keys`;
+sees when a device joins or leaves (formats: :mod:`saltline.client_sdk.core.account_keys`;
 docs/protocol/messages.md § Account-key handoff, § Device names)."""
 
 from __future__ import annotations
@@ -8,19 +8,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from client_sdk.context import DeviceContext
-from client_sdk.core import account_keys, api, trust
-from client_sdk.core.events import (
+from saltline.client_sdk.context import DeviceContext
+from saltline.client_sdk.core import account_keys, api, trust
+from saltline.client_sdk.core.events import (
     AccountKeyRotated,
     AccountKeyUnavailable,
     OwnDeviceLinked,
     OwnDeviceUnlinked,
 )
-from client_sdk.errors import NetworkError, ProtocolError, ServerError, UsageError
-from client_sdk.facets.contacts import Contacts
-from crypto import device_list as dl
-from crypto.errors import CryptoError
-from crypto.keys import AccountKey, AccountPublicKey, b64decode, b64encode
+from saltline.client_sdk.errors import NetworkError, ProtocolError, ServerError, UsageError
+from saltline.client_sdk.facets.contacts import Contacts
+from saltline.crypto import device_list as dl
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import AccountKey, AccountPublicKey, b64decode, b64encode
 
 log = logging.getLogger(__name__)
 

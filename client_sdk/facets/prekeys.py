@@ -1,12 +1,12 @@
-"""Prekeys: upload, replenish, rotate and expire (rules: :mod:`client_sdk.core.prekeys`)."""
+"""Prekeys: upload, replenish, rotate and expire (rules: :mod:`saltline.client_sdk.core.prekeys`)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from client_sdk.context import DeviceContext
-from client_sdk.core import api
-from client_sdk.core import prekeys as rules
+from saltline.client_sdk.context import DeviceContext
+from saltline.client_sdk.core import api
+from saltline.client_sdk.core import prekeys as rules
 
 
 class Prekeys:
@@ -134,7 +134,7 @@ class Prekeys:
         )
 
     async def maintain_if_due(self) -> None:
-        """:meth:`maintain`, throttled by :func:`client_sdk.core.prekeys.work_due`; one at a time."""
+        """:meth:`maintain`, throttled by :func:`saltline.client_sdk.core.prekeys.work_due`; one at a time."""
         if self._running:
             return
         self._running = True

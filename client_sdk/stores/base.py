@@ -1,6 +1,6 @@
 """The device's durable state, behind one narrow Protocol per aggregate (libsignal's
-``storage/traits.rs`` shape). :mod:`client_sdk.stores.memory` is the in-memory implementation the
-tests use; :mod:`client_sdk.stores.sqlite` the durable one.
+``storage/traits.rs`` shape). :mod:`saltline.client_sdk.stores.memory` is the in-memory implementation the
+tests use; :mod:`saltline.client_sdk.stores.sqlite` the durable one.
 
 Conventions (every implementation follows them):
 
@@ -15,7 +15,7 @@ Conventions (every implementation follows them):
   :meth:`Store.transaction`, when the outermost transaction exits without an exception. An
   exception inside a transaction rolls back every write made in it.
 * :meth:`Store.acquire` is called once by the client that opens the store; a second acquire
-  (another client, another process) raises :class:`~client_sdk.errors.StoreLockedError` until
+  (another client, another process) raises :class:`~saltline.client_sdk.errors.StoreLockedError` until
   :meth:`Store.release`.
 
 This interface only grows (new methods and new optional fields with defaults); nothing here
@@ -41,7 +41,7 @@ class DeviceRecord:
 
     device_id: str
     state: bytes
-    """SECRET: ``crypto.private_state.encode(DeviceState)`` (keys, prekeys, account key if linked)."""
+    """SECRET: ``saltline.crypto.private_state.encode(DeviceState)`` (keys, prekeys, account key)."""
     username: str | None = None
     account_id: str | None = None
     refresh_token: str | None = None
@@ -81,7 +81,7 @@ class SessionRecord:
     peer_device_id: str
     base_key: bytes
     state: bytes
-    """SECRET: ``crypto.ratchet.Session.to_bytes()``."""
+    """SECRET: ``saltline.crypto.ratchet.Session.to_bytes()``."""
     peer_account_id: str
     updated_at_ms: int = 0
 
@@ -94,7 +94,7 @@ class ConversationRecord:
     members: tuple[str, ...]
     """Account ids of every member (this account included), sorted."""
     clock: bytes = b""
-    """This device's vector clock for the conversation (``client_sdk.core.clock`` encoding)."""
+    """This device's vector clock for the conversation (``saltline.client_sdk.core.clock`` encoding)."""
     created_at_ms: int = 0
 
 
@@ -142,7 +142,7 @@ class OutboxItem:
     failed_status: int | None = None
     """The HTTP status of the permanent failure (413, 403, 404, 422, ...), if there was one."""
     failed_code: str | None = None
-    """The problem code of the permanent failure (``client_sdk.core.wire.PROBLEM_*``), if any."""
+    """The problem code of the permanent failure (``saltline.client_sdk.core.wire.PROBLEM_*``), if any."""
     next_attempt_ms: int = 0
     """The earliest time (epoch ms) of the next automatic attempt (back-off); 0: as soon as possible."""
 
@@ -349,7 +349,7 @@ class SyncStore(Protocol):
 class PreKeyStore(Protocol):
     """Prekey bookkeeping, and the seen set of initial messages accepted with a reusable (signed
     or last-resort) prekey: entries ``(prekey_id, digest)``, ``digest`` the 32-byte
-    ``client_sdk.core.message.seen_base_key_digest`` of the prekey id and the initiator's base key
+    ``saltline.client_sdk.core.message.seen_base_key_digest`` of the prekey id and the initiator's base key
     (docs/protocol/session-setup.md § 6.2). The client adds an entry in the transaction that
     stores the session it set up, and drops the entries of prekeys it deleted."""
 
@@ -405,7 +405,7 @@ class Store(Protocol):
         ...
 
     def acquire(self) -> None:
-        """Take exclusive use of the store; :class:`~client_sdk.errors.StoreLockedError` if another
+        """Take exclusive use of the store; :class:`~saltline.client_sdk.errors.StoreLockedError` if another
         client holds it."""
         ...
 

@@ -1,10 +1,10 @@
-"""Integrity of an encrypted :class:`~client_sdk.stores.sqlite.SqliteStore`: every row is
+"""Integrity of an encrypted :class:`~saltline.client_sdk.stores.sqlite.SqliteStore`: every row is
 authenticated under the store key, bound to its place and (for the tables of the manifest) to its
 version, and a MAC'd per-store state detects a row put back from an older copy or deleted.
 
 The scheme (specified for reviewers in docs/protocol/keys.md § 5.1):
 
-* Keys, from the row key of :mod:`client_sdk.stores.sqlite_cipher` (itself HKDF of the app key
+* Keys, from the row key of :mod:`saltline.client_sdk.stores.sqlite_cipher` (itself HKDF of the app key
   and the store salt): ``mac_key``, ``manifest_key`` and ``state_key`` =
   ``HKDF-SHA256(ikm=row_key, salt="", info="saltline store v2 " + purpose, 32)`` with purpose
   ``"row mac key"``, ``"manifest key"``, ``"state key"``.
@@ -29,7 +29,7 @@ The scheme (specified for reviewers in docs/protocol/keys.md § 5.1):
 
 On open every row of :data:`MANIFEST` is verified (its MAC, and ``D`` recomputed against the
 state), so a changed trust anchor, an old copy of a row, a deleted or an added row is
-:class:`~client_sdk.errors.StoreTamperedError` before anything is read. Rows of :data:`PLACE`
+:class:`~saltline.client_sdk.errors.StoreTamperedError` before anything is read. Rows of :data:`PLACE`
 tables (the bulk history) are verified when read. While the store is open the expected version of
 every manifest row is kept in memory, so a row changed under a running client fails when read.
 """
@@ -46,8 +46,8 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
 
-from client_sdk.errors import StoreTamperedError
-from crypto import primitives as p
+from saltline.client_sdk.errors import StoreTamperedError
+from saltline.crypto import primitives as p
 
 __all__ = ["MANIFEST", "PLACE", "UNPROTECTED", "Integrity"]
 

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from client_sdk.errors import StoreLockedError
-from client_sdk.stores.base import (
+from saltline.client_sdk.errors import StoreLockedError
+from saltline.client_sdk.stores.base import (
     ContactRecord,
     ConversationRecord,
     DeviceRecord,
@@ -270,7 +270,7 @@ class MemoryHandlerInboxStore(_Part):
 
 
 class MemoryStore:
-    """A :class:`~client_sdk.stores.base.Store` that lives in this process only."""
+    """A :class:`~saltline.client_sdk.stores.base.Store` that lives in this process only."""
 
     def __init__(self) -> None:
         self._data = _Data()

@@ -4,7 +4,7 @@ Use::
 
     store = SqliteStore.open("~/.saltline/desktop/store.db", key=app_key)   # key: 32 bytes or None
     try:
-        ...                          # every Protocol of client_sdk.stores.base
+        ...                          # every Protocol of saltline.client_sdk.stores.base
     finally:
         store.close()                # or: with SqliteStore.open(...) as store: ...
 
@@ -20,7 +20,7 @@ everything back on an exception). ``secure_delete`` is on, so a replaced ratchet
 page is zeroed in the database file (copies may survive in the WAL until the next checkpoint, and
 in the file system: that is the limit of what a library can erase).
 
-Encryption at rest (when ``key`` is given). The SECRET fields of :mod:`client_sdk.stores.base`
+Encryption at rest (when ``key`` is given). The SECRET fields of :mod:`saltline.client_sdk.stores.base`
 (``DeviceRecord.state`` and ``refresh_token``, ``SessionRecord.state``, ``MessageRecord.text`` and
 ``body``, ``OutboxItem.body``, ``request`` and ``failed_reason``, ``SyncOpRecord.plaintext``) are
 stored as::
@@ -31,41 +31,42 @@ stored as::
                           info="saltline store v1 row key", 32)
 
 so a ciphertext moved to another row, column or table fails authentication
-(:class:`~client_sdk.errors.StoreCorruptError`). A value the store must look rows up by (the
+(:class:`~saltline.client_sdk.errors.StoreCorruptError`). A value the store must look rows up by (the
 digests of the ``seen_base_keys`` table) cannot be sealed with a random nonce; it is stored as the
 deterministic tag ``HMAC-SHA256(tag_key, AD(table, column) || value)``, with ``tag_key =
 HKDF-SHA256(ikm=row_key, salt="", info="saltline store v1 lookup tag key", 32)``. The ``meta``
 table also holds a key check value (the AEAD of a fixed string under the row key); opening with a
 wrong key, without the key of an encrypted store, or with a key for a plain store raises
-:class:`~client_sdk.errors.StoreKeyError` before anything is read. Identifiers, timestamps,
+:class:`~saltline.client_sdk.errors.StoreKeyError` before anything is read. Identifiers, timestamps,
 sequence numbers, conversation members, clocks and the public contact data (account keys, signed
 device lists) are not encrypted: they are metadata the server knows as well, and the store queries
 and orders by them.
 
-Integrity (encrypted stores; :mod:`client_sdk.stores.integrity`, docs/protocol/keys.md § 5.1).
+Integrity (encrypted stores; :mod:`saltline.client_sdk.stores.integrity`, docs/protocol/keys.md § 5.1).
 Every row carries a MAC under a key derived from the row key over all its columns (so it is bound
 to its table and primary key); the trust anchors, membership, sessions and cursors also carry a
 version from a monotonic write counter and are listed in a keyed manifest digest that a MAC'd
 state row (written once per transaction) commits to. :meth:`SqliteStore.open` verifies all of them
-and raises :class:`~client_sdk.errors.StoreTamperedError` if a row was changed, moved, added,
+and raises :class:`~saltline.client_sdk.errors.StoreTamperedError` if a row was changed, moved, added,
 deleted or rolled back; bulk rows (messages, outbox, sync ops, handler inbox) are verified when
 read. A consistent rollback of the whole file is detected only with ``min_write_counter``.
 
 Locking. :meth:`SqliteStore.open` takes an exclusive ``fcntl.flock`` on ``<path>.lock`` (non-
 blocking) and holds it until :meth:`SqliteStore.close`. A second open of the same store, from this
-process or another, raises :class:`~client_sdk.errors.StoreLockedError` naming the path and the
+process or another, raises :class:`~saltline.client_sdk.errors.StoreLockedError` naming the path and the
 process id written in the lock file. The kernel drops the lock when the process dies, so a crash
 leaves no stale lock. :meth:`SqliteStore.acquire`/:meth:`release` add the Protocol's
 one-client-per-store rule inside the process that opened it.
 
 Schema versions. ``PRAGMA user_version`` is the number of :data:`MIGRATIONS` applied; opening
 applies the missing ones in one transaction each, and refuses a file written by a newer version
-(:class:`~client_sdk.errors.StoreVersionError`).
+(:class:`~saltline.client_sdk.errors.StoreVersionError`).
 
 Modules: this one holds :class:`SqliteStore` (open, close, transactions); the schema and its
-migrations are in :mod:`client_sdk.stores.sqlite_schema`, the encryption in
-:mod:`client_sdk.stores.sqlite_cipher`, the file lock in :mod:`client_sdk.stores.sqlite_lock`,
-and one class per aggregate in :mod:`client_sdk.stores.sqlite_repos`.
+migrations are in :mod:`saltline.client_sdk.stores.sqlite_schema`, the encryption in
+:mod:`saltline.client_sdk.stores.sqlite_cipher`, the file lock in
+:mod:`saltline.client_sdk.stores.sqlite_lock`, and one class per aggregate in
+:mod:`saltline.client_sdk.stores.sqlite_repos`.
 
 POSIX only (``fcntl``).
 """
@@ -81,11 +82,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from client_sdk.errors import StoreError, StoreKeyError, StoreLockedError, StoreTamperedError
-from client_sdk.stores.integrity import Integrity
-from client_sdk.stores.sqlite_cipher import KEY_SIZE, Cipher, setup_key, write_key_check
-from client_sdk.stores.sqlite_lock import lock, unlock
-from client_sdk.stores.sqlite_repos import (
+from saltline.client_sdk.errors import StoreError, StoreKeyError, StoreLockedError, StoreTamperedError
+from saltline.client_sdk.stores.integrity import Integrity
+from saltline.client_sdk.stores.sqlite_cipher import KEY_SIZE, Cipher, setup_key, write_key_check
+from saltline.client_sdk.stores.sqlite_lock import lock, unlock
+from saltline.client_sdk.stores.sqlite_repos import (
     SqliteConversationStore,
     SqliteCursorStore,
     SqliteDeviceListStore,
@@ -96,7 +97,7 @@ from client_sdk.stores.sqlite_repos import (
     SqliteSessionStore,
     SqliteSyncStore,
 )
-from client_sdk.stores.sqlite_schema import (
+from saltline.client_sdk.stores.sqlite_schema import (
     INTEGRITY_SCHEMA,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -108,7 +109,7 @@ __all__ = ["KEY_SIZE", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "migrate"]
 
 
 class SqliteStore:
-    """A :class:`~client_sdk.stores.base.Store` in one SQLite file; see the module docstring.
+    """A :class:`~saltline.client_sdk.stores.base.Store` in one SQLite file; see the module docstring.
 
     Create it with :meth:`open` (not the constructor) and :meth:`close` it (or use ``with``).
     One thread at a time: calls are serialised by a lock, and a :meth:`transaction` belongs to
@@ -152,13 +153,13 @@ class SqliteStore:
 
         ``key``: 32 bytes to encrypt the secrets at rest with (see the module docstring). A new
         store is created encrypted if and only if a key is given; an existing store must be opened
-        the same way (otherwise :class:`~client_sdk.errors.StoreKeyError`). An encrypted store is
-        verified (:mod:`client_sdk.stores.integrity`) before it is returned.
+        the same way (otherwise :class:`~saltline.client_sdk.errors.StoreKeyError`). An encrypted store is
+        verified (:mod:`saltline.client_sdk.stores.integrity`) before it is returned.
         ``min_write_counter``: the :attr:`write_counter` the app saved (in its keystore, next to
         the key) when it last closed the store; a lower counter means the whole file was rolled
-        back (:class:`~client_sdk.errors.StoreTamperedError`).
+        back (:class:`~saltline.client_sdk.errors.StoreTamperedError`).
         ``migrations``: for tests only.
-        Raises :class:`~client_sdk.errors.StoreLockedError`, ``StoreKeyError``,
+        Raises :class:`~saltline.client_sdk.errors.StoreLockedError`, ``StoreKeyError``,
         ``StoreVersionError``, ``StoreTamperedError`` or ``StoreError``.
         """
         if key is not None and (not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE):

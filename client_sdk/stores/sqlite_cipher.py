@@ -1,5 +1,5 @@
-"""Encryption at rest of :class:`~client_sdk.stores.sqlite.SqliteStore` (the format is described
-in the module docstring of :mod:`client_sdk.stores.sqlite`): the row key, sealing and opening the
+"""Encryption at rest of :class:`~saltline.client_sdk.stores.sqlite.SqliteStore` (the format is described
+in the module docstring of :mod:`saltline.client_sdk.stores.sqlite`): the row key, sealing and opening the
 SECRET columns, lookup tags, and the key check value in the ``meta`` table.
 """
 
@@ -9,9 +9,9 @@ import sqlite3
 import struct
 from collections.abc import Sequence
 
-from client_sdk.errors import StoreCorruptError, StoreKeyError, StoreVersionError
-from crypto import primitives as p
-from crypto.errors import DecryptionError
+from saltline.client_sdk.errors import StoreCorruptError, StoreKeyError, StoreVersionError
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import DecryptionError
 
 __all__ = ["KEY_SIZE", "Cipher", "KeyCheck", "derive_row_key", "setup_key", "write_key_check"]
 
@@ -22,7 +22,7 @@ _AD_PREFIX = b"saltline-store-v1"
 _ROW_KEY_INFO = b"saltline store v1 row key"
 _TAG_KEY_INFO = b"saltline store v1 lookup tag key"
 _KEY_CHECK_PLAINTEXT = b"saltline store key check v1"
-#: The key check of a store whose rows are integrity-protected (client_sdk.stores.integrity): once
+#: The key check of a store whose rows are integrity-protected (saltline.client_sdk.stores.integrity): once
 #: written, a missing integrity state is tampering, never "an old store to migrate".
 _KEY_CHECK_V2 = b"saltline store key check v2 integrity"
 ENC_NONE = b"none"

@@ -1,4 +1,4 @@
-"""Process-level locking of a :class:`~client_sdk.stores.sqlite.SqliteStore` file: an exclusive,
+"""Process-level locking of a :class:`~saltline.client_sdk.stores.sqlite.SqliteStore` file: an exclusive,
 non-blocking ``fcntl.flock`` on ``<path>.lock`` (POSIX only), plus a registry of the paths this
 process has open."""
 
@@ -8,7 +8,7 @@ import fcntl
 import os
 import threading
 
-from client_sdk.errors import StoreLockedError
+from saltline.client_sdk.errors import StoreLockedError
 
 __all__ = ["lock", "unlock"]
 

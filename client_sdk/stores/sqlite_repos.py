@@ -1,8 +1,8 @@
-"""The aggregates of :class:`~client_sdk.stores.sqlite.SqliteStore`, one class per Protocol of
-:mod:`client_sdk.stores.base`. Each reads and writes through its store (``_get``/``_get_all``:
+"""The aggregates of :class:`~saltline.client_sdk.stores.sqlite.SqliteStore`, one class per Protocol of
+:mod:`saltline.client_sdk.stores.base`. Each reads and writes through its store (``_get``/``_get_all``:
 ``SELECT <columns>, * ...`` so that the whole row is verified; ``_put``/``_delete``: one transaction
 per write unless inside :meth:`SqliteStore.transaction`, the row authenticated in it; see
-:mod:`client_sdk.stores.integrity`) and seals the SECRET columns with the store's cipher."""
+:mod:`saltline.client_sdk.stores.integrity`) and seals the SECRET columns with the store's cipher."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from client_sdk.stores.base import (
+from saltline.client_sdk.stores.base import (
     ContactRecord,
     ConversationRecord,
     DeviceRecord,
@@ -26,7 +26,7 @@ from client_sdk.stores.base import (
 )
 
 if TYPE_CHECKING:
-    from client_sdk.stores.sqlite import SqliteStore
+    from saltline.client_sdk.stores.sqlite import SqliteStore
 
 
 class _Part:

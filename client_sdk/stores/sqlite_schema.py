@@ -1,9 +1,9 @@
-"""The schema of :class:`~client_sdk.stores.sqlite.SqliteStore`: its migration steps, in order.
+"""The schema of :class:`~saltline.client_sdk.stores.sqlite.SqliteStore`: its migration steps, in order.
 
 ``PRAGMA user_version`` is the number of :data:`MIGRATIONS` applied; :func:`migrate` applies the
 missing ones in one transaction each and refuses a file written by a newer version.
 
-Integrity (:mod:`client_sdk.stores.integrity`) covers whole rows: a step may add tables and
+Integrity (:mod:`saltline.client_sdk.stores.integrity`) covers whole rows: a step may add tables and
 columns freely (after the step, the rows are verified over the columns their MACs were computed
 on and authenticated again over all of them; a new table needs a policy in ``integrity.MANIFEST``
 or ``PLACE``, which a test checks). A step must not rewrite existing values of a protected
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 
-from client_sdk.errors import StoreVersionError
+from saltline.client_sdk.errors import StoreVersionError
 
 __all__ = ["INTEGRITY_SCHEMA", "MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate"]
 
@@ -131,7 +131,7 @@ def _v3_sync(conn: sqlite3.Connection) -> None:
 def _v4_seen_base_keys(conn: sqlite3.Connection) -> None:
     """Version 4: the seen set of initial messages accepted with a reusable (signed or last-resort)
     prekey (docs/protocol/session-setup.md § 6.2). ``tag`` is the 32-byte digest, or in an
-    encrypted store a keyed hash of it (:meth:`~client_sdk.stores.sqlite_cipher.Cipher.tag`)."""
+    encrypted store a keyed hash of it (:meth:`~saltline.client_sdk.stores.sqlite_cipher.Cipher.tag`)."""
     conn.execute(
         """CREATE TABLE seen_base_keys (
             prekey_id INTEGER NOT NULL,
@@ -143,7 +143,7 @@ def _v4_seen_base_keys(conn: sqlite3.Connection) -> None:
 def _v5_outbox_failures_and_handler_inbox(conn: sqlite3.Connection) -> None:
     """Version 5: an outbox item's permanent failure (``failed_reason``, sealed like the body, its
     HTTP status and problem code) and back-off (``next_attempt_ms``); the handler inbox of
-    at-least-once app delivery (:class:`~client_sdk.stores.base.HandlerInboxStore`)."""
+    at-least-once app delivery (:class:`~saltline.client_sdk.stores.base.HandlerInboxStore`)."""
     for statement in (
         "ALTER TABLE outbox ADD COLUMN failed_reason BLOB",
         "ALTER TABLE outbox ADD COLUMN failed_status INTEGER",
@@ -161,7 +161,7 @@ def _v5_outbox_failures_and_handler_inbox(conn: sqlite3.Connection) -> None:
 
 
 def _v6_integrity(conn: sqlite3.Connection) -> None:
-    """Version 6: integrity protection (:mod:`client_sdk.stores.integrity`): a row MAC ``mac`` in
+    """Version 6: integrity protection (:mod:`saltline.client_sdk.stores.integrity`): a row MAC ``mac`` in
     every table but ``meta``, and a version ``ver`` in the tables of the manifest. The rows an older
     SDK wrote are authenticated on the first open with the key (trust on first migration)."""
     for table in (

@@ -1,4 +1,4 @@
-"""httpx driver: executes :class:`client_sdk.core.api.Request` objects."""
+"""httpx driver: executes :class:`saltline.client_sdk.core.api.Request` objects."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from client_sdk.core.api import Request, Response
-from client_sdk.errors import NetworkError
+from saltline.client_sdk.core.api import Request, Response
+from saltline.client_sdk.errors import NetworkError
 
 #: Failures of a connection already open (the server closed or reset it): worth one immediate
 #: retry of an idempotent request. Timeouts and connection refusals are not retried here.

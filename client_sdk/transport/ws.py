@@ -1,6 +1,6 @@
 """websockets driver for ``/v1/ws``: authenticates, answers pings, hands every frame to a
 handler, acknowledges what the handler stored, watches the server's heartbeat, and reconnects with
-back-off (:mod:`client_sdk.core.backoff`), resuming from the server's acknowledged position. It
+back-off (:mod:`saltline.client_sdk.core.backoff`), resuming from the server's acknowledged position. It
 also sends envelopes over the socket (:meth:`DeliverySocket.send_envelope`).
 
 Two tasks per connection: the reader answers pings, matches ``send_result`` frames to their sends
@@ -28,10 +28,10 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from client_sdk.core import wire
-from client_sdk.core.backoff import Backoff, BackoffPolicy
+from saltline.client_sdk.core import wire
+from saltline.client_sdk.core.backoff import Backoff, BackoffPolicy
 
-log = logging.getLogger("client_sdk.transport")
+log = logging.getLogger("saltline.client_sdk.transport")
 
 #: Close codes after which reconnecting is pointless (the device was removed).
 FATAL_CLOSE_CODES = wire.FATAL_CLOSE_CODES

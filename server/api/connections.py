@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from server.services.delivery_protocol import CLOSE_REPLACED
+from saltline.server.services.delivery_protocol import CLOSE_REPLACED
 
 __all__ = ["CLOSE_REPLACED", "ConnectionRegistry", "RegisteredConnection"]
 

@@ -1,32 +1,32 @@
 """Start-up of the delivery side: the bus, the connection registry, the delivery services and
-their hooks (the sockets themselves are :mod:`server.api.ws`)."""
+their hooks (the sockets themselves are :mod:`saltline.server.api.ws`)."""
 
 from __future__ import annotations
 
-from crypto.keys import b64decode
-from server.api.connections import ConnectionRegistry
-from server.api.ws import DeviceConnection
-from server.context import AppContext
-from server.services.delivery import DeliveryService
-from server.services.delivery_frames import device_list_frame
-from server.services.delivery_metrics import DeliveryMetrics
-from server.services.delivery_protocol import CLOSE_SERVICE_RESTART
-from server.storage.envelopes_repo import QueueItem
+from saltline.crypto.keys import b64decode
+from saltline.server.api.connections import ConnectionRegistry
+from saltline.server.api.ws import DeviceConnection
+from saltline.server.context import AppContext
+from saltline.server.services.delivery import DeliveryService
+from saltline.server.services.delivery_frames import device_list_frame
+from saltline.server.services.delivery_metrics import DeliveryMetrics
+from saltline.server.services.delivery_protocol import CLOSE_SERVICE_RESTART
+from saltline.server.storage.envelopes_repo import QueueItem
 
 
 async def start_delivery(ctx: AppContext) -> None:
     """Build and start the delivery side on ``ctx``: bus, connection registry, conversations and
     delivery services, the device-removed and tokens-revoked hooks, and their shutdown."""
-    from server.services.bus import DeliveryBus, InProcessBus
-    from server.services.conversations import ConversationsService
-    from server.storage.conversations_repo import ConversationsRepo
-    from server.storage.envelopes_repo import EnvelopesRepo
+    from saltline.server.services.bus import DeliveryBus, InProcessBus
+    from saltline.server.services.conversations import ConversationsService
+    from saltline.server.storage.conversations_repo import ConversationsRepo
+    from saltline.server.storage.envelopes_repo import EnvelopesRepo
 
     settings = ctx.settings
     metrics = DeliveryMetrics(ctx.registry)
     bus: DeliveryBus
     if settings.redis_url:
-        from server.services.redis_bus import RedisBus
+        from saltline.server.services.redis_bus import RedisBus
 
         bus = RedisBus(settings.redis_url)
     else:

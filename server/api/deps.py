@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from server.context import AppContext
-from server.errors import Problem, ProblemCode
-from server.services.common import AuthedDevice
+from saltline.server.context import AppContext
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.common import AuthedDevice
 
 _bearer = HTTPBearer(auto_error=False, description="Access token from /v1/auth/login")
 

@@ -1,6 +1,6 @@
 """The OpenAPI document states the limits this server enforces (issue 13): the request models
 carry the static rules (id, key and base64url patterns, the username rule), and
-:func:`apply_settings_limits` writes the configurable ones (``server.settings``) into the
+:func:`apply_settings_limits` writes the configurable ones (``saltline.server.settings``) into the
 generated document, so a request that matches the document is never refused for its shape.
 
 What the document cannot say (a signature, a device list's content, whether an account exists,
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.api.path_ids import ID_REGEX
-from server.api.schemas import b64_max_chars
-from server.settings import Settings
+from saltline.server.api.path_ids import ID_REGEX
+from saltline.server.api.schemas import b64_max_chars
+from saltline.server.settings import Settings
 
 #: (component, property, JSON Schema keyword, settings -> value); ``items.`` reaches into a list.
 _LIMITS: tuple[tuple[str, str, str, Any], ...] = (
@@ -59,7 +59,7 @@ def _key_patterns(node: Any) -> None:
 
 
 def _path_ids(schema: dict[str, Any]) -> None:
-    """Path ids (``{account_id:id}``, :mod:`server.api.path_ids`) match only 16-byte ids: say so."""
+    """Path ids (``{account_id:id}``, :mod:`saltline.server.api.path_ids`) match only 16-byte ids: say so."""
     for item in schema.get("paths", {}).values():
         for operation in item.values():
             for param in operation.get("parameters", []) if isinstance(operation, dict) else []:

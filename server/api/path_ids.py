@@ -4,7 +4,7 @@ in canonical base64url (22 characters), so ``/v1/accounts/me/device-list`` and
 document: a path that is not an id reaches no parameterised route (404, or 405 with ``Allow``
 naming the literal route's methods), and a 405 lists exactly the methods of that resource.
 
-Registered with Starlette when :mod:`server.api` is imported (before any route is compiled).
+Registered with Starlette when :mod:`saltline.server.api` is imported (before any route is compiled).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Render every error as ``application/problem+json`` (RFC 9457).
 
-- :class:`server.errors.Problem` raised by services or routes;
+- :class:`saltline.server.errors.Problem` raised by services or routes;
 - request validation errors (422 ``validation_failed``, with the failing locations but never the
   submitted values, which may be passwords);
 - Starlette's own 404/405 and other HTTP errors;
@@ -25,12 +25,12 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.openapi_strict import apply_settings_limits
-from server.api.validation_codes import specific_problem
-from server.errors import Problem, ProblemCode
-from server.services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from saltline.server.api.openapi_strict import apply_settings_limits
+from saltline.server.api.validation_codes import specific_problem
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
-log = logging.getLogger("server.errors")
+log = logging.getLogger("saltline.server.errors")
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 _STATUS_CODES: dict[int, ProblemCode] = {

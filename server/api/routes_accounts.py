@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from server.api.deps import ClientIP, Ctx, CurrentDevice
-from server.api.routes_auth import token_response
-from server.api.schemas import (
+from saltline.server.api.deps import ClientIP, Ctx, CurrentDevice
+from saltline.server.api.routes_auth import token_response
+from saltline.server.api.schemas import (
     AccountResponse,
     DeviceGrantRequest,
     DeviceGrantResponse,
@@ -26,8 +26,8 @@ from server.api.schemas import (
     RegisterResponse,
     SignedListResponse,
 )
-from server.services.accounts import AccountInfo, SignedListInfo
-from server.services.common import decode_id, encode_id
+from saltline.server.services.accounts import AccountInfo, SignedListInfo
+from saltline.server.services.common import decode_id, encode_id
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 GRANT_HEADER = "X-Device-Grant"
@@ -181,7 +181,7 @@ async def get_account(account_id: str, ctx: Ctx, _me: CurrentDevice) -> AccountR
 
 @router.get("/{account_id:id}/device-list", response_model=SignedListResponse)
 async def current_device_list(account_id: str, ctx: Ctx, _me: CurrentDevice) -> SignedListResponse:
-    """The account's current signed device list; clients verify it with crypto.device_list."""
+    """The account's current signed device list; clients verify it with saltline.crypto.device_list."""
     return _signed(await ctx.accounts.current_list(account_id))
 
 

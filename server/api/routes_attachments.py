@@ -22,8 +22,8 @@ from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from server.api.deps import Ctx, CurrentDevice
-from server.errors import Problem, ProblemCode
+from saltline.server.api.deps import Ctx, CurrentDevice
+from saltline.server.errors import Problem, ProblemCode
 
 router = APIRouter(prefix="/v1/attachments", tags=["attachments"])
 

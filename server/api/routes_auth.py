@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.api.deps import ClientIP, Ctx, CurrentDevice
-from server.api.schemas import (
+from saltline.server.api.deps import ClientIP, Ctx, CurrentDevice
+from saltline.server.api.schemas import (
     ChallengeRequest,
     ChallengeResponse,
     DeviceLoginRequest,
@@ -14,8 +14,8 @@ from server.api.schemas import (
     TokenResponse,
     WhoAmIResponse,
 )
-from server.errors import Problem
-from server.services.auth import TokenPair
+from saltline.server.errors import Problem
+from saltline.server.services.auth import TokenPair
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 

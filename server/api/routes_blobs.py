@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from crypto.keys import b64encode
-from server.api.deps import Ctx, CurrentDevice
-from server.api.schemas import B64, Strict
+from saltline.crypto.keys import b64encode
+from saltline.server.api.deps import Ctx, CurrentDevice
+from saltline.server.api.schemas import B64, Strict
 
 router = APIRouter(prefix="/v1/blobs", tags=["blobs"])
 

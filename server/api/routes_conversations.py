@@ -1,7 +1,7 @@
 """Conversations: create (1:1 or group), list mine, get one, add and remove members.
 
 Membership is server-visible routing metadata; everything said inside a conversation is
-end-to-end encrypted and travels as envelopes (:mod:`server.api.routes_envelopes`).
+end-to-end encrypted and travels as envelopes (:mod:`saltline.server.api.routes_envelopes`).
 """
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
-from crypto.keys import b64encode
-from server.api.deps import Ctx, CurrentDevice
-from server.api.schemas import Id, Strict
-from server.services.common import decode_id
-from server.services.conversations import (
+from saltline.crypto.keys import b64encode
+from saltline.server.api.deps import Ctx, CurrentDevice
+from saltline.server.api.schemas import Id, Strict
+from saltline.server.services.common import decode_id
+from saltline.server.services.conversations import (
     CURSOR_PATTERN,
     DEFAULT_LIST_LIMIT,
     MAX_LIST_LIMIT,
     ConversationKind,
     ConversationsService,
 )
-from server.storage.conversations_repo import ConversationRow
+from saltline.server.storage.conversations_repo import ConversationRow
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 

@@ -9,11 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, BeforeValidator, Field
 
-from crypto.keys import b64encode
-from server.api.deps import Ctx, CurrentDevice
-from server.api.schemas import B64, Id, Strict, b64_max_chars, integral
-from server.services.common import decode_b64_field, decode_id
-from server.services.delivery import (
+from saltline.crypto.keys import b64encode
+from saltline.server.api.deps import Ctx, CurrentDevice
+from saltline.server.api.schemas import B64, Id, Strict, b64_max_chars, integral
+from saltline.server.services.common import decode_b64_field, decode_id
+from saltline.server.services.delivery import (
     DEFAULT_HISTORY_LIMIT,
     MAX_CLOCK_BYTES,
     MAX_HISTORY_LIMIT,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.api.deps import Ctx
-from server.api.schemas import HealthResponse
-from server.services.health import check_ready
+from saltline.server.api.deps import Ctx
+from saltline.server.api.schemas import HealthResponse
+from saltline.server.services.health import check_ready
 
 router = APIRouter(tags=["operations"])
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.api.deps import Ctx, CurrentDevice
-from server.api.schemas import (
+from saltline.server.api.deps import Ctx, CurrentDevice
+from saltline.server.api.schemas import (
     BundleResponse,
     ClaimRequest,
     ClaimResponse,
     PreKeyCountResponse,
     UploadKeysRequest,
 )
-from server.services.keys import Bundle, PreKeyCountsInfo
+from saltline.server.services.keys import Bundle, PreKeyCountsInfo
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
-from crypto.keys import b64encode
-from server.api.deps import ClientIP, Ctx
-from server.api.schemas import ProvisioningChannelResponse, ProvisioningPayload
+from saltline.crypto.keys import b64encode
+from saltline.server.api.deps import ClientIP, Ctx
+from saltline.server.api.schemas import ProvisioningChannelResponse, ProvisioningPayload
 
 router = APIRouter(prefix="/v1/provisioning", tags=["provisioning"])
 SECRET_HEADER = "X-Channel-Secret"  # noqa: S105 - a header name

@@ -1,6 +1,6 @@
 """Request and response bodies. Strict: no type coercion, no unknown fields, bounded sizes.
 
-Binary values are unpadded base64url text (``crypto.keys.b64encode``). Field sizes here are
+Binary values are unpadded base64url text (``saltline.crypto.keys.b64encode``). Field sizes here are
 upper bounds on the text; the services check the exact decoded sizes and signatures.
 """
 
@@ -10,13 +10,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.services.common import MAX_SEALED_BYTES
-from server.services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from saltline.server.services.common import MAX_SEALED_BYTES
+from saltline.server.services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
 #: Characters of base64url, any length (opaque names such as a socket ``request_id``).
 B64_CHARS = r"^[A-Za-z0-9_-]*$"
 _C = "[A-Za-z0-9_-]"
-#: Canonical unpadded base64url, exactly what ``crypto.keys.b64decode`` accepts: no length of the
+#: Canonical unpadded base64url, exactly what ``saltline.crypto.keys.b64decode`` accepts: no length of the
 #: form 4n + 1, and the unused low bits of the last character zero (2 bits after 3 characters, 4
 #: after 2).
 B64 = rf"^(?:{_C}{{4}})*(?:{_C}[AQgw]|{_C}{{2}}[AEIMQUYcgkosw048])?$"
@@ -46,7 +46,7 @@ def b64_max_chars(size: int) -> int:
 Id = Annotated[
     str, Field(min_length=22, max_length=22, pattern=b64_exact(16), examples=["AAAAAAAAAAAAAAAAAAAAAA"])
 ]
-#: An encoded account public key (crypto.keys: version, kind 0x01, 32 bytes).
+#: An encoded account public key (saltline.crypto.keys: version, kind 0x01, 32 bytes).
 AccountKeyB64 = Annotated[str, Field(min_length=46, max_length=46, pattern=b64_exact(34, key_prefix(0x01)))]
 #: An encoded prekey of one kind (102 bytes: version, kind, key id, key, signature): 136 characters.
 SignedPreKeyB64 = Annotated[
@@ -58,7 +58,7 @@ OneTimePreKeyB64 = Annotated[
 LastResortPreKeyB64 = Annotated[
     str, Field(min_length=136, max_length=136, pattern=b64_exact(102, key_prefix(0x06)))
 ]
-#: The server's username rule (server.services.common.normalize_username), case-insensitive.
+#: The server's username rule (saltline.server.services.common.normalize_username), case-insensitive.
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 Username = Annotated[str, Field(min_length=3, max_length=32, pattern=USERNAME_PATTERN)]
 Password = Annotated[str, Field(min_length=1, max_length=1024)]
@@ -85,9 +85,9 @@ class Strict(BaseModel):
 class RegisterRequest(Strict):
     username: Username
     password: NewPassword
-    account_key: AccountKeyB64 = Field(description="crypto.keys AccountPublicKey, encoded")
+    account_key: AccountKeyB64 = Field(description="saltline.crypto.keys AccountPublicKey, encoded")
     device_list: Annotated[str, Field(min_length=1, max_length=200_000, pattern=B64)] = Field(
-        description="crypto.device_list SignedDeviceList, version 1, naming device_id"
+        description="saltline.crypto.device_list SignedDeviceList, version 1, naming device_id"
     )
     device_id: Id = Field(description="the registering device (must be named by device_list)")
 
@@ -143,7 +143,7 @@ class ListChainResponse(BaseModel):
     lists: list[SignedListResponse]
 
 
-#: Opaque ciphertext of 1 to 512 bytes (server.services.common.MAX_SEALED_BYTES): sealed
+#: Opaque ciphertext of 1 to 512 bytes (saltline.server.services.common.MAX_SEALED_BYTES): sealed
 #: account-key handoffs and encrypted device names.
 Sealed = Annotated[str, Field(min_length=2, max_length=b64_max_chars(MAX_SEALED_BYTES), pattern=B64)]
 DeviceListB64 = Annotated[str, Field(min_length=1, max_length=200_000, pattern=B64)]

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from crypto.errors import EncodingError
-from crypto.keys import PREKEY_ENCODED_SIZE, PREKEY_KINDS, b64decode
-from server.errors import ProblemCode
+from saltline.crypto.errors import EncodingError
+from saltline.crypto.keys import PREKEY_ENCODED_SIZE, PREKEY_KINDS, b64decode
+from saltline.server.errors import ProblemCode
 
 _SHAPE = frozenset({"string_pattern_mismatch", "string_too_short", "string_too_long"})
 #: Binary fields whose bad text the services answered ``malformed_key`` (crypto decoding).

@@ -2,7 +2,7 @@
 
 All frames are JSON text. Binary values are unpadded base64url; ids are 16-byte ids.
 
-Client frames and close codes: :mod:`server.services.delivery_protocol`, which decides them.
+Client frames and close codes: :mod:`saltline.server.services.delivery_protocol`, which decides them.
 
 Server -> client
     ``{"type":"ready","account_id":..,"device_id":..,"acked_queue_seq":N,"window":W,
@@ -55,20 +55,20 @@ from fastapi import APIRouter, WebSocket
 from pydantic import Field, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from crypto.keys import b64encode
-from server.api.connections import ConnectionRegistry
-from server.api.problems import validation_errors
-from server.api.routes_envelopes import SendEnvelopeRequest, send_request_from
-from server.api.schemas import B64_CHARS, Strict
-from server.context import AppContext
-from server.errors import Problem, ProblemCode
-from server.services import delivery_frames as frames
-from server.services import delivery_protocol as protocol
-from server.services.auth import AccessClaims
-from server.services.common import AuthedDevice, decode_id
-from server.services.delivery import DeliveryService
-from server.services.delivery_metrics import DeliveryMetrics
-from server.services.delivery_protocol import (
+from saltline.crypto.keys import b64encode
+from saltline.server.api.connections import ConnectionRegistry
+from saltline.server.api.problems import validation_errors
+from saltline.server.api.routes_envelopes import SendEnvelopeRequest, send_request_from
+from saltline.server.api.schemas import B64_CHARS, Strict
+from saltline.server.context import AppContext
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services import delivery_frames as frames
+from saltline.server.services import delivery_protocol as protocol
+from saltline.server.services.auth import AccessClaims
+from saltline.server.services.common import AuthedDevice, decode_id
+from saltline.server.services.delivery import DeliveryService
+from saltline.server.services.delivery_metrics import DeliveryMetrics
+from saltline.server.services.delivery_protocol import (
     AUTH_TIMEOUT_S,
     CLOSE_AUTH_FAILED,
     CLOSE_DEVICE_REMOVED,
@@ -81,14 +81,14 @@ from server.services.delivery_protocol import (
     WS_MAX_MESSAGE_BYTES,
     ProtocolError,
 )
-from server.services.delivery_writer import WriterClosedError
-from server.storage.envelopes_repo import QueueItem
+from saltline.server.services.delivery_writer import WriterClosedError
+from saltline.server.storage.envelopes_repo import QueueItem
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
 #: How long a close frame's write may wait for a peer that does not read. Giving up ends the
-#: handler; ``server.transport`` then aborts the transport (uvicorn alone would ``close()`` it and
+#: handler; ``saltline.server.transport`` then aborts the transport (uvicorn alone would ``close()`` it and
 #: wait for the unsent bytes to drain for ever), as it does ``ws_close_timeout_s`` after a close
 #: frame that was written but not answered.
 _CLOSE_TIMEOUT_S = 2.0
@@ -511,7 +511,7 @@ class DeviceConnection:
 async def _close_or_abort(ws: WebSocket, code: int, reason: str) -> None:
     """Close, but never wait more than :data:`_CLOSE_TIMEOUT_S` for it: a client that stops reading
     blocks the close frame's write. Giving up and returning lets the server drop the transport
-    (``server.transport`` aborts a socket whose handler ended with bytes unsent)."""
+    (``saltline.server.transport`` aborts a socket whose handler ended with bytes unsent)."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ws.close(code=code, reason=reason[:120]), _CLOSE_TIMEOUT_S)
 

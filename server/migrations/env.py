@@ -1,7 +1,7 @@
 """Alembic environment for Saltline.
 
 Two ways in:
-- :mod:`server.storage.migrate` runs commands on a connection it already holds (from the async
+- :mod:`saltline.server.storage.migrate` runs commands on a connection it already holds (from the async
   engine, through ``run_sync``) and passes it as ``config.attributes["connection"]``;
 - the ``alembic`` command line (``alembic -c server/alembic.ini ...``) builds an async engine from
   ``sqlalchemy.url`` or, when that is empty, from ``SALTLINE_DATABASE_URL`` / the default Settings.
@@ -16,11 +16,11 @@ import importlib.util
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from server.storage.schema import metadata
+from saltline.server.storage.schema import metadata
 
 # Table modules that register on the same metadata (for autogenerate comparisons only; the
 # migrations themselves are written explicitly).
-for _module in ("server.storage.delivery_schema",):
+for _module in ("saltline.server.storage.delivery_schema",):
     if importlib.util.find_spec(_module) is not None:
         importlib.import_module(_module)
 
@@ -43,13 +43,13 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from server.settings import Settings
+    from saltline.server.settings import Settings
 
     return Settings().database_url
 
 
 async def _run_async() -> None:
-    from server.storage.db import create_engine
+    from saltline.server.storage.db import create_engine
 
     engine = create_engine(_url())
     try:

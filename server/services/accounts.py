@@ -6,14 +6,14 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from crypto import device_list as dl
-from crypto.errors import CryptoError, EncodingError
-from crypto.keys import AccountPublicKey, b64encode
-from server.clock import Clock
-from server.errors import Problem, ProblemCode
-from server.services.common import decode_b64_field, decode_id, encode_id, normalize_username
-from server.services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, Passwords
-from server.storage.accounts_repo import (
+from saltline.crypto import device_list as dl
+from saltline.crypto.errors import CryptoError, EncodingError
+from saltline.crypto.keys import AccountPublicKey, b64encode
+from saltline.server.clock import Clock
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.common import decode_b64_field, decode_id, encode_id, normalize_username
+from saltline.server.services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, Passwords
+from saltline.server.storage.accounts_repo import (
     AccountRow,
     AccountsRepo,
     DeviceListRow,

@@ -24,14 +24,14 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from crypto.keys import b64decode, b64encode
-from crypto.padding import is_padme, padme
-from server.clock import Clock
-from server.errors import Problem, ProblemCode
-from server.services.common import AuthedDevice
-from server.services.ratelimit import RateLimiter
-from server.storage.attachment_store import AttachmentStore
-from server.storage.attachments_repo import AttachmentRow, AttachmentsRepo
+from saltline.crypto.keys import b64decode, b64encode
+from saltline.crypto.padding import is_padme, padme
+from saltline.server.clock import Clock
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.common import AuthedDevice
+from saltline.server.services.ratelimit import RateLimiter
+from saltline.server.storage.attachment_store import AttachmentStore
+from saltline.server.storage.attachments_repo import AttachmentRow, AttachmentsRepo
 
 ATTACHMENT_ID_SIZE = 32
 #: Purge expired attachments at most this often (ms of the service's clock).

@@ -28,16 +28,22 @@ from dataclasses import dataclass
 
 import jwt
 
-from crypto.errors import CryptoError
-from crypto.keys import DeviceSigningPublicKey, SigningContext, b64decode, b64encode
-from crypto.login import login_challenge_message
-from server.clock import Clock
-from server.errors import Problem, ProblemCode
-from server.services.common import AuthedDevice, decode_b64_field, decode_id, encode_id, normalize_username
-from server.services.passwords import Passwords
-from server.services.ratelimit import RateLimiter
-from server.storage.accounts_repo import AccountsRepo
-from server.storage.auth_repo import AuthRepo, ChallengeRow, RefreshTokenRow, RotateOutcome
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import DeviceSigningPublicKey, SigningContext, b64decode, b64encode
+from saltline.crypto.login import login_challenge_message
+from saltline.server.clock import Clock
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.common import (
+    AuthedDevice,
+    decode_b64_field,
+    decode_id,
+    encode_id,
+    normalize_username,
+)
+from saltline.server.services.passwords import Passwords
+from saltline.server.services.ratelimit import RateLimiter
+from saltline.server.storage.accounts_repo import AccountsRepo
+from saltline.server.storage.auth_repo import AuthRepo, ChallengeRow, RefreshTokenRow, RotateOutcome
 
 log = logging.getLogger(__name__)
 

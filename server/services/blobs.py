@@ -11,12 +11,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from crypto.keys import b64encode
-from server.clock import Clock
-from server.errors import Problem, ProblemCode
-from server.services.common import AuthedDevice, decode_b64_field, decode_id
-from server.services.ratelimit import RateLimiter
-from server.storage.blobs_repo import BlobsRepo
+from saltline.crypto.keys import b64encode
+from saltline.server.clock import Clock
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.common import AuthedDevice, decode_b64_field, decode_id
+from saltline.server.services.ratelimit import RateLimiter
+from saltline.server.storage.blobs_repo import BlobsRepo
 
 #: Purge expired blobs at most this often (ms of the service's clock).
 PURGE_INTERVAL_MS = 60_000

@@ -9,7 +9,7 @@ anything. Three kinds of events travel on it, all addressed to one device:
   nobody holds that device's socket, the frame is dropped, as intended;
 - **device removed**: the device was removed from its account's list; its socket must close.
 
-:class:`InProcessBus` serves a single server process. :class:`server.services.redis_bus.RedisBus`
+:class:`InProcessBus` serves a single server process. :class:`saltline.server.services.redis_bus.RedisBus`
 (one pub/sub channel per subscribed device) fills the same :class:`DeliveryBus` interface for
 several instances; it also closes a device's older socket on another instance (``on_replaced``).
 """

@@ -6,9 +6,9 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from crypto.errors import EncodingError
-from crypto.keys import b64decode, b64encode
-from server.errors import Problem, ProblemCode
+from saltline.crypto.errors import EncodingError
+from saltline.crypto.keys import b64decode, b64encode
+from saltline.server.errors import Problem, ProblemCode
 
 ID_SIZE = 16
 USERNAME_RE = re.compile(r"[a-z0-9_.-]{3,32}")

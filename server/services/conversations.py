@@ -17,11 +17,11 @@ import os
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 
-from crypto.errors import EncodingError
-from crypto.keys import b64decode, b64encode
-from server.clock import Clock
-from server.errors import Problem, ProblemCode
-from server.storage.conversations_repo import ConversationRow, ConversationsRepo
+from saltline.crypto.errors import EncodingError
+from saltline.crypto.keys import b64decode, b64encode
+from saltline.server.clock import Clock
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.storage.conversations_repo import ConversationRow, ConversationsRepo
 
 CONVERSATION_ID_SIZE = 16
 #: ``GET /v1/conversations`` page size: the default is the largest page, so a client that does

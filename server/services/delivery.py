@@ -48,16 +48,16 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from crypto.keys import b64encode
-from server.clock import Clock
-from server.errors import Problem, ProblemCode
-from server.services import delivery_frames as frames
-from server.services.bus import DeliveryBus
-from server.services.delivery_metrics import DeliveryMetrics
-from server.services.delivery_writer import GroupCommitWriter
-from server.services.ratelimit import RateLimiter
-from server.storage.conversations_repo import AccountRouting, ConversationsRepo
-from server.storage.envelopes_repo import (
+from saltline.crypto.keys import b64encode
+from saltline.server.clock import Clock
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services import delivery_frames as frames
+from saltline.server.services.bus import DeliveryBus
+from saltline.server.services.delivery_metrics import DeliveryMetrics
+from saltline.server.services.delivery_writer import GroupCommitWriter
+from saltline.server.services.ratelimit import RateLimiter
+from saltline.server.storage.conversations_repo import AccountRouting, ConversationsRepo
+from saltline.server.storage.envelopes_repo import (
     Accepted,
     AckRequest,
     AlreadyStored,

@@ -1,8 +1,8 @@
 """Encoders for the server -> device WebSocket frames (JSON text, compact, via orjson).
 
-Frames are built here rather than in ``server.api`` because ephemeral frames cross the bus
+Frames are built here rather than in ``saltline.server.api`` because ephemeral frames cross the bus
 already encoded (another server instance may hold the recipient's socket). The formats are listed
-in :mod:`server.api.ws`.
+in :mod:`saltline.server.api.ws`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from crypto.keys import b64encode
+from saltline.crypto.keys import b64encode
 
 
 def encode(frame: dict[str, Any]) -> bytes:

@@ -1,8 +1,8 @@
 """The delivery socket's frame decisions (docs/protocol/delivery.md § 5): pure functions, no I/O.
 
-:mod:`server.api.ws` runs the socket (tasks, database, bus); what a client frame means, which close
+:mod:`saltline.server.api.ws` runs the socket (tasks, database, bus); what a client frame means, which close
 code a refusal gets and when the heartbeat reaps are decided here, and table-tested in
-``tests/server/test_delivery_protocol.py``. The server's frames are listed in :mod:`server.api.ws`.
+``tests/server/test_delivery_protocol.py``. The server's frames are listed in :mod:`saltline.server.api.ws`.
 
 Client -> server
     ``{"type":"auth","token":"<access token>"}``  FIRST frame, within :data:`AUTH_TIMEOUT_S`.
@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 import orjson
 
-from server.errors import Problem, ProblemCode
+from saltline.server.errors import Problem, ProblemCode
 
 CLOSE_REPLACED = 4001
 CLOSE_DEVICE_REMOVED = 4002

@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from server.clock import Clock
-from server.storage.envelopes_repo import AckRequest, NewEnvelope, SendOutcome
+from saltline.server.clock import Clock
+from saltline.server.storage.envelopes_repo import AckRequest, NewEnvelope, SendOutcome
 
 log = logging.getLogger(__name__)
 

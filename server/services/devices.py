@@ -14,14 +14,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from crypto import device_list as dl
-from crypto import primitives as p
-from crypto.errors import CryptoError
-from crypto.keys import AccountPublicKey, b64encode
-from server.clock import Clock
-from server.errors import Problem, ProblemCode
-from server.services.accounts import device_rows, verify_signed_list
-from server.services.common import (
+from saltline.crypto import device_list as dl
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import AccountPublicKey, b64encode
+from saltline.server.clock import Clock
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.accounts import device_rows, verify_signed_list
+from saltline.server.services.common import (
     AuthedDevice,
     DeviceListChangedHook,
     DeviceRemovedHook,
@@ -29,8 +29,8 @@ from server.services.common import (
     decode_sealed,
     encode_id,
 )
-from server.storage.accounts_repo import AccountsRepo, DeviceListRow, ListExtras, StorageConflict
-from server.storage.linking_repo import GrantRow
+from saltline.server.storage.accounts_repo import AccountsRepo, DeviceListRow, ListExtras, StorageConflict
+from saltline.server.storage.linking_repo import GrantRow
 
 log = logging.getLogger(__name__)
 

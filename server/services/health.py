@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from server.errors import Problem, ProblemCode
-from server.storage.db import Database
-from server.storage.migrate import (
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.storage.db import Database
+from saltline.server.storage.migrate import (
     UPGRADE_COMMAND,
     DatabaseNotMigratedError,
     check_up_to_date,

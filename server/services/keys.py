@@ -1,7 +1,7 @@
 """The key directory: devices publish prekeys, senders claim bundles.
 
 Every uploaded prekey's signature is checked against the uploading device's signing key. A claim
-hands out each one-time prekey at most once (see :mod:`server.storage.prekeys_repo`) and falls
+hands out each one-time prekey at most once (see :mod:`saltline.server.storage.prekeys_repo`) and falls
 back to the last-resort prekey when none is left.
 
 Claims are the only way to consume one-time prekeys: :meth:`KeyDirectoryService.claim_many`
@@ -18,14 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from crypto.errors import CryptoError, EncodingError
-from crypto.keys import DeviceSigningPublicKey, KeyKind, PreKeyPublic, b64encode
-from server.clock import Clock
-from server.errors import Problem, ProblemCode
-from server.services.common import AuthedDevice, decode_b64_field, decode_id, encode_id
-from server.services.ratelimit import RateLimiter
-from server.storage.accounts_repo import AccountsRepo, DeviceRow
-from server.storage.prekeys_repo import ClaimedPreKeys, PreKeyRow, PreKeysRepo, StoreFullError
+from saltline.crypto.errors import CryptoError, EncodingError
+from saltline.crypto.keys import DeviceSigningPublicKey, KeyKind, PreKeyPublic, b64encode
+from saltline.server.clock import Clock
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.common import AuthedDevice, decode_b64_field, decode_id, encode_id
+from saltline.server.services.ratelimit import RateLimiter
+from saltline.server.storage.accounts_repo import AccountsRepo, DeviceRow
+from saltline.server.storage.prekeys_repo import ClaimedPreKeys, PreKeyRow, PreKeysRepo, StoreFullError
 
 
 @dataclass(frozen=True, slots=True)

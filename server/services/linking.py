@@ -17,14 +17,20 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from crypto.keys import b64encode
-from server.clock import Clock
-from server.errors import Problem, ProblemCode
-from server.services.common import AuthedDevice, decode_b64_field, decode_id, decode_sealed, encode_id
-from server.services.devices import DeviceService, grant_invalid
-from server.services.ratelimit import RateLimiter
-from server.storage.accounts_repo import AccountsRepo
-from server.storage.linking_repo import GrantRow, LinkingRepo, TooManyGrants
+from saltline.crypto.keys import b64encode
+from saltline.server.clock import Clock
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.common import (
+    AuthedDevice,
+    decode_b64_field,
+    decode_id,
+    decode_sealed,
+    encode_id,
+)
+from saltline.server.services.devices import DeviceService, grant_invalid
+from saltline.server.services.ratelimit import RateLimiter
+from saltline.server.storage.accounts_repo import AccountsRepo
+from saltline.server.storage.linking_repo import GrantRow, LinkingRepo, TooManyGrants
 
 GRANT_SIZE = 32
 SIGNING_KEY_SIZE = 32

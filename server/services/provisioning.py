@@ -20,12 +20,12 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from crypto.keys import b64encode
-from server.clock import Clock
-from server.errors import Problem, ProblemCode
-from server.services.common import decode_b64_field, decode_id
-from server.services.ratelimit import RateLimiter
-from server.storage.provisioning_repo import ProvisioningRepo, PutOutcome, TakeOutcome
+from saltline.crypto.keys import b64encode
+from saltline.server.clock import Clock
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.common import decode_b64_field, decode_id
+from saltline.server.services.ratelimit import RateLimiter
+from saltline.server.storage.provisioning_repo import ProvisioningRepo, PutOutcome, TakeOutcome
 
 SECRET_SIZE = 32
 

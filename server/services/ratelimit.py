@@ -37,7 +37,7 @@ from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterR
 from limits.errors import StorageError
 from prometheus_client import CollectorRegistry, Counter
 
-from server.errors import Problem, ProblemCode
+from saltline.server.errors import Problem, ProblemCode
 
 log = logging.getLogger(__name__)
 

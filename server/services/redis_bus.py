@@ -39,8 +39,8 @@ from typing import Any
 
 import orjson
 
-from crypto.keys import b64encode
-from server.services.bus import DeviceListener, InProcessBus, Subscription, _safely
+from saltline.crypto.keys import b64encode
+from saltline.server.services.bus import DeviceListener, InProcessBus, Subscription, _safely
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class RedisSubscription(Subscription):
 
 
 class RedisBus:
-    """:class:`~server.services.bus.DeliveryBus` on Redis pub/sub (redis-py asyncio)."""
+    """:class:`~saltline.server.services.bus.DeliveryBus` on Redis pub/sub (redis-py asyncio)."""
 
     #: The delivery loop must re-read the queue on every heartbeat tick: wake-ups may be lost.
     poll_on_heartbeat = True

@@ -9,8 +9,8 @@ from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from server.storage.db import Database
-from server.storage.schema import (
+from saltline.server.storage.db import Database
+from saltline.server.storage.schema import (
     accounts,
     device_grants,
     device_lists,
@@ -75,7 +75,7 @@ class ListExtras:
     #: Encrypted device names to set: device id -> ciphertext.
     names: dict[bytes, bytes] | None = None
     #: ACCOUNT-KEY SUCCESSION HOOK: the new encoded account key, when the list (verified by
-    #: crypto.device_list under the old key) hands the account over to a new key. Replaced in
+    #: saltline.crypto.device_list under the old key) hands the account over to a new key. Replaced in
     #: the same transaction as the list; only ever set on the authenticated ``me`` path.
     new_account_key: bytes | None = None
 

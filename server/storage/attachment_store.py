@@ -7,7 +7,7 @@
   ``PATCH`` each) in the shared database, so that several instances serve every attachment.
 
 Both hold only what the client uploaded: padded secretstream ciphertext. Offsets are kept by
-:class:`~server.storage.attachments_repo.AttachmentsRepo`; a store writes at the offset it is
+:class:`~saltline.server.storage.attachments_repo.AttachmentsRepo`; a store writes at the offset it is
 given (a write at offset ``o`` first drops anything stored at or after ``o``, so a piece whose
 offset update was lost is simply written again).
 """
@@ -22,8 +22,8 @@ from typing import Protocol
 
 from sqlalchemy import delete, insert, select
 
-from server.storage.db import Database
-from server.storage.schema import attachment_chunks
+from saltline.server.storage.db import Database
+from saltline.server.storage.schema import attachment_chunks
 
 #: Pieces a download yields at a time from a file.
 READ_PIECE = 256 * 1024

@@ -1,5 +1,5 @@
 """SQL for attachment uploads (metadata only; the ciphertext is in an
-:class:`~server.storage.attachment_store.AttachmentStore`)."""
+:class:`~saltline.server.storage.attachment_store.AttachmentStore`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select, update
 
-from server.storage.db import Database
-from server.storage.schema import accounts, attachments
+from saltline.server.storage.db import Database
+from saltline.server.storage.schema import accounts, attachments
 
 
 @dataclass(frozen=True, slots=True)

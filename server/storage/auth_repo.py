@@ -16,8 +16,8 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.storage.db import Database
-from server.storage.schema import devices, login_challenges, refresh_tokens
+from saltline.server.storage.db import Database
+from saltline.server.storage.schema import devices, login_challenges, refresh_tokens
 
 
 @dataclass(frozen=True, slots=True)

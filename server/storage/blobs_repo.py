@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import delete, func, insert, select
 
-from server.storage.db import Database
-from server.storage.schema import accounts, blobs
+from saltline.server.storage.db import Database
+from saltline.server.storage.schema import accounts, blobs
 
 
 class BlobsRepo:

@@ -11,9 +11,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
-from server.storage import schema as s
-from server.storage.db import Database
-from server.storage.delivery_schema import conversation_members, conversations
+from saltline.server.storage import schema as s
+from saltline.server.storage.db import Database
+from saltline.server.storage.delivery_schema import conversation_members, conversations
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Delivery tables: conversations, envelopes, per-device ciphertext copies and device queues.
 
-Defined on the shared :data:`server.storage.schema.metadata`; created by migration ``0002_delivery``.
+Defined on the shared :data:`saltline.server.storage.schema.metadata`; created by migration ``0002_delivery``.
 
 How the tables fit (docs/protocol/delivery.md §§ 2 and 4):
 
@@ -37,7 +37,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from server.storage.schema import HASH_SIZE, ID_SIZE, metadata
+from saltline.server.storage.schema import HASH_SIZE, ID_SIZE, metadata
 
 conversations = Table(
     "conversations",

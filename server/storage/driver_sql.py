@@ -1,4 +1,4 @@
-"""Raw DB-API SQL for the group-commit write path of :mod:`server.storage.envelopes_repo`: one
+"""Raw DB-API SQL for the group-commit write path of :mod:`saltline.server.storage.envelopes_repo`: one
 statement per step whatever the batch size (psycopg pipelines on PostgreSQL), with the driver's
 placeholder style."""
 
@@ -45,7 +45,7 @@ class _DriverSql:
     The statements here are plain SQL that SQLite and PostgreSQL both accept, written with ``?``
     placeholders and rewritten for the driver's paramstyle (psycopg ``%s``, asyncpg ``$n``), run
     on a cursor of the connection SQLAlchemy opened the transaction on. The schema stays defined
-    in :mod:`server.storage.delivery_schema` and migrated by Alembic.
+    in :mod:`saltline.server.storage.delivery_schema` and migrated by Alembic.
     """
 
     __slots__ = ("cur", "dbapi", "for_update", "psycopg", "style")
@@ -120,8 +120,8 @@ def _lock_queue_states_driver(sql: _DriverSql, devices: set[bytes]) -> dict[byte
 
 
 def _routing_lookup(conversation_ids: Sequence[bytes]) -> tuple[str, list[object]]:
-    """The statement of :func:`server.storage.conversations_repo.load_routing_sync`, in driver
-    SQL (its rows fold with :func:`~server.storage.conversations_repo.routing_from_rows`)."""
+    """The statement of :func:`saltline.server.storage.conversations_repo.load_routing_sync`, in driver
+    SQL (its rows fold with :func:`~saltline.server.storage.conversations_repo.routing_from_rows`)."""
     return (
         "SELECT m.conversation_id, a.id, a.device_list_version, d.device_id "  # noqa: S608 - placeholders only
         "FROM conversation_members m JOIN accounts a ON a.id = m.account_id "

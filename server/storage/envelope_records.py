@@ -1,4 +1,4 @@
-"""The records of the delivery store (:mod:`server.storage.envelopes_repo`): what a send carries,
+"""The records of the delivery store (:mod:`saltline.server.storage.envelopes_repo`): what a send carries,
 what the store answers, queue and history items, and the routing check of a send."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from server.storage.conversations_repo import AccountRouting
+from saltline.server.storage.conversations_repo import AccountRouting
 
 
 @dataclass(frozen=True, slots=True)

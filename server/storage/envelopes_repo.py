@@ -31,23 +31,23 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.storage.conversations_repo import routing_from_rows
-from server.storage.db import Database
-from server.storage.delivery_schema import (
+from saltline.server.storage.conversations_repo import routing_from_rows
+from saltline.server.storage.db import Database
+from saltline.server.storage.delivery_schema import (
     conversations,
     device_queue,
     device_queue_state,
     envelope_copies,
     envelopes,
 )
-from server.storage.driver_sql import (
+from saltline.server.storage.driver_sql import (
     _CREATE_QUEUE_STATE,
     _DriverSql,
     _idempotency_lookup,
     _lock_queue_states_driver,
     _routing_lookup,
 )
-from server.storage.envelope_records import (
+from saltline.server.storage.envelope_records import (
     Accepted,
     AckRequest,
     AlreadyStored,

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, func, insert, select
 
-from server.storage.db import Database
-from server.storage.schema import accounts, device_grants, device_names, devices, key_handoffs
+from saltline.server.storage.db import Database
+from saltline.server.storage.schema import accounts, device_grants, device_names, devices, key_handoffs
 
 
 @dataclass(frozen=True, slots=True)

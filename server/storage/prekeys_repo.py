@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from sqlalchemy import and_, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.storage.db import Database
-from server.storage.schema import devices, prekeys
+from saltline.server.storage.db import Database
+from saltline.server.storage.schema import devices, prekeys
 
-SIGNED = 0x04  # crypto.keys.KeyKind.SIGNED_PREKEY
-ONE_TIME = 0x05  # crypto.keys.KeyKind.ONE_TIME_PREKEY
-LAST_RESORT = 0x06  # crypto.keys.KeyKind.LAST_RESORT_PREKEY
+SIGNED = 0x04  # saltline.crypto.keys.KeyKind.SIGNED_PREKEY
+ONE_TIME = 0x05  # saltline.crypto.keys.KeyKind.ONE_TIME_PREKEY
+LAST_RESORT = 0x06  # saltline.crypto.keys.KeyKind.LAST_RESORT_PREKEY
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ from enum import Enum
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.storage.db import Database
-from server.storage.schema import provisioning_channels as pc
+from saltline.server.storage.db import Database
+from saltline.server.storage.schema import provisioning_channels as pc
 
 
 class PutOutcome(Enum):

@@ -9,7 +9,7 @@ Conventions:
   the API shows them as unpadded base64url text;
 - times are integer Unix milliseconds (``*_ms``), identical on SQLite and PostgreSQL and free of
   time-zone handling;
-- public keys are stored in their canonical ``crypto.keys`` encoding (version || kind || raw).
+- public keys are stored in their canonical ``saltline.crypto.keys`` encoding (version || kind || raw).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ prekeys = Table(
     Column(
         "device_id", LargeBinary(ID_SIZE), ForeignKey("devices.device_id", ondelete="CASCADE"), nullable=False
     ),
-    Column("kind", SmallInteger, nullable=False),  # crypto.keys.KeyKind: 4 signed, 5 one-time, 6 last resort
+    Column("kind", SmallInteger, nullable=False),  # KeyKind: 4 signed, 5 one-time, 6 last resort
     Column("key_id", BigInteger, nullable=False),
     Column("encoded", LargeBinary(102), nullable=False),  # PreKeyPublic.encode(): key and signature
     Column("uploaded_at_ms", BigInteger, nullable=False),

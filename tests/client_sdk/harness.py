@@ -22,8 +22,8 @@ from urllib.parse import parse_qs
 
 import httpx
 
-from crypto import device_list as dl
-from crypto.keys import b64encode
+from saltline.crypto import device_list as dl
+from saltline.crypto.keys import b64encode
 
 HISTORY_MAX = 500
 

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client_sdk.core.attachments import AttachmentPointer, PointerError, padded_size, pointer_of
-from client_sdk.core.sync import ops
-from client_sdk.core.sync.errors import SyncFormatError
-from client_sdk.core.wire import canonical_json
-from crypto.attachments import AttachmentEncryptor, ciphertext_size
-from crypto.padding import padme
+from saltline.client_sdk.core.attachments import AttachmentPointer, PointerError, padded_size, pointer_of
+from saltline.client_sdk.core.sync import ops
+from saltline.client_sdk.core.sync.errors import SyncFormatError
+from saltline.client_sdk.core.wire import canonical_json
+from saltline.crypto.attachments import AttachmentEncryptor, ciphertext_size
+from saltline.crypto.padding import padme
 from tests.crypto.vectors_support import DRng, b, load, negatives, positives
 
 FILE = "attachments_pointer.json"

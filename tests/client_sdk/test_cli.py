@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from client_sdk.cli import Profile, app
+from saltline.client_sdk.cli import Profile, app
 
 runner = CliRunner()
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens
@@ -99,8 +99,8 @@ def test_unreachable_server_is_one_line(home: Path) -> None:
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert len(key.read_bytes()) == 32
     assert stat.S_IMODE(profile.stat().st_mode) == 0o700
-    from client_sdk.errors import StoreKeyError
-    from client_sdk.stores.sqlite import SqliteStore
+    from saltline.client_sdk.errors import StoreKeyError
+    from saltline.client_sdk.stores.sqlite import SqliteStore
 
     with pytest.raises(StoreKeyError):
         SqliteStore.open(profile / "store.db")  # not readable without the key
@@ -138,7 +138,7 @@ def test_profile_server_default_and_override(home: Path, monkeypatch: pytest.Mon
 
 
 def test_store_in_use_is_one_line(home: Path) -> None:
-    from client_sdk.stores.sqlite import SqliteStore
+    from saltline.client_sdk.stores.sqlite import SqliteStore
 
     profile = Profile.named("desktop")
     store = SqliteStore.open(profile.store_path, key=profile.store_key())
@@ -153,8 +153,8 @@ def test_store_in_use_is_one_line(home: Path) -> None:
 def test_tampered_store_is_one_line(home: Path) -> None:
     import sqlite3
 
-    from client_sdk.stores.base import ContactRecord
-    from client_sdk.stores.sqlite import SqliteStore
+    from saltline.client_sdk.stores.base import ContactRecord
+    from saltline.client_sdk.stores.sqlite import SqliteStore
 
     profile = Profile.named("desktop")
     with SqliteStore.open(profile.store_path, key=profile.store_key()) as store:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from client_sdk.client import Client
-from client_sdk.core import outbox as outbox_rules
-from client_sdk.core import prekeys as prekey_rules
-from client_sdk.core.events import (
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core import outbox as outbox_rules
+from saltline.client_sdk.core import prekeys as prekey_rules
+from saltline.client_sdk.core.events import (
     DeliveryGap,
     DeviceRemoved,
     Disconnected,
@@ -21,13 +21,13 @@ from client_sdk.core.events import (
     IdentityChanged,
     MessageReceived,
 )
-from client_sdk.core.prekeys import SPK_ROTATION_MS
-from client_sdk.errors import AuthError, IdentityChangedError
-from client_sdk.facets import inbound as inbound_facet
-from client_sdk.stores.memory import MemoryStore
-from crypto import device_list as dl
-from crypto import private_state
-from crypto.keys import AccountKey
+from saltline.client_sdk.core.prekeys import SPK_ROTATION_MS
+from saltline.client_sdk.errors import AuthError, IdentityChangedError
+from saltline.client_sdk.facets import inbound as inbound_facet
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.crypto import device_list as dl
+from saltline.crypto import private_state
+from saltline.crypto.keys import AccountKey
 from tests.client_sdk.harness import FakeRelay
 
 URL = "http://relay.invalid"
@@ -339,9 +339,9 @@ async def test_link_follow_up_merges_only_what_the_new_device_lacks() -> None:
 
 
 async def test_a_device_list_older_than_the_bound_is_fetched_again_before_sending() -> None:
-    """Rule 7 of client_sdk.core.trust: a stale verified list is refreshed before a send (so a
+    """Rule 7 of saltline.client_sdk.core.trust: a stale verified list is refreshed before a send (so a
     removal the server did not show once does not last); a fresh one is not asked for again."""
-    from client_sdk.core.trust import DEVICE_LIST_MAX_AGE_MS
+    from saltline.client_sdk.core.trust import DEVICE_LIST_MAX_AGE_MS
 
     relay, clock = FakeRelay(), Clock()
     alice, bob = await _user(relay, "alice", clock), await _user(relay, "bob", clock)
@@ -374,9 +374,9 @@ async def test_a_conversations_kind_and_a_direct_conversations_accounts_never_ch
     """What the server later says of a known conversation cannot turn a group into a direct
     conversation (whose accounts would then be pinned) nor change a direct one's accounts: the
     stored record stays, with a MembershipMismatch event."""
-    from client_sdk.core import api
-    from client_sdk.core.events import MembershipMismatch
-    from client_sdk.errors import UntrustedConversationError
+    from saltline.client_sdk.core import api
+    from saltline.client_sdk.core.events import MembershipMismatch
+    from saltline.client_sdk.errors import UntrustedConversationError
 
     relay = FakeRelay()
     alice, bob, carol = await _user(relay, "alice"), await _user(relay, "bob"), await _user(relay, "carol")
@@ -413,7 +413,7 @@ async def test_filling_gaps_pages_through_the_whole_conversation_list() -> None:
     """delivery.md § 4.4: the client follows next_after until it is null, so a conversation on a
     later page (for example one someone created among many groups containing this account) is
     found and its history fetched."""
-    from client_sdk.core.events import ConversationAdded
+    from saltline.client_sdk.core.events import ConversationAdded
 
     relay = FakeRelay()
     relay.list_page = 2

@@ -12,16 +12,16 @@ from typing import Any
 import httpx
 import pytest
 
-from client_sdk.client import Client
-from client_sdk.core.prekeys import BATCH as PREKEY_BATCH
-from client_sdk.core.prekeys import CHECK_INTERVAL_MS as PREKEY_CHECK_INTERVAL_MS
-from client_sdk.core.prekeys import LOW_WATER as PREKEY_LOW_WATER
-from client_sdk.core.prekeys import SPK_ROTATION_MS
-from client_sdk.errors import NetworkError
-from client_sdk.facets.inbound import RetryLater
-from client_sdk.stores.memory import MemoryStore
-from client_sdk.transport.ws import DeliverySocket, SocketUnavailable
-from crypto import private_state
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core.prekeys import BATCH as PREKEY_BATCH
+from saltline.client_sdk.core.prekeys import CHECK_INTERVAL_MS as PREKEY_CHECK_INTERVAL_MS
+from saltline.client_sdk.core.prekeys import LOW_WATER as PREKEY_LOW_WATER
+from saltline.client_sdk.core.prekeys import SPK_ROTATION_MS
+from saltline.client_sdk.errors import NetworkError
+from saltline.client_sdk.facets.inbound import RetryLater
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.transport.ws import DeliverySocket, SocketUnavailable
+from saltline.crypto import private_state
 from tests.client_sdk.harness import FakeRelay
 from tests.client_sdk.test_client_harness import URL, Clock, _add_device, _texts, _user
 

@@ -7,10 +7,10 @@ import itertools
 
 import pytest
 
-from client_sdk.core import api, linking, trust
-from client_sdk.core import message as msg
-from client_sdk.core.sync.clock import CompactClock
-from client_sdk.errors import (
+from saltline.client_sdk.core import api, linking, trust
+from saltline.client_sdk.core import message as msg
+from saltline.client_sdk.core.sync.clock import CompactClock
+from saltline.client_sdk.errors import (
     AuthError,
     DecryptError,
     DeviceListOutdatedError,
@@ -19,12 +19,12 @@ from client_sdk.errors import (
     StoreLockedError,
     UntrustedDeviceListError,
 )
-from client_sdk.stores.base import MessageRecord, OutboxItem, Store
-from client_sdk.stores.memory import MemoryStore
-from crypto import device_list as dl
-from crypto import private_state
-from crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, EphemeralKey, b64encode
-from crypto.x3dh import PreKeyBundle
+from saltline.client_sdk.stores.base import MessageRecord, OutboxItem, Store
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.crypto import device_list as dl
+from saltline.crypto import private_state
+from saltline.crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, EphemeralKey, b64encode
+from saltline.crypto.x3dh import PreKeyBundle
 
 
 def det_rng(seed: bytes):  # deterministic randomness for the tests
@@ -224,8 +224,8 @@ def test_advance_follows_a_succession_and_keeps_the_old_key_out() -> None:
     ],
 )
 def test_device_names_are_checked(name: str, ok: str | None) -> None:
-    from client_sdk.core import account_keys
-    from client_sdk.errors import UsageError
+    from saltline.client_sdk.core import account_keys
+    from saltline.client_sdk.errors import UsageError
 
     if ok is None:
         with pytest.raises(UsageError):
@@ -235,8 +235,8 @@ def test_device_names_are_checked(name: str, ok: str | None) -> None:
 
 
 def test_handoff_refuses_what_a_server_could_swap() -> None:
-    from client_sdk.core import account_keys
-    from crypto.keys import DeviceDHKey
+    from saltline.client_sdk.core import account_keys
+    from saltline.crypto.keys import DeviceDHKey
 
     dh = DeviceDHKey.generate(det_rng(b"dh"))
     new_key = AccountKey.generate(det_rng(b"k"))

@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client_sdk.core import history, inbound, message, outbox, prekeys, trust
-from client_sdk.core.backoff import Backoff, BackoffPolicy
-from client_sdk.errors import LinkError
-from crypto import device_list as dl
-from crypto.keys import AccountKey, b64encode
-from crypto.ratchet import Session
-from crypto.x3dh import initiate
+from saltline.client_sdk.core import history, inbound, message, outbox, prekeys, trust
+from saltline.client_sdk.core.backoff import Backoff, BackoffPolicy
+from saltline.client_sdk.errors import LinkError
+from saltline.crypto import device_list as dl
+from saltline.crypto.keys import AccountKey, b64encode
+from saltline.crypto.ratchet import Session
+from saltline.crypto.x3dh import initiate
 from tests.crypto.test_x3dh import DRng, make_device, make_responder
 
 ID = "AAAAAAAAAAAAAAAAAAAAAA"
@@ -276,7 +276,7 @@ def test_history_bundle_round_trip_and_floor() -> None:
         history.parse_link_payload({"kind": "history-follow-up"})
 
 
-# -- identity binding (client_sdk.core.trust rules 3, 5, 6; core.message.session_binds) -------------
+# -- identity binding (saltline.client_sdk.core.trust rules 3, 5, 6; core.message.session_binds) -------------
 
 
 def _list(account: AccountKey, username: str, *device_ids: bytes) -> dl.DeviceList:
@@ -355,15 +355,15 @@ def test_a_session_binds_exactly_the_device_it_was_set_up_with() -> None:
     [b"\x01", b"\x01" + bytes(5), b"\x01" + bytes(17), b"\x01" + bytes(16) + b"\x02\xff\xfe" + bytes(48)],
 )
 def test_a_short_or_non_ascii_link_code_is_a_link_error(raw: bytes) -> None:
-    from client_sdk.core.linking import LinkCode
+    from saltline.client_sdk.core.linking import LinkCode
 
     with pytest.raises(LinkError):
         LinkCode.parse("saltline-link:" + b64encode(raw))
 
 
 def test_an_operation_with_duplicate_members_or_a_non_integer_version_is_refused() -> None:
-    from client_sdk.core.sync import SyncFormatError, ops
-    from client_sdk.core.sync.clock import CompactClock
+    from saltline.client_sdk.core.sync import SyncFormatError, ops
+    from saltline.client_sdk.core.sync.clock import CompactClock
 
     device, account = b"\x01" * 16, b"\x02" * 16
     clock = CompactClock.of(0, {device: 1}).encode()

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client_sdk.core.sync import clock as vc
-from client_sdk.core.sync import ops
-from client_sdk.core.sync.composer import Composer
-from client_sdk.core.sync.expiry import (
+from saltline.client_sdk.core.sync import clock as vc
+from saltline.client_sdk.core.sync import ops
+from saltline.client_sdk.core.sync.composer import Composer
+from saltline.client_sdk.core.sync.expiry import (
     TimerWrite,
     expired,
     expires_at,
@@ -23,8 +23,8 @@ from client_sdk.core.sync.expiry import (
     timer_write,
     tombstone,
 )
-from client_sdk.core.sync.rules import lww_key
-from client_sdk.core.sync.state import ConversationState
+from saltline.client_sdk.core.sync.rules import lww_key
+from saltline.client_sdk.core.sync.state import ConversationState
 from tests.client_sdk.test_sync_properties import CID, Device, World, _run, worlds
 
 PROPERTY = settings(

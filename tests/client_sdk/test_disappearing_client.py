@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client_sdk.client import Client, message_ref
-from client_sdk.core import history as fmt
-from client_sdk.core.events import Event, MessageExpired, MessageReceived
-from client_sdk.errors import LinkError
-from client_sdk.stores.base import SyncMeta
-from client_sdk.stores.memory import MemoryStore
-from client_sdk.stores.sqlite import SqliteStore
+from saltline.client_sdk.client import Client, message_ref
+from saltline.client_sdk.core import history as fmt
+from saltline.client_sdk.core.events import Event, MessageExpired, MessageReceived
+from saltline.client_sdk.errors import LinkError
+from saltline.client_sdk.stores.base import SyncMeta
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.stores.sqlite import SqliteStore
 from tests.client_sdk.harness import FakeRelay
 
 URL = "http://relay.invalid"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client_sdk.core import sync
-from client_sdk.core.sync import membership as mb
+from saltline.client_sdk.core import sync
+from saltline.client_sdk.core.sync import membership as mb
 
 CID = bytes(16)
 A, B, C, M = (bytes([i]) * 16 for i in (0xA0, 0xB0, 0xC0, 0xEE))  # accounts; M: never a member

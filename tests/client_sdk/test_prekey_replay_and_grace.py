@@ -15,19 +15,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client_sdk.client import Client
-from client_sdk.core import message as msg
-from client_sdk.core.events import DecryptionFailed, Event, MessageReceived
-from client_sdk.core.prekeys import GRACE_MS as PREKEY_GRACE_MS
-from client_sdk.core.prekeys import SPK_ROTATION_MS
-from client_sdk.errors import DecryptError, ReplayedPreKeyMessageError
-from client_sdk.stores.base import Store
-from client_sdk.stores.memory import MemoryStore
-from client_sdk.stores.sqlite import MIGRATIONS, SqliteStore
-from crypto import device_list as dl
-from crypto import private_state
-from crypto.keys import AccountKey
-from crypto.x3dh import InitialHeader, PreKeyBundle
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core import message as msg
+from saltline.client_sdk.core.events import DecryptionFailed, Event, MessageReceived
+from saltline.client_sdk.core.prekeys import GRACE_MS as PREKEY_GRACE_MS
+from saltline.client_sdk.core.prekeys import SPK_ROTATION_MS
+from saltline.client_sdk.errors import DecryptError, ReplayedPreKeyMessageError
+from saltline.client_sdk.stores.base import Store
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.stores.sqlite import MIGRATIONS, SqliteStore
+from saltline.crypto import device_list as dl
+from saltline.crypto import private_state
+from saltline.crypto.keys import AccountKey
+from saltline.crypto.x3dh import InitialHeader, PreKeyBundle
 from tests.client_sdk.harness import FakeRelay
 
 URL = "http://relay.invalid"

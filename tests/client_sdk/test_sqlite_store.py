@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from client_sdk.errors import (
+from saltline.client_sdk.errors import (
     StoreCorruptError,
     StoreError,
     StoreKeyError,
     StoreLockedError,
     StoreVersionError,
 )
-from client_sdk.stores.base import (
+from saltline.client_sdk.stores.base import (
     ContactRecord,
     ConversationRecord,
     DeviceRecord,
@@ -36,9 +36,9 @@ from client_sdk.stores.base import (
     SessionRecord,
     Store,
 )
-from client_sdk.stores.memory import MemoryStore
-from client_sdk.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
-from crypto import private_state as ps
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+from saltline.crypto import private_state as ps
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = bytes(range(32))
@@ -563,7 +563,7 @@ def test_survives_a_killed_process(tmp_path: Path) -> None:
     result = run_python(
         f"""
         import os
-        from client_sdk.stores.sqlite import SqliteStore
+        from saltline.client_sdk.stores.sqlite import SqliteStore
         s = SqliteStore.open({str(path)!r}, key={KEY!r})
         s.cursors.set_acked_queue_seq(10)
         with s.transaction():
@@ -707,8 +707,8 @@ def test_column_swap_and_bit_flip_fail_authentication(tmp_path: Path) -> None:
 
 OPEN_IN_CHILD = """
 import sys
-from client_sdk.errors import StoreLockedError
-from client_sdk.stores.sqlite import SqliteStore
+from saltline.client_sdk.errors import StoreLockedError
+from saltline.client_sdk.stores.sqlite import SqliteStore
 try:
     SqliteStore.open({path!r}).close()
 except StoreLockedError as exc:
@@ -753,7 +753,8 @@ def test_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            f"from client_sdk.stores.sqlite import SqliteStore; s = SqliteStore.open({str(path)!r}); "
+            "from saltline.client_sdk.stores.sqlite import SqliteStore; "
+            f"s = SqliteStore.open({str(path)!r}); "
             "print('ready', flush=True); import time; time.sleep(60)",
         ],
         stdout=subprocess.PIPE,

@@ -21,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from client_sdk.errors import StoreCorruptError, StoreKeyError, StoreTamperedError
-from client_sdk.stores.base import ConversationRecord, SessionRecord, SyncMeta
-from client_sdk.stores.integrity import MANIFEST, PLACE, UNPROTECTED
-from client_sdk.stores.sqlite import MIGRATIONS, SqliteStore
-from client_sdk.stores.sqlite_schema import INTEGRITY_SCHEMA
+from saltline.client_sdk.errors import StoreCorruptError, StoreKeyError, StoreTamperedError
+from saltline.client_sdk.stores.base import ConversationRecord, SessionRecord, SyncMeta
+from saltline.client_sdk.stores.integrity import MANIFEST, PLACE, UNPROTECTED
+from saltline.client_sdk.stores.sqlite import MIGRATIONS, SqliteStore
+from saltline.client_sdk.stores.sqlite_schema import INTEGRITY_SCHEMA
 from tests.client_sdk.test_sqlite_store import KEY, check_filled, contact, fill, message, session
 
 # -- raw access to the file ------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def test_bulk_rows_are_bound_to_their_place(filled: tuple[Path, dict[str, Any]])
 
 
 def test_sync_op_sender_is_authenticated(tmp_path: Path) -> None:
-    from client_sdk.stores.base import SyncOpRecord
+    from saltline.client_sdk.stores.base import SyncOpRecord
 
     path = tmp_path / "store.db"
     with SqliteStore.open(path, key=KEY) as s:

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client_sdk.core import diff
-from client_sdk.core.sync import clock as vc
-from client_sdk.core.sync import ops
-from client_sdk.core.sync.composer import Composer
-from client_sdk.core.sync.state import ConversationState
+from saltline.client_sdk.core import diff
+from saltline.client_sdk.core.sync import clock as vc
+from saltline.client_sdk.core.sync import ops
+from saltline.client_sdk.core.sync.composer import Composer
+from saltline.client_sdk.core.sync.state import ConversationState
 
 settings.register_profile(
     "sync",

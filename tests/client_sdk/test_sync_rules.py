@@ -8,12 +8,12 @@ import struct
 
 import pytest
 
-from client_sdk.core.sync import clock as vc
-from client_sdk.core.sync import ops
-from client_sdk.core.sync.clock import CompactClock, Dot, Order
-from client_sdk.core.sync.composer import Composer
-from client_sdk.core.sync.errors import SyncFormatError, SyncProtocolError
-from client_sdk.core.sync.state import ConversationState, ConversationView, GapFill, MessageView
+from saltline.client_sdk.core.sync import clock as vc
+from saltline.client_sdk.core.sync import ops
+from saltline.client_sdk.core.sync.clock import CompactClock, Dot, Order
+from saltline.client_sdk.core.sync.composer import Composer
+from saltline.client_sdk.core.sync.errors import SyncFormatError, SyncProtocolError
+from saltline.client_sdk.core.sync.state import ConversationState, ConversationView, GapFill, MessageView
 
 CID = b"\xc0" * 16
 ALICE, BOB, CAROL = b"\xa1" * 16, b"\xb0" * 16, b"\xca" * 16

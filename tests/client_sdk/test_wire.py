@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from client_sdk.core import wire
-from server.api import connections
-from server.api import ws as server_ws
-from server.errors import ProblemCode
+from saltline.client_sdk.core import wire
+from saltline.server.api import connections
+from saltline.server.api import ws as server_ws
+from saltline.server.errors import ProblemCode
 
 DELIVERY_MD = Path(__file__).resolve().parents[2] / "docs" / "protocol" / "delivery.md"
 

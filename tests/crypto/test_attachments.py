@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto import attachments as att
-from crypto.errors import EncodingError, InvalidKeyError, StreamError, UsageError
+from saltline.crypto import attachments as att
+from saltline.crypto.errors import EncodingError, InvalidKeyError, StreamError, UsageError
 
 C = att.CHUNK_SIZE
 CC = att.CHUNK_SIZE + att.ABYTES

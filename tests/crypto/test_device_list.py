@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto import device_list as dl
-from crypto import primitives as p
-from crypto.errors import (
+from saltline.crypto import device_list as dl
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import (
     BindingReplayError,
     ChainBreakError,
     CryptoError,
@@ -28,7 +28,7 @@ from crypto.errors import (
     UnknownSignerError,
     UsernameMismatchError,
 )
-from crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, SigningContext
+from saltline.crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, SigningContext
 
 
 def seeded(label: str) -> bytes:

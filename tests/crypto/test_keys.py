@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crypto import keys as k
-from crypto import primitives as p
-from crypto.errors import EncodingError, InvalidKeyError, SignatureError, UsageError
+from saltline.crypto import keys as k
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import EncodingError, InvalidKeyError, SignatureError, UsageError
 
 SEED = bytes(range(32))
 OTHER = bytes(range(1, 33))

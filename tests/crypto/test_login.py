@@ -1,8 +1,8 @@
 import pytest
 
-from crypto.errors import EncodingError, SignatureError
-from crypto.keys import DeviceSigningKey, SigningContext
-from crypto.login import LOGIN_NONCE_SIZE, login_challenge_message
+from saltline.crypto.errors import EncodingError, SignatureError
+from saltline.crypto.keys import DeviceSigningKey, SigningContext
+from saltline.crypto.login import LOGIN_NONCE_SIZE, login_challenge_message
 
 
 def test_layout_binds_username_device_and_nonce() -> None:

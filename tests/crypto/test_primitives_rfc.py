@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from crypto import primitives as p
-from crypto.errors import CryptoError, InvalidKeyError, SignatureError, UsageError
-from crypto.keys import (
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import CryptoError, InvalidKeyError, SignatureError, UsageError
+from saltline.crypto.keys import (
     AccountKey,
     DeviceDHKey,
     DeviceDHPublicKey,

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto import device_list as dl
-from crypto import private_state as ps
-from crypto.errors import EncodingError, PreKeyConsumedError, StateVersionError
-from crypto.keys import AccountKey, b64encode
+from saltline.crypto import device_list as dl
+from saltline.crypto import private_state as ps
+from saltline.crypto.errors import EncodingError, PreKeyConsumedError, StateVersionError
+from saltline.crypto.keys import AccountKey, b64encode
 
 
 def counter_rng(label: bytes = b"rng") -> Callable[[int], bytes]:

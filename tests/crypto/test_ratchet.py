@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
-import crypto.ratchet as ratchet_module
-from crypto import primitives as p
-from crypto.errors import (
+import saltline.crypto.ratchet as ratchet_module
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import (
     CryptoError,
     DecryptionError,
     DuplicateMessageError,
@@ -19,8 +19,8 @@ from crypto.errors import (
     TooManySkippedError,
     UsageError,
 )
-from crypto.keys import EphemeralKey
-from crypto.ratchet import (
+from saltline.crypto.keys import EphemeralKey
+from saltline.crypto.ratchet import (
     HEADER_SIZE,
     HEADER_VERSION,
     MAX_COUNTER,
@@ -38,7 +38,7 @@ from crypto.ratchet import (
     kdf_rk,
     message_key,
 )
-from crypto.x3dh import AD_SIZE, initiate, respond
+from saltline.crypto.x3dh import AD_SIZE, initiate, respond
 from tests.crypto.test_x3dh import DRng, entry_of, establish, make_device, make_responder
 
 

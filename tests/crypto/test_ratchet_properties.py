@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crypto import primitives as p
-from crypto.errors import CryptoError, DecryptionError, PreKeyConsumedError, TooManySkippedError
-from crypto.ratchet import HEADER_SIZE, MAX_SKIP, MessageHeader, Session, accept, kdf_ck, message_key
-from crypto.x3dh import initiate
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import CryptoError, DecryptionError, PreKeyConsumedError, TooManySkippedError
+from saltline.crypto.ratchet import HEADER_SIZE, MAX_SKIP, MessageHeader, Session, accept, kdf_ck, message_key
+from saltline.crypto.x3dh import initiate
 from tests.crypto.test_x3dh import DRng, entry_of, make_device, make_responder
 
 SETTINGS = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])

@@ -7,10 +7,10 @@ import struct
 
 import pytest
 
-from crypto import primitives as p
-from crypto import safety
-from crypto.errors import EncodingError
-from crypto.keys import AccountKey
+from saltline.crypto import primitives as p
+from saltline.crypto import safety
+from saltline.crypto.errors import EncodingError
+from saltline.crypto.keys import AccountKey
 
 ALICE = AccountKey(hashlib.sha256(b"alice").digest()).public_key
 BOB = AccountKey(hashlib.sha256(b"bob").digest()).public_key

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto import primitives as p
-from crypto import sealed
-from crypto.errors import DecryptionError, EncodingError, InvalidKeyError
-from crypto.keys import DeviceDHKey, EphemeralKey
+from saltline.crypto import primitives as p
+from saltline.crypto import sealed
+from saltline.crypto.errors import DecryptionError, EncodingError, InvalidKeyError
+from saltline.crypto.keys import DeviceDHKey, EphemeralKey
 
 RECIPIENT = DeviceDHKey(hashlib.sha256(b"recipient").digest())
 OTHER = DeviceDHKey(hashlib.sha256(b"other").digest())

@@ -20,11 +20,11 @@ from typing import Any
 import nacl.bindings as sodium
 import pytest
 
-from crypto import attachments, device_list, errors, private_state, safety, sealed, x3dh
-from crypto import primitives as p
-from crypto import ratchet as rt
-from crypto.errors import CryptoError
-from crypto.keys import (
+from saltline.crypto import attachments, device_list, errors, private_state, safety, sealed, x3dh
+from saltline.crypto import primitives as p
+from saltline.crypto import ratchet as rt
+from saltline.crypto.errors import CryptoError
+from saltline.crypto.keys import (
     AccountKey,
     AccountPublicKey,
     DeviceDHKey,
@@ -845,7 +845,7 @@ def test_safety_number_rejections(c: Case) -> None:
 
 
 def test_safety_number_fingerprint_construction() -> None:
-    """One fingerprint by the documented iteration, independently of crypto.safety."""
+    """One fingerprint by the documented iteration, independently of saltline.crypto.safety."""
     c = case("safety_numbers.json", "ascii")
     key = AccountKey(b(c["inputs"]["local_account_private"])).public_key
     name = c["outputs"]["local_username_normalized"].encode()

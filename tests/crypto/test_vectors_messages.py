@@ -1,7 +1,7 @@
 """The reference code reproduces the vectors of parts 2 and 3 (docs/protocol/vectors.md § 5).
 
 Independent of the generator (docs/protocol/vectors/generate_messages.py is not imported): every
-value is re-derived from the inputs stored in the JSON through ``crypto`` and ``client_sdk.core``,
+value is re-derived from the inputs stored in the JSON through ``crypto`` and ``saltline.client_sdk.core``,
 with this module's own implementation of the documented deterministic rng; stored ciphertexts are
 decrypted with keys rebuilt from their seeds; every negative case raises exactly the named class.
 That the files are what the code produces now is checked by ``generate.py --check`` in
@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-from client_sdk import errors as sdk_errors
-from client_sdk.core import history, linking
-from client_sdk.core import message as msg
-from client_sdk.core.sync import clock as vc
-from client_sdk.core.sync import errors as sync_errors
-from client_sdk.core.sync import ops, transcript
-from client_sdk.core.sync.state import ConversationState
-from client_sdk.core.wire import canonical_json
-from crypto import attachments, device_list, login, private_state, sealed, x3dh
-from crypto import errors as crypto_errors
-from crypto.keys import (
+from saltline.client_sdk import errors as sdk_errors
+from saltline.client_sdk.core import history, linking
+from saltline.client_sdk.core import message as msg
+from saltline.client_sdk.core.sync import clock as vc
+from saltline.client_sdk.core.sync import errors as sync_errors
+from saltline.client_sdk.core.sync import ops, transcript
+from saltline.client_sdk.core.sync.state import ConversationState
+from saltline.client_sdk.core.wire import canonical_json
+from saltline.crypto import attachments, device_list, login, private_state, sealed, x3dh
+from saltline.crypto import errors as crypto_errors
+from saltline.crypto.keys import (
     AccountKey,
     DeviceSigningKey,
     DeviceSigningPublicKey,
@@ -37,7 +37,7 @@ from crypto.keys import (
     b64encode,
     signing_input,
 )
-from crypto.ratchet import Session
+from saltline.crypto.ratchet import Session
 from tests.crypto.vectors_support import (
     PART_2_3_FILES,
     VECTOR_DIR,
@@ -454,7 +454,7 @@ def test_device_ciphertext_rejections(c: Case) -> None:
         one_time_prekeys=i["responder_one_time_prekeys"], rng=DRng(i["responder_device_seed"])
     )
     sessions = [] if i["session"] is None else [Session.from_bytes(b(i["session"]), no_rng)]
-    from crypto.device_list import DeviceEntry
+    from saltline.crypto.device_list import DeviceEntry
 
     trusted = DeviceEntry.decode(b(i["trusted_entry"]))
     assert_raises_exactly(
@@ -556,7 +556,7 @@ def test_link_confirmation_code_and_reply() -> None:
     ).digest()
     digits = f"{int.from_bytes(digest[:8], 'big') % 1_000_000:06d}"
     assert out["code"] == f"{digits[:3]} {digits[3:]}"
-    from crypto.keys import AccountPublicKey
+    from saltline.crypto.keys import AccountPublicKey
 
     account_pk = AccountPublicKey(b(i["account_public"]))
     assert linking.confirmation_code(link_pk, approver_pk, b(i["device_id"]), account_pk) == out["code"]
@@ -582,8 +582,8 @@ def test_link_reply_rejection() -> None:
 
 
 def test_account_key_handoff_and_device_name() -> None:
-    from client_sdk.core import account_keys
-    from crypto.keys import AccountKey, DeviceDHKey
+    from saltline.client_sdk.core import account_keys
+    from saltline.crypto.keys import AccountKey, DeviceDHKey
 
     c = case("linking.json", "handoff_and_name")
     i, out = c["inputs"], c["outputs"]
@@ -615,7 +615,7 @@ def test_account_key_handoff_and_device_name() -> None:
             bad()
     account = AccountKey(b(i["account_private"]))
     sealed_name = b(out["sealed_name"])
-    from crypto import primitives as prim  # the names key (HKDF), recomputed from the spec
+    from saltline.crypto import primitives as prim  # the names key (HKDF), recomputed from the spec
 
     names_key = prim.hkdf_sha256(bytes(account), salt=b"", info=b"saltline/v1/device-names", length=32)
     plain = prim.aead_decrypt(
@@ -692,7 +692,7 @@ def test_link_follow_up() -> None:
     key, box = b(i["follow_up_key"]), b(out["sealed"])
     nonce = DRng(c["seed"])(24)
     assert box[:24] == nonce
-    from crypto import primitives as prim
+    from saltline.crypto import primitives as prim
 
     assert prim.aead_decrypt(key, nonce, box[24:], b"saltline/v1/link-follow-up") == body
     assert history.parse_follow_up(linking.open_follow_up(key, box)) == ref

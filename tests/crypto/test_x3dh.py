@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from crypto import device_list as dl
-from crypto import primitives as p
-from crypto.errors import (
+from saltline.crypto import device_list as dl
+from saltline.crypto import primitives as p
+from saltline.crypto.errors import (
     CryptoError,
     DecryptionError,
     EncodingError,
@@ -26,7 +26,7 @@ from crypto.errors import (
     UntrustedDeviceError,
     UsageError,
 )
-from crypto.keys import (
+from saltline.crypto.keys import (
     AccountKey,
     DeviceDHKey,
     DeviceSigningKey,
@@ -38,8 +38,8 @@ from crypto.keys import (
     PreKeyPublic,
     SignedPreKey,
 )
-from crypto.ratchet import Session, accept
-from crypto.x3dh import (
+from saltline.crypto.ratchet import Session, accept
+from saltline.crypto.x3dh import (
     AD_SIZE,
     INITIAL_HEADER_SIZE,
     X3DH_INFO,

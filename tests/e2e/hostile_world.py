@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from client_sdk.client import Client
-from client_sdk.core.events import Event, MessageReceived
-from client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core.events import Event, MessageReceived
+from saltline.client_sdk.stores.memory import MemoryStore
 from tests.hostile import HostileHttp
 from tests.live import LiveServer
 from tests.proxy import WsMitm

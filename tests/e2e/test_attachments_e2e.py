@@ -22,17 +22,17 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from client_sdk.client import Client
-from client_sdk.core.attachments import AttachmentPointer
-from client_sdk.core.events import MessageReceived
-from client_sdk.errors import (
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core.attachments import AttachmentPointer
+from saltline.client_sdk.core.events import MessageReceived
+from saltline.client_sdk.errors import (
     AttachmentIntegrityError,
     AttachmentTooLargeError,
     AttachmentUnavailableError,
     NetworkError,
 )
-from client_sdk.stores.memory import MemoryStore
-from client_sdk.stores.sqlite import SqliteStore
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.stores.sqlite import SqliteStore
 from tests.linking import link
 from tests.live import LiveServer
 
@@ -331,7 +331,7 @@ async def test_too_large_is_a_typed_error_and_leaves_no_spool(
 
 
 def test_pointer_round_trip_and_refusals() -> None:
-    from client_sdk.core.attachments import PointerError, padded_size
+    from saltline.client_sdk.core.attachments import PointerError, padded_size
 
     p = AttachmentPointer(
         os.urandom(32), os.urandom(32), os.urandom(32), padded_size(10), 10, "a.txt", "text/plain"
@@ -353,8 +353,8 @@ async def test_auto_download_and_history_for_a_new_device(
 ) -> None:
     """A small file is downloaded by itself (``set_auto_download``), a large one is not; a device
     linked later with the history gets the pointers and can download within retention."""
-    from client_sdk.core.attachments import pointer_of
-    from client_sdk.core.events import AttachmentDownloaded
+    from saltline.client_sdk.core.attachments import pointer_of
+    from saltline.client_sdk.core.events import AttachmentDownloaded
 
     tmp = tmp_path_factory.mktemp("clients")
     alice_name = _name("alice")
@@ -398,8 +398,8 @@ async def test_auto_download_and_history_for_a_new_device(
 _CHILD = """
 import asyncio, sys, time
 from pathlib import Path
-from client_sdk.client import Client
-from client_sdk.stores.sqlite import SqliteStore
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.stores.sqlite import SqliteStore
 
 url, store_path, spool, cid, source = sys.argv[1:6]
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from client_sdk.client import Client, message_ref
-from client_sdk.core import history as fmt
-from client_sdk.core.events import Event, MessageExpired, MessageReceived
-from client_sdk.stores.sqlite import SqliteStore
+from saltline.client_sdk.client import Client, message_ref
+from saltline.client_sdk.core import history as fmt
+from saltline.client_sdk.core.events import Event, MessageExpired, MessageReceived
+from saltline.client_sdk.stores.sqlite import SqliteStore
 from tests.linking import link
 from tests.live import LiveServer
 

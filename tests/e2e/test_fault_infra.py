@@ -13,8 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server.settings import Settings
-from server.storage.migrate import upgrade
+from saltline.server.settings import Settings
+from saltline.server.storage.migrate import upgrade
 from tests.conftest import TEST_SETTINGS
 from tests.live import LiveServer
 from tests.proxy import TcpProxy, WsMitm

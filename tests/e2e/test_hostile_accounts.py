@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from client_sdk.client import Client, LinkConfirmation, LinkRequest
-from client_sdk.core import api
-from client_sdk.core import linking as link_fmt
-from client_sdk.core.events import (
+from saltline.client_sdk.client import Client, LinkConfirmation, LinkRequest
+from saltline.client_sdk.core import api
+from saltline.client_sdk.core import linking as link_fmt
+from saltline.client_sdk.core.events import (
     AccountKeyRotated,
     DeviceRemoved,
     HistoryDownloadFailed,
@@ -23,10 +23,15 @@ from client_sdk.core.events import (
     OwnDeviceUnlinked,
     UntrustedDeviceList,
 )
-from client_sdk.errors import LinkError, LinkNotConfirmedError, NetworkError, UntrustedDeviceListError
-from client_sdk.stores.memory import MemoryStore
-from crypto import device_list as dl
-from crypto.keys import AccountKey, EphemeralKey, b64decode, b64encode
+from saltline.client_sdk.errors import (
+    LinkError,
+    LinkNotConfirmedError,
+    NetworkError,
+    UntrustedDeviceListError,
+)
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.crypto import device_list as dl
+from saltline.crypto.keys import AccountKey, EphemeralKey, b64decode, b64encode
 from tests.e2e.hostile_world import World, events_of, name, until
 from tests.hostile import chain_body, forged_device, since_of
 from tests.linking import link
@@ -372,7 +377,7 @@ async def test_a_payload_put_by_someone_else_is_refused(live_server: LiveServer)
     """The photographer waits for the real hello to be taken, then puts a payload of her own
     account (sealed to the code's key, with the code's secret): the new device refuses it, since
     it names another account than the hello it showed, and joins nothing."""
-    from client_sdk.core import history
+    from saltline.client_sdk.core import history
 
     url = live_server.base_url
     desk = await Client.create(url, MemoryStore())

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from client_sdk.client import Client
-from client_sdk.core import sync
-from client_sdk.core.events import (
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core import sync
+from saltline.client_sdk.core.events import (
     DecryptionFailed,
     MembershipChanged,
     MembershipMismatch,
@@ -22,9 +22,9 @@ from client_sdk.core.events import (
     OperationRejected,
     UntrustedDeviceList,
 )
-from client_sdk.errors import NotAllowedError, UntrustedDeviceListError
-from client_sdk.stores.memory import MemoryStore
-from crypto.keys import AccountKey, b64decode, b64encode
+from saltline.client_sdk.errors import NotAllowedError, UntrustedDeviceListError
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.crypto.keys import AccountKey, b64decode, b64encode
 from tests.e2e.hostile_world import (
     PASSWORD,
     World,

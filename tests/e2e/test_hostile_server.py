@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from client_sdk.client import Client
-from client_sdk.core.events import (
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core.events import (
     ConversationUnavailable,
     DecryptionFailed,
     ForkDetected,
@@ -24,10 +24,14 @@ from client_sdk.core.events import (
     MessageReceived,
     UntrustedDeviceList,
 )
-from client_sdk.errors import IdentityChangedError, UntrustedConversationError, UntrustedDeviceListError
-from client_sdk.stores.memory import MemoryStore
-from crypto import safety
-from crypto.keys import AccountKey, AccountPublicKey, b64decode, b64encode
+from saltline.client_sdk.errors import (
+    IdentityChangedError,
+    UntrustedConversationError,
+    UntrustedDeviceListError,
+)
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.crypto import safety
+from saltline.crypto.keys import AccountKey, AccountPublicKey, b64decode, b64encode
 from tests.e2e.hostile_world import (
     PASSWORD,
     WAIT,

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from client_sdk.client import Client
-from client_sdk.core.events import ForkDetected, HistoryGap, MessageReceived, MessageSent
-from client_sdk.errors import UntrustedConversationError, UntrustedDeviceListError
-from client_sdk.stores.memory import MemoryStore
-from client_sdk.stores.sqlite import SqliteStore
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core.events import ForkDetected, HistoryGap, MessageReceived, MessageSent
+from saltline.client_sdk.errors import UntrustedConversationError, UntrustedDeviceListError
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.stores.sqlite import SqliteStore
 from tests.e2e.hostile_world import (
     PASSWORD,
     World,

@@ -2,7 +2,7 @@
 documented ``deploy/nginx.conf`` (TLS included).
 
 Instance 1 runs in this process (``LiveServer``: its bus can be wrapped); instance 2 is a real
-``python -m server serve`` subprocess, so it can be killed abruptly (SIGKILL) mid-stream. Waits are
+``python -m saltline.server serve`` subprocess, so it can be killed abruptly (SIGKILL) mid-stream. Waits are
 on frames with timeouts, never on sleeps.
 """
 
@@ -25,8 +25,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server.settings import Settings
-from server.storage.migrate import upgrade
+from saltline.server.settings import Settings
+from saltline.server.storage.migrate import upgrade
 from tests.conftest import TEST_SETTINGS
 from tests.live import LiveServer
 from tests.nginx_fixture import Nginx
@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class ServerProcess:
-    """``python -m server serve`` in a subprocess, configured only through SALTLINE_* variables
+    """``python -m saltline.server serve`` in a subprocess, configured only through SALTLINE_* variables
     (as docs/deploy.md does it)."""
 
     def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
@@ -58,7 +58,11 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> ServerProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server", "serve"], cwd=REPO, env=self.env, stdout=log, stderr=log
+                [sys.executable, "-m", "saltline.server", "serve"],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=log,
             )
         deadline = time.monotonic() + timeout
         while True:

@@ -25,13 +25,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from client_sdk import errors
-from client_sdk.client import Client
-from client_sdk.core import events as ev
-from client_sdk.core.events import Event, MessageReceived
-from client_sdk.stores.memory import MemoryStore
-from client_sdk.stores.sqlite import SqliteStore
-from crypto.keys import b64decode, b64encode
+from saltline.client_sdk import errors
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core import events as ev
+from saltline.client_sdk.core.events import Event, MessageReceived
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.stores.sqlite import SqliteStore
+from saltline.crypto.keys import b64decode, b64encode
 from tests.linking import link
 from tests.live import LiveServer, ManualClock
 from tests.proxy import TcpProxy, WsMitm
@@ -50,7 +50,7 @@ def _name(prefix: str) -> str:
 
 def fast_backoff(**overrides: float) -> Any:
     """Quick reconnects, so a test never waits for a long random back-off."""
-    from client_sdk.core.backoff import BackoffPolicy
+    from saltline.client_sdk.core.backoff import BackoffPolicy
 
     values = {"base_s": 0.05, "cap_s": 0.5, "healthy_after_s": 0.0, **overrides}
     return BackoffPolicy(**values)
@@ -493,7 +493,7 @@ async def test_repeated_disconnects_reconnect_quickly(
     make_proxy: Callable[[int], Awaitable[TcpProxy]],
     devices: Devices,
 ) -> None:
-    from client_sdk.core.backoff import BackoffPolicy
+    from saltline.client_sdk.core.backoff import BackoffPolicy
 
     server = await _serve(make_server)
     proxy = await make_proxy(server.port)

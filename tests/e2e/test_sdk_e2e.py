@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from client_sdk.client import Client
-from client_sdk.core.events import Drained, MessageReceived
-from client_sdk.errors import UntrustedDeviceListError
-from client_sdk.stores.memory import MemoryStore
-from client_sdk.stores.sqlite import SqliteStore
-from crypto import device_list as dl
-from crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, b64decode, b64encode
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core.events import Drained, MessageReceived
+from saltline.client_sdk.errors import UntrustedDeviceListError
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.stores.sqlite import SqliteStore
+from saltline.crypto import device_list as dl
+from saltline.crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, b64decode, b64encode
 from tests.linking import link
 from tests.live import LiveServer
 
@@ -205,7 +205,7 @@ async def test_injected_device_is_refused(live_server: LiveServer) -> None:
 
 
 async def test_store_is_exclusive(live_server: LiveServer) -> None:
-    from client_sdk.errors import StoreLockedError
+    from saltline.client_sdk.errors import StoreLockedError
 
     server = live_server
     store = MemoryStore()

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from client_sdk import errors
-from client_sdk.core import events as ev
+from saltline.client_sdk import errors
+from saltline.client_sdk.core import events as ev
 from tests.e2e.test_never_wedge import Devices, _serve, devices, fast_backoff
 from tests.live import LiveServer
 

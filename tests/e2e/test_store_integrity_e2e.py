@@ -10,11 +10,11 @@ import sqlite3
 
 import pytest
 
-from client_sdk.client import Client
-from client_sdk.core.events import MessageReceived
-from client_sdk.errors import StoreTamperedError
-from client_sdk.stores.memory import MemoryStore
-from client_sdk.stores.sqlite import SqliteStore
+from saltline.client_sdk.client import Client
+from saltline.client_sdk.core.events import MessageReceived
+from saltline.client_sdk.errors import StoreTamperedError
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.stores.sqlite import SqliteStore
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.e2e

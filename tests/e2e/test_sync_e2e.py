@@ -10,17 +10,17 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from client_sdk.client import Client, message_ref
-from client_sdk.core.events import (
+from saltline.client_sdk.client import Client, message_ref
+from saltline.client_sdk.core.events import (
     Drained,
     Event,
     MessageDeleted,
     MessageReceived,
     TypingChanged,
 )
-from client_sdk.core.sync import ConversationView
-from client_sdk.stores.memory import MemoryStore
-from client_sdk.stores.sqlite import SqliteStore
+from saltline.client_sdk.core.sync import ConversationView
+from saltline.client_sdk.stores.memory import MemoryStore
+from saltline.client_sdk.stores.sqlite import SqliteStore
 from tests.linking import link
 from tests.live import LiveServer
 

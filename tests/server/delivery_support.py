@@ -14,7 +14,7 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from crypto.keys import b64decode, b64encode
+from saltline.crypto.keys import b64decode, b64encode
 from tests.server.helpers import Account, Device
 
 FRAME_TIMEOUT = 10.0

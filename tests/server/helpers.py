@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from crypto import device_list as dl
-from crypto.keys import (
+from saltline.crypto import device_list as dl
+from saltline.crypto.keys import (
     AccountKey,
     DeviceDHKey,
     DeviceSigningKey,
@@ -167,7 +167,7 @@ def prekeys_body(device: Device, one_time: int = 0, start_id: int = 1) -> dict[s
 
 
 def sign_challenge(device: Device, username: str, nonce_b64: str) -> str:
-    from crypto.login import login_challenge_message
+    from saltline.crypto.login import login_challenge_message
 
     message = login_challenge_message(username.lower(), device.device_id, b64decode(nonce_b64))
     return b64encode(device.signing.sign(SigningContext.LOGIN_CHALLENGE, message))

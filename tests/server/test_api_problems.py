@@ -12,9 +12,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from crypto.keys import b64encode
-from server import errors
-from server.errors import ProblemCode
+from saltline.crypto.keys import b64encode
+from saltline.server import errors
+from saltline.server.errors import ProblemCode
 from tests.live import LiveServer, ManualClock
 from tests.server.helpers import register
 
@@ -166,7 +166,7 @@ def test_readyz_does_not_reread_migration_scripts(
 def test_short_jwt_secret_is_rejected(secret: str) -> None:
     from pydantic import ValidationError
 
-    from server.settings import Settings
+    from saltline.server.settings import Settings
 
     with pytest.raises(ValidationError) as info:
         Settings(jwt_secret=secret)

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crypto.keys import b64decode
-from crypto.padding import is_padme, padme
-from server.errors import Problem
-from server.services.attachments import parse_range
+from saltline.crypto.keys import b64decode
+from saltline.crypto.padding import is_padme, padme
+from saltline.server.errors import Problem
+from saltline.server.services.attachments import parse_range
 from tests.live import LiveServer, ManualClock
 from tests.server.helpers import register
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from server.settings import Settings
+from saltline.server.settings import Settings
 from tests.live import LiveServer, ManualClock
 from tests.server.helpers import (
     PASSWORD,

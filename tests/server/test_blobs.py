@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import httpx
 
-from crypto.keys import b64decode, b64encode
+from saltline.crypto.keys import b64decode, b64encode
 from tests.live import LiveServer, ManualClock
 from tests.server.helpers import add_device, register
 

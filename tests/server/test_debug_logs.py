@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from crypto.keys import b64encode
+from saltline.crypto.keys import b64encode
 from tests.conftest import TEST_SETTINGS
 from tests.server.delivery_support import WsClient, create_conversation, envelope_body, send
 from tests.server.helpers import add_device, login, register
@@ -85,7 +85,7 @@ def server_client(server: SubprocessServer) -> object:
 
 
 def _b64d(text: str) -> bytes:
-    from crypto.keys import b64decode
+    from saltline.crypto.keys import b64decode
 
     return b64decode(text)
 
@@ -94,7 +94,7 @@ def server_password_hash(db_url: str, username_lower: str) -> str:
     """The stored argon2 hash, read straight from the database."""
     from sqlalchemy import create_engine, select
 
-    from server.storage.schema import accounts
+    from saltline.server.storage.schema import accounts
 
     sync_url = db_url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
     if "+psycopg" in sync_url:

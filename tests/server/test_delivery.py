@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from crypto.keys import b64decode
+from saltline.crypto.keys import b64decode
 from tests.live import LiveServer
 from tests.server.delivery_support import WsClient, create_conversation, envelope_body, open_sealed, send
 from tests.server.helpers import add_device, register

@@ -17,16 +17,16 @@ from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from crypto.keys import b64decode, b64encode
-from server.api import ws as ws_module
-from server.errors import Problem, ProblemCode
-from server.services.delivery import MAX_EPHEMERAL_BYTES
-from server.storage import driver_sql, migrate
-from server.storage import schema as s
-from server.storage.db import Database, create_engine
-from server.storage.delivery_schema import conversation_members, conversations, device_queue_state
-from server.storage.driver_sql import _idempotency_lookup, _placeholders
-from server.storage.envelopes_repo import (
+from saltline.crypto.keys import b64decode, b64encode
+from saltline.server.api import ws as ws_module
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.delivery import MAX_EPHEMERAL_BYTES
+from saltline.server.storage import driver_sql, migrate
+from saltline.server.storage import schema as s
+from saltline.server.storage.db import Database, create_engine
+from saltline.server.storage.delivery_schema import conversation_members, conversations, device_queue_state
+from saltline.server.storage.driver_sql import _idempotency_lookup, _placeholders
+from saltline.server.storage.envelopes_repo import (
     Accepted,
     AckRequest,
     EnvelopesRepo,
@@ -53,8 +53,8 @@ async def test_oversized_ws_message_refused_by_the_server(live_server: LiveServe
 def test_cli_serve_passes_ws_max_size(monkeypatch: pytest.MonkeyPatch, sqlite_url: str) -> None:
     import uvicorn
 
-    from server import cli
-    from server.storage import migrate as migrate_module
+    from saltline.server import cli
+    from saltline.server.storage import migrate as migrate_module
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))

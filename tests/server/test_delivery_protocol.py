@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from server.errors import Problem, ProblemCode
-from server.services import delivery_protocol as p
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services import delivery_protocol as p
 
 
 @pytest.mark.parametrize(

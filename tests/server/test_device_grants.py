@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import httpx
 
-from crypto import device_list as dl
-from crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, b64encode
+from saltline.crypto import device_list as dl
+from saltline.crypto.keys import AccountKey, DeviceDHKey, DeviceSigningKey, b64encode
 from tests.live import LiveServer, ManualClock
 from tests.server.helpers import (
     Account,

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import httpx
 
-from crypto import device_list as dl
-from crypto.keys import AccountKey, SigningContext, b64decode, b64encode
+from saltline.crypto import device_list as dl
+from saltline.crypto.keys import AccountKey, SigningContext, b64decode, b64encode
 from tests.live import LiveServer
 from tests.server.delivery_support import WsClient
 from tests.server.helpers import (

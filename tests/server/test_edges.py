@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.app import max_body_bytes
-from server.settings import Settings
+from saltline.server.app import max_body_bytes
+from saltline.server.settings import Settings
 from tests.live import LiveServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,7 +156,7 @@ def test_invalid_utf8_text_frame_closes_with_1007_without_traceback(
 def _serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SALTLINE_")}
     return subprocess.run(
-        [sys.executable, "-m", "server", "serve", "--data-dir", str(tmp_path), *args],
+        [sys.executable, "-m", "saltline.server", "serve", "--data-dir", str(tmp_path), *args],
         cwd=REPO,
         env=env,
         capture_output=True,

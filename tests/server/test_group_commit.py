@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import httpx
 
-from server.services.delivery_writer import GroupCommitWriter
-from server.storage.envelopes_repo import (
+from saltline.server.services.delivery_writer import GroupCommitWriter
+from saltline.server.storage.envelopes_repo import (
     Accepted,
     AckRequest,
     NewEnvelope,

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import httpx
 from sqlalchemy import func, select
 
-from crypto.keys import KeyKind, OneTimePreKey, PreKeyPublic, SignedPreKey
-from server.storage.schema import prekeys
+from saltline.crypto.keys import KeyKind, OneTimePreKey, PreKeyPublic, SignedPreKey
+from saltline.server.storage.schema import prekeys
 from tests.live import LiveServer
 from tests.server.helpers import Account, add_device, prekeys_body, register, remove_device
 

@@ -7,9 +7,9 @@ import os
 
 import httpx
 
-from client_sdk.core import api
-from crypto import device_list as dl
-from crypto.keys import b64encode
+from saltline.client_sdk.core import api
+from saltline.crypto import device_list as dl
+from saltline.crypto.keys import b64encode
 from tests.server.helpers import add_device, login, new_device, register, with_added
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect
 
-from server.storage import migrate
-from server.storage.db import create_engine
-from server.storage.schema import metadata
+from saltline.server.storage import migrate
+from saltline.server.storage.db import create_engine
+from saltline.server.storage.schema import metadata
 from tests.live import LiveServer
 
 
@@ -108,7 +108,7 @@ def test_app_refuses_to_start_unmigrated(make_server: Callable[..., LiveServer])
 def _cli(*args: str, env_url: str, data_dir: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SALTLINE_DATABASE_URL": env_url, "SALTLINE_DATA_DIR": data_dir}
     return subprocess.run(
-        [sys.executable, "-m", "server", *args],
+        [sys.executable, "-m", "saltline.server", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from crypto.keys import b64decode, b64encode
+from saltline.crypto.keys import b64decode, b64encode
 from tests.live import LiveServer, ManualClock
 
 SECRET = "X-Channel-Secret"

@@ -11,9 +11,9 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.storage import migrate
-from server.storage.db import Database
-from server.storage.provisioning_repo import ProvisioningRepo, PutOutcome, TakeOutcome
+from saltline.server.storage import migrate
+from saltline.server.storage.db import Database
+from saltline.server.storage.provisioning_repo import ProvisioningRepo, PutOutcome, TakeOutcome
 
 MAX_PUTS = 3
 # (operation, which secret): "own" = the operation's secret, "other" = the other one, "wrong"

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import httpx
 
-from crypto import device_list as dl
-from crypto.keys import b64decode, b64encode
+from saltline.crypto import device_list as dl
+from saltline.crypto.keys import b64decode, b64encode
 from tests.live import LiveServer, ManualClock
 from tests.server.delivery_support import create_conversation, envelope_body, send
 from tests.server.helpers import (

@@ -16,9 +16,9 @@ import redis.asyncio
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from server.errors import Problem, ProblemCode
-from server.services.ratelimit import RateLimiter
-from server.settings import Settings
+from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.ratelimit import RateLimiter
+from saltline.server.settings import Settings
 from tests.live import LiveServer
 from tests.pg import free_port
 from tests.redis_fixture import RedisServer, start_redis
@@ -181,7 +181,7 @@ async def test_limiter_survives_a_redis_outage_and_closes_its_connections(
         assert errors() == 0
 
         await asyncio.to_thread(private.stop)
-        caplog.set_level(logging.WARNING, logger="server.services.ratelimit")
+        caplog.set_level(logging.WARNING, logger="saltline.server.services.ratelimit")
         # Redis is gone: the memory windows answer (they have not seen the hits above).
         await limiter.hit("2/minute", "scope", "k")
         await limiter.record("2/minute", "scope", "k")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from server.services.redis_bus import CHANNEL_PREFIX, RedisBus, device_channel
+from saltline.server.services.redis_bus import CHANNEL_PREFIX, RedisBus, device_channel
 from tests.redis_fixture import RedisServer, start_redis
 
 WAIT = 5.0

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
-from server.cli import uvicorn_options
-from server.settings import Settings
+from saltline.server.cli import uvicorn_options
+from saltline.server.settings import Settings
 from tests.live import LiveServer
 from tests.server.helpers import register
 
@@ -260,7 +260,7 @@ def test_handshake_problem_table(
     from websockets.datastructures import Headers
     from websockets.http11 import Response
 
-    from server.transport import handshake_problem
+    from saltline.server.transport import handshake_problem
 
     plain = Response(status, "x", Headers(library_headers), b"Failed to open a WebSocket connection.\n")
     problem = handshake_problem(plain)

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from crypto.keys import b64encode
-from server.api.validation_codes import specific_problem
-from server.errors import ProblemCode as C
+from saltline.crypto.keys import b64encode
+from saltline.server.api.validation_codes import specific_problem
+from saltline.server.errors import ProblemCode as C
 
 _PREKEY_WRONG_KIND = b64encode(bytes([1, 5]) + bytes(100))  # a one-time prekey
 _PATTERN = "string_pattern_mismatch"

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from sqlalchemy import event
 
-from server.api import ws as ws_module
+from saltline.server.api import ws as ws_module
 from tests.live import LiveServer
 from tests.server.delivery_support import WsClient, create_conversation, envelope_body, send
 from tests.server.helpers import Account, add_device, register, remove_device
@@ -144,7 +144,7 @@ async def test_refused_token_never_replaces_the_devices_socket(
     original = auth.check_token_holder
 
     async def refuse(claims: Any) -> None:
-        from server.errors import Problem, ProblemCode
+        from saltline.server.errors import Problem, ProblemCode
 
         raise Problem(401, ProblemCode.TOKEN_REVOKED, "revoked")
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from crypto.keys import b64encode
+from saltline.crypto.keys import b64encode
 from tests.live import LiveServer
 from tests.server.delivery_support import WsClient, create_conversation, envelope_body, send
 from tests.server.helpers import add_device, register, remove_device

@@ -8,11 +8,11 @@
   :class:`Composer`; :mod:`.transcript` - the transcript hash; :mod:`.view` - what the reducer reports.
 """
 
-from client_sdk.core.sync.clock import CompactClock, Dot, Order, compare, concurrent, contains, merge
-from client_sdk.core.sync.composer import Composer
-from client_sdk.core.sync.errors import SyncError, SyncFormatError, SyncProtocolError
-from client_sdk.core.sync.membership import Roles
-from client_sdk.core.sync.ops import (
+from saltline.client_sdk.core.sync.clock import CompactClock, Dot, Order, compare, concurrent, contains, merge
+from saltline.client_sdk.core.sync.composer import Composer
+from saltline.client_sdk.core.sync.errors import SyncError, SyncFormatError, SyncProtocolError
+from saltline.client_sdk.core.sync.membership import Roles
+from saltline.client_sdk.core.sync.ops import (
     Delete,
     Edit,
     Genesis,
@@ -28,7 +28,7 @@ from client_sdk.core.sync.ops import (
     decode,
     encode,
 )
-from client_sdk.core.sync.state import (
+from saltline.client_sdk.core.sync.state import (
     ConversationState,
     ConversationView,
     FieldState,

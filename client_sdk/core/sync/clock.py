@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from client_sdk.core.sync.errors import SyncFormatError
+from saltline.client_sdk.core.sync.errors import SyncFormatError
 
 CLOCK_VERSION = 0x03  # base, transcript hash, extras (sync.md § 3, § 9)
 CLOCK_VERSION_NO_TRANSCRIPT = 0x02  # base and extras only (stored by earlier clients)
@@ -47,7 +47,7 @@ class Order(enum.Enum):
 class CompactClock:
     """``base`` server_seq plus sorted ``extras`` ``((device_id, counter), ...)``, counters >= 1,
     and ``log_hash``: the transcript hash ``T(base)`` of the log the author had applied
-    (:mod:`client_sdk.core.sync.transcript`), None only in clocks of the older encodings."""
+    (:mod:`saltline.client_sdk.core.sync.transcript`), None only in clocks of the older encodings."""
 
     base: int
     extras: tuple[tuple[bytes, int], ...] = ()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from client_sdk.core.sync.clock import Dot
-from client_sdk.core.sync.ops import Body, Op, Typing
-from client_sdk.core.sync.state import ConversationState
+from saltline.client_sdk.core.sync.clock import Dot
+from saltline.client_sdk.core.sync.ops import Body, Op, Typing
+from saltline.client_sdk.core.sync.state import ConversationState
 
 
 class Composer:

@@ -3,7 +3,7 @@
 
 The rule. A message's timer is the ``disappearing_ms`` setting *in force when it was sent*: of the
 ``disappearing_ms`` writes in the message's causal past (its full clock contains their dots), the
-last by the last-writer-wins order (:func:`~client_sdk.core.sync.rules.lww_key`) - the value the
+last by the last-writer-wins order (:func:`~saltline.client_sdk.core.sync.rules.lww_key`) - the value the
 register showed on the author's device when it composed the message. A change concurrent with the
 message (not in its causal past) never governs it, whatever its lamport number. A timer of None or
 0 means never. The message expires at ``sent_at_ms + timer`` (the author's claimed send time).
@@ -12,7 +12,7 @@ Every input is in the message's causal past, which every device applies before t
 (causal delivery), so every device that holds the same operations computes the same expiry, in
 whatever order they arrived.
 
-:class:`ExpiryTracker` is what the reducer (:class:`~client_sdk.core.sync.state.ConversationState`)
+:class:`ExpiryTracker` is what the reducer (:class:`~saltline.client_sdk.core.sync.state.ConversationState`)
 feeds with each operation it applies with effect.
 """
 
@@ -22,10 +22,10 @@ import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from client_sdk.core.sync.clock import Dot, contains
-from client_sdk.core.sync.ops import Message, Op, SettingsChange, Unknown
-from client_sdk.core.sync.rules import LwwKey, lww_key
-from client_sdk.core.wire import canonical_json
+from saltline.client_sdk.core.sync.clock import Dot, contains
+from saltline.client_sdk.core.sync.ops import Message, Op, SettingsChange, Unknown
+from saltline.client_sdk.core.sync.rules import LwwKey, lww_key
+from saltline.client_sdk.core.wire import canonical_json
 
 #: The ``type`` of the local tombstone an expired operation is replaced with (sync.md § 5.8). A
 #: sender never sends one; received from anyone it is an unknown type (consumes its dot, no effect).

@@ -26,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from client_sdk.core.sync.clock import CompactClock, Dot, FullClock, contains
-from client_sdk.core.sync.errors import SyncError
-from client_sdk.core.sync.ops import Body, ConversationKind, Genesis, MembershipChange, Op
-from client_sdk.core.sync.rules import FrontierRegister, Write, lww_key
+from saltline.client_sdk.core.sync.clock import CompactClock, Dot, FullClock, contains
+from saltline.client_sdk.core.sync.errors import SyncError
+from saltline.client_sdk.core.sync.ops import Body, ConversationKind, Genesis, MembershipChange, Op
+from saltline.client_sdk.core.sync.rules import FrontierRegister, Write, lww_key
 
 NONE, MEMBER, ADMIN = 0, 1, 2
 

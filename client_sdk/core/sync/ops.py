@@ -14,10 +14,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
-from client_sdk.core.attachments import AttachmentPointer, PointerError
-from client_sdk.core.sync.clock import DEVICE_ID_SIZE, CompactClock, Dot
-from client_sdk.core.sync.errors import SyncFormatError
-from client_sdk.core.wire import canonical_json
+from saltline.client_sdk.core.attachments import AttachmentPointer, PointerError
+from saltline.client_sdk.core.sync.clock import DEVICE_ID_SIZE, CompactClock, Dot
+from saltline.client_sdk.core.sync.errors import SyncFormatError
+from saltline.client_sdk.core.wire import canonical_json
 
 OP_VERSION = 2
 LEGACY_TEXT_VERSION = 1

@@ -1,14 +1,14 @@
-"""The reducer's mutable records (:mod:`client_sdk.core.sync.state`): a message as it is being
+"""The reducer's mutable records (:mod:`saltline.client_sdk.core.sync.state`): a message as it is being
 materialised, and the journal of one receive (the touched parts of the view before it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from client_sdk.core.attachments import AttachmentPointer
-from client_sdk.core.sync.clock import Dot
-from client_sdk.core.sync.rules import LwwKey
-from client_sdk.core.sync.view import FieldState, MessageView
+from saltline.client_sdk.core.attachments import AttachmentPointer
+from saltline.client_sdk.core.sync.clock import Dot
+from saltline.client_sdk.core.sync.rules import LwwKey
+from saltline.client_sdk.core.sync.view import FieldState, MessageView
 
 
 @dataclass(slots=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from client_sdk.core.sync.clock import Dot, FullClock, contains
-from client_sdk.core.sync.ops import Op
+from saltline.client_sdk.core.sync.clock import Dot, FullClock, contains
+from saltline.client_sdk.core.sync.ops import Op
 
 T = TypeVar("T")
 

@@ -14,13 +14,13 @@ import bisect
 import heapq
 from collections.abc import Iterable, Mapping
 
-from client_sdk.core.sync import clock as vc
-from client_sdk.core.sync import transcript
-from client_sdk.core.sync.clock import CompactClock, Dot, FullClock
-from client_sdk.core.sync.errors import SyncProtocolError
-from client_sdk.core.sync.expiry import ExpiryTracker
-from client_sdk.core.sync.membership import Membership, Roles, authorise
-from client_sdk.core.sync.ops import (
+from saltline.client_sdk.core.sync import clock as vc
+from saltline.client_sdk.core.sync import transcript
+from saltline.client_sdk.core.sync.clock import CompactClock, Dot, FullClock
+from saltline.client_sdk.core.sync.errors import SyncProtocolError
+from saltline.client_sdk.core.sync.expiry import ExpiryTracker
+from saltline.client_sdk.core.sync.membership import Membership, Roles, authorise
+from saltline.client_sdk.core.sync.ops import (
     Body,
     Delete,
     Edit,
@@ -36,10 +36,10 @@ from client_sdk.core.sync.ops import (
     Typing,
     Welcome,
 )
-from client_sdk.core.sync.records import Journal as _Journal
-from client_sdk.core.sync.records import Msg as _Msg
-from client_sdk.core.sync.rules import FrontierRegister, Write, lww_key, may_edit
-from client_sdk.core.sync.view import (
+from saltline.client_sdk.core.sync.records import Journal as _Journal
+from saltline.client_sdk.core.sync.records import Msg as _Msg
+from saltline.client_sdk.core.sync.rules import FrontierRegister, Write, lww_key, may_edit
+from saltline.client_sdk.core.sync.view import (
     SHARED_FIELDS,
     Conflict,
     ConversationView,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from client_sdk.core.sync.clock import DEVICE_ID_SIZE, Dot
+from saltline.client_sdk.core.sync.clock import DEVICE_ID_SIZE, Dot
 
 HASH_SIZE = 32
 GENESIS_LABEL = b"saltline/v1/transcript/genesis"

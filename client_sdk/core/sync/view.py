@@ -1,15 +1,15 @@
 """What the conversation reducer reports: the result of one receive, the materialised view, and
 the delta of one receive (the touched parts of the view before and after it), from which
-:mod:`client_sdk.core.diff` makes events without materialising the whole view twice."""
+:mod:`saltline.client_sdk.core.diff` makes events without materialising the whole view twice."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from client_sdk.core.attachments import AttachmentPointer
-from client_sdk.core.sync.clock import Dot
-from client_sdk.core.sync.ops import SettingValue
-from client_sdk.core.sync.rules import FrontierRegister
+from saltline.client_sdk.core.attachments import AttachmentPointer
+from saltline.client_sdk.core.sync.clock import Dot
+from saltline.client_sdk.core.sync.ops import SettingValue
+from saltline.client_sdk.core.sync.rules import FrontierRegister
 
 SHARED_FIELDS = ("title", "disappearing_ms")
 
@@ -43,7 +43,7 @@ class Fork:
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """An applied operation that has no effect because its author was not allowed to make it
-    (sync.md § 5.7); ``reason`` is one of the codes of :mod:`client_sdk.core.sync.membership`."""
+    (sync.md § 5.7); ``reason`` is one of the codes of :mod:`saltline.client_sdk.core.sync.membership`."""
 
     dot: Dot
     author: bytes
@@ -136,7 +136,7 @@ def field_state(register: FrontierRegister[SettingValue] | None) -> FieldState:
 class ViewDelta:
     """The parts of the view one :meth:`ConversationState.receive_changes` call touched, before and
     after it, for one viewer account. Parts it did not touch are left out: comparing two whole views
-    (:func:`client_sdk.core.diff.changes`) finds exactly the same differences.
+    (:func:`saltline.client_sdk.core.diff.changes`) finds exactly the same differences.
 
     ``messages``: (before, after) per touched message in display order; before is None for a
     message that this call created. ``read``: the read markers (account -> server_seq) before and

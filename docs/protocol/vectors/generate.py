@@ -37,7 +37,7 @@ without padding, the wire text form) or ``_json`` (a UTF-8 JSON text). Top level
     {"construction", "spec", "version", "generator", "provenance", "cases": [
         {"name", "description", "seed"?, "inputs", "outputs" | "error"}, ...]}
 
-Negative cases carry ``"error"``: the exact name of the :class:`crypto.errors.CryptoError`
+Negative cases carry ``"error"``: the exact name of the :class:`saltline.crypto.errors.CryptoError`
 subclass the operation must raise.
 """
 
@@ -62,11 +62,11 @@ import nacl.bindings as sodium  # noqa: E402
 from generate_messages import BUILDERS as MESSAGE_BUILDERS  # noqa: E402
 from generate_messages import DRng  # noqa: E402
 
-from crypto import attachments, device_list, private_state, safety, sealed, x3dh  # noqa: E402
-from crypto import primitives as p  # noqa: E402
-from crypto import ratchet as rt  # noqa: E402
-from crypto.errors import CryptoError  # noqa: E402
-from crypto.keys import (  # noqa: E402
+from saltline.crypto import attachments, device_list, private_state, safety, sealed, x3dh  # noqa: E402
+from saltline.crypto import primitives as p  # noqa: E402
+from saltline.crypto import ratchet as rt  # noqa: E402
+from saltline.crypto.errors import CryptoError  # noqa: E402
+from saltline.crypto.keys import (  # noqa: E402
     AccountKey,
     DeviceDHKey,
     DeviceDHPublicKey,

@@ -8,8 +8,9 @@ import its caller). ``tests/crypto/test_vectors_messages.py`` reproduces every f
 byte without importing this module.
 
 Negative cases name the exact class the reference raises in ``"error"``; for these files it is a
-class of ``client_sdk.errors`` (``DecryptError``, ``ReplayedPreKeyMessageError``, ``LinkError``),
-``client_sdk.core.sync.errors`` (``SyncFormatError``) or ``crypto.errors`` (``EncodingError``).
+class of ``saltline.client_sdk.errors`` (``DecryptError``, ``ReplayedPreKeyMessageError``, ``LinkError``),
+``saltline.client_sdk.core.sync.errors`` (``SyncFormatError``) or ``saltline.crypto.errors``
+(``EncodingError``).
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from client_sdk import errors as sdk_errors
-from client_sdk.core import account_keys, history, linking
-from client_sdk.core import message as msg
-from client_sdk.core.attachments import AttachmentPointer, padded_size
-from client_sdk.core.sync import clock as vc
-from client_sdk.core.sync import errors as sync_errors
-from client_sdk.core.sync import ops, transcript
-from client_sdk.core.wire import canonical_json
-from crypto import attachments, device_list, login, private_state, sealed, x3dh
-from crypto import errors as crypto_errors
-from crypto.keys import (
+from saltline.client_sdk import errors as sdk_errors
+from saltline.client_sdk.core import account_keys, history, linking
+from saltline.client_sdk.core import message as msg
+from saltline.client_sdk.core.attachments import AttachmentPointer, padded_size
+from saltline.client_sdk.core.sync import clock as vc
+from saltline.client_sdk.core.sync import errors as sync_errors
+from saltline.client_sdk.core.sync import ops, transcript
+from saltline.client_sdk.core.wire import canonical_json
+from saltline.crypto import attachments, device_list, login, private_state, sealed, x3dh
+from saltline.crypto import errors as crypto_errors
+from saltline.crypto.keys import (
     AccountKey,
     DeviceSigningKey,
     EphemeralKey,
@@ -38,8 +39,8 @@ from crypto.keys import (
     b64encode,
     signing_input,
 )
-from crypto.padding import padme
-from crypto.ratchet import Session
+from saltline.crypto.padding import padme
+from saltline.crypto.ratchet import Session
 
 GENERATOR = "docs/protocol/vectors/generate.py (builders in docs/protocol/vectors/generate_messages.py)"
 SEED_PREFIX = "saltline/v1/vectors/"
