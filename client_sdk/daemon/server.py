@@ -16,10 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from saltline.client_sdk.daemon.http import DEFAULT_MAX_BODY, HttpHandler, is_request_line
+from saltline.client_sdk.daemon.http import DEFAULT_MAX_BODY, WRITE_TIMEOUT_S, HttpHandler, is_request_line
 from saltline.client_sdk.daemon.hub import Hub
 from saltline.client_sdk.daemon.methods import build_methods
-from saltline.client_sdk.daemon.rpc import Dispatcher
+from saltline.client_sdk.daemon.rpc import INVALID_REQUEST, Dispatcher, encode, response_error
 from saltline.client_sdk.daemon.stream import StreamConnection, Write
 from saltline.client_sdk.errors import UsageError
 
@@ -112,7 +112,13 @@ class Daemon:
         """A UNIX socket connection: HTTP when it starts with a request line, else JSON lines."""
         try:
             first = await reader.readline()
-        except (ValueError, asyncio.LimitOverrunError, ConnectionError):
+        except (ValueError, asyncio.LimitOverrunError):
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                too_long = response_error(None, INVALID_REQUEST, "invalid request: line too long")
+                await _stream_write(writer)(encode(too_long).encode() + b"\n")
+            writer.close()
+            return
+        except ConnectionError:
             writer.close()
             return
         if is_request_line(first):
@@ -170,9 +176,11 @@ class Daemon:
             if o.stdio:
                 waits.append(asyncio.ensure_future(self._stdio(limit)))
             print("saltline daemon: ready", file=sys.stderr, flush=True)
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
+            for w in done:
+                w.result()  # an error of the stdio transport ends the daemon with it
         finally:
             for server in self._servers:
                 server.close()
@@ -184,16 +192,26 @@ class Daemon:
     async def _stdio(self, limit: int) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=limit)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
+        try:
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+            transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
+        except ValueError as exc:
+            raise UsageError(f"--stdio needs stdin and stdout to be pipes or a terminal ({exc})") from exc
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         conn = StreamConnection(self.hub, self.stream_dispatcher, _stream_write(writer))
         await conn.serve(reader)
 
 
 def _stream_write(writer: asyncio.StreamWriter) -> Write:
+    """Write and wait for the peer to take it; a peer that takes nothing for
+    :data:`WRITE_TIMEOUT_S` is cut off (its subscriptions end, memory stays bounded)."""
+
     async def write(data: bytes) -> None:
         writer.write(data)
-        await writer.drain()
+        try:
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+        except TimeoutError:
+            writer.transport.abort()
+            raise ConnectionResetError("the peer stopped reading") from None
 
     return write
