@@ -80,6 +80,7 @@ class Daemon:
     home: Path
     alice: str
     bob: str
+    carol: str
     port: int | None = None
     socket: Path | None = None
     token: str = ""
@@ -136,6 +137,7 @@ def start_daemon(live_server: LiveServer, tmp_path: Path) -> Iterator[Callable[.
     async def accounts() -> None:
         await _make_profile(home, "alice", alice, live_server.base_url)
         await _make_profile(home, "bob", bob, live_server.base_url)
+        await _make_profile(home, "carol", f"carol_{suffix}", live_server.base_url)  # never served
 
     asyncio.run(accounts())
     started: list[Daemon] = []
@@ -148,7 +150,7 @@ def start_daemon(live_server: LiveServer, tmp_path: Path) -> Iterator[Callable[.
             cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         assert proc.stderr is not None and proc.stdout is not None
-        d = Daemon(proc, Lines(proc.stderr), home, alice, bob)
+        d = Daemon(proc, Lines(proc.stderr), home, alice, bob, f"carol_{suffix}")
         if stdio:
             d.stdout = Lines(proc.stdout)
         started.append(d)
@@ -408,3 +410,61 @@ def test_stdio(start_daemon: Callable[..., Daemon]) -> None:
     assert note["params"]["event"]["text"] == "piped" and note["params"]["profile"] == "bob"
     d.proc.stdin.close()  # the end of input stops the daemon
     assert d.proc.wait(WAIT_S) == 0
+
+
+@needs_curl
+def test_groups_files_replies_and_deletes_over_http(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = _http_daemon(start_daemon, tmp_path)
+    bob_events, alice_events = _sse(d, "profile=bob"), _sse(d, "profile=alice")
+    gid = d.rpc("create_conversation", profile="alice", usernames=[d.bob, d.carol])["conversation_id"]
+    group = d.rpc("members", profile="alice", conversation_id=gid)
+    assert group["kind"] == "group"
+    assert {(m["username"], m["admin"]) for m in group["members"]} == {
+        (d.alice, True),
+        (d.bob, False),
+        (d.carol, False),
+    }
+
+    d.rpc("send", profile="alice", conversation_id=gid, text="welcome")
+    _event(bob_events, "MessageReceived", conversation_id=gid, text="welcome")
+    d.rpc("title", profile="alice", conversation_id=gid, title="Plans")
+    _event(bob_events, "SettingsChanged", conversation_id=gid, field="title", value="Plans")
+    [welcome] = d.rpc("messages", profile="bob", conversation_id=gid)
+    d.rpc("reply", profile="bob", conversation_id=gid, message_ref=welcome["message_ref"], text="thanks")
+    _event(alice_events, "MessageReceived", conversation_id=gid, text="thanks")
+    shown = d.rpc("messages", profile="alice", conversation_id=gid)
+    assert [(m["text"], m["reply_to"]) for m in shown] == [
+        ("welcome", None),
+        ("thanks", welcome["message_ref"]),
+    ]
+    d.rpc("delete", profile="alice", conversation_id=gid, message_ref=welcome["message_ref"])
+    _event(bob_events, "MessageDeleted", message_ref=welcome["message_ref"])
+    deleted = d.rpc("messages", profile="bob", conversation_id=gid)[0]
+    assert deleted["deleted"] and deleted["text"] is None
+
+    # a file: sent from a path, received as an attachment object, downloaded with it
+    report = tmp_path / "report.txt"
+    report.write_bytes(os.urandom(5000))
+    d.rpc("send_file", profile="alice", conversation_id=gid, path=str(report), caption="the report")
+    got = _event(bob_events, "MessageReceived", conversation_id=gid, text="the report")
+    attachment = got["event"]["attachment"]
+    assert attachment["name"] == "report.txt" and attachment["size"] == 5000
+    into = tmp_path / "downloads"
+    into.mkdir()
+    path = d.rpc("download", profile="bob", attachment=attachment, destination=str(into))["path"]
+    assert Path(path).read_bytes() == report.read_bytes()
+
+    d.rpc("read", profile="bob", conversation_id=gid)
+    [listed] = d.rpc("conversations", profile="bob")
+    assert listed["title"] == "Plans" and listed["unread"] == 0 and listed["kind"] == "group"
+    d.rpc("mute", profile="bob", conversation_id=gid, muted=True)
+    not_admin = d.error("remove_member", profile="bob", conversation_id=gid, username=d.carol)
+    assert not_admin["code"] == -32000 and not_admin["data"]["code"] == "not_allowed", not_admin
+    d.rpc("remove_member", profile="alice", conversation_id=gid, username=d.carol)
+    _event(bob_events, "MembershipChanged", conversation_id=gid)
+    d.rpc("leave", profile="bob", conversation_id=gid)
+    _event(alice_events, "MembershipChanged", conversation_id=gid)
+    left = d.rpc("members", profile="alice", conversation_id=gid)["members"]
+    assert [m["username"] for m in left] == [d.alice]
