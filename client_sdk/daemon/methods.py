@@ -248,6 +248,14 @@ async def _disappearing(hub: Hub, client: Client, p: Params) -> Any:
     return _sent(client, await client.set_disappearing_timer(cid, ms or None))
 
 
+@method("typing")
+async def _typing(hub: Hub, client: Client, p: Params) -> Any:
+    cid, typing = p.string("conversation_id"), p.flag("typing", True)
+    p.done()
+    await client.typing(cid, typing)
+    return {"typing": typing}
+
+
 # -- trust and devices -----------------------------------------------------------------------------
 
 

@@ -429,6 +429,8 @@ def test_groups_files_replies_and_deletes_over_http(
 
     d.rpc("send", profile="alice", conversation_id=gid, text="welcome")
     _event(bob_events, "MessageReceived", conversation_id=gid, text="welcome")
+    assert d.rpc("typing", profile="alice", conversation_id=gid) == {"typing": True}
+    _event(bob_events, "TypingChanged", conversation_id=gid, typing=True)
     d.rpc("title", profile="alice", conversation_id=gid, title="Plans")
     _event(bob_events, "SettingsChanged", conversation_id=gid, field="title", value="Plans")
     [welcome] = d.rpc("messages", profile="bob", conversation_id=gid)
