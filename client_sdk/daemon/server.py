@@ -142,6 +142,28 @@ class Daemon:
         limit = self.options.max_body + 1024
         o = self.options
         try:
+            await self._listen(limit)
+            await self.hub.start()
+            waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._stop.wait())]
+            if o.stdio:
+                waits.append(asyncio.ensure_future(self._stdio(limit)))
+            print("saltline daemon: ready", file=sys.stderr, flush=True)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            for w in done:
+                w.result()  # an error of the stdio transport ends the daemon with it
+        finally:
+            for server in self._servers:
+                server.close()
+            await self.hub.stop()
+            if o.socket_path is not None and self._servers:
+                with contextlib.suppress(FileNotFoundError):
+                    o.socket_path.unlink()
+
+    async def _listen(self, limit: int) -> None:
+        o = self.options
+        try:
             if o.socket_path is not None:
                 prepare_socket_path(o.socket_path)
                 old = os.umask(0o177)
@@ -171,23 +193,8 @@ class Daemon:
                 log.warning(
                     "listening on http://%s:%d (bearer token in %s)", *self.http_address, o.token_file
                 )
-            await self.hub.start()
-            waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._stop.wait())]
-            if o.stdio:
-                waits.append(asyncio.ensure_future(self._stdio(limit)))
-            print("saltline daemon: ready", file=sys.stderr, flush=True)
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                w.cancel()
-            for w in done:
-                w.result()  # an error of the stdio transport ends the daemon with it
-        finally:
-            for server in self._servers:
-                server.close()
-            await self.hub.stop()
-            if o.socket_path is not None and self._servers:
-                with contextlib.suppress(FileNotFoundError):
-                    o.socket_path.unlink()
+        except OSError as exc:
+            raise UsageError(f"cannot listen: {exc}") from exc
 
     async def _stdio(self, limit: int) -> None:
         loop = asyncio.get_running_loop()

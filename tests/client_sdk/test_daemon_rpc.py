@@ -376,3 +376,49 @@ def test_socket_directory_and_token_file_permissions(tmp_path: Path) -> None:
     assert (tmp_path / "t" / "token").read_text().strip() == token and len(token) >= 40
     assert stat.S_IMODE((tmp_path / "t" / "token").stat().st_mode) == 0o600
     assert write_token(tmp_path / "t" / "token") != token  # a new token every start
+
+
+# -- JSON lines (stdio, socket) ---------------------------------------------------------------------
+
+
+async def test_json_lines_subscriptions_drops_and_long_lines() -> None:
+    from saltline.client_sdk.daemon.methods import build_methods
+    from saltline.client_sdk.daemon.stream import StreamConnection
+
+    hub = _hub(limit=3)
+    written: list[dict[str, Any]] = []
+    wrote = asyncio.Event()
+
+    async def write(data: bytes) -> None:
+        written.extend(json.loads(line) for line in data.splitlines())
+        wrote.set()
+
+    async def next_written() -> dict[str, Any]:
+        while not written:
+            wrote.clear()
+            await asyncio.wait_for(wrote.wait(), 10)
+        return written.pop(0)
+
+    conn = StreamConnection(hub, Dispatcher(build_methods(hub, notifications=True)), write)
+    reader = asyncio.StreamReader(limit=200)
+    serving = asyncio.create_task(conn.serve(reader))
+    reader.feed_data(b'{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"profiles":["a"]}}\n')
+    assert await next_written() == {"jsonrpc": "2.0", "result": {"subscription": 1}, "id": 1}
+    reader.feed_data(b'{"jsonrpc":"2.0","id":2,"method":"subscribe","params":{"profiles":["z"]}}\n')
+    assert (await next_written())["error"]["code"] == -32602
+    hub.publish("a", {"type": "X"})
+    assert await next_written() == {
+        "jsonrpc": "2.0",
+        "method": "event",
+        "params": {"subscription": 1, "type": "X"},
+    }
+    for n in range(10):  # faster than the connection forwards them
+        hub.publish("a", {"type": "X", "n": n})
+    dropped = await next_written()
+    assert dropped["method"] == "subscription_dropped" and dropped["params"]["subscription"] == 1
+    reader.feed_data(b'{"jsonrpc":"2.0","id":3,"method":"unsubscribe","params":{"subscription":1}}\n')
+    assert (await next_written())["error"]["code"] == -32602  # already gone
+    reader.feed_data(b"[" + b" " * 300 + b"]\n")  # over the reader's limit: answered, then closed
+    assert (await next_written())["error"]["code"] == -32600
+    await asyncio.wait_for(serving, 10)
+    assert conn.closed and not hub.subscribers
