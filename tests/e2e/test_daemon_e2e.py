@@ -465,8 +465,13 @@ def test_groups_files_replies_and_deletes_over_http(
     not_admin = d.error("remove_member", profile="bob", conversation_id=gid, username=d.carol)
     assert not_admin["code"] == -32000 and not_admin["data"]["code"] == "not_allowed", not_admin
     d.rpc("remove_member", profile="alice", conversation_id=gid, username=d.carol)
-    _event(bob_events, "MembershipChanged", conversation_id=gid)
+    changed = _event(bob_events, "MembershipChanged", conversation_id=gid)
+    assert len(changed["event"]["members"]) == 2
+    remaining = d.rpc("members", profile="bob", conversation_id=gid)["members"]
+    assert {m["username"] for m in remaining} == {d.alice, d.bob}
     d.rpc("leave", profile="bob", conversation_id=gid)
-    _event(alice_events, "MembershipChanged", conversation_id=gid)
+    changed = _event(alice_events, "MembershipChanged", conversation_id=gid)
+    while len(changed["event"]["members"]) != 1:  # carol's removal came first
+        changed = _event(alice_events, "MembershipChanged", conversation_id=gid)
     left = d.rpc("members", profile="alice", conversation_id=gid)["members"]
     assert [m["username"] for m in left] == [d.alice]
