@@ -66,10 +66,8 @@ def resolve(obj: griffe.Object, target: str, index: dict[str, list[str]]) -> tup
     for path in candidates:
         found = _lookup(collection, path)
         if found is not None:
-            canonical = _canonical(found)
-            if canonical is not None and canonical.split(".")[0] == "saltline":
-                return canonical, True
-            return None, True  # an alias of an external object: code, not a link
+            # None: an alias of an external object (shown as code, not a link)
+            return _canonical(found), True
     if len(index.get(target, ())) == 1:
         return index[target][0], True
     head = target.split(".")[0]
