@@ -22,6 +22,8 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the first test pays for the build (about 10 s alone, 30 s on a busy 2-core machine)
+pytestmark = pytest.mark.timeout(300)
 
 if os.environ.get("CI") or os.environ.get("SALTLINE_REQUIRE_DOCS") == "1":
     # CI installs the docs extra (scripts/bootstrap.sh): there, fail instead of skipping
