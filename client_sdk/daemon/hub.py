@@ -107,7 +107,7 @@ class Hub:
     def subscribers(self) -> list[Subscriber]:
         return list(self._subscribers.values())
 
-    def publish(self, profile: str, item: dict[str, Any]) -> None:
+    def broadcast(self, profile: str, item: dict[str, Any]) -> None:
         for sub in list(self._subscribers.values()):
             if sub.wants(profile):
                 sub.offer(item)
@@ -121,7 +121,7 @@ class Hub:
             except Exception:  # a field the codec cannot show must not stop the others
                 log.exception("cannot serialize %s", type(event).__name__)
                 continue
-            self.publish(profile, item)
+            self.broadcast(profile, item)
 
     async def start(self, *, connect: bool = True) -> None:
         """Read every client's events, and connect their delivery sockets (a server that cannot

@@ -248,14 +248,14 @@ async def test_a_slow_subscriber_is_dropped_with_bounded_memory() -> None:
     hub = _hub(limit=3)
     slow, only_b = hub.subscribe(), hub.subscribe(frozenset({"b"}))
     for n in range(10):
-        hub.publish("a", {"n": n})
+        hub.broadcast("a", {"n": n})
     assert slow.dropped and slow.queue.qsize() == 1 and slow not in hub.subscribers
     last = slow.queue.get_nowait()
     assert last["dropped"] is True and last["subscription"] == slow.id and "fast enough" in last["reason"]
     assert only_b.queue.empty() and not only_b.dropped and only_b in hub.subscribers
-    hub.publish("b", {"n": 1})
+    hub.broadcast("b", {"n": 1})
     assert only_b.queue.get_nowait() == {"n": 1}
-    hub.publish("a", {"n": 11})
+    hub.broadcast("a", {"n": 11})
     assert slow.queue.empty()  # nothing more after the drop notice
 
 
@@ -335,11 +335,11 @@ async def test_sse_reader_that_falls_behind_is_dropped() -> None:
         head = await asyncio.wait_for(reader.readuntil(b"event: subscribed\n"), 10)
         assert b"200 OK" in head and b"text/event-stream" in head
         await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
-        hub.publish("a", {"type": "X", "n": 0})
+        hub.broadcast("a", {"type": "X", "n": 0})
         first = await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
         assert json.loads(first.removeprefix(b"data: "))["n"] == 0
         for n in range(1, 10):  # faster than the stream is written: the queue overflows
-            hub.publish("a", {"type": "X", "n": n})
+            hub.broadcast("a", {"type": "X", "n": n})
         rest = await asyncio.wait_for(reader.read(), 10)  # the daemon closes the stream
         assert b"event: dropped" in rest and b"fast enough" in rest
         assert not hub.subscribers
@@ -406,14 +406,14 @@ async def test_json_lines_subscriptions_drops_and_long_lines() -> None:
     assert await next_written() == {"jsonrpc": "2.0", "result": {"subscription": 1}, "id": 1}
     reader.feed_data(b'{"jsonrpc":"2.0","id":2,"method":"subscribe","params":{"profiles":["z"]}}\n')
     assert (await next_written())["error"]["code"] == -32602
-    hub.publish("a", {"type": "X"})
+    hub.broadcast("a", {"type": "X"})
     assert await next_written() == {
         "jsonrpc": "2.0",
         "method": "event",
         "params": {"subscription": 1, "type": "X"},
     }
     for n in range(10):  # faster than the connection forwards them
-        hub.publish("a", {"type": "X", "n": n})
+        hub.broadcast("a", {"type": "X", "n": n})
     dropped = await next_written()
     assert dropped["method"] == "subscription_dropped" and dropped["params"]["subscription"] == 1
     reader.feed_data(b'{"jsonrpc":"2.0","id":3,"method":"unsubscribe","params":{"subscription":1}}\n')
