@@ -26,7 +26,7 @@ from saltline.client_sdk.cli.app import (
     out,
     run,
 )
-from saltline.client_sdk.cli.messaging import Sent, report_sent, sent_outcome
+from saltline.client_sdk.cli.messaging import Sent, report_sent, sent_outcome, sync_now
 from saltline.client_sdk.cli.render import conversation_doc, duration, ref_matches
 from saltline.client_sdk.errors import UsageError
 
@@ -37,17 +37,26 @@ if TYPE_CHECKING:
 
 async def find_message(client: Client, given: str) -> TimelineMessage:
     """The message ``given`` names (a REF as printed, a whole reference or an envelope id) in this
-    device's conversations; :class:`UsageError` when none or several match."""
-    found: dict[str, TimelineMessage] = {}
-    for summary in client.conversations():
-        for m in await client.timeline(summary.conversation_id, limit=100_000):
-            if m.ref is not None and (ref_matches(given, m.ref) or m.envelope_id == given):
-                found[m.ref] = m
+    device's conversations, after fetching what waits on the server if it is not here yet;
+    :class:`UsageError` when none or several match."""
+    found = await _matching(client, given)
+    if not found:
+        await sync_now(client)
+        found = await _matching(client, given)
     if not found:
         raise UsageError(f"no message {given!r} on this device (REF as `saltline messages` prints it)")
     if len(found) > 1:
         raise UsageError(f"{given!r} names {len(found)} messages: give the whole reference")
     return next(iter(found.values()))
+
+
+async def _matching(client: Client, given: str) -> dict[str, TimelineMessage]:
+    found: dict[str, TimelineMessage] = {}
+    for summary in client.conversations():
+        for m in await client.timeline(summary.conversation_id, limit=100_000):
+            if m.ref is not None and (ref_matches(given, m.ref) or m.envelope_id == given):
+                found[m.ref] = m
+    return found
 
 
 def _on_message(
@@ -225,12 +234,18 @@ def leave(ctx: typer.Context, conversation_id: str) -> None:
 
 
 @members_app.command("list", context_settings=IDS_MAY_START_WITH_DASH)
-def members_list(ctx: typer.Context, conversation_id: str) -> None:
+def members_list(
+    ctx: typer.Context,
+    conversation_id: str,
+    offline: Annotated[bool, typer.Option("--offline", help="Do not fetch new operations first")] = False,
+) -> None:
     """The conversation's members (the membership every member's device checked) and admins."""
     state = cli_state(ctx)
 
     async def work() -> dict[str, object]:
         async with open_client(state) as client:
+            if not offline:
+                await sync_now(client)
             await client.conversation(conversation_id)
             summary = next(c for c in client.conversations() if c.conversation_id == conversation_id)
             return conversation_doc(summary, client.username_of)

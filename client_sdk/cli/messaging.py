@@ -64,12 +64,17 @@ def chat_start(ctx: typer.Context, usernames: list[str]) -> None:
 
 
 @chat_app.command("list")
-def chat_list(ctx: typer.Context) -> None:
+def chat_list(
+    ctx: typer.Context,
+    offline: Annotated[bool, typer.Option("--offline", help="Do not fetch new messages first")] = False,
+) -> None:
     """The conversations this device knows (title, members, unread count)."""
     state = cli_state(ctx)
 
     async def work() -> list[dict[str, Any]]:
         async with open_client(state) as client:
+            if not offline:
+                await sync_now(client)
             return [conversation_doc(c, client.username_of) for c in client.conversations()]
 
     docs = run(work())
@@ -184,7 +189,7 @@ def report_sent(state: State, sent: Sent, verb: str = "sent") -> None:
         )
 
 
-async def _sync(client: Client, wait_s: float) -> None:
+async def sync_now(client: Client, wait_s: float = 20.0) -> None:
     """Connect and wait until the server says this device's queue is drained."""
     from saltline.client_sdk.core.events import Drained
 
@@ -207,7 +212,7 @@ def messages(
     async def work() -> tuple[list[str], dict[str, Any]]:
         async with open_client(state) as client:
             if not offline:
-                await _sync(client, 20.0)
+                await sync_now(client)
             summary = next((c for c in client.conversations() if c.conversation_id == conversation_id), None)
             if summary is None:
                 await client.conversation(conversation_id)  # fetched (or NotFoundError)
