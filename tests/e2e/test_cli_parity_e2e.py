@@ -62,7 +62,12 @@ class World:
             app,
             ["--profile", profile, "--server", self.server.base_url, *args],
             input=input,
-            env={"SALTLINE_HOME": str(self.home), "COLUMNS": "250", "SALTLINE_PROFILE": None, "SALTLINE_JSON": None},
+            env={
+                "SALTLINE_HOME": str(self.home),
+                "COLUMNS": "250",
+                "SALTLINE_PROFILE": None,
+                "SALTLINE_JSON": None,
+            },
         )
         assert result.exit_code == code, f"{args}: {result.stdout}{result.stderr}{result.exception!r}"
         assert "Traceback" not in result.stdout + result.stderr
@@ -88,7 +93,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     w = World(server, base / "home", {p: f"{p}_{suffix}" for p in ("alice", "bob", "carol")})
     try:
         for profile, username in w.names.items():
-            doc = w.json(profile, "account", "account", "create", username, "--password-stdin", input=PASSWORD + "\n")
+            doc = w.json(
+                profile, "account", "account", "create", username, "--password-stdin", input=PASSWORD + "\n"
+            )
             assert doc["username"] == username
         yield w
     finally:
@@ -287,8 +294,8 @@ def test_follow_json_lines_show_the_current_state(world: World) -> None:
 def test_a_removed_device_ends_follow_and_says_how_back(world: World) -> None:
     import asyncio
 
-    from saltline.client_sdk.client import Client
     from saltline.client_sdk.cli.profile import Profile
+    from saltline.client_sdk.client import Client
     from saltline.client_sdk.stores.sqlite import SqliteStore
     from tests.linking import link
 
@@ -333,7 +340,9 @@ def test_a_removed_device_ends_follow_and_says_how_back(world: World) -> None:
     # the way back: unlink (asks first), then `link show` works again
     assert "not unlinked" in w("carol-phone", "profile", "unlink", input="n\n", code=1).stderr
     moved = w.json("carol-phone", "unlinked", "profile", "unlink", "--yes")
-    assert Path(moved["moved_to"]).is_dir() and not (w.home / "profiles" / "carol-phone" / "store.db").exists()
+    assert (
+        Path(moved["moved_to"]).is_dir() and not (w.home / "profiles" / "carol-phone" / "store.db").exists()
+    )
     shown = w("carol-phone", "--json", "link", "show", "--no-qr", "--timeout", "0.5", code=1)
     first = json.loads(shown.stdout.splitlines()[0])
     validate(first, "link_code")
