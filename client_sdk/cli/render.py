@@ -108,12 +108,12 @@ def sender_label(m: TimelineMessage, this_device: str) -> str:
 def message_line(
     m: TimelineMessage, this_device: str, names: Names, quoted: Mapping[str, TimelineMessage]
 ) -> str:
-    """``TIME WHO [REF]: TEXT`` with the reply it answers, the edited marker, the attachment,
+    """``TIME [REF] WHO: TEXT`` with the reply it answers, the edited marker, the attachment,
     reactions, read state and pending/failed status (Rich markup; the text escaped)."""
     from saltline.client_sdk.cli.files import attachment_label
 
     who = escape(sender_label(m, this_device))
-    head = f"[dim]{format_time(m.sent_at_ms)}[/] [bold]{who}[/] [dim]\\[{short_ref(m.ref)}][/]"
+    head = f"[dim]{format_time(m.sent_at_ms)} \\[{short_ref(m.ref)}][/] [bold]{who}[/]"
     if m.reply_to is not None:
         original = quoted.get(m.reply_to)
         if original is None:
