@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mimetypes
 import sys
 from dataclasses import dataclass
@@ -190,11 +191,21 @@ def report_sent(state: State, sent: Sent, verb: str = "sent") -> None:
 
 
 async def sync_now(client: Client, wait_s: float = 20.0) -> None:
-    """Connect and wait until the server says this device's queue is drained."""
+    """Connect, send what waits in the outbox (now, whatever its back-off: a command is short),
+    and wait until the server says this device's queue is drained."""
     from saltline.client_sdk.core.events import Drained
 
     await client.connect()
+    await flush_outbox(client)
     await client.next_event(Drained, wait_s)
+
+
+async def flush_outbox(client: Client) -> None:
+    """Send the outbox now; an item held for the user (a changed identity...) stays, and what
+    is refused for good is marked failed (``messages`` shows both)."""
+    if client.outbox():
+        with contextlib.suppress(SaltlineError):
+            await client.flush_outbox()
 
 
 @app.command(context_settings=IDS_MAY_START_WITH_DASH)
@@ -324,6 +335,7 @@ def follow(
     async def work() -> None:
         async with open_client(state) as client:
             await client.connect()
+            await flush_outbox(client)
             err.print(f"following as {client.username} (Ctrl-C to stop)")
             reader = None
             if to is not None:

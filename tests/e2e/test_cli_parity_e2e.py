@@ -237,6 +237,24 @@ def test_conversation_commands(world: World) -> None:
     w.json("alice", "account_show", "account", "show")
 
 
+def test_a_send_the_server_did_not_get_is_pending(world: World) -> None:
+    w = world
+    cid = w.json("alice", "conversation_created", "chat", "start", w.names["carol"])["conversation_id"]
+    offline = ("--server", "http://127.0.0.1:9")  # nothing listens: the send stays in the outbox
+    queued = w.json("alice", "sent", *offline, "send", cid, "written offline")
+    assert queued["status"] == "pending" and queued["ref"]
+    assert "queued" in w("alice", *offline, "react", queued["ref"], "👀").stdout
+    shown = w.json("alice", "conversation", *offline, "messages", cid, "--offline")["messages"]
+    assert [(m["text"], m["status"], m["server_seq"]) for m in shown] == [
+        ("written offline", "pending", None)
+    ]
+    assert "written offline (pending)" in w("alice", *offline, "messages", cid, "--offline").stdout
+    # the next command that reaches the server sends it
+    shown = w.json("alice", "conversation", "messages", cid)["messages"]
+    assert [(m["text"], m["status"]) for m in shown] == [("written offline", "sent")]
+    assert shown[0]["ref"] == queued["ref"] and shown[0]["reactions"][0]["emoji"] == "👀"
+
+
 def test_contact_status_names_a_changed_key() -> None:
     from saltline.client_sdk.cli.render import contact_status
     from saltline.client_sdk.stores.base import ContactRecord
