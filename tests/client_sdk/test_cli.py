@@ -276,3 +276,32 @@ def test_pending_and_failed_sends_are_marked() -> None:
     failed = message_line(message("failed", "refused: 403"), "dev", lambda a: None, {})
     assert "(failed: refused: 403)" in failed
     assert "hello \\[b]x\\[/b]" in failed  # the text is escaped, never markup
+
+
+def test_follow_lines_for_state_changes() -> None:
+    from saltline.client_sdk.cli.render import event_line
+    from saltline.client_sdk.core import events as ev
+
+    names = {"acct-bob": "bob"}.get
+    ref = "AbCdEfGhIjKlMnOpQrStUv.3"
+    expected: list[tuple[ev.Event, str, bool]] = [
+        (ev.MessageEdited("conv1234x", ref, "new [text]"), r"[AbCdEf.3][/] edited: new \[text]", True),
+        (ev.MessageDeleted("conv1234x", ref), "(message deleted)", True),
+        (ev.ReactionChanged("conv1234x", ref, (("acct-bob", "👍"),)), "reactions: 👍 bob", True),
+        (ev.ReadStateChanged("conv1234x", {"acct-bob": 7}, 0), "read: bob up to #7 (0 unread)", True),
+        (ev.SettingsChanged("conv1234x", "title", "Plans", ()), "title: Plans", True),
+        (
+            ev.SettingsChanged("conv1234x", "disappearing_ms", 3_600_000, ()),
+            "disappearing messages: 1h",
+            True,
+        ),
+        (ev.SettingsChanged("conv1234x", "mute", False, ()), "unmuted", True),
+        (ev.MembershipChanged("conv1234x", ("acct-bob", "acct-x")), "members: bob, acct-x", True),
+        (ev.OutboxItemFailed("conv1234x", "env", "refused", 403, "x"), "error: env failed: refused", False),
+    ]
+    for event, text, to_stdout in expected:
+        shown = event_line(event, names)
+        assert shown is not None and text in shown[0] and shown[1] == to_stdout, (event, shown)
+        if getattr(event, "conversation_id", None):
+            assert shown[0].startswith("[dim]conv1234[/]") or not to_stdout
+    assert event_line(ev.MessageSent("c", "e", 1), names) is None
