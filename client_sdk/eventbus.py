@@ -8,7 +8,7 @@ Rules:
 * A callback that raises is logged with its traceback (logger ``client_sdk.events``) and never
   stops the other callbacks, delivery or acknowledgement.
 * The buffer holds at most ``maxlen`` events; when nobody reads, the oldest are dropped (counted
-  in :attr:`EventBus.dropped`, logged once per burst). :meth:`next_event` takes the first event of
+  in :attr:`EventBus.dropped`, logged once per burst). :meth:`EventBus.next_event` takes the first event of
   the asked type and leaves every other event in place.
 * ``at_least_once`` callbacks (for :class:`MessageReceived`): the client acknowledges the message
   only after every such callback returned; see :meth:`publish`.

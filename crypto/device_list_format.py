@@ -454,8 +454,8 @@ class DeviceList:
 class SignedDeviceList:
     """A device list with the account key's signature, as sent on the wire.
 
-    Holding one proves nothing: :func:`verify` (or a :class:`DeviceListChainVerifier`) decides
-    whether to trust it.
+    Holding one proves nothing: :func:`~saltline.crypto.device_list.verify` (or a
+    :class:`~saltline.crypto.device_list.DeviceListChainVerifier`) decides whether to trust it.
     """
 
     content: DeviceList

@@ -6,14 +6,13 @@ The *initiator* (A) fetches the *responder*'s (B) prekey bundle and derives a sh
 ``SK`` without B being online. Each device has a :class:`DeviceIdentity`: a 16-byte device id,
 an Ed25519 device signing key (``IS``) and an X25519 device key (``IK``, the X3DH identity key).
 
-=========  ================================================================================
-``IK_A``   initiator's device X25519 key (:class:`~saltline.crypto.keys.DeviceDHKey`)
-``EK_A``   initiator's ephemeral X25519 key, drawn from ``rng`` (:class:`~saltline.crypto.keys.EphemeralKey`)
-``IK_B``   responder's device X25519 key
-``SPK_B``  responder's signed prekey (kind ``SIGNED_PREKEY``)
-``OPK_B``  optional: a one-time prekey (kind ``ONE_TIME_PREKEY``) or the last-resort prekey
-           (kind ``LAST_RESORT_PREKEY``); both are signed by ``IS_B``
-=========  ================================================================================
+* ``IK_A``: the initiator's device X25519 key (:class:`~saltline.crypto.keys.DeviceDHKey`)
+* ``EK_A``: the initiator's ephemeral X25519 key, drawn from ``rng``
+  (:class:`~saltline.crypto.keys.EphemeralKey`)
+* ``IK_B``: the responder's device X25519 key
+* ``SPK_B``: the responder's signed prekey (kind ``SIGNED_PREKEY``)
+* ``OPK_B``: optional: a one-time prekey (kind ``ONE_TIME_PREKEY``) or the last-resort prekey
+  (kind ``LAST_RESORT_PREKEY``); both are signed by ``IS_B``
 
 Trust
 -----

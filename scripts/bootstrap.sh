@@ -10,6 +10,6 @@ fi
 stamp=.venv/.saltline-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[server,dev,postgres,redis]'
+  .venv/bin/python -m pip install --quiet -e '.[server,dev,postgres,redis,docs]'
   touch "$stamp"
 fi

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 # The command modules register their commands on ``app`` when imported (in this order: the
 # order of ``saltline --help``).
-from saltline.client_sdk.cli import accounts, actions, files, messaging, trust  # noqa: F401
+from saltline.client_sdk.cli import accounts, actions, daemon, files, messaging, trust  # noqa: F401
 from saltline.client_sdk.cli.app import app
 from saltline.client_sdk.cli.profile import DEFAULT_SERVER, STORE_KEY_SIZE, Profile, saltline_home
 

@@ -55,7 +55,7 @@ Locking. :meth:`SqliteStore.open` takes an exclusive ``fcntl.flock`` on ``<path>
 blocking) and holds it until :meth:`SqliteStore.close`. A second open of the same store, from this
 process or another, raises :class:`~saltline.client_sdk.errors.StoreLockedError` naming the path and the
 process id written in the lock file. The kernel drops the lock when the process dies, so a crash
-leaves no stale lock. :meth:`SqliteStore.acquire`/:meth:`release` add the Protocol's
+leaves no stale lock. :meth:`SqliteStore.acquire`/:meth:`~SqliteStore.release` add the Protocol's
 one-client-per-store rule inside the process that opened it.
 
 Schema versions. ``PRAGMA user_version`` is the number of :data:`MIGRATIONS` applied; opening
