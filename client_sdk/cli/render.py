@@ -237,6 +237,22 @@ def event_line(event: ev.Event, names: Names) -> tuple[str, bool] | None:
             )
         case ev.DecryptionFailed(reason=reason):
             return f"warning: dropped a message that could not be decrypted: {escape(reason)}", False
+        case ev.OwnDeviceLinked(device_id=device, name=name):
+            return f"a device joined your account: {escape(name)} ({device})", False
+        case ev.OwnDeviceUnlinked(device_id=device, name=name):
+            return f"a device left your account: {escape(name)} ({device})", False
+        case ev.AddedToConversation(added_by=by):
+            return f"{at}you were added by {escape(names(by) or by)}", True
+        case ev.ForkDetected(reason=reason):
+            return f"warning: {escape(cid)}: the server showed another history ({escape(reason)})", False
+        case ev.OperationRejected(account_id=account, reason=reason):
+            return (
+                f"warning: {escape(cid)}: ignored an operation of {escape(names(account) or account)}: "
+                + reason,
+                False,
+            )
+        case ev.AttachmentDownloaded(path=path):
+            return f"{at}saved {escape(path)}", True
     return None
 
 

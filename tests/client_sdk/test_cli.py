@@ -298,6 +298,8 @@ def test_follow_lines_for_state_changes() -> None:
         (ev.SettingsChanged("conv1234x", "mute", False, ()), "unmuted", True),
         (ev.MembershipChanged("conv1234x", ("acct-bob", "acct-x")), "members: bob, acct-x", True),
         (ev.OutboxItemFailed("conv1234x", "env", "refused", 403, "x"), "error: env failed: refused", False),
+        (ev.OwnDeviceLinked("dev-2", "alice phone", 2), "a device joined your account: alice phone", False),
+        (ev.AddedToConversation("conv1234x", "acct-bob", ()), "you were added by bob", True),
     ]
     for event, text, to_stdout in expected:
         shown = event_line(event, names)
