@@ -43,7 +43,6 @@ from saltline.client_sdk.core.events import (
 from saltline.client_sdk.errors import NetworkError, ProtocolError, SaltlineError, ServerError, UsageError
 from saltline.client_sdk.facets.attachments import Attachments, Progress, Source
 from saltline.client_sdk.facets.contacts import Contacts
-from saltline.client_sdk.facets.conversations import Conversations
 from saltline.client_sdk.facets.delivery import Delivery
 from saltline.client_sdk.facets.inbound import Inbound
 from saltline.client_sdk.facets.linking import (
@@ -59,6 +58,7 @@ from saltline.client_sdk.facets.linking import (
 from saltline.client_sdk.facets.outbound import Outbound, OutboxEntry
 from saltline.client_sdk.facets.own_devices import DeviceInfo, OwnDevices
 from saltline.client_sdk.facets.prekeys import Prekeys
+from saltline.client_sdk.facets.timeline import ConversationDirectory, ConversationSummary, TimelineMessage
 from saltline.client_sdk.stores.base import DeviceRecord, MessageRecord, PreKeyMeta, Store
 from saltline.client_sdk.transport.http import HttpTransport
 from saltline.crypto import primitives as p
@@ -86,7 +86,8 @@ class Client:
         self.prekeys = Prekeys(ctx)
         self.contacts = Contacts(ctx, self.prekeys)
         self.own_devices = OwnDevices(ctx, self.contacts)
-        self.conversations = Conversations(ctx, self.contacts)
+        #: the conversations facet; ``client.conversations()`` lists the conversations
+        self.conversations = ConversationDirectory(ctx, self.contacts)
         self.outbound = Outbound(ctx, self.contacts, self.conversations, lambda: self.delivery.socket)
         self.inbound = Inbound(
             ctx, self.contacts, self.conversations, self.prekeys, self.outbound, self._spawn
@@ -275,8 +276,18 @@ class Client:
         return cid
 
     def messages(self, conversation_id: str, limit: int = 1000) -> Sequence[MessageRecord]:
-        """The stored messages of a conversation in display order."""
-        return self.conversations.messages(conversation_id, limit)
+        """The stored messages of a conversation in display order, with their current text (an
+        edit's; ``""`` once deleted). :meth:`timeline` has the whole current state."""
+        return self.conversations.current(self.conversations.messages(conversation_id, limit))
+
+    async def timeline(self, conversation_id: str, limit: int = 1000) -> list[TimelineMessage]:
+        """The last ``limit`` messages as they stand now: edited text, deletion tombstones,
+        reactions, replies, read state, pending and failed sends (text ids, usernames)."""
+        return await self._flushed(self.conversations.timeline(conversation_id, limit))
+
+    def username_of(self, account_id: str) -> str | None:
+        """The username this device pinned for ``account_id`` (None: not a contact yet)."""
+        return self.conversations.username_of(account_id)
 
     async def conversation(self, conversation_id: str) -> sync.ConversationView:
         """The materialised state (messages with current text, edited and deleted flags, reactions,
@@ -544,10 +555,12 @@ class Client:
 
 __all__ = [
     "Client",
+    "ConversationSummary",
     "DeviceInfo",
     "LinkConfirmation",
     "LinkRequest",
     "OutboxEntry",
     "PreKeyMeta",
+    "TimelineMessage",
     "message_ref",
 ]

@@ -17,15 +17,22 @@ Each command runs its async work in one ``asyncio.run``. Errors of the SDK
 (:mod:`saltline.client_sdk.errors`) are printed as one line, exit code 1.
 
 Modules: :mod:`~saltline.client_sdk.cli.app` (the Typer app, shared helpers, ``serve``/``db``),
-:mod:`~saltline.client_sdk.cli.profile`, and the commands in :mod:`~saltline.client_sdk.cli.accounts`,
-:mod:`~saltline.client_sdk.cli.messaging` and :mod:`~saltline.client_sdk.cli.trust`.
+:mod:`~saltline.client_sdk.cli.profile`, :mod:`~saltline.client_sdk.cli.render` (how events, messages and
+conversations are shown: text or ``--json``), and the commands in :mod:`~saltline.client_sdk.cli.accounts`,
+:mod:`~saltline.client_sdk.cli.messaging`, :mod:`~saltline.client_sdk.cli.actions`,
+:mod:`~saltline.client_sdk.cli.files` and :mod:`~saltline.client_sdk.cli.trust`.
+
+``--json`` (before the command) prints one JSON document on stdout (``follow``: one object per line)
+in the shapes of ``docs/cli-json.schema.json``; what is said to the person goes to stderr. Exit codes:
+0 done, 1 an error, 2 a usage error, 3 this device was removed from its account (``saltline profile
+unlink`` discards it so that ``link show`` can link the profile again).
 """
 
 from __future__ import annotations
 
 # The command modules register their commands on ``app`` when imported (in this order: the
 # order of ``saltline --help``).
-from saltline.client_sdk.cli import accounts, daemon, files, messaging, trust  # noqa: F401
+from saltline.client_sdk.cli import accounts, actions, daemon, files, messaging, trust  # noqa: F401
 from saltline.client_sdk.cli.app import app
 from saltline.client_sdk.cli.profile import DEFAULT_SERVER, STORE_KEY_SIZE, Profile, saltline_home
 

@@ -16,10 +16,13 @@ from saltline.client_sdk.cli.app import (
     app,
     cli_state,
     devices_app,
+    emit,
+    fail,
     format_time,
     link_app,
     open_client,
     out,
+    profile_app,
     read_password,
     run,
 )
@@ -31,12 +34,23 @@ if TYPE_CHECKING:
 
 # -- accounts -----------------------------------------------------------------------------------
 
+#: The server's rule for a new account's password (it refuses others with 422 password_weak).
+PASSWORD_MIN, PASSWORD_MAX = 10, 256
+PASSWORD_RULE = (
+    f"The password needs {PASSWORD_MIN} to {PASSWORD_MAX} characters (a few words make a good one)."
+)
+
 
 @account_app.command("create")
 def account_create(ctx: typer.Context, username: str, password_stdin: PasswordStdin = False) -> None:
-    """Create an account with this profile as its first device."""
+    """Create an account with this profile as its first device. The password needs 10 to 256
+    characters (said before the prompt)."""
     state = cli_state(ctx)
+    if not password_stdin:
+        out.print(PASSWORD_RULE, markup=False)  # before the first prompt
     password = read_password(password_stdin, confirm=True)
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        fail(f"the password has {len(password)} characters: {PASSWORD_RULE.lower()}", kind="password_weak")
 
     async def work() -> tuple[str, str, str]:
         async with open_client(state, need_account=False) as client:
@@ -44,7 +58,10 @@ def account_create(ctx: typer.Context, username: str, password_stdin: PasswordSt
             return client.username, account_id, client.device_id
 
     name, account_id, device_id = run(work())
-    out.print(f"created account {name} ({account_id}); this device is {device_id}")
+    if state.json:
+        emit({"username": name, "account_id": account_id, "device_id": device_id})
+    else:
+        out.print(f"created account {name} ({account_id}); this device is {device_id}")
 
 
 @account_app.command("show")
@@ -57,7 +74,19 @@ def account_show(ctx: typer.Context) -> None:
             return client.username, client.account_id, client.device_id
 
     name, account_id, device_id = run(work())
-    out.print(f"profile   {state.profile.name}\nserver    {state.profile.server_url(state.server)}")
+    server = state.profile.server_url(state.server)
+    if state.json:
+        emit(
+            {
+                "profile": state.profile.name,
+                "server": server,
+                "username": name,
+                "account_id": account_id,
+                "device_id": device_id,
+            }
+        )
+        return
+    out.print(f"profile   {state.profile.name}\nserver    {server}")
     out.print(f"username  {name}\naccount   {account_id}\ndevice    {device_id}")
 
 
@@ -79,7 +108,11 @@ def login(
             await client.login(username, password)
             return client.username
 
-    out.print(f"logged in as {run(work())}")
+    name = run(work())
+    if state.json:
+        emit({"username": name})
+    else:
+        out.print(f"logged in as {name}")
 
 
 # -- linking ------------------------------------------------------------------------------------
@@ -104,7 +137,7 @@ def link_show(
         out.print(f"  account fingerprint: {c.fingerprint}")
         out.print(f"confirmation code: [bold]{c.code}[/]")
         sys.stdout.flush()
-        if not typer.confirm(f"Is {c.username} your account?", default=False):
+        if not typer.confirm(f"Is {c.username} your account?", default=False, err=state.json):
             return False
         out.print("check that your other device shows the same code, and confirm there")
         sys.stdout.flush()
@@ -118,7 +151,11 @@ def link_show(
             if qr:
                 import segno
 
-                segno.make(code, error="L").terminal(out=sys.stdout, compact=True)
+                segno.make(code, error="L").terminal(
+                    out=sys.stderr if state.json else sys.stdout, compact=True
+                )
+            if state.json:
+                emit({"link_code": code})
             out.print(f"waiting up to {timeout:g} s for approval...")
             sys.stdout.flush()
             account_id = await client.complete_link(wait_s=timeout, on_code=shown)
@@ -127,7 +164,10 @@ def link_show(
             return client.username, account_id, client.device_id
 
     username, account_id, device_id = run(work())
-    out.print(f"linked: this profile is now device {device_id} of {username} ({account_id})")
+    if state.json:
+        emit({"username": username, "account_id": account_id, "device_id": device_id})
+    else:
+        out.print(f"linked: this profile is now device {device_id} of {username} ({account_id})")
 
 
 def _history(value: str | None) -> HistoryDepth:
@@ -160,7 +200,7 @@ def link_accept(
         out.print(f"new device: [bold]{request.name}[/] ({request.device_id})")
         out.print(f"confirmation code: [bold]{request.code}[/]")
         sys.stdout.flush()
-        return typer.confirm(f"Does the new device show {request.code}?", default=False)
+        return typer.confirm(f"Does the new device show {request.code}?", default=False, err=state.json)
 
     async def work() -> None:
         async with open_client(state) as client:
@@ -171,7 +211,10 @@ def link_accept(
             await client.finish_link(wait_s=timeout)
 
     run(work())
-    out.print("linked: the new device has joined and has the history")
+    if state.json:
+        emit({"status": "linked"})
+    else:
+        out.print("linked: the new device has joined and has the history")
 
 
 @devices_app.command("name")
@@ -184,7 +227,10 @@ def devices_name(ctx: typer.Context, name: str) -> None:
             await client.set_device_name(name)
 
     run(work())
-    out.print(f"this device is now named {name!r}")
+    if state.json:
+        emit({"name": name})
+    else:
+        out.print(f"this device is now named {name!r}", markup=False)
 
 
 # -- devices ------------------------------------------------------------------------------------
@@ -192,15 +238,31 @@ def devices_name(ctx: typer.Context, name: str) -> None:
 
 @devices_app.command("list")
 def devices_list(ctx: typer.Context) -> None:
-    """The account's devices, from its verified device list."""
+    """The account's devices (with their names), from its verified device list."""
     state = cli_state(ctx)
 
     async def work() -> list[DeviceInfo]:
         async with open_client(state) as client:
             return await client.devices()
 
+    devices = run(work())
+    if state.json:
+        emit(
+            {
+                "devices": [
+                    {
+                        "device_id": d.device_id,
+                        "name": d.name,
+                        "added_at_ms": d.added_at,
+                        "this_device": d.this_device,
+                    }
+                    for d in devices
+                ]
+            }
+        )
+        return
     table = Table("device id", "name", "added", "")
-    for d in run(work()):
+    for d in devices:
         table.add_row(d.device_id, d.name, format_time(d.added_at), "this device" if d.this_device else "")
     out.print(table)
 
@@ -217,4 +279,49 @@ def devices_remove(ctx: typer.Context, device_id: str) -> None:
             await client.remove_device(device_id)
 
     run(work())
-    out.print(f"removed device {device_id}")
+    if state.json:
+        emit({"removed": device_id})
+    else:
+        out.print(f"removed device {device_id}")
+
+
+# -- profiles -----------------------------------------------------------------------------------
+
+
+@profile_app.command("unlink")
+def profile_unlink(
+    ctx: typer.Context,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Also when the device was not removed (it stays in its account's list)"),
+    ] = False,
+) -> None:
+    """Discard this profile's device (after it was removed from its account) so that `link show`
+    can link the profile again. Nothing is deleted: the device's store and key are moved to
+    $SALTLINE_HOME/discarded/; the remembered server is kept."""
+    state = cli_state(ctx)
+    profile = state.profile
+    reason = profile.removed()
+    if not profile.exists() and reason is None:
+        fail(f"profile {profile.name!r} has no device to unlink")
+    if reason is None and not force:
+        fail(
+            f"profile {profile.name!r} is still a device of its account: remove it from another device "
+            "(saltline devices remove ID) first, or give --force to discard it anyway"
+        )
+    if not yes and not typer.confirm(
+        f"Discard the device of profile {profile.name!r} (keys and messages move to the discarded folder)?",
+        default=False,
+        err=state.json,
+    ):
+        fail("not unlinked")
+    moved = profile.discard()
+    if state.json:
+        emit({"profile": profile.name, "moved_to": str(moved) if moved else None})
+    else:
+        out.print(
+            f"profile {profile.name!r} is empty again (the old device is in {moved}); link it with: "
+            f"saltline --profile {profile.name} link show",
+            markup=False,
+        )

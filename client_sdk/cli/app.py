@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -17,9 +18,10 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from saltline.client_sdk.cli.profile import DEFAULT_SERVER, Profile
-from saltline.client_sdk.errors import SaltlineError, UsageError
+from saltline.client_sdk.errors import AuthError, SaltlineError, UsageError
 
 if TYPE_CHECKING:
     from saltline.client_sdk.client import Client
@@ -31,10 +33,21 @@ account_app = typer.Typer(help="Accounts", no_args_is_help=True)
 link_app = typer.Typer(help="Link this profile to an account as a new device", no_args_is_help=True)
 devices_app = typer.Typer(help="The devices of this account", no_args_is_help=True)
 chat_app = typer.Typer(help="Conversations", no_args_is_help=True)
+members_app = typer.Typer(help="The members of a group", no_args_is_help=True)
+profile_app = typer.Typer(help="This machine's profiles (devices)", no_args_is_help=True)
 app.add_typer(account_app, name="account")
 app.add_typer(link_app, name="link")
 app.add_typer(devices_app, name="devices")
 app.add_typer(chat_app, name="chat")
+app.add_typer(members_app, name="members")
+app.add_typer(profile_app, name="profile")
+
+#: Exit codes: 0 done; 1 an error (one line on stderr; with --json also a document on stdout);
+#: 2 a usage error (click); 3 this device was removed from its account (`saltline profile unlink`).
+EXIT_ERROR = 1
+EXIT_REMOVED = 3
+#: The server's problem codes that mean this device is no longer part of its account.
+REMOVED_CODES = ("device_not_active", "token_revoked")
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -80,6 +93,7 @@ def db(ctx: typer.Context) -> None:
 class State:
     profile: Profile
     server: str | None
+    json: bool = False
 
 
 def cli_state(ctx: typer.Context) -> State:
@@ -98,11 +112,24 @@ def _main(
         str | None,
         typer.Option("--server", help=f"Server URL, remembered in the profile (default {DEFAULT_SERVER})"),
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            envvar="SALTLINE_JSON",
+            help="Machine-readable output on stdout: one JSON document (for `follow`, one object per "
+            "line); see docs/cli-json.schema.json",
+        ),
+    ] = False,
 ) -> None:
     """Saltline: end-to-end encrypted messaging. Each --profile is one device with its own encrypted
     store in $SALTLINE_HOME/profiles/NAME (default ~/.saltline)."""
+    global _json_mode
+    _json_mode = as_json
+    # with --json, stdout carries only JSON: what is said to the person goes to stderr
+    out.file = sys.stderr if as_json else None  # type: ignore[assignment]
     try:
-        ctx.obj = State(Profile.named(profile), server)
+        ctx.obj = State(Profile.named(profile), server, as_json)
     except SaltlineError as exc:
         fail(str(exc))
 
@@ -110,19 +137,49 @@ def _main(
 # -- running SDK work ---------------------------------------------------------------------------
 
 
-def fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", markup=True)
-    raise typer.Exit(1)
+_json_mode = False
+
+
+def json_mode() -> bool:
+    return _json_mode
+
+
+def emit(document: dict[str, Any]) -> None:
+    """Write one JSON document (one line) to stdout."""
+    sys.stdout.write(json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, *, kind: str = "error", code: int = EXIT_ERROR) -> NoReturn:
+    """One line on stderr (with --json also ``{"error": {...}}`` on stdout); exit ``code``."""
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
+    if _json_mode:
+        emit({"error": {"type": kind, "message": message, "exit_code": code}})
+    raise typer.Exit(code)
+
+
+class DeviceRemovedError(UsageError):
+    """This profile's device was removed from its account (exit code 3)."""
+
+
+def removed_message(profile: Profile) -> str:
+    return (
+        f"this device (profile {profile.name!r}) was removed from its account: run `saltline --profile "
+        f"{profile.name} profile unlink` to discard it, then `saltline --profile {profile.name} link show` "
+        "to link it again"
+    )
 
 
 def run(work: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` with SDK errors as one line and exit code 1."""
+    """``asyncio.run`` with SDK errors as one line and exit code 1 (3: the device was removed)."""
     try:
         return asyncio.run(work)
+    except DeviceRemovedError as exc:
+        fail(str(exc), kind="device_removed", code=EXIT_REMOVED)
     except SaltlineError as exc:
-        fail(str(exc))
+        fail(str(exc), kind=type(exc).__name__)
     except TimeoutError:
-        fail("timed out")
+        fail("timed out", kind="timeout")
     raise AssertionError("unreachable")
 
 
@@ -132,6 +189,8 @@ async def open_client(state: State, *, need_account: bool = True) -> AsyncIterat
     from saltline.client_sdk.stores.sqlite import SqliteStore
 
     profile = state.profile
+    if profile.removed() is not None:
+        raise DeviceRemovedError(removed_message(profile))
     if need_account and not profile.exists():
         raise UsageError(
             f"profile {profile.name!r} has no device yet: run `saltline --profile {profile.name} "
@@ -152,7 +211,16 @@ async def open_client(state: State, *, need_account: bool = True) -> AsyncIterat
                 f"profile {profile.name!r} has no account yet: run `saltline --profile {profile.name} "
                 "account create USERNAME` or `... link show`"
             )
-        yield client
+        from saltline.client_sdk.core.events import DeviceRemoved
+
+        client.on(DeviceRemoved, lambda event: profile.mark_removed(event.reason))
+        try:
+            yield client
+        except AuthError as exc:
+            if exc.code not in REMOVED_CODES:
+                raise
+            profile.mark_removed(str(exc))
+            raise DeviceRemovedError(removed_message(profile)) from exc
     finally:
         await client.close()
         store.close()

@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from saltline.client_sdk.cli.app import IDS_MAY_START_WITH_DASH, app, cli_state, fail, open_client, out, run
+from saltline.client_sdk.cli.app import (
+    IDS_MAY_START_WITH_DASH,
+    app,
+    cli_state,
+    emit,
+    fail,
+    open_client,
+    out,
+    run,
+)
 from saltline.client_sdk.core.attachments import AttachmentPointer, pointer_of
 
 if TYPE_CHECKING:
@@ -71,4 +80,8 @@ def download(
         async with open_client(state) as client:
             return await client.download(find_attachment(client, ref), to)
 
-    out.print(f"saved {run(work())}")
+    saved = run(work())
+    if state.json:
+        emit({"path": str(saved)})
+    else:
+        out.print(f"saved {saved}", markup=False)

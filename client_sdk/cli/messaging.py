@@ -3,28 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mimetypes
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from saltline.client_sdk.cli.app import (
+    EXIT_REMOVED,
     IDS_MAY_START_WITH_DASH,
+    REMOVED_CODES,
+    State,
     app,
     chat_app,
     cli_state,
+    emit,
     err,
     fail,
-    format_time,
     open_client,
     out,
+    removed_message,
     run,
 )
-from saltline.client_sdk.cli.files import attachment_label, message_pointer
+from saltline.client_sdk.cli.render import (
+    conversation_doc,
+    duration,
+    event_doc,
+    event_line,
+    message_doc,
+    message_line,
+    short_ref,
+)
+from saltline.client_sdk.core import events as ev
+from saltline.client_sdk.errors import SaltlineError
 
 if TYPE_CHECKING:
     from saltline.client_sdk.client import Client
@@ -41,25 +57,42 @@ def chat_start(ctx: typer.Context, usernames: list[str]) -> None:
         async with open_client(state) as client:
             return await client.create_conversation(usernames)
 
-    out.print(run(work()))
+    cid = run(work())
+    if state.json:
+        emit({"conversation_id": cid})
+    else:
+        out.print(cid)
 
 
 @chat_app.command("list")
-def chat_list(ctx: typer.Context) -> None:
-    """The conversations this device knows."""
+def chat_list(
+    ctx: typer.Context,
+    offline: Annotated[bool, typer.Option("--offline", help="Do not fetch new messages first")] = False,
+) -> None:
+    """The conversations this device knows (title, members, unread count)."""
     state = cli_state(ctx)
 
-    async def work() -> list[tuple[str, str, str]]:
+    async def work() -> list[dict[str, Any]]:
         async with open_client(state) as client:
-            names = {c.account_id: c.username for c in client.store.device_lists.contacts()}
-            return [
-                (c.conversation_id, c.kind, ", ".join(names.get(m, m) for m in c.members))
-                for c in client.store.conversations.conversations()
-            ]
+            if not offline:
+                await sync_now(client)
+            return [conversation_doc(c, client.username_of) for c in client.conversations()]
 
-    table = Table("conversation id", "kind", "members")
-    for row in run(work()):
-        table.add_row(*row)
+    docs = run(work())
+    if state.json:
+        emit({"conversations": docs})
+        return
+    table = Table("conversation id", "kind", "title", "members", "unread", "")
+    for c in docs:
+        members = ", ".join(
+            (m["username"] or m["account_id"]) + (" (admin)" if m["admin"] and c["kind"] == "group" else "")
+            for m in c["members"]
+        )
+        flags = " ".join(
+            f for f in ("muted" if c["muted"] else "", f"timer {duration(c['disappearing_ms'])}"
+                        if c["disappearing_ms"] else "") if f
+        )  # fmt: skip
+        table.add_row(c["conversation_id"], c["kind"], c["title"] or "", members, str(c["unread"]), flags)
     out.print(table)
 
 
@@ -80,7 +113,7 @@ def send(
     if file is not None and not file.is_file():
         fail(f"no such file: {file}")
 
-    async def work() -> tuple[str, str]:
+    async def work() -> Sent:
         async with open_client(state) as client:
             if file is not None:
                 await client.resume_uploads()  # an earlier upload a crash interrupted
@@ -91,32 +124,88 @@ def send(
             else:
                 assert text is not None
                 envelope_id = await client.send_text(conversation_id, text)
-            record = client.store.conversations.get_message(envelope_id)
-            return envelope_id, record.status if record is not None else "pending"
+            return await sent_outcome(client, conversation_id, envelope_id)
 
-    envelope_id, status = run(work())
-    if status == "pending":
-        out.print(f"queued {envelope_id} in the outbox (server unreachable); it is sent on the next command")
+    report_sent(state, run(work()))
+
+
+@dataclass(frozen=True)
+class Sent:
+    conversation_id: str
+    envelope_id: str
+    status: str  # "sent", "pending" (queued: the server was unreachable) or "failed"
+    ref: str | None
+    reason: str | None = None
+    code: str | None = None
+
+
+async def sent_outcome(client: Client, conversation_id: str, envelope_id: str) -> Sent:
+    """What became of an operation just written to the outbox (``client.send_*`` returned)."""
+    item = client.store.outbox.get_outbox(envelope_id)
+    ref = next(
+        (m.ref for m in await client.timeline(conversation_id, 20) if m.envelope_id == envelope_id), None
+    )
+    if ref is None and item is not None:
+        ref = outbox_ref(client, item.body, item.clock)
+    if item is None:
+        return Sent(conversation_id, envelope_id, "sent", ref)
+    if item.failed_reason is None:
+        return Sent(conversation_id, envelope_id, "pending", ref)
+    return Sent(conversation_id, envelope_id, "failed", ref, item.failed_reason, item.failed_code)
+
+
+def outbox_ref(client: Client, body: bytes, clock: bytes) -> str | None:
+    from saltline.client_sdk.core.diff import message_ref
+    from saltline.client_sdk.facets.conversations import decode_op
+
+    op = decode_op(body, clock, client.device_id, client.account_id)
+    return message_ref(op.dot) if op is not None else None
+
+
+def report_sent(state: State, sent: Sent, verb: str = "sent") -> None:
+    """Say what became of it: sent, queued (sent by a later command) or failed (refused for good;
+    exit code 1, or 3 when the device was removed). Never "sent" for what the server did not store."""
+    if sent.status == "failed":
+        if sent.code in REMOVED_CODES:
+            state.profile.mark_removed(sent.reason or "removed")
+            fail(removed_message(state.profile), kind="device_removed", code=EXIT_REMOVED)
+        fail(f"not sent (refused for good): {sent.reason}", kind="failed")
+    if state.json:
+        emit(
+            {
+                "status": sent.status,
+                "envelope_id": sent.envelope_id,
+                "ref": sent.ref,
+                "conversation_id": sent.conversation_id,
+            }
+        )
+    elif sent.status == "pending":
+        out.print(
+            f"queued {sent.envelope_id} in the outbox (server unreachable); it is sent on the next command",
+            markup=False,
+        )
     else:
-        out.print(f"sent {envelope_id}")
+        out.print(
+            f"{verb} {sent.envelope_id}" + (f" [{short_ref(sent.ref)}]" if sent.ref else ""), markup=False
+        )
 
 
-def _names(client: Client) -> dict[str, str]:
-    return {c.account_id: c.username for c in client.store.device_lists.contacts()}
-
-
-def _sender(client: Client, account_id: str, device_id: str, names: dict[str, str]) -> str:
-    if account_id == client.account_id:
-        return "me" if device_id == client.device_id else f"me (device {device_id[:8]})"
-    return names.get(account_id, account_id)
-
-
-async def _sync(client: Client, wait_s: float) -> None:
-    """Connect and wait until the server says this device's queue is drained."""
+async def sync_now(client: Client, wait_s: float = 20.0) -> None:
+    """Connect, send what waits in the outbox (now, whatever its back-off: a command is short),
+    and wait until the server says this device's queue is drained."""
     from saltline.client_sdk.core.events import Drained
 
     await client.connect()
+    await flush_outbox(client)
     await client.next_event(Drained, wait_s)
+
+
+async def flush_outbox(client: Client) -> None:
+    """Send the outbox now; an item held for the user (a changed identity...) stays, and what
+    is refused for good is marked failed (``messages`` shows both)."""
+    if client.outbox():
+        with contextlib.suppress(SaltlineError):
+            await client.flush_outbox()
 
 
 @app.command(context_settings=IDS_MAY_START_WITH_DASH)
@@ -126,27 +215,34 @@ def messages(
     limit: Annotated[int, typer.Option(help="At most this many (the latest)")] = 50,
     offline: Annotated[bool, typer.Option("--offline", help="Do not fetch new messages first")] = False,
 ) -> None:
-    """Show a conversation's messages (after fetching what is waiting on the server)."""
+    """Show a conversation's messages as they stand now (after fetching what is waiting on the
+    server): edits, deletions, replies, reactions, read state, pending and failed sends. [REF] is
+    the message's reference for reply, edit, delete and react."""
     state = cli_state(ctx)
 
-    async def work() -> list[tuple[str, str, str]]:
+    async def work() -> tuple[list[str], dict[str, Any]]:
         async with open_client(state) as client:
             if not offline:
-                await _sync(client, 20.0)
-            await client.conversation(conversation_id)
-            names = _names(client)
-            rows = [
-                (
-                    format_time(m.sent_at_ms),
-                    _sender(client, m.sender_account_id, m.sender_device_id, names),
-                    m.text + escape(attachment_label(message_pointer(m))),
-                )
-                for m in client.messages(conversation_id)
-            ]
-            return rows[-limit:]
+                await sync_now(client)
+            summary = next((c for c in client.conversations() if c.conversation_id == conversation_id), None)
+            if summary is None:
+                await client.conversation(conversation_id)  # fetched (or NotFoundError)
+                summary = next(c for c in client.conversations() if c.conversation_id == conversation_id)
+            items = await client.timeline(conversation_id, limit)
+            quoted = {m.ref: m for m in await client.timeline(conversation_id) if m.ref} if any(
+                m.reply_to for m in items
+            ) else {}  # fmt: skip
+            lines = [message_line(m, client.device_id, client.username_of, quoted) for m in items]
+            doc = conversation_doc(summary, client.username_of)
+            doc["messages"] = [message_doc(m) for m in items]
+            return lines, doc
 
-    for when, who, text in run(work()):
-        out.print(f"[dim]{when}[/] [bold]{who}[/]: {text}", markup=True)
+    lines, doc = run(work())
+    if state.json:
+        emit(doc)
+        return
+    for line in lines:
+        out.print(line, markup=True)
 
 
 @app.command()
@@ -164,11 +260,11 @@ def follow(
         ),
     ] = None,
 ) -> None:
-    """Print incoming messages live until Ctrl-C; with --to, also send the lines typed on stdin."""
-    from saltline.client_sdk.core import events as ev
-    from saltline.client_sdk.errors import SaltlineError
-
+    """Print what happens live until Ctrl-C: new messages, edits, deletions, reactions, read
+    markers, settings and members; with --to, also send the lines typed on stdin. Ends (exit code
+    3) if this device is removed from its account. With --json: one event object per line."""
     state = cli_state(ctx)
+    removed: list[str] = []
 
     async def typed(client: Client, conversation_id: str) -> None:
         """Send each stdin line (empty lines skipped) until end of input; errors are reported and
@@ -197,52 +293,67 @@ def follow(
             try:
                 envelope_id = await client.send_text(conversation_id, text)
             except SaltlineError as exc:
-                err.print(f"error: {exc}")
+                err.print(f"error: {exc}", markup=False)
                 continue
-            err.print(f"sent {envelope_id}")
+            item = client.store.outbox.get_outbox(envelope_id)
+            if item is None:
+                err.print(f"sent {envelope_id}")
+            elif item.failed_reason is None:
+                err.print(f"queued {envelope_id} (pending)")
+            # a failed send: OutboxItemFailed is shown (and DeviceRemoved ends the command)
+
+    async def show(client: Client) -> None:
+        async for event in client.events():
+            if isinstance(event, ev.DeviceRemoved):
+                removed.append(event.reason)
+                if state.json:
+                    emit(event_doc(event))
+                return
+            if isinstance(event, ev.OutboxItemFailed) and event.code in REMOVED_CODES:
+                removed.append(event.reason)
+                if state.json:
+                    emit(event_doc(event))
+                return
+            if isinstance(event, ev.MessageReceived):
+                items = await client.timeline(event.conversation_id, 200)
+                item = next((m for m in items if m.envelope_id == event.envelope_id), None)
+                if state.json:
+                    emit(event_doc(event, message=message_doc(item) if item is not None else None))
+                elif item is not None:
+                    quoted = {m.ref: m for m in items if m.ref}
+                    line = message_line(item, client.device_id, client.username_of, quoted)
+                    out.print(f"[dim]{escape(event.conversation_id[:8])}[/] {line}", markup=True)
+                continue
+            if state.json:
+                emit(event_doc(event))
+                continue
+            shown = event_line(event, client.username_of)
+            if shown is not None:
+                text, to_stdout = shown
+                (out if to_stdout else err).print(text, markup=True)
 
     async def work() -> None:
         async with open_client(state) as client:
             await client.connect()
+            await flush_outbox(client)
             err.print(f"following as {client.username} (Ctrl-C to stop)")
+            reader = None
             if to is not None:
                 await client.conversation(to)  # an unknown conversation fails here, before any typing
                 reader = asyncio.create_task(typed(client, to))
-
-            async def show() -> None:
-                async for event in client.events():
-                    if isinstance(event, ev.MessageReceived):
-                        if event.sent_by_me:
-                            who = f"me (device {event.sender_device_id[:8]})"
-                        else:
-                            who = event.sender_username or event.sender_account_id
-                        out.print(
-                            f"[dim]{event.conversation_id[:8]}[/] [bold]{who}[/]: {escape(event.text)}"
-                            + escape(attachment_label(event.attachment)),
-                            markup=True,
-                        )
-                    elif isinstance(event, ev.DeviceListChanged):
-                        err.print(
-                            f"{event.username}: devices added {list(event.added)}, removed "
-                            f"{list(event.removed)}"
-                        )
-                    elif isinstance(event, ev.IdentityChanged):
-                        err.print(
-                            f"warning: the account key of {event.username} changed; compare "
-                            f"safety numbers (saltline safety-number {event.username})"
-                        )
-                    elif isinstance(event, ev.DecryptionFailed):
-                        err.print(f"warning: dropped a message that could not be decrypted: {event.reason}")
-
             try:
-                await asyncio.wait_for(show(), seconds)
+                await asyncio.wait_for(show(client), seconds)
             except TimeoutError:
                 pass
             finally:
-                if to is not None:
+                if reader is not None:
                     reader.cancel()
 
     try:
         run(work())
     except KeyboardInterrupt:
         err.print("stopped")
+        return
+    if removed:
+        state.profile.mark_removed(removed[0])
+        fail(removed_message(state.profile), kind="device_removed", code=EXIT_REMOVED)

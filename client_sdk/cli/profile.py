@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,51 @@ class Profile:
 
     def exists(self) -> bool:
         return self.store_path.exists()
+
+    # -- a device removed from its account ---------------------------------------------------------
+
+    @property
+    def removed_path(self) -> Path:
+        return self.directory / "removed.json"
+
+    def mark_removed(self, reason: str) -> None:
+        """Remember that the server no longer accepts this device (every command then says so)."""
+        if self.removed() is not None or not self.directory.exists():
+            return
+        tmp = self.removed_path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"reason": reason, "at_ms": int(time.time() * 1000)}) + "\n", encoding="utf-8"
+        )
+        tmp.replace(self.removed_path)
+
+    def removed(self) -> str | None:
+        """Why this device was removed, if it was."""
+        try:
+            doc = json.loads(self.removed_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return "removed"
+        return str(doc.get("reason") or "removed") if isinstance(doc, dict) else "removed"
+
+    def discard(self) -> Path | None:
+        """Move the device (store, key, spool) out of the way, into
+        ``$SALTLINE_HOME/discarded/NAME-TIMESTAMP`` (0700; nothing is deleted), keeping the
+        remembered server; the profile is then empty and can be linked again. Returns where it went
+        (None: there was nothing to discard)."""
+        if not self.directory.exists() or not any(
+            p.exists() for p in (self.store_path, self.key_path, self.removed_path)
+        ):
+            return None
+        config = self.config()
+        trash = saltline_home() / "discarded"
+        trash.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = trash / f"{self.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = trash / f"{self.name}-{time.strftime('%Y%m%dT%H%M%S')}-{n}"
+        self.directory.replace(target)
+        if config.get("server"):
+            self.save_config({"server": config["server"]})
+        return target

@@ -1,19 +1,24 @@
-"""``saltline safety-number`` and ``verify``; ``demo``."""
+"""``saltline contacts``, ``safety-number`` and ``verify``; ``demo``."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from saltline.client_sdk.cli.app import (
     app,
     cli_state,
+    emit,
     fail,
+    json_mode,
     open_client,
     out,
     run,
 )
+from saltline.client_sdk.cli.render import contact_doc
 from saltline.client_sdk.errors import SaltlineError
 
 # -- trust --------------------------------------------------------------------------------------
@@ -28,7 +33,34 @@ def safety_number(ctx: typer.Context, username: str) -> None:
         async with open_client(state) as client:
             return (await client.safety_number(username)).display()
 
-    out.print(run(work()))
+    number = run(work())
+    if state.json:
+        emit({"username": username, "safety_number": number})
+    else:
+        out.print(number)
+
+
+@app.command()
+def contacts(ctx: typer.Context) -> None:
+    """The people this device knows, each verified (safety numbers compared), unverified, or
+    changed (their account key changed: compare safety numbers again, then `saltline verify`)."""
+    state = cli_state(ctx)
+
+    async def work() -> list[dict[str, str]]:
+        async with open_client(state) as client:
+            records = client.store.device_lists.contacts()
+            return [contact_doc(c) for c in records if c.account_id != client.account_id]
+
+    docs = sorted(run(work()), key=lambda d: d["username"])
+    if state.json:
+        emit({"contacts": docs})
+        return
+    table = Table("username", "account id", "status", "policy")
+    style = {"verified": "green", "unverified": "", "changed": "bold red"}
+    for d in docs:
+        status = f"[{style[d['status']]}]{d['status']}[/]" if style[d["status"]] else d["status"]
+        table.add_row(escape(d["username"]), d["account_id"], status, d["trust_policy"])
+    out.print(table)
 
 
 @app.command()
@@ -44,8 +76,9 @@ def verify(
         async with open_client(state) as client:
             return (await client.safety_number(username)).display()
 
-    out.print(f"safety number with {username}:\n{run(number())}")
-    if not yes and not typer.confirm(f"Does {username} see the same number?", default=False):
+    shown = run(number())
+    out.print(f"safety number with {username}:\n{shown}")
+    if not yes and not typer.confirm(f"Does {username} see the same number?", default=False, err=state.json):
         fail("not verified")
 
     async def work() -> None:
@@ -53,7 +86,10 @@ def verify(
             await client.verify_contact(username)
 
     run(work())
-    out.print(f"{username} is verified")
+    if state.json:
+        emit({"username": username, "safety_number": shown, "status": "verified"})
+    else:
+        out.print(f"{username} is verified")
 
 
 # -- demo ---------------------------------------------------------------------------------------
@@ -70,4 +106,6 @@ def demo(
         ok = run_demo(out, keep=keep)
     except SaltlineError as exc:
         fail(str(exc))
+    if json_mode():
+        emit({"ok": ok})
     raise typer.Exit(0 if ok else 1)

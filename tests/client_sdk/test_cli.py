@@ -36,11 +36,14 @@ def test_help_lists_every_command() -> None:
     assert result.exit_code == 0
     for command in (
         "account", "login", "link", "devices", "chat", "send", "follow", "messages",
-        "safety-number", "verify", "serve", "db", "demo",
+        "safety-number", "verify", "serve", "db", "demo", "reply", "edit", "delete", "react",
+        "unreact", "read", "title", "mute", "timer", "members", "leave", "contacts", "profile",
+        "--json",
     ):  # fmt: skip
         assert command in result.output
-    for group, subs in {"account": ["create"], "link": ["show", "accept"], "devices": ["list", "remove"],
-                        "chat": ["start"]}.items():  # fmt: skip
+    for group, subs in {"account": ["create"], "link": ["show", "accept"],
+                        "devices": ["list", "remove", "name"], "chat": ["start", "list"],
+                        "members": ["list", "add", "remove"], "profile": ["unlink"]}.items():  # fmt: skip
         sub_help = runner.invoke(app, [group, "--help"])
         assert sub_help.exit_code == 0
         assert all(s in sub_help.output for s in subs)
@@ -62,6 +65,21 @@ def test_help_lists_every_command() -> None:
         ["send", "-p-looks-like-an-option", "- a text with a leading dash"],
         ["messages", "-VPSZD4qkUCabcdefghijk"],
         ["devices", "remove", "-VPSZD4qkUCabcdefghijk"],
+        ["reply", "-VPSZD.1", "hi"],
+        ["edit", "AbCdEf.1", "new"],
+        ["delete", "AbCdEf.1"],
+        ["react", "AbCdEf.1", "x"],
+        ["unreact", "AbCdEf.1", "x"],
+        ["read", "c"],
+        ["title", "c", "t"],
+        ["mute", "c"],
+        ["timer", "c", "1h"],
+        ["members", "list", "c"],
+        ["members", "add", "c", "bob"],
+        ["members", "remove", "c", "bob"],
+        ["leave", "c"],
+        ["contacts"],
+        ["chat", "list"],
     ],
 )
 def test_commands_need_an_account(args: list[str], home: Path) -> None:
@@ -166,3 +184,126 @@ def test_tampered_store_is_one_line(home: Path) -> None:
     assert result.exit_code == 1
     line = _one_line_error(result.output)
     assert "failed its integrity check" in line and "link this device again" in line
+
+
+def test_a_removed_profile_says_so_for_every_command(home: Path) -> None:
+    """Once a device was seen removed, every command says so (exit 3) with the way back; --json
+    also prints the error document."""
+    profile = Profile.named("phone")
+    profile.store_key()
+    (profile.directory / "store.db").write_bytes(b"")
+    profile.mark_removed("this device was removed from its account")
+    for args in (["send", "c", "hi"], ["messages", "c"], ["follow"], ["link", "show"], ["contacts"]):
+        result = runner.invoke(app, ["--profile", "phone", *args])
+        assert result.exit_code == 3, result.output
+        assert "profile unlink" in result.stderr and "link show" in result.stderr
+    result = runner.invoke(app, ["--profile", "phone", "--json", "reply", "AbCdEf.1", "x"])
+    assert result.exit_code == 3
+    assert json.loads(result.stdout)["error"]["type"] == "device_removed"
+    # unlink: nothing is deleted, the server setting is kept
+    Profile.named("phone").save_config({"server": "http://example.test:1"})
+    result = runner.invoke(app, ["--profile", "phone", "profile", "unlink", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert not profile.removed_path.exists() and not profile.key_path.exists()
+    assert profile.config() == {"server": "http://example.test:1"}
+    kept = list((home / "discarded").iterdir())
+    assert len(kept) == 1 and (kept[0] / "store.key").exists()
+    assert stat.S_IMODE((home / "discarded").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("off", None), ("0", None), ("30", 30_000), ("90s", 90_000), ("5m", 300_000), ("12h", 43_200_000),
+     ("7d", 604_800_000), (" 1H ", 3_600_000)],
+)  # fmt: skip
+def test_timer_durations(text: str, ms: int | None) -> None:
+    from saltline.client_sdk.cli.actions import parse_duration
+    from saltline.client_sdk.cli.render import duration
+
+    assert parse_duration(text) == ms
+    assert parse_duration(duration(ms)) == ms
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5", "1.5h", "5w", "00"])
+def test_bad_timer_durations(text: str) -> None:
+    import typer
+
+    from saltline.client_sdk.cli.actions import parse_duration
+
+    with pytest.raises(typer.BadParameter):
+        parse_duration(text)
+
+
+def test_refs_short_and_whole() -> None:
+    from saltline.client_sdk.cli.render import ref_matches, short_ref
+
+    ref = "AbCdEfGhIjKlMnOpQrStUv.12"
+    assert short_ref(ref) == "AbCdEf.12" and short_ref(None) == "-"
+    assert ref_matches(ref, ref) and ref_matches("AbCdEf.12", ref) and ref_matches("AbCdEfGh.12", ref)
+    assert not ref_matches("AbCdEf.1", ref)  # the number is whole
+    assert not ref_matches("AbCdE.12", ref)  # too short to name a device
+    assert not ref_matches("AbCdEf", ref) and not ref_matches("XbCdEf.12", ref)
+
+
+def test_event_documents_are_plain_json() -> None:
+    from saltline.client_sdk.cli.render import event_doc
+    from saltline.client_sdk.core import events as ev
+
+    doc = event_doc(ev.ReactionChanged("c", "d.1", (("acct", "👍"),)))
+    assert doc == {
+        "event": "ReactionChanged",
+        "conversation_id": "c",
+        "message_ref": "d.1",
+        "reactions": [["acct", "👍"]],
+    }
+    assert json.loads(json.dumps(event_doc(ev.DeviceRemoved("gone")))) == {
+        "event": "DeviceRemoved",
+        "reason": "gone",
+    }
+
+
+def test_pending_and_failed_sends_are_marked() -> None:
+    from saltline.client_sdk.cli.render import message_line
+    from saltline.client_sdk.facets.timeline import TimelineMessage
+
+    def message(status: str, reason: str | None = None) -> TimelineMessage:
+        return TimelineMessage(
+            "c", "dev.1", "e", "me-acct", "alice", "dev", True, 0, None, status, "hello [b]x[/b]",  # type: ignore[arg-type]
+            False, False, None, (), (), False, None, reason,
+        )  # fmt: skip
+
+    assert message_line(message("pending"), "dev", lambda a: None, {}).endswith("[yellow](pending)[/]")
+    failed = message_line(message("failed", "refused: 403"), "dev", lambda a: None, {})
+    assert "(failed: refused: 403)" in failed
+    assert "hello \\[b]x\\[/b]" in failed  # the text is escaped, never markup
+
+
+def test_follow_lines_for_state_changes() -> None:
+    from saltline.client_sdk.cli.render import event_line
+    from saltline.client_sdk.core import events as ev
+
+    names = {"acct-bob": "bob"}.get
+    ref = "AbCdEfGhIjKlMnOpQrStUv.3"
+    expected: list[tuple[ev.Event, str, bool]] = [
+        (ev.MessageEdited("conv1234x", ref, "new [text]"), r"[AbCdEf.3][/] edited: new \[text]", True),
+        (ev.MessageDeleted("conv1234x", ref), "(message deleted)", True),
+        (ev.ReactionChanged("conv1234x", ref, (("acct-bob", "👍"),)), "reactions: 👍 bob", True),
+        (ev.ReadStateChanged("conv1234x", {"acct-bob": 7}, 0), "read: bob up to #7 (0 unread)", True),
+        (ev.SettingsChanged("conv1234x", "title", "Plans", ()), "title: Plans", True),
+        (
+            ev.SettingsChanged("conv1234x", "disappearing_ms", 3_600_000, ()),
+            "disappearing messages: 1h",
+            True,
+        ),
+        (ev.SettingsChanged("conv1234x", "mute", False, ()), "unmuted", True),
+        (ev.MembershipChanged("conv1234x", ("acct-bob", "acct-x")), "members: bob, acct-x", True),
+        (ev.OutboxItemFailed("conv1234x", "env", "refused", 403, "x"), "error: env failed: refused", False),
+        (ev.OwnDeviceLinked("dev-2", "alice phone", 2), "a device joined your account: alice phone", False),
+        (ev.AddedToConversation("conv1234x", "acct-bob", ()), "you were added by bob", True),
+    ]
+    for event, text, to_stdout in expected:
+        shown = event_line(event, names)
+        assert shown is not None and text in shown[0] and shown[1] == to_stdout, (event, shown)
+        if getattr(event, "conversation_id", None):
+            assert shown[0].startswith("[dim]conv1234[/]") or not to_stdout
+    assert event_line(ev.MessageSent("c", "e", 1), names) is None

@@ -247,7 +247,8 @@ async def _history_for_new_device(live_server: LiveServer, min_parts: int = 1) -
     assert uploads and uploads[0] >= min_parts
     assert _shared(await laptop.conversation(cid)) == _shared(before)
     assert await laptop.unread(cid) == 0
-    assert [m.text for m in laptop.messages(cid)][:2] == ["bob 0", "alice 0"]
+    # messages() shows the current text: the edit's, and nothing of the deleted message
+    assert [m.text for m in laptop.messages(cid)][:4] == ["bob 0", "alice 0, edited", "bob 1", ""]
 
     await laptop.connect()
     await bob.send_text(cid, "after the link")
