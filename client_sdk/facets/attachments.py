@@ -22,7 +22,6 @@ Resuming:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -36,7 +35,6 @@ from client_sdk.core import sync
 from client_sdk.core.attachments import (
     DEFAULT_MIME,
     AttachmentPointer,
-    padded_size,
     safe_file_name,
     valid_mime,
     valid_name,
@@ -52,7 +50,7 @@ from client_sdk.errors import (
     UsageError,
     server_error,
 )
-from crypto.attachments import CIPHER_CHUNK_SIZE, AttachmentDecryptor, AttachmentEncryptor
+from client_sdk.facets.attachment_files import PIECE, DownloadSink, Spool
 from crypto.errors import CryptoError
 from crypto.keys import b64decode, b64encode
 
@@ -65,7 +63,6 @@ Source = str | os.PathLike[str] | bytes | AsyncIterable[bytes]
 #: ``progress(done, total)``: bytes of padded ciphertext moved so far and in all.
 Progress = Callable[[int, int], None]
 
-PIECE = 1024 * 1024  # one PATCH (the server's default chunk limit) and one read
 SETTING_UPLOAD = "attachment-upload:"
 SETTING_UPLOADS = "attachment-uploads"  # the spool names of unfinished uploads (JSON list)
 PART_SUFFIX = ".saltline-part"
@@ -139,39 +136,24 @@ class Attachments:
         return await self._finish(record, progress)
 
     async def _spool(self, source: Source) -> dict[str, Any]:
-        """Encrypt ``source`` into a spool file: padded ciphertext, its digest and sizes."""
+        """Encrypt ``source`` into a spool file (in a worker thread): padded ciphertext, its
+        digest and sizes."""
         self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        spool = self.spool_dir / f"{b64encode(self.ctx.rng(16))}.up"
-        encryptor = AttachmentEncryptor(rng=self.ctx.rng)
-        digest = hashlib.sha256()
-        written = 0
-        with open(spool, "wb") as out:
-            os.chmod(spool, 0o600)
-
-            def put(data: bytes) -> None:
-                nonlocal written
-                if data:
-                    out.write(data)
-                    digest.update(data)
-                    written += len(data)
-
-            try:
+        spool = Spool(self.spool_dir / f"{b64encode(self.ctx.rng(16))}.up", self.ctx.rng)
+        try:
+            if isinstance(source, str | os.PathLike):
+                await asyncio.to_thread(spool.put_file, source)
+            else:
                 async for piece in _pieces(source):
-                    put(encryptor.update(piece))
-                tail, key = encryptor.finalize()
-                put(tail)
-                padded = padded_size(key.size)
-                zeros = bytes(min(PIECE, padded - written))
-                while written < padded:
-                    put(zeros[: padded - written])
-            except BaseException:
-                out.close()
-                spool.unlink(missing_ok=True)
-                raise
+                    await asyncio.to_thread(spool.put, piece)
+            key, digest, padded = await asyncio.to_thread(spool.finish)
+        except BaseException:
+            spool.discard()
+            raise
         return {
-            "spool": str(spool),
+            "spool": str(spool.path),
             "key": b64encode(key.key),
-            "digest": b64encode(digest.digest()),
+            "digest": b64encode(digest),
             "size": key.size,
             "padded_size": padded,
         }
@@ -217,37 +199,56 @@ class Attachments:
         return envelope_id
 
     async def _upload(self, record: dict[str, Any], progress: Progress | None) -> None:
+        """One ``PATCH`` carries the rest of the spool; after a failure, ``HEAD`` says what the
+        server kept (it keeps what arrived of a request cut off) and the rest goes again."""
         path = f"/v1/attachments/{record['id']}"
         total = record["padded_size"]
         offset = record.get("offset", 0)
         failures = 0
         with open(record["spool"], "rb") as spool:
             while offset < total:
-                spool.seek(offset)
-                piece = spool.read(min(PIECE, total - offset))
                 try:
-                    response = await self._request(
-                        "PATCH",
-                        path,
-                        {
-                            **TUS,
-                            "Upload-Offset": str(offset),
-                            "Content-Type": "application/offset+octet-stream",
-                        },
-                        piece,
-                    )
-                    offset = int(response.headers["upload-offset"])
+                    offset = await self._patch(path, spool, offset, total, progress)
                     failures = 0
                 except (NetworkError, ServerError) as exc:
-                    if isinstance(exc, ServerError) and exc.status not in (409, 429, 500, 502, 503, 504):
+                    if isinstance(exc, ServerError) and exc.status not in (401, 409, 429, 500, 502, 503, 504):
                         raise
+                    if isinstance(exc, ServerError) and exc.status == 401:
+                        self.ctx.drop_access_token()
                     failures += 1
                     if failures >= MAX_ATTEMPTS:
                         raise
                     await asyncio.sleep(min(2.0, 0.05 * 2**failures) if isinstance(exc, NetworkError) else 0)
-                    offset = await self._server_offset(path)
+                    before, offset = offset, await self._server_offset(path)
+                    if offset > before:
+                        failures = 0  # it moved on: not a failed attempt in a row
                 if progress is not None:
                     progress(offset, total)
+
+    async def _patch(
+        self, path: str, spool: BinaryIO, offset: int, total: int, progress: Progress | None
+    ) -> int:
+        """``PATCH`` the spool's bytes from ``offset`` to its end; the server's new offset."""
+
+        async def body() -> AsyncIterator[bytes]:
+            position = offset
+            spool.seek(offset)
+            while position < total:
+                piece = spool.read(min(PIECE, total - position))
+                if not piece:
+                    raise AttachmentError("the spool file is shorter than its upload")
+                yield piece
+                position += len(piece)
+                if progress is not None:
+                    progress(position, total)  # handed to the connection (not yet acknowledged)
+
+        headers = {**TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}
+        response = await self.ctx.http.send_stream(
+            "PATCH", path, headers, body(), total - offset, await self.ctx.token()
+        )
+        if not 200 <= response.status < 300:
+            raise server_error(response.status, response.body if isinstance(response.body, dict) else None)
+        return int(response.headers["upload-offset"])
 
     async def _server_offset(self, path: str) -> int:
         response = await self._request("HEAD", path, TUS, None)
@@ -294,47 +295,40 @@ class Attachments:
         if target.is_dir():
             target = target / safe_file_name(pointer.name)
         part = target.with_name(target.name + PART_SUFFIX)
-        digest = hashlib.sha256()
-        have = 0
-        if part.exists():
-            with open(part, "rb") as f:
-                while piece := f.read(PIECE):
-                    digest.update(piece)
-                    have += len(piece)
-        if have > pointer.padded_size:
-            part.unlink()
-            digest, have = hashlib.sha256(), 0
-        failures = 0
-        with open(part, "ab") as out:
-            os.chmod(part, 0o600)
-            while have < pointer.padded_size:
+        try:
+            sink = await asyncio.to_thread(DownloadSink, pointer, part, target)
+        except CryptoError as exc:  # the part an earlier call left does not decrypt
+            part.unlink(missing_ok=True)
+            raise AttachmentIntegrityError(f"the attachment does not decrypt: {exc}") from exc
+        keep_part = True
+        try:
+            failures = 0
+            while sink.have < pointer.padded_size:
                 try:
-                    have = await self._fetch(pointer, out, digest, have, progress)
+                    await self._fetch(pointer, sink, progress)
                     failures = 0
-                except (AttachmentIntegrityError, ServerError):
-                    # refused or gone: a part of it is of no use for a later try
-                    out.close()
-                    part.unlink(missing_ok=True)
-                    raise
                 except NetworkError:
-                    out.flush()
-                    have = out.tell()  # what arrived before the break (digested as written)
                     failures += 1
                     if failures >= MAX_ATTEMPTS:
                         raise
                     await asyncio.sleep(min(2.0, 0.05 * 2**failures))
-        if digest.digest() != pointer.digest:
-            part.unlink(missing_ok=True)
-            raise AttachmentIntegrityError("the attachment does not match its digest (tampered or swapped)")
-        try:
-            self._decrypt(pointer, part, target)
+            await asyncio.to_thread(sink.finish, target)
+        except CryptoError as exc:
+            keep_part = False
+            raise AttachmentIntegrityError(f"the attachment does not decrypt: {exc}") from exc
+        except (AttachmentIntegrityError, ServerError):
+            keep_part = False  # refused or gone: a part of it is of no use for a later try
+            raise
+        else:
+            keep_part = False
         finally:
-            part.unlink(missing_ok=True)
+            await asyncio.to_thread(sink.close, keep_part=keep_part)
         return target
 
-    async def _fetch(
-        self, pointer: AttachmentPointer, out: BinaryIO, digest: Any, have: int, progress: Progress | None
-    ) -> int:
+    async def _fetch(self, pointer: AttachmentPointer, sink: DownloadSink, progress: Progress | None) -> None:
+        """One ranged ``GET`` from what ``sink`` holds; pieces go to ``sink`` in a worker thread
+        while the next ones arrive (one piece in flight)."""
+        have = sink.have
         headers = {"Range": f"bytes={have}-"} if have else {}
         path = f"/v1/attachments/{pointer.ref}"
         async with self.ctx.http.stream_get(path, headers, await self.ctx.token()) as response:
@@ -354,42 +348,35 @@ class Attachments:
             if announced is not None and announced != str(pointer.padded_size - have):
                 # a complete answer of the wrong length: truncated or swapped, not a broken line
                 raise AttachmentIntegrityError("the server's answer is not the attachment's length")
-            async for piece in response.aiter_bytes(PIECE):
-                if have + len(piece) > pointer.padded_size:
-                    raise AttachmentIntegrityError("the server sent more than the attachment's size")
-                out.write(piece)
-                digest.update(piece)
-                have += len(piece)
-                if progress is not None:
-                    progress(have, pointer.padded_size)
-            out.flush()
-        if have < pointer.padded_size:
-            raise NetworkError("the download ended early")
-        return have
+            in_flight: asyncio.Future[None] | None = None
+            batch = bytearray()
 
-    def _decrypt(self, pointer: AttachmentPointer, part: Path, target: Path) -> None:
-        fd, tmp_name = tempfile.mkstemp(prefix=".saltline-", suffix=".tmp", dir=target.parent)
-        tmp = Path(tmp_name)
-        try:
-            decryptor = AttachmentDecryptor(pointer.key)
-            remaining = pointer.ciphertext_size
-            with os.fdopen(fd, "wb") as out, open(part, "rb") as src:
-                while remaining:
-                    piece = src.read(min(CIPHER_CHUNK_SIZE * 16, remaining))
-                    if not piece:
-                        raise AttachmentIntegrityError("the attachment is truncated")
-                    remaining -= len(piece)
-                    out.write(decryptor.update(piece))
-                out.write(decryptor.finalize())
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except CryptoError as exc:
-            tmp.unlink(missing_ok=True)
-            raise AttachmentIntegrityError(f"the attachment does not decrypt: {exc}") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            async def hand_over() -> None:
+                nonlocal in_flight
+                if in_flight is not None:
+                    await in_flight
+                data = bytes(batch)
+                batch.clear()
+                in_flight = asyncio.ensure_future(asyncio.to_thread(sink.absorb, data)) if data else None
+
+            try:
+                async for piece in response.aiter_raw():
+                    if have + len(piece) > pointer.padded_size:
+                        raise AttachmentIntegrityError("the server sent more than the attachment's size")
+                    batch += piece
+                    have += len(piece)
+                    if len(batch) >= PIECE:
+                        await hand_over()
+                        if progress is not None:
+                            progress(have, pointer.padded_size)
+            finally:
+                await hand_over()  # what arrived before a break is kept (the part resumes)
+                await hand_over()
+                await asyncio.to_thread(sink.flush)
+        if progress is not None:
+            progress(sink.have, pointer.padded_size)
+        if sink.have < pointer.padded_size:
+            raise NetworkError("the download ended early")
 
     async def auto_download(
         self, conversation_id: str, envelope_id: str, pointer: AttachmentPointer
