@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from client_sdk.core.attachments import AttachmentPointer, padded_size
-from client_sdk.errors import AttachmentIntegrityError
-from crypto.attachments import AttachmentDecryptor, AttachmentEncryptor, AttachmentKey
+from client_sdk.errors import AttachmentError, AttachmentIntegrityError
+from crypto.attachments import HEADER_SIZE, KEY_SIZE, AttachmentDecryptor, AttachmentEncryptor, AttachmentKey
 from crypto.primitives import Rng
 
 #: File reads and writes of attachments, and the pieces handed to a worker thread at a time.
@@ -28,24 +29,51 @@ PIECE = 1024 * 1024
 
 
 class Spool:
-    """Encrypt into ``path`` (created 0600): ``put`` plaintext, then ``finish``."""
+    """Encrypt into ``path`` (created 0600): ``put`` plaintext, then ``finish``.
 
-    def __init__(self, path: Path, rng: Rng) -> None:
+    With ``size`` (the plaintext's length, known in advance) the padded length is known before
+    the first byte, so the upload can start at once and read the spool as it grows: writes are
+    unbuffered and ``on_written(n)`` reports each (from the thread that encrypts). A source that
+    turns out longer or shorter than ``size`` is refused."""
+
+    def __init__(
+        self,
+        path: Path,
+        rng: Rng,
+        *,
+        size: int | None = None,
+        on_written: Callable[[int], None] | None = None,
+    ) -> None:
         self.path = path
-        self._out: BinaryIO = open(path, "wb")
+        self._out: BinaryIO = open(path, "wb", buffering=0)
         os.chmod(path, 0o600)
-        self._encryptor = AttachmentEncryptor(rng=rng)
-        self._written = 0
+        self.key = rng(KEY_SIZE)
+        self.header = rng(HEADER_SIZE)
+        self._encryptor = AttachmentEncryptor(self.key, rng=lambda _n: self.header)
+        self.size = size
+        self.padded = None if size is None else padded_size(size)
+        self._on_written = on_written
+        self._plaintext = 0
+        self.written = 0
 
     def _put_ciphertext(self, data: bytes) -> None:
         if data:
             self._out.write(data)
-            self._written += len(data)
+            self.written += len(data)
+            if self._on_written is not None:
+                self._on_written(self.written)
 
     def put(self, plaintext: bytes) -> None:
+        self._plaintext += len(plaintext)
+        if self.size is not None and self._plaintext > self.size:
+            raise AttachmentError("the file grew while it was being sent")
         self._put_ciphertext(self._encryptor.update(plaintext))
 
-    def put_file(self, source: str | os.PathLike[str]) -> None:
+    def put_source(self, source: str | os.PathLike[str] | bytes) -> None:
+        if isinstance(source, bytes):
+            for start in range(0, len(source), PIECE):
+                self.put(source[start : start + PIECE])
+            return
         with open(source, "rb") as f:
             while piece := f.read(PIECE):
                 self.put(piece)
@@ -53,12 +81,14 @@ class Spool:
     def finish(self) -> tuple[AttachmentKey, bytes, int]:
         """``(key, digest of the padded ciphertext, padded size)``; the spool is complete."""
         tail, key = self._encryptor.finalize()
+        if self.size is not None and key.size != self.size:
+            raise AttachmentError("the file shrank while it was being sent")
         self._put_ciphertext(tail)
         digest = self._encryptor.ciphertext_hash()  # the ciphertext's, extended over the padding
         padded = padded_size(key.size)
-        zeros = bytes(min(PIECE, padded - self._written))
-        while self._written < padded:
-            padding = zeros[: padded - self._written]
+        zeros = bytes(min(PIECE, padded - self.written))
+        while self.written < padded:
+            padding = zeros[: padded - self.written]
             self._put_ciphertext(padding)
             digest.update(padding)
         self._out.close()
@@ -67,6 +97,41 @@ class Spool:
     def discard(self) -> None:
         self._out.close()
         self.path.unlink(missing_ok=True)
+
+
+def respool(path: Path, source: Path, key: bytes, header: bytes, size: int) -> bytes | None:
+    """Encrypt ``source`` again with the same key and header into ``path``, a spool a restart
+    cut short (secretstream is deterministic given both): the digest of the complete spool, or
+    ``None`` if ``source`` changed (its size, or the bytes already spooled, and so perhaps
+    uploaded, differ)."""
+    if not source.is_file() or source.stat().st_size != size:
+        return None
+    fresh = path.with_suffix(".respool")
+    spool = Spool(fresh, lambda n: key if n == KEY_SIZE else header, size=size)
+    try:
+        spool.put_source(source)
+        digest = spool.finish()[1]
+        with open(path, "rb") as old, open(fresh, "rb") as new:
+            while before := old.read(PIECE):
+                if new.read(len(before)) != before:
+                    fresh.unlink()
+                    return None
+    except (AttachmentError, OSError):
+        spool.discard()
+        return None
+    os.replace(fresh, path)
+    return digest
+
+
+def spool_digest(path: Path, padded: int) -> bytes | None:
+    """The SHA-256 of a complete spool (``padded`` bytes long), else ``None``."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while piece := f.read(PIECE):
+            digest.update(piece)
+            size += len(piece)
+    return digest.digest() if size == padded else None
 
 
 class DownloadSink:

@@ -50,7 +50,7 @@ from client_sdk.errors import (
     UsageError,
     server_error,
 )
-from client_sdk.facets.attachment_files import PIECE, DownloadSink, Spool
+from client_sdk.facets.attachment_files import PIECE, DownloadSink, Spool, respool, spool_digest
 from crypto.errors import CryptoError
 from crypto.keys import b64decode, b64encode
 
@@ -113,8 +113,19 @@ class Attachments:
             raise UsageError("a file name is 1-255 characters without '/', '\\\\' or control characters")
         if not valid_mime(mime):
             raise UsageError("a MIME type is type/subtype in lower case")
-        record = await self._spool(source)
-        record.update(conversation_id=conversation_id, name=name, mime=mime, caption=caption or "")
+        meta = {"conversation_id": conversation_id, "name": name, "mime": mime, "caption": caption or ""}
+        size = _known_size(source)
+        if size is None:  # a stream of unknown length: the whole spool first, then its upload
+            record = {**await self._spool(source), **meta}
+            await self._create(record)
+            return await self._finish(record, progress)
+        if isinstance(source, bytearray | memoryview):
+            source = bytes(source)
+        assert isinstance(source, bytes | str | os.PathLike)
+        return await self._send_known(source, size, meta, progress)
+
+    async def _create(self, record: dict[str, Any]) -> None:
+        """Create the upload on the server and save the record (the spool is dropped on failure)."""
         try:
             response = await self._request(
                 "POST", "/v1/attachments", {**TUS, "Upload-Length": str(record["padded_size"])}, None
@@ -133,7 +144,71 @@ class Attachments:
             raise
         record["id"] = response.headers.get("location", "").rsplit("/", 1)[-1]
         self._save(record)
-        return await self._finish(record, progress)
+
+    async def _send_known(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        size: int,
+        meta: dict[str, Any],
+        progress: Progress | None,
+    ) -> str:
+        """A source of known length: the upload is created first, then a worker thread encrypts
+        into the spool while one ``PATCH`` streams the spool as it grows. The record is saved
+        before the first byte (its digest once the spool is complete), so a restart resumes it
+        from the spool (:meth:`resume_uploads` hashes a complete spool whose digest is missing)."""
+        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        growing = _Growing(asyncio.get_running_loop())
+        spool = Spool(
+            self.spool_dir / f"{b64encode(self.ctx.rng(16))}.up",
+            self.ctx.rng,
+            size=size,
+            on_written=growing.report,
+        )
+        record = {
+            "spool": str(spool.path),
+            "key": b64encode(spool.key),
+            "digest": "",
+            "header": b64encode(spool.header),
+            "source": str(Path(source).resolve()) if isinstance(source, str | os.PathLike) else "",
+            "size": size,
+            "padded_size": spool.padded,
+            **meta,
+        }
+        try:
+            await self._create(record)
+        except BaseException:
+            spool.discard()
+            raise
+
+        def encrypt() -> bytes:
+            try:
+                spool.put_source(source)
+                return spool.finish()[1]
+            finally:
+                growing.close()
+
+        encrypting = asyncio.ensure_future(asyncio.to_thread(encrypt))
+        try:
+            await self._upload(record, progress, growing)
+        except (NetworkError, ServerError):
+            await self._spooled(record, encrypting, spool)  # a later resume_uploads finishes it
+            raise
+        except BaseException:
+            await asyncio.wait([encrypting])
+            raise
+        await self._spooled(record, encrypting, spool)
+        return await self._finish(record, None)
+
+    async def _spooled(self, record: dict[str, Any], encrypting: asyncio.Future[bytes], spool: Spool) -> None:
+        """Wait for the spool to be complete and save its digest; on failure drop the upload."""
+        try:
+            record["digest"] = b64encode(await encrypting)
+        except BaseException:
+            spool.discard()
+            with self.ctx.transaction():
+                self._settle(record)
+            raise
+        self._save(record)
 
     async def _spool(self, source: Source) -> dict[str, Any]:
         """Encrypt ``source`` into a spool file (in a worker thread): padded ciphertext, its
@@ -142,7 +217,7 @@ class Attachments:
         spool = Spool(self.spool_dir / f"{b64encode(self.ctx.rng(16))}.up", self.ctx.rng)
         try:
             if isinstance(source, str | os.PathLike):
-                await asyncio.to_thread(spool.put_file, source)
+                await asyncio.to_thread(spool.put_source, source)
             else:
                 async for piece in _pieces(source):
                     await asyncio.to_thread(spool.put, piece)
@@ -181,7 +256,8 @@ class Attachments:
         )
 
     async def _finish(self, record: dict[str, Any], progress: Progress | None) -> str:
-        await self._upload(record, progress)
+        if record.get("offset") != record["padded_size"]:
+            await self._upload(record, progress)
         pointer = AttachmentPointer(
             b64decode(record["id"]),
             b64decode(record["key"]),
@@ -198,7 +274,9 @@ class Attachments:
         Path(record["spool"]).unlink(missing_ok=True)
         return envelope_id
 
-    async def _upload(self, record: dict[str, Any], progress: Progress | None) -> None:
+    async def _upload(
+        self, record: dict[str, Any], progress: Progress | None, growing: _Growing | None = None
+    ) -> None:
         """One ``PATCH`` carries the rest of the spool; after a failure, ``HEAD`` says what the
         server kept (it keeps what arrived of a request cut off) and the rest goes again."""
         path = f"/v1/attachments/{record['id']}"
@@ -208,7 +286,7 @@ class Attachments:
         with open(record["spool"], "rb") as spool:
             while offset < total:
                 try:
-                    offset = await self._patch(path, spool, offset, total, progress)
+                    offset = await self._patch(path, spool, offset, total, progress, growing)
                     failures = 0
                 except (NetworkError, ServerError) as exc:
                     if isinstance(exc, ServerError) and exc.status not in (401, 409, 429, 500, 502, 503, 504):
@@ -224,17 +302,28 @@ class Attachments:
                         failures = 0  # it moved on: not a failed attempt in a row
                 if progress is not None:
                     progress(offset, total)
+        record["offset"] = offset
 
     async def _patch(
-        self, path: str, spool: BinaryIO, offset: int, total: int, progress: Progress | None
+        self,
+        path: str,
+        spool: BinaryIO,
+        offset: int,
+        total: int,
+        progress: Progress | None,
+        growing: _Growing | None,
     ) -> int:
-        """``PATCH`` the spool's bytes from ``offset`` to its end; the server's new offset."""
+        """``PATCH`` the spool's bytes from ``offset`` to its end (as they are written, with
+        ``growing``); the server's new offset."""
 
         async def body() -> AsyncIterator[bytes]:
             position = offset
             spool.seek(offset)
             while position < total:
-                piece = spool.read(min(PIECE, total - position))
+                available = total if growing is None else await growing.beyond(position)
+                if available <= position:
+                    raise AttachmentError("the spool ended early (its encryption failed)")
+                piece = spool.read(min(PIECE, total - position, available - position))
                 if not piece:
                     raise AttachmentError("the spool file is shorter than its upload")
                 yield piece
@@ -267,6 +356,26 @@ class Attachments:
                 with self.ctx.transaction():
                     self._settle(record)
                 continue
+            if not record.get("digest"):  # the restart came while the spool was being written
+                digest = await asyncio.to_thread(spool_digest, Path(record["spool"]), record["padded_size"])
+                if digest is None and record.get("source"):  # encrypt the file again, same key and header
+                    digest = await asyncio.to_thread(
+                        respool,
+                        Path(record["spool"]),
+                        Path(record["source"]),
+                        b64decode(record["key"]),
+                        b64decode(record["header"]),
+                        record["size"],
+                    )
+                if digest is None:
+                    log.warning(
+                        "an upload cut off while it was encrypted cannot be redone (source gone): dropped"
+                    )
+                    with self.ctx.transaction():
+                        self._settle(record)
+                    Path(record["spool"]).unlink(missing_ok=True)
+                    continue
+                record["digest"] = b64encode(digest)
             try:
                 record["offset"] = await self._server_offset(f"/v1/attachments/{record['id']}")
             except ServerError as exc:
@@ -388,6 +497,47 @@ class Attachments:
         return await self.download(
             pointer, self.download_dir / f"{envelope_id[:8]}-{safe_file_name(pointer.name)}"
         )
+
+
+class _Growing:
+    """How much of a spool being written (by a worker thread) can be read."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._written = 0
+        self._closed = False
+        self._changed = asyncio.Event()
+
+    def report(self, written: int) -> None:
+        """From the encrypting thread: ``written`` bytes are in the spool."""
+        self._loop.call_soon_threadsafe(self._set, written, False)
+
+    def close(self) -> None:
+        """From the encrypting thread: nothing more comes (done or failed)."""
+        self._loop.call_soon_threadsafe(self._set, self._written, True)
+
+    def _set(self, written: int, closed: bool) -> None:
+        self._written = max(self._written, written)
+        self._closed = self._closed or closed
+        self._changed.set()
+
+    async def beyond(self, position: int) -> int:
+        """Bytes written once there are more than ``position`` (or the spool is closed)."""
+        while self._written <= position and not self._closed:
+            self._changed.clear()
+            await self._changed.wait()
+        return self._written
+
+
+def _known_size(source: Source) -> int | None:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return len(source)
+    if isinstance(source, str | os.PathLike):
+        try:
+            return os.stat(source).st_size
+        except OSError:
+            return None  # refused where it is read, as before
+    return None
 
 
 async def _pieces(source: Source) -> AsyncIterator[bytes]:
