@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,7 @@ from client_sdk.errors import (
     AttachmentUnavailableError,
     NetworkError,
 )
+from client_sdk.facets.attachments import SETTING_UPLOAD, SETTING_UPLOADS
 from client_sdk.stores.memory import MemoryStore
 from client_sdk.stores.sqlite import SqliteStore
 from tests.linking import link
@@ -493,6 +495,59 @@ async def test_an_upload_whose_process_was_killed_resumes_once(
         assert os.listdir(spool) == []
         event = await _attachment(alice)
         assert event.attachment is not None and event.attachment.name == "killed.bin"
+        assert _read(str(await alice.download(event.attachment, tmp / "got.bin"))) == data
+        with pytest.raises(TimeoutError):
+            await alice.next_event(MessageReceived, 1.0)
+    finally:
+        await bob.close()
+        await alice.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_restart_while_encrypting_encrypts_the_file_again_and_sends_it_once(
+    live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A file's upload starts while it is encrypted; a restart then may find its spool cut short
+    and no digest recorded. The file is encrypted again with the recorded key and header (the
+    same bytes, so the server's prefix stays valid) and sent exactly once; a file that changed
+    meanwhile cannot be redone and is dropped."""
+    tmp = tmp_path_factory.mktemp("clients")
+    faulty = Faulty()
+    store_path = tmp / "bob.db"
+    bob = await _new(live_server, tmp, SqliteStore.open(store_path), faulty)
+    await bob.register(_name("bob"), PASSWORD)
+    alice_name = _name("alice")
+    alice = await _new(live_server, tmp)
+    await alice.register(alice_name, PASSWORD)
+    await alice.connect()
+    cid = await bob.create_conversation([alice_name])
+    data = _file(tmp / "c.bin", 3 * 1024 * 1024)
+    _file(tmp / "d.bin", 3 * 1024 * 1024)
+    for name in ("c.bin", "d.bin"):
+        faulty.down = False
+        faulty.cut_upload_after, faulty.down_after_cut = 1024 * 1024, True
+        with pytest.raises(NetworkError):
+            await bob.send_file(cid, tmp / name)
+    spool = bob.attachments.spool_dir
+    # as if the restart had come while the spools were written: cut short, no digest yet
+    sync_store = bob.store.sync
+    for spool_name in json.loads(sync_store.get_setting(SETTING_UPLOADS) or "[]"):
+        record = json.loads(sync_store.get_setting(SETTING_UPLOAD + spool_name) or "{}")
+        assert record["digest"] and record["source"]
+        record["digest"] = ""
+        sync_store.put_setting(SETTING_UPLOAD + spool_name, json.dumps(record))
+        os.truncate(record["spool"], 1536 * 1024)
+    (tmp / "d.bin").write_bytes(os.urandom(3 * 1024 * 1024))  # changed since: cannot be redone
+    await bob.close()
+    bob.store.close()  # type: ignore[attr-defined]
+    bob = await _new(live_server, tmp, SqliteStore.open(store_path))
+    bob.attachments.spool_dir = spool
+    try:
+        assert len(await bob.resume_uploads()) == 1
+        assert await bob.resume_uploads() == []
+        assert os.listdir(spool) == []
+        event = await _attachment(alice)
+        assert event.attachment is not None and event.attachment.name == "c.bin"
         assert _read(str(await alice.download(event.attachment, tmp / "got.bin"))) == data
         with pytest.raises(TimeoutError):
             await alice.next_event(MessageReceived, 1.0)
