@@ -245,15 +245,16 @@ class AttachmentService:
 
     async def _stream_in(self, row: AttachmentRow, body: AsyncIterator[bytes]) -> int:
         committed = position = row.offset
+
         async def advance(old: int, new: int, completed_at_ms: int | None) -> bool:
             return await self._repo.advance(row.id, old, new, completed_at_ms)
 
         async with self._store.writer(row.id, row.offset, advance) as writer:
 
-            async def commit() -> None:
+            async def commit(final: bool) -> None:
                 nonlocal committed
                 done = self._clock() if position == row.length else None
-                if not await writer.commit(done):
+                if not await writer.commit(done, wait=final):
                     raise Problem(409, ProblemCode.ATTACHMENT_OFFSET_MISMATCH, "the upload moved meanwhile")
                 self._counters.written(position - committed)
                 committed = position
@@ -266,9 +267,11 @@ class AttachmentService:
                 await writer.write(piece)
                 position += len(piece)
                 if position - committed >= writer.commit_bytes:
-                    await commit()
+                    await commit(final=False)  # the filesystem's fsync overlaps what follows
             if position > committed:
-                await commit()
+                await commit(final=True)
+            elif not await writer.settle():  # the last commit was still in flight
+                raise Problem(409, ProblemCode.ATTACHMENT_OFFSET_MISMATCH, "the upload moved meanwhile")
         return committed
 
     @asynccontextmanager
