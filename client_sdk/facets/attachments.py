@@ -3,20 +3,27 @@ resumably, then send the message through the outbox) and download one (stream, v
 digest, decrypt to a temporary file, then rename). Memory stays constant in the file size:
 files move in pieces of at most ``PIECE`` bytes (docs/protocol/sealed-and-attachments.md).
 
+Throughput: encryption, hashing and decryption run in worker threads
+(:mod:`client_sdk.facets.attachment_files`) overlapping the network. A source of known length
+(a path, bytes) is uploaded while it is encrypted: one ``PATCH`` streams the spool as it grows.
+
 Resuming:
 
-- an upload is first encrypted to a spool file; its state (server id, pointer fields, offset
-  known) is a store setting ``attachment-upload:<spool name>``. A dropped connection is resumed
-  at once from the server's offset (``HEAD``); after a restart :meth:`Attachments.resume_uploads`
-  finishes it. The message is written to the outbox in the same transaction that settles the
-  record, so it is sent exactly once.
-- a download writes the raw ciphertext to ``<destination>.saltline-part``; a dropped connection
-  or a new call resumes with ``Range`` from the part's length. Only a verified, decrypted file is
-  renamed to the destination.
+- an upload goes through a spool file (the bytes a resume sends again are identical); its state
+  (server id, pointer fields, stream key and header, the source's path, offset known) is a store
+  setting ``attachment-upload:<spool name>``, saved before the first byte goes. A dropped
+  connection is resumed at once from the server's offset (``HEAD``: the server keeps what
+  arrived of a cut ``PATCH``); after a restart :meth:`Attachments.resume_uploads` finishes it
+  (encrypting the file again with the same key and header if the restart cut the spool short).
+  The message is written to the outbox in the same transaction that settles the record, so it
+  is sent exactly once.
+- a download appends the raw ciphertext to ``<destination>.saltline-part`` and decrypts it as it
+  arrives into a temporary file; a dropped connection or a new call resumes with ``Range`` from
+  the part's length. Only a verified, decrypted file is renamed to the destination.
 """
 
-# Local file I/O here is in pieces of at most PIECE bytes (a page-cache copy, far shorter than
-# the network round trip it alternates with), so it runs on the loop rather than in threads.
+# Local file I/O on the loop (reading the spool for a PATCH) is in pieces of at most PIECE bytes
+# (a page-cache copy); the heavy work (crypto, hashing, writing) runs in worker threads.
 # ruff: noqa: ASYNC230, ASYNC240
 
 from __future__ import annotations
