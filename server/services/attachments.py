@@ -245,16 +245,15 @@ class AttachmentService:
 
     async def _stream_in(self, row: AttachmentRow, body: AsyncIterator[bytes]) -> int:
         committed = position = row.offset
-
         async def advance(old: int, new: int, completed_at_ms: int | None) -> bool:
             return await self._repo.advance(row.id, old, new, completed_at_ms)
 
         async with self._store.writer(row.id, row.offset, advance) as writer:
 
-            async def commit(final: bool) -> None:
+            async def commit() -> None:
                 nonlocal committed
                 done = self._clock() if position == row.length else None
-                if not await writer.commit(done, wait=final):
+                if not await writer.commit(done):
                     raise Problem(409, ProblemCode.ATTACHMENT_OFFSET_MISMATCH, "the upload moved meanwhile")
                 self._counters.written(position - committed)
                 committed = position
@@ -267,11 +266,9 @@ class AttachmentService:
                 await writer.write(piece)
                 position += len(piece)
                 if position - committed >= writer.commit_bytes:
-                    await commit(final=False)  # the filesystem's fsync overlaps what follows
+                    await commit()
             if position > committed:
-                await commit(final=True)
-            elif not await writer.settle():  # the last commit was still in flight
-                raise Problem(409, ProblemCode.ATTACHMENT_OFFSET_MISMATCH, "the upload moved meanwhile")
+                await commit()
         return committed
 
     @asynccontextmanager

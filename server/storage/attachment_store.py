@@ -49,14 +49,9 @@ class AttachmentWriter(Protocol):
     async def write(self, data: bytes) -> None:
         """Store ``data`` after the bytes written before (not durable until :meth:`commit`)."""
 
-    async def commit(self, completed_at_ms: int | None, *, wait: bool = True) -> bool:
+    async def commit(self, completed_at_ms: int | None) -> bool:
         """Make everything written durable, then move the offset to its end; ``False`` (and
-        nothing acknowledged) if the offset moved meanwhile. ``wait=False`` lets a store do
-        this while more is written (the next commit, or leaving the writer, awaits it, and a
-        failure shows there)."""
-
-    async def settle(self) -> bool:
-        """Await a commit still in flight; whether it moved the offset (``True`` if none)."""
+        nothing acknowledged) if the offset moved meanwhile."""
 
 
 class AttachmentStore(Protocol):
@@ -80,7 +75,6 @@ class _FileWriter:
         self._position = offset  # written to the file
         self._buffer = bytearray()
         self._advance = advance
-        self._syncing: asyncio.Future[bool] | None = None  # an fsync + offset move in flight
 
     async def _drain(self) -> None:
         if self._buffer:
@@ -93,25 +87,12 @@ class _FileWriter:
         if len(self._buffer) >= WRITE_PIECE:
             await self._drain()
 
-    async def commit(self, completed_at_ms: int | None, *, wait: bool = True) -> bool:
+    async def commit(self, completed_at_ms: int | None) -> bool:
         await self._drain()
-        if not await self.settle():
-            return False
-        self._syncing = asyncio.ensure_future(self._sync(self._position, completed_at_ms))
-        return await self.settle() if wait else True
-
-    async def settle(self) -> bool:
-        """Await the commit in flight; whether it moved the offset."""
-        syncing, self._syncing = self._syncing, None
-        return True if syncing is None else await syncing
-
-    async def _sync(self, upto: int, completed_at_ms: int | None) -> bool:
-        # everything up to ``upto`` is in the file: fsync (it may also flush later writes), then
-        # the offset; writes past ``upto`` go on meanwhile
         await asyncio.to_thread(os.fsync, self._fd)
-        if not await self._advance(self._committed, upto, completed_at_ms):
+        if not await self._advance(self._committed, self._position, completed_at_ms):
             return False
-        self._committed = upto
+        self._committed = self._position
         return True
 
 
@@ -137,14 +118,10 @@ class FilesystemAttachmentStore:
     @asynccontextmanager
     async def writer(self, attachment_id: bytes, offset: int, advance: Advance) -> AsyncIterator[_FileWriter]:
         fd = await asyncio.to_thread(self._open, self._path(attachment_id), offset)
-        writer = _FileWriter(fd, offset, advance, self._commit_bytes)
         try:
-            yield writer
+            yield _FileWriter(fd, offset, advance, self._commit_bytes)
         finally:
-            try:
-                await writer.settle()  # a commit in flight ends before the writer does
-            finally:
-                os.close(fd)
+            os.close(fd)
 
     async def read(self, attachment_id: bytes, start: int, end: int) -> AsyncIterator[bytes]:
         path = self._path(attachment_id)
@@ -165,12 +142,7 @@ class FilesystemAttachmentStore:
 
 
 class _RowWriter:
-    """Commits are synchronous: the row and the offset in one transaction."""
-
     commit_bytes = DB_ROW_BYTES
-
-    async def settle(self) -> bool:
-        return True
 
     def __init__(self, db: Database, attachment_id: bytes, offset: int) -> None:
         self._db = db
@@ -181,7 +153,7 @@ class _RowWriter:
     async def write(self, data: bytes) -> None:
         self._buffer += data
 
-    async def commit(self, completed_at_ms: int | None, *, wait: bool = True) -> bool:
+    async def commit(self, completed_at_ms: int | None) -> bool:
         data = bytes(self._buffer)
         new = self._committed + len(data)
         async with self._db.write() as conn:
