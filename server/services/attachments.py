@@ -245,6 +245,7 @@ class AttachmentService:
 
     async def _stream_in(self, row: AttachmentRow, body: AsyncIterator[bytes]) -> int:
         committed = position = row.offset
+
         async def advance(old: int, new: int, completed_at_ms: int | None) -> bool:
             return await self._repo.advance(row.id, old, new, completed_at_ms)
 
