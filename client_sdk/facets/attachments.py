@@ -202,6 +202,8 @@ class Attachments:
             raise
         except BaseException:
             await asyncio.wait([encrypting])
+            if not encrypting.cancelled() and encrypting.exception() is not None:
+                await self._spooled(record, encrypting, spool)  # drops the upload; raises why
             raise
         await self._spooled(record, encrypting, spool)
         return await self._finish(record, None)

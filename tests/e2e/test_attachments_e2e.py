@@ -349,6 +349,15 @@ async def test_too_large_is_a_typed_error_and_leaves_no_spool(
         assert info.value.limit == 64 * 1024
         assert not any(bob.attachments.spool_dir.iterdir())
         assert bob.outbox() == []
+        # a source that fails while it is encrypted (its upload already created): the error,
+        # no spool, no record left to resume, no message
+        unreadable = tmp / "a-directory"
+        unreadable.mkdir()
+        with pytest.raises(IsADirectoryError):
+            await bob.send_file(cid, unreadable, name="dir.bin")
+        assert not any(bob.attachments.spool_dir.iterdir())
+        assert await bob.resume_uploads() == []
+        assert bob.outbox() == []
     finally:
         await bob.close()
         await alice.close()
