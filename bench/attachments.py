@@ -1,8 +1,9 @@
 """Attachments benchmark (run by hand; prints one JSON document on stdout, progress on stderr).
 
 Upload and download of one file through a real local server (``python -m saltline.server serve``,
-SQLite, a fresh data directory) with real SDK clients: bob ``send_file`` (encrypt to a spool,
-pad, resumable upload, message), alice ``download`` (stream, verify, decrypt, rename). Beside
+SQLite, a fresh data directory) with real SDK clients: bob ``send_file`` (create the upload,
+encrypt to a spool in a worker thread while one resumable ``PATCH`` streams it, pad, message),
+alice ``download`` (stream, decrypt as it arrives, verify, rename). Beside
 it, in the same run and on the same disk: raw secretstream encryption throughput and a plain file
 copy. RSS of the client (this process) and of the server are sampled every 20 ms during the
 transfers; peaks are reported above their level just before.

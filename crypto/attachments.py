@@ -185,6 +185,11 @@ class AttachmentEncryptor:
             )
         return b"".join(out)
 
+    def ciphertext_hash(self) -> hashlib._Hash:
+        """A copy of the running SHA-256 of the ciphertext returned so far (after
+        :meth:`finalize`: of the whole ciphertext), e.g. to extend it over padding."""
+        return self._digest.copy()
+
     def finalize(self) -> tuple[bytes, AttachmentKey]:
         """The remaining ciphertext (the FINAL chunk) and the attachment key with the digest."""
         if self._done:
@@ -235,7 +240,8 @@ class AttachmentDecryptor:
         self._key = key.key if isinstance(key, AttachmentKey) else _key_bytes(key)
         self._state: sodium.crypto_secretstream_xchacha20poly1305_state | None = None
         self._buffer = bytearray()
-        self._digest = hashlib.sha256()
+        # the digest is checked only against an AttachmentKey's (a bare key: the caller's job)
+        self._digest = hashlib.sha256() if self._expected is not None else None
         self._finished = False
         self._size = 0
 
@@ -262,21 +268,35 @@ class AttachmentDecryptor:
             return b""
         if self._finished:
             raise StreamError("data after the final attachment chunk")
-        self._digest.update(data)
-        self._buffer += data
+        if self._digest is not None:
+            self._digest.update(data)
+        position = 0
         if self._state is None:
+            position = min(len(data), HEADER_SIZE - len(self._buffer))
+            self._buffer += data[:position]
             if len(self._buffer) < HEADER_SIZE:
                 return b""
-            header = bytes(self._buffer[:HEADER_SIZE])
-            del self._buffer[:HEADER_SIZE]
-            self._state = _state_for(header, self._key)
+            self._state = _state_for(bytes(self._buffer), self._key)
+            self._buffer.clear()
         out: list[bytes] = []
-        while len(self._buffer) >= CIPHER_CHUNK_SIZE:
-            chunk = bytes(self._buffer[:CIPHER_CHUNK_SIZE])
-            del self._buffer[:CIPHER_CHUNK_SIZE]
-            out.append(self._pull(chunk))
-            if self._finished and self._buffer:
+        if self._buffer:  # complete the chunk held back from the last call
+            take = min(len(data) - position, CIPHER_CHUNK_SIZE - len(self._buffer))
+            self._buffer += data[position : position + take]
+            position += take
+            if len(self._buffer) < CIPHER_CHUNK_SIZE:
+                return b""
+            out.append(self._pull(bytes(self._buffer)))
+            self._buffer.clear()
+        # whole chunks straight from ``data`` (one copy each); the rest is held back
+        while len(data) - position >= CIPHER_CHUNK_SIZE:
+            if self._finished:
                 raise StreamError("data after the final attachment chunk")
+            out.append(self._pull(data[position : position + CIPHER_CHUNK_SIZE]))
+            position += CIPHER_CHUNK_SIZE
+        if position < len(data):
+            if self._finished:
+                raise StreamError("data after the final attachment chunk")
+            self._buffer += data[position:]
         return b"".join(out)
 
     def finalize(self) -> bytes:
@@ -292,7 +312,7 @@ class AttachmentDecryptor:
             out = self._pull(chunk)
             if not self._finished:
                 raise StreamError("attachment is truncated (no final chunk)")
-        if self._expected is not None:
+        if self._expected is not None and self._digest is not None:
             if not p.constant_time_equal(self._digest.digest(), self._expected.digest):
                 raise StreamError("attachment digest does not match")
             if self._size != self._expected.size:

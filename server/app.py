@@ -110,7 +110,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     app.state.settings = settings
     install_problem_handlers(app)
     install_problem_openapi(app)
-    app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes(settings))
+    app.add_middleware(
+        GuardMiddleware,
+        max_body_bytes=max_body_bytes(settings),
+        # an attachment PATCH may carry the rest of its upload (its route bounds it by that)
+        large_bodies=("PATCH", "/v1/attachments/", settings.max_attachment_bytes),
+    )
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -126,7 +126,9 @@ def build_attachments(
     if settings.attachment_store == "database":
         store = DatabaseAttachmentStore(db)
     else:
-        store = FilesystemAttachmentStore(settings.data_dir / "attachments")
+        store = FilesystemAttachmentStore(
+            settings.data_dir / "attachments", commit_bytes=settings.attachment_commit_bytes
+        )
     created = Counter("saltline_attachments_created", "Attachment uploads created", registry=registry)
     uploaded = Counter("saltline_attachment_uploaded_bytes", "Attachment bytes uploaded", registry=registry)
     completed = Counter("saltline_attachments_completed", "Attachment uploads completed", registry=registry)
@@ -142,7 +144,6 @@ def build_attachments(
         clock,
         AttachmentLimits(
             max_bytes=settings.max_attachment_bytes,
-            chunk_bytes=settings.attachment_chunk_bytes,
             retention_s=settings.attachment_retention_s,
             quota_bytes_per_account=settings.attachment_quota_bytes_per_account,
             bytes_per_account=settings.rate_limit_attachment_bytes_per_account,

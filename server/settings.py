@@ -119,9 +119,10 @@ class Settings(BaseSettings):
     attachment_store: Literal["filesystem", "database"] = "filesystem"
     #: An attachment's padded ciphertext may be at most this long (``Upload-Length``).
     max_attachment_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
-    #: One ``PATCH`` may carry at most this many bytes (it is buffered; the request body limit is
-    #: 1 MiB).
-    attachment_chunk_bytes: int = Field(default=1024 * 1024, gt=0, le=1024 * 1024)
+    #: A ``PATCH`` may carry the rest of an upload; while its body streams in, the filesystem
+    #: store makes the bytes durable (``fsync``) and moves the acknowledged offset every this
+    #: many bytes (and at the end of the body). The database store commits every 1 MiB.
+    attachment_commit_bytes: int = Field(default=8 * 1024 * 1024, gt=0, le=64 * 1024 * 1024)
     #: Attachments are readable this long after their upload started, then 410 ``attachment_expired``.
     attachment_retention_s: int = Field(default=30 * 24 * 3600, gt=0)
 

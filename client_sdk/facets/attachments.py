@@ -3,26 +3,32 @@ resumably, then send the message through the outbox) and download one (stream, v
 digest, decrypt to a temporary file, then rename). Memory stays constant in the file size:
 files move in pieces of at most ``PIECE`` bytes (docs/protocol/sealed-and-attachments.md).
 
+Throughput: encryption, hashing and decryption run in worker threads
+(:mod:`saltline.client_sdk.facets.attachment_files`) overlapping the network. A source of known length
+(a path, bytes) is uploaded while it is encrypted: one ``PATCH`` streams the spool as it grows.
+
 Resuming:
 
-- an upload is first encrypted to a spool file; its state (server id, pointer fields, offset
-  known) is a store setting ``attachment-upload:<spool name>``. A dropped connection is resumed
-  at once from the server's offset (``HEAD``); after a restart :meth:`Attachments.resume_uploads`
-  finishes it. The message is written to the outbox in the same transaction that settles the
-  record, so it is sent exactly once.
-- a download writes the raw ciphertext to ``<destination>.saltline-part``; a dropped connection
-  or a new call resumes with ``Range`` from the part's length. Only a verified, decrypted file is
-  renamed to the destination.
+- an upload goes through a spool file (the bytes a resume sends again are identical); its state
+  (server id, pointer fields, stream key and header, the source's path, offset known) is a store
+  setting ``attachment-upload:<spool name>``, saved before the first byte goes. A dropped
+  connection is resumed at once from the server's offset (``HEAD``: the server keeps what
+  arrived of a cut ``PATCH``); after a restart :meth:`Attachments.resume_uploads` finishes it
+  (encrypting the file again with the same key and header if the restart cut the spool short).
+  The message is written to the outbox in the same transaction that settles the record, so it
+  is sent exactly once.
+- a download appends the raw ciphertext to ``<destination>.saltline-part`` and decrypts it as it
+  arrives into a temporary file; a dropped connection or a new call resumes with ``Range`` from
+  the part's length. Only a verified, decrypted file is renamed to the destination.
 """
 
-# Local file I/O here is in pieces of at most PIECE bytes (a page-cache copy, far shorter than
-# the network round trip it alternates with), so it runs on the loop rather than in threads.
+# Local file I/O on the loop (reading the spool for a PATCH) is in pieces of at most PIECE bytes
+# (a page-cache copy); the heavy work (crypto, hashing, writing) runs in worker threads.
 # ruff: noqa: ASYNC230, ASYNC240
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -36,7 +42,6 @@ from saltline.client_sdk.core import sync
 from saltline.client_sdk.core.attachments import (
     DEFAULT_MIME,
     AttachmentPointer,
-    padded_size,
     safe_file_name,
     valid_mime,
     valid_name,
@@ -52,7 +57,7 @@ from saltline.client_sdk.errors import (
     UsageError,
     server_error,
 )
-from saltline.crypto.attachments import CIPHER_CHUNK_SIZE, AttachmentDecryptor, AttachmentEncryptor
+from saltline.client_sdk.facets.attachment_files import PIECE, DownloadSink, Spool, respool, spool_digest
 from saltline.crypto.errors import CryptoError
 from saltline.crypto.keys import b64decode, b64encode
 
@@ -65,7 +70,6 @@ Source = str | os.PathLike[str] | bytes | AsyncIterable[bytes]
 #: ``progress(done, total)``: bytes of padded ciphertext moved so far and in all.
 Progress = Callable[[int, int], None]
 
-PIECE = 1024 * 1024  # one PATCH (the server's default chunk limit) and one read
 SETTING_UPLOAD = "attachment-upload:"
 SETTING_UPLOADS = "attachment-uploads"  # the spool names of unfinished uploads (JSON list)
 PART_SUFFIX = ".saltline-part"
@@ -116,8 +120,19 @@ class Attachments:
             raise UsageError("a file name is 1-255 characters without '/', '\\\\' or control characters")
         if not valid_mime(mime):
             raise UsageError("a MIME type is type/subtype in lower case")
-        record = await self._spool(source)
-        record.update(conversation_id=conversation_id, name=name, mime=mime, caption=caption or "")
+        meta = {"conversation_id": conversation_id, "name": name, "mime": mime, "caption": caption or ""}
+        size = _known_size(source)
+        if size is None:  # a stream of unknown length: the whole spool first, then its upload
+            record = {**await self._spool(source), **meta}
+            await self._create(record)
+            return await self._finish(record, progress)
+        if isinstance(source, bytearray | memoryview):
+            source = bytes(source)
+        assert isinstance(source, bytes | str | os.PathLike)
+        return await self._send_known(source, size, meta, progress)
+
+    async def _create(self, record: dict[str, Any]) -> None:
+        """Create the upload on the server and save the record (the spool is dropped on failure)."""
         try:
             response = await self._request(
                 "POST", "/v1/attachments", {**TUS, "Upload-Length": str(record["padded_size"])}, None
@@ -136,42 +151,93 @@ class Attachments:
             raise
         record["id"] = response.headers.get("location", "").rsplit("/", 1)[-1]
         self._save(record)
-        return await self._finish(record, progress)
+
+    async def _send_known(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        size: int,
+        meta: dict[str, Any],
+        progress: Progress | None,
+    ) -> str:
+        """A source of known length: the upload is created first, then a worker thread encrypts
+        into the spool while one ``PATCH`` streams the spool as it grows. The record is saved
+        before the first byte (its digest once the spool is complete), so a restart resumes it
+        from the spool (:meth:`resume_uploads` hashes a complete spool whose digest is missing)."""
+        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        growing = _Growing(asyncio.get_running_loop())
+        spool = Spool(
+            self.spool_dir / f"{b64encode(self.ctx.rng(16))}.up",
+            self.ctx.rng,
+            size=size,
+            on_written=growing.report,
+        )
+        record = {
+            "spool": str(spool.path),
+            "key": b64encode(spool.key),
+            "digest": "",
+            "header": b64encode(spool.header),
+            "source": str(Path(source).resolve()) if isinstance(source, str | os.PathLike) else "",
+            "size": size,
+            "padded_size": spool.padded,
+            **meta,
+        }
+        try:
+            await self._create(record)
+        except BaseException:
+            spool.discard()
+            raise
+
+        def encrypt() -> bytes:
+            try:
+                spool.put_source(source)
+                return spool.finish()[1]
+            finally:
+                growing.close()
+
+        encrypting = asyncio.ensure_future(asyncio.to_thread(encrypt))
+        try:
+            await self._upload(record, progress, growing)
+        except (NetworkError, ServerError):
+            await self._spooled(record, encrypting, spool)  # a later resume_uploads finishes it
+            raise
+        except BaseException:
+            await asyncio.wait([encrypting])
+            if not encrypting.cancelled() and encrypting.exception() is not None:
+                await self._spooled(record, encrypting, spool)  # drops the upload; raises why
+            raise
+        await self._spooled(record, encrypting, spool)
+        return await self._finish(record, None)
+
+    async def _spooled(self, record: dict[str, Any], encrypting: asyncio.Future[bytes], spool: Spool) -> None:
+        """Wait for the spool to be complete and save its digest; on failure drop the upload."""
+        try:
+            record["digest"] = b64encode(await encrypting)
+        except BaseException:
+            spool.discard()
+            with self.ctx.transaction():
+                self._settle(record)
+            raise
+        self._save(record)
 
     async def _spool(self, source: Source) -> dict[str, Any]:
-        """Encrypt ``source`` into a spool file: padded ciphertext, its digest and sizes."""
+        """Encrypt ``source`` into a spool file (in a worker thread): padded ciphertext, its
+        digest and sizes."""
         self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        spool = self.spool_dir / f"{b64encode(self.ctx.rng(16))}.up"
-        encryptor = AttachmentEncryptor(rng=self.ctx.rng)
-        digest = hashlib.sha256()
-        written = 0
-        with open(spool, "wb") as out:
-            os.chmod(spool, 0o600)
-
-            def put(data: bytes) -> None:
-                nonlocal written
-                if data:
-                    out.write(data)
-                    digest.update(data)
-                    written += len(data)
-
-            try:
+        spool = Spool(self.spool_dir / f"{b64encode(self.ctx.rng(16))}.up", self.ctx.rng)
+        try:
+            if isinstance(source, str | os.PathLike):
+                await asyncio.to_thread(spool.put_source, source)
+            else:
                 async for piece in _pieces(source):
-                    put(encryptor.update(piece))
-                tail, key = encryptor.finalize()
-                put(tail)
-                padded = padded_size(key.size)
-                zeros = bytes(min(PIECE, padded - written))
-                while written < padded:
-                    put(zeros[: padded - written])
-            except BaseException:
-                out.close()
-                spool.unlink(missing_ok=True)
-                raise
+                    await asyncio.to_thread(spool.put, piece)
+            key, digest, padded = await asyncio.to_thread(spool.finish)
+        except BaseException:
+            spool.discard()
+            raise
         return {
-            "spool": str(spool),
+            "spool": str(spool.path),
             "key": b64encode(key.key),
-            "digest": b64encode(digest.digest()),
+            "digest": b64encode(digest),
             "size": key.size,
             "padded_size": padded,
         }
@@ -199,7 +265,8 @@ class Attachments:
         )
 
     async def _finish(self, record: dict[str, Any], progress: Progress | None) -> str:
-        await self._upload(record, progress)
+        if record.get("offset") != record["padded_size"]:
+            await self._upload(record, progress)
         pointer = AttachmentPointer(
             b64decode(record["id"]),
             b64decode(record["key"]),
@@ -216,38 +283,70 @@ class Attachments:
         Path(record["spool"]).unlink(missing_ok=True)
         return envelope_id
 
-    async def _upload(self, record: dict[str, Any], progress: Progress | None) -> None:
+    async def _upload(
+        self, record: dict[str, Any], progress: Progress | None, growing: _Growing | None = None
+    ) -> None:
+        """One ``PATCH`` carries the rest of the spool; after a failure, ``HEAD`` says what the
+        server kept (it keeps what arrived of a request cut off) and the rest goes again."""
         path = f"/v1/attachments/{record['id']}"
         total = record["padded_size"]
         offset = record.get("offset", 0)
         failures = 0
         with open(record["spool"], "rb") as spool:
             while offset < total:
-                spool.seek(offset)
-                piece = spool.read(min(PIECE, total - offset))
                 try:
-                    response = await self._request(
-                        "PATCH",
-                        path,
-                        {
-                            **TUS,
-                            "Upload-Offset": str(offset),
-                            "Content-Type": "application/offset+octet-stream",
-                        },
-                        piece,
-                    )
-                    offset = int(response.headers["upload-offset"])
+                    offset = await self._patch(path, spool, offset, total, progress, growing)
                     failures = 0
                 except (NetworkError, ServerError) as exc:
-                    if isinstance(exc, ServerError) and exc.status not in (409, 429, 500, 502, 503, 504):
+                    if isinstance(exc, ServerError) and exc.status not in (401, 409, 429, 500, 502, 503, 504):
                         raise
+                    if isinstance(exc, ServerError) and exc.status == 401:
+                        self.ctx.drop_access_token()
                     failures += 1
                     if failures >= MAX_ATTEMPTS:
                         raise
                     await asyncio.sleep(min(2.0, 0.05 * 2**failures) if isinstance(exc, NetworkError) else 0)
-                    offset = await self._server_offset(path)
+                    before, offset = offset, await self._server_offset(path)
+                    if offset > before:
+                        failures = 0  # it moved on: not a failed attempt in a row
                 if progress is not None:
                     progress(offset, total)
+        record["offset"] = offset
+
+    async def _patch(
+        self,
+        path: str,
+        spool: BinaryIO,
+        offset: int,
+        total: int,
+        progress: Progress | None,
+        growing: _Growing | None,
+    ) -> int:
+        """``PATCH`` the spool's bytes from ``offset`` to its end (as they are written, with
+        ``growing``); the server's new offset."""
+
+        async def body() -> AsyncIterator[bytes]:
+            position = offset
+            spool.seek(offset)
+            while position < total:
+                available = total if growing is None else await growing.beyond(position)
+                if available <= position:
+                    raise AttachmentError("the spool ended early (its encryption failed)")
+                piece = spool.read(min(PIECE, total - position, available - position))
+                if not piece:
+                    raise AttachmentError("the spool file is shorter than its upload")
+                yield piece
+                position += len(piece)
+                if progress is not None:
+                    progress(position, total)  # handed to the connection (not yet acknowledged)
+
+        headers = {**TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}
+        response = await self.ctx.http.send_stream(
+            "PATCH", path, headers, body(), total - offset, await self.ctx.token()
+        )
+        if not 200 <= response.status < 300:
+            raise server_error(response.status, response.body if isinstance(response.body, dict) else None)
+        return int(response.headers["upload-offset"])
 
     async def _server_offset(self, path: str) -> int:
         response = await self._request("HEAD", path, TUS, None)
@@ -266,6 +365,26 @@ class Attachments:
                 with self.ctx.transaction():
                     self._settle(record)
                 continue
+            if not record.get("digest"):  # the restart came while the spool was being written
+                digest = await asyncio.to_thread(spool_digest, Path(record["spool"]), record["padded_size"])
+                if digest is None and record.get("source"):  # encrypt the file again, same key and header
+                    digest = await asyncio.to_thread(
+                        respool,
+                        Path(record["spool"]),
+                        Path(record["source"]),
+                        b64decode(record["key"]),
+                        b64decode(record["header"]),
+                        record["size"],
+                    )
+                if digest is None:
+                    log.warning(
+                        "an upload cut off while it was encrypted cannot be redone (source gone): dropped"
+                    )
+                    with self.ctx.transaction():
+                        self._settle(record)
+                    Path(record["spool"]).unlink(missing_ok=True)
+                    continue
+                record["digest"] = b64encode(digest)
             try:
                 record["offset"] = await self._server_offset(f"/v1/attachments/{record['id']}")
             except ServerError as exc:
@@ -294,47 +413,40 @@ class Attachments:
         if target.is_dir():
             target = target / safe_file_name(pointer.name)
         part = target.with_name(target.name + PART_SUFFIX)
-        digest = hashlib.sha256()
-        have = 0
-        if part.exists():
-            with open(part, "rb") as f:
-                while piece := f.read(PIECE):
-                    digest.update(piece)
-                    have += len(piece)
-        if have > pointer.padded_size:
-            part.unlink()
-            digest, have = hashlib.sha256(), 0
-        failures = 0
-        with open(part, "ab") as out:
-            os.chmod(part, 0o600)
-            while have < pointer.padded_size:
+        try:
+            sink = await asyncio.to_thread(DownloadSink, pointer, part, target)
+        except CryptoError as exc:  # the part an earlier call left does not decrypt
+            part.unlink(missing_ok=True)
+            raise AttachmentIntegrityError(f"the attachment does not decrypt: {exc}") from exc
+        keep_part = True
+        try:
+            failures = 0
+            while sink.have < pointer.padded_size:
                 try:
-                    have = await self._fetch(pointer, out, digest, have, progress)
+                    await self._fetch(pointer, sink, progress)
                     failures = 0
-                except (AttachmentIntegrityError, ServerError):
-                    # refused or gone: a part of it is of no use for a later try
-                    out.close()
-                    part.unlink(missing_ok=True)
-                    raise
                 except NetworkError:
-                    out.flush()
-                    have = out.tell()  # what arrived before the break (digested as written)
                     failures += 1
                     if failures >= MAX_ATTEMPTS:
                         raise
                     await asyncio.sleep(min(2.0, 0.05 * 2**failures))
-        if digest.digest() != pointer.digest:
-            part.unlink(missing_ok=True)
-            raise AttachmentIntegrityError("the attachment does not match its digest (tampered or swapped)")
-        try:
-            self._decrypt(pointer, part, target)
+            await asyncio.to_thread(sink.finish, target)
+        except CryptoError as exc:
+            keep_part = False
+            raise AttachmentIntegrityError(f"the attachment does not decrypt: {exc}") from exc
+        except (AttachmentIntegrityError, ServerError):
+            keep_part = False  # refused or gone: a part of it is of no use for a later try
+            raise
+        else:
+            keep_part = False
         finally:
-            part.unlink(missing_ok=True)
+            await asyncio.to_thread(sink.close, keep_part=keep_part)
         return target
 
-    async def _fetch(
-        self, pointer: AttachmentPointer, out: BinaryIO, digest: Any, have: int, progress: Progress | None
-    ) -> int:
+    async def _fetch(self, pointer: AttachmentPointer, sink: DownloadSink, progress: Progress | None) -> None:
+        """One ranged ``GET`` from what ``sink`` holds; pieces go to ``sink`` in a worker thread
+        while the next ones arrive (one piece in flight)."""
+        have = sink.have
         headers = {"Range": f"bytes={have}-"} if have else {}
         path = f"/v1/attachments/{pointer.ref}"
         async with self.ctx.http.stream_get(path, headers, await self.ctx.token()) as response:
@@ -354,42 +466,35 @@ class Attachments:
             if announced is not None and announced != str(pointer.padded_size - have):
                 # a complete answer of the wrong length: truncated or swapped, not a broken line
                 raise AttachmentIntegrityError("the server's answer is not the attachment's length")
-            async for piece in response.aiter_bytes(PIECE):
-                if have + len(piece) > pointer.padded_size:
-                    raise AttachmentIntegrityError("the server sent more than the attachment's size")
-                out.write(piece)
-                digest.update(piece)
-                have += len(piece)
-                if progress is not None:
-                    progress(have, pointer.padded_size)
-            out.flush()
-        if have < pointer.padded_size:
-            raise NetworkError("the download ended early")
-        return have
+            in_flight: asyncio.Future[None] | None = None
+            batch = bytearray()
 
-    def _decrypt(self, pointer: AttachmentPointer, part: Path, target: Path) -> None:
-        fd, tmp_name = tempfile.mkstemp(prefix=".saltline-", suffix=".tmp", dir=target.parent)
-        tmp = Path(tmp_name)
-        try:
-            decryptor = AttachmentDecryptor(pointer.key)
-            remaining = pointer.ciphertext_size
-            with os.fdopen(fd, "wb") as out, open(part, "rb") as src:
-                while remaining:
-                    piece = src.read(min(CIPHER_CHUNK_SIZE * 16, remaining))
-                    if not piece:
-                        raise AttachmentIntegrityError("the attachment is truncated")
-                    remaining -= len(piece)
-                    out.write(decryptor.update(piece))
-                out.write(decryptor.finalize())
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except CryptoError as exc:
-            tmp.unlink(missing_ok=True)
-            raise AttachmentIntegrityError(f"the attachment does not decrypt: {exc}") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            async def hand_over() -> None:
+                nonlocal in_flight
+                if in_flight is not None:
+                    await in_flight
+                data = bytes(batch)
+                batch.clear()
+                in_flight = asyncio.ensure_future(asyncio.to_thread(sink.absorb, data)) if data else None
+
+            try:
+                async for piece in response.aiter_raw():
+                    if have + len(piece) > pointer.padded_size:
+                        raise AttachmentIntegrityError("the server sent more than the attachment's size")
+                    batch += piece
+                    have += len(piece)
+                    if len(batch) >= PIECE:
+                        await hand_over()
+                        if progress is not None:
+                            progress(have, pointer.padded_size)
+            finally:
+                await hand_over()  # what arrived before a break is kept (the part resumes)
+                await hand_over()
+                await asyncio.to_thread(sink.flush)
+        if progress is not None:
+            progress(sink.have, pointer.padded_size)
+        if sink.have < pointer.padded_size:
+            raise NetworkError("the download ended early")
 
     async def auto_download(
         self, conversation_id: str, envelope_id: str, pointer: AttachmentPointer
@@ -401,6 +506,47 @@ class Attachments:
         return await self.download(
             pointer, self.download_dir / f"{envelope_id[:8]}-{safe_file_name(pointer.name)}"
         )
+
+
+class _Growing:
+    """How much of a spool being written (by a worker thread) can be read."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._written = 0
+        self._closed = False
+        self._changed = asyncio.Event()
+
+    def report(self, written: int) -> None:
+        """From the encrypting thread: ``written`` bytes are in the spool."""
+        self._loop.call_soon_threadsafe(self._set, written, False)
+
+    def close(self) -> None:
+        """From the encrypting thread: nothing more comes (done or failed)."""
+        self._loop.call_soon_threadsafe(self._set, self._written, True)
+
+    def _set(self, written: int, closed: bool) -> None:
+        self._written = max(self._written, written)
+        self._closed = self._closed or closed
+        self._changed.set()
+
+    async def beyond(self, position: int) -> int:
+        """Bytes written once there are more than ``position`` (or the spool is closed)."""
+        while self._written <= position and not self._closed:
+            self._changed.clear()
+            await self._changed.wait()
+        return self._written
+
+
+def _known_size(source: Source) -> int | None:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return len(source)
+    if isinstance(source, str | os.PathLike):
+        try:
+            return os.stat(source).st_size
+        except OSError:
+            return None  # refused where it is read, as before
+    return None
 
 
 async def _pieces(source: Source) -> AsyncIterator[bytes]:

@@ -62,12 +62,28 @@ class HttpTransport:
         """A request with a raw body (attachment uploads); never retried here. The body goes as a
         one-shot stream with its ``Content-Length``: httpx's request and response refer to each
         other, and a ``bytes`` body would live until the cycle collector ran (tens of MB)."""
-        headers = {**headers, "Authorization": f"Bearer {token}"}
-        body: AsyncIterator[bytes] | None = None
-        if content is not None:
-            headers["Content-Length"] = str(len(content))
-            body = _once(content)
-            del content
+        if content is None:
+            return await self._send(method, path, {**headers, "Authorization": f"Bearer {token}"}, None)
+        length = len(content)
+        return await self.send_stream(method, path, headers, _once(content), length, token)
+
+    async def send_stream(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: AsyncIterator[bytes],
+        length: int,
+        token: str,
+    ) -> Response:
+        """A request whose body of ``length`` bytes is streamed from ``body`` (an attachment
+        ``PATCH``: only one piece of it is in memory at a time); never retried here."""
+        headers = {**headers, "Authorization": f"Bearer {token}", "Content-Length": str(length)}
+        return await self._send(method, path, headers, body)
+
+    async def _send(
+        self, method: str, path: str, headers: dict[str, str], body: AsyncIterator[bytes] | None
+    ) -> Response:
         try:
             r = await self._client.request(method, path, content=body, headers=headers)
         except httpx.HTTPError as exc:

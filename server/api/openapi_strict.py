@@ -81,8 +81,7 @@ _HEADER_LIMITS: dict[str, Any] = {
 
 
 def _attachment_limits(schema: dict[str, Any], settings: Settings) -> None:
-    """``Upload-Length``/``Upload-Offset`` up to ``max_attachment_bytes``; a PATCH body up to
-    ``attachment_chunk_bytes``."""
+    """``Upload-Length``/``Upload-Offset`` and a PATCH body up to ``max_attachment_bytes``."""
     for item in schema.get("paths", {}).values():
         for method, operation in item.items():
             if not isinstance(operation, dict):
@@ -94,7 +93,7 @@ def _attachment_limits(schema: dict[str, Any], settings: Settings) -> None:
             if method == "patch":
                 for media in operation.get("requestBody", {}).get("content", {}).values():
                     if media.get("schema", {}).get("format") == "binary":
-                        media["schema"]["maxLength"] = settings.attachment_chunk_bytes
+                        media["schema"]["maxLength"] = settings.max_attachment_bytes
 
 
 def apply_settings_limits(schema: dict[str, Any], settings: Settings) -> None:

@@ -136,16 +136,29 @@ class GuardMiddleware:
     """Outermost safety net (pure ASGI): request body size limit, and a problem+json 500 for
     any exception that escaped the handlers, logged without its message."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, *, large_bodies: tuple[str, str, int] | None = None
+    ) -> None:
+        """``large_bodies``: ``(method, path prefix, limit)`` of requests allowed a larger body
+        (attachment uploads, which their route bounds further by the upload's length)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.large_bodies = large_bodies
+
+    def _limit(self, scope: Scope) -> int:
+        if self.large_bodies is not None:
+            method, prefix, limit = self.large_bodies
+            if scope.get("method") == method and str(scope.get("path", "")).startswith(prefix):
+                return limit
+        return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_body_bytes = self._limit(scope)
         too_large = Problem(
-            413, ProblemCode.PAYLOAD_TOO_LARGE, f"request body exceeds {self.max_body_bytes} bytes"
+            413, ProblemCode.PAYLOAD_TOO_LARGE, f"request body exceeds {max_body_bytes} bytes"
         )
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -153,7 +166,7 @@ class GuardMiddleware:
                     length = int(value)
                 except ValueError:
                     length = -1
-                if length < 0 or length > self.max_body_bytes:
+                if length < 0 or length > max_body_bytes:
                     await problem_response(too_large)(scope, receive, send)
                     return
 
@@ -166,7 +179,7 @@ class GuardMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > max_body_bytes:
                     overflowed = True
                     raise too_large
             return message

@@ -5,7 +5,8 @@ uploads, and ranged ``GET`` for downloads (docs/protocol/delivery.md § 10).
   ``Location``, ``Upload-Offset: 0``.
 - ``HEAD /v1/attachments/{attachment}``: ``Upload-Offset`` and ``Upload-Length``.
 - ``PATCH /v1/attachments/{attachment}`` with ``Upload-Offset`` and a body of
-  ``application/offset+octet-stream``: 204 with the new ``Upload-Offset``.
+  ``application/offset+octet-stream`` (up to the rest of the upload): 204 with the new
+  ``Upload-Offset``; a request cut off midway keeps what arrived.
 - ``GET /v1/attachments/{attachment}``: the ciphertext (``Range`` for resuming: 206).
 
 Every request but ``GET`` carries ``Tus-Resumable: 1.0.0`` and every answer names it. Deviation
@@ -21,6 +22,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from saltline.server.api.deps import Ctx, CurrentDevice
 from saltline.server.errors import Problem, ProblemCode
@@ -89,16 +91,20 @@ async def attachment_offset(
 
 class _Body:
     """The request body as pieces; :meth:`drain` reads what is left before an error answer (an
-    unread body would otherwise be taken for the next request on a kept-alive connection)."""
+    unread body would otherwise be taken for the next request on a kept-alive connection). A
+    client that disconnects midway simply ends the pieces: what arrived is kept."""
 
     def __init__(self, request: Request) -> None:
         self._stream = request.stream()
         self._done = False
 
     async def pieces(self) -> AsyncIterator[bytes]:
-        async for piece in self._stream:
-            if piece:
-                yield piece
+        try:
+            async for piece in self._stream:
+                if piece:
+                    yield piece
+        except ClientDisconnect:
+            pass
         self._done = True
 
     async def drain(self) -> None:
@@ -116,7 +122,7 @@ class _Body:
         404: {"description": "no such attachment"},
         409: {"description": "`attachment_offset_mismatch` (`offset`)"},
         410: {"description": "expired"},
-        413: {"description": "more than the chunk limit or the upload's length (`limit`)"},
+        413: {"description": "more than the rest of the upload's length (`limit`)"},
         415: {"description": "not application/offset+octet-stream"},
     },
     openapi_extra={
@@ -134,13 +140,22 @@ async def append_attachment(
     tus_resumable: TusResumable,
     upload_offset: Annotated[int, Header(alias="Upload-Offset", ge=0)],
 ) -> Response:
-    """Append the body at ``Upload-Offset`` (at most ``attachment_chunk_bytes``)."""
+    """Append the body at ``Upload-Offset`` (up to the rest of the upload; the offset moves
+    every ``attachment_commit_bytes`` while it streams, and a request cut off midway keeps
+    what arrived: ask ``HEAD`` and go on from there)."""
     body = _Body(request)
     try:
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type != OFFSET_MEDIA_TYPE:
             raise Problem(415, ProblemCode.UNSUPPORTED_MEDIA_TYPE, f"the body must be {OFFSET_MEDIA_TYPE}")
-        new = await ctx.attachments.append(me, attachment, upload_offset, body.pieces())
+        declared = request.headers.get("content-length")
+        new = await ctx.attachments.append(
+            me,
+            attachment,
+            upload_offset,
+            body.pieces(),
+            int(declared) if declared is not None and declared.isdigit() else None,
+        )
     except Problem:
         await body.drain()
         raise

@@ -7,7 +7,11 @@ docs/protocol/sealed-and-attachments.md).
   creation counts against the account's stored-bytes quota (507) and its per-window byte rate
   and the device's upload rate (429).
 - Devices of the uploader's account append with ``PATCH`` at the current offset (409 with the
-  offset otherwise), at most ``chunk_bytes`` per request.
+  offset otherwise), up to the rest of the upload in one request. The body streams to the store;
+  every ``commit_bytes`` (a store setting) and at the end of the body the bytes are made durable,
+  then the offset moves, so an acknowledged offset is always stored. A request cut off midway
+  keeps what arrived (TUS: the server should store as much as it received); the client asks
+  ``HEAD`` and goes on from there.
 - Any authenticated device that presents the id may read a completed attachment (the id is the
   capability: it only travels inside end-to-end encrypted messages), with ``Range``.
 - After ``retention_s`` from creation: 410 ``attachment_expired``; the bytes are purged
@@ -20,9 +24,12 @@ Never the key, the name, the type or the real size.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from saltline.crypto.keys import b64decode, b64encode
 from saltline.crypto.padding import is_padme, padme
@@ -36,12 +43,13 @@ from saltline.server.storage.attachments_repo import AttachmentRow, AttachmentsR
 ATTACHMENT_ID_SIZE = 32
 #: Purge expired attachments at most this often (ms of the service's clock).
 PURGE_INTERVAL_MS = 60_000
+#: How long a PATCH waits for another PATCH of the same upload to end before 409.
+WRITER_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class AttachmentLimits:
     max_bytes: int
-    chunk_bytes: int
     retention_s: int
     quota_bytes_per_account: int
     bytes_per_account: str | None = None
@@ -68,6 +76,25 @@ def decode_attachment_id(text: str) -> bytes:
     if len(raw) != ATTACHMENT_ID_SIZE:
         raise Problem(404, ProblemCode.NOT_FOUND, "no such attachment")
     return raw
+
+
+def _offset_mismatch(offset: int) -> Problem:
+    return Problem(
+        409,
+        ProblemCode.ATTACHMENT_OFFSET_MISMATCH,
+        f"the upload is at offset {offset}",
+        headers={"Upload-Offset": str(offset)},
+        offset=offset,
+    )
+
+
+def _too_long(bound: int) -> Problem:
+    return Problem(
+        413,
+        ProblemCode.PAYLOAD_TOO_LARGE,
+        f"this PATCH may carry at most {bound} bytes (the rest of Upload-Length)",
+        limit=bound,
+    )
 
 
 def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
@@ -122,6 +149,8 @@ class AttachmentService:
         self._counters = counters or AttachmentCounters()
         self._random = random_bytes
         self._next_purge_ms = 0
+        #: upload id -> [its writer lock, requests holding or awaiting it]
+        self._writers: dict[bytes, list[Any]] = {}
 
     # -- upload --------------------------------------------------------------------------------
 
@@ -192,44 +221,78 @@ class AttachmentService:
         return row.offset, row.length
 
     async def append(
-        self, caller: AuthedDevice, attachment_id_b64: str, offset: int, body: AsyncIterator[bytes]
+        self,
+        caller: AuthedDevice,
+        attachment_id_b64: str,
+        offset: int,
+        body: AsyncIterator[bytes],
+        declared: int | None = None,
     ) -> int:
-        """Append the request body at ``offset``; the new offset."""
+        """Append the request body (``declared`` bytes if its length is known) at ``offset``;
+        the new offset. The body streams to the store; every ``commit_bytes`` and at its end
+        the bytes are made durable and then the offset moves. A body that ends early (the
+        connection dropped) keeps and acknowledges what arrived."""
         row = await self._live(attachment_id_b64)
         if row.account_id != caller.account_id_bytes:
             raise Problem(403, ProblemCode.FORBIDDEN, "only the uploader's devices may append")
-        if row.offset != offset:
-            raise Problem(
-                409,
-                ProblemCode.ATTACHMENT_OFFSET_MISMATCH,
-                f"the upload is at offset {row.offset}",
-                headers={"Upload-Offset": str(row.offset)},
-                offset=row.offset,
-            )
-        bound = min(self.limits.chunk_bytes, row.length - offset)
-        parts: list[bytes] = []
-        size = 0
-        async for piece in body:
-            size += len(piece)
-            if size > bound:
-                raise Problem(
-                    413,
-                    ProblemCode.PAYLOAD_TOO_LARGE,
-                    f"a PATCH carries at most {bound} bytes here (chunk limit and Upload-Length)",
-                    limit=bound,
-                )
-            parts.append(piece)
-        if size == 0:
-            return offset
-        await self._store.write(row.id, offset, b"".join(parts))
-        new = offset + size
-        done = self._clock() if new == row.length else None
-        if not await self._repo.advance(row.id, offset, new, completed_at_ms=done):
-            raise Problem(409, ProblemCode.ATTACHMENT_OFFSET_MISMATCH, "the upload moved meanwhile")
-        self._counters.written(size)
-        if done is not None:
-            self._counters.completed()
-        return new
+        async with self._writing(row):
+            row = await self._live(attachment_id_b64)  # the offset as the last writer left it
+            if row.offset != offset:
+                raise _offset_mismatch(row.offset)
+            if declared is not None and declared > row.length - offset:
+                raise _too_long(row.length - offset)
+            return await self._stream_in(row, body)
+
+    async def _stream_in(self, row: AttachmentRow, body: AsyncIterator[bytes]) -> int:
+        committed = position = row.offset
+
+        async def advance(old: int, new: int, completed_at_ms: int | None) -> bool:
+            return await self._repo.advance(row.id, old, new, completed_at_ms)
+
+        async with self._store.writer(row.id, row.offset, advance) as writer:
+
+            async def commit() -> None:
+                nonlocal committed
+                done = self._clock() if position == row.length else None
+                if not await writer.commit(done):
+                    raise Problem(409, ProblemCode.ATTACHMENT_OFFSET_MISMATCH, "the upload moved meanwhile")
+                self._counters.written(position - committed)
+                committed = position
+                if done is not None:
+                    self._counters.completed()
+
+            async for piece in body:
+                if position + len(piece) > row.length:
+                    raise _too_long(row.length - row.offset)
+                await writer.write(piece)
+                position += len(piece)
+                if position - committed >= writer.commit_bytes:
+                    await commit()
+            if position > committed:
+                await commit()
+        return committed
+
+    @asynccontextmanager
+    async def _writing(self, row: AttachmentRow) -> AsyncIterator[None]:
+        """One writer per upload in this process; a second waits for the first (a retry that
+        raced a request the server still reads) up to ``WRITER_WAIT_S``, then 409."""
+        entry = self._writers.setdefault(row.id, [asyncio.Lock(), 0])
+        lock: asyncio.Lock = entry[0]
+        entry[1] += 1
+        try:
+            try:
+                await asyncio.wait_for(lock.acquire(), WRITER_WAIT_S)
+            except TimeoutError:
+                current = await self._repo.get(row.id)
+                raise _offset_mismatch(row.offset if current is None else current.offset) from None
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._writers[row.id]
 
     # -- download ------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saltline.server.storage.db import Database
 from saltline.server.storage.schema import accounts, attachments
@@ -21,6 +22,18 @@ class AttachmentRow:
     created_at_ms: int
     completed_at_ms: int | None
     purged: bool
+
+
+async def advance_offset(
+    conn: AsyncConnection, attachment_id: bytes, old: int, new: int, completed_at_ms: int | None
+) -> bool:
+    """Inside ``conn``'s transaction: the offset from ``old`` to ``new`` if it is ``old``."""
+    result = await conn.execute(
+        update(attachments)
+        .where(attachments.c.id == attachment_id, attachments.c.upload_offset == old)
+        .values(upload_offset=new, completed_at_ms=completed_at_ms)
+    )
+    return bool(result.rowcount)
 
 
 class AttachmentsRepo:
@@ -83,15 +96,10 @@ class AttachmentsRepo:
             bool(row.purged),
         )
 
-    async def advance(self, attachment_id: bytes, old: int, new: int, *, completed_at_ms: int | None) -> bool:
+    async def advance(self, attachment_id: bytes, old: int, new: int, completed_at_ms: int | None) -> bool:
         """Move the offset from ``old`` to ``new`` (compare-and-set); ``False`` if it was not ``old``."""
         async with self._db.write() as conn:
-            result = await conn.execute(
-                update(attachments)
-                .where(attachments.c.id == attachment_id, attachments.c.upload_offset == old)
-                .values(upload_offset=new, completed_at_ms=completed_at_ms)
-            )
-        return bool(result.rowcount)
+            return await advance_offset(conn, attachment_id, old, new, completed_at_ms)
 
     async def expired_ids(self, cutoff_ms: int, limit: int = 500) -> list[bytes]:
         """Ids of unpurged uploads created at or before ``cutoff_ms``."""

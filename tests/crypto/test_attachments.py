@@ -278,3 +278,39 @@ def test_property_any_truncation_refused(size: int, data: st.DataObject) -> None
     cut = data.draw(st.integers(min_value=0, max_value=len(ct) - 1))
     with pytest.raises(StreamError):
         att.decrypt(ct[:cut], KEY)
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(min_value=0, max_value=3 * C + 100), data=st.data())
+def test_property_any_piece_boundaries_decrypt_and_any_extension_is_refused(
+    size: int, data: st.DataObject
+) -> None:
+    """The decryptor takes whole chunks straight from a piece and holds the rest back: any
+    boundaries give the plaintext (with a bare key or an AttachmentKey), and bytes after the
+    FINAL chunk are refused wherever they fall."""
+    plain = payload(size)
+    enc = att.encrypt(plain, rng=fixed_rng(KEY, HEADER))
+    ct = enc.ciphertext
+    cuts = sorted(data.draw(st.lists(st.integers(min_value=0, max_value=len(ct)), max_size=8)))
+    pieces = [ct[a:b] for a, b in zip([0, *cuts], [*cuts, len(ct)], strict=True)]
+    for key in (KEY, enc.key):
+        dec = att.AttachmentDecryptor(key)
+        assert b"".join(dec.update(p) for p in pieces) + dec.finalize() == plain
+    extra = data.draw(st.binary(min_size=1, max_size=C + 40))
+    split = data.draw(st.integers(min_value=0, max_value=len(ct)))
+    dec = att.AttachmentDecryptor(KEY)
+    with pytest.raises(StreamError):
+        dec.update(ct[:split])
+        dec.update(ct[split:] + extra)
+        dec.finalize()
+
+
+def test_ciphertext_hash_is_the_running_digest() -> None:
+    enc = att.AttachmentEncryptor(KEY, rng=fixed_rng(HEADER))
+    out = enc.update(payload(C + 7))
+    assert enc.ciphertext_hash().digest() == hashlib.sha256(out).digest()
+    tail, key = enc.finalize()
+    running = enc.ciphertext_hash()
+    assert running.digest() == key.digest == hashlib.sha256(out + tail).digest()
+    running.update(b"\0" * 5)  # a copy: extending it leaves the encryptor's alone
+    assert enc.ciphertext_hash().digest() == key.digest

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,7 @@ from saltline.client_sdk.errors import (
     AttachmentUnavailableError,
     NetworkError,
 )
+from saltline.client_sdk.facets.attachments import SETTING_UPLOAD, SETTING_UPLOADS
 from saltline.client_sdk.stores.memory import MemoryStore
 from saltline.client_sdk.stores.sqlite import SqliteStore
 from tests.linking import link
@@ -44,19 +46,27 @@ MARKER = b"SALTLINE-PLAINTEXT-MARKER-" + b"7" * 20
 
 class Faulty(httpx.AsyncBaseTransport):
     """A real transport to the real server that can lose the answers of some requests (after the
-    server handled them) or break a download's body off after ``cut_after`` bytes."""
+    server handled them), break an upload's body off after ``cut_upload_after`` bytes (the
+    connection closes midway) or a download's body after ``cut_after`` bytes."""
 
     def __init__(self) -> None:
         self.inner = httpx.AsyncHTTPTransport()
         self.lose_patch_answers: set[int] = set()  # indexes of PATCHes whose answer is lost
         self.down = False  # every request fails before reaching the server
         self.cut_after: int | None = None  # break the next download body after this many bytes
+        self.cut_upload_after: int | None = None  # break the next PATCH body after this many bytes
         self.down_after_cut = False  # and then refuse every request
         self.patches = 0
+        self.patch_offsets: list[int] = []  # Upload-Offset of every PATCH sent
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.down:
             raise httpx.ConnectError("connection refused (test)")
+        if request.method == "PATCH":
+            self.patch_offsets.append(int(request.headers["upload-offset"]))
+            if self.cut_upload_after is not None:
+                limit, self.cut_upload_after = self.cut_upload_after, None
+                request.stream = _Stream(self._cut_upload(request.stream, limit))  # type: ignore[arg-type]
         response = await self.inner.handle_async_request(request)
         if request.method == "PATCH":
             index = self.patches
@@ -83,6 +93,16 @@ class Faulty(httpx.AsyncBaseTransport):
                 response.status_code, headers=response.headers, stream=_Stream(broken()), request=request
             )
         return response
+
+    async def _cut_upload(self, stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+        sent = 0
+        async for piece in stream:
+            if sent + len(piece) >= limit:
+                yield piece[: limit - sent]
+                self.down = self.down_after_cut
+                raise httpx.WriteError("connection reset mid-upload (test)")
+            sent += len(piece)
+            yield piece
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -202,20 +222,24 @@ async def test_lost_answers_resume_and_the_message_is_sent_exactly_once(
     await alice.connect()
     cid = await bob.create_conversation([alice_name])
     data = _file(tmp / "a.bin", 5 * 1024 * 1024)
-    # the answers of the 2nd and 3rd PATCH are lost after the server stored the pieces
-    faulty.lose_patch_answers = {1, 2}
+    # the answer of the one PATCH (the whole upload) is lost after the server stored it
+    faulty.lose_patch_answers = {0}
     await bob.send_file(cid, data, name="a.bin")
+    assert faulty.patch_offsets == [0]
+    # a PATCH cut off midway: the server keeps what arrived; the rest goes from its offset (a
+    # retry racing the server's noticing the cut gets 409 and asks again)
+    faulty.patch_offsets, cut = [], 2 * 1024 * 1024 + 12345
+    faulty.cut_upload_after = cut
+    await bob.send_file(cid, data, name="a2.bin")
+    assert faulty.patch_offsets[0] == 0 and 0 < faulty.patch_offsets[-1] <= cut
+    assert len(faulty.patch_offsets) <= 4
     # then a restart midway: the network goes down during an upload
     faulty.patches = 0
     faulty.lose_patch_answers = set()
     spool = bob.attachments.spool_dir
-
-    def fail_from_third(done: int, total: int) -> None:
-        if done >= 2 * 1024 * 1024:
-            faulty.down = True
-
+    faulty.cut_upload_after, faulty.down_after_cut = 2 * 1024 * 1024, True
     with pytest.raises(NetworkError):
-        await bob.send_file(cid, data, name="b.bin", progress=fail_from_third)
+        await bob.send_file(cid, data, name="b.bin")
     await bob.close()
     bob.store.close()  # type: ignore[attr-defined]
     bob = await _new(live_server, tmp, SqliteStore.open(bob_store))
@@ -224,16 +248,16 @@ async def test_lost_answers_resume_and_the_message_is_sent_exactly_once(
     assert await bob.resume_uploads() == []  # nothing twice
     try:
         names = []
-        for _ in range(2):
+        for _ in range(3):
             event = await _attachment(alice)
             assert event.attachment is not None
             names.append(event.attachment.name)
             path = await alice.download(event.attachment, tmp / f"out-{event.attachment.name}")
             assert path.read_bytes() == data
-        assert sorted(names) == ["a.bin", "b.bin"]
+        assert sorted(names) == ["a.bin", "a2.bin", "b.bin"]
         await bob.flush_outbox()
         assert bob.outbox() == []
-        with pytest.raises(TimeoutError):  # no third message
+        with pytest.raises(TimeoutError):  # no fourth message
             await alice.next_event(MessageReceived, 1.0)
     finally:
         await bob.close()
@@ -324,6 +348,15 @@ async def test_too_large_is_a_typed_error_and_leaves_no_spool(
             await bob.send_file(cid, os.urandom(100_000), name="big.bin")
         assert info.value.limit == 64 * 1024
         assert not any(bob.attachments.spool_dir.iterdir())
+        assert bob.outbox() == []
+        # a source that fails while it is encrypted (its upload already created): the error,
+        # no spool, no record left to resume, no message
+        unreadable = tmp / "a-directory"
+        unreadable.mkdir()
+        with pytest.raises(IsADirectoryError):
+            await bob.send_file(cid, unreadable, name="dir.bin")
+        assert not any(bob.attachments.spool_dir.iterdir())
+        assert await bob.resume_uploads() == []
         assert bob.outbox() == []
     finally:
         await bob.close()
@@ -471,6 +504,59 @@ async def test_an_upload_whose_process_was_killed_resumes_once(
         assert os.listdir(spool) == []
         event = await _attachment(alice)
         assert event.attachment is not None and event.attachment.name == "killed.bin"
+        assert _read(str(await alice.download(event.attachment, tmp / "got.bin"))) == data
+        with pytest.raises(TimeoutError):
+            await alice.next_event(MessageReceived, 1.0)
+    finally:
+        await bob.close()
+        await alice.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_restart_while_encrypting_encrypts_the_file_again_and_sends_it_once(
+    live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A file's upload starts while it is encrypted; a restart then may find its spool cut short
+    and no digest recorded. The file is encrypted again with the recorded key and header (the
+    same bytes, so the server's prefix stays valid) and sent exactly once; a file that changed
+    meanwhile cannot be redone and is dropped."""
+    tmp = tmp_path_factory.mktemp("clients")
+    faulty = Faulty()
+    store_path = tmp / "bob.db"
+    bob = await _new(live_server, tmp, SqliteStore.open(store_path), faulty)
+    await bob.register(_name("bob"), PASSWORD)
+    alice_name = _name("alice")
+    alice = await _new(live_server, tmp)
+    await alice.register(alice_name, PASSWORD)
+    await alice.connect()
+    cid = await bob.create_conversation([alice_name])
+    data = _file(tmp / "c.bin", 3 * 1024 * 1024)
+    _file(tmp / "d.bin", 3 * 1024 * 1024)
+    for name in ("c.bin", "d.bin"):
+        faulty.down = False
+        faulty.cut_upload_after, faulty.down_after_cut = 1024 * 1024, True
+        with pytest.raises(NetworkError):
+            await bob.send_file(cid, tmp / name)
+    spool = bob.attachments.spool_dir
+    # as if the restart had come while the spools were written: cut short, no digest yet
+    sync_store = bob.store.sync
+    for spool_name in json.loads(sync_store.get_setting(SETTING_UPLOADS) or "[]"):
+        record = json.loads(sync_store.get_setting(SETTING_UPLOAD + spool_name) or "{}")
+        assert record["digest"] and record["source"]
+        record["digest"] = ""
+        sync_store.put_setting(SETTING_UPLOAD + spool_name, json.dumps(record))
+        os.truncate(record["spool"], 1536 * 1024)
+    (tmp / "d.bin").write_bytes(os.urandom(3 * 1024 * 1024))  # changed since: cannot be redone
+    await bob.close()
+    bob.store.close()  # type: ignore[attr-defined]
+    bob = await _new(live_server, tmp, SqliteStore.open(store_path))
+    bob.attachments.spool_dir = spool
+    try:
+        assert len(await bob.resume_uploads()) == 1
+        assert await bob.resume_uploads() == []
+        assert os.listdir(spool) == []
+        event = await _attachment(alice)
+        assert event.attachment is not None and event.attachment.name == "c.bin"
         assert _read(str(await alice.download(event.attachment, tmp / "got.bin"))) == data
         with pytest.raises(TimeoutError):
             await alice.next_event(MessageReceived, 1.0)

@@ -5,7 +5,7 @@ retention (410) — on both attachment stores and both databases."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -182,3 +182,52 @@ def test_parse_range_answers_a_span_inside_or_416(length: int, a: int, b: int) -
             assert problem.status == 416
         else:
             assert 0 <= start < end <= length
+
+
+def _cut_after(data: bytes, limit: int) -> Iterator[bytes]:
+    """A body that breaks off (the client's connection closes) after ``limit`` bytes."""
+    for start in range(0, limit, 64 * 1024):
+        yield data[start : min(start + 64 * 1024, limit)]
+    raise ConnectionResetError("cut (test)")
+
+
+def test_one_patch_carries_the_rest_and_a_cut_one_keeps_what_arrived(
+    make_server: Callable[..., LiveServer], store: str
+) -> None:
+    """A PATCH may carry the whole upload (far above the 1 MiB body limit of other requests);
+    one cut off midway keeps a durable prefix of what it sent, which HEAD names and from which
+    the upload completes exactly once."""
+    server = make_server(attachment_store=store, attachment_commit_bytes=256 * 1024)
+    with server.client() as client:
+        alice, bob = register(client), register(client)
+        h = alice.first.headers
+        data = os.urandom(padme(5 * 1024 * 1024))
+        ref = create(client, h, len(data)).json()["attachment_id"]
+        cut = 3 * 1024 * 1024 + 4321
+        headers = {**h, **OCTETS, "Upload-Offset": "0", "Content-Length": str(len(data))}
+        with pytest.raises((httpx.HTTPError, ConnectionResetError)):
+            client.patch(f"/v1/attachments/{ref}", headers=headers, content=_cut_after(data, cut))
+        # the cut request's writer has committed a first 256 KiB (so it holds the upload's writer
+        # lock) once HEAD shows an offset; a PATCH from the start again waits for that writer
+        # to finish (one per upload), then is refused naming what the server kept
+        for _ in range(10_000):
+            r = client.head(f"/v1/attachments/{ref}", headers={**h, **TUS})
+            if r.headers["Upload-Offset"] != "0":
+                break
+        r = patch(client, h, ref, 0, data)
+        assert (r.status_code, r.json()["code"]) == (409, "attachment_offset_mismatch")
+        kept = r.json()["offset"]
+        assert 0 < kept <= cut
+        r = client.head(f"/v1/attachments/{ref}", headers={**h, **TUS})
+        assert r.headers["Upload-Offset"] == str(kept)
+        r = client.get(f"/v1/attachments/{ref}", headers=bob.first.headers)
+        assert (r.status_code, r.json()["code"]) == (409, "attachment_incomplete")
+        r = patch(client, h, ref, kept, data[kept:])  # the rest in one request
+        assert (r.status_code, r.headers["Upload-Offset"]) == (204, str(len(data)))
+        r = client.get(f"/v1/attachments/{ref}", headers=bob.first.headers)
+        assert r.status_code == 200 and r.content == data
+        # one request for a whole upload, committed every 256 KiB on the way
+        other = upload(client, h, data, chunk=len(data))
+        assert client.get(f"/v1/attachments/{other}", headers=bob.first.headers).content == data
+        r = client.post("/v1/accounts", headers=h, content=bytes(2 * 1024 * 1024))
+        assert (r.status_code, r.json()["code"]) == (413, "payload_too_large")  # other routes: 1 MiB
