@@ -82,7 +82,8 @@ from server.services.delivery_protocol import (
     ProtocolError,
 )
 from server.services.delivery_writer import WriterClosedError
-from server.storage.envelopes_repo import QueueItem
+from server.storage.connect_reads import HolderState
+from server.storage.envelopes_repo import ConnectSnapshot, QueueItem
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -406,10 +407,16 @@ class DeviceConnection:
                     self.heartbeat_interval_s,
                 )
 
-    async def start(self) -> None:
-        """Retention, watermarks and the first window: one read (a write only if one expired)."""
+    async def open_read(self, family_id: bytes) -> HolderState:
+        """The token holder's state and the queue (retention, watermarks, the first window): one
+        read (a write only if an entry expired). The caller decides on the holder before the
+        socket is used; the queue snapshot is applied here."""
         self._need_read = False  # a wake-up or a dropped push during the read sets it again
-        snap = await _db(self.delivery.connect_snapshot(self._device_id, self.window))
+        holder, snap = await _db(self.delivery.open_snapshot(self._device_id, family_id, self.window))
+        self._apply_snapshot(snap)
+        return holder
+
+    def _apply_snapshot(self, snap: ConnectSnapshot) -> None:
         acked = snap.state.acked_through
         self.acked = self.ack_target = self.last_sent = acked
         self.metrics.queue_depth_on_connect.observe(snap.pending_count)
@@ -537,7 +544,11 @@ async def _authenticate(ws: WebSocket, ctx: AppContext) -> AccessClaims | None:
         return None
 
 
-@router.websocket("/v1/ws")
+#: The delivery socket's path (also dispatched directly by :class:`server.app.SaltlineApp`).
+DELIVERY_PATH = "/v1/ws"
+
+
+@router.websocket(DELIVERY_PATH)
 async def delivery_socket(ws: WebSocket) -> None:
     ctx: AppContext = ws.app.state.ctx
     delivery: DeliveryService = ctx.delivery
@@ -569,15 +580,21 @@ async def delivery_socket(ws: WebSocket) -> None:
         # cached: see AuthService.check_token_holder): a removal or a revocation after the check
         # reaches this connection through the bus; one before it is seen by the check. Only then
         # does the socket replace an older one of the device (a refused token never does).
+        # The check and the queue's first read share one read transaction (the reconnect
+        # storm: one thread hand-off per open); the queue is used only if the check passes.
         subscription = delivery.bus.subscribe(conn.device_id, conn)
         try:
-            await ctx.auth.check_token_holder(claims)
+            _device_id, family_id = ctx.auth.holder_key(claims)
+            holder = await conn.open_read(family_id)
+            ctx.auth.check_holder_state(claims, holder.account_id, holder.revoked)
         except Problem as problem:  # a removed device or a revoked login: 4003 (spec § 5.3 rule 2)
             conn.close_soon(CLOSE_AUTH_FAILED, problem.code.value)
             await conn._close_socket(CLOSE_AUTH_FAILED, problem.code.value)
             return
-        registry.register(conn)
-        await conn.start()
+        if registry.register(conn) is not None:
+            # The replaced socket of this device took the writer's pushes until now: one
+            # committed during the read above went to it, so read the queue once more.
+            conn.on_wake()
         await conn._send(
             frames.encode(
                 {
