@@ -256,6 +256,11 @@ class DeviceConnection:
             for task in [*tasks, *self._send_tasks]:
                 task.cancel()
             await asyncio.gather(*tasks, *self._send_tasks, return_exceptions=True)
+            if self.ack_target > self.acked:
+                # An ack read just before the client went away is still honoured (the pump may
+                # have been cancelled before committing it): fewer resends on the reconnect.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._commit_ack(self.ack_target), _CLOSE_TIMEOUT_S)
             if self.close_code is not None:
                 await self._close_socket(self.close_code, self.close_reason)
 
