@@ -21,7 +21,7 @@ import struct
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _KEY = base64.b64encode(b"saltline-bench!!")
-_ACCEPT = base64.b64encode(hashlib.sha1(_KEY + _GUID).digest())  # noqa: S324 - RFC 6455
+_ACCEPT = base64.b64encode(hashlib.sha1(_KEY + _GUID).digest())
 
 
 def _frame(opcode: int, payload: bytes) -> bytes:
