@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from crypto.keys import b64decode, b64encode
 from server.api import ws as ws_module
+from server.api import ws_open
 from server.errors import Problem, ProblemCode
 from server.services.delivery import MAX_EPHEMERAL_BYTES
 from server.storage import driver_sql, migrate
@@ -76,9 +77,9 @@ class _StuckSocket:
 
 
 async def test_auth_timeout_gives_up_on_a_stuck_close(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ws_module, "AUTH_TIMEOUT_S", 0.01)
-    monkeypatch.setattr(ws_module, "_CLOSE_TIMEOUT_S", 0.05)
-    result = await asyncio.wait_for(ws_module._authenticate(_StuckSocket(), None), 5)  # type: ignore[arg-type]
+    monkeypatch.setattr(ws_open, "AUTH_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(ws_open, "CLOSE_TIMEOUT_S", 0.05)
+    result = await asyncio.wait_for(ws_open.authenticate(_StuckSocket(), None), 5)  # type: ignore[arg-type]
     assert result is None
 
 
