@@ -118,6 +118,7 @@ BODY_TIMEOUT = raw_problem_response(
     Problem(408, ProblemCode.REQUEST_TIMEOUT, "the request body did not arrive in time")
 )
 INTERNAL_ERROR_PROBLEM = Problem(500, ProblemCode.INTERNAL_ERROR, "an unexpected error occurred")
+INTERNAL_ERROR_RESPONSE = raw_problem_response(INTERNAL_ERROR_PROBLEM)
 MALFORMED_HTTP = raw_problem_response(
     Problem(400, ProblemCode.VALIDATION_FAILED, "malformed HTTP request (the request could not be parsed)")
 )
@@ -198,6 +199,16 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
 
         def _drop(self) -> None:
             self.transport.abort()
+
+        _answered_500 = False
+
+        def send_500_response(self) -> None:
+            # uvicorn's plain-text 500 (the application raised or returned before accepting the
+            # handshake, or the server shuts down mid-handshake), as problem+json
+            if self.initial_response or self.handshake_complete or self._answered_500:
+                return
+            self._answered_500 = True
+            self.transport.write(INTERNAL_ERROR_RESPONSE)
 
         # -- refused handshakes: problem+json instead of the websockets library's plain text ---
 

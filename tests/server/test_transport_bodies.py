@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from tests.live import LiveServer
 
@@ -162,6 +163,25 @@ def test_uvicorns_last_resort_500_is_a_problem(make_server: Callable[..., LiveSe
     server.app.router.routes.append(Route("/test-no-answer", _NoAnswer()))
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(b"GET /test-no-answer HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = _read_until_closed(s)
+    status, ctype, problem = _status_and_problem(data)
+    assert (status, ctype, problem["code"]) == (500, "application/problem+json", "internal_error")
+
+
+async def _raise_before_accept(_websocket: WebSocket) -> None:
+    raise RuntimeError("a bug before the handshake is accepted")
+
+
+def test_a_websocket_handler_failing_before_accept_gets_a_500_problem(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    server = make_server()
+    server.app.router.routes.append(WebSocketRoute("/test-ws-raise", _raise_before_accept))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(
+            b"GET /test-ws-raise HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: c2FsdGxpbmUtdGVzdCEhIQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
         data = _read_until_closed(s)
     status, ctype, problem = _status_and_problem(data)
     assert (status, ctype, problem["code"]) == (500, "application/problem+json", "internal_error")
