@@ -244,6 +244,9 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
         _body_timer: asyncio.TimerHandle | None = None
         _body_started = 0.0
         _body_bytes = 0
+        #: From a request's head until its body's end, answered or not: the bytes in between
+        #: are body (never counted as the next head, nor timed as one).
+        _body_pending = False
         _write_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -328,6 +331,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
             self._cancel_body_timer()
             self._body_started = self.loop.time()
             self._body_bytes = 0
+            self._body_pending = True
             self._body_timer = self.loop.call_later(limits.http_body_timeout_s, self._body_deadline)
 
         def _cancel_body_timer(self) -> None:
@@ -341,14 +345,19 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
 
         def on_message_complete(self) -> None:
             self._cancel_body_timer()
+            self._body_pending = False
+            answered = self.cycle is not None and self.cycle.response_complete
             super().on_message_complete()
+            if answered and not self.pipeline and not self.transport.is_closing():
+                # answered before its body ended (a 413, say): the next head starts now
+                self._arm_head_timer()
 
         def _body_deadline(self) -> None:
             """Fires at the body's deadline as it stood; re-arms while the deadline moved on (more
             bytes came) or while the application, not the client, holds the body up."""
             self._body_timer = None
             cycle = self.cycle
-            if cycle is None or not cycle.more_body or cycle.response_complete or self.transport.is_closing():
+            if cycle is None or not self._body_pending or self.transport.is_closing():
                 return
             now = self.loop.time()
             if self.flow.read_paused:  # the application is not reading: not the client's delay
@@ -357,6 +366,9 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
             deadline = self._body_started + allowed
             if now < deadline:
                 self._body_timer = self.loop.call_later(deadline - now, self._body_deadline)
+                return
+            if cycle.response_complete:  # answered already; its body still not arriving: drop
+                self.transport.abort()
                 return
             started = cycle.response_started
             cycle.disconnected = True  # the application's reads end, its answer goes nowhere
@@ -402,7 +414,8 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
                 self._start_asgi_task(cycle, app)
             else:
                 self.flow.resume_reading()
-                self._arm_head_timer()
+                if not self._body_pending:  # else armed when the answered request's body ends
+                    self._arm_head_timer()
 
         def handle_websocket_upgrade(self) -> None:
             self._cancel_head_timer()

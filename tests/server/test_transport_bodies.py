@@ -185,3 +185,27 @@ def test_a_websocket_handler_failing_before_accept_gets_a_500_problem(
         data = _read_until_closed(s)
     status, ctype, problem = _status_and_problem(data)
     assert (status, ctype, problem["code"]) == (500, "application/problem+json", "internal_error")
+
+
+def test_the_body_of_a_request_answered_early_is_not_taken_for_the_next_head(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    """A request answered before its body arrived (413 from the Content-Length alone): the body
+    that follows on the kept-alive connection is that request's, not a head (no 431), and the
+    next request on the connection is answered."""
+    server = make_server()
+    length = 2 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % length
+        )
+        head = b""
+        while b"\r\n\r\n" not in head or not head.rstrip().endswith(b"}"):
+            head += s.recv(65536)  # the 413 problem, whole (its JSON object ends it)
+        status, _ctype, problem = _status_and_problem(head)
+        assert (status, problem["code"]) == (413, "payload_too_large")
+        s.sendall(b"x" * length)  # the answered request's body, after its answer
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        rest = _read_until_closed(s)
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:200]
