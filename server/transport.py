@@ -50,11 +50,15 @@ Each rule is a small method on the subclass; the limits come from :class:`Transp
 from __future__ import annotations
 
 import asyncio
+import collections
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
 import orjson
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.datastructures import Headers
@@ -152,6 +156,35 @@ def handshake_problem(response: Response) -> Response:
     return Response(response.status_code, response.reason_phrase, headers, body)
 
 
+#: Connections this process closed or refused here, by reason (``saltline_transport_closes_total``
+#: in ``/metrics``, through :class:`TransportCollector`): per process, whatever app serves it.
+CLOSE_REASONS = (
+    "body_timeout",
+    "connection_cap",
+    "head_timeout",
+    "head_too_large",
+    "idle_evicted",
+    "pipeline_overflow",
+    "write_timeout",
+    "ws_write_buffer",
+)
+CLOSES: collections.Counter[str] = collections.Counter()
+
+
+class TransportCollector(Collector):
+    """A Prometheus collector of :data:`CLOSES`."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "saltline_transport_closes",
+            "Connections the transport limits closed or refused (server/transport.py), by reason",
+            labels=["reason"],
+        )
+        for reason in CLOSE_REASONS:
+            family.add_metric([reason], CLOSES[reason])
+        yield family
+
+
 class _BoundedTransport:
     """Delegates to a transport; a write that leaves more than ``limit`` bytes buffered aborts it."""
 
@@ -164,6 +197,7 @@ class _BoundedTransport:
         self._transport.write(data)
         if self._transport.get_write_buffer_size() > self._limit and not self._transport.is_closing():
             self.aborted_for_buffer = True
+            CLOSES["ws_write_buffer"] += 1
             self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:
@@ -257,10 +291,12 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
                 oldest = next(iter(idle))
                 del idle[oldest]
                 oldest.transport.abort()
+                CLOSES["idle_evicted"] += 1
             elif len(self.connections) >= limits.max_connections:
                 # answer, half-close so the client reads the answer before our close (a close
                 # with its request unread would be a reset), and drop it after a grace period
                 self._refused = True
+                CLOSES["connection_cap"] += 1
                 self.transport = transport
                 transport.write(TOO_MANY_CONNECTIONS)
                 if transport.can_write_eof():
@@ -289,6 +325,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
                 if self._head_bytes > limits.http_max_head_bytes and not self.transport.is_closing():
                     self._cancel_head_timer()
                     self.transport.write(HEAD_TOO_LARGE)
+                    CLOSES["head_too_large"] += 1
                     self.transport.close()
 
         def send_400_response(self, msg: str) -> None:
@@ -311,6 +348,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
 
         def _head_timeout(self) -> None:
             self._head_timer = None
+            CLOSES["head_timeout"] += 1
             if not self.transport.is_closing():
                 self.transport.close()
 
@@ -320,6 +358,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
             super().on_headers_complete()
             if len(self.pipeline) > limits.http_max_pipeline:
                 self.pipeline.clear()
+                CLOSES["pipeline_overflow"] += 1
                 self.transport.abort()
                 return
             if self.cycle is not before and not self.pipeline:  # a new request (not an upgrade)
@@ -367,6 +406,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
             if now < deadline:
                 self._body_timer = self.loop.call_later(deadline - now, self._body_deadline)
                 return
+            CLOSES["body_timeout"] += 1
             if cycle.response_complete:  # answered already; its body still not arriving: drop
                 self.transport.abort()
                 return
@@ -386,11 +426,16 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
         def pause_writing(self) -> None:
             super().pause_writing()
             if self._write_timer is None:
-                self._write_timer = self.loop.call_later(limits.http_write_timeout_s, self.transport.abort)
+                self._write_timer = self.loop.call_later(limits.http_write_timeout_s, self._write_timeout)
 
         def resume_writing(self) -> None:
             self._cancel_write_timer()
             super().resume_writing()
+
+        def _write_timeout(self) -> None:
+            self._write_timer = None
+            CLOSES["write_timeout"] += 1
+            self.transport.abort()
 
         def _cancel_write_timer(self) -> None:
             if self._write_timer is not None:

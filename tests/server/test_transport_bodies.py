@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from server.transport import CLOSES
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -55,6 +56,19 @@ def _wait_for(condition: Callable[[], bool], *, what: str, timeout_s: float = 20
         time.sleep(0.01)
 
 
+def _closes(reason: str) -> float:
+    """``saltline_transport_closes_total{reason}`` (per process: compare before and after)."""
+    return float(CLOSES[reason])
+
+
+def _metric(server: LiveServer, reason: str) -> float:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        text = _read_until_closed(s).decode()
+    line = f'saltline_transport_closes_total{{reason="{reason}"}} '
+    return float(next(ln for ln in text.splitlines() if ln.startswith(line)).split()[-1])
+
+
 def _post_head(length: int) -> bytes:
     return (
         b"POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -64,9 +78,11 @@ def _post_head(length: int) -> bytes:
 
 def test_a_stalled_body_is_answered_408_problem_and_closed(make_server: Callable[..., LiveServer]) -> None:
     server = make_server(http_body_timeout_s=0.2, http_body_min_rate=1_000_000)
+    before = _metric(server, "body_timeout")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(_post_head(1000) + b'{"username": ')  # and nothing more
         data = _read_until_closed(s)
+    assert _metric(server, "body_timeout") == before + 1
     status, ctype, problem = _status_and_problem(data)
     assert (status, ctype, problem["code"]) == (408, "application/problem+json", "request_timeout")
     assert data.count(b"HTTP/1.1") == 1  # the application's own answer went nowhere
@@ -126,6 +142,7 @@ def test_an_unread_response_is_dropped_and_freed(make_server: Callable[..., Live
         return Response(b"x" * BIG, media_type="application/octet-stream")
 
     server.app.router.routes.append(Route("/test-big", big))
+    before = _closes("write_timeout")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.sendall(b"GET /test-big HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -133,6 +150,7 @@ def test_an_unread_response_is_dropped_and_freed(make_server: Callable[..., Live
         # buffered bytes) after the timeout. Wait for that, on the server's connection set.
         assert answered.wait(10)  # the connection is in the server's set from here on
         _wait_for(lambda: not _connections(server), what="the unread connection to be dropped")
+        assert _closes("write_timeout") == before + 1
         # What the kernel had taken before the drop still arrives (its socket buffers, a few
         # MiB at most, not the server's memory); the rest of the 32 MiB body never will.
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
