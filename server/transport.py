@@ -319,8 +319,12 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
+            awaiting_head = self in idle
             super().data_received(data)
-            if self in idle:  # the head is still incomplete after this read: all of it was head
+            # The head is still incomplete after this read, and was awaited before it: all of it
+            # was head. (A head awaited from within this read, after the end of a body in it, is
+            # counted from the next read: the bound is http_max_head_bytes plus one read.)
+            if awaiting_head and self in idle:
                 self._head_bytes += len(data)
                 if self._head_bytes > limits.http_max_head_bytes and not self.transport.is_closing():
                     self._cancel_head_timer()
