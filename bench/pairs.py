@@ -1264,6 +1264,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heartbeat-interval-s", type=float, default=5.0, help="idle: server heartbeat interval")
     p.add_argument("--no-bare", action="store_true", help="idle: skip the bare_ws reference")
     p.add_argument("--repeat", type=int, default=3, help="reconnect: paired runs (saltline, bare_ws)")
+    p.add_argument(
+        "--reconnect-client",
+        choices=["lean", "websockets"],
+        default="lean",
+        help="reconnect: the load generator's client (bench/ws_lean.py, sockets held; or websockets)",
+    )
+    p.add_argument(
+        "--reconnect-concurrency", type=int, default=64, help="reconnect: socket opens in flight at a time"
+    )
     p.add_argument("--latency-pairs", type=int, default=50)
     p.add_argument("--latency-seconds", type=int, default=30)
     p.add_argument("--throughput-pairs", type=int, default=20)

@@ -22,12 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 from websockets.asyncio.client import connect
 
 from bench import _common as common
+from bench import ws_lean
 
 log = common.log
 HERE = Path(__file__).resolve().parent
@@ -44,24 +46,48 @@ async def _reconnect_one(ws_url: str, token: str, until: str) -> None:
                 await conn.send('{"type":"pong"}')
 
 
-async def storm(ws_url: str, tokens: list[str], until: str, concurrency: int) -> dict[str, Any]:
-    """Open, authenticate and resume every socket (``concurrency`` at a time); close each at once."""
+async def storm(
+    ws_url: str, tokens: list[str], until: str, concurrency: int, client: str = "lean"
+) -> dict[str, Any]:
+    """Open, authenticate and resume every socket (``concurrency`` opens in flight at a time).
+
+    ``lean`` (bench/ws_lean.py): every socket is held open until the last one has resumed, as
+    after a restart (the devices stay connected), then all are closed (untimed).
+    ``websockets``: the ``websockets`` client, each socket closed (close handshake) as soon as it
+    has resumed, inside the timed window (the figure of the first measurements)."""
     sem = asyncio.Semaphore(concurrency)
     errors: list[str] = []
+    held: list[ws_lean.LeanSocket] = []
+    parsed = urlsplit(ws_url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    until_b = until.encode()
 
     async def one(token: str) -> None:
         async with sem:
             try:
-                await _reconnect_one(ws_url, token, until)
+                if client == "lean":
+                    auth = orjson.dumps({"type": "auth", "token": token})
+                    held.append(await ws_lean.open_socket(host, port, "/v1/ws", auth, until_b, 60.0))
+                else:
+                    await _reconnect_one(ws_url, token, until)
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
 
+    cpu0 = common.self_cpu_s()
     t0 = time.perf_counter()
     await asyncio.gather(*(one(t) for t in tokens))
+    seconds = time.perf_counter() - t0
+    loadgen_cpu = common.self_cpu_s() - cpu0
+    for sock in held:
+        sock.close()
+    if held:
+        await asyncio.sleep(0)  # let the close frames go out
     return {
-        "seconds": round(time.perf_counter() - t0, 3),
+        "seconds": round(seconds, 3),
         "errors": len(errors),
         "error_samples": errors[:3],
+        "client": client,
+        "loadgen_cpu_s": round(loadgen_cpu, 3),
     }
 
 
@@ -74,13 +100,15 @@ async def test_reconnect(args: argparse.Namespace) -> dict[str, Any]:
     from bench import pairs
 
     n, repeat = args.connections, args.repeat
-    concurrency = pairs.CONNECT_CONCURRENCY
+    concurrency = args.reconnect_concurrency
+    client = args.reconnect_client
     result: dict[str, Any] = {
         "parameters": {
             "devices": n,
             "repeat": repeat,
             "concurrency": concurrency,
-            "timed": "first connect to last 'drained' (saltline) / 'ready' (bare_ws); sockets closed as done",
+            "client": client,
+            "timed": "first connect to last 'drained' (saltline) / 'ready' (bare_ws)",
         }
     }
     target = pairs.start_saltline(args, "reconnect", {})
@@ -101,7 +129,7 @@ async def test_reconnect(args: argparse.Namespace) -> dict[str, Any]:
         result["setup_s"] = round(time.perf_counter() - t0, 2)
         tokens = [i.access_token for i in idents]
         log(f"reconnect: {n} accounts registered in {result['setup_s']} s")
-        first = await storm(target.ws_url, tokens, "drained", concurrency)
+        first = await storm(target.ws_url, tokens, "drained", concurrency, client)
         result["first_connect"] = first
         log(f"reconnect: first connect of every device {first}")
         runs: dict[str, list[dict[str, Any]]] = {"saltline": [], "bare_ws": []}
@@ -113,7 +141,7 @@ async def test_reconnect(args: argparse.Namespace) -> dict[str, Any]:
                 pid = target.pid if name == "saltline" else bare.pid
                 await common.quiesce(pid)
                 meter = common.CpuMeter(pid)
-                run = await storm(url, tokens, until, concurrency)
+                run = await storm(url, tokens, until, concurrency, client)
                 run["cpu"] = meter.result()
                 runs[name].append(run)
                 log(f"reconnect {i + 1}/{repeat} {name}: {run['seconds']} s, {run['errors']} errors")

@@ -68,6 +68,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
             http_max_head_bytes=settings.http_max_head_bytes,
             ws_write_buffer_max_bytes=settings.ws_write_buffer_max_bytes,
             ws_close_timeout_s=settings.ws_close_timeout_s,
+            http_body_timeout_s=settings.http_body_timeout_s,
+            http_body_min_rate=settings.http_body_min_rate,
+            http_write_timeout_s=settings.http_write_timeout_s,
         )
     )
     return {

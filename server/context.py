@@ -42,6 +42,7 @@ from saltline.server.storage.linking_repo import LinkingRepo
 from saltline.server.storage.migrate import head_revisions
 from saltline.server.storage.prekeys_repo import PreKeysRepo
 from saltline.server.storage.provisioning_repo import ProvisioningRepo
+from saltline.server.transport import TransportCollector
 
 
 @dataclass(slots=True)
@@ -162,6 +163,7 @@ def build_attachments(
 
 def build_context(settings: Settings, db: Database, clock: Clock) -> AppContext:
     registry = CollectorRegistry(auto_describe=True)
+    registry.register(TransportCollector())
     limiter = RateLimiter(
         enabled=settings.rate_limit_enabled,
         storage_url=settings.resolved_rate_limit_storage_url(),

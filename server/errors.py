@@ -37,6 +37,9 @@ class ProblemCode(StrEnum):
     STORAGE_QUOTA_EXCEEDED = "storage_quota_exceeded"
     """507: the account has as many bytes stored as its quota allows (``limit`` and ``stored`` are
     given); the upload fits once older uploads expire."""
+    REQUEST_TIMEOUT = "request_timeout"
+    """408: the request body did not arrive within the server's body timeout (a trickled or
+    stalled upload); the connection is closed. Send the request again."""
     CONFLICT = "conflict"
     """409: the request conflicts with a concurrent change; retry after re-reading."""
     INTERNAL_ERROR = "internal_error"

@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     #: After the server's close frame, the transport is dropped (abort) if the peer has not
     #: answered within this many seconds.
     ws_close_timeout_s: float = Field(default=2.0, gt=0)
+    #: A request body must arrive within this many seconds of its head, plus one second per
+    #: ``http_body_min_rate`` bytes received (a slow upload that moves goes on; a trickle is
+    #: answered 408 problem+json and closed).
+    http_body_timeout_s: float = Field(default=20.0, gt=0)
+    #: Bytes per second of request body that extend ``http_body_timeout_s`` by a second.
+    http_body_min_rate: int = Field(default=8192, ge=1)
+    #: A connection whose response has waited this long for the peer to read (writing paused
+    #: at the transport's high-water mark) is dropped, and its buffered bytes freed.
+    http_write_timeout_s: float = Field(default=30.0, gt=0)
 
     # -- auth --------------------------------------------------------------------------------
     #: HS256 secret for access tokens. When unset, a random one is generated once and kept in

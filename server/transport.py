@@ -23,8 +23,26 @@ uvicorn 0.55 leaves four holes that a client needs no account to use:
   wait at uvicorn's 64 KiB high-water mark, so only a peer that does not read gets there), and a
   close or an application that returns drops the transport (``abort``).
 
-Refusals written here (connection cap, malformed HTTP, oversized head, a WebSocket handshake the
-``websockets`` library refuses) are problem+json like the application's.
+- **Slow request bodies.** Once a head is complete nothing bounds how long its body may take: a
+  client that sends a head with ``Content-Length: 1000000`` and then one byte a minute holds the
+  connection and a task for ever. Here a body must arrive within ``http_body_timeout_s`` of its
+  head plus one second per ``http_body_min_rate`` bytes received (Apache's ``mod_reqtimeout``
+  rule: a slow but moving upload goes on, a trickle does not); time during which the application
+  is not reading (reading paused by flow control) does not count. Otherwise the request is
+  answered 408 problem+json if no answer started (the application sees a disconnect) and the
+  connection is dropped.
+- **Unread responses.** A response larger than the transport's high-water mark waits for the
+  peer to read; a peer that never reads holds the response's bytes and the connection for ever
+  (``close()`` waits for the buffer to drain). Here a connection whose writing stays paused for
+  ``http_write_timeout_s`` (the peer read less than the buffer's high-to-low-water span in that
+  time) is aborted, which frees the buffered bytes.
+- **uvicorn's last-resort 500.** An exception that escapes the application before it started its
+  answer, or an application that returns without answering, gets uvicorn's plain-text ``500
+  Internal Server Error``; here it is the same 500 as problem+json (``internal_error``).
+
+Refusals written here (connection cap, malformed HTTP, oversized head, slow body, a WebSocket
+handshake the ``websockets`` library refuses, the last-resort 500) are problem+json like the
+application's.
 
 Each rule is a small method on the subclass; the limits come from :class:`TransportLimits`.
 """
@@ -32,11 +50,16 @@ Each rule is a small method on the subclass; the limits come from :class:`Transp
 from __future__ import annotations
 
 import asyncio
+import collections
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.datastructures import Headers
 from websockets.http11 import Response
@@ -48,8 +71,10 @@ PROBLEM_MEDIA_TYPE = b"application/problem+json"
 REFUSED_GRACE_S = 1.0
 REASONS = {
     400: b"Bad Request",
+    408: b"Request Timeout",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
     503: b"Service Unavailable",
 }
 
@@ -62,6 +87,9 @@ class TransportLimits:
     http_max_head_bytes: int
     ws_write_buffer_max_bytes: int
     ws_close_timeout_s: float
+    http_body_timeout_s: float
+    http_body_min_rate: int
+    http_write_timeout_s: float
 
 
 def raw_problem_response(problem: Problem) -> bytes:
@@ -90,9 +118,27 @@ TOO_MANY_CONNECTIONS = raw_problem_response(
 HEAD_TOO_LARGE = raw_problem_response(
     Problem(431, ProblemCode.VALIDATION_FAILED, "the request head (request line and headers) is too large")
 )
+BODY_TIMEOUT = raw_problem_response(
+    Problem(408, ProblemCode.REQUEST_TIMEOUT, "the request body did not arrive in time")
+)
+INTERNAL_ERROR_PROBLEM = Problem(500, ProblemCode.INTERNAL_ERROR, "an unexpected error occurred")
+INTERNAL_ERROR_RESPONSE = raw_problem_response(INTERNAL_ERROR_PROBLEM)
 MALFORMED_HTTP = raw_problem_response(
     Problem(400, ProblemCode.VALIDATION_FAILED, "malformed HTTP request (the request could not be parsed)")
 )
+
+
+async def _send_500_problem(cycle: RequestResponseCycle) -> None:
+    """uvicorn's ``send_500_response`` (an exception escaped the application before it started
+    its answer, or it returned without one), as problem+json."""
+    body = orjson.dumps(INTERNAL_ERROR_PROBLEM.to_dict())
+    headers = [
+        (b"content-type", PROBLEM_MEDIA_TYPE),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await cycle.send({"type": "http.response.start", "status": 500, "headers": headers})
+    await cycle.send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def handshake_problem(response: Response) -> Response:
@@ -110,6 +156,35 @@ def handshake_problem(response: Response) -> Response:
     return Response(response.status_code, response.reason_phrase, headers, body)
 
 
+#: Connections this process closed or refused here, by reason (``saltline_transport_closes_total``
+#: in ``/metrics``, through :class:`TransportCollector`): per process, whatever app serves it.
+CLOSE_REASONS = (
+    "body_timeout",
+    "connection_cap",
+    "head_timeout",
+    "head_too_large",
+    "idle_evicted",
+    "pipeline_overflow",
+    "write_timeout",
+    "ws_write_buffer",
+)
+CLOSES: collections.Counter[str] = collections.Counter()
+
+
+class TransportCollector(Collector):
+    """A Prometheus collector of :data:`CLOSES`."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "saltline_transport_closes",
+            "Connections the transport limits closed or refused (server/transport.py), by reason",
+            labels=["reason"],
+        )
+        for reason in CLOSE_REASONS:
+            family.add_metric([reason], CLOSES[reason])
+        yield family
+
+
 class _BoundedTransport:
     """Delegates to a transport; a write that leaves more than ``limit`` bytes buffered aborts it."""
 
@@ -122,6 +197,7 @@ class _BoundedTransport:
         self._transport.write(data)
         if self._transport.get_write_buffer_size() > self._limit and not self._transport.is_closing():
             self.aborted_for_buffer = True
+            CLOSES["ws_write_buffer"] += 1
             self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:
@@ -158,6 +234,16 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
         def _drop(self) -> None:
             self.transport.abort()
 
+        _answered_500 = False
+
+        def send_500_response(self) -> None:
+            # uvicorn's plain-text 500 (the application raised or returned before accepting the
+            # handshake, or the server shuts down mid-handshake), as problem+json
+            if self.initial_response or self.handshake_complete or self._answered_500:
+                return
+            self._answered_500 = True
+            self.transport.write(INTERNAL_ERROR_RESPONSE)
+
         # -- refused handshakes: problem+json instead of the websockets library's plain text ---
 
         def handle_connect(self, event: Any) -> None:
@@ -189,6 +275,13 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
         _head_timer: asyncio.TimerHandle | None = None
         _refused = False
         _head_bytes = 0
+        _body_timer: asyncio.TimerHandle | None = None
+        _body_started = 0.0
+        _body_bytes = 0
+        #: From a request's head until its body's end, answered or not: the bytes in between
+        #: are body (never counted as the next head, nor timed as one).
+        _body_pending = False
+        _write_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             transport = cast(asyncio.Transport, transport)  # asyncio's or uvloop's
@@ -198,10 +291,12 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
                 oldest = next(iter(idle))
                 del idle[oldest]
                 oldest.transport.abort()
+                CLOSES["idle_evicted"] += 1
             elif len(self.connections) >= limits.max_connections:
                 # answer, half-close so the client reads the answer before our close (a close
                 # with its request unread would be a reset), and drop it after a grace period
                 self._refused = True
+                CLOSES["connection_cap"] += 1
                 self.transport = transport
                 transport.write(TOO_MANY_CONNECTIONS)
                 if transport.can_write_eof():
@@ -215,6 +310,8 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
+            self._cancel_body_timer()
+            self._cancel_write_timer()
             if self._refused:
                 return
             super().connection_lost(exc)
@@ -222,12 +319,17 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
+            awaiting_head = self in idle
             super().data_received(data)
-            if self in idle:  # the head is still incomplete after this read: all of it was head
+            # The head is still incomplete after this read, and was awaited before it: all of it
+            # was head. (A head awaited from within this read, after the end of a body in it, is
+            # counted from the next read: the bound is http_max_head_bytes plus one read.)
+            if awaiting_head and self in idle:
                 self._head_bytes += len(data)
                 if self._head_bytes > limits.http_max_head_bytes and not self.transport.is_closing():
                     self._cancel_head_timer()
                     self.transport.write(HEAD_TOO_LARGE)
+                    CLOSES["head_too_large"] += 1
                     self.transport.close()
 
         def send_400_response(self, msg: str) -> None:
@@ -250,15 +352,105 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
 
         def _head_timeout(self) -> None:
             self._head_timer = None
+            CLOSES["head_timeout"] += 1
             if not self.transport.is_closing():
                 self.transport.close()
 
         def on_headers_complete(self) -> None:
             self._cancel_head_timer()
+            before = self.cycle
             super().on_headers_complete()
             if len(self.pipeline) > limits.http_max_pipeline:
                 self.pipeline.clear()
+                CLOSES["pipeline_overflow"] += 1
                 self.transport.abort()
+                return
+            if self.cycle is not before and not self.pipeline:  # a new request (not an upgrade)
+                self._arm_body_timer()  # cancelled at once by on_message_complete if bodiless
+
+        # -- request bodies: a deadline that grows with the bytes received ---------------------
+
+        def _arm_body_timer(self) -> None:
+            self._cancel_body_timer()
+            self._body_started = self.loop.time()
+            self._body_bytes = 0
+            self._body_pending = True
+            self._body_timer = self.loop.call_later(limits.http_body_timeout_s, self._body_deadline)
+
+        def _cancel_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def on_body(self, body: bytes) -> None:
+            self._body_bytes += len(body)
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._cancel_body_timer()
+            self._body_pending = False
+            answered = self.cycle is not None and self.cycle.response_complete
+            super().on_message_complete()
+            if answered and not self.pipeline and not self.transport.is_closing():
+                # answered before its body ended (a 413, say): the next head starts now
+                self._arm_head_timer()
+
+        def _body_deadline(self) -> None:
+            """Fires at the body's deadline as it stood; re-arms while the deadline moved on (more
+            bytes came) or while the application, not the client, holds the body up."""
+            self._body_timer = None
+            cycle = self.cycle
+            if cycle is None or not self._body_pending or self.transport.is_closing():
+                return
+            now = self.loop.time()
+            if self.flow.read_paused:  # the application is not reading: not the client's delay
+                self._body_started, self._body_bytes = now, 0
+            allowed = limits.http_body_timeout_s + self._body_bytes / limits.http_body_min_rate
+            deadline = self._body_started + allowed
+            if now < deadline:
+                self._body_timer = self.loop.call_later(deadline - now, self._body_deadline)
+                return
+            CLOSES["body_timeout"] += 1
+            if cycle.response_complete:  # answered already; its body still not arriving: drop
+                self.transport.abort()
+                return
+            started = cycle.response_started
+            cycle.disconnected = True  # the application's reads end, its answer goes nowhere
+            cycle.message_event.set()
+            if not started:
+                self.transport.write(BODY_TIMEOUT)
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
+                self.loop.call_later(REFUSED_GRACE_S, self.transport.abort)
+            else:
+                self.transport.abort()
+
+        # -- responses the peer does not read ---------------------------------------------------
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._write_timer is None:
+                self._write_timer = self.loop.call_later(limits.http_write_timeout_s, self._write_timeout)
+
+        def resume_writing(self) -> None:
+            self._cancel_write_timer()
+            super().resume_writing()
+
+        def _write_timeout(self) -> None:
+            self._write_timer = None
+            CLOSES["write_timeout"] += 1
+            self.transport.abort()
+
+        def _cancel_write_timer(self) -> None:
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        # -- uvicorn's last-resort 500, as problem+json ----------------------------------------
+
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+            cycle.send_500_response = partial(_send_500_problem, cycle)  # type: ignore[method-assign]
+            super()._start_asgi_task(cycle, app)
 
         def on_response_complete(self) -> None:
             # uvicorn's version resumes reading after every response, queue or not
@@ -271,7 +463,8 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
                 self._start_asgi_task(cycle, app)
             else:
                 self.flow.resume_reading()
-                self._arm_head_timer()
+                if not self._body_pending:  # else armed when the answered request's body ends
+                    self._arm_head_timer()
 
         def handle_websocket_upgrade(self) -> None:
             self._cancel_head_timer()

@@ -126,7 +126,15 @@ def allowed_methods(routes: Sequence[Any], scope: Scope) -> list[str]:
     return allowed
 
 
+async def _on_unexpected(_request: Request, _exc: Exception) -> Response:
+    """Starlette's outermost ServerErrorMiddleware (an exception raised outside GuardMiddleware,
+    e.g. in FastAPI's own middleware) answers this instead of its plain-text 500; the exception
+    is then re-raised to the server, which logs it."""
+    return problem_response(Problem(500, ProblemCode.INTERNAL_ERROR, "an unexpected error occurred"))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _on_unexpected)
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)

@@ -60,16 +60,16 @@ from saltline.server.api.connections import ConnectionRegistry
 from saltline.server.api.problems import validation_errors
 from saltline.server.api.routes_envelopes import SendEnvelopeRequest, send_request_from
 from saltline.server.api.schemas import B64_CHARS, Strict
+from saltline.server.api.ws_open import CLOSE_TIMEOUT_S as _CLOSE_TIMEOUT_S
+from saltline.server.api.ws_open import authenticate as _authenticate
 from saltline.server.context import AppContext
 from saltline.server.errors import Problem, ProblemCode
 from saltline.server.services import delivery_frames as frames
 from saltline.server.services import delivery_protocol as protocol
-from saltline.server.services.auth import AccessClaims
 from saltline.server.services.common import AuthedDevice, decode_id
 from saltline.server.services.delivery import DeliveryService
 from saltline.server.services.delivery_metrics import DeliveryMetrics
 from saltline.server.services.delivery_protocol import (
-    AUTH_TIMEOUT_S,
     CLOSE_AUTH_FAILED,
     CLOSE_DEVICE_REMOVED,
     CLOSE_HEARTBEAT_TIMEOUT,
@@ -82,16 +82,12 @@ from saltline.server.services.delivery_protocol import (
     ProtocolError,
 )
 from saltline.server.services.delivery_writer import WriterClosedError
-from saltline.server.storage.envelopes_repo import QueueItem
+from saltline.server.storage.connect_reads import HolderState
+from saltline.server.storage.envelopes_repo import ConnectSnapshot, QueueItem
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-#: How long a close frame's write may wait for a peer that does not read. Giving up ends the
-#: handler; ``saltline.server.transport`` then aborts the transport (uvicorn alone would ``close()`` it and
-#: wait for the unsent bytes to drain for ever), as it does ``ws_close_timeout_s`` after a close
-#: frame that was written but not answered.
-_CLOSE_TIMEOUT_S = 2.0
 T = TypeVar("T")
 
 
@@ -255,6 +251,11 @@ class DeviceConnection:
             for task in [*tasks, *self._send_tasks]:
                 task.cancel()
             await asyncio.gather(*tasks, *self._send_tasks, return_exceptions=True)
+            if self.ack_target > self.acked:
+                # An ack read just before the client went away is still honoured (the pump may
+                # have been cancelled before committing it): fewer resends on the reconnect.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._commit_ack(self.ack_target), _CLOSE_TIMEOUT_S)
             if self.close_code is not None:
                 await self._close_socket(self.close_code, self.close_reason)
 
@@ -406,10 +407,16 @@ class DeviceConnection:
                     self.heartbeat_interval_s,
                 )
 
-    async def start(self) -> None:
-        """Retention, watermarks and the first window: one read (a write only if one expired)."""
+    async def open_read(self, family_id: bytes) -> HolderState:
+        """The token holder's state and the queue (retention, watermarks, the first window): one
+        read (a write only if an entry expired). The caller decides on the holder before the
+        socket is used; the queue snapshot is applied here."""
         self._need_read = False  # a wake-up or a dropped push during the read sets it again
-        snap = await _db(self.delivery.connect_snapshot(self._device_id, self.window))
+        holder, snap = await _db(self.delivery.open_snapshot(self._device_id, family_id, self.window))
+        self._apply_snapshot(snap)
+        return holder
+
+    def _apply_snapshot(self, snap: ConnectSnapshot) -> None:
         acked = snap.state.acked_through
         self.acked = self.ack_target = self.last_sent = acked
         self.metrics.queue_depth_on_connect.observe(snap.pending_count)
@@ -508,36 +515,11 @@ class DeviceConnection:
         )
 
 
-async def _close_or_abort(ws: WebSocket, code: int, reason: str) -> None:
-    """Close, but never wait more than :data:`_CLOSE_TIMEOUT_S` for it: a client that stops reading
-    blocks the close frame's write. Giving up and returning lets the server drop the transport
-    (``saltline.server.transport`` aborts a socket whose handler ended with bytes unsent)."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.close(code=code, reason=reason[:120]), _CLOSE_TIMEOUT_S)
+#: The delivery socket's path (also dispatched directly by :class:`server.app.SaltlineApp`).
+DELIVERY_PATH = "/v1/ws"
 
 
-async def _authenticate(ws: WebSocket, ctx: AppContext) -> AccessClaims | None:
-    """Read the auth frame and verify its token (signature, type, expiry: no I/O). The device and
-    the token family are checked in the database once the socket is subscribed to their events."""
-    try:
-        message = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
-    except TimeoutError:
-        await _close_or_abort(ws, CLOSE_AUTH_FAILED, "no auth frame")
-        return None
-    if message["type"] == "websocket.disconnect":
-        return None
-    token = protocol.auth_token(message)
-    if token is None:
-        await _close_or_abort(ws, CLOSE_AUTH_FAILED, "the first frame must be {type: auth, token}")
-        return None
-    try:
-        return ctx.auth.decode_access_token(token)
-    except Problem as problem:
-        await _close_or_abort(ws, CLOSE_AUTH_FAILED, problem.code.value)
-        return None
-
-
-@router.websocket("/v1/ws")
+@router.websocket(DELIVERY_PATH)
 async def delivery_socket(ws: WebSocket) -> None:
     ctx: AppContext = ws.app.state.ctx
     delivery: DeliveryService = ctx.delivery
@@ -569,15 +551,21 @@ async def delivery_socket(ws: WebSocket) -> None:
         # cached: see AuthService.check_token_holder): a removal or a revocation after the check
         # reaches this connection through the bus; one before it is seen by the check. Only then
         # does the socket replace an older one of the device (a refused token never does).
+        # The check and the queue's first read share one read transaction (the reconnect
+        # storm: one thread hand-off per open); the queue is used only if the check passes.
         subscription = delivery.bus.subscribe(conn.device_id, conn)
         try:
-            await ctx.auth.check_token_holder(claims)
+            _device_id, family_id = ctx.auth.holder_key(claims)
+            holder = await conn.open_read(family_id)
+            ctx.auth.check_holder_state(claims, holder.account_id, holder.revoked)
         except Problem as problem:  # a removed device or a revoked login: 4003 (spec § 5.3 rule 2)
             conn.close_soon(CLOSE_AUTH_FAILED, problem.code.value)
             await conn._close_socket(CLOSE_AUTH_FAILED, problem.code.value)
             return
-        registry.register(conn)
-        await conn.start()
+        if registry.register(conn) is not None:
+            # The replaced socket of this device took the writer's pushes until now: one
+            # committed during the read above went to it, so read the queue once more.
+            conn.on_wake()
         await conn._send(
             frames.encode(
                 {

@@ -33,6 +33,7 @@ from saltline.crypto.keys import DeviceSigningPublicKey, SigningContext, b64deco
 from saltline.crypto.login import login_challenge_message
 from saltline.server.clock import Clock
 from saltline.server.errors import Problem, ProblemCode
+from saltline.server.services.access_tokens import HS256Verifier, InvalidToken
 from saltline.server.services.common import (
     AuthedDevice,
     decode_b64_field,
@@ -137,6 +138,7 @@ class AuthService:
         self._limiter = limiter
         self._clock = clock
         self._secret = jwt_secret
+        self._verifier = HS256Verifier(jwt_secret)
         self._access_ttl = access_ttl_s
         self._refresh_ttl = refresh_ttl_s
         self._challenge_ttl = challenge_ttl_s
@@ -364,15 +366,15 @@ class AuthService:
         refresh-token family (``fam`` claim) and the expiry. The device and the family are then
         checked in the database by :meth:`check_token_holder`."""
         try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[JWT_ALGORITHM],
-                options={"verify_exp": False, "verify_iat": False, "require": ["sub", "acc", "exp", "typ"]},
-            )
-        except jwt.PyJWTError as exc:
+            # HS256 and this secret only, header exactly as issued (saltline.server.services.access_tokens)
+            claims = self._verifier.claims(token)
+        except InvalidToken as exc:
             raise _unauthorized("invalid access token") from exc
-        if claims.get("typ") != "access" or not all(isinstance(claims.get(k), str) for k in ("sub", "acc")):
+        if (
+            claims.get("typ") != "access"
+            or not all(isinstance(claims.get(k), str) for k in ("sub", "acc"))
+            or "exp" not in claims
+        ):
             raise _unauthorized("invalid access token")
         exp = claims["exp"]
         if not isinstance(exp, int) or isinstance(exp, bool) or exp * 1000 <= self._clock():
@@ -404,13 +406,24 @@ class AuthService:
         token family was not revoked. One database read for both (never cached: a device removed
         or a family revoked on another instance must count at once; only revocations, which
         are permanent, are remembered)."""
+        device_id, family = self.holder_key(claims)
+        account_id, revoked = await self._repo.token_holder_state(device_id, family)
+        self.check_holder_state(claims, account_id, revoked)
+
+    def holder_key(self, claims: AccessClaims) -> tuple[bytes, bytes]:
+        """The (device id, token family) to read for :meth:`check_holder_state`; 401 if they do
+        not decode, or if the family is known to be revoked (no read needed)."""
         try:
             device_id, family = b64decode(claims.device.device_id), b64decode(claims.family)
         except (CryptoError, ValueError) as exc:
             raise _unauthorized("invalid access token") from exc
         if family in self._revoked_families:
             raise _family_revoked_problem()
-        account_id, revoked = await self._repo.token_holder_state(device_id, family)
+        return device_id, family
+
+    def check_holder_state(self, claims: AccessClaims, account_id: bytes | None, revoked: bool) -> None:
+        """The verdict of :meth:`check_token_holder` on the stored state (read with
+        :meth:`holder_key`'s ids, possibly together with other reads: the delivery socket's open)."""
         if account_id is None or encode_id(account_id) != claims.device.account_id:
             raise Problem(
                 401,
@@ -419,5 +432,5 @@ class AuthService:
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
         if revoked:
-            self._revoked_families.add(family)
+            self._revoked_families.add(b64decode(claims.family))
             raise _family_revoked_problem()

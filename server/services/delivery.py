@@ -56,6 +56,7 @@ from saltline.server.services.bus import DeliveryBus
 from saltline.server.services.delivery_metrics import DeliveryMetrics
 from saltline.server.services.delivery_writer import GroupCommitWriter
 from saltline.server.services.ratelimit import RateLimiter
+from saltline.server.storage.connect_reads import HolderState
 from saltline.server.storage.conversations_repo import AccountRouting, ConversationsRepo
 from saltline.server.storage.envelopes_repo import (
     Accepted,
@@ -471,6 +472,18 @@ class DeliveryService:
             return snapshot
         await self.purge_expired(device_id)
         return await self.envelopes.connect_snapshot(device_id, cutoff, limit)
+
+    async def open_snapshot(
+        self, device_id: bytes, family_id: bytes, limit: int
+    ) -> tuple[HolderState, ConnectSnapshot]:
+        """A socket's open: its token's holder (device active? family revoked?) and
+        :meth:`connect_snapshot`, in one read (one thread hand-off); retention as there."""
+        cutoff = self.clock() - self.queue_retention_s * 1000
+        holder, snapshot = await self.envelopes.holder_and_snapshot(device_id, family_id, cutoff, limit)
+        if snapshot.has_expired:
+            await self.purge_expired(device_id)
+            snapshot = await self.envelopes.connect_snapshot(device_id, cutoff, limit)
+        return holder, snapshot
 
     async def pending_count(self, device_id: bytes) -> int:
         return await self.envelopes.pending_count(device_id)

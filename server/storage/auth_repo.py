@@ -16,6 +16,7 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from saltline.server.storage import connect_reads
 from saltline.server.storage.db import Database
 from saltline.server.storage.schema import devices, login_challenges, refresh_tokens
 
@@ -185,20 +186,10 @@ class AuthRepo:
     async def token_holder_state(self, device_id: bytes, family_id: bytes) -> tuple[bytes | None, bool]:
         """For an access token's check, in ONE read: the account of the device if it is active
         (None if unknown or removed), and whether the token's refresh-token family was revoked."""
-
-        def read(conn: Connection) -> tuple[bytes | None, bool]:
-            row = conn.execute(
-                select(devices.c.account_id, devices.c.removed_at_ms).where(devices.c.device_id == device_id)
-            ).first()
-            revoked = conn.execute(
-                select(refresh_tokens.c.token_hash)
-                .where(and_(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked.is_(True)))
-                .limit(1)
-            ).first()
-            account = bytes(row[0]) if row is not None and row[1] is None else None
-            return account, revoked is not None
-
-        return await self._db.run_read(read)
+        state = await self._db.run_small_read(
+            lambda conn: connect_reads.holder_state(conn, device_id, family_id)
+        )
+        return state.account_id, state.revoked
 
     async def revoke_device_tokens(self, device_id: bytes) -> None:
         async with self._db.write() as conn:

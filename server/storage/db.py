@@ -38,6 +38,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from saltline.server.storage.read_batch import ReadBatcher
+
 T = TypeVar("T")
 
 #: Threads (each with its own connection) that run :meth:`Database.run_read`.
@@ -210,6 +212,8 @@ class Database:
     #: PostgreSQL when psycopg is installed.
     sync_writer: SyncThreads | None = None
     sync_readers: SyncThreads | None = None
+    #: Batches :meth:`run_small_read` calls into one hand-off to the reader threads.
+    small_reads: ReadBatcher | None = None
 
     @classmethod
     def open(
@@ -234,7 +238,7 @@ class Database:
             synchronous=sqlite_synchronous,
             busy_timeout_ms=busy_timeout_ms,
         )
-        return cls(engine, writer, readers)
+        return cls(engine, writer, readers, ReadBatcher(readers.run))
 
     async def run_write(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` (synchronous SQLAlchemy Core on a sync ``Connection``) in one write
@@ -277,6 +281,14 @@ class Database:
             return await self.sync_readers.run(fn)
         async with self.read() as conn:
             return await conn.run_sync(fn)
+
+    async def run_small_read(self, fn: Callable[[Connection], T]) -> T:
+        """As :meth:`run_read`, for the hot path's tiny reads (a socket open, a token's holder):
+        reads that arrive while others are on the reader thread share their next hand-off and
+        read transaction (:mod:`saltline.server.storage.read_batch`). Never for reads that take long."""
+        if self.small_reads is not None:
+            return await self.small_reads.read(fn)
+        return await self.run_read(fn)
 
     async def dispose(self) -> None:
         if self.sync_readers is not None:

@@ -31,6 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from saltline.server.storage import connect_reads
 from saltline.server.storage.conversations_repo import routing_from_rows
 from saltline.server.storage.db import Database
 from saltline.server.storage.delivery_schema import (
@@ -190,29 +191,18 @@ class EnvelopesRepo:
         """What a (re)connecting device needs, in ONE read transaction (one hand-off on SQLite):
         its queue state, the first ``limit`` queued items, the queue depth and whether any entry
         was enqueued before ``cutoff_ms`` (then retention must run first)."""
+        return await self._db.run_read(
+            lambda conn: connect_reads.connect_snapshot(conn, device_id, cutoff_ms, limit)
+        )
 
-        def read(conn: Connection) -> ConnectSnapshot:
-            rows = conn.execute(_pending_query(device_id, 0, limit)).all()
-            st = conn.execute(
-                select(
-                    device_queue_state.c.last_queue_seq,
-                    device_queue_state.c.acked_through,
-                    device_queue_state.c.purged_through,
-                ).where(device_queue_state.c.device_id == device_id)
-            ).first()
-            count, oldest = conn.execute(
-                select(func.count(), func.min(device_queue.c.enqueued_at_ms)).where(
-                    device_queue.c.device_id == device_id
-                )
-            ).one()
-            return ConnectSnapshot(
-                state=QueueState() if st is None else QueueState(int(st[0]), int(st[1]), int(st[2])),
-                items=_queue_items(rows),
-                pending_count=int(count or 0),
-                has_expired=oldest is not None and int(oldest) < cutoff_ms,
-            )
-
-        return await self._db.run_read(read)
+    async def holder_and_snapshot(
+        self, device_id: bytes, family_id: bytes, cutoff_ms: int, limit: int
+    ) -> tuple[connect_reads.HolderState, ConnectSnapshot]:
+        """A socket's open: its token's holder (:meth:`AuthRepo.token_holder_state`) and
+        :meth:`connect_snapshot`, in one read transaction."""
+        return await self._db.run_small_read(
+            lambda conn: connect_reads.holder_and_snapshot(conn, device_id, family_id, cutoff_ms, limit)
+        )
 
     async def history(
         self, conversation_id: bytes, device_id: bytes, after: int, limit: int, max_bytes: int

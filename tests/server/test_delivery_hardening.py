@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from saltline.crypto.keys import b64decode, b64encode
 from saltline.server.api import ws as ws_module
+from saltline.server.api import ws_open
 from saltline.server.errors import Problem, ProblemCode
 from saltline.server.services.delivery import MAX_EPHEMERAL_BYTES
 from saltline.server.storage import driver_sql, migrate
@@ -76,9 +77,9 @@ class _StuckSocket:
 
 
 async def test_auth_timeout_gives_up_on_a_stuck_close(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ws_module, "AUTH_TIMEOUT_S", 0.01)
-    monkeypatch.setattr(ws_module, "_CLOSE_TIMEOUT_S", 0.05)
-    result = await asyncio.wait_for(ws_module._authenticate(_StuckSocket(), None), 5)  # type: ignore[arg-type]
+    monkeypatch.setattr(ws_open, "AUTH_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(ws_open, "CLOSE_TIMEOUT_S", 0.05)
+    result = await asyncio.wait_for(ws_open.authenticate(_StuckSocket(), None), 5)  # type: ignore[arg-type]
     assert result is None
 
 
@@ -151,17 +152,17 @@ async def test_device_removed_while_subscribing_closes(live_server: LiveServer, 
     alice = register(client)
     auth = live_server.ctx.auth
 
-    async def removed(_claims: Any) -> None:
+    def removed(*_args: Any) -> None:  # the verdict on the state read after subscribing
         assert live_server.ctx.bus.subscriber_count() == 1  # subscribed before the check
         raise Problem(401, ProblemCode.TOKEN_REVOKED, "this device was removed from its account")
 
-    auth.check_token_holder = removed  # type: ignore[method-assign]
+    auth.check_holder_state = removed  # type: ignore[method-assign]
     try:
         ws = await WsClient.connect(live_server.ws_url, alice.first, auth=False)
         await ws.send({"type": "auth", "token": alice.first.access_token})
         assert await ws.closed_with() == 4003
     finally:
-        del auth.check_token_holder
+        del auth.check_holder_state
     assert alice.first.device_id not in live_server.ctx.connections
     assert live_server.ctx.bus.subscriber_count() == 0
 
