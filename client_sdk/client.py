@@ -33,13 +33,16 @@ from saltline.client_sdk.core import sync
 from saltline.client_sdk.core.attachments import AttachmentPointer
 from saltline.client_sdk.core.backoff import BackoffPolicy
 from saltline.client_sdk.core.diff import message_ref
+from saltline.client_sdk.core.emoji import emoji_problem
 from saltline.client_sdk.core.events import (
     AttachmentDownloaded,
     AttachmentDownloadFailed,
     Event,
     MarkedRead,
     MessageReceived,
+    Reaction,
 )
+from saltline.client_sdk.core.views import ConversationView, MessageItem
 from saltline.client_sdk.errors import NetworkError, ProtocolError, SaltlineError, ServerError, UsageError
 from saltline.client_sdk.facets.attachments import Attachments, Progress, Source
 from saltline.client_sdk.facets.contacts import Contacts
@@ -278,14 +281,14 @@ class Client:
         """The stored messages of a conversation in display order."""
         return self.conversations.messages(conversation_id, limit)
 
-    async def conversation(self, conversation_id: str) -> sync.ConversationView:
+    async def conversation(self, conversation_id: str) -> ConversationView:
         """The materialised state (messages with current text, edited and deleted flags, reactions,
-        read markers, settings, members), replayed from the store."""
-        return await self._flushed(self.conversations.view(conversation_id))
+        read markers, settings, members), replayed from the store; text ids, usernames included."""
+        return await self._flushed(self.conversations.public_view(conversation_id))
 
     async def unread(self, conversation_id: str) -> int:
         """Messages of other accounts after this account's read marker (any of its devices)."""
-        return (await self.conversation(conversation_id)).unread(b64decode(self.account_id))
+        return (await self.conversation(conversation_id)).unread(self.account_id)
 
     async def _flushed(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
@@ -337,10 +340,12 @@ class Client:
         try:
             path = await self.attachments.auto_download(event.conversation_id, event.envelope_id, pointer)
         except (SaltlineError, OSError) as exc:
-            self._ctx.emit(AttachmentDownloadFailed(event.conversation_id, event.envelope_id, str(exc)))
+            cid, eid, ref = event.conversation_id, event.envelope_id, event.message_ref
+            self._ctx.emit(AttachmentDownloadFailed(cid, eid, str(exc), ref))
         else:
             if path is not None:
-                self._ctx.emit(AttachmentDownloaded(event.conversation_id, event.envelope_id, str(path)))
+                cid, eid, ref = event.conversation_id, event.envelope_id, event.message_ref
+                self._ctx.emit(AttachmentDownloaded(cid, eid, str(path), ref))
         await self._ctx.flush()
 
     # -- operations ---------------------------------------------------------------------------------------
@@ -365,10 +370,14 @@ class Client:
         return await self.outbound.send_op(conversation_id, sync.Delete(dot))
 
     async def react(self, conversation_id: str, message_ref: str, emoji: str) -> str:
+        """React with exactly one emoji (:class:`UsageError` otherwise; a peer's invalid reaction
+        is never shown: :class:`OperationRejected` with reason ``invalid_reaction``)."""
+        _check_emoji(emoji)
         dot = self.conversations.message_dot(conversation_id, message_ref)
         return await self.outbound.send_op(conversation_id, sync.ReactionAdd(dot, emoji))
 
     async def unreact(self, conversation_id: str, message_ref: str, emoji: str) -> str:
+        _check_emoji(emoji)
         dot = self.conversations.message_dot(conversation_id, message_ref)
         return await self.outbound.send_op(conversation_id, sync.ReactionRemove(dot, emoji))
 
@@ -542,12 +551,21 @@ class Client:
         return account_id
 
 
+def _check_emoji(emoji: str) -> None:
+    problem = emoji_problem(emoji)
+    if problem is not None:
+        raise UsageError(problem)
+
+
 __all__ = [
     "Client",
+    "ConversationView",
     "DeviceInfo",
     "LinkConfirmation",
     "LinkRequest",
+    "MessageItem",
     "OutboxEntry",
     "PreKeyMeta",
+    "Reaction",
     "message_ref",
 ]
