@@ -377,7 +377,8 @@ class OperationRejected(Event):
     ``not_a_member`` (the account was not a member then: a ghost account the server routes, or a
     removed member), ``not_an_admin`` (a membership change by a member who is not an admin),
     ``direct_members_fixed``, ``no_genesis`` (the conversation has no authenticated start before
-    it) or ``bad_genesis``. A rejected message is not stored; ``envelope_id`` names it."""
+    it), ``bad_genesis``, or ``invalid_reaction`` (a reaction that is not exactly one emoji: never
+    shown). A rejected message is not stored; ``envelope_id`` names it."""
 
     conversation_id: str
     account_id: str

@@ -53,7 +53,9 @@ CASES: dict[str, Case] = {
     "safety number of an unknown account id": lambda w: w.alice.safety_number(account_id="AAAA"),
     "verify a bad account id": lambda w: w.alice.verify_contact(account_id="%%%"),
     "trust policy of a bad username": lambda w: w.alice.set_trust_policy("a b", "warn"),
-    "trust policy unknown": lambda w: w.alice.set_trust_policy(None, "sometimes", account_id=w.alice.account_id),
+    "trust policy unknown": lambda w: w.alice.set_trust_policy(
+        None, "sometimes", account_id=w.alice.account_id
+    ),
     "send to an unknown conversation": lambda w: w.alice.send_text("no-such-conversation", "hi"),
     "send to a non-base64 conversation": lambda w: w.alice.send_text("%%%", "hi"),
     "view of an unknown conversation": lambda w: w.alice.conversation("%%%"),
