@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -67,6 +67,9 @@ from saltline.client_sdk.transport.http import HttpTransport
 from saltline.crypto import primitives as p
 from saltline.crypto import private_state, safety
 from saltline.crypto.keys import b64decode, b64encode
+
+if TYPE_CHECKING:
+    from saltline.client_sdk.bot import Bot
 
 E = TypeVar("E", bound=Event)
 T = TypeVar("T")
@@ -499,6 +502,13 @@ class Client:
         if self._closed:
             raise UsageError("the client is closed")
         await self.delivery.connect()
+
+    async def run_forever(self, bot: Bot | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (with ``bot``'s handlers: :mod:`saltline.client_sdk.bot`),
+        then close cleanly: the outbox is kept, the store released (and closed when it can be)."""
+        from saltline.client_sdk.bot import run_forever
+
+        await run_forever(self, bot)
 
     async def disconnect(self) -> None:
         """Close the delivery socket (the client stays usable; :meth:`connect` again later)."""
