@@ -122,7 +122,8 @@ class Bot:
         self._sleep = sleep
         self._handlers: list[_Handler] = []
         self._inflight: set[str] = set()
-        self._retry: asyncio.Task[None] | None = None
+        self._retry_due = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Event | None = None
         self._started = False
         #: messages handled (every matching handler returned), in order; for tests and metrics
@@ -196,11 +197,15 @@ class Bot:
         self.handled.append(event.envelope_id)
 
     def _schedule_retry(self) -> None:
-        if self._retry is None or self._retry.done():
-            self._retry = asyncio.get_running_loop().create_task(self._redeliver())
+        if not self._retry_due:
+            self._retry_due = True
+            task = asyncio.get_running_loop().create_task(self._redeliver())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _redeliver(self) -> None:
         await self._sleep(self.retry_delay_s)
+        self._retry_due = False  # a failure during this redelivery schedules the next one
         try:
             await self.client.inbound.redeliver_unhandled()
         finally:
@@ -242,10 +247,10 @@ class Bot:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            if self._retry is not None:
-                self._retry.cancel()
+            for task in list(self._tasks):
+                task.cancel()
                 with contextlib.suppress(BaseException):
-                    await self._retry
+                    await task
             if close:
                 await self.client.close()
                 closer = getattr(self.client.store, "close", None)
