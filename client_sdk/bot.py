@@ -129,6 +129,7 @@ class Bot:
         #: messages handled (every matching handler returned), in order; for tests and metrics
         self.handled: list[str] = []
         self.failures = 0
+        self._progress = asyncio.Condition()
 
     # -- registration ---------------------------------------------------------------------------------
 
@@ -195,6 +196,17 @@ class Bot:
         finally:
             self._inflight.discard(event.envelope_id)
         self.handled.append(event.envelope_id)
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def wait_handled(self, envelope_id: str, wait_s: float = 10.0) -> None:
+        """Wait until the message ``envelope_id`` was handled (:class:`TimeoutError`)."""
+
+        async def handled() -> None:
+            async with self._progress:
+                await self._progress.wait_for(lambda: envelope_id in self.handled)
+
+        await asyncio.wait_for(handled(), wait_s)
 
     def _schedule_retry(self) -> None:
         if not self._retry_due:

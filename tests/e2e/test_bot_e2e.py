@@ -73,6 +73,7 @@ async def test_bot_answers_retries_and_stops_on_sigterm(live_server: LiveServer)
 
         await bob.send_text(cid, "/flaky")
         await _reply(bob, "ok after 3 tries")
+        await bot.wait_handled(calls[0], WAIT)
         assert len(calls) == 3 and len(set(calls)) == 1  # the same message, offered again
         assert bot.failures == 2 and calls[0] in bot.handled
         assert client.store.handler_inbox.pending() == []  # handled: nothing left to redeliver
