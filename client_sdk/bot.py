@@ -239,12 +239,16 @@ class Bot:
             self._stop.set()
 
     async def run(
-        self, *, signals: Iterable[signal.Signals] = (signal.SIGINT, signal.SIGTERM), close: bool = True
+        self,
+        *,
+        signals: Iterable[signal.Signals] = (signal.SIGINT, signal.SIGTERM),
+        close: bool = True,
+        on_ready: Callable[[], object] | None = None,
     ) -> None:
         """Start, then serve until :meth:`stop` or one of ``signals``; then shut down cleanly:
         handlers in progress finish, the retry timer stops, and (``close``) the client closes
         (unsent replies stay in the outbox, sent on the next start) and a store that can be
-        closed is closed."""
+        closed is closed. ``on_ready()`` is called once the signals are handled and the socket is up."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         installed: list[signal.Signals] = []
@@ -254,6 +258,8 @@ class Bot:
                 installed.append(sig)
         try:
             await self.start()
+            if on_ready is not None:
+                on_ready()
             await self._stop.wait()
             log.info("bot stopping")
         finally:
