@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_COMMAND_NAME = 32
+_EPSILON = 1e-9
 _NAME = re.compile(rf"[a-z0-9_]{{1,{MAX_COMMAND_NAME}}}")
 
 
@@ -75,8 +76,8 @@ class TokenBuckets:
         taken)."""
         now = self._clock()
         tokens = self._level(key, now)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
+        if tokens >= 1.0 - _EPSILON:  # waiting the time it said is enough, rounding aside
+            self._buckets[key] = (max(0.0, tokens - 1.0), now)
             self._bound()
             return 0.0
         self._buckets[key] = (tokens, now)
