@@ -43,7 +43,14 @@ from saltline.client_sdk.core.events import (
     Reaction,
 )
 from saltline.client_sdk.core.views import ConversationView, MessageItem
-from saltline.client_sdk.errors import NetworkError, ProtocolError, SaltlineError, ServerError, UsageError
+from saltline.client_sdk.errors import (
+    AttachmentError,
+    NetworkError,
+    ProtocolError,
+    SaltlineError,
+    ServerError,
+    UsageError,
+)
 from saltline.client_sdk.facets.attachments import Attachments, Progress, Source
 from saltline.client_sdk.facets.contacts import Contacts
 from saltline.client_sdk.facets.conversations import Conversations
@@ -314,11 +321,14 @@ class Client:
         """Encrypt ``source`` (a path, bytes or an async iterator of bytes) with a fresh key,
         upload it resumably, then send the message through the outbox; returns its envelope id.
         :class:`~saltline.client_sdk.errors.AttachmentError` and its subclasses for what went wrong."""
-        return await self._flushed(
-            self.attachments.send_file(
-                conversation_id, source, name=name, mime=mime, caption=caption, progress=progress
+        try:
+            return await self._flushed(
+                self.attachments.send_file(
+                    conversation_id, source, name=name, mime=mime, caption=caption, progress=progress
+                )
             )
-        )
+        except OSError as exc:  # the file could not be read (or spooled)
+            raise AttachmentError(f"cannot send {source!r}: {exc}") from exc
 
     async def download(
         self, attachment: AttachmentPointer, destination: str | Path, progress: Progress | None = None

@@ -21,6 +21,7 @@ from saltline.client_sdk.core import message as msg
 from saltline.client_sdk.core import outbox as rules
 from saltline.client_sdk.core.diff import message_ref
 from saltline.client_sdk.core.events import ForkDetected, MessageSent, OutboxItemFailed
+from saltline.client_sdk.core.outgoing import encode_checked
 from saltline.client_sdk.core.sync.ops import Body as SyncBody
 from saltline.client_sdk.errors import (
     IdentityChangedError,
@@ -159,7 +160,7 @@ class Outbound:
             if isinstance(body, sync.MembershipChange) and body.add and body.welcome is None:
                 body = replace(body, welcome=state.welcome())  # what the added account starts from
             op = composer.compose(state, body)
-            plaintext, clock = sync.encode(op)
+            plaintext, clock = encode_checked(op, composer.device_id, composer.account_id)
             self._check_size(record.members, plaintext, clock)
             envelope_id = b64encode(ctx.rng(16))
             now = ctx.clock()

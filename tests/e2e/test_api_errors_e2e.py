@@ -80,6 +80,13 @@ CASES: dict[str, Case] = {
         "not a code", history="none", confirm=lambda r: True, wait_s=1
     ),
     "login with a bad username": lambda w: w.alice.login("!!", "password"),
+    "a negative disappearing timer": lambda w: w.alice.set_disappearing_timer(w.cid, -5),
+    "a title that is not text": lambda w: w.alice.set_title(w.cid, 5),  # type: ignore[arg-type]
+    "a read marker below zero": lambda w: w.alice.mark_read(w.cid, -1),
+    "a message that is not text": lambda w: w.alice.send_text(w.cid, b"bytes"),  # type: ignore[arg-type]
+    "send a file that does not exist": lambda w: w.alice.send_file(w.cid, "/nonexistent/file.bin"),
+    "typing in an unknown conversation": lambda w: w.alice.typing("%%%"),
+    "unreact with text": lambda w: w.alice.unreact(w.cid, w.ref, "no"),
 }
 
 
