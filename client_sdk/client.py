@@ -33,7 +33,7 @@ from saltline.client_sdk.core import sync
 from saltline.client_sdk.core.attachments import AttachmentPointer
 from saltline.client_sdk.core.backoff import BackoffPolicy
 from saltline.client_sdk.core.diff import message_ref
-from saltline.client_sdk.core.emoji import emoji_problem
+from saltline.client_sdk.core.emoji import require_emoji
 from saltline.client_sdk.core.events import (
     AttachmentDownloaded,
     AttachmentDownloadFailed,
@@ -385,12 +385,12 @@ class Client:
     async def react(self, conversation_id: str, message_ref: str, emoji: str) -> str:
         """React with exactly one emoji (:class:`UsageError` otherwise; a peer's invalid reaction
         is never shown: :class:`OperationRejected` with reason ``invalid_reaction``)."""
-        _check_emoji(emoji)
+        require_emoji(emoji)
         dot = self.conversations.message_dot(conversation_id, message_ref)
         return await self.outbound.send_op(conversation_id, sync.ReactionAdd(dot, emoji))
 
     async def unreact(self, conversation_id: str, message_ref: str, emoji: str) -> str:
-        _check_emoji(emoji)
+        require_emoji(emoji)
         dot = self.conversations.message_dot(conversation_id, message_ref)
         return await self.outbound.send_op(conversation_id, sync.ReactionRemove(dot, emoji))
 
@@ -569,12 +569,6 @@ class Client:
         with contextlib.suppress(NetworkError, ServerError, ProtocolError):
             await self.own_devices.refresh_names()  # the names of the devices it joins
         return account_id
-
-
-def _check_emoji(emoji: str) -> None:
-    problem = emoji_problem(emoji)
-    if problem is not None:
-        raise UsageError(problem)
 
 
 __all__ = [

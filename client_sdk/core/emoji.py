@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from saltline.client_sdk.errors import UsageError
+
 MAX_EMOJI_CODE_POINTS = 16
 MAX_ZWJ_ELEMENTS = 4
 
@@ -44,3 +46,10 @@ def emoji_problem(text: object) -> str | None:
     if _EMOJI.fullmatch(text) is None:
         return f"a reaction is exactly one emoji: {text!r} is not"
     return None
+
+
+def require_emoji(text: str) -> None:
+    """:class:`UsageError` unless ``text`` is one emoji (what ``Client.react`` checks)."""
+    problem = emoji_problem(text)
+    if problem is not None:
+        raise UsageError(problem)
