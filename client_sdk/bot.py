@@ -31,6 +31,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from saltline.client_sdk.client import Client
 
 log = logging.getLogger("saltline.client_sdk.bot")
+
+#: How many handled messages :attr:`Bot.handled` remembers (for :meth:`Bot.wait_handled`, metrics).
+HANDLED_KEPT = 1000
 
 Filter = Callable[[MessageReceived], bool]
 H = TypeVar("H", bound=Callable[..., Awaitable[None]])
@@ -126,8 +130,8 @@ class Bot:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Event | None = None
         self._started = False
-        #: messages handled (every matching handler returned), in order; for tests and metrics
-        self.handled: list[str] = []
+        #: the envelope ids of the latest messages handled (every matching handler returned)
+        self.handled: deque[str] = deque(maxlen=HANDLED_KEPT)
         self.failures = 0
         self._progress = asyncio.Condition()
 
