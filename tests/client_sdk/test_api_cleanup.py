@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from saltline.client_sdk.core import diff, views
 from saltline.client_sdk.core.emoji import MAX_EMOJI_CODE_POINTS, emoji_problem, is_valid_emoji
 from saltline.client_sdk.core.events import Reaction, ReactionChanged, ReadStateChanged
+from saltline.client_sdk.core.outgoing import encode_checked
 from saltline.client_sdk.core.sync import ops
 from saltline.client_sdk.core.sync.clock import Dot
 from saltline.client_sdk.core.sync.membership import INVALID_REACTION
 from saltline.client_sdk.core.sync.state import ConversationState
+from saltline.client_sdk.errors import UsageError
 from saltline.crypto.keys import b64encode
 from tests.client_sdk.test_sync_rules import ALICE, BOB, CID, Net
 
@@ -175,3 +177,38 @@ def test_the_public_view_has_text_ids_only() -> None:
     assert view.usernames == {b64encode(ALICE): "alice", b64encode(BOB): "bob"}
     assert view.message(first.message_ref) == first
     assert view.unread(b64encode(ALICE)) == raw.unread(ALICE)
+
+
+GOOD_BODIES = [
+    ops.Message("hi"),
+    ops.SettingsChange("title", "plans"),
+    ops.SettingsChange("title", None),
+    ops.SettingsChange("disappearing_ms", 60_000),
+    ops.SettingsChange("mute", True),
+    ops.ReadMarker(0),
+    ops.ReactionAdd(Dot(b"\x01" * 16, 1), "👍"),
+]
+BAD_BODIES = [
+    ops.SettingsChange("disappearing_ms", -5),
+    ops.SettingsChange("title", 5),
+    ops.SettingsChange("mute", "yes"),
+    ops.ReadMarker(-1),
+    ops.Message(b"bytes"),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize("body", GOOD_BODIES, ids=repr)
+def test_what_receivers_accept_is_sent(body: ops.Body) -> None:
+    net = Net()
+    op = net.composers["alice_phone"].compose(net.states["alice_phone"], body)
+    device, account = net.composers["alice_phone"].device_id, ALICE
+    plaintext, clock = encode_checked(op, device, account)
+    assert ops.decode(plaintext, clock, device, account).body == body
+
+
+@pytest.mark.parametrize("body", BAD_BODIES, ids=repr)
+def test_what_receivers_refuse_is_a_usage_error(body: ops.Body) -> None:
+    net = Net()
+    op = net.composers["alice_phone"].compose(net.states["alice_phone"], body)
+    with pytest.raises(UsageError):
+        encode_checked(op, net.composers["alice_phone"].device_id, ALICE)
