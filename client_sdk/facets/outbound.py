@@ -21,7 +21,7 @@ from saltline.client_sdk.core import message as msg
 from saltline.client_sdk.core import outbox as rules
 from saltline.client_sdk.core.diff import message_ref
 from saltline.client_sdk.core.events import ForkDetected, MessageSent, OutboxItemFailed
-from saltline.client_sdk.core.outgoing import encode_checked
+from saltline.client_sdk.core.outgoing import check_accepted, encode_checked
 from saltline.client_sdk.core.sync.ops import Body as SyncBody
 from saltline.client_sdk.errors import (
     IdentityChangedError,
@@ -160,8 +160,9 @@ class Outbound:
             if isinstance(body, sync.MembershipChange) and body.add and body.welcome is None:
                 body = replace(body, welcome=state.welcome())  # what the added account starts from
             op = composer.compose(state, body)
-            plaintext, clock = encode_checked(op, composer.device_id, composer.account_id)
+            plaintext, clock = encode_checked(op)
             self._check_size(record.members, plaintext, clock)
+            check_accepted(op, plaintext, clock, composer.device_id, composer.account_id)
             envelope_id = b64encode(ctx.rng(16))
             now = ctx.clock()
             with ctx.transaction():

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from saltline.client_sdk.core import diff, views
 from saltline.client_sdk.core.emoji import MAX_EMOJI_CODE_POINTS, emoji_problem, is_valid_emoji
 from saltline.client_sdk.core.events import Reaction, ReactionChanged, ReadStateChanged
-from saltline.client_sdk.core.outgoing import encode_checked
+from saltline.client_sdk.core.outgoing import check_accepted, encode_checked
 from saltline.client_sdk.core.sync import ops
 from saltline.client_sdk.core.sync.clock import Dot
 from saltline.client_sdk.core.sync.membership import INVALID_REACTION
@@ -194,6 +194,8 @@ BAD_BODIES = [
     ops.SettingsChange("mute", "yes"),
     ops.ReadMarker(-1),
     ops.Message(b"bytes"),  # type: ignore[arg-type]
+    ops.Message("x" * 65_537),  # receivers refuse a text this long
+    ops.Edit(Dot(b"\x01" * 16, 1), "x" * 65_537),
 ]
 
 
@@ -202,7 +204,8 @@ def test_what_receivers_accept_is_sent(body: ops.Body) -> None:
     net = Net()
     op = net.composers["alice_phone"].compose(net.states["alice_phone"], body)
     device, account = net.composers["alice_phone"].device_id, ALICE
-    plaintext, clock = encode_checked(op, device, account)
+    plaintext, clock = encode_checked(op)
+    check_accepted(op, plaintext, clock, device, account)
     assert ops.decode(plaintext, clock, device, account).body == body
 
 
@@ -211,4 +214,5 @@ def test_what_receivers_refuse_is_a_usage_error(body: ops.Body) -> None:
     net = Net()
     op = net.composers["alice_phone"].compose(net.states["alice_phone"], body)
     with pytest.raises(UsageError):
-        encode_checked(op, net.composers["alice_phone"].device_id, ALICE)
+        plaintext, clock = encode_checked(op)
+        check_accepted(op, plaintext, clock, net.composers["alice_phone"].device_id, ALICE)
