@@ -10,12 +10,15 @@ from dataclasses import dataclass
 import pytest
 
 from saltline.client_sdk.client import Client
+from saltline.client_sdk.core import sync
+from saltline.client_sdk.core.events import MessageReceived, OperationRejected, Reaction, ReactionChanged
 from saltline.client_sdk.errors import SaltlineError
 from saltline.client_sdk.stores.memory import MemoryStore
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse battery staple"
+WAIT = 15.0
 
 
 @dataclass
@@ -113,3 +116,32 @@ async def test_register_with_a_bad_username_is_a_saltline_error(live_server: Liv
         for bad in ("", "a", "bøb", "has space", "x" * 33):
             with pytest.raises(SaltlineError):
                 await client.register(bad, PASSWORD)
+
+
+async def test_a_peers_invalid_reaction_is_rejected_with_an_event(live_server: LiveServer) -> None:
+    """A modified client (not ``react()``, which refuses) sends a reaction that is not one emoji:
+    the receiving device reports it (``OperationRejected``, ``invalid_reaction``) and never shows
+    it; a valid reaction after it is shown, with the reactor's username."""
+    alice = await Client.create(live_server.base_url, MemoryStore())
+    bob = await Client.create(live_server.base_url, MemoryStore())
+    try:
+        alice_name, bob_name = f"alice_{os.urandom(3).hex()}", f"bob_{os.urandom(3).hex()}"
+        await alice.register(alice_name, PASSWORD)
+        await bob.register(bob_name, PASSWORD)
+        await alice.connect()
+        await bob.connect()
+        cid = await alice.create_conversation([bob_name])
+        await alice.send_text(cid, "react to this")
+        hello = await bob.next_event(MessageReceived, WAIT)
+        target = bob.conversations.message_dot(cid, hello.message_ref)
+        await bob.outbound.send_op(cid, sync.ReactionAdd(target, "<img src=x onerror=alert(1)>"))
+        rejected = await alice.next_event(OperationRejected, WAIT)
+        assert rejected.reason == "invalid_reaction" and rejected.account_id == bob.account_id
+        assert (await alice.conversation(cid)).message(hello.message_ref).reactions == ()  # type: ignore[union-attr]
+        await bob.react(cid, hello.message_ref, "🎉")
+        changed = await alice.next_event(ReactionChanged, WAIT)
+        assert changed.message_ref == hello.message_ref
+        assert changed.reactions == (Reaction(bob.account_id, bob_name, "🎉"),)
+    finally:
+        await alice.close()
+        await bob.close()
