@@ -42,7 +42,7 @@ from bench import _common as common  # noqa: E402  (bench/ is a namespace packag
 
 log = common.log
 
-from saltline.client_sdk.client import Client, message_ref  # noqa: E402
+from saltline.client_sdk.client import Client, ConversationView  # noqa: E402
 from saltline.client_sdk.core import sync  # noqa: E402
 from saltline.client_sdk.core.events import Drained, Event  # noqa: E402
 from saltline.client_sdk.stores.memory import MemoryStore  # noqa: E402
@@ -162,7 +162,7 @@ def run_core(n: int, repeats: int) -> dict[str, Any]:
 # -- 2. e2e ---------------------------------------------------------------------------------------
 
 
-def _shared(view: sync.ConversationView) -> object:
+def _shared(view: ConversationView) -> object:
     return (view.messages, view.settings, view.mute, view.members, view.read_up_to, view.receipts)
 
 
@@ -179,9 +179,7 @@ async def run_e2e(n: int, server: Any, timeout_s: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     for i, kind in enumerate(_kinds(n, rng)):
         if i % 100 == 0 and i:
-            refs = [
-                message_ref(m.dot) for m in (await bob.conversation(cid)).messages[-200:] if not m.deleted
-            ]
+            refs = [m.message_ref for m in (await bob.conversation(cid)).messages[-200:] if not m.deleted]
         if kind == "edit" and refs:
             await bob.edit(cid, rng.choice(refs), f"edited {i}")
         elif kind == "delete" and refs:

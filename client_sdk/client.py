@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -33,14 +33,24 @@ from saltline.client_sdk.core import sync
 from saltline.client_sdk.core.attachments import AttachmentPointer
 from saltline.client_sdk.core.backoff import BackoffPolicy
 from saltline.client_sdk.core.diff import message_ref
+from saltline.client_sdk.core.emoji import require_emoji
 from saltline.client_sdk.core.events import (
     AttachmentDownloaded,
     AttachmentDownloadFailed,
     Event,
     MarkedRead,
     MessageReceived,
+    Reaction,
 )
-from saltline.client_sdk.errors import NetworkError, ProtocolError, SaltlineError, ServerError, UsageError
+from saltline.client_sdk.core.views import ConversationView, MessageItem
+from saltline.client_sdk.errors import (
+    AttachmentError,
+    NetworkError,
+    ProtocolError,
+    SaltlineError,
+    ServerError,
+    UsageError,
+)
 from saltline.client_sdk.facets.attachments import Attachments, Progress, Source
 from saltline.client_sdk.facets.contacts import Contacts
 from saltline.client_sdk.facets.delivery import Delivery
@@ -64,6 +74,9 @@ from saltline.client_sdk.transport.http import HttpTransport
 from saltline.crypto import primitives as p
 from saltline.crypto import private_state, safety
 from saltline.crypto.keys import b64decode, b64encode
+
+if TYPE_CHECKING:
+    from saltline.client_sdk.bot import Bot
 
 E = TypeVar("E", bound=Event)
 T = TypeVar("T")
@@ -289,14 +302,14 @@ class Client:
         """The username this device pinned for ``account_id`` (None: not a contact yet)."""
         return self.conversations.username_of(account_id)
 
-    async def conversation(self, conversation_id: str) -> sync.ConversationView:
+    async def conversation(self, conversation_id: str) -> ConversationView:
         """The materialised state (messages with current text, edited and deleted flags, reactions,
-        read markers, settings, members), replayed from the store."""
-        return await self._flushed(self.conversations.view(conversation_id))
+        read markers, settings, members), replayed from the store; text ids, usernames included."""
+        return await self._flushed(self.conversations.public_view(conversation_id))
 
     async def unread(self, conversation_id: str) -> int:
         """Messages of other accounts after this account's read marker (any of its devices)."""
-        return (await self.conversation(conversation_id)).unread(b64decode(self.account_id))
+        return (await self.conversation(conversation_id)).unread(self.account_id)
 
     async def _flushed(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
@@ -319,11 +332,14 @@ class Client:
         """Encrypt ``source`` (a path, bytes or an async iterator of bytes) with a fresh key,
         upload it resumably, then send the message through the outbox; returns its envelope id.
         :class:`~saltline.client_sdk.errors.AttachmentError` and its subclasses for what went wrong."""
-        return await self._flushed(
-            self.attachments.send_file(
-                conversation_id, source, name=name, mime=mime, caption=caption, progress=progress
+        try:
+            return await self._flushed(
+                self.attachments.send_file(
+                    conversation_id, source, name=name, mime=mime, caption=caption, progress=progress
+                )
             )
-        )
+        except OSError as exc:  # the file could not be read (or spooled)
+            raise AttachmentError(f"cannot send {source!r}: {exc}") from exc
 
     async def download(
         self, attachment: AttachmentPointer, destination: str | Path, progress: Progress | None = None
@@ -348,10 +364,12 @@ class Client:
         try:
             path = await self.attachments.auto_download(event.conversation_id, event.envelope_id, pointer)
         except (SaltlineError, OSError) as exc:
-            self._ctx.emit(AttachmentDownloadFailed(event.conversation_id, event.envelope_id, str(exc)))
+            cid, eid, ref = event.conversation_id, event.envelope_id, event.message_ref
+            self._ctx.emit(AttachmentDownloadFailed(cid, eid, str(exc), ref))
         else:
             if path is not None:
-                self._ctx.emit(AttachmentDownloaded(event.conversation_id, event.envelope_id, str(path)))
+                cid, eid, ref = event.conversation_id, event.envelope_id, event.message_ref
+                self._ctx.emit(AttachmentDownloaded(cid, eid, str(path), ref))
         await self._ctx.flush()
 
     # -- operations ---------------------------------------------------------------------------------------
@@ -376,10 +394,14 @@ class Client:
         return await self.outbound.send_op(conversation_id, sync.Delete(dot))
 
     async def react(self, conversation_id: str, message_ref: str, emoji: str) -> str:
+        """React with exactly one emoji (:class:`UsageError` otherwise; a peer's invalid reaction
+        is never shown: :class:`OperationRejected` with reason ``invalid_reaction``)."""
+        require_emoji(emoji)
         dot = self.conversations.message_dot(conversation_id, message_ref)
         return await self.outbound.send_op(conversation_id, sync.ReactionAdd(dot, emoji))
 
     async def unreact(self, conversation_id: str, message_ref: str, emoji: str) -> str:
+        require_emoji(emoji)
         dot = self.conversations.message_dot(conversation_id, message_ref)
         return await self.outbound.send_op(conversation_id, sync.ReactionRemove(dot, emoji))
 
@@ -502,6 +524,13 @@ class Client:
             raise UsageError("the client is closed")
         await self.delivery.connect()
 
+    async def run_forever(self, bot: Bot | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (with ``bot``'s handlers: :mod:`saltline.client_sdk.bot`),
+        then close cleanly: the outbox is kept, the store released (and closed when it can be)."""
+        from saltline.client_sdk.bot import run_forever
+
+        await run_forever(self, bot)
+
     async def disconnect(self) -> None:
         """Close the delivery socket (the client stays usable; :meth:`connect` again later)."""
         await self.delivery.disconnect()
@@ -556,11 +585,14 @@ class Client:
 __all__ = [
     "Client",
     "ConversationSummary",
+    "ConversationView",
     "DeviceInfo",
     "LinkConfirmation",
     "LinkRequest",
+    "MessageItem",
     "OutboxEntry",
     "PreKeyMeta",
+    "Reaction",
     "TimelineMessage",
     "message_ref",
 ]

@@ -1,8 +1,13 @@
-"""Events the client emits (frozen, slotted; h11 style). Ids are base64url text."""
+"""Events the client emits (frozen, slotted; h11 style). Ids are base64url text.
+
+A message is named by its ``message_ref`` (``"<device id>.<n>"``, the reference that ``reply``,
+``edit``, ``delete`` and ``react`` take) in every event; ``envelope_id`` is the transport's id of
+the envelope that carried it (outbox, acknowledgements). Events that name accounts carry their
+usernames too (``""`` for an account this device knows no username of)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from saltline.client_sdk.core.attachments import AttachmentPointer
 
@@ -13,11 +18,23 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Reaction:
+    """One account's reaction to a message."""
+
+    account_id: str
+    username: str
+    emoji: str
+
+
+@dataclass(frozen=True, slots=True)
 class MessageReceived(Event):
     """A text message, stored durably before this event is emitted. ``sent_by_me`` is true for
-    messages sent by another device of this account (and for this device's own sends)."""
+    messages sent by another device of this account (and for this device's own sends).
+    ``message_ref`` names it for ``reply``/``edit``/``delete``/``react``; ``reply_to`` is the
+    ``message_ref`` of the message it answers."""
 
     conversation_id: str
+    message_ref: str
     sender_account_id: str
     sender_device_id: str
     sender_username: str
@@ -30,13 +47,17 @@ class MessageReceived(Event):
     #: A client with ``auto_download_bytes`` at least its ``size`` fetches it by itself; an
     #: :class:`AttachmentDownloaded` (or :class:`AttachmentDownloadFailed`) follows.
     attachment: AttachmentPointer | None = None
+    reply_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class MessageSent(Event):
-    """The server stored a message this device sent (from the outbox)."""
+    """The server stored an operation this device sent (from the outbox): a message (then
+    ``message_ref`` names it) or an edit, deletion, reaction, read marker... (``message_ref``
+    names that operation)."""
 
     conversation_id: str
+    message_ref: str
     envelope_id: str
     server_seq: int
 
@@ -130,12 +151,14 @@ class OutboxItemFailed(Event):
     reason: str
     status: int | None
     code: str | None
+    message_ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ConversationAdded(Event):
     conversation_id: str
     members: tuple[str, ...]
+    usernames: dict[str, str] = field(default_factory=dict)  # account id -> username
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,9 +292,11 @@ class MessageExpired(Event):
 
 @dataclass(frozen=True, slots=True)
 class ReactionChanged(Event):
+    """The reactions to a message now (every account's, sorted by account id)."""
+
     conversation_id: str
     message_ref: str
-    reactions: tuple[tuple[str, str], ...]  # (account id, emoji)
+    reactions: tuple[Reaction, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +304,9 @@ class ReadStateChanged(Event):
     """A read marker moved (on this account's devices: the unread count changed too)."""
 
     conversation_id: str
-    read_up_to: dict[str, int]
+    read_up_to: dict[str, int]  # account id -> server_seq
     unread: int
+    usernames: dict[str, str] = field(default_factory=dict)  # account id -> username
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +355,7 @@ class MembershipMismatch(Event):
     conversation_id: str
     members: tuple[str, ...]
     server_members: tuple[str, ...]
+    usernames: dict[str, str] = field(default_factory=dict)  # account id -> username
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +367,7 @@ class AddedToConversation(Event):
     conversation_id: str
     added_by: str
     members: tuple[str, ...]
+    usernames: dict[str, str] = field(default_factory=dict)  # account id -> username (added_by too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +377,8 @@ class OperationRejected(Event):
     ``not_a_member`` (the account was not a member then: a ghost account the server routes, or a
     removed member), ``not_an_admin`` (a membership change by a member who is not an admin),
     ``direct_members_fixed``, ``no_genesis`` (the conversation has no authenticated start before
-    it) or ``bad_genesis``. A rejected message is not stored; ``envelope_id`` names it."""
+    it), ``bad_genesis``, or ``invalid_reaction`` (a reaction that is not exactly one emoji: never
+    shown). A rejected message is not stored; ``envelope_id`` names it."""
 
     conversation_id: str
     account_id: str
@@ -363,6 +392,7 @@ class OperationRejected(Event):
 class MembershipChanged(Event):
     conversation_id: str
     members: tuple[str, ...]
+    usernames: dict[str, str] = field(default_factory=dict)  # account id -> username
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +403,7 @@ class TypingChanged(Event):
     account_id: str
     device_id: str
     typing: bool
+    username: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +414,7 @@ class AttachmentDownloaded(Event):
     conversation_id: str
     envelope_id: str
     path: str
+    message_ref: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,3 +425,4 @@ class AttachmentDownloadFailed(Event):
     conversation_id: str
     envelope_id: str
     reason: str
+    message_ref: str = ""

@@ -13,17 +13,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from saltline.client_sdk.core.diff import message_ref
 from saltline.client_sdk.daemon.codec import pointer_from_json, to_json
 from saltline.client_sdk.daemon.hub import Hub, Subscriber
 from saltline.client_sdk.daemon.params import Params
 from saltline.client_sdk.daemon.rpc import Method, invalid_params
 from saltline.client_sdk.errors import UsageError
-from saltline.crypto.keys import b64decode, b64encode
+from saltline.crypto.keys import b64encode
 
 if TYPE_CHECKING:
     from saltline.client_sdk.client import Client
-    from saltline.client_sdk.core.sync.view import MessageView
+    from saltline.client_sdk.core.views import MessageItem
 
 
 class Peer(Protocol):
@@ -58,17 +57,19 @@ def _account(account: bytes | str, names: dict[str, str]) -> dict[str, Any]:
     return {"account_id": account_id, "username": names.get(account_id)}
 
 
-def _message(m: MessageView, names: dict[str, str]) -> dict[str, Any]:
+def _message(m: MessageItem, names: dict[str, str]) -> dict[str, Any]:
     return {
-        "message_ref": message_ref(m.dot),
+        "message_ref": m.message_ref,
         "server_seq": m.seq,
-        "sender": _account(m.author, names),
+        "sender": {"account_id": m.author, "username": m.author_username},
         "text": m.text,
-        "reply_to": None if m.reply_to is None else message_ref(m.reply_to),
+        "reply_to": m.reply_to,
         "sent_at_ms": m.sent_at_ms,
         "edited": m.edited,
         "deleted": m.deleted,
-        "reactions": [{**_account(a, names), "emoji": e} for a, e in m.reactions],
+        "reactions": [
+            {"account_id": r.account_id, "username": r.username, "emoji": r.emoji} for r in m.reactions
+        ],
         "attachment": to_json(m.attachment),
     }
 
@@ -177,7 +178,7 @@ async def _conversations(hub: Hub, client: Client, p: Params) -> Any:
                 "kind": c.kind,
                 "members": [_account(m, names) for m in c.members],
                 "title": None if title is None else title.value,
-                "unread": view.unread(b64decode(me)),
+                "unread": view.unread(me),
             }
         )
     return result

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from saltline.client_sdk.context import DeviceContext
-from saltline.client_sdk.core import api, diff, sync
+from saltline.client_sdk.core import api, diff, sync, views
 from saltline.client_sdk.core.events import (
     AddedToConversation,
     ConversationAdded,
@@ -110,7 +110,14 @@ class Conversations:
         if old is not None and (old.kind == "direct" or info.kind != old.kind):
             # a direct conversation's accounts, and every conversation's kind, never change
             if info.kind != old.kind or set(info.members) != set(old.members):
-                ctx.emit(MembershipMismatch(old.conversation_id, tuple(old.members), tuple(info.members)))
+                ctx.emit(
+                    MembershipMismatch(
+                        old.conversation_id,
+                        tuple(old.members),
+                        tuple(info.members),
+                        diff.usernames((*old.members, *info.members), self.name_of),
+                    )
+                )
             return old
         if info.kind == "direct" and (len(set(info.members)) != 2 or ctx.account_id not in info.members):
             raise UntrustedConversationError(
@@ -133,8 +140,21 @@ class Conversations:
             info = api.parse_conversation((await self.ctx.call(api.conversation(conversation_id))).body)
             with self.ctx.transaction():
                 record = self.put(info)
-                self.ctx.emit(ConversationAdded(record.conversation_id, record.members))
+                self.ctx.emit(self.added(record))
         return record
+
+    def added(self, record: ConversationRecord) -> ConversationAdded:
+        return ConversationAdded(
+            record.conversation_id, record.members, diff.usernames(record.members, self.name_of)
+        )
+
+    def name_of(self, account_id: str) -> str:
+        """The username of an account as this device knows it ("" when it knows none)."""
+        device = self.ctx.device
+        if account_id == device.account_id:
+            return device.username or ""
+        contact = self.ctx.store.device_lists.get_contact(account_id)
+        return contact.username if contact is not None else ""
 
     def messages(self, conversation_id: str, limit: int = 1000) -> Sequence[MessageRecord]:
         return self.ctx.store.conversations.messages(conversation_id, limit=limit)
@@ -217,7 +237,7 @@ class Conversations:
             return None
         self._seqs.setdefault(cid, {})[seq] = envelope_id
         if received.applied:
-            for event in diff.delta_changes(cid, delta):
+            for event in diff.delta_changes(cid, delta, self.name_of):
                 self.ctx.emit(event)
         for rejection in received.rejected:
             rejected_eid = self._seqs[cid].get(rejection.seq)
@@ -275,13 +295,10 @@ class Conversations:
             )
         )
         self.forget(record.conversation_id)
-        self.ctx.emit(
-            AddedToConversation(
-                record.conversation_id,
-                b64encode(op.author),
-                tuple(sorted(b64encode(m) for m in (*w.members, body.member))),
-            )
-        )
+        members = tuple(sorted(b64encode(m) for m in (*w.members, body.member)))
+        adder = b64encode(op.author)
+        names = diff.usernames((*members, adder), self.name_of)
+        self.ctx.emit(AddedToConversation(record.conversation_id, adder, members, names))
         return self.state(record)
 
     def check_may_compose(self, state: sync.ConversationState, body: sync.ops.Body) -> None:
@@ -316,7 +333,12 @@ class Conversations:
             if key not in self._mismatches:
                 self._mismatches.add(key)
                 ctx.emit(
-                    MembershipMismatch(record.conversation_id, tuple(sorted(members)), tuple(sorted(server)))
+                    MembershipMismatch(
+                        record.conversation_id,
+                        tuple(sorted(members)),
+                        tuple(sorted(server)),
+                        diff.usernames(members | server, self.name_of),
+                    )
                 )
         return sorted(members)
 
@@ -329,6 +351,10 @@ class Conversations:
 
     async def view(self, conversation_id: str) -> sync.ConversationView:
         return self.state(await self.record(conversation_id)).view()
+
+    async def public_view(self, conversation_id: str) -> views.ConversationView:
+        """The view with text ids and usernames (what the client hands out)."""
+        return views.public_view(await self.view(conversation_id), self.name_of)
 
     def message_dot(self, cid: str, message_ref: str) -> sync.Dot:
         """A message named by its ref (``"<device id>.<n>"``) or by its envelope id."""

@@ -10,7 +10,7 @@ from typing import Any
 from saltline.client_sdk.context import DeviceContext
 from saltline.client_sdk.core import diff, sync
 from saltline.client_sdk.core import history as fmt
-from saltline.client_sdk.core.events import ConversationAdded, MessageReceived
+from saltline.client_sdk.core.events import MessageReceived
 from saltline.client_sdk.errors import UsageError
 from saltline.client_sdk.facets.conversations import Conversations, decode_op
 from saltline.client_sdk.facets.disappearing import encode_expiring, encode_timers
@@ -195,24 +195,30 @@ class HistoryBundles:
                 )
                 after = self.conversations.state(record).view()
                 if before is None:
-                    ctx.emit(ConversationAdded(cid, record.members))
+                    ctx.emit(self.conversations.added(record))
                 else:
-                    for event in diff.changes(cid, me, before, after):
+                    for event in diff.changes(cid, me, before, after, self.conversations.name_of):
                         ctx.emit(event)
                 for r, op in sorted(added, key=lambda a: a[0].server_seq):
                     if isinstance(op.body, sync.Message) and r.envelope_id not in expired:
                         contact = ctx.store.device_lists.get_contact(r.sender_account_id)
                         ctx.emit(
                             MessageReceived(
-                                cid,
-                                r.sender_account_id,
-                                r.sender_device_id,
-                                contact.username if contact else "",
-                                op.body.text,
-                                r.envelope_id,
-                                r.server_seq,
-                                op.body.sent_at_ms,
-                                r.sender_account_id == ctx.account_id,
-                                op.body.attachment,
+                                conversation_id=cid,
+                                message_ref=diff.message_ref(op.dot),
+                                sender_account_id=r.sender_account_id,
+                                sender_device_id=r.sender_device_id,
+                                sender_username=contact.username if contact else "",
+                                text=op.body.text,
+                                envelope_id=r.envelope_id,
+                                server_seq=r.server_seq,
+                                sent_at_ms=op.body.sent_at_ms,
+                                sent_by_me=r.sender_account_id == ctx.account_id,
+                                attachment=op.body.attachment,
+                                reply_to=_ref(op.body.reply_to),
                             )
                         )
+
+
+def _ref(dot: sync.Dot | None) -> str | None:
+    return None if dot is None else diff.message_ref(dot)

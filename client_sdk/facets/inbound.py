@@ -19,7 +19,6 @@ from saltline.client_sdk.core.attachments import pointer_of
 from saltline.client_sdk.core.diff import message_ref
 from saltline.client_sdk.core.events import (
     Connected,
-    ConversationAdded,
     ConversationUnavailable,
     DecryptionFailed,
     DeliveryGap,
@@ -39,6 +38,7 @@ from saltline.client_sdk.errors import (
     ServerError,
     UntrustedConversationError,
     UntrustedDeviceListError,
+    UsageError,
 )
 from saltline.client_sdk.stores.base import (
     ContactRecord,
@@ -404,7 +404,15 @@ class Inbound:
                 self.prekeys.used_one()
             if seq is None:
                 if isinstance(op.body, sync.Typing):
-                    ctx.emit(TypingChanged(cid, env.sender_account_id, env.sender_device_id, op.body.typing))
+                    ctx.emit(
+                        TypingChanged(
+                            cid,
+                            env.sender_account_id,
+                            env.sender_device_id,
+                            op.body.typing,
+                            contact.username,
+                        )
+                    )
                 return
             if isinstance(op.body, sync.Message):
                 ctx.store.conversations.put_message(
@@ -443,16 +451,18 @@ class Inbound:
                     ctx.store.handler_inbox.add_pending(eid, cid, ctx.clock())
                 ctx.emit(
                     MessageReceived(
-                        cid,
-                        env.sender_account_id,
-                        env.sender_device_id,
-                        contact.username,
-                        op.body.text,
-                        eid,
-                        seq,
-                        op.body.sent_at_ms,
-                        sent_by_me,
-                        op.body.attachment,
+                        conversation_id=cid,
+                        message_ref=message_ref(op.dot),
+                        sender_account_id=env.sender_account_id,
+                        sender_device_id=env.sender_device_id,
+                        sender_username=contact.username,
+                        text=op.body.text,
+                        envelope_id=eid,
+                        server_seq=seq,
+                        sent_at_ms=op.body.sent_at_ms,
+                        sent_by_me=sent_by_me,
+                        attachment=op.body.attachment,
+                        reply_to=None if op.body.reply_to is None else message_ref(op.body.reply_to),
                     )
                 )
         self._transient.pop(eid, None)
@@ -535,17 +545,22 @@ class Inbound:
                 ctx.store.handler_inbox.remove_pending(entry.envelope_id)
                 continue
             contact = ctx.store.device_lists.get_contact(record.sender_account_id)
+            try:
+                ref = message_ref(self.conversations.message_dot(record.conversation_id, record.envelope_id))
+            except UsageError:
+                ref = ""
             event = MessageReceived(
-                record.conversation_id,
-                record.sender_account_id,
-                record.sender_device_id,
-                contact.username if contact else "",
-                record.text,
-                record.envelope_id,
-                record.server_seq,
-                record.sent_at_ms,
-                record.sent_by_me,
-                pointer_of(record.body),
+                conversation_id=record.conversation_id,
+                message_ref=ref,
+                sender_account_id=record.sender_account_id,
+                sender_device_id=record.sender_device_id,
+                sender_username=contact.username if contact else "",
+                text=record.text,
+                envelope_id=record.envelope_id,
+                server_seq=record.server_seq,
+                sent_at_ms=record.sent_at_ms,
+                sent_by_me=record.sent_by_me,
+                attachment=pointer_of(record.body),
             )
             ok = await ctx.bus.publish(event, at_least_once_only=True)
             self._settle(event, ok)
@@ -572,7 +587,7 @@ class Inbound:
             if self.conversations.known(info.conversation_id) is None:
                 with ctx.transaction():
                     record = self.conversations.put(info)
-                    ctx.emit(ConversationAdded(record.conversation_id, record.members))
+                    ctx.emit(self.conversations.added(record))
         for record in list(ctx.store.conversations.conversations()):
             try:
                 await self._fill_gap(record.conversation_id)

@@ -19,7 +19,9 @@ from saltline.client_sdk.context import DeviceContext
 from saltline.client_sdk.core import api, sync, trust, wire
 from saltline.client_sdk.core import message as msg
 from saltline.client_sdk.core import outbox as rules
+from saltline.client_sdk.core.diff import message_ref
 from saltline.client_sdk.core.events import ForkDetected, MessageSent, OutboxItemFailed
+from saltline.client_sdk.core.outgoing import check_accepted, encode_checked
 from saltline.client_sdk.core.sync.ops import Body as SyncBody
 from saltline.client_sdk.errors import (
     IdentityChangedError,
@@ -158,8 +160,9 @@ class Outbound:
             if isinstance(body, sync.MembershipChange) and body.add and body.welcome is None:
                 body = replace(body, welcome=state.welcome())  # what the added account starts from
             op = composer.compose(state, body)
-            plaintext, clock = sync.encode(op)
+            plaintext, clock = encode_checked(op)
             self._check_size(record.members, plaintext, clock)
+            check_accepted(op, plaintext, clock, composer.device_id, composer.account_id)
             envelope_id = b64encode(ctx.rng(16))
             now = ctx.clock()
             with ctx.transaction():
@@ -468,7 +471,9 @@ class Outbound:
             if old is not None:
                 ctx.store.conversations.put_message(replace(old, status="failed"))
             self._queue_void(item)
-            ctx.emit(OutboxItemFailed(item.conversation_id, item.envelope_id, reason, status, code))
+            op = decode_op(item.body, item.clock, ctx.device_id, ctx.account_id)
+            ref = None if op is None else message_ref(op.dot)
+            ctx.emit(OutboxItemFailed(item.conversation_id, item.envelope_id, reason, status, code, ref))
 
     async def _send_envelope(self, conversation_id: str, body: dict[str, Any] | bytes) -> api.Response:
         """Over the delivery socket when it is ready (its ``send_result`` carries the HTTP route's
@@ -532,7 +537,8 @@ class Outbound:
             if op is not None and record is not None:
                 self.conversations.apply(record, server_seq, op, item.envelope_id)
             if not void:
-                ctx.emit(MessageSent(item.conversation_id, item.envelope_id, server_seq))
+                ref = message_ref(op.dot) if op is not None else ""
+                ctx.emit(MessageSent(item.conversation_id, ref, item.envelope_id, server_seq))
 
     # -- encryption ----------------------------------------------------------------------------------
 

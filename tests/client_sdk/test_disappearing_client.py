@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from saltline.client_sdk.client import Client, message_ref
+from saltline.client_sdk.client import Client
 from saltline.client_sdk.core import history as fmt
 from saltline.client_sdk.core.events import Event, MessageExpired, MessageReceived
 from saltline.client_sdk.errors import LinkError
@@ -72,7 +72,7 @@ async def test_a_message_that_arrives_expired_is_never_shown_nor_kept() -> None:
     assert not _holds(alice, cid, "SECRET")
     assert (await alice.conversation(cid)).messages == ()
     # bob edits it (his clock: not expired yet for him); the edit's text never stays at alice
-    ref = message_ref((await bob.conversation(cid)).messages[0].dot)
+    ref = (await bob.conversation(cid)).messages[0].message_ref
     await bob.edit(cid, ref, "SECRET edited")
     await relay.deliver(alice)
     assert not [e for e in _drain(alice) if isinstance(e, MessageReceived | MessageExpired)]

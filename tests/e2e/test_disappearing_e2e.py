@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from saltline.client_sdk.client import Client, message_ref
+from saltline.client_sdk.client import Client
 from saltline.client_sdk.core import history as fmt
 from saltline.client_sdk.core.events import Event, MessageExpired, MessageReceived
 from saltline.client_sdk.stores.sqlite import SqliteStore
@@ -133,7 +133,7 @@ async def test_a_disappearing_message_is_gone_from_every_device(
     for device in (desk, phone):
         assert (await _received(device, f"{marker} self-destructs")).envelope_id == secret
     view = await bob.conversation(cid)
-    ref = message_ref(view.messages[-1].dot)
+    ref = view.messages[-1].message_ref
     await bob.edit(cid, ref, f"{marker} edited")
     await phone.react(cid, ref, "🔥")
     clock.now += 1_000

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from saltline.client_sdk.client import Client, message_ref
+from saltline.client_sdk.client import Client
 from saltline.client_sdk.core.events import (
     Drained,
     Event,
@@ -18,7 +18,7 @@ from saltline.client_sdk.core.events import (
     MessageReceived,
     TypingChanged,
 )
-from saltline.client_sdk.core.sync import ConversationView
+from saltline.client_sdk.core.views import ConversationView
 from saltline.client_sdk.stores.memory import MemoryStore
 from saltline.client_sdk.stores.sqlite import SqliteStore
 from tests.linking import link
@@ -91,7 +91,7 @@ async def test_sync_three_devices(live_server: LiveServer, tmp_path_factory: pyt
         assert (await device.next_event(MessageReceived, WAIT)).text == "a typo here"
     view = await _converged(cid, desk, phone, bob)
     assert [m.text for m in view.messages] == ["hello alice", "a typo here"]
-    ref = message_ref(view.messages[1].dot)
+    ref = view.messages[1].message_ref
 
     # the phone edits while the desktop (offline, not seeing the edit) deletes: delete wins
     await desk.disconnect()
@@ -131,18 +131,18 @@ async def test_sync_three_devices(live_server: LiveServer, tmp_path_factory: pyt
     title = view.settings["title"]
     assert title.value in ("from the desktop", "from the phone")
     loser = "from the phone" if title.value == "from the desktop" else "from the desktop"
-    assert [c.value for c in title.conflicts] == [loser]
+    assert list(title.conflicts) == [loser]
 
     # reactions: last writer per (message, account)
-    hello = message_ref(view.messages[0].dot)
+    hello = view.messages[0].message_ref
     await bob.react(cid, hello, "👍")
     await phone.react(cid, hello, "❤️")
     view = await _converged(cid, desk, phone, bob)
-    assert {e for _, e in view.messages[0].reactions} == {"👍", "❤️"}
+    assert {r.emoji for r in view.messages[0].reactions} == {"👍", "❤️"}
     await bob.unreact(cid, hello, "👍")
     await desk.react(cid, hello, "🎉")  # replaces the phone's reaction: one per account
     view = await _converged(cid, bob, desk, phone)
-    assert [e for _, e in view.messages[0].reactions] == ["🎉"]
+    assert [r.emoji for r in view.messages[0].reactions] == ["🎉"]
 
     # typing reaches the devices online now, and is never stored
     await desk.disconnect()
@@ -227,9 +227,9 @@ async def _history_for_new_device(live_server: LiveServer, min_parts: int = 1) -
     view = await _converged(cid, desk, bob)
     assert len(view.messages) == 200
     mine = [m for m in view.messages if m.author == view.messages[1].author]
-    await desk.edit(cid, message_ref(mine[0].dot), "alice 0, edited")
-    await desk.delete(cid, message_ref(mine[1].dot))
-    await bob.react(cid, message_ref(mine[2].dot), "👍")
+    await desk.edit(cid, mine[0].message_ref, "alice 0, edited")
+    await desk.delete(cid, mine[1].message_ref)
+    await bob.react(cid, mine[2].message_ref, "👍")
     await desk.mark_read(cid)
     before = await _converged(cid, desk, bob)
 
@@ -253,7 +253,7 @@ async def _history_for_new_device(live_server: LiveServer, min_parts: int = 1) -
     await laptop.connect()
     await bob.send_text(cid, "after the link")
     assert (await laptop.next_event(MessageReceived, WAIT)).text == "after the link"
-    await laptop.edit(cid, message_ref(mine[3].dot), "edited on the laptop")
+    await laptop.edit(cid, mine[3].message_ref, "edited on the laptop")
     view = await _converged(cid, laptop, desk, bob)
     assert view.messages[-1].text == "after the link"
     assert await laptop.unread(cid) == 1
@@ -327,7 +327,7 @@ async def test_messages_sent_while_linking_reach_the_new_device(live_server: Liv
         if len(puts) == 2:
             await bob.send_text(cid, "while linking, from bob")
             await desk.send_text(cid, "while linking, from the desk")
-            ref = message_ref((await _converged(cid, desk, bob)).messages[0].dot)
+            ref = (await _converged(cid, desk, bob)).messages[0].message_ref
             await bob.react(cid, ref, "👍")
             cids.append(await bob.create_conversation([alice_name, carol_name]))  # a group, new meanwhile
             await bob.send_text(cids[0], "a new conversation")
@@ -352,7 +352,7 @@ async def test_messages_sent_while_linking_reach_the_new_device(live_server: Liv
     expected = ["before", "while linking, from bob", "while linking, from the desk", "after the link"]
     view = await _converged(cid, laptop, desk, bob)
     assert [m.text for m in view.messages] == expected
-    assert [e for _, e in view.messages[0].reactions] == ["👍"]
+    assert [r.emoji for r in view.messages[0].reactions] == ["👍"]
     assert [m.text for m in laptop.messages(cid)] == expected  # stored once each, in order
     view2 = await _converged(cid2, laptop, desk, bob)
     assert [m.text for m in view2.messages] == ["a new conversation"]

@@ -26,9 +26,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from saltline.client_sdk.core.emoji import is_valid_emoji
 from saltline.client_sdk.core.sync.clock import CompactClock, Dot, FullClock, contains
 from saltline.client_sdk.core.sync.errors import SyncError
-from saltline.client_sdk.core.sync.ops import Body, ConversationKind, Genesis, MembershipChange, Op
+from saltline.client_sdk.core.sync.ops import (
+    Body,
+    ConversationKind,
+    Genesis,
+    MembershipChange,
+    Op,
+    ReactionAdd,
+    ReactionRemove,
+)
 from saltline.client_sdk.core.sync.rules import FrontierRegister, Write, lww_key
 
 NONE, MEMBER, ADMIN = 0, 1, 2
@@ -40,6 +49,7 @@ NOT_A_MEMBER = "not_a_member"
 NOT_AN_ADMIN = "not_an_admin"
 DIRECT_FIXED = "direct_members_fixed"
 BAD_WELCOME = "bad_welcome"
+INVALID_REACTION = "invalid_reaction"  # not exactly one emoji (client_sdk/core/emoji.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +86,8 @@ def authorise(op: Op, seq: int, full: FullClock, past: Roles | None) -> str | No
     """Why ``op`` (at ``seq``, with the expanded clock ``full``) has no effect, or None when it is
     allowed. ``past``: the membership in the op's causal past (None: no genesis in it)."""
     body = op.body
+    if isinstance(body, ReactionAdd | ReactionRemove) and not is_valid_emoji(body.emoji):
+        return INVALID_REACTION
     if isinstance(body, Genesis):
         alone = all(n == 0 for d, n in full.items() if d != op.dot.device) and op.dot.n == 1
         if past is not None or seq != 1 or not alone or op.author not in body.members:
