@@ -148,13 +148,18 @@ class Conversations:
             record.conversation_id, record.members, diff.usernames(record.members, self.name_of)
         )
 
-    def name_of(self, account_id: str) -> str:
-        """The username of an account as this device knows it ("" when it knows none)."""
+    def username_of(self, account_id: str) -> str | None:
+        """The username this device pinned for ``account_id`` (its own account's, or a contact's
+        from a verified device list; None: not a contact yet). Never a name the server asserts."""
         device = self.ctx.device
         if account_id == device.account_id:
-            return device.username or ""
+            return device.username
         contact = self.ctx.store.device_lists.get_contact(account_id)
-        return contact.username if contact is not None else ""
+        return contact.username if contact is not None else None
+
+    def name_of(self, account_id: str) -> str:
+        """:meth:`username_of`, "" when this device knows none."""
+        return self.username_of(account_id) or ""
 
     def messages(self, conversation_id: str, limit: int = 1000) -> Sequence[MessageRecord]:
         return self.ctx.store.conversations.messages(conversation_id, limit=limit)

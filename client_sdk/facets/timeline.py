@@ -97,12 +97,6 @@ class ConversationDirectory(Conversations):
             sum(1 for m in view.messages if not m.deleted),
         )
 
-    def username_of(self, account_id: str) -> str | None:
-        if account_id == self.ctx.account_id:
-            return self.ctx.username
-        contact = self.ctx.store.device_lists.get_contact(account_id)
-        return contact.username if contact is not None else None
-
     async def timeline(self, conversation_id: str, limit: int = 1000) -> list[TimelineMessage]:
         record = await self.record(conversation_id)
         view = self.state(record).view()
