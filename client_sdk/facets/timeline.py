@@ -15,16 +15,10 @@ from dataclasses import dataclass, replace
 from saltline.client_sdk.core import sync
 from saltline.client_sdk.core.attachments import AttachmentPointer, pointer_of
 from saltline.client_sdk.core.diff import message_ref
+from saltline.client_sdk.core.events import Reaction
 from saltline.client_sdk.facets.conversations import Conversations, decode_op
 from saltline.client_sdk.stores.base import ConversationRecord, MessageRecord, MessageStatus
 from saltline.crypto.keys import b64decode, b64encode
-
-
-@dataclass(frozen=True, slots=True)
-class Reaction:
-    account_id: str
-    username: str | None
-    emoji: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +163,7 @@ class ConversationDirectory(Conversations):
             shown.edited and not shown.deleted,
             shown.deleted,
             message_ref(shown.reply_to) if shown.reply_to is not None else None,
-            tuple(Reaction(b64encode(a), self.username_of(b64encode(a)), e) for a, e in shown.reactions),
+            tuple(Reaction(b64encode(a), self.name_of(b64encode(a)), e) for a, e in shown.reactions),
             read_by,
             unread,
             None if shown.deleted else shown.attachment,

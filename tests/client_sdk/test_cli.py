@@ -287,7 +287,7 @@ def test_follow_lines_for_state_changes() -> None:
     expected: list[tuple[ev.Event, str, bool]] = [
         (ev.MessageEdited("conv1234x", ref, "new [text]"), r"[AbCdEf.3][/] edited: new \[text]", True),
         (ev.MessageDeleted("conv1234x", ref), "(message deleted)", True),
-        (ev.ReactionChanged("conv1234x", ref, (("acct-bob", "👍"),)), "reactions: 👍 bob", True),
+        (ev.ReactionChanged("conv1234x", ref, (ev.Reaction("acct-bob", "bob", "👍"),)), "reactions: 👍 bob", True),
         (ev.ReadStateChanged("conv1234x", {"acct-bob": 7}, 0), "read: bob up to #7 (0 unread)", True),
         (ev.SettingsChanged("conv1234x", "title", "Plans", ()), "title: Plans", True),
         (
@@ -306,4 +306,4 @@ def test_follow_lines_for_state_changes() -> None:
         assert shown is not None and text in shown[0] and shown[1] == to_stdout, (event, shown)
         if getattr(event, "conversation_id", None):
             assert shown[0].startswith("[dim]conv1234[/]") or not to_stdout
-    assert event_line(ev.MessageSent("c", "e", 1), names) is None
+    assert event_line(ev.MessageSent("c", "r.1", "e", 1), names) is None

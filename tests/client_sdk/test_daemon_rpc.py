@@ -216,7 +216,7 @@ def test_codec_is_generic() -> None:
         "members": ["AA", "AQ"],
         "maybe": None,
     }
-    event = MessageReceived("c", "acc", "dev", "alice", "hi", "env", 3, 99, False, _pointer())
+    event = MessageReceived("c", "dev.1", "acc", "dev", "alice", "hi", "env", 3, 99, False, _pointer())
     shown = event_json(event, "desk")
     assert shown["profile"] == "desk" and shown["type"] == "MessageReceived"
     assert shown["event"]["text"] == "hi" and shown["event"]["attachment"]["id"] == b64encode(b"\x01" * 32)

@@ -232,7 +232,7 @@ def test_http_with_curl_rpc_and_sse(start_daemon: Callable[..., Daemon], tmp_pat
     alice_events = _sse(d, "profile=alice")
     d.rpc("react", profile="bob", conversation_id=cid, message_ref=message["message_ref"], emoji="👍")
     reaction = _event(alice_events, "ReactionChanged", message_ref=message["message_ref"])
-    assert [r[1] for r in reaction["event"]["reactions"]] == ["👍"]
+    assert [r["emoji"] for r in reaction["event"]["reactions"]] == ["👍"]
     d.rpc(
         "edit", profile="alice", conversation_id=cid, message_ref=message["message_ref"], text="hello, edited"
     )
