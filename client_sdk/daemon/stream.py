@@ -12,12 +12,24 @@ from typing import Any
 
 from saltline.client_sdk.daemon.hub import Hub, Subscriber
 from saltline.client_sdk.daemon.methods import Peer
-from saltline.client_sdk.daemon.rpc import INVALID_REQUEST, Dispatcher, encode, notification, response_error
+from saltline.client_sdk.daemon.rpc import (
+    INVALID_REQUEST,
+    Dispatcher,
+    Parsed,
+    RpcError,
+    encode,
+    notification,
+    parse,
+    response_error,
+)
 
 log = logging.getLogger("saltline.client_sdk.daemon")
 
-#: Requests of one connection being worked on at once; reading waits beyond it.
+#: Requests of one connection being worked on at once (each request of a batch counts); reading
+#: waits beyond it.
 MAX_IN_FLIGHT = 16
+#: Subscriptions one connection may hold at once.
+MAX_SUBSCRIPTIONS = 16
 
 Write = Callable[[bytes], Awaitable[None]]
 
@@ -57,8 +69,11 @@ class StreamConnection:
                     if not line:
                         break
                 if line.strip():
-                    await self._slots.acquire()
-                    task = asyncio.get_running_loop().create_task(self._answer(line))
+                    parsed = parse(line)
+                    weight = min(parsed.weight, MAX_IN_FLIGHT)
+                    for _ in range(weight):  # only this loop acquires: no two batches half-hold slots
+                        await self._slots.acquire()
+                    task = asyncio.get_running_loop().create_task(self._answer(parsed, weight))
                     self._requests.add(task)
                     task.add_done_callback(self._requests.discard)
                 line = None
@@ -67,17 +82,28 @@ class StreamConnection:
         finally:
             await self.close()
 
-    async def _answer(self, line: bytes) -> None:
+    async def _answer(self, parsed: Parsed, weight: int) -> None:
         try:
-            answer = await self.dispatcher.handle_text(line, self)
+            answer = await self.dispatcher.handle_text(parsed, self)
             if answer is not None:
                 await self.send(answer)
         except (ConnectionError, OSError) as exc:
             log.info("connection lost while answering: %s", exc)
+        except Exception:  # one request must not end the others
+            log.exception("answering a request failed")
         finally:
-            self._slots.release()
+            for _ in range(weight):
+                self._slots.release()
 
     # -- subscriptions (methods.Peer) ---------------------------------------------------------------
+
+    def check_subscription_room(self) -> None:
+        if len(self._subs) >= MAX_SUBSCRIPTIONS:
+            raise RpcError(
+                -32000,
+                f"too many subscriptions: at most {MAX_SUBSCRIPTIONS} on one connection",
+                {"code": "too_many_subscriptions", "type": "TooManySubscriptions"},
+            )
 
     def add_subscription(self, sub: Subscriber) -> None:
         task = asyncio.get_running_loop().create_task(self._forward(sub))
@@ -95,14 +121,20 @@ class StreamConnection:
     async def _forward(self, sub: Subscriber) -> None:
         try:
             while True:
-                item = await sub.queue.get()
+                item = await sub.get()
                 if item.get("dropped"):
                     await self.send(notification("subscription_dropped", item))
                     self._subs.pop(sub.id, None)
                     return
-                await self.send(notification("event", {"subscription": sub.id, **item}))
+                try:
+                    text = encode(notification("event", {"subscription": sub.id, **item}))
+                except (TypeError, ValueError, RecursionError):  # one bad event: skip it
+                    log.exception("cannot encode an event of subscription %d", sub.id)
+                    continue
+                await self.send(text)
         except (ConnectionError, OSError):
             self.hub.unsubscribe(sub)
+            self._subs.pop(sub.id, None)
 
     async def close(self) -> None:
         if self.closed:
