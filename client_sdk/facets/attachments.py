@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
@@ -291,22 +292,21 @@ class Attachments:
         """Fetch, verify and decrypt the attachment to ``destination`` (a directory: the file
         keeps its name there); returns the file's path. Resumes a part left by an earlier call."""
         target = Path(destination)
-        if target.is_dir():
+        into_directory = target.is_dir()
+        if into_directory:
             target = target / safe_file_name(pointer.name)
         part = target.with_name(target.name + PART_SUFFIX)
         digest = hashlib.sha256()
         have = 0
-        if part.exists():
-            with open(part, "rb") as f:
-                while piece := f.read(PIECE):
-                    digest.update(piece)
-                    have += len(piece)
-        if have > pointer.padded_size:
-            part.unlink()
-            digest, have = hashlib.sha256(), 0
         failures = 0
-        with open(part, "ab") as out:
-            os.chmod(part, 0o600)
+        with _open_part(part) as out:
+            while piece := out.read(PIECE):
+                digest.update(piece)
+                have += len(piece)
+            if have > pointer.padded_size:
+                out.truncate(0)
+                out.seek(0)
+                digest, have = hashlib.sha256(), 0
             while have < pointer.padded_size:
                 try:
                     have = await self._fetch(pointer, out, digest, have, progress)
@@ -323,13 +323,16 @@ class Attachments:
                     if failures >= MAX_ATTEMPTS:
                         raise
                     await asyncio.sleep(min(2.0, 0.05 * 2**failures))
-        if digest.digest() != pointer.digest:
-            part.unlink(missing_ok=True)
-            raise AttachmentIntegrityError("the attachment does not match its digest (tampered or swapped)")
-        try:
-            self._decrypt(pointer, part, target)
-        finally:
-            part.unlink(missing_ok=True)
+            if digest.digest() != pointer.digest:
+                part.unlink(missing_ok=True)
+                raise AttachmentIntegrityError(
+                    "the attachment does not match its digest (tampered or swapped)"
+                )
+            try:
+                out.seek(0)
+                target = self._decrypt(pointer, out, target, keep_existing=into_directory)
+            finally:
+                part.unlink(missing_ok=True)
         return target
 
     async def _fetch(
@@ -367,13 +370,17 @@ class Attachments:
             raise NetworkError("the download ended early")
         return have
 
-    def _decrypt(self, pointer: AttachmentPointer, part: Path, target: Path) -> None:
+    def _decrypt(
+        self, pointer: AttachmentPointer, src: BinaryIO, target: Path, *, keep_existing: bool
+    ) -> Path:
+        """Decrypt ``src`` (the verified part) to ``target``; with ``keep_existing`` (a directory
+        destination) an existing file is never replaced: the first free ``name (n).ext`` is taken."""
         fd, tmp_name = tempfile.mkstemp(prefix=".saltline-", suffix=".tmp", dir=target.parent)
         tmp = Path(tmp_name)
         try:
             decryptor = AttachmentDecryptor(pointer.key)
             remaining = pointer.ciphertext_size
-            with os.fdopen(fd, "wb") as out, open(part, "rb") as src:
+            with os.fdopen(fd, "wb") as out:
                 while remaining:
                     piece = src.read(min(CIPHER_CHUNK_SIZE * 16, remaining))
                     if not piece:
@@ -383,7 +390,10 @@ class Attachments:
                 out.write(decryptor.finalize())
                 out.flush()
                 os.fsync(out.fileno())
+            if keep_existing:
+                target = _reserve_free_name(target)
             os.replace(tmp, target)
+            return target
         except CryptoError as exc:
             tmp.unlink(missing_ok=True)
             raise AttachmentIntegrityError(f"the attachment does not decrypt: {exc}") from exc
@@ -422,3 +432,32 @@ async def _pieces(source: Source) -> AsyncIterator[bytes]:
 
 
 __all__ = ["AttachmentError", "Attachments"]
+
+
+def _open_part(part: Path) -> BinaryIO:
+    """The part file, opened to read and append without following a symbolic link; refused
+    (:class:`UsageError`) unless it is a regular file of ours with one link (a planted link
+    would let someone else choose what is written or chmod-ed)."""
+    try:
+        fd = os.open(part, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot open {part}: {exc.strerror} (remove it if it is not yours)") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise UsageError(f"{part} is not a plain file of yours: remove it and try again")
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "a+b")
+
+
+def _reserve_free_name(target: Path) -> Path:
+    """``target``, or ``stem (n)suffix`` for the first n free, created empty (O_EXCL) so that
+    nothing else takes it before the decrypted file replaces it."""
+    for n in range(10_000):
+        candidate = target if n == 0 else target.with_name(f"{target.stem} ({n}){target.suffix}")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            continue
+        return candidate
+    raise UsageError(f"no free name for {target.name} in {target.parent}")
