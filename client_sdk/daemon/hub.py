@@ -146,7 +146,11 @@ class Hub:
         return list(self._subscribers.values())
 
     def broadcast(self, profile: str, item: dict[str, Any]) -> None:
-        size = len(encode(item))
+        try:
+            size = len(encode(item))
+        except (TypeError, ValueError, RecursionError):  # one event JSON cannot hold: skipped
+            log.exception("cannot encode an event of profile %s", profile)
+            return
         for sub in list(self._subscribers.values()):
             if sub.wants(profile):
                 sub.offer(item, size)

@@ -153,6 +153,9 @@ class Daemon:
         self.token_path: Path | None = None
         self._token: str | None = None
         self.connections = 0
+        self._open: set[asyncio.StreamWriter] = set()
+        #: Set once every transport listens (tests and embedders wait on it).
+        self.ready = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
@@ -177,7 +180,12 @@ class Daemon:
             writer.close()
             return False
         self.connections += 1
+        self._open.add(writer)
         return True
+
+    def _release(self, writer: asyncio.StreamWriter) -> None:
+        self.connections -= 1
+        self._open.discard(writer)
 
     async def _on_socket(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         busy = response_error(None, SALTLINE_ERROR, "too many connections", {"code": "busy", "type": "Busy"})
@@ -186,7 +194,7 @@ class Daemon:
         try:
             await self._serve_socket(reader, writer)
         finally:
-            self.connections -= 1
+            self._release(writer)
 
     async def _serve_socket(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A UNIX socket connection: HTTP when it starts with a request line, else JSON lines."""
@@ -218,7 +226,7 @@ class Daemon:
         try:
             await self._http_handler(token, hosts).handle(reader, writer)
         finally:
-            self.connections -= 1
+            self._release(writer)
 
     async def run(self) -> None:
         """Serve until stopped (a signal, or the end of stdin with ``--stdio``)."""
@@ -235,6 +243,7 @@ class Daemon:
             if o.stdio:
                 waits.append(asyncio.ensure_future(self._stdio(limit)))
             print("saltline daemon: ready", file=sys.stderr, flush=True)
+            self.ready.set()
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
@@ -243,6 +252,8 @@ class Daemon:
         finally:
             for server in self._servers:
                 server.close()
+            for writer in list(self._open):  # their handlers end at the close
+                writer.transport.abort()
             await self.hub.stop()
             if self.socket_path is not None:
                 with contextlib.suppress(FileNotFoundError):
