@@ -447,7 +447,9 @@ def _open_part(part: Path) -> BinaryIO:
         os.close(fd)
         raise UsageError(f"{part} is not a plain file of yours: remove it and try again")
     os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "a+b")
+    part_file = os.fdopen(fd, "a+b")
+    part_file.seek(0)  # "a+" starts at the end: what is there is read (resumed) first
+    return part_file
 
 
 def _reserve_free_name(target: Path) -> Path:
