@@ -453,3 +453,15 @@ async def test_messages_is_paged_with_a_cap() -> None:
     older = (await call(conversation_id="C", limit=1000, before_server_seq=501))["result"]
     assert [m["server_seq"] for m in older] == list(range(1, 501))
     assert (await call(conversation_id="C"))["result"][0]["server_seq"] == 1401  # default: 100
+
+
+def test_the_default_socket_is_in_the_runtime_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from saltline.client_sdk.daemon.server import default_socket_path
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert default_socket_path() == tmp_path / "saltline" / "daemon.sock"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_socket_path() == tmp_path / "home" / ".saltline" / "daemon.sock"
