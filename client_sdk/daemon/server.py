@@ -28,7 +28,7 @@ from saltline.client_sdk.daemon.http import (
 from saltline.client_sdk.daemon.hub import Hub
 from saltline.client_sdk.daemon.methods import build_methods
 from saltline.client_sdk.daemon.rpc import INVALID_REQUEST, SALTLINE_ERROR, Dispatcher, encode, response_error
-from saltline.client_sdk.daemon.stream import StreamConnection, Write
+from saltline.client_sdk.daemon.stream import StreamConnection, Write, read_line
 from saltline.client_sdk.errors import UsageError
 
 log = logging.getLogger("saltline.client_sdk.daemon")
@@ -154,6 +154,7 @@ class Daemon:
         self._token: str | None = None
         self.connections = 0
         self._open: set[asyncio.StreamWriter] = set()
+        self._line_limit = options.max_body + 1024  # a JSON line: a body and its framing
         #: Set once every transport listens (tests and embedders wait on it).
         self.ready = asyncio.Event()
 
@@ -199,7 +200,7 @@ class Daemon:
     async def _serve_socket(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A UNIX socket connection: HTTP when it starts with a request line, else JSON lines."""
         try:
-            first = await asyncio.wait_for(reader.readline(), self.options.head_timeout)
+            first = await asyncio.wait_for(read_line(reader, self._line_limit), self.options.head_timeout)
         except (ValueError, asyncio.LimitOverrunError):
             with contextlib.suppress(ConnectionError, OSError, TimeoutError):
                 too_long = response_error(None, INVALID_REQUEST, "invalid request: line too long")
@@ -212,7 +213,9 @@ class Daemon:
         if is_request_line(first):  # its head is held to the HTTP bounds (a line over them: 431)
             await self._http_handler(None).handle(reader, writer, first)
             return
-        conn = StreamConnection(self.hub, self.stream_dispatcher, _stream_write(writer))
+        conn = StreamConnection(
+            self.hub, self.stream_dispatcher, _stream_write(writer), max_line=self._line_limit
+        )
         try:
             await conn.serve(reader, first or None)
         finally:
@@ -237,7 +240,7 @@ class Daemon:
         limit = self.options.max_body + 1024
         o = self.options
         try:
-            await self._listen(limit)
+            await self._listen()
             await self.hub.start()
             waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._stop.wait())]
             if o.stdio:
@@ -261,14 +264,18 @@ class Daemon:
             if self.token_path is not None and self._token is not None:
                 remove_token(self.token_path, self._token)
 
-    async def _listen(self, limit: int) -> None:
+    async def _listen(self) -> None:
         o = self.options
         try:
             if o.socket_path is not None:
                 path = prepare_socket_path(o.socket_path)
                 old = os.umask(0o177)  # the socket is created 0600
                 try:
-                    server = await asyncio.start_unix_server(self._on_socket, str(path), limit=limit)
+                    # the reader's limit keeps an HTTP head's lines to 8 KiB; JSON lines are
+                    # read past it up to --max-body (read_line)
+                    server = await asyncio.start_unix_server(
+                        self._on_socket, str(path), limit=HEAD_LINE_LIMIT
+                    )
                 finally:
                     os.umask(old)
                 self.socket_path = path

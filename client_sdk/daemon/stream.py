@@ -34,10 +34,37 @@ MAX_SUBSCRIPTIONS = 16
 Write = Callable[[bytes], Awaitable[None]]
 
 
+async def read_line(reader: asyncio.StreamReader, max_len: int) -> bytes:
+    """One line of up to ``max_len`` bytes from a reader whose own limit may be smaller (the UNIX
+    socket's reader keeps HTTP heads to 8 KiB, JSON lines go up to ``--max-body``); the line
+    without its end at the end of input. A longer line raises :class:`ValueError`."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = await reader.readuntil(b"\n")
+            done = True
+        except asyncio.LimitOverrunError as exc:
+            chunk = await reader.readexactly(exc.consumed)  # what the reader could not hold at once
+            done = False
+        except asyncio.IncompleteReadError as exc:
+            chunk, done = exc.partial, True
+        total += len(chunk)
+        if total > max_len:
+            raise ValueError(f"a line over {max_len} bytes")
+        parts.append(chunk)
+        if done:
+            return b"".join(parts)
+
+
 class StreamConnection:
     """One stream peer. ``write(data)`` sends bytes (and waits for the peer to take them)."""
 
-    def __init__(self, hub: Hub, dispatcher: Dispatcher[Peer | None], write: Write) -> None:
+    def __init__(
+        self, hub: Hub, dispatcher: Dispatcher[Peer | None], write: Write, *, max_line: int | None = None
+    ) -> None:
+        """``max_line``: the longest line taken (None: the reader's own limit)."""
+        self.max_line = max_line
         self.hub = hub
         self.dispatcher = dispatcher
         self._write = write
@@ -60,7 +87,10 @@ class StreamConnection:
             while True:
                 if line is None:
                     try:
-                        line = await reader.readline()
+                        if self.max_line is None:
+                            line = await reader.readline()
+                        else:
+                            line = await read_line(reader, self.max_line)
                     except (ValueError, asyncio.LimitOverrunError):
                         await self.send(
                             response_error(None, INVALID_REQUEST, "invalid request: line too long")

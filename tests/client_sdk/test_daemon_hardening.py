@@ -244,6 +244,34 @@ async def test_the_socket_first_line_is_under_the_head_timeout(tmp_path: Path) -
         await _stopped(daemon, task)
 
 
+async def test_the_socket_holds_http_heads_small_and_json_lines_long(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir(mode=0o700)
+    daemon, task = await _running(Options(socket_path=tmp_path / "s" / "d.sock", max_body=200_000))
+    assert daemon.socket_path is not None
+    path = str(daemon.socket_path)
+    try:
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"POST /rpc HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 431 ")
+        writer.close()
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")  # the first line too
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 431 ")
+        writer.close()
+        reader, writer = await asyncio.open_unix_connection(path)
+        pad = "p" * 100_000  # a JSON line far over the 8 KiB of a head line, under --max-body
+        writer.write(
+            json.dumps({"jsonrpc": "2.0", "id": 1, "method": "profiles", "pad": pad}).encode() + b"\n"
+        )
+        assert json.loads(await asyncio.wait_for(reader.readline(), 10))["id"] == 1
+        writer.write(b'{"jsonrpc":"2.0","id":2,"method":"profiles","x":"' + b"y" * 250_000 + b'"}\n')
+        assert json.loads(await asyncio.wait_for(reader.readline(), 10))["error"]["code"] == -32600
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # then the connection ends
+        writer.close()
+    finally:
+        await _stopped(daemon, task)
+
+
 # -- JSON: depth, surrogates, line separators, answer size ----------------------------------------------
 
 
