@@ -11,7 +11,8 @@ Errors (``error.code``):
 -32602     invalid params: a missing, unknown or mistyped parameter, or an unknown profile
 -32603     internal error: a bug in the daemon (details in its log, never in the answer)
 -32000     a Saltline error: ``message`` is the SDK's message, ``data.code`` a stable code
-           (:func:`error_data`), ``data.type`` the exception class
+           (:func:`error_data`), ``data.type`` the exception class; also an answer over
+           ``max_result`` bytes (``data.code`` ``result_too_large``)
 =========  ==========================================================================
 """
 
