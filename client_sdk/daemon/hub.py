@@ -2,8 +2,10 @@
 go to.
 
 Each client's events are read in one task (:meth:`Client.events`) and offered to every
-subscriber that wants that profile. A subscriber has a bounded queue: one that does not keep up
-(a slow SSE reader, a stalled socket) is dropped when its queue is full; its queue is emptied
+subscriber that wants that profile. A subscriber has a bounded queue (:data:`DEFAULT_QUEUE`
+events and :data:`DEFAULT_QUEUE_BYTES` bytes of their JSON), and there are at most
+:data:`MAX_SUBSCRIBERS` of them: one that does not keep up (a slow SSE reader, a stalled socket)
+is dropped when its queue is full; its queue is emptied
 and it gets one last :data:`DROPPED` item, so memory stays bounded whatever a reader does.
 Events that arrive while nobody is subscribed are not kept (subscribe first, then act)."""
 
