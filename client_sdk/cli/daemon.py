@@ -24,7 +24,12 @@ def daemon(
     ] = False,
     socket_path: Annotated[
         Path | None,
-        typer.Option("--socket", metavar="PATH", help="JSON-RPC lines (or HTTP) on a UNIX socket"),
+        typer.Option(
+            "--socket",
+            metavar="PATH",
+            help="JSON-RPC lines (or HTTP) on a UNIX socket; 'default': "
+            "$XDG_RUNTIME_DIR/saltline/daemon.sock (else ~/.saltline/daemon.sock)",
+        ),
     ] = None,
     http: Annotated[
         str | None,
@@ -50,7 +55,7 @@ def daemon(
     """Serve one or more profiles to other programs over JSON-RPC 2.0 (see docs/daemon.md)."""
     from saltline.client_sdk.daemon.http import DEFAULT_MAX_BODY
     from saltline.client_sdk.daemon.hub import Hub
-    from saltline.client_sdk.daemon.server import Daemon, Options, parse_http
+    from saltline.client_sdk.daemon.server import Daemon, Options, default_socket_path, parse_http
 
     state = cli_state(ctx)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="saltline daemon: %(message)s")
@@ -59,7 +64,11 @@ def daemon(
         served = [Profile.named(n) for n in names]
         options = Options(
             stdio=stdio or (socket_path is None and http is None),
-            socket_path=None if socket_path is None else socket_path.expanduser().absolute(),
+            socket_path=None
+            if socket_path is None
+            else default_socket_path()
+            if str(socket_path) == "default"
+            else socket_path.expanduser().absolute(),
             http=None if http is None else parse_http(http),
             token_file=(token_file or saltline_home() / "daemon" / "http-token").expanduser().absolute(),
             max_body=max(1024, max_body or DEFAULT_MAX_BODY),

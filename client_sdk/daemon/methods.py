@@ -28,10 +28,15 @@ if TYPE_CHECKING:
 class Peer(Protocol):
     """A connection that can carry notifications (stdio, a socket connection)."""
 
+    def check_subscription_room(self) -> None: ...
+
     def add_subscription(self, sub: Subscriber) -> None: ...
 
     def remove_subscription(self, sub_id: int) -> bool: ...
 
+
+#: Messages one ``messages`` call answers at most.
+MAX_MESSAGES = 1000
 
 Handler = Callable[[Hub, "Client", Params], Awaitable[Any]]
 _CLIENT_METHODS: dict[str, Handler] = {}
@@ -187,10 +192,14 @@ async def _conversations(hub: Hub, client: Client, p: Params) -> Any:
 @method("messages")
 async def _messages(hub: Hub, client: Client, p: Params) -> Any:
     cid, limit = p.string("conversation_id"), p.opt_integer("limit", minimum=1)
+    before = p.opt_integer("before_server_seq", minimum=1)
     p.done()
+    if limit is not None and limit > MAX_MESSAGES:
+        raise invalid_params(f"limit must be at most {MAX_MESSAGES} (page with before_server_seq)")
     view = await client.conversation(cid)
     names = _names(client)
-    shown = view.messages[-(limit or 100) :]
+    older = view.messages if before is None else [m for m in view.messages if m.seq < before]
+    shown = older[-(limit or 100) :]
     return [_message(m, names) for m in shown]
 
 
@@ -332,6 +341,7 @@ def build_methods(hub: Hub, *, notifications: bool) -> dict[str, Method[Peer | N
         names = p.strings("profiles") if p.has("profiles") else None
         p.done()
         assert peer is not None
+        peer.check_subscription_room()
         sub = hub.subscribe(hub.check_profiles(names))
         peer.add_subscription(sub)
         return {"subscription": sub.id}

@@ -11,7 +11,8 @@ Errors (``error.code``):
 -32602     invalid params: a missing, unknown or mistyped parameter, or an unknown profile
 -32603     internal error: a bug in the daemon (details in its log, never in the answer)
 -32000     a Saltline error: ``message`` is the SDK's message, ``data.code`` a stable code
-           (:func:`error_data`), ``data.type`` the exception class
+           (:func:`error_data`), ``data.type`` the exception class; also an answer over
+           ``max_result`` bytes (``data.code`` ``result_too_large``)
 =========  ==========================================================================
 """
 
@@ -37,6 +38,9 @@ SALTLINE_ERROR = -32000
 
 #: Requests in one batch at most (each may do network work).
 MAX_BATCH = 100
+#: Bytes of one answer (a batch's answers together) at most; past it the request is answered with
+#: a -32000 error whose ``data.code`` is ``result_too_large``.
+MAX_RESULT = 8 << 20
 
 P = TypeVar("P")  # what a transport tells a method about the caller (its connection)
 Method = Callable[[dict[str, Any], P], Awaitable[Any]]
@@ -91,8 +95,43 @@ def notification(method: str, params: Any) -> dict[str, Any]:
 
 
 def encode(message: Any) -> str:
-    """One JSON text (no newline inside: the stream transports frame by lines)."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """One JSON text, ASCII only: no newline inside (the stream transports frame by lines, and
+    U+2028, U+2029 and U+0085 are escaped too), and a lone surrogate is escaped, never an
+    encoding error."""
+    return json.dumps(message, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
+def result_too_large(request_id: Any, limit: int) -> dict[str, Any]:
+    return response_error(
+        request_id,
+        SALTLINE_ERROR,
+        f"result too large: the answer is over {limit} bytes (ask for less, e.g. a smaller limit)",
+        {"code": "result_too_large", "type": "ResultTooLarge"},
+    )
+
+
+class Parsed:
+    """A parsed text: ``message`` (the JSON value), or ``error`` (the answer to a text that is not JSON)."""
+
+    def __init__(self, message: Any = None, error: dict[str, Any] | None = None) -> None:
+        self.message = message
+        self.error = error
+
+    @property
+    def weight(self) -> int:
+        """How many requests it holds (a batch counts each of its requests)."""
+        if isinstance(self.message, list):
+            return max(1, min(len(self.message), MAX_BATCH))
+        return 1
+
+
+def parse(text: str | bytes) -> Parsed:
+    try:
+        return Parsed(json.loads(text))
+    except RecursionError:
+        return Parsed(error=response_error(None, PARSE_ERROR, "parse error: nested too deeply"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Parsed(error=response_error(None, PARSE_ERROR, f"parse error: {exc}"))
 
 
 def _valid_id(value: Any) -> bool:
@@ -104,17 +143,17 @@ class Dispatcher(Generic[P]):
     result (anything :func:`json.dumps` takes) or raises :class:`RpcError`,
     :class:`SaltlineError` or :class:`TimeoutError`; anything else is an internal error."""
 
-    def __init__(self, methods: Mapping[str, Method[P]]) -> None:
+    def __init__(self, methods: Mapping[str, Method[P]], *, max_result: int = MAX_RESULT) -> None:
         self.methods = dict(methods)
+        self.max_result = max_result
 
-    async def handle_text(self, text: str | bytes, peer: P) -> str | None:
+    async def handle_text(self, text: str | bytes | Parsed, peer: P) -> str | None:
         """The response text to ``text`` (a request or a batch), or None when nothing is
         answered (notifications only)."""
-        try:
-            message = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return encode(response_error(None, PARSE_ERROR, f"parse error: {exc}"))
-        result = await self.handle(message, peer)
+        parsed = text if isinstance(text, Parsed) else parse(text)
+        if parsed.error is not None:
+            return encode(parsed.error)
+        result = await self.handle(parsed.message, peer)
         return None if result is None else encode(result)
 
     async def handle(self, message: Any, peer: P) -> Any:
@@ -126,8 +165,18 @@ class Dispatcher(Generic[P]):
                 return response_error(
                     None, INVALID_REQUEST, f"invalid request: more than {MAX_BATCH} in a batch"
                 )
-            answers = [await self.handle_one(item, peer) for item in message]
-            kept = [a for a in answers if a is not None]
+            kept: list[dict[str, Any]] = []
+            budget = self.max_result
+            for item in message:
+                answer = await self.handle_one(item, peer)
+                if answer is None:
+                    continue
+                size = len(encode(answer))
+                if size > budget:
+                    answer = result_too_large(answer.get("id"), self.max_result)
+                    size = len(encode(answer))
+                budget -= size
+                kept.append(answer)
             return kept or None
         return await self.handle_one(message, peer)
 
@@ -161,6 +210,12 @@ class Dispatcher(Generic[P]):
             answer = response_error(request_id, INTERNAL_ERROR, "internal error (see the daemon's log)")
         else:
             answer = {"jsonrpc": "2.0", "result": result, "id": request_id}
+            try:
+                if len(encode(answer)) > self.max_result:
+                    answer = result_too_large(request_id, self.max_result)
+            except (TypeError, ValueError, RecursionError):
+                log.exception("method %s returned what JSON cannot hold", method)
+                answer = response_error(request_id, INTERNAL_ERROR, "internal error (see the daemon's log)")
         return None if is_notification else answer
 
     async def call(self, method: str, params: dict[str, Any] | list[Any], peer: P) -> Any:

@@ -12,20 +12,59 @@ from typing import Any
 
 from saltline.client_sdk.daemon.hub import Hub, Subscriber
 from saltline.client_sdk.daemon.methods import Peer
-from saltline.client_sdk.daemon.rpc import INVALID_REQUEST, Dispatcher, encode, notification, response_error
+from saltline.client_sdk.daemon.rpc import (
+    INVALID_REQUEST,
+    Dispatcher,
+    Parsed,
+    RpcError,
+    encode,
+    notification,
+    parse,
+    response_error,
+)
 
 log = logging.getLogger("saltline.client_sdk.daemon")
 
-#: Requests of one connection being worked on at once; reading waits beyond it.
+#: Requests of one connection being worked on at once (each request of a batch counts); reading
+#: waits beyond it.
 MAX_IN_FLIGHT = 16
+#: Subscriptions one connection may hold at once.
+MAX_SUBSCRIPTIONS = 16
 
 Write = Callable[[bytes], Awaitable[None]]
+
+
+async def read_line(reader: asyncio.StreamReader, max_len: int) -> bytes:
+    """One line of up to ``max_len`` bytes from a reader whose own limit may be smaller (the UNIX
+    socket's reader keeps HTTP heads to 8 KiB, JSON lines go up to ``--max-body``); the line
+    without its end at the end of input. A longer line raises :class:`ValueError`."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = await reader.readuntil(b"\n")
+            done = True
+        except asyncio.LimitOverrunError as exc:
+            chunk = await reader.readexactly(exc.consumed)  # what the reader could not hold at once
+            done = False
+        except asyncio.IncompleteReadError as exc:
+            chunk, done = exc.partial, True
+        total += len(chunk)
+        if total > max_len:
+            raise ValueError(f"a line over {max_len} bytes")
+        parts.append(chunk)
+        if done:
+            return b"".join(parts)
 
 
 class StreamConnection:
     """One stream peer. ``write(data)`` sends bytes (and waits for the peer to take them)."""
 
-    def __init__(self, hub: Hub, dispatcher: Dispatcher[Peer | None], write: Write) -> None:
+    def __init__(
+        self, hub: Hub, dispatcher: Dispatcher[Peer | None], write: Write, *, max_line: int | None = None
+    ) -> None:
+        """``max_line``: the longest line taken (None: the reader's own limit)."""
+        self.max_line = max_line
         self.hub = hub
         self.dispatcher = dispatcher
         self._write = write
@@ -48,7 +87,10 @@ class StreamConnection:
             while True:
                 if line is None:
                     try:
-                        line = await reader.readline()
+                        if self.max_line is None:
+                            line = await reader.readline()
+                        else:
+                            line = await read_line(reader, self.max_line)
                     except (ValueError, asyncio.LimitOverrunError):
                         await self.send(
                             response_error(None, INVALID_REQUEST, "invalid request: line too long")
@@ -57,8 +99,11 @@ class StreamConnection:
                     if not line:
                         break
                 if line.strip():
-                    await self._slots.acquire()
-                    task = asyncio.get_running_loop().create_task(self._answer(line))
+                    parsed = parse(line)
+                    weight = min(parsed.weight, MAX_IN_FLIGHT)
+                    for _ in range(weight):  # only this loop acquires: no two batches half-hold slots
+                        await self._slots.acquire()
+                    task = asyncio.get_running_loop().create_task(self._answer(parsed, weight))
                     self._requests.add(task)
                     task.add_done_callback(self._requests.discard)
                 line = None
@@ -67,17 +112,28 @@ class StreamConnection:
         finally:
             await self.close()
 
-    async def _answer(self, line: bytes) -> None:
+    async def _answer(self, parsed: Parsed, weight: int) -> None:
         try:
-            answer = await self.dispatcher.handle_text(line, self)
+            answer = await self.dispatcher.handle_text(parsed, self)
             if answer is not None:
                 await self.send(answer)
         except (ConnectionError, OSError) as exc:
             log.info("connection lost while answering: %s", exc)
+        except Exception:  # one request must not end the others
+            log.exception("answering a request failed")
         finally:
-            self._slots.release()
+            for _ in range(weight):
+                self._slots.release()
 
     # -- subscriptions (methods.Peer) ---------------------------------------------------------------
+
+    def check_subscription_room(self) -> None:
+        if len(self._subs) >= MAX_SUBSCRIPTIONS:
+            raise RpcError(
+                -32000,
+                f"too many subscriptions: at most {MAX_SUBSCRIPTIONS} on one connection",
+                {"code": "too_many_subscriptions", "type": "TooManySubscriptions"},
+            )
 
     def add_subscription(self, sub: Subscriber) -> None:
         task = asyncio.get_running_loop().create_task(self._forward(sub))
@@ -95,14 +151,20 @@ class StreamConnection:
     async def _forward(self, sub: Subscriber) -> None:
         try:
             while True:
-                item = await sub.queue.get()
+                item = await sub.get()
                 if item.get("dropped"):
                     await self.send(notification("subscription_dropped", item))
                     self._subs.pop(sub.id, None)
                     return
-                await self.send(notification("event", {"subscription": sub.id, **item}))
+                try:
+                    text = encode(notification("event", {"subscription": sub.id, **item}))
+                except (TypeError, ValueError, RecursionError):  # one bad event: skip it
+                    log.exception("cannot encode an event of subscription %d", sub.id)
+                    continue
+                await self.send(text)
         except (ConnectionError, OSError):
             self.hub.unsubscribe(sub)
+            self._subs.pop(sub.id, None)
 
     async def close(self) -> None:
         if self.closed:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from saltline.client_sdk.core.attachments import AttachmentPointer, padded_size
-from saltline.client_sdk.errors import AttachmentError, AttachmentIntegrityError
+from saltline.client_sdk.errors import AttachmentError, AttachmentIntegrityError, UsageError
 from saltline.crypto.attachments import (
     HEADER_SIZE,
     KEY_SIZE,
@@ -151,17 +152,15 @@ class DownloadSink:
         self._digest = hashlib.sha256()
         self._decryptor = AttachmentDecryptor(pointer.key)
         self._ciphertext_left = pointer.ciphertext_size
-        if part.exists() and part.stat().st_size > pointer.padded_size:
-            part.unlink()
         fd, tmp_name = tempfile.mkstemp(prefix=".saltline-", suffix=".tmp", dir=target.parent)
         self.tmp = Path(tmp_name)
         self._plain: BinaryIO = os.fdopen(fd, "wb")
         try:
-            self._part: BinaryIO = open(part, "ab")
-            os.chmod(part, 0o600)
-            with open(part, "rb") as held:  # a part left by an earlier call: take it in again
-                while piece := held.read(PIECE):
-                    self._take(piece)
+            self._part: BinaryIO = _open_part(part)
+            if os.fstat(self._part.fileno()).st_size > pointer.padded_size:
+                self._part.truncate(0)  # not a part of this attachment: start again
+            while piece := self._part.read(PIECE):  # a part left by an earlier call: take it in again
+                self._take(piece)
         except BaseException:
             self.close(keep_part=True)
             raise
@@ -182,15 +181,20 @@ class DownloadSink:
     def flush(self) -> None:
         self._part.flush()
 
-    def finish(self, target: Path) -> None:
-        """Verify the whole blob and the stream's end, then rename the plaintext to ``target``."""
+    def finish(self, target: Path, *, keep_existing: bool = False) -> Path:
+        """Verify the whole blob and the stream's end, then rename the plaintext to ``target``
+        (with ``keep_existing``, a directory destination: an existing file is never replaced, the
+        first free ``name (n).ext`` is taken); returns the path."""
         if self.have != self._pointer.padded_size or self._digest.digest() != self._pointer.digest:
             raise AttachmentIntegrityError("the attachment does not match its digest (tampered or swapped)")
         self._plain.write(self._decryptor.finalize())
         self._plain.flush()
         os.fsync(self._plain.fileno())
         self._plain.close()
+        if keep_existing:
+            target = _reserve_free_name(target)
         os.replace(self.tmp, target)
+        return target
 
     def close(self, *, keep_part: bool) -> None:
         """Close the files; drop the temporary plaintext (unless renamed) and, unless
@@ -201,3 +205,34 @@ class DownloadSink:
         self.tmp.unlink(missing_ok=True)
         if not keep_part:
             self.part.unlink(missing_ok=True)
+
+
+def _open_part(part: Path) -> BinaryIO:
+    """The part file, opened to read and append without following a symbolic link; refused
+    (:class:`UsageError`) unless it is a regular file of ours with one link (a planted link
+    would let someone else choose what is written or chmod-ed)."""
+    try:
+        fd = os.open(part, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot open {part}: {exc.strerror} (remove it if it is not yours)") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise UsageError(f"{part} is not a plain file of yours: remove it and try again")
+    os.fchmod(fd, 0o600)
+    part_file = os.fdopen(fd, "a+b")
+    part_file.seek(0)  # "a+" starts at the end: what is there is read (resumed) first
+    return part_file
+
+
+def _reserve_free_name(target: Path) -> Path:
+    """``target``, or ``stem (n)suffix`` for the first n free, created empty (O_EXCL) so that
+    nothing else takes it before the decrypted file replaces it."""
+    for n in range(10_000):
+        candidate = target if n == 0 else target.with_name(f"{target.stem} ({n}){target.suffix}")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            continue
+        return candidate
+    raise UsageError(f"no free name for {target.name} in {target.parent}")

@@ -410,7 +410,8 @@ class Attachments:
         """Fetch, verify and decrypt the attachment to ``destination`` (a directory: the file
         keeps its name there); returns the file's path. Resumes a part left by an earlier call."""
         target = Path(destination)
-        if target.is_dir():
+        into_directory = target.is_dir()
+        if into_directory:
             target = target / safe_file_name(pointer.name)
         part = target.with_name(target.name + PART_SUFFIX)
         try:
@@ -430,7 +431,7 @@ class Attachments:
                     if failures >= MAX_ATTEMPTS:
                         raise
                     await asyncio.sleep(min(2.0, 0.05 * 2**failures))
-            await asyncio.to_thread(sink.finish, target)
+            target = await asyncio.to_thread(sink.finish, target, keep_existing=into_directory)
         except CryptoError as exc:
             keep_part = False
             raise AttachmentIntegrityError(f"the attachment does not decrypt: {exc}") from exc

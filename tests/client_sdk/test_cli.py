@@ -287,7 +287,11 @@ def test_follow_lines_for_state_changes() -> None:
     expected: list[tuple[ev.Event, str, bool]] = [
         (ev.MessageEdited("conv1234x", ref, "new [text]"), r"[AbCdEf.3][/] edited: new \[text]", True),
         (ev.MessageDeleted("conv1234x", ref), "(message deleted)", True),
-        (ev.ReactionChanged("conv1234x", ref, (ev.Reaction("acct-bob", "bob", "👍"),)), "reactions: 👍 bob", True),
+        (
+            ev.ReactionChanged("conv1234x", ref, (ev.Reaction("acct-bob", "bob", "👍"),)),
+            "reactions: 👍 bob",
+            True,
+        ),
         (ev.ReadStateChanged("conv1234x", {"acct-bob": 7}, 0), "read: bob up to #7 (0 unread)", True),
         (ev.SettingsChanged("conv1234x", "title", "Plans", ()), "title: Plans", True),
         (

@@ -372,10 +372,11 @@ def test_socket_directory_and_token_file_permissions(tmp_path: Path) -> None:
     (tmp_path / "new" / "file").write_text("x")
     with pytest.raises(UsageError, match="not a socket"):
         prepare_socket_path(tmp_path / "new" / "file")
-    token = write_token(tmp_path / "t" / "token")
-    assert (tmp_path / "t" / "token").read_text().strip() == token and len(token) >= 40
-    assert stat.S_IMODE((tmp_path / "t" / "token").stat().st_mode) == 0o600
-    assert write_token(tmp_path / "t" / "token") != token  # a new token every start
+    written, token = write_token(tmp_path / "t" / "token")
+    assert written == (tmp_path / "t" / "token").resolve()
+    assert written.read_text().strip() == token and len(token) >= 40
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert write_token(tmp_path / "t" / "token")[1] != token  # a new token every start
 
 
 # -- JSON lines (stdio, socket) ---------------------------------------------------------------------

@@ -475,3 +475,38 @@ def test_groups_files_replies_and_deletes_over_http(
         changed = _event(alice_events, "MembershipChanged", conversation_id=gid)
     left = d.rpc("members", profile="alice", conversation_id=gid)["members"]
     assert [m["username"] for m in left] == [d.alice]
+
+
+@needs_curl
+def test_review_hardening_end_to_end(
+    start_daemon: Callable[..., Daemon], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hostile review's findings on the real CLI: ``--socket default`` in XDG_RUNTIME_DIR,
+    the Host allowlist, 404s without hints, the ``messages`` cap, a lone surrogate refused as a
+    UsageError, and the socket and this run's token removed at exit."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))  # the daemon's environment is ours
+    port = free_port()
+    token_file = tmp_path / "state" / "token"
+    d = start_daemon("--http", f"127.0.0.1:{port}", "--token-file", str(token_file), "--socket", "default")
+    d.port, d.token, d.socket = port, token_file.read_text().strip(), runtime / "saltline" / "daemon.sock"
+    assert stat.S_ISSOCK(d.socket.lstat().st_mode) and stat.S_IMODE(d.socket.lstat().st_mode) == 0o600
+    assert stat.S_IMODE(d.socket.parent.stat().st_mode) == 0o700
+    profiles = {"jsonrpc": "2.0", "id": 1, "method": "profiles"}
+    status, text = d.curl(f"http://127.0.0.1:{port}/rpc", "-H", "Host: rebound.example", body=profiles)
+    assert status == 421, text
+    status, _ = d.curl(f"http://127.0.0.1:{port}/rpc", "-H", f"Host: localhost:{port}", body=profiles)
+    assert status == 200
+    status, text = d.curl(f"http://127.0.0.1:{port}/admin", token=False)
+    assert status == 404 and "/rpc" not in text and "/admin" not in text
+    cid = d.rpc("create_conversation", profile="bob", usernames=[d.alice])["conversation_id"]
+    too_many = d.error("messages", profile="bob", conversation_id=cid, limit=1001)
+    assert too_many["code"] == -32602 and "before_server_seq" in too_many["message"]
+    assert d.rpc("messages", profile="bob", conversation_id=cid, limit=1000, before_server_seq=1) == []
+    surrogate = d.error("send", profile="bob", conversation_id=cid, text="boom \ud800")
+    assert surrogate["code"] == -32000 and surrogate["data"]["code"] == "usage"
+    assert d.rpc("send", via="unix", profile="bob", conversation_id=cid, text="fine")["status"] == "sent"
+    d.proc.terminate()
+    d.proc.wait(WAIT_S)
+    assert not d.socket.exists() and not token_file.exists()

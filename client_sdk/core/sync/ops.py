@@ -18,6 +18,7 @@ from saltline.client_sdk.core.attachments import AttachmentPointer, PointerError
 from saltline.client_sdk.core.sync.clock import DEVICE_ID_SIZE, CompactClock, Dot
 from saltline.client_sdk.core.sync.errors import SyncFormatError
 from saltline.client_sdk.core.wire import canonical_json
+from saltline.client_sdk.errors import UsageError
 
 OP_VERSION = 2
 LEGACY_TEXT_VERSION = 1
@@ -260,11 +261,30 @@ def body_json(body: Body) -> dict[str, Any]:
 
 
 def encode_plaintext(op: Op) -> bytes:
-    """Canonical JSON ``{"v": 2, "lamport": L, "type": ..., <body fields>}`` (unpadded)."""
+    """Canonical JSON ``{"v": 2, "lamport": L, "type": ..., <body fields>}`` (unpadded). A
+    string that is not Unicode scalar values (a lone surrogate) is refused with
+    :class:`UsageError`: no peer could take it (:func:`decode` rejects it)."""
     doc = body_json(op.body)
     doc["v"] = OP_VERSION
     doc["lamport"] = op.lamport
-    return canonical_json(doc)
+    try:
+        return canonical_json(doc)
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            "text must be valid Unicode: it holds a lone surrogate (a broken UTF-16 pair), "
+            "which cannot be sent"
+        ) from exc
+
+
+def scalar_values_only(doc: Any) -> bool:
+    """Whether every string in ``doc`` (member names included) is Unicode scalar values, i.e.
+    encodes as UTF-8: JSON's ``\\ud800`` escapes can name lone surrogates, which no peer, store
+    or transport can carry."""
+    try:
+        json.dumps(doc, ensure_ascii=False, allow_nan=True).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode(op: Op) -> tuple[bytes, bytes]:
@@ -290,6 +310,8 @@ def decode(plaintext: bytes, clock: bytes, sender_device: bytes, sender_account:
         doc = json.loads(plaintext.decode(), object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SyncFormatError(f"operation is not JSON without duplicate members: {exc}") from exc
+    if not scalar_values_only(doc):
+        raise SyncFormatError("operation holds a string that is not Unicode (a lone surrogate)")
     if not isinstance(doc, dict) or not isinstance(doc.get("type"), str):
         raise SyncFormatError("operation without a type")
     if len(sender_device) != DEVICE_ID_SIZE:

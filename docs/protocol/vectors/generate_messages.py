@@ -657,6 +657,24 @@ def build_ops() -> dict[str, Any]:
             None,
         ),
         ("up_to_negative", "up_to -1", b'{"lamport":1,"type":"read","up_to":-1,"v":2}', None),
+        (
+            "text_lone_surrogate",
+            "a text holding a lone surrogate (\\ud800 escaped)",
+            b'{"lamport":1,"text":"a\\ud800b","type":"message","v":2}',
+            None,
+        ),
+        (
+            "unknown_type_lone_surrogate",
+            "an unknown type holding a lone low surrogate",
+            b'{"lamport":1,"question":"\\udc00","type":"poll","v":2}',
+            None,
+        ),
+        (
+            "member_name_lone_surrogate",
+            "a member name that is a lone surrogate",
+            b'{"\\udfff":1,"lamport":1,"text":"hi","type":"message","v":2}',
+            None,
+        ),
         ("typing_not_bool", "typing 'yes'", b'{"lamport":1,"type":"typing","typing":"yes","v":2}', None),
         (
             "settings_field",
