@@ -442,9 +442,10 @@ async def test_sse_escapes_surrogates_and_refuses_past_the_cap() -> None:
 def _view_client(count: int) -> Any:
     messages = [
         SimpleNamespace(
-            dot=SimpleNamespace(device=b"\x01" * 16, n=n),
+            message_ref=f"AQEBAQEBAQEBAQEBAQEBAQ.{n}",
             seq=n,
-            author=b"\x02" * 16,
+            author="AgICAgICAgICAgICAgICAg",
+            author_username="bob",
             text=f"m{n}",
             reply_to=None,
             sent_at_ms=n,

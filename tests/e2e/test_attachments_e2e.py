@@ -27,6 +27,7 @@ from saltline.client_sdk.client import Client
 from saltline.client_sdk.core.attachments import AttachmentPointer
 from saltline.client_sdk.core.events import MessageReceived
 from saltline.client_sdk.errors import (
+    AttachmentError,
     AttachmentIntegrityError,
     AttachmentTooLargeError,
     AttachmentUnavailableError,
@@ -353,8 +354,9 @@ async def test_too_large_is_a_typed_error_and_leaves_no_spool(
         # no spool, no record left to resume, no message
         unreadable = tmp / "a-directory"
         unreadable.mkdir()
-        with pytest.raises(IsADirectoryError):
+        with pytest.raises(AttachmentError) as failed:  # a SaltlineError, with the OS's reason
             await bob.send_file(cid, unreadable, name="dir.bin")
+        assert isinstance(failed.value.__cause__, IsADirectoryError)
         assert not any(bob.attachments.spool_dir.iterdir())
         assert await bob.resume_uploads() == []
         assert bob.outbox() == []
