@@ -51,6 +51,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -185,6 +188,25 @@ class TransportCollector(Collector):
         yield family
 
 
+#: ``SO_LINGER`` on with a zero timeout: ``close()`` resets the connection (RST) and discards
+#: the unsent bytes instead of queueing a FIN behind them.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Drop a connection: ``abort()``, made an abortive close. A plain ``abort()`` closes the
+    socket, and when nothing sent by the peer is left unread the kernel queues a FIN behind
+    the bytes the peer has not read: a peer that does not read never sees it (its writes wait
+    on a zero window, without the RST a closed socket would answer new data with) and the
+    kernel keeps up to a send buffer of bytes per dropped connection until its retransmissions
+    give up. With ``SO_LINGER`` 0 the kernel frees them and the peer gets a RST at once."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
+
+
 class _BoundedTransport:
     """Delegates to a transport; a write that leaves more than ``limit`` bytes buffered aborts it."""
 
@@ -198,7 +220,7 @@ class _BoundedTransport:
         if self._transport.get_write_buffer_size() > self._limit and not self._transport.is_closing():
             self.aborted_for_buffer = True
             CLOSES["ws_write_buffer"] += 1
-            self._transport.abort()
+            reset(self._transport)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -232,7 +254,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
                 self._drop()
 
         def _drop(self) -> None:
-            self.transport.abort()
+            reset(self.transport)
 
         _answered_500 = False
 
@@ -290,7 +312,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
                 # flood of idle connections cannot keep out a client that sends its request
                 oldest = next(iter(idle))
                 del idle[oldest]
-                oldest.transport.abort()
+                reset(oldest.transport)
                 CLOSES["idle_evicted"] += 1
             elif len(self.connections) >= limits.max_connections:
                 # answer, half-close so the client reads the answer before our close (a close
@@ -363,7 +385,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
             if len(self.pipeline) > limits.http_max_pipeline:
                 self.pipeline.clear()
                 CLOSES["pipeline_overflow"] += 1
-                self.transport.abort()
+                reset(self.transport)
                 return
             if self.cycle is not before and not self.pipeline:  # a new request (not an upgrade)
                 self._arm_body_timer()  # cancelled at once by on_message_complete if bodiless
@@ -412,7 +434,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
                 return
             CLOSES["body_timeout"] += 1
             if cycle.response_complete:  # answered already; its body still not arriving: drop
-                self.transport.abort()
+                reset(self.transport)
                 return
             started = cycle.response_started
             cycle.disconnected = True  # the application's reads end, its answer goes nowhere
@@ -423,7 +445,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
                     self.transport.write_eof()
                 self.loop.call_later(REFUSED_GRACE_S, self.transport.abort)
             else:
-                self.transport.abort()
+                reset(self.transport)
 
         # -- responses the peer does not read ---------------------------------------------------
 
@@ -439,7 +461,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
         def _write_timeout(self) -> None:
             self._write_timer = None
             CLOSES["write_timeout"] += 1
-            self.transport.abort()
+            reset(self.transport)
 
         def _cancel_write_timer(self) -> None:
             if self._write_timer is not None:

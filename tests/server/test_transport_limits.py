@@ -94,9 +94,15 @@ def test_trickled_head_bytes_do_not_extend_the_timeout(make_server: Callable[...
     assert closed, f"still open after {sent} trickled bytes"
 
 
-def _open_ws(port: int) -> socket.socket:
-    """A raw WebSocket to ``/v1/ws`` (unauthenticated), its 101 head read, nothing more."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+def _open_ws(port: int, *, rcvbuf: int | None = None) -> socket.socket:
+    """A raw WebSocket to ``/v1/ws`` (unauthenticated), its 101 head read, nothing more.
+    ``rcvbuf`` is set before connecting: set afterwards, it would shrink a window already
+    offered, and the kernel would drop the server's segments sent into it."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16))
     s.sendall(
         b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -211,13 +217,15 @@ def test_authenticated_peer_that_does_not_read_is_dropped(make_server: Callable[
     server = make_server(heartbeat_interval_s=0.2, heartbeat_missed_limit=1, ws_close_timeout_s=0.2)
     with server.client() as http:
         token = register(http).first.access_token
-    with _open_ws(server.port) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with _open_ws(server.port, rcvbuf=4096) as s:
         s.sendall(_ws_frame(0x1, json.dumps({"type": "auth", "token": token}).encode()))
         pings = _ws_frame(0x1, b'{"type":"ping"}') * 4096
         sent = 0
         limit = 1024 * 1024 * 1024
-        s.settimeout(30)  # the server stops reading while its answers wait; then it must drop us
+        # The server stops reading while its answers wait, then drops us with a RST (a FIN would
+        # wait behind its unread answers): a reset ends the loop, however slow the server runs.
+        # The timeout only turns a server that never drops us into a failure instead of a hang.
+        s.settimeout(120)
         try:
             while sent < limit:
                 s.sendall(pings)
@@ -225,6 +233,33 @@ def test_authenticated_peer_that_does_not_read_is_dropped(make_server: Callable[
         except (ConnectionResetError, BrokenPipeError):
             pass
         assert sent < limit
+    assert _healthz(server.port)[0] == 200
+
+
+def _reset_after_reading(s: socket.socket) -> bool:
+    """Read until the connection ends: True if it was reset, False on an orderly EOF."""
+    try:
+        while s.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    return False
+
+
+def test_dropped_peer_is_reset_even_with_nothing_left_unread(make_server: Callable[..., LiveServer]) -> None:
+    """A peer that does not read sends a little and stops: the server reads all of it, so at the
+    drop nothing it sent is unread, while the server's answers are still unsent. A plain close
+    would queue a FIN behind those answers, which a peer that does not read never gets (its
+    writes wait on a zero window for ever, and the kernel keeps the answers); the drop resets."""
+    server = make_server(heartbeat_interval_s=0.2, heartbeat_missed_limit=1, ws_close_timeout_s=0.2)
+    with server.client() as http:
+        token = register(http).first.access_token
+    with _open_ws(server.port, rcvbuf=4096) as s:
+        s.sendall(_ws_frame(0x1, json.dumps({"type": "auth", "token": token}).encode()))
+        s.sendall(_ws_frame(0x1, b'{"type":"ping"}') * 2000)  # 34 kB of pongs: more than we buffer
+        # never a pong: the heartbeat closes the socket (4004), the close frame waits behind the
+        # unread answers, and the transport is dropped. However late we read, a drop is a reset.
+        assert _reset_after_reading(s), "the dropped connection ended with a FIN, not a reset"
     assert _healthz(server.port)[0] == 200
 
 
