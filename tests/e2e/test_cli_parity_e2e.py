@@ -366,4 +366,4 @@ def test_a_removed_device_ends_follow_and_says_how_back(world: World) -> None:
     validate(first, "link_code")
     assert "timed out" in shown.stderr or "link" in shown.stderr
     # a device still in its account is not discarded by mistake
-    assert "still a device" in w("bob", "profile", "unlink", "--yes", code=1).stderr
+    assert "not proven removed" in w("bob", "profile", "unlink", "--yes", code=1).stderr
