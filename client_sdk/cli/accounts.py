@@ -26,7 +26,7 @@ from saltline.client_sdk.cli.app import (
     read_password,
     run,
 )
-from saltline.client_sdk.cli.render import shown
+from saltline.client_sdk.cli.render import safe, shown
 from saltline.client_sdk.errors import UsageError
 
 if TYPE_CHECKING:
@@ -133,12 +133,12 @@ def link_show(
     state = cli_state(ctx)
     device_name = name or socket.gethostname()[:64] or "New device"
 
-    def shown(c: LinkConfirmation) -> bool:
+    def confirm_account(c: LinkConfirmation) -> bool:
         out.print(f"joining account [bold]{shown(c.username)}[/] ({shown(c.account_id)})")
         out.print(f"  account fingerprint: {c.fingerprint}")
         out.print(f"confirmation code: [bold]{c.code}[/]")
         sys.stdout.flush()
-        if not typer.confirm(f"Is {c.username} your account?", default=False, err=state.json):
+        if not typer.confirm(f"Is {safe(c.username)} your account?", default=False, err=state.json):
             return False
         out.print("check that your other device shows the same code, and confirm there")
         sys.stdout.flush()
@@ -159,7 +159,7 @@ def link_show(
                 emit({"link_code": code})
             out.print(f"waiting up to {timeout:g} s for approval...")
             sys.stdout.flush()
-            account_id = await client.complete_link(wait_s=timeout, on_code=shown)
+            account_id = await client.complete_link(wait_s=timeout, on_code=confirm_account)
             # What was sent while the link was in progress comes in a follow-up bundle.
             await client.finish_link(wait_s=timeout)
             return client.username, account_id, client.device_id
