@@ -43,7 +43,8 @@ app.add_typer(members_app, name="members")
 app.add_typer(profile_app, name="profile")
 
 #: Exit codes: 0 done; 1 an error (one line on stderr; with --json also a document on stdout);
-#: 2 a usage error (click); 3 this device was removed from its account (`saltline profile unlink`).
+#: 2 a usage error (click); 3 the server refuses this device as removed (remembered, and discarded by
+#: `saltline profile unlink`, only when a verified device list proves it).
 EXIT_ERROR = 1
 EXIT_REMOVED = 3
 #: The server's problem codes that mean this device is no longer part of its account.
