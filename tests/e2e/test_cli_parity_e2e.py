@@ -361,7 +361,30 @@ def test_a_removed_device_ends_follow_and_says_how_back(world: World) -> None:
     # the way back: unlink needs --force without proof (asks first), then `link show` works again
     assert "not proven removed" in w("carol-phone", "profile", "unlink", "--yes", code=1).stderr
     assert "not unlinked" in w("carol-phone", "profile", "unlink", "--force", input="n\n", code=1).stderr
-    moved = w.json("carol-phone", "unlinked", "profile", "unlink", "--yes", "--force")
+
+    # with proof: the phone holds a verified list of its account that leaves it out (here the one
+    # the desk verified; a device that fetched it before being cut off has it the same way)
+    os.environ["SALTLINE_HOME"] = str(w.home)
+    try:
+        desk_store = SqliteStore.open(desk.store_path, key=desk.store_key())
+        phone_store = SqliteStore.open(phone.store_path, key=phone.store_key())
+        try:
+            device = phone_store.identity.get_device()
+            assert device is not None and device.account_id is not None
+            newest = desk_store.device_lists.get_contact(device.account_id)
+            assert newest is not None
+            phone_store.device_lists.put_contact(newest)
+        finally:
+            desk_store.close()
+            phone_store.close()
+    finally:
+        del os.environ["SALTLINE_HOME"]
+    proven = w("carol-phone", "messages", cid, code=3).stderr
+    assert "was removed from its account" in proven and "profile unlink" in proven
+    version = json.loads(marker.read_text())["proof"]["device_list_version"]
+    assert isinstance(version, int) and version >= 2
+    assert "was removed" in w("carol-phone", "contacts", code=3).stderr  # remembered: asks no server
+    moved = w.json("carol-phone", "unlinked", "profile", "unlink", "--yes")
     assert (
         Path(moved["moved_to"]).is_dir() and not (w.home / "profiles" / "carol-phone" / "store.db").exists()
     )
