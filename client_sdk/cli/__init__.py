@@ -24,8 +24,13 @@ conversations are shown: text or ``--json``), and the commands in :mod:`~saltlin
 
 ``--json`` (before the command) prints one JSON document on stdout (``follow``: one object per line)
 in the shapes of ``docs/cli-json.schema.json``; what is said to the person goes to stderr. Exit codes:
-0 done, 1 an error, 2 a usage error, 3 this device was removed from its account (``saltline profile
-unlink`` discards it so that ``link show`` can link the profile again).
+0 done, 1 an error, 2 a usage error, 3 the server refuses this device as removed from its account.
+Only a verified device list of the account that leaves the device out proves the removal: then it is
+remembered (``removed.json`` records that list's version) and ``saltline profile unlink`` discards the
+device so that ``link show`` can link the profile again; without that proof nothing is remembered
+(the server's word alone could be a lie) and ``profile unlink`` needs ``--force``.
+Peer and server text is shown with control, C1 and bidi characters as visible escapes
+(:func:`~saltline.client_sdk.cli.render.safe`); ``--json`` output is ASCII.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from saltline.client_sdk.cli.app import (
     read_password,
     run,
 )
+from saltline.client_sdk.cli.render import safe, shown
 from saltline.client_sdk.errors import UsageError
 
 if TYPE_CHECKING:
@@ -132,12 +133,12 @@ def link_show(
     state = cli_state(ctx)
     device_name = name or socket.gethostname()[:64] or "New device"
 
-    def shown(c: LinkConfirmation) -> bool:
-        out.print(f"joining account [bold]{c.username}[/] ({c.account_id})")
+    def confirm_account(c: LinkConfirmation) -> bool:
+        out.print(f"joining account [bold]{shown(c.username)}[/] ({shown(c.account_id)})")
         out.print(f"  account fingerprint: {c.fingerprint}")
         out.print(f"confirmation code: [bold]{c.code}[/]")
         sys.stdout.flush()
-        if not typer.confirm(f"Is {c.username} your account?", default=False, err=state.json):
+        if not typer.confirm(f"Is {safe(c.username)} your account?", default=False, err=state.json):
             return False
         out.print("check that your other device shows the same code, and confirm there")
         sys.stdout.flush()
@@ -158,7 +159,7 @@ def link_show(
                 emit({"link_code": code})
             out.print(f"waiting up to {timeout:g} s for approval...")
             sys.stdout.flush()
-            account_id = await client.complete_link(wait_s=timeout, on_code=shown)
+            account_id = await client.complete_link(wait_s=timeout, on_code=confirm_account)
             # What was sent while the link was in progress comes in a follow-up bundle.
             await client.finish_link(wait_s=timeout)
             return client.username, account_id, client.device_id
@@ -197,7 +198,7 @@ def link_accept(
     state = cli_state(ctx)
 
     def confirm(request: LinkRequest) -> bool:
-        out.print(f"new device: [bold]{request.name}[/] ({request.device_id})")
+        out.print(f"new device: [bold]{shown(request.name)}[/] ({shown(request.device_id)})")
         out.print(f"confirmation code: [bold]{request.code}[/]")
         sys.stdout.flush()
         return typer.confirm(f"Does the new device show {request.code}?", default=False, err=state.json)
@@ -263,7 +264,9 @@ def devices_list(ctx: typer.Context) -> None:
         return
     table = Table("device id", "name", "added", "")
     for d in devices:
-        table.add_row(d.device_id, d.name, format_time(d.added_at), "this device" if d.this_device else "")
+        table.add_row(
+            shown(d.device_id), shown(d.name), format_time(d.added_at), "this device" if d.this_device else ""
+        )
     out.print(table)
 
 
@@ -307,8 +310,9 @@ def profile_unlink(
         fail(f"profile {profile.name!r} has no device to unlink")
     if reason is None and not force:
         fail(
-            f"profile {profile.name!r} is still a device of its account: remove it from another device "
-            "(saltline devices remove ID) first, or give --force to discard it anyway"
+            f"profile {profile.name!r} is not proven removed from its account (no verified device list "
+            "leaves it out): remove it from another device (saltline devices remove ID) first, or give "
+            "--force to discard it anyway"
         )
     if not yes and not typer.confirm(
         f"Discard the device of profile {profile.name!r} (keys and messages move to the discarded folder)?",

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from saltline.client_sdk.cli.app import (
@@ -27,7 +26,7 @@ from saltline.client_sdk.cli.app import (
     run,
 )
 from saltline.client_sdk.cli.messaging import Sent, report_sent, sent_outcome, sync_now
-from saltline.client_sdk.cli.render import conversation_doc, duration, ref_matches
+from saltline.client_sdk.cli.render import conversation_doc, duration, ref_matches, shown
 from saltline.client_sdk.errors import UsageError
 
 if TYPE_CHECKING:
@@ -256,7 +255,7 @@ def members_list(
         return
     table = Table("username", "account id", "")
     for m in doc["members"]:  # type: ignore[attr-defined]
-        table.add_row(escape(m["username"] or "?"), m["account_id"], "admin" if m["admin"] else "")
+        table.add_row(shown(m["username"] or "?"), shown(m["account_id"]), "admin" if m["admin"] else "")
     out.print(table)
 
 

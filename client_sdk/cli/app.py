@@ -43,7 +43,8 @@ app.add_typer(members_app, name="members")
 app.add_typer(profile_app, name="profile")
 
 #: Exit codes: 0 done; 1 an error (one line on stderr; with --json also a document on stdout);
-#: 2 a usage error (click); 3 this device was removed from its account (`saltline profile unlink`).
+#: 2 a usage error (click); 3 the server refuses this device as removed (remembered, and discarded by
+#: `saltline profile unlink`, only when a verified device list proves it).
 EXIT_ERROR = 1
 EXIT_REMOVED = 3
 #: The server's problem codes that mean this device is no longer part of its account.
@@ -145,14 +146,17 @@ def json_mode() -> bool:
 
 
 def emit(document: dict[str, Any]) -> None:
-    """Write one JSON document (one line) to stdout."""
-    sys.stdout.write(json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n")
+    """Write one JSON document (one line) to stdout; ASCII only, so that no character of a peer's
+    text (U+2028, U+0085, ...) splits the line for a reader that splits on more than ``\\n``."""
+    sys.stdout.write(json.dumps(document, ensure_ascii=True, separators=(",", ":")) + "\n")
     sys.stdout.flush()
 
 
 def fail(message: str, *, kind: str = "error", code: int = EXIT_ERROR) -> NoReturn:
     """One line on stderr (with --json also ``{"error": {...}}`` on stdout); exit ``code``."""
-    err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
+    from saltline.client_sdk.cli.render import safe
+
+    err.print(f"[bold red]error:[/] {escape(safe(message))}", markup=True)
     if _json_mode:
         emit({"error": {"type": kind, "message": message, "exit_code": code}})
     raise typer.Exit(code)
@@ -160,6 +164,53 @@ def fail(message: str, *, kind: str = "error", code: int = EXIT_ERROR) -> NoRetu
 
 class DeviceRemovedError(UsageError):
     """This profile's device was removed from its account (exit code 3)."""
+
+
+class DeviceRefusedError(UsageError):
+    """The server refuses this device, but no verified device list proves it was removed (exit
+    code 3; nothing is remembered: the next command asks the server again)."""
+
+
+def refused_message(profile: Profile) -> str:
+    return (
+        "the server refuses this device (not proven removed; check `saltline devices list` on another "
+        f"device; if it was removed: `saltline --profile {profile.name} profile unlink --force`)"
+    )
+
+
+async def removal_proof(client: Client) -> int | None:
+    """The version of a verified device list of this account that leaves this device out, if this
+    device holds one: the account's list is refreshed (fetched and checked against the pinned
+    chain, as `devices list` does) when the server still answers, else the stored verified list is
+    used. None: no proof (the server's word alone proves nothing)."""
+    from saltline.client_sdk.core import trust
+    from saltline.crypto.errors import CryptoError
+    from saltline.crypto.keys import b64encode
+
+    account_id = client.account_id
+    try:
+        await client.contacts.refresh(account_id)
+    except SaltlineError:
+        pass  # the server refuses this device: what it verified before is all there is
+    contact = client.store.device_lists.get_contact(account_id)
+    if contact is None:
+        return None
+    try:
+        content = trust.verified_content(contact.account_key, contact.signed_list)
+    except (SaltlineError, CryptoError):
+        return None
+    if any(b64encode(d.device_id) == client.device_id for d in content.devices):
+        return None
+    return content.version
+
+
+async def refused(client: Client, profile: Profile, reason: str) -> NoReturn:
+    """The server refused this device: remember it as removed only with proof; raise either way."""
+    proof = await removal_proof(client)
+    if proof is None:
+        raise DeviceRefusedError(refused_message(profile))
+    profile.mark_removed(reason, proof)
+    raise DeviceRemovedError(removed_message(profile))
 
 
 def removed_message(profile: Profile) -> str:
@@ -174,7 +225,7 @@ def run(work: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` with SDK errors as one line and exit code 1 (3: the device was removed)."""
     try:
         return asyncio.run(work)
-    except DeviceRemovedError as exc:
+    except (DeviceRemovedError, DeviceRefusedError) as exc:
         fail(str(exc), kind="device_removed", code=EXIT_REMOVED)
     except SaltlineError as exc:
         fail(str(exc), kind=type(exc).__name__)
@@ -211,16 +262,12 @@ async def open_client(state: State, *, need_account: bool = True) -> AsyncIterat
                 f"profile {profile.name!r} has no account yet: run `saltline --profile {profile.name} "
                 "account create USERNAME` or `... link show`"
             )
-        from saltline.client_sdk.core.events import DeviceRemoved
-
-        client.on(DeviceRemoved, lambda event: profile.mark_removed(event.reason))
         try:
             yield client
         except AuthError as exc:
             if exc.code not in REMOVED_CODES:
                 raise
-            profile.mark_removed(str(exc))
-            raise DeviceRemovedError(removed_message(profile)) from exc
+            await refused(client, profile, str(exc))
     finally:
         await client.close()
         store.close()

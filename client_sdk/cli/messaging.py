@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from saltline.client_sdk.cli.app import (
@@ -27,6 +26,8 @@ from saltline.client_sdk.cli.app import (
     fail,
     open_client,
     out,
+    refused_message,
+    removal_proof,
     removed_message,
     run,
 )
@@ -37,10 +38,12 @@ from saltline.client_sdk.cli.render import (
     event_line,
     message_doc,
     message_line,
+    safe,
     short_ref,
+    shown,
 )
 from saltline.client_sdk.core import events as ev
-from saltline.client_sdk.errors import SaltlineError
+from saltline.client_sdk.errors import AuthError, SaltlineError
 
 if TYPE_CHECKING:
     from saltline.client_sdk.client import Client
@@ -92,7 +95,9 @@ def chat_list(
             f for f in ("muted" if c["muted"] else "", f"timer {duration(c['disappearing_ms'])}"
                         if c["disappearing_ms"] else "") if f
         )  # fmt: skip
-        table.add_row(c["conversation_id"], c["kind"], c["title"] or "", members, str(c["unread"]), flags)
+        table.add_row(
+            c["conversation_id"], c["kind"], shown(c["title"] or ""), shown(members), str(c["unread"]), flags
+        )
     out.print(table)
 
 
@@ -151,6 +156,8 @@ async def sent_outcome(client: Client, conversation_id: str, envelope_id: str) -
         return Sent(conversation_id, envelope_id, "sent", ref)
     if item.failed_reason is None:
         return Sent(conversation_id, envelope_id, "pending", ref)
+    if item.failed_code in REMOVED_CODES:  # open_client decides, on proof only, whether it was removed
+        raise AuthError(403, item.failed_code, item.failed_reason)
     return Sent(conversation_id, envelope_id, "failed", ref, item.failed_reason, item.failed_code)
 
 
@@ -166,9 +173,8 @@ def report_sent(state: State, sent: Sent, verb: str = "sent") -> None:
     """Say what became of it: sent, queued (sent by a later command) or failed (refused for good;
     exit code 1, or 3 when the device was removed). Never "sent" for what the server did not store."""
     if sent.status == "failed":
-        if sent.code in REMOVED_CODES:
-            state.profile.mark_removed(sent.reason or "removed")
-            fail(removed_message(state.profile), kind="device_removed", code=EXIT_REMOVED)
+        if sent.code in REMOVED_CODES:  # not reached through open_client (which checks for proof)
+            fail(refused_message(state.profile), kind="device_removed", code=EXIT_REMOVED)
         fail(f"not sent (refused for good): {sent.reason}", kind="failed")
     if state.json:
         emit(
@@ -265,6 +271,7 @@ def follow(
     3) if this device is removed from its account. With --json: one event object per line."""
     state = cli_state(ctx)
     removed: list[str] = []
+    proof: list[int] = []
 
     async def typed(client: Client, conversation_id: str) -> None:
         """Send each stdin line (empty lines skipped) until end of input; errors are reported and
@@ -293,7 +300,7 @@ def follow(
             try:
                 envelope_id = await client.send_text(conversation_id, text)
             except SaltlineError as exc:
-                err.print(f"error: {exc}", markup=False)
+                err.print(f"error: {safe(str(exc))}", markup=False)
                 continue
             item = client.store.outbox.get_outbox(envelope_id)
             if item is None:
@@ -322,14 +329,14 @@ def follow(
                 elif item is not None:
                     quoted = {m.ref: m for m in items if m.ref}
                     line = message_line(item, client.device_id, client.username_of, quoted)
-                    out.print(f"[dim]{escape(event.conversation_id[:8])}[/] {line}", markup=True)
+                    out.print(f"[dim]{shown(event.conversation_id[:8])}[/] {line}", markup=True)
                 continue
             if state.json:
                 emit(event_doc(event))
                 continue
-            shown = event_line(event, client.username_of)
-            if shown is not None:
-                text, to_stdout = shown
+            described = event_line(event, client.username_of)
+            if described is not None:
+                text, to_stdout = described
                 (out if to_stdout else err).print(text, markup=True)
 
     async def work() -> None:
@@ -348,12 +355,18 @@ def follow(
             finally:
                 if reader is not None:
                     reader.cancel()
+            if removed:  # the server's word: remembered only with a verified list that proves it
+                version = await removal_proof(client)
+                if version is not None:
+                    proof.append(version)
 
     try:
         run(work())
     except KeyboardInterrupt:
         err.print("stopped")
         return
-    if removed:
-        state.profile.mark_removed(removed[0])
+    if removed and proof:
+        state.profile.mark_removed(removed[0], proof[0])
         fail(removed_message(state.profile), kind="device_removed", code=EXIT_REMOVED)
+    if removed:
+        fail(refused_message(state.profile), kind="device_removed", code=EXIT_REMOVED)

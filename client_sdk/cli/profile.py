@@ -97,25 +97,36 @@ class Profile:
     def removed_path(self) -> Path:
         return self.directory / "removed.json"
 
-    def mark_removed(self, reason: str) -> None:
-        """Remember that the server no longer accepts this device (every command then says so)."""
+    def mark_removed(self, reason: str, proof_version: int) -> None:
+        """Remember that this device was removed from its account (every command then says so).
+        Only with proof: ``proof_version`` is the version of a verified device list of this account
+        (checked against the pinned chain) that leaves this device out; the server's word alone
+        is never stored."""
         if self.removed() is not None or not self.directory.exists():
             return
         tmp = self.removed_path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"reason": reason, "at_ms": int(time.time() * 1000)}) + "\n", encoding="utf-8"
-        )
+        doc = {
+            "reason": reason,
+            "at_ms": int(time.time() * 1000),
+            "proof": {"device_list_version": proof_version},
+        }
+        tmp.write_text(json.dumps(doc) + "\n", encoding="utf-8")
         tmp.replace(self.removed_path)
 
     def removed(self) -> str | None:
-        """Why this device was removed, if it was."""
+        """Why this device was removed, if a verified device list proved it (a marker without
+        that proof, e.g. one an older version wrote on the server's word, is ignored)."""
         try:
             doc = json.loads(self.removed_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
         except (OSError, ValueError):
-            return "removed"
-        return str(doc.get("reason") or "removed") if isinstance(doc, dict) else "removed"
+            return None
+        if not isinstance(doc, dict):
+            return None
+        proof = doc.get("proof")
+        version = proof.get("device_list_version") if isinstance(proof, dict) else None
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            return None
+        return str(doc.get("reason") or "removed")
 
     def discard(self) -> Path | None:
         """Move the device (store, key, spool) out of the way, into

@@ -23,6 +23,36 @@ if TYPE_CHECKING:
     from saltline.client_sdk.stores.base import ContactRecord
 
 SHORT_REF_DEVICE = 6
+#: Bidirectional controls: shown as ``\\u202e`` etc., so that a name or text cannot reorder what
+#: follows it on the terminal (``gnp.exe`` shown as ``exe.png``).
+BIDI_CONTROLS = frozenset([*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C])
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _visible(ch: str) -> str:
+    code = ord(ch)
+    if ch in _NAMED:
+        return _NAMED[ch]
+    if code < 0x20 or 0x7F <= code <= 0x9F:
+        return f"\\x{code:02x}"
+    if code in BIDI_CONTROLS or code in (0x2028, 0x2029):
+        return f"\\u{code:04x}"
+    return ch
+
+
+def safe(text: str) -> str:
+    """``text`` (a peer's or the server's) made harmless for a terminal: C0 controls, DEL, C1
+    controls and line breaks (``\\n``, U+2028/2029) as visible escapes (``\\x1b``, ``\\n``),
+    bidirectional controls as ``\\u202e`` etc.; everything else unchanged. Apply before
+    :func:`rich.markup.escape`."""
+    return "".join(map(_visible, text))
+
+
+def shown(text: str) -> str:
+    """:func:`safe`, then escaped for Rich markup."""
+    return escape(safe(text))
+
+
 QUOTE_CHARS = 40
 Names = Callable[[str], "str | None"]
 
@@ -112,8 +142,8 @@ def message_line(
     reactions, read state and pending/failed status (Rich markup; the text escaped)."""
     from saltline.client_sdk.cli.files import attachment_label
 
-    who = escape(sender_label(m, this_device))
-    head = f"[dim]{format_time(m.sent_at_ms)} \\[{short_ref(m.ref)}][/] [bold]{who}[/]"
+    who = shown(sender_label(m, this_device))
+    head = f"[dim]{format_time(m.sent_at_ms)} \\[{shown(short_ref(m.ref))}][/] [bold]{who}[/]"
     if m.reply_to is not None:
         original = quoted.get(m.reply_to)
         if original is None:
@@ -123,24 +153,24 @@ def message_line(
         else:
             text = original.text or ""
             quote = '"' + (text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 1] + "…") + '"'
-        head += f" [dim]↪ {short_ref(m.reply_to)} {escape(quote)}[/]"
+        head += f" [dim]↪ {shown(short_ref(m.reply_to))} {shown(quote)}[/]"
     if m.deleted:
         body = "[dim italic](message deleted)[/]"
     else:
-        body = escape((m.text or "") + attachment_label(m.attachment))
+        body = shown((m.text or "") + attachment_label(m.attachment))
         if m.edited:
             body += " [dim](edited)[/]"
     tail = ""
     if m.reactions:
-        tail += " · " + escape(", ".join(f"{r.emoji} {r.username or r.account_id[:8]}" for r in m.reactions))
+        tail += " · " + shown(", ".join(f"{r.emoji} {r.username or r.account_id[:8]}" for r in m.reactions))
     if m.read_by:
-        tail += " [dim]· read by " + escape(", ".join(names(a) or a[:8] for a in m.read_by)) + "[/]"
+        tail += " [dim]· read by " + shown(", ".join(names(a) or a[:8] for a in m.read_by)) + "[/]"
     if m.unread:
         tail += " [bold]· new[/]"
     if m.status == "pending":
         tail += " [yellow](pending)[/]"
     elif m.status == "failed":
-        tail += f" [red](failed: {escape(m.failed_reason or 'refused')})[/]"
+        tail += f" [red](failed: {shown(m.failed_reason or 'refused')})[/]"
     return f"{head}: {body}{tail}"
 
 
@@ -207,52 +237,56 @@ def event_line(event: ev.Event, names: Names) -> tuple[str, bool] | None:
     """A line for an event other than a new message, and whether it goes to stdout (the
     conversation's state) rather than stderr (notices); None: not shown."""
     cid = getattr(event, "conversation_id", "")
-    at = f"[dim]{escape(cid[:8])}[/] " if cid else ""
+    at = f"[dim]{shown(cid[:8])}[/] " if cid else ""
     match event:
         case ev.MessageEdited(message_ref=ref, text=text):
-            return f"{at}[dim]\\[{short_ref(ref)}][/] edited: {escape(text or '')}", True
+            return f"{at}[dim]\\[{shown(short_ref(ref))}][/] edited: {shown(text or '')}", True
         case ev.MessageDeleted(message_ref=ref):
-            return f"{at}[dim]\\[{short_ref(ref)}][/] [italic](message deleted)[/]", True
+            return f"{at}[dim]\\[{shown(short_ref(ref))}][/] [italic](message deleted)[/]", True
         case ev.MessageExpired(message_ref=ref):
-            return f"{at}[dim]\\[{short_ref(ref)}][/] [italic](message expired)[/]", True
+            return f"{at}[dim]\\[{shown(short_ref(ref))}][/] [italic](message expired)[/]", True
         case ev.ReactionChanged(message_ref=ref, reactions=reactions):
-            shown = ", ".join(f"{_reaction(r, names)}" for r in reactions) or "none"
-            return f"{at}[dim]\\[{short_ref(ref)}][/] reactions: {escape(shown)}", True
+            listed = ", ".join(f"{_reaction(r, names)}" for r in reactions) or "none"
+            return f"{at}[dim]\\[{shown(short_ref(ref))}][/] reactions: {shown(listed)}", True
         case ev.ReadStateChanged(read_up_to=marks, unread=unread):
             who = ", ".join(f"{names(a) or a[:8]} up to #{n}" for a, n in sorted(marks.items()))
-            return f"{at}read: {escape(who)} ({unread} unread)", True
+            return f"{at}read: {shown(who)} ({unread} unread)", True
         case ev.SettingsChanged(field=name, value=value):
-            return f"{at}{escape(setting_text(name, value))}", True
+            return f"{at}{shown(setting_text(name, value))}", True
         case ev.MembershipChanged(members=members):
-            return f"{at}members: {escape(', '.join(names(a) or a for a in members))}", True
+            return f"{at}members: {shown(', '.join(names(a) or a for a in members))}", True
         case ev.OutboxItemFailed(envelope_id=eid, reason=reason):
-            return f"error: {eid} failed: {escape(reason)}", False
+            return f"error: {shown(eid)} failed: {shown(reason)}", False
         case ev.DeviceListChanged(username=user, added=added, removed=removed):
-            return f"{escape(user)}: devices added {list(added)}, removed {list(removed)}", False
+            return (
+                f"{shown(user)}: devices added {shown(str(list(added)))}, "
+                f"removed {shown(str(list(removed)))}",
+                False,
+            )
         case ev.IdentityChanged(username=user):
             return (
-                f"warning: the account key of {escape(user)} changed; compare safety numbers "
-                f"(saltline safety-number {escape(user)})",
+                f"warning: the account key of {shown(user)} changed; compare safety numbers "
+                f"(saltline safety-number {shown(user)})",
                 False,
             )
         case ev.DecryptionFailed(reason=reason):
-            return f"warning: dropped a message that could not be decrypted: {escape(reason)}", False
+            return f"warning: dropped a message that could not be decrypted: {shown(reason)}", False
         case ev.OwnDeviceLinked(device_id=device, name=name):
-            return f"a device joined your account: {escape(name)} ({device})", False
+            return f"a device joined your account: {shown(name)} ({shown(device)})", False
         case ev.OwnDeviceUnlinked(device_id=device, name=name):
-            return f"a device left your account: {escape(name)} ({device})", False
+            return f"a device left your account: {shown(name)} ({shown(device)})", False
         case ev.AddedToConversation(added_by=by):
-            return f"{at}you were added by {escape(names(by) or by)}", True
+            return f"{at}you were added by {shown(names(by) or by)}", True
         case ev.ForkDetected(reason=reason):
-            return f"warning: {escape(cid)}: the server showed another history ({escape(reason)})", False
+            return f"warning: {shown(cid)}: the server showed another history ({shown(reason)})", False
         case ev.OperationRejected(account_id=account, reason=reason):
             return (
-                f"warning: {escape(cid)}: ignored an operation of {escape(names(account) or account)}: "
-                + reason,
+                f"warning: {shown(cid)}: ignored an operation of {shown(names(account) or account)}: "
+                + shown(reason),
                 False,
             )
         case ev.AttachmentDownloaded(path=path):
-            return f"{at}saved {escape(path)}", True
+            return f"{at}saved {shown(path)}", True
     return None
 
 
@@ -268,6 +302,7 @@ def _reaction(entry: Any, names: Names) -> str:
 
 
 def setting_text(name: str, value: object) -> str:
+    """The setting as plain text (a peer's title, ...): show it with :func:`shown`."""
     if name == "title":
         return f"title: {value}" if value else "title cleared"
     if name == "mute":

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from saltline.client_sdk.cli.app import (
@@ -18,7 +17,7 @@ from saltline.client_sdk.cli.app import (
     out,
     run,
 )
-from saltline.client_sdk.cli.render import contact_doc
+from saltline.client_sdk.cli.render import contact_doc, shown
 from saltline.client_sdk.errors import SaltlineError
 
 # -- trust --------------------------------------------------------------------------------------
@@ -59,7 +58,7 @@ def contacts(ctx: typer.Context) -> None:
     style = {"verified": "green", "unverified": "", "changed": "bold red"}
     for d in docs:
         status = f"[{style[d['status']]}]{d['status']}[/]" if style[d["status"]] else d["status"]
-        table.add_row(escape(d["username"]), d["account_id"], status, d["trust_policy"])
+        table.add_row(shown(d["username"]), shown(d["account_id"]), status, d["trust_policy"])
     out.print(table)
 
 
@@ -76,8 +75,8 @@ def verify(
         async with open_client(state) as client:
             return (await client.safety_number(username)).display()
 
-    shown = run(number())
-    out.print(f"safety number with {username}:\n{shown}")
+    number_text = run(number())
+    out.print(f"safety number with {username}:\n{number_text}")
     if not yes and not typer.confirm(f"Does {username} see the same number?", default=False, err=state.json):
         fail("not verified")
 
@@ -87,7 +86,7 @@ def verify(
 
     run(work())
     if state.json:
-        emit({"username": username, "safety_number": shown, "status": "verified"})
+        emit({"username": username, "safety_number": number_text, "status": "verified"})
     else:
         out.print(f"{username} is verified")
 

@@ -61,6 +61,20 @@ def valid_name(name: object) -> bool:
     )
 
 
+#: What a sender refuses in a file name besides :func:`valid_name`'s rules: C1 controls and
+#: bidirectional controls (a receiver still accepts them, and shows them escaped).
+_UNSAFE_TO_SEND = frozenset([*range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]) | {
+    0x200E,
+    0x200F,
+    0x061C,
+}
+
+
+def sendable_name(name: object) -> bool:
+    """A name this client sends: :func:`valid_name` without C1 or bidirectional controls."""
+    return valid_name(name) and not any(ord(c) in _UNSAFE_TO_SEND for c in str(name))
+
+
 def valid_mime(mime: object) -> bool:
     return isinstance(mime, str) and len(mime) <= MAX_MIME and _MIME.fullmatch(mime) is not None
 

@@ -43,8 +43,8 @@ from saltline.client_sdk.core.attachments import (
     DEFAULT_MIME,
     AttachmentPointer,
     safe_file_name,
+    sendable_name,
     valid_mime,
-    valid_name,
 )
 from saltline.client_sdk.core.wire import canonical_json
 from saltline.client_sdk.errors import (
@@ -116,8 +116,10 @@ class Attachments:
         if name is None:
             name = Path(os.fspath(source)).name if isinstance(source, str | os.PathLike) else "attachment"
         mime = mime or DEFAULT_MIME
-        if not valid_name(name):
-            raise UsageError("a file name is 1-255 characters without '/', '\\\\' or control characters")
+        if not sendable_name(name):
+            raise UsageError(
+                "a file name is 1-255 characters without '/', '\\\\', control or bidirectional characters"
+            )
         if not valid_mime(mime):
             raise UsageError("a MIME type is type/subtype in lower case")
         meta = {"conversation_id": conversation_id, "name": name, "mime": mime, "caption": caption or ""}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 from pathlib import Path
 
 import pytest
+from rich.text import Text
 from typer.testing import CliRunner
 
 from saltline.client_sdk.cli import Profile, app
@@ -192,7 +194,7 @@ def test_a_removed_profile_says_so_for_every_command(home: Path) -> None:
     profile = Profile.named("phone")
     profile.store_key()
     (profile.directory / "store.db").write_bytes(b"")
-    profile.mark_removed("this device was removed from its account")
+    profile.mark_removed("this device was removed from its account", 7)
     for args in (["send", "c", "hi"], ["messages", "c"], ["follow"], ["link", "show"], ["contacts"]):
         result = runner.invoke(app, ["--profile", "phone", *args])
         assert result.exit_code == 3, result.output
@@ -311,3 +313,112 @@ def test_follow_lines_for_state_changes() -> None:
         if getattr(event, "conversation_id", None):
             assert shown[0].startswith("[dim]conv1234[/]") or not to_stdout
     assert event_line(ev.MessageSent("c", "r.1", "e", 1), names) is None
+
+
+def test_a_marker_without_proof_is_ignored_and_unlink_needs_force(home: Path) -> None:
+    """A removed.json without a verified device list's version (the server's word, as older
+    versions wrote it) neither blocks the profile nor lets `profile unlink` discard it unasked."""
+    profile = Profile.named("phone")
+    profile.store_key()
+    (profile.directory / "store.db").write_bytes(b"")
+    for doc in ({"reason": "device_not_active"}, {"reason": "x", "proof": {"device_list_version": 0}}, []):
+        profile.removed_path.write_text(json.dumps(doc), encoding="utf-8")
+        assert profile.removed() is None
+        result = runner.invoke(app, ["--profile", "phone", "profile", "unlink", "--yes"])
+        assert result.exit_code == 1 and "not proven removed" in result.stderr
+    profile.removed_path.unlink()
+    profile.mark_removed("removed", 3)
+    assert json.loads(profile.removed_path.read_text())["proof"] == {"device_list_version": 3}
+    assert runner.invoke(app, ["--profile", "phone", "profile", "unlink", "--yes"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("plain text, émoji 👍 and ünïcode", "plain text, émoji 👍 and ünïcode"),
+        ("\x1b[2J\x1b]0;pwned\x07", "\\x1b[2J\\x1b]0;pwned\\x07"),
+        ("a\nb\r\tc", "a\\nb\\r\\tc"),
+        ("\x00\x7f", "\\x00\\x7f"),
+        ("\x85NEL\x9b31m", "\\x85NEL\\x9b31m"),
+        ("\u2028\u2029", "\\u2028\\u2029"),
+        ("\u202egnp.exe\u202c", "\\u202egnp.exe\\u202c"),
+        ("\u202a\u202b\u202d\u2066\u2067\u2068\u2069", "\\u202a\\u202b\\u202d\\u2066\\u2067\\u2068\\u2069"),
+        ("\u200e\u200f\u061c", "\\u200e\\u200f\\u061c"),
+        ("\u200d zero-width joiner stays", "\u200d zero-width joiner stays"),
+    ],
+)
+def test_safe_shows_controls_as_visible_escapes(raw: str, shown: str) -> None:
+    from saltline.client_sdk.cli.render import safe
+
+    assert safe(raw) == shown
+
+
+def test_peer_text_never_reaches_the_terminal_raw() -> None:
+    """Every line built from a peer's or the server's text: no control, C1 or bidi character
+    survives (message text and sender, reactions, reasons, event lines, settings)."""
+    from saltline.client_sdk.cli import render
+    from saltline.client_sdk.core import events as ev
+    from saltline.client_sdk.facets.timeline import TimelineMessage
+
+    evil = "ok\x1b[2J\u202egnp.exe\u2028x\x85y\x9bz\n[bold]"
+    fields = {f.name for f in dataclasses.fields(TimelineMessage)}
+    reaction = type("R", (), {"account_id": "acc", "username": evil, "emoji": evil})()
+    values = {
+        "conversation_id": "c" * 22, "ref": "d" * 22 + ".1", "envelope_id": "e", "sender_account_id": "a",
+        "sender_username": evil, "sender_device_id": "d" * 22, "sent_by_me": False, "sent_at_ms": 0,
+        "server_seq": 1, "status": "failed", "text": evil, "edited": True, "deleted": False, "reply_to": None,
+        "reactions": (reaction,), "read_by": (), "unread": False, "attachment": None, "failed_reason": evil,
+    }  # fmt: skip
+    message = TimelineMessage(**{k: v for k, v in values.items() if k in fields})
+    lines = [render.message_line(message, "me", lambda _a: evil, {})]
+    for event in (
+        ev.OutboxItemFailed(**_event_args(ev.OutboxItemFailed, evil)),
+        ev.DecryptionFailed(**_event_args(ev.DecryptionFailed, evil)),
+        ev.OwnDeviceLinked(**_event_args(ev.OwnDeviceLinked, evil)),
+        ev.SettingsChanged(**_event_args(ev.SettingsChanged, evil)),
+        ev.OperationRejected(**_event_args(ev.OperationRejected, evil)),
+        ev.MessageEdited(**_event_args(ev.MessageEdited, evil)),
+    ):
+        described = render.event_line(event, lambda _a: evil)
+        assert described is not None
+        lines.append(described[0])
+    for line in lines:
+        bad = [c for c in line if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or ord(c) in render.BIDI_CONTROLS]
+        assert not bad and "\u2028" not in line, (line, bad)
+        assert "[bold]" in Text.from_markup(line).plain  # the peer's markup is shown, not applied
+
+
+def _event_args(cls: type, evil: str) -> dict[str, object]:
+    """Arguments for an event class: every text field ``evil``, the others plausible."""
+    args: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        kind = str(f.type)
+        if "tuple" in kind or "list" in kind or "Sequence" in kind:
+            args[f.name] = ()
+        elif "int" in kind and "str" not in kind:
+            args[f.name] = 1
+        elif "bool" in kind and "str" not in kind:
+            args[f.name] = False
+        elif f.name == "field":
+            args[f.name] = "title"
+        else:
+            args[f.name] = evil
+    return args
+
+
+def test_json_output_is_one_line_for_every_line_splitter(capsys: pytest.CaptureFixture[str]) -> None:
+    from saltline.client_sdk.cli.app import emit
+
+    text = "a\u2028b\u2029c\x85d\x1ce\x1df\x1eg\x0bh\x0ci\rj\nk 👍 é"
+    emit({"text": text})
+    written = capsys.readouterr().out
+    assert written.isascii() and len(written.splitlines()) == 1
+    assert json.loads(written.splitlines()[0]) == {"text": text}
+
+
+def test_the_sender_refuses_c1_and_bidi_controls_in_a_file_name() -> None:
+    from saltline.client_sdk.core.attachments import sendable_name, valid_name
+
+    for name in ("a\u202etxt.exe", "a\x9bb", "x\u2066y", "z\u200f", "q\u061c"):
+        assert valid_name(name) and not sendable_name(name)  # received: accepted (shown escaped)
+    assert sendable_name("photo 👍 é.png")

@@ -12,8 +12,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -344,19 +346,44 @@ def test_a_removed_device_ends_follow_and_says_how_back(world: World) -> None:
     w.json("carol", "device_removed", "devices", "remove", phone_id)
     _, errors = proc.communicate(timeout=30)
     assert proc.returncode == 3, errors
-    assert "was removed from its account" in errors and "profile unlink" in errors
+    # a removed device can no longer fetch its account's list, so nothing proves the removal: the
+    # server's refusal is reported, never remembered (a lying server could say the same)
+    assert "the server refuses this device (not proven removed" in errors and "profile unlink" in errors
+    marker = w.home / "profiles" / "carol-phone" / "removed.json"
+    assert not marker.exists()
 
-    # every command now says so (exit 3), `send` never says "sent"
+    # every command asks the server again and says so (exit 3), `send` never says "sent"
     sent = w("carol-phone", "send", cid, "after removal", code=3)
-    assert "sent" not in sent.stdout and "profile unlink" in sent.stderr
-    # ... also when the removal is only discovered by the send itself
-    (w.home / "profiles" / "carol-phone" / "removed.json").unlink()
+    assert "sent" not in sent.stdout and "not proven removed" in sent.stderr
     sent = w.json("carol-phone", "error", "send", cid, "after removal", code=3)
-    assert sent["error"]["type"] == "device_removed"
-    assert w("carol-phone", "messages", cid, "--offline", code=3).stdout == ""
+    assert sent["error"]["type"] == "device_removed" and not marker.exists()
 
-    # the way back: unlink (asks first), then `link show` works again
-    assert "not unlinked" in w("carol-phone", "profile", "unlink", input="n\n", code=1).stderr
+    # the way back: unlink needs --force without proof (asks first), then `link show` works again
+    assert "not proven removed" in w("carol-phone", "profile", "unlink", "--yes", code=1).stderr
+    assert "not unlinked" in w("carol-phone", "profile", "unlink", "--force", input="n\n", code=1).stderr
+
+    # with proof: the phone holds a verified list of its account that leaves it out (here the one
+    # the desk verified; a device that fetched it before being cut off has it the same way)
+    os.environ["SALTLINE_HOME"] = str(w.home)
+    try:
+        desk_store = SqliteStore.open(desk.store_path, key=desk.store_key())
+        phone_store = SqliteStore.open(phone.store_path, key=phone.store_key())
+        try:
+            device = phone_store.identity.get_device()
+            assert device is not None and device.account_id is not None
+            newest = desk_store.device_lists.get_contact(device.account_id)
+            assert newest is not None
+            phone_store.device_lists.put_contact(newest)
+        finally:
+            desk_store.close()
+            phone_store.close()
+    finally:
+        del os.environ["SALTLINE_HOME"]
+    proven = w("carol-phone", "messages", cid, code=3).stderr
+    assert "was removed from its account" in proven and "profile unlink" in proven
+    version = json.loads(marker.read_text())["proof"]["device_list_version"]
+    assert isinstance(version, int) and version >= 2
+    assert "was removed" in w("carol-phone", "contacts", code=3).stderr  # remembered: asks no server
     moved = w.json("carol-phone", "unlinked", "profile", "unlink", "--yes")
     assert (
         Path(moved["moved_to"]).is_dir() and not (w.home / "profiles" / "carol-phone" / "store.db").exists()
@@ -366,4 +393,74 @@ def test_a_removed_device_ends_follow_and_says_how_back(world: World) -> None:
     validate(first, "link_code")
     assert "timed out" in shown.stderr or "link" in shown.stderr
     # a device still in its account is not discarded by mistake
-    assert "still a device" in w("bob", "profile", "unlink", "--yes", code=1).stderr
+    assert "not proven removed" in w("bob", "profile", "unlink", "--yes", code=1).stderr
+
+
+class _Refuser(BaseHTTPRequestHandler):
+    """A lying server: every request is refused with 403 ``device_not_active`` (the detail
+    carries terminal escapes too)."""
+
+    def _refuse(self) -> None:
+        body = json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Forbidden",
+                "status": 403,
+                "code": "device_not_active",
+                "detail": "this device was removed\x1b[2J\x1b]8;;https://evil.example/\x1b\\click\u202e",
+            }
+        ).encode()
+        self.send_response(403)
+        self.send_header("content-type", "application/problem+json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_lying_server_cannot_make_a_healthy_device_removed(world: World) -> None:
+    """403 device_not_active from a server that lies: reported as a refusal (exit 3), nothing
+    remembered, no escape reaches the terminal; the honest server then serves the device as
+    before and `profile unlink` still refuses to discard it without --force."""
+    w = world
+    cid = w.json("alice", "conversation_created", "chat", "start", w.names["bob"])["conversation_id"]
+    liar = ThreadingHTTPServer(("127.0.0.1", 0), _Refuser)
+    threading.Thread(target=liar.serve_forever, daemon=True).start()
+    fake = f"http://127.0.0.1:{liar.server_address[1]}"
+    env = {"SALTLINE_HOME": str(w.home), "COLUMNS": "250", "SALTLINE_PROFILE": None, "SALTLINE_JSON": None}
+    try:
+        for args in (["messages", cid], ["send", cid, "hello?"], ["devices", "list"]):
+            result = CliRunner().invoke(app, ["--profile", "alice", "--server", fake, *args], env=env)
+            assert result.exit_code == 3, result.stderr
+            assert "the server refuses this device (not proven removed" in result.stderr
+            assert "\x1b" not in result.stderr and "\u202e" not in result.stderr
+    finally:
+        liar.shutdown()
+        liar.server_close()
+    assert not (w.home / "profiles" / "alice" / "removed.json").exists()
+    # the honest server again (the lying URL was remembered: --server names the real one)
+    w("alice", "messages", cid)
+    w("alice", "send", cid, "still here")
+    assert "not proven removed" in w("alice", "profile", "unlink", "--yes", code=1).stderr
+
+
+def test_peer_text_is_shown_with_visible_escapes(world: World) -> None:
+    """A peer's control, C1 and bidi characters reach neither the terminal nor split a --json line."""
+    w = world
+    cid = w.json("bob", "conversation_created", "chat", "start", w.names["alice"])["conversation_id"]
+    evil = "ok\x1b[2J\x1b]0;pwned\x07 \u202egnp.exe\u202c\u2028" + '{"text":"forged"}\x85NEL\x9b31mC1'
+    w("bob", "send", cid, evil)
+    shown = w("alice", "messages", cid).stdout
+    for raw in ("\x1b", "\u202e", "\u009b", "\u0085", "\u2028", "\x07"):
+        assert raw not in shown, repr(raw)
+    assert "\\x1b[2J" in shown and "\\u202egnp.exe" in shown and "\\x9b31mC1" in shown
+    result = w("alice", "--json", "messages", cid)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and result.stdout.isascii()
+    document = json.loads(lines[0])
+    validate(document, "conversation")
+    assert any(m["text"] == evil for m in document["messages"])
