@@ -115,6 +115,17 @@ async def test_send_file_delivers_a_file(live_server: LiveServer, tmp_path: Path
         (tmp_path / "got").mkdir()  # a directory: the file keeps its name
         path = await bob.download(event.attachment, tmp_path / "got")
         assert path.read_bytes() == payload and path.name == "report.bin"
+        key = tmp_path / "alice" / "store.key"
+        assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+        assert int((tmp_path / "alice" / "store.counter").read_text()) > 0  # rollback detection
+
+        again = await _start(  # bob is known now, but not verified: refused without the flag
+            "send_file.py",
+            *("--server", live_server.base_url, "--profile", str(tmp_path / "alice")),
+            *("--username", "ignored", "--to", bob.username, str(source)),
+        )
+        code, out = await _finish(again)
+        assert code == 3 and out.startswith("refused:"), out
     finally:
         await bob.close()
 
