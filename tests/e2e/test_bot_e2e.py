@@ -165,7 +165,7 @@ async def test_a_message_is_never_run_twice_by_redelivery(live_server: LiveServe
         first = await mal.send_text(cid, "/c fail")
         asked = await _sent(mal, first)
         eids = [first] + [await mal.send_text(cid, f"/c n{i}") for i in range(6)]
-        await busy.wait()
+        await asyncio.wait_for(busy.wait(), WAIT)
         for _ in eids:  # every message reached the bot (first offers are buffered events too)
             await botc.next_event(MessageReceived, WAIT)
         assert len(botc.store.handler_inbox.pending()) == 7
@@ -180,6 +180,7 @@ async def test_a_message_is_never_run_twice_by_redelivery(live_server: LiveServe
         assert sum(runs.values()) == 8
         assert replies_to["fail"] is None and asked.message_ref
     finally:
+        release.set()
         await botc.close()
         await mal.close()
 
@@ -218,6 +219,7 @@ async def test_one_conversations_rate_limit_does_not_stall_another(live_server: 
             await bot.wait_handled(eid, WAIT)
         assert order[5:] == ["replied a1", "a2", "replied a2"]
     finally:
+        clock.gate.set()
         await botc.close()
         await mal.close()
         await bob.close()
