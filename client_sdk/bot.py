@@ -15,13 +15,18 @@ with rate-limited replies and a run loop that shuts down cleanly on SIGINT/SIGTE
 
     await bot.run()          # until SIGINT/SIGTERM (or bot.stop()); then the client is closed
 
-Delivery: the bot registers an ``at_least_once`` callback (:meth:`Client.on`), so a message
-counts as handled only once every matching handler returned. A handler that raises leaves it
-pending: it is offered again after ``retry_delay_s`` (and after a restart or reconnection),
-up to the client's attempt limit. Handlers must therefore tolerate seeing a message twice.
+Delivery: the bot registers an ``at_least_once`` callback (:meth:`Client.on`) that queues
+each message for its conversation and returns at once; one task per conversation runs the
+handlers in order, so a slow or rate-limited conversation never holds up another one. A message
+counts as handled (settled in the client's handler inbox) only once every matching handler
+returned. A handler that raises or exceeds ``handler_timeout_s`` leaves it pending: it is offered
+again after ``retry_delay_s`` (and after a restart or reconnection), up to the client's attempt
+limit. A message is never run again while it is queued or once it was handled (the latest
+:data:`HANDLED_KEPT`); handlers must still tolerate seeing a message twice after a restart.
 
 Replies go through a token bucket per conversation (:class:`RateLimit`): a burst of
-``burst`` replies, then ``per_second``; a reply over the limit waits for its token.
+``burst`` replies, then ``per_second``; a reply over the limit waits for its token in its
+conversation's task.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from saltline.client_sdk.core.commands import Command, RateLimit, TokenBuckets, parse_command
 from saltline.client_sdk.core.events import MessageReceived
 from saltline.client_sdk.errors import UsageError
+from saltline.client_sdk.eventbus import Deferred
 
 if TYPE_CHECKING:
     from saltline.client_sdk.client import Client
@@ -102,7 +108,8 @@ class _Handler:
 class Bot:
     """Handlers on one client. ``prefix``: what starts a command (``/echo hi``); ``rate``: the
     reply limit per conversation; ``retry_delay_s``: when a message whose handler raised is
-    offered again; ``answer_own``: also handle messages of this account's devices (off: a bot
+    offered again; ``handler_timeout_s``: how long one handler may run on one message (None: no
+    limit; a timeout is a failure); ``answer_own``: also handle messages of this account's devices (off: a bot
     never answers itself); ``clock``/``sleep``: injectable for tests."""
 
     def __init__(
@@ -112,6 +119,7 @@ class Bot:
         prefix: str = "/",
         rate: RateLimit | None = None,
         retry_delay_s: float = 2.0,
+        handler_timeout_s: float | None = 60.0,
         answer_own: bool = False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -122,10 +130,13 @@ class Bot:
         self.prefix = prefix
         self.buckets = TokenBuckets(rate or RateLimit(), clock)
         self.retry_delay_s = retry_delay_s
+        self.handler_timeout_s = handler_timeout_s
         self.answer_own = answer_own
         self._sleep = sleep
         self._handlers: list[_Handler] = []
-        self._inflight: set[str] = set()
+        self._queued: set[str] = set()  # envelope ids queued or running
+        self._queues: dict[str, deque[MessageReceived]] = {}  # conversation id -> messages
+        self._workers: dict[str, asyncio.Task[None]] = {}
         self._retry_due = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Event | None = None
@@ -184,22 +195,54 @@ class Bot:
                 yield h, MessageContext(self, event)
 
     async def _on_message(self, event: MessageReceived) -> None:
+        """The ``at_least_once`` callback: queue the message for its conversation's task and
+        return at once (:class:`Deferred`: the task settles it when its handlers finished)."""
         if event.sent_by_me and not self.answer_own:
             return
-        if event.envelope_id in self._inflight:
-            # offered again while its first delivery still runs: that one settles it
-            raise _StillRunning(event.envelope_id)
-        self._inflight.add(event.envelope_id)
+        eid = event.envelope_id
+        if eid in self.handled:
+            return  # offered again after it was handled: settled, never run twice
+        if eid in self._queued:
+            raise Deferred(eid)  # offered again while queued or running: that run settles it
+        self._queued.add(eid)
+        cid = event.conversation_id
+        self._queues.setdefault(cid, deque()).append(event)
+        if cid not in self._workers:
+            task = asyncio.get_running_loop().create_task(self._work(cid))
+            self._workers[cid] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        raise Deferred(eid)
+
+    async def _work(self, cid: str) -> None:
+        queue = self._queues[cid]
+        try:
+            while queue:
+                event = queue[0]
+                try:
+                    await self._handle(event)
+                finally:
+                    queue.popleft()
+                    self._queued.discard(event.envelope_id)
+        finally:  # done, or cancelled at shutdown (what is left stays pending in the inbox)
+            del self._workers[cid]
+            del self._queues[cid]
+            for left in queue:
+                self._queued.discard(left.envelope_id)
+
+    async def _handle(self, event: MessageReceived) -> None:
+        settle = self.client.inbound.handlers.settle
         try:
             for handler, ctx in list(self._matching(event)):
-                await handler.fn(ctx)
+                await asyncio.wait_for(handler.fn(ctx), self.handler_timeout_s)
         except Exception:
+            log.exception("handler failed on message %s", event.envelope_id)
             self.failures += 1
+            settle(event, "failed")  # not handled: offered again
             self._schedule_retry()
-            raise  # not acknowledged as handled: offered again
-        finally:
-            self._inflight.discard(event.envelope_id)
+            return
         self.handled.append(event.envelope_id)
+        settle(event, "ok")
         async with self._progress:
             self._progress.notify_all()
 
@@ -250,9 +293,10 @@ class Bot:
         on_ready: Callable[[], object] | None = None,
     ) -> None:
         """Start, then serve until :meth:`stop` or one of ``signals``; then shut down cleanly:
-        handlers in progress finish, the retry timer stops, and (``close``) the client closes
-        (unsent replies stay in the outbox, sent on the next start) and a store that can be
-        closed is closed. ``on_ready()`` is called once the signals are handled and the socket is up."""
+        the retry timer stops, handlers still running are cancelled (their messages stay pending,
+        offered again on the next start), and (``close``) the client closes (unsent replies stay
+        in the outbox, sent on the next start) and a store that can be closed is closed.
+        ``on_ready()`` is called once the signals are handled and the socket is up."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         installed: list[signal.Signals] = []
@@ -278,10 +322,6 @@ class Bot:
                 closer = getattr(self.client.store, "close", None)
                 if callable(closer):
                     closer()
-
-
-class _StillRunning(Exception):
-    pass
 
 
 async def run_forever(client: Client, bot: Bot | None = None) -> None:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from saltline.client_sdk.core import api
 from saltline.client_sdk.core.events import Event, MessageReceived
 from saltline.client_sdk.errors import ServerError, UsageError
-from saltline.client_sdk.eventbus import EventBus
+from saltline.client_sdk.eventbus import EventBus, Outcome
 from saltline.client_sdk.stores.base import DeviceRecord, SessionRecord, Store
 from saltline.client_sdk.transport.http import HttpTransport
 from saltline.crypto import primitives as p
@@ -66,7 +66,7 @@ class DeviceContext:
         self._pending: list[Event] = []
         #: Called by :meth:`flush` for each :class:`MessageReceived` when at-least-once callbacks
         #: exist (the inbound facet settles the message's pending delivery).
-        self.on_delivered: Callable[[MessageReceived, bool], None] | None = None
+        self.on_delivered: Callable[[MessageReceived, Outcome], None] | None = None
 
     # -- the device record and private state ------------------------------------------------------
 
@@ -177,9 +177,9 @@ class DeviceContext:
         while self._pending:
             event = self._pending.pop(0)
             if isinstance(event, MessageReceived) and self.bus.has_at_least_once(MessageReceived):
-                ok = await self.bus.publish(event)
+                outcome = await self.bus.deliver(event)
                 if self.on_delivered is not None:
-                    self.on_delivered(event, ok)
+                    self.on_delivered(event, outcome)
             else:
                 await self.bus.publish(event)
 

@@ -23,7 +23,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from saltline.client_sdk.core.events import Event
 
@@ -32,6 +32,17 @@ log = logging.getLogger("client_sdk.events")
 
 #: Events kept for readers of :meth:`EventBus.events` (about 1 KiB each at most).
 DEFAULT_MAX_BUFFERED = 10_000
+
+
+#: What :meth:`EventBus.deliver` reports: every ``at_least_once`` callback returned (``"ok"``), one
+#: raised (``"failed"``), or one took the event to handle later (``"deferred"``, see :class:`Deferred`).
+Outcome = Literal["ok", "failed", "deferred"]
+
+
+class Deferred(Exception):
+    """Raised by an ``at_least_once`` callback that queued the event to handle it later: the
+    message stays pending without counting an attempt; the callback's owner settles it (see
+    ``Inbound.settle``) once its handling finished."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +82,13 @@ class EventBus:
         """Buffer ``event`` and run the matching callbacks in registration order. Returns whether
         every ``at_least_once`` callback that matched returned normally. ``at_least_once_only``:
         a redelivery of an unhandled message: only those callbacks run and nothing is buffered."""
+        return await self.deliver(event, at_least_once_only=at_least_once_only) == "ok"
+
+    async def deliver(self, event: Event, *, at_least_once_only: bool = False) -> Outcome:
+        """:meth:`publish`, telling a failure of an ``at_least_once`` callback from a deferral."""
         if not at_least_once_only:
             self._buffer_event(event)
-        ok = True
+        outcome: Outcome = "ok"
         for cb in list(self._callbacks):
             if not isinstance(event, cb.event_type) or (at_least_once_only and not cb.at_least_once):
                 continue
@@ -83,11 +98,14 @@ class EventBus:
                     await result
             except asyncio.CancelledError:
                 raise
+            except Deferred:
+                if cb.at_least_once and outcome == "ok":
+                    outcome = "deferred"
             except Exception:
                 log.exception("event callback %r raised on %s", cb.fn, type(event).__name__)
                 if cb.at_least_once:
-                    ok = False
-        return ok
+                    outcome = "failed"
+        return outcome
 
     async def publish_all(self, events: list[Event]) -> None:
         for event in events:

@@ -4,6 +4,7 @@ limits a bot's replies. Used by :mod:`saltline.client_sdk.bot`."""
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,13 +59,16 @@ class RateLimit:
 
 
 class TokenBuckets:
-    """One token bucket per key (a conversation id). ``clock``: monotonic seconds (injected)."""
+    """One token bucket per key (a conversation id). ``clock``: monotonic seconds (injected).
+    At most ``max_keys`` keys are kept: beyond that the least recently touched key is forgotten
+    (O(1) per take; a forgotten key starts again with a full bucket)."""
 
     def __init__(self, limit: RateLimit, clock: Callable[[], float], max_keys: int = 10_000) -> None:
         self.limit = limit
         self._clock = clock
         self._max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at), LRU first
+        self.evictions = 0
 
     def _level(self, key: str, now: float) -> float:
         tokens, at = self._buckets.get(key, (float(self.limit.burst), now))
@@ -76,20 +80,19 @@ class TokenBuckets:
         taken)."""
         now = self._clock()
         tokens = self._level(key, now)
-        if tokens >= 1.0 - _EPSILON:  # waiting the time it said is enough, rounding aside
-            self._buckets[key] = (max(0.0, tokens - 1.0), now)
-            self._bound()
+        taken = tokens >= 1.0 - _EPSILON  # waiting the time it said is enough, rounding aside
+        self._buckets[key] = (max(0.0, tokens - 1.0) if taken else tokens, now)
+        self._buckets.move_to_end(key)
+        self._bound()
+        if taken:
             return 0.0
-        self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.limit.per_second
 
     def available(self, key: str) -> float:
         return self._level(key, self._clock())
 
     def _bound(self) -> None:
-        """Forget the fullest buckets' keys beyond ``max_keys`` (a full bucket is the default)."""
-        if len(self._buckets) > self._max_keys:
-            now = self._clock()
-            full = [k for k in self._buckets if self._level(k, now) >= self.limit.burst]
-            for k in full[: len(self._buckets) - self._max_keys]:
-                del self._buckets[k]
+        """Forget the least recently touched keys beyond ``max_keys``."""
+        while len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+            self.evictions += 1

@@ -15,7 +15,6 @@ from saltline.client_sdk.context import DeviceContext
 from saltline.client_sdk.core import api, sync, trust
 from saltline.client_sdk.core import inbound as rules
 from saltline.client_sdk.core import message as msg
-from saltline.client_sdk.core.attachments import pointer_of
 from saltline.client_sdk.core.diff import message_ref
 from saltline.client_sdk.core.events import (
     Connected,
@@ -38,8 +37,8 @@ from saltline.client_sdk.errors import (
     ServerError,
     UntrustedConversationError,
     UntrustedDeviceListError,
-    UsageError,
 )
+from saltline.client_sdk.facets.handler_delivery import HandlerDelivery
 from saltline.client_sdk.stores.base import (
     ContactRecord,
     ConversationRecord,
@@ -66,8 +65,6 @@ MAX_LIST_PAGES = 100
 #: Envelopes whose transient failures are counted at most (see ``_bound_transient``).
 MAX_TRANSIENT_TRACKED = 10_000
 HISTORY_PAGE = 200
-#: An unhandled message is offered to ``at_least_once`` callbacks at most this many times.
-MAX_HANDLER_ATTEMPTS = 5
 
 
 class RetryLater(Exception):
@@ -94,7 +91,9 @@ class Inbound:
         self._filling: set[str] = set()
         #: the last HistoryGap reported per conversation (missing seqs, held refs)
         self._gaps: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {}
-        ctx.on_delivered = self._settle
+        #: at-least-once delivery to app callbacks (the handler inbox)
+        self.handlers = HandlerDelivery(ctx, conversations)
+        self.redeliver_unhandled = self.handlers.redeliver_unhandled
 
     # -- frames ----------------------------------------------------------------------------------------
 
@@ -449,6 +448,7 @@ class Inbound:
             if isinstance(op.body, sync.Message) and not rejected:
                 if ctx.bus.has_at_least_once(MessageReceived):
                     ctx.store.handler_inbox.add_pending(eid, cid, ctx.clock())
+                    self.handlers.unoffered.add(eid)
                 ctx.emit(
                     MessageReceived(
                         conversation_id=cid,
@@ -513,57 +513,6 @@ class Inbound:
         if self._gaps.get(cid) != gap:
             self._gaps[cid] = gap
             self.ctx.emit(HistoryGap(cid, *gap))
-
-    # -- at-least-once app delivery --------------------------------------------------------------------
-
-    def _settle(self, event: MessageReceived, ok: bool) -> None:
-        inbox = self.ctx.store.handler_inbox
-        if ok:
-            inbox.remove_pending(event.envelope_id)
-            return
-        pending = {p.envelope_id: p for p in inbox.pending()}
-        entry = pending.get(event.envelope_id)
-        if entry is not None and entry.attempts + 1 >= MAX_HANDLER_ATTEMPTS:
-            log.error(
-                "message %s failed its at-least-once handler %d times: given up",
-                event.envelope_id,
-                entry.attempts + 1,
-            )
-            inbox.remove_pending(event.envelope_id)
-        else:
-            inbox.bump_attempts(event.envelope_id)
-
-    async def redeliver_unhandled(self) -> None:
-        """Offer the messages whose ``at_least_once`` callbacks did not all return (a crash, an
-        exception) to those callbacks again."""
-        ctx = self.ctx
-        if not ctx.bus.has_at_least_once(MessageReceived):
-            return
-        for entry in ctx.store.handler_inbox.pending():
-            record = ctx.store.conversations.get_message(entry.envelope_id)
-            if record is None or record.server_seq is None:
-                ctx.store.handler_inbox.remove_pending(entry.envelope_id)
-                continue
-            contact = ctx.store.device_lists.get_contact(record.sender_account_id)
-            try:
-                ref = message_ref(self.conversations.message_dot(record.conversation_id, record.envelope_id))
-            except UsageError:
-                ref = ""
-            event = MessageReceived(
-                conversation_id=record.conversation_id,
-                message_ref=ref,
-                sender_account_id=record.sender_account_id,
-                sender_device_id=record.sender_device_id,
-                sender_username=contact.username if contact else "",
-                text=record.text,
-                envelope_id=record.envelope_id,
-                server_seq=record.server_seq,
-                sent_at_ms=record.sent_at_ms,
-                sent_by_me=record.sent_by_me,
-                attachment=pointer_of(record.body),
-            )
-            ok = await ctx.bus.publish(event, at_least_once_only=True)
-            self._settle(event, ok)
 
     # -- gap filling -----------------------------------------------------------------------------------
 

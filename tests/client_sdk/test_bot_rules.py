@@ -124,3 +124,34 @@ def test_keys_stay_bounded() -> None:
         buckets.take(f"c{i}")
         clock.now += 5  # every earlier bucket is full again
     assert len(buckets._buckets) <= 11
+
+
+@given(
+    max_keys=st.integers(1, 20),
+    steps=st.lists(st.tuples(st.integers(0, 60), st.floats(0.0, 3.0)), max_size=300),
+)
+def test_keys_never_exceed_the_bound_and_takes_stay_constant_work(
+    max_keys: int, steps: list[tuple[int, float]]
+) -> None:
+    """LRU by last touch: never more than ``max_keys`` keys, at most one eviction per take
+    (amortised O(1): evictions never outnumber takes), and the key just taken is kept."""
+    clock = Clock()
+    buckets = TokenBuckets(RateLimit(2, 1.0), clock, max_keys=max_keys)
+    for n, (key, dt) in enumerate(steps, 1):
+        clock.now += dt
+        before = buckets.evictions
+        buckets.take(f"c{key}")
+        assert len(buckets._buckets) <= max_keys
+        assert buckets.evictions - before <= 1 and buckets.evictions <= n
+        assert next(reversed(buckets._buckets)) == f"c{key}"
+
+
+def test_a_busy_key_survives_a_flood_of_new_ones() -> None:
+    clock = Clock()
+    buckets = TokenBuckets(RateLimit(1, 1.0), clock, max_keys=10)
+    buckets.take("busy")
+    for i in range(1000):
+        buckets.take(f"new{i}")
+        if i % 5 == 0:
+            buckets.take("busy")  # touched: most recently used, never the one evicted
+    assert "busy" in buckets._buckets and buckets.evictions == 1000 - 9

@@ -27,6 +27,7 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SALTLINE_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env["SALTLINE_PASSWORD"] = PASSWORD  # never on the command line
     return env
 
 
@@ -69,7 +70,7 @@ async def _bob(server: LiveServer) -> Client:
 async def test_echo_bot_answers_and_stops_on_sigterm(live_server: LiveServer, tmp_path: Path) -> None:
     bot_name = f"echo_{os.urandom(3).hex()}"
     args = ("--server", live_server.base_url, "--profile", str(tmp_path / "bot"))
-    args += ("--username", bot_name, "--password", PASSWORD)
+    args += ("--username", bot_name)
     proc = await _start("echo_bot.py", *args, "--register")
     bob = await _bob(live_server)
     try:
@@ -103,8 +104,8 @@ async def test_send_file_delivers_a_file(live_server: LiveServer, tmp_path: Path
         proc = await _start(
             "send_file.py",
             *("--server", live_server.base_url, "--profile", str(tmp_path / "alice")),
-            *("--username", f"alice_{os.urandom(3).hex()}", "--password", PASSWORD, "--register"),
-            *("--to", bob.username, "--caption", "the report", str(source)),
+            *("--username", f"alice_{os.urandom(3).hex()}", "--register"),
+            *("--to", bob.username, "--trust-on-first-use", "--caption", "the report", str(source)),
         )
         code, out = await _finish(proc)
         assert code == 0 and out.startswith("sent report.bin"), out
@@ -114,6 +115,17 @@ async def test_send_file_delivers_a_file(live_server: LiveServer, tmp_path: Path
         (tmp_path / "got").mkdir()  # a directory: the file keeps its name
         path = await bob.download(event.attachment, tmp_path / "got")
         assert path.read_bytes() == payload and path.name == "report.bin"
+        key = tmp_path / "alice" / "store.key"
+        assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+        assert int((tmp_path / "alice" / "store.counter").read_text()) > 0  # rollback detection
+
+        again = await _start(  # bob is known now, but not verified: refused without the flag
+            "send_file.py",
+            *("--server", live_server.base_url, "--profile", str(tmp_path / "alice")),
+            *("--username", "ignored", "--to", bob.username, str(source)),
+        )
+        code, out = await _finish(again)
+        assert code == 3 and out.startswith("refused:"), out
     finally:
         await bob.close()
 
