@@ -1,7 +1,8 @@
 """At-least-once delivery of :class:`MessageReceived` to ``at_least_once`` callbacks: the handler
 inbox holds a message until every such callback returned; a failure counts an attempt (given
 up after :data:`MAX_HANDLER_ATTEMPTS`), a deferral (:class:`~saltline.client_sdk.eventbus.Deferred`)
-does not; unhandled messages already offered once are offered again by :meth:`redeliver_unhandled`."""
+does not; unhandled messages already offered once are offered again by
+:meth:`HandlerDelivery.redeliver_unhandled`."""
 
 from __future__ import annotations
 
