@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from saltline.server.storage.driver_sql import _DriverSql
-from saltline.server.storage.envelope_records import ConnectSnapshot, QueueItem, QueueState
+from saltline.server.storage.envelope_records import ConnectSnapshot, QueueState, queue_items
 
 _DEVICE = "SELECT account_id, removed_at_ms FROM devices WHERE device_id = ?"
 _REVOKED = "SELECT 1 FROM refresh_tokens WHERE family_id = ? AND revoked = ? LIMIT 1"
@@ -63,20 +63,7 @@ def connect_snapshot(conn: Connection, device_id: bytes, cutoff_ms: int, limit: 
     count, oldest = depth[0] if depth else (0, None)
     return ConnectSnapshot(
         state=QueueState() if not st else QueueState(int(st[0][0]), int(st[0][1]), int(st[0][2])),
-        items=[
-            QueueItem(
-                queue_seq=int(r[0]),
-                conversation_id=bytes(r[1]),
-                server_seq=int(r[2]),
-                server_ts_ms=int(r[3]),
-                sender_account_id=bytes(r[4]),
-                sender_device_id=bytes(r[5]),
-                envelope_id=bytes(r[6]),
-                clock=bytes(r[7]),
-                ciphertext=bytes(r[8]),
-            )
-            for r in rows
-        ],
+        items=queue_items(rows),
         pending_count=int(count or 0),
         has_expired=oldest is not None and int(oldest) < cutoff_ms,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from saltline.server.storage.conversations_repo import AccountRouting
 
@@ -127,6 +128,26 @@ class QueueItem:
     envelope_id: bytes
     clock: bytes
     ciphertext: bytes
+
+
+
+def queue_items(rows: Sequence[Any]) -> list[QueueItem]:
+    """Queue rows (queue_seq, conversation_id, server_seq, server_ts_ms, sender account, sender
+    device, envelope_id, clock, ciphertext) as :class:`QueueItem`."""
+    return [
+        QueueItem(
+            queue_seq=int(r[0]),
+            conversation_id=bytes(r[1]),
+            server_seq=int(r[2]),
+            server_ts_ms=int(r[3]),
+            sender_account_id=bytes(r[4]),
+            sender_device_id=bytes(r[5]),
+            envelope_id=bytes(r[6]),
+            clock=bytes(r[7]),
+            ciphertext=bytes(r[8]),
+        )
+        for r in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)

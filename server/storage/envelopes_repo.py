@@ -61,6 +61,7 @@ from saltline.server.storage.envelope_records import (
     RoutingRejected,
     SendOutcome,
     StoredEnvelope,
+    queue_items,
     routing_matches,
 )
 
@@ -185,7 +186,7 @@ class EnvelopesRepo:
         async with self._db.read() as conn:
             rows = (await conn.execute(q)).all()
             state = await self._queue_state(conn, device_id)
-        return _queue_items(rows), state
+        return queue_items(rows), state
 
     async def connect_snapshot(self, device_id: bytes, cutoff_ms: int, limit: int) -> ConnectSnapshot:
         """What a (re)connecting device needs, in ONE read transaction (one hand-off on SQLite):
@@ -548,20 +549,3 @@ def _pending_query(device_id: bytes, after: int, limit: int) -> Any:
         .order_by(device_queue.c.queue_seq)
         .limit(limit)
     )
-
-
-def _queue_items(rows: Sequence[Any]) -> list[QueueItem]:
-    return [
-        QueueItem(
-            queue_seq=int(r[0]),
-            conversation_id=bytes(r[1]),
-            server_seq=int(r[2]),
-            server_ts_ms=int(r[3]),
-            sender_account_id=bytes(r[4]),
-            sender_device_id=bytes(r[5]),
-            envelope_id=bytes(r[6]),
-            clock=bytes(r[7]),
-            ciphertext=bytes(r[8]),
-        )
-        for r in rows
-    ]
