@@ -59,10 +59,53 @@ Pids = int | Sequence[int] | None
 
 
 def pid_list(pid: Pids) -> list[int]:
-    """One server pid, several (instances), or none."""
+    """One server pid, several (instances), or none; each with its descendants (the worker
+    processes of ``serve --workers N``), as they are now."""
     if pid is None:
         return []
-    return [pid] if isinstance(pid, int) else list(pid)
+    roots = [pid] if isinstance(pid, int) else list(pid)
+    # idempotent (a list it returned may be passed again): each pid once
+    return list(dict.fromkeys(p for root in roots for p in [root, *descendants(root)]))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living descendant of ``pid`` (from /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                data = f.read()
+        except OSError:
+            continue
+        ppid = int(data[data.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    stack = list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, []))
+    return found
+
+
+def start_redis(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway ``redis-server`` on a free port (no persistence): the process and its URL."""
+    port = free_port()
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return proc, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
 
 
 def procs_cpu_s(pid: Pids) -> float:

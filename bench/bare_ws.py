@@ -1,6 +1,6 @@
 """A bare FastAPI WebSocket endpoint: the memory reference for the idle test of bench/pairs.py.
 
-    .venv/bin/python bench/bare_ws.py --port 8765 [--heartbeat-interval-s 5]
+    .venv/bin/python bench/bare_ws.py --port 8765 [--heartbeat-interval-s 5] [--workers N]
 
 It speaks the same minimal frames as Saltline's ``/v1/ws`` for an idle device, and nothing else:
 the first frame ``{"type":"auth",...}`` (not verified) is answered with ``{"type":"ready"}``; the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 
 import orjson
 import uvicorn
@@ -63,15 +64,24 @@ def create_app(heartbeat_interval_s: float) -> FastAPI:
     return app
 
 
+def factory() -> FastAPI:
+    """The app of each worker with ``--workers N`` (settings from the environment)."""
+    return create_app(float(os.environ.get("BARE_WS_HEARTBEAT_INTERVAL_S", "15")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--heartbeat-interval-s", type=float, default=15.0)
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--workers", type=int, default=1, help="processes, as saltline's serve --workers")
     args = parser.parse_args()
+    os.environ["BARE_WS_HEARTBEAT_INTERVAL_S"] = str(args.heartbeat_interval_s)
     uvicorn.run(
-        create_app(args.heartbeat_interval_s),
+        "bare_ws:factory" if args.workers > 1 else create_app(args.heartbeat_interval_s),
+        factory=args.workers > 1,
+        workers=args.workers,
         host=args.host,
         port=args.port,
         log_level=args.log_level,

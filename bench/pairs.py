@@ -43,6 +43,7 @@ import contextlib
 import datetime
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -593,13 +594,17 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
     others: list[Any] = field(default_factory=list)  # further instances' ServerProcess
     recv_ws_url: str = ""
+    #: A redis-server the bench started for ``--workers N`` (its CPU counts as the server's).
+    redis: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.recv_ws_url = self.recv_ws_url or self.ws_url
 
     @property
     def pids(self) -> list[int]:
-        return [p for p in [self.pid, *(o.pid for o in self.others)] if p]
+        """Each instance (its workers are found as its descendants) and the bench's Redis."""
+        redis = [self.redis.pid] if self.redis is not None else []
+        return [p for p in [self.pid, *(o.pid for o in self.others), *redis] if p]
 
     @property
     def base_urls(self) -> list[str]:
@@ -610,6 +615,7 @@ class Target:
             "url": self.base_url,
             "pid": self.pid,
             "instances": 1 + len(self.others),
+            "workers": int(self.env.get("SALTLINE_WORKERS", "1")),
             "started_by_bench": self.process is not None,
         }
         if self.others:
@@ -630,6 +636,9 @@ class Target:
             out.update(
                 {f"{key}alive_at_end": alive, f"{key}exit_code": code, f"{key}log": proc.log_problems()}
             )
+        if self.redis is not None:
+            self.redis.terminate()
+            self.redis.wait(10)
         if self.tmp is not None:
             self.tmp.cleanup()
         return out
@@ -664,7 +673,15 @@ def start_saltline(args: argparse.Namespace, name: str, extra_env: dict[str, str
         if database_kind(args.database_url) != "postgresql" or not args.redis_url:
             raise SystemExit("--instances 2 needs --database-url postgresql+asyncpg://... and --redis-url")
         env["SALTLINE_REDIS_URL"] = args.redis_url
-    import subprocess
+    redis = None
+    if args.workers > 1:
+        # serve --workers N shares wake-ups and rate limits through Redis (docs/deploy.md § 8)
+        redis_url = args.redis_url
+        if not redis_url:
+            redis, redis_url = common.start_redis(Path(tmp.name) / "redis.log")
+            log(f"{name}: redis-server pid {redis.pid} on {redis_url}")
+        env["SALTLINE_REDIS_URL"] = redis_url
+        env["SALTLINE_WORKERS"] = str(args.workers)
 
     upgrade = subprocess.run(
         [sys.executable, "-m", "saltline.server", "db", "upgrade"],
@@ -701,6 +718,7 @@ def start_saltline(args: argparse.Namespace, name: str, extra_env: dict[str, str
         env,
         others=others,
         recv_ws_url=others[0].ws_url if others else "",
+        redis=redis,
     )
 
 
@@ -1258,6 +1276,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="2: two server instances on PostgreSQL + Redis; senders on the first, receivers on the second",
     )
     p.add_argument("--redis-url", help="with --instances 2: the Redis bus, e.g. redis://127.0.0.1:6379/0")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes per instance (serve --workers N; starts a redis-server unless --redis-url)",
+    )
     p.add_argument("--server-pid", type=int, help="with --url: the server's pid, for CPU and RSS")
     p.add_argument("--connections", type=int, default=1000, help="idle: held sockets (C)")
     p.add_argument("--idle-seconds", type=float, default=45.0)

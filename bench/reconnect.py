@@ -108,6 +108,7 @@ async def test_reconnect(args: argparse.Namespace) -> dict[str, Any]:
             "repeat": repeat,
             "concurrency": concurrency,
             "client": client,
+            "workers": args.workers,
             "timed": "first connect to last 'drained' (saltline) / 'ready' (bare_ws)",
         }
     }
@@ -116,7 +117,9 @@ async def test_reconnect(args: argparse.Namespace) -> dict[str, Any]:
     port = common.free_port()
     tmp = tempfile.TemporaryDirectory(prefix="saltline-bench-bare-")
     bare = common.ServerProcess(
-        [sys.executable, str(HERE / "bare_ws.py"), "--port", str(port)], port, Path(tmp.name) / "bare.log"
+        [sys.executable, str(HERE / "bare_ws.py"), "--port", str(port), "--workers", str(args.workers)],
+        port,
+        Path(tmp.name) / "bare.log",
     ).start()
     try:
         tag = "rec" + secrets.token_hex(3)
@@ -138,7 +141,7 @@ async def test_reconnect(args: argparse.Namespace) -> dict[str, Any]:
                 ("saltline", target.ws_url, "drained"),
                 ("bare_ws", bare.ws_url, "ready"),
             ):
-                pid = target.pid if name == "saltline" else bare.pid
+                pid = target.pids if name == "saltline" else bare.pid
                 await common.quiesce(pid)
                 meter = common.CpuMeter(pid)
                 run = await storm(url, tokens, until, concurrency, client)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from saltline.server.settings import Settings
+
+if TYPE_CHECKING:
+    from saltline.server.transport import TransportLimits
 
 #: Largest WebSocket message the server accepts (auth, ack and pong frames are tiny; a ``send``
 #: frame carries an envelope; larger envelopes use HTTP). Keep equal to
@@ -56,23 +59,28 @@ def connection_cap(settings: Settings) -> int:
     return max(1, min(settings.max_connections, soft - 100))
 
 
+def transport_limits(settings: Settings) -> TransportLimits:
+    """The limits ``saltline.server.transport`` enforces below the application."""
+    from saltline.server.transport import TransportLimits
+
+    return TransportLimits(
+        max_connections=connection_cap(settings),
+        http_head_timeout_s=settings.http_head_timeout_s,
+        http_max_pipeline=settings.http_max_pipeline,
+        http_max_head_bytes=settings.http_max_head_bytes,
+        ws_write_buffer_max_bytes=settings.ws_write_buffer_max_bytes,
+        ws_close_timeout_s=settings.ws_close_timeout_s,
+        http_body_timeout_s=settings.http_body_timeout_s,
+        http_body_min_rate=settings.http_body_min_rate,
+        http_write_timeout_s=settings.http_write_timeout_s,
+    )
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn settings of ``serve`` (also used by the tests' live server)."""
-    from saltline.server.transport import TransportLimits, protocol_classes
+    from saltline.server.transport import protocol_classes
 
-    http_protocol, ws_protocol = protocol_classes(
-        TransportLimits(
-            max_connections=connection_cap(settings),
-            http_head_timeout_s=settings.http_head_timeout_s,
-            http_max_pipeline=settings.http_max_pipeline,
-            http_max_head_bytes=settings.http_max_head_bytes,
-            ws_write_buffer_max_bytes=settings.ws_write_buffer_max_bytes,
-            ws_close_timeout_s=settings.ws_close_timeout_s,
-            http_body_timeout_s=settings.http_body_timeout_s,
-            http_body_min_rate=settings.http_body_min_rate,
-            http_write_timeout_s=settings.http_write_timeout_s,
-        )
-    )
+    http_protocol, ws_protocol = protocol_classes(transport_limits(settings))
     return {
         # uvicorn's httptools and websockets (sans-I/O) protocols with the limits uvicorn lacks:
         # pipelining depth, request-head timeout, connection cap, WebSocket write buffer
@@ -106,6 +114,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (env SALTLINE_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env SALTLINE_PORT)")] = None,
     log_level: Annotated[str | None, typer.Option(help="Log level (env SALTLINE_LOG_LEVEL)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Server processes, one core each; over 1 needs SALTLINE_REDIS_URL (env SALTLINE_WORKERS)"
+        ),
+    ] = None,
 ) -> None:
     """Run the server with uvicorn."""
     import uvicorn
@@ -115,9 +129,15 @@ def serve(
     from saltline.server.storage import migrate
     from saltline.server.storage.migrate import UPGRADE_COMMAND, is_up_to_date
 
-    settings = _settings(
-        database_url=database_url, data_dir=data_dir, host=host, port=port, log_level=log_level
-    )
+    overrides = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "workers": workers,
+    }
+    settings = _settings(**overrides)
     if migrate.is_fresh_sqlite(settings.database_url):
         # a newcomer's first command: the embedded default creates its schema (docs/deploy.md)
         migrate.upgrade(settings.database_url, "head")
@@ -133,7 +153,24 @@ def serve(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     quiet_data_loggers()  # no SQL parameters, rows or frames at debug level
+    if settings.workers > 1:
+        _serve_workers(settings, overrides)
+        return
     uvicorn.run(create_app(settings), **uvicorn_options(settings))
+
+
+def _serve_workers(settings: Settings, overrides: dict[str, Any]) -> None:
+    """``serve --workers N`` (saltline.server.workers): uvicorn's supervisor, the app and the
+    protocol classes named by import strings and rebuilt in each worker from the environment."""
+    import uvicorn
+
+    from saltline.server import workers
+
+    workers.configure_parent(settings, overrides)
+    options = uvicorn_options(settings)
+    options.update(http=workers.HTTP_PROTOCOL, ws=workers.WS_PROTOCOL, workers=settings.workers)
+    with workers.metrics_directory():
+        uvicorn.run(workers.APP_FACTORY, factory=True, **options)
 
 
 @db_app.command()

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    #: Server processes sharing the listening socket (``saltline serve --workers N``): one core
+    #: each. More than one needs ``redis_url``: the processes share wake-ups, the one socket per
+    #: device rule and the rate limits through Redis (docs/deploy.md § 8).
+    workers: int = Field(default=1, ge=1, le=64)
     #: critical, error, warning, info or debug (any case). uvicorn's ``trace`` is refused: it logs
     #: every ASGI message, request bodies included (passwords, tokens).
     log_level: str = "info"
@@ -275,6 +279,21 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{name} must allow at least {what} ({largest}) bytes, or no large request fits"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share_redis(self) -> Settings:
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError(
+                f"workers={self.workers} needs redis_url (SALTLINE_REDIS_URL): several processes "
+                "share wake-ups, the one-socket-per-device rule and rate limits through Redis; "
+                "set it or run one worker"
+            )
+        if self.workers > 1 and self.resolved_rate_limit_storage_url().startswith("memory://"):
+            raise ValueError(
+                "rate_limit_storage_url memory:// keeps a separate window in each worker (the "
+                "limits would multiply by the number of workers); leave it unset to use redis_url"
+            )
         return self
 
     @model_validator(mode="after")

@@ -50,7 +50,6 @@ Each rule is a small method on the subclass; the limits come from :class:`Transp
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import socket
 import struct
@@ -60,7 +59,8 @@ from functools import partial
 from typing import Any, cast
 
 import orjson
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import Counter
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -161,6 +161,8 @@ def handshake_problem(response: Response) -> Response:
 
 #: Connections this process closed or refused here, by reason (``saltline_transport_closes_total``
 #: in ``/metrics``, through :class:`TransportCollector`): per process, whatever app serves it.
+#: A prometheus-client counter, so that with ``serve --workers N`` its samples are summed over
+#: the workers like every other metric (server/workers.py); registered in no registry itself.
 CLOSE_REASONS = (
     "body_timeout",
     "connection_cap",
@@ -171,21 +173,30 @@ CLOSE_REASONS = (
     "write_timeout",
     "ws_write_buffer",
 )
-CLOSES: collections.Counter[str] = collections.Counter()
+CLOSES = Counter(
+    "saltline_transport_closes",
+    "Connections the transport limits closed or refused (server/transport.py), by reason",
+    ["reason"],
+    registry=None,
+)
+_CLOSE_COUNTERS = {reason: CLOSES.labels(reason=reason) for reason in CLOSE_REASONS}
+
+
+def count_close(reason: str) -> None:
+    """Count one connection closed or refused for ``reason`` (one of :data:`CLOSE_REASONS`)."""
+    _CLOSE_COUNTERS[reason].inc()
+
+
+def closes(reason: str) -> float:
+    """How many connections this process closed for ``reason`` so far."""
+    return _CLOSE_COUNTERS[reason]._value.get()
 
 
 class TransportCollector(Collector):
-    """A Prometheus collector of :data:`CLOSES`."""
+    """Exposes :data:`CLOSES` in an app's registry (many apps may share one process)."""
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            "saltline_transport_closes",
-            "Connections the transport limits closed or refused (server/transport.py), by reason",
-            labels=["reason"],
-        )
-        for reason in CLOSE_REASONS:
-            family.add_metric([reason], CLOSES[reason])
-        yield family
+    def collect(self) -> Iterator[Metric]:
+        yield from CLOSES.collect()
 
 
 #: ``SO_LINGER`` on with a zero timeout: ``close()`` resets the connection (RST) and discards
@@ -219,7 +230,7 @@ class _BoundedTransport:
         self._transport.write(data)
         if self._transport.get_write_buffer_size() > self._limit and not self._transport.is_closing():
             self.aborted_for_buffer = True
-            CLOSES["ws_write_buffer"] += 1
+            count_close("ws_write_buffer")
             reset(self._transport)
 
     def __getattr__(self, name: str) -> Any:
@@ -313,12 +324,12 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
                 oldest = next(iter(idle))
                 del idle[oldest]
                 reset(oldest.transport)
-                CLOSES["idle_evicted"] += 1
+                count_close("idle_evicted")
             elif len(self.connections) >= limits.max_connections:
                 # answer, half-close so the client reads the answer before our close (a close
                 # with its request unread would be a reset), and drop it after a grace period
                 self._refused = True
-                CLOSES["connection_cap"] += 1
+                count_close("connection_cap")
                 self.transport = transport
                 transport.write(TOO_MANY_CONNECTIONS)
                 if transport.can_write_eof():
@@ -351,7 +362,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
                 if self._head_bytes > limits.http_max_head_bytes and not self.transport.is_closing():
                     self._cancel_head_timer()
                     self.transport.write(HEAD_TOO_LARGE)
-                    CLOSES["head_too_large"] += 1
+                    count_close("head_too_large")
                     self.transport.close()
 
         def send_400_response(self, msg: str) -> None:
@@ -374,7 +385,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
 
         def _head_timeout(self) -> None:
             self._head_timer = None
-            CLOSES["head_timeout"] += 1
+            count_close("head_timeout")
             if not self.transport.is_closing():
                 self.transport.close()
 
@@ -384,7 +395,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
             super().on_headers_complete()
             if len(self.pipeline) > limits.http_max_pipeline:
                 self.pipeline.clear()
-                CLOSES["pipeline_overflow"] += 1
+                count_close("pipeline_overflow")
                 reset(self.transport)
                 return
             if self.cycle is not before and not self.pipeline:  # a new request (not an upgrade)
@@ -432,7 +443,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
             if now < deadline:
                 self._body_timer = self.loop.call_later(deadline - now, self._body_deadline)
                 return
-            CLOSES["body_timeout"] += 1
+            count_close("body_timeout")
             if cycle.response_complete:  # answered already; its body still not arriving: drop
                 reset(self.transport)
                 return
@@ -460,7 +471,7 @@ def protocol_classes(limits: TransportLimits) -> tuple[type[asyncio.Protocol], t
 
         def _write_timeout(self) -> None:
             self._write_timer = None
-            CLOSES["write_timeout"] += 1
+            count_close("write_timeout")
             reset(self.transport)
 
         def _cancel_write_timer(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from saltline.server import workers
 from saltline.server.api.deps import Ctx
 from saltline.server.api.schemas import HealthResponse
 from saltline.server.services.health import check_ready
@@ -30,4 +31,6 @@ async def readyz(ctx: Ctx) -> HealthResponse:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(ctx: Ctx) -> Response:
-    return Response(content=generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format; with ``serve --workers N``, the sum over every worker."""
+    registry = workers.metrics_registry() if workers.multiprocess_metrics() else ctx.registry
+    return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -554,6 +554,9 @@ async def delivery_socket(ws: WebSocket) -> None:
         # The check and the queue's first read share one read transaction (the reconnect
         # storm: one thread hand-off per open); the queue is used only if the check passes.
         subscription = delivery.bus.subscribe(conn.device_id, conn)
+        # Across processes (Redis), the first read waits for the subscription to be active, so
+        # the read and the bus together miss nothing without a second read (bus.until_live).
+        await delivery.bus.until_live(subscription)
         try:
             _device_id, family_id = ctx.auth.holder_key(claims)
             holder = await conn.open_read(family_id)

@@ -64,6 +64,14 @@ class DeliveryBus(Protocol):
 
     def unsubscribe(self, subscription: Subscription) -> None: ...
 
+    async def until_live(self, subscription: Subscription) -> None:
+        """Return once a wake-up published from now on reaches ``subscription`` (at once in one
+        process; across processes, once the subscription is active, or after a bounded wait,
+        when the bus wakes the listener as soon as it becomes active). A connection calls it
+        between :meth:`subscribe` and its first read of the queue, so that what that read
+        misses is always announced."""
+        ...
+
     async def publish_wake(self, device_ids: Iterable[bytes]) -> None: ...
 
     async def publish_ephemeral(self, frames: Mapping[bytes, bytes]) -> int:
@@ -112,6 +120,9 @@ class InProcessBus:
             return
         if not subs:
             del self._subs[subscription.device_id]
+
+    async def until_live(self, subscription: Subscription) -> None:
+        return None
 
     def _listeners(self, device_id: bytes) -> list[DeviceListener]:
         return [s.listener for s in self._subs.get(device_id, ())]

@@ -26,10 +26,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class DeliveryMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.connections = Gauge(
-            "saltline_ws_connections", "WebSocket connections authenticated and open", registry=registry
+            "saltline_ws_connections",
+            "WebSocket connections authenticated and open",
+            registry=registry,
+            multiprocess_mode="livesum",  # serve --workers N: the live workers' sockets
         )
         self.queue_depth = Gauge(
-            "saltline_queue_depth", "Queue rows waiting in the database", registry=registry
+            "saltline_queue_depth",
+            "Queue rows waiting in the database",
+            registry=registry,
+            # serve --workers N: each worker holds the count it last read from the database plus
+            # its own changes since; the largest is shown (the figure is approximate between two
+            # maintenance reads anyway; "mostrecent" would forbid inc/dec)
+            multiprocess_mode="max",
         )
         self.queue_depth_on_connect = Histogram(
             "saltline_queue_depth_on_connect",

@@ -52,6 +52,9 @@ BACKOFF_MAX_S = 5.0
 #: A publish waits at most this long for Redis; the queue is committed already, so a publish that
 #: gives up only costs the receiver a heartbeat interval.
 PUBLISH_TIMEOUT_S = 1.0
+#: A new socket waits at most this long for its channel's subscription before its first queue
+#: read; past it, the read goes ahead and the listener is woken when the subscription is live.
+LIVE_TIMEOUT_S = 1.0
 
 
 def device_channel(device_id: bytes) -> str:
@@ -59,14 +62,20 @@ def device_channel(device_id: bytes) -> str:
 
 
 class RedisSubscription(Subscription):
-    """A subscription that knows which connection it is: nonce + wall-clock start (ns)."""
+    """A subscription that knows which connection it is: nonce + wall-clock start (ns); and
+    whether its channel is subscribed in Redis yet (``live``) and its listener waits for that
+    before reading the queue (``waiting``): then the subscription's confirmation needs no wake-up."""
 
-    __slots__ = ("nonce", "since_ns")
+    __slots__ = ("live", "nonce", "since_ns", "waiting")
 
-    def __init__(self, device_id: bytes, listener: DeviceListener) -> None:
+    def __init__(self, device_id: bytes, listener: DeviceListener, live: bool) -> None:
         super().__init__(device_id, listener)
         self.nonce = os.urandom(8).hex()
         self.since_ns = time.time_ns()
+        self.live: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if live:
+            self.live.set_result(None)
+        self.waiting = False
 
     def key(self) -> tuple[int, str]:
         return (self.since_ns, self.nonce)
@@ -91,6 +100,8 @@ class RedisBus:
         self._pubsub: Any = None
         self._supervisor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._live_channels: set[str] = set()  # subscribed in Redis now (confirmed)
+        self._announcements: list[tuple[bytes, dict[str, Any]]] = []
         self._closed = False
         self.reconnects = 0
 
@@ -137,13 +148,32 @@ class RedisBus:
     # -- subscriptions -----------------------------------------------------------------------
 
     def subscribe(self, device_id: bytes, listener: DeviceListener) -> Subscription:
-        sub = RedisSubscription(device_id, listener)
+        channel = device_channel(device_id)
+        sub = RedisSubscription(device_id, listener, live=channel in self._live_channels)
         self._local._subs.setdefault(device_id, []).append(sub)
-        self._channels[device_channel(device_id)] = device_id
+        self._channels[channel] = device_id
         self._dirty.set()
         # One socket per device across instances: older sockets elsewhere close (4001).
-        self._spawn(self._announce(sub))
+        self._announce(sub)
         return sub
+
+    async def until_live(self, subscription: Subscription) -> None:
+        """Wait (at most :data:`LIVE_TIMEOUT_S`; not at all while Redis is down) until the
+        subscription's channel is subscribed in Redis. The listener's first read then sees
+        everything committed before it, and Redis carries every wake-up after it, so the
+        confirmation does not wake it (a second read of the queue per socket open, in a
+        reconnect storm). If the wait gives up, the confirmation wakes it as before."""
+        if not isinstance(subscription, RedisSubscription) or subscription.live.done():
+            return
+        if not self._connected.is_set():
+            return  # polling covers it (poll_on_heartbeat) and the reconnect wakes everyone
+        subscription.waiting = True
+        try:
+            await asyncio.wait_for(asyncio.shield(subscription.live), LIVE_TIMEOUT_S)
+        except TimeoutError:
+            pass
+        finally:
+            subscription.waiting = False
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._local.unsubscribe(subscription)
@@ -196,8 +226,17 @@ class RedisBus:
         mine = sum(1 for d, _ in messages if d in self._local._subs)
         return max(0, sum(int(c) for c in counts) - mine)
 
-    async def _announce(self, sub: RedisSubscription) -> None:
-        await self._publish([(sub.device_id, {"t": "conn", "n": sub.nonce, "ts": sub.since_ns})])
+    def _announce(self, sub: RedisSubscription) -> None:
+        """Queue the subscription's ``conn`` message; the announcements queued in one turn of
+        the loop go out in one pipeline (a reconnect storm opens thousands at once)."""
+        if not self._announcements:
+            self._spawn(self._flush_announcements())
+        self._announcements.append((sub.device_id, {"t": "conn", "n": sub.nonce, "ts": sub.since_ns}))
+
+    async def _flush_announcements(self) -> None:
+        await asyncio.sleep(0)  # let the other opens of this turn queue theirs
+        batch, self._announcements = self._announcements, []
+        await self._publish(batch)
 
     def _spawn(self, coro: Any) -> None:
         if self._closed:
@@ -247,7 +286,7 @@ class RedisBus:
                     newest_mine = s
             if newest_mine is not None:
                 # Theirs is older than ours (they may not have heard our announcement yet).
-                self._spawn(self._announce(newest_mine))
+                self._announce(newest_mine)
 
     async def _supervise(self) -> None:
         backoff = BACKOFF_MIN_S
@@ -261,6 +300,7 @@ class RedisBus:
                     log.warning("redis bus disconnected (%s); polling until it is back", type(exc).__name__)
                     backoff = BACKOFF_MIN_S
             self._connected.clear()
+            self._live_channels.clear()
             self._disconnected.set()
             await self._close_pubsub()
             if self._closed:
@@ -291,6 +331,7 @@ class RedisBus:
                 if add:
                     await pubsub.subscribe(*add)
                 if remove:
+                    self._live_channels.difference_update(remove)
                     await pubsub.unsubscribe(*remove)
                 current = wanted
                 if first:
@@ -325,12 +366,22 @@ class RedisBus:
             if kind == "message":
                 self._dispatch(message["channel"], message["data"])
             elif kind == "subscribe":
-                # The subscription is live: wake its listeners once (a wake-up published before
-                # this point reached nobody here; the queue in the database has it).
-                device_id = self._channels.get(message["channel"].decode())
-                if device_id is not None:
-                    for s in list(self._local._subs.get(device_id, ())):
-                        _safely(s.listener.on_wake)
+                self._subscribed(message["channel"].decode())
+
+    def _subscribed(self, channel: str) -> None:
+        """The channel's subscription is live: a listener that waits for it (``until_live``)
+        reads the queue next; every other one is woken once (a wake-up published before this
+        point reached nobody here; the queue in the database has it)."""
+        self._live_channels.add(channel)
+        device_id = self._channels.get(channel)
+        if device_id is None:
+            return
+        for s in list(self._local._subs.get(device_id, ())):
+            if isinstance(s, RedisSubscription) and not s.live.done():
+                s.live.set_result(None)
+                if s.waiting:
+                    continue
+            _safely(s.listener.on_wake)
 
     async def _close_pubsub(self) -> None:
         pair, self._pubsub = self._pubsub, None

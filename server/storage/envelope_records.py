@@ -130,7 +130,6 @@ class QueueItem:
     ciphertext: bytes
 
 
-
 def queue_items(rows: Sequence[Any]) -> list[QueueItem]:
     """Queue rows (queue_seq, conversation_id, server_seq, server_ts_ms, sender account, sender
     device, envelope_id, clock, ciphertext) as :class:`QueueItem`."""

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from saltline.server.transport import CLOSES
+from saltline.server.transport import closes
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -58,7 +58,7 @@ def _wait_for(condition: Callable[[], bool], *, what: str, timeout_s: float = 20
 
 def _closes(reason: str) -> float:
     """``saltline_transport_closes_total{reason}`` (per process: compare before and after)."""
-    return float(CLOSES[reason])
+    return closes(reason)
 
 
 def _metric(server: LiveServer, reason: str) -> float:
