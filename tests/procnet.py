@@ -35,7 +35,10 @@ def _socket_inode(server_port: int, client_port: int) -> int | None:
             local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
             if state != "01":  # TCP_ESTABLISHED
                 continue
-            if int(local.rsplit(":", 1)[1], 16) == server_port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+            if (
+                int(local.rsplit(":", 1)[1], 16) == server_port
+                and int(remote.rsplit(":", 1)[1], 16) == client_port
+            ):
                 return inode
     return None
 

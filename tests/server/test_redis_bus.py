@@ -157,3 +157,54 @@ async def test_reconnects_after_redis_restart(redis_server: RedisServer) -> None
         await a.close()
         await b.close()
         redis.close()
+
+
+async def test_a_wake_published_once_the_subscription_is_live_arrives_without_a_confirmation_wake(
+    two_buses: tuple[RedisBus, RedisBus],
+) -> None:
+    """until_live: the connection's first read comes after it, so the subscription's
+    confirmation does not wake the listener (no second queue read per socket open); a wake-up
+    published after it reaches the listener through Redis."""
+    a, b = two_buses
+    device = os.urandom(16)
+    listener = Listener()
+    sub = b.subscribe(device, listener)
+    await asyncio.wait_for(b.until_live(sub), WAIT)
+    assert await _numsub(a, device_channel(device)) == 1  # live in Redis when it returns
+    assert listener.drain() == []  # the confirmation woke nobody: the caller reads next
+    await a.publish_wake([device])
+    assert await listener.next("wake") == ("wake", None)
+    # a second socket of the device on the live channel is live at once
+    other = Listener()
+    sub2 = b.subscribe(device, other)
+    await asyncio.wait_for(b.until_live(sub2), 0.001)
+    b.unsubscribe(sub2)
+    b.unsubscribe(sub)
+
+
+async def test_a_subscriber_that_did_not_wait_is_woken_when_its_subscription_is_live(
+    two_buses: tuple[RedisBus, RedisBus],
+) -> None:
+    """A listener that read the queue before its subscription was active (no until_live, or a
+    wait that gave up) may have missed a wake-up: the confirmation wakes it."""
+    _a, b = two_buses
+    device = os.urandom(16)
+    listener = Listener()
+    sub = b.subscribe(device, listener)
+    assert await listener.next("wake") == ("wake", None)
+    b.unsubscribe(sub)
+
+
+async def test_until_live_does_not_wait_while_redis_is_down(redis_server: RedisServer) -> None:
+    """With Redis unreachable a socket open is not held up: the heartbeat polls the queue and
+    the reconnect wakes every listener."""
+    bus = RedisBus("redis://127.0.0.1:1/0", instance_id="down")  # nothing listens on port 1
+    await bus.start()
+    try:
+        listener = Listener()
+        sub = bus.subscribe(os.urandom(16), listener)
+        await asyncio.wait_for(bus.until_live(sub), 0.05)
+        assert not bus.connected
+        bus.unsubscribe(sub)
+    finally:
+        await bus.close()
