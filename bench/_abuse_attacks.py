@@ -69,15 +69,19 @@ async def ws_open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter
     return reader, writer
 
 
-async def flood(writer: asyncio.StreamWriter, chunk: bytes, stop: asyncio.Event, sent: list[int]) -> None:
-    """Write ``chunk`` until ``stop`` (or the server closes); never read."""
+async def flood(
+    writer: asyncio.StreamWriter, chunk: bytes, stop: asyncio.Event, sent: list[int]
+) -> float | None:
+    """Write ``chunk`` until ``stop`` (or the server closes); never read. Returns the
+    ``time.monotonic()`` at which the server stopped taking bytes, None if it never did."""
     try:
         while not stop.is_set():
             writer.write(chunk)
             sent[0] += len(chunk)
             await asyncio.wait_for(writer.drain(), 1.0)
     except (TimeoutError, OSError, ConnectionError):
-        pass  # the server stopped reading (a bounded buffer) or closed the connection
+        return time.monotonic()  # the server stopped reading (a bounded buffer) or closed
+    return None
 
 
 async def authenticated_socket(

@@ -74,14 +74,16 @@ async def attack(
 ) -> dict[str, Any]:
     writers: list[asyncio.StreamWriter] = []
     sent = [0]
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[float | None]] = []
+    readers: list[asyncio.Task[None]] = []
+    started = time.monotonic()
     refused = 0
     extra: dict[str, Any] = {}
     stats: ReadStats | None = None
     if name == "history":
         assert history is not None
         stats = ReadStats()
-        tasks.extend(
+        readers.extend(
             asyncio.create_task(read_history(port, history, args.history_limit, stop, stats))
             for _ in range(args.history_readers)
         )
@@ -119,8 +121,10 @@ async def attack(
                 w.write(partial)
             writers.append(w)
     await stop.wait()
-    for t in tasks:
-        await t
+    await asyncio.gather(*readers)
+    stopped = [t for t in await asyncio.gather(*tasks) if t is not None]
+    if tasks:  # when the server stopped taking the attacker's bytes (None: it never did)
+        extra["flood_stopped_after_s"] = round(min(stopped) - started, 1) if stopped else None
     closed_by_server = sum(1 for w in writers if w.transport.is_closing())
     if stats is not None:
         extra["reads"] = stats.report()
