@@ -10,6 +10,11 @@ Not a test: one JSON document on stdout, progress on stderr. Attacks (``--attack
 - ``idle``: ``--connections`` TCP connections that send nothing (file descriptors; the server
   runs with a soft RLIMIT_NOFILE of ``--server-nofile``, 4096 by default).
 - ``slowloris``: ``--connections`` connections that send a partial request head and stop.
+- ``ws_auth_ping``: one authenticated delivery socket (``ready`` read, then nothing) sends
+  125-byte protocol PINGs.
+- ``history``: ``--history-envelopes`` envelopes of ``--history-kib`` KiB are stored in one
+  conversation before the baseline; then ``--history-readers`` clients page through the
+  receiver's history with ``limit=--history-limit``, reading every body.
 
     .venv/bin/python bench/abuse.py --seconds 15
     .venv/bin/python bench/abuse.py --attack pipeline --seconds 15
@@ -34,9 +39,19 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _common as common
-from bench.pairs import SERVER_ENV, Identity, register
+from bench._abuse_attacks import (
+    History,
+    ReadStats,
+    authenticated_socket,
+    flood,
+    read_history,
+    store_history,
+    ws_frame,
+    ws_open,
+)
+from bench.pairs import SERVER_ENV
 
-ATTACKS = ("pipeline", "ws_ping", "ws_frames", "idle", "slowloris")
+ATTACKS = ("pipeline", "ws_ping", "ws_frames", "idle", "slowloris", "ws_auth_ping", "history")
 
 
 def start_server(tmp: Path, extra_env: dict[str, str]) -> common.ServerProcess:
@@ -54,65 +69,46 @@ def start_server(tmp: Path, extra_env: dict[str, str]) -> common.ServerProcess:
     return common.ServerProcess(argv, port, tmp / "server.log", env).start()
 
 
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked client frame (payload < 126 bytes)."""
-    assert len(payload) < 126
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
-
-
-async def ws_open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    if b" 101 " not in head.split(b"\r\n", 1)[0]:
-        raise RuntimeError(f"no upgrade: {head[:200]!r}")
-    return reader, writer
-
-
-async def flood(writer: asyncio.StreamWriter, chunk: bytes, stop: asyncio.Event, sent: list[int]) -> None:
-    """Write ``chunk`` until ``stop`` (or the server closes); never read."""
-    try:
-        while not stop.is_set():
-            writer.write(chunk)
-            sent[0] += len(chunk)
-            await asyncio.wait_for(writer.drain(), 1.0)
-    except (TimeoutError, OSError, ConnectionError):
-        pass  # the server stopped reading (a bounded buffer) or closed the connection
-
-
-async def attack(name: str, port: int, args: argparse.Namespace, stop: asyncio.Event) -> dict[str, Any]:
+async def attack(
+    name: str, port: int, args: argparse.Namespace, stop: asyncio.Event, history: History | None
+) -> dict[str, Any]:
     writers: list[asyncio.StreamWriter] = []
     sent = [0]
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[float | None]] = []
+    readers: list[asyncio.Task[None]] = []
+    started = time.monotonic()
     refused = 0
-    if name == "pipeline":
+    extra: dict[str, Any] = {}
+    stats: ReadStats | None = None
+    if name == "history":
+        assert history is not None
+        stats = ReadStats()
+        readers.extend(
+            asyncio.create_task(read_history(port, history, args.history_limit, stop, stats))
+            for _ in range(args.history_readers)
+        )
+        stored = {k: v for k, v in vars(history).items() if k != "reader_token"}
+        extra["history"] = {**stored, "readers": args.history_readers, "limit": args.history_limit}
+    elif name == "ws_auth_ping":
+        _, w, ready = await authenticated_socket(port, wait_ready=True)
+        writers.append(w)
+        extra["ready_frame"] = {k: ready.get(k) for k in ("type", "window", "heartbeat_interval_s")}
+        tasks.append(asyncio.create_task(flood(w, ws_frame(0x9, os.urandom(125)) * 64, stop, sent)))
+    elif name == "pipeline":
         _, w = await asyncio.open_connection("127.0.0.1", port)
         writers.append(w)
         tasks.append(
             asyncio.create_task(flood(w, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 64, stop, sent))
         )
-    elif name in ("ws_ping", "ws_frames"):
-        count = args.sockets if name == "ws_ping" else 1
-        for _ in range(count):
+    elif name == "ws_ping":
+        for _ in range(args.sockets):
             _, w = await ws_open(port)
             writers.append(w)
-            if name == "ws_ping":
-                chunk = ws_frame(0x9, os.urandom(125)) * 64
-            else:
-                ident = Identity.new(f"abuse{secrets.token_hex(4)}")
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-                    await register(http, ident, prekeys=False)
-                token = ident.access_token.encode()
-                auth = b'{"type":"auth","token":"' + token + b'"}'
-                w.write(_long_text_frame(auth))
-                chunk = ws_frame(0x1, b'{"type":"ping"}') * 256
-            tasks.append(asyncio.create_task(flood(w, chunk, stop, sent)))
+            tasks.append(asyncio.create_task(flood(w, ws_frame(0x9, os.urandom(125)) * 64, stop, sent)))
+    elif name == "ws_frames":
+        _, w, _ = await authenticated_socket(port, wait_ready=False)
+        writers.append(w)
+        tasks.append(asyncio.create_task(flood(w, ws_frame(0x1, b'{"type":"ping"}') * 256, stop, sent)))
     else:
         partial = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: " if name == "slowloris" else b""
         for _ in range(args.connections):
@@ -125,21 +121,20 @@ async def attack(name: str, port: int, args: argparse.Namespace, stop: asyncio.E
                 w.write(partial)
             writers.append(w)
     await stop.wait()
-    for t in tasks:
-        await t
+    await asyncio.gather(*readers)
+    stopped = [t for t in await asyncio.gather(*tasks) if t is not None]
+    if tasks:  # when the server stopped taking the attacker's bytes (None: it never did)
+        extra["flood_stopped_after_s"] = round(min(stopped) - started, 1) if stopped else None
     closed_by_server = sum(1 for w in writers if w.transport.is_closing())
-    return {"writers": writers, "bytes_sent": sent[0], "connect_refused": refused, "closed": closed_by_server}
-
-
-def _long_text_frame(payload: bytes) -> bytes:
-    """A masked text frame of any length below 64 KiB."""
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    if len(payload) < 126:
-        head = bytes([0x81, 0x80 | len(payload)])
-    else:
-        head = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big")
-    return head + mask + masked
+    if stats is not None:
+        extra["reads"] = stats.report()
+    return {
+        "writers": writers,
+        "bytes_sent": sent[0],
+        "connect_refused": refused,
+        "closed": closed_by_server,
+        **extra,
+    }
 
 
 async def probe(port: int, stop: asyncio.Event, result: dict[str, int]) -> None:
@@ -166,11 +161,16 @@ async def run_attack(name: str, args: argparse.Namespace) -> dict[str, Any]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         try:
             common.log(f"{name}: server pid {server.pid}")
+            setup: dict[str, Any] = {}
+            history = None
+            if name == "history":  # stored before the baseline: the attack is the reading
+                setup["rss_before_setup_mib"] = round(common.proc_rss_kib(server.pid) / 1024, 1)
+                history = await store_history(server.port, args.history_envelopes, args.history_kib * 1024)
             before = common.proc_rss_kib(server.pid)
             peak = before
             stop = asyncio.Event()
             health = {"ok": 0, "failed": 0}
-            attack_task = asyncio.create_task(attack(name, server.port, args, stop))
+            attack_task = asyncio.create_task(attack(name, server.port, args, stop, history))
             probe_task = asyncio.create_task(probe(server.port, stop, health))
             deadline = time.monotonic() + args.seconds
             while time.monotonic() < deadline and not attack_task.done():
@@ -197,6 +197,7 @@ async def run_attack(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 "healthz": health,
                 "healthz_answered": health["failed"] == 0 and health["ok"] > 0,
                 "server_alive": server.alive(),
+                **setup,
                 **outcome,
                 "log_problems": problems["error_lines"],
                 "log_excerpts": problems["excerpts"],
@@ -231,6 +232,10 @@ def main() -> None:
     parser.add_argument(
         "--server-nofile", type=int, default=4096, help="the server's soft RLIMIT_NOFILE (0: inherit)"
     )
+    parser.add_argument("--history-envelopes", type=int, default=600, help="history: envelopes stored")
+    parser.add_argument("--history-kib", type=int, default=200, help="history: KiB of ciphertext each")
+    parser.add_argument("--history-readers", type=int, default=4, help="history: parallel readers")
+    parser.add_argument("--history-limit", type=int, default=500, help="history: the page's limit")
     parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for the server")
     args = parser.parse_args()
     doc = asyncio.run(main_async(args))
