@@ -109,8 +109,9 @@ def rewrite(obj: griffe.Object, text: str, index: dict[str, list[str]]) -> str:
                 where = f"{obj.relative_filepath}:{obj.lineno}" if obj.lineno else obj.path
                 many = index.get(target, [])
                 why = f"ambiguous: {', '.join(many)}" if many else "unresolved"
-                log.warning("%s: %s cross-reference :%s:`%s` in the docstring of %s",
-                            where, why, role, raw, obj.path)
+                log.warning(
+                    "%s: %s cross-reference :%s:`%s` in the docstring of %s", where, why, role, raw, obj.path
+                )
             return f"`{shown}`"
         return f'<autoref identifier="{path}" optional><code>{shown}</code></autoref>'
 

@@ -175,7 +175,7 @@ def test_roles_resolve_from_the_object_outwards_and_by_unique_name(tmp_path: Pat
     assert '<autoref identifier="pkg.other" optional><code>pkg.other</code></autoref>' in mod
     thing = _doc(pkg["mod.Thing"])
     assert '<autoref identifier="pkg.mod.Thing.run" optional>' in thing  # the class's own method
-    assert "`asyncio.Task`" in thing and "identifier=\"asyncio" not in thing  # stdlib: code only
+    assert "`asyncio.Task`" in thing and 'identifier="asyncio' not in thing  # stdlib: code only
     run = _doc(pkg["mod.Thing.run"])
     assert '<autoref identifier="pkg.other.Other.run" optional>' in run  # unique tail, another module
 

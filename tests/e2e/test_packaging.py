@@ -71,9 +71,7 @@ def test_app_modules_named_crypto_and_server_do_not_shadow_the_sdk(
         timeout=90,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (
-        f"received: hello from an app with crypto.py and server.py from bob_{suffix}" in done.stdout
-    )
+    assert f"received: hello from an app with crypto.py and server.py from bob_{suffix}" in done.stdout
 
 
 @pytest.mark.timeout(900)
@@ -123,9 +121,7 @@ def test_client_only_install_has_the_sdk_and_cli_without_the_server_stack(tmp_pa
     assert helped.returncode == 0, helped.stderr[-3000:]
     assert "send" in helped.stdout and "link" in helped.stdout
     # the server's commands say which extra they need instead of a traceback
-    served = subprocess.run(
-        [str(cli), "serve"], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
+    served = subprocess.run([str(cli), "serve"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert served.returncode != 0
     assert "saltline[server]" in served.stdout + served.stderr
     assert "Traceback" not in served.stdout + served.stderr
