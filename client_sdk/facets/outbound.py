@@ -1,5 +1,7 @@
-"""Outbound: composing operations into the outbox, encrypting them for every verified device and
-sending them; the fate of every attempt is :func:`saltline.client_sdk.core.outbox.fate`.
+"""Outbound: composing operations into the outbox and sending them; the fate of every attempt is
+:func:`saltline.client_sdk.core.outbox.fate`. Encrypting an item for every verified device is
+:mod:`saltline.client_sdk.facets.outbound_encryption`; what a final answer does to the store
+(sent, failed for good) is :mod:`saltline.client_sdk.facets.outbound_results`.
 
 An item that fails for good is kept (failed, with its reason) and never blocks the items behind
 it; a void operation takes its dot so the author's later operations do not wait for it anywhere.
@@ -17,10 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from saltline.client_sdk.context import DeviceContext
 from saltline.client_sdk.core import api, sync, trust, wire
-from saltline.client_sdk.core import message as msg
 from saltline.client_sdk.core import outbox as rules
-from saltline.client_sdk.core.diff import message_ref
-from saltline.client_sdk.core.events import ForkDetected, MessageSent, OutboxItemFailed
+from saltline.client_sdk.core.events import ForkDetected
 from saltline.client_sdk.core.outgoing import check_accepted, encode_checked
 from saltline.client_sdk.core.sync.ops import Body as SyncBody
 from saltline.client_sdk.errors import (
@@ -36,11 +36,10 @@ from saltline.client_sdk.errors import (
     UsageError,
 )
 from saltline.client_sdk.facets.conversations import decode_op
-from saltline.client_sdk.stores.base import MessageRecord, OutboxItem, SessionRecord, SyncOpRecord
-from saltline.crypto.errors import CryptoError
-from saltline.crypto.keys import DeviceDHPublicKey, DeviceSigningPublicKey, PreKeyPublic, b64decode, b64encode
-from saltline.crypto.ratchet import Session
-from saltline.crypto.x3dh import PreKeyBundle
+from saltline.client_sdk.facets.outbound_encryption import OutboundEncryption
+from saltline.client_sdk.facets.outbound_results import SendResults, is_void, queue_void
+from saltline.client_sdk.stores.base import MessageRecord, OutboxItem
+from saltline.crypto.keys import b64decode, b64encode
 
 if TYPE_CHECKING:
     from saltline.client_sdk.facets.contacts import Contacts
@@ -66,30 +65,8 @@ class OutboxEntry:
     failed_status: int | None
 
 
-def _bundle(b: api.BundleInfo) -> PreKeyBundle:
-    try:
-        return PreKeyBundle(
-            b64decode(b.device_id),
-            DeviceSigningPublicKey.decode(b64decode(b.signing_key)),
-            DeviceDHPublicKey.decode(b64decode(b.dh_key)),
-            PreKeyPublic.from_b64(b.signed_prekey),
-            None if b.one_time_prekey is None else PreKeyPublic.from_b64(b.one_time_prekey),
-        )
-    except CryptoError as exc:
-        raise UntrustedDeviceListError(
-            f"the server sent a malformed bundle for device {b.device_id}"
-        ) from exc
-
-
 def _candidate(i: OutboxItem) -> rules.Candidate:
     return rules.Candidate(i.envelope_id, i.failed_reason is not None, i.next_attempt_ms)
-
-
-def _is_void(plaintext: bytes) -> bool:
-    try:
-        return wire.loads_object(plaintext).get("type") == rules.VOID_TYPE
-    except ValueError:
-        return False
 
 
 class Outbound:
@@ -113,6 +90,8 @@ class Outbound:
         #: Operations composed by this client and not yet sent, by envelope id (saves decoding the
         #: stored plaintext again when the server accepts them; the outbox stays the truth).
         self._composed: dict[str, sync.Op] = {}
+        self.encryption = OutboundEncryption(ctx, contacts, conversations, self._composed)
+        self.results = SendResults(ctx, conversations, self._composed)
 
     # -- composing -------------------------------------------------------------------------------------
 
@@ -210,7 +189,7 @@ class Outbound:
             plaintext, clock = sync.encode(composer.compose(state, sync.Typing(typing)))
             item = OutboxItem(b64encode(ctx.rng(16)), conversation_id, plaintext, clock, ctx.clock())
             try:
-                body, sessions = await self._encrypt_request(item, ephemeral=True)
+                body, sessions = await self.encryption.encrypt_request(item, ephemeral=True)
             except MembershipUnknownError:
                 return  # nobody to tell yet
             body["ephemeral"] = True
@@ -236,7 +215,7 @@ class Outbound:
                 i.failed_status,
             )
             for i in self.ctx.store.outbox.outbox()
-            if not _is_void(i.body)
+            if not is_void(i.body)
         ]
 
     def _item(self, envelope_id: str) -> OutboxItem:
@@ -275,20 +254,9 @@ class Outbound:
             with ctx.transaction():
                 ctx.store.outbox.remove_outbox(envelope_id)
                 ctx.store.conversations.delete_message(envelope_id)
-                if item.failed_reason is None and not _is_void(item.body):
-                    self._queue_void(item)
+                if item.failed_reason is None and not is_void(item.body):
+                    queue_void(ctx, item)
         await self.flush()
-
-    def _queue_void(self, item: OutboxItem) -> None:
-        ctx = self.ctx
-        void = OutboxItem(
-            b64encode(ctx.rng(16)),
-            item.conversation_id,
-            rules.void_plaintext(item.body),
-            item.clock,
-            item.created_at_ms,
-        )
-        ctx.store.outbox.put_outbox(void)
 
     # -- sending -------------------------------------------------------------------------------------
 
@@ -359,7 +327,7 @@ class Outbound:
         """One attempt: encrypt if needed, send; the outcome for :func:`rules.fate`."""
         try:
             if item.request is None:
-                item = await self._encrypt_item(item)
+                item = await self.encryption.encrypt_item(item)
             r = await self._send_envelope(item.conversation_id, item.request or b"{}")
             result = api.parse_send(r.body, item.envelope_id)
             held = self.conversations.envelope_at(item.conversation_id, result.server_seq)
@@ -428,7 +396,7 @@ class Outbound:
             match fate:
                 case rules.Sent(seq, ts):
                     try:
-                        self._mark_sent(item, seq, ts)
+                        self.results.mark_sent(item, seq, ts)
                     except Exception as exc:  # never let one item stop the outbox
                         log.exception("outbox item %s could not be recorded as sent", item.envelope_id)
                         fate = rules.fate(
@@ -447,33 +415,16 @@ class Outbound:
                         replace(item, attempts=item.attempts + 1, next_attempt_ms=next_ms)
                     )
                 case rules.Failed(reason, status, code):
-                    self._fail(item, reason, status, code, getattr(error, "body", None))
+                    self._learn_limit(status, getattr(error, "body", None))
+                    self.results.mark_failed(item, reason, status, code)
             return fate, error
 
-    def _fail(
-        self, item: OutboxItem, reason: str, status: int | None, code: str | None, outcome_body: Any
-    ) -> None:
-        ctx = self.ctx
+    def _learn_limit(self, status: int | None, outcome_body: Any) -> None:
+        """A 413 that names the server's envelope limit: checked before queueing from now on."""
         if status == 413 and isinstance(outcome_body, dict):
             limit = outcome_body.get("limit")
             if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < self.envelope_limit:
-                self.envelope_limit = limit  # the server's own limit: checked before queueing from now on
-        with ctx.transaction():
-            if _is_void(item.body):
-                # the conversation refuses even an empty operation: nothing can wait for it
-                ctx.store.outbox.remove_outbox(item.envelope_id)
-                log.warning("void operation %s refused (%s): dropped", item.envelope_id, reason)
-                return
-            ctx.store.outbox.put_outbox(
-                replace(item, failed_reason=reason, failed_status=status, failed_code=code)
-            )
-            old = ctx.store.conversations.get_message(item.envelope_id)
-            if old is not None:
-                ctx.store.conversations.put_message(replace(old, status="failed"))
-            self._queue_void(item)
-            op = decode_op(item.body, item.clock, ctx.device_id, ctx.account_id)
-            ref = None if op is None else message_ref(op.dot)
-            ctx.emit(OutboxItemFailed(item.conversation_id, item.envelope_id, reason, status, code, ref))
+                self.envelope_limit = limit
 
     async def _send_envelope(self, conversation_id: str, body: dict[str, Any] | bytes) -> api.Response:
         """Over the delivery socket when it is ready (its ``send_result`` carries the HTTP route's
@@ -505,120 +456,3 @@ class Outbound:
         members = {b64encode(a) for a in roles.members} if roles else set()
         for account_id in sorted((accounts & members) | {ctx.account_id}):
             await self.contacts.refresh(account_id)
-
-    def _mark_sent(self, item: OutboxItem, server_seq: int, server_ts: int) -> None:
-        ctx = self.ctx
-        op = self._composed.pop(item.envelope_id, None)
-        void = op is None and _is_void(item.body)  # composed here: never a void operation
-        if op is None:
-            op = decode_op(item.body, item.clock, ctx.device_id, ctx.account_id)
-        with ctx.transaction():
-            old = ctx.store.conversations.get_message(item.envelope_id)
-            if old is not None:
-                ctx.store.conversations.put_message(
-                    replace(old, server_seq=server_seq, server_ts_ms=server_ts, status="sent")
-                )
-            ctx.store.outbox.remove_outbox(item.envelope_id)
-            if server_seq == ctx.store.cursors.get_server_seq(item.conversation_id) + 1:
-                ctx.store.cursors.set_server_seq(item.conversation_id, server_seq)
-            if op is not None:
-                ctx.store.sync.put_sync_op(
-                    SyncOpRecord(
-                        item.conversation_id,
-                        server_seq,
-                        item.envelope_id,
-                        ctx.account_id,
-                        ctx.device_id,
-                        item.clock,
-                        item.body,
-                    )
-                )
-            record = self.conversations.known(item.conversation_id)
-            if op is not None and record is not None:
-                self.conversations.apply(record, server_seq, op, item.envelope_id)
-            if not void:
-                ref = message_ref(op.dot) if op is not None else ""
-                ctx.emit(MessageSent(item.conversation_id, ref, item.envelope_id, server_seq))
-
-    # -- encryption ----------------------------------------------------------------------------------
-
-    async def _encrypt_item(self, item: OutboxItem) -> OutboxItem:
-        """Encrypt for every device of the verified lists; persist the advanced sessions and the
-        exact request body together (so a retry resends the same bytes)."""
-        body, sessions = await self._encrypt_request(item)
-        item = replace(item, request=wire.canonical_json(body))
-        with self.ctx.transaction():
-            for record, session in sessions:
-                self.ctx.put_session(record, session)
-            self.ctx.store.outbox.put_outbox(item)
-        return item
-
-    async def _encrypt_request(
-        self, item: OutboxItem, *, ephemeral: bool = False
-    ) -> tuple[dict[str, Any], list[tuple[SessionRecord, Session]]]:
-        ctx = self.ctx
-        record = await self.conversations.record(item.conversation_id)
-        op = self._composed.get(item.envelope_id) or decode_op(
-            item.body, item.clock, ctx.device_id, ctx.account_id
-        )
-        if op is None:
-            raise ProtocolError("an outbox item does not decode")
-        lists = await self.contacts.verified_lists(
-            self.conversations.recipients(record, op.body), self.conversations.state(record).vouched_key
-        )
-        recipients = trust.fan_out(b64decode(ctx.device_id), lists)
-        own = ctx.identity
-        sendable = {r.device_id: self._sendable_session(r, own) for r in recipients}
-        need = [r for r in recipients if not sendable[r.device_id]]
-        bundles: dict[str, PreKeyBundle] = {}
-        if need:
-            claimed = api.parse_claim(
-                (await ctx.call(api.claim((r.account_id, r.device_id) for r in need))).body
-            )
-            for b in claimed:
-                bundles[b.device_id] = _bundle(b)
-        header = msg.EnvelopeHeader(
-            b64decode(item.conversation_id),
-            b64decode(item.envelope_id),
-            b64decode(ctx.account_id),
-            b64decode(ctx.device_id),
-            item.clock,
-            ephemeral=ephemeral,
-        )
-        padded = msg.pad(item.body)
-        local = msg.identity_keys(ctx.state) if bundles else None  # only a new session needs it
-        ciphertexts: dict[str, bytes] = {}
-        sessions: list[tuple[SessionRecord, Session]] = []
-        for r in recipients:
-            existing = sendable[r.device_id]
-            bundle = bundles.get(r.device_id)
-            if existing is None and bundle is None:
-                continue  # no prekeys published yet: the server's 409 will say so
-            try:
-                enc = msg.encrypt_to_device(
-                    local,
-                    existing,
-                    bundle,
-                    r.entry,
-                    padded,
-                    header.associated_data(b64decode(r.device_id)),
-                    ctx.rng,
-                )
-            except CryptoError as exc:
-                raise UntrustedDeviceListError(f"refusing the keys of device {r.device_id}: {exc}") from exc
-            ciphertexts[r.device_id] = enc.ciphertext
-            state_bytes = enc.session.to_bytes()
-            written = SessionRecord(r.device_id, enc.session.base_key, state_bytes, r.account_id, ctx.clock())
-            sessions.append((written, enc.session))
-        body = api.envelope_body(b64decode(item.envelope_id), item.clock, trust.versions(lists), ciphertexts)
-        return body, sessions
-
-    def _sendable_session(self, r: trust.Recipient, own: bytes) -> Session | None:
-        """The newest session that can send and binds exactly this account's listed device."""
-        for record in self.ctx.store.sessions.sessions_for(r.device_id):
-            if record.peer_account_id != r.account_id:
-                continue
-            session = self.ctx.session(record)
-            if session.can_send and msg.session_binds(session, own, r.entry):
-                return session
-        return None

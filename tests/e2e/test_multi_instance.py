@@ -169,21 +169,33 @@ async def test_delivery_across_instances_and_failover_through_nginx(cluster: Clu
     # Across instances: woken through Redis, well before a heartbeat tick would find it.
     for i in range(3):
         started = time.monotonic()
-        [sent] = await _send_all(cluster.one.base_url, alice.first, [alice, bob], cid, 1, f"hello{i}-")
+        [hello] = await _send_all(cluster.one.base_url, alice.first, [alice, bob], cid, 1, f"hello{i}-")
         for ws in sockets.values():
             frame = await ws.expect("envelope")
-            assert frame["envelope_id"] == sent["envelope_id"]
+            assert frame["envelope_id"] == hello["envelope_id"]
             assert ws.plaintext(frame) == f"hello{i}-0".encode()
             await ws.ack(frame["queue_seq"])
-            await ws.expect("drained")
+            assert (await ws.expect("drained"))["queue_seq"] == frame["queue_seq"]
         assert time.monotonic() - started < HEARTBEAT_S / 2
 
-    # Mid-stream: 20 sent; each device acks only the first 8 it receives, then instance 2 dies.
+    # Mid-stream. An ack only *sent* may rightly die with the instance before its commit (spec
+    # delivery.md § 5.4 rule 3): only acks seen committed count as acknowledged. So each device first
+    # acknowledges 8 envelopes and waits for the `drained` frame that reports them committed
+    # (§ 5.5); then 12 more are sent and instance 2 dies while 4 of them are in flight, unacknowledged,
+    # and the rest are still being sent.
     received: dict[str, list[str]] = {d.id: [] for d in devices}
-    acked: dict[str, set[str]] = {d.id: set() for d in devices}
-    first = asyncio.ensure_future(_send_all(cluster.one.base_url, alice.first, [alice, bob], cid, 20, "a"))
+    acked: dict[str, set[str]] = {}
+    committed: dict[str, int] = {}
+    sent = await _send_all(cluster.one.base_url, alice.first, [alice, bob], cid, 8, "a")
+    for ws in sockets.values():
+        ids, committed[ws.device.id] = await _ack_until_committed(ws, 8)
+        assert set(ids) == {s["envelope_id"] for s in sent}
+        received[ws.device.id] += ids
+        acked[ws.device.id] = set(ids)
+    more = asyncio.ensure_future(_send_all(cluster.one.base_url, alice.first, [alice, bob], cid, 12, "c"))
 
     async def read_until_killed(ws: WsClient) -> None:
+        """Reads and never acknowledges; signals once 4 envelopes are in flight."""
         while True:
             try:
                 frame = await ws.recv(WAIT)
@@ -193,34 +205,62 @@ async def test_delivery_across_instances_and_failover_through_nginx(cluster: Clu
                 await ws.send({"type": "pong"})
             elif frame["type"] == "envelope":
                 received[ws.device.id].append(frame["envelope_id"])
-                if len(received[ws.device.id]) <= 8:
-                    await ws.ack(frame["queue_seq"])
-                    acked[ws.device.id].add(frame["envelope_id"])
-                if len(received[ws.device.id]) == 12:
-                    ready[ws.device.id].set()
+                if len(received[ws.device.id]) == 8 + 4:
+                    in_flight[ws.device.id].set()
 
-    ready = {d.id: asyncio.Event() for d in devices}
+    in_flight = {d.id: asyncio.Event() for d in devices}
     readers = [asyncio.ensure_future(read_until_killed(ws)) for ws in sockets.values()]
-    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready.values())), WAIT)
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in in_flight.values())), WAIT)
     await asyncio.to_thread(cluster.two.kill)  # unacked envelopes are in flight
     await asyncio.wait_for(asyncio.gather(*readers), WAIT)
-    sent = await asyncio.wait_for(first, WAIT)
+    sent += await asyncio.wait_for(more, WAIT)
     # ... and the sender goes on while the devices are away.
     sent += await _send_all(cluster.one.base_url, alice.first, [alice, bob], cid, 10, "b")
     sent_ids = {s["envelope_id"] for s in sent}
+    assert len(sent_ids) == 30
 
     # The devices reconnect through nginx, which skips the dead instance.
     for device in devices:
+        before_kill = Counter(received[device.id])
         ws = await _ws(cluster.nginx.ws_url, device, cluster.nginx)
+        # The committed acknowledgement survived the kill, and nothing beyond it was committed.
+        assert ws.ready["acked_queue_seq"] == committed[device.id]
         while not sent_ids <= set(received[device.id]):
             for frame in await ws.envelopes_until_drained():
+                assert frame["queue_seq"] > committed[device.id]
                 received[device.id].append(frame["envelope_id"])
         await ws.close()
         got = Counter(received[device.id])
         assert set(got) == sent_ids, "every sent message is received"
         dupes = {eid for eid, n in got.items() if n > 1}
-        assert not dupes & acked[device.id], "nothing acknowledged is delivered again"
-        assert len(got) == len(sent_ids)  # after dedupe by envelope_id: exactly once
+        assert not dupes & acked[device.id], "nothing acknowledged (and seen committed) is delivered again"
+        # At least once: what was in flight unacknowledged comes again, exactly once more.
+        assert dupes == set(before_kill) - acked[device.id]
+        assert max(got.values()) == 2
+
+
+async def _ack_until_committed(ws: WsClient, n: int) -> tuple[list[str], int]:
+    """Receive ``n`` envelopes, acknowledging each, and wait until the server reports the last ack
+    committed: a ``drained`` frame carrying its ``queue_seq`` (the server sends it after the ack's
+    commit, once nothing sent is unacknowledged). An earlier ``drained`` (sent before the rest of
+    the envelopes reached this instance) is skipped. The envelope ids and the committed watermark."""
+    ids: list[str] = []
+    last = -1
+    while True:
+        frame = await ws.recv(WAIT)
+        if frame["type"] == "ping":
+            await ws.send({"type": "pong"})
+        elif frame["type"] == "envelope":
+            assert len(ids) < n, frame
+            ids.append(frame["envelope_id"])
+            last = frame["queue_seq"]
+            await ws.ack(last)
+        elif frame["type"] == "drained":
+            assert frame["queue_seq"] <= last, frame  # never more than was acknowledged
+            if len(ids) == n and frame["queue_seq"] == last:
+                return ids, last
+        else:
+            raise AssertionError(f"unexpected frame {frame}")
 
 
 class _DropWakeups:
