@@ -4,7 +4,9 @@ conversation — text, edit, reaction and read state — without the server read
 
     python examples/desktop_and_phone.py --server http://127.0.0.1:8080
 
-Each device keeps its store in a directory of ``--data`` (default: a temporary directory).
+Each device keeps its encrypted store in a directory of ``--data`` (default: a temporary
+directory), as examples/_keystore.py does it. The account password comes from
+``SALTLINE_PASSWORD`` or a prompt, never from the command line.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from _keystore import close_store, open_store, password
+
 from saltline.client_sdk.client import Client, LinkConfirmation, LinkRequest
 from saltline.client_sdk.core.events import Event, MessageReceived
 from saltline.client_sdk.core.views import ConversationView
-from saltline.client_sdk.stores.sqlite import SqliteStore
 
 WAIT = 20.0
 
@@ -67,12 +70,15 @@ async def main(args: argparse.Namespace) -> int:
     data = Path(args.data or tempfile.mkdtemp(prefix="saltline-example-"))
     suffix = os.urandom(3).hex()
     alice_name, bob_name = f"alice_{suffix}", f"bob_{suffix}"
-    desktop = await Client.create(args.server, SqliteStore.open(data / "desktop.db"))
-    phone = await Client.create(args.server, SqliteStore.open(data / "phone.db"))
-    bob = await Client.create(args.server, SqliteStore.open(data / "bob.db"))
+    secret = password()
+    profiles = {name: data / name for name in ("desktop", "phone", "bob")}
+    stores = {name: open_store(profile) for name, profile in profiles.items()}
+    desktop = await Client.create(args.server, stores["desktop"])
+    phone = await Client.create(args.server, stores["phone"])
+    bob = await Client.create(args.server, stores["bob"])
     try:
-        await desktop.register(alice_name, args.password)
-        await bob.register(bob_name, args.password)
+        await desktop.register(alice_name, secret)
+        await bob.register(bob_name, secret)
         await link(desktop, phone)
         for device in (desktop, phone, bob):
             await device.connect()
@@ -101,14 +107,14 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         for device in (desktop, phone, bob):
             await device.close()
-            device.store.close()  # type: ignore[attr-defined]
+        for name, store in stores.items():
+            close_store(store, profiles[name])
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", required=True)
-    p.add_argument("--data", default=None, help="a directory for the three stores")
-    p.add_argument("--password", default="correct horse battery staple")
+    p.add_argument("--data", default=None, help="a directory for the three devices' profiles")
     return p.parse_args(argv)
 
 

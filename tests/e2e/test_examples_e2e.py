@@ -135,3 +135,9 @@ async def test_desktop_and_phone_converge(live_server: LiveServer, tmp_path: Pat
     code, out = await _finish(proc)
     assert code == 0, out
     assert "converged" in out and "(edited)" in out and "👍" in out, out
+    for device in ("desktop", "phone", "bob"):  # each store encrypted, its key beside it (0600)
+        profile = tmp_path / device
+        assert (profile / "store.key").stat().st_mode & 0o077 == 0
+        assert int((profile / "store.counter").read_text()) > 0
+        stored = b"".join(p.read_bytes() for p in profile.glob("store.db*"))
+        assert b"lunch?" not in stored and b"12:30" not in stored
