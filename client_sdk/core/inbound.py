@@ -11,7 +11,7 @@ Every envelope ends in exactly one of:
   and after :data:`MAX_TRANSIENT_TRIES` tries of the same envelope, :class:`Drop` it with an event;
 * :class:`Accept` - decrypt, store, acknowledge, then emit;
 * :class:`AcceptVoid` - it decrypted but its operation does not decode: store it as a void (it
-  consumes its dot and its server_seq with no effect, sync.md § 2.1), acknowledge, and emit the
+  consumes its dot and its server_seq with no effect, sync.md § 2.2), acknowledge, and emit the
   malformed event once.
 
 Acknowledgements are cumulative, so nothing after an envelope that must be retried is acknowledged

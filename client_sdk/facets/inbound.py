@@ -345,7 +345,7 @@ class Inbound:
         clock: bytes,
         void: rules.AcceptVoid | None = None,
     ) -> None:
-        """Store and apply one operation in one transaction (a void too: sync.md § 2.1, its
+        """Store and apply one operation in one transaction (a void too: sync.md § 2.2, its
         DecryptionFailed queued inside it, so published only after the commit)."""
         ctx = self.ctx
         cid, eid, seq = env.conversation_id, env.envelope_id, env.server_seq

@@ -21,7 +21,8 @@ from saltline.crypto.keys import b64decode
 class Opened:
     """What opening an envelope gave: ``kind``/``reason`` for the rule; ``decrypted`` and ``body``
     (the unpadded plaintext) once it decrypted; ``op`` the operation, or, for a ``malformed_op``
-    whose authenticated clock gives a valid dot, its :class:`sync.Void` (None: no dot)."""
+    whose authenticated clock gives a valid dot, its
+    :class:`~saltline.client_sdk.core.sync.ops.Void` (None: no dot)."""
 
     kind: rules.DecryptKind
     reason: str

@@ -1,4 +1,4 @@
-"""Malformed operations are voids (docs/protocol/sync.md § 2.1 "Malformed operations", § 4): an
+"""Malformed operations are voids (docs/protocol/sync.md § 2.2, § 4): an
 operation that decrypted but does not decode consumes its dot and its server_seq with no effect,
 so one bad item never stops a conversation; one without a valid dot is still refused."""
 

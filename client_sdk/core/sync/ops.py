@@ -130,7 +130,7 @@ class Unknown:
 @dataclass(frozen=True, slots=True)
 class Void:
     """An operation that decrypted (so its dot is the sender device's own) but does not decode
-    (sync.md § 2.1, "Malformed operations"): it consumes its dot and its server_seq with no effect,
+    (sync.md § 2.2): it consumes its dot and its server_seq with no effect,
     like :class:`Unknown`, so the author's later operations are not held behind it for ever."""
 
     reason: str
