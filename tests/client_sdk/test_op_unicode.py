@@ -26,6 +26,7 @@ from saltline.client_sdk.stores.base import Store
 from saltline.client_sdk.stores.memory import MemoryStore
 from saltline.client_sdk.stores.sqlite import SqliteStore
 from tests.client_sdk.harness import FakeRelay
+from tests.client_sdk.test_client_harness import _add_device
 
 DEVICE, ACCOUNT = b"\x01" * 16, b"\x02" * 16
 CLOCK = CompactClock.of(0, {DEVICE: 1}).encode()
@@ -188,6 +189,35 @@ async def test_a_peers_malformed_operation_is_a_void_and_the_next_message_in_the
     assert len(failed) == 1 and _state(bob, direct).base_seq == top + 1
     await alice.close()
     await bob.close()
+
+
+async def test_a_void_travels_in_a_history_bundle_and_is_a_void_on_the_new_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    relay = FakeRelay()
+    alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
+    direct = await alice.create_conversation(["bob"])
+    await _send_hostile(alice, direct, "boom \ud800", monkeypatch)
+    await alice.send_text(direct, "after")
+    await relay.deliver(bob)
+    bundle = bob.linking.history_bundle("all")
+    (conv,) = bundle["conversations"]
+    assert len(conv["ops"]) == 3  # the genesis, the void (its plaintext as decrypted), "after"
+    phone = await _add_device(relay, bob, seed=False)
+    failed: list[DecryptionFailed] = []
+    phone.on(DecryptionFailed, failed.append)
+    with phone._ctx.transaction():
+        phone.linking.seed_history(bundle)
+    state = _state(phone, direct)
+    assert state.held() == () and state.base_seq == 3
+    assert state.view() == _state(bob, direct).view()  # (the phone has no contacts' names yet)
+    assert state.applied_clock() == _state(bob, direct).applied_clock()
+    await alice.send_text(direct, "later")
+    await relay.deliver(phone)
+    assert [m.text for m in (await phone.conversation(direct)).messages] == ["after", "later"]
+    assert failed == []  # reported where it arrived, not again on the new device
+    for c in (alice, bob, phone):
+        await c.close()
 
 
 async def test_an_undecryptable_envelope_with_a_real_messages_dot_does_not_erase_it() -> None:
