@@ -112,7 +112,10 @@ class DeliveryGap(Event):
 class DecryptionFailed(Event):
     """An envelope was dropped (acknowledged, never processed): it could not be decrypted or
     parsed, its sender is in no verified device list, or it kept failing. ``code`` is one of
-    :data:`saltline.client_sdk.core.inbound.DropCode`."""
+    :data:`saltline.client_sdk.core.inbound.DropCode`. ``"malformed"`` for a stored envelope that
+    decrypted but whose operation does not decode: it is kept as a void (no effect, but it consumes
+    its dot and server_seq, so the sender's later operations still apply; sync.md § 2.2), and
+    reported once, on arrival."""
 
     conversation_id: str
     envelope_id: str

@@ -9,7 +9,10 @@ Every envelope ends in exactly one of:
   conversation gone): acknowledge and emit a typed event naming the reason;
 * :class:`RetryLater` - a transient failure (network, 5xx): do not acknowledge; retry with back-off,
   and after :data:`MAX_TRANSIENT_TRIES` tries of the same envelope, :class:`Drop` it with an event;
-* :class:`Accept` - decrypt, store, acknowledge, then emit.
+* :class:`Accept` - decrypt, store, acknowledge, then emit;
+* :class:`AcceptVoid` - it decrypted but its operation does not decode: store it as a void (it
+  consumes its dot and its server_seq with no effect, sync.md § 2.2), acknowledge, and emit the
+  malformed event once.
 
 Acknowledgements are cumulative, so nothing after an envelope that must be retried is acknowledged
 before it: the connection is dropped and the server redelivers from the last acknowledgement.
@@ -237,7 +240,16 @@ class Accept:
     pass
 
 
-Decision: TypeAlias = Duplicate | Drop | RetryLater | Accept
+@dataclass(frozen=True, slots=True)
+class AcceptVoid:
+    """Store the operation as a void (``sync.Void``) in the one transaction that stores anything
+    else, acknowledge, and emit ``DecryptionFailed`` with ``code`` after the commit."""
+
+    reason: str
+    code: DropCode = "malformed"
+
+
+Decision: TypeAlias = Duplicate | Drop | RetryLater | Accept | AcceptVoid
 
 LookupKind = Literal["ok", "gone", "transient", "refused", "unlisted"]
 
@@ -296,13 +308,25 @@ def after_lookup(conversation: Lookup, sender: Lookup, *, tries: int, member: bo
 DecryptKind = Literal["ok", "replayed", "failed", "malformed_op"]
 
 
-def after_decrypt(kind: DecryptKind, reason: str, *, ephemeral: bool, typing: bool) -> Decision:
-    """Third rule, on the result of decryption and operation parsing."""
+def after_decrypt(
+    kind: DecryptKind, reason: str, *, ephemeral: bool, typing: bool, dot: bool = False
+) -> Decision:
+    """Third rule, on the result of decryption and operation parsing. ``dot``: for a
+    ``malformed_op``, whether its authenticated clock gives a valid dot for the sender device
+    (``sync.decode_or_void`` returns a void).
+
+    An operation that decrypted but does not decode is a void when it is stored and has a dot: it
+    consumes that dot and its server_seq, so neither its author's later operations (causal
+    holding, sync.md § 4 rule 3b) nor anything whose base passes it (rule 3a) wait for it for ever.
+    An envelope that does not decrypt is always dropped: its header is not authenticated, and a
+    void made of it would let the server erase a real operation by forging one with its dot."""
     if kind == "replayed":
         return Duplicate()  # a message key already used: a redelivery
     if kind == "failed":
         return Drop("undecryptable", reason)
     if kind == "malformed_op":
+        if dot and not ephemeral:
+            return AcceptVoid(f"malformed operation: {reason}")
         return Drop("malformed", f"malformed operation: {reason}")
     if ephemeral != typing:
         # typing indicators only travel as ephemeral envelopes, and ephemeral envelopes carry

@@ -41,9 +41,11 @@ _REFUSALS = {
 
 
 def decode_op(plaintext: bytes, clock: bytes, device_id: str, account_id: str) -> sync.Op | None:
-    """A stored operation, or None if it does not parse (never raises)."""
+    """A stored operation (a :class:`~saltline.client_sdk.core.sync.ops.Void` when its plaintext
+    does not decode but its clock gives it a dot: sync.md § 2.2, the same on every replay, bundle
+    and device), or None when it has no dot (never raises)."""
     try:
-        return sync.decode(plaintext, clock, b64decode(device_id), b64decode(account_id))
+        return sync.decode_or_void(plaintext, clock, b64decode(device_id), b64decode(account_id))
     except (sync.SyncError, ValueError, CryptoError):
         return None
 

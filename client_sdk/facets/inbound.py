@@ -30,7 +30,6 @@ from saltline.client_sdk.core.events import (
 )
 from saltline.client_sdk.errors import (
     AuthError,
-    DecryptError,
     NetworkError,
     NotFoundError,
     ProtocolError,
@@ -39,6 +38,7 @@ from saltline.client_sdk.errors import (
     UntrustedDeviceListError,
 )
 from saltline.client_sdk.facets.handler_delivery import HandlerDelivery
+from saltline.client_sdk.facets.inbound_open import open_envelope
 from saltline.client_sdk.stores.base import (
     ContactRecord,
     ConversationRecord,
@@ -46,7 +46,7 @@ from saltline.client_sdk.stores.base import (
     SessionRecord,
     SyncOpRecord,
 )
-from saltline.crypto.errors import CryptoError, DuplicateMessageError
+from saltline.crypto.errors import CryptoError
 from saltline.crypto.keys import b64decode
 
 if TYPE_CHECKING:
@@ -313,62 +313,26 @@ class Inbound:
         return decision
 
     def _decrypt_and_store(self, env: rules.Envelope, contact: ContactRecord) -> rules.Decision:
-        ctx = self.ctx
         content = trust.verified_content(contact.account_key, contact.signed_list)
         sender_entry = content.device(b64decode(env.sender_device_id))
         assert sender_entry is not None
-        header = msg.EnvelopeHeader(
-            b64decode(env.conversation_id),
-            b64decode(env.envelope_id),
-            b64decode(env.sender_account_id),
-            b64decode(env.sender_device_id),
-            env.clock,
-            ephemeral=env.server_seq is None,
-        )
-        state = ctx.state
-        # only sessions of this account's device with exactly the listed identity keys
-        own = ctx.identity
-        sessions = [
-            session
-            for s in ctx.store.sessions.sessions_for(env.sender_device_id)
-            if s.peer_account_id == env.sender_account_id
-            and msg.session_binds(session := ctx.session_for_decrypt(s), own, sender_entry)
-        ]
-        op: sync.Op | None = None
-        kind: rules.DecryptKind = "ok"
-        reason = ""
-        try:
-            decrypted = msg.decrypt_from_device(
-                state,
-                sessions,
-                env.ciphertext,
-                header.associated_data(state.device_id),
-                sender_entry,
-                ctx.rng,
-                ctx.store.prekeys.has_seen_base_key,
-            )
-            body = msg.unpad(decrypted.padded)
-            op = sync.decode(body, header.clock, header.sender_device_id, header.sender_account_id)
-        except sync.SyncError as exc:
-            kind, reason = "malformed_op", str(exc)
-        except DecryptError as exc:
-            kind, reason = (
-                ("replayed" if isinstance(exc.__cause__, DuplicateMessageError) else "failed"),
-                str(exc),
-            )
-        except CryptoError as exc:
-            kind, reason = "failed", str(exc)
-        ephemeral = env.server_seq is None
+        opened = open_envelope(self.ctx, env, sender_entry)
+        op = opened.op
         decision = rules.after_decrypt(
-            kind, reason, ephemeral=ephemeral, typing=op is not None and isinstance(op.body, sync.Typing)
+            opened.kind,
+            opened.reason,
+            ephemeral=env.server_seq is None,
+            typing=op is not None and isinstance(op.body, sync.Typing),
+            dot=op is not None,
         )
         if isinstance(decision, rules.Drop):
             self._drop(env, decision)
             return decision
         if isinstance(decision, rules.Duplicate):
             return self._ack(env, decision)
-        assert op is not None
-        self._store(env, contact, decrypted, body, op, header.clock)
+        assert op is not None and opened.decrypted is not None
+        void = decision if isinstance(decision, rules.AcceptVoid) else None
+        self._store(env, contact, opened.decrypted, opened.body, op, opened.clock, void)
         return decision
 
     def _store(
@@ -379,7 +343,10 @@ class Inbound:
         body: bytes,
         op: sync.Op,
         clock: bytes,
+        void: rules.AcceptVoid | None = None,
     ) -> None:
+        """Store and apply one operation in one transaction (a void too: sync.md § 2.2, its
+        DecryptionFailed queued inside it, so published only after the commit)."""
         ctx = self.ctx
         cid, eid, seq = env.conversation_id, env.envelope_id, env.server_seq
         sent_by_me = env.sender_account_id == ctx.account_id
@@ -435,6 +402,8 @@ class Inbound:
             )
             if env.queue_seq is not None:
                 ctx.store.cursors.set_acked_queue_seq(env.queue_seq)
+            if void is not None:
+                ctx.emit(DecryptionFailed(cid, eid, env.sender_device_id, void.reason, void.code))
             record = self.conversations.known(cid)
             if record is not None:
                 received = self.conversations.apply(record, seq, op, eid)

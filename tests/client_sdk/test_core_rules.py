@@ -102,23 +102,35 @@ def test_after_lookup(
 
 
 @pytest.mark.parametrize(
-    ("kind", "ephemeral", "typing", "expected"),
+    ("kind", "ephemeral", "typing", "dot", "expected"),
     [
-        ("ok", False, False, inbound.Accept()),
-        ("ok", True, True, inbound.Accept()),
-        ("replayed", False, False, inbound.Duplicate()),
-        ("failed", False, False, "undecryptable"),
-        ("malformed_op", False, False, "malformed"),
-        ("ok", True, False, "not_allowed"),
-        ("ok", False, True, "not_allowed"),
+        ("ok", False, False, True, inbound.Accept()),
+        ("ok", True, True, True, inbound.Accept()),
+        ("replayed", False, False, False, inbound.Duplicate()),
+        ("failed", False, False, False, "undecryptable"),
+        # not authenticated: never a void, whatever dot its (unauthenticated) header claims
+        ("failed", False, False, True, "undecryptable"),
+        # decrypted, does not decode: a void when stored with a valid dot (sync.md § 2.1) ...
+        ("malformed_op", False, False, True, inbound.AcceptVoid("malformed operation: r")),
+        # ... dropped without one, or when ephemeral (no server_seq, no dot to consume)
+        ("malformed_op", False, False, False, "malformed"),
+        ("malformed_op", True, False, True, "malformed"),
+        ("malformed_op", True, False, False, "malformed"),
+        ("ok", True, False, True, "not_allowed"),
+        ("ok", False, True, True, "not_allowed"),
     ],
 )
-def test_after_decrypt(kind: inbound.DecryptKind, ephemeral: bool, typing: bool, expected: object) -> None:
-    decision = inbound.after_decrypt(kind, "r", ephemeral=ephemeral, typing=typing)
+def test_after_decrypt(
+    kind: inbound.DecryptKind, ephemeral: bool, typing: bool, dot: bool, expected: object
+) -> None:
+    decision = inbound.after_decrypt(kind, "r", ephemeral=ephemeral, typing=typing, dot=dot)
     if isinstance(expected, str):
         assert isinstance(decision, inbound.Drop) and decision.code == expected
     else:
         assert decision == expected
+    assert inbound.ack_for(decision, 5) == 5  # every outcome of decryption is acknowledged
+    if isinstance(decision, inbound.AcceptVoid):
+        assert decision.code == "malformed"  # the event it emits names the same code as a drop
 
 
 def _fate(outcome: outbox.Outcome, reencrypts: int = 0) -> outbox.Fate:

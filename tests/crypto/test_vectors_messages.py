@@ -377,6 +377,15 @@ def test_op_rejections(c: Case) -> None:
         c["error"],
         lambda: ops.decode(plaintext, b(i["clock"]), b(i["sender_device_id"]), b(i["sender_account_id"])),
     )
+    # stored after decrypting: a void consuming its dot, or refused when it has none (sync.md § 2.1)
+    stored = c["stored_as"]
+    args = (plaintext, b(i["clock"]), b(i["sender_device_id"]), b(i["sender_account_id"]))
+    if "refused" in stored:
+        assert_raises_exactly(stored["refused"], lambda: ops.decode_or_void(*args))
+    else:
+        op = ops.decode_or_void(*args)
+        assert isinstance(op.body, ops.Void)
+        assert [op.dot.device.hex(), op.dot.n] == stored["void"]
 
 
 # -- device_ciphertexts.json ----------------------------------------------------------------------

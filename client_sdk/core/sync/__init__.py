@@ -25,7 +25,9 @@ from saltline.client_sdk.core.sync.ops import (
     SettingsChange,
     Typing,
     Unknown,
+    Void,
     decode,
+    decode_or_void,
     encode,
 )
 from saltline.client_sdk.core.sync.state import (
@@ -68,10 +70,12 @@ __all__ = [
     "Typing",
     "TypingEvent",
     "Unknown",
+    "Void",
     "compare",
     "concurrent",
     "contains",
     "decode",
+    "decode_or_void",
     "encode",
     "merge",
 ]

@@ -127,6 +127,15 @@ class Unknown:
     raw: str  # canonical JSON of the whole document
 
 
+@dataclass(frozen=True, slots=True)
+class Void:
+    """An operation that decrypted (so its dot is the sender device's own) but does not decode
+    (sync.md § 2.2): it consumes its dot and its server_seq with no effect,
+    like :class:`Unknown`, so the author's later operations are not held behind it for ever."""
+
+    reason: str
+
+
 Body: TypeAlias = (
     Message
     | Edit
@@ -139,6 +148,7 @@ Body: TypeAlias = (
     | MembershipChange
     | Genesis
     | Unknown
+    | Void
 )
 TargetedBody: TypeAlias = Edit | Delete | ReactionAdd | ReactionRemove
 
@@ -333,6 +343,23 @@ def decode(plaintext: bytes, clock: bytes, sender_device: bytes, sender_account:
     elif n < 1:
         raise SyncFormatError("the clock does not carry the operation's own dot")
     return Op(Dot(sender_device, n), sender_account, compact, lamport, body)
+
+
+def decode_or_void(plaintext: bytes, clock: bytes, sender_device: bytes, sender_account: bytes) -> Op:
+    """:func:`decode`, except that an operation whose plaintext does not decode but whose
+    authenticated clock gives a valid dot for its sender device is a :class:`Void` (lamport 0:
+    the reducer counts it with its bound, sync.md § 4 rule 6). Raises :class:`SyncFormatError`
+    only when there is no such dot (a clock that does not decode, a device id that is not 16
+    bytes, a clock without the sender's entry). Only for stored operations whose envelope
+    decrypted: never for one that failed to decrypt (its header is not authenticated)."""
+    try:
+        return decode(plaintext, clock, sender_device, sender_account)
+    except SyncFormatError as exc:
+        compact = CompactClock.decode(clock)
+        n = compact.counter_of(sender_device)
+        if len(sender_device) != DEVICE_ID_SIZE or n < 1:
+            raise
+        return Op(Dot(sender_device, n), sender_account, compact, 0, Void(str(exc)))
 
 
 def _body(doc: dict[str, Any]) -> Body:

@@ -34,6 +34,7 @@ from saltline.client_sdk.core.sync.ops import (
     SettingsChange,
     SettingValue,
     Typing,
+    Void,
     Welcome,
 )
 from saltline.client_sdk.core.sync.records import Journal as _Journal
@@ -418,6 +419,7 @@ class ConversationState:
             op.clock.base < seq
             and full.get(op.dot.device, 0) == op.dot.n
             and (bound is None or op.lamport <= bound)
+            and not isinstance(op.body, Void)  # no lamport of its own: it counts with the bound
         )
         claimed = op.clock.log_hash
         if op.clock.base >= seq:
@@ -433,8 +435,8 @@ class ConversationState:
         self._lamport_of[op.dot] = lamport
         self._max_lamport = max(self._max_lamport, lamport)
         if not valid:
-            # malformed: the clock claims later operations of its own author, or the lamport number
-            # is above "max seen + 1" (it would win every later conflict); the dot is consumed
+            # malformed: the clock claims later operations of its own author, the lamport number is
+            # above "max seen + 1" (it would win every later conflict), or a void; the dot is consumed
             return
         body: Body = op.body
         reason = authorise(op, seq, full, self._roles.at(full))

@@ -783,9 +783,22 @@ def build_ops() -> dict[str, Any]:
                 "error": error_name(
                     lambda pt=plaintext, c=clk_bytes, s=sender: ops.decode(pt, c, s, author_account)
                 ),
+                # in a stored envelope that decrypted (sync.md § 2.1, malformed operations)
+                "stored_as": _stored_as(plaintext, clk_bytes, sender, author_account),
             }
         )
     return doc("ops", "docs/protocol/sync.md", cases)
+
+
+def _stored_as(plaintext: bytes, clock: bytes, sender: bytes, account: bytes) -> dict[str, Any]:
+    """``{"void": [device hex, n]}`` (the dot it consumes) or ``{"refused": "<error class>"}``
+    (no valid dot: the envelope is dropped)."""
+    try:
+        op = ops.decode_or_void(plaintext, clock, sender, account)
+    except sync_errors.SyncError as exc:
+        return {"refused": type(exc).__name__}
+    assert isinstance(op.body, ops.Void)
+    return {"void": [hx(op.dot.device), op.dot.n]}
 
 
 # -- device_ciphertexts.json and seen_base_keys.json ---------------------------------------------------
