@@ -4,7 +4,7 @@ clients (``saltline.client_sdk.client.Client``) that encrypt and decrypt inside 
     from bench import pairs, pairs_sdk
     result = await pairs_sdk.run_sdk_test(pairs.parse_args([...]), "latency")  # | "throughput" | "fanout"
 
-The server is started exactly as in server mode (``bench/pairs.py``'s ``start_saltline``: a fresh
+The server is started exactly as in server mode (``start_saltline`` of ``bench/_pairs_server.py``: a fresh
 SQLite data directory, or ``--database-url``); the fanout test also raises the token-less
 signed-list rate limits, which the SDK's linking uses once per linked device (set-up only).
 The idle test is the same in both modes (it measures held sockets) and is not repeated here.
@@ -49,7 +49,15 @@ sys.path.insert(0, str(HERE.parent))
 
 
 from bench import _common as common  # noqa: E402  (bench/ is a namespace package)
-from bench import pairs as sm  # noqa: E402  (server mode: server start-up, Tracker, reports)
+from bench._pairs_delivery import (  # noqa: E402  (the workload's constants are server mode's)
+    CONNECT_CONCURRENCY,
+    DRAIN_MAX_S,
+    WARMUP_MAX_S,
+    Tracker,
+    delivery_report,
+)
+from bench._pairs_server import Target, metrics_delta, scrape_all, start_saltline  # noqa: E402
+from bench._pairs_setup import PASSWORD, PLAINTEXT_BYTES, SETUP_CONCURRENCY, SetupError, bounded  # noqa: E402
 
 log = common.log
 
@@ -59,13 +67,6 @@ from saltline.client_sdk.errors import NetworkError  # noqa: E402
 from saltline.client_sdk.stores.memory import MemoryStore  # noqa: E402
 from saltline.crypto.ratchet import Session  # noqa: E402
 
-# The workload's constants (as in bench/pairs.py; not read from it at import time, so that
-# bench/pairs.py may import this module at its top).
-PASSWORD = "bench password, not a secret"
-PLAINTEXT_BYTES = 200
-DRAIN_MAX_S = 15.0
-WARMUP_MAX_S = 15.0
-SETUP_CONCURRENCY = 16
 #: How long one set-up step may wait for a message to arrive.
 SETUP_WAIT_S = 60.0
 STORES = {
@@ -117,7 +118,7 @@ class Device:
         self.client = client
         self.index = index
         self.key_index = key_index
-        self.tracker: sm.Tracker | None = None
+        self.tracker: Tracker | None = None
         self.received = 0
         self.misrouted = 0
         self.decryption_failures: list[str] = []
@@ -161,7 +162,7 @@ class Device:
     async def create(cls, base_url: str, index: int, key_index: int | None = None) -> Device:
         return cls(await Client.create(base_url, make_store()), index, key_index)
 
-    def attach(self, tracker: sm.Tracker) -> None:
+    def attach(self, tracker: Tracker) -> None:
         self.tracker = tracker
         self.reset()
 
@@ -196,7 +197,7 @@ class Device:
     def _on_disconnect(self, event: Disconnected) -> None:
         self.disconnects += 1
 
-    async def resend_leftovers(self, tracker: sm.Tracker, keys: list[Any], attempts: int = 3) -> bool:
+    async def resend_leftovers(self, tracker: Tracker, keys: list[Any], attempts: int = 3) -> bool:
         """Set-up and warm-up only: flush what a network error left in the outbox (the SDK would do
         it on its next send or reconnection); ``keys`` accepted once the outbox is empty."""
         for _ in range(attempts):
@@ -225,7 +226,7 @@ class Device:
             except Exception as exc:
                 log(f"set-up send of {self.client.device_id}: {type(exc).__name__}: {exc}")
         if self.client.store.outbox.outbox():
-            raise sm.SetupError(f"device {self.client.device_id} could not send a set-up message")
+            raise SetupError(f"device {self.client.device_id} could not send a set-up message")
 
     async def wait_received(self, count: int, wait_s: float = SETUP_WAIT_S) -> None:
         """Until this client has emitted ``count`` MessageReceived in all."""
@@ -234,7 +235,7 @@ class Device:
             self._changed.clear()
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
-                raise sm.SetupError(
+                raise SetupError(
                     f"device {self.client.device_id} received {self.received} of {count} set-up messages"
                 )
             try:
@@ -252,7 +253,7 @@ class Device:
         return False
 
     async def send(
-        self, tracker: sm.Tracker, conversation_id: str, seq: int, text: str, keys: list[Any]
+        self, tracker: Tracker, conversation_id: str, seq: int, text: str, keys: list[Any]
     ) -> bool:
         """``send_text`` with the instants of the workload: every key in ``keys`` is sent at the
         instant just before the call and accepted when the message left the outbox."""
@@ -280,7 +281,7 @@ async def close_clients(devices: list[Device]) -> None:
         except BaseException as exc:  # best effort at tear-down
             log(f"closing a client: {type(exc).__name__}: {exc}")
 
-    await sm.bounded(sm.CONNECT_CONCURRENCY, [one(d) for d in devices])
+    await bounded(CONNECT_CONCURRENCY, [one(d) for d in devices])
 
 
 def events_report(devices: list[Device]) -> dict[str, Any]:
@@ -344,15 +345,15 @@ async def setup_pair(base_url: str, tag: str, i: int, made: list[Device]) -> Sdk
 
 
 async def pairs_fixture(
-    target: sm.Target, count: int, tag: str, made: list[Device]
+    target: Target, count: int, tag: str, made: list[Device]
 ) -> tuple[list[SdkPair], dict[str, Any]]:
     t0 = time.perf_counter()
-    pairs = await sm.bounded(
+    pairs = await bounded(
         SETUP_CONCURRENCY, [setup_pair(target.base_url, tag, i, made) for i in range(count)]
     )
     confirmed = sum(1 for p in pairs if p.sender.session_confirmed(p.receiver.client.device_id))
     if confirmed != count:
-        raise sm.SetupError(f"only {confirmed} of {count} senders hold a confirmed session")
+        raise SetupError(f"only {confirmed} of {count} senders hold a confirmed session")
     setup: dict[str, Any] = {
         "setup_s": round(time.perf_counter() - t0, 2),
         "sessions_confirmed": confirmed,
@@ -364,7 +365,7 @@ async def pairs_fixture(
 
 
 async def warm_up_pairs(pairs: list[SdkPair]) -> dict[str, Any]:
-    tracker = sm.Tracker(run=secrets.token_hex(4))
+    tracker = Tracker(run=secrets.token_hex(4))
     for p in pairs:
         p.receiver.attach(tracker)
     await asyncio.gather(
@@ -401,7 +402,7 @@ def cpu_per_message(cpu: dict[str, Any], delivered: int) -> dict[str, Any]:
 
 async def test_latency(args: argparse.Namespace) -> dict[str, Any]:
     pairs_n, seconds = args.latency_pairs, args.latency_seconds
-    target = sm.start_saltline(args, "latency-sdk", {})
+    target = start_saltline(args, "latency-sdk", {})
     result: dict[str, Any] = {
         "mode": "sdk",
         "parameters": {
@@ -419,14 +420,14 @@ async def test_latency(args: argparse.Namespace) -> dict[str, Any]:
         result["setup"] = setup
         result["warm_up"] = await warm_up_pairs(pairs)
 
-        tracker = sm.Tracker(run=secrets.token_hex(4))
+        tracker = Tracker(run=secrets.token_hex(4))
         texts = [[message_text(tracker.run, p.index, k) for k in range(seconds)] for p in pairs]
         for p in pairs:
             p.receiver.attach(tracker)
             p.sender.reset()
         lags: list[float] = []
         log(f"latency (sdk): {pairs_n} pairs x {seconds} messages, open loop")
-        scraped = await sm.scrape_all(target)
+        scraped = await scrape_all(target)
         meter = common.CpuMeter(target.pid)
         t0 = time.perf_counter() + 0.2
 
@@ -448,9 +449,9 @@ async def test_latency(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(run_sender(p) for p in pairs))
         cpu = meter.result()
         drain_s = await tracker.drain(DRAIN_MAX_S)
-        server_metrics = sm.metrics_delta(scraped, await sm.scrape_all(target))
+        server_metrics = metrics_delta(scraped, await scrape_all(target))
         result["figures"] = {
-            **sm.delivery_report(tracker),
+            **delivery_report(tracker),
             **events_report(made),
             "latency_ms": common.latency_summary_ms(tracker.latencies()),
             "send_rtt_ms": common.latency_summary_ms(tracker.send_rtt),
@@ -468,7 +469,7 @@ async def test_latency(args: argparse.Namespace) -> dict[str, Any]:
 
 async def test_throughput(args: argparse.Namespace) -> dict[str, Any]:
     pairs_n, seconds = args.throughput_pairs, args.throughput_seconds
-    target = sm.start_saltline(args, "throughput-sdk", {})
+    target = start_saltline(args, "throughput-sdk", {})
     result: dict[str, Any] = {
         "mode": "sdk",
         "parameters": {
@@ -486,7 +487,7 @@ async def test_throughput(args: argparse.Namespace) -> dict[str, Any]:
         result["setup"] = setup
         result["warm_up"] = await warm_up_pairs(pairs)
 
-        tracker = sm.Tracker(run=secrets.token_hex(4))
+        tracker = Tracker(run=secrets.token_hex(4))
         for p in pairs:
             p.receiver.attach(tracker)
             p.sender.reset()
@@ -496,7 +497,7 @@ async def test_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 f"load generator pid {os.getpid()}"
             )
         log(f"throughput (sdk): {pairs_n} pairs, closed loop for {seconds} s")
-        scraped = await sm.scrape_all(target)
+        scraped = await scrape_all(target)
         profiler = cProfile.Profile() if args.profile_loadgen else None
         meter = common.CpuMeter(target.pid)
         if profiler is not None:
@@ -517,7 +518,7 @@ async def test_throughput(args: argparse.Namespace) -> dict[str, Any]:
             profiler.disable()
             profiler.dump_stats(args.profile_loadgen)
             log(f"throughput (sdk): load generator profile written to {args.profile_loadgen}")
-        server_metrics = sm.metrics_delta(scraped, await sm.scrape_all(target))
+        server_metrics = metrics_delta(scraped, await scrape_all(target))
         in_window = sum(1 for t in tracker.delivered.values() if t <= t_end)
         accepted_in_window = len(tracker.accepted)
         drain_s = await tracker.drain(DRAIN_MAX_S)
@@ -525,7 +526,7 @@ async def test_throughput(args: argparse.Namespace) -> dict[str, Any]:
             "delivered_msgs_per_s": round(in_window / seconds, 1),
             "delivered_in_window": in_window,
             "accepted_msgs_per_s": round(accepted_in_window / seconds, 1),
-            **sm.delivery_report(tracker),
+            **delivery_report(tracker),
             **events_report(made),
             "latency_ms": common.latency_summary_ms(tracker.latencies()),
             "send_rtt_ms": common.latency_summary_ms(tracker.send_rtt),
@@ -587,7 +588,7 @@ async def confirm_member_sessions(sender: Device, member: SdkMember) -> None:
 
 async def test_fanout(args: argparse.Namespace) -> dict[str, Any]:
     group, seconds = args.fanout_members, args.fanout_seconds
-    target = sm.start_saltline(args, "fanout-sdk", FANOUT_ENV)
+    target = start_saltline(args, "fanout-sdk", FANOUT_ENV)
     devices_n = 2 * group
     result: dict[str, Any] = {
         "mode": "sdk",
@@ -613,7 +614,7 @@ async def test_fanout(args: argparse.Namespace) -> dict[str, Any]:
         made.append(sender)
         await sender.client.register(f"bench_{tag}_s", PASSWORD)
         await sender.client.connect()
-        members = await sm.bounded(
+        members = await bounded(
             SETUP_CONCURRENCY, [setup_member(target.base_url, tag, m, made) for m in range(group)]
         )
         t_linked = time.perf_counter()
@@ -622,11 +623,11 @@ async def test_fanout(args: argparse.Namespace) -> dict[str, Any]:
         conv = await sender.client.create_conversation([m.first.client.username for m in members])
         await sender.send_setup(conv, "set-up: hello group")
         await asyncio.gather(*(d.wait_received(1) for d in devices))
-        await sm.bounded(SETUP_CONCURRENCY, [confirm_member_sessions(sender, m) for m in members])
+        await bounded(SETUP_CONCURRENCY, [confirm_member_sessions(sender, m) for m in members])
         await sender.wait_received(devices_n)
         confirmed = sum(1 for d in devices if sender.session_confirmed(d.client.device_id))
         if confirmed != devices_n:
-            raise sm.SetupError(f"the sender holds {confirmed} of {devices_n} confirmed sessions")
+            raise SetupError(f"the sender holds {confirmed} of {devices_n} confirmed sessions")
         setup: dict[str, Any] = {
             "setup_s": round(time.perf_counter() - t_setup, 2),
             "register_and_link_s": round(t_linked - t_setup, 2),
@@ -643,7 +644,7 @@ async def test_fanout(args: argparse.Namespace) -> dict[str, Any]:
 
         all_keys = list(range(devices_n))
 
-        warm = sm.Tracker(run=secrets.token_hex(4))
+        warm = Tracker(run=secrets.token_hex(4))
         for d in devices:
             d.attach(warm)
         warm_keys = [(d, 0) for d in all_keys]
@@ -661,13 +662,13 @@ async def test_fanout(args: argparse.Namespace) -> dict[str, Any]:
             "waited_s": round(waited, 3),
         }
 
-        tracker = sm.Tracker(run=secrets.token_hex(4))
+        tracker = Tracker(run=secrets.token_hex(4))
         texts = [message_text(tracker.run, 0, k) for k in range(seconds)]
         for d in devices:
             d.attach(tracker)
         sender.reset()
         log(f"fanout (sdk): 1 sender -> {group} members x 2 devices, {seconds} messages at 1/s")
-        scraped = await sm.scrape_all(target)
+        scraped = await scrape_all(target)
         meter = common.CpuMeter(target.pid)
         t0 = time.perf_counter() + 0.2
         inflight: list[asyncio.Task[bool]] = []
@@ -684,10 +685,10 @@ async def test_fanout(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*inflight)
         cpu = meter.result()
         drain_s = await tracker.drain(DRAIN_MAX_S)
-        server_metrics = sm.metrics_delta(scraped, await sm.scrape_all(target))
+        server_metrics = metrics_delta(scraped, await scrape_all(target))
         per_device = [sum(1 for d, _ in tracker.delivered if d == i) for i in all_keys]
         result["figures"] = {
-            **sm.delivery_report(tracker),
+            **delivery_report(tracker),
             **events_report(made),
             "deliveries_per_device": {"min": min(per_device, default=0), "max": max(per_device, default=0)},
             "latency_ms": common.latency_summary_ms(tracker.latencies()),
