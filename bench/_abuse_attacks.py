@@ -21,7 +21,7 @@ import httpx
 import orjson
 
 from bench import _common as common
-from bench.pairs import CLOCK_BYTES, Identity, b64e, register
+from bench._pairs_setup import CLOCK_BYTES, Identity, b64e, register
 
 # -- WebSocket frames ---------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ from bench._abuse_attacks import (
     ws_frame,
     ws_open,
 )
-from bench.pairs import SERVER_ENV
+from bench._pairs_server import SERVER_ENV
 
 ATTACKS = ("pipeline", "ws_ping", "ws_frames", "idle", "slowloris", "ws_auth_ping", "history")
 

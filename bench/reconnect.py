@@ -30,6 +30,8 @@ from websockets.asyncio.client import connect
 
 from bench import _common as common
 from bench import ws_lean
+from bench._pairs_server import start_saltline
+from bench._pairs_setup import SETUP_CONCURRENCY, Identity, bounded, register
 
 log = common.log
 HERE = Path(__file__).resolve().parent
@@ -97,8 +99,6 @@ def _median(runs: list[dict[str, Any]]) -> float | None:
 
 
 async def test_reconnect(args: argparse.Namespace) -> dict[str, Any]:
-    from bench import pairs
-
     n, repeat = args.connections, args.repeat
     concurrency = args.reconnect_concurrency
     client = args.reconnect_client
@@ -112,7 +112,7 @@ async def test_reconnect(args: argparse.Namespace) -> dict[str, Any]:
             "timed": "first connect to last 'drained' (saltline) / 'ready' (bare_ws)",
         }
     }
-    target = pairs.start_saltline(args, "reconnect", {})
+    target = start_saltline(args, "reconnect", {})
     result["server"] = target.describe()
     port = common.free_port()
     tmp = tempfile.TemporaryDirectory(prefix="saltline-bench-bare-")
@@ -123,12 +123,10 @@ async def test_reconnect(args: argparse.Namespace) -> dict[str, Any]:
     ).start()
     try:
         tag = "rec" + secrets.token_hex(3)
-        idents = [pairs.Identity.new(f"bench_{tag}_d{i}") for i in range(n)]
+        idents = [Identity.new(f"bench_{tag}_d{i}") for i in range(n)]
         t0 = time.perf_counter()
         async with httpx.AsyncClient(base_url=target.base_url, timeout=120.0) as http:
-            await pairs.bounded(
-                pairs.SETUP_CONCURRENCY, [pairs.register(http, i, prekeys=False) for i in idents]
-            )
+            await bounded(SETUP_CONCURRENCY, [register(http, i, prekeys=False) for i in idents])
         result["setup_s"] = round(time.perf_counter() - t0, 2)
         tokens = [i.access_token for i in idents]
         log(f"reconnect: {n} accounts registered in {result['setup_s']} s")

@@ -1,7 +1,29 @@
-"""The canonical, versioned encoding of a Double Ratchet session's private state (layout in the
-:mod:`saltline.crypto.ratchet` docstring, "Session state"), and the session limits it checks. Secret:
-it holds the root, chain and skipped message keys. :meth:`saltline.crypto.ratchet.Session.to_bytes` and
-``from_bytes`` are the entry points."""
+"""The canonical, versioned encoding of a Double Ratchet session's private state, and the session
+limits it checks. Secret: it holds the root, chain and skipped message keys.
+:meth:`saltline.crypto.ratchet.Session.to_bytes` and ``from_bytes`` are the entry points.
+
+Layout, version 1, integers big endian::
+
+    version      1   0x01 (other values: StateVersionError)
+    flags        1   bit0 DHr present, bit1 CKs present (needs bit0), bit2 CKr present
+                     (needs bit0), bit3 pending initial header present; other bits MUST be 0
+    RK          32
+    DHs private 32   (the public key is recomputed on load)
+    base key    32   EK_A of the X3DH run
+    Ns, Nr, PN  3 x u32, each <= MAX_COUNTER (2**32 - 2)
+    DHr         32   if bit0 (not low-order)
+    CKs         32   if bit1
+    CKr         32   if bit2
+    init header 128  if bit3 (saltline.crypto.x3dh.InitialHeader encoding)
+    AD length   u16, MUST be 168, then AD = identity(initiator) || identity(responder), each
+                half a valid saltline.crypto.x3dh.DeviceIdentity encoding
+    previous    u8 count (<= MAX_PREVIOUS_CHAINS), then count x 32-byte peer ratchet keys
+                (not low-order), oldest first
+    skipped     u16 count (<= MAX_STORED_SKIPPED), then count x (ratchet key 32 (not
+                low-order) || N u32 (<= MAX_MESSAGE_NUMBER) || mk 32), oldest first; no
+                (ratchet key, N) twice
+    nothing after; anything else raises EncodingError.
+"""
 
 from __future__ import annotations
 

@@ -1017,7 +1017,7 @@ def build_x3dh() -> dict[str, Any]:
 
 
 def parse_session_state(data: bytes) -> dict[str, Any]:
-    """Split a serialised session (layout in crypto/ratchet.py) into its fields."""
+    """Split a serialised session (layout in crypto/ratchet_state.py) into its fields."""
     fixed = struct.Struct(">BB32s32s32sIII")
     _, flags, rk, dhs, _base, ns, nr, pn = fixed.unpack_from(data, 0)
     pos = fixed.size
