@@ -28,7 +28,7 @@ from tests.pg import free_port
 from tests.procnet import children, socket_owner
 from tests.redis_fixture import RedisServer
 from tests.server.delivery_support import WsClient, create_conversation, envelope_body
-from tests.server.helpers import register
+from tests.server.helpers import Account, login, register
 
 pytestmark = [pytest.mark.e2e]
 
@@ -228,6 +228,50 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost(workers: Workers)
     # the crashed worker's socket no longer counts: only bob's new one is open
     assert _scrape_on(workers, w1)["saltline_ws_connections"] == 1
     await bob_ws.close()
+
+
+def _revoke_login(client: httpx.Client, account: Account) -> str:
+    """Revoke the first device's login (its refresh token used twice) and log it in again;
+    the revoked login's access token (still within its lifetime)."""
+    stolen, refresh = account.first.access_token, account.first.refresh_token
+    for expected in (200, 401):  # the second use of a rotated refresh token revokes the login
+        r = client.post("/v1/auth/refresh", json={"refresh_token": refresh})
+        assert r.status_code == expected, r.text
+    assert login(client, account, account.first).status_code == 200
+    return stolen
+
+
+async def test_a_refused_token_never_replaces_the_socket_on_another_worker(workers: Workers) -> None:
+    """An access token whose login was revoked (here: a reused refresh token) is refused with
+    4003; it must not close the device's current socket on another worker with 4001 (the
+    announcement of a socket goes out only once its token holder is checked)."""
+    w1, w2 = workers.workers()
+    with httpx.Client(base_url=workers.base_url, timeout=WAIT) as c:
+        alice, bob = register(c), register(c)
+        cid = create_conversation(c, alice, bob)
+        stolen = _revoke_login(c, alice)
+    current = await _socket_on(workers, alice.first, w1)
+    assert await current.envelopes_until_drained() == []
+
+    for _ in range(TRIES):  # the revoked token, on the other worker
+        intruder = await WsClient.connect(workers.ws_url, alice.first, auth=False)
+        if workers.owner(intruder.conn.local_address[1]) == w2:
+            break
+        await intruder.close()
+    else:
+        raise AssertionError(f"the kernel never gave worker {w2} a connection in {TRIES} tries")
+    await intruder.send({"type": "auth", "token": stolen})
+    assert await intruder.closed_with() == 4003
+
+    # the current socket is still open and served: a message published after the refusal (so
+    # after anything the refused socket could have announced on the device's channel) arrives
+    with httpx.Client(base_url=workers.base_url, timeout=WAIT) as c:
+        body = envelope_body(bob.first, [bob, alice], b"still here")
+        r = c.post(f"/v1/conversations/{cid}/envelopes", json=body, headers=bob.first.headers)
+        assert r.status_code == 201, r.text
+    frame = await current.expect("envelope", wait_s=WAIT)
+    assert current.plaintext(frame) == b"still here"
+    await current.close()
 
 
 def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
