@@ -8,6 +8,8 @@ bus, not through the heartbeat's re-read of the queue.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -24,6 +26,7 @@ import pytest
 
 from saltline.server.storage.migrate import upgrade
 from tests.conftest import TEST_SETTINGS
+from tests.delay_proxy import delay_proxy
 from tests.pg import free_port
 from tests.procnet import children, socket_owner
 from tests.redis_fixture import RedisServer
@@ -91,6 +94,17 @@ class Workers:
 
 @pytest.fixture
 def workers(db_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[Workers]:
+    yield from _workers(db_url, redis_server.url, tmp_path)
+
+
+@pytest.fixture
+def workers_slow_redis(db_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[Workers]:
+    """Two workers whose Redis answers 50 ms late each way (a slow or distant Redis)."""
+    with delay_proxy(redis_server.port, 0.05) as proxy:
+        yield from _workers(db_url, proxy.url, tmp_path)
+
+
+def _workers(db_url: str, redis_url: str, tmp_path: Path) -> Iterator[Workers]:
     with ThreadPoolExecutor(1) as pool:  # upgrade() runs its own event loop
         pool.submit(upgrade, db_url).result()
     port = free_port()
@@ -98,7 +112,7 @@ def workers(db_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[
         **TEST_SETTINGS,
         "database_url": db_url,
         "data_dir": tmp_path,
-        "redis_url": redis_server.url,
+        "redis_url": redis_url,
         "heartbeat_interval_s": 300.0,
         "log_level": "info",
         "host": "127.0.0.1",
@@ -272,6 +286,53 @@ async def test_a_refused_token_never_replaces_the_socket_on_another_worker(worke
     frame = await current.expect("envelope", wait_s=WAIT)
     assert current.plaintext(frame) == b"still here"
     await current.close()
+
+
+async def test_two_sockets_of_a_device_opened_at_once_on_two_workers_leave_one(workers: Workers) -> None:
+    await _two_sockets_at_once_leave_one(workers)
+
+
+async def test_two_sockets_opened_at_once_leave_one_with_a_slow_redis(workers_slow_redis: Workers) -> None:
+    await _two_sockets_at_once_leave_one(workers_slow_redis)
+
+
+async def _two_sockets_at_once_leave_one(workers: Workers) -> None:
+    """Both sockets authenticate at the same moment, one on each worker: whichever is
+    announced second is heard by the other worker, so one of them closes with 4001 and the
+    other is served (not two sockets of one device, each announced before the other listened:
+    with a slow Redis, for the time a subscription takes to become active)."""
+    w1, w2 = workers.workers()
+    with httpx.Client(base_url=workers.base_url, timeout=WAIT) as c:
+        alice, bob = register(c), register(c)
+        cid = create_conversation(c, alice, bob)
+    for _ in range(TRIES):
+        pair = [await WsClient.connect(workers.ws_url, alice.first, auth=False) for _ in range(2)]
+        if {workers.owner(ws.conn.local_address[1]) for ws in pair} == {w1, w2}:
+            break
+        for ws in pair:
+            await ws.close()
+    else:
+        raise AssertionError(f"the kernel never split two connections over the workers in {TRIES} tries")
+    auth = {"type": "auth", "token": alice.first.access_token}
+    await asyncio.gather(*(ws.send(auth) for ws in pair))
+    closing = {asyncio.ensure_future(ws.closed_with(WAIT)): ws for ws in pair}
+    done, _ = await asyncio.wait(closing, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1, "both sockets of the device stayed open"
+    [closed] = done
+    assert closed.result() == 4001
+    [(reading, survivor)] = [(t, ws) for t, ws in closing.items() if t is not closed]
+    reading.cancel()  # (websockets: a cancelled recv loses no message)
+    with contextlib.suppress(asyncio.CancelledError):
+        await reading
+
+    with httpx.Client(base_url=workers.base_url, timeout=WAIT) as c:
+        body = envelope_body(bob.first, [bob, alice], b"to the survivor")
+        r = c.post(f"/v1/conversations/{cid}/envelopes", json=body, headers=bob.first.headers)
+        assert r.status_code == 201, r.text
+    while (frame := await survivor.recv(WAIT))["type"] != "envelope":
+        assert frame["type"] in ("ready", "drained", "ping"), frame  # (the reader stopped early)
+    assert survivor.plaintext(frame) == b"to the survivor"
+    await survivor.close()
 
 
 def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
