@@ -1,0 +1,66 @@
+"""``serve --workers N`` metrics (server/workers.py): prometheus-client's multiprocess files, written
+by real worker-like processes (the mode is fixed when a process imports prometheus-client), read the
+way ``/metrics`` reads them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client import generate_latest
+
+from saltline.server import workers
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: A worker stand-in: the app's delivery metrics, a queue depth and open sockets, then it either
+#: exits (a crash: no clean-up) or says so and waits for its stdin to close.
+WORKER = """
+import sys
+from prometheus_client import CollectorRegistry
+from saltline.server.services.delivery_metrics import DeliveryMetrics
+
+metrics = DeliveryMetrics(CollectorRegistry())
+metrics.queue_depth.set(int(sys.argv[1]))
+metrics.connections.inc(int(sys.argv[2]))
+if sys.argv[3] == "stay":
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _samples(directory: Path) -> dict[str, float]:
+    os.environ[workers.MULTIPROC_ENV] = str(directory)
+    try:
+        text = generate_latest(workers.metrics_registry()).decode()
+    finally:
+        os.environ.pop(workers.MULTIPROC_ENV, None)
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def test_a_dead_workers_gauges_do_not_count(tmp_path: Path) -> None:
+    """A worker that died (here: exited without clean-up) leaves its files behind; neither its
+    open sockets nor its queue-depth figure (which may be long stale, e.g. a drained backlog)
+    may show in a scrape of the living workers."""
+    env = {**os.environ, workers.MULTIPROC_ENV: str(tmp_path)}
+    run = [sys.executable, "-c", WORKER]
+    subprocess.run([*run, "1000", "7", "exit"], env=env, cwd=REPO, check=True, timeout=60)
+    with subprocess.Popen(
+        [*run, "5", "2", "stay"], env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as alive:
+        assert alive.stdout is not None and alive.stdout.readline() == b"ready\n"
+        try:
+            values = _samples(tmp_path)
+        finally:
+            assert alive.stdin is not None
+            alive.stdin.close()
+    assert values["saltline_ws_connections"] == 2
+    assert values["saltline_queue_depth"] == 5
+
