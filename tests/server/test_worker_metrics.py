@@ -63,4 +63,3 @@ def test_a_dead_workers_gauges_do_not_count(tmp_path: Path) -> None:
             alive.stdin.close()
     assert values["saltline_ws_connections"] == 2
     assert values["saltline_queue_depth"] == 5
-
