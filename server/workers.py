@@ -85,6 +85,7 @@ def create_app_from_env() -> FastAPI:
     from saltline.server.api.log_filters import quiet_data_loggers
     from saltline.server.app import create_app
 
+    forget_previous_process()
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -123,6 +124,16 @@ def forget_dead_workers(directory: Path) -> None:
             multiprocess.mark_process_dead(pid, str(directory))
         except PermissionError:
             continue  # alive, another user's process (a reused pid)
+
+
+def forget_previous_process() -> None:
+    """Before this worker creates its metrics: drop the live-gauge files a dead process with the
+    same pid left (a reused pid; no scrape ran in between). prometheus-client would otherwise
+    start this worker's gauges from the dead one's values (its open sockets, counted for good)."""
+    from prometheus_client import multiprocess
+
+    if multiprocess_metrics():
+        multiprocess.mark_process_dead(os.getpid(), os.environ[MULTIPROC_ENV])
 
 
 def metrics_registry() -> CollectorRegistry:

@@ -63,3 +63,39 @@ def test_a_dead_workers_gauges_do_not_count(tmp_path: Path) -> None:
             alive.stdin.close()
     assert values["saltline_ws_connections"] == 2
     assert values["saltline_queue_depth"] == 5
+
+
+#: A worker whose pid a dead one had: its live-gauge file is there already (7 open sockets).
+REUSED_PID = """
+import os
+from prometheus_client import CollectorRegistry
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+stale = MmapedDict(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], f"gauge_livesum_{os.getpid()}.db"))
+name = "saltline_ws_connections"
+stale.write_value(mmap_key(name, name, [], [], "WebSocket connections authenticated and open"), 7.0, 0.0)
+stale.close()
+
+from saltline.server import workers
+from saltline.server.services.delivery_metrics import DeliveryMetrics
+
+workers.forget_previous_process()  # what create_app_from_env does first
+DeliveryMetrics(CollectorRegistry()).connections.inc()
+print("ready", flush=True)
+import sys
+sys.stdin.read()
+"""
+
+
+def test_a_worker_with_a_dead_workers_pid_starts_its_gauges_afresh(tmp_path: Path) -> None:
+    env = {**os.environ, workers.MULTIPROC_ENV: str(tmp_path)}
+    with subprocess.Popen(
+        [sys.executable, "-c", REUSED_PID], env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as alive:
+        assert alive.stdout is not None and alive.stdout.readline() == b"ready\n"
+        try:
+            values = _samples(tmp_path)
+        finally:
+            assert alive.stdin is not None
+            alive.stdin.close()
+    assert values["saltline_ws_connections"] == 1  # its own socket, not the dead one's 7 as well
