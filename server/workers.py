@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 #: prometheus-client reads this variable when it is first imported, in each worker.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: The directory :func:`metrics_directory` made, passed on to the workers with it.
+OWN_METRICS_ENV = "SALTLINE_WORKERS_METRICS_DIR"
 #: The attribute names uvicorn resolves in this module (``module:attribute`` import strings).
 APP_FACTORY = f"{__name__}:create_app_from_env"
 HTTP_PROTOCOL = f"{__name__}:HttpProtocol"
@@ -52,8 +54,11 @@ _LIVE_FILE = re.compile(r"^gauge_live\w*_(\d+)\.db$")
 
 
 def multiprocess_metrics() -> bool:
-    """True in a worker of ``serve --workers N`` (samples live in shared files)."""
-    return bool(os.environ.get(MULTIPROC_ENV))
+    """True in a worker of ``serve --workers N`` (samples live in shared files): the directory
+    is the one :func:`metrics_directory` made, not a ``PROMETHEUS_MULTIPROC_DIR`` inherited
+    from elsewhere (a single process must not add up files it did not write)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    return bool(directory) and os.environ.get(OWN_METRICS_ENV) == directory
 
 
 def configure_parent(settings: Settings, overrides: Mapping[str, object]) -> None:
@@ -71,11 +76,12 @@ def metrics_directory() -> Iterator[Path]:
     """A fresh, private directory for the workers' samples (removed when the server stops): a
     directory left from an earlier run would add that run's counters to this one's."""
     path = Path(tempfile.mkdtemp(prefix="saltline-metrics-"))
-    os.environ[MULTIPROC_ENV] = str(path)
+    os.environ[MULTIPROC_ENV] = os.environ[OWN_METRICS_ENV] = str(path)
     try:
         yield path
     finally:
         os.environ.pop(MULTIPROC_ENV, None)
+        os.environ.pop(OWN_METRICS_ENV, None)
         shutil.rmtree(path, ignore_errors=True)
 
 

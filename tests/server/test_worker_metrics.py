@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 
 from saltline.server import workers
+from tests.live import LiveServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +27,7 @@ from saltline.server.services.delivery_metrics import DeliveryMetrics
 
 metrics = DeliveryMetrics(CollectorRegistry())
 metrics.queue_depth.set(int(sys.argv[1]))
+metrics.accepted.inc(int(sys.argv[1]))
 metrics.connections.inc(int(sys.argv[2]))
 if sys.argv[3] == "stay":
     print("ready", flush=True)
@@ -37,6 +41,10 @@ def _samples(directory: Path) -> dict[str, float]:
         text = generate_latest(workers.metrics_registry()).decode()
     finally:
         os.environ.pop(workers.MULTIPROC_ENV, None)
+    return _parse(text)
+
+
+def _parse(text: str) -> dict[str, float]:
     values = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -88,7 +96,8 @@ sys.stdin.read()
 
 
 def test_a_worker_with_a_dead_workers_pid_starts_its_gauges_afresh(tmp_path: Path) -> None:
-    env = {**os.environ, workers.MULTIPROC_ENV: str(tmp_path)}
+    # the environment serve --workers N gives its workers (workers.metrics_directory)
+    env = {**os.environ, workers.MULTIPROC_ENV: str(tmp_path), workers.OWN_METRICS_ENV: str(tmp_path)}
     with subprocess.Popen(
         [sys.executable, "-c", REUSED_PID], env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     ) as alive:
@@ -99,3 +108,22 @@ def test_a_worker_with_a_dead_workers_pid_starts_its_gauges_afresh(tmp_path: Pat
             assert alive.stdin is not None
             alive.stdin.close()
     assert values["saltline_ws_connections"] == 1  # its own socket, not the dead one's 7 as well
+
+
+def test_one_process_ignores_an_inherited_multiprocess_directory(
+    make_server: Callable[..., LiveServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single ``serve`` whose environment happens to carry PROMETHEUS_MULTIPROC_DIR (e.g. a
+    base image made for another app) answers ``/metrics`` from its own registry, not by adding
+    up whatever files that directory holds."""
+    stale = tmp_path / "inherited"
+    stale.mkdir()
+    env = {**os.environ, workers.MULTIPROC_ENV: str(stale)}
+    dead = [sys.executable, "-c", WORKER, "1000", "7", "exit"]
+    subprocess.run(dead, env=env, cwd=REPO, check=True, timeout=60)
+    monkeypatch.setenv(workers.MULTIPROC_ENV, str(stale))
+    server = make_server()
+    with server.client() as client:
+        values = _parse(client.get("/metrics").text)
+    assert values["saltline_envelopes_accepted_total"] == 0  # not the other process's 1000
+    assert values["saltline_ws_connections"] == 0
