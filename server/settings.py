@@ -127,8 +127,9 @@ class Settings(BaseSettings):
     blob_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
     max_device_list_bytes: int = Field(default=64 * 1024, gt=0)
     #: Attachments (server/services/attachments.py): where their ciphertext lives. ``filesystem``
-    #: (``<data_dir>/attachments``, one instance) or ``database`` (chunk rows in the database:
-    #: every instance sharing the database serves every attachment).
+    #: (``<data_dir>/attachments``, one machine: one instance or the workers of ``serve --workers
+    #: N``) or ``database`` (chunk rows in the database: every instance sharing the database
+    #: serves every attachment).
     attachment_store: Literal["filesystem", "database"] = "filesystem"
     #: An attachment's padded ciphertext may be at most this long (``Upload-Length``).
     max_attachment_bytes: int = Field(default=100 * 1024 * 1024, gt=0)

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 #: prometheus-client reads this variable when it is first imported, in each worker.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: The directory :func:`metrics_directory` made, passed on to the workers with it.
+OWN_METRICS_ENV = "SALTLINE_WORKERS_METRICS_DIR"
 #: The attribute names uvicorn resolves in this module (``module:attribute`` import strings).
 APP_FACTORY = f"{__name__}:create_app_from_env"
 HTTP_PROTOCOL = f"{__name__}:HttpProtocol"
@@ -52,8 +54,11 @@ _LIVE_FILE = re.compile(r"^gauge_live\w*_(\d+)\.db$")
 
 
 def multiprocess_metrics() -> bool:
-    """True in a worker of ``serve --workers N`` (samples live in shared files)."""
-    return bool(os.environ.get(MULTIPROC_ENV))
+    """True in a worker of ``serve --workers N`` (samples live in shared files): the directory
+    is the one :func:`metrics_directory` made, not a ``PROMETHEUS_MULTIPROC_DIR`` inherited
+    from elsewhere (a single process must not add up files it did not write)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    return bool(directory) and os.environ.get(OWN_METRICS_ENV) == directory
 
 
 def configure_parent(settings: Settings, overrides: Mapping[str, object]) -> None:
@@ -71,11 +76,12 @@ def metrics_directory() -> Iterator[Path]:
     """A fresh, private directory for the workers' samples (removed when the server stops): a
     directory left from an earlier run would add that run's counters to this one's."""
     path = Path(tempfile.mkdtemp(prefix="saltline-metrics-"))
-    os.environ[MULTIPROC_ENV] = str(path)
+    os.environ[MULTIPROC_ENV] = os.environ[OWN_METRICS_ENV] = str(path)
     try:
         yield path
     finally:
         os.environ.pop(MULTIPROC_ENV, None)
+        os.environ.pop(OWN_METRICS_ENV, None)
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -85,6 +91,7 @@ def create_app_from_env() -> FastAPI:
     from saltline.server.api.log_filters import quiet_data_loggers
     from saltline.server.app import create_app
 
+    forget_previous_process()
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -123,6 +130,16 @@ def forget_dead_workers(directory: Path) -> None:
             multiprocess.mark_process_dead(pid, str(directory))
         except PermissionError:
             continue  # alive, another user's process (a reused pid)
+
+
+def forget_previous_process() -> None:
+    """Before this worker creates its metrics: drop the live-gauge files a dead process with the
+    same pid left (a reused pid; no scrape ran in between). prometheus-client would otherwise
+    start this worker's gauges from the dead one's values (its open sockets, counted for good)."""
+    from prometheus_client import multiprocess
+
+    if multiprocess_metrics():
+        multiprocess.mark_process_dead(os.getpid(), os.environ[MULTIPROC_ENV])
 
 
 def metrics_registry() -> CollectorRegistry:

@@ -565,6 +565,7 @@ async def delivery_socket(ws: WebSocket) -> None:
             conn.close_soon(CLOSE_AUTH_FAILED, problem.code.value)
             await conn._close_socket(CLOSE_AUTH_FAILED, problem.code.value)
             return
+        delivery.bus.claim(subscription)  # older sockets on other instances close (4001)
         if registry.register(conn) is not None:
             # The replaced socket of this device took the writer's pushes until now: one
             # committed during the read above went to it, so read the queue once more.

@@ -37,7 +37,7 @@ from saltline.server.clock import Clock
 from saltline.server.errors import Problem, ProblemCode
 from saltline.server.services.common import AuthedDevice
 from saltline.server.services.ratelimit import RateLimiter
-from saltline.server.storage.attachment_store import AttachmentStore
+from saltline.server.storage.attachment_store import AttachmentStore, WriterBusy
 from saltline.server.storage.attachments_repo import AttachmentRow, AttachmentsRepo
 
 ATTACHMENT_ID_SIZE = 32
@@ -275,7 +275,9 @@ class AttachmentService:
     @asynccontextmanager
     async def _writing(self, row: AttachmentRow) -> AsyncIterator[None]:
         """One writer per upload in this process; a second waits for the first (a retry that
-        raced a request the server still reads) up to ``WRITER_WAIT_S``, then 409."""
+        raced a request the server still reads) up to ``WRITER_WAIT_S``, then 409. Across
+        processes (``serve --workers N``) the store's lock refuses a second writer at once (409
+        naming the offset; the client resumes from there once the first is done)."""
         entry = self._writers.setdefault(row.id, [asyncio.Lock(), 0])
         lock: asyncio.Lock = entry[0]
         entry[1] += 1
@@ -286,7 +288,12 @@ class AttachmentService:
                 current = await self._repo.get(row.id)
                 raise _offset_mismatch(row.offset if current is None else current.offset) from None
             try:
-                yield
+                async with self._store.exclusive(row.id):
+                    yield
+            except WriterBusy:
+                self._counters.refused("writer_busy")
+                current = await self._repo.get(row.id)
+                raise _offset_mismatch(row.offset if current is None else current.offset) from None
             finally:
                 lock.release()
         finally:

@@ -72,6 +72,12 @@ class DeliveryBus(Protocol):
         misses is always announced."""
         ...
 
+    def claim(self, subscription: Subscription) -> None:
+        """The subscription's connection passed its checks (token holder, device): it becomes
+        the device's socket, and older ones on other instances close (4001). Never called for a
+        refused token, which must not displace the device's current socket."""
+        ...
+
     async def publish_wake(self, device_ids: Iterable[bytes]) -> None: ...
 
     async def publish_ephemeral(self, frames: Mapping[bytes, bytes]) -> int:
@@ -123,6 +129,9 @@ class InProcessBus:
 
     async def until_live(self, subscription: Subscription) -> None:
         return None
+
+    def claim(self, subscription: Subscription) -> None:
+        return None  # in one process the connection registry replaces the older socket
 
     def _listeners(self, device_id: bytes) -> list[DeviceListener]:
         return [s.listener for s in self._subs.get(device_id, ())]

@@ -36,9 +36,10 @@ class DeliveryMetrics:
             "Queue rows waiting in the database",
             registry=registry,
             # serve --workers N: each worker holds the count it last read from the database plus
-            # its own changes since; the largest is shown (the figure is approximate between two
-            # maintenance reads anyway; "mostrecent" would forbid inc/dec)
-            multiprocess_mode="max",
+            # its own changes since; the largest of the living workers' is shown (the figure is
+            # approximate between two maintenance reads anyway; "mostrecent" would forbid
+            # inc/dec). "live": a dead worker's figure, stale for good, must not stay the largest.
+            multiprocess_mode="livemax",
         )
         self.queue_depth_on_connect = Histogram(
             "saltline_queue_depth_on_connect",

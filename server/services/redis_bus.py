@@ -14,6 +14,13 @@ Every message on a channel is a small JSON object; ``o`` is the publishing insta
                                             (connection nonce N, wall-clock ns T): every *older*
                                             socket of the device on another instance closes (4001)
 
+A socket is announced (``conn``) only once its token holder is checked (:meth:`RedisBus.claim`:
+a refused token never closes the device's socket elsewhere) and, normally, once its channel is
+live here (the connection waits for it first); so of two sockets opened at once on two
+instances, the one announced second is heard by the other. When a channel becomes live again
+after a reconnect to Redis, the device's newest claimed socket here is announced again (one
+announcement lost while Redis was down would otherwise leave two sockets open).
+
 Listeners in the publishing instance are called directly (no round trip); an instance ignores
 what it published itself when it comes back from Redis.
 
@@ -64,9 +71,10 @@ def device_channel(device_id: bytes) -> str:
 class RedisSubscription(Subscription):
     """A subscription that knows which connection it is: nonce + wall-clock start (ns); and
     whether its channel is subscribed in Redis yet (``live``) and its listener waits for that
-    before reading the queue (``waiting``): then the subscription's confirmation needs no wake-up."""
+    before reading the queue (``waiting``): then the subscription's confirmation needs no wake-up;
+    and whether its connection passed its checks and was announced (``claimed``)."""
 
-    __slots__ = ("live", "nonce", "since_ns", "waiting")
+    __slots__ = ("claimed", "live", "nonce", "since_ns", "waiting")
 
     def __init__(self, device_id: bytes, listener: DeviceListener, live: bool) -> None:
         super().__init__(device_id, listener)
@@ -76,6 +84,7 @@ class RedisSubscription(Subscription):
         if live:
             self.live.set_result(None)
         self.waiting = False
+        self.claimed = False
 
     def key(self) -> tuple[int, str]:
         return (self.since_ns, self.nonce)
@@ -153,9 +162,16 @@ class RedisBus:
         self._local._subs.setdefault(device_id, []).append(sub)
         self._channels[channel] = device_id
         self._dirty.set()
-        # One socket per device across instances: older sockets elsewhere close (4001).
-        self._announce(sub)
         return sub
+
+    def claim(self, subscription: Subscription) -> None:
+        """One socket per device across instances: announce the subscription (``conn``), so
+        that the device's older sockets elsewhere close (4001). Only for a connection whose token
+        holder passed its check: an announcement of a refused one would close the device's
+        current socket on another instance."""
+        if isinstance(subscription, RedisSubscription) and not subscription.claimed:
+            subscription.claimed = True
+            self._announce(subscription)
 
     async def until_live(self, subscription: Subscription) -> None:
         """Wait (at most :data:`LIVE_TIMEOUT_S`; not at all while Redis is down) until the
@@ -282,8 +298,8 @@ class RedisBus:
                     continue
                 if s.key() < theirs:
                     _safely(_replaced, s.listener)
-                elif newest_mine is None or s.key() > newest_mine.key():
-                    newest_mine = s
+                elif s.claimed and (newest_mine is None or s.key() > newest_mine.key()):
+                    newest_mine = s  # (one still being checked announces itself if it passes)
             if newest_mine is not None:
                 # Theirs is older than ours (they may not have heard our announcement yet).
                 self._announce(newest_mine)
@@ -376,12 +392,19 @@ class RedisBus:
         device_id = self._channels.get(channel)
         if device_id is None:
             return
+        newest: RedisSubscription | None = None
         for s in list(self._local._subs.get(device_id, ())):
-            if isinstance(s, RedisSubscription) and not s.live.done():
-                s.live.set_result(None)
-                if s.waiting:
-                    continue
+            if isinstance(s, RedisSubscription):
+                if s.claimed and (newest is None or s.key() > newest.key()):
+                    newest = s
+                if not s.live.done():
+                    s.live.set_result(None)
+                    if s.waiting:
+                        continue
             _safely(s.listener.on_wake)
+        if newest is not None:
+            # Live again (a reconnect): announced sockets elsewhere may not have heard of it.
+            self._announce(newest)
 
     async def _close_pubsub(self) -> None:
         pair, self._pubsub = self._pubsub, None

@@ -1,8 +1,11 @@
 """Where attachment ciphertext lives, behind one interface (:class:`AttachmentStore`).
 
 - :class:`FilesystemAttachmentStore` (the default): one file per attachment under
-  ``<data_dir>/attachments/<2 hex>/<64 hex>``; one instance only (the service serialises the
-  writers of one attachment with an in-process lock).
+  ``<data_dir>/attachments/<2 hex>/<64 hex>``; one machine only. The service serialises the
+  writers of one attachment with an in-process lock, and :meth:`~AttachmentStore.exclusive`
+  across the processes of ``serve --workers N`` (``flock`` on the file): a writer opened at
+  the offset truncates the file there, which must never happen under another process's writer
+  (that one's next commit would acknowledge the cut bytes as zeros).
 - :class:`DatabaseAttachmentStore`: one row per committed piece (``attachment_chunks``, at most
   :data:`DB_ROW_BYTES` each) in the shared database, so that several instances serve every
   attachment.
@@ -19,6 +22,8 @@ interrupted request), so the stored bytes past the offset are never read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -54,7 +59,15 @@ class AttachmentWriter(Protocol):
         nothing acknowledged) if the offset moved meanwhile."""
 
 
+class WriterBusy(Exception):
+    """Another process writes this attachment now (:meth:`AttachmentStore.exclusive`)."""
+
+
 class AttachmentStore(Protocol):
+    def exclusive(self, attachment_id: bytes) -> AbstractAsyncContextManager[None]:
+        """Held around everything one request does to an upload (re-reading its offset, then
+        writing): raises :class:`WriterBusy` at once if another process holds it."""
+
     def writer(
         self, attachment_id: bytes, offset: int, advance: Advance
     ) -> AbstractAsyncContextManager[AttachmentWriter]:
@@ -104,6 +117,24 @@ class FilesystemAttachmentStore:
     def _path(self, attachment_id: bytes) -> Path:
         name = attachment_id.hex()
         return self._root / name[:2] / name
+
+    @asynccontextmanager
+    async def exclusive(self, attachment_id: bytes) -> AsyncIterator[None]:
+        path = self._path(attachment_id)
+        fd = await asyncio.to_thread(self._open_lock, path)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WriterBusy from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @staticmethod
+    def _open_lock(path: Path) -> int:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def _open(self, path: Path, offset: int) -> int:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -180,6 +211,11 @@ class DatabaseAttachmentStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    def exclusive(self, attachment_id: bytes) -> AbstractAsyncContextManager[None]:
+        # Each commit deletes what lies past the offset and moves the offset in one transaction
+        # (compare-and-set): writers on several processes need no lock.
+        return contextlib.nullcontext()
 
     @asynccontextmanager
     async def writer(self, attachment_id: bytes, offset: int, advance: Advance) -> AsyncIterator[_RowWriter]:

@@ -8,6 +8,8 @@ bus, not through the heartbeat's re-read of the queue.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -24,11 +26,12 @@ import pytest
 
 from saltline.server.storage.migrate import upgrade
 from tests.conftest import TEST_SETTINGS
+from tests.delay_proxy import delay_proxy
 from tests.pg import free_port
 from tests.procnet import children, socket_owner
 from tests.redis_fixture import RedisServer
 from tests.server.delivery_support import WsClient, create_conversation, envelope_body
-from tests.server.helpers import register
+from tests.server.helpers import Account, login, register
 
 pytestmark = [pytest.mark.e2e]
 
@@ -91,6 +94,17 @@ class Workers:
 
 @pytest.fixture
 def workers(db_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[Workers]:
+    yield from _workers(db_url, redis_server.url, tmp_path)
+
+
+@pytest.fixture
+def workers_slow_redis(db_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[Workers]:
+    """Two workers whose Redis answers 50 ms late each way (a slow or distant Redis)."""
+    with delay_proxy(redis_server.port, 0.05) as proxy:
+        yield from _workers(db_url, proxy.url, tmp_path)
+
+
+def _workers(db_url: str, redis_url: str, tmp_path: Path) -> Iterator[Workers]:
     with ThreadPoolExecutor(1) as pool:  # upgrade() runs its own event loop
         pool.submit(upgrade, db_url).result()
     port = free_port()
@@ -98,7 +112,7 @@ def workers(db_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[
         **TEST_SETTINGS,
         "database_url": db_url,
         "data_dir": tmp_path,
-        "redis_url": redis_server.url,
+        "redis_url": redis_url,
         "heartbeat_interval_s": 300.0,
         "log_level": "info",
         "host": "127.0.0.1",
@@ -228,6 +242,97 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost(workers: Workers)
     # the crashed worker's socket no longer counts: only bob's new one is open
     assert _scrape_on(workers, w1)["saltline_ws_connections"] == 1
     await bob_ws.close()
+
+
+def _revoke_login(client: httpx.Client, account: Account) -> str:
+    """Revoke the first device's login (its refresh token used twice) and log it in again;
+    the revoked login's access token (still within its lifetime)."""
+    stolen, refresh = account.first.access_token, account.first.refresh_token
+    for expected in (200, 401):  # the second use of a rotated refresh token revokes the login
+        r = client.post("/v1/auth/refresh", json={"refresh_token": refresh})
+        assert r.status_code == expected, r.text
+    assert login(client, account, account.first).status_code == 200
+    return stolen
+
+
+async def test_a_refused_token_never_replaces_the_socket_on_another_worker(workers: Workers) -> None:
+    """An access token whose login was revoked (here: a reused refresh token) is refused with
+    4003; it must not close the device's current socket on another worker with 4001 (the
+    announcement of a socket goes out only once its token holder is checked)."""
+    w1, w2 = workers.workers()
+    with httpx.Client(base_url=workers.base_url, timeout=WAIT) as c:
+        alice, bob = register(c), register(c)
+        cid = create_conversation(c, alice, bob)
+        stolen = _revoke_login(c, alice)
+    current = await _socket_on(workers, alice.first, w1)
+    assert await current.envelopes_until_drained() == []
+
+    for _ in range(TRIES):  # the revoked token, on the other worker
+        intruder = await WsClient.connect(workers.ws_url, alice.first, auth=False)
+        if workers.owner(intruder.conn.local_address[1]) == w2:
+            break
+        await intruder.close()
+    else:
+        raise AssertionError(f"the kernel never gave worker {w2} a connection in {TRIES} tries")
+    await intruder.send({"type": "auth", "token": stolen})
+    assert await intruder.closed_with() == 4003
+
+    # the current socket is still open and served: a message published after the refusal (so
+    # after anything the refused socket could have announced on the device's channel) arrives
+    with httpx.Client(base_url=workers.base_url, timeout=WAIT) as c:
+        body = envelope_body(bob.first, [bob, alice], b"still here")
+        r = c.post(f"/v1/conversations/{cid}/envelopes", json=body, headers=bob.first.headers)
+        assert r.status_code == 201, r.text
+    frame = await current.expect("envelope", wait_s=WAIT)
+    assert current.plaintext(frame) == b"still here"
+    await current.close()
+
+
+async def test_two_sockets_of_a_device_opened_at_once_on_two_workers_leave_one(workers: Workers) -> None:
+    await _two_sockets_at_once_leave_one(workers)
+
+
+async def test_two_sockets_opened_at_once_leave_one_with_a_slow_redis(workers_slow_redis: Workers) -> None:
+    await _two_sockets_at_once_leave_one(workers_slow_redis)
+
+
+async def _two_sockets_at_once_leave_one(workers: Workers) -> None:
+    """Both sockets authenticate at the same moment, one on each worker: whichever is
+    announced second is heard by the other worker, so one of them closes with 4001 and the
+    other is served (not two sockets of one device, each announced before the other listened:
+    with a slow Redis, for the time a subscription takes to become active)."""
+    w1, w2 = workers.workers()
+    with httpx.Client(base_url=workers.base_url, timeout=WAIT) as c:
+        alice, bob = register(c), register(c)
+        cid = create_conversation(c, alice, bob)
+    for _ in range(TRIES):
+        pair = [await WsClient.connect(workers.ws_url, alice.first, auth=False) for _ in range(2)]
+        if {workers.owner(ws.conn.local_address[1]) for ws in pair} == {w1, w2}:
+            break
+        for ws in pair:
+            await ws.close()
+    else:
+        raise AssertionError(f"the kernel never split two connections over the workers in {TRIES} tries")
+    auth = {"type": "auth", "token": alice.first.access_token}
+    await asyncio.gather(*(ws.send(auth) for ws in pair))
+    closing = {asyncio.ensure_future(ws.closed_with(WAIT)): ws for ws in pair}
+    done, _ = await asyncio.wait(closing, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1, "both sockets of the device stayed open"
+    [closed] = done
+    assert closed.result() == 4001
+    [(reading, survivor)] = [(t, ws) for t, ws in closing.items() if t is not closed]
+    reading.cancel()  # (websockets: a cancelled recv loses no message)
+    with contextlib.suppress(asyncio.CancelledError):
+        await reading
+
+    with httpx.Client(base_url=workers.base_url, timeout=WAIT) as c:
+        body = envelope_body(bob.first, [bob, alice], b"to the survivor")
+        r = c.post(f"/v1/conversations/{cid}/envelopes", json=body, headers=bob.first.headers)
+        assert r.status_code == 201, r.text
+    while (frame := await survivor.recv(WAIT))["type"] != "envelope":
+        assert frame["type"] in ("ready", "drained", "ping"), frame  # (the reader stopped early)
+    assert survivor.plaintext(frame) == b"to the survivor"
+    await survivor.close()
 
 
 def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:

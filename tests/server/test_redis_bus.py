@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 import pytest
 
 from saltline.server.services.redis_bus import CHANNEL_PREFIX, RedisBus, device_channel
@@ -115,14 +116,137 @@ async def test_connected_elsewhere_closes_the_older_socket(two_buses: tuple[Redi
     a, b = two_buses
     dev = os.urandom(16)
     old, new = Listener(), Listener()
-    a.subscribe(dev, old)
+    a.claim(a.subscribe(dev, old))
     await _channel_live(b, device_channel(dev))
-    b.subscribe(dev, new)  # newer: announces itself; the older socket on A is replaced
+    b.claim(b.subscribe(dev, new))  # newer: announces itself; the older socket on A is replaced
     await old.next("replaced")
     await _channel_live(a, device_channel(dev), subscribers=2)
     await a.publish_wake([dev])
     await new.next("wake")
     assert "replaced" not in new.drain()
+
+
+class Sniffer:
+    """A plain Redis subscriber of one device channel: what the buses publish on it."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        from redis.asyncio import Redis
+
+        self.client = Redis.from_url(url)
+        self.pubsub = self.client.pubsub()
+        self.channel = channel
+
+    async def start(self) -> None:
+        await self.pubsub.subscribe(self.channel)
+        while (await self.pubsub.get_message(timeout=WAIT))["type"] != "subscribe":
+            pass
+
+    async def until(self, marker: dict[str, object]) -> list[dict[str, object]]:
+        """The messages on the channel up to ``marker`` (a message that contains its items)."""
+        seen = []
+        while True:
+            message = await asyncio.wait_for(self.pubsub.get_message(timeout=WAIT), WAIT)
+            if message is None or message["type"] != "message":
+                continue
+            data = orjson.loads(message["data"])
+            seen.append(data)
+            if marker.items() <= data.items():
+                return seen
+
+    async def close(self) -> None:
+        await self.pubsub.aclose()
+        await self.client.aclose()
+
+
+async def test_a_socket_is_announced_only_once_claimed(
+    two_buses: tuple[RedisBus, RedisBus], redis_server: RedisServer
+) -> None:
+    """A socket still being checked (its token holder may be refused) announces nothing, and
+    does not answer an older socket's announcement for its device either: only a claimed one
+    closes the device's socket on another instance."""
+    a, b = two_buses
+    dev = os.urandom(16)
+    sniffer = Sniffer(redis_server.url, device_channel(dev))
+    await sniffer.start()
+    try:
+        old, pending = Listener(), Listener()
+        sub_a = a.subscribe(dev, old)
+        sub_b = b.subscribe(dev, pending)  # newer, not claimed (its check is under way)
+        await asyncio.wait_for(a.until_live(sub_a), WAIT)
+        await asyncio.wait_for(b.until_live(sub_b), WAIT)
+        a.claim(sub_a)  # the older socket is announced: B hears it, after B's channel is live
+        await asyncio.gather(*a._tasks)  # the announcement has gone out
+        await a.publish_wake([dev])  # (same connection as the announcement: after it)
+        await pending.next("wake")  # B dispatched A's announcement before this wake
+        await asyncio.gather(*b._tasks)  # anything B would announce in answer has gone out
+        await b.publish_wake([dev])
+        seen = await sniffer.until({"t": "wake", "o": "b"})
+        assert [m["o"] for m in seen if m["t"] == "conn"] == ["a"]
+        assert "replaced" not in old.drain() + pending.drain()
+
+        b.claim(sub_b)  # the check passed: now the newer socket replaces the older one
+        await old.next("replaced")
+        assert "replaced" not in pending.drain()
+    finally:
+        await sniffer.close()
+
+
+@pytest.mark.parametrize("older_claims_last", [False, True])
+async def test_two_sockets_opened_at_once_on_two_instances_leave_one(
+    two_buses: tuple[RedisBus, RedisBus], older_claims_last: bool
+) -> None:
+    """Two sockets of one device opened together on two instances: each is announced once its
+    channel is live, so whichever announcement comes second is heard, and the older closes."""
+    a, b = two_buses
+    dev = os.urandom(16)
+    older, newer = Listener(), Listener()
+    sub_a = a.subscribe(dev, older)
+    sub_b = b.subscribe(dev, newer)
+    await asyncio.gather(a.until_live(sub_a), b.until_live(sub_b))
+    claims = [(b, sub_b), (a, sub_a)] if older_claims_last else [(a, sub_a), (b, sub_b)]
+    for bus, sub in claims:
+        bus.claim(sub)
+    await older.next("replaced")
+    await a.publish_wake([dev])
+    await newer.next("wake")
+    assert "replaced" not in newer.drain()
+
+
+async def test_an_announcement_lost_while_redis_was_down_is_made_again(redis_server: RedisServer) -> None:
+    """A newer socket claimed while Redis is down (its announcement dropped) still closes the
+    older one on another instance once Redis is back: a channel that becomes live again
+    announces its newest claimed socket."""
+    redis = start_redis()  # a private redis-server: this test stops it
+    a, b = RedisBus(redis.url, instance_id="a"), RedisBus(redis.url, instance_id="b")
+    try:
+        await a.start()
+        await b.start()
+        await asyncio.wait_for(a.wait_connected(), WAIT)
+        await asyncio.wait_for(b.wait_connected(), WAIT)
+        dev = os.urandom(16)
+        older, newer = Listener(), Listener()
+        sub_a = a.subscribe(dev, older)
+        await asyncio.wait_for(a.until_live(sub_a), WAIT)
+        a.claim(sub_a)
+
+        redis.stop()
+        await asyncio.wait_for(a.wait_disconnected(), WAIT)
+        await asyncio.wait_for(b.wait_disconnected(), WAIT)
+        sub_b = b.subscribe(dev, newer)
+        await asyncio.wait_for(b.until_live(sub_b), WAIT)  # at once: Redis is down
+        b.claim(sub_b)  # its announcement cannot go out
+        assert "replaced" not in older.drain()
+
+        await asyncio.to_thread(redis.start)
+        await older.next("replaced")
+        await _channel_live(a, device_channel(dev), subscribers=2)
+        await a.publish_wake([dev])
+        await newer.next("wake")
+        assert "replaced" not in newer.drain()
+    finally:
+        await a.close()
+        await b.close()
+        redis.close()
 
 
 async def test_reconnects_after_redis_restart(redis_server: RedisServer) -> None:
