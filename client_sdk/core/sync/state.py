@@ -11,7 +11,6 @@ depends only on the set of operations received, never on their order. No I/O.
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections.abc import Iterable, Mapping
 
 from saltline.client_sdk.core.sync import clock as vc
@@ -19,6 +18,7 @@ from saltline.client_sdk.core.sync import transcript
 from saltline.client_sdk.core.sync.clock import CompactClock, Dot, FullClock
 from saltline.client_sdk.core.sync.errors import SyncProtocolError
 from saltline.client_sdk.core.sync.expiry import ExpiryTracker
+from saltline.client_sdk.core.sync.holding import HeldOps
 from saltline.client_sdk.core.sync.membership import Membership, Roles, authorise
 from saltline.client_sdk.core.sync.ops import (
     Body,
@@ -109,19 +109,7 @@ class ConversationState:
         self._max_seq = floor_seq
         self._dev_seqs: dict[bytes, list[int]] = {}
         self._dev_runmax: dict[bytes, list[int]] = {}
-        # held operations: dot -> (smallest server_seq, op); the same dots in server_seq order
-        # (``held()``); each held op is indexed by one condition it waits for, so that applying an op
-        # or receiving more of the server order rechecks only the ops waiting for exactly that
-        self._waiting: dict[Dot, tuple[int, Op]] = {}
-        self._held_seqs: list[int] = []
-        self._held_dots: list[Dot] = []
-        self._blocked_on: dict[Dot, int] = {}  # held dot -> token of its live index entry
-        self._tokens = 0
-        # heaps of (need, token, dot): wait until ``_applied[device] >= need`` ...
-        self._wait_applied: dict[bytes, list[tuple[int, int, Dot]]] = {}
-        # ... or until ``_received_contig >= base``
-        self._wait_received: list[tuple[int, int, Dot]] = []
-        self._released: list[Dot] = []  # held dots whose indexed condition now holds (to recheck)
+        self._held = HeldOps()  # operations waiting for causal predecessors (sync.md § 4 rule 3)
         self._applied: dict[bytes, int] = dict(self._floor_clock)
         self._latest_clock: dict[bytes, dict[bytes, int]] = {}
         self._max_lamport = 0
@@ -247,26 +235,26 @@ class ConversationState:
                     self._enlive(message)
                 else:
                     message.seq = seq
-        elif op.dot in self._waiting:
+        elif op.dot in self._held:
             duplicate = True
-            first, held = self._waiting[op.dot]
+            first, held = self._held.get(op.dot)
             if seq < first:
-                self._unhold(op.dot, first)
-                self._hold(op.dot, seq, held)
+                self._held.unhold(op.dot)
+                self._held.hold(op.dot, seq, held)
         else:
-            self._hold(op.dot, seq, op)
-        applied = self._drain(op.dot)
+            self._held.hold(op.dot, seq, op)
+        applied = self._held.drain(op.dot, self._try)
         self._advance_applied()
         return self._result(tuple(applied), duplicate=duplicate)
 
     def gap(self) -> GapFill | None:
-        if self._waiting or self._max_seq > self._received_contig:
+        if self._held or self._max_seq > self._received_contig:
             return GapFill(self.conversation_id, self._received_contig)
         return None
 
     def held(self) -> tuple[Dot, ...]:
         """Every operation waiting for causal predecessors, in ``server_seq`` order."""
-        return tuple(self._held_dots)
+        return self._held.dots()
 
     def pending_targets(self) -> dict[Dot, tuple[Dot, ...]]:
         """Target message dot -> dots of the applied operations waiting for it."""
@@ -289,10 +277,7 @@ class ConversationState:
             runmax.append(max(runmax[-1] if runmax else 0, dot.n))
             if self._transcript:
                 self._transcript.append(transcript.step(self._transcript[-1], self._received_contig, dot))
-        waiting = self._wait_received
-        while waiting and waiting[0][0] <= self._received_contig:
-            _, token, dot = heapq.heappop(waiting)
-            self._release(dot, token)
+        self._held.received(self._received_contig)
 
     def _advance_applied(self) -> None:
         while (dot := self._seq_dot.get(self._applied_contig + 1)) is not None and self.is_applied(dot):
@@ -320,79 +305,18 @@ class ConversationState:
             return Dot(own, op.dot.n - 1)
         return full
 
-    def _hold(self, dot: Dot, seq: int, op: Op) -> None:
-        self._waiting[dot] = (seq, op)
-        i = bisect.bisect_left(self._held_seqs, seq)
-        self._held_seqs.insert(i, seq)
-        self._held_dots.insert(i, dot)
-
-    def _unhold(self, dot: Dot, seq: int) -> None:
-        del self._waiting[dot]
-        self._blocked_on.pop(dot, None)  # its index entry, if any, is now stale
-        i = bisect.bisect_left(self._held_seqs, seq)
-        del self._held_seqs[i]
-        del self._held_dots[i]
-
-    def _index(self, dot: Dot, condition: Dot | int) -> None:
-        """Wait for ``condition`` (see :meth:`_ready`); replaces the dot's earlier index entry."""
-        self._tokens += 1
-        token = self._tokens
-        self._blocked_on[dot] = token
-        if isinstance(condition, Dot):
-            heap = self._wait_applied.setdefault(condition.device, [])
-            heapq.heappush(heap, (condition.n, token, dot))
-        else:
-            heapq.heappush(self._wait_received, (condition, token, dot))
-
-    def _release(self, dot: Dot, token: int) -> None:
-        if self._blocked_on.get(dot) == token:
-            del self._blocked_on[dot]
-            self._released.append(dot)
-
     def _try(self, dot: Dot) -> bool:
-        """Apply the held ``dot`` if it is ready, else index it by what it waits for."""
-        seq, op = self._waiting[dot]
+        """Apply the held ``dot`` if it is ready, else index it by what it waits for (the
+        ``attempt`` of :meth:`HeldOps.drain`)."""
+        seq, op = self._held.get(dot)
         full = self._ready(seq, op)
         if not isinstance(full, dict):
-            self._index(dot, full)
+            self._held.wait_for(dot, full)
             return False
-        self._unhold(dot, seq)
+        self._held.unhold(dot)
         self._apply(seq, op, full)
-        heap = self._wait_applied.get(op.dot.device)
-        if heap:
-            done = self._applied[op.dot.device]
-            while heap and heap[0][0] <= done:
-                _, token, waiting = heapq.heappop(heap)
-                self._release(waiting, token)
+        self._held.applied(op.dot.device, self._applied[op.dot.device])
         return True
-
-    def _drain(self, new: Dot) -> list[Dot]:
-        """Apply what became ready: the new operation, then the held operations whose indexed
-        condition now holds, rechecked in passes in ``server_seq`` order until nothing more applies
-        (the same order as rescanning every held operation in ``server_seq`` order, pass after
-        pass: an op released behind the current position waits for the next pass)."""
-        applied: list[Dot] = []
-        if new in self._waiting and self._try(new):
-            applied.append(new)
-        while self._released:
-            released, self._released = self._released, []
-            current = [(self._waiting[d][0], d) for d in set(released) if d in self._waiting]
-            heapq.heapify(current)
-            later: list[Dot] = []
-            while current:
-                seq, dot = heapq.heappop(current)
-                if dot not in self._waiting or not self._try(dot):
-                    continue
-                applied.append(dot)
-                for d in self._released:
-                    if d in self._waiting:
-                        if self._waiting[d][0] > seq:
-                            heapq.heappush(current, (self._waiting[d][0], d))
-                        else:
-                            later.append(d)
-                self._released = []
-            self._released = later
-        return applied
 
     # -- the rules -------------------------------------------------------------------------------
 
