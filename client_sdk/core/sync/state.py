@@ -14,7 +14,6 @@ import bisect
 from collections.abc import Iterable, Mapping
 
 from saltline.client_sdk.core.sync import clock as vc
-from saltline.client_sdk.core.sync import transcript
 from saltline.client_sdk.core.sync.clock import CompactClock, Dot, FullClock
 from saltline.client_sdk.core.sync.errors import SyncProtocolError
 from saltline.client_sdk.core.sync.expiry import ExpiryTracker
@@ -40,6 +39,7 @@ from saltline.client_sdk.core.sync.ops import (
 from saltline.client_sdk.core.sync.records import Journal as _Journal
 from saltline.client_sdk.core.sync.records import Msg as _Msg
 from saltline.client_sdk.core.sync.rules import FrontierRegister, Write, lww_key, may_edit
+from saltline.client_sdk.core.sync.server_order import ServerOrder
 from saltline.client_sdk.core.sync.view import (
     SHARED_FIELDS,
     Conflict,
@@ -101,16 +101,10 @@ class ConversationState:
         self._roles = Membership(members)
         self._rejected: list[Rejection] = []
         self._refused_geneses: dict[bytes, Genesis] = {}  # by author: a genesis not at position 1
-        self._floor_seq = floor_seq
-        self._floor_clock: dict[bytes, int] = dict(floor_clock or {})
-        self._seq_dot: dict[int, Dot] = {}
-        self._received_contig = floor_seq
+        self._order = ServerOrder(conversation_id, floor_seq, floor_clock, floor_hash)  # seq -> dot
         self._applied_contig = floor_seq
-        self._max_seq = floor_seq
-        self._dev_seqs: dict[bytes, list[int]] = {}
-        self._dev_runmax: dict[bytes, list[int]] = {}
         self._held = HeldOps()  # operations waiting for causal predecessors (sync.md § 4 rule 3)
-        self._applied: dict[bytes, int] = dict(self._floor_clock)
+        self._applied: dict[bytes, int] = self._order.floor_clock()
         self._latest_clock: dict[bytes, dict[bytes, int]] = {}
         self._max_lamport = 0
         self._lamport_of: dict[Dot, int] = {}
@@ -124,13 +118,7 @@ class ConversationState:
         self._live: list[int] = []
         self._live_by: dict[bytes, list[int]] = {}
         self._journal: _Journal | None = None
-        # transcript hashes T(n) for floor_seq <= n <= received_contig (unknown below a floor
-        # that came without its hash); operations whose claim differs, found by the last receive
-        self._transcript: list[bytes] = []
-        if floor_seq == 0:
-            self._transcript.append(transcript.genesis(conversation_id))
-        elif floor_hash is not None:
-            self._transcript.append(floor_hash)
+        # operations whose transcript claim (or base) differs, found by the last receive
         self._forks: list[Fork] = []
         self.expiry = ExpiryTracker()  # disappearing messages (sync.md § 5.8)
 
@@ -144,25 +132,16 @@ class ConversationState:
     @property
     def received_seq(self) -> int:
         """Every ``server_seq <= received_seq`` has been received (maybe held)."""
-        return self._received_contig
+        return self._order.received_seq
 
     def transcript(self, seq: int) -> bytes | None:
         """``T(seq)`` as this device received the log (None when unknown: beyond what was
         received, or below the floor of a device that started mid-history without the hash)."""
-        i = seq - self._floor_seq
-        if not self._transcript or i < 0 or i >= len(self._transcript):
-            return None
-        return self._transcript[i]
+        return self._order.transcript(seq)
 
     def missing(self, limit: int = 100) -> tuple[int, ...]:
         """The server_seqs not received between the received prefix and the highest one seen."""
-        out: list[int] = []
-        for seq in range(self._received_contig + 1, self._max_seq):
-            if seq not in self._seq_dot:
-                out.append(seq)
-                if len(out) >= limit:
-                    break
-        return tuple(out)
+        return self._order.missing(limit)
 
     @property
     def max_lamport(self) -> int:
@@ -181,16 +160,7 @@ class ConversationState:
 
     def prefix(self, base: int) -> dict[bytes, int]:
         """The clock implied by the operations with ``server_seq <= base`` (needs them received)."""
-        if base > self._received_contig:
-            raise ValueError("prefix not received yet")
-        out = dict(self._floor_clock)
-        if base <= self._floor_seq:
-            return out
-        for device, seqs in self._dev_seqs.items():
-            i = bisect.bisect_right(seqs, base)
-            if i and self._dev_runmax[device][i - 1] > out.get(device, 0):
-                out[device] = self._dev_runmax[device][i - 1]
-        return out
+        return self._order.prefix(base)
 
     def local_clock(self, device: bytes, n: int) -> CompactClock:
         """The compact clock for this device's operation ``n`` (``n`` > every dot of it applied)."""
@@ -213,16 +183,15 @@ class ConversationState:
             return Received(typing=TypingEvent(op.author, op.dot.device, op.body.typing))
         if seq is None or seq < 1:
             raise SyncProtocolError("a stored operation needs a server_seq >= 1")
-        if seq <= self._floor_seq:
+        if seq <= self._order.floor_seq:
             return self._result((), duplicate=True)
-        known = self._seq_dot.get(seq)
+        known = self._order.dot_at(seq)
         if known is not None:
             if known != op.dot:
                 raise SyncProtocolError(f"server_seq {seq} names two operations")
             return self._result((), duplicate=True)
-        self._seq_dot[seq] = op.dot
-        self._max_seq = max(self._max_seq, seq)
-        self._advance_received()
+        self._order.add(seq, op.dot)
+        self._held.received(self._order.received_seq)
         duplicate = False
         if self.is_applied(op.dot):
             duplicate = True
@@ -248,8 +217,9 @@ class ConversationState:
         return self._result(tuple(applied), duplicate=duplicate)
 
     def gap(self) -> GapFill | None:
-        if self._held or self._max_seq > self._received_contig:
-            return GapFill(self.conversation_id, self._received_contig)
+        received = self._order.received_seq
+        if self._held or self._order.max_seq > received:
+            return GapFill(self.conversation_id, received)
         return None
 
     def held(self) -> tuple[Dot, ...]:
@@ -268,19 +238,8 @@ class ConversationState:
         rejected, self._rejected = tuple(self._rejected), []
         return Received(applied, duplicate, self.held(), self.gap(), forks=forks, rejected=rejected)
 
-    def _advance_received(self) -> None:
-        while (dot := self._seq_dot.get(self._received_contig + 1)) is not None:
-            self._received_contig += 1
-            seqs = self._dev_seqs.setdefault(dot.device, [])
-            runmax = self._dev_runmax.setdefault(dot.device, [])
-            seqs.append(self._received_contig)
-            runmax.append(max(runmax[-1] if runmax else 0, dot.n))
-            if self._transcript:
-                self._transcript.append(transcript.step(self._transcript[-1], self._received_contig, dot))
-        self._held.received(self._received_contig)
-
     def _advance_applied(self) -> None:
-        while (dot := self._seq_dot.get(self._applied_contig + 1)) is not None and self.is_applied(dot):
+        while (dot := self._order.dot_at(self._applied_contig + 1)) is not None and self.is_applied(dot):
             self._applied_contig += 1
 
     def _ready(self, seq: int, op: Op) -> dict[bytes, int] | Dot | int:
@@ -294,7 +253,7 @@ class ConversationState:
             if self._applied.get(own, 0) >= op.dot.n - 1:
                 return {own: op.dot.n}
             return Dot(own, op.dot.n - 1)
-        if op.clock.base > self._received_contig:
+        if op.clock.base > self._order.received_seq:
             return op.clock.base
         full = op.clock.expand(self.prefix(op.clock.base))
         for device, n in full.items():
@@ -477,7 +436,7 @@ class ConversationState:
 
     def roles_at(self, seq: int) -> Roles | None:
         """The membership in the causal past of the prefix ``1..seq`` (None: unknown there)."""
-        if seq > self._received_contig:
+        if seq > self._order.received_seq:
             return None
         return self._roles.at(self.prefix(seq))
 
