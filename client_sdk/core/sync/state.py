@@ -6,6 +6,9 @@ Feed every decrypted operation of the conversation with its ``server_seq`` to
 whose causal predecessors are missing are held (and :attr:`Received.gap` asks for a gap fill);
 edits, deletes and reactions whose target message has not arrived wait in a pending set. The view
 depends only on the set of operations received, never on their order. No I/O.
+
+The positions received are kept by :class:`~.server_order.ServerOrder`, the held operations by
+:class:`~.holding.HeldOps`; this module decides when an operation is ready and what applying it does.
 """
 
 from __future__ import annotations
