@@ -51,6 +51,13 @@ async def main(url: str, suffix: str) -> None:
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
+# prints the .py files of an installed package (argv[1]), relative to its folder, one a line
+LIST_MODULES = """
+import importlib, pathlib, sys
+root = pathlib.Path(importlib.import_module(sys.argv[1]).__file__).parent
+print("\\n".join(sorted(str(p.relative_to(root)) for p in root.rglob("*.py"))))
+"""
+
 
 def test_app_modules_named_crypto_and_server_do_not_shadow_the_sdk(
     live_server: LiveServer, tmp_path: Path
@@ -117,6 +124,35 @@ def test_client_only_install_has_the_sdk_and_cli_without_the_server_stack(tmp_pa
     installed_at, server_stack = probe.stdout.splitlines()
     assert str(venv) in installed_at  # the installed copy, not the checkout
     assert server_stack == "[]"
+    # every module of the SDK and the crypto core is in the installed copy (one the package list
+    # leaves out, e.g. a folder without ``__init__.py`` if namespace packages were turned off, would
+    # import from the checkout and be missing only after install)
+    recent = {
+        "crypto": {"ratchet_message.py", "ratchet_state.py"},
+        "client_sdk": {"core/sync/holding.py", "core/sync/server_order.py", "core/sync/state.py"},
+    }
+    for package, folder in (("saltline.crypto", "crypto"), ("saltline.client_sdk", "client_sdk")):
+        listed = subprocess.run(
+            [
+                str(py),
+                "-c",
+                LIST_MODULES,
+                package,
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert listed.returncode == 0, listed.stderr[-3000:]
+        source = sorted(
+            str(p.relative_to(REPO / folder))
+            for p in (REPO / folder).rglob("*.py")
+            if "__pycache__" not in p.parts
+        )
+        installed = listed.stdout.split()
+        assert recent[folder] <= set(installed), package
+        assert installed == source, package
     helped = subprocess.run([str(cli), "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert helped.returncode == 0, helped.stderr[-3000:]
     assert "send" in helped.stdout and "link" in helped.stdout

@@ -4,8 +4,10 @@
 * :mod:`.clock` - dots, full and compact vector clocks, pruning.
 * :mod:`.rules` - the conflict-resolution registers.
 * :mod:`.membership` - the authenticated membership and who may do what.
-* :mod:`.state` - the materialised conversation state (reducer); :mod:`.composer` - the
-  :class:`Composer`; :mod:`.transcript` - the transcript hash; :mod:`.view` - what the reducer reports.
+* :mod:`.state` - the materialised conversation state (reducer); :mod:`.server_order` - the server
+  order it received (prefix clocks, transcript hashes); :mod:`.holding` - the operations it holds for
+  their causal predecessors; :mod:`.composer` - the :class:`Composer`; :mod:`.transcript` - the
+  transcript hash; :mod:`.view` - what the reducer reports.
 """
 
 from saltline.client_sdk.core.sync.clock import CompactClock, Dot, Order, compare, concurrent, contains, merge

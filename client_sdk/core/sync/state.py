@@ -6,19 +6,21 @@ Feed every decrypted operation of the conversation with its ``server_seq`` to
 whose causal predecessors are missing are held (and :attr:`Received.gap` asks for a gap fill);
 edits, deletes and reactions whose target message has not arrived wait in a pending set. The view
 depends only on the set of operations received, never on their order. No I/O.
+
+The positions received are kept by :class:`~.server_order.ServerOrder`, the held operations by
+:class:`~.holding.HeldOps`; this module decides when an operation is ready and what applying it does.
 """
 
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections.abc import Iterable, Mapping
 
 from saltline.client_sdk.core.sync import clock as vc
-from saltline.client_sdk.core.sync import transcript
 from saltline.client_sdk.core.sync.clock import CompactClock, Dot, FullClock
 from saltline.client_sdk.core.sync.errors import SyncProtocolError
 from saltline.client_sdk.core.sync.expiry import ExpiryTracker
+from saltline.client_sdk.core.sync.holding import HeldOps
 from saltline.client_sdk.core.sync.membership import Membership, Roles, authorise
 from saltline.client_sdk.core.sync.ops import (
     Body,
@@ -40,6 +42,7 @@ from saltline.client_sdk.core.sync.ops import (
 from saltline.client_sdk.core.sync.records import Journal as _Journal
 from saltline.client_sdk.core.sync.records import Msg as _Msg
 from saltline.client_sdk.core.sync.rules import FrontierRegister, Write, lww_key, may_edit
+from saltline.client_sdk.core.sync.server_order import ServerOrder
 from saltline.client_sdk.core.sync.view import (
     SHARED_FIELDS,
     Conflict,
@@ -101,28 +104,10 @@ class ConversationState:
         self._roles = Membership(members)
         self._rejected: list[Rejection] = []
         self._refused_geneses: dict[bytes, Genesis] = {}  # by author: a genesis not at position 1
-        self._floor_seq = floor_seq
-        self._floor_clock: dict[bytes, int] = dict(floor_clock or {})
-        self._seq_dot: dict[int, Dot] = {}
-        self._received_contig = floor_seq
+        self._order = ServerOrder(conversation_id, floor_seq, floor_clock, floor_hash)  # seq -> dot
         self._applied_contig = floor_seq
-        self._max_seq = floor_seq
-        self._dev_seqs: dict[bytes, list[int]] = {}
-        self._dev_runmax: dict[bytes, list[int]] = {}
-        # held operations: dot -> (smallest server_seq, op); the same dots in server_seq order
-        # (``held()``); each held op is indexed by one condition it waits for, so that applying an op
-        # or receiving more of the server order rechecks only the ops waiting for exactly that
-        self._waiting: dict[Dot, tuple[int, Op]] = {}
-        self._held_seqs: list[int] = []
-        self._held_dots: list[Dot] = []
-        self._blocked_on: dict[Dot, int] = {}  # held dot -> token of its live index entry
-        self._tokens = 0
-        # heaps of (need, token, dot): wait until ``_applied[device] >= need`` ...
-        self._wait_applied: dict[bytes, list[tuple[int, int, Dot]]] = {}
-        # ... or until ``_received_contig >= base``
-        self._wait_received: list[tuple[int, int, Dot]] = []
-        self._released: list[Dot] = []  # held dots whose indexed condition now holds (to recheck)
-        self._applied: dict[bytes, int] = dict(self._floor_clock)
+        self._held = HeldOps()  # operations waiting for causal predecessors (sync.md § 4 rule 3)
+        self._applied: dict[bytes, int] = self._order.floor_clock()
         self._latest_clock: dict[bytes, dict[bytes, int]] = {}
         self._max_lamport = 0
         self._lamport_of: dict[Dot, int] = {}
@@ -136,13 +121,7 @@ class ConversationState:
         self._live: list[int] = []
         self._live_by: dict[bytes, list[int]] = {}
         self._journal: _Journal | None = None
-        # transcript hashes T(n) for floor_seq <= n <= received_contig (unknown below a floor
-        # that came without its hash); operations whose claim differs, found by the last receive
-        self._transcript: list[bytes] = []
-        if floor_seq == 0:
-            self._transcript.append(transcript.genesis(conversation_id))
-        elif floor_hash is not None:
-            self._transcript.append(floor_hash)
+        # operations whose transcript claim (or base) differs, found by the last receive
         self._forks: list[Fork] = []
         self.expiry = ExpiryTracker()  # disappearing messages (sync.md § 5.8)
 
@@ -156,25 +135,16 @@ class ConversationState:
     @property
     def received_seq(self) -> int:
         """Every ``server_seq <= received_seq`` has been received (maybe held)."""
-        return self._received_contig
+        return self._order.received_seq
 
     def transcript(self, seq: int) -> bytes | None:
         """``T(seq)`` as this device received the log (None when unknown: beyond what was
         received, or below the floor of a device that started mid-history without the hash)."""
-        i = seq - self._floor_seq
-        if not self._transcript or i < 0 or i >= len(self._transcript):
-            return None
-        return self._transcript[i]
+        return self._order.transcript(seq)
 
     def missing(self, limit: int = 100) -> tuple[int, ...]:
         """The server_seqs not received between the received prefix and the highest one seen."""
-        out: list[int] = []
-        for seq in range(self._received_contig + 1, self._max_seq):
-            if seq not in self._seq_dot:
-                out.append(seq)
-                if len(out) >= limit:
-                    break
-        return tuple(out)
+        return self._order.missing(limit)
 
     @property
     def max_lamport(self) -> int:
@@ -193,16 +163,7 @@ class ConversationState:
 
     def prefix(self, base: int) -> dict[bytes, int]:
         """The clock implied by the operations with ``server_seq <= base`` (needs them received)."""
-        if base > self._received_contig:
-            raise ValueError("prefix not received yet")
-        out = dict(self._floor_clock)
-        if base <= self._floor_seq:
-            return out
-        for device, seqs in self._dev_seqs.items():
-            i = bisect.bisect_right(seqs, base)
-            if i and self._dev_runmax[device][i - 1] > out.get(device, 0):
-                out[device] = self._dev_runmax[device][i - 1]
-        return out
+        return self._order.prefix(base)
 
     def local_clock(self, device: bytes, n: int) -> CompactClock:
         """The compact clock for this device's operation ``n`` (``n`` > every dot of it applied)."""
@@ -225,16 +186,15 @@ class ConversationState:
             return Received(typing=TypingEvent(op.author, op.dot.device, op.body.typing))
         if seq is None or seq < 1:
             raise SyncProtocolError("a stored operation needs a server_seq >= 1")
-        if seq <= self._floor_seq:
+        if seq <= self._order.floor_seq:
             return self._result((), duplicate=True)
-        known = self._seq_dot.get(seq)
+        known = self._order.dot_at(seq)
         if known is not None:
             if known != op.dot:
                 raise SyncProtocolError(f"server_seq {seq} names two operations")
             return self._result((), duplicate=True)
-        self._seq_dot[seq] = op.dot
-        self._max_seq = max(self._max_seq, seq)
-        self._advance_received()
+        self._order.add(seq, op.dot)
+        self._held.received(self._order.received_seq)
         duplicate = False
         if self.is_applied(op.dot):
             duplicate = True
@@ -247,26 +207,27 @@ class ConversationState:
                     self._enlive(message)
                 else:
                     message.seq = seq
-        elif op.dot in self._waiting:
+        elif op.dot in self._held:
             duplicate = True
-            first, held = self._waiting[op.dot]
+            first, held = self._held.get(op.dot)
             if seq < first:
-                self._unhold(op.dot, first)
-                self._hold(op.dot, seq, held)
+                self._held.unhold(op.dot)
+                self._held.hold(op.dot, seq, held)
         else:
-            self._hold(op.dot, seq, op)
-        applied = self._drain(op.dot)
+            self._held.hold(op.dot, seq, op)
+        applied = self._held.drain(op.dot, self._try)
         self._advance_applied()
         return self._result(tuple(applied), duplicate=duplicate)
 
     def gap(self) -> GapFill | None:
-        if self._waiting or self._max_seq > self._received_contig:
-            return GapFill(self.conversation_id, self._received_contig)
+        received = self._order.received_seq
+        if self._held or self._order.max_seq > received:
+            return GapFill(self.conversation_id, received)
         return None
 
     def held(self) -> tuple[Dot, ...]:
         """Every operation waiting for causal predecessors, in ``server_seq`` order."""
-        return tuple(self._held_dots)
+        return self._held.dots()
 
     def pending_targets(self) -> dict[Dot, tuple[Dot, ...]]:
         """Target message dot -> dots of the applied operations waiting for it."""
@@ -280,22 +241,8 @@ class ConversationState:
         rejected, self._rejected = tuple(self._rejected), []
         return Received(applied, duplicate, self.held(), self.gap(), forks=forks, rejected=rejected)
 
-    def _advance_received(self) -> None:
-        while (dot := self._seq_dot.get(self._received_contig + 1)) is not None:
-            self._received_contig += 1
-            seqs = self._dev_seqs.setdefault(dot.device, [])
-            runmax = self._dev_runmax.setdefault(dot.device, [])
-            seqs.append(self._received_contig)
-            runmax.append(max(runmax[-1] if runmax else 0, dot.n))
-            if self._transcript:
-                self._transcript.append(transcript.step(self._transcript[-1], self._received_contig, dot))
-        waiting = self._wait_received
-        while waiting and waiting[0][0] <= self._received_contig:
-            _, token, dot = heapq.heappop(waiting)
-            self._release(dot, token)
-
     def _advance_applied(self) -> None:
-        while (dot := self._seq_dot.get(self._applied_contig + 1)) is not None and self.is_applied(dot):
+        while (dot := self._order.dot_at(self._applied_contig + 1)) is not None and self.is_applied(dot):
             self._applied_contig += 1
 
     def _ready(self, seq: int, op: Op) -> dict[bytes, int] | Dot | int:
@@ -309,7 +256,7 @@ class ConversationState:
             if self._applied.get(own, 0) >= op.dot.n - 1:
                 return {own: op.dot.n}
             return Dot(own, op.dot.n - 1)
-        if op.clock.base > self._received_contig:
+        if op.clock.base > self._order.received_seq:
             return op.clock.base
         full = op.clock.expand(self.prefix(op.clock.base))
         for device, n in full.items():
@@ -320,79 +267,18 @@ class ConversationState:
             return Dot(own, op.dot.n - 1)
         return full
 
-    def _hold(self, dot: Dot, seq: int, op: Op) -> None:
-        self._waiting[dot] = (seq, op)
-        i = bisect.bisect_left(self._held_seqs, seq)
-        self._held_seqs.insert(i, seq)
-        self._held_dots.insert(i, dot)
-
-    def _unhold(self, dot: Dot, seq: int) -> None:
-        del self._waiting[dot]
-        self._blocked_on.pop(dot, None)  # its index entry, if any, is now stale
-        i = bisect.bisect_left(self._held_seqs, seq)
-        del self._held_seqs[i]
-        del self._held_dots[i]
-
-    def _index(self, dot: Dot, condition: Dot | int) -> None:
-        """Wait for ``condition`` (see :meth:`_ready`); replaces the dot's earlier index entry."""
-        self._tokens += 1
-        token = self._tokens
-        self._blocked_on[dot] = token
-        if isinstance(condition, Dot):
-            heap = self._wait_applied.setdefault(condition.device, [])
-            heapq.heappush(heap, (condition.n, token, dot))
-        else:
-            heapq.heappush(self._wait_received, (condition, token, dot))
-
-    def _release(self, dot: Dot, token: int) -> None:
-        if self._blocked_on.get(dot) == token:
-            del self._blocked_on[dot]
-            self._released.append(dot)
-
     def _try(self, dot: Dot) -> bool:
-        """Apply the held ``dot`` if it is ready, else index it by what it waits for."""
-        seq, op = self._waiting[dot]
+        """Apply the held ``dot`` if it is ready, else index it by what it waits for (the
+        ``attempt`` of :meth:`HeldOps.drain`)."""
+        seq, op = self._held.get(dot)
         full = self._ready(seq, op)
         if not isinstance(full, dict):
-            self._index(dot, full)
+            self._held.wait_for(dot, full)
             return False
-        self._unhold(dot, seq)
+        self._held.unhold(dot)
         self._apply(seq, op, full)
-        heap = self._wait_applied.get(op.dot.device)
-        if heap:
-            done = self._applied[op.dot.device]
-            while heap and heap[0][0] <= done:
-                _, token, waiting = heapq.heappop(heap)
-                self._release(waiting, token)
+        self._held.applied(op.dot.device, self._applied[op.dot.device])
         return True
-
-    def _drain(self, new: Dot) -> list[Dot]:
-        """Apply what became ready: the new operation, then the held operations whose indexed
-        condition now holds, rechecked in passes in ``server_seq`` order until nothing more applies
-        (the same order as rescanning every held operation in ``server_seq`` order, pass after
-        pass: an op released behind the current position waits for the next pass)."""
-        applied: list[Dot] = []
-        if new in self._waiting and self._try(new):
-            applied.append(new)
-        while self._released:
-            released, self._released = self._released, []
-            current = [(self._waiting[d][0], d) for d in set(released) if d in self._waiting]
-            heapq.heapify(current)
-            later: list[Dot] = []
-            while current:
-                seq, dot = heapq.heappop(current)
-                if dot not in self._waiting or not self._try(dot):
-                    continue
-                applied.append(dot)
-                for d in self._released:
-                    if d in self._waiting:
-                        if self._waiting[d][0] > seq:
-                            heapq.heappush(current, (self._waiting[d][0], d))
-                        else:
-                            later.append(d)
-                self._released = []
-            self._released = later
-        return applied
 
     # -- the rules -------------------------------------------------------------------------------
 
@@ -553,7 +439,7 @@ class ConversationState:
 
     def roles_at(self, seq: int) -> Roles | None:
         """The membership in the causal past of the prefix ``1..seq`` (None: unknown there)."""
-        if seq > self._received_contig:
+        if seq > self._order.received_seq:
             return None
         return self._roles.at(self.prefix(seq))
 
