@@ -28,7 +28,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,12 +95,33 @@ def create_app_from_env() -> FastAPI:
     from saltline.server.app import create_app
 
     forget_previous_process()
+    stop_with_the_supervisor()
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     quiet_data_loggers()
     return create_app(settings)
+
+
+#: How often a worker checks that its supervisor is still there.
+SUPERVISOR_CHECK_S = 1.0
+
+
+def stop_with_the_supervisor(interval_s: float = SUPERVISOR_CHECK_S) -> None:
+    """A worker whose supervisor is gone (killed with SIGKILL, say) stops itself with SIGTERM
+    (uvicorn's graceful shutdown: the writer's last batch commits), instead of serving on as an
+    orphan that keeps the port from the next ``serve`` and that no one restarts. A thread, since
+    the event loop may be the thing that is busy."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        logging.getLogger(__name__).warning("the supervisor (pid %d) is gone; stopping this worker", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def __getattr__(name: str) -> Any:

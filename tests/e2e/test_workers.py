@@ -128,6 +128,7 @@ def _workers(db_url: str, redis_url: str, tmp_path: Path) -> Iterator[Workers]:
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the teardown reaches every worker
         )
     server = Workers(proc, port, log)
     try:
@@ -135,8 +136,14 @@ def _workers(db_url: str, redis_url: str, tmp_path: Path) -> Iterator[Workers]:
         yield server
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+            proc.terminate()
+            try:
+                proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever a failed test left: no orphans
 
 
 def _gone(pid: int) -> bool:
@@ -333,6 +340,32 @@ async def _two_sockets_at_once_leave_one(workers: Workers) -> None:
         assert frame["type"] in ("ready", "drained", "ping"), frame  # (the reader stopped early)
     assert survivor.plaintext(frame) == b"to the survivor"
     await survivor.close()
+
+
+def test_workers_stop_when_their_supervisor_is_killed(workers: Workers) -> None:
+    """SIGKILL of the supervisor (no chance to stop its workers): each worker notices and stops
+    by itself, so no orphan keeps the port from the next ``serve``."""
+    pids = workers.workers()
+    assert len(pids) == 2
+    workers.proc.kill()
+    workers.proc.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while not all(_gone(pid) or _zombie(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a worker outlived its supervisor"
+        time.sleep(0.05)
+    log = workers.log.read_text(errors="replace")
+    assert log.count("the supervisor (pid") == 2
+    with socket.socket() as probe:  # the port is free again
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", workers.port))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
 
 
 def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
