@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from saltline.client_sdk.client import Client
 from saltline.client_sdk.core import sync
 from saltline.client_sdk.core.events import DecryptionFailed
 from saltline.client_sdk.stores.memory import MemoryStore
 from tests.client_sdk.harness import FakeRelay
+from tests.client_sdk.test_client_harness import _add_device
+from tests.client_sdk.test_op_unicode import _send_hostile, _state
 
 URL = "http://relay.invalid"
 
@@ -53,3 +57,41 @@ async def test_an_envelope_that_decrypted_and_was_dropped_is_reported_once_howev
     assert not relay.queues[bob.device_id]
     await alice.close()
     await bob.close()
+
+
+async def test_a_void_just_after_a_new_devices_floor_does_not_silence_the_conversation_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bob links a phone (history depth "none": its floor is the desktop's base). Alice's next
+    operation is a void whose lamport bound is unknown on the phone (her previous operation is below
+    the floor). It used to count as 0 there: her next message looked forged (above the bound built
+    on that 0) and was consumed with no effect, and so was everything after it, on the phone only."""
+    relay = FakeRelay()
+    alice, desk = await _user(relay, "alice"), await _user(relay, "bob")
+    direct = await alice.create_conversation(["bob"])
+    await alice.send_text(direct, "one")
+    await relay.deliver(desk)
+    await desk.send_text(direct, "two")
+    await relay.deliver(alice)
+    phone = await _add_device(relay, desk)  # seeded with depth "none"
+    floor = _state(phone, direct).base_seq
+    assert floor == _state(desk, direct).base_seq == 3
+    await desk.send_text(direct, "three")
+    await relay.deliver(alice)
+    await _send_hostile(alice, direct, "boom \ud800", monkeypatch)
+    await alice.send_text(direct, "after")
+    await relay.deliver(desk)
+    await desk.send_text(direct, "reply")
+    for device in (alice, desk, phone):
+        await relay.deliver(device)
+    assert [m.text for m in (await desk.conversation(direct)).messages] == [
+        "one",
+        "two",
+        "three",
+        "after",
+        "reply",
+    ]
+    assert [m.text for m in (await phone.conversation(direct)).messages] == ["three", "after", "reply"]
+    assert _state(phone, direct).held() == () and _state(phone, direct).base_seq == 7
+    for c in (alice, desk, phone):
+        await c.close()
