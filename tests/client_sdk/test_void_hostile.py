@@ -9,6 +9,9 @@ import pytest
 
 from saltline.client_sdk.client import Client
 from saltline.client_sdk.core import sync
+from saltline.client_sdk.core.sync import ops
+from saltline.client_sdk.core.sync.clock import CompactClock
+from saltline.client_sdk.core.sync.errors import SyncFormatError
 from saltline.client_sdk.core.events import DecryptionFailed
 from saltline.client_sdk.stores.memory import MemoryStore
 from tests.client_sdk.harness import FakeRelay
@@ -95,3 +98,57 @@ async def test_a_void_just_after_a_new_devices_floor_does_not_silence_the_conver
     assert _state(phone, direct).held() == () and _state(phone, direct).base_seq == 7
     for c in (alice, desk, phone):
         await c.close()
+
+
+def _nested(depth: int, lamport: int = 1) -> bytes:
+    """An unknown type carrying arrays nested ``depth`` deep (the object itself is one more)."""
+    return ('{"a":' + "[" * depth + "]" * depth + f',"lamport":{lamport},"type":"x","v":2}}').encode()
+
+
+async def test_deeply_nested_operations_neither_stall_the_queue_nor_depend_on_the_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hostile peer sends unknown-type operations nested 600..999 deep. Some depth parsed, then
+    failed the Unicode check with RecursionError (the encoder needs a few more frames than the
+    parser), which is not a SyncFormatError: the inbound facet took it for a transient failure
+    and stopped acknowledging (every conversation of the device waits, five back-offs per
+    envelope), then dropped it (its dot never consumed). Where the limit falls depended on the
+    stack, so a restart's replay could decode what arrival could not."""
+    relay = FakeRelay()
+    alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
+    failed: list[DecryptionFailed] = []
+    bob.on(DecryptionFailed, failed.append)
+    direct = await alice.create_conversation(["bob"])
+    await alice.send_text(direct, "before")
+    with monkeypatch.context() as m:
+        m.setattr("saltline.client_sdk.facets.outbound.check_accepted", lambda *args: None)
+        for depth in range(600, 1000):
+            m.setattr(ops, "encode_plaintext", lambda op, d=depth: _nested(d, op.lamport))
+            await alice.send_text(direct, "x")
+    await alice.send_text(direct, "after")
+    top = relay.conversations[direct]["last_server_seq"]
+    await relay.deliver(bob)  # raised RetryLater("processing failed: maximum recursion depth ...")
+    assert not relay.queues[bob.device_id]
+    assert [m.text for m in bob.messages(direct)] == ["before", "after"]
+    assert _state(bob, direct).base_seq == top and _state(bob, direct).held() == ()
+    assert len(failed) == 400 and {f.code for f in failed} == {"malformed"}  # all voids
+    await alice.close()
+    await bob.close()
+
+
+def test_the_nesting_limit_does_not_depend_on_the_stack() -> None:
+    clock = CompactClock.of(0, {b"\x01" * 16: 3}).encode()
+
+    def outcome(depth: int) -> str:
+        try:
+            return type(ops.decode(_nested(depth), clock, b"\x01" * 16, b"\xa1" * 16).body).__name__
+        except SyncFormatError:
+            return "refused"
+
+    def deep(frames: int, depth: int) -> str:
+        return outcome(depth) if frames == 0 else deep(frames - 1, depth)
+
+    assert outcome(ops.MAX_NESTING - 1) == "Unknown"  # the object is one level, its array the rest
+    for depth in (ops.MAX_NESTING, 100, 990, 995, 5000):
+        assert outcome(depth) == deep(800, depth) == "refused"
+    assert deep(800, ops.MAX_NESTING - 1) == "Unknown"
