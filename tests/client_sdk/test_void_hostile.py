@@ -9,10 +9,10 @@ import pytest
 
 from saltline.client_sdk.client import Client
 from saltline.client_sdk.core import sync
+from saltline.client_sdk.core.events import DecryptionFailed
 from saltline.client_sdk.core.sync import ops
 from saltline.client_sdk.core.sync.clock import CompactClock
 from saltline.client_sdk.core.sync.errors import SyncFormatError
-from saltline.client_sdk.core.events import DecryptionFailed
 from saltline.client_sdk.stores.memory import MemoryStore
 from tests.client_sdk.harness import FakeRelay
 from tests.client_sdk.test_client_harness import _add_device
