@@ -115,7 +115,8 @@ class DecryptionFailed(Event):
     :data:`saltline.client_sdk.core.inbound.DropCode`. ``"malformed"`` for a stored envelope that
     decrypted but whose operation does not decode: it is kept as a void (no effect, but it consumes
     its dot and server_seq, so the sender's later operations still apply; sync.md § 2.2), and
-    reported once, on arrival."""
+    reported once, on arrival. An envelope that decrypted and was dropped is reported once too:
+    its message key is spent, so a replay or gap fill of it is a duplicate (delivery.md § 5.9)."""
 
     conversation_id: str
     envelope_id: str

@@ -6,7 +6,8 @@ Every envelope ends in exactly one of:
 
 * :class:`Duplicate` - already stored (by envelope id or by its server_seq): acknowledge, no event;
 * :class:`Drop` - it can never be processed (malformed, undecryptable, sender in no verified list,
-  conversation gone): acknowledge and emit a typed event naming the reason;
+  conversation gone): acknowledge and emit a typed event naming the reason (one that decrypted
+  keeps its spent message key, so a replay is a :class:`Duplicate`);
 * :class:`RetryLater` - a transient failure (network, 5xx): do not acknowledge; retry with back-off,
   and after :data:`MAX_TRANSIENT_TRIES` tries of the same envelope, :class:`Drop` it with an event;
 * :class:`Accept` - decrypt, store, acknowledge, then emit;

@@ -326,7 +326,12 @@ class Inbound:
             dot=op is not None,
         )
         if isinstance(decision, rules.Drop):
-            self._drop(env, decision)
+            if opened.decrypted is None:
+                self._drop(env, decision)
+            else:  # it decrypted: its message key is spent, so a replay or gap fill is a duplicate
+                with self.ctx.transaction():
+                    self._spend(env, opened.decrypted)
+                    self._drop(env, decision)
             return decision
         if isinstance(decision, rules.Duplicate):
             return self._ack(env, decision)
@@ -334,6 +339,27 @@ class Inbound:
         void = decision if isinstance(decision, rules.AcceptVoid) else None
         self._store(env, contact, opened.decrypted, opened.body, op, opened.clock, void)
         return decision
+
+    def _spend(self, env: rules.Envelope, decrypted: msg.Decrypted) -> None:
+        """Keep what decrypting ``env`` used up (inside the caller's transaction): the advanced
+        session (its message key is spent: the same ciphertext again is a replay) and the prekeys."""
+        ctx = self.ctx
+        ctx.put_session(
+            SessionRecord(
+                env.sender_device_id,
+                decrypted.base_key,
+                decrypted.session.to_bytes(),
+                env.sender_account_id,
+                ctx.clock(),
+            ),
+            decrypted.session,
+        )
+        if decrypted.reusable_prekey_use is not None:  # replays of it are refused from now on
+            ctx.store.prekeys.add_seen_base_key(*decrypted.reusable_prekey_use)
+        otk = decrypted.one_time_prekey_id
+        if otk is not None and otk in ctx.state.one_time_prekeys:
+            ctx.put_state(ctx.state.remove_one_time_prekey(otk))
+            self.prekeys.used_one()
 
     def _store(
         self,
@@ -352,22 +378,7 @@ class Inbound:
         sent_by_me = env.sender_account_id == ctx.account_id
         received: sync.Received | None = None
         with ctx.transaction():
-            ctx.put_session(
-                SessionRecord(
-                    env.sender_device_id,
-                    decrypted.base_key,
-                    decrypted.session.to_bytes(),
-                    env.sender_account_id,
-                    ctx.clock(),
-                ),
-                decrypted.session,
-            )
-            if decrypted.reusable_prekey_use is not None:  # replays of it are refused from now on
-                ctx.store.prekeys.add_seen_base_key(*decrypted.reusable_prekey_use)
-            otk = decrypted.one_time_prekey_id
-            if otk is not None and otk in ctx.state.one_time_prekeys:
-                ctx.put_state(ctx.state.remove_one_time_prekey(otk))
-                self.prekeys.used_one()
+            self._spend(env, decrypted)
             if seq is None:
                 if isinstance(op.body, sync.Typing):
                     ctx.emit(

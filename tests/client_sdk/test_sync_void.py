@@ -199,3 +199,34 @@ def test_voids_at_any_position_release_every_later_operation_and_states_converge
         assert state.view() == reference.view()
         assert state.applied_clock() == reference.applied_clock()
         assert state.pending_targets() == reference.pending_targets()
+
+
+# -- a void above a floor (a new device's history bundle, an added member's welcome) -------------------
+
+
+def test_a_void_whose_bound_is_below_the_floor_does_not_make_later_operations_forged() -> None:
+    """A void just above a floor has an unknown bound (its own predecessor is below the floor).
+    Counting it as lamport 0 made its author's next operation look forged (honest lamport above
+    the bound computed from that 0), so it was consumed with no effect on the new device only,
+    and the new device's lamport numbers stayed one short: every later operation of everyone
+    looked forged too (the conversation went silent there, and nowhere else)."""
+    pair = Pair()
+    pair.say(PHONE, ops.Message("one"))
+    pair.say(DESK, ops.Message("two"))
+    floor = 2  # the bundle's floor: seq 1..2 are not carried
+    pair.say(DESK, ops.Message("three"))  # its lamport is known above the floor
+    bad = pair.say(PHONE, ops.Message("boom"), void=True)
+    pair.say(PHONE, ops.Message("after"))
+    pair.say(DESK, ops.Message("reply"))
+    old = ConversationState(CID, (ALICE, BOB))
+    for entry in pair.log:
+        old.receive(*entry)
+    new = ConversationState(CID, (ALICE, BOB), floor_seq=floor, floor_clock=old.prefix(floor))
+    for entry in pair.log[floor:]:
+        new.receive(*entry)
+    assert isinstance(bad[1].body, ops.Void)
+    texts = [m.text for m in old.view().messages]
+    assert texts == ["one", "two", "three", "after", "reply"]
+    assert [m.text for m in new.view().messages] == texts[floor:]
+    for _, op in pair.log[floor + 2 :]:  # nothing after the void counts as forged
+        assert new.effective_lamport(op.dot) == old.effective_lamport(op.dot) == op.lamport

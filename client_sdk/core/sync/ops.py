@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -24,6 +25,11 @@ OP_VERSION = 2
 LEGACY_TEXT_VERSION = 1
 MAX_TEXT = 65536
 MAX_EMOJI = 64
+#: Deepest nesting of arrays and objects an operation may have, the outermost object counting 1
+#: (sync.md § 2.1): fixed, so that decoding never depends on how deep the caller's stack is.
+MAX_NESTING = 32
+_JSON_STRING = re.compile(r'"(?:[^"\\]+|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 SettingField = Literal["title", "mute", "disappearing_ms"]
 SETTING_FIELDS: tuple[SettingField, ...] = ("title", "mute", "disappearing_ms")
@@ -317,7 +323,10 @@ def decode(plaintext: bytes, clock: bytes, sender_device: bytes, sender_account:
     :class:`SyncFormatError`."""
     compact = CompactClock.decode(clock)
     try:
-        doc = json.loads(plaintext.decode(), object_pairs_hook=_no_duplicate_keys)
+        text = plaintext.decode()
+        if _too_deep(text):
+            raise SyncFormatError(f"operation nested more than {MAX_NESTING} deep")
+        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SyncFormatError(f"operation is not JSON without duplicate members: {exc}") from exc
     if not scalar_values_only(doc):
@@ -343,6 +352,22 @@ def decode(plaintext: bytes, clock: bytes, sender_device: bytes, sender_account:
     elif n < 1:
         raise SyncFormatError("the clock does not carry the operation's own dot")
     return Op(Dot(sender_device, n), sender_account, compact, lamport, body)
+
+
+def _too_deep(text: str) -> bool:
+    """Whether the JSON ``text`` nests arrays and objects more than :data:`MAX_NESTING` deep
+    (brackets inside strings do not count; text that is not JSON is refused by the parser)."""
+    if text.count("[") + text.count("{") <= MAX_NESTING:
+        return False  # (every honest operation, in C)
+    depth = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def decode_or_void(plaintext: bytes, clock: bytes, sender_device: bytes, sender_account: bytes) -> Op:

@@ -318,8 +318,11 @@ class ConversationState:
                 # the author was shown another history up to its base than this device
                 self._forks.append(Fork(op.dot, op.author, seq, op.clock.base))
         lamport = op.lamport if valid or bound is None else bound
-        self._lamport_of[op.dot] = lamport
-        self._max_lamport = max(self._max_lamport, lamport)
+        if bound is not None or not isinstance(op.body, Void):
+            # a void above a floor has no lamport number and no bound: it stays unknown, like the
+            # operations below the floor (0 would make every later honest one look forged)
+            self._lamport_of[op.dot] = lamport
+            self._max_lamport = max(self._max_lamport, lamport)
         if not valid:
             # malformed: the clock claims later operations of its own author, the lamport number is
             # above "max seen + 1" (it would win every later conflict), or a void; the dot is consumed

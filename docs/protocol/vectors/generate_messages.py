@@ -744,6 +744,12 @@ def build_ops() -> dict[str, Any]:
             None,
         ),
         (
+            "nested_too_deep",
+            "arrays nested 32 deep inside the object (33 levels): past MAX_NESTING whatever a parser takes",
+            b'{"a":' + b"[" * ops.MAX_NESTING + b"]" * ops.MAX_NESTING + b',"lamport":1,"type":"poll","v":2}',
+            None,
+        ),
+        (
             "clock_without_own_entry",
             "the clock has no entry for the sender device",
             b'{"lamport":1,"type":"read","up_to":1,"v":2}',
