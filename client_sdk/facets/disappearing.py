@@ -183,22 +183,33 @@ class Disappearing:
         return min(WAKE_S, max(MIN_WAKE_S, (at - self.ctx.clock()) / 1000))
 
     async def run(self) -> None:
-        """The timer: purge what expired whenever the context clock passes an expiry."""
+        """The timer: purge what expired whenever the context clock passes an expiry. Nothing
+        that fails in one round stops it (the next round tries again, at most :data:`WAKE_S`
+        later): a timer that died would keep every later disappearing message on the device."""
         while True:
-            await asyncio.sleep(self._delay())
-            at, now = self.next_expiry(), self.ctx.clock()
-            if (at is None or at > now) and not self._outbox_expired(now):
-                continue
-            voided = 0
             try:
-                async with self.ctx.lock:
-                    self.purge_all()
-                    voided = self.purged_outbox
+                await asyncio.sleep(self._delay())
+                await self._round()
+            except asyncio.CancelledError:
+                raise
             except Exception:
-                log.exception("purging expired messages failed")
-            await self.ctx.flush()
-            if voided and self.send_outbox is not None:
-                try:
-                    await self.send_outbox()
-                except Exception:
-                    log.exception("sending the void operations failed")
+                log.exception("the disappearing-message timer's round failed; it tries again")
+                await asyncio.sleep(WAKE_S)
+
+    async def _round(self) -> None:
+        at, now = self.next_expiry(), self.ctx.clock()
+        if (at is None or at > now) and not self._outbox_expired(now):
+            return
+        voided = 0
+        try:
+            async with self.ctx.lock:
+                self.purge_all()
+                voided = self.purged_outbox
+        except Exception:
+            log.exception("purging expired messages failed")
+        await self.ctx.flush()
+        if voided and self.send_outbox is not None:
+            try:
+                await self.send_outbox()
+            except Exception:
+                log.exception("sending the void operations failed")

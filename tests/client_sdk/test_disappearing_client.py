@@ -6,7 +6,9 @@ bundle's floor timers are validated."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -235,6 +237,33 @@ async def test_a_message_that_expires_in_the_outbox_is_not_sent() -> None:
     await relay.deliver(alice)
     assert [e.text for e in _drain(alice) if isinstance(e, MessageReceived)] == ["after"]
     assert gone not in {s["envelope_id"] for s in relay.sends}  # the server never stored it
+    assert not _holds(alice, cid, "SECRET")
+    for c in (alice, bob):
+        await c.close()
+
+
+async def test_a_failing_timer_round_does_not_stop_the_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One round of the timer that raises (here: reading the outbox) is logged and the next round
+    still purges: a timer task that died would keep every later disappearing message."""
+    relay, alice, bob, alice_clock, _, cid = await _timed_pair()
+    gone = await bob.send_text(cid, "SECRET soon gone")
+    await relay.deliver(alice)
+    _drain(alice)
+    timer = alice.conversations.disappearing
+    real = timer._outbox_expired
+    failed = asyncio.Event()
+
+    def failing_once(now: int) -> list[Any]:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("a store that failed once")
+        return real(now)
+
+    monkeypatch.setattr(timer, "_outbox_expired", failing_once)
+    await asyncio.wait_for(failed.wait(), 5.0)  # a round before the expiry asks the outbox: it raises
+    alice_clock.ms += TIMER
+    event = await alice.next_event(MessageExpired, 5.0)  # a later round of the same timer
+    assert event.envelope_id == gone
     assert not _holds(alice, cid, "SECRET")
     for c in (alice, bob):
         await c.close()
