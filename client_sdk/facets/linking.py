@@ -246,6 +246,7 @@ class Linking:
         sent: Sent = {}
         if ctx.store.conversations.conversations():
             bundle = self.history_bundle(history)
+            await ctx.flush()  # building it purged what expired: MessageExpired goes out now
             sent = {
                 c["conversation_id"]: (c["floor_seq"], frozenset(o["seq"] for o in c["ops"]))
                 for c in bundle["conversations"]
@@ -301,6 +302,7 @@ class Linking:
         await self.inbound.fill_gaps()
         async with ctx.lock:
             bundle = self.history_bundle(depth, sent)
+        await ctx.flush()  # building it purged what expired: MessageExpired goes out now
         doc: dict[str, Any] = {"kind": fmt.FOLLOW_UP_KIND, "history": None}
         if bundle["conversations"]:
             doc["history"] = fmt.encode_ref(await self._seal_bundle(bundle))
