@@ -31,8 +31,9 @@ class HistoryBundles:
 
     def history_bundle(self, depth: HistoryDepth, sent: Sent | None = None) -> dict[str, Any]:
         """Every conversation's sync operations (or the recent ones) and the floor the new device
-        starts from. It purges what expired first: the caller flushes the events it queued. With ``sent`` (conversation id -> floor and seqs of the first bundle), the
-        follow-up bundle: what the first one lacked (a conversation with nothing new is left out)."""
+        starts from. It purges what expired first: the caller flushes the events it queued.
+        With ``sent`` (conversation id -> floor and seqs of the first bundle), the follow-up
+        bundle: what the first one lacked (a conversation with nothing new is left out)."""
         ctx = self.ctx
         try:
             cutoff = fmt.depth_cutoff(depth, ctx.clock())
