@@ -142,9 +142,17 @@ class OwnDevices:
         with ctx.transaction():
             if new_key is not None:
                 ctx.put_state(ctx.state.with_account_key(new_key))
-            self.contacts.put_own_contact(new)
+            # The server's push of the new list may have been verified meanwhile (the request
+            # above is awaited without the lock): then the pin is there already and the removal
+            # was announced by own_list_changed; announce it once, never pin an older list.
+            pinned = ctx.store.device_lists.get_contact(ctx.account_id)
+            pinned_version = 0 if pinned is None else dl.SignedDeviceList.decode(pinned.signed_list).version
+            seen = pinned_version >= new.version
+            if not seen:
+                self.contacts.put_own_contact(new)
             ctx.store.sessions.delete_sessions(device_id)
-            ctx.emit(OwnDeviceUnlinked(device_id, self.name_of(device_id), new.version))
+            if not seen:
+                ctx.emit(OwnDeviceUnlinked(device_id, self.name_of(device_id), new.version))
             if new_key is not None:
                 ctx.emit(AccountKeyRotated(ctx.account_id, ctx.username, new.version, True))
 
