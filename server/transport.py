@@ -189,7 +189,11 @@ def count_close(reason: str) -> None:
 
 def closes(reason: str) -> float:
     """How many connections this process closed for ``reason`` so far."""
-    return _CLOSE_COUNTERS[reason]._value.get()
+    for metric in CLOSES.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels.get("reason") == reason:
+                return sample.value
+    return 0.0
 
 
 class TransportCollector(Collector):

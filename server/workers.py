@@ -66,8 +66,8 @@ def multiprocess_metrics() -> bool:
 
 def configure_parent(settings: Settings, overrides: Mapping[str, object]) -> None:
     """Before the workers start: the command's flags become ``SALTLINE_*`` variables (a worker
-    reads its settings from the environment), the JWT secret file exists (two workers creating
-    it at once could each write their own), and the database is at head."""
+    reads its settings from the environment) and the JWT secret file exists (two workers creating
+    it at once could each write their own). ``serve`` has checked the schema already."""
     for name, value in overrides.items():
         if value is not None:
             os.environ[f"SALTLINE_{name.upper()}"] = str(value)

@@ -66,13 +66,10 @@ def open_envelope(ctx: DeviceContext, env: rules.Envelope, sender_entry: DeviceE
         return Opened("replayed" if replayed else "failed", str(exc), header.clock)
     except CryptoError as exc:
         return Opened("failed", str(exc), header.clock)
-    device, account = header.sender_device_id, header.sender_account_id
-    try:
-        op = sync.decode(body, header.clock, device, account)
-    except sync.SyncError as exc:
-        try:  # the header is authenticated (it is the AEAD's associated data): its dot is the sender's
-            void: sync.Op | None = sync.decode_or_void(body, header.clock, device, account)
-        except sync.SyncError:
-            void = None
-        return Opened("malformed_op", str(exc), header.clock, decrypted, body, void)
+    try:  # the header is authenticated (it is the AEAD's associated data): its dot is the sender's
+        op = sync.decode_or_void(body, header.clock, header.sender_device_id, header.sender_account_id)
+    except sync.SyncError as exc:  # not decodable, and no valid dot to void
+        return Opened("malformed_op", str(exc), header.clock, decrypted, body)
+    if isinstance(op.body, sync.Void):
+        return Opened("malformed_op", op.body.reason, header.clock, decrypted, body, op)
     return Opened("ok", "", header.clock, decrypted, body, op)
