@@ -39,6 +39,8 @@ CHAIN_PAGE = 100
 #: Lists fetched in one refresh at most (versions are one per change; an account that changed its
 #: devices more often than this is refused rather than followed without bound).
 MAX_CHAIN = 10_000
+#: Times a refresh starts again because another one pinned a newer list while it fetched.
+PIN_RACES = 4
 
 
 log = logging.getLogger(__name__)
@@ -147,12 +149,41 @@ class Contacts:
         device meets for the first time; a first list under another key is refused, not pinned
         (docs/protocol/sync.md § 5.7). Events are queued on the context (published by the
         caller's flush)."""
+        # The fetches below are awaited: another refresh of the same account (a pushed list, a
+        # send, this device's own add or remove) may pin a newer list meanwhile. Verifying against
+        # the pin read before the await would announce that change a second time or put the older
+        # list back, so a refresh whose pin moved starts again from the new one.
+        for _ in range(PIN_RACES):
+            contact = await self._refresh_once(account_id, username, vouched_key)
+            if contact is not None:
+                return contact
+        contact = self.ctx.store.device_lists.get_contact(account_id)
+        if contact is None:  # pinned and then forgotten, again and again: nothing to trust
+            raise UntrustedDeviceListError(f"the device list of account {account_id} kept changing")
+        return contact
+
+    def _pin_moved(self, account_id: str, before: ContactRecord | None) -> bool:
+        now = self.ctx.store.device_lists.get_contact(account_id)
+        if before is None or now is None:
+            return (before is None) != (now is None)
+        return (now.signed_list, now.account_key, now.pending_signed_list) != (
+            before.signed_list,
+            before.account_key,
+            before.pending_signed_list,
+        )
+
+    async def _refresh_once(
+        self, account_id: str, username: str | None, vouched_key: bytes | None
+    ) -> ContactRecord | None:
+        """One refresh; ``None`` when the pin moved while the chain was fetched."""
         ctx = self.ctx
         contact = ctx.store.device_lists.get_contact(account_id)
         if contact is None:
             if username is None:
                 username = api.parse_account((await ctx.call(api.account(account_id))).body).username
             chain = await self._fetch_chain(account_id, 0)
+            if self._pin_moved(account_id, None):
+                return None
             try:
                 v = trust.first_contact(username, chain)
             except UntrustedDeviceListError as exc:
@@ -189,6 +220,8 @@ class Contacts:
         except CryptoError as exc:
             raise UntrustedDeviceListError(f"a stored device list no longer decodes: {exc}") from exc
         chain = await self._fetch_chain(account_id, known.version)
+        if self._pin_moved(account_id, contact):
+            return None
         try:
             v = trust.advance(contact.username, contact.account_key, contact.signed_list, chain)
         except UntrustedDeviceListError as exc:
@@ -232,9 +265,11 @@ class Contacts:
             ctx.emit(UntrustedDeviceList(account_id, reason))
             raise UntrustedDeviceListError(f"device list of account {account_id} refused: {reason}")
 
-    async def _identity_changed(self, contact: ContactRecord) -> ContactRecord:
+    async def _identity_changed(self, contact: ContactRecord) -> ContactRecord | None:
         ctx = self.ctx
         chain = await self._fetch_chain(contact.account_id, 0)
+        if self._pin_moved(contact.account_id, contact):
+            return None
         try:
             v = trust.first_contact(contact.username, chain)
             trust.refuse_fork(contact.signed_list, chain)

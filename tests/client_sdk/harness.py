@@ -14,6 +14,7 @@ chain, limits are absent). The end-to-end tests in tests/e2e cover the real serv
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -76,12 +77,21 @@ class FakeRelay(httpx.AsyncBaseTransport):
         self.sends: list[dict[str, Any]] = []
         self.claims: list[str] = []
         self.now = 1_000
+        #: the next device-list chain requests wait here until all of them have arrived
+        #: (see :meth:`meet_at_chain`)
+        self._chain_barrier: asyncio.Barrier | None = None
+        self._chain_waiters = 0
 
     # -- test controls ------------------------------------------------------------------------------
 
     def replace_account_key(self, account_id: str, chain: list[dl.SignedDeviceList]) -> None:
         """The account now publishes ``chain`` (e.g. a re-registration under a new account key)."""
         self.accounts[account_id].chain = list(chain)
+
+    def meet_at_chain(self, parties: int) -> None:
+        """The next ``parties`` device-list chain requests are answered only once all of them have
+        been made: concurrent refreshes that all read their pin before any answer arrives."""
+        self._chain_barrier, self._chain_waiters = asyncio.Barrier(parties), parties
 
     def drop_queue(self, device_id: str) -> list[dict[str, Any]]:
         """Retention: forget the device's queued frames and queue a gap marker in their place."""
@@ -133,6 +143,9 @@ class FakeRelay(httpx.AsyncBaseTransport):
         if method == "GET" and len(parts) == 2 and parts[0] == "accounts":
             return _json(200, self._account_doc(self.accounts[parts[1]]))
         if method == "GET" and parts[0] == "accounts" and parts[2:] == ["device-list", "chain"]:
+            if self._chain_barrier is not None and self._chain_waiters > 0:
+                self._chain_waiters -= 1
+                await self._chain_barrier.wait()
             since = int(query.get("since", "0"))
             chain = [s for s in self.accounts[parts[1]].chain if s.version > since]
             return _json(200, {"lists": [{"signed_list": s.to_b64()} for s in chain[: int(query["limit"])]]})

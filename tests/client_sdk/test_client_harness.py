@@ -15,11 +15,13 @@ from saltline.client_sdk.core import outbox as outbox_rules
 from saltline.client_sdk.core import prekeys as prekey_rules
 from saltline.client_sdk.core.events import (
     DeliveryGap,
+    DeviceListChanged,
     DeviceRemoved,
     Disconnected,
     Event,
     IdentityChanged,
     MessageReceived,
+    OwnDeviceLinked,
 )
 from saltline.client_sdk.core.prekeys import SPK_ROTATION_MS
 from saltline.client_sdk.errors import AuthError, IdentityChangedError
@@ -431,3 +433,24 @@ async def test_filling_gaps_pages_through_the_whole_conversation_list() -> None:
     assert sorted(m.text for c in cids[1:] for m in alice.messages(c)) == [
         f"hello from carol{i}" for i in range(4)
     ]
+
+
+async def test_concurrent_refreshes_of_a_changed_list_announce_it_once_and_keep_the_newest_pin() -> None:
+    # A pushed list, a send and this device's own change may refresh the same account at once:
+    # each reads the pin, then awaits the chain. The one that commits second must not verify
+    # against the pin it read before (a second DeviceListChanged, a second OwnDeviceLinked).
+    relay = FakeRelay()
+    desk = await _user(relay, "alice")
+    phone = await _add_device(relay, desk)
+    _drain(desk)
+    relay.meet_at_chain(3)
+    pins = await asyncio.gather(*(desk.contacts.refresh(desk.account_id) for _ in range(3)))
+    assert {dl.SignedDeviceList.decode(p.signed_list).version for p in pins} == {2}
+    await desk._ctx.flush()
+    events = _drain(desk)
+    assert [(e.version, e.added) for e in events if isinstance(e, DeviceListChanged)] == [
+        (2, (phone.device_id,))
+    ]
+    assert [e.device_id for e in events if isinstance(e, OwnDeviceLinked)] == [phone.device_id]
+    pinned = desk.store.device_lists.get_contact(desk.account_id)
+    assert pinned is not None and dl.SignedDeviceList.decode(pinned.signed_list).version == 2
