@@ -6,7 +6,9 @@
 An item that fails for good is kept (failed, with its reason) and never blocks the items behind
 it; a void operation takes its dot so the author's later operations do not wait for it anywhere.
 Items that failed transiently wait out a back-off (a timer resends them; a reconnection resends
-them at once)."""
+them at once). A flush that raises outside any item's attempt (a store write that failed, a bug)
+arms the timer too, after a back-off of its own (:data:`FLUSH_RETRY`), so queued items never wait
+for the user's next send."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from saltline.client_sdk.context import DeviceContext
 from saltline.client_sdk.core import api, sync, trust, wire
 from saltline.client_sdk.core import outbox as rules
+from saltline.client_sdk.core.backoff import Backoff, BackoffPolicy
 from saltline.client_sdk.core.events import ForkDetected
 from saltline.client_sdk.core.outgoing import check_accepted, encode_checked
 from saltline.client_sdk.core.sync.ops import Body as SyncBody
@@ -49,6 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("client_sdk.outbound")
 #: Composed operations kept decoded until their first send attempt ends.
 COMPOSED_CACHE_SIZE = 256
+#: Back-off of the resend timer after a flush that raised (not after a send the server refused or
+#: could not take: those items carry their own back-off, :mod:`saltline.client_sdk.core.outbox`).
+FLUSH_RETRY = BackoffPolicy(base_s=1.0, cap_s=300.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,10 @@ class Outbound:
         #: The envelope limit: the server's default until a 413 names another.
         self.envelope_limit = wire.DEFAULT_MAX_ENVELOPE_BYTES
         self._timer: asyncio.Task[None] | None = None
+        #: Consecutive flushes that raised (a store that cannot be written, a bug): the timer is
+        #: armed after a back-off (reset by a flush that completes), so the outbox neither waits
+        #: for the next send or reconnection to be tried again nor spins on an error that repeats.
+        self._flush_failures = Backoff(FLUSH_RETRY)
         self.closed = False
         #: Operations composed by this client and not yet sent, by envelope id (saves decoding the
         #: stored plaintext again when the server accepts them; the outbox stays the truth).
@@ -291,6 +301,13 @@ class Outbound:
                     elif isinstance(error, NetworkError):
                         break  # the server cannot be reached: the rest would fail the same way
                 self._schedule()
+                self._flush_failures.reset()
+        except Exception:
+            # Whatever raised (a store that cannot be written, a bug) left the items queued: try
+            # again after a back-off rather than wait for the next send or reconnection.
+            _attempt, retry_s = self._flush_failures.failed(ctx.clock() / 1000, ctx.jitter)
+            self._arm(retry_s)
+            raise
         finally:
             await ctx.flush()
         return sent, errors
@@ -301,20 +318,26 @@ class Outbound:
             return
         items = self.ctx.store.outbox.outbox()
         wake = rules.next_wakeup(_candidate(i) for i in items)
+        if wake is None:
+            self._arm(None)
+            return
+        self._arm(max(0.0, (wake - self.ctx.clock()) / 1000))
+
+    def _arm(self, delay: float | None) -> None:
+        """Replace the timer: a resend in ``delay`` seconds (``None``: no timer)."""
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
         self._timer = None
-        if wake is None:
+        if delay is None or self.closed:
             return
-        delay = max(0.0, (wake - self.ctx.clock()) / 1000)
 
         async def later() -> None:
             await asyncio.sleep(delay)
-            self._timer = None
+            self._timer = None  # from here on a flush elsewhere arms its own timer, never cancels this
             try:
                 await self.flush()
-            except Exception:
-                log.exception("resending the outbox failed")
+            except Exception:  # flush armed the retry
+                log.exception("resending the outbox failed; trying again after a back-off")
 
         self._timer = asyncio.get_running_loop().create_task(later())
 

@@ -13,6 +13,7 @@ import pytest
 from saltline.client_sdk.client import Client
 from saltline.client_sdk.core import outbox as outbox_rules
 from saltline.client_sdk.core import prekeys as prekey_rules
+from saltline.client_sdk.core.backoff import Backoff, BackoffPolicy
 from saltline.client_sdk.core.events import (
     DeliveryGap,
     DeviceListChanged,
@@ -454,3 +455,43 @@ async def test_concurrent_refreshes_of_a_changed_list_announce_it_once_and_keep_
     assert [e.device_id for e in events if isinstance(e, OwnDeviceLinked)] == [phone.device_id]
     pinned = desk.store.device_lists.get_contact(desk.account_id)
     assert pinned is not None and dl.SignedDeviceList.decode(pinned.signed_list).version == 2
+
+
+async def test_a_flush_that_raises_arms_the_resend_timer_with_a_back_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A failure outside any one item's attempt (here: an I/O error around it) leaves the item
+    # queued; the outbox tries again by itself, after a back-off that grows while the failure
+    # repeats, and sends it once the failure is gone.
+    relay = FakeRelay()
+    alice, bob = await _user(relay, "alice"), await _user(relay, "bob")
+    cid = await bob.create_conversation(["alice"])
+    bob._ctx.jitter = lambda: 0.5
+    armed: list[float | None] = []
+    real_arm = bob.outbound._arm
+    monkeypatch.setattr(bob.outbound, "_arm", lambda delay: (armed.append(delay), real_arm(delay))[1])
+    real_send = bob.outbound._send_item
+    failures = 3
+    sent = asyncio.Event()
+
+    async def flaky(item: Any) -> Any:
+        nonlocal failures
+        if failures > 0:
+            failures -= 1
+            raise OSError("disk I/O error")
+        result = await real_send(item)
+        sent.set()
+        return result
+
+    monkeypatch.setattr(bob.outbound, "_send_item", flaky)
+    bob.outbound._flush_failures = Backoff(BackoffPolicy(base_s=0.001, cap_s=0.004))
+    with pytest.raises(OSError):
+        await bob.send_text(cid, "kept")
+    assert [i.conversation_id for i in bob.store.outbox.outbox()] == [cid]
+    await asyncio.wait_for(sent.wait(), 10)
+    # three failures: back-offs of half the growing ceiling (1, 2, 4 ms), then no timer is needed
+    assert armed[:3] == [0.0005, 0.001, 0.002]
+    assert bob.outbound._flush_failures.attempt == 0
+    assert not bob.store.outbox.outbox()
+    await relay.deliver(alice)
+    assert _texts(alice) == ["kept"]
