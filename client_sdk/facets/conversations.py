@@ -43,9 +43,10 @@ _REFUSALS = {
 def decode_op(plaintext: bytes, clock: bytes, device_id: str, account_id: str) -> sync.Op | None:
     """A stored operation (a :class:`~saltline.client_sdk.core.sync.ops.Void` when its plaintext
     does not decode but its clock gives it a dot: sync.md § 2.2, the same on every replay, bundle
-    and device), or None when it has no dot (never raises)."""
+    and device; an attested undecryptable position: § 2.3), or None when it has no dot (never
+    raises)."""
     try:
-        return sync.decode_or_void(plaintext, clock, b64decode(device_id), b64decode(account_id))
+        return sync.decode_stored(plaintext, clock, b64decode(device_id), b64decode(account_id))
     except (sync.SyncError, ValueError, CryptoError):
         return None
 
@@ -57,6 +58,9 @@ class Conversations:
         self._states: dict[str, sync.ConversationState] = {}
         #: per conversation: server_seq -> envelope id of the stored operation
         self._seqs: dict[str, dict[int, str]] = {}
+        #: per conversation: server_seq -> envelope id of an undecryptable envelope's claim
+        #: (sync.md § 2.3), stored once a later operation attests it
+        self._claims: dict[str, dict[int, str]] = {}
         self._me_cache: tuple[str, bytes] | None = None
         #: (conversation, authenticated members, server members) already reported
         self._mismatches: set[tuple[str, frozenset[str], frozenset[str]]] = set()
@@ -222,6 +226,7 @@ class Conversations:
         """Drop the in-memory state (rebuilt from the store on next use)."""
         self._states.pop(cid, None)
         self._seqs.pop(cid, None)
+        self._claims.pop(cid, None)
 
     def envelope_at(self, cid: str, seq: int) -> str | None:
         """The envelope id of the operation stored at ``seq`` (None: nothing stored there)."""
@@ -237,12 +242,21 @@ class Conversations:
         """Apply one stored, sequenced operation to the in-memory state; queue what changed
         (view changes, and a :class:`ForkDetected` for an author shown another history)."""
         cid = record.conversation_id
-        state = self._welcomed(record, seq, op) or self.state(record)
+        claim = isinstance(op.body, sync.Undecryptable) and not op.body.attested
+        state = self.state(record) if claim else self._welcomed(record, seq, op) or self.state(record)
+        claims = self._claims.setdefault(cid, {})
+        if claim and (seq in claims or len(claims) < sync.MAX_CLAIMS):  # as the reducer keeps them
+            claims[seq] = envelope_id
         try:
             received, delta = state.receive_changes(seq, op, self._me())
         except sync.SyncError:
             return None
-        self._seqs.setdefault(cid, {})[seq] = envelope_id
+        if not claim:
+            self._seqs.setdefault(cid, {})[seq] = envelope_id
+            claims.pop(seq, None)  # an operation received there replaces the claim
+        self._store_attested(cid, received)
+        if claim and not state.claimed(seq):
+            claims.pop(seq, None)  # not kept (a position received already, or too many claims)
         if received.applied:
             for event in diff.delta_changes(cid, delta, self.name_of):
                 self.ctx.emit(event)
@@ -274,6 +288,29 @@ class Conversations:
         if received.applied:  # what arrived already expired is purged before anyone sees it
             self.disappearing.purge(record, arriving=(envelope_id,))
         return received
+
+    def _store_attested(self, cid: str, received: sync.Received) -> None:
+        """Store the positions ``received`` attested (sync.md § 2.3) as what every replay and
+        history bundle reads back as the same attested void (inside the caller's transaction)."""
+        claims = self._claims.get(cid, {})
+        for seq, op in received.attested:
+            envelope_id = claims.pop(seq, None)
+            if envelope_id is None:  # (kept as long as the reducer keeps the claim)
+                continue
+            self.ctx.store.sync.put_sync_op(
+                SyncOpRecord(
+                    cid,
+                    seq,
+                    envelope_id,
+                    b64encode(op.author),
+                    b64encode(op.dot.device),
+                    sync.attested_clock(op.dot.n),
+                    b"",
+                )
+            )
+            self._seqs.setdefault(cid, {})[seq] = envelope_id
+            if seq > self.ctx.store.cursors.get_server_seq(cid):
+                self.ctx.store.cursors.set_server_seq(cid, seq)
 
     def _welcomed(self, record: ConversationRecord, seq: int, op: sync.Op) -> sync.ConversationState | None:
         """This account was added to a conversation it has no authenticated start of: the add's

@@ -64,6 +64,8 @@ MAX_HISTORY_PAGES = 50
 MAX_LIST_PAGES = 100
 #: Envelopes whose transient failures are counted at most (see ``_bound_transient``).
 MAX_TRANSIENT_TRACKED = 10_000
+#: Undecryptable envelopes remembered as reported (one DecryptionFailed each per run).
+MAX_UNDECRYPTABLE_TRACKED = 10_000
 HISTORY_PAGE = 200
 
 
@@ -91,6 +93,8 @@ class Inbound:
         self._filling: set[str] = set()
         #: the last HistoryGap reported per conversation (missing seqs, held refs)
         self._gaps: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {}
+        #: undecryptable envelopes already reported (a gap fill hands them again until attested)
+        self._undecryptable: dict[str, None] = {}
         #: at-least-once delivery to app callbacks (the handler inbox)
         self.handlers = HandlerDelivery(ctx, conversations)
         self.redeliver_unhandled = self.handlers.redeliver_unhandled
@@ -246,7 +250,11 @@ class Inbound:
                     env.conversation_id, drop.reason, env.server_seq or 0, env.sender_account_id, None
                 )
             )
-        else:
+        elif drop.code != "undecryptable" or env.envelope_id not in self._undecryptable:
+            if drop.code == "undecryptable":
+                self._undecryptable[env.envelope_id] = None
+                while len(self._undecryptable) > MAX_UNDECRYPTABLE_TRACKED:
+                    del self._undecryptable[next(iter(self._undecryptable))]
             ctx.emit(
                 DecryptionFailed(
                     env.conversation_id, env.envelope_id, env.sender_device_id, drop.reason, drop.code
@@ -327,7 +335,10 @@ class Inbound:
         )
         if isinstance(decision, rules.Drop):
             if opened.decrypted is None:
-                self._drop(env, decision)
+                with self.ctx.transaction():
+                    self._drop(env, decision)
+                    if decision.code == "undecryptable":
+                        self._claim(env, decision.reason)
             else:  # it decrypted: its message key is spent, so a replay or gap fill is a duplicate
                 with self.ctx.transaction():
                     self._spend(env, opened.decrypted)
@@ -339,6 +350,23 @@ class Inbound:
         void = decision if isinstance(decision, rules.AcceptVoid) else None
         self._store(env, contact, opened.decrypted, opened.body, op, opened.clock, void)
         return decision
+
+    def _claim(self, env: rules.Envelope, reason: str) -> None:
+        """A stored envelope that does not decrypt claims its position for its header's dot
+        (sync.md § 2.3): kept aside, and a void there once a later authenticated operation's
+        transcript hash attests it (inside the caller's transaction)."""
+        record = self.conversations.known(env.conversation_id)
+        if env.server_seq is None or record is None:
+            return
+        try:
+            op = sync.undecryptable(
+                env.clock, b64decode(env.sender_device_id), b64decode(env.sender_account_id), reason
+            )
+        except (sync.SyncError, ValueError, CryptoError):
+            return  # no dot to claim
+        received = self.conversations.apply(record, env.server_seq, op, env.envelope_id)
+        if received is not None and received.gap is not None and env.conversation_id not in self._filling:
+            self._spawn(self._fill_held(env.conversation_id, received.gap.after_seq))
 
     def _spend(self, env: rules.Envelope, decrypted: msg.Decrypted) -> None:
         """Keep what decrypting ``env`` used up (inside the caller's transaction): the advanced

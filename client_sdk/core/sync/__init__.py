@@ -26,13 +26,18 @@ from saltline.client_sdk.core.sync.ops import (
     ReadMarker,
     SettingsChange,
     Typing,
+    Undecryptable,
     Unknown,
     Void,
+    attested_clock,
     decode,
     decode_or_void,
+    decode_stored,
     encode,
+    undecryptable,
 )
 from saltline.client_sdk.core.sync.state import (
+    MAX_CLAIMS,
     ConversationState,
     ConversationView,
     FieldState,
@@ -44,6 +49,7 @@ from saltline.client_sdk.core.sync.state import (
 )
 
 __all__ = [
+    "MAX_CLAIMS",
     "CompactClock",
     "Composer",
     "ConversationState",
@@ -71,13 +77,17 @@ __all__ = [
     "SyncProtocolError",
     "Typing",
     "TypingEvent",
+    "Undecryptable",
     "Unknown",
     "Void",
+    "attested_clock",
     "compare",
     "concurrent",
     "contains",
     "decode",
     "decode_or_void",
+    "decode_stored",
     "encode",
     "merge",
+    "undecryptable",
 ]

@@ -81,6 +81,12 @@ class HeldOps:
         else:
             heapq.heappush(self._wait_received, (condition, token, dot))
 
+    def waiting_for_received(self) -> list[tuple[int, Dot]]:
+        """``(base, dot)`` of every held operation indexed by a ``base`` (waiting for ``server_seq``
+        ``1..base`` to be received), smallest base first."""
+        live = [(base, dot) for base, token, dot in self._wait_received if self._blocked_on.get(dot) == token]
+        return sorted(live)
+
     def applied(self, device: bytes, n: int) -> None:
         """``n`` operations of ``device`` are now applied: release the dots waiting for that."""
         heap = self._wait_applied.get(device)

@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -142,6 +143,30 @@ class Void:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Undecryptable:
+    """A stored envelope that did not decrypt (sync.md § 2.3). Its header, so its dot, is not
+    authenticated: fed to the reducer with ``attested=False`` it is only a **claim** that its
+    ``server_seq`` holds its dot, kept aside until a later authenticated operation's transcript
+    hash attests the position (then it is applied as a void whose lamport number stays unknown).
+    ``attested=True``: such a position replayed from the store or a history bundle."""
+
+    reason: str
+    attested: bool = False
+
+
+#: The clock field of a stored attested position (sync.md § 2.3): ``0x00 || u64(n)``. No envelope
+#: clock starts with 0x00, so it never comes from a peer; only the store and this account's own
+#: history bundles hold it.
+ATTESTED_CLOCK_VERSION = 0x00
+_ATTESTED = struct.Struct(">BQ")
+
+
+def attested_clock(n: int) -> bytes:
+    """The stored clock field of an attested undecryptable position whose dot counter is ``n``."""
+    return _ATTESTED.pack(ATTESTED_CLOCK_VERSION, n)
+
+
 Body: TypeAlias = (
     Message
     | Edit
@@ -155,6 +180,7 @@ Body: TypeAlias = (
     | Genesis
     | Unknown
     | Void
+    | Undecryptable
 )
 TargetedBody: TypeAlias = Edit | Delete | ReactionAdd | ReactionRemove
 
@@ -385,6 +411,37 @@ def decode_or_void(plaintext: bytes, clock: bytes, sender_device: bytes, sender_
         if len(sender_device) != DEVICE_ID_SIZE or n < 1:
             raise
         return Op(Dot(sender_device, n), sender_account, compact, 0, Void(str(exc)))
+
+
+def undecryptable(
+    clock: bytes, sender_device: bytes, sender_account: bytes, reason: str, *, attested: bool = False
+) -> Op:
+    """The operation an undecryptable stored envelope claims to be (sync.md § 2.3): its header's
+    dot ``(sender_device, n)``, a clock naming only that dot, lamport 0 (never counted). Raises
+    :class:`SyncFormatError` when the header gives no dot."""
+    compact = CompactClock.decode(clock)
+    n = compact.counter_of(sender_device)
+    if len(sender_device) != DEVICE_ID_SIZE or n < 1:
+        raise SyncFormatError("the envelope's clock has no entry for its sender device")
+    return _undecryptable_op(sender_device, n, sender_account, reason, attested)
+
+
+def _undecryptable_op(device: bytes, n: int, account: bytes, reason: str, attested: bool) -> Op:
+    return Op(Dot(device, n), account, CompactClock.of(0, {device: n}), 0, Undecryptable(reason, attested))
+
+
+def decode_stored(plaintext: bytes, clock: bytes, sender_device: bytes, sender_account: bytes) -> Op:
+    """A stored operation (the store's replay, this account's history bundles): an attested
+    undecryptable position (clock ``0x00 || u64(n)``, sync.md § 2.3) or :func:`decode_or_void`.
+    Never for an envelope from the network: only a device's own store writes the 0x00 form."""
+    if clock[:1] == bytes([ATTESTED_CLOCK_VERSION]):
+        if len(clock) != _ATTESTED.size or plaintext:
+            raise SyncFormatError("a stored attested position is 0x00 || u64(n) with no plaintext")
+        _, n = _ATTESTED.unpack(clock)
+        if len(sender_device) != DEVICE_ID_SIZE or not 1 <= n < 2**63:
+            raise SyncFormatError("a stored attested position needs a 16-byte device and n >= 1")
+        return _undecryptable_op(sender_device, n, sender_account, "undecryptable (attested)", True)
+    return decode_or_void(plaintext, clock, sender_device, sender_account)
 
 
 def _body(doc: dict[str, Any]) -> Body:

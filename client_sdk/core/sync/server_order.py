@@ -87,6 +87,28 @@ class ServerOrder:
             return None
         return self._transcript[i]
 
+    def attests(self, base: int, log_hash: bytes, claims: dict[int, Dot]) -> list[int] | None:
+        """The claimed positions (``server_seq`` -> unauthenticated dot, sync.md § 2.3) in
+        ``received_seq + 1 .. base`` that an authenticated ``log_hash == T(base)`` attests: those
+        positions, when every position up to ``base`` is received or claimed and ``T(base)``
+        computed with the claims in place equals ``log_hash``; ``[]`` when the hash differs or
+        nothing is claimed there; None when a position up to ``base`` is neither (a larger base
+        cannot do better)."""
+        start = self._received_contig
+        t = self.transcript(start)
+        if t is None or base <= start:
+            return []
+        used: list[int] = []
+        for seq in range(start + 1, base + 1):
+            dot = self._seq_dot.get(seq)
+            if dot is None:
+                dot = claims.get(seq)
+                if dot is None:
+                    return None
+                used.append(seq)
+            t = transcript.step(t, seq, dot)
+        return used if t == log_hash else []
+
     def missing(self, limit: int = 100) -> tuple[int, ...]:
         """The server_seqs not received between the received prefix and the highest one seen."""
         out: list[int] = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from saltline.client_sdk.core.sync import clock as vc
 from saltline.client_sdk.core.sync.clock import CompactClock, Dot, FullClock
@@ -36,6 +37,7 @@ from saltline.client_sdk.core.sync.ops import (
     SettingsChange,
     SettingValue,
     Typing,
+    Undecryptable,
     Void,
     Welcome,
 )
@@ -73,6 +75,9 @@ __all__ = [
     "ViewDelta",
 ]
 
+
+#: undecryptable envelopes' claims kept per conversation (sync.md § 2.3); more are dropped
+MAX_CLAIMS = 256
 
 # -- the reducer -----------------------------------------------------------------------------------
 
@@ -123,6 +128,10 @@ class ConversationState:
         self._journal: _Journal | None = None
         # operations whose transcript claim (or base) differs, found by the last receive
         self._forks: list[Fork] = []
+        # undecryptable envelopes' unauthenticated claims, by server_seq (sync.md § 2.3), and the
+        # positions the last receive attested
+        self._claims: dict[int, Op] = {}
+        self._attested: list[tuple[int, Op]] = []
         self.expiry = ExpiryTracker()  # disappearing messages (sync.md § 5.8)
 
     # -- clocks ----------------------------------------------------------------------------------
@@ -189,10 +198,26 @@ class ConversationState:
         if seq <= self._order.floor_seq:
             return self._result((), duplicate=True)
         known = self._order.dot_at(seq)
+        if isinstance(op.body, Undecryptable) and not op.body.attested:
+            if known is not None or (seq not in self._claims and len(self._claims) >= MAX_CLAIMS):
+                return self._result((), duplicate=True)
+            self._claims[seq] = op  # only a claim: the position is not received (sync.md § 2.3)
+            applied = self._attest()
+            self._advance_applied()
+            return self._result(tuple(applied), duplicate=False)
         if known is not None:
             if known != op.dot:
                 raise SyncProtocolError(f"server_seq {seq} names two operations")
             return self._result((), duplicate=True)
+        applied, duplicate = self._receive_at(seq, op)
+        if self._claims:
+            applied += self._attest()
+        self._advance_applied()
+        return self._result(tuple(applied), duplicate=duplicate)
+
+    def _receive_at(self, seq: int, op: Op) -> tuple[list[Dot], bool]:
+        """Record ``op`` at the free position ``seq``, hold it, apply what became ready."""
+        self._claims.pop(seq, None)
         self._order.add(seq, op.dot)
         self._held.received(self._order.received_seq)
         duplicate = False
@@ -215,15 +240,43 @@ class ConversationState:
                 self._held.hold(op.dot, seq, held)
         else:
             self._held.hold(op.dot, seq, op)
-        applied = self._held.drain(op.dot, self._try)
-        self._advance_applied()
-        return self._result(tuple(applied), duplicate=duplicate)
+        return self._held.drain(op.dot, self._try), duplicate
+
+    def _attest(self) -> list[Dot]:
+        """Turn claimed positions into attested voids (sync.md § 2.3): while the first position not
+        received is claimed, the held operation with the smallest base whose authenticated
+        ``log_hash`` equals ``T(base)`` computed with the claims in place attests the claims up to
+        its base. Returns the dots this applied."""
+        applied: list[Dot] = []
+        while self._order.received_seq + 1 in self._claims:
+            claimed = {seq: claim.dot for seq, claim in self._claims.items()}
+            used: list[int] | None = None
+            for base, dot in self._held.waiting_for_received():
+                log_hash = self._held.get(dot)[1].clock.log_hash
+                if log_hash is None:
+                    continue
+                used = self._order.attests(base, log_hash, claimed)
+                if used is None or used:
+                    break
+            if not used:
+                return applied
+            for seq in used:
+                claim = self._claims.pop(seq)
+                assert isinstance(claim.body, Undecryptable)
+                attested = replace(claim, body=Undecryptable(claim.body.reason, attested=True))
+                self._attested.append((seq, attested))
+                applied += self._receive_at(seq, attested)[0]
+        return applied
 
     def gap(self) -> GapFill | None:
         received = self._order.received_seq
         if self._held or self._order.max_seq > received:
             return GapFill(self.conversation_id, received)
         return None
+
+    def claimed(self, seq: int) -> bool:
+        """Whether an undecryptable envelope's claim on ``seq`` waits for attestation (§ 2.3)."""
+        return seq in self._claims
 
     def held(self) -> tuple[Dot, ...]:
         """Every operation waiting for causal predecessors, in ``server_seq`` order."""
@@ -239,7 +292,10 @@ class ConversationState:
     def _result(self, applied: tuple[Dot, ...], *, duplicate: bool) -> Received:
         forks, self._forks = tuple(self._forks), []
         rejected, self._rejected = tuple(self._rejected), []
-        return Received(applied, duplicate, self.held(), self.gap(), forks=forks, rejected=rejected)
+        attested, self._attested = tuple(self._attested), []
+        return Received(
+            applied, duplicate, self.held(), self.gap(), forks=forks, rejected=rejected, attested=attested
+        )
 
     def _advance_applied(self) -> None:
         while (dot := self._order.dot_at(self._applied_contig + 1)) is not None and self.is_applied(dot):
@@ -300,6 +356,10 @@ class ConversationState:
     def _apply(self, seq: int, op: Op, full: dict[bytes, int]) -> None:
         self._applied[op.dot.device] = op.dot.n
         self._latest_clock[op.dot.device] = full
+        if isinstance(op.body, Undecryptable):
+            # an attested position (sync.md § 2.3): no effect, and its lamport number stays
+            # unknown (its clock names only its dot, so a bound from it could be too small)
+            return
         bound = self._lamport_bound(op, full)
         valid = (
             op.clock.base < seq

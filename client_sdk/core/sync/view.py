@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from saltline.client_sdk.core.attachments import AttachmentPointer
 from saltline.client_sdk.core.sync.clock import Dot
-from saltline.client_sdk.core.sync.ops import SettingValue
+from saltline.client_sdk.core.sync.ops import Op, SettingValue
 from saltline.client_sdk.core.sync.rules import FrontierRegister
 
 SHARED_FIELDS = ("title", "disappearing_ms")
@@ -60,6 +60,8 @@ class Received:
     typing: TypingEvent | None = None
     forks: tuple[Fork, ...] = ()  # operations applied by this call whose transcript claim differs
     rejected: tuple[Rejection, ...] = ()  # operations applied by this call with no effect (§ 5.7)
+    # undecryptable positions this call attested (sync.md § 2.3): (server_seq, the void to store)
+    attested: tuple[tuple[int, Op], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
